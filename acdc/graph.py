@@ -1,0 +1,249 @@
+"""The computational graph of a transformer: nodes, edges, and their canonical order.
+
+Names follow EAP-IG / the MIB benchmark: nodes ``input``, ``a{L}.h{H}``, ``m{L}``, ``logits``;
+edges ``"{src}->{dst}"`` and ``"{src}->{dst}<q>"`` (``<k>``, ``<v>``) into heads.
+
+Sources in forward order: ``input``, then per layer ``a{L}.h0 .. a{L}.h{n-1}, m{L}``.
+Destinations in forward order: per layer ``a{L}.h0<q>, a{L}.h0<k>, a{L}.h0<v>, a{L}.h1<q>, ...,
+m{L}``, then ``logits``. Edges are ordered by destination, then source, both in forward order, so
+ACDC's visiting order (destinations and sources both reversed) is the edge order reversed.
+
+Edge state lives in dense ``[n_dst, n_src]`` tensors; ``Graph.upstream`` says which pairs are
+edges and ``Graph.edge_id`` numbers them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["Node", "Destination", "Edge", "Graph"]
+
+NodeKind = Literal["input", "head", "mlp", "logits"]
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """A graph node. ``layer`` is -1 for ``input`` and ``n_layers`` for ``logits``."""
+
+    layer: int
+    kind: NodeKind
+    head: int = -1
+
+    @property
+    def name(self) -> str:
+        if self.kind == "input":
+            return "input"
+        if self.kind == "logits":
+            return "logits"
+        if self.kind == "mlp":
+            return f"m{self.layer}"
+        return f"a{self.layer}.h{self.head}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Destination:
+    """An input slot of a node: a head's q, k or v input (or its only input), an MLP, logits."""
+
+    node: Node
+    qkv: Literal["q", "k", "v"] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.node.name if self.qkv is None else f"{self.node.name}<{self.qkv}>"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A directed edge from a source node into a destination slot."""
+
+    src: Node
+    dst: Destination
+
+    @property
+    def name(self) -> str:
+        qkv = "" if self.dst.qkv is None else f"<{self.dst.qkv}>"
+        return f"{self.src.name}->{self.dst.node.name}{qkv}"
+
+    @property
+    def qkv(self) -> str | None:
+        return self.dst.qkv
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Graph:
+    """Nodes and edges of a transformer, with tensors for fast edge-state arithmetic.
+
+    Attributes:
+        sources:      source nodes in forward order (index = row of the engine's source cache).
+        destinations: destination slots in forward order.
+        edges:        all edges in canonical order.
+        upstream:     [n_dst, n_src] bool, True where (dst, src) is an edge.
+        edge_id:      [n_dst, n_src] long, the edge's index, -1 where there is no edge.
+        edge_src, edge_dst: [n_edges] long, source / destination index of every edge.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        *,
+        parallel_attn_mlp: bool = False,
+        split_qkv: bool = True,
+    ):
+        if n_layers < 1 or n_heads < 1:
+            raise ValueError(f"a graph needs n_layers >= 1 and n_heads >= 1, got {n_layers}, {n_heads}")
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.parallel_attn_mlp = parallel_attn_mlp
+        self.split_qkv = split_qkv
+
+        sources = [Node(-1, "input")]
+        dests: list[Destination] = []
+        for layer in range(n_layers):
+            for h in range(n_heads):
+                node = Node(layer, "head", h)
+                slots = ("q", "k", "v") if split_qkv else (None,)
+                dests.extend(Destination(node, s) for s in slots)
+                sources.append(node)
+            mlp = Node(layer, "mlp")
+            dests.append(Destination(mlp))
+            sources.append(mlp)
+        dests.append(Destination(Node(n_layers, "logits")))
+        self.sources: tuple[Node, ...] = tuple(sources)
+        self.destinations: tuple[Destination, ...] = tuple(dests)
+        self.src_index = {n.name: i for i, n in enumerate(self.sources)}
+        self.dst_index = {d.name: i for i, d in enumerate(self.destinations)}
+
+        self.src_layer = torch.tensor([n.layer for n in self.sources])
+        self.dst_layer = torch.tensor([d.node.layer for d in self.destinations])
+        src_is_head = torch.tensor([n.kind == "head" for n in self.sources])
+        dst_is_mlp = torch.tensor([d.node.kind == "mlp" for d in self.destinations])
+        before = self.src_layer[None, :] < self.dst_layer[:, None]
+        same_layer_head_to_mlp = (
+            (self.src_layer[None, :] == self.dst_layer[:, None]) & src_is_head[None, :] & dst_is_mlp[:, None]
+        )
+        self.upstream: Tensor = before | (same_layer_head_to_mlp & (not parallel_attn_mlp))
+        dst_idx, src_idx = self.upstream.nonzero(as_tuple=True)  # row-major: dst, then src
+        self.edge_dst: Tensor = dst_idx
+        self.edge_src: Tensor = src_idx
+        self.edge_id: Tensor = torch.full(self.upstream.shape, -1, dtype=torch.long)
+        self.edge_id[dst_idx, src_idx] = torch.arange(dst_idx.numel())
+        self.edges: tuple[Edge, ...] = tuple(
+            Edge(self.sources[s], self.destinations[d]) for d, s in zip(dst_idx.tolist(), src_idx.tolist())
+        )
+        self._edge_index = {e.name: i for i, e in enumerate(self.edges)}
+        # Source index of each destination's node (-1 for logits): a node is "alive" while
+        # any edge out of it is kept.
+        self.dst_node_src = torch.tensor(
+            [self.src_index.get(d.node.name, -1) for d in self.destinations]
+        )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_model(cls, model: Any, split_qkv: bool = True) -> Graph:
+        """Graph of a TransformerLens bridge (or anything with a TL-style ``cfg``)."""
+        cfg = model.cfg if hasattr(model, "cfg") else model.arch
+        return cls(
+            cfg.n_layers,
+            cfg.n_heads,
+            parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+            split_qkv=split_qkv,
+        )
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> Graph:
+        """Graph from an EAP-IG style ``cfg`` dict (``n_layers``, ``n_heads``, ...)."""
+        return cls(
+            int(cfg["n_layers"]),
+            int(cfg["n_heads"]),
+            parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)),
+            split_qkv=bool(cfg.get("split_qkv", True)),
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The ``cfg`` dict written to JSON (EAP-IG keys plus ``split_qkv``)."""
+        return {
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "parallel_attn_mlp": self.parallel_attn_mlp,
+            "split_qkv": self.split_qkv,
+        }
+
+    # ------------------------------------------------------------------ lookups
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """All nodes in forward order (sources, then ``logits``)."""
+        return self.sources + (self.destinations[-1].node,)
+
+    def edge_index(self, name: str) -> int:
+        """Index of the edge called ``name``; a ValueError with close matches otherwise."""
+        try:
+            return self._edge_index[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._edge_index, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else (
+                "; edge names look like 'a0.h1->m2' or 'input->a1.h0<q>'"
+            )
+            raise ValueError(f"edge {name!r} is not in this graph{hint}") from None
+
+    def edge_mask(self, edges: Iterable[str] | Tensor) -> Tensor:
+        """[n_edges] bool mask from edge names (or pass a mask through, checked)."""
+        if isinstance(edges, Tensor):
+            if edges.shape[-1] != self.n_edges:
+                raise ValueError(f"an edge mask needs {self.n_edges} entries, got shape {tuple(edges.shape)}")
+            return edges.to(torch.bool)
+        mask = torch.zeros(self.n_edges, dtype=torch.bool)
+        for name in edges:
+            mask[self.edge_index(name)] = True
+        return mask
+
+    def dense(self, edge_mask: Tensor) -> Tensor:
+        """[..., n_edges] bool -> [..., n_dst, n_src] bool (False off the edges)."""
+        out = torch.zeros(*edge_mask.shape[:-1], *self.upstream.shape, dtype=torch.bool, device=edge_mask.device)
+        out[..., self.edge_dst, self.edge_src] = edge_mask
+        return out
+
+    def sparse(self, dense: Tensor) -> Tensor:
+        """[..., n_dst, n_src] -> [..., n_edges]: the values on the edges."""
+        return dense[..., self.edge_dst, self.edge_src]
+
+    def to_networkx(self, edge_mask: Tensor | None = None, scores: Tensor | None = None) -> Any:
+        """A ``networkx.MultiDiGraph`` of the (masked) edges; attributes ``qkv`` and ``score``.
+
+        A multigraph because a source can feed one head through q, k and v at once.
+        """
+        import networkx as nx
+
+        g = nx.MultiDiGraph()
+        for node in self.nodes:
+            g.add_node(node.name, layer=node.layer, kind=node.kind)
+        for i, e in enumerate(self.edges):
+            if edge_mask is not None and not bool(edge_mask[i]):
+                continue
+            score = None if scores is None else float(scores[i])
+            g.add_edge(e.src.name, e.dst.node.name, key=e.qkv or "", qkv=e.qkv, score=score, name=e.name)
+        return g
+
+    def __repr__(self) -> str:
+        return (
+            f"Graph(n_layers={self.n_layers}, n_heads={self.n_heads}, "
+            f"parallel_attn_mlp={self.parallel_attn_mlp}, split_qkv={self.split_qkv}, "
+            f"sources={len(self.sources)}, destinations={len(self.destinations)}, edges={self.n_edges})"
+        )

@@ -1,0 +1,113 @@
+"""Metrics on the logits at the answer positions, with their direction made explicit.
+
+A metric maps ``(logits, batch) -> scalar`` where ``logits`` is ``[batch, d_vocab]`` at each
+prompt's answer position and ``batch`` is a `Batch`. ACDC minimises, so `Metric.loss` turns any
+metric into lower-is-better: KL as is, logit and probability differences negated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["Batch", "Metric", "kl_divergence", "logit_diff", "prob_diff", "resolve_metric", "METRICS"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a metric may read besides the patched logits.
+
+    clean, corrupt: [batch, pos] token ids.
+    answer_pos:     [batch] position each prompt is scored at.
+    correct:        [batch] or [batch, k] correct answer token ids (-1 pads), or None.
+    incorrect:      same for the incorrect answers, or None.
+    clean_logits:   [batch, d_vocab] full model's logits at the answer positions.
+    """
+
+    clean: Tensor
+    corrupt: Tensor
+    answer_pos: Tensor
+    correct: Tensor | None
+    incorrect: Tensor | None
+    clean_logits: Tensor
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric and its direction. ``fn(logits, batch)`` returns a 0-d tensor."""
+
+    name: str
+    fn: Callable[[Tensor, Batch], Tensor]
+    higher_is_better: bool = False
+    needs_answers: bool = False
+
+    def __call__(self, logits: Tensor, batch: Batch) -> float:
+        return float(self.fn(logits, batch))
+
+    def loss(self, logits: Tensor, batch: Batch) -> float:
+        """The metric oriented so that lower is better (what ACDC thresholds)."""
+        value = self(logits, batch)
+        return -value if self.higher_is_better else value
+
+
+def kl_divergence(logits: Tensor, batch: Batch) -> Tensor:
+    """KL(full model || patched) at the answer position, averaged over prompts."""
+    ref = batch.clean_logits.log_softmax(-1)
+    new = logits.log_softmax(-1)
+    return (ref.exp() * (ref - new)).sum(-1).mean()
+
+
+def _answer_values(values: Tensor, ids: Tensor | None, reduce: str) -> Tensor:
+    """Per-prompt mean (or sum) of ``values`` at answer ids [batch] or [batch, k] (-1 = pad)."""
+    if ids is None:
+        raise ValueError("this metric needs answers: pass answers=(correct, incorrect) token ids")
+    ids = ids.to(values.device)
+    if ids.dim() == 1:
+        ids = ids[:, None]
+    valid = ids >= 0
+    picked = values.gather(-1, ids.clamp(min=0)) * valid
+    total = picked.sum(-1)
+    return total / valid.sum(-1).clamp(min=1) if reduce == "mean" else total
+
+
+def logit_diff(logits: Tensor, batch: Batch) -> Tensor:
+    """Mean over prompts of logit(correct) - logit(incorrect)."""
+    return (
+        _answer_values(logits, batch.correct, "mean") - _answer_values(logits, batch.incorrect, "mean")
+    ).mean()
+
+
+def prob_diff(logits: Tensor, batch: Batch) -> Tensor:
+    """Mean over prompts of P(correct) - P(incorrect) (sums over answer sets)."""
+    probs = logits.softmax(-1)
+    return (_answer_values(probs, batch.correct, "sum") - _answer_values(probs, batch.incorrect, "sum")).mean()
+
+
+METRICS: dict[str, Metric] = {
+    "kl": Metric("kl", kl_divergence, higher_is_better=False),
+    "logit_diff": Metric("logit_diff", logit_diff, higher_is_better=True, needs_answers=True),
+    "prob_diff": Metric("prob_diff", prob_diff, higher_is_better=True, needs_answers=True),
+}
+
+MetricLike = Union[str, Metric, Callable[[Tensor, Batch], Tensor]]
+
+
+def resolve_metric(metric: MetricLike) -> Metric:
+    """A `Metric` from a name, a `Metric`, or a callable (taken as lower-is-better)."""
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(metric, str):
+        try:
+            return METRICS[metric]
+        except KeyError:
+            raise ValueError(
+                f"unknown metric {metric!r}; choose one of {', '.join(METRICS)} or pass a callable "
+                f"(logits, batch) -> scalar"
+            ) from None
+    if callable(metric):
+        name = getattr(metric, "__name__", "custom")
+        return Metric(name, lambda logits, batch: torch.as_tensor(metric(logits, batch)))
+    raise TypeError(f"metric must be a name, a Metric or a callable, got {type(metric).__name__}")

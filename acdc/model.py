@@ -1,0 +1,380 @@
+"""Models: loading (TransformerLens bridge) and the engine's own forward pass.
+
+`load_model` returns a TransformerLens `TransformerBridge`, the object users already know.
+`Transformer.from_bridge` reads its weights into plain tensors and exposes the pieces the
+patching engine needs (embedding, a set of attention heads with *per-head* inputs, one MLP, the
+unembedding at chosen positions). The engine's forward is checked against the bridge's logits
+when it is built, so a silent mismatch cannot happen: an unsupported architecture raises.
+
+Supported: GPT-2 style (learned positions, LayerNorm, sequential attention then MLP) and
+GPT-NeoX/Pythia style (rotary, LayerNorm, parallel attention + MLP).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Architecture", "Transformer", "load_model", "ForwardCache"]
+
+_ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def load_model(
+    name_or_model: Any,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+) -> Any:
+    """Return a TransformerLens `TransformerBridge` for a hub name or an in-memory HF model.
+
+    - ``"gpt2"`` (any hub name): boots from the Hugging Face hub (needs internet once).
+    - a ``transformers`` causal-LM instance: wrapped offline; pass ``tokenizer`` to be able to
+      give prompts as strings. The HF model is modified in place by TransformerLens.
+    - an existing bridge is returned as is (moved to ``device`` if given).
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if isinstance(name_or_model, TransformerBridge):
+        return name_or_model.to(device) if device is not None else name_or_model
+    if isinstance(name_or_model, str):
+        kwargs: dict[str, Any] = {}
+        if device is not None:
+            kwargs["device"] = str(device)
+        if tokenizer is not None:
+            kwargs["tokenizer"] = tokenizer
+        return TransformerBridge.boot_transformers(name_or_model, **kwargs).eval()
+    if isinstance(name_or_model, torch.nn.Module) and hasattr(name_or_model, "config"):
+        hf = name_or_model.eval()
+        if device is not None:
+            hf = hf.to(device)
+        arch = (getattr(hf.config, "architectures", None) or [type(hf).__name__])[0]
+        if tokenizer is None:
+            from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+            return build_bridge_from_module(hf, arch, hf_config=hf.config).eval()
+        _prepare_local_tokenizer(tokenizer)
+        dev = str(device or next(hf.parameters()).device)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return TransformerBridge.boot_transformers(
+            f"local-{arch}", hf_model=hf, tokenizer=tokenizer, device=dev
+        ).eval()
+    raise TypeError(
+        f"load_model expects a hub name, a transformers model or a TransformerBridge, "
+        f"got {type(name_or_model).__name__}"
+    )
+
+
+def _prepare_local_tokenizer(tok: Any) -> None:
+    """TransformerLens asks the hub about a tokenizer without a name; give it one."""
+    init_kwargs = getattr(tok, "init_kwargs", None)
+    if isinstance(init_kwargs, dict):
+        init_kwargs.setdefault("name_or_path", "local-tokenizer")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Shape and wiring of a decoder-only transformer, as the engine needs it."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    parallel_attn_mlp: bool
+    positional: Literal["standard", "rotary"]
+    rotary_dim: int
+    rotary_base: float
+    eps: float
+    act_fn: str
+
+
+@dataclass
+class ForwardCache:
+    """What a clean or corrupt forward pass leaves behind for patching.
+
+    sources:   [n_src, batch, pos, d_model] output of every graph source (input, heads, MLPs)
+    resid_pre: [n_layers + 1, batch, pos, d_model] residual before each layer (last = final)
+    resid_mid: [n_layers, batch, pos, d_model] MLP input of each layer
+    logits:    [batch, d_vocab] logits at the answer positions
+    """
+
+    sources: Tensor
+    resid_pre: Tensor
+    resid_mid: Tensor
+    logits: Tensor
+
+
+class Transformer:
+    """Plain-tensor copy of a bridge's weights with the forward pieces patching needs.
+
+    Sources are numbered like `Graph`: 0 = input, then per layer heads 0..H-1 and the MLP.
+    """
+
+    def __init__(self, arch: Architecture, weights: dict[str, Tensor]):
+        self.arch = arch
+        self.w = weights
+        self.act = _ACTIVATIONS[arch.act_fn]
+        a = arch
+        # [L, d, H*dh] layouts for the shared-input fast path (one matmul for all heads).
+        self._wq_cat = weights["W_Q"].permute(0, 2, 1, 3).reshape(a.n_layers, a.d_model, -1)
+        self._wk_cat = weights["W_K"].permute(0, 2, 1, 3).reshape(a.n_layers, a.d_model, -1)
+        self._wv_cat = weights["W_V"].permute(0, 2, 1, 3).reshape(a.n_layers, a.d_model, -1)
+        self.device = weights["W_E"].device
+        self.dtype = weights["W_E"].dtype
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_bridge(cls, bridge: Any, *, check: bool = True) -> Transformer:
+        """Read weights from a TransformerLens bridge; verify the forward against it."""
+        cfg = bridge.cfg
+        unsupported = []
+        if getattr(cfg, "gated_mlp", False):
+            unsupported.append("gated MLP")
+        if getattr(cfg, "normalization_type", "LN") != "LN":
+            unsupported.append(f"normalization {cfg.normalization_type}")
+        nkv = getattr(cfg, "n_key_value_heads", None)
+        if nkv not in (None, cfg.n_heads):
+            unsupported.append("grouped-query attention")
+        if getattr(cfg, "attn_only", False):
+            unsupported.append("attention-only blocks")
+        if cfg.positional_embedding_type not in ("standard", "rotary"):
+            unsupported.append(f"positional embedding {cfg.positional_embedding_type}")
+        if cfg.act_fn not in _ACTIVATIONS:
+            unsupported.append(f"activation {cfg.act_fn}")
+        if unsupported:
+            raise NotImplementedError(
+                f"acdc's engine does not support {', '.join(unsupported)} "
+                f"({cfg.architecture}); supported: GPT-2 and GPT-NeoX/Pythia-style models"
+            )
+        hf_cfg = getattr(getattr(bridge, "original_model", None), "config", None)
+        rotary_dim = 0
+        rotary_base = float(getattr(cfg, "rotary_base", 10000.0))
+        if cfg.positional_embedding_type == "rotary":
+            rope = getattr(hf_cfg, "rope_parameters", None) or {}
+            frac = rope.get("partial_rotary_factor", getattr(hf_cfg, "rotary_pct", 1.0))
+            rotary_base = float(rope.get("rope_theta", rotary_base))
+            rotary_dim = cfg.rotary_dim or int(cfg.d_head * frac)
+        arch = Architecture(
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            d_model=cfg.d_model,
+            d_head=cfg.d_head,
+            d_mlp=cfg.d_mlp,
+            d_vocab=cfg.d_vocab_out,
+            parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
+            positional=cfg.positional_embedding_type,
+            rotary_dim=rotary_dim,
+            rotary_base=rotary_base,
+            eps=float(cfg.eps),
+            act_fn=cfg.act_fn,
+        )
+        w = _read_weights(bridge, arch)
+        model = cls(arch, w)
+        if check:
+            model.check_against(bridge)
+        return model
+
+    def check_against(self, bridge: Any, tol: float = 1e-4) -> None:
+        """Raise if this forward's logits differ from the bridge's on random tokens."""
+        gen = torch.Generator().manual_seed(0)
+        n_ctx = min(8, int(getattr(bridge.cfg, "n_ctx", 8) or 8))
+        toks = torch.randint(0, self.arch.d_vocab, (2, n_ctx), generator=gen).to(self.device)
+        with torch.no_grad():
+            ref = bridge(toks, return_type="logits")
+            ours = self.unembed(self.run(toks).resid_pre[-1])
+        err = (ref - ours).abs().max().item()
+        scale = max(ref.abs().max().item(), 1.0)
+        if not err <= tol * scale:
+            raise RuntimeError(
+                f"acdc's forward disagrees with the model by {err:.3g} (scale {scale:.3g}); "
+                f"this architecture ({bridge.cfg.architecture}) has a feature acdc does not model"
+            )
+
+    # ------------------------------------------------------------------ pieces
+    def embed(self, tokens: Tensor) -> Tensor:
+        """[batch, pos] token ids -> [batch, pos, d_model] output of the `input` node."""
+        x = self.w["W_E"][tokens]
+        if self.arch.positional == "standard":
+            x = x + self.w["W_pos"][: tokens.shape[-1]]
+        return x
+
+    def _ln(self, x: Tensor, name: str, layer: int | None = None) -> Tensor:
+        w, b = self.w[f"{name}_w"], self.w[f"{name}_b"]
+        if layer is not None:
+            w, b = w[layer], b[layer]
+        return F.layer_norm(x, (x.shape[-1],), w, b, self.arch.eps)
+
+    def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Rotary embedding (GPT-NeoX convention) of x [..., n, p, d_head] at positions pos."""
+        rd = self.arch.rotary_dim
+        inv = 1.0 / (
+            self.arch.rotary_base
+            ** (torch.arange(0, rd, 2, device=x.device, dtype=torch.float32) / rd)
+        )
+        ang = pos.to(torch.float32)[..., None] * inv  # [..., p, rd/2]
+        ang = torch.cat([ang, ang], dim=-1)
+        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+        xr, xp = x[..., :rd], x[..., rd:]
+        half = rd // 2
+        rot = torch.cat([-xr[..., half:], xr[..., :half]], dim=-1)
+        return torch.cat([xr * cos + rot * sin, xp], dim=-1)
+
+    def attention(
+        self,
+        layer: int,
+        heads: Tensor,
+        xq: Tensor,
+        xk: Tensor,
+        xv: Tensor,
+        q_pos: Tensor | None = None,
+    ) -> Tensor:
+        """Outputs (before b_O) of the given heads of one layer.
+
+        heads: [h] head indices.
+        xq:    [h, n, p, d_model] query-side inputs (or [n, p, d_model], shared by all heads);
+               p = pos, or p = 1 with `q_pos` giving each row's position.
+        xk,xv: [h, n, pos, d_model] (or shared [n, pos, d_model]).
+        q_pos: [n, p] positions of the query rows; None means 0..pos-1.
+        Returns [h, n, p, d_model].
+        """
+        a = self.arch
+        w = self.w
+        qm = self._project(layer, heads, xq, "Q")
+        km = self._project(layer, heads, xk, "K")
+        vm = self._project(layer, heads, xv, "V")
+        n_pos = km.shape[-2]
+        key_pos = torch.arange(n_pos, device=km.device)
+        if q_pos is None:
+            q_pos = key_pos.expand(km.shape[1], n_pos)
+        if a.positional == "rotary":
+            qm = self._rotate(qm, q_pos)
+            km = self._rotate(km, key_pos.expand(km.shape[1], n_pos))
+        scores = torch.matmul(qm, km.transpose(-1, -2)) / (a.d_head**0.5)  # [h, n, p, pos]
+        allowed = key_pos <= q_pos[..., None]  # [n, p, pos]
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        z = torch.matmul(scores.softmax(-1), vm)  # [h, n, p, dh]
+        h, n, p, dh = z.shape
+        out = torch.bmm(z.reshape(h, n * p, dh), w["W_O"][layer, heads])
+        return out.view(h, n, p, a.d_model)
+
+    def _project(self, layer: int, heads: Tensor, x: Tensor, which: str) -> Tensor:
+        """LN1 then the per-head projection: -> [h, n, p, d_head]."""
+        a = self.arch
+        h = heads.numel()
+        ln = self._ln(x, "ln1", layer)
+        if ln.dim() == 3:  # shared input: one matmul for all heads, then keep the asked ones
+            n, p, _ = ln.shape
+            cat = {"Q": self._wq_cat, "K": self._wk_cat, "V": self._wv_cat}[which][layer]
+            y = (ln.reshape(n * p, -1) @ cat).view(n, p, a.n_heads, a.d_head)
+            y = y.permute(2, 0, 1, 3)
+            if h != a.n_heads:
+                y = y[heads]
+            return y + self.w[f"b_{which}"][layer, heads][:, None, None, :]
+        _, n, p, d = ln.shape
+        y = torch.baddbmm(
+            self.w[f"b_{which}"][layer, heads][:, None, :],
+            ln.reshape(h, n * p, d),
+            self.w[f"W_{which}"][layer, heads],
+        )
+        return y.view(h, n, p, a.d_head)
+
+    def mlp(self, layer: int, x: Tensor) -> Tensor:
+        """Output of MLP `layer` (b_out included) for input x [..., d_model]."""
+        w = self.w
+        ln = self._ln(x, "ln2", layer)
+        hidden = self.act(torch.addmm(w["b_in"][layer], ln.reshape(-1, ln.shape[-1]), w["W_in"][layer]))
+        out = torch.addmm(w["b_out"][layer], hidden, w["W_out"][layer])
+        return out.view(*x.shape)
+
+    def unembed(self, x: Tensor) -> Tensor:
+        """Final LayerNorm and unembedding: [..., d_model] -> [..., d_vocab]."""
+        ln = self._ln(x, "lnf")
+        return (ln.reshape(-1, ln.shape[-1]) @ self.w["W_U"] + self.w["b_U"]).view(
+            *x.shape[:-1], -1
+        )
+
+    # ------------------------------------------------------------------ full pass
+    @torch.no_grad()
+    def run(self, tokens: Tensor, answer_pos: Tensor | None = None) -> ForwardCache:
+        """Full forward pass recording every source output and residual checkpoint.
+
+        tokens: [batch, pos]; answer_pos: [batch] (default: last position).
+        """
+        a = self.arch
+        B, S = tokens.shape
+        if answer_pos is None:
+            answer_pos = torch.full((B,), S - 1, device=tokens.device)
+        all_heads = torch.arange(a.n_heads, device=self.device)
+        sources = torch.empty(1 + a.n_layers * (a.n_heads + 1), B, S, a.d_model, dtype=self.dtype, device=self.device)
+        resid_pre = torch.empty(a.n_layers + 1, B, S, a.d_model, dtype=self.dtype, device=self.device)
+        resid_mid = torch.empty(a.n_layers, B, S, a.d_model, dtype=self.dtype, device=self.device)
+        resid = self.embed(tokens)
+        sources[0] = resid
+        for layer in range(a.n_layers):
+            resid_pre[layer] = resid
+            base = 1 + layer * (a.n_heads + 1)
+            heads_out = self.attention(layer, all_heads, resid, resid, resid)
+            sources[base : base + a.n_heads] = heads_out
+            attn = heads_out.sum(0) + self.w["b_O"][layer]
+            mlp_in = resid if a.parallel_attn_mlp else resid + attn
+            resid_mid[layer] = mlp_in
+            m = self.mlp(layer, mlp_in)
+            sources[base + a.n_heads] = m
+            resid = resid + attn + m
+        resid_pre[a.n_layers] = resid
+        final = resid[torch.arange(B, device=resid.device), answer_pos]
+        return ForwardCache(sources, resid_pre, resid_mid, self.unembed(final))
+
+
+def _read_weights(bridge: Any, arch: Architecture) -> dict[str, Tensor]:
+    """Copy the bridge's weights into a dict of plain tensors (biases default to zero)."""
+    a = arch
+
+    def get(name: str, shape: tuple[int, ...]) -> Tensor:
+        try:
+            t = getattr(bridge, name)
+        except (AttributeError, ValueError, RuntimeError):
+            t = None
+        if t is None:
+            return torch.zeros(shape, dtype=bridge.W_E.dtype, device=bridge.W_E.device)
+        return t.detach().contiguous()
+
+    L, H, d, dh, m = a.n_layers, a.n_heads, a.d_model, a.d_head, a.d_mlp
+    w = {
+        "W_E": get("W_E", (a.d_vocab, d)),
+        "W_Q": get("W_Q", (L, H, d, dh)),
+        "W_K": get("W_K", (L, H, d, dh)),
+        "W_V": get("W_V", (L, H, d, dh)),
+        "W_O": get("W_O", (L, H, dh, d)),
+        "b_Q": get("b_Q", (L, H, dh)),
+        "b_K": get("b_K", (L, H, dh)),
+        "b_V": get("b_V", (L, H, dh)),
+        "b_O": get("b_O", (L, d)),
+        "W_in": get("W_in", (L, d, m)),
+        "b_in": get("b_in", (L, m)),
+        "W_out": get("W_out", (L, m, d)),
+        "b_out": get("b_out", (L, d)),
+        "W_U": get("W_U", (d, a.d_vocab)),
+        "b_U": get("b_U", (a.d_vocab,)),
+    }
+    if a.positional == "standard":
+        w["W_pos"] = get("W_pos", (1, d))
+    for name, attr in (("ln1", "ln1"), ("ln2", "ln2")):
+        w[f"{name}_w"] = torch.stack([blk.__getattr__(attr).w.detach() for blk in bridge.blocks])
+        w[f"{name}_b"] = torch.stack([blk.__getattr__(attr).b.detach() for blk in bridge.blocks])
+    w["lnf_w"] = bridge.ln_final.w.detach().clone()
+    w["lnf_b"] = bridge.ln_final.b.detach().clone()
+    return w

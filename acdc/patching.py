@@ -1,0 +1,539 @@
+"""Edge patching: run the model with any set of edges ablated, fast.
+
+An ablated edge ``u -> v`` feeds ``v`` the ablation value ``A_u`` of ``u`` (the corrupt run's
+output for ``"resample"``, its mean over the corrupt batch per position for ``"mean"``, zero for
+``"zero"``) in place of ``u``'s output ``O_u`` in the current run. So with ``keep`` the kept
+edges, the input of destination ``v`` is::
+
+    inp_v = base_v + sum_{u kept} (O_u - A_u)          base_v: every upstream source ablated
+          = R_v    - sum_{u ablated} (O_u - A_u)       R_v: the unpatched residual stream
+
+The engine never reruns the whole model. A `PatchState` holds a *reference* circuit (the
+outputs of every source, the residual stream and a few destination inputs under that circuit).
+`Patcher.propagate` evaluates candidate edge sets against it: starting at the first layer whose
+inputs change, it recomputes only nodes whose inputs changed and whose output is still used,
+takes each destination's input by whichever of the forms above (or the cached reference input
+plus the changes) has the fewest terms, runs the last layer and the unembedding at the answer
+positions only, and returns logits there. `PatchState.commit` then makes one candidate the new
+reference, reusing what was computed. Several candidates are evaluated in one batched pass.
+
+Exactness does not depend on what is skipped: a node with no kept outgoing edge is not
+recomputed, and its stale output cancels out of every formula above because it is on the
+ablated side of every destination. Commits may only remove edges (as ACDC does), so such a node
+never comes back.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from .graph import Graph
+from .model import Transformer
+
+__all__ = ["ABLATIONS", "Patcher", "PatchState", "Proposal", "as_tokens"]
+
+Ablation = Literal["resample", "mean", "zero"]
+ABLATIONS: tuple[str, ...] = ("resample", "mean", "zero")
+
+
+def as_tokens(x: Any, model: Any, what: str) -> Tensor:
+    """Token ids [batch, pos] from a tensor, nested int lists, or strings (needs a tokenizer)."""
+    if isinstance(x, Tensor):
+        t = x
+    elif isinstance(x, Sequence) and len(x) > 0 and all(isinstance(s, str) for s in x):
+        tok = getattr(model, "tokenizer", None)
+        if tok is None or not hasattr(model, "to_tokens"):
+            raise ValueError(
+                f"{what} prompts are strings but the model has no tokenizer; pass token ids, or "
+                f"load the model with acdc.load_model(model, tokenizer=...)"
+            )
+        rows = [model.to_tokens(s)[0] for s in x]
+        lengths = sorted({len(r) for r in rows})
+        if len(lengths) != 1:
+            raise ValueError(
+                f"{what} prompts tokenize to different lengths {lengths}; make every prompt "
+                f"the same number of tokens"
+            )
+        t = torch.stack(rows)
+    else:
+        try:
+            t = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{what} must be token ids [batch, pos] or a list of strings") from None
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2 or t.numel() == 0 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(f"{what} must be integer token ids of shape [batch, pos], got {tuple(t.shape)} {t.dtype}")
+    return t.long()
+
+
+@dataclass
+class PatchState:
+    """A reference circuit and everything the engine knows about it.
+
+    keep:      [n_dst, n_src] bool, kept edges (False off the graph's edges).
+    out:       [n_src, batch, pos, d_model] output of each source (last layer: answer rows only).
+    resid_pre: [n_layers + 1, batch, pos, d_model] unpatched residual stream before each layer.
+    resid_mid: [n_layers, batch, pos, d_model] MLP-input stream of each layer.
+    logits:    [batch, d_vocab] logits at the answer positions.
+    inputs:    destination -> [batch, pos, d_model] input, for a bounded set of destinations
+               (an optimisation only; least recently used entries are dropped).
+    """
+
+    keep: Tensor
+    out: Tensor
+    resid_pre: Tensor
+    resid_mid: Tensor
+    logits: Tensor
+    patcher: "Patcher"
+    inputs: OrderedDict = field(default_factory=OrderedDict)
+
+    def propagate(self, keep: Tensor) -> "Proposal":
+        """Evaluate candidate kept-edge sets [K, n_dst, n_src] (or one [n_dst, n_src])."""
+        return self.patcher.propagate(self, keep)
+
+    def commit(self, proposal: "Proposal", k: int = 0) -> None:
+        """Make candidate ``k`` of ``proposal`` (computed from this state) the reference."""
+        self.patcher._commit(self, proposal, k)
+
+
+@dataclass
+class Proposal:
+    """Candidates evaluated against a state: their logits, and what a commit needs."""
+
+    keep: Tensor  # [K, n_dst, n_src]
+    logits: Tensor  # [K, batch, d_vocab]
+    outputs: dict[int, Tensor]  # source -> [K, batch, p, d_model] new output
+    inputs: dict[int, Tensor]  # destination -> [K, batch, p, d_model] new input
+    runs: dict[int, Tensor]  # stream -> [K, batch, p, d_model] change of the unpatched stream
+    dropped: list[int]  # destinations whose cached input went stale
+
+
+class Patcher:
+    """Clean and corrupt caches of one model on one batch, and the patched forward pass.
+
+    Args:
+        model: a TransformerLens bridge (from `acdc.load_model`) or an `acdc.model.Transformer`.
+        clean, corrupt: token ids [batch, pos] (or strings, with a tokenizer), same shape.
+        graph: the graph whose edges are patched (default: `Graph.from_model`).
+        ablation: "resample" | "mean" | "zero".
+        answer_pos: int or [batch] positions the metric reads (default: the last position).
+        cache_bytes: budget for cached destination inputs (speed only, never results).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        clean: Any,
+        corrupt: Any,
+        *,
+        graph: Graph | None = None,
+        ablation: Ablation = "resample",
+        answer_pos: int | Tensor | Sequence[int] | None = None,
+        cache_bytes: int = 512 * 2**20,
+    ):
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+        tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+        self.tf = tf
+        a = tf.arch
+        self.graph = graph if graph is not None else Graph.from_model(tf)
+        g = self.graph
+        if (g.n_layers, g.n_heads, g.parallel_attn_mlp) != (a.n_layers, a.n_heads, a.parallel_attn_mlp):
+            raise ValueError(
+                f"graph {g!r} does not match the model (n_layers={a.n_layers}, n_heads={a.n_heads}, "
+                f"parallel_attn_mlp={a.parallel_attn_mlp}); build it with Graph.from_model(model)"
+            )
+        clean_t = as_tokens(clean, model, "clean").to(tf.device)
+        corrupt_t = as_tokens(corrupt, model, "corrupt").to(tf.device)
+        if clean_t.shape != corrupt_t.shape:
+            raise ValueError(
+                f"clean and corrupt must have the same shape, got {tuple(clean_t.shape)} and "
+                f"{tuple(corrupt_t.shape)}; pair every clean prompt with a corrupt one of equal length"
+            )
+        for name, t in (("clean", clean_t), ("corrupt", corrupt_t)):
+            if t.min() < 0 or t.max() >= a.d_vocab:
+                raise ValueError(f"{name} token ids must lie in [0, {a.d_vocab}), got {t.min()}..{t.max()}")
+        B, S = clean_t.shape
+        self.clean_tokens, self.corrupt_tokens = clean_t, corrupt_t
+        self.answer_pos = _answer_positions(answer_pos, B, S).to(tf.device)
+        self.ablation = ablation
+        self.cache_bytes = cache_bytes
+        self._bidx = torch.arange(B, device=tf.device)
+
+        self.clean = tf.run(clean_t, self.answer_pos)
+        corrupt_run = tf.run(corrupt_t, self.answer_pos)
+        self.corrupt_logits = corrupt_run.logits
+        # Ablation values A [n_src, B|1, S, d] and the all-ablated streams base [.., B|1, S, d].
+        if ablation == "resample":
+            self.abl: Tensor | None = corrupt_run.sources
+            self._base_pre, self._base_mid = corrupt_run.resid_pre, corrupt_run.resid_mid
+        elif ablation == "mean":
+            self.abl = corrupt_run.sources.mean(1, keepdim=True)
+            self._base_pre = corrupt_run.resid_pre.mean(1, keepdim=True)
+            self._base_mid = corrupt_run.resid_mid.mean(1, keepdim=True)
+        else:
+            self.abl = None
+            b_o = tf.w["b_O"]  # only the attention biases are outside every source
+            cum = torch.cat([torch.zeros_like(b_o[:1]), b_o.cumsum(0)])
+            self._base_pre = cum[:, None, None, :]
+            mid = cum[1:] if not a.parallel_attn_mlp else cum[:-1]
+            self._base_mid = mid[:, None, None, :]
+        del corrupt_run
+        self._layout()
+
+    # ------------------------------------------------------------------ static layout
+    def _layout(self) -> None:
+        """Per-destination facts the propagation reads: stream, answer-only rows, groups."""
+        g, a = self.graph, self.tf.arch
+        L = a.n_layers
+        self._dst_stream: list[int] = []  # pre_l = 2l, mid_l = 2l+1, final = 2L
+        self._dst_ans: list[bool] = []
+        for d in g.destinations:
+            node = d.node
+            if node.kind == "logits":
+                self._dst_stream.append(2 * L)
+                self._dst_ans.append(True)
+            elif node.kind == "mlp":
+                self._dst_stream.append(2 * node.layer + (0 if a.parallel_attn_mlp else 1))
+                self._dst_ans.append(node.layer == L - 1)
+            else:
+                self._dst_stream.append(2 * node.layer)
+                self._dst_ans.append(node.layer == L - 1 and d.qkv == "q")
+        # per layer: heads' (q, k, v) destination rows (one row thrice when not split), MLP row
+        self._head_rows: list[list[tuple[int, int, int]]] = []
+        self._mlp_row: list[int] = []
+        for layer in range(L):
+            rows = []
+            for h in range(a.n_heads):
+                name = f"a{layer}.h{h}"
+                if g.split_qkv:
+                    rows.append(tuple(g.dst_index[f"{name}<{s}>"] for s in "qkv"))
+                else:
+                    rows.append((g.dst_index[name],) * 3)
+            self._head_rows.append(rows)
+            self._mlp_row.append(g.dst_index[f"m{layer}"])
+        self._layer_rows = [
+            torch.tensor(sorted({r for t in self._head_rows[layer] for r in t} | {self._mlp_row[layer]}))
+            for layer in range(L)
+        ]
+        self._logits_row = len(g.destinations) - 1
+        self._src_last = g.src_layer == L - 1  # outputs valid at answer rows only
+        self._upstream = g.upstream.to(self.tf.device)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def batch(self) -> tuple[Tensor, Tensor]:
+        return self.clean_tokens, self.corrupt_tokens
+
+    def state(self) -> PatchState:
+        """A fresh reference state: the full circuit (every edge kept) on the clean run."""
+        c = self.clean
+        return PatchState(
+            keep=self._upstream.clone(),
+            out=c.sources.clone(),
+            resid_pre=c.resid_pre.clone(),
+            resid_mid=c.resid_mid.clone(),
+            logits=c.logits.clone(),
+            patcher=self,
+        )
+
+    def _clean_state(self) -> PatchState:
+        """The full circuit without copies; read-only use (no commit)."""
+        c = self.clean
+        return PatchState(self._upstream, c.sources, c.resid_pre, c.resid_mid, c.logits, self)
+
+    def logits(self, ablated: Tensor | Sequence[str]) -> Tensor:
+        """Logits at the answer positions with the given edges ablated.
+
+        ablated: edge names, a bool mask [n_edges], or a batch of masks [K, n_edges].
+        Returns [batch, d_vocab] (or [K, batch, d_vocab] for a batch of masks).
+        """
+        if isinstance(ablated, Tensor):
+            mask = self.graph.edge_mask(ablated.cpu())
+        else:
+            mask = self.graph.edge_mask(list(ablated))
+        single = mask.dim() == 1
+        keep = self.graph.dense(~mask.reshape(-1, self.graph.n_edges)).to(self.tf.device)
+        out = self.propagate(self._clean_state(), keep).logits
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ propagation
+    def _ans(self, x: Tensor) -> Tensor:
+        """[..., B, S, d] -> [..., B, 1, d] at each prompt's answer position."""
+        return x[..., self._bidx, self.answer_pos, :].unsqueeze(-2)
+
+    def _stream_ref(self, st: PatchState, stream: int, ans: bool) -> Tensor:
+        layer, mid = divmod(stream, 2)
+        x = st.resid_mid[layer] if mid else st.resid_pre[layer]
+        return self._ans(x) if ans else x
+
+    def _stream_base(self, stream: int, ans: bool) -> Tensor:
+        """All-ablated stream [B|1, S|1, d] (every upstream source at its ablation value)."""
+        layer, mid = divmod(stream, 2)
+        x = self._base_mid[layer] if mid else self._base_pre[layer]
+        if ans:
+            x = x.expand(len(self._bidx), self.clean_tokens.shape[1], -1)
+            return self._ans(x)
+        return x.expand(-1, self.clean_tokens.shape[1], -1)
+
+    def propagate(self, st: PatchState, keep: Tensor) -> Proposal:
+        """Logits of candidate circuits ``keep`` [K, n_dst, n_src] against state ``st``."""
+        if keep.dim() == 2:
+            keep = keep[None]
+        keep = keep & self._upstream
+        K = keep.shape[0]
+        a = self.tf.arch
+        L = a.n_layers
+        job = _Job(self, st, keep)
+        changed_rows = (keep != st.keep[None]).any(0).any(-1)
+        if not bool(changed_rows.any()):
+            return Proposal(keep, st.logits.expand(K, *st.logits.shape), {}, {}, {}, [])
+        start = int(self.graph.dst_layer[changed_rows.cpu()].min())
+        job.changed_rows = changed_rows
+        job.alive = keep.any(0).any(0)  # [n_src] some candidate keeps an edge out of it
+        for layer in range(start, L):
+            self._run_heads(job, layer)
+            job.runs[2 * layer + 1] = job.run if not a.parallel_attn_mlp else job.runs.get(2 * layer)
+            self._run_mlp(job, layer)
+            job.runs[2 * layer + 2] = job.run
+        x = job.dst_input(self._logits_row, 2 * L, True).expand(K, -1, -1, -1)
+        logits = self.tf.unembed(x.reshape(-1, x.shape[-1])).view(K, -1, a.d_vocab)
+        return Proposal(keep, logits, job.new_out, job.new_inp, {k: v for k, v in job.runs.items() if v is not None}, job.dropped)
+
+    def _run_heads(self, job: "_Job", layer: int) -> None:
+        a = self.tf.arch
+        rows = self._head_rows[layer]
+        last = layer == a.n_layers - 1
+        todo = []
+        for h, (rq, rk, rv) in enumerate(rows):
+            src = 1 + layer * (a.n_heads + 1) + h
+            hit = [job.affected(r) for r in (rq, rk, rv)]
+            if not any(hit):
+                continue
+            if not bool(job.alive[src]):
+                job.drop(rq, rk, rv)
+                continue
+            todo.append((h, src, rq, rk, rv))
+        job.runs[2 * layer] = job.run
+        if not todo:
+            return
+        K, B = job.K, len(self._bidx)
+        xs: list[list[Tensor]] = [[], [], []]
+        for h, src, rq, rk, rv in todo:
+            for i, r in enumerate((rq, rk, rv)):
+                ans = last and i == 0
+                if rq == rk and last and i == 0:  # unsplit head in the last layer
+                    x = self._ans(job.dst_input(r, 2 * layer, False))
+                else:
+                    x = job.dst_input(r, 2 * layer, ans)
+                xs[i].append(x.expand(K, *x.shape[-3:]))
+        heads = torch.tensor([t[0] for t in todo], device=self.tf.device)
+        xq, xk, xv = (torch.stack(x).reshape(len(todo), K * B, *x[0].shape[-2:]) for x in xs)
+        q_pos = self.answer_pos.repeat(K)[:, None] if last else None
+        out = self.tf.attention(layer, heads, xq, xk, xv, q_pos=q_pos)
+        out = out.view(len(todo), K, B, *out.shape[-2:])
+        for j, (h, src, *_r) in enumerate(todo):
+            job.set_output(src, out[j], ans=last)
+        job.advance([t[1] for t in todo])
+
+    def _run_mlp(self, job: "_Job", layer: int) -> None:
+        a = self.tf.arch
+        row = self._mlp_row[layer]
+        src = 1 + layer * (a.n_heads + 1) + a.n_heads
+        if not job.affected(row):
+            job.advance([])
+            return
+        if not bool(job.alive[src]):
+            job.drop(row)
+            job.advance([])
+            return
+        ans = self._dst_ans[row]
+        x = job.dst_input(row, self._dst_stream[row], ans)
+        job.set_output(src, self.tf.mlp(layer, x.expand(job.K, *x.shape[-3:])), ans=ans)
+        job.advance([src])
+
+    # ------------------------------------------------------------------ commit
+    def _commit(self, st: PatchState, p: Proposal, k: int) -> None:
+        if bool((p.keep[k] & ~st.keep).any()):
+            raise ValueError("a commit may only remove edges from the reference circuit")
+        bidx, apos = self._bidx, self.answer_pos
+        for src, new in p.outputs.items():
+            if bool(self._src_last[src]):
+                st.out[src, bidx, apos] = new[k, :, 0]
+            else:
+                st.out[src] = new[k]
+        for stream, run in p.runs.items():
+            layer, mid = divmod(stream, 2)
+            target = st.resid_mid if mid else st.resid_pre
+            if run.shape[-2] == 1 and target.shape[-2] != 1:
+                target[layer, bidx, apos] += run[k, :, 0]
+            else:
+                target[layer] += run[k]
+        for dst in p.dropped:
+            st.inputs.pop(dst, None)
+        changed_rows = (p.keep[k] != st.keep).any(-1)
+        for dst, new in p.inputs.items():
+            if dst in st.inputs or bool(changed_rows[dst]):
+                st.inputs[dst] = new[k].clone()
+                st.inputs.move_to_end(dst)
+        budget = self.cache_bytes
+        while st.inputs and sum(t.numel() * t.element_size() for t in st.inputs.values()) > budget:
+            st.inputs.popitem(last=False)
+        st.keep = p.keep[k].clone()
+        st.logits = p.logits[k].clone()
+
+
+class _Job:
+    """Bookkeeping of one propagation: changed sources, running stream change, new inputs."""
+
+    def __init__(self, patcher: Patcher, st: PatchState, keep: Tensor):
+        self.p = patcher
+        self.st = st
+        self.keep = keep
+        self.K = keep.shape[0]
+        self.changed = torch.zeros(keep.shape[-1], dtype=torch.bool, device=keep.device)
+        self.delta: dict[int, Tensor] = {}  # source -> [K, B, p, d] change of its output
+        self._delta_ans: dict[int, Tensor] = {}
+        self.new_out: dict[int, Tensor] = {}
+        self.new_inp: dict[int, Tensor] = {}
+        self.memo: dict[int, Tensor] = {}
+        self.dropped: list[int] = []
+        self.run: Tensor | None = None  # change of the unpatched stream so far [K, B, p, d]
+        self.runs: dict[int, Tensor | None] = {}
+        self.changed_rows: Tensor
+        self.alive: Tensor
+
+    # structural questions
+    def affected(self, row: int) -> bool:
+        if bool(self.changed_rows[row]):
+            return True
+        return bool((self.keep[:, row] & self.changed).any())
+
+    def drop(self, *rows: int) -> None:
+        self.dropped.extend(rows)
+
+    # outputs
+    def set_output(self, src: int, new: Tensor, ans: bool) -> None:
+        ref = self.st.out[src]
+        ref = self.p._ans(ref) if ans else ref
+        self.new_out[src] = new
+        self.delta[src] = new - ref
+        self.changed[src] = True
+
+    def advance(self, srcs: list[int]) -> None:
+        """Add the new outputs' changes to the running change of the unpatched stream."""
+        for s in srcs:
+            d = self.delta[s]
+            if self.run is None:
+                self.run = d
+            elif self.run.shape[-2] != d.shape[-2]:
+                self.run = self.p._ans(self.run) + d
+            else:
+                self.run = self.run + d
+
+    def _delta(self, src: int, ans: bool) -> Tensor:
+        d = self.delta[src]
+        if ans and d.shape[-2] != 1:
+            if src not in self._delta_ans:
+                self._delta_ans[src] = self.p._ans(d)
+            return self._delta_ans[src]
+        return d
+
+    # inputs
+    def _sum_ref(self, w: Tensor, ans: bool) -> Tensor | None:
+        """sum_u w[k, u] (O_u - A_u) over reference outputs; w [K, n_src] float."""
+        cols = w.ne(0).any(0).nonzero().squeeze(1)
+        if cols.numel() == 0:
+            return None
+        p = self.p
+        x = self.st.out.index_select(0, cols)
+        if p.abl is not None:
+            x = x - p.abl.index_select(0, cols)
+        if ans:
+            x = p._ans(x)
+        return torch.einsum("kn,nbpd->kbpd", w[:, cols].to(x.dtype), x)
+
+    def _sum_delta(self, w: Tensor, ans: bool) -> Tensor | None:
+        """sum_u w[k, u] delta_u over changed sources (w is zero elsewhere)."""
+        cols = (w.ne(0).any(0) & self.changed).nonzero().squeeze(1).tolist()
+        if not cols:
+            return None
+        terms = [self._delta(c, ans) for c in cols]
+        if len(cols) == 1:
+            return terms[0] * w[:, cols[0]].to(terms[0].dtype)[:, None, None, None]
+        x = torch.stack(terms, 1)  # [K, n, B, p, d]
+        return torch.einsum("kn,knbpd->kbpd", w[:, cols].to(x.dtype), x)
+
+    def dst_input(self, row: int, stream: int, ans: bool) -> Tensor:
+        """Input of destination ``row`` under every candidate: [K or 1, B, p, d]."""
+        if row in self.memo:
+            x = self.memo[row]
+            return self.p._ans(x) if ans and x.shape[-2] != 1 else x
+        st, p = self.st, self.p
+        up = p._upstream[row]
+        kept = self.keep[:, row] & up  # [K, n_src]
+        ablated = up & ~kept
+        ref_row = st.keep[row]
+        n_kept = int(kept.sum(-1).max())
+        n_abl = int(ablated.sum(-1).max())
+        # Forms that subtract from the full stream lose float precision when the result is
+        # small (many sources ablated), and LayerNorm magnifies that; so they must be clearly
+        # cheaper than summing the kept sources to be chosen.
+        options = {"kept": n_kept, "ablated": 2 * n_abl + 1}
+        full_ref = bool(torch.equal(ref_row, up))
+        cached = st.inputs.get(row)
+        if cached is not None or full_ref:
+            moved = kept != ref_row[None]
+            n_moved = int(moved.sum(-1).max()) + int((kept & self.changed).sum(-1).max())
+            options["relative"] = 2 * n_moved + 1
+        how = min(options, key=options.get)
+        if how == "relative":
+            if cached is not None:
+                st.inputs.move_to_end(row)
+                x = p._ans(cached) if ans and cached.shape[-2] != 1 else cached
+                x = x[None]
+            else:
+                x = p._stream_ref(st, stream, ans)[None]
+            w_moved = kept.to(torch.int8) - ref_row[None].to(torch.int8)
+            for term in (self._sum_ref(w_moved, ans), self._sum_delta(kept, ans)):
+                if term is not None:
+                    x = x + term
+        elif how == "kept":
+            x = p._stream_base(stream, ans)[None]
+            for term in (self._sum_ref(kept, ans), self._sum_delta(kept, ans)):
+                if term is not None:
+                    x = x + term
+        else:
+            x = p._stream_ref(st, stream, ans)[None]
+            run = self.runs.get(stream)
+            if run is not None:
+                x = x + (p._ans(run) if ans and run.shape[-2] != 1 else run)
+            for term in (self._sum_ref(ablated, ans), self._sum_delta(ablated, ans)):
+                if term is not None:
+                    x = x - term
+        x = x.expand(x.shape[0], len(p._bidx), *x.shape[-2:])
+        self.memo[row] = x
+        if self.affected(row):
+            self.new_inp[row] = x
+        return x
+
+
+def _answer_positions(answer_pos: Any, batch: int, n_pos: int) -> Tensor:
+    """[batch] answer positions from None (last), an int, or a sequence; checked in range."""
+    if answer_pos is None:
+        return torch.full((batch,), n_pos - 1, dtype=torch.long)
+    t = torch.as_tensor(answer_pos, dtype=torch.long)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"answer_pos must be an int or have one entry per prompt ({batch}), got shape {tuple(t.shape)}")
+    t = torch.where(t < 0, t + n_pos, t)
+    if bool((t < 0).any() or (t >= n_pos).any()):
+        raise ValueError(f"answer_pos must lie in [0, {n_pos}) (prompts have {n_pos} tokens)")
+    return t.clone()

@@ -1,0 +1,98 @@
+"""The slow, obvious patched forward, used as ground truth in tests.
+
+It runs the TransformerLens bridge with hooks. Every destination input (each head's q/k/v input,
+each MLP input, the final residual) is rebuilt as the explicit sum of its sources' outputs, with
+an ablated source's output swapped for its ablation value, plus the attention biases that belong
+to no source. Nothing here shares code with acdc's engine.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from acdc.graph import Graph
+
+
+def _source_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
+    """Output of every source node on a plain run: name -> [batch, pos, d_model]."""
+    _, cache = model.run_with_cache(tokens)
+    out = {"input": cache["blocks.0.hook_resid_pre"]}
+    for layer in range(model.cfg.n_layers):
+        res = cache[f"blocks.{layer}.attn.hook_result"]
+        for h in range(model.cfg.n_heads):
+            out[f"a{layer}.h{h}"] = res[:, :, h]
+        out[f"m{layer}"] = cache[f"blocks.{layer}.hook_mlp_out"]
+    return out
+
+
+def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated: set[str], ablation: str) -> Tensor:
+    """Logits [batch, pos, vocab] of the clean run with the named edges ablated."""
+    model.set_use_split_qkv_input(True)
+    model.set_use_attn_result(True)
+    model.set_use_hook_mlp_in(True)
+    cfg = model.cfg
+    corrupt_out = _source_outputs(model, corrupt)
+    if ablation == "resample":
+        abl = corrupt_out
+    elif ablation == "mean":
+        abl = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in corrupt_out.items()}
+    else:
+        abl = {k: torch.zeros_like(v) for k, v in corrupt_out.items()}
+    b_o = model.b_O.detach()
+    current: dict[str, Tensor] = {}
+    sources_of = {}
+    for e in graph.edges:
+        sources_of.setdefault(e.dst.name, []).append(e.src.name)
+
+    def rebuilt(dst_name: str, bias_layers: int) -> Tensor:
+        total = b_o[:bias_layers].sum(0) if bias_layers else 0.0
+        for src in sources_of[dst_name]:
+            edge = f"{src}->{dst_name.replace('<', '<')}"
+            total = total + (abl[src] if edge in ablated else current[src])
+        return total
+
+    def record_input(x, hook):
+        current["input"] = x
+        return x
+
+    def make_qkv(layer: int, letter: str):
+        def fn(x, hook):
+            x = x.clone()
+            for h in range(cfg.n_heads):
+                dst = f"a{layer}.h{h}<{letter}>" if graph.split_qkv else f"a{layer}.h{h}"
+                x[:, :, h] = rebuilt(dst, layer)
+            return x
+        return fn
+
+    def make_result(layer: int):
+        def fn(x, hook):
+            for h in range(cfg.n_heads):
+                current[f"a{layer}.h{h}"] = x[:, :, h]
+            return x
+        return fn
+
+    def make_mlp_in(layer: int):
+        def fn(x, hook):
+            return rebuilt(f"m{layer}", layer if cfg.parallel_attn_mlp else layer + 1)
+        return fn
+
+    def make_mlp_out(layer: int):
+        def fn(x, hook):
+            current[f"m{layer}"] = x
+            return x
+        return fn
+
+    def final(x, hook):
+        return rebuilt("logits", cfg.n_layers)
+
+    hooks = [("blocks.0.hook_resid_pre", record_input)]
+    for layer in range(cfg.n_layers):
+        for letter in "qkv":
+            hooks.append((f"blocks.{layer}.hook_{letter}_input", make_qkv(layer, letter)))
+        hooks.append((f"blocks.{layer}.attn.hook_result", make_result(layer)))
+        hooks.append((f"blocks.{layer}.hook_mlp_in", make_mlp_in(layer)))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", make_mlp_out(layer)))
+    hooks.append(("ln_final.hook_in", final))
+    with torch.no_grad():
+        return model.run_with_hooks(clean, fwd_hooks=hooks)
