@@ -1,5 +1,7 @@
 """acdc: automatic circuit discovery for transformer language models."""
 
+from .api import discover
+from .circuit import Circuit
 from .graph import Destination, Edge, Graph, Node
 from .metrics import Batch, Metric
 from .model import Transformer, load_model
@@ -8,6 +10,7 @@ from .patching import ABLATIONS, Patcher, PatchState
 __all__ = [
     "ABLATIONS",
     "Batch",
+    "Circuit",
     "Destination",
     "Edge",
     "Graph",
@@ -16,6 +19,7 @@ __all__ = [
     "Patcher",
     "PatchState",
     "Transformer",
+    "discover",
     "load_model",
 ]
 __version__ = "0.1.0"

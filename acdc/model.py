@@ -123,15 +123,10 @@ class Transformer:
     Sources are numbered like `Graph`: 0 = input, then per layer heads 0..H-1 and the MLP.
     """
 
-    def __init__(self, arch: Architecture, weights: dict[str, Tensor]):
+    def __init__(self, arch: Architecture, weights: dict[str, Any]):
         self.arch = arch
         self.w = weights
         self.act = _ACTIVATIONS[arch.act_fn]
-        a = arch
-        # [L, d, H*dh] layouts for the shared-input fast path (one matmul for all heads).
-        self._wq_cat = weights["W_Q"].permute(0, 2, 1, 3).reshape(a.n_layers, a.d_model, -1)
-        self._wk_cat = weights["W_K"].permute(0, 2, 1, 3).reshape(a.n_layers, a.d_model, -1)
-        self._wv_cat = weights["W_V"].permute(0, 2, 1, 3).reshape(a.n_layers, a.d_model, -1)
         self.device = weights["W_E"].device
         self.dtype = weights["W_E"].dtype
 
@@ -267,7 +262,7 @@ class Transformer:
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         z = torch.matmul(scores.softmax(-1), vm)  # [h, n, p, dh]
         h, n, p, dh = z.shape
-        out = torch.bmm(z.reshape(h, n * p, dh), w["W_O"][layer, heads])
+        out = torch.bmm(z.reshape(h, n * p, dh), w["W_O"][layer][heads])
         return out.view(h, n, p, a.d_model)
 
     def _project(self, layer: int, heads: Tensor, x: Tensor, which: str) -> Tensor:
@@ -275,27 +270,22 @@ class Transformer:
         a = self.arch
         h = heads.numel()
         ln = self._ln(x, "ln1", layer)
-        if ln.dim() == 3:  # shared input: one matmul for all heads, then keep the asked ones
-            n, p, _ = ln.shape
-            cat = {"Q": self._wq_cat, "K": self._wk_cat, "V": self._wv_cat}[which][layer]
-            y = (ln.reshape(n * p, -1) @ cat).view(n, p, a.n_heads, a.d_head)
-            y = y.permute(2, 0, 1, 3)
-            if h != a.n_heads:
-                y = y[heads]
-            return y + self.w[f"b_{which}"][layer, heads][:, None, None, :]
+        weight = self.w[f"W_{which}"][layer]
+        bias = self.w[f"b_{which}"][layer]
+        if h != a.n_heads:
+            weight, bias = weight[heads], bias[heads]
+        if ln.dim() == 3:  # shared input: one matmul for all the heads
+            y = torch.einsum("npd,hde->hnpe", ln, weight)
+            return y + bias[:, None, None, :]
         _, n, p, d = ln.shape
-        y = torch.baddbmm(
-            self.w[f"b_{which}"][layer, heads][:, None, :],
-            ln.reshape(h, n * p, d),
-            self.w[f"W_{which}"][layer, heads],
-        )
+        y = torch.baddbmm(bias[:, None, :], ln.reshape(h, n * p, d), weight)
         return y.view(h, n, p, a.d_head)
 
     def mlp(self, layer: int, x: Tensor) -> Tensor:
         """Output of MLP `layer` (b_out included) for input x [..., d_model]."""
         w = self.w
-        ln = self._ln(x, "ln2", layer)
-        hidden = self.act(torch.addmm(w["b_in"][layer], ln.reshape(-1, ln.shape[-1]), w["W_in"][layer]))
+        ln = self._ln(x, "ln2", layer).reshape(-1, x.shape[-1])
+        hidden = self.act(torch.addmm(w["b_in"][layer], ln, w["W_in"][layer]))
         out = torch.addmm(w["b_out"][layer], hidden, w["W_out"][layer])
         return out.view(*x.shape)
 
@@ -339,42 +329,44 @@ class Transformer:
         return ForwardCache(sources, resid_pre, resid_mid, self.unembed(final))
 
 
-def _read_weights(bridge: Any, arch: Architecture) -> dict[str, Tensor]:
-    """Copy the bridge's weights into a dict of plain tensors (biases default to zero)."""
-    a = arch
+def _read_weights(bridge: Any, arch: Architecture) -> dict[str, Any]:
+    """The bridge's weights as views where possible (no copies of the model).
 
-    def get(name: str, shape: tuple[int, ...]) -> Tensor:
+    Layer weights are per-layer lists (``w["W_Q"][layer]`` is [n_heads, d_model, d_head]);
+    missing biases are zeros.
+    """
+    a = arch
+    ref = bridge.W_E
+
+    def get(obj: Any, name: str, shape: tuple[int, ...]) -> Tensor:
         try:
-            t = getattr(bridge, name)
+            t = getattr(obj, name)
         except (AttributeError, ValueError, RuntimeError):
             t = None
         if t is None:
-            return torch.zeros(shape, dtype=bridge.W_E.dtype, device=bridge.W_E.device)
-        return t.detach().contiguous()
+            return torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+        return t.detach()
 
-    L, H, d, dh, m = a.n_layers, a.n_heads, a.d_model, a.d_head, a.d_mlp
-    w = {
-        "W_E": get("W_E", (a.d_vocab, d)),
-        "W_Q": get("W_Q", (L, H, d, dh)),
-        "W_K": get("W_K", (L, H, d, dh)),
-        "W_V": get("W_V", (L, H, d, dh)),
-        "W_O": get("W_O", (L, H, dh, d)),
-        "b_Q": get("b_Q", (L, H, dh)),
-        "b_K": get("b_K", (L, H, dh)),
-        "b_V": get("b_V", (L, H, dh)),
-        "b_O": get("b_O", (L, d)),
-        "W_in": get("W_in", (L, d, m)),
-        "b_in": get("b_in", (L, m)),
-        "W_out": get("W_out", (L, m, d)),
-        "b_out": get("b_out", (L, d)),
-        "W_U": get("W_U", (d, a.d_vocab)),
-        "b_U": get("b_U", (a.d_vocab,)),
+    H, d, dh, m = a.n_heads, a.d_model, a.d_head, a.d_mlp
+    shapes = {
+        "W_Q": (H, d, dh), "W_K": (H, d, dh), "W_V": (H, d, dh), "W_O": (H, dh, d),
+        "b_Q": (H, dh), "b_K": (H, dh), "b_V": (H, dh), "b_O": (d,),
     }
+    mlp_shapes = {"W_in": (d, m), "b_in": (m,), "W_out": (m, d), "b_out": (d,)}
+    w: dict[str, Any] = {k: [] for k in [*shapes, *mlp_shapes, "ln1_w", "ln1_b", "ln2_w", "ln2_b"]}
+    for blk in bridge.blocks:
+        for k, shape in shapes.items():
+            w[k].append(get(blk.attn, k, shape))
+        for k, shape in mlp_shapes.items():
+            w[k].append(get(blk.mlp, k, shape))
+        for ln in ("ln1", "ln2"):
+            w[f"{ln}_w"].append(get(getattr(blk, ln), "w", (d,)))
+            w[f"{ln}_b"].append(get(getattr(blk, ln), "b", (d,)))
+    w["W_E"] = get(bridge, "W_E", (a.d_vocab, d))
+    w["W_U"] = get(bridge, "W_U", (d, a.d_vocab))
+    w["b_U"] = get(bridge, "b_U", (a.d_vocab,))
     if a.positional == "standard":
-        w["W_pos"] = get("W_pos", (1, d))
-    for name, attr in (("ln1", "ln1"), ("ln2", "ln2")):
-        w[f"{name}_w"] = torch.stack([blk.__getattr__(attr).w.detach() for blk in bridge.blocks])
-        w[f"{name}_b"] = torch.stack([blk.__getattr__(attr).b.detach() for blk in bridge.blocks])
-    w["lnf_w"] = bridge.ln_final.w.detach().clone()
-    w["lnf_b"] = bridge.ln_final.b.detach().clone()
+        w["W_pos"] = get(bridge, "W_pos", (1, d))
+    w["lnf_w"] = get(bridge.ln_final, "w", (d,))
+    w["lnf_b"] = get(bridge.ln_final, "b", (d,))
     return w

@@ -92,6 +92,7 @@ class PatchState:
     logits: Tensor
     patcher: "Patcher"
     inputs: OrderedDict = field(default_factory=OrderedDict)
+    _shared: bool = True  # tensors still belong to the clean run (copied at the first commit)
 
     def propagate(self, keep: Tensor) -> "Proposal":
         """Evaluate candidate kept-edge sets [K, n_dst, n_src] (or one [n_dst, n_src])."""
@@ -108,8 +109,8 @@ class Proposal:
 
     keep: Tensor  # [K, n_dst, n_src]
     logits: Tensor  # [K, batch, d_vocab]
-    outputs: dict[int, Tensor]  # source -> [K, batch, p, d_model] new output
-    inputs: dict[int, Tensor]  # destination -> [K, batch, p, d_model] new input
+    deltas: dict[int, Tensor]  # source -> [K, batch, p, d_model] change of its output
+    inputs: dict[int, Tensor]  # destination -> [1|K, batch, p, d_model] input to cache
     runs: dict[int, Tensor]  # stream -> [K, batch, p, d_model] change of the unpatched stream
     dropped: list[int]  # destinations whose cached input went stale
 
@@ -179,7 +180,7 @@ class Patcher:
             self._base_mid = corrupt_run.resid_mid.mean(1, keepdim=True)
         else:
             self.abl = None
-            b_o = tf.w["b_O"]  # only the attention biases are outside every source
+            b_o = torch.stack(tf.w["b_O"])  # only the attention biases are outside every source
             cum = torch.cat([torch.zeros_like(b_o[:1]), b_o.cumsum(0)])
             self._base_pre = cum[:, None, None, :]
             mid = cum[1:] if not a.parallel_attn_mlp else cum[:-1]
@@ -232,21 +233,12 @@ class Patcher:
         return self.clean_tokens, self.corrupt_tokens
 
     def state(self) -> PatchState:
-        """A fresh reference state: the full circuit (every edge kept) on the clean run."""
-        c = self.clean
-        return PatchState(
-            keep=self._upstream.clone(),
-            out=c.sources.clone(),
-            resid_pre=c.resid_pre.clone(),
-            resid_mid=c.resid_mid.clone(),
-            logits=c.logits.clone(),
-            patcher=self,
-        )
+        """A fresh reference state: the full circuit (every edge kept) on the clean run.
 
-    def _clean_state(self) -> PatchState:
-        """The full circuit without copies; read-only use (no commit)."""
+        It shares the clean run's tensors until its first commit (copy-on-write).
+        """
         c = self.clean
-        return PatchState(self._upstream, c.sources, c.resid_pre, c.resid_mid, c.logits, self)
+        return PatchState(self._upstream.clone(), c.sources, c.resid_pre, c.resid_mid, c.logits, self)
 
     def logits(self, ablated: Tensor | Sequence[str]) -> Tensor:
         """Logits at the answer positions with the given edges ablated.
@@ -260,7 +252,7 @@ class Patcher:
             mask = self.graph.edge_mask(list(ablated))
         single = mask.dim() == 1
         keep = self.graph.dense(~mask.reshape(-1, self.graph.n_edges)).to(self.tf.device)
-        out = self.propagate(self._clean_state(), keep).logits
+        out = self.propagate(self.state(), keep).logits
         return out[0] if single else out
 
     # ------------------------------------------------------------------ propagation
@@ -290,84 +282,115 @@ class Patcher:
         K = keep.shape[0]
         a = self.tf.arch
         L = a.n_layers
-        job = _Job(self, st, keep)
         changed_rows = (keep != st.keep[None]).any(0).any(-1)
         if not bool(changed_rows.any()):
             return Proposal(keep, st.logits.expand(K, *st.logits.shape), {}, {}, {}, [])
         start = int(self.graph.dst_layer[changed_rows.cpu()].min())
-        job.changed_rows = changed_rows
-        job.alive = keep.any(0).any(0)  # [n_src] some candidate keeps an edge out of it
+        job = _Job(self, st, keep, changed_rows)
         for layer in range(start, L):
+            job.open_stream(2 * layer)
             self._run_heads(job, layer)
-            job.runs[2 * layer + 1] = job.run if not a.parallel_attn_mlp else job.runs.get(2 * layer)
-            self._run_mlp(job, layer)
-            job.runs[2 * layer + 2] = job.run
+            if a.parallel_attn_mlp:  # the MLP reads the stream before this layer's heads
+                job.runs[2 * layer + 1] = job.runs[2 * layer]
+                self._run_mlp(job, layer, 2 * layer)
+            else:
+                job.open_stream(2 * layer + 1)
+                self._run_mlp(job, layer, 2 * layer + 1)
+        job.open_stream(2 * L)
         x = job.dst_input(self._logits_row, 2 * L, True).expand(K, -1, -1, -1)
         logits = self.tf.unembed(x.reshape(-1, x.shape[-1])).view(K, -1, a.d_vocab)
-        return Proposal(keep, logits, job.new_out, job.new_inp, {k: v for k, v in job.runs.items() if v is not None}, job.dropped)
+        runs = {k: v for k, v in job.runs.items() if v is not None}
+        return Proposal(keep, logits, job.delta, job.new_inp, runs, job.dropped)
 
     def _run_heads(self, job: "_Job", layer: int) -> None:
+        """Recompute the heads of ``layer`` whose inputs changed and whose output is used."""
         a = self.tf.arch
         rows = self._head_rows[layer]
         last = layer == a.n_layers - 1
+        base = 1 + layer * (a.n_heads + 1)
+        hit = job.affected_many([r for t in rows for r in t])
         todo = []
-        for h, (rq, rk, rv) in enumerate(rows):
-            src = 1 + layer * (a.n_heads + 1) + h
-            hit = [job.affected(r) for r in (rq, rk, rv)]
-            if not any(hit):
+        for h, trio in enumerate(rows):
+            if not any(hit[3 * h : 3 * h + 3]):
                 continue
-            if not bool(job.alive[src]):
-                job.drop(rq, rk, rv)
-                continue
-            todo.append((h, src, rq, rk, rv))
-        job.runs[2 * layer] = job.run
+            if bool(job.alive[base + h]):
+                todo.append(h)
+            else:
+                job.dropped.extend(trio)
         if not todo:
             return
         K, B = job.K, len(self._bidx)
-        xs: list[list[Tensor]] = [[], [], []]
-        for h, src, rq, rk, rv in todo:
-            for i, r in enumerate((rq, rk, rv)):
-                ans = last and i == 0
-                if rq == rk and last and i == 0:  # unsplit head in the last layer
-                    x = self._ans(job.dst_input(r, 2 * layer, False))
-                else:
-                    x = job.dst_input(r, 2 * layer, ans)
-                xs[i].append(x.expand(K, *x.shape[-3:]))
-        heads = torch.tensor([t[0] for t in todo], device=self.tf.device)
-        xq, xk, xv = (torch.stack(x).reshape(len(todo), K * B, *x[0].shape[-2:]) for x in xs)
+        stream = 2 * layer
+        shared_full = job.stream_value(stream, False)
+        shared_q = job.stream_value(stream, True) if last else shared_full
+        shared, own = [], []
+        for h in todo:
+            rq, rk, rv = rows[h]
+            if rq == rk and last:  # one input for q, k, v: read q at the answer rows
+                xk = xv = job.dst_input(rq, stream, False)
+                xq = self._ans(xk) if xk is not shared_full else shared_q
+            else:
+                xq = job.dst_input(rq, stream, last)
+                xk = job.dst_input(rk, stream, False)
+                xv = job.dst_input(rv, stream, False)
+            if xq is shared_q and xk is shared_full and xv is shared_full:
+                shared.append(h)
+            else:
+                own.append((h, xq, xk, xv))
         q_pos = self.answer_pos.repeat(K)[:, None] if last else None
-        out = self.tf.attention(layer, heads, xq, xk, xv, q_pos=q_pos)
-        out = out.view(len(todo), K, B, *out.shape[-2:])
-        for j, (h, src, *_r) in enumerate(todo):
-            job.set_output(src, out[j], ans=last)
-        job.advance([t[1] for t in todo])
+        outs, heads_done = [], []
+        if shared:
+            full = shared_full.expand(K, *shared_full.shape[-3:]).reshape(K * B, *shared_full.shape[-2:])
+            q = shared_q.expand(K, *shared_q.shape[-3:]).reshape(K * B, *shared_q.shape[-2:])
+            hs = torch.tensor(shared, device=self.tf.device)
+            outs.append(self.tf.attention(layer, hs, q, full, full, q_pos=q_pos))
+            heads_done.extend(shared)
+        if own:
+            def stack(i: int) -> Tensor:
+                xs = [t[i].expand(K, *t[i].shape[-3:]) for t in own]
+                return torch.stack(xs).reshape(len(own), K * B, *xs[0].shape[-2:])
 
-    def _run_mlp(self, job: "_Job", layer: int) -> None:
+            hs = torch.tensor([t[0] for t in own], device=self.tf.device)
+            outs.append(self.tf.attention(layer, hs, stack(1), stack(2), stack(3), q_pos=q_pos))
+            heads_done.extend(t[0] for t in own)
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        out = out.view(len(heads_done), K, B, *out.shape[-2:])
+        srcs = [base + h for h in heads_done]
+        ref = self._src_ref(job.st, srcs, last)
+        job.add_deltas(srcs, out - ref[:, None])
+
+    def _run_mlp(self, job: "_Job", layer: int, stream: int) -> None:
         a = self.tf.arch
         row = self._mlp_row[layer]
         src = 1 + layer * (a.n_heads + 1) + a.n_heads
-        if not job.affected(row):
-            job.advance([])
+        if not job.affected_many([row])[0]:
             return
         if not bool(job.alive[src]):
-            job.drop(row)
-            job.advance([])
+            job.dropped.append(row)
             return
         ans = self._dst_ans[row]
-        x = job.dst_input(row, self._dst_stream[row], ans)
-        job.set_output(src, self.tf.mlp(layer, x.expand(job.K, *x.shape[-3:])), ans=ans)
-        job.advance([src])
+        x = job.dst_input(row, stream, ans)
+        new = self.tf.mlp(layer, x.expand(job.K, *x.shape[-3:]))
+        job.add_deltas([src], new[None] - self._src_ref(job.st, [src], ans)[:, None])
+
+    def _src_ref(self, st: PatchState, srcs: list[int], ans: bool) -> Tensor:
+        """Reference outputs [n, B, p, d] of some sources (answer rows only if ``ans``)."""
+        x = st.out[srcs[0] : srcs[-1] + 1] if srcs == list(range(srcs[0], srcs[-1] + 1)) else st.out[srcs]
+        return self._ans(x) if ans else x
 
     # ------------------------------------------------------------------ commit
     def _commit(self, st: PatchState, p: Proposal, k: int) -> None:
         if bool((p.keep[k] & ~st.keep).any()):
             raise ValueError("a commit may only remove edges from the reference circuit")
+        if st._shared:  # copy-on-write: the first commit detaches the state from the clean run
+            st.out, st.resid_pre, st.resid_mid = st.out.clone(), st.resid_pre.clone(), st.resid_mid.clone()
+            st._shared = False
         bidx, apos = self._bidx, self.answer_pos
-        for src, new in p.outputs.items():
-            if bool(self._src_last[src]):
-                st.out[src, bidx, apos] = new[k, :, 0]
+        for src, delta in p.deltas.items():
+            if delta.shape[-2] == 1 and st.out.shape[-2] != 1:
+                st.out[src, bidx, apos] += delta[k, :, 0]
             else:
-                st.out[src] = new[k]
+                st.out[src] += delta[k]
         for stream, run in p.runs.items():
             layer, mid = divmod(stream, 2)
             target = st.resid_mid if mid else st.resid_pre
@@ -377,14 +400,13 @@ class Patcher:
                 target[layer] += run[k]
         for dst in p.dropped:
             st.inputs.pop(dst, None)
-        changed_rows = (p.keep[k] != st.keep).any(-1)
         for dst, new in p.inputs.items():
-            if dst in st.inputs or bool(changed_rows[dst]):
-                st.inputs[dst] = new[k].clone()
-                st.inputs.move_to_end(dst)
-        budget = self.cache_bytes
-        while st.inputs and sum(t.numel() * t.element_size() for t in st.inputs.values()) > budget:
-            st.inputs.popitem(last=False)
+            st.inputs[dst] = new[min(k, new.shape[0] - 1)].clone()
+            st.inputs.move_to_end(dst)
+        used = sum(t.numel() * t.element_size() for t in st.inputs.values())
+        while st.inputs and used > self.cache_bytes:
+            _, t = st.inputs.popitem(last=False)
+            used -= t.numel() * t.element_size()
         st.keep = p.keep[k].clone()
         st.logits = p.logits[k].clone()
 
@@ -392,50 +414,55 @@ class Patcher:
 class _Job:
     """Bookkeeping of one propagation: changed sources, running stream change, new inputs."""
 
-    def __init__(self, patcher: Patcher, st: PatchState, keep: Tensor):
+    def __init__(self, patcher: Patcher, st: PatchState, keep: Tensor, changed_rows: Tensor):
         self.p = patcher
         self.st = st
         self.keep = keep
         self.K = keep.shape[0]
+        self.changed_rows = changed_rows
+        self.alive = keep.any(0).any(0)  # [n_src]: some candidate keeps an edge out of it
         self.changed = torch.zeros(keep.shape[-1], dtype=torch.bool, device=keep.device)
         self.delta: dict[int, Tensor] = {}  # source -> [K, B, p, d] change of its output
         self._delta_ans: dict[int, Tensor] = {}
-        self.new_out: dict[int, Tensor] = {}
-        self.new_inp: dict[int, Tensor] = {}
-        self.memo: dict[int, Tensor] = {}
-        self.dropped: list[int] = []
         self.run: Tensor | None = None  # change of the unpatched stream so far [K, B, p, d]
         self.runs: dict[int, Tensor | None] = {}
-        self.changed_rows: Tensor
-        self.alive: Tensor
+        self._streams: dict[tuple[int, bool], Tensor] = {}
+        self.new_inp: dict[int, Tensor] = {}  # inputs a commit will cache
+        self.memo: dict[int, Tensor] = {}
+        self.dropped: list[int] = []
 
-    # structural questions
-    def affected(self, row: int) -> bool:
-        if bool(self.changed_rows[row]):
-            return True
-        return bool((self.keep[:, row] & self.changed).any())
+    def affected_many(self, rows: list[int]) -> list[bool]:
+        """Whether each destination's input differs from the reference."""
+        r = torch.tensor(rows, device=self.keep.device)
+        hit = self.changed_rows[r] | (self.keep[:, r] & self.changed).any(-1).any(0)
+        return hit.tolist()
 
-    def drop(self, *rows: int) -> None:
-        self.dropped.extend(rows)
+    def open_stream(self, stream: int) -> None:
+        self.runs[stream] = self.run
 
-    # outputs
-    def set_output(self, src: int, new: Tensor, ans: bool) -> None:
-        ref = self.st.out[src]
-        ref = self.p._ans(ref) if ans else ref
-        self.new_out[src] = new
-        self.delta[src] = new - ref
-        self.changed[src] = True
+    def stream_value(self, stream: int, ans: bool) -> Tensor:
+        """Unpatched stream of the candidates, [1|K, B, p, d]; one shared tensor per stream."""
+        key = (stream, ans)
+        if key not in self._streams:
+            x = self.p._stream_ref(self.st, stream, ans)[None]
+            run = self.runs.get(stream)
+            if run is not None:
+                x = x + (self.p._ans(run) if ans and run.shape[-2] != 1 else run)
+            self._streams[key] = x
+        return self._streams[key]
 
-    def advance(self, srcs: list[int]) -> None:
-        """Add the new outputs' changes to the running change of the unpatched stream."""
-        for s in srcs:
-            d = self.delta[s]
-            if self.run is None:
-                self.run = d
-            elif self.run.shape[-2] != d.shape[-2]:
-                self.run = self.p._ans(self.run) + d
-            else:
-                self.run = self.run + d
+    def add_deltas(self, srcs: list[int], delta: Tensor) -> None:
+        """Record new outputs' changes [n, K, B, p, d]; add them to the running stream change."""
+        for j, s in enumerate(srcs):
+            self.delta[s] = delta[j]
+            self.changed[s] = True
+        total = delta.sum(0) if len(srcs) > 1 else delta[0]
+        if self.run is None:
+            self.run = total
+        elif self.run.shape[-2] != total.shape[-2]:
+            self.run = self.p._ans(self.run) + total
+        else:
+            self.run = self.run + total
 
     def _delta(self, src: int, ans: bool) -> Tensor:
         d = self.delta[src]
@@ -445,9 +472,8 @@ class _Job:
             return self._delta_ans[src]
         return d
 
-    # inputs
     def _sum_ref(self, w: Tensor, ans: bool) -> Tensor | None:
-        """sum_u w[k, u] (O_u - A_u) over reference outputs; w [K, n_src] float."""
+        """sum_u w[k, u] (O_u - A_u) over reference outputs; w [K, n_src]."""
         cols = w.ne(0).any(0).nonzero().squeeze(1)
         if cols.numel() == 0:
             return None
@@ -471,55 +497,44 @@ class _Job:
         return torch.einsum("kn,knbpd->kbpd", w[:, cols].to(x.dtype), x)
 
     def dst_input(self, row: int, stream: int, ans: bool) -> Tensor:
-        """Input of destination ``row`` under every candidate: [K or 1, B, p, d]."""
+        """Input of destination ``row`` under every candidate: [1|K, B, p, d]."""
         if row in self.memo:
             x = self.memo[row]
             return self.p._ans(x) if ans and x.shape[-2] != 1 else x
         st, p = self.st, self.p
         up = p._upstream[row]
-        kept = self.keep[:, row] & up  # [K, n_src]
+        kept = self.keep[:, row]  # [K, n_src], already within `up`
         ablated = up & ~kept
-        ref_row = st.keep[row]
-        n_kept = int(kept.sum(-1).max())
         n_abl = int(ablated.sum(-1).max())
-        # Forms that subtract from the full stream lose float precision when the result is
-        # small (many sources ablated), and LayerNorm magnifies that; so they must be clearly
-        # cheaper than summing the kept sources to be chosen.
-        options = {"kept": n_kept, "ablated": 2 * n_abl + 1}
-        full_ref = bool(torch.equal(ref_row, up))
-        cached = st.inputs.get(row)
-        if cached is not None or full_ref:
-            moved = kept != ref_row[None]
-            n_moved = int(moved.sum(-1).max()) + int((kept & self.changed).sum(-1).max())
-            options["relative"] = 2 * n_moved + 1
-        how = min(options, key=options.get)
-        if how == "relative":
-            if cached is not None:
-                st.inputs.move_to_end(row)
-                x = p._ans(cached) if ans and cached.shape[-2] != 1 else cached
-                x = x[None]
-            else:
-                x = p._stream_ref(st, stream, ans)[None]
-            w_moved = kept.to(torch.int8) - ref_row[None].to(torch.int8)
-            for term in (self._sum_ref(w_moved, ans), self._sum_delta(kept, ans)):
-                if term is not None:
-                    x = x + term
-        elif how == "kept":
-            x = p._stream_base(stream, ans)[None]
-            for term in (self._sum_ref(kept, ans), self._sum_delta(kept, ans)):
-                if term is not None:
-                    x = x + term
+        if n_abl == 0:
+            x = self.stream_value(stream, ans)
         else:
-            x = p._stream_ref(st, stream, ans)[None]
-            run = self.runs.get(stream)
-            if run is not None:
-                x = x + (p._ans(run) if ans and run.shape[-2] != 1 else run)
-            for term in (self._sum_ref(ablated, ans), self._sum_delta(ablated, ans)):
+            # Forms that subtract from the full stream lose float precision when the result is
+            # small (many sources ablated), and LayerNorm magnifies that; so they must be
+            # clearly cheaper than summing the kept sources to be chosen.
+            options = {"kept": int(kept.sum(-1).max()), "ablated": 2 * n_abl + 1}
+            ref_row = st.keep[row]
+            cached = st.inputs.get(row)
+            if cached is not None:
+                moved = int((kept != ref_row[None]).sum(-1).max()) + int((kept & self.changed).sum(-1).max())
+                options["relative"] = 2 * moved + 1
+            how = min(options, key=options.get)
+            if how == "relative":
+                st.inputs.move_to_end(row)
+                x = (p._ans(cached) if ans and cached.shape[-2] != 1 else cached)[None]
+                terms = [(1, self._sum_ref(kept.to(torch.int8) - ref_row[None].to(torch.int8), ans)), (1, self._sum_delta(kept, ans))]
+            elif how == "kept":
+                x = p._stream_base(stream, ans)[None]
+                terms = [(1, self._sum_ref(kept, ans)), (1, self._sum_delta(kept, ans))]
+            else:
+                x = self.stream_value(stream, ans)
+                terms = [(-1, self._sum_ref(ablated, ans)), (-1, self._sum_delta(ablated, ans))]
+            for sign, term in terms:
                 if term is not None:
-                    x = x - term
-        x = x.expand(x.shape[0], len(p._bidx), *x.shape[-2:])
+                    x = x + term if sign > 0 else x - term
+            x = x.expand(x.shape[0], len(p._bidx), *x.shape[-2:])
         self.memo[row] = x
-        if self.affected(row):
+        if (row in st.inputs or bool(self.changed_rows[row])) and self.affected_many([row])[0]:
             self.new_inp[row] = x
         return x
 

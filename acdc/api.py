@@ -1,0 +1,119 @@
+"""The one-call Python API: ``acdc.discover(model, clean, corrupt, threshold=...)``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .algorithms.acdc import run_acdc
+from .circuit import Circuit
+from .graph import Graph
+from .metrics import Batch, MetricLike, resolve_metric
+from .patching import ABLATIONS, Patcher
+
+__all__ = ["discover", "make_batch", "parse_answers"]
+
+
+def discover(
+    model: Any,
+    clean: Any,
+    corrupt: Any,
+    *,
+    threshold: float,
+    metric: MetricLike = "kl",
+    ablation: str = "resample",
+    answers: Any = None,
+    answer_pos: int | Sequence[int] | Tensor | None = None,
+    abs_value: bool = False,
+    split_qkv: bool = True,
+    graph: Graph | None = None,
+    progress: bool = True,
+) -> Circuit:
+    """Find the circuit of ``model`` on a task with ACDC.
+
+    Args:
+        model: a model from `acdc.load_model` (or an in-memory Hugging Face model).
+        clean, corrupt: token ids [batch, pos] or lists of strings, paired prompt by prompt.
+        threshold: keep an edge when removing it raises the metric by at least this (>= 0).
+        metric: "kl" (default; KL to the full model at the answer position), "logit_diff",
+            "prob_diff", or a callable ``(logits [batch, vocab], batch: acdc.Batch) -> scalar``
+            (lower is better; wrap in `acdc.Metric(..., higher_is_better=True)` otherwise).
+        ablation: "resample" (corrupt run, prompt by prompt), "mean" or "zero".
+        answers: ``(correct, incorrect)`` token ids, each [batch] or [batch, k] (or
+            single-token strings), needed by "logit_diff" and "prob_diff".
+        answer_pos: position each prompt is scored at (default: the last).
+        abs_value: threshold the absolute change of the metric.
+        split_qkv: separate edges into each head's q, k and v inputs.
+        graph: a prebuilt graph (else built from the model).
+        progress: show a progress bar.
+    """
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or math.isnan(threshold) or threshold < 0:
+        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    m = resolve_metric(metric)
+    from .model import load_model
+
+    bridge = load_model(model)
+    g = graph if graph is not None else Graph.from_model(bridge, split_qkv=split_qkv)
+    patcher = Patcher(bridge, clean, corrupt, graph=g, ablation=ablation, answer_pos=answer_pos)
+    batch = make_batch(patcher, answers, bridge)
+    if m.needs_answers and batch.correct is None:
+        raise ValueError(f"metric {m.name!r} needs answers=(correct, incorrect) token ids")
+    return run_acdc(patcher, m, batch, float(threshold), abs_value=abs_value, progress=progress)
+
+
+def make_batch(patcher: Patcher, answers: Any = None, model: Any = None) -> Batch:
+    """The `Batch` metrics read, for a patcher's prompts and optional answers."""
+    n = patcher.clean_tokens.shape[0]
+    correct, incorrect = parse_answers(answers, n, model) if answers is not None else (None, None)
+    dev = patcher.tf.device
+    return Batch(
+        clean=patcher.clean_tokens,
+        corrupt=patcher.corrupt_tokens,
+        answer_pos=patcher.answer_pos,
+        correct=None if correct is None else correct.to(dev),
+        incorrect=None if incorrect is None else incorrect.to(dev),
+        clean_logits=patcher.clean.logits,
+    )
+
+
+def parse_answers(answers: Any, n_prompts: int, model: Any = None) -> tuple[Tensor, Tensor]:
+    """``(correct, incorrect)`` token-id tensors, each [batch] or [batch, k].
+
+    Accepts a pair of sequences/tensors, or a [batch, 2] tensor. Strings must be single tokens.
+    """
+    if isinstance(answers, Tensor) and answers.dim() == 2 and answers.shape[1] == 2:
+        pair = (answers[:, 0], answers[:, 1])
+    elif isinstance(answers, (tuple, list)) and len(answers) == 2:
+        pair = (answers[0], answers[1])
+    else:
+        raise ValueError("answers must be (correct, incorrect), each with one entry per prompt")
+    out = []
+    for name, x in zip(("correct", "incorrect"), pair):
+        t = _answer_ids(x, model, name)
+        if t.dim() == 0:
+            t = t.expand(n_prompts)
+        if t.shape[0] != n_prompts:
+            raise ValueError(f"{name} answers: need one per prompt ({n_prompts}), got {t.shape[0]}")
+        out.append(t.long())
+    return out[0], out[1]
+
+
+def _answer_ids(x: Any, model: Any, name: str) -> Tensor:
+    if isinstance(x, str) or (isinstance(x, Sequence) and x and all(isinstance(s, str) for s in x)):
+        tok = getattr(model, "tokenizer", None)
+        if tok is None:
+            raise ValueError(f"{name} answers are strings but the model has no tokenizer; pass token ids")
+        words = [x] if isinstance(x, str) else list(x)
+        ids = []
+        for w in words:
+            enc = tok.encode(w, add_special_tokens=False)
+            if len(enc) != 1:
+                raise ValueError(f"{name} answer {w!r} is {len(enc)} tokens; answers must be single tokens")
+            ids.append(enc[0])
+        return torch.tensor(ids if not isinstance(x, str) else ids[0])
+    return torch.as_tensor(x)
