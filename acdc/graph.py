@@ -15,8 +15,9 @@ edges and ``Graph.edge_id`` numbers them.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor

@@ -7,8 +7,8 @@ metric into lower-is-better: KL as is, logit and probability differences negated
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import torch
 from torch import Tensor
@@ -92,7 +92,7 @@ METRICS: dict[str, Metric] = {
     "prob_diff": Metric("prob_diff", prob_diff, higher_is_better=True, needs_answers=True),
 }
 
-MetricLike = Union[str, Metric, Callable[[Tensor, Batch], Tensor]]
+MetricLike = str | Metric | Callable[[Tensor, Batch], Tensor]
 
 
 def resolve_metric(metric: MetricLike) -> Metric:

@@ -77,10 +77,14 @@ def load_model(
 
 
 def _prepare_local_tokenizer(tok: Any) -> None:
-    """TransformerLens asks the hub about a tokenizer without a name; give it one."""
+    """Keep TransformerLens from re-fetching a local tokenizer from the hub.
+
+    TL rebuilds a tokenizer by name unless it has a name and declares ``add_bos_token``.
+    """
     init_kwargs = getattr(tok, "init_kwargs", None)
     if isinstance(init_kwargs, dict):
         init_kwargs.setdefault("name_or_path", "local-tokenizer")
+        init_kwargs.setdefault("add_bos_token", True)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,63 @@
+"""Model loading and the engine's forward pass against TransformerLens."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_gpt2, tiny_neox
+
+import acdc
+from acdc.model import Transformer
+
+TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_neox])
+def test_engine_forward_matches_bridge(make):
+    model = make()
+    tf = Transformer.from_bridge(model)  # checks itself; check again on longer inputs
+    toks = torch.randint(0, 50, (3, 11))
+    ours = tf.unembed(tf.run(toks).resid_pre[-1])
+    assert torch.allclose(ours, model(toks), atol=1e-5)
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                      hidden_size=16, intermediate_size=32, vocab_size=50))
+    model = acdc.load_model(hf)
+    with pytest.raises(NotImplementedError, match="grouped-query attention"):
+        Transformer.from_bridge(model)
+
+
+def test_load_model_rejects_junk():
+    with pytest.raises(TypeError, match="load_model expects"):
+        acdc.load_model(42)
+
+
+def test_load_model_passes_bridges_through(gpt2_model):
+    assert acdc.load_model(gpt2_model) is gpt2_model
+
+
+@pytest.mark.skipif(not TOKENIZER.is_dir(), reason="../shared/gpt2-tokenizer not present")
+def test_strings_with_local_gpt2_tokenizer():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer(str(TOKENIZER / "vocab.json"), str(TOKENIZER / "merges.txt"))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                                  eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32))
+    model = acdc.load_model(hf, tokenizer=tok)
+    clean = ["When Mary and John went to the store, John gave a drink to"]
+    corrupt = ["When Alice and Bob went to the store, Carl gave a drink to"]
+    c = acdc.discover(model, clean, corrupt, threshold=0.01, metric="logit_diff",
+                      answers=([" Mary"], [" John"]), progress=False)
+    assert c.settings["metric"] == "logit_diff"
+    with pytest.raises(ValueError, match="single tokens"):
+        acdc.discover(model, clean, corrupt, threshold=0.01, metric="logit_diff",
+                      answers=([" Maryland's"], [" John"]), progress=False)
+    with pytest.raises(ValueError, match="different lengths"):
+        acdc.discover(model, ["a b c", "a b"], ["c d e", "c d"], threshold=0.01, progress=False)

@@ -1,0 +1,133 @@
+"""Patching engine: every score equals a real intervention (oracle), fast paths included."""
+
+import pytest
+import torch
+from conftest import random_tokens
+from oracle import patched_logits
+
+from acdc import Graph, Patcher
+
+ABLATIONS = ["resample", "mean", "zero"]
+
+
+def _random_mask(g: Graph, frac: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(g.n_edges, generator=gen) < frac
+
+
+def _names(g: Graph, mask: torch.Tensor) -> set[str]:
+    return {g.edges[i].name for i in mask.nonzero().squeeze(1).tolist()}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "neox"])
+@pytest.mark.parametrize("split_qkv", [True, False])
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_oracle_random_edge_sets(arch, split_qkv, ablation, gpt2_model, neox_model):
+    model = gpt2_model if arch == "gpt2" else neox_model
+    clean, corrupt = random_tokens()
+    g = Graph.from_model(model, split_qkv=split_qkv)
+    p = Patcher(model, clean, corrupt, graph=g, ablation=ablation)
+    for frac, seed in [(0.05, 0), (0.3, 1), (0.7, 2), (0.95, 3)]:
+        mask = _random_mask(g, frac, seed)
+        ref = patched_logits(model, g, clean, corrupt, _names(g, mask), ablation)[:, -1]
+        assert torch.allclose(p.logits(mask), ref, atol=1e-5, rtol=0), (frac, seed)
+
+
+def test_no_ablation_reproduces_model(gpt2_model):
+    clean, corrupt = random_tokens()
+    p = Patcher(gpt2_model, clean, corrupt)
+    full = gpt2_model(clean)[:, -1]
+    none = torch.zeros(p.graph.n_edges, dtype=torch.bool)
+    assert torch.allclose(p.logits(none), full, atol=1e-5)
+    assert torch.allclose(p.clean.logits, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["input", "all"])
+def test_resample_input_edges_reproduce_corrupt_run(gpt2_model, which):
+    clean, corrupt = random_tokens()
+    p = Patcher(gpt2_model, clean, corrupt, ablation="resample")
+    g = p.graph
+    if which == "input":
+        mask = torch.tensor([e.src.name == "input" for e in g.edges])
+    else:
+        mask = torch.ones(g.n_edges, dtype=torch.bool)
+    corrupt_logits = gpt2_model(corrupt)[:, -1]
+    assert torch.allclose(p.logits(mask), corrupt_logits, atol=1e-5)
+
+
+def test_answer_positions_per_prompt(gpt2_model):
+    clean, corrupt = random_tokens()
+    pos = torch.tensor([2, 5, 3, 4])
+    g = Graph.from_model(gpt2_model)
+    p = Patcher(gpt2_model, clean, corrupt, answer_pos=pos)
+    mask = _random_mask(g, 0.4, 7)
+    ref = patched_logits(gpt2_model, g, clean, corrupt, _names(g, mask), "resample")
+    ref = ref[torch.arange(4), pos]
+    assert torch.allclose(p.logits(mask), ref, atol=1e-5)
+
+
+def test_batched_candidates_equal_single(gpt2_model):
+    clean, corrupt = random_tokens()
+    p = Patcher(gpt2_model, clean, corrupt)
+    masks = torch.stack([_random_mask(p.graph, f, s) for f, s in [(0.1, 0), (0.5, 1), (0.9, 2)]])
+    batched = p.logits(masks)
+    for k in range(3):
+        assert torch.allclose(batched[k], p.logits(masks[k]), atol=1e-5)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+@pytest.mark.parametrize("arch", ["gpt2", "neox"])
+def test_commits_stay_exact(ablation, arch, gpt2_model, neox_model):
+    """Removing edges one by one through the incremental state equals evaluating from scratch."""
+    model = gpt2_model if arch == "gpt2" else neox_model
+    clean, corrupt = random_tokens(batch=3, pos=5)
+    p = Patcher(model, clean, corrupt, ablation=ablation, cache_bytes=2**16)
+    g = p.graph
+    st = p.state()
+    order = torch.randperm(g.n_edges, generator=torch.Generator().manual_seed(0))
+    # mostly ACDC-like (reverse order) with some random removals, checked every few steps
+    ids = list(range(g.n_edges - 1, -1, -1))[:40] + order[:80].tolist()
+    removed = torch.zeros(g.n_edges, dtype=torch.bool)
+    for step, e in enumerate(ids):
+        if removed[e]:
+            continue
+        cand = st.keep.clone()
+        cand[g.edge_dst[e], g.edge_src[e]] = False
+        prop = st.propagate(cand)
+        removed[e] = True
+        st.commit(prop)
+        if step % 7 == 0:
+            assert torch.allclose(st.logits, p.logits(removed), atol=1e-5), step
+    assert torch.allclose(st.logits, p.logits(removed), atol=1e-5)
+    # the clean run's caches are untouched by commits (copy-on-write)
+    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits)
+
+
+def test_commit_refuses_adding_edges(gpt2_model):
+    clean, corrupt = random_tokens()
+    p = Patcher(gpt2_model, clean, corrupt)
+    st = p.state()
+    cand = st.keep.clone()
+    cand[-1, 0] = False
+    st.commit(st.propagate(cand))
+    with pytest.raises(ValueError, match="only remove"):
+        st.commit(st.propagate(p._upstream.clone()))
+
+
+def test_bad_inputs(gpt2_model):
+    clean, corrupt = random_tokens()
+    with pytest.raises(ValueError, match="same shape"):
+        Patcher(gpt2_model, clean, corrupt[:, :-1])
+    with pytest.raises(ValueError, match="unknown ablation 'resmaple'"):
+        Patcher(gpt2_model, clean, corrupt, ablation="resmaple")
+    with pytest.raises(ValueError, match="no tokenizer"):
+        Patcher(gpt2_model, ["a b", "c d"], ["e f", "g h"])
+    with pytest.raises(ValueError, match="answer_pos"):
+        Patcher(gpt2_model, clean, corrupt, answer_pos=99)
+    with pytest.raises(ValueError, match="token ids must lie"):
+        Patcher(gpt2_model, clean + 1000, corrupt)
+    with pytest.raises(ValueError, match="does not match the model"):
+        Patcher(gpt2_model, clean, corrupt, graph=Graph(5, 5))
+    p = Patcher(gpt2_model, clean, corrupt)
+    with pytest.raises(ValueError, match="not in this graph"):
+        p.logits(["a0.h0->a0.h1<q>"])
