@@ -68,6 +68,38 @@ def time_edges(patcher, metric, batch, layer: int, n_edges: int) -> tuple[float,
     return (time.perf_counter() - t0) / len(ids), len(ids)
 
 
+def real_acdc(patcher, metric, batch, threshold: float, seconds: float) -> dict:
+    """Time a real ACDC run (circuit state as ACDC leaves it) for ``seconds``, per layer."""
+    from acdc.algorithms.acdc import run_acdc
+
+    g = patcher.graph
+    layer_of = g.dst_layer[g.edge_dst].tolist()
+    stats: dict[int, list[float]] = {}
+    t_start = last = time.perf_counter()
+
+    def on_edge(e: int, delta: float, removed: bool) -> bool:
+        nonlocal last
+        now = time.perf_counter()
+        stats.setdefault(layer_of[e], [0, 0.0])
+        stats[layer_of[e]][0] += 1
+        stats[layer_of[e]][1] += now - last
+        last = now
+        return now - t_start > seconds
+
+    c = run_acdc(patcher, metric, batch, threshold, progress=False, callback=on_edge)
+    total = time.perf_counter() - t_start
+    tested = sum(v[0] for v in stats.values())
+    return {
+        "threshold": threshold,
+        "seconds": total,
+        "tested": tested,
+        "edges_per_s": tested / total,
+        "kept_so_far": c.n_edges,
+        "finished": not c.settings.get("stopped_early", False),
+        "layers": {k: {"tested": v[0], "edges_per_s": v[0] / v[1]} for k, v in sorted(stats.items(), reverse=True)},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=50)
@@ -76,6 +108,8 @@ def main() -> None:
     ap.add_argument("--edges", type=int, default=30, help="edges timed per layer")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--metric", default="kl")
+    ap.add_argument("--acdc-seconds", type=float, default=0, help="also time a real ACDC run for this long")
+    ap.add_argument("--acdc-threshold", type=float, default=1e-4)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_acdc.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -109,6 +143,7 @@ def main() -> None:
         sec, n = time_edges(patcher, metric, batch, layer, args.edges)
         n_into = int((g.dst_layer[g.edge_dst] == layer).sum())
         per_layer[layer] = {"s_per_edge": sec, "edges_per_s": 1 / sec, "edges_timed": n, "edges_into_layer": n_into}
+    real = real_acdc(patcher, metric, batch, args.acdc_threshold, args.acdc_seconds) if args.acdc_seconds else None
     total_edges = sum(v["edges_into_layer"] for v in per_layer.values())
     total_time = sum(v["edges_into_layer"] * v["s_per_edge"] for v in per_layer.values())
     weighted = total_edges / total_time
@@ -138,6 +173,7 @@ def main() -> None:
         "layers": per_layer,
         "weighted_edges_per_s": weighted,
         "full_run_estimate_s": est,
+        "real_acdc": real,
         "peak_rss_gb": peak_rss_gb(),
         "torch": torch.__version__,
         "machine": platform.machine(),
@@ -147,6 +183,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     layers_txt = " ".join(f"L{k}={v['edges_per_s']:.2f}/s" for k, v in per_layer.items())
+    if real:
+        print(f"real ACDC run (threshold {real['threshold']}, {real['seconds']:.0f}s): {real['tested']} edges tested, "
+              f"{real['edges_per_s']:.1f}/s; per layer: " + " ".join(f"L{k}={v['edges_per_s']:.1f}/s" for k, v in real["layers"].items()))
     print(
         f"ACDC edges/s ({args.threads} threads, {args.prompts}x{args.tokens}, worst case): {layers_txt} "
         f"weighted={weighted:.2f}/s full-run~{est / 3600:.1f}h forward={fwd_engine:.2f}s "

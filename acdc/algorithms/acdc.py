@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,8 +32,13 @@ def run_acdc(
     abs_value: bool = False,
     progress: bool = True,
     settings: dict[str, Any] | None = None,
+    callback: Callable[[int, float, bool], bool | None] | None = None,
 ) -> Circuit:
-    """Run exact ACDC on ``patcher``'s graph and batch; returns the kept circuit."""
+    """Run exact ACDC on ``patcher``'s graph and batch; returns the kept circuit.
+
+    ``callback(edge_index, delta, removed)`` is called after each tested edge; returning True
+    stops the run there (edges not yet visited stay in the circuit, ``settings["stopped_early"]``).
+    """
     from tqdm.auto import tqdm
 
     g = patcher.graph
@@ -48,6 +54,7 @@ def run_acdc(
     bar = tqdm(total=g.n_edges, desc="ACDC", unit="edge", disable=not progress, mininterval=0.5)
     dst_dead = False
     last_dst = -1
+    stopped = False
     for e in range(g.n_edges - 1, -1, -1):
         d, s = edge_dst[e], edge_src[e]
         if d != last_dst:
@@ -66,11 +73,15 @@ def run_acdc(
         delta = new - current
         scores[e] = delta
         n_tested += 1
-        if (abs(delta) if abs_value else delta) < threshold:
+        removed = (abs(delta) if abs_value else delta) < threshold
+        if removed:
             state.commit(proposal)
             current = new
         trace.append(current)
         bar.update(1)
+        if callback is not None and callback(e, delta, removed):
+            stopped = True
+            break
         if n_tested % 64 == 0:
             bar.set_postfix(tested=n_tested, kept=int(state.keep.sum()), metric=f"{current:.4g}", refresh=False)
     bar.set_postfix(tested=n_tested, kept=int(state.keep.sum()), metric=f"{current:.4g}")
@@ -86,4 +97,6 @@ def run_acdc(
         seconds=round(time.perf_counter() - t0, 3),
         final_metric=float(current),
     )
+    if stopped:
+        info["stopped_early"] = True
     return Circuit(g, g.sparse(state.keep).cpu(), scores, trace, info)
