@@ -155,3 +155,20 @@ def test_circuit_views(gpt2_model):
     assert nxg.number_of_edges() == c.n_edges
     assert set(nxg.nodes) == set(c.nodes)
     assert "Circuit(" in c.summary() and str(c.n_edges) in repr(c)
+
+
+def test_callback_sees_every_test_and_can_stop(gpt2_model):
+    clean, corrupt = random_tokens()
+    seen = []
+    c = acdc.discover(gpt2_model, clean, corrupt, threshold=0.02, progress=False)
+    from acdc.algorithms.acdc import run_acdc
+    from acdc.api import make_batch
+    from acdc.metrics import resolve_metric
+
+    p = acdc.Patcher(gpt2_model, clean, corrupt)
+    full = run_acdc(p, resolve_metric("kl"), make_batch(p), 0.02, progress=False,
+                    callback=lambda e, d, r: seen.append((e, d, r)) and False)
+    assert full.edges == c.edges and len(seen) == full.settings["n_tested"]
+    assert all(full.score(full.graph.edges[e].name) == d for e, d, _ in seen)
+    early = run_acdc(p, resolve_metric("kl"), make_batch(p), 0.02, progress=False, callback=lambda e, d, r: True)
+    assert early.settings["stopped_early"] and early.settings["n_tested"] == 1
