@@ -220,19 +220,10 @@ class Patcher:
                     rows.append((g.dst_index[name],) * 3)
             self._head_rows.append(rows)
             self._mlp_row.append(g.dst_index[f"m{layer}"])
-        self._layer_rows = [
-            torch.tensor(sorted({r for t in self._head_rows[layer] for r in t} | {self._mlp_row[layer]}))
-            for layer in range(L)
-        ]
         self._logits_row = len(g.destinations) - 1
-        self._src_last = g.src_layer == L - 1  # outputs valid at answer rows only
         self._upstream = g.upstream.to(self.tf.device)
 
     # ------------------------------------------------------------------ public API
-    @property
-    def batch(self) -> tuple[Tensor, Tensor]:
-        return self.clean_tokens, self.corrupt_tokens
-
     def state(self) -> PatchState:
         """A fresh reference state: the full circuit (every edge kept) on the clean run.
 
