@@ -191,21 +191,17 @@ class Patcher:
 
     # ------------------------------------------------------------------ static layout
     def _layout(self) -> None:
-        """Per-destination facts the propagation reads: stream, answer-only rows, groups."""
+        """Per-destination facts the propagation reads: answer-only rows, row groups per layer."""
         g, a = self.graph, self.tf.arch
         L = a.n_layers
-        self._dst_stream: list[int] = []  # pre_l = 2l, mid_l = 2l+1, final = 2L
-        self._dst_ans: list[bool] = []
+        self._dst_ans: list[bool] = []  # destinations read at the answer rows only
         for d in g.destinations:
             node = d.node
             if node.kind == "logits":
-                self._dst_stream.append(2 * L)
                 self._dst_ans.append(True)
             elif node.kind == "mlp":
-                self._dst_stream.append(2 * node.layer + (0 if a.parallel_attn_mlp else 1))
                 self._dst_ans.append(node.layer == L - 1)
             else:
-                self._dst_stream.append(2 * node.layer)
                 self._dst_ans.append(node.layer == L - 1 and d.qkv == "q")
         # per layer: heads' (q, k, v) destination rows (one row thrice when not split), MLP row
         self._head_rows: list[list[tuple[int, int, int]]] = []
