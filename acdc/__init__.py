@@ -1,7 +1,9 @@
 """acdc: automatic circuit discovery for transformer language models."""
 
+from . import known, tasks, zoo
 from .api import discover
 from .circuit import Circuit
+from .evaluate import ROC, Recovery, roc, score
 from .graph import Destination, Edge, Graph, Node
 from .metrics import Batch, Metric
 from .model import Transformer, load_model
@@ -17,9 +19,16 @@ __all__ = [
     "Metric",
     "Node",
     "Patcher",
+    "ROC",
+    "Recovery",
     "PatchState",
     "Transformer",
     "discover",
+    "known",
+    "tasks",
+    "zoo",
     "load_model",
+    "roc",
+    "score",
 ]
 __version__ = "0.1.0"

@@ -12,8 +12,9 @@ from torch import Tensor
 from .algorithms.acdc import run_acdc
 from .circuit import Circuit
 from .graph import Graph
-from .metrics import Batch, MetricLike, resolve_metric
+from .metrics import Batch, Metric, MetricLike, resolve_metric
 from .patching import ABLATIONS, Patcher
+from .tasks import Task
 
 __all__ = ["discover", "make_batch", "parse_answers"]
 
@@ -21,10 +22,10 @@ __all__ = ["discover", "make_batch", "parse_answers"]
 def discover(
     model: Any,
     clean: Any,
-    corrupt: Any,
+    corrupt: Any = None,
     *,
     threshold: float,
-    metric: MetricLike = "kl",
+    metric: MetricLike | None = None,
     ablation: str = "resample",
     answers: Any = None,
     answer_pos: int | Sequence[int] | Tensor | None = None,
@@ -37,9 +38,10 @@ def discover(
 
     Args:
         model: a model from `acdc.load_model` (or an in-memory Hugging Face model).
-        clean, corrupt: token ids [batch, pos] or lists of strings, paired prompt by prompt.
+        clean, corrupt: token ids [batch, pos] or lists of strings, paired prompt by prompt;
+            or an `acdc.tasks.Task` as ``clean`` (its prompts, answers, positions and metric).
         threshold: keep an edge when removing it raises the metric by at least this (>= 0).
-        metric: "kl" (default; KL to the full model at the answer position), "logit_diff",
+        metric: "kl" (default unless the task names one; KL to the full model at the answer position), "logit_diff",
             "prob_diff", or a callable ``(logits [batch, vocab], batch: acdc.Batch) -> scalar``
             (lower is better; wrap in `acdc.Metric(..., higher_is_better=True)` otherwise).
         ablation: "resample" (corrupt run, prompt by prompt), "mean" or "zero".
@@ -51,11 +53,50 @@ def discover(
         graph: a prebuilt graph (else built from the model).
         progress: show a progress bar.
     """
+    check_threshold(threshold)
+    patcher, m, batch = prepare(
+        model, clean, corrupt, metric=metric, ablation=ablation, answers=answers,
+        answer_pos=answer_pos, split_qkv=split_qkv, graph=graph,
+    )
+    return run_acdc(patcher, m, batch, float(threshold), abs_value=abs_value, progress=progress)
+
+
+def check_threshold(threshold: Any) -> None:
+    """Raise a one-line ValueError unless ``threshold`` is a number >= 0."""
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or math.isnan(threshold) or threshold < 0:
         raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+
+
+def prepare(
+    model: Any,
+    clean: Any,
+    corrupt: Any = None,
+    *,
+    metric: MetricLike | None = None,
+    ablation: str = "resample",
+    answers: Any = None,
+    answer_pos: int | Sequence[int] | Tensor | None = None,
+    split_qkv: bool = True,
+    graph: Graph | None = None,
+) -> tuple[Patcher, Metric, Batch]:
+    """Validate the inputs of `discover` and build the patcher, metric and batch it runs on.
+
+    ``clean`` may be an `acdc.tasks.Task`; its answers, positions and metric fill whatever
+    is not passed explicitly.
+    """
+    if isinstance(clean, Task):
+        if corrupt is not None:
+            raise ValueError("pass either a Task or clean and corrupt prompts, not both")
+        task = clean
+        clean, corrupt = task.clean, task.corrupt
+        answers = answers if answers is not None else task.answers
+        answer_pos = answer_pos if answer_pos is not None else task.answer_pos
+        metric = metric if metric is not None else task.metric
+    elif corrupt is None:
+        raise ValueError("corrupt prompts are missing: call discover(model, clean, corrupt, ...) or pass a Task")
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
-    m = resolve_metric(metric)
+    m = resolve_metric(metric if metric is not None else "kl")
     from .model import load_model
 
     bridge = load_model(model)
@@ -64,7 +105,7 @@ def discover(
     batch = make_batch(patcher, answers, bridge)
     if m.needs_answers and batch.correct is None:
         raise ValueError(f"metric {m.name!r} needs answers=(correct, incorrect) token ids")
-    return run_acdc(patcher, m, batch, float(threshold), abs_value=abs_value, progress=progress)
+    return patcher, m, batch
 
 
 def make_batch(patcher: Patcher, answers: Any = None, model: Any = None) -> Batch:

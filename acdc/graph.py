@@ -103,6 +103,7 @@ class Graph:
         *,
         parallel_attn_mlp: bool = False,
         split_qkv: bool = True,
+        attn_only: bool = False,
     ):
         if n_layers < 1 or n_heads < 1:
             raise ValueError(f"a graph needs n_layers >= 1 and n_heads >= 1, got {n_layers}, {n_heads}")
@@ -110,6 +111,7 @@ class Graph:
         self.n_heads = n_heads
         self.parallel_attn_mlp = parallel_attn_mlp
         self.split_qkv = split_qkv
+        self.attn_only = attn_only
 
         sources = [Node(-1, "input")]
         dests: list[Destination] = []
@@ -119,9 +121,10 @@ class Graph:
                 slots = ("q", "k", "v") if split_qkv else (None,)
                 dests.extend(Destination(node, s) for s in slots)
                 sources.append(node)
-            mlp = Node(layer, "mlp")
-            dests.append(Destination(mlp))
-            sources.append(mlp)
+            if not attn_only:
+                mlp = Node(layer, "mlp")
+                dests.append(Destination(mlp))
+                sources.append(mlp)
         dests.append(Destination(Node(n_layers, "logits")))
         self.sources: tuple[Node, ...] = tuple(sources)
         self.destinations: tuple[Destination, ...] = tuple(dests)
@@ -162,6 +165,7 @@ class Graph:
             cfg.n_heads,
             parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
             split_qkv=split_qkv,
+            attn_only=bool(getattr(cfg, "attn_only", False)),
         )
 
     @classmethod
@@ -172,6 +176,7 @@ class Graph:
             int(cfg["n_heads"]),
             parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)),
             split_qkv=bool(cfg.get("split_qkv", True)),
+            attn_only=bool(cfg.get("attn_only", False)),
         )
 
     def config(self) -> dict[str, Any]:
@@ -181,6 +186,7 @@ class Graph:
             "n_heads": self.n_heads,
             "parallel_attn_mlp": self.parallel_attn_mlp,
             "split_qkv": self.split_qkv,
+            "attn_only": self.attn_only,
         }
 
     # ------------------------------------------------------------------ lookups
@@ -192,6 +198,10 @@ class Graph:
     def nodes(self) -> tuple[Node, ...]:
         """All nodes in forward order (sources, then ``logits``)."""
         return self.sources + (self.destinations[-1].node,)
+
+    def has_edge(self, name: str) -> bool:
+        """Whether ``name`` is an edge of this graph."""
+        return name in self._edge_index
 
     def edge_index(self, name: str) -> int:
         """Index of the edge called ``name``; a ValueError with close matches otherwise."""
@@ -245,6 +255,6 @@ class Graph:
     def __repr__(self) -> str:
         return (
             f"Graph(n_layers={self.n_layers}, n_heads={self.n_heads}, "
-            f"parallel_attn_mlp={self.parallel_attn_mlp}, split_qkv={self.split_qkv}, "
+            f"parallel_attn_mlp={self.parallel_attn_mlp}, split_qkv={self.split_qkv}, attn_only={self.attn_only}, "
             f"sources={len(self.sources)}, destinations={len(self.destinations)}, edges={self.n_edges})"
         )

@@ -1,0 +1,104 @@
+"""A task: paired clean/corrupt prompts, where each is scored, its answers and its metric.
+
+A `Task` is plain data (token-id tensors); every task generator (IOI, greater-than, the zoo's
+planted tasks, your own pairs) returns one, and `acdc.discover(model, task, ...)` reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Task"]
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """Clean and corrupt prompts for circuit discovery, validated on construction.
+
+    clean, corrupt:     [batch, pos] token ids, paired prompt by prompt.
+    answer_pos:         [batch] position each prompt is scored at.
+    correct, incorrect: [batch] or [batch, k] token ids (k > 1 pads with -1), or None when the
+                        metric needs no answers (KL).
+    metric:             name of the default metric ("kl", "logit_diff", "prob_diff").
+    vocab_size:         if given, every token id must be below it.
+    """
+
+    clean: Tensor
+    corrupt: Tensor
+    answer_pos: Tensor
+    correct: Tensor | None = None
+    incorrect: Tensor | None = None
+    metric: str = "kl"
+    name: str = "custom"
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        c, k = self.clean, self.corrupt
+        where = f"task {self.name!r}"
+        if c.dim() != 2 or c.shape[0] == 0 or c.shape[1] == 0:
+            raise ValueError(f"{where}: clean tokens must be a non-empty [batch, pos] tensor, got shape {tuple(c.shape)}")
+        if k.shape != c.shape:
+            raise ValueError(
+                f"{where}: clean {tuple(c.shape)} and corrupt {tuple(k.shape)} differ in shape; "
+                "pair each clean prompt with a corrupt prompt of the same length"
+            )
+        b, s = c.shape
+        if self.answer_pos.shape != (b,):
+            raise ValueError(f"{where}: answer_pos needs one position per prompt ({b}), got shape {tuple(self.answer_pos.shape)}")
+        if bool((self.answer_pos < 0).any() | (self.answer_pos >= s).any()):
+            raise ValueError(f"{where}: answer positions must lie in [0, {s - 1}]")
+        if (self.correct is None) != (self.incorrect is None):
+            raise ValueError(f"{where}: give both correct and incorrect answers, or neither")
+        for label, ans in (("correct", self.correct), ("incorrect", self.incorrect)):
+            if ans is not None and (ans.dim() not in (1, 2) or ans.shape[0] != b):
+                raise ValueError(f"{where}: {label} answers need one row per prompt ({b}), got shape {tuple(ans.shape)}")
+        if self.vocab_size is not None:
+            for label, t in (("clean", c), ("corrupt", k), ("correct", self.correct), ("incorrect", self.incorrect)):
+                if t is None:
+                    continue
+                real = t[t >= 0] if label in ("correct", "incorrect") else t
+                if real.numel() and (int(real.min()) < 0 or int(real.max()) >= self.vocab_size):
+                    raise ValueError(f"{where}: {label} token ids must lie in [0, {self.vocab_size - 1}]")
+
+    @classmethod
+    def from_tokens(
+        cls,
+        clean: Any,
+        corrupt: Any,
+        *,
+        correct: Any = None,
+        incorrect: Any = None,
+        answer_pos: int | Sequence[int] | Tensor | None = None,
+        metric: str = "kl",
+        name: str = "custom",
+        vocab_size: int | None = None,
+    ) -> Task:
+        """A task from token ids (tensors or nested lists); answer_pos defaults to the last token."""
+        c = torch.as_tensor(clean, dtype=torch.long)
+        k = torch.as_tensor(corrupt, dtype=torch.long)
+        n = c.shape[0] if c.dim() >= 1 else 0
+        if answer_pos is None:
+            pos = torch.full((n,), c.shape[-1] - 1 if c.dim() == 2 else 0, dtype=torch.long)
+        else:
+            pos = torch.as_tensor(answer_pos, dtype=torch.long)
+            if pos.dim() == 0:
+                pos = pos.expand(n).clone()
+        ans = [None if a is None else torch.as_tensor(a, dtype=torch.long) for a in (correct, incorrect)]
+        return cls(c, k, pos, ans[0], ans[1], metric=metric, name=name, vocab_size=vocab_size)
+
+    @property
+    def answers(self) -> tuple[Tensor, Tensor] | None:
+        """``(correct, incorrect)`` or None."""
+        return None if self.correct is None else (self.correct, self.incorrect)  # type: ignore[return-value]
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.clean.shape[0])
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, {self.n_prompts} prompts x {self.clean.shape[1]} tokens, metric={self.metric!r})"

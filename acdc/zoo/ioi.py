@@ -1,0 +1,87 @@
+"""Miniature IOI: duplicate-token head -> S-inhibition head -> name mover, with ABC corrupt prompts.
+
+Prompts: ``<bos> When A and B went PLACE , B gave a OBJECT to`` (or with A and B swapped, the
+IOI paper's ABBA and BABA orders); the answer is the indirect object A, the wrong answer the
+subject B. Corrupt prompts replace all three names by three fresh, distinct names (ABC).
+
+- a0.h0 (duplicate token) attends from a name to an earlier copy of it and writes which name is
+  duplicated into a "duplicate" feature (at S2).
+- a1.h0 (S-inhibition) attends to the position holding a duplicate flag and moves the name into
+  an "inhibit" feature at the last position.
+- a2.h0 (name mover) attends to names, except the inhibited one, and copies the name it finds.
+
+True edges: input->a0.h0<q,k,v>, a0.h0->a1.h0<k,v>, a1.h0->a2.h0<q>, input->a2.h0<k,v>,
+a2.h0->logits. Metric: logit difference IO - S.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..known import from_spec
+from ..model import load_model
+from ..tasks import Task
+from .builder import PlantedGPT2, WordTokenizer
+
+NAMES = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy"]
+PLACES = ["home", "out", "away"]
+OBJECTS = ["book", "drink", "ring", "key"]
+WORDS = ["<bos>", *NAMES, "When", "and", "went", *PLACES, ",", "gave", "a", *OBJECTS, "to"]
+BETA = 20.0
+GAMMA = 10.0
+
+
+def build(*, n_prompts: int = 32, seed: int = 0):
+    from . import ZooEntry
+
+    tok = WordTokenizer(WORDS)
+    n_ctx = 13
+    names = torch.tensor([tok.index[n] for n in NAMES])
+    p = PlantedGPT2(n_layers=3, n_heads=4, d_model=128, d_mlp=256, vocab_size=len(WORDS), n_ctx=n_ctx, seed=seed)
+    r = p.resid
+    t, pos = r.alloc("token", len(WORDS)), r.alloc("position", n_ctx)
+    is_name = r.alloc("is name", 1)
+    dup, inhibit, out = (r.alloc(f, len(NAMES)) for f in ("duplicate", "inhibit", "output"))
+    p.W_E[:] = t
+    p.W_E[names] += is_name
+    p.W_pos[:] = pos
+    p.W_U[:, names] = GAMMA * out.T
+    p.head(0, 0, qk=[(t[names], t[names], BETA), (pos, pos, -BETA)], query_bias=[(t[:1], BETA / 2)], ov=[(t[names], dup)])
+    p.head(1, 0, query_bias=[(dup, BETA), (t[:1], BETA / 2)], ov=[(dup, inhibit)])
+    p.head(2, 0, query_bias=[(is_name, BETA)], qk=[(inhibit, t[names], -2 * BETA)], ov=[(t[names], out)])
+    model = load_model(p.build())
+
+    gen = torch.Generator().manual_seed(1000 + seed)
+
+    def pick(k: int) -> list[int]:
+        return torch.randperm(len(NAMES), generator=gen)[:k].tolist()
+
+    def prompt(n1: str, n2: str, n3: str, place: str, obj: str) -> list[int]:
+        return tok.encode(f"<bos> When {n1} and {n2} went {place} , {n3} gave a {obj} to")
+
+    clean, corrupt, io, s = [], [], [], []
+    for i in range(n_prompts):
+        a, b, c, d, e = (NAMES[j] for j in pick(5))
+        place = PLACES[int(torch.randint(len(PLACES), (1,), generator=gen))]
+        obj = OBJECTS[int(torch.randint(len(OBJECTS), (1,), generator=gen))]
+        first, second = (a, b) if i % 2 == 0 else (b, a)  # ABBA, BABA
+        clean.append(prompt(first, second, b, place, obj))
+        corrupt.append(prompt(c, d, e, place, obj))
+        io.append(tok.index[a])
+        s.append(tok.index[b])
+    task = Task.from_tokens(
+        clean, corrupt, correct=io, incorrect=s, metric="logit_diff", name="zoo-ioi", vocab_size=len(WORDS)
+    )
+    truth = from_spec({
+        "name": "zoo-ioi",
+        "model": {"n_layers": 3, "n_heads": 4},
+        "classes": {"duplicate token": ["a0.h0"], "s-inhibition": ["a1.h0"], "name mover": ["a2.h0"]},
+        "rules": [
+            {"from": "input", "to": "duplicate token", "inputs": "qkv"},
+            {"from": "duplicate token", "to": "s-inhibition", "inputs": "kv"},
+            {"from": "s-inhibition", "to": "name mover", "inputs": "q"},
+            {"from": "input", "to": "name mover", "inputs": "kv"},
+            {"from": "name mover", "to": "logits"},
+        ],
+    })
+    return ZooEntry("ioi", __doc__.strip().splitlines()[0], model, task, truth, tok)

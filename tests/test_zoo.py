@@ -1,0 +1,98 @@
+"""The planted circuits are real: the true edges carry the task, and ACDC finds exactly them.
+
+Tolerances (per entry, resample ablation, the entry's own metric):
+- ablating every edge outside the truth keeps accuracy 1 and moves the loss by < 0.05
+  (KL in nats, or logit difference out of ~10);
+- ablating the truth destroys the behaviour: the loss rises by > 5;
+- each true edge alone matters (> 1) while no other single edge moves the loss by > 0.05.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import acdc
+from acdc.api import prepare
+
+ENTRIES = acdc.zoo.available()
+
+
+@pytest.fixture(scope="module", params=ENTRIES)
+def entry(request):
+    return acdc.zoo.load(request.param)
+
+
+@pytest.fixture(scope="module")
+def setup(entry):
+    patcher, metric, batch = prepare(entry.model, entry.task, ablation=entry.ablation)
+    return entry, patcher, metric, batch
+
+
+def test_registry():
+    assert {"induction", "ioi", "modular-sum"} <= set(ENTRIES)
+    with pytest.raises(ValueError, match="available"):
+        acdc.zoo.load("nope")
+
+
+def test_plant_carries_the_task(setup):
+    entry, patcher, metric, batch = setup
+    g = patcher.graph
+    truth = entry.truth.mask(g)
+
+    def run(ablated):
+        logits = patcher.logits(ablated)
+        return float(metric.loss(logits, batch)), float((logits.argmax(-1) == batch.correct).float().mean())
+
+    full, acc = run(torch.zeros(g.n_edges, dtype=torch.bool))
+    assert acc == 1.0
+    others, acc_others = run(~truth)
+    assert acc_others == 1.0 and abs(others - full) < 0.05
+    broken, _ = run(truth)
+    assert broken - full > 5
+
+
+def test_each_true_edge_matters_alone(setup):
+    entry, patcher, metric, batch = setup
+    g = patcher.graph
+    truth = entry.truth.mask(g)
+    single = torch.eye(g.n_edges, dtype=torch.bool)
+    base = float(metric.loss(patcher.logits(torch.zeros(g.n_edges, dtype=torch.bool)), batch))
+    effects = torch.tensor([float(metric.loss(patcher.logits(m), batch)) - base for m in single])
+    assert bool((effects[truth] > 1).all())
+    assert float(effects[~truth].abs().max()) < 0.05
+
+
+def test_acdc_recovers_the_plant(entry):
+    r = acdc.roc(entry.model, entry.task, truth=entry.truth, ablation=entry.ablation, progress=False)
+    assert r.auc >= 0.99 and r.auc_pessimistic >= 0.99
+    assert r.exact(), f"no threshold gives exactly the planted edges: {list(zip(r.params, r.fpr, r.tpr))}"
+    found = r.circuits[r.exact()[0]]
+    assert set(found.edges) == set(entry.truth.edges)
+    assert r.at_level("node").auc >= 0.99
+
+
+def test_deterministic_and_seeded(entry):
+    again = acdc.zoo.load(entry.name)
+    assert torch.equal(again.task.clean, entry.task.clean) and torch.equal(again.task.corrupt, entry.task.corrupt)
+    assert again.truth.edges == entry.truth.edges
+    other = acdc.zoo.load(entry.name, seed=1, n_prompts=8)
+    assert other.task.n_prompts == 8 and not torch.equal(other.task.clean, entry.task.clean[:8])
+
+
+def test_tokenizer_reads_prompts(entry):
+    text = entry.tokenizer.decode(entry.task.clean[0])
+    assert entry.tokenizer.encode(text) == entry.task.clean[0].tolist()
+    with pytest.raises(ValueError, match="not in this vocabulary"):
+        entry.tokenizer.encode("zzz-not-a-word")
+
+
+def test_discover_takes_a_task():
+    e = acdc.zoo.load("ioi", n_prompts=8)
+    c = acdc.discover(e.model, e.task, threshold=0.5, progress=False)
+    assert c.settings["metric"] == "logit_diff"
+    assert acdc.score(c, e.truth).edges.exact
+    with pytest.raises(ValueError, match="not both"):
+        acdc.discover(e.model, e.task, e.task.corrupt, threshold=0.5)
+    with pytest.raises(ValueError, match="corrupt prompts are missing"):
+        acdc.discover(e.model, e.task.clean, threshold=0.5)
