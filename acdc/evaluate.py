@@ -267,11 +267,14 @@ def roc(
     *,
     truth: CircuitLike,
     thresholds: Sequence[float] | None = None,
+    n_thresholds: int = 22,
+    decades: float = 6.0,
     level: Level = "edge",
     progress: bool = True,
     **discover_kwargs: Any,
 ) -> ROC:
-    """Sweep ACDC over thresholds (default: `threshold_grid` of the full corruption's effect).
+    """Sweep ACDC over thresholds (default: an ``n_thresholds`` `threshold_grid` spanning
+    ``decades`` below the effect of ablating every edge, so the grid fits the metric).
 
     ``clean`` may be a `Task`; other keywords (metric, ablation, answers, ...) are those of
     `acdc.discover`. One patcher serves every threshold. Returns the ROC with its circuits.
@@ -286,7 +289,7 @@ def roc(
         g = patcher.graph
         full = float(metric.loss(patcher.logits(torch.zeros(g.n_edges, dtype=torch.bool)), batch))
         gone = float(metric.loss(patcher.logits(torch.ones(g.n_edges, dtype=torch.bool)), batch))
-        thresholds = threshold_grid(abs(gone - full) or 1.0)
+        thresholds = threshold_grid(abs(gone - full) or 1.0, n=n_thresholds, decades=decades)
     for t in thresholds:
         check_threshold(t)
     circuits = []

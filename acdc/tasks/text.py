@@ -1,0 +1,82 @@
+"""Turning text prompts into the token batches a `Task` holds, with any Hugging Face tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .base import Task
+
+__all__ = ["tokenizer_of", "single_tokens", "pair_batch"]
+
+
+def tokenizer_of(model_or_tokenizer: Any) -> Any:
+    """The tokenizer of a bridge (``.tokenizer``), or the argument itself if it can encode."""
+    tok = getattr(model_or_tokenizer, "tokenizer", None) or model_or_tokenizer
+    if not hasattr(tok, "encode"):
+        raise ValueError("need a tokenizer (or a model with one) to build text tasks; load the model with a tokenizer")
+    return tok
+
+
+def encode(tok: Any, text: str) -> list[int]:
+    try:
+        return list(tok.encode(text, add_special_tokens=False))
+    except TypeError:
+        return list(tok.encode(text))
+
+
+def single_tokens(tok: Any, words: Sequence[str]) -> list[str]:
+    """The words that are one token with a leading space."""
+    return [w for w in words if len(encode(tok, " " + w)) == 1]
+
+
+def pair_batch(
+    tok: Any,
+    clean: Sequence[str],
+    corrupt: Sequence[str],
+    correct: Sequence[str],
+    incorrect: Sequence[str],
+    *,
+    metric: str,
+    name: str,
+) -> Task:
+    """Tokenize paired prompts (BOS prepended), right-pad, and score each at its last token.
+
+    Answers are words, tokenized with a leading space; each must be one token.
+    """
+    bos = getattr(tok, "bos_token_id", None)
+    pad = getattr(tok, "pad_token_id", None)
+    pad = pad if pad is not None else (bos if bos is not None else 0)
+    rows, last = [], []
+    for i, (c, k) in enumerate(zip(clean, corrupt, strict=True)):
+        ids_c = ([bos] if bos is not None else []) + encode(tok, c)
+        ids_k = ([bos] if bos is not None else []) + encode(tok, k)
+        if len(ids_c) != len(ids_k):
+            raise ValueError(
+                f"{name} prompt {i}: clean and corrupt are {len(ids_c)} and {len(ids_k)} tokens; "
+                f"pairs must have equal length ({c!r} vs {k!r})"
+            )
+        rows.append((ids_c, ids_k))
+        last.append(len(ids_c) - 1)
+    width = max(last) + 1
+    clean_t = torch.full((len(rows), width), pad, dtype=torch.long)
+    corrupt_t = clean_t.clone()
+    for i, (c, k) in enumerate(rows):
+        clean_t[i, : len(c)] = torch.tensor(c)
+        corrupt_t[i, : len(k)] = torch.tensor(k)
+    answers = []
+    for label, words in (("correct", correct), ("incorrect", incorrect)):
+        ids = []
+        for w in words:
+            enc = encode(tok, " " + w)
+            if len(enc) != 1:
+                raise ValueError(f"{name} {label} answer {w!r} is {len(enc)} tokens with a leading space; need one")
+            ids.append(enc[0])
+        answers.append(ids)
+    vocab = getattr(tok, "vocab_size", None)
+    return Task.from_tokens(
+        clean_t, corrupt_t, correct=answers[0], incorrect=answers[1], answer_pos=last, metric=metric,
+        name=name, vocab_size=len(tok) if hasattr(tok, "__len__") else vocab,
+    )
