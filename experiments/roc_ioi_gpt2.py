@@ -30,25 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-import acdc  # noqa: E402
 from roc_common import sweep_row, write  # noqa: E402
+
+import acdc  # noqa: E402
+from acdc.tasks.text import bpe_tokenizer  # noqa: E402
 
 WARNING = (
     "WARNING: --random-weights: this GPT-2-small-shaped model has random weights and no IOI circuit. "
     "Every number below only shows that the pipeline runs; it says nothing about ACDC or IOI."
 )
-
-
-def local_gpt2_tokenizer(folder: Path):
-    """GPT-2's tokenizer from local vocab.json + merges.txt (no hub)."""
-    if not (folder / "vocab.json").exists() or not (folder / "merges.txt").exists():
-        raise SystemExit(f"no GPT-2 tokenizer files (vocab.json, merges.txt) in {folder}; pass --tokenizer DIR")
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    eot = "<|endoftext|>"
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=eot, eos_token=eot, unk_token=eot)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         torch.manual_seed(0)
-        tok = local_gpt2_tokenizer(args.tokenizer)
+        try:
+            tok = bpe_tokenizer(args.tokenizer)
+        except ValueError as err:
+            raise SystemExit(f"{err}; pass --tokenizer DIR") from None
         model = acdc.load_model(GPT2LMHeadModel(GPT2Config()))
     else:
         model = acdc.load_model("gpt2")

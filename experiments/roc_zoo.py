@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-import acdc  # noqa: E402
 from roc_common import sweep_row, write  # noqa: E402
+
+import acdc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

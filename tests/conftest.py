@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -54,3 +56,16 @@ def random_tokens(batch: int = 4, pos: int = 6, vocab: int = 50, seed: int = 1):
         torch.randint(0, vocab, (batch, pos), generator=gen),
         torch.randint(0, vocab, (batch, pos), generator=gen),
     )
+
+
+GPT2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """The real GPT-2 tokenizer from ../shared/gpt2-tokenizer (skips where that folder is absent)."""
+    if not GPT2_TOKENIZER.is_dir():
+        pytest.skip("../shared/gpt2-tokenizer not present (GPT-2 tokenizer files are not shipped)")
+    from acdc.tasks.text import bpe_tokenizer
+
+    return bpe_tokenizer(GPT2_TOKENIZER)

@@ -1,5 +1,6 @@
-"""The offline demo runs and writes a circuit that reloads."""
+"""The offline demo finds the planted circuit, scores it, and writes a circuit that reloads."""
 
+import acdc
 from acdc import Circuit
 from acdc.demo import main
 
@@ -7,6 +8,6 @@ from acdc.demo import main
 def test_demo_runs(tmp_path, capsys):
     main(["--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "Circuit(" in out and "saved" in out
+    assert "Circuit(" in out and "saved" in out and "score vs planted truth" in out
     c = Circuit.from_json(tmp_path / "circuit.json")
-    assert 0 < c.n_edges < c.graph.n_edges
+    assert acdc.score(c, acdc.zoo.load("ioi").truth).edges.exact

@@ -30,3 +30,19 @@ def test_patching_on_gpt2_small(gpt2_small):
     assert torch.allclose(p.logits(none), gpt2_small(clean)[:, -1], atol=1e-4)
     inputs = torch.tensor([e.src.name == "input" for e in p.graph.edges])
     assert torch.allclose(p.logits(inputs), gpt2_small(corrupt)[:, -1], atol=1e-4)
+
+
+def test_ioi_task_runs_through_discover(gpt2_small, gpt2_tokenizer):
+    task = acdc.tasks.ioi(gpt2_tokenizer, 6, seed=0)
+    seen = []
+
+    def stop_after_a_few(edge, delta, removed):
+        seen.append(edge)
+        return len(seen) >= 5
+
+    from acdc.algorithms.acdc import run_acdc
+    from acdc.api import prepare
+
+    patcher, metric, batch = prepare(gpt2_small, task)
+    c = run_acdc(patcher, metric, batch, 1e-3, progress=False, callback=stop_after_a_few)
+    assert len(seen) == 5 and c.graph.n_edges == 32491

@@ -1,6 +1,5 @@
 """Model loading and the engine's forward pass against TransformerLens."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,8 +7,6 @@ from conftest import tiny_gpt2, tiny_neox
 
 import acdc
 from acdc.model import Transformer
-
-TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
 
 
 @pytest.mark.parametrize("make", [tiny_gpt2, tiny_neox])
@@ -40,14 +37,10 @@ def test_load_model_passes_bridges_through(gpt2_model):
     assert acdc.load_model(gpt2_model) is gpt2_model
 
 
-@pytest.mark.skipif(not TOKENIZER.is_dir(), reason="../shared/gpt2-tokenizer not present")
-def test_strings_with_local_gpt2_tokenizer():
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+def test_strings_with_local_gpt2_tokenizer(gpt2_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    bpe = ByteLevelBPETokenizer(str(TOKENIZER / "vocab.json"), str(TOKENIZER / "merges.txt"))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
-                                  eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok = gpt2_tokenizer
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32))
     model = acdc.load_model(hf, tokenizer=tok)

@@ -38,3 +38,45 @@ def test_padded_multi_answers_ok():
     assert t.correct.shape == (1, 3)
     assert "1 prompts" in repr(t)
     assert torch.equal(t.clean, torch.tensor([[1, 2]]))
+
+
+# ---------------------------------------------------------------- IOI with the real GPT-2 tokenizer
+def test_ioi_prompts(gpt2_tokenizer):
+    import acdc
+    from acdc.tasks.ioi import NAMES
+
+    tok = gpt2_tokenizer
+    task = acdc.tasks.ioi(tok, 100, seed=0)
+    again = acdc.tasks.ioi(tok, 100, seed=0)
+    other = acdc.tasks.ioi(tok, 100, seed=1)
+    assert torch.equal(task.clean, again.clean) and torch.equal(task.corrupt, again.corrupt)
+    assert not torch.equal(task.clean, other.clean)
+    assert task.n_prompts == 100 and task.metric == "logit_diff"
+    name_ids = {tok.encode(" " + n)[0] for n in NAMES if len(tok.encode(" " + n)) == 1}
+    eot = tok.bos_token_id
+    for i in range(100):
+        c, k = task.clean[i].tolist(), task.corrupt[i].tolist()
+        n = int(task.answer_pos[i]) + 1
+        # equal length under the GPT-2 tokenizer, and padding only after the scored token
+        assert len(tok.encode(tok.decode(c[1:n]))) == len(tok.encode(tok.decode(k[1:n]))) == n - 1
+        assert all(t == eot for t in c[n:]) and all(t == eot for t in k[n:])
+        io, s = int(task.correct[i]), int(task.incorrect[i])
+        assert io in name_ids and s in name_ids and io != s
+        assert c[1:n].count(s) == 2 and c[1:n].count(io) == 1  # S repeated, IO once
+        clean_names = {t for t in c[:n] if t in name_ids}
+        corrupt_names = [t for t in k[:n] if t in name_ids]
+        assert len(set(corrupt_names)) == 3 and not clean_names & set(corrupt_names)  # ABC
+        assert tok.decode(c[n - 1 : n]) in (" to",)
+    # both orders: IO before S in ABBA, after S in BABA
+    first = [task.clean[i].tolist().index(int(task.correct[i])) < task.clean[i].tolist().index(int(task.incorrect[i]))
+             for i in range(100)]
+    assert any(first) and not all(first)
+
+
+def test_ioi_errors(gpt2_tokenizer):
+    import acdc
+
+    with pytest.raises(ValueError, match="order"):
+        acdc.tasks.ioi(gpt2_tokenizer, 4, order="AABB")
+    with pytest.raises(ValueError, match="tokenizer"):
+        acdc.tasks.ioi(object(), 4)

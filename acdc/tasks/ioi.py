@@ -80,12 +80,15 @@ def ioi(
         a, b, c, d, e = rng.sample(names, 5)
         place, obj = rng.choice(places), rng.choice(objects)
 
-        def fill(first: str, second: str, subject: str) -> str:
-            t = template.replace("[B] and [A]", f"{first} and {second}", 1).replace("[B]", subject)
-            return t.replace("[PLACE]", place).replace("[OBJECT]", obj)
-
-        clean.append(fill(*((a, b) if abba else (b, a)), b))
-        corrupt.append(fill(c, d, e))
+        first, second = (a, b) if abba else (b, a)
+        clean.append(_fill(template, first, second, b, place, obj))
+        corrupt.append(_fill(template, c, d, e, place, obj))
         io.append(a)
         s.append(b)
     return pair_batch(tok, clean, corrupt, io, s, metric=metric, name="ioi")
+
+
+def _fill(template: str, first: str, second: str, subject: str, place: str, obj: str) -> str:
+    """Put the names (first two, then the subject's repeat), place and object into a template."""
+    t = template.replace("[B] and [A]", f"{first} and {second}", 1).replace("[B]", subject)
+    return t.replace("[PLACE]", place).replace("[OBJECT]", obj)

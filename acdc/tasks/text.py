@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .base import Task
 
-__all__ = ["tokenizer_of", "single_tokens", "pair_batch"]
+__all__ = ["tokenizer_of", "single_tokens", "pair_batch", "bpe_tokenizer"]
+
+
+def bpe_tokenizer(folder: str | Path, special: str = "<|endoftext|>") -> Any:
+    """A GPT-2-style byte-level BPE tokenizer from local ``vocab.json`` and ``merges.txt`` (no hub).
+
+    Returns a ``transformers.PreTrainedTokenizerFast`` that `acdc.load_model` accepts.
+    """
+    folder = Path(folder)
+    if not (folder / "vocab.json").is_file() or not (folder / "merges.txt").is_file():
+        raise ValueError(f"{folder} needs vocab.json and merges.txt (GPT-2 tokenizer files)")
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=special, eos_token=special, unk_token=special)
 
 
 def tokenizer_of(model_or_tokenizer: Any) -> Any:
