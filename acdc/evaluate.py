@@ -345,11 +345,10 @@ def _mask(x: CircuitLike, g: Graph) -> Tensor:
 
 def _node_of_edges(g: Graph) -> tuple[Tensor, Tensor]:
     """Node-universe index of each edge's source and destination node (input/logits -> last slot)."""
-    index = {name: i for i, name in enumerate(node_universe(g))}
-    other = len(index)
-    src = torch.tensor([index.get(e.src.name, other) for e in g.edges], dtype=torch.long)
-    dst = torch.tensor([index.get(e.dst.node.name, other) for e in g.edges], dtype=torch.long)
-    return src, dst
+    is_node = torch.tensor([n.kind in ("head", "mlp") for n in g.sources])
+    of_source = torch.full((len(g.sources) + 1,), int(is_node.sum()), dtype=torch.long)  # slot -1: logits
+    of_source[:-1][is_node] = torch.arange(int(is_node.sum()))
+    return of_source[g.edge_src], of_source[g.dst_node_src[g.edge_dst]]
 
 
 def _confusion(found: Tensor, true: Tensor) -> Confusion:

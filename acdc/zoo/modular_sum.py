@@ -62,7 +62,7 @@ def build(*, n_prompts: int = 32, modulus: int = 5, seed: int = 0):
     clean, correct = sample()
     corrupt, incorrect = sample()
     clash = incorrect == correct
-    incorrect[clash] = digits[(incorrect[clash] - 1 + 1) % m]  # next digit: keep the answers distinct
+    incorrect[clash] = digits[incorrect[clash] % m]  # token id = digit + 1, so this is the next digit mod m
     task = Task.from_tokens(
         clean, corrupt, correct=correct, incorrect=incorrect, metric="kl", name="zoo-modular-sum",
         vocab_size=len(words),
