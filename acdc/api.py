@@ -15,6 +15,7 @@ from .graph import Graph
 from .metrics import Batch, Metric, MetricLike, resolve_metric
 from .patching import ABLATIONS, Patcher
 from .tasks import Task
+from .tasks.text import single_token_id
 
 __all__ = ["discover", "make_batch", "parse_answers"]
 
@@ -150,12 +151,6 @@ def _answer_ids(x: Any, model: Any, name: str) -> Tensor:
         tok = getattr(model, "tokenizer", None)
         if tok is None:
             raise ValueError(f"{name} answers are strings but the model has no tokenizer; pass token ids")
-        words = [x] if isinstance(x, str) else list(x)
-        ids = []
-        for w in words:
-            enc = tok.encode(w, add_special_tokens=False)
-            if len(enc) != 1:
-                raise ValueError(f"{name} answer {w!r} is {len(enc)} tokens; answers must be single tokens")
-            ids.append(enc[0])
-        return torch.tensor(ids if not isinstance(x, str) else ids[0])
+        ids = [single_token_id(tok, w, name) for w in ([x] if isinstance(x, str) else x)]
+        return torch.tensor(ids[0] if isinstance(x, str) else ids)
     return torch.as_tensor(x)

@@ -10,7 +10,7 @@ import torch
 
 from .base import Task
 
-__all__ = ["tokenizer_of", "single_tokens", "pair_batch", "bpe_tokenizer"]
+__all__ = ["tokenizer_of", "single_tokens", "single_token_id", "pair_batch", "bpe_tokenizer"]
 
 
 def bpe_tokenizer(folder: str | Path, special: str = "<|endoftext|>") -> Any:
@@ -41,6 +41,14 @@ def encode(tok: Any, text: str) -> list[int]:
         return list(tok.encode(text, add_special_tokens=False))
     except TypeError:
         return list(tok.encode(text))
+
+
+def single_token_id(tok: Any, text: str, label: str) -> int:
+    """The id of ``text`` if it is exactly one token; a one-line ValueError otherwise."""
+    enc = encode(tok, text)
+    if len(enc) != 1:
+        raise ValueError(f"{label} answer {text!r} is {len(enc)} tokens; answers must be single tokens")
+    return enc[0]
 
 
 def single_tokens(tok: Any, words: Sequence[str]) -> list[str]:
@@ -82,15 +90,10 @@ def pair_batch(
     for i, (c, k) in enumerate(rows):
         clean_t[i, : len(c)] = torch.tensor(c)
         corrupt_t[i, : len(k)] = torch.tensor(k)
-    answers = []
-    for label, words in (("correct", correct), ("incorrect", incorrect)):
-        ids = []
-        for w in words:
-            enc = encode(tok, " " + w)
-            if len(enc) != 1:
-                raise ValueError(f"{name} {label} answer {w!r} is {len(enc)} tokens with a leading space; need one")
-            ids.append(enc[0])
-        answers.append(ids)
+    answers = [
+        [single_token_id(tok, " " + w, f"{name} {label}") for w in words]
+        for label, words in (("correct", correct), ("incorrect", incorrect))
+    ]
     vocab = getattr(tok, "vocab_size", None)
     return Task.from_tokens(
         clean_t, corrupt_t, correct=answers[0], incorrect=answers[1], answer_pos=last, metric=metric,
