@@ -12,7 +12,7 @@ from torch import Tensor
 from .algorithms.acdc import run_acdc
 from .circuit import Circuit
 from .graph import Graph
-from .metrics import Batch, Metric, MetricLike, resolve_metric
+from .metrics import Batch, Metric, MetricLike, resolve_metric, scored_rows
 from .patching import ABLATIONS, Patcher
 from .tasks import Task
 from .tasks.text import single_token_id
@@ -110,9 +110,15 @@ def prepare(
 
 
 def make_batch(patcher: Patcher, answers: Any = None, model: Any = None) -> Batch:
-    """The `Batch` metrics read, for a patcher's prompts and optional answers."""
-    n = patcher.clean_tokens.shape[0]
+    """The `Batch` metrics read, for a patcher's prompts and optional answers.
+
+    With P scored positions per prompt, answers [batch, P] (or [batch, P, k]) are flattened to
+    one row per scored position, matching the logits' rows.
+    """
+    n, n_scored = patcher.answer_pos.shape
     correct, incorrect = parse_answers(answers, n, model) if answers is not None else (None, None)
+    if correct is not None:
+        correct, incorrect = (scored_rows(t, n_scored, name) for t, name in ((correct, "correct"), (incorrect, "incorrect")))
     dev = patcher.tf.device
     return Batch(
         clean=patcher.clean_tokens,

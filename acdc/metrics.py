@@ -1,8 +1,10 @@
 """Metrics on the logits at the answer positions, with their direction made explicit.
 
-A metric maps ``(logits, batch) -> scalar`` where ``logits`` is ``[batch, d_vocab]`` at each
-prompt's answer position and ``batch`` is a `Batch`. ACDC minimises, so `Metric.loss` turns any
-metric into lower-is-better: KL as is, logit and probability differences negated.
+A metric maps ``(logits, batch) -> scalar`` where ``logits`` is ``[rows, d_vocab]``, one row per
+scored position (``batch * P``, prompt-major; P = 1 unless a task scores several positions per
+prompt) and ``batch`` is a `Batch` whose answers and clean logits have the same rows. ACDC
+minimises, so `Metric.loss` turns any metric into lower-is-better: KL as is, logit and
+probability differences negated.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "Metric", "kl_divergence", "logit_diff", "prob_diff", "resolve_metric", "METRICS"]
+__all__ = ["Batch", "Metric", "kl_divergence", "logit_diff", "prob_diff", "resolve_metric", "scored_rows", "METRICS"]
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,11 @@ class Batch:
     """What a metric may read besides the patched logits.
 
     clean, corrupt: [batch, pos] token ids.
-    answer_pos:     [batch] position each prompt is scored at.
-    correct:        [batch] or [batch, k] correct answer token ids (-1 pads), or None.
+    answer_pos:     [batch, P] positions each prompt is scored at.
+    correct:        [rows] or [rows, k] correct answer token ids (-1 pads), or None;
+                    rows = batch * P, one per scored position.
     incorrect:      same for the incorrect answers, or None.
-    clean_logits:   [batch, d_vocab] full model's logits at the answer positions.
+    clean_logits:   [rows, d_vocab] full model's logits at the scored positions.
     """
 
     clean: Tensor
@@ -54,14 +57,14 @@ class Metric:
 
 
 def kl_divergence(logits: Tensor, batch: Batch) -> Tensor:
-    """KL(full model || patched) at the answer position, averaged over prompts."""
+    """KL(full model || patched) at the scored positions, averaged over them."""
     ref = batch.clean_logits.log_softmax(-1)
     new = logits.log_softmax(-1)
     return (ref.exp() * (ref - new)).sum(-1).mean()
 
 
 def _answer_values(values: Tensor, ids: Tensor | None, reduce: str) -> Tensor:
-    """Per-prompt mean (or sum) of ``values`` at answer ids [batch] or [batch, k] (-1 = pad)."""
+    """Per-row mean (or sum) of ``values`` at answer ids [rows] or [rows, k] (-1 = pad)."""
     if ids is None:
         raise ValueError("this metric needs answers: pass answers=(correct, incorrect) token ids")
     ids = ids.to(values.device)
@@ -73,15 +76,31 @@ def _answer_values(values: Tensor, ids: Tensor | None, reduce: str) -> Tensor:
     return total / valid.sum(-1).clamp(min=1) if reduce == "mean" else total
 
 
+def scored_rows(answers: Tensor, n_scored: int, name: str = "answers") -> Tensor:
+    """Answers per prompt -> answers per scored row (prompt-major), for P scored positions.
+
+    P == 1: [batch] or [batch, k] (k answers, -1 pads) as given. P > 1: [batch, P] (one answer
+    per position) or [batch, P, k], flattened to [batch * P] or [batch * P, k].
+    """
+    if n_scored == 1:
+        return answers.squeeze(1) if answers.dim() == 3 else answers
+    if answers.dim() not in (2, 3) or answers.shape[1] != n_scored:
+        raise ValueError(
+            f"{name} answers: with {n_scored} scored positions per prompt they must be [batch, {n_scored}] "
+            f"or [batch, {n_scored}, k], got shape {tuple(answers.shape)}"
+        )
+    return answers.reshape(-1, *answers.shape[2:])
+
+
 def logit_diff(logits: Tensor, batch: Batch) -> Tensor:
-    """Mean over prompts of logit(correct) - logit(incorrect)."""
+    """Mean over scored rows of logit(correct) - logit(incorrect)."""
     return (
         _answer_values(logits, batch.correct, "mean") - _answer_values(logits, batch.incorrect, "mean")
     ).mean()
 
 
 def prob_diff(logits: Tensor, batch: Batch) -> Tensor:
-    """Mean over prompts of P(correct) - P(incorrect) (sums over answer sets)."""
+    """Mean over scored rows of P(correct) - P(incorrect) (sums over answer sets)."""
     probs = logits.softmax(-1)
     return (_answer_values(probs, batch.correct, "sum") - _answer_values(probs, batch.incorrect, "sum")).mean()
 

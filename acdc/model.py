@@ -112,7 +112,7 @@ class ForwardCache:
     sources:   [n_src, batch, pos, d_model] output of every graph source (input, heads, MLPs)
     resid_pre: [n_layers + 1, batch, pos, d_model] residual before each layer (last = final)
     resid_mid: [n_layers, batch, pos, d_model] MLP input of each layer
-    logits:    [batch, d_vocab] logits at the answer positions
+    logits:    [batch * P, d_vocab] logits at the answer positions (P per prompt, prompt-major)
     """
 
     sources: Tensor
@@ -305,12 +305,15 @@ class Transformer:
     def run(self, tokens: Tensor, answer_pos: Tensor | None = None) -> ForwardCache:
         """Full forward pass recording every source output and residual checkpoint.
 
-        tokens: [batch, pos]; answer_pos: [batch] (default: last position).
+        tokens: [batch, pos]; answer_pos: [batch] or [batch, P] (default: last position).
+        Logits are read at the answer positions: [batch * P, d_vocab], prompt-major.
         """
         a = self.arch
         B, S = tokens.shape
         if answer_pos is None:
             answer_pos = torch.full((B,), S - 1, device=tokens.device)
+        if answer_pos.dim() == 1:
+            answer_pos = answer_pos[:, None]
         all_heads = torch.arange(a.n_heads, device=self.device)
         sources = torch.empty(1 + a.n_layers * (a.n_heads + 1), B, S, a.d_model, dtype=self.dtype, device=self.device)
         resid_pre = torch.empty(a.n_layers + 1, B, S, a.d_model, dtype=self.dtype, device=self.device)
@@ -329,8 +332,8 @@ class Transformer:
             sources[base + a.n_heads] = m
             resid = resid + attn + m
         resid_pre[a.n_layers] = resid
-        final = resid[torch.arange(B, device=resid.device), answer_pos]
-        return ForwardCache(sources, resid_pre, resid_mid, self.unembed(final))
+        final = resid[torch.arange(B, device=resid.device)[:, None], answer_pos]
+        return ForwardCache(sources, resid_pre, resid_mid, self.unembed(final.reshape(-1, a.d_model)))
 
 
 def _read_weights(bridge: Any, arch: Architecture) -> dict[str, Any]:

@@ -124,7 +124,10 @@ class Patcher:
         clean, corrupt: token ids [batch, pos] (or strings, with a tokenizer), same shape.
         graph: the graph whose edges are patched (default: `Graph.from_model`).
         ablation: "resample" | "mean" | "zero".
-        answer_pos: int or [batch] positions the metric reads (default: the last position).
+        answer_pos: positions the metric reads: an int, [batch] (one per prompt), or
+            [batch, P] (P per prompt, strictly increasing, e.g. every token of a repeated half);
+            default the last position. Logits come back with one row per scored position,
+            prompt-major: [batch * P, d_vocab].
         cache_bytes: budget for cached destination inputs (speed only, never results).
     """
 
@@ -163,10 +166,11 @@ class Patcher:
                 raise ValueError(f"{name} token ids must lie in [0, {a.d_vocab}), got {t.min()}..{t.max()}")
         B, S = clean_t.shape
         self.clean_tokens, self.corrupt_tokens = clean_t, corrupt_t
-        self.answer_pos = _answer_positions(answer_pos, B, S).to(tf.device)
+        self.answer_pos = answer_positions(answer_pos, B, S).to(tf.device)
         self.ablation = ablation
         self.cache_bytes = cache_bytes
-        self._bidx = torch.arange(B, device=tf.device)
+        self._bidx = torch.arange(B, device=tf.device)[:, None]
+        self.n_pos = S
 
         self.clean = tf.run(clean_t, self.answer_pos)
         corrupt_run = tf.run(corrupt_t, self.answer_pos)
@@ -232,7 +236,8 @@ class Patcher:
         """Logits at the answer positions with the given edges ablated.
 
         ablated: edge names, a bool mask [n_edges], or a batch of masks [K, n_edges].
-        Returns [batch, d_vocab] (or [K, batch, d_vocab] for a batch of masks).
+        Returns [rows, d_vocab] (or [K, rows, d_vocab] for a batch of masks), rows = batch * P
+        scored positions (P = 1 unless answer_pos gave several per prompt).
         """
         if isinstance(ablated, Tensor):
             mask = self.graph.edge_mask(ablated.cpu())
@@ -245,8 +250,16 @@ class Patcher:
 
     # ------------------------------------------------------------------ propagation
     def _ans(self, x: Tensor) -> Tensor:
-        """[..., B, S, d] -> [..., B, 1, d] at each prompt's answer position."""
-        return x[..., self._bidx, self.answer_pos, :].unsqueeze(-2)
+        """[..., B, S, d] -> [..., B, P, d] at each prompt's answer positions."""
+        return x[..., self._bidx, self.answer_pos, :]
+
+    def _full(self, x: Tensor) -> bool:
+        """Whether ``x`` [..., S|P, d] holds every position (else the answer rows only).
+
+        When P == S the answer rows are all positions in order (they are strictly increasing),
+        so both readings agree.
+        """
+        return x.shape[-2] == self.n_pos
 
     def _stream_ref(self, st: PatchState, stream: int, ans: bool) -> Tensor:
         layer, mid = divmod(stream, 2)
@@ -258,7 +271,7 @@ class Patcher:
         layer, mid = divmod(stream, 2)
         x = self._base_mid[layer] if mid else self._base_pre[layer]
         if ans:
-            x = x.expand(len(self._bidx), self.clean_tokens.shape[1], -1)
+            x = x.expand(len(self._bidx), self.n_pos, -1)
             return self._ans(x)
         return x.expand(-1, self.clean_tokens.shape[1], -1)
 
@@ -325,7 +338,7 @@ class Patcher:
                 shared.append(h)
             else:
                 own.append((h, xq, xk, xv))
-        q_pos = self.answer_pos.repeat(K)[:, None] if last else None
+        q_pos = self.answer_pos.repeat(K, 1) if last else None
         outs, heads_done = [], []
         if shared:
             full = shared_full.expand(K, *shared_full.shape[-3:]).reshape(K * B, *shared_full.shape[-2:])
@@ -375,15 +388,15 @@ class Patcher:
             st._shared = False
         bidx, apos = self._bidx, self.answer_pos
         for src, delta in p.deltas.items():
-            if delta.shape[-2] == 1 and st.out.shape[-2] != 1:
-                st.out[src, bidx, apos] += delta[k, :, 0]
+            if not self._full(delta):
+                st.out[src, bidx, apos] += delta[k]
             else:
                 st.out[src] += delta[k]
         for stream, run in p.runs.items():
             layer, mid = divmod(stream, 2)
             target = st.resid_mid if mid else st.resid_pre
-            if run.shape[-2] == 1 and target.shape[-2] != 1:
-                target[layer, bidx, apos] += run[k, :, 0]
+            if not self._full(run):
+                target[layer, bidx, apos] += run[k]
             else:
                 target[layer] += run[k]
         for dst in p.dropped:
@@ -435,7 +448,7 @@ class _Job:
             x = self.p._stream_ref(self.st, stream, ans)[None]
             run = self.runs.get(stream)
             if run is not None:
-                x = x + (self.p._ans(run) if ans and run.shape[-2] != 1 else run)
+                x = x + (self.p._ans(run) if ans and self.p._full(run) else run)
             self._streams[key] = x
         return self._streams[key]
 
@@ -454,7 +467,7 @@ class _Job:
 
     def _delta(self, src: int, ans: bool) -> Tensor:
         d = self.delta[src]
-        if ans and d.shape[-2] != 1:
+        if ans and self.p._full(d):
             if src not in self._delta_ans:
                 self._delta_ans[src] = self.p._ans(d)
             return self._delta_ans[src]
@@ -488,7 +501,7 @@ class _Job:
         """Input of destination ``row`` under every candidate: [1|K, B, p, d]."""
         if row in self.memo:
             x = self.memo[row]
-            return self.p._ans(x) if ans and x.shape[-2] != 1 else x
+            return self.p._ans(x) if ans and self.p._full(x) else x
         st, p = self.st, self.p
         up = p._upstream[row]
         kept = self.keep[:, row]  # [K, n_src], already within `up`
@@ -509,7 +522,7 @@ class _Job:
             how = min(options, key=options.get)
             if how == "relative":
                 st.inputs.move_to_end(row)
-                x = (p._ans(cached) if ans and cached.shape[-2] != 1 else cached)[None]
+                x = (p._ans(cached) if ans and p._full(cached) else cached)[None]
                 terms = [(1, self._sum_ref(kept.to(torch.int8) - ref_row[None].to(torch.int8), ans)), (1, self._sum_delta(kept, ans))]
             elif how == "kept":
                 x = p._stream_base(stream, ans)[None]
@@ -527,16 +540,27 @@ class _Job:
         return x
 
 
-def _answer_positions(answer_pos: Any, batch: int, n_pos: int) -> Tensor:
-    """[batch] answer positions from None (last), an int, or a sequence; checked in range."""
+def answer_positions(answer_pos: Any, batch: int, n_pos: int) -> Tensor:
+    """[batch, P] answer positions from None (last), an int, [batch] or [batch, P]; checked.
+
+    Negative positions count from the end. Several positions per prompt must be strictly
+    increasing (each scored once, in order).
+    """
     if answer_pos is None:
-        return torch.full((batch,), n_pos - 1, dtype=torch.long)
+        return torch.full((batch, 1), n_pos - 1, dtype=torch.long)
     t = torch.as_tensor(answer_pos, dtype=torch.long)
     if t.dim() == 0:
         t = t.expand(batch)
-    if t.shape != (batch,):
-        raise ValueError(f"answer_pos must be an int or have one entry per prompt ({batch}), got shape {tuple(t.shape)}")
+    if t.dim() == 1:
+        t = t[:, None]
+    if t.dim() != 2 or t.shape[0] != batch or t.shape[1] == 0:
+        raise ValueError(
+            f"answer_pos must be an int, one position per prompt [{batch}] or several [{batch}, P], "
+            f"got shape {tuple(t.shape)}"
+        )
     t = torch.where(t < 0, t + n_pos, t)
     if bool((t < 0).any() or (t >= n_pos).any()):
         raise ValueError(f"answer_pos must lie in [0, {n_pos}) (prompts have {n_pos} tokens)")
+    if t.shape[1] > 1 and bool((t[:, 1:] <= t[:, :-1]).any()):
+        raise ValueError("several answer positions per prompt must be strictly increasing along each row")
     return t.clone()

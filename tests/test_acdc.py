@@ -18,13 +18,22 @@ def kl_at_last(model, logits_full_clean, patched):
     return float((ref.exp() * (ref - new)).sum(-1).mean())
 
 
-def plain_acdc(model, clean, corrupt, threshold, ablation):
-    """ACDC the obvious way: a full hooked forward per tested edge, dicts and loops."""
+def plain_acdc(model, clean, corrupt, threshold, ablation, positions=None):
+    """ACDC the obvious way: a full hooked forward per tested edge, dicts and loops.
+
+    positions: [batch, P] scored positions (default: the last).
+    """
     g = Graph.from_model(model)
+    rows = torch.arange(clean.shape[0])[:, None]
+    pos = torch.full((clean.shape[0], 1), clean.shape[1] - 1) if positions is None else positions
+
+    def at(logits):
+        return logits[rows, pos].flatten(0, 1)
+
     with torch.no_grad():
-        full = model(clean)[:, -1]
+        full = at(model(clean))
     removed: set[str] = set()
-    current = kl_at_last(model, full, patched_logits(model, g, clean, corrupt, removed, ablation)[:, -1])
+    current = kl_at_last(model, full, at(patched_logits(model, g, clean, corrupt, removed, ablation)))
     deltas: dict[str, float] = {}
     for dst in reversed(g.destinations):
         node = dst.node.name
@@ -35,7 +44,7 @@ def plain_acdc(model, clean, corrupt, threshold, ablation):
                 continue
         for e in reversed([e for e in g.edges if e.dst == dst]):
             trial = removed | {e.name}
-            new = kl_at_last(model, full, patched_logits(model, g, clean, corrupt, trial, ablation)[:, -1])
+            new = kl_at_last(model, full, at(patched_logits(model, g, clean, corrupt, trial, ablation)))
             deltas[e.name] = new - current
             if new - current < threshold:
                 removed = trial
@@ -44,19 +53,24 @@ def plain_acdc(model, clean, corrupt, threshold, ablation):
     return kept, deltas
 
 
-@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
-def test_acdc_equals_plain_sequential(ablation):
+@pytest.mark.parametrize(
+    "ablation, scored", [("resample", "last"), ("mean", "last"), ("zero", "last"), ("resample", "several")]
+)
+def test_acdc_equals_plain_sequential(ablation, scored):
     model = tiny_gpt2(n_layer=2, n_head=2, d=16, seed=3)
     clean, corrupt = random_tokens(batch=5, pos=5)
+    positions = torch.tensor([[2, 4]] * 3 + [[0, 3]] * 2) if scored == "several" else None
     chosen = None
     for threshold in (0.01, 0.02, 0.005, 0.04):
-        kept, deltas = plain_acdc(model, clean, corrupt, threshold, ablation)
+        kept, deltas = plain_acdc(model, clean, corrupt, threshold, ablation, positions)
         margin = min(abs(d - threshold) for d in deltas.values())
         if margin > 1e-4 and 0 < len(kept) < Graph.from_model(model).n_edges:
             chosen = threshold
             break
     assert chosen is not None, "no threshold gives a clear, non-trivial decision"
-    c = acdc.discover(model, clean, corrupt, threshold=chosen, ablation=ablation, progress=False)
+    c = acdc.discover(
+        model, clean, corrupt, threshold=chosen, ablation=ablation, answer_pos=positions, progress=False
+    )
     assert set(c.edges) == kept
     tested = {e.name: c.score(e.name) for e in c.graph.edges if not math.isnan(c.score(e.name))}
     assert tested.keys() == deltas.keys()

@@ -66,6 +66,48 @@ def test_answer_positions_per_prompt(gpt2_model):
     assert torch.allclose(p.logits(mask), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "neox"])
+def test_several_answer_positions_per_prompt(arch, gpt2_model, neox_model):
+    """[batch, P] positions give one logits row per scored position, prompt-major, exactly."""
+    model = gpt2_model if arch == "gpt2" else neox_model
+    clean, corrupt = random_tokens()
+    pos = torch.tensor([[1, 3, 5], [0, 2, 4], [3, 4, 5], [2, 3, 5]])
+    p = Patcher(model, clean, corrupt, answer_pos=pos)
+    g = p.graph
+    assert p.clean.logits.shape == (12, model.cfg.d_vocab)
+    for frac, seed in [(0.2, 3), (0.8, 4)]:
+        mask = _random_mask(g, frac, seed)
+        ref = patched_logits(model, g, clean, corrupt, _names(g, mask), "resample")
+        ref = ref[torch.arange(4)[:, None], pos].reshape(12, -1)
+        assert torch.allclose(p.logits(mask), ref, atol=1e-5)
+    # every position scored (P == S) reads the same as the full sequence
+    every = Patcher(model, clean, corrupt, answer_pos=torch.arange(6).expand(4, 6))
+    mask = _random_mask(g, 0.5, 5)
+    ref = patched_logits(model, g, clean, corrupt, _names(g, mask), "resample").reshape(24, -1)
+    assert torch.allclose(every.logits(mask), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_scored", [3, 6])
+def test_commits_stay_exact_several_positions(n_scored, gpt2_model):
+    clean, corrupt = random_tokens(batch=3, pos=6)
+    pos = torch.arange(6 - n_scored, 6).expand(3, n_scored)
+    p = Patcher(gpt2_model, clean, corrupt, answer_pos=pos, cache_bytes=2**16)
+    g = p.graph
+    st = p.state()
+    removed = torch.zeros(g.n_edges, dtype=torch.bool)
+    order = torch.randperm(g.n_edges, generator=torch.Generator().manual_seed(1))[:60].tolist()
+    for step, e in enumerate(list(range(g.n_edges - 1, g.n_edges - 30, -1)) + order):
+        if removed[e]:
+            continue
+        cand = st.keep.clone()
+        cand[g.edge_dst[e], g.edge_src[e]] = False
+        st.commit(st.propagate(cand))
+        removed[e] = True
+        if step % 9 == 0:
+            assert torch.allclose(st.logits, p.logits(removed), atol=1e-5), step
+    assert torch.allclose(st.logits, p.logits(removed), atol=1e-5)
+
+
 def test_batched_candidates_equal_single(gpt2_model):
     clean, corrupt = random_tokens()
     p = Patcher(gpt2_model, clean, corrupt)
@@ -124,6 +166,10 @@ def test_bad_inputs(gpt2_model):
         Patcher(gpt2_model, ["a b", "c d"], ["e f", "g h"])
     with pytest.raises(ValueError, match="answer_pos"):
         Patcher(gpt2_model, clean, corrupt, answer_pos=99)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Patcher(gpt2_model, clean, corrupt, answer_pos=torch.tensor([[1, 1]] * 4))
+    with pytest.raises(ValueError, match=r"\[4, P\]"):
+        Patcher(gpt2_model, clean, corrupt, answer_pos=torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="token ids must lie"):
         Patcher(gpt2_model, clean + 1000, corrupt)
     with pytest.raises(ValueError, match="does not match the model"):

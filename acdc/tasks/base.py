@@ -13,6 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..metrics import scored_rows
+from ..patching import answer_positions
+
 __all__ = ["Task"]
 
 
@@ -21,9 +24,10 @@ class Task:
     """Clean and corrupt prompts for circuit discovery, validated on construction.
 
     clean, corrupt:     [batch, pos] token ids, paired prompt by prompt.
-    answer_pos:         [batch] position each prompt is scored at.
+    answer_pos:         [batch] position each prompt is scored at, or [batch, P] several
+                        (strictly increasing per prompt; the metric averages over all of them).
     correct, incorrect: [batch] or [batch, k] token ids (k > 1 pads with -1), or None when the
-                        metric needs no answers (KL).
+                        metric needs no answers (KL); with P positions, [batch, P] or [batch, P, k].
     metric:             name of the default metric ("kl", "logit_diff", "prob_diff").
     vocab_size:         if given, every token id must be below it.
     """
@@ -48,15 +52,29 @@ class Task:
                 "pair each clean prompt with a corrupt prompt of the same length"
             )
         b, s = c.shape
-        if self.answer_pos.shape != (b,):
-            raise ValueError(f"{where}: answer_pos needs one position per prompt ({b}), got shape {tuple(self.answer_pos.shape)}")
-        if bool((self.answer_pos < 0).any() | (self.answer_pos >= s).any()):
+        pos = self.answer_pos
+        if pos.dim() not in (1, 2) or pos.shape[0] != b or pos.numel() == 0:
+            raise ValueError(
+                f"{where}: answer_pos needs one position per prompt [{b}] or several [{b}, P], got shape {tuple(pos.shape)}"
+            )
+        if bool((pos < 0).any() | (pos >= s).any()):
             raise ValueError(f"{where}: answer positions must lie in [0, {s - 1}]")
+        try:
+            answer_positions(pos, b, s)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
         if (self.correct is None) != (self.incorrect is None):
             raise ValueError(f"{where}: give both correct and incorrect answers, or neither")
         for label, ans in (("correct", self.correct), ("incorrect", self.incorrect)):
-            if ans is not None and (ans.dim() not in (1, 2) or ans.shape[0] != b):
+            if ans is None:
+                continue
+            if ans.dim() not in (1, 2, 3) or ans.shape[0] != b:
                 raise ValueError(f"{where}: {label} answers need one row per prompt ({b}), got shape {tuple(ans.shape)}")
+            if pos.dim() == 2 and pos.shape[1] > 1:
+                try:
+                    scored_rows(ans, pos.shape[1], label)
+                except ValueError as err:
+                    raise ValueError(f"{where}: {err}") from None
         if self.vocab_size is not None:
             for label, t in (("clean", c), ("corrupt", k), ("correct", self.correct), ("incorrect", self.incorrect)):
                 if t is None:
