@@ -32,17 +32,41 @@ def test_patching_on_gpt2_small(gpt2_small):
     assert torch.allclose(p.logits(inputs), gpt2_small(corrupt)[:, -1], atol=1e-4)
 
 
-def test_ioi_task_runs_through_discover(gpt2_small, gpt2_tokenizer):
-    task = acdc.tasks.ioi(gpt2_tokenizer, 6, seed=0)
-    seen = []
-
-    def stop_after_a_few(edge, delta, removed):
-        seen.append(edge)
-        return len(seen) >= 5
-
+def _first_edges(model, task, n=5):
+    """Run ACDC on ``task`` and stop after ``n`` tested edges (a smoke test, not a result)."""
     from acdc.algorithms.acdc import run_acdc
     from acdc.api import prepare
 
-    patcher, metric, batch = prepare(gpt2_small, task)
-    c = run_acdc(patcher, metric, batch, 1e-3, progress=False, callback=stop_after_a_few)
-    assert len(seen) == 5 and c.graph.n_edges == 32491
+    seen = []
+
+    def stop(edge, delta, removed):
+        assert delta == delta, f"NaN metric change at {edge}"
+        seen.append(edge)
+        return len(seen) >= n
+
+    patcher, metric, batch = prepare(model, task)
+    c = run_acdc(patcher, metric, batch, 1e-3, progress=False, callback=stop)
+    assert len(seen) == n and c.graph.n_edges == 32491
+    return c
+
+
+TEXT_TASKS = {
+    "ioi": lambda tok: acdc.tasks.ioi(tok, 6, seed=0),
+    "ioi-S2-IO": lambda tok: acdc.tasks.ioi(tok, 6, seed=0, corrupt="S2-IO", metric="kl"),
+    "greater-than": lambda tok: acdc.tasks.greater_than(tok, 6, seed=0),
+    "docstring": lambda tok: acdc.tasks.docstring(tok, 4, seed=0),
+    "pairs": lambda tok: acdc.tasks.Task.from_pairs(
+        [("The cat sat on the", "The dog sat on the", " mat", " floor"),
+         ("One, two, three,", "One, two, five,", " four", " six")], tok),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_TASKS))
+def test_text_tasks_run_through_discover(gpt2_small, gpt2_tokenizer, name):
+    _first_edges(gpt2_small, TEXT_TASKS[name](gpt2_tokenizer))
+
+
+def test_induction_task_runs_through_discover(gpt2_small):
+    task = acdc.tasks.induction(gpt2_small, 4, half=6, seed=0)
+    assert task.answer_pos.shape == (4, 5)
+    _first_edges(gpt2_small, task)

@@ -83,3 +83,181 @@ def test_ioi_errors(gpt2_tokenizer):
         acdc.tasks.ioi(gpt2_tokenizer, 4, order="AABB")
     with pytest.raises(ValueError, match="tokenizer"):
         acdc.tasks.ioi(object(), 4)
+
+
+def test_ioi_s2_io_corruption(gpt2_tokenizer):
+    import acdc
+
+    task = acdc.tasks.ioi(gpt2_tokenizer, 40, seed=3, corrupt="S2-IO")
+    assert task.name == "ioi-S2-IO" and task.clean.shape == task.corrupt.shape
+    for i in range(40):
+        c, k = task.clean[i], task.corrupt[i]
+        io, s = int(task.correct[i]), int(task.incorrect[i])
+        diff = (c != k).nonzero().squeeze(1).tolist()
+        assert len(diff) == 1  # only S2 changes ...
+        j = diff[0]
+        assert int(c[j]) == s and int(k[j]) == io  # ... and becomes IO
+        assert (c[:j] == s).sum() == 1  # it was the subject's second mention
+
+
+# ---------------------------------------------------------------- greater-than
+def test_greater_than_prompts(gpt2_tokenizer):
+    import acdc
+
+    tok = gpt2_tokenizer
+    task = acdc.tasks.greater_than(tok, 100, seed=0)
+    again = acdc.tasks.greater_than(tok, 100, seed=0)
+    assert torch.equal(task.clean, again.clean) and task.metric == "prob_diff"
+    years = {f"{n:02d}": tok.encode(f"{n:02d}")[0] for n in range(100)}
+    by_id = {v: int(k) for k, v in years.items()}
+    assert task.correct.shape == task.incorrect.shape == (100, 100)
+    for i in range(100):
+        c, k = task.clean[i].tolist(), task.corrupt[i].tolist()
+        n = int(task.answer_pos[i]) + 1
+        text = tok.decode(c[1:n])
+        assert text.startswith("The ") and " lasted from the year 17" in text and text.endswith(" to the year 17")
+        assert tok.decode(c[n - 1 : n]) == " 17"
+        diff = [j for j in range(n) if c[j] != k[j]]
+        assert len(diff) == 1 and tok.decode([k[diff[0]]]) == "01"  # the corrupt year is 1701
+        yy = by_id[c[diff[0]]]
+        assert 2 <= yy <= 98
+        greater = {by_id[t] for t in task.correct[i].tolist() if t >= 0}
+        less_eq = {by_id[t] for t in task.incorrect[i].tolist() if t >= 0}
+        assert greater == set(range(yy + 1, 100)) and less_eq == set(range(yy + 1))
+    # the metric is P(greater) - P(<=): uniform logits give (99 - 2*YY - 1) / vocab per prompt
+    from acdc.metrics import Batch, prob_diff
+
+    logits = torch.zeros(100, len(tok))
+    b = Batch(task.clean, task.corrupt, task.answer_pos, task.correct, task.incorrect, logits)
+    yys = torch.tensor([by_id[int(task.clean[i][(task.clean[i] != task.corrupt[i]).nonzero()[0, 0]])] for i in range(100)])
+    expected = ((99 - yys) - (yys + 1)).float().mean() / len(tok)
+    assert float(prob_diff(logits, b)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_greater_than_needs_two_digit_tokens():
+    import acdc
+    from acdc.zoo import WordTokenizer
+
+    with pytest.raises(ValueError, match="00..99"):
+        acdc.tasks.greater_than(WordTokenizer(["<bos>", "The", "war"]), 4)
+    with pytest.raises(ValueError, match="centuries"):
+        acdc.tasks.greater_than(WordTokenizer(["x"]), 4, centuries=(7,))
+
+
+# ---------------------------------------------------------------- docstring
+@pytest.mark.parametrize("corrupt", ["random_random", "random_def", "random_doc"])
+def test_docstring_prompts(gpt2_tokenizer, corrupt):
+    import re
+
+    import acdc
+
+    tok = gpt2_tokenizer
+    task = acdc.tasks.docstring(tok, 30, seed=1, corrupt=corrupt)
+    assert task.clean.shape == task.corrupt.shape and (task.answer_pos == task.clean.shape[1] - 1).all()
+    for i in range(30):
+        clean, corrupt_text = tok.decode(task.clean[i][1:]), tok.decode(task.corrupt[i][1:])
+        assert clean.endswith("\n    :param")
+        args = re.match(r"def \w+\(self, (.*)\):", clean).group(1).split(", ")
+        doc = re.findall(r":param (\w+):", clean)
+        assert len(args) == 6 and doc == args[2:4]
+        assert tok.decode([int(task.correct[i])]) == " " + args[4]
+        assert sorted(tok.decode([t]) for t in task.incorrect[i].tolist()) == sorted(" " + a for j, a in enumerate(args) if j != 4)
+        new_args = re.match(r"def \w+\(self, (.*)\):", corrupt_text).group(1).split(", ")
+        new_doc = re.findall(r":param (\w+):", corrupt_text)
+        assert (new_args == args) == (corrupt == "random_doc")
+        assert (new_doc == doc) == (corrupt == "random_def")
+        if corrupt != "random_doc":
+            assert not set(new_args) & set(args)
+        if corrupt == "random_random":
+            assert not set(new_doc) & (set(new_args) | set(args))
+
+
+def test_docstring_errors(gpt2_tokenizer):
+    import acdc
+
+    with pytest.raises(ValueError, match="corrupt must be one of"):
+        acdc.tasks.docstring(gpt2_tokenizer, 4, corrupt="shuffle")
+    with pytest.raises(ValueError, match="single tokens"):
+        acdc.tasks.docstring(gpt2_tokenizer, 4, words=["load", "size"])
+
+
+# ---------------------------------------------------------------- induction (no tokenizer needed)
+def test_induction_prompts():
+    import acdc
+
+    task = acdc.tasks.induction(50, 20, half=6, seed=0, bos=0)
+    again = acdc.tasks.induction(50, 20, half=6, seed=0, bos=0)
+    assert torch.equal(task.clean, again.clean) and torch.equal(task.corrupt, again.corrupt)
+    assert task.clean.shape == (20, 13) and task.answer_pos.shape == (20, 5)
+    for i in range(20):
+        c, k = task.clean[i], task.corrupt[i]
+        assert c[0] == k[0] == 0 and (c[1:] != 0).all()
+        first, second = c[1:7], c[7:]
+        assert torch.equal(first, second) and len(set(first.tolist())) == 6
+        assert sorted(k.tolist()) == sorted(c.tolist()) and not torch.equal(k, c)  # a shuffle
+        for j, pos in enumerate(task.answer_pos[i].tolist()):
+            # scored at the repeat of r_j: the earlier copy is followed by the answer
+            assert c[pos] == c[pos - 6] and task.correct[i, j] == c[pos + 1] == c[pos - 5]
+            assert task.incorrect[i, j] == k[pos + 1]
+
+
+def test_induction_errors():
+    import acdc
+
+    with pytest.raises(ValueError, match="half"):
+        acdc.tasks.induction(50, 4, half=1)
+    with pytest.raises(ValueError, match="distinct tokens"):
+        acdc.tasks.induction(50, 4, half=6, tokens=[1, 2, 3])
+    with pytest.raises(ValueError, match="vocabulary size"):
+        acdc.tasks.induction(object(), 4)
+
+
+# ---------------------------------------------------------------- custom pairs
+def _word_tok():
+    from acdc.zoo import WordTokenizer
+
+    return WordTokenizer(["<bos>", "the", "cat", "dog", "sat", "on", "mat", "floor", "a", "big"])
+
+
+def test_from_pairs_word_tokenizer():
+    tok = _word_tok()
+    t = Task.from_pairs(
+        [("the cat sat on the", "the dog sat on the", "mat", "floor"),
+         ("a big cat sat on", "a big dog sat on", ["the", "a"], "floor")],
+        tok,
+    )
+    assert t.clean.tolist() == [[0, 1, 2, 4, 5, 1], [0, 8, 9, 2, 4, 5]]
+    assert t.corrupt[0].tolist() == [0, 1, 3, 4, 5, 1]
+    assert t.answer_pos.tolist() == [5, 5] and t.metric == "logit_diff"
+    assert t.correct.tolist() == [[6, -1], [1, 8]] and t.incorrect.tolist() == [7, 7]
+
+
+def test_from_pairs_pads_shorter_prompts():
+    t = Task.from_pairs([("the cat", "the dog", "sat", "on"), ("the cat sat on", "the dog sat on", "the", "a")], _word_tok())
+    assert t.answer_pos.tolist() == [2, 4] and t.clean[0, 3:].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    "pairs, match",
+    [
+        ([], "no pairs"),
+        ([("the cat sat", "the dog", "mat", "floor")], "4 and 3 tokens"),
+        ([("the cat", "the dog", "big mat", "floor")], "2 tokens; answers must be single tokens"),
+        ([("the cat", "the dog", "mat")], r"\(clean_text, corrupt_text, correct, incorrect\)"),
+        ([("the cat", "the dog", [], "floor")], "empty"),
+    ],
+)
+def test_from_pairs_errors(pairs, match):
+    with pytest.raises(ValueError, match=match):
+        Task.from_pairs(pairs, _word_tok())
+
+
+def test_from_pairs_gpt2(gpt2_tokenizer):
+    tok = gpt2_tokenizer
+    t = Task.from_pairs([("When Mary and John went out, John gave a book to", "When Anna and Paul went out, Paul gave a book to",
+                          " Mary", " John")], tok)
+    assert t.correct.tolist() == tok.encode(" Mary") and t.clean[0, 0] == tok.bos_token_id
+    with pytest.raises(ValueError, match="single tokens"):
+        Task.from_pairs([("a b", "a c", " Marylebone Road", " John")], tok)
+    with pytest.raises(ValueError, match="equal length"):
+        Task.from_pairs([("The cat", "The dinosaurus", " sat", " ran")], tok)

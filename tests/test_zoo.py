@@ -96,3 +96,20 @@ def test_discover_takes_a_task():
         acdc.discover(e.model, e.task, e.task.corrupt, threshold=0.5)
     with pytest.raises(ValueError, match="corrupt prompts are missing"):
         acdc.discover(e.model, e.task.clean, threshold=0.5)
+
+
+def test_s2_io_corruption_isolates_the_duplicate_detection():
+    """With S2-IO prompts the same names are present, only which one repeats changes: the
+    name mover's key/value inputs carry nothing, the duplicate -> S-inhibition -> query path does."""
+    from acdc.zoo import ioi as zoo_ioi
+
+    entry = acdc.zoo.load("ioi")
+    task = acdc.tasks.ioi(
+        entry.tokenizer, 32, seed=5, corrupt="S2-IO", templates=[zoo_ioi.TEMPLATE], names=zoo_ioi.NAMES,
+        places=zoo_ioi.PLACES, objects=zoo_ioi.OBJECTS,
+    )
+    found = set(acdc.discover(entry.model, task, threshold=0.1, progress=False).edges)
+    truth = set(entry.truth.edges)
+    assert found < truth
+    assert {"input->a0.h0<q>", "a1.h0->a2.h0<q>", "a2.h0->logits"} <= found
+    assert not found & {"input->a2.h0<k>", "input->a2.h0<v>"}

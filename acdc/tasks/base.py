@@ -109,6 +109,51 @@ class Task:
         ans = [None if a is None else torch.as_tensor(a, dtype=torch.long) for a in (correct, incorrect)]
         return cls(c, k, pos, ans[0], ans[1], metric=metric, name=name, vocab_size=vocab_size)
 
+    @classmethod
+    def from_pairs(
+        cls,
+        pairs: Sequence[tuple[str, str, Any, Any]],
+        model_or_tokenizer: Any,
+        *,
+        metric: str = "logit_diff",
+        name: str = "custom",
+    ) -> Task:
+        """A task from ``(clean_text, corrupt_text, correct, incorrect)`` tuples.
+
+        Prompts get the tokenizer's BOS and are right-padded; each is scored at its last token.
+        Answers are used exactly as written (so write ``" Mary"`` with its leading space for
+        GPT-2), each one token; a list of them, or token ids, gives several answers per prompt.
+        """
+        from .text import single_token_id, tokenize_pairs, tokenizer_of, vocab_size_of
+
+        pairs = list(pairs)
+        if not pairs:
+            raise ValueError(f"task {name!r}: no pairs given; pass [(clean_text, corrupt_text, correct, incorrect), ...]")
+        for i, p in enumerate(pairs):
+            if not isinstance(p, (tuple, list)) or len(p) != 4:
+                raise ValueError(f"task {name!r}: pair {i} must be (clean_text, corrupt_text, correct, incorrect)")
+        tok = tokenizer_of(model_or_tokenizer)
+        clean, corrupt, last = tokenize_pairs(tok, [p[0] for p in pairs], [p[1] for p in pairs], f"task {name!r}")
+
+        def ids(x: Any, label: str) -> list[int]:
+            items = list(x) if isinstance(x, (list, tuple)) else [x]
+            if not items:
+                raise ValueError(f"task {name!r}: {label} answer list is empty")
+            return [int(a) if isinstance(a, int) else single_token_id(tok, str(a), f"task {name!r} {label}") for a in items]
+
+        answers = []
+        for col, label in ((2, "correct"), (3, "incorrect")):
+            rows = [ids(p[col], f"prompt {i} {label}") for i, p in enumerate(pairs)]
+            width = max(len(r) for r in rows)
+            t = torch.full((len(rows), width), -1, dtype=torch.long)
+            for i, r in enumerate(rows):
+                t[i, : len(r)] = torch.tensor(r)
+            answers.append(t[:, 0] if width == 1 else t)
+        return cls.from_tokens(
+            clean, corrupt, correct=answers[0], incorrect=answers[1], answer_pos=last, metric=metric, name=name,
+            vocab_size=vocab_size_of(tok),
+        )
+
     @property
     def answers(self) -> tuple[Tensor, Tensor] | None:
         """``(correct, incorrect)`` or None."""

@@ -2,20 +2,28 @@
 
 "When Mary and John went to the store, John gave a drink to" -> " Mary" (the indirect object,
 IO), not " John" (the subject, S). Templates are the IOI paper's BABA templates; ABBA swaps the
-first two names. Corrupt prompts ("ABC", as in the ACDC paper) replace all three names by
-fresh, distinct names, keeping template, place and object, so each pair has the same length.
-Prompts of different templates are right-padded; each is scored at its own last token.
+first two names. Prompts of different templates are right-padded; each is scored at its own
+last token. Two corrupt distributions, both keeping template, place and object so each pair has
+the same length:
+
+- ``"ABC"`` (the IOI paper's p_ABC, used by the ACDC paper): all three names replaced by three
+  fresh, distinct names, so the prompt says nothing about which name is the answer.
+- ``"S2-IO"`` (the IOI paper's flipped prompts): the subject's second mention (S2) replaced by the
+  IO name, so the other name is repeated and the correct answer flips to S.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from .base import Task
 from .text import pair_batch, single_tokens, tokenizer_of
 
-__all__ = ["ioi", "TEMPLATES", "NAMES", "PLACES", "OBJECTS"]
+__all__ = ["ioi", "CORRUPTIONS", "TEMPLATES", "NAMES", "PLACES", "OBJECTS"]
+
+CORRUPTIONS = ("ABC", "S2-IO")
 
 TEMPLATES = [
     "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to",
@@ -57,35 +65,56 @@ def ioi(
     *,
     seed: int = 0,
     order: Literal["mixed", "ABBA", "BABA"] = "mixed",
+    corrupt: Literal["ABC", "S2-IO"] = "ABC",
     metric: str = "logit_diff",
+    templates: Sequence[str] = TEMPLATES,
+    names: Sequence[str] = NAMES,
+    places: Sequence[str] = PLACES,
+    objects: Sequence[str] = OBJECTS,
 ) -> Task:
-    """``n_prompts`` seeded IOI prompts with ABC corrupt twins; answers IO (correct) vs S.
+    """``n_prompts`` seeded IOI prompts with corrupt twins; answers IO (correct) vs S.
 
-    Only names, places and objects that are one token with a leading space are used.
+    order: "ABBA", "BABA" or "mixed" (alternating). corrupt: "ABC" or "S2-IO" (module docstring).
+    metric: "logit_diff" (IO - S), "prob_diff" or "kl". templates, names, places, objects
+    default to the IOI paper's; a template reads "... [B] and [A] ... [B] ..." (BABA order) with
+    optional [PLACE] and [OBJECT]. Only words that are one token with a leading space are used.
     """
+    for t in templates:
+        if "[B] and [A]" not in t or "[B]" not in t.split("[B] and [A]", 1)[1]:
+            raise ValueError(f"IOI template {t!r} needs '[B] and [A]' followed later by '[B]'")
     if order not in ("mixed", "ABBA", "BABA"):
         raise ValueError(f"order must be 'mixed', 'ABBA' or 'BABA', got {order!r}")
+    if corrupt not in CORRUPTIONS:
+        raise ValueError(f"corrupt must be one of {', '.join(map(repr, CORRUPTIONS))}, got {corrupt!r}")
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
     tok = tokenizer_of(model_or_tokenizer)
-    names = single_tokens(tok, NAMES)
-    places, objects = single_tokens(tok, PLACES), single_tokens(tok, OBJECTS)
+    names = single_tokens(tok, names)
+    places, objects = single_tokens(tok, places), single_tokens(tok, objects)
+    for slot, words in (("[PLACE]", places), ("[OBJECT]", objects)):
+        if not words and any(slot in t for t in templates):
+            raise ValueError(f"no {slot} word is a single token in this tokenizer; pass other words")
+    places, objects = places or [""], objects or [""]
     if len(names) < 5:
         raise ValueError(f"only {len(names)} IOI names are single tokens in this tokenizer; need at least 5")
     rng = random.Random(seed)
-    clean, corrupt, io, s = [], [], [], []
+    clean, corrupted, io, s = [], [], [], []
     for i in range(n_prompts):
-        template = rng.choice(TEMPLATES)
+        template = rng.choice(list(templates))
         abba = order == "ABBA" or (order == "mixed" and i % 2 == 0)
         a, b, c, d, e = rng.sample(names, 5)
         place, obj = rng.choice(places), rng.choice(objects)
 
         first, second = (a, b) if abba else (b, a)
         clean.append(_fill(template, first, second, b, place, obj))
-        corrupt.append(_fill(template, c, d, e, place, obj))
+        if corrupt == "ABC":
+            corrupted.append(_fill(template, c, d, e, place, obj))
+        else:  # S2-IO: the IO name is the repeated one
+            corrupted.append(_fill(template, first, second, a, place, obj))
         io.append(a)
         s.append(b)
-    return pair_batch(tok, clean, corrupt, io, s, metric=metric, name="ioi")
+    name = "ioi" if corrupt == "ABC" else f"ioi-{corrupt}"
+    return pair_batch(tok, clean, corrupted, io, s, metric=metric, name=name)
 
 
 def _fill(template: str, first: str, second: str, subject: str, place: str, obj: str) -> str:

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .base import Task
 
-__all__ = ["tokenizer_of", "single_tokens", "single_token_id", "pair_batch", "bpe_tokenizer"]
+__all__ = [
+    "tokenizer_of", "single_tokens", "single_token_id", "tokenize_pairs", "pair_batch", "bpe_tokenizer", "vocab_size_of",
+]
 
 
 def bpe_tokenizer(folder: str | Path, special: str = "<|endoftext|>") -> Any:
@@ -51,9 +54,57 @@ def single_token_id(tok: Any, text: str, label: str) -> int:
     return enc[0]
 
 
-def single_tokens(tok: Any, words: Sequence[str]) -> list[str]:
-    """The words that are one token with a leading space."""
-    return [w for w in words if len(encode(tok, " " + w)) == 1]
+def try_encode(tok: Any, text: str) -> list[int] | None:
+    """``encode``, or None where the tokenizer refuses the text (a word-level vocabulary)."""
+    try:
+        return encode(tok, text)
+    except (ValueError, KeyError):
+        return None
+
+
+def single_tokens(tok: Any, words: Sequence[str], prefix: str = " ") -> list[str]:
+    """The words that are one token with ``prefix`` (a leading space by default)."""
+    return [w for w in words if len(try_encode(tok, prefix + w) or ()) == 1]
+
+
+def tokenize_pairs(tok: Any, clean: Sequence[str], corrupt: Sequence[str], name: str) -> tuple[Tensor, Tensor, list[int]]:
+    """Tokenize paired prompts (BOS prepended when the tokenizer has one) and right-pad.
+
+    Returns clean [n, pos], corrupt [n, pos] and each prompt's last position. Clean and corrupt
+    must have equal token counts, pair by pair; an empty list is an error.
+    """
+    if len(clean) != len(corrupt):
+        raise ValueError(f"{name}: {len(clean)} clean prompts but {len(corrupt)} corrupt; pair them one to one")
+    if not clean:
+        raise ValueError(f"{name}: no prompts given; pass at least one (clean, corrupt) pair")
+    bos = getattr(tok, "bos_token_id", None)
+    pad = getattr(tok, "pad_token_id", None)
+    pad = pad if pad is not None else (bos if bos is not None else 0)
+    rows, last = [], []
+    for i, (c, k) in enumerate(zip(clean, corrupt, strict=True)):
+        ids_c = ([bos] if bos is not None else []) + encode(tok, c)
+        ids_k = ([bos] if bos is not None else []) + encode(tok, k)
+        if len(ids_c) != len(ids_k):
+            raise ValueError(
+                f"{name} prompt {i}: clean and corrupt are {len(ids_c)} and {len(ids_k)} tokens; "
+                f"pairs must have equal length ({c!r} vs {k!r})"
+            )
+        if not ids_c:
+            raise ValueError(f"{name} prompt {i} is empty")
+        rows.append((ids_c, ids_k))
+        last.append(len(ids_c) - 1)
+    width = max(last) + 1
+    clean_t = torch.full((len(rows), width), pad, dtype=torch.long)
+    corrupt_t = clean_t.clone()
+    for i, (c, k) in enumerate(rows):
+        clean_t[i, : len(c)] = torch.tensor(c)
+        corrupt_t[i, : len(k)] = torch.tensor(k)
+    return clean_t, corrupt_t, last
+
+
+def vocab_size_of(tok: Any) -> int | None:
+    """Number of token ids the tokenizer can emit (for validating a task), if it says."""
+    return len(tok) if hasattr(tok, "__len__") else getattr(tok, "vocab_size", None)
 
 
 def pair_batch(
@@ -70,32 +121,12 @@ def pair_batch(
 
     Answers are words, tokenized with a leading space; each must be one token.
     """
-    bos = getattr(tok, "bos_token_id", None)
-    pad = getattr(tok, "pad_token_id", None)
-    pad = pad if pad is not None else (bos if bos is not None else 0)
-    rows, last = [], []
-    for i, (c, k) in enumerate(zip(clean, corrupt, strict=True)):
-        ids_c = ([bos] if bos is not None else []) + encode(tok, c)
-        ids_k = ([bos] if bos is not None else []) + encode(tok, k)
-        if len(ids_c) != len(ids_k):
-            raise ValueError(
-                f"{name} prompt {i}: clean and corrupt are {len(ids_c)} and {len(ids_k)} tokens; "
-                f"pairs must have equal length ({c!r} vs {k!r})"
-            )
-        rows.append((ids_c, ids_k))
-        last.append(len(ids_c) - 1)
-    width = max(last) + 1
-    clean_t = torch.full((len(rows), width), pad, dtype=torch.long)
-    corrupt_t = clean_t.clone()
-    for i, (c, k) in enumerate(rows):
-        clean_t[i, : len(c)] = torch.tensor(c)
-        corrupt_t[i, : len(k)] = torch.tensor(k)
+    clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupt, name)
     answers = [
         [single_token_id(tok, " " + w, f"{name} {label}") for w in words]
         for label, words in (("correct", correct), ("incorrect", incorrect))
     ]
-    vocab = getattr(tok, "vocab_size", None)
     return Task.from_tokens(
         clean_t, corrupt_t, correct=answers[0], incorrect=answers[1], answer_pos=last, metric=metric,
-        name=name, vocab_size=len(tok) if hasattr(tok, "__len__") else vocab,
+        name=name, vocab_size=vocab_size_of(tok),
     )

@@ -222,6 +222,7 @@ class WordTokenizer:
         self.index = {w: i for i, w in enumerate(self.vocab)}
         if len(self.index) != len(self.vocab):
             raise ValueError("vocabulary words must be unique")
+        self.bos_token_id: int | None = self.index.get("<bos>")
 
     def encode(self, text: str) -> list[int]:
         try:

@@ -1,7 +1,7 @@
 """Induction: a previous-token head feeds an induction head by K-composition.
 
-Prompts are ``<bos> t1 .. th t1 .. t(h-1)``; the model predicts ``th`` at the last position.
-Corrupt prompts are fresh random repeated sequences.
+Prompts are `acdc.tasks.induction`'s: ``<bos> t1 .. th t1 .. th``, scored at every repeated
+token but the last (predict the next one); corrupt prompts are the same tokens shuffled.
 
 - a0.h0 (previous token) attends from position i to i-1 (by positions) and copies that token
   into a "previous token" feature.
@@ -13,11 +13,11 @@ True edges: input->a0.h0<v>, a0.h0->a1.h0<k>, input->a1.h0<q>, input->a1.h0<v>, 
 
 from __future__ import annotations
 
-import torch
+from dataclasses import replace
 
 from ..known import from_spec
 from ..model import load_model
-from ..tasks import Task
+from ..tasks import induction
 from .builder import PlantedGPT2, WordTokenizer
 
 BETA = 20.0   # attention score of a planted match
@@ -27,7 +27,7 @@ GAMMA = 10.0  # logit of a fully copied token
 def build(*, n_prompts: int = 32, half: int = 6, vocab_size: int = 24, seed: int = 0):
     from . import ZooEntry
 
-    n_ctx = 2 * half
+    n_ctx = 2 * half + 1
     p = PlantedGPT2(n_layers=2, n_heads=4, d_model=128, d_mlp=256, vocab_size=vocab_size, n_ctx=n_ctx, seed=seed)
     r = p.resid
     tok, pos = r.alloc("token", vocab_size), r.alloc("position", n_ctx)
@@ -39,21 +39,8 @@ def build(*, n_prompts: int = 32, half: int = 6, vocab_size: int = 24, seed: int
     p.head(1, 0, qk=[(tok[1:], prev[1:], BETA)], query_bias=[(tok[:1], BETA / 2)], ov=[(tok[1:], out[1:])])
     model = load_model(p.build())
 
-    gen = torch.Generator().manual_seed(1000 + seed)
-
-    def sample() -> tuple[torch.Tensor, torch.Tensor]:
-        seqs = torch.stack([torch.randperm(vocab_size - 1, generator=gen)[:half] + 1 for _ in range(n_prompts)])
-        bos = torch.zeros(n_prompts, 1, dtype=torch.long)
-        return torch.cat([bos, seqs, seqs[:, :-1]], dim=1), seqs[:, -1]
-
-    clean, correct = sample()
-    corrupt, incorrect = sample()
-    clash = incorrect == correct
-    incorrect[clash] = (incorrect[clash] % (vocab_size - 1)) + 1  # keep the two answers distinct
-    task = Task.from_tokens(
-        clean, corrupt, correct=correct, incorrect=incorrect, metric="kl", name="zoo-induction",
-        vocab_size=vocab_size,
-    )
+    task = induction(vocab_size, n_prompts, half=half, seed=1000 + seed, tokens=range(1, vocab_size), bos=0)
+    task = replace(task, name="zoo-induction")
     truth = from_spec({
         "name": "zoo-induction",
         "model": {"n_layers": 2, "n_heads": 4},

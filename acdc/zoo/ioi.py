@@ -1,8 +1,9 @@
 """Miniature IOI: duplicate-token head -> S-inhibition head -> name mover, with ABC corrupt prompts.
 
-Prompts: ``<bos> When A and B went PLACE , B gave a OBJECT to`` (or with A and B swapped, the
-IOI paper's ABBA and BABA orders); the answer is the indirect object A, the wrong answer the
-subject B. Corrupt prompts replace all three names by three fresh, distinct names (ABC).
+Prompts (made by `acdc.tasks.ioi` from one template): ``<bos> When A and B went PLACE , B gave
+a OBJECT to`` (or with A and B swapped, the IOI paper's ABBA and BABA orders); the answer is the
+indirect object A, the wrong answer the subject B. Corrupt prompts replace all three names by
+three fresh, distinct names (ABC).
 
 - a0.h0 (duplicate token) attends from a name to an earlier copy of it and writes which name is
   duplicated into a "duplicate" feature (at S2).
@@ -16,17 +17,20 @@ a2.h0->logits. Metric: logit difference IO - S.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..known import from_spec
 from ..model import load_model
-from ..tasks import Task
+from ..tasks import ioi
 from .builder import PlantedGPT2, WordTokenizer
 
 NAMES = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy"]
 PLACES = ["home", "out", "away"]
 OBJECTS = ["book", "drink", "ring", "key"]
 WORDS = ["<bos>", *NAMES, "When", "and", "went", *PLACES, ",", "gave", "a", *OBJECTS, "to"]
+TEMPLATE = "When [B] and [A] went [PLACE] , [B] gave a [OBJECT] to"  # acdc.tasks.ioi's notation
 BETA = 20.0
 GAMMA = 10.0
 
@@ -51,27 +55,10 @@ def build(*, n_prompts: int = 32, seed: int = 0):
     p.head(2, 0, query_bias=[(is_name, BETA)], qk=[(inhibit, t[names], -2 * BETA)], ov=[(t[names], out)])
     model = load_model(p.build())
 
-    gen = torch.Generator().manual_seed(1000 + seed)
-
-    def pick(k: int) -> list[int]:
-        return torch.randperm(len(NAMES), generator=gen)[:k].tolist()
-
-    def prompt(n1: str, n2: str, n3: str, place: str, obj: str) -> list[int]:
-        return tok.encode(f"<bos> When {n1} and {n2} went {place} , {n3} gave a {obj} to")
-
-    clean, corrupt, io, s = [], [], [], []
-    for i in range(n_prompts):
-        a, b, c, d, e = (NAMES[j] for j in pick(5))
-        place = PLACES[int(torch.randint(len(PLACES), (1,), generator=gen))]
-        obj = OBJECTS[int(torch.randint(len(OBJECTS), (1,), generator=gen))]
-        first, second = (a, b) if i % 2 == 0 else (b, a)  # ABBA, BABA
-        clean.append(prompt(first, second, b, place, obj))
-        corrupt.append(prompt(c, d, e, place, obj))
-        io.append(tok.index[a])
-        s.append(tok.index[b])
-    task = Task.from_tokens(
-        clean, corrupt, correct=io, incorrect=s, metric="logit_diff", name="zoo-ioi", vocab_size=len(WORDS)
+    task = ioi(
+        tok, n_prompts, seed=1000 + seed, templates=[TEMPLATE], names=NAMES, places=PLACES, objects=OBJECTS
     )
+    task = replace(task, name="zoo-ioi")
     truth = from_spec({
         "name": "zoo-ioi",
         "model": {"n_layers": 3, "n_heads": 4},

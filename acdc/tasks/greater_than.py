@@ -1,0 +1,111 @@
+"""Greater-than (Hanna, Liu & Variengien 2023, arXiv:2305.00586).
+
+"The war lasted from the year 1732 to the year 17" -> a two-digit year above 32. The corrupt
+prompt starts the span at "01" ("... from the year 1701 to the year 17"), where every ending is
+as good as any other. Each prompt is scored at its last token (the century); the answers are
+the two-digit tokens "00".."99": correct = the years greater than YY, incorrect = the years
+less than or equal to it, and the metric "prob_diff" is P(greater) - P(less or equal), the
+paper's probability difference.
+
+Years follow the paper: YY in 02..98, kept only where " {century}{YY}" is the two tokens
+" {century}" and "YY" (so the prompt ends where the model must produce the second half of a
+year), and the nouns are the paper's event nouns that are one token with a leading space.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .base import Task
+from .text import encode, single_tokens, tokenize_pairs, tokenizer_of, try_encode, vocab_size_of
+
+__all__ = ["greater_than", "NOUNS", "TEMPLATE"]
+
+TEMPLATE = "The {noun} lasted from the year {century}{yy} to the year {century}"
+
+NOUNS = [
+    "abduction", "accord", "affair", "agreement", "appraisal", "assault", "assessment", "attack",
+    "attempt", "campaign", "captivity", "case", "challenge", "chaos", "clash", "collaboration",
+    "coma", "competition", "confrontation", "consequence", "conspiracy", "construction",
+    "consultation", "contact", "contract", "convention", "cooperation", "custody", "deal",
+    "decline", "decrease", "demonstrations", "development", "disagreement", "disorder", "dispute",
+    "domination", "dynasty", "effect", "effort", "employment", "endeavor", "engagement",
+    "epidemic", "evaluation", "exchange", "existence", "expansion", "expedition", "experiments",
+    "fall", "fame", "flights", "friendship", "growth", "hardship", "hostility", "illness",
+    "impact", "imprisonment", "improvement", "incarceration", "increase", "insurgency",
+    "invasion", "investigation", "journey", "kingdom", "marriage", "modernization", "negotiation",
+    "notoriety", "obstruction", "operation", "order", "outbreak", "outcome", "overhaul",
+    "patrols", "pilgrimage", "plague", "plan", "practice", "process", "program", "progress",
+    "project", "pursuit", "quest", "raids", "reforms", "reign", "relationship", "retaliation",
+    "riot", "rise", "rivalry", "romance", "rule", "sanctions", "shift", "siege", "slump",
+    "stature", "stint", "strikes", "study", "test", "testing", "tests", "therapy", "tour",
+    "tradition", "treaty", "trial", "trip", "unemployment", "voyage", "warfare", "work", "war",
+]
+
+
+def greater_than(
+    model_or_tokenizer: Any,
+    n_prompts: int = 100,
+    *,
+    seed: int = 0,
+    centuries: Sequence[int] = (17,),
+    metric: str = "prob_diff",
+    nouns: Sequence[str] = NOUNS,
+) -> Task:
+    """``n_prompts`` seeded greater-than prompts with "01" corrupt twins.
+
+    centuries: the first two digits of the years (the paper's examples use 17; it also ran
+    11..17). metric: "prob_diff" (the paper's), "logit_diff" (mean logit of greater years minus
+    mean of the others) or "kl".
+    """
+    if n_prompts < 1:
+        raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
+    if not centuries or any(not 10 <= int(c) <= 99 for c in centuries):
+        raise ValueError(f"centuries must be two-digit numbers such as 17, got {list(centuries)!r}")
+    tok = tokenizer_of(model_or_tokenizer)
+    two_digit = [try_encode(tok, f"{n:02d}") or [] for n in range(100)]
+    missing = [f"{n:02d}" for n, ids in enumerate(two_digit) if len(ids) != 1]
+    if missing:
+        raise ValueError(
+            f"greater-than needs every two-digit number 00..99 to be one token; this tokenizer splits "
+            f"{len(missing)} of them (e.g. {missing[0]!r})"
+        )
+    year_ids = torch.tensor([ids[0] for ids in two_digit])
+    usable = single_tokens(tok, nouns)
+    if not usable:
+        raise ValueError("no greater-than noun is a single token with a leading space in this tokenizer")
+    years = {c: [yy for yy in range(2, 99) if _splits_as_year(tok, int(c), yy)] for c in centuries}
+    if not any(years.values()) or any(not _splits_as_year(tok, int(c), 1) for c in centuries):
+        raise ValueError(
+            f"no year of centuries {list(centuries)} tokenizes as ' CC' + 'YY'; greater-than needs a tokenizer "
+            "that splits years like GPT-2's"
+        )
+    rng = random.Random(seed)
+    pool = [(c, yy) for c in centuries for yy in years[c]]
+    clean, corrupt, chosen = [], [], []
+    for _ in range(n_prompts):
+        century, yy = rng.choice(pool)
+        noun = rng.choice(usable)
+        clean.append(TEMPLATE.format(noun=noun, century=century, yy=f"{yy:02d}"))
+        corrupt.append(TEMPLATE.format(noun=noun, century=century, yy="01"))
+        chosen.append(yy)
+    clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupt, "greater-than")
+    # correct: years > YY; incorrect: years <= YY; each row padded with -1 to all 100 years
+    yy_t = torch.tensor(chosen)[:, None]
+    all_years = torch.arange(100)[None, :]
+    correct = torch.where(all_years > yy_t, year_ids[None, :], -1)
+    incorrect = torch.where(all_years <= yy_t, year_ids[None, :], -1)
+    return Task.from_tokens(
+        clean_t, corrupt_t, correct=correct, incorrect=incorrect, answer_pos=last, metric=metric,
+        name="greater-than", vocab_size=vocab_size_of(tok),
+    )
+
+
+def _splits_as_year(tok: Any, century: int, yy: int) -> bool:
+    """Whether " {century}{yy}" is the tokens " {century}" then "{yy}"."""
+    head = try_encode(tok, f" {century}")
+    return head is not None and len(head) == 1 and try_encode(tok, f" {century}{yy:02d}") == head + encode(tok, f"{yy:02d}")
