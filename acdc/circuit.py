@@ -70,11 +70,67 @@ class Circuit:
         """Measured effect of one edge (NaN if it was never tested)."""
         return float(self.scores[self.graph.edge_index(edge)])
 
-    def to_networkx(self) -> Any:
-        """``networkx.MultiDiGraph`` of the kept edges (attributes ``qkv``, ``score``)."""
+    def to_networkx(self, *, multi: bool = False, classes: Any = None) -> Any:
+        """The kept edges as a ``networkx.DiGraph`` (or ``MultiDiGraph`` with ``multi=True``).
+
+        DiGraph: one edge per (source, destination node); ``qkv`` lists the head inputs it enters
+        ("", "q", "kv", ...), ``score`` is the strongest of their effects (NaN if untested) and
+        ``score_q`` / ``score_k`` / ``score_v`` give each one. MultiDiGraph: one edge per graph
+        edge, keyed by its q/k/v letter, with ``qkv``, ``score`` and ``name``. Nodes carry
+        ``layer``, ``kind``, ``head`` and, when ``classes`` (class -> nodes, or a KnownCircuit)
+        is given, ``class``.
+        """
+        import networkx as nx
+
         g = self.graph.to_networkx(self.in_graph, self.scores)
         g.remove_nodes_from([n for n in list(g.nodes) if g.degree(n) == 0])
-        return g
+        cls_of = {m: c for c, members in getattr(classes, "classes", classes or {}).items() for m in members}
+        for name, attrs in g.nodes(data=True):
+            if name in cls_of:
+                attrs["class"] = cls_of[name]
+        if multi:
+            return g
+        out = nx.DiGraph()
+        out.add_nodes_from(g.nodes(data=True))
+        for u, v, attrs in g.edges(data=True):
+            score = math.nan if attrs["score"] is None else attrs["score"]
+            if not out.has_edge(u, v):
+                out.add_edge(u, v, qkv="", score=math.nan)
+            e = out[u][v]
+            if attrs["qkv"]:
+                e["qkv"] = "".join(sorted(e["qkv"] + attrs["qkv"], key="qkv".index))
+                e[f"score_{attrs['qkv']}"] = score
+            if math.isnan(e["score"]) or (not math.isnan(score) and abs(score) > abs(e["score"])):
+                e["score"] = score
+        return out
+
+    def to_graphml(self, path: str | Path, *, classes: Any = None) -> Path:
+        """Write the kept edges as GraphML (the `to_networkx` DiGraph and its attributes)."""
+        import networkx as nx
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nx.write_graphml(self.to_networkx(classes=classes), path)
+        return path
+
+    def render(
+        self, path: str | Path, *, classes: Any = None, show_scores: bool = True, show_all: bool = False,
+        title: str | None = None,
+    ) -> Path:
+        """Draw the circuit with graphviz to ``path`` (.png, .svg, .pdf or .dot); see `acdc.render`.
+
+        classes: class -> node names, or a `KnownCircuit`, to colour nodes by class.
+        show_all: also draw kept edges with no path from input to logits (hidden by default).
+        """
+        from .render import render
+
+        return render(self, path, classes=classes, show_scores=show_scores, show_all=show_all, title=title)
+
+    def render_comparison(self, truth: Any, path: str | Path, *, classes: Any = None) -> Path:
+        """Draw this circuit against ``truth`` (true positives, false positives, missed edges)."""
+        from .render import render_comparison
+
+        return render_comparison(self, truth, path, classes=classes)
 
     def __repr__(self) -> str:
         s = self.settings

@@ -3,7 +3,8 @@
 The model is a 3-layer GPT-2 whose weights were set by hand so that a duplicate-token head,
 an S-inhibition head and a name mover carry the task, among random distractor heads and MLPs
 (`acdc.zoo`). Nothing is downloaded. ACDC runs at one threshold, the circuit is scored against
-the planted edges, a threshold sweep gives the ROC AUC, and the circuit is saved as JSON.
+the planted edges, a threshold sweep gives the ROC AUC, and the circuit is saved as JSON and
+drawn (circuit.png, and comparison.png against the truth) when graphviz's dot is installed.
 
     python -m acdc.demo --out out/demo
 """
@@ -19,7 +20,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="acdc offline demo: find and score a planted circuit")
-    ap.add_argument("--out", default="out/demo", help="folder for circuit.json")
+    ap.add_argument("--out", default="out/demo", help="folder for circuit.json, circuit.png, comparison.png")
     ap.add_argument("--entry", default="ioi", help="zoo entry (ioi, induction, modular-sum)")
     ap.add_argument("--threshold", type=float, default=0.1)
     args = ap.parse_args(argv)
@@ -49,6 +50,14 @@ def main(argv: list[str] | None = None) -> None:
     path = circuit.to_json(out / "circuit.json")
     assert Circuit.from_json(path) == circuit
     print(f"saved {path} (EAP-IG/MIB graph JSON; reloads identically)")
+    from .render import DotNotFoundError
+
+    try:
+        png = circuit.render(out / "circuit.png", classes=entry.truth)
+        cmp = circuit.render_comparison(entry.truth, out / "comparison.png")
+        print(f"drew {png} (layers bottom-up, q/k/v in three colours) and {cmp} (found vs planted)")
+    except DotNotFoundError as err:
+        print(f"no images: {err}")
 
 
 if __name__ == "__main__":

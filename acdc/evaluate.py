@@ -93,7 +93,7 @@ def score(circuit: CircuitLike, truth: CircuitLike, *, graph: Graph | None = Non
     comes from the first `Circuit` or `KnownCircuit` given (or pass ``graph``).
     """
     g = _graph_of(graph, circuit, truth)
-    found, true = _mask(circuit, g), _mask(truth, g)
+    found, true = as_mask(circuit, g), as_mask(truth, g)
     return Recovery(_confusion(found, true), _confusion(node_mask(g, found), node_mask(g, true)))
 
 
@@ -141,8 +141,8 @@ class ROC:
         if not circuits:
             raise ValueError("a ROC needs at least one circuit")
         g = _graph_of(graph, *circuits, truth)
-        found = torch.stack([_mask(c, g) for c in circuits])
-        true = _mask(truth, g)
+        found = torch.stack([as_mask(c, g) for c in circuits])
+        true = as_mask(truth, g)
         if level == "node":
             found = torch.stack([node_mask(g, f) for f in found])
             true = node_mask(g, true)
@@ -177,7 +177,7 @@ class ROC:
                 raise ValueError(f"scores need one entry per edge ({g.n_edges}), got shape {tuple(s.shape)}")
         s = s.abs() if absolute else s.clone()
         s = torch.where(s.isnan(), torch.full_like(s, -math.inf), s)
-        true = _mask(truth, g)
+        true = as_mask(truth, g)
         if level == "node":
             src, dst = _node_of_edges(g)
             n_nodes = len(node_universe(g))
@@ -331,7 +331,8 @@ def _graph_of(graph: Graph | None, *items: Any) -> Graph:
     raise ValueError("cannot tell the graph from edge masks or names alone; pass graph=")
 
 
-def _mask(x: CircuitLike, g: Graph) -> Tensor:
+def as_mask(x: CircuitLike, g: Graph) -> Tensor:
+    """[n_edges] bool over ``g`` of a `Circuit`, `KnownCircuit`, edge mask or edge names."""
     if isinstance(x, Circuit):
         if x.graph.config() != g.config():
             raise ValueError(f"circuit graph {x.graph!r} differs from the scoring graph {g!r}")

@@ -236,7 +236,7 @@ class Graph:
         return dense[..., self.edge_dst, self.edge_src]
 
     def to_networkx(self, edge_mask: Tensor | None = None, scores: Tensor | None = None) -> Any:
-        """A ``networkx.MultiDiGraph`` of the (masked) edges; attributes ``qkv`` and ``score``.
+        """A ``networkx.MultiDiGraph`` of the (masked) edges; attributes ``qkv``, ``score``, ``name``.
 
         A multigraph because a source can feed one head through q, k and v at once.
         """
@@ -244,7 +244,7 @@ class Graph:
 
         g = nx.MultiDiGraph()
         for node in self.nodes:
-            g.add_node(node.name, layer=node.layer, kind=node.kind)
+            g.add_node(node.name, layer=node.layer, kind=node.kind, head=node.head)
         for i, e in enumerate(self.edges):
             if edge_mask is not None and not bool(edge_mask[i]):
                 continue

@@ -1,0 +1,261 @@
+"""The ``acdc`` command: discover, render, score, demo.
+
+    acdc discover --model gpt2 --task ioi --threshold 0.01 -o out/
+    acdc discover --model zoo:ioi --threshold 0.1 -o out/        # offline, planted circuit
+    acdc render out/circuit.json -o circuit.png --classes ioi
+    acdc score out/circuit.json --truth ioi
+    acdc demo
+
+Bad input exits with status 1 (2 for bad arguments) and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+TASKS = ("ioi", "greater-than", "induction", "docstring")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.command is None:
+        ap.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except Exception as err:
+        from .render import DotNotFoundError
+
+        if not isinstance(err, (CLIError, ValueError, OSError, NotImplementedError, DotNotFoundError)):
+            raise
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"acdc {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="acdc", description="Automatic circuit discovery for transformer language models.")
+    sub = ap.add_subparsers(dest="command", metavar="{discover,render,score,demo}", parser_class=_Parser)
+
+    d = sub.add_parser("discover", help="find a circuit with ACDC; writes circuit.json, circuit.png, summary.txt",
+                       description="Find a circuit with ACDC and write circuit.json (EAP-IG/MIB format), "
+                       "circuit.png and summary.txt to the output folder.")
+    d.add_argument("--model", required=True, help="hub name (e.g. gpt2; needs internet once) or zoo:NAME "
+                   "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum)")
+    d.add_argument("--task", choices=TASKS, help="task to run (default for zoo models: the entry's own task)")
+    d.add_argument("--threshold", type=float, required=True, help="keep an edge if removing it moves the metric by at least this")
+    d.add_argument("--n-prompts", type=int, default=None, help="number of prompts (default: the task's)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--metric", default=None, help="kl, logit_diff or prob_diff (default: the task's)")
+    d.add_argument("--ablation", default=None, choices=("resample", "mean", "zero"), help="default: resample")
+    d.add_argument("--truth", default=None, help="score against a known circuit (ioi, greater-than, docstring), "
+                   "zoo:NAME or a circuit JSON (zoo models: their planted circuit by default)")
+    d.add_argument("--device", default=None, help="torch device (default: the model's)")
+    d.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (default: out/)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(run=_discover)
+
+    r = sub.add_parser("render", help="draw a circuit JSON as PNG/SVG/PDF",
+                       description="Draw a circuit JSON with graphviz; the format follows the output's extension.")
+    r.add_argument("circuit", type=Path, help="circuit JSON (from acdc discover, Circuit.to_json or EAP-IG)")
+    r.add_argument("-o", "--output", type=Path, required=True, help="image path: .png, .svg, .pdf (or .dot)")
+    r.add_argument("--classes", default=None, help="colour nodes by the classes of a known circuit or zoo:NAME")
+    r.add_argument("--truth", default=None, help="draw a comparison with this truth instead (true/false positives, missed)")
+    r.add_argument("--no-scores", action="store_true", help="no score labels on edges")
+    r.add_argument("--show-all", action="store_true", help="also draw edges with no path from input to logits")
+    r.set_defaults(run=_render)
+
+    s = sub.add_parser("score", help="score a circuit JSON against a known circuit",
+                       description="Edge- and node-level TP/FP/FN/TN, TPR, FPR and precision of a circuit.")
+    s.add_argument("circuit", type=Path, help="circuit JSON")
+    s.add_argument("--truth", required=True, help="known circuit (ioi, greater-than, docstring), zoo:NAME or a circuit JSON")
+    s.add_argument("--view", default=None, help="view of the known circuit (e.g. ioi: with-mlps, heads-only)")
+    s.set_defaults(run=_score)
+
+    m = sub.add_parser("demo", help="the offline demo: discover, render and score a planted circuit",
+                       description="Discover the circuit planted in a zoo model, render it and score it (offline).")
+    m.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    m.add_argument("--entry", default="ioi", help="zoo entry (ioi, induction, modular-sum)")
+    m.add_argument("--threshold", type=float, default=0.1)
+    m.set_defaults(run=_demo)
+    return ap
+
+
+# ---------------------------------------------------------------------- commands
+def _discover(args: argparse.Namespace) -> int:
+    from . import known, zoo
+    from .api import check_threshold, discover
+
+    check_threshold(args.threshold)
+    out: Path = args.out
+    truth: Any = None
+    classes: Any = None
+    if args.model.startswith("zoo:"):
+        entry = _zoo_entry(args.model)
+        model = entry.model
+        if args.task is not None:
+            raise CLIError(f"zoo models come with their own task; drop --task {args.task}")
+        task = entry.task if args.n_prompts is None else zoo.load(entry.name, n_prompts=args.n_prompts, seed=args.seed).task
+        truth = classes = entry.truth
+        ablation = args.ablation or entry.ablation
+    else:
+        if args.task is None:
+            raise CLIError(f"--task is needed for hub models (one of {', '.join(TASKS)})")
+        from .model import load_model
+
+        try:
+            model = load_model(args.model, device=args.device)
+        except OSError as err:
+            raise CLIError(f"could not load {args.model!r} ({str(err).splitlines()[0]}); hub models need internet "
+                           "the first time, or try --model zoo:ioi offline") from None
+        task = _task(args.task, model, args.n_prompts, args.seed)
+        ablation = args.ablation or "resample"
+        if args.task in known.available():
+            classes = known.load(args.task)
+    if args.truth is not None:
+        truth = classes = _truth(args.truth)
+    print(f"acdc discover: {args.model}, {task}, threshold {args.threshold}, {ablation} ablation")
+    t0 = time.perf_counter()
+    circuit = discover(model, task, threshold=args.threshold, metric=args.metric, ablation=ablation,
+                       progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    lines = [circuit.summary(max_edges=40), f"ACDC took {seconds:.1f} s"]
+    if truth is not None:
+        lines.append(f"score vs {getattr(truth, 'name', 'truth')}: {_recovery(circuit, truth)}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = circuit.to_json(out / "circuit.json")
+    lines.append(f"wrote {path}")
+    for what, fn in (("circuit.png", lambda p: circuit.render(p, classes=classes)),
+                     ("comparison.png", (lambda p: circuit.render_comparison(truth, p)) if truth is not None else None)):
+        if fn is None:
+            continue
+        written = _try_render(fn, out / what)
+        if written is None:
+            break
+        lines.append(f"wrote {written}")
+    text = "\n".join(lines)
+    (out / "summary.txt").write_text(text + "\n")
+    print(text)
+    print(f"wrote {out / 'summary.txt'}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    circuit = _load_circuit(args.circuit)
+    if args.truth is not None:
+        path = circuit.render_comparison(_truth(args.truth), args.output, classes=_classes(args.classes))
+    else:
+        path = circuit.render(args.output, classes=_classes(args.classes), show_scores=not args.no_scores,
+                              show_all=args.show_all)
+    print(f"wrote {path}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    circuit = _load_circuit(args.circuit)
+    truth = _truth(args.truth, view=args.view)
+    print(_recovery(circuit, truth))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    demo_main(["--out", str(args.out), "--entry", args.entry, "--threshold", str(args.threshold)])
+    return 0
+
+
+# ---------------------------------------------------------------------- helpers
+def _zoo_entry(spec: str) -> Any:
+    from . import zoo
+
+    name = spec.split(":", 1)[1]
+    if name not in zoo.available():
+        raise CLIError(f"unknown zoo model {name!r}; available: {', '.join('zoo:' + n for n in zoo.available())}")
+    return zoo.load(name)
+
+
+def _task(name: str, model: Any, n_prompts: int | None, seed: int) -> Any:
+    from . import tasks
+
+    if getattr(model, "tokenizer", None) is None and name != "induction":
+        raise CLIError(f"task {name!r} needs the model's tokenizer, and this model has none")
+    make = {"ioi": tasks.ioi, "greater-than": tasks.greater_than, "induction": tasks.induction, "docstring": tasks.docstring}
+    kwargs: dict[str, Any] = {"seed": seed}
+    if n_prompts is not None:
+        kwargs["n_prompts"] = n_prompts
+    return make[name](model, **kwargs)
+
+
+def _truth(spec: str, view: str | None = None) -> Any:
+    """A known circuit by name, a zoo entry's planted circuit, or a circuit JSON file."""
+    from . import known
+
+    if spec.startswith("zoo:"):
+        return _zoo_entry(spec).truth
+    if spec in known.available():
+        return known.load(spec, view=view)
+    if spec.endswith(".json"):
+        return _load_circuit(Path(spec))
+    raise CLIError(f"unknown truth {spec!r}; use one of {', '.join(known.available())}, zoo:NAME or a circuit JSON file")
+
+
+def _classes(spec: str | None) -> Any:
+    if spec is None:
+        return None
+    truth = _truth(spec)
+    if not getattr(truth, "classes", None):
+        raise CLIError(f"{spec!r} has no node classes")
+    return truth
+
+
+def _load_circuit(path: Path) -> Any:
+    import json
+
+    from .circuit import Circuit
+
+    if not path.is_file():
+        raise CLIError(f"no such file: {path}")
+    try:
+        return Circuit.from_json(path)
+    except json.JSONDecodeError as err:
+        raise CLIError(f"{path} is not JSON ({err.msg} at line {err.lineno})") from None
+
+
+def _recovery(circuit: Any, truth: Any) -> str:
+    from .evaluate import score
+
+    return str(score(circuit, truth))
+
+
+def _try_render(fn: Any, path: Path) -> Path | None:
+    """Render, or print one line (and carry on) when graphviz's dot is missing."""
+    from .render import DotNotFoundError
+
+    try:
+        return fn(path)
+    except DotNotFoundError as err:
+        print(f"acdc: {err}; the JSON was written", file=sys.stderr)
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

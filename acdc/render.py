@@ -1,0 +1,313 @@
+"""Circuit images with graphviz: bottom-up by layer, q/k/v in three colours, width from effect.
+
+``render(circuit, "c.png")`` (also ``.svg``, ``.pdf``; ``.dot`` writes the source without
+running graphviz) and ``render_comparison(found, truth, "cmp.png")``. Layout: ``input`` at the
+bottom, ``logits`` on top, one row per layer (a layer's MLP on a row just above its heads, as
+it reads them; side by side in parallel-attention models), labelled on the left. Heads are
+boxes, MLPs ellipses. Nodes are coloured by class when classes are given (a mapping class ->
+node names, or anything with a ``.classes`` such as a `KnownCircuit`), else by layer.
+
+Rendering needs graphviz's ``dot`` program; without it `DotNotFoundError` says in one line how
+to install it.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .circuit import Circuit
+from .evaluate import as_mask
+from .graph import Graph, Node
+
+__all__ = [
+    "DotNotFoundError", "QKV_COLORS", "dot_available", "to_dot", "render", "comparison_dot", "render_comparison",
+    "live_edges",
+]
+
+INSTALL_HINT = (
+    "graphviz's `dot` program was not found; install it (Debian/Ubuntu: apt-get install graphviz, "
+    "macOS: brew install graphviz) to render images"
+)
+FORMATS = ("png", "svg", "pdf", "dot")
+QKV_COLORS = {"q": "#d62728", "k": "#1f77b4", "v": "#2ca02c", None: "#555555"}
+QKV_NAMES = {"q": "query (q)", "k": "key (k)", "v": "value (v)", None: "MLP / logits input"}
+CLASS_PALETTE = [
+    "#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5",
+    "#bc80bd", "#ccebc5", "#ffed6f", "#d9d9d9",
+]
+COMPARISON = {
+    "found, true": {"color": "#1a9850", "style": "solid", "penwidth": "2.4"},
+    "found, not true": {"color": "#f46d43", "style": "dashed", "penwidth": "1.6"},
+    "missed": {"color": "#7b3294", "style": "dotted", "penwidth": "2.0"},
+}
+MAX_SCORE_LABELS = 60  # above this many edges, scores go to tooltips only (widths still show them)
+
+
+class DotNotFoundError(RuntimeError):
+    """graphviz's ``dot`` program is missing."""
+
+    def __init__(self) -> None:
+        super().__init__(INSTALL_HINT)
+
+
+def dot_available() -> bool:
+    """Whether graphviz's ``dot`` program is on PATH."""
+    return shutil.which("dot") is not None
+
+
+# ---------------------------------------------------------------------- which edges are drawn
+def live_edges(circuit: Circuit) -> torch.Tensor:
+    """[n_edges] bool: kept edges on some path from ``input`` to ``logits`` in the circuit."""
+    g = circuit.graph
+    kept = circuit.in_graph
+    src = [g.sources[s].name for s in g.edge_src.tolist()]
+    dst = [g.destinations[d].node.name for d in g.edge_dst.tolist()]
+    from_input, to_logits = {"input"}, {"logits"}
+    order = range(g.n_edges)  # edges sorted by destination in forward order
+    for i in order:
+        if kept[i] and src[i] in from_input:
+            from_input.add(dst[i])
+    for i in reversed(order):
+        if kept[i] and dst[i] in to_logits:
+            to_logits.add(src[i])
+    alive = from_input & to_logits
+    return torch.tensor([bool(kept[i]) and src[i] in alive and dst[i] in alive for i in order], dtype=torch.bool)
+
+
+# ---------------------------------------------------------------------- DOT
+def to_dot(
+    circuit: Circuit,
+    *,
+    classes: Any = None,
+    show_scores: bool = True,
+    show_all: bool = False,
+    title: str | None = None,
+) -> Any:
+    """The circuit as a ``graphviz.Digraph`` (no ``dot`` program needed to build it).
+
+    classes: class -> node names (or an object with ``.classes``) to colour nodes by class.
+    show_scores: label edges with their measured effect (tooltips only above 60 edges).
+    show_all: also draw kept edges with no path from input to logits (hidden by default).
+    """
+    g = circuit.graph
+    mask = circuit.in_graph.clone() if show_all else live_edges(circuit)
+    idx = mask.nonzero().squeeze(1).tolist()
+    scores = circuit.scores
+    finite = [abs(float(scores[i])) for i in idx if not math.isnan(float(scores[i]))]
+    top = max(finite) if finite else 0.0
+    labels = show_scores and len(idx) <= MAX_SCORE_LABELS
+    dot = _canvas(circuit.graph, _nodes_of(g, idx), classes, title if title is not None else _title(circuit, len(idx)))
+    for i in idx:
+        e = g.edges[i]
+        s = float(scores[i])
+        width = 1.0 if math.isnan(s) or top == 0 else 0.8 + 4.2 * abs(s) / top
+        attrs = {
+            "color": QKV_COLORS[e.qkv],
+            "penwidth": f"{width:.2f}",
+            "tooltip": f"{e.name}: {'untested' if math.isnan(s) else f'{s:+.4g}'}",
+            "id": f"edge:{e.name}",
+        }
+        if labels and not math.isnan(s):
+            attrs.update(label=f"{s:.2g}", fontsize="9", fontcolor=QKV_COLORS[e.qkv])
+        dot.edge(e.src.name, e.dst.node.name, **attrs)
+    used = {g.edges[i].qkv for i in idx}
+    _legend(dot, [(QKV_COLORS[k], "solid", f"into {QKV_NAMES[k]}") for k in (*"qkv", None) if k in used],
+            "edge width: |effect|" if finite else "", classes)
+    return dot
+
+
+def comparison_dot(found: Circuit, truth: Any, *, classes: Any = None, title: str | None = None) -> Any:
+    """``found`` against ``truth`` as a ``graphviz.Digraph``: true positives, false positives and
+    missed edges in three styles (a q/k/v letter at the head of edges into heads).
+
+    truth: a `KnownCircuit`, a `Circuit` on the same graph, or edge names. Its classes colour
+    the nodes unless ``classes`` is given.
+    """
+    g = found.graph
+    true = as_mask(truth, g)
+    kinds = {
+        "found, true": found.in_graph & true,
+        "found, not true": found.in_graph & ~true,
+        "missed": ~found.in_graph & true,
+    }
+    idx = (found.in_graph | true).nonzero().squeeze(1).tolist()
+    if classes is None:
+        classes = getattr(truth, "classes", None)
+    n = {k: int(m.sum()) for k, m in kinds.items()}
+    head = title if title is not None else (
+        f"found {int(found.in_graph.sum())} edges vs {int(true.sum())} true: "
+        f"{n['found, true']} found and true, {n['found, not true']} found but not true, {n['missed']} missed"
+    )
+    dot = _canvas(g, _nodes_of(g, idx), classes, head)
+    for kind, mask in kinds.items():
+        for i in mask.nonzero().squeeze(1).tolist():
+            e = g.edges[i]
+            attrs = {**COMPARISON[kind], "tooltip": f"{e.name}: {kind}", "id": f"edge:{e.name}", "class": kind.replace(", ", "-").replace(" ", "-")}
+            if e.qkv:
+                attrs.update(headlabel=e.qkv, fontsize="9", fontcolor=QKV_COLORS[e.qkv])
+            dot.edge(e.src.name, e.dst.node.name, **attrs)
+    rows = [(COMPARISON[k]["color"], COMPARISON[k]["style"], f"{k} ({n[k]})") for k in COMPARISON]
+    _legend(dot, rows, "q / k / v: the head input the edge enters", classes)
+    return dot
+
+
+# ---------------------------------------------------------------------- files
+def render(
+    circuit: Circuit,
+    path: str | Path,
+    *,
+    classes: Any = None,
+    show_scores: bool = True,
+    show_all: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Draw the circuit to ``path``; the format comes from the extension (png, svg, pdf, dot)."""
+    return _write(to_dot(circuit, classes=classes, show_scores=show_scores, show_all=show_all, title=title), path)
+
+
+def render_comparison(found: Circuit, truth: Any, path: str | Path, *, classes: Any = None, title: str | None = None) -> Path:
+    """Draw ``found`` against ``truth`` to ``path`` (see `comparison_dot`)."""
+    return _write(comparison_dot(found, truth, classes=classes, title=title), path)
+
+
+def _write(dot: Any, path: str | Path) -> Path:
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ValueError(f"cannot render to {path.name!r}: use a .png, .svg, .pdf or .dot file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "dot":
+        path.write_text(dot.source)
+        return path
+    import graphviz
+
+    try:
+        data = dot.pipe(format=fmt)
+    except graphviz.ExecutableNotFound:
+        raise DotNotFoundError() from None
+    path.write_bytes(data)
+    return path
+
+
+# ---------------------------------------------------------------------- layout pieces
+def _nodes_of(g: Graph, edge_idx: Iterable[int]) -> list[Node]:
+    used: set[str] = set()
+    for i in edge_idx:
+        e = g.edges[i]
+        used |= {e.src.name, e.dst.node.name}
+    return [n for n in g.nodes if n.name in used]
+
+
+def _row(g: Graph, node: Node) -> tuple[int, int]:
+    """Sort key of the row a node sits on: (layer, 0 for heads / 1 for a sequential MLP)."""
+    if node.kind == "input":
+        return (-1, 0)
+    if node.kind == "logits":
+        return (g.n_layers, 0)
+    return (node.layer, 1 if node.kind == "mlp" and not g.parallel_attn_mlp else 0)
+
+
+def _class_of(classes: Mapping[str, Iterable[str]] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for cls, members in (classes or {}).items():
+        for m in members:
+            out.setdefault(m, cls)
+    return out
+
+
+def _layer_colour(layer: int, n_layers: int) -> str:
+    """Light colours from blue (first layer) to orange (last)."""
+    t = layer / max(n_layers - 1, 1)
+    r, gr, b = colorsys.hls_to_rgb(0.58 - 0.5 * t, 0.85, 0.65)
+    return f"#{int(r * 255):02x}{int(gr * 255):02x}{int(b * 255):02x}"
+
+
+def _as_classes(classes: Any) -> dict[str, list[str]] | None:
+    if classes is None:
+        return None
+    c = getattr(classes, "classes", classes)
+    if not isinstance(c, Mapping):
+        raise ValueError("classes must map class names to node names (or be a KnownCircuit)")
+    return {str(k): list(v) for k, v in c.items()}
+
+
+def _canvas(g: Graph, nodes: list[Node], classes: Any, title: str) -> Any:
+    """A Digraph with the nodes placed on layer rows, labelled rows on the left, and a title."""
+    import graphviz
+
+    classes = _as_classes(classes)
+    cls_of = _class_of(classes)
+    colours = {c: CLASS_PALETTE[i % len(CLASS_PALETTE)] for i, c in enumerate(classes or {})}
+    dot = graphviz.Digraph("circuit")
+    dot.attr(rankdir="BT", newrank="true", nodesep="0.2", ranksep="0.45", fontname="Helvetica", label=title,
+             labelloc="t", fontsize="14", outputorder="edgesfirst")
+    dot.attr("node", fontname="Helvetica", fontsize="11", style="filled", penwidth="1.2")
+    dot.attr("edge", arrowsize="0.6")
+    rows: dict[tuple[int, int], list[Node]] = {}
+    for n in nodes:
+        rows.setdefault(_row(g, n), []).append(n)
+    prev = None
+    for key in sorted(rows):
+        layer, sub = key
+        anchor = f"row{layer + 1}_{sub}"
+        text = "input" if layer < 0 else "output" if layer == g.n_layers else f"layer {layer}" + (" MLP" if sub else "")
+        with dot.subgraph() as s:
+            s.attr(rank="same")
+            s.node(anchor, text, shape="plaintext", style="", fontcolor="#777777", fontsize="10")
+            for n in rows[key]:
+                s.node(n.name, **_node_style(n, g, cls_of, colours))
+        if prev is not None:
+            dot.edge(prev, anchor, style="invis")
+        prev = anchor
+    return dot
+
+
+def _node_style(n: Node, g: Graph, cls_of: dict[str, str], colours: dict[str, str]) -> dict[str, str]:
+    cls = cls_of.get(n.name)
+    fill = colours[cls] if cls is not None else (
+        "#e0e0e0" if n.kind in ("input", "logits") else _layer_colour(n.layer, g.n_layers)
+    )
+    shape = {"input": "invhouse", "logits": "house", "head": "box", "mlp": "ellipse"}[n.kind]
+    style = "filled,rounded" if n.kind == "head" else "filled"
+    attrs = {"shape": shape, "fillcolor": fill, "style": style, "id": f"node:{n.name}", "tooltip": n.name}
+    if cls is not None:
+        attrs["label"] = f"{n.name}\n{cls}"
+    return attrs
+
+
+def _legend(dot: Any, edge_rows: list[tuple[str, str, str]], note: str, classes: Any) -> None:
+    """An HTML-table legend node: edge styles, a note, and the class colours."""
+    classes = _as_classes(classes)
+    dash = {"solid": "———", "dashed": "- - -", "dotted": "· · · ·"}
+    cells = [
+        f'<TR><TD ALIGN="LEFT"><FONT COLOR="{c}"><B>{dash[s]}</B></FONT></TD><TD ALIGN="LEFT">{_esc(t)}</TD></TR>'
+        for c, s, t in edge_rows
+    ]
+    if note:
+        cells.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT"><I>{_esc(note)}</I></TD></TR>')
+    for i, cls in enumerate(classes or {}):
+        colour = CLASS_PALETTE[i % len(CLASS_PALETTE)]
+        cells.append(f'<TR><TD BGCOLOR="{colour}"> </TD><TD ALIGN="LEFT">{_esc(cls)}</TD></TR>')
+    table = '<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="2" COLOR="#999999">' + "".join(cells) + "</TABLE>>"
+    with dot.subgraph(name="cluster_legend") as s:
+        s.attr(label="", color="white")
+        s.node("legend", table, shape="plaintext", style="", id="legend")
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _title(c: Circuit, n_drawn: int) -> str:
+    s = c.settings
+    bits = [f"{s[k]}" if k == "method" else f"{k}={s[k]}" for k in ("method", "metric", "threshold", "ablation") if k in s]
+    hidden = c.n_edges - n_drawn
+    extra = f" ({hidden} without a path input -> logits hidden)" if hidden else ""
+    return f"{n_drawn} edges{extra}" + (f"  |  {', '.join(bits)}" if bits else "")

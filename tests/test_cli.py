@@ -1,0 +1,106 @@
+"""The ``acdc`` command: end to end on a zoo model, offline; one-line errors, nonzero exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from acdc.circuit import Circuit
+from acdc.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+has_dot = shutil.which("dot") is not None
+
+
+@pytest.fixture(scope="module")
+def discovered(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli")
+    assert main(["discover", "--model", "zoo:ioi", "--threshold", "0.1", "-o", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_discover_writes_json_png_summary(discovered):
+    c = Circuit.from_json(discovered / "circuit.json")
+    assert c.n_edges == 9 and c.settings["threshold"] == 0.1
+    summary = (discovered / "summary.txt").read_text()
+    assert "9 of 262 edges" in summary and "TPR 1.000 FPR 0.0000" in summary
+    if has_dot:
+        for name in ("circuit.png", "comparison.png"):
+            assert (discovered / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_render_and_score(discovered, tmp_path, capsys):
+    if has_dot:
+        assert main(["render", str(discovered / "circuit.json"), "-o", str(tmp_path / "c.svg"), "--classes", "zoo:ioi"]) == 0
+        svg = (tmp_path / "c.svg").read_text()
+        assert svg.count('class="edge"') == 9 and "name mover" in svg
+        assert main(["render", str(discovered / "circuit.json"), "-o", str(tmp_path / "d.svg"), "--truth", "zoo:ioi"]) == 0
+        assert (tmp_path / "d.svg").read_text().count("found&#45;true") == 9
+    assert main(["score", str(discovered / "circuit.json"), "--truth", "zoo:ioi"]) == 0
+    assert "TP 9, FP 0, FN 0" in capsys.readouterr().out
+    # a circuit JSON as the truth
+    assert main(["score", str(discovered / "circuit.json"), "--truth", str(discovered / "circuit.json")]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, code, match",
+    [
+        (["score", "missing.json", "--truth", "ioi"], 1, "no such file"),
+        (["score", "{circuit}", "--truth", "nonsense"], 1, "unknown truth 'nonsense'"),
+        (["score", "{circuit}", "--truth", "ioi"], 1, "does not fit this graph"),
+        (["render", "{circuit}", "-o", "x.gif"], 1, r"\.png, \.svg, \.pdf or \.dot"),
+        (["render", "{bad}", "-o", "x.png"], 1, "is not JSON"),
+        (["discover", "--model", "zoo:nope", "--threshold", "1"], 1, "unknown zoo model 'nope'"),
+        (["discover", "--model", "zoo:ioi", "--threshold", "-1"], 1, "threshold must be a number >= 0"),
+        (["discover", "--model", "zoo:ioi", "--task", "ioi", "--threshold", "1"], 1, "own task"),
+        (["discover", "--model", "zoo:ioi"], 2, "required: --threshold"),
+        (["render"], 2, "required"),
+        (["frobnicate"], 2, "invalid choice"),
+    ],
+)
+def test_bad_input_one_line(discovered, tmp_path, capsys, argv, code, match):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    argv = [a.format(circuit=discovered / "circuit.json", bad=bad) for a in argv]
+    if code == 2:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+    else:
+        assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert __import__("re").search(match, err), err
+
+
+def test_help_on_each_command(capsys):
+    for cmd in ([], ["discover"], ["render"], ["score"], ["demo"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*cmd, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: acdc" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fresh_shell_end_to_end(tmp_path):
+    """The installed entry point, a new process, no network: discover then render then score."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    acdc_cmd = [sys.executable, "-m", "acdc.cli"]
+    run = subprocess.run([*acdc_cmd, "discover", "--model", "zoo:induction", "--threshold", "0.01", "-o", "out",
+                          "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "TPR 1.000" in run.stdout and (tmp_path / "out" / "circuit.json").is_file()
+    data = json.loads((tmp_path / "out" / "circuit.json").read_text())
+    assert sum(e["in_graph"] for e in data["edges"].values()) == 5
+    score = subprocess.run([*acdc_cmd, "score", "out/circuit.json", "--truth", "zoo:induction"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert score.returncode == 0 and "TP 5, FP 0, FN 0" in score.stdout
+    bad = subprocess.run([*acdc_cmd, "render", "out/circuit.json", "-o", "c.bmp"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
