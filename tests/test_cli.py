@@ -91,7 +91,8 @@ def test_help_on_each_command(capsys):
 def test_fresh_shell_end_to_end(tmp_path):
     """The installed entry point, a new process, no network: discover then render then score."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    acdc_cmd = [sys.executable, "-m", "acdc.cli"]
+    script = Path(sys.executable).parent / "acdc"  # the installed entry point, if installed
+    acdc_cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "acdc.cli"]
     run = subprocess.run([*acdc_cmd, "discover", "--model", "zoo:induction", "--threshold", "0.01", "-o", "out",
                           "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
