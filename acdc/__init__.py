@@ -1,13 +1,14 @@
 """acdc: automatic circuit discovery for transformer language models."""
 
 from . import known, tasks, zoo
-from .api import discover
+from .api import attribute, discover
 from .circuit import Circuit
 from .evaluate import ROC, Recovery, roc, score
 from .graph import Destination, Edge, Graph, Node
 from .metrics import Batch, Metric
 from .model import Transformer, load_model
 from .patching import ABLATIONS, Patcher, PatchState
+from .scores import Scores
 
 __all__ = [
     "ABLATIONS",
@@ -21,8 +22,10 @@ __all__ = [
     "Patcher",
     "ROC",
     "Recovery",
+    "Scores",
     "PatchState",
     "Transformer",
+    "attribute",
     "discover",
     "known",
     "tasks",

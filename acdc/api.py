@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,10 +15,11 @@ from .circuit import Circuit
 from .graph import Graph
 from .metrics import Batch, Metric, MetricLike, resolve_metric, scored_rows
 from .patching import ABLATIONS, Patcher
+from .scores import Scores
 from .tasks import Task
 from .tasks.text import single_token_id
 
-__all__ = ["discover", "make_batch", "parse_answers"]
+__all__ = ["attribute", "discover", "make_batch", "parse_answers"]
 
 
 def discover(
@@ -60,6 +62,44 @@ def discover(
         answer_pos=answer_pos, split_qkv=split_qkv, graph=graph,
     )
     return run_acdc(patcher, m, batch, float(threshold), abs_value=abs_value, progress=progress)
+
+
+def attribute(
+    model: Any,
+    clean: Any,
+    corrupt: Any = None,
+    *,
+    method: str = "eap",
+    steps: int = 5,
+    metric: MetricLike | None = None,
+    ablation: str = "resample",
+    answers: Any = None,
+    answer_pos: int | Sequence[int] | Tensor | None = None,
+    split_qkv: bool = True,
+    graph: Graph | None = None,
+    progress: bool = False,
+) -> Scores:
+    """Score every edge with attribution patching: "eap", "eap-ig-inputs" or "eap-ig-activations".
+
+    Same inputs as `discover` (a `Task` works too); ``steps`` is the number of integrated-gradient
+    points (EAP-IG with steps=1 is EAP). Scores are the first-order change of the loss (the
+    metric oriented lower-is-better) when an edge alone is ablated; select a circuit with
+    ``scores.top(n)``, ``scores.threshold(t)`` or ``scores.greedy(n)``. With ``metric="kl"`` the
+    gradient at the clean run is zero, so EAP gives zeros there: use EAP-IG or a difference metric.
+    """
+    from .algorithms.attribution import attribution_scores
+
+    patcher, m, batch = prepare(
+        model, clean, corrupt, metric=metric, ablation=ablation, answers=answers,
+        answer_pos=answer_pos, split_qkv=split_qkv, graph=graph,
+    )
+    t0 = time.perf_counter()
+    values = attribution_scores(patcher, m, batch, method=method, steps=steps, progress=progress)
+    settings = {
+        "method": method, "steps": steps if method != "eap" else 1, "metric": m.name, "ablation": ablation,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return Scores(patcher.graph, values, settings)
 
 
 def check_threshold(threshold: Any) -> None:

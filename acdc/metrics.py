@@ -55,6 +55,11 @@ class Metric:
         value = self(logits, batch)
         return -value if self.higher_is_better else value
 
+    def loss_tensor(self, logits: Tensor, batch: Batch) -> Tensor:
+        """`loss` as a 0-d tensor that gradients flow through (for attribution)."""
+        value = self.fn(logits, batch)
+        return -value if self.higher_is_better else value
+
 
 def kl_divergence(logits: Tensor, batch: Batch) -> Tensor:
     """KL(full model || patched) at the scored positions, averaged over them."""

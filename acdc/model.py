@@ -210,11 +210,28 @@ class Transformer:
             x = x + self.w["W_pos"][: tokens.shape[-1]]
         return x
 
-    def _ln(self, x: Tensor, name: str, layer: int | None = None) -> Tensor:
+    def ln(self, x: Tensor, name: str, layer: int | None = None) -> Tensor:
+        """LayerNorm ``name`` ("ln1", "ln2" per layer, or "lnf") of x [..., d_model]."""
         w, b = self.w[f"{name}_w"], self.w[f"{name}_b"]
         if layer is not None:
             w, b = w[layer], b[layer]
         return F.layer_norm(x, (x.shape[-1],), w, b, self.arch.eps)
+
+    def ln_vjp(self, x: Tensor, grad: Tensor, name: str, layer: int | None = None) -> Tensor:
+        """Gradient w.r.t. a LayerNorm's input x [..., d] given the gradient of its output.
+
+        grad may carry extra leading dims (e.g. one per head) that broadcast against x. This is
+        LayerNorm's backward pass written out, so one forward can serve many output gradients.
+        """
+        w = self.w[f"{name}_w"] if layer is None else self.w[f"{name}_w"][layer]
+        mu = x.mean(-1, keepdim=True)
+        rstd = (x.var(-1, unbiased=False, keepdim=True) + self.arch.eps).rsqrt()
+        xhat = (x - mu) * rstd
+        gw = grad * w  # the one full-size temporary; the rest is in place
+        proj = (gw * xhat).sum(-1, keepdim=True) if gw.dim() == xhat.dim() else torch.einsum(
+            "...d,...d->...", gw, xhat.expand_as(gw))[..., None]
+        gw.sub_(gw.mean(-1, keepdim=True)).addcmul_(xhat.expand_as(gw), proj, value=-1.0 / x.shape[-1])
+        return gw.mul_(rstd)
 
     def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
         """Rotary embedding (GPT-NeoX convention) of x [..., n, p, d_head] at positions pos."""
@@ -249,11 +266,17 @@ class Transformer:
         q_pos: [n, p] positions of the query rows; None means 0..pos-1.
         Returns [h, n, p, d_model].
         """
+        qm = self.project(layer, heads, xq, "Q")
+        km = self.project(layer, heads, xk, "K")
+        vm = self.project(layer, heads, xv, "V")
+        return self.attend(layer, heads, qm, km, vm, q_pos)
+
+    def attend(
+        self, layer: int, heads: Tensor, qm: Tensor, km: Tensor, vm: Tensor, q_pos: Tensor | None = None
+    ) -> Tensor:
+        """Attention from projected queries, keys, values [h, n, p|pos, d_head] -> [h, n, p, d_model]."""
         a = self.arch
         w = self.w
-        qm = self._project(layer, heads, xq, "Q")
-        km = self._project(layer, heads, xk, "K")
-        vm = self._project(layer, heads, xv, "V")
         n_pos = km.shape[-2]
         key_pos = torch.arange(n_pos, device=km.device)
         if q_pos is None:
@@ -269,11 +292,14 @@ class Transformer:
         out = torch.bmm(z.reshape(h, n * p, dh), w["W_O"][layer][heads])
         return out.view(h, n, p, a.d_model)
 
-    def _project(self, layer: int, heads: Tensor, x: Tensor, which: str) -> Tensor:
+    def project(self, layer: int, heads: Tensor, x: Tensor, which: str) -> Tensor:
         """LN1 then the per-head projection: -> [h, n, p, d_head]."""
+        return self.project_normed(layer, heads, self.ln(x, "ln1", layer), which)
+
+    def project_normed(self, layer: int, heads: Tensor, ln: Tensor, which: str) -> Tensor:
+        """Per-head projection ("Q", "K" or "V") of LN1's output ln [n, p, d] or [h, n, p, d]."""
         a = self.arch
         h = heads.numel()
-        ln = self._ln(x, "ln1", layer)
         weight = self.w[f"W_{which}"][layer]
         bias = self.w[f"b_{which}"][layer]
         if h != a.n_heads:
@@ -288,14 +314,14 @@ class Transformer:
     def mlp(self, layer: int, x: Tensor) -> Tensor:
         """Output of MLP `layer` (b_out included) for input x [..., d_model]."""
         w = self.w
-        ln = self._ln(x, "ln2", layer).reshape(-1, x.shape[-1])
+        ln = self.ln(x, "ln2", layer).reshape(-1, x.shape[-1])
         hidden = self.act(torch.addmm(w["b_in"][layer], ln, w["W_in"][layer]))
         out = torch.addmm(w["b_out"][layer], hidden, w["W_out"][layer])
         return out.view(*x.shape)
 
     def unembed(self, x: Tensor) -> Tensor:
         """Final LayerNorm and unembedding: [..., d_model] -> [..., d_vocab]."""
-        ln = self._ln(x, "lnf")
+        ln = self.ln(x, "lnf")
         return (ln.reshape(-1, ln.shape[-1]) @ self.w["W_U"] + self.w["b_U"]).view(
             *x.shape[:-1], -1
         )

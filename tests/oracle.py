@@ -96,3 +96,56 @@ def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated:
     hooks.append(("ln_final.hook_in", final))
     with torch.no_grad():
         return model.run_with_hooks(clean, fwd_hooks=hooks)
+
+
+def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn) -> dict[str, Tensor]:
+    """d loss / d (input of each destination), [batch, pos, d_model] each, by TransformerLens hooks.
+
+    Each destination's input gets a zero tensor added at its own hook (a head's q/k/v input
+    slice, an MLP input, the final residual); the gradient of the loss w.r.t. that zero tensor
+    is the gradient w.r.t. that destination's input alone. ``loss_fn(logits [batch, pos, vocab])``.
+    """
+    model.set_use_split_qkv_input(True)
+    model.set_use_hook_mlp_in(True)
+    cfg = model.cfg
+    B, S = tokens.shape
+    probes = {d.name: torch.zeros(B, S, cfg.d_model, requires_grad=True) for d in graph.destinations}
+
+    def qkv(layer: int, letter: str):
+        def fn(x, hook):
+            parts = []
+            for h in range(cfg.n_heads):
+                name = f"a{layer}.h{h}<{letter}>" if graph.split_qkv else f"a{layer}.h{h}"
+                parts.append(x[:, :, h] + probes[name])
+            return torch.stack(parts, 2)
+        return fn
+
+    hooks = []
+    for layer in range(cfg.n_layers):
+        for letter in "qkv":
+            hooks.append((f"blocks.{layer}.hook_{letter}_input", qkv(layer, letter)))
+        hooks.append((f"blocks.{layer}.hook_mlp_in", lambda x, hook, n=f"m{layer}": x + probes[n]))
+    hooks.append(("ln_final.hook_in", lambda x, hook: x + probes["logits"]))
+    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    loss_fn(logits).backward()
+    return {name: p.grad for name, p in probes.items()}
+
+
+def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation: str, loss_fn) -> dict[str, float]:
+    """EAP by hand: (ablated - clean source output) . gradient at the destination input, summed."""
+    model.set_use_attn_result(True)
+    with torch.no_grad():
+        clean_out = _source_outputs(model, clean)
+        corrupt_out = _source_outputs(model, corrupt)
+    grads = destination_grads(model, graph, clean, loss_fn)
+    out = {}
+    for e in graph.edges:
+        src = e.src.name
+        if ablation == "resample":
+            a = corrupt_out[src]
+        elif ablation == "mean":
+            a = corrupt_out[src].mean(0, keepdim=True)
+        else:
+            a = torch.zeros_like(clean_out[src])
+        out[e.name] = float(((a - clean_out[src]) * grads[e.dst.name]).sum())
+    return out

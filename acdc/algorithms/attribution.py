@@ -1,0 +1,160 @@
+"""Edge attribution patching: EAP and EAP-IG scores for every edge from a few gradient passes.
+
+EAP (Syed et al. 2023) scores an edge u -> v by the first-order change of the loss when u's
+output is swapped for its ablation value on that edge only:
+
+    score(u -> v) = sum over batch, positions of (A_u - O_u) . dL/d(input of v)
+
+with O_u the clean output of u, A_u its ablation value (corrupt run, mean or zero, as in the
+patching engine) and L the metric oriented lower-is-better (so a positive score means removing
+the edge hurts, as in ACDC). EAP-IG (Hanna et al. 2024) replaces the gradient at the clean run
+by its average over points k/steps (k = 1..steps) on a straight path from the ablated to the
+clean run: of the input embedding ("eap-ig-inputs"), or of each node group's output in turn
+("eap-ig-activations": the embedding, each attention layer, each MLP; the interpolated group
+passes gradients to its own inputs through its Jacobian at the clean input, so its inputs are
+not cut off the path). With steps=1 both are EAP.
+
+The forward pass uses the patching engine's model (`acdc.model.Transformer`) and its weights;
+the gradient into each head's q/k/v input is read from the gradient of that head's projection
+through LayerNorm's backward (`Transformer.ln_vjp`), so one forward and one backward give every
+destination's gradient without materialising per-head copies of the residual stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..metrics import Batch, Metric
+from ..patching import Patcher
+
+__all__ = ["METHODS", "attribution_scores"]
+
+Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
+METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations")
+
+
+def attribution_scores(
+    patcher: Patcher, metric: Metric, batch: Batch, *, method: str = "eap", steps: int = 5, progress: bool = False
+) -> Tensor:
+    """[n_edges] float64 attribution scores in the graph's edge order (see module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    tf = patcher.tf
+    delta = _Delta(patcher)
+    g = patcher.graph
+    dense = torch.zeros(len(g.destinations), len(g.sources), dtype=torch.float64, device=tf.device)
+    points = list(_points(method, steps, tf.arch.n_layers))
+    for override in tqdm(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
+        dense += _pass(patcher, metric, batch, delta, override)
+    dense /= len(points)
+    upstream = patcher._upstream
+    dense = torch.where(upstream, dense, torch.zeros((), dtype=dense.dtype, device=dense.device))
+    return dense[g.edge_dst.to(dense.device), g.edge_src.to(dense.device)].cpu()
+
+
+class _Delta:
+    """Products with (A_u - O_u) without materialising it: A @ G - O @ G per source slice."""
+
+    def __init__(self, patcher: Patcher):
+        self.clean = patcher.clean.sources  # [n_src, B, S, d]
+        self.abl = patcher.abl  # same, [n_src, 1, S, d] (mean) or None (zero)
+
+    def dot(self, grads: Tensor, upto: int) -> Tensor:
+        """[R, upto] sums over batch, positions, features of grads [R, B, S, d] * delta[:upto]."""
+        R = grads.shape[0]
+        clean = self.clean[:upto].reshape(upto, -1)
+        out = -(grads.reshape(R, -1) @ clean.T)
+        if self.abl is not None:
+            abl = self.abl[:upto]
+            if abl.shape[1] == 1:  # mean ablation: one value for the whole batch
+                out += grads.sum(1).reshape(R, -1) @ abl.reshape(upto, -1).T
+            else:
+                out += grads.reshape(R, -1) @ abl.reshape(upto, -1).T
+        return out.double()
+
+
+def _points(method: str, steps: int, n_layers: int) -> Iterator[tuple[str, int, float] | None]:
+    """Where each gradient is taken: None (the clean run) or (group, layer, alpha)."""
+    alphas = [k / steps for k in range(1, steps + 1)]
+    if method == "eap":
+        yield None
+    elif method == "eap-ig-inputs":
+        for a in alphas:
+            yield ("input", -1, a)
+    else:
+        groups = [("input", -1)] + [(kind, layer) for layer in range(n_layers) for kind in ("attn", "mlp")]
+        for kind, layer in groups:
+            for a in alphas:
+                yield (kind, layer, a)
+
+
+def _interpolate(patcher: Patcher, src: slice | int, alpha: float) -> Tensor:
+    """A + alpha (O - A) for the given source rows: the path from ablated to clean outputs."""
+    clean = patcher.clean.sources[src]
+    abl = torch.zeros_like(clean) if patcher.abl is None else patcher.abl[src].expand_as(clean)
+    return (abl + alpha * (clean - abl)).detach()
+
+
+def _through(computed: Tensor, value: Tensor) -> Tensor:
+    """``value`` forward, ``computed``'s gradient backward (so the node's inputs keep theirs)."""
+    return computed + (value - computed).detach()
+
+
+def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, override: tuple[str, int, float] | None) -> Tensor:
+    """One forward and backward; returns the [n_dst, n_src] sums of delta . gradient."""
+    tf, a, g = patcher.tf, patcher.tf.arch, patcher.graph
+    H, L = a.n_heads, a.n_layers
+    heads = torch.arange(H, device=tf.device)
+    kind, where, alpha = override if override is not None else ("", -2, 1.0)
+    with torch.enable_grad():
+        start = _interpolate(patcher, 0, alpha) if kind == "input" else patcher.clean.sources[0]
+        resid = start.detach().requires_grad_()  # so every later activation carries a gradient
+        saved: list[tuple[Tensor, list[Tensor], Tensor]] = []  # per layer: x, [q, k, v], MLP probe
+        for layer in range(L):
+            x = resid
+            ln = tf.ln(x, "ln1", layer)  # one LayerNorm for q, k and v (less to keep for backward)
+            proj = [tf.project_normed(layer, heads, ln, w) for w in "QKV"]
+            for t in proj:
+                t.retain_grad()
+            out = tf.attend(layer, heads, *proj)
+            if kind == "attn" and where == layer:
+                base = 1 + layer * (H + 1)
+                out = _through(out, _interpolate(patcher, slice(base, base + H), alpha))
+            attn = out.sum(0) + tf.w["b_O"][layer]
+            mlp_in = x if a.parallel_attn_mlp else x + attn
+            probe = torch.zeros_like(mlp_in, requires_grad=True)
+            m = tf.mlp(layer, mlp_in + probe)
+            if kind == "mlp" and where == layer:
+                m = _through(m, _interpolate(patcher, 1 + layer * (H + 1) + H, alpha))
+            saved.append((x, proj, probe))
+            resid = x + attn + m
+        final_probe = torch.zeros_like(resid, requires_grad=True)
+        final = (resid + final_probe)[patcher._bidx, patcher.answer_pos]
+        logits = tf.unembed(final).reshape(-1, a.d_vocab)
+        metric.loss_tensor(logits, batch).backward()
+
+    dense = torch.zeros(len(g.destinations), len(g.sources), dtype=torch.float64, device=tf.device)
+    for layer, (x, proj, probe) in enumerate(saved):
+        base = 1 + layer * (H + 1)  # sources before this layer: [0, base)
+        rows = torch.tensor(patcher._head_rows[layer])  # [H, 3] destination rows (q, k, v)
+        unsplit = None
+        for j, (t, w) in enumerate(zip(proj, "QKV", strict=True)):
+            g_ln = torch.einsum("hnpe,hde->hnpd", t.grad, tf.w[f"W_{w}"][layer])
+            dx = tf.ln_vjp(x.detach(), g_ln, "ln1", layer)  # [H, B, S, d]
+            if g.split_qkv:
+                dense[rows[:, j], :base] = delta.dot(dx, base)
+            else:
+                unsplit = dx if unsplit is None else unsplit.add_(dx)
+        if unsplit is not None:
+            dense[rows[:, 0], :base] = delta.dot(unsplit, base)
+        upto = base + H if not a.parallel_attn_mlp else base
+        dense[patcher._mlp_row[layer], :upto] = delta.dot(probe.grad[None], upto)[0]
+    dense[patcher._logits_row] = delta.dot(final_probe.grad[None], len(g.sources))[0]
+    return dense

@@ -1,0 +1,124 @@
+"""Attribution (EAP, EAP-IG): scores equal the hand-computed gradient formula; selections."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import random_tokens
+from oracle import eap_reference
+
+import acdc
+from acdc.graph import Graph
+from acdc.scores import Scores
+
+
+def _answers():
+    return torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+
+
+def _logit_diff_loss(logits):
+    """The loss acdc minimises for logit_diff at the last position: minus the mean IO - S logit."""
+    correct, incorrect = _answers()
+    last = logits[:, -1]
+    rows = torch.arange(4)
+    return -(last[rows, correct] - last[rows, incorrect]).mean()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "neox"])
+@pytest.mark.parametrize("split_qkv", [True, False])
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_eap_equals_gradient_formula(arch, split_qkv, ablation, gpt2_model, neox_model):
+    model = gpt2_model if arch == "gpt2" else neox_model
+    clean, corrupt = random_tokens()
+    g = Graph.from_model(model, split_qkv=split_qkv)
+    s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=_answers(),
+                       ablation=ablation, graph=g)
+    ref = eap_reference(model, g, clean, corrupt, ablation, _logit_diff_loss)
+    got = {e.name: s[e.name] for e in g.edges}
+    scale = max(abs(v) for v in ref.values())
+    assert scale > 0
+    for name, v in ref.items():
+        assert got[name] == pytest.approx(v, abs=1e-4 * scale, rel=1e-4), name
+
+
+def test_ig_with_one_step_is_eap(gpt2_model):
+    clean, corrupt = random_tokens()
+    kw = dict(metric="logit_diff", answers=_answers())
+    eap = acdc.attribute(gpt2_model, clean, corrupt, method="eap", **kw).values
+    for method in ("eap-ig-inputs", "eap-ig-activations"):
+        ig = acdc.attribute(gpt2_model, clean, corrupt, method=method, steps=1, **kw).values
+        assert torch.allclose(ig, eap, rtol=1e-5, atol=1e-6 * float(eap.abs().max())), method
+
+
+def test_ig_inputs_completeness(gpt2_model):
+    """Integrated gradients on the input: the input edges' scores sum to about L(corrupt) - L(clean)
+    when every edge out of the input is ablated (a Riemann sum, so only approximately)."""
+    clean, corrupt = random_tokens()
+    kw = dict(metric="logit_diff", answers=_answers())
+    s = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=64, **kw)
+    g = s.graph
+    from_input = torch.tensor([e.src.name == "input" for e in g.edges])
+    patcher, metric, batch = acdc.api.prepare(gpt2_model, clean, corrupt, **kw)
+    change = metric.loss(patcher.logits(from_input), batch) - metric.loss(patcher.clean.logits, batch)
+    assert float(s.values[from_input].sum()) == pytest.approx(change, rel=0.05)
+
+
+def test_kl_gradient_vanishes_at_clean(gpt2_model):
+    clean, corrupt = random_tokens()
+    s = acdc.attribute(gpt2_model, clean, corrupt, method="eap")  # KL: zero gradient at the clean run
+    assert float(s.values.abs().max()) < 1e-6
+    ig = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=3)
+    assert float(ig.values.abs().max()) > 1e-3
+
+
+def test_several_scored_positions(gpt2_model):
+    """Attribution reads the same [batch, P] positions as the engine (a Task with P > 1)."""
+    task = acdc.tasks.induction(50, 4, half=3, seed=0, bos=0)
+    s = acdc.attribute(gpt2_model, task, method="eap-ig-inputs", steps=2)
+    assert s.values.shape == (Graph.from_model(gpt2_model).n_edges,) and torch.isfinite(s.values).all()
+
+
+def test_errors(gpt2_model):
+    clean, corrupt = random_tokens()
+    with pytest.raises(ValueError, match="unknown attribution method 'eapp'"):
+        acdc.attribute(gpt2_model, clean, corrupt, method="eapp")
+    with pytest.raises(ValueError, match="steps"):
+        acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=0)
+
+
+# ---------------------------------------------------------------- selections, by hand
+@pytest.fixture()
+def hand() -> Scores:
+    g = Graph(2, 2)
+    v = torch.zeros(g.n_edges, dtype=torch.float64)
+    chosen = {"a1.h1->logits": 5.0, "a0.h0->a1.h1<k>": -4.0, "input->a0.h0<v>": 3.0,
+              "a0.h1->a1.h0<v>": 6.0, "input->m0": 0.5, "m0->logits": 0.4}
+    for name, x in chosen.items():
+        v[g.edge_index(name)] = x
+    return Scores(g, v, {"method": "hand"})
+
+
+def test_top_and_threshold(hand):
+    assert set(hand.top(3).edges) == {"a0.h1->a1.h0<v>", "a1.h1->logits", "a0.h0->a1.h1<k>"}
+    assert set(hand.threshold(3.0).edges) == {"a0.h1->a1.h0<v>", "a1.h1->logits", "a0.h0->a1.h1<k>", "input->a0.h0<v>"}
+    assert hand.ranking()[:2] == ["a0.h1->a1.h0<v>", "a1.h1->logits"]
+    assert hand.top(0).n_edges == 0 and hand.top(46).n_edges == 46
+    c = hand.top(2)
+    assert c.score("a1.h1->logits") == 5.0 and c.settings["selection"] == "top 2"
+
+
+def test_greedy_stays_connected(hand):
+    # a0.h1->a1.h0<v> has the largest score but a1.h0 never connects to the logits: skipped
+    c = hand.greedy(3)
+    assert set(c.edges) == {"a1.h1->logits", "a0.h0->a1.h1<k>", "input->a0.h0<v>"}
+    assert set(hand.greedy(5).edges) == {"a1.h1->logits", "a0.h0->a1.h1<k>", "input->a0.h0<v>", "m0->logits", "input->m0"}
+
+
+@pytest.mark.parametrize("bad", [-1, 47, 2.5, True])
+def test_selection_errors(hand, bad):
+    with pytest.raises(ValueError, match="n must be an integer"):
+        hand.top(bad)
+    with pytest.raises(ValueError, match="threshold"):
+        hand.threshold(math.nan)
