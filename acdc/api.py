@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
 from .algorithms.acdc import run_acdc
 from .circuit import Circuit
@@ -36,6 +37,9 @@ def discover(
     split_qkv: bool = True,
     graph: Graph | None = None,
     progress: bool = True,
+    speculate: int | None = None,
+    prefilter: float | None = None,
+    prefilter_method: str = "eap-ig-inputs",
 ) -> Circuit:
     """Find the circuit of ``model`` on a task with ACDC.
 
@@ -55,13 +59,57 @@ def discover(
         split_qkv: separate edges into each head's q, k and v inputs.
         graph: a prebuilt graph (else built from the model).
         progress: show a progress bar.
+        speculate: evaluate up to this many edges into one destination per batched pass (exact;
+            see `run_acdc`); default 8 on an accelerator, 1 on a CPU.
+        prefilter: APPROXIMATE mode. Test only this fraction of edges, the ones with the largest
+            |attribution score| (``prefilter_method``, 5 steps); remove the rest untested. The
+            circuit's settings say ``approximate="prefilter"``. Off (exact ACDC) by default.
     """
     check_threshold(threshold)
     patcher, m, batch = prepare(
         model, clean, corrupt, metric=metric, ablation=ablation, answers=answers,
         answer_pos=answer_pos, split_qkv=split_qkv, graph=graph,
     )
-    return run_acdc(patcher, m, batch, float(threshold), abs_value=abs_value, progress=progress)
+    if speculate is None:
+        speculate = 8 if patcher.tf.device.type != "cpu" else 1
+    skip, settings = None, {}
+    if prefilter is not None:
+        skip, settings = prefilter_edges(patcher, m, batch, prefilter, prefilter_method)
+    return run_acdc(
+        patcher, m, batch, float(threshold), abs_value=abs_value, progress=progress, speculate=speculate,
+        skip=skip, settings=settings,
+    )
+
+
+def prefilter_edges(patcher: Patcher, metric: Metric, batch: Batch, keep: float, method: str) -> tuple[Tensor, dict[str, Any]]:
+    """APPROXIMATE: the edges outside the top ``keep`` fraction by |attribution score|.
+
+    `discover(prefilter=...)` removes them without testing; the settings record that the result
+    is approximate.
+    """
+    from .algorithms.attribution import attribution_scores
+
+    if not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise ValueError(f"prefilter must be a fraction in (0, 1], got {keep!r}")
+    t0 = time.perf_counter()
+    values = attribution_scores(patcher, metric, batch, method=method, steps=5)
+    n_keep = max(1, math.ceil(keep * len(values)))
+    tested = torch.zeros(len(values), dtype=torch.bool)
+    tested[torch.argsort(-values.abs(), stable=True)[:n_keep]] = True
+    info = {"approximate": "prefilter", "prefilter": float(keep), "prefilter_method": method,
+            "prefilter_seconds": round(time.perf_counter() - t0, 3)}
+    return ~tested, info
+
+
+class Inputs(TypedDict, total=False):
+    """Keyword arguments that say what to run on, shared by `discover` and `attribute`."""
+
+    metric: MetricLike | None
+    ablation: str
+    answers: Any
+    answer_pos: int | Sequence[int] | Tensor | None
+    split_qkv: bool
+    graph: Graph | None
 
 
 def attribute(
@@ -71,13 +119,8 @@ def attribute(
     *,
     method: str = "eap",
     steps: int = 5,
-    metric: MetricLike | None = None,
-    ablation: str = "resample",
-    answers: Any = None,
-    answer_pos: int | Sequence[int] | Tensor | None = None,
-    split_qkv: bool = True,
-    graph: Graph | None = None,
     progress: bool = False,
+    **inputs: Unpack[Inputs],
 ) -> Scores:
     """Score every edge with attribution patching: "eap", "eap-ig-inputs" or "eap-ig-activations".
 
@@ -86,13 +129,12 @@ def attribute(
     metric oriented lower-is-better) when an edge alone is ablated; select a circuit with
     ``scores.top(n)``, ``scores.threshold(t)`` or ``scores.greedy(n)``. With ``metric="kl"`` the
     gradient at the clean run is zero, so EAP gives zeros there: use EAP-IG or a difference metric.
+    ``inputs``: metric, ablation, answers, answer_pos, split_qkv, graph, as for `discover`.
     """
     from .algorithms.attribution import attribution_scores
 
-    patcher, m, batch = prepare(
-        model, clean, corrupt, metric=metric, ablation=ablation, answers=answers,
-        answer_pos=answer_pos, split_qkv=split_qkv, graph=graph,
-    )
+    patcher, m, batch = prepare(model, clean, corrupt, **inputs)
+    ablation = inputs.get("ablation", "resample")
     t0 = time.perf_counter()
     values = attribution_scores(patcher, m, batch, method=method, steps=steps, progress=progress)
     settings = {

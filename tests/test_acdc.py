@@ -54,9 +54,11 @@ def plain_acdc(model, clean, corrupt, threshold, ablation, positions=None):
 
 
 @pytest.mark.parametrize(
-    "ablation, scored", [("resample", "last"), ("mean", "last"), ("zero", "last"), ("resample", "several")]
+    "ablation, scored, speculate",
+    [("resample", "last", 1), ("mean", "last", 1), ("zero", "last", 1), ("resample", "several", 1),
+     ("resample", "last", 4), ("zero", "last", 16), ("resample", "several", 3)],
 )
-def test_acdc_equals_plain_sequential(ablation, scored):
+def test_acdc_equals_plain_sequential(ablation, scored, speculate):
     model = tiny_gpt2(n_layer=2, n_head=2, d=16, seed=3)
     clean, corrupt = random_tokens(batch=5, pos=5)
     positions = torch.tensor([[2, 4]] * 3 + [[0, 3]] * 2) if scored == "several" else None
@@ -69,7 +71,8 @@ def test_acdc_equals_plain_sequential(ablation, scored):
             break
     assert chosen is not None, "no threshold gives a clear, non-trivial decision"
     c = acdc.discover(
-        model, clean, corrupt, threshold=chosen, ablation=ablation, answer_pos=positions, progress=False
+        model, clean, corrupt, threshold=chosen, ablation=ablation, answer_pos=positions, progress=False,
+        speculate=speculate,
     )
     assert set(c.edges) == kept
     tested = {e.name: c.score(e.name) for e in c.graph.edges if not math.isnan(c.score(e.name))}
@@ -186,3 +189,29 @@ def test_callback_sees_every_test_and_can_stop(gpt2_model):
     assert all(full.score(full.graph.edges[e].name) == d for e, d, _ in seen)
     early = run_acdc(p, resolve_metric("kl"), make_batch(p), 0.02, progress=False, callback=lambda e, d, r: True)
     assert early.settings["stopped_early"] and early.settings["n_tested"] == 1
+
+
+def test_speculation_matches_one_at_a_time_on_a_plant():
+    entry = acdc.zoo.load("ioi")
+    one = acdc.discover(entry.model, entry.task, threshold=1e-3, progress=False, speculate=1)
+    many = acdc.discover(entry.model, entry.task, threshold=1e-3, progress=False, speculate=8)
+    assert one.edges == many.edges and len(one.metric_trace) == len(many.metric_trace)
+    tested = ~one.scores.isnan()
+    assert torch.equal(tested, ~many.scores.isnan())
+    assert torch.allclose(one.scores[tested], many.scores[tested], atol=1e-5)
+    with pytest.raises(ValueError, match="speculate"):
+        acdc.discover(entry.model, entry.task, threshold=1e-3, progress=False, speculate=0)
+
+
+def test_prefilter_is_marked_approximate_and_skips_untested():
+    entry = acdc.zoo.load("ioi")
+    exact = acdc.discover(entry.model, entry.task, threshold=0.1, progress=False)
+    assert "approximate" not in exact.settings
+    full = acdc.discover(entry.model, entry.task, threshold=0.1, progress=False, prefilter=1.0)
+    assert full.edges == exact.edges and full.settings["approximate"] == "prefilter"
+    approx = acdc.discover(entry.model, entry.task, threshold=0.1, progress=False, prefilter=0.2)
+    n_tested = int((~approx.scores.isnan()).sum())
+    assert n_tested <= math.ceil(0.2 * approx.graph.n_edges)
+    assert set(approx.edges) <= {e.name for i, e in enumerate(approx.graph.edges) if not math.isnan(approx.scores[i])}
+    with pytest.raises(ValueError, match="prefilter must be a fraction"):
+        acdc.discover(entry.model, entry.task, threshold=0.1, progress=False, prefilter=0.0)
