@@ -244,9 +244,76 @@ class Patcher:
         else:
             mask = self.graph.edge_mask(list(ablated))
         single = mask.dim() == 1
-        keep = self.graph.dense(~mask.reshape(-1, self.graph.n_edges)).to(self.tf.device)
-        out = self.propagate(self.state(), keep).logits
+        keep = self.graph.dense(~mask.reshape(-1, self.graph.n_edges)).to(self.tf.device) & self._upstream
+        out = torch.stack([self.evaluate(k) for k in keep])
         return out[0] if single else out
+
+    @torch.no_grad()
+    def evaluate(self, keep: Tensor) -> Tensor:
+        """Logits [rows, d_vocab] of one circuit, keep [n_dst, n_src], computed from scratch.
+
+        Layer by layer, every destination's input is the all-ablated stream plus the kept
+        sources' (output - ablation value), all destinations of a layer in one matrix product.
+        This is the fast path for many unrelated circuits (faithfulness sweeps); ACDC's
+        one-edge-at-a-time changes go through `PatchState.propagate` instead.
+        """
+        tf, a, g = self.tf, self.tf.arch, self.graph
+        H, L = a.n_heads, a.n_layers
+        B, S = self.clean_tokens.shape
+        w = keep.to(tf.dtype)
+        X = torch.empty(len(g.sources), B, S, a.d_model, dtype=tf.dtype, device=tf.device)  # out_u - A_u
+
+        def put(sl: slice, out: Tensor) -> None:
+            X[sl] = out if self.abl is None else out - self.abl[sl]
+
+        def gather(rows: list[int], upto: int, base: Tensor) -> tuple[Tensor, Tensor | None]:
+            """Distinct inputs [u, B, S, d] of the rows, and each row's index into them.
+
+            Destinations with the same kept sources share one input (all-ablated or all-kept
+            rows are common), so the product runs once per distinct row; an empty row is the
+            all-ablated stream itself. Index None: the rows themselves, in order.
+            """
+            W = w[rows, :upto]
+            uniq, inv = torch.unique(W, dim=0, return_inverse=True)
+            if 2 * len(uniq) > len(rows):  # little to share: one product, rows in order
+                uniq, inv = W, None
+            if not bool(uniq.any()):
+                return base.expand(len(uniq), B, S, a.d_model), inv
+            flat = X[:upto].reshape(upto, -1)
+            return (uniq @ flat).view(-1, B, S, a.d_model) + base, inv
+
+        # A node is computed only if some kept edge reads it, and (resample) only if some kept
+        # edge feeds it: with every input ablated its output is its ablation value, out - A = 0.
+        used = keep.any(0).tolist()
+        fed = keep.any(1).tolist()
+        skip_unfed = self.ablation == "resample"
+        put(slice(0, 1), self.clean.sources[:1])  # the input node's output does not depend on edges
+        for layer in range(L):
+            first = 1 + layer * (H + 1)
+            trios = self._head_rows[layer]
+            live = [h for h in range(H) if used[first + h] and not (skip_unfed and not any(fed[r] for r in trios[h]))]
+            X[first : first + H] = 0
+            if live:
+                rows = [r for h in live for r in (trios[h] if g.split_qkv else trios[h][:1])]
+                x, inv = gather(rows, first, self._base_pre[layer])
+                if len(x) == 1:  # every live head reads the same input: the shared (one-matmul) path
+                    xq = xk = xv = x[0]
+                else:
+                    x = x if inv is None else x[inv]
+                    xq, xk, xv = x.view(len(live), 3, B, S, a.d_model).unbind(1) if g.split_qkv else (x, x, x)
+                hs = torch.tensor(live, device=tf.device)
+                out = tf.attention(layer, hs, xq, xk, xv)
+                X[hs + first] = out if self.abl is None else out - self.abl[hs + first]
+            m = first + H
+            row = self._mlp_row[layer]
+            if used[m] and not (skip_unfed and not fed[row]):
+                upto = first if a.parallel_attn_mlp else first + H
+                m_in = gather([row], upto, self._base_mid[layer])[0][0]
+                put(slice(m, m + 1), tf.mlp(layer, m_in)[None])
+            else:
+                X[m] = 0
+        final = gather([self._logits_row], len(g.sources), self._base_pre[L])[0][0]
+        return tf.unembed(self._ans(final)).reshape(-1, a.d_vocab)
 
     # ------------------------------------------------------------------ propagation
     def _ans(self, x: Tensor) -> Tensor:

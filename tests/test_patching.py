@@ -108,6 +108,20 @@ def test_commits_stay_exact_several_positions(n_scored, gpt2_model):
     assert torch.allclose(st.logits, p.logits(removed), atol=1e-5)
 
 
+@pytest.mark.parametrize("ablation", ABLATIONS)
+@pytest.mark.parametrize("arch", ["gpt2", "neox"])
+def test_from_scratch_evaluation_equals_propagation(ablation, arch, gpt2_model, neox_model):
+    """`Patcher.evaluate` (one matrix product per layer) and `PatchState.propagate` agree."""
+    model = gpt2_model if arch == "gpt2" else neox_model
+    clean, corrupt = random_tokens()
+    for split in (True, False):
+        p = Patcher(model, clean, corrupt, graph=Graph.from_model(model, split_qkv=split), ablation=ablation,
+                    answer_pos=torch.tensor([[3, 5]] * 4))
+        for frac, seed in [(0.1, 0), (0.5, 1), (0.9, 2)]:
+            keep = p.graph.dense(~_random_mask(p.graph, frac, seed)) & p._upstream
+            assert torch.allclose(p.evaluate(keep), p.state().propagate(keep).logits[0], atol=1e-5)
+
+
 def test_batched_candidates_equal_single(gpt2_model):
     clean, corrupt = random_tokens()
     p = Patcher(gpt2_model, clean, corrupt)
@@ -142,7 +156,9 @@ def test_commits_stay_exact(ablation, arch, gpt2_model, neox_model):
             assert torch.allclose(st.logits, p.logits(removed), atol=1e-5), step
     assert torch.allclose(st.logits, p.logits(removed), atol=1e-5)
     # the clean run's caches are untouched by commits (copy-on-write)
-    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits)
+    fresh = p.tf.run(p.clean_tokens, p.answer_pos)
+    assert torch.equal(p.clean.sources, fresh.sources) and torch.equal(p.clean.resid_pre, fresh.resid_pre)
+    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits, atol=1e-5)
 
 
 def test_commit_refuses_adding_edges(gpt2_model):
