@@ -22,3 +22,21 @@ def test_roc_zoo_script(tmp_path):
     assert all(r["edge_auc"] >= 0.99 and r["exact_thresholds"] for r in data["rows"])
     assert (tmp_path / "roc_zoo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| ioi |" in (tmp_path / "roc_zoo.md").read_text()
+
+
+def test_approx_agreement_script(tmp_path):
+    import approx_agreement
+
+    approx_agreement.main(["--fractions", "0.4", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "approx_agreement.json").read_text())
+    assert {r["model"] for r in rows} == {"induction", "ioi", "modular-sum"}
+    # at 40% of edges tested, the prefilter keeps every planted circuit intact
+    assert all(r["jaccard"] == 1.0 and r["tested_approx"] < r["tested_exact"] + 1 for r in rows)
+    assert "| ioi |" in (tmp_path / "approx_agreement.md").read_text()
+
+
+def test_bench_compares_scores():
+    import bench
+
+    agree = bench.compare_scores({"a": 1.0, "b": -2.0}, {"a": 1.0, "b": -2.0002, "c": 5.0})
+    assert agree["edges_common"] == 2 and agree["max_abs_diff_over_max_score"] == pytest.approx(1e-4, rel=1e-3)
