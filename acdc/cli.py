@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--task", choices=TASKS, help="task to run (default for zoo models: the entry's own task)")
     d.add_argument("--threshold", type=float, required=True, help="keep an edge if removing it moves the metric by at least this")
     d.add_argument("--n-prompts", type=int, default=None, help="number of prompts (default: the task's)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the prompts (zoo models: of their weights too)")
     d.add_argument("--metric", default=None, help="kl, logit_diff or prob_diff (default: the task's)")
     d.add_argument("--ablation", default=None, choices=("resample", "mean", "zero"), help="default: resample")
     d.add_argument("--truth", default=None, help="score against a known circuit (ioi, greater-than, docstring), "
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------- commands
 def _discover(args: argparse.Namespace) -> int:
-    from . import known, zoo
+    from . import known
     from .api import check_threshold, discover
 
     check_threshold(args.threshold)
@@ -109,11 +109,10 @@ def _discover(args: argparse.Namespace) -> int:
     truth: Any = None
     classes: Any = None
     if args.model.startswith("zoo:"):
-        entry = _zoo_entry(args.model)
-        model = entry.model
         if args.task is not None:
             raise CLIError(f"zoo models come with their own task; drop --task {args.task}")
-        task = entry.task if args.n_prompts is None else zoo.load(entry.name, n_prompts=args.n_prompts, seed=args.seed).task
+        entry = _zoo_entry(args.model, n_prompts=args.n_prompts, seed=args.seed)
+        model, task = entry.model, entry.task
         truth = classes = entry.truth
         ablation = args.ablation or entry.ablation
     else:
@@ -184,13 +183,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- helpers
-def _zoo_entry(spec: str) -> Any:
+def _zoo_entry(spec: str, n_prompts: int | None = None, seed: int = 0) -> Any:
     from . import zoo
 
     name = spec.split(":", 1)[1]
     if name not in zoo.available():
         raise CLIError(f"unknown zoo model {name!r}; available: {', '.join('zoo:' + n for n in zoo.available())}")
-    return zoo.load(name)
+    return zoo.load(name, n_prompts=n_prompts, seed=seed)
 
 
 def _task(name: str, model: Any, n_prompts: int | None, seed: int) -> Any:

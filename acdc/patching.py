@@ -263,8 +263,8 @@ class Patcher:
         w = keep.to(tf.dtype)
         X = torch.empty(len(g.sources), B, S, a.d_model, dtype=tf.dtype, device=tf.device)  # out_u - A_u
 
-        def put(sl: slice, out: Tensor) -> None:
-            X[sl] = out if self.abl is None else out - self.abl[sl]
+        def put(idx: slice | Tensor, out: Tensor) -> None:
+            X[idx] = out if self.abl is None else out - self.abl[idx]
 
         def gather(rows: list[int], upto: int, base: Tensor) -> tuple[Tensor, Tensor | None]:
             """Distinct inputs [u, B, S, d] of the rows, and each row's index into them.
@@ -302,8 +302,7 @@ class Patcher:
                     x = x if inv is None else x[inv]
                     xq, xk, xv = x.view(len(live), 3, B, S, a.d_model).unbind(1) if g.split_qkv else (x, x, x)
                 hs = torch.tensor(live, device=tf.device)
-                out = tf.attention(layer, hs, xq, xk, xv)
-                X[hs + first] = out if self.abl is None else out - self.abl[hs + first]
+                put(hs + first, tf.attention(layer, hs, xq, xk, xv))
             m = first + H
             row = self._mlp_row[layer]
             if used[m] and not (skip_unfed and not fed[row]):
@@ -340,7 +339,7 @@ class Patcher:
         if ans:
             x = x.expand(len(self._bidx), self.n_pos, -1)
             return self._ans(x)
-        return x.expand(-1, self.clean_tokens.shape[1], -1)
+        return x.expand(-1, self.n_pos, -1)
 
     def propagate(self, st: PatchState, keep: Tensor) -> Proposal:
         """Logits of candidate circuits ``keep`` [K, n_dst, n_src] against state ``st``."""

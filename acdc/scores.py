@@ -99,7 +99,9 @@ class Scores:
 
         reach("logits")
         mask = torch.zeros(g.n_edges, dtype=torch.bool)
-        while heap and int(mask.sum()) < n:
+        for _ in range(n):
+            if not heap:
+                break
             _, i = heapq.heappop(heap)
             mask[i] = True
             reach(src_node[i])
