@@ -40,6 +40,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 import acdc  # noqa: E402
 
@@ -116,24 +117,13 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
         s = acdc.attribute(model, b["clean"], b["corrupt"], method="eap", metric="logit_diff", answers=answers)
         out = {"seconds": time.perf_counter() - t0, "scores": {e.name: float(v) for e, v in zip(s.graph.edges, s.values.tolist())}}
     elif args.what == "acdc":
+        from bench_acdc import time_edges
+
         patcher, metric, batch = prepare(model, b["clean"], b["corrupt"])
         out = {}
-        g = patcher.graph
-        state = patcher.state()
         for layer in args.layers:
-            ids = (g.dst_layer[g.edge_dst] == layer).nonzero().squeeze(1).flip(0)[: args.edges].tolist()
-
-            def step(e: int) -> float:
-                cand = state.keep.clone()
-                cand[int(g.edge_dst[e]), int(g.edge_src[e])] = False
-                return metric.loss(state.propagate(cand).logits[0], batch)
-
-            step(ids[0])  # warm-up
-            t0 = time.perf_counter()
-            for e in ids:
-                step(e)
-            sec = (time.perf_counter() - t0) / len(ids)
-            out[str(layer)] = {"s_per_edge": sec, "edges_per_s": 1 / sec, "edges_timed": len(ids)}
+            sec, n = time_edges(patcher, metric, batch, layer, args.edges)
+            out[str(layer)] = {"s_per_edge": sec, "edges_per_s": 1 / sec, "edges_timed": n}
     elif args.what == "sweep":
         s = acdc.attribute(model, b["clean"], b["corrupt"], method="eap", metric="logit_diff", answers=answers)
         patcher, metric, batch = prepare(model, b["clean"], b["corrupt"], metric="logit_diff", answers=answers)
