@@ -11,4 +11,4 @@ python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check auto-circuit==1.0.1 attrs "transformer-lens==1.19.0" "pyarrow==21.0.0"
 "$VENV/bin/pip" install -q --disable-pip-version-check "transformers==4.57.6" "numpy<2"
 "$VENV/bin/pip" install -q --disable-pip-version-check "pandas<2.1" typeguard psutil
-"$VENV/bin/python" -c "import auto_circuit, transformer_lens; print("auto-circuit ready")"
+"$VENV/bin/python" -c "import auto_circuit, transformer_lens; print('auto-circuit ready')"
