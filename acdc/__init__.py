@@ -1,37 +1,57 @@
-"""acdc: automatic circuit discovery for transformer language models."""
+"""acdc: automatic circuit discovery for transformer language models.
+
+    import acdc
+    entry = acdc.zoo.load("ioi")                                  # a model with a planted circuit
+    circuit = acdc.discover(entry.model, entry.task, threshold=0.1)
+    print(acdc.recovery(circuit, entry.truth))                    # TPR/FPR against the truth
+    acdc.render(circuit, "circuit.png", classes=entry.truth)      # needs graphviz's dot
+
+The names below are what a user needs; the engine's internals live in their modules
+(`acdc.patching`, `acdc.model`, `acdc.graph`, `acdc.algorithms`).
+"""
 
 from . import known, tasks, zoo
-from .api import attribute, discover
+from .algorithms import ALGORITHMS
+from .api import attribute, discover, roc
 from .circuit import Circuit
-from .evaluate import ROC, Recovery, roc, score
-from .graph import Destination, Edge, Graph, Node
-from .metrics import Batch, Metric
-from .model import Transformer, load_model
-from .patching import ABLATIONS, Patcher, PatchState
+from .evaluation import ROC, Confusion, Recovery, recovery
+from .graph import Edge, Graph, Node
+from .inputs import ABLATIONS
+from .known import KnownCircuit
+from .metrics import METRICS, Batch, Metric
+from .model import load_model
+from .patching import Patcher
+from .render import DotNotFoundError, render, render_comparison
 from .scores import Scores
+from .tasks import Task
 
 __all__ = [
     "ABLATIONS",
+    "ALGORITHMS",
+    "METRICS",
+    "ROC",
     "Batch",
     "Circuit",
-    "Destination",
+    "Confusion",
+    "DotNotFoundError",
     "Edge",
     "Graph",
+    "KnownCircuit",
     "Metric",
     "Node",
     "Patcher",
-    "ROC",
     "Recovery",
     "Scores",
-    "PatchState",
-    "Transformer",
+    "Task",
     "attribute",
     "discover",
     "known",
+    "load_model",
+    "recovery",
+    "render",
+    "render_comparison",
+    "roc",
     "tasks",
     "zoo",
-    "load_model",
-    "roc",
-    "score",
 ]
 __version__ = "0.1.0"

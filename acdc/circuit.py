@@ -66,9 +66,25 @@ class Circuit:
         used |= {g.destinations[d].node.name for d in g.edge_dst[idx].tolist()}
         return [n.name for n in g.nodes if n.name in used]
 
-    def score(self, edge: str) -> float:
+    def edge_score(self, edge: str) -> float:
         """Measured effect of one edge (NaN if it was never tested)."""
         return float(self.scores[self.graph.edge_index(edge)])
+
+    def live_mask(self) -> Tensor:
+        """[n_edges] bool: kept edges on some path from ``input`` to ``logits`` in the circuit."""
+        g = self.graph
+        kept = self.in_graph.tolist()
+        src = [g.sources[s].name for s in g.edge_src.tolist()]
+        dst = [g.destinations[d].node.name for d in g.edge_dst.tolist()]
+        from_input, to_logits = {"input"}, {"logits"}
+        for i in range(g.n_edges):  # edges are sorted by destination in forward order
+            if kept[i] and src[i] in from_input:
+                from_input.add(dst[i])
+        for i in reversed(range(g.n_edges)):
+            if kept[i] and dst[i] in to_logits:
+                to_logits.add(src[i])
+        alive = from_input & to_logits
+        return torch.tensor([kept[i] and src[i] in alive and dst[i] in alive for i in range(g.n_edges)], dtype=torch.bool)
 
     def to_networkx(self, *, multi: bool = False, classes: Any = None) -> Any:
         """The kept edges as a ``networkx.DiGraph`` (or ``MultiDiGraph`` with ``multi=True``).
@@ -112,25 +128,6 @@ class Circuit:
         path.parent.mkdir(parents=True, exist_ok=True)
         nx.write_graphml(self.to_networkx(classes=classes), path)
         return path
-
-    def render(
-        self, path: str | Path, *, classes: Any = None, show_scores: bool = True, show_all: bool = False,
-        title: str | None = None,
-    ) -> Path:
-        """Draw the circuit with graphviz to ``path`` (.png, .svg, .pdf or .dot); see `acdc.render`.
-
-        classes: class -> node names, or a `KnownCircuit`, to colour nodes by class.
-        show_all: also draw kept edges with no path from input to logits (hidden by default).
-        """
-        from .render import render
-
-        return render(self, path, classes=classes, show_scores=show_scores, show_all=show_all, title=title)
-
-    def render_comparison(self, truth: Any, path: str | Path, *, classes: Any = None) -> Path:
-        """Draw this circuit against ``truth`` (true positives, false positives, missed edges)."""
-        from .render import render_comparison
-
-        return render_comparison(self, truth, path, classes=classes)
 
     def __repr__(self) -> str:
         s = self.settings

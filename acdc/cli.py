@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- commands
 def _discover(args: argparse.Namespace) -> int:
     from . import known
-    from .api import check_threshold, discover
+    from .api import discover
+    from .inputs import check_threshold
 
     check_threshold(args.threshold)
     out: Path = args.out
@@ -142,8 +143,10 @@ def _discover(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = circuit.to_json(out / "circuit.json")
     lines.append(f"wrote {path}")
-    for what, fn in (("circuit.png", lambda p: circuit.render(p, classes=classes)),
-                     ("comparison.png", (lambda p: circuit.render_comparison(truth, p)) if truth is not None else None)):
+    from .render import render, render_comparison
+
+    for what, fn in (("circuit.png", lambda p: render(circuit, p, classes=classes)),
+                     ("comparison.png", (lambda p: render_comparison(circuit, truth, p)) if truth is not None else None)):
         if fn is None:
             continue
         written = _try_render(fn, out / what)
@@ -158,12 +161,14 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from .render import render, render_comparison
+
     circuit = _load_circuit(args.circuit)
     if args.truth is not None:
-        path = circuit.render_comparison(_truth(args.truth), args.output, classes=_classes(args.classes))
+        path = render_comparison(circuit, _truth(args.truth), args.output, classes=_classes(args.classes))
     else:
-        path = circuit.render(args.output, classes=_classes(args.classes), show_scores=not args.no_scores,
-                              show_all=args.show_all)
+        path = render(circuit, args.output, classes=_classes(args.classes), show_scores=not args.no_scores,
+                      show_all=args.show_all)
     print(f"wrote {path}")
     return 0
 
@@ -240,9 +245,9 @@ def _load_circuit(path: Path) -> Any:
 
 
 def _recovery(circuit: Any, truth: Any) -> str:
-    from .evaluate import score
+    from .evaluation import recovery
 
-    return str(score(circuit, truth))
+    return str(recovery(circuit, truth))
 
 
 def _try_render(fn: Any, path: Path) -> Path | None:

@@ -26,9 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from . import zoo
-    from .api import discover
+    from .api import discover, roc
     from .circuit import Circuit
-    from .evaluate import roc, score
+    from .evaluation import recovery
+    from .render import DotNotFoundError, render, render_comparison
 
     entry = zoo.load(args.entry)
     m = entry.model.cfg
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     circuit = discover(entry.model, entry.task, threshold=args.threshold, ablation=entry.ablation)
     print(f"ACDC took {time.perf_counter() - t0:.2f}s")
     print(circuit.summary(max_edges=20))
-    rec = score(circuit, entry.truth)
+    rec = recovery(circuit, entry.truth)
     print(f"score vs planted truth: {rec}")
     sweep = roc(entry.model, entry.task, truth=entry.truth, ablation=entry.ablation, progress=False)
     print(f"threshold sweep ({len(sweep.params)} thresholds, {sweep.seconds:.1f}s): {sweep!r}; "
@@ -50,11 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     path = circuit.to_json(out / "circuit.json")
     assert Circuit.from_json(path) == circuit
     print(f"saved {path} (EAP-IG/MIB graph JSON; reloads identically)")
-    from .render import DotNotFoundError
-
     try:
-        png = circuit.render(out / "circuit.png", classes=entry.truth)
-        cmp = circuit.render_comparison(entry.truth, out / "comparison.png")
+        png = render(circuit, out / "circuit.png", classes=entry.truth)
+        cmp = render_comparison(circuit, entry.truth, out / "comparison.png")
         print(f"drew {png} (layers bottom-up, q/k/v in three colours) and {cmp} (found vs planted)")
     except DotNotFoundError as err:
         print(f"no images: {err}")

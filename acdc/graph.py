@@ -22,9 +22,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Node", "Destination", "Edge", "Graph"]
+__all__ = ["Node", "Destination", "Edge", "Graph", "layer_offset"]
 
 NodeKind = Literal["input", "head", "mlp", "logits"]
+
+
+def layer_offset(layer: int, n_heads: int, has_mlp: bool = True) -> int:
+    """Source index of head 0 of ``layer``: sources are ``input``, then per layer the heads and the MLP.
+
+    The one definition of the source numbering; `Graph` and the model's forward both use it.
+    """
+    return 1 + layer * (n_heads + int(has_mlp))
 
 
 @dataclass(frozen=True, order=True)
@@ -154,6 +162,19 @@ class Graph:
         self.dst_node_src = torch.tensor(
             [self.src_index.get(d.node.name, -1) for d in self.destinations]
         )
+        # Destination rows per layer: each head's (q, k, v) rows (one row thrice when q/k/v are
+        # not split), and the MLP's row (-1 in attention-only graphs).
+        self._head_rows: list[list[tuple[int, int, int]]] = []
+        self._mlp_rows: list[int] = []
+        for layer in range(n_layers):
+            trios = []
+            for h in range(n_heads):
+                name = f"a{layer}.h{h}"
+                trios.append(
+                    tuple(self.dst_index[f"{name}<{s}>"] for s in "qkv") if split_qkv else (self.dst_index[name],) * 3
+                )
+            self._head_rows.append(trios)  # type: ignore[arg-type]
+            self._mlp_rows.append(-1 if attn_only else self.dst_index[f"m{layer}"])
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -188,6 +209,30 @@ class Graph:
             "split_qkv": self.split_qkv,
             "attn_only": self.attn_only,
         }
+
+    # ------------------------------------------------------------------ index helpers
+    def head_src(self, layer: int, head: int = 0) -> int:
+        """Source index of head ``head`` of ``layer`` (heads of a layer are consecutive)."""
+        return layer_offset(layer, self.n_heads, not self.attn_only) + head
+
+    def mlp_src(self, layer: int) -> int:
+        """Source index of the MLP of ``layer`` (right after its heads)."""
+        if self.attn_only:
+            raise ValueError("an attention-only graph has no MLP nodes")
+        return layer_offset(layer, self.n_heads) + self.n_heads
+
+    def head_rows(self, layer: int) -> list[tuple[int, int, int]]:
+        """Destination rows (q, k, v) of each head of ``layer``; one row thrice if q/k/v are not split."""
+        return self._head_rows[layer]
+
+    def mlp_row(self, layer: int) -> int:
+        """Destination row of the MLP of ``layer`` (-1 in attention-only graphs)."""
+        return self._mlp_rows[layer]
+
+    @property
+    def logits_row(self) -> int:
+        """Destination row of ``logits`` (the last one)."""
+        return len(self.destinations) - 1
 
     # ------------------------------------------------------------------ lookups
     @property

@@ -14,13 +14,32 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Architecture", "Transformer", "load_model", "ForwardCache"]
+from .graph import layer_offset
+from .inputs import answer_positions
+
+__all__ = ["Architecture", "Bridge", "Transformer", "load_model", "ForwardCache"]
+
+
+class Bridge(Protocol):
+    """What acdc reads from a model (a TransformerLens `TransformerBridge` has it all).
+
+    ``cfg`` carries the shape (n_layers, n_heads, d_model, ...); calling the model on token ids
+    with ``return_type="logits"`` gives [batch, pos, d_vocab]; ``blocks``, ``W_E``, ``W_U``,
+    ``ln_final`` hold the weights.
+    """
+
+    cfg: Any
+    blocks: Any
+    ln_final: Any
+    W_E: Tensor
+
+    def __call__(self, tokens: Tensor, *args: Any, **kwargs: Any) -> Any: ...
 
 _ACTIVATIONS = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -136,7 +155,7 @@ class Transformer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_bridge(cls, bridge: Any, *, check: bool = True) -> Transformer:
+    def from_bridge(cls, bridge: Bridge, *, check: bool = True) -> Transformer:
         """Read weights from a TransformerLens bridge; verify the forward against it."""
         cfg = bridge.cfg
         unsupported = []
@@ -186,7 +205,7 @@ class Transformer:
             model.check_against(bridge)
         return model
 
-    def check_against(self, bridge: Any, tol: float = 1e-4) -> None:
+    def check_against(self, bridge: Bridge, tol: float = 1e-4) -> None:
         """Raise if this forward's logits differ from the bridge's on random tokens."""
         gen = torch.Generator().manual_seed(0)
         n_ctx = min(8, int(getattr(bridge.cfg, "n_ctx", 8) or 8))
@@ -331,24 +350,23 @@ class Transformer:
     def run(self, tokens: Tensor, answer_pos: Tensor | None = None) -> ForwardCache:
         """Full forward pass recording every source output and residual checkpoint.
 
-        tokens: [batch, pos]; answer_pos: [batch] or [batch, P] (default: last position).
-        Logits are read at the answer positions: [batch * P, d_vocab], prompt-major.
+        tokens: [batch, pos]; answer_pos: [batch, P] checked positions (`inputs.answer_positions`;
+        None: the last token). Logits are read at the answer positions: [batch * P, d_vocab],
+        prompt-major.
         """
         a = self.arch
         B, S = tokens.shape
         if answer_pos is None:
-            answer_pos = torch.full((B,), S - 1, device=tokens.device)
-        if answer_pos.dim() == 1:
-            answer_pos = answer_pos[:, None]
+            answer_pos = answer_positions(None, B, S).to(tokens.device)
         all_heads = torch.arange(a.n_heads, device=self.device)
-        sources = torch.empty(1 + a.n_layers * (a.n_heads + 1), B, S, a.d_model, dtype=self.dtype, device=self.device)
+        sources = torch.empty(layer_offset(a.n_layers, a.n_heads), B, S, a.d_model, dtype=self.dtype, device=self.device)
         resid_pre = torch.empty(a.n_layers + 1, B, S, a.d_model, dtype=self.dtype, device=self.device)
         resid_mid = torch.empty(a.n_layers, B, S, a.d_model, dtype=self.dtype, device=self.device)
         resid = self.embed(tokens)
         sources[0] = resid
         for layer in range(a.n_layers):
             resid_pre[layer] = resid
-            base = 1 + layer * (a.n_heads + 1)
+            base = layer_offset(layer, a.n_heads)
             heads_out = self.attention(layer, all_heads, resid, resid, resid)
             sources[base : base + a.n_heads] = heads_out
             attn = heads_out.sum(0) + self.w["b_O"][layer]
@@ -362,7 +380,7 @@ class Transformer:
         return ForwardCache(sources, resid_pre, resid_mid, self.unembed(final.reshape(-1, a.d_model)))
 
 
-def _read_weights(bridge: Any, arch: Architecture) -> dict[str, Any]:
+def _read_weights(bridge: Bridge, arch: Architecture) -> dict[str, Any]:
     """The bridge's weights as views where possible (no copies of the model).
 
     Layer weights are per-layer lists (``w["W_Q"][layer]`` is [n_heads, d_model, d_head]);

@@ -28,49 +28,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .graph import Graph
+from .inputs import Ablation, answer_positions, as_tokens, check_ablation
 from .model import Transformer
 
-__all__ = ["ABLATIONS", "Patcher", "PatchState", "Proposal", "as_tokens"]
-
-Ablation = Literal["resample", "mean", "zero"]
-ABLATIONS: tuple[str, ...] = ("resample", "mean", "zero")
-
-
-def as_tokens(x: Any, model: Any, what: str) -> Tensor:
-    """Token ids [batch, pos] from a tensor, nested int lists, or strings (needs a tokenizer)."""
-    if isinstance(x, Tensor):
-        t = x
-    elif isinstance(x, Sequence) and len(x) > 0 and all(isinstance(s, str) for s in x):
-        tok = getattr(model, "tokenizer", None)
-        if tok is None or not hasattr(model, "to_tokens"):
-            raise ValueError(
-                f"{what} prompts are strings but the model has no tokenizer; pass token ids, or "
-                f"load the model with acdc.load_model(model, tokenizer=...)"
-            )
-        rows = [model.to_tokens(s)[0] for s in x]
-        lengths = sorted({len(r) for r in rows})
-        if len(lengths) != 1:
-            raise ValueError(
-                f"{what} prompts tokenize to different lengths {lengths}; make every prompt "
-                f"the same number of tokens"
-            )
-        t = torch.stack(rows)
-    else:
-        try:
-            t = torch.as_tensor(x)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"{what} must be token ids [batch, pos] or a list of strings") from None
-    if t.dim() == 1:
-        t = t[None]
-    if t.dim() != 2 or t.numel() == 0 or t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise ValueError(f"{what} must be integer token ids of shape [batch, pos], got {tuple(t.shape)} {t.dtype}")
-    return t.long()
+__all__ = ["Patcher", "PatchState", "Proposal"]
 
 
 @dataclass
@@ -129,6 +96,12 @@ class Patcher:
             default the last position. Logits come back with one row per scored position,
             prompt-major: [batch * P, d_vocab].
         cache_bytes: budget for cached destination inputs (speed only, never results).
+
+    Attributes other code reads: ``tf`` (the engine's model), ``graph``, ``ablation``,
+    ``clean`` (the clean run's `ForwardCache`), ``abl`` (ablation value of every source,
+    [n_src, batch, pos, d] for resample, [n_src, 1, pos, d] for mean, None for zero),
+    ``upstream`` ([n_dst, n_src] bool on the model's device), ``answer_pos`` ([batch, P]),
+    ``clean_tokens``, ``corrupt_tokens``, ``corrupt_logits``.
     """
 
     def __init__(
@@ -142,8 +115,7 @@ class Patcher:
         answer_pos: int | Tensor | Sequence[int] | None = None,
         cache_bytes: int = 512 * 2**20,
     ):
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+        self.ablation: Ablation = check_ablation(ablation)
         tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
         self.tf = tf
         a = tf.arch
@@ -167,7 +139,6 @@ class Patcher:
         B, S = clean_t.shape
         self.clean_tokens, self.corrupt_tokens = clean_t, corrupt_t
         self.answer_pos = answer_positions(answer_pos, B, S).to(tf.device)
-        self.ablation = ablation
         self.cache_bytes = cache_bytes
         self._bidx = torch.arange(B, device=tf.device)[:, None]
         self.n_pos = S
@@ -176,10 +147,10 @@ class Patcher:
         corrupt_run = tf.run(corrupt_t, self.answer_pos)
         self.corrupt_logits = corrupt_run.logits
         # Ablation values A [n_src, B|1, S, d] and the all-ablated streams base [.., B|1, S, d].
-        if ablation == "resample":
+        if self.ablation == "resample":
             self.abl: Tensor | None = corrupt_run.sources
             self._base_pre, self._base_mid = corrupt_run.resid_pre, corrupt_run.resid_mid
-        elif ablation == "mean":
+        elif self.ablation == "mean":
             self.abl = corrupt_run.sources.mean(1, keepdim=True)
             self._base_pre = corrupt_run.resid_pre.mean(1, keepdim=True)
             self._base_mid = corrupt_run.resid_mid.mean(1, keepdim=True)
@@ -195,33 +166,13 @@ class Patcher:
 
     # ------------------------------------------------------------------ static layout
     def _layout(self) -> None:
-        """Per-destination facts the propagation reads: answer-only rows, row groups per layer."""
-        g, a = self.graph, self.tf.arch
-        L = a.n_layers
-        self._dst_ans: list[bool] = []  # destinations read at the answer rows only
-        for d in g.destinations:
-            node = d.node
-            if node.kind == "logits":
-                self._dst_ans.append(True)
-            elif node.kind == "mlp":
-                self._dst_ans.append(node.layer == L - 1)
-            else:
-                self._dst_ans.append(node.layer == L - 1 and d.qkv == "q")
-        # per layer: heads' (q, k, v) destination rows (one row thrice when not split), MLP row
-        self._head_rows: list[list[tuple[int, int, int]]] = []
-        self._mlp_row: list[int] = []
-        for layer in range(L):
-            rows = []
-            for h in range(a.n_heads):
-                name = f"a{layer}.h{h}"
-                if g.split_qkv:
-                    rows.append(tuple(g.dst_index[f"{name}<{s}>"] for s in "qkv"))
-                else:
-                    rows.append((g.dst_index[name],) * 3)
-            self._head_rows.append(rows)
-            self._mlp_row.append(g.dst_index[f"m{layer}"])
-        self._logits_row = len(g.destinations) - 1
-        self._upstream = g.upstream.to(self.tf.device)
+        """Which destinations are read at the answer rows only (the last layer's q and MLP, logits)."""
+        g, L = self.graph, self.tf.arch.n_layers
+        self._dst_ans: list[bool] = [
+            d.node.kind == "logits" or (d.node.layer == L - 1 and (d.node.kind == "mlp" or d.qkv == "q"))
+            for d in g.destinations
+        ]
+        self.upstream = g.upstream.to(self.tf.device)
 
     # ------------------------------------------------------------------ public API
     def state(self) -> PatchState:
@@ -230,7 +181,7 @@ class Patcher:
         It shares the clean run's tensors until its first commit (copy-on-write).
         """
         c = self.clean
-        return PatchState(self._upstream.clone(), c.sources, c.resid_pre, c.resid_mid, c.logits, self)
+        return PatchState(self.upstream.clone(), c.sources, c.resid_pre, c.resid_mid, c.logits, self)
 
     def logits(self, ablated: Tensor | Sequence[str]) -> Tensor:
         """Logits at the answer positions with the given edges ablated.
@@ -244,12 +195,12 @@ class Patcher:
         else:
             mask = self.graph.edge_mask(list(ablated))
         single = mask.dim() == 1
-        keep = self.graph.dense(~mask.reshape(-1, self.graph.n_edges)).to(self.tf.device) & self._upstream
-        out = torch.stack([self.evaluate(k) for k in keep])
+        keep = self.graph.dense(~mask.reshape(-1, self.graph.n_edges)).to(self.tf.device) & self.upstream
+        out = torch.stack([self.run(k) for k in keep])
         return out[0] if single else out
 
     @torch.no_grad()
-    def evaluate(self, keep: Tensor) -> Tensor:
+    def run(self, keep: Tensor) -> Tensor:
         """Logits [rows, d_vocab] of one circuit, keep [n_dst, n_src], computed from scratch.
 
         Layer by layer, every destination's input is the all-ablated stream plus the kept
@@ -289,8 +240,8 @@ class Patcher:
         skip_unfed = self.ablation == "resample"
         put(slice(0, 1), self.clean.sources[:1])  # the input node's output does not depend on edges
         for layer in range(L):
-            first = 1 + layer * (H + 1)
-            trios = self._head_rows[layer]
+            first = g.head_src(layer)
+            trios = self.graph.head_rows(layer)
             live = [h for h in range(H) if used[first + h] and not (skip_unfed and not any(fed[r] for r in trios[h]))]
             X[first : first + H] = 0
             if live:
@@ -303,19 +254,19 @@ class Patcher:
                     xq, xk, xv = x.view(len(live), 3, B, S, a.d_model).unbind(1) if g.split_qkv else (x, x, x)
                 hs = torch.tensor(live, device=tf.device)
                 put(hs + first, tf.attention(layer, hs, xq, xk, xv))
-            m = first + H
-            row = self._mlp_row[layer]
+            m = g.mlp_src(layer)
+            row = self.graph.mlp_row(layer)
             if used[m] and not (skip_unfed and not fed[row]):
                 upto = first if a.parallel_attn_mlp else first + H
                 m_in = gather([row], upto, self._base_mid[layer])[0][0]
                 put(slice(m, m + 1), tf.mlp(layer, m_in)[None])
             else:
                 X[m] = 0
-        final = gather([self._logits_row], len(g.sources), self._base_pre[L])[0][0]
-        return tf.unembed(self._ans(final)).reshape(-1, a.d_vocab)
+        final = gather([self.graph.logits_row], len(g.sources), self._base_pre[L])[0][0]
+        return tf.unembed(self.at_answers(final)).reshape(-1, a.d_vocab)
 
     # ------------------------------------------------------------------ propagation
-    def _ans(self, x: Tensor) -> Tensor:
+    def at_answers(self, x: Tensor) -> Tensor:
         """[..., B, S, d] -> [..., B, P, d] at each prompt's answer positions."""
         return x[..., self._bidx, self.answer_pos, :]
 
@@ -330,7 +281,7 @@ class Patcher:
     def _stream_ref(self, st: PatchState, stream: int, ans: bool) -> Tensor:
         layer, mid = divmod(stream, 2)
         x = st.resid_mid[layer] if mid else st.resid_pre[layer]
-        return self._ans(x) if ans else x
+        return self.at_answers(x) if ans else x
 
     def _stream_base(self, stream: int, ans: bool) -> Tensor:
         """All-ablated stream [B|1, S|1, d] (every upstream source at its ablation value)."""
@@ -338,14 +289,14 @@ class Patcher:
         x = self._base_mid[layer] if mid else self._base_pre[layer]
         if ans:
             x = x.expand(len(self._bidx), self.n_pos, -1)
-            return self._ans(x)
+            return self.at_answers(x)
         return x.expand(-1, self.n_pos, -1)
 
     def propagate(self, st: PatchState, keep: Tensor) -> Proposal:
         """Logits of candidate circuits ``keep`` [K, n_dst, n_src] against state ``st``."""
         if keep.dim() == 2:
             keep = keep[None]
-        keep = keep & self._upstream
+        keep = keep & self.upstream
         K = keep.shape[0]
         a = self.tf.arch
         L = a.n_layers
@@ -364,7 +315,7 @@ class Patcher:
                 job.open_stream(2 * layer + 1)
                 self._run_mlp(job, layer, 2 * layer + 1)
         job.open_stream(2 * L)
-        x = job.dst_input(self._logits_row, 2 * L, True).expand(K, -1, -1, -1)
+        x = job.dst_input(self.graph.logits_row, 2 * L, True).expand(K, -1, -1, -1)
         logits = self.tf.unembed(x.reshape(-1, x.shape[-1])).view(K, -1, a.d_vocab)
         runs = {k: v for k, v in job.runs.items() if v is not None}
         return Proposal(keep, logits, job.delta, job.new_inp, runs, job.dropped)
@@ -372,9 +323,9 @@ class Patcher:
     def _run_heads(self, job: "_Job", layer: int) -> None:
         """Recompute the heads of ``layer`` whose inputs changed and whose output is used."""
         a = self.tf.arch
-        rows = self._head_rows[layer]
+        rows = self.graph.head_rows(layer)
         last = layer == a.n_layers - 1
-        base = 1 + layer * (a.n_heads + 1)
+        base = self.graph.head_src(layer)
         hit = job.affected_many([r for t in rows for r in t])
         todo = []
         for h, trio in enumerate(rows):
@@ -395,7 +346,7 @@ class Patcher:
             rq, rk, rv = rows[h]
             if rq == rk and last:  # one input for q, k, v: read q at the answer rows
                 xk = xv = job.dst_input(rq, stream, False)
-                xq = self._ans(xk) if xk is not shared_full else shared_q
+                xq = self.at_answers(xk) if xk is not shared_full else shared_q
             else:
                 xq = job.dst_input(rq, stream, last)
                 xk = job.dst_input(rk, stream, False)
@@ -427,9 +378,8 @@ class Patcher:
         job.add_deltas(srcs, out - ref[:, None])
 
     def _run_mlp(self, job: "_Job", layer: int, stream: int) -> None:
-        a = self.tf.arch
-        row = self._mlp_row[layer]
-        src = 1 + layer * (a.n_heads + 1) + a.n_heads
+        row = self.graph.mlp_row(layer)
+        src = self.graph.mlp_src(layer)
         if not job.affected_many([row])[0]:
             return
         if not bool(job.alive[src]):
@@ -443,7 +393,7 @@ class Patcher:
     def _src_ref(self, st: PatchState, srcs: list[int], ans: bool) -> Tensor:
         """Reference outputs [n, B, p, d] of some sources (answer rows only if ``ans``)."""
         x = st.out[srcs[0] : srcs[-1] + 1] if srcs == list(range(srcs[0], srcs[-1] + 1)) else st.out[srcs]
-        return self._ans(x) if ans else x
+        return self.at_answers(x) if ans else x
 
     # ------------------------------------------------------------------ commit
     def _commit(self, st: PatchState, p: Proposal, k: int) -> None:
@@ -514,7 +464,7 @@ class _Job:
             x = self.p._stream_ref(self.st, stream, ans)[None]
             run = self.runs.get(stream)
             if run is not None:
-                x = x + (self.p._ans(run) if ans and self.p._full(run) else run)
+                x = x + (self.p.at_answers(run) if ans and self.p._full(run) else run)
             self._streams[key] = x
         return self._streams[key]
 
@@ -527,7 +477,7 @@ class _Job:
         if self.run is None:
             self.run = total
         elif self.run.shape[-2] != total.shape[-2]:
-            self.run = self.p._ans(self.run) + total
+            self.run = self.p.at_answers(self.run) + total
         else:
             self.run = self.run + total
 
@@ -535,7 +485,7 @@ class _Job:
         d = self.delta[src]
         if ans and self.p._full(d):
             if src not in self._delta_ans:
-                self._delta_ans[src] = self.p._ans(d)
+                self._delta_ans[src] = self.p.at_answers(d)
             return self._delta_ans[src]
         return d
 
@@ -549,7 +499,7 @@ class _Job:
         if p.abl is not None:
             x = x - p.abl.index_select(0, cols)
         if ans:
-            x = p._ans(x)
+            x = p.at_answers(x)
         return torch.einsum("kn,nbpd->kbpd", w[:, cols].to(x.dtype), x)
 
     def _sum_delta(self, w: Tensor, ans: bool) -> Tensor | None:
@@ -567,9 +517,9 @@ class _Job:
         """Input of destination ``row`` under every candidate: [1|K, B, p, d]."""
         if row in self.memo:
             x = self.memo[row]
-            return self.p._ans(x) if ans and self.p._full(x) else x
+            return self.p.at_answers(x) if ans and self.p._full(x) else x
         st, p = self.st, self.p
-        up = p._upstream[row]
+        up = p.upstream[row]
         kept = self.keep[:, row]  # [K, n_src], already within `up`
         ablated = up & ~kept
         n_abl = int(ablated.sum(-1).max())
@@ -585,10 +535,10 @@ class _Job:
             if cached is not None:
                 moved = int((kept != ref_row[None]).sum(-1).max()) + int((kept & self.changed).sum(-1).max())
                 options["relative"] = 2 * moved + 1
-            how = min(options, key=options.get)
-            if how == "relative":
+            how = min(options, key=lambda k: options[k])
+            if how == "relative" and cached is not None:
                 st.inputs.move_to_end(row)
-                x = (p._ans(cached) if ans and p._full(cached) else cached)[None]
+                x = (p.at_answers(cached) if ans and p._full(cached) else cached)[None]
                 terms = [(1, self._sum_ref(kept.to(torch.int8) - ref_row[None].to(torch.int8), ans)), (1, self._sum_delta(kept, ans))]
             elif how == "kept":
                 x = p._stream_base(stream, ans)[None]
@@ -604,29 +554,3 @@ class _Job:
         if (row in st.inputs or bool(self.changed_rows[row])) and self.affected_many([row])[0]:
             self.new_inp[row] = x
         return x
-
-
-def answer_positions(answer_pos: Any, batch: int, n_pos: int) -> Tensor:
-    """[batch, P] answer positions from None (last), an int, [batch] or [batch, P]; checked.
-
-    Negative positions count from the end. Several positions per prompt must be strictly
-    increasing (each scored once, in order).
-    """
-    if answer_pos is None:
-        return torch.full((batch, 1), n_pos - 1, dtype=torch.long)
-    t = torch.as_tensor(answer_pos, dtype=torch.long)
-    if t.dim() == 0:
-        t = t.expand(batch)
-    if t.dim() == 1:
-        t = t[:, None]
-    if t.dim() != 2 or t.shape[0] != batch or t.shape[1] == 0:
-        raise ValueError(
-            f"answer_pos must be an int, one position per prompt [{batch}] or several [{batch}, P], "
-            f"got shape {tuple(t.shape)}"
-        )
-    t = torch.where(t < 0, t + n_pos, t)
-    if bool((t < 0).any() or (t >= n_pos).any()):
-        raise ValueError(f"answer_pos must lie in [0, {n_pos}) (prompts have {n_pos} tokens)")
-    if t.shape[1] > 1 and bool((t[:, 1:] <= t[:, :-1]).any()):
-        raise ValueError("several answer positions per prompt must be strictly increasing along each row")
-    return t.clone()

@@ -20,15 +20,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .circuit import Circuit
-from .evaluate import as_mask
+from .evaluation import as_mask
 from .graph import Graph, Node
 
 __all__ = [
     "DotNotFoundError", "QKV_COLORS", "dot_available", "to_dot", "render", "comparison_dot", "render_comparison",
-    "live_edges",
 ]
 
 INSTALL_HINT = (
@@ -62,25 +59,6 @@ def dot_available() -> bool:
     return shutil.which("dot") is not None
 
 
-# ---------------------------------------------------------------------- which edges are drawn
-def live_edges(circuit: Circuit) -> torch.Tensor:
-    """[n_edges] bool: kept edges on some path from ``input`` to ``logits`` in the circuit."""
-    g = circuit.graph
-    kept = circuit.in_graph
-    src = [g.sources[s].name for s in g.edge_src.tolist()]
-    dst = [g.destinations[d].node.name for d in g.edge_dst.tolist()]
-    from_input, to_logits = {"input"}, {"logits"}
-    order = range(g.n_edges)  # edges sorted by destination in forward order
-    for i in order:
-        if kept[i] and src[i] in from_input:
-            from_input.add(dst[i])
-    for i in reversed(order):
-        if kept[i] and dst[i] in to_logits:
-            to_logits.add(src[i])
-    alive = from_input & to_logits
-    return torch.tensor([bool(kept[i]) and src[i] in alive and dst[i] in alive for i in order], dtype=torch.bool)
-
-
 # ---------------------------------------------------------------------- DOT
 def to_dot(
     circuit: Circuit,
@@ -97,7 +75,7 @@ def to_dot(
     show_all: also draw kept edges with no path from input to logits (hidden by default).
     """
     g = circuit.graph
-    mask = circuit.in_graph.clone() if show_all else live_edges(circuit)
+    mask = circuit.in_graph.clone() if show_all else circuit.live_mask()
     idx = mask.nonzero().squeeze(1).tolist()
     scores = circuit.scores
     finite = [abs(float(scores[i])) for i in idx if not math.isnan(float(scores[i]))]
@@ -258,7 +236,7 @@ def _canvas(g: Graph, nodes: list[Node], classes: Any, title: str) -> Any:
         layer, sub = key
         anchor = f"row{layer + 1}_{sub}"
         text = "input" if layer < 0 else "output" if layer == g.n_layers else f"layer {layer}" + (" MLP" if sub else "")
-        with dot.subgraph() as s:
+        with dot.subgraph() as s:  # type: ignore[union-attr]  # graphviz returns a context manager without name
             s.attr(rank="same")
             s.node(anchor, text, shape="plaintext", style="", fontcolor="#777777", fontsize="10")
             for n in rows[key]:

@@ -1,9 +1,11 @@
-"""Per-edge scores from an attribution method, and the ways to turn them into a `Circuit`.
+"""Per-edge scores: what every discovery algorithm returns, and the ways to turn them into a `Circuit`.
 
-`Scores.values[i]` belongs to ``graph.edges[i]`` (same names and order as the graph). Selections
-rank edges by the absolute score: `top(n)` takes the n largest anywhere, `threshold(t)` takes
-every edge with ``|score| >= t``, and `greedy(n)` grows a connected circuit from the logits
-(EAP-IG's greedy selection: repeatedly add the best edge into a node already in the circuit).
+`Scores.values[i]` belongs to ``graph.edges[i]`` (same names and order as the graph). A method
+that decides which edges to keep (ACDC) also sets ``selected``, and `selection()` is that
+circuit. Otherwise choose one: the selections rank edges by the absolute score, `top(n)` takes
+the n largest anywhere, `threshold(t)` takes every edge with ``|score| >= t``, and `greedy(n)`
+grows a connected circuit from the logits (EAP-IG's greedy selection: repeatedly add the best
+edge into a node already in the circuit).
 """
 
 from __future__ import annotations
@@ -27,19 +29,37 @@ class Scores:
     """Attribution scores, one per edge.
 
     graph:    the model's graph.
-    values:   [n_edges] float64; the predicted change of the loss (metric oriented lower-is-better)
-              when the edge alone is ablated: positive means removing the edge hurts.
+    values:   [n_edges] float64; the (measured or predicted) change of the loss, i.e. the metric
+              oriented lower-is-better, when the edge is ablated: positive means removing the
+              edge hurts. NaN where a method did not test an edge.
     settings: how they were computed (method, steps, metric, ablation, seconds).
+    selected: [n_edges] bool, the edges the method itself chose to keep (ACDC), or None.
+    trace:    the metric after each step of a method that prunes step by step (ACDC).
     """
 
     graph: Graph
     values: Tensor
     settings: dict[str, Any] = field(default_factory=dict)
+    selected: Tensor | None = None
+    trace: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.values = torch.as_tensor(self.values, dtype=torch.float64).cpu()
         if self.values.shape != (self.graph.n_edges,):
             raise ValueError(f"values need one entry per edge ({self.graph.n_edges}), got shape {tuple(self.values.shape)}")
+        if self.selected is not None:
+            self.selected = torch.as_tensor(self.selected, dtype=torch.bool).cpu()
+            if self.selected.shape != (self.graph.n_edges,):
+                raise ValueError(f"selected needs one entry per edge ({self.graph.n_edges})")
+
+    def selection(self) -> Circuit:
+        """The circuit the method chose itself (ACDC's kept edges)."""
+        if self.selected is None:
+            method = self.settings.get("method", "this method")
+            raise ValueError(
+                f"{method} scores edges but selects none; choose a circuit with top(n), threshold(t) or greedy(n)"
+            )
+        return Circuit(self.graph, self.selected, self.values.clone(), list(self.trace), dict(self.settings))
 
     def __getitem__(self, edge: str) -> float:
         return float(self.values[self.graph.edge_index(edge)])

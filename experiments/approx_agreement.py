@@ -35,8 +35,8 @@ def compare(entry: acdc.zoo.ZooEntry, threshold: float, fraction: float) -> dict
         "model": entry.name, "threshold": threshold, "prefilter": fraction,
         "exact_edges": len(a), "approx_edges": len(b), "both": len(a & b),
         "jaccard": len(a & b) / len(a | b) if a | b else 1.0,
-        "exact_tpr": acdc.score(exact, entry.truth).edges.tpr, "approx_tpr": acdc.score(approx, entry.truth).edges.tpr,
-        "exact_fpr": acdc.score(exact, entry.truth).edges.fpr, "approx_fpr": acdc.score(approx, entry.truth).edges.fpr,
+        "exact_tpr": acdc.recovery(exact, entry.truth).edges.tpr, "approx_tpr": acdc.recovery(approx, entry.truth).edges.tpr,
+        "exact_fpr": acdc.recovery(exact, entry.truth).edges.fpr, "approx_fpr": acdc.recovery(approx, entry.truth).edges.fpr,
         "tested_exact": int((~exact.scores.isnan()).sum()), "tested_approx": int((~approx.scores.isnan()).sum()),
         "seconds_exact": round(t_exact, 3), "seconds_approx": round(t_approx, 3),
     }

@@ -86,7 +86,7 @@ def real_acdc(patcher, metric, batch, threshold: float, seconds: float) -> dict:
         last = now
         return now - t_start > seconds
 
-    c = run_acdc(patcher, metric, batch, threshold, progress=False, callback=on_edge)
+    c = run_acdc(patcher, metric, batch, threshold=threshold, callback=on_edge).selection()
     total = time.perf_counter() - t_start
     tested = sum(v[0] for v in stats.values())
     return {

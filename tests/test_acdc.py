@@ -75,7 +75,7 @@ def test_acdc_equals_plain_sequential(ablation, scored, speculate):
         speculate=speculate,
     )
     assert set(c.edges) == kept
-    tested = {e.name: c.score(e.name) for e in c.graph.edges if not math.isnan(c.score(e.name))}
+    tested = {e.name: c.edge_score(e.name) for e in c.graph.edges if not math.isnan(c.edge_score(e.name))}
     assert tested.keys() == deltas.keys()
     for name, d in deltas.items():
         assert tested[name] == pytest.approx(d, abs=1e-5), name
@@ -160,7 +160,7 @@ def test_loads_eap_ig_style_json(tmp_path):
     (tmp_path / "g.json").write_text(json.dumps(d))
     c = Circuit.from_json(tmp_path / "g.json")
     assert c.edges == ["input->logits", "a0.h0->logits", "m0->logits"]
-    assert c.score("input->m0") == 0.5
+    assert c.edge_score("input->m0") == 0.5
     with pytest.raises(ValueError, match="not a circuit JSON"):
         Circuit.from_dict({"edges": {}})
 
@@ -183,11 +183,11 @@ def test_callback_sees_every_test_and_can_stop(gpt2_model):
     from acdc.metrics import resolve_metric
 
     p = acdc.Patcher(gpt2_model, clean, corrupt)
-    full = run_acdc(p, resolve_metric("kl"), make_batch(p), 0.02, progress=False,
-                    callback=lambda e, d, r: seen.append((e, d, r)) and False)
+    full = run_acdc(p, resolve_metric("kl"), make_batch(p), threshold=0.02,
+                    callback=lambda e, d, r: seen.append((e, d, r)) and False).selection()
     assert full.edges == c.edges and len(seen) == full.settings["n_tested"]
-    assert all(full.score(full.graph.edges[e].name) == d for e, d, _ in seen)
-    early = run_acdc(p, resolve_metric("kl"), make_batch(p), 0.02, progress=False, callback=lambda e, d, r: True)
+    assert all(full.edge_score(full.graph.edges[e].name) == d for e, d, _ in seen)
+    early = run_acdc(p, resolve_metric("kl"), make_batch(p), threshold=0.02, callback=lambda e, d, r: True)
     assert early.settings["stopped_early"] and early.settings["n_tested"] == 1
 
 

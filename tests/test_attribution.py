@@ -106,7 +106,7 @@ def test_top_and_threshold(hand):
     assert hand.ranking()[:2] == ["a0.h1->a1.h0<v>", "a1.h1->logits"]
     assert hand.top(0).n_edges == 0 and hand.top(46).n_edges == 46
     c = hand.top(2)
-    assert c.score("a1.h1->logits") == 5.0 and c.settings["selection"] == "top 2"
+    assert c.edge_score("a1.h1->logits") == 5.0 and c.settings["selection"] == "top 2"
 
 
 def test_greedy_stays_connected(hand):

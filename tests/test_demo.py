@@ -10,4 +10,4 @@ def test_demo_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Circuit(" in out and "saved" in out and "score vs planted truth" in out
     c = Circuit.from_json(tmp_path / "circuit.json")
-    assert acdc.score(c, acdc.zoo.load("ioi").truth).edges.exact
+    assert acdc.recovery(c, acdc.zoo.load("ioi").truth).edges.exact

@@ -9,7 +9,7 @@ import torch
 
 import acdc
 from acdc.circuit import Circuit
-from acdc.evaluate import ROC, node_mask, node_universe, threshold_grid
+from acdc.evaluation import ROC, node_mask, node_universe, threshold_grid
 from acdc.graph import Graph
 
 
@@ -29,7 +29,7 @@ def test_graph_size(g):
 
 def test_score_by_hand(g):
     found = ["input->a0.h0<v>", "a1.h1->logits", "m0->logits", "input->m0"]
-    rec = acdc.score(found, TRUTH, graph=g)
+    rec = acdc.recovery(found, TRUTH, graph=g)
     assert (rec.edges.tp, rec.edges.fp, rec.edges.fn, rec.edges.tn) == (2, 2, 1, 46 - 5)
     assert rec.edges.tpr == pytest.approx(2 / 3) and rec.edges.fpr == pytest.approx(2 / 43)
     assert rec.edges.precision == pytest.approx(0.5) and rec.edges.recall == rec.edges.tpr
@@ -39,26 +39,26 @@ def test_score_by_hand(g):
 
 
 def test_empty_and_full(g):
-    empty = acdc.score([], TRUTH, graph=g)
+    empty = acdc.recovery([], TRUTH, graph=g)
     assert (empty.edges.tp, empty.edges.fp, empty.edges.fn, empty.edges.tn) == (0, 0, 3, 43)
     assert empty.edges.tpr == 0 and empty.edges.fpr == 0 and math.isnan(empty.edges.precision)
     assert (empty.nodes.tp, empty.nodes.fp) == (0, 0)
-    full = acdc.score(torch.ones(g.n_edges, dtype=torch.bool), TRUTH, graph=g)
+    full = acdc.recovery(torch.ones(g.n_edges, dtype=torch.bool), TRUTH, graph=g)
     assert full.edges.tpr == 1 and full.edges.fpr == 1 and full.edges.precision == pytest.approx(3 / 46)
     assert (full.nodes.tp, full.nodes.fp, full.nodes.fn, full.nodes.tn) == (2, 4, 0, 0)
-    nothing_true = acdc.score(TRUTH, [], graph=g)
+    nothing_true = acdc.recovery(TRUTH, [], graph=g)
     assert math.isnan(nothing_true.edges.tpr) and nothing_true.edges.fp == 3
 
 
 def test_score_accepts_circuits_and_known(g):
     mask = g.edge_mask(TRUTH)
     c = Circuit(g, mask, torch.zeros(g.n_edges))
-    assert acdc.score(c, TRUTH).edges.exact
-    assert acdc.score(c, c).nodes.exact
+    assert acdc.recovery(c, TRUTH).edges.exact
+    assert acdc.recovery(c, c).nodes.exact
     with pytest.raises(ValueError, match="graph="):
-        acdc.score(TRUTH, TRUTH)
+        acdc.recovery(TRUTH, TRUTH)
     with pytest.raises(ValueError, match="differs"):
-        acdc.score(Circuit(Graph(3, 2), torch.zeros(Graph(3, 2).n_edges, dtype=torch.bool), torch.zeros(Graph(3, 2).n_edges)), c)
+        acdc.recovery(Circuit(Graph(3, 2), torch.zeros(Graph(3, 2).n_edges, dtype=torch.bool), torch.zeros(Graph(3, 2).n_edges)), c)
 
 
 def test_node_mask(g):
@@ -133,4 +133,4 @@ def test_errors(g):
     with pytest.raises(ValueError, match="at least one"):
         ROC.from_circuits([], TRUTH, graph=g)
     with pytest.raises(ValueError, match="list"):
-        acdc.score("input->logits", TRUTH, graph=g)
+        acdc.recovery("input->logits", TRUTH, graph=g)

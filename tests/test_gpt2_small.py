@@ -45,7 +45,7 @@ def _first_edges(model, task, n=5):
         return len(seen) >= n
 
     patcher, metric, batch = prepare(model, task)
-    c = run_acdc(patcher, metric, batch, 1e-3, progress=False, callback=stop)
+    c = run_acdc(patcher, metric, batch, threshold=1e-3, callback=stop).selection()
     assert len(seen) == n and c.graph.n_edges == 32491
     return c
 

@@ -107,7 +107,7 @@ def test_as_circuit_and_score_itself():
     ioi = known.load("ioi", view="heads-only")
     c = ioi.as_circuit()
     assert c.n_edges == 182
-    rec = acdc.score(c, ioi)
+    rec = acdc.recovery(c, ioi)
     assert rec.edges.exact and rec.nodes.exact and rec.nodes.tp == 26
 
 

@@ -118,8 +118,8 @@ def test_from_scratch_evaluation_equals_propagation(ablation, arch, gpt2_model, 
         p = Patcher(model, clean, corrupt, graph=Graph.from_model(model, split_qkv=split), ablation=ablation,
                     answer_pos=torch.tensor([[3, 5]] * 4))
         for frac, seed in [(0.1, 0), (0.5, 1), (0.9, 2)]:
-            keep = p.graph.dense(~_random_mask(p.graph, frac, seed)) & p._upstream
-            assert torch.allclose(p.evaluate(keep), p.state().propagate(keep).logits[0], atol=1e-5)
+            keep = p.graph.dense(~_random_mask(p.graph, frac, seed)) & p.upstream
+            assert torch.allclose(p.run(keep), p.state().propagate(keep).logits[0], atol=1e-5)
 
 
 def test_batched_candidates_equal_single(gpt2_model):
@@ -169,7 +169,7 @@ def test_commit_refuses_adding_edges(gpt2_model):
     cand[-1, 0] = False
     st.commit(st.propagate(cand))
     with pytest.raises(ValueError, match="only remove"):
-        st.commit(st.propagate(p._upstream.clone()))
+        st.commit(st.propagate(p.upstream.clone()))
 
 
 def test_bad_inputs(gpt2_model):

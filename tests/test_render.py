@@ -14,7 +14,7 @@ import torch
 
 from acdc.circuit import Circuit
 from acdc.graph import Graph
-from acdc.render import QKV_COLORS, DotNotFoundError, comparison_dot, live_edges, render_comparison, to_dot
+from acdc.render import QKV_COLORS, DotNotFoundError, comparison_dot, render, render_comparison, to_dot
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed")
 SVG = "{http://www.w3.org/2000/svg}"
@@ -59,15 +59,15 @@ def _y(node: ET.Element) -> float:
     return sum(nums[1::2]) / len(nums[1::2])
 
 
-def test_live_edges(circuit):
+def test_live_mask(circuit):
     g = circuit.graph
-    live = {g.edges[i].name for i in live_edges(circuit).nonzero().squeeze(1).tolist()}
+    live = {g.edges[i].name for i in circuit.live_mask().nonzero().squeeze(1).tolist()}
     assert live == set(LIVE)
 
 
 @needs_dot
 def test_svg_names_nodes_and_counts_edges(circuit, tmp_path):
-    path = circuit.render(tmp_path / "c.svg", classes={"mover": ["a1.h1"], "early": ["a0.h0"]})
+    path = render(circuit, tmp_path / "c.svg", classes={"mover": ["a1.h1"], "early": ["a0.h0"]})
     edges, nodes = _svg_edges(path), _svg_nodes(path)
     assert set(edges) == set(LIVE)  # the dead edge is hidden by default
     assert set(nodes) == {"input", "a0.h0", "a1.h1", "m0", "logits"}
@@ -87,17 +87,17 @@ def test_svg_names_nodes_and_counts_edges(circuit, tmp_path):
 
 @needs_dot
 def test_width_follows_effect_and_show_all(circuit, tmp_path):
-    path = circuit.render(tmp_path / "c.svg")
+    path = render(circuit, tmp_path / "c.svg")
     width = {n: float(next(g.iter(f"{SVG}path")).get("stroke-width", 1)) for n, g in _svg_edges(path).items()}
     assert width["a1.h1->logits"] > width["input->a0.h0<v>"] > width["a0.h0->a1.h1<k>"] > width["input->m0"]
-    everything = circuit.render(tmp_path / "all.svg", show_all=True)
+    everything = render(circuit, tmp_path / "all.svg", show_all=True)
     assert set(_svg_edges(everything)) == set(LIVE) | set(DEAD)
 
 
 @needs_dot
 @pytest.mark.parametrize("ext, magic", [("png", b"\x89PNG\r\n\x1a\n"), ("pdf", b"%PDF")])
 def test_png_and_pdf(circuit, tmp_path, ext, magic):
-    data = circuit.render(tmp_path / f"c.{ext}").read_bytes()
+    data = render(circuit, tmp_path / f"c.{ext}").read_bytes()
     assert data.startswith(magic)
     if ext == "png":
         w, h = struct.unpack(">II", data[16:24])  # IHDR
@@ -105,20 +105,20 @@ def test_png_and_pdf(circuit, tmp_path, ext, magic):
 
 
 def test_dot_source_needs_no_binary(circuit, tmp_path):
-    src = circuit.render(tmp_path / "c.dot").read_text()
+    src = render(circuit, tmp_path / "c.dot").read_text()
     assert "rankdir=BT" in src and "a1.h1" in src and "a0.h1" not in src
     assert to_dot(circuit, show_all=True).source.count("a0.h1") >= 1
 
 
 def test_bad_extension(circuit, tmp_path):
     with pytest.raises(ValueError, match=r"\.png, \.svg, \.pdf or \.dot"):
-        circuit.render(tmp_path / "c.gif")
+        render(circuit, tmp_path / "c.gif")
 
 
 def test_missing_dot_is_one_clear_line(circuit, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no dot here
     with pytest.raises(DotNotFoundError) as err:
-        circuit.render(tmp_path / "c.png")
+        render(circuit, tmp_path / "c.png")
     msg = str(err.value)
     assert "\n" not in msg and "apt-get install graphviz" in msg and "brew install graphviz" in msg
     assert not (tmp_path / "c.png").exists()

@@ -19,7 +19,7 @@ def test_from_tokens_defaults():
     [
         ({"clean": [[1, 2]], "corrupt": [[1, 2, 3]]}, "same length"),
         ({"clean": [[]], "corrupt": [[]]}, "non-empty"),
-        ({"clean": [[1, 2]], "corrupt": [[1, 2]], "answer_pos": 5}, r"\[0, 1\]"),
+        ({"clean": [[1, 2]], "corrupt": [[1, 2]], "answer_pos": 5}, r"\[0, 2\)"),
         ({"clean": [[1, 2]], "corrupt": [[1, 2]], "correct": [1]}, "both"),
         ({"clean": [[1, 2]], "corrupt": [[1, 2]], "correct": [1, 2], "incorrect": [1, 2]}, "one row per prompt"),
         ({"clean": [[1, 2, 3]], "corrupt": [[1, 2, 3]], "answer_pos": [[2, 1]]}, "strictly increasing"),

@@ -91,7 +91,7 @@ def test_discover_takes_a_task():
     e = acdc.zoo.load("ioi", n_prompts=8)
     c = acdc.discover(e.model, e.task, threshold=0.5, progress=False)
     assert c.settings["metric"] == "logit_diff"
-    assert acdc.score(c, e.truth).edges.exact
+    assert acdc.recovery(c, e.truth).edges.exact
     with pytest.raises(ValueError, match="not both"):
         acdc.discover(e.model, e.task, e.task.corrupt, threshold=0.5)
     with pytest.raises(ValueError, match="corrupt prompts are missing"):

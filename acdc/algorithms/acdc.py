@@ -5,6 +5,9 @@ forward order (nearest first), i.e. the graph's canonical edge order reversed. W
 metric oriented lower-is-better and ``C`` the current circuit, edge ``e`` is removed when
 ``m(C - e) - m(C) < threshold`` (``|...|`` with ``abs_value``), and ``C`` is updated at once. A
 destination whose node has no kept outgoing edge left is skipped and its incoming edges dropped.
+
+`run_acdc` follows the algorithm contract (`acdc.algorithms`): it returns `Scores` whose values
+are the measured deltas (NaN where untested) and whose ``selected`` edges are the circuit.
 """
 
 from __future__ import annotations
@@ -17,27 +20,29 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..circuit import Circuit
+from ..inputs import check_threshold
 from ..metrics import Batch, Metric
 from ..patching import Patcher
+from ..scores import Scores
+from .attribution import attribution_scores
 
-__all__ = ["run_acdc"]
+__all__ = ["prefilter_edges", "run_acdc"]
 
 
 def run_acdc(
     patcher: Patcher,
     metric: Metric,
     batch: Batch,
-    threshold: float,
     *,
+    threshold: float,
     abs_value: bool = False,
-    progress: bool = True,
-    settings: dict[str, Any] | None = None,
+    progress: bool = False,
     callback: Callable[[int, float, bool], bool | None] | None = None,
-    speculate: int = 1,
-    skip: Tensor | None = None,
-) -> Circuit:
-    """Run ACDC on ``patcher``'s graph and batch; returns the kept circuit.
+    speculate: int | None = None,
+    prefilter: float | None = None,
+    prefilter_method: str = "eap-ig-inputs",
+) -> Scores:
+    """Run ACDC on ``patcher``'s graph and batch; ``.selection()`` of the result is the circuit.
 
     ``callback(edge_index, delta, removed)`` is called after each tested edge; returning True
     stops the run there (edges not yet visited stay in the circuit, ``settings["stopped_early"]``).
@@ -46,18 +51,27 @@ def run_acdc(
     candidate j removing the first j of them (ACDC removes most edges, so the guess "all
     removed" usually holds); at the first edge that is kept the rest of the batch is discarded.
     Decisions and scores are those of the one-at-a-time run (up to float rounding); it pays where
-    a batch of K costs little more than one (a GPU), not on a CPU.
+    a batch of K costs little more than one (a GPU), not on a CPU. Default: 8 on an accelerator,
+    1 on a CPU.
 
-    ``skip`` [n_edges] bool: edges removed up front without being tested (score NaN). Exact ACDC
-    has none; `discover`'s approximate ``prefilter`` mode uses it.
+    ``prefilter=f`` is the APPROXIMATE mode: only the top fraction f of edges by |attribution
+    score| (``prefilter_method``, 5 steps) is tested; the rest are removed untested (score NaN)
+    and the settings say ``approximate="prefilter"``.
     """
     from tqdm.auto import tqdm
 
+    threshold = check_threshold(threshold)
+    if speculate is None:
+        speculate = 8 if patcher.tf.device.type != "cpu" else 1
     if not isinstance(speculate, int) or speculate < 1:
         raise ValueError(f"speculate must be an integer >= 1, got {speculate!r}")
     g = patcher.graph
+    info: dict[str, Any] = {}
+    if prefilter is not None:
+        skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method)
+    else:
+        skipped = torch.zeros(g.n_edges, dtype=torch.bool)
     state = patcher.state()
-    skipped = torch.zeros(g.n_edges, dtype=torch.bool) if skip is None else skip.to(torch.bool).cpu()
     if bool(skipped.any()):
         state.commit(state.propagate(state.keep & ~g.dense(skipped).to(state.keep.device)))
     current = metric.loss(state.logits, batch)
@@ -116,7 +130,6 @@ def run_acdc(
         e = block[0] - (accepted + (0 if accepted == len(block) else 1))
     bar.set_postfix(tested=n_tested, kept=int(state.keep.sum()), metric=f"{current:.4g}")
     bar.close()
-    info = dict(settings or {})
     info.update(
         method="acdc",
         threshold=float(threshold),
@@ -129,4 +142,24 @@ def run_acdc(
     )
     if stopped:
         info["stopped_early"] = True
-    return Circuit(g, g.sparse(state.keep).cpu(), scores, trace, info)
+    return Scores(g, scores, info, selected=g.sparse(state.keep).cpu(), trace=trace)
+
+
+def prefilter_edges(
+    patcher: Patcher, metric: Metric, batch: Batch, keep: float, method: str
+) -> tuple[Tensor, dict[str, Any]]:
+    """APPROXIMATE: [n_edges] bool, the edges outside the top ``keep`` fraction by |attribution score|.
+
+    `run_acdc(prefilter=...)` removes them without testing; the returned settings record that
+    the result is approximate.
+    """
+    if not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise ValueError(f"prefilter must be a fraction in (0, 1], got {keep!r}")
+    t0 = time.perf_counter()
+    values = attribution_scores(patcher, metric, batch, method=method, steps=5)
+    n_keep = max(1, math.ceil(keep * len(values)))
+    tested = torch.zeros(len(values), dtype=torch.bool)
+    tested[torch.argsort(-values.abs(), stable=True)[:n_keep]] = True
+    info = {"approximate": "prefilter", "prefilter": float(keep), "prefilter_method": method,
+            "prefilter_seconds": round(time.perf_counter() - t0, 3)}
+    return ~tested, info

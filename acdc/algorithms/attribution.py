@@ -22,6 +22,7 @@ destination's gradient without materialising per-head copies of the residual str
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Literal
 
@@ -31,11 +32,39 @@ from tqdm.auto import tqdm
 
 from ..metrics import Batch, Metric
 from ..patching import Patcher
+from ..scores import Scores
 
-__all__ = ["METHODS", "attribution_scores"]
+__all__ = ["METHODS", "attribution_scores", "eap", "eap_ig_activations", "eap_ig_inputs"]
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
 METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations")
+
+
+def eap(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bool = False) -> Scores:
+    """EAP: one forward and one backward at the clean run."""
+    return _scores(patcher, metric, batch, "eap", 1, progress)
+
+
+def eap_ig_inputs(patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, progress: bool = False) -> Scores:
+    """EAP-IG with the input embedding interpolated (``steps`` gradient passes)."""
+    return _scores(patcher, metric, batch, "eap-ig-inputs", steps, progress)
+
+
+def eap_ig_activations(
+    patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, progress: bool = False
+) -> Scores:
+    """EAP-IG with each node group's output interpolated in turn (``steps`` passes per group)."""
+    return _scores(patcher, metric, batch, "eap-ig-activations", steps, progress)
+
+
+def _scores(patcher: Patcher, metric: Metric, batch: Batch, method: str, steps: int, progress: bool) -> Scores:
+    t0 = time.perf_counter()
+    values = attribution_scores(patcher, metric, batch, method=method, steps=steps, progress=progress)
+    settings = {
+        "method": method, "steps": steps, "metric": metric.name, "ablation": patcher.ablation,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return Scores(patcher.graph, values, settings)
 
 
 def attribution_scores(
@@ -54,7 +83,7 @@ def attribution_scores(
     for override in tqdm(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
         dense += _pass(patcher, metric, batch, delta, override)
     dense /= len(points)
-    upstream = patcher._upstream
+    upstream = patcher.upstream
     dense = torch.where(upstream, dense, torch.zeros((), dtype=dense.dtype, device=dense.device))
     return dense[g.edge_dst.to(dense.device), g.edge_src.to(dense.device)].cpu()
 
@@ -65,6 +94,7 @@ class _Delta:
     def __init__(self, patcher: Patcher):
         self.clean = patcher.clean.sources  # [n_src, B, S, d]
         self.abl = patcher.abl  # same, [n_src, 1, S, d] (mean) or None (zero)
+        self.mean = patcher.ablation == "mean"
 
     def dot(self, grads: Tensor, upto: int) -> Tensor:
         """[R, upto] sums over batch, positions, features of grads [R, B, S, d] * delta[:upto]."""
@@ -73,7 +103,7 @@ class _Delta:
         out = -(grads.reshape(R, -1) @ clean.T)
         if self.abl is not None:
             abl = self.abl[:upto]
-            if abl.shape[1] == 1:  # mean ablation: one value for the whole batch
+            if self.mean:  # one value for the whole batch
                 out += grads.sum(1).reshape(R, -1) @ abl.reshape(upto, -1).T
             else:
                 out += grads.reshape(R, -1) @ abl.reshape(upto, -1).T
@@ -125,28 +155,28 @@ def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, overrid
                 t.retain_grad()
             out = tf.attend(layer, heads, *proj)
             if kind == "attn" and where == layer:
-                base = 1 + layer * (H + 1)
+                base = g.head_src(layer)
                 out = _through(out, _interpolate(patcher, slice(base, base + H), alpha))
             attn = out.sum(0) + tf.w["b_O"][layer]
             mlp_in = x if a.parallel_attn_mlp else x + attn
             probe = torch.zeros_like(mlp_in, requires_grad=True)
             m = tf.mlp(layer, mlp_in + probe)
             if kind == "mlp" and where == layer:
-                m = _through(m, _interpolate(patcher, 1 + layer * (H + 1) + H, alpha))
+                m = _through(m, _interpolate(patcher, g.mlp_src(layer), alpha))
             saved.append((x, proj, probe))
             resid = x + attn + m
         final_probe = torch.zeros_like(resid, requires_grad=True)
-        final = (resid + final_probe)[patcher._bidx, patcher.answer_pos]
+        final = patcher.at_answers(resid + final_probe)
         logits = tf.unembed(final).reshape(-1, a.d_vocab)
         metric.loss_tensor(logits, batch).backward()
 
     dense = torch.zeros(len(g.destinations), len(g.sources), dtype=torch.float64, device=tf.device)
     for layer, (x, proj, probe) in enumerate(saved):
-        base = 1 + layer * (H + 1)  # sources before this layer: [0, base)
-        rows = torch.tensor(patcher._head_rows[layer])  # [H, 3] destination rows (q, k, v)
+        base = g.head_src(layer)  # sources before this layer: [0, base)
+        rows = torch.tensor(g.head_rows(layer))  # [H, 3] destination rows (q, k, v)
         unsplit = None
         for j, (t, w) in enumerate(zip(proj, "QKV", strict=True)):
-            g_ln = torch.einsum("hnpe,hde->hnpd", t.grad, tf.w[f"W_{w}"][layer])
+            g_ln = torch.einsum("hnpe,hde->hnpd", _grad(t), tf.w[f"W_{w}"][layer])
             dx = tf.ln_vjp(x.detach(), g_ln, "ln1", layer)  # [H, B, S, d]
             if g.split_qkv:
                 dense[rows[:, j], :base] = delta.dot(dx, base)
@@ -155,6 +185,11 @@ def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, overrid
         if unsplit is not None:
             dense[rows[:, 0], :base] = delta.dot(unsplit, base)
         upto = base + H if not a.parallel_attn_mlp else base
-        dense[patcher._mlp_row[layer], :upto] = delta.dot(probe.grad[None], upto)[0]
-    dense[patcher._logits_row] = delta.dot(final_probe.grad[None], len(g.sources))[0]
+        dense[g.mlp_row(layer), :upto] = delta.dot(_grad(probe)[None], upto)[0]
+    dense[g.logits_row] = delta.dot(_grad(final_probe)[None], len(g.sources))[0]
     return dense
+
+
+def _grad(t: Tensor) -> Tensor:
+    """The gradient a backward pass left on ``t`` (zeros if none reached it)."""
+    return t.grad if t.grad is not None else torch.zeros_like(t)

@@ -12,7 +12,7 @@ is the truth the ACDC paper scored; "heads-only" drops every MLP edge).
     (182, 'name mover')
 
 `KnownCircuit` is also what the zoo's planted models return as their truth, and what
-`acdc.score` and `acdc.roc` compare against.
+`acdc.recovery` and `acdc.roc` compare against.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..circuit import Circuit
 from ..graph import Graph
 
 __all__ = ["KnownCircuit", "available", "load", "from_spec"]
@@ -83,10 +84,8 @@ class KnownCircuit:
         except ValueError as err:
             raise ValueError(f"known circuit {self.name!r} does not fit this graph ({g!r}): {err}") from None
 
-    def as_circuit(self, graph: Graph | None = None) -> Any:
+    def as_circuit(self, graph: Graph | None = None) -> Circuit:
         """The truth as a `Circuit` (scores NaN), e.g. to render or save it."""
-        from ..circuit import Circuit
-
         g = graph if graph is not None else self.graph()
         scores = torch.full((g.n_edges,), float("nan"), dtype=torch.float64)
         settings = {"method": "known", "name": self.name, "view": self.view}
@@ -106,7 +105,7 @@ def load(name: str, view: str | None = None) -> KnownCircuit:
     """Load a stored known circuit (``"ioi"``, ``"greater-than"``, ``"docstring"``)."""
     if name not in _FILES:
         raise ValueError(f"unknown circuit {name!r}; available: {', '.join(available())}")
-    spec = json.loads(resources.files(__package__).joinpath(_FILES[name]).read_text())
+    spec = json.loads(resources.files(__name__).joinpath(_FILES[name]).read_text())
     return from_spec(spec, view=view)
 
 
@@ -134,7 +133,7 @@ def from_spec(spec: dict[str, Any], view: str | None = None) -> KnownCircuit:
     model_cfg = {k: v for k, v in spec["model"].items() if k != "name"}
     return KnownCircuit(
         name=spec["name"], graph_config={**model_cfg, "split_qkv": True}, edges=edges, classes=classes,
-        view=view, title=spec.get("title", ""), source=spec.get("source", ""),
+        view=view or "", title=spec.get("title", ""), source=spec.get("source", ""),
     )
 
 

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..inputs import answer_positions, single_token_id, tokenizer_of
 from ..metrics import scored_rows
-from ..patching import answer_positions
+from .text import tokenize_pairs, vocab_size_of
 
-__all__ = ["Task"]
+__all__ = ["Task", "pair_batch"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,17 +53,13 @@ class Task:
                 "pair each clean prompt with a corrupt prompt of the same length"
             )
         b, s = c.shape
-        pos = self.answer_pos
-        if pos.dim() not in (1, 2) or pos.shape[0] != b or pos.numel() == 0:
-            raise ValueError(
-                f"{where}: answer_pos needs one position per prompt [{b}] or several [{b}, P], got shape {tuple(pos.shape)}"
-            )
-        if bool((pos < 0).any() | (pos >= s).any()):
-            raise ValueError(f"{where}: answer positions must lie in [0, {s - 1}]")
         try:
-            answer_positions(pos, b, s)
+            pos = answer_positions(self.answer_pos, b, s)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+        if pos.shape[1] == 1 and torch.as_tensor(self.answer_pos).dim() < 2:
+            pos = pos[:, 0]  # one position per prompt: kept as [batch]
+        object.__setattr__(self, "answer_pos", pos)
         if (self.correct is None) != (self.incorrect is None):
             raise ValueError(f"{where}: give both correct and incorrect answers, or neither")
         for label, ans in (("correct", self.correct), ("incorrect", self.incorrect)):
@@ -99,13 +96,7 @@ class Task:
         """A task from token ids (tensors or nested lists); answer_pos defaults to the last token."""
         c = torch.as_tensor(clean, dtype=torch.long)
         k = torch.as_tensor(corrupt, dtype=torch.long)
-        n = c.shape[0] if c.dim() >= 1 else 0
-        if answer_pos is None:
-            pos = torch.full((n,), c.shape[-1] - 1 if c.dim() == 2 else 0, dtype=torch.long)
-        else:
-            pos = torch.as_tensor(answer_pos, dtype=torch.long)
-            if pos.dim() == 0:
-                pos = pos.expand(n).clone()
+        pos = torch.tensor(-1) if answer_pos is None else torch.as_tensor(answer_pos, dtype=torch.long)
         ans = [None if a is None else torch.as_tensor(a, dtype=torch.long) for a in (correct, incorrect)]
         return cls(c, k, pos, ans[0], ans[1], metric=metric, name=name, vocab_size=vocab_size)
 
@@ -124,8 +115,6 @@ class Task:
         Answers are used exactly as written (so write ``" Mary"`` with its leading space for
         GPT-2), each one token; a list of them, or token ids, gives several answers per prompt.
         """
-        from .text import single_token_id, tokenize_pairs, tokenizer_of, vocab_size_of
-
         pairs = list(pairs)
         if not pairs:
             raise ValueError(f"task {name!r}: no pairs given; pass [(clean_text, corrupt_text, correct, incorrect), ...]")
@@ -165,3 +154,28 @@ class Task:
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, {self.n_prompts} prompts x {self.clean.shape[1]} tokens, metric={self.metric!r})"
+
+
+def pair_batch(
+    tok: Any,
+    clean: Sequence[str],
+    corrupt: Sequence[str],
+    correct: Sequence[str],
+    incorrect: Sequence[str],
+    *,
+    metric: str,
+    name: str,
+) -> Task:
+    """Tokenize paired prompts (BOS prepended), right-pad, and score each at its last token.
+
+    Answers are words, tokenized with a leading space; each must be one token.
+    """
+    clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupt, name)
+    answers = [
+        [single_token_id(tok, " " + w, f"{name} {label}") for w in words]
+        for label, words in (("correct", correct), ("incorrect", incorrect))
+    ]
+    return Task.from_tokens(
+        clean_t, corrupt_t, correct=answers[0], incorrect=answers[1], answer_pos=last, metric=metric,
+        name=name, vocab_size=vocab_size_of(tok),
+    )

@@ -18,8 +18,8 @@ import random
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from .base import Task
-from .text import pair_batch, single_tokens, tokenizer_of
+from .base import Task, pair_batch
+from .text import single_tokens, tokenizer_of
 
 __all__ = ["ioi", "CORRUPTIONS", "TEMPLATES", "NAMES", "PLACES", "OBJECTS"]
 

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Task
+from ..inputs import encode, single_token_id, tokenizer_of, try_encode
 
 __all__ = [
-    "tokenizer_of", "single_tokens", "single_token_id", "tokenize_pairs", "pair_batch", "bpe_tokenizer", "vocab_size_of",
+    "bpe_tokenizer", "encode", "single_token_id", "single_tokens", "tokenize_pairs", "tokenizer_of", "try_encode",
+    "vocab_size_of",
 ]
 
 
@@ -29,37 +30,6 @@ def bpe_tokenizer(folder: str | Path, special: str = "<|endoftext|>") -> Any:
 
     bpe = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=special, eos_token=special, unk_token=special)
-
-
-def tokenizer_of(model_or_tokenizer: Any) -> Any:
-    """The tokenizer of a bridge (``.tokenizer``), or the argument itself if it can encode."""
-    tok = getattr(model_or_tokenizer, "tokenizer", None) or model_or_tokenizer
-    if not hasattr(tok, "encode"):
-        raise ValueError("need a tokenizer (or a model with one) to build text tasks; load the model with a tokenizer")
-    return tok
-
-
-def encode(tok: Any, text: str) -> list[int]:
-    try:
-        return list(tok.encode(text, add_special_tokens=False))
-    except TypeError:
-        return list(tok.encode(text))
-
-
-def single_token_id(tok: Any, text: str, label: str) -> int:
-    """The id of ``text`` if it is exactly one token; a one-line ValueError otherwise."""
-    enc = encode(tok, text)
-    if len(enc) != 1:
-        raise ValueError(f"{label} answer {text!r} is {len(enc)} tokens; answers must be single tokens")
-    return enc[0]
-
-
-def try_encode(tok: Any, text: str) -> list[int] | None:
-    """``encode``, or None where the tokenizer refuses the text (a word-level vocabulary)."""
-    try:
-        return encode(tok, text)
-    except (ValueError, KeyError):
-        return None
 
 
 def single_tokens(tok: Any, words: Sequence[str], prefix: str = " ") -> list[str]:
@@ -105,28 +75,3 @@ def tokenize_pairs(tok: Any, clean: Sequence[str], corrupt: Sequence[str], name:
 def vocab_size_of(tok: Any) -> int | None:
     """Number of token ids the tokenizer can emit (for validating a task), if it says."""
     return len(tok) if hasattr(tok, "__len__") else getattr(tok, "vocab_size", None)
-
-
-def pair_batch(
-    tok: Any,
-    clean: Sequence[str],
-    corrupt: Sequence[str],
-    correct: Sequence[str],
-    incorrect: Sequence[str],
-    *,
-    metric: str,
-    name: str,
-) -> Task:
-    """Tokenize paired prompts (BOS prepended), right-pad, and score each at its last token.
-
-    Answers are words, tokenized with a leading space; each must be one token.
-    """
-    clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupt, name)
-    answers = [
-        [single_token_id(tok, " " + w, f"{name} {label}") for w in words]
-        for label, words in (("correct", correct), ("incorrect", incorrect))
-    ]
-    return Task.from_tokens(
-        clean_t, corrupt_t, correct=answers[0], incorrect=answers[1], answer_pos=last, metric=metric,
-        name=name, vocab_size=vocab_size_of(tok),
-    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -157,7 +158,7 @@ class PlantedGPT2:
             bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )
         torch.manual_seed(self.seed)
-        hf = GPT2LMHeadModel(cfg).eval()
+        hf: Any = GPT2LMHeadModel(cfg).eval()  # HF modules, typed loosely by transformers
         gen = torch.Generator().manual_seed(self.seed + 1)
         junk = self.resid.junk()
         n_junk = junk.shape[0]

@@ -53,4 +53,4 @@ def build(*, n_prompts: int = 32, half: int = 6, vocab_size: int = 24, seed: int
         ],
     })
     words = ["<bos>"] + [f"t{i}" for i in range(1, vocab_size)]
-    return ZooEntry("induction", __doc__.strip().splitlines()[0], model, task, truth, WordTokenizer(words))
+    return ZooEntry("induction", (__doc__ or "").strip().splitlines()[0], model, task, truth, WordTokenizer(words))

@@ -71,4 +71,4 @@ def build(*, n_prompts: int = 32, seed: int = 0):
             {"from": "name mover", "to": "logits"},
         ],
     })
-    return ZooEntry("ioi", __doc__.strip().splitlines()[0], model, task, truth, tok)
+    return ZooEntry("ioi", (__doc__ or "").strip().splitlines()[0], model, task, truth, tok)

@@ -77,4 +77,4 @@ def build(*, n_prompts: int = 32, modulus: int = 5, seed: int = 0):
             {"from": "lookup MLP", "to": "logits"},
         ],
     })
-    return ZooEntry("modular-sum", __doc__.strip().splitlines()[0], model, task, truth, tok)
+    return ZooEntry("modular-sum", (__doc__ or "").strip().splitlines()[0], model, task, truth, tok)

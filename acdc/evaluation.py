@@ -1,4 +1,4 @@
-"""Scoring circuits against ground truth: confusion counts, ROC curves and their AUCs.
+"""Circuits against ground truth: confusion counts, ROC curves and their AUCs. Pure functions, no runs.
 
 Levels:
 - ``"edge"``: every edge of the graph is a positive (in the truth) or a negative.
@@ -17,7 +17,6 @@ by taking the best TPR reached at or below each FPR):
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,7 +28,7 @@ from .circuit import Circuit
 from .graph import Graph
 from .known import KnownCircuit
 
-__all__ = ["Confusion", "Recovery", "ROC", "score", "roc", "threshold_grid"]
+__all__ = ["Confusion", "Recovery", "ROC", "as_mask", "node_mask", "node_universe", "recovery", "threshold_grid"]
 
 Level = Literal["edge", "node"]
 CircuitLike = Circuit | KnownCircuit | Tensor | Iterable[str]
@@ -86,7 +85,7 @@ class Recovery:
         )
 
 
-def score(circuit: CircuitLike, truth: CircuitLike, *, graph: Graph | None = None) -> Recovery:
+def recovery(circuit: CircuitLike, truth: CircuitLike, *, graph: Graph | None = None) -> Recovery:
     """Edge- and node-level TP/FP/FN/TN of ``circuit`` against ``truth``.
 
     Either may be a `Circuit`, a `KnownCircuit`, an edge mask [n_edges] or edge names. The graph
@@ -137,7 +136,7 @@ class ROC:
         params: Sequence[float] | None = None, graph: Graph | None = None, seconds: float = math.nan,
     ) -> ROC:
         """One point per circuit (e.g. an ACDC threshold sweep); ``params`` default to thresholds."""
-        _check_level(level)
+        check_level(level)
         if not circuits:
             raise ValueError("a ROC needs at least one circuit")
         g = _graph_of(graph, *circuits, truth)
@@ -166,7 +165,7 @@ class ROC:
         At node level a node's score is the best score of its edges, so the node curve is the
         one traced by the same edge cuts.
         """
-        _check_level(level)
+        check_level(level)
         if isinstance(scores, Circuit):
             g = scores.graph
             s = scores.scores
@@ -260,61 +259,12 @@ def threshold_grid(scale: float, n: int = 22, decades: float = 6.0) -> list[floa
     return [10 ** (lo + (hi - lo) * i / (n - 1)) for i in range(n)]
 
 
-def roc(
-    model: Any,
-    clean: Any,
-    corrupt: Any = None,
-    *,
-    truth: CircuitLike,
-    thresholds: Sequence[float] | None = None,
-    n_thresholds: int = 22,
-    decades: float = 6.0,
-    level: Level = "edge",
-    progress: bool = True,
-    **discover_kwargs: Any,
-) -> ROC:
-    """Sweep ACDC over thresholds (default: an ``n_thresholds`` `threshold_grid` spanning
-    ``decades`` below the effect of ablating every edge, so the grid fits the metric).
-
-    ``clean`` may be a `Task`; other keywords (metric, ablation, answers, ...) are those of
-    `acdc.discover`. One patcher serves every threshold. Returns the ROC with its circuits.
-    """
-    from .algorithms.acdc import run_acdc
-    from .api import check_threshold, prepare
-
-    _check_level(level)
-    abs_value = bool(discover_kwargs.pop("abs_value", False))
-    patcher, metric, batch = prepare(model, clean, corrupt, **discover_kwargs)
-    if thresholds is None:
-        g = patcher.graph
-        full = float(metric.loss(patcher.logits(torch.zeros(g.n_edges, dtype=torch.bool)), batch))
-        gone = float(metric.loss(patcher.logits(torch.ones(g.n_edges, dtype=torch.bool)), batch))
-        thresholds = threshold_grid(abs(gone - full) or 1.0, n=n_thresholds, decades=decades)
-    for t in thresholds:
-        check_threshold(t)
-    circuits = []
-    t0 = time.perf_counter()
-    bar = _progress(thresholds, progress)
-    for t in bar:
-        circuits.append(run_acdc(patcher, metric, batch, float(t), abs_value=abs_value, progress=False))
-    seconds = time.perf_counter() - t0
-    return ROC.from_circuits(circuits, truth, level=level, params=list(thresholds), graph=patcher.graph, seconds=seconds)
-
-
 # ---------------------------------------------------------------------- helpers
-def _progress(items: Sequence[float], on: bool) -> Iterable[float]:
-    if not on:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="ACDC thresholds", unit="thr")
-
-
 def _ratio(a: int, b: int) -> float:
     return a / b if b else math.nan
 
 
-def _check_level(level: str) -> None:
+def check_level(level: str) -> None:
     if level not in ("edge", "node"):
         raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
 
