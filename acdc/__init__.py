@@ -11,6 +11,7 @@ The names below are what a user needs; the engine's internals live in their modu
 """
 
 from . import known, tasks, zoo
+from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
 from .api import attribute, discover, roc
 from .circuit import Circuit
@@ -54,4 +55,3 @@ __all__ = [
     "tasks",
     "zoo",
 ]
-__version__ = "0.1.0"

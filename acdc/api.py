@@ -100,13 +100,15 @@ def attribute(
     *,
     method: str = "eap",
     steps: int = 5,
+    grid: str = "right",
     progress: bool = False,
     **inputs: Unpack[Inputs],
 ) -> Scores:
     """Score every edge with attribution patching: "eap", "eap-ig-inputs" or "eap-ig-activations".
 
     Same inputs as `discover` (a `Task` works too); ``steps`` is the number of integrated-gradient
-    points (EAP-IG with steps=1 is EAP). Scores are the first-order change of the loss (the
+    points (EAP-IG with steps=1 is EAP) and ``grid`` where they lie: "right" (k/steps, k = 1..steps;
+    the default) or "left" (k = 0..steps-1, as EAP-IG's edge-level EAP-IG-inputs). Scores are the first-order change of the loss (the
     metric oriented lower-is-better) when an edge alone is ablated; select a circuit with
     ``scores.top(n)``, ``scores.threshold(t)`` or ``scores.greedy(n)``. With ``metric="kl"`` the
     gradient at the clean run is zero, so EAP gives zeros there: use EAP-IG or a difference metric.
@@ -118,7 +120,7 @@ def attribute(
         )
     algorithm = get_algorithm(method)
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
-    options = {} if method == "eap" else {"steps": steps}
+    options: dict[str, Any] = {} if method == "eap" else {"steps": steps, "grid": grid}
     return algorithm(patcher, m, batch, progress=progress, **options)
 
 

@@ -1,8 +1,12 @@
 """A discovered circuit: kept edges, per-edge scores, the metric trace and the settings.
 
-Saved as JSON in the EAP-IG / MIB graph format (``cfg``, ``nodes``, ``edges`` with ``score`` and
-``in_graph``), so circuits load in either library; acdc's extras (settings, metric trace) sit
-under an ``"acdc"`` key that other readers ignore. Never pickled.
+Saved as JSON in the graph format EAP-IG reads and writes today (MIB uses it too): ``cfg`` with
+``n_layers``, ``n_heads``, ``parallel_attn_mlp``, ``d_model``; ``nodes`` as ``{name: {"in_graph":
+bool}}``; ``edges`` as ``{name: {"score": float, "in_graph": bool}}``, every score a number.
+acdc's extras sit under an ``"acdc"`` key that other readers ignore: the settings, the metric
+trace, and ``untested``, the edges whose score is unknown (NaN in acdc, 0.0 in the file, since
+EAP-IG needs numbers). The older format (bare-bool nodes, ``null`` scores) still loads. Never
+pickled. EAP-IG's graphs always split q/k/v, so only such circuits load there.
 """
 
 from __future__ import annotations
@@ -20,7 +24,48 @@ from .graph import Graph
 
 __all__ = ["Circuit"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+def graph_json(graph: Graph, in_graph: Tensor, scores: Tensor, extra: dict[str, Any]) -> dict[str, Any]:
+    """The JSON dict of edges ``in_graph`` [n_edges] with ``scores`` [n_edges] (NaN: untested)."""
+    idx = in_graph.nonzero().squeeze(1).tolist()
+    used = {graph.sources[s].name for s in graph.edge_src[idx].tolist()}
+    used |= {graph.destinations[d].node.name for d in graph.edge_dst[idx].tolist()}
+    values = scores.tolist()
+    kept = in_graph.tolist()
+    untested = [e.name for e, v in zip(graph.edges, values, strict=True) if math.isnan(v)]
+    edges = {
+        e.name: {"score": 0.0 if math.isnan(v) else v, "in_graph": k}
+        for e, v, k in zip(graph.edges, values, kept, strict=True)
+    }
+    return {
+        "cfg": graph.config(),
+        "nodes": {n.name: {"in_graph": n.name in used} for n in graph.nodes},
+        "edges": edges,
+        "acdc": {"format_version": FORMAT_VERSION, **extra, "untested": untested},
+    }
+
+
+def read_graph_json(d: dict[str, Any]) -> tuple[Graph, Tensor, Tensor, dict[str, Any]]:
+    """(graph, in_graph, scores, acdc extras) from a dict in this format or the older one."""
+    try:
+        graph = Graph.from_config(d["cfg"])
+        edges = d["edges"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a circuit JSON (EAP-IG/MIB format needs 'cfg' and 'edges'): missing {err}") from None
+    in_graph = torch.zeros(graph.n_edges, dtype=torch.bool)
+    scores = torch.full((graph.n_edges,), math.nan, dtype=torch.float64)
+    for name, info in edges.items():
+        i = graph.edge_index(name)
+        in_graph[i] = bool(info.get("in_graph", False))
+        s = info.get("score")
+        if s is not None:
+            scores[i] = float(s)
+    extra = dict(d.get("acdc", {}))
+    for name in extra.pop("untested", []):
+        scores[graph.edge_index(name)] = math.nan
+    return graph, in_graph, scores, extra
 
 
 @dataclass(eq=False)
@@ -65,6 +110,25 @@ class Circuit:
         used = {g.sources[s].name for s in g.edge_src[idx].tolist()}
         used |= {g.destinations[d].node.name for d in g.edge_dst[idx].tolist()}
         return [n.name for n in g.nodes if n.name in used]
+
+    def __len__(self) -> int:
+        """Number of kept edges."""
+        return self.n_edges
+
+    def __contains__(self, item: object) -> bool:
+        """Whether an edge (by name) is kept, or a node (by name) is in the circuit."""
+        if not isinstance(item, str):
+            return False
+        if self.graph.has_edge(item):
+            return bool(self.in_graph[self.graph.edge_index(item)])
+        return item in self.nodes
+
+    def score(self, *args: Any, **kwargs: Any) -> float:
+        """Not a method: per-edge scores are `edge_score` / `scores`; recovery is `acdc.recovery`."""
+        raise AttributeError(
+            "Circuit.score does not exist: an edge's effect is circuit.edge_score(name) (all of them: "
+            "circuit.scores); how well a circuit recovers a truth is acdc.recovery(circuit, truth)"
+        )
 
     def edge_score(self, edge: str) -> float:
         """Measured effect of one edge (NaN if it was never tested)."""
@@ -146,53 +210,23 @@ class Circuit:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        g = self.graph
-        node_names = set(self.nodes)
-        edges = {}
-        for i, e in enumerate(g.edges):
-            s = float(self.scores[i])
-            edges[e.name] = {"score": None if math.isnan(s) else s, "in_graph": bool(self.in_graph[i])}
-        return {
-            "cfg": g.config(),
-            "nodes": {n.name: n.name in node_names for n in g.nodes},
-            "edges": edges,
-            "acdc": {
-                "format_version": FORMAT_VERSION,
-                "settings": self.settings,
-                "metric_trace": [float(x) for x in self.metric_trace],
-            },
-        }
+        """The JSON dict (see the module docstring)."""
+        extra = {"settings": self.settings, "metric_trace": [float(x) for x in self.metric_trace]}
+        return graph_json(self.graph, self.in_graph, self.scores, extra)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Circuit:
-        try:
-            graph = Graph.from_config(d["cfg"])
-            edges = d["edges"]
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"not a circuit JSON (EAP-IG/MIB format needs 'cfg' and 'edges'): missing {err}") from None
-        in_graph = torch.zeros(graph.n_edges, dtype=torch.bool)
-        scores = torch.full((graph.n_edges,), math.nan, dtype=torch.float64)
-        for name, info in edges.items():
-            i = graph.edge_index(name)
-            in_graph[i] = bool(info.get("in_graph", False))
-            s = info.get("score")
-            if s is not None:
-                scores[i] = float(s)
-        extra = d.get("acdc", {})
+        graph, in_graph, scores, extra = read_graph_json(d)
         return cls(graph, in_graph, scores, list(extra.get("metric_trace", [])), dict(extra.get("settings", {})))
 
     def to_json(self, path: str | Path) -> Path:
         """Write the circuit as JSON (EAP-IG/MIB format); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), allow_nan=False))
-        return path
+        return write_json(self.to_dict(), path)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Circuit:
         """Load a circuit written by `to_json` or by EAP-IG's ``Graph.to_json``."""
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json(path))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Circuit):
@@ -200,8 +234,29 @@ class Circuit:
         return (
             self.graph.config() == other.graph.config()
             and torch.equal(self.in_graph, other.in_graph)
-            and torch.equal(self.scores.isnan(), other.scores.isnan())
-            and torch.equal(self.scores.nan_to_num(), other.scores.nan_to_num())
+            and same_values(self.scores, other.scores)
             and [float(x) for x in self.metric_trace] == [float(x) for x in other.metric_trace]
             and self.settings == other.settings
         )
+
+
+def write_json(d: dict[str, Any], path: str | Path) -> Path:
+    """Write ``d`` as strict JSON (no NaN) to ``path``, creating folders; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(d, allow_nan=False))
+    return path
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path``; a one-line ValueError if it is not JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not JSON ({err.msg} at line {err.lineno})") from None
+
+
+def same_values(a: Tensor, b: Tensor) -> bool:
+    """Equal tensors, NaN equal to NaN (untested edges)."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())

@@ -1,12 +1,17 @@
-"""The ``acdc`` command: discover, render, score, demo.
+"""The ``acdc`` command: discover, attribute, roc, render, recovery (alias score), demo.
 
     acdc discover --model gpt2 --task ioi --threshold 0.01 -o out/
     acdc discover --model zoo:ioi --threshold 0.1 -o out/        # offline, planted circuit
-    acdc render out/circuit.json -o circuit.png --classes ioi
+    acdc attribute --model zoo:ioi --method eap-ig-inputs --top 20 -o out/
+    acdc roc --model zoo:ioi -o out/
+    acdc render out/circuit.json -o circuit.png --classes zoo:ioi
     acdc score out/circuit.json --truth ioi
-    acdc demo
+    acdc demo -o out/demo
 
-Bad input exits with status 1 (2 for bad arguments) and one line on stderr.
+Every command that runs a model takes the same flags (--model, --task, --n-prompts, --seed,
+--metric, --ablation, --device, -o/--out, --no-progress). ``-o/--out`` is a folder, except for
+``render``, where it may also be the image file. Bad input exits with status 1 (2 for bad
+arguments) and one line on stderr.
 """
 
 from __future__ import annotations
@@ -52,61 +57,165 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
     ap = _Parser(prog="acdc", description="Automatic circuit discovery for transformer language models.")
-    sub = ap.add_subparsers(dest="command", metavar="{discover,render,score,demo}", parser_class=_Parser)
+    ap.add_argument("--version", action="version", version=f"acdc {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="{discover,attribute,roc,render,recovery,score,demo}",
+                            parser_class=_Parser)
 
     d = sub.add_parser("discover", help="find a circuit with ACDC; writes circuit.json, circuit.png, summary.txt",
                        description="Find a circuit with ACDC and write circuit.json (EAP-IG/MIB format), "
                        "circuit.png and summary.txt to the output folder.")
-    d.add_argument("--model", required=True, help="hub name (e.g. gpt2; needs internet once) or zoo:NAME "
-                   "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum)")
-    d.add_argument("--task", choices=TASKS, help="task to run (default for zoo models: the entry's own task)")
+    _run_flags(d, default_out="out")
     d.add_argument("--threshold", type=float, required=True, help="keep an edge if removing it moves the metric by at least this")
-    d.add_argument("--n-prompts", type=int, default=None, help="number of prompts (default: the task's)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the prompts (zoo models: of their weights too)")
-    d.add_argument("--metric", default=None, help="kl, logit_diff or prob_diff (default: the task's)")
-    d.add_argument("--ablation", default=None, choices=("resample", "mean", "zero"), help="default: resample")
+    d.add_argument("--speculate", type=int, default=None, help="test up to K edges per batched pass (exact; default 8 on a GPU, 1 on a CPU)")
+    d.add_argument("--prefilter", type=float, default=None, help="APPROXIMATE: test only this fraction of edges, by EAP-IG score")
     d.add_argument("--truth", default=None, help="score against a known circuit (ioi, greater-than, docstring), "
                    "zoo:NAME or a circuit JSON (zoo models: their planted circuit by default)")
-    d.add_argument("--device", default=None, help="torch device (default: the model's)")
-    d.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (default: out/)")
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(run=_discover)
+
+    a = sub.add_parser("attribute", help="score every edge with EAP / EAP-IG; writes scores.json, circuit.json, summary.txt",
+                       description="Attribution patching: one score per edge (scores.json), and the circuit of the "
+                       "--top edges (circuit.json, circuit.png).")
+    _run_flags(a, default_out="out")
+    a.add_argument("--method", default="eap-ig-inputs", choices=("eap", "eap-ig-inputs", "eap-ig-activations"))
+    a.add_argument("--steps", type=int, default=5, help="integrated-gradient steps (EAP-IG)")
+    a.add_argument("--top", type=int, default=50, help="edges in the circuit written (largest |score|; default 50)")
+    a.add_argument("--truth", default=None, help="known circuit, zoo:NAME or circuit JSON to score against")
+    a.set_defaults(run=_attribute)
+
+    o = sub.add_parser("roc", help="sweep ACDC thresholds against a truth; writes roc.json and summary.txt",
+                       description="Run ACDC at a grid of thresholds and score each circuit against the truth (ROC, AUC).")
+    _run_flags(o, default_out="out")
+    o.add_argument("--truth", default=None, help="known circuit, zoo:NAME or circuit JSON (zoo models: their own)")
+    o.add_argument("--n-thresholds", type=int, default=22, help="thresholds in the log-spaced grid (default 22)")
+    o.set_defaults(run=_roc)
 
     r = sub.add_parser("render", help="draw a circuit JSON as PNG/SVG/PDF",
                        description="Draw a circuit JSON with graphviz; the format follows the output's extension.")
     r.add_argument("circuit", type=Path, help="circuit JSON (from acdc discover, Circuit.to_json or EAP-IG)")
-    r.add_argument("-o", "--output", type=Path, required=True, help="image path: .png, .svg, .pdf (or .dot)")
+    r.add_argument("-o", "--out", type=Path, required=True,
+                   help="image file (.png, .svg, .pdf or .dot), or a folder to write CIRCUIT.png into")
     r.add_argument("--classes", default=None, help="colour nodes by the classes of a known circuit or zoo:NAME")
     r.add_argument("--truth", default=None, help="draw a comparison with this truth instead (true/false positives, missed)")
     r.add_argument("--no-scores", action="store_true", help="no score labels on edges")
     r.add_argument("--show-all", action="store_true", help="also draw edges with no path from input to logits")
     r.set_defaults(run=_render)
 
-    s = sub.add_parser("score", help="score a circuit JSON against a known circuit",
+    s = sub.add_parser("recovery", aliases=["score"], help="how well a circuit JSON recovers a known circuit",
                        description="Edge- and node-level TP/FP/FN/TN, TPR, FPR and precision of a circuit.")
     s.add_argument("circuit", type=Path, help="circuit JSON")
     s.add_argument("--truth", required=True, help="known circuit (ioi, greater-than, docstring), zoo:NAME or a circuit JSON")
     s.add_argument("--view", default=None, help="view of the known circuit (e.g. ioi: with-mlps, heads-only)")
-    s.set_defaults(run=_score)
+    s.set_defaults(run=_recovery_cmd)
 
     m = sub.add_parser("demo", help="the offline demo: discover, render and score a planted circuit",
                        description="Discover the circuit planted in a zoo model, render it and score it (offline).")
-    m.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    m.add_argument("--entry", default="ioi", help="zoo entry (ioi, induction, modular-sum)")
+    m.add_argument("--model", default="zoo:ioi", help="zoo:ioi, zoo:induction or zoo:modular-sum (default zoo:ioi)")
+    m.add_argument("-o", "--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
     m.add_argument("--threshold", type=float, default=0.1)
     m.set_defaults(run=_demo)
     return ap
 
 
+def _run_flags(p: argparse.ArgumentParser, default_out: str) -> None:
+    """The flags every model-running command shares."""
+    p.add_argument("--model", required=True, help="hub name (e.g. gpt2; needs internet once) or zoo:NAME "
+                   "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum)")
+    p.add_argument("--task", choices=TASKS, help="task to run (default for zoo models: the entry's own task)")
+    p.add_argument("--n-prompts", type=int, default=None, help="number of prompts (default: the task's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompts (zoo models: of their weights too)")
+    p.add_argument("--metric", default=None, help="kl, logit_diff or prob_diff (default: the task's)")
+    p.add_argument("--ablation", default=None, choices=("resample", "mean", "zero"), help="default: resample")
+    p.add_argument("--device", default=None, help="torch device (default: the model's)")
+    p.add_argument("-o", "--out", type=Path, default=Path(default_out), help=f"output folder (default: {default_out}/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 # ---------------------------------------------------------------------- commands
 def _discover(args: argparse.Namespace) -> int:
-    from . import known
     from .api import discover
     from .inputs import check_threshold
 
     check_threshold(args.threshold)
+    model, task, truth, classes, ablation = _setup(args)
+    print(f"acdc discover: {args.model}, {task}, threshold {args.threshold}, {ablation} ablation")
+    t0 = time.perf_counter()
+    circuit = discover(model, task, threshold=args.threshold, metric=args.metric, ablation=ablation,
+                       progress=not args.no_progress, speculate=args.speculate, prefilter=args.prefilter)
+    lines = [circuit.summary(max_edges=40), f"ACDC took {time.perf_counter() - t0:.1f} s"]
+    _finish(args.out, circuit, truth, classes, lines)
+    return 0
+
+
+def _attribute(args: argparse.Namespace) -> int:
+    from .api import attribute
+
+    model, task, truth, classes, ablation = _setup(args)
+    print(f"acdc attribute: {args.model}, {task}, {args.method}, {ablation} ablation")
+    scores = attribute(model, task, method=args.method, steps=args.steps, metric=args.metric, ablation=ablation,
+                       progress=not args.no_progress)
+    circuit = scores.top(min(args.top, scores.graph.n_edges))
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [repr(scores), f"wrote {scores.to_json(args.out / 'scores.json')}", circuit.summary(max_edges=40)]
+    _finish(args.out, circuit, truth, classes, lines)
+    return 0
+
+
+def _roc(args: argparse.Namespace) -> int:
+    import json
+
+    from .api import roc
+
+    model, task, truth, _, ablation = _setup(args)
+    if truth is None:
+        raise CLIError("a ROC needs a truth: pass --truth (a known circuit, zoo:NAME or a circuit JSON)")
+    curve = roc(model, task, truth=truth, metric=args.metric, ablation=ablation, n_thresholds=args.n_thresholds,
+                progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "roc.json"
+    path.write_text(json.dumps({"edge": curve.to_dict(), "node": curve.at_level("node").to_dict()}, indent=1))
+    text = f"{curve!r}\nnode level: {curve.at_level('node')!r}\nwrote {path}"
+    (args.out / "summary.txt").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .render import render, render_comparison
+
+    circuit = _load_circuit(args.circuit)
     out: Path = args.out
+    if out.is_dir() or not out.suffix:
+        out = out / f"{args.circuit.stem}.png"
+    if args.truth is not None:
+        path = render_comparison(circuit, _truth(args.truth), out, classes=_classes(args.classes))
+    else:
+        path = render(circuit, out, classes=_classes(args.classes), show_scores=not args.no_scores, show_all=args.show_all)
+    print(f"wrote {path}")
+    return 0
+
+
+def _recovery_cmd(args: argparse.Namespace) -> int:
+    circuit = _load_circuit(args.circuit)
+    truth = _truth(args.truth, view=args.view)
+    print(_recovery(circuit, truth))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    demo_main(["--out", str(args.out), "--model", args.model, "--threshold", str(args.threshold)])
+    return 0
+
+
+# ---------------------------------------------------------------------- helpers
+def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]:
+    """(model, task, truth, classes, ablation) from the shared flags."""
+    from . import known
+
     truth: Any = None
     classes: Any = None
     if args.model.startswith("zoo:"):
@@ -130,21 +239,19 @@ def _discover(args: argparse.Namespace) -> int:
         ablation = args.ablation or "resample"
         if args.task in known.available():
             classes = known.load(args.task)
-    if args.truth is not None:
+    if getattr(args, "truth", None) is not None:
         truth = classes = _truth(args.truth)
-    print(f"acdc discover: {args.model}, {task}, threshold {args.threshold}, {ablation} ablation")
-    t0 = time.perf_counter()
-    circuit = discover(model, task, threshold=args.threshold, metric=args.metric, ablation=ablation,
-                       progress=not args.no_progress)
-    seconds = time.perf_counter() - t0
-    lines = [circuit.summary(max_edges=40), f"ACDC took {seconds:.1f} s"]
+    return model, task, truth, classes, ablation
+
+
+def _finish(out: Path, circuit: Any, truth: Any, classes: Any, lines: list[str]) -> None:
+    """Score (if there is a truth), write circuit.json, the images and summary.txt, print the summary."""
+    from .render import render, render_comparison
+
     if truth is not None:
         lines.append(f"score vs {getattr(truth, 'name', 'truth')}: {_recovery(circuit, truth)}")
     out.mkdir(parents=True, exist_ok=True)
-    path = circuit.to_json(out / "circuit.json")
-    lines.append(f"wrote {path}")
-    from .render import render, render_comparison
-
+    lines.append(f"wrote {circuit.to_json(out / 'circuit.json')}")
     for what, fn in (("circuit.png", lambda p: render(circuit, p, classes=classes)),
                      ("comparison.png", (lambda p: render_comparison(circuit, truth, p)) if truth is not None else None)):
         if fn is None:
@@ -157,37 +264,8 @@ def _discover(args: argparse.Namespace) -> int:
     (out / "summary.txt").write_text(text + "\n")
     print(text)
     print(f"wrote {out / 'summary.txt'}")
-    return 0
 
 
-def _render(args: argparse.Namespace) -> int:
-    from .render import render, render_comparison
-
-    circuit = _load_circuit(args.circuit)
-    if args.truth is not None:
-        path = render_comparison(circuit, _truth(args.truth), args.output, classes=_classes(args.classes))
-    else:
-        path = render(circuit, args.output, classes=_classes(args.classes), show_scores=not args.no_scores,
-                      show_all=args.show_all)
-    print(f"wrote {path}")
-    return 0
-
-
-def _score(args: argparse.Namespace) -> int:
-    circuit = _load_circuit(args.circuit)
-    truth = _truth(args.truth, view=args.view)
-    print(_recovery(circuit, truth))
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo_main
-
-    demo_main(["--out", str(args.out), "--entry", args.entry, "--threshold", str(args.threshold)])
-    return 0
-
-
-# ---------------------------------------------------------------------- helpers
 def _zoo_entry(spec: str, n_prompts: int | None = None, seed: int = 0) -> Any:
     from . import zoo
 
@@ -232,16 +310,11 @@ def _classes(spec: str | None) -> Any:
 
 
 def _load_circuit(path: Path) -> Any:
-    import json
-
     from .circuit import Circuit
 
     if not path.is_file():
         raise CLIError(f"no such file: {path}")
-    try:
-        return Circuit.from_json(path)
-    except json.JSONDecodeError as err:
-        raise CLIError(f"{path} is not JSON ({err.msg} at line {err.lineno})") from None
+    return Circuit.from_json(path)
 
 
 def _recovery(circuit: Any, truth: Any) -> str:

@@ -20,10 +20,11 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="acdc offline demo: find and score a planted circuit")
-    ap.add_argument("--out", default="out/demo", help="folder for circuit.json, circuit.png, comparison.png")
-    ap.add_argument("--entry", default="ioi", help="zoo entry (ioi, induction, modular-sum)")
+    ap.add_argument("-o", "--out", default="out/demo", help="folder for circuit.json, circuit.png, comparison.png")
+    ap.add_argument("--model", default="zoo:ioi", help="zoo:ioi, zoo:induction or zoo:modular-sum")
     ap.add_argument("--threshold", type=float, default=0.1)
     args = ap.parse_args(argv)
+    name = args.model.removeprefix("zoo:")
 
     from . import zoo
     from .api import discover, roc
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     from .evaluation import recovery
     from .render import DotNotFoundError, render, render_comparison
 
-    entry = zoo.load(args.entry)
+    entry = zoo.load(name)
     m = entry.model.cfg
     print(f"model: zoo '{entry.name}' - {entry.description}")
     print(f"       GPT-2 shape, {m.n_layers} layers x {m.n_heads} heads, hand-set weights (built offline)")

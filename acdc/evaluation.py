@@ -27,6 +27,7 @@ from torch import Tensor
 from .circuit import Circuit
 from .graph import Graph
 from .known import KnownCircuit
+from .scores import Scores
 
 __all__ = ["Confusion", "Recovery", "ROC", "as_mask", "node_mask", "node_universe", "recovery", "threshold_grid"]
 
@@ -157,18 +158,20 @@ class ROC:
 
     @classmethod
     def from_scores(
-        cls, scores: Tensor | Circuit, truth: CircuitLike, *, level: Level = "edge",
+        cls, scores: Scores | Circuit | Tensor, truth: CircuitLike, *, level: Level = "edge",
         graph: Graph | None = None, absolute: bool = True,
     ) -> ROC:
         """Rank edges by score (by |score| unless ``absolute=False``; NaN never enters) and sweep the cut.
+
+        ``scores``: `Scores` (from `acdc.attribute`), a `Circuit`'s scores, or a tensor [n_edges].
 
         At node level a node's score is the best score of its edges, so the node curve is the
         one traced by the same edge cuts.
         """
         check_level(level)
-        if isinstance(scores, Circuit):
+        if isinstance(scores, (Scores, Circuit)):
             g = scores.graph
-            s = scores.scores
+            s = scores.values if isinstance(scores, Scores) else scores.scores
         else:
             g = _graph_of(graph, truth)
             s = torch.as_tensor(scores, dtype=torch.float64)
@@ -284,8 +287,7 @@ def _graph_of(graph: Graph | None, *items: Any) -> Graph:
 def as_mask(x: CircuitLike, g: Graph) -> Tensor:
     """[n_edges] bool over ``g`` of a `Circuit`, `KnownCircuit`, edge mask or edge names."""
     if isinstance(x, Circuit):
-        if x.graph.config() != g.config():
-            raise ValueError(f"circuit graph {x.graph!r} differs from the scoring graph {g!r}")
+        g.check_fits(x.graph, "this circuit")
         return x.in_graph
     if isinstance(x, KnownCircuit):
         return x.mask(g)

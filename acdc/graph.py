@@ -112,6 +112,7 @@ class Graph:
         parallel_attn_mlp: bool = False,
         split_qkv: bool = True,
         attn_only: bool = False,
+        d_model: int | None = None,
     ):
         if n_layers < 1 or n_heads < 1:
             raise ValueError(f"a graph needs n_layers >= 1 and n_heads >= 1, got {n_layers}, {n_heads}")
@@ -120,6 +121,7 @@ class Graph:
         self.parallel_attn_mlp = parallel_attn_mlp
         self.split_qkv = split_qkv
         self.attn_only = attn_only
+        self.d_model = d_model  # recorded for the JSON (EAP-IG reads it); None where unknown
 
         sources = [Node(-1, "input")]
         dests: list[Destination] = []
@@ -187,28 +189,58 @@ class Graph:
             parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
             split_qkv=split_qkv,
             attn_only=bool(getattr(cfg, "attn_only", False)),
+            d_model=getattr(cfg, "d_model", None),
         )
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Graph:
         """Graph from an EAP-IG style ``cfg`` dict (``n_layers``, ``n_heads``, ...)."""
+        d_model = cfg.get("d_model")
         return cls(
             int(cfg["n_layers"]),
             int(cfg["n_heads"]),
             parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)),
             split_qkv=bool(cfg.get("split_qkv", True)),
             attn_only=bool(cfg.get("attn_only", False)),
+            d_model=None if d_model is None else int(d_model),
         )
 
     def config(self) -> dict[str, Any]:
-        """The ``cfg`` dict written to JSON (EAP-IG keys plus ``split_qkv``)."""
-        return {
+        """The ``cfg`` dict written to JSON (EAP-IG's keys, ``d_model`` where known, plus ``split_qkv``)."""
+        cfg: dict[str, Any] = {
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "parallel_attn_mlp": self.parallel_attn_mlp,
             "split_qkv": self.split_qkv,
             "attn_only": self.attn_only,
         }
+        if self.d_model is not None:
+            cfg["d_model"] = self.d_model
+        return cfg
+
+    def shape(self) -> tuple[int, int, bool, bool]:
+        """What decides the node and edge sets, other than q/k/v splitting: (layers, heads, parallel, attn-only)."""
+        return (self.n_layers, self.n_heads, self.parallel_attn_mlp, self.attn_only)
+
+    def describe(self) -> str:
+        """The model shape in words: "a 2-layer model with 4 heads per layer" (+ parallel / attention-only)."""
+        extra = ", parallel attention and MLP" if self.parallel_attn_mlp else ""
+        extra += ", attention only" if self.attn_only else ""
+        extra += f", d_model {self.d_model}" if self.d_model is not None else ""
+        return f"a {self.n_layers}-layer model with {self.n_heads} heads per layer{extra}"
+
+    def check_fits(self, other: Graph, what: str, *, qkv: bool = True) -> None:
+        """Raise a one-line ValueError unless ``other`` (the graph ``what`` was made for) has this shape.
+
+        ``qkv=False`` allows a different q/k/v split (known circuits merge their q/k/v edges).
+        """
+        if other.shape() != self.shape() or (
+            other.d_model is not None and self.d_model is not None and other.d_model != self.d_model
+        ):
+            raise ValueError(f"{what} is for {other.describe()}, but this model is {self.describe()}")
+        if qkv and other.split_qkv != self.split_qkv:
+            split = "split into q/k/v" if other.split_qkv else "not split into q/k/v"
+            raise ValueError(f"{what} has head inputs {split}; build the graph with split_qkv={other.split_qkv}")
 
     # ------------------------------------------------------------------ index helpers
     def head_src(self, layer: int, head: int = 0) -> int:

@@ -68,6 +68,7 @@ def load_model(
     if isinstance(name_or_model, TransformerBridge):
         return name_or_model.to(device) if device is not None else name_or_model
     if isinstance(name_or_model, str):
+        _check_hub(name_or_model)
         kwargs: dict[str, Any] = {}
         if device is not None:
             kwargs["device"] = str(device)
@@ -92,6 +93,35 @@ def load_model(
     raise TypeError(
         f"load_model expects a hub name, a transformers model or a TransformerBridge, "
         f"got {type(name_or_model).__name__}"
+    )
+
+
+def _check_hub(name: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, with what to do, when a hub model is neither cached nor downloadable.
+
+    Without this, an offline machine retries the hub for ~30 s before a long traceback.
+    """
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
+        return
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return
+    if not constants.HF_HUB_OFFLINE:
+        import socket
+        from urllib.parse import urlparse
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError:
+            pass
+    raise OSError(
+        f"model {name!r} is not in the local Hugging Face cache and the hub cannot be reached "
+        "(offline, or HF_HUB_OFFLINE is set); download it once with internet, or load a local model: "
+        "acdc.load_model(AutoModelForCausalLM.from_pretrained(folder), tokenizer=AutoTokenizer.from_pretrained(folder))"
     )
 
 

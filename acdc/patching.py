@@ -33,9 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .circuit import Circuit
 from .graph import Graph
 from .inputs import Ablation, answer_positions, as_tokens, check_ablation
 from .model import Transformer
+from .tasks import Task
 
 __all__ = ["Patcher", "PatchState", "Proposal"]
 
@@ -88,7 +90,8 @@ class Patcher:
 
     Args:
         model: a TransformerLens bridge (from `acdc.load_model`) or an `acdc.model.Transformer`.
-        clean, corrupt: token ids [batch, pos] (or strings, with a tokenizer), same shape.
+        clean, corrupt: token ids [batch, pos] (or strings, with a tokenizer), same shape; or an
+            `acdc.Task` as ``clean`` (its prompts and answer positions).
         graph: the graph whose edges are patched (default: `Graph.from_model`).
         ablation: "resample" | "mean" | "zero".
         answer_pos: positions the metric reads: an int, [batch] (one per prompt), or
@@ -108,7 +111,7 @@ class Patcher:
         self,
         model: Any,
         clean: Any,
-        corrupt: Any,
+        corrupt: Any = None,
         *,
         graph: Graph | None = None,
         ablation: Ablation = "resample",
@@ -126,6 +129,14 @@ class Patcher:
                 f"graph {g!r} does not match the model (n_layers={a.n_layers}, n_heads={a.n_heads}, "
                 f"parallel_attn_mlp={a.parallel_attn_mlp}); build it with Graph.from_model(model)"
             )
+        if isinstance(clean, Task):
+            if corrupt is not None:
+                raise ValueError("pass either a Task or clean and corrupt prompts, not both")
+            task = clean
+            clean, corrupt = task.clean, task.corrupt
+            answer_pos = task.answer_pos if answer_pos is None else answer_pos
+        elif corrupt is None:
+            raise ValueError("corrupt prompts are missing: Patcher(model, clean, corrupt) or Patcher(model, task)")
         clean_t = as_tokens(clean, model, "clean").to(tf.device)
         corrupt_t = as_tokens(corrupt, model, "corrupt").to(tf.device)
         if clean_t.shape != corrupt_t.shape:
@@ -183,14 +194,19 @@ class Patcher:
         c = self.clean
         return PatchState(self.upstream.clone(), c.sources, c.resid_pre, c.resid_mid, c.logits, self)
 
-    def logits(self, ablated: Tensor | Sequence[str]) -> Tensor:
+    def logits(self, ablated: Tensor | Sequence[str] | Circuit) -> Tensor:
         """Logits at the answer positions with the given edges ablated.
 
-        ablated: edge names, a bool mask [n_edges], or a batch of masks [K, n_edges].
+        ablated: edge names, a bool mask [n_edges], or a batch of masks [K, n_edges]; or a
+        `Circuit`, whose edges are kept and every other edge ablated (checked to be a circuit of
+        this model's shape).
         Returns [rows, d_vocab] (or [K, rows, d_vocab] for a batch of masks), rows = batch * P
         scored positions (P = 1 unless answer_pos gave several per prompt).
         """
-        if isinstance(ablated, Tensor):
+        if isinstance(ablated, Circuit):
+            self.graph.check_fits(ablated.graph, "this circuit")
+            mask = ~ablated.in_graph
+        elif isinstance(ablated, Tensor):
             mask = self.graph.edge_mask(ablated.cpu())
         else:
             mask = self.graph.edge_mask(list(ablated))

@@ -23,6 +23,7 @@ from typing import Any
 from .circuit import Circuit
 from .evaluation import as_mask
 from .graph import Graph, Node
+from .known import KnownCircuit
 
 __all__ = [
     "DotNotFoundError", "QKV_COLORS", "dot_available", "to_dot", "render", "comparison_dot", "render_comparison",
@@ -75,6 +76,7 @@ def to_dot(
     show_all: also draw kept edges with no path from input to logits (hidden by default).
     """
     g = circuit.graph
+    classes = _as_classes(classes, g)
     mask = circuit.in_graph.clone() if show_all else circuit.live_mask()
     idx = mask.nonzero().squeeze(1).tolist()
     scores = circuit.scores
@@ -103,7 +105,7 @@ def to_dot(
 
 def comparison_dot(found: Circuit, truth: Any, *, classes: Any = None, title: str | None = None) -> Any:
     """``found`` against ``truth`` as a ``graphviz.Digraph``: true positives, false positives and
-    missed edges in three styles (a q/k/v letter at the head of edges into heads).
+    missed edges in three styles (a q/k/v letter on each edge into a head).
 
     truth: a `KnownCircuit`, a `Circuit` on the same graph, or edge names. Its classes colour
     the nodes unless ``classes`` is given.
@@ -116,8 +118,7 @@ def comparison_dot(found: Circuit, truth: Any, *, classes: Any = None, title: st
         "missed": ~found.in_graph & true,
     }
     idx = (found.in_graph | true).nonzero().squeeze(1).tolist()
-    if classes is None:
-        classes = getattr(truth, "classes", None)
+    classes = _as_classes(classes if classes is not None else (truth if hasattr(truth, "classes") else None), g)
     n = {k: int(m.sum()) for k, m in kinds.items()}
     head = title if title is not None else (
         f"found {int(found.in_graph.sum())} edges vs {int(true.sum())} true: "
@@ -128,8 +129,8 @@ def comparison_dot(found: Circuit, truth: Any, *, classes: Any = None, title: st
         for i in mask.nonzero().squeeze(1).tolist():
             e = g.edges[i]
             attrs = {**COMPARISON[kind], "tooltip": f"{e.name}: {kind}", "id": f"edge:{e.name}", "class": kind.replace(", ", "-").replace(" ", "-")}
-            if e.qkv:
-                attrs.update(headlabel=e.qkv, fontsize="9", fontcolor=QKV_COLORS[e.qkv])
+            if e.qkv:  # at mid-edge: parallel q/k/v edges are drawn apart, so their letters are too
+                attrs.update(label=f" {e.qkv}", fontsize="10", fontcolor=QKV_COLORS[e.qkv])
             dot.edge(e.src.name, e.dst.node.name, **attrs)
     rows = [(COMPARISON[k]["color"], COMPARISON[k]["style"], f"{k} ({n[k]})") for k in COMPARISON]
     _legend(dot, rows, "q / k / v: the head input the edge enters", classes)
@@ -207,20 +208,27 @@ def _layer_colour(layer: int, n_layers: int) -> str:
     return f"#{int(r * 255):02x}{int(gr * 255):02x}{int(b * 255):02x}"
 
 
-def _as_classes(classes: Any) -> dict[str, list[str]] | None:
+def _as_classes(classes: Any, g: Graph) -> dict[str, list[str]] | None:
+    """class -> node names, checked against the circuit's graph (a KnownCircuit's shape, every name)."""
     if classes is None:
         return None
+    if isinstance(classes, KnownCircuit):  # its classes name nodes of its own model shape
+        g.check_fits(classes.graph(), f"the classes of known circuit {classes.name!r}", qkv=False)
     c = getattr(classes, "classes", classes)
     if not isinstance(c, Mapping):
         raise ValueError("classes must map class names to node names (or be a KnownCircuit)")
-    return {str(k): list(v) for k, v in c.items()}
+    out = {str(k): list(v) for k, v in c.items()}
+    for cls, members in out.items():
+        for n in members:
+            if n not in g.src_index:
+                raise ValueError(f"class {cls!r} names {n!r}, which is not a node of this circuit's model ({g.describe()})")
+    return out
 
 
-def _canvas(g: Graph, nodes: list[Node], classes: Any, title: str) -> Any:
+def _canvas(g: Graph, nodes: list[Node], classes: dict[str, list[str]] | None, title: str) -> Any:
     """A Digraph with the nodes placed on layer rows, labelled rows on the left, and a title."""
     import graphviz
 
-    classes = _as_classes(classes)
     cls_of = _class_of(classes)
     colours = {c: CLASS_PALETTE[i % len(CLASS_PALETTE)] for i, c in enumerate(classes or {})}
     dot = graphviz.Digraph("circuit")
@@ -260,9 +268,8 @@ def _node_style(n: Node, g: Graph, cls_of: dict[str, str], colours: dict[str, st
     return attrs
 
 
-def _legend(dot: Any, edge_rows: list[tuple[str, str, str]], note: str, classes: Any) -> None:
+def _legend(dot: Any, edge_rows: list[tuple[str, str, str]], note: str, classes: dict[str, list[str]] | None) -> None:
     """An HTML-table legend node: edge styles, a note, and the class colours."""
-    classes = _as_classes(classes)
     dash = {"solid": "———", "dashed": "- - -", "dotted": "· · · ·"}
     cells = [
         f'<TR><TD ALIGN="LEFT"><FONT COLOR="{c}"><B>{dash[s]}</B></FONT></TD><TD ALIGN="LEFT">{_esc(t)}</TD></TR>'

@@ -13,12 +13,13 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .circuit import Circuit
+from .circuit import Circuit, graph_json, read_graph_json, read_json, same_values, write_json
 from .graph import Graph
 
 __all__ = ["Scores"]
@@ -60,6 +61,33 @@ class Scores:
                 f"{method} scores edges but selects none; choose a circuit with top(n), threshold(t) or greedy(n)"
             )
         return Circuit(self.graph, self.selected, self.values.clone(), list(self.trace), dict(self.settings))
+
+    def to_json(self, path: str | Path) -> Path:
+        """Save as graph JSON (the format of `Circuit.to_json`: EAP-IG reads the scores; ``in_graph``
+        is the method's own selection, or no edge); `Scores.from_json` loads it back."""
+        in_graph = self.selected if self.selected is not None else torch.zeros(self.graph.n_edges, dtype=torch.bool)
+        extra = {"kind": "scores", "settings": self.settings, "metric_trace": [float(x) for x in self.trace],
+                 "has_selection": self.selected is not None}
+        return write_json(graph_json(self.graph, in_graph, self.values, extra), path)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Scores:
+        """Load scores saved by `to_json` (or any graph JSON: its edge scores, no selection)."""
+        graph, in_graph, values, extra = read_graph_json(read_json(path))
+        selected = in_graph if extra.get("has_selection") else None
+        return cls(graph, values, dict(extra.get("settings", {})), selected, list(extra.get("metric_trace", [])))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Scores):
+            return NotImplemented
+        sel = (self.selected is None) == (other.selected is None) and (
+            self.selected is None or torch.equal(self.selected, other.selected)  # type: ignore[arg-type]
+        )
+        return (
+            self.graph.config() == other.graph.config() and sel
+            and same_values(self.values, other.values)
+            and self.settings == other.settings and [float(x) for x in self.trace] == [float(x) for x in other.trace]
+        )
 
     def __getitem__(self, edge: str) -> float:
         return float(self.values[self.graph.edge_index(edge)])

@@ -8,7 +8,7 @@ With real weights (needs internet once, for the model and its tokenizer):
 Offline, on a GPT-2-small-shaped model with RANDOM weights (the pipeline runs end to end; the
 numbers mean nothing, since a random model has no IOI circuit):
 
-    python experiments/roc_ioi_gpt2.py --random-weights --tokenizer ../shared/gpt2-tokenizer
+    python experiments/roc_ioi_gpt2.py --random-weights --tokenizer tests/data/gpt2-tokenizer
 
 Writes roc_ioi_gpt2[_random].json, .md and .png under --out.
 """
@@ -44,7 +44,7 @@ WARNING = (
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--random-weights", action="store_true", help="offline smoke run; results are meaningless")
-    ap.add_argument("--tokenizer", type=Path, default=ROOT.parent / "shared" / "gpt2-tokenizer",
+    ap.add_argument("--tokenizer", type=Path, default=ROOT / "tests" / "data" / "gpt2-tokenizer",
                     help="folder with GPT-2 vocab.json and merges.txt (only with --random-weights)")
     ap.add_argument("--view", default="with-mlps", choices=["with-mlps", "heads-only"])
     ap.add_argument("--n-prompts", type=int, default=None, help="default 100 (20 with --random-weights)")

@@ -5,25 +5,45 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+# PyTorch's own index of CPU-only wheels. The package index's Linux torch is the CUDA build
+# (several GB of nvidia-* packages); on a machine without a GPU that is wasted.
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+
+say() { echo "setup: $*" >&2; }
+
 if ! command -v dot >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "setup: installing graphviz (dot) with apt-get" >&2
+    say "installing graphviz (dot) with apt-get (about a minute)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz) >/dev/null 2>&1 \
-      || echo "setup: could not install graphviz; images will not render (apt-get install graphviz)" >&2
+      || say "could not install graphviz; images will not render (apt-get install graphviz)"
   else
-    echo "setup: graphviz's dot not found; install it (apt-get install graphviz / brew install graphviz) to render images" >&2
+    say "graphviz's dot not found; install it (apt-get install graphviz / brew install graphviz) to render images"
   fi
 fi
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
   "$PY" -m venv .venv
+fi
+pip_q() { .venv/bin/pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  say "installing torch $TORCH_VERSION, CPU build (PyTorch's CPU index; falls back to the package index)"
+  .venv/bin/pip install -q --disable-pip-version-check --timeout 15 --retries 1 \
+      --index-url "$TORCH_CPU_INDEX" "torch==$TORCH_VERSION" >/dev/null 2>&1 \
+    || pip_q "torch==$TORCH_VERSION"
 fi
 stamp=.venv/.acdc-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  # The CPU build of torch first: an unpinned torch would pull gigabytes of CUDA packages.
-  .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import acdc, torch, transformer_lens" 
+  say "installing acdc and its dev tools into .venv (transformer-lens, pytest, ...; a minute or two the first time)"
+  pip_q -e ".[dev]"
+  .venv/bin/python -c "import acdc, torch, transformer_lens"
   touch "$stamp"
 fi
+.venv/bin/python - <<'PY' >&2
+import torch
+cuda = torch.version.cuda
+print(f"setup: torch {torch.__version__} ({'CUDA ' + cuda if cuda else 'CPU build'}); ready")
+PY

@@ -58,14 +58,12 @@ def random_tokens(batch: int = 4, pos: int = 6, vocab: int = 50, seed: int = 1):
     )
 
 
-GPT2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
+GPT2_TOKENIZER = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
-    """The real GPT-2 tokenizer from ../shared/gpt2-tokenizer (skips where that folder is absent)."""
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip("../shared/gpt2-tokenizer not present (GPT-2 tokenizer files are not shipped)")
+    """The real GPT-2 tokenizer, shipped as test data (tests/data/gpt2-tokenizer, MIT)."""
     from acdc.tasks.text import bpe_tokenizer
 
     return bpe_tokenizer(GPT2_TOKENIZER)

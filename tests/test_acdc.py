@@ -12,16 +12,17 @@ import acdc
 from acdc import Circuit, Graph
 
 
-def kl_at_last(model, logits_full_clean, patched):
+def kl_at_last(logits_full_clean, patched):
     ref = logits_full_clean.log_softmax(-1)
     new = patched.log_softmax(-1)
     return float((ref.exp() * (ref - new)).sum(-1).mean())
 
 
-def plain_acdc(model, clean, corrupt, threshold, ablation, positions=None):
+def plain_acdc(model, clean, corrupt, threshold, ablation, positions=None, loss=kl_at_last, abs_value=False):
     """ACDC the obvious way: a full hooked forward per tested edge, dicts and loops.
 
     positions: [batch, P] scored positions (default: the last).
+    loss(full_logits, patched_logits) -> float, lower is better (default: KL to the full model).
     """
     g = Graph.from_model(model)
     rows = torch.arange(clean.shape[0])[:, None]
@@ -33,7 +34,7 @@ def plain_acdc(model, clean, corrupt, threshold, ablation, positions=None):
     with torch.no_grad():
         full = at(model(clean))
     removed: set[str] = set()
-    current = kl_at_last(model, full, at(patched_logits(model, g, clean, corrupt, removed, ablation)))
+    current = loss(full, at(patched_logits(model, g, clean, corrupt, removed, ablation)))
     deltas: dict[str, float] = {}
     for dst in reversed(g.destinations):
         node = dst.node.name
@@ -44,9 +45,9 @@ def plain_acdc(model, clean, corrupt, threshold, ablation, positions=None):
                 continue
         for e in reversed([e for e in g.edges if e.dst == dst]):
             trial = removed | {e.name}
-            new = kl_at_last(model, full, at(patched_logits(model, g, clean, corrupt, trial, ablation)))
+            new = loss(full, at(patched_logits(model, g, clean, corrupt, trial, ablation)))
             deltas[e.name] = new - current
-            if new - current < threshold:
+            if (abs(new - current) if abs_value else new - current) < threshold:
                 removed = trial
                 current = new
     kept = {e.name for e in g.edges} - removed
@@ -92,28 +93,78 @@ def test_threshold_extremes(gpt2_model):
     assert zero.n_edges == g.n_edges
 
 
-def test_logit_diff_and_custom_metrics(gpt2_model):
-    clean, corrupt = random_tokens()
-    answers = (torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8]))
-    c = acdc.discover(gpt2_model, clean, corrupt, threshold=0.05, metric="logit_diff", answers=answers, progress=False)
-    assert c.settings["metric"] == "logit_diff"
-    assert 0 < c.n_edges < c.graph.n_edges
-
-    def neg_top_logit(logits, batch):
-        return -logits.max(-1).values.mean()
-
-    c2 = acdc.discover(gpt2_model, clean, corrupt, threshold=0.05, metric=neg_top_logit, progress=False)
-    assert c2.settings["metric"] == "neg_top_logit"
-    c3 = acdc.discover(gpt2_model, clean, corrupt, threshold=0.05, abs_value=True, progress=False)
-    assert c3.settings["abs_value"] is True
+ANSWERS = (torch.tensor([1, 2, 3, 4, 5]), torch.tensor([5, 6, 7, 8, 9]))
 
 
-def test_neox_acdc_runs():
-    model = tiny_neox()
-    clean, corrupt = random_tokens()
-    c = acdc.discover(model, clean, corrupt, threshold=0.02, progress=False)
-    assert c.graph.parallel_attn_mlp
-    assert 0 < c.n_edges < c.graph.n_edges
+def minus_logit_diff(full, patched):
+    rows = torch.arange(len(ANSWERS[0]))
+    return -float((patched[rows, ANSWERS[0]] - patched[rows, ANSWERS[1]]).mean())
+
+
+def minus_top_logit(full, patched):
+    return -float(patched.max(-1).values.mean())
+
+
+def _decisive(model, clean, corrupt, loss, abs_value, thresholds=(0.05, 0.1, 0.2, 0.02, 0.4)):
+    """A threshold whose decisions are clear (no delta within 1e-4 of it) and non-trivial."""
+    n = Graph.from_model(model).n_edges
+    for t in thresholds:
+        kept, deltas = plain_acdc(model, clean, corrupt, t, "resample", loss=loss, abs_value=abs_value)
+        if min(abs(abs(d) - t) if abs_value else abs(d - t) for d in deltas.values()) > 1e-4 and 0 < len(kept) < n:
+            return t, kept, deltas
+    raise AssertionError("no threshold gives a clear, non-trivial decision")
+
+
+@pytest.mark.parametrize("which", ["logit_diff", "custom", "logit_diff_abs"])
+def test_logit_diff_custom_and_abs_value_equal_plain(which):
+    """Metrics whose changes can be negative: the circuit equals the plain implementation's,
+    and with abs_value the decisions use |delta| (a negative delta above the threshold is kept)."""
+    model = tiny_gpt2(n_layer=2, n_head=2, d=16, seed=3)
+    clean, corrupt = random_tokens(batch=5, pos=5)
+    abs_value = which == "logit_diff_abs"
+    loss = minus_top_logit if which == "custom" else minus_logit_diff
+    t, kept, deltas = _decisive(model, clean, corrupt, loss, abs_value)
+    if which == "custom":
+        metric = acdc.Metric("neg_top_logit", lambda logits, batch: -logits.max(-1).values.mean())
+        c = acdc.discover(model, clean, corrupt, threshold=t, metric=metric, progress=False)
+    else:
+        c = acdc.discover(model, clean, corrupt, threshold=t, metric="logit_diff", answers=ANSWERS,
+                          abs_value=abs_value, progress=False)
+    assert set(c.edges) == kept and c.settings["abs_value"] is abs_value
+    for name, d in deltas.items():
+        assert c.edge_score(name) == pytest.approx(d, abs=1e-5), name
+    if abs_value:  # the rule matters here: some edge is kept only because |delta| counts
+        assert any(d <= -t for d in deltas.values())
+        plain_signed, _ = plain_acdc(model, clean, corrupt, t, "resample", loss=loss, abs_value=False)
+        assert plain_signed != kept
+    if which != "custom":  # the trace and final metric are logit differences, not their negatives
+        assert c.settings["final_metric"] == pytest.approx(c.metric_trace[-1])
+        assert c.metric_trace[-1] == pytest.approx(-minus_logit_diff(None, _kept_logits(model, clean, corrupt, c)), abs=1e-4)
+
+
+def _kept_logits(model, clean, corrupt, c):
+    removed = {e.name for e in c.graph.edges} - set(c.edges)
+    return patched_logits(model, c.graph, clean, corrupt, removed, "resample")[:, -1]
+
+
+def test_neox_acdc_equals_plain():
+    model = tiny_neox(n_layer=2, n_head=2, d=16, seed=2)
+    clean, corrupt = random_tokens(batch=5, pos=5)
+    t, kept, deltas = _decisive(model, clean, corrupt, kl_at_last, False, thresholds=(0.01, 0.02, 0.005, 0.04))
+    c = acdc.discover(model, clean, corrupt, threshold=t, progress=False)
+    assert c.graph.parallel_attn_mlp and set(c.edges) == kept
+    for name, d in deltas.items():
+        assert c.edge_score(name) == pytest.approx(d, abs=1e-5), name
+
+
+def test_removal_rule_is_strict_at_ties():
+    """Removed only when the change is strictly below the threshold: at threshold 0 an edge whose
+    removal changes nothing at all (delta exactly 0) stays (the zoo's IOI model has such edges)."""
+    entry = acdc.zoo.load("ioi")
+    c = acdc.discover(entry.model, entry.task, threshold=0.0, progress=False)
+    zero = (c.scores == 0).nonzero().squeeze(1)
+    assert len(zero) > 0 and bool(c.in_graph[zero].all())
+    assert c.n_edges == 120  # measured; with "<=" (ties removed) it would be 85
 
 
 @pytest.mark.parametrize(

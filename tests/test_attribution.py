@@ -74,10 +74,42 @@ def test_kl_gradient_vanishes_at_clean(gpt2_model):
 
 
 def test_several_scored_positions(gpt2_model):
-    """Attribution reads the same [batch, P] positions as the engine (a Task with P > 1)."""
+    """Attribution reads the same [batch, P] positions as the engine (a Task with P > 1): each EAP
+    score equals the hooked gradient formula with the logit difference averaged over those rows."""
     task = acdc.tasks.induction(50, 4, half=3, seed=0, bos=0)
-    s = acdc.attribute(gpt2_model, task, method="eap-ig-inputs", steps=2)
-    assert s.values.shape == (Graph.from_model(gpt2_model).n_edges,) and torch.isfinite(s.values).all()
+    assert task.answer_pos.shape[1] > 1
+    g = Graph.from_model(gpt2_model)
+    s = acdc.attribute(gpt2_model, task, method="eap", metric="logit_diff")
+    rows = torch.arange(task.n_prompts)[:, None]
+
+    def loss(logits):
+        at = logits[rows, task.answer_pos]  # [batch, P, vocab]
+        correct = at.gather(-1, task.correct[..., None])[..., 0]
+        incorrect = at.gather(-1, task.incorrect[..., None])[..., 0]
+        return -(correct - incorrect).mean()
+
+    ref = eap_reference(gpt2_model, g, task.clean, task.corrupt, "resample", loss)
+    scale = max(abs(v) for v in ref.values())
+    assert scale > 0
+    for name, v in ref.items():
+        assert s[name] == pytest.approx(v, abs=1e-4 * scale, rel=1e-4), name
+
+
+def test_left_and_right_grids(gpt2_model):
+    """The grids differ by their end points only: m * left(m) = m * right(m) - g(1) + g(0),
+    with g(1) the gradient at the clean run (EAP) and g(0) at the ablated run (left, 1 step)."""
+    clean, corrupt = random_tokens()
+    kw = dict(metric="logit_diff", answers=_answers())
+    eap = acdc.attribute(gpt2_model, clean, corrupt, method="eap", **kw).values
+    right = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=4, **kw)
+    left = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=4, grid="left", **kw)
+    at_ablated = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=1, grid="left", **kw).values
+    assert right.settings["grid"] == "right" and left.settings["grid"] == "left"
+    scale = float(eap.abs().max())
+    assert torch.allclose(4 * left.values, 4 * right.values - eap + at_ablated, atol=1e-5 * scale, rtol=1e-5)
+    assert not torch.allclose(left.values, right.values, atol=1e-3 * scale)
+    with pytest.raises(ValueError, match="unknown grid 'middle'"):
+        acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", grid="middle", **kw)
 
 
 def test_errors(gpt2_model):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import acdc
 from acdc.circuit import Circuit
 from acdc.cli import main
 
@@ -25,27 +26,66 @@ def discovered(tmp_path_factory) -> Path:
     return out
 
 
-def test_discover_writes_json_png_summary(discovered):
+needs_dot = pytest.mark.skipif(not has_dot, reason="graphviz's dot is not installed")
+
+
+def test_discover_writes_json_summary(discovered):
     c = Circuit.from_json(discovered / "circuit.json")
     assert c.n_edges == 9 and c.settings["threshold"] == 0.1
     summary = (discovered / "summary.txt").read_text()
     assert "9 of 262 edges" in summary and "TPR 1.000 FPR 0.0000" in summary
-    if has_dot:
-        for name in ("circuit.png", "comparison.png"):
-            assert (discovered / name).read_bytes().startswith(b"\x89PNG")
 
 
-def test_render_and_score(discovered, tmp_path, capsys):
-    if has_dot:
-        assert main(["render", str(discovered / "circuit.json"), "-o", str(tmp_path / "c.svg"), "--classes", "zoo:ioi"]) == 0
-        svg = (tmp_path / "c.svg").read_text()
-        assert svg.count('class="edge"') == 9 and "name mover" in svg
-        assert main(["render", str(discovered / "circuit.json"), "-o", str(tmp_path / "d.svg"), "--truth", "zoo:ioi"]) == 0
-        assert (tmp_path / "d.svg").read_text().count("found&#45;true") == 9
+@needs_dot
+def test_discover_writes_images(discovered):
+    for name in ("circuit.png", "comparison.png"):
+        assert (discovered / name).read_bytes().startswith(b"\x89PNG")
+
+
+@needs_dot
+def test_render(discovered, tmp_path):
+    assert main(["render", str(discovered / "circuit.json"), "-o", str(tmp_path / "c.svg"), "--classes", "zoo:ioi"]) == 0
+    svg = (tmp_path / "c.svg").read_text()
+    assert svg.count('class="edge"') == 9 and "name mover" in svg
+    assert main(["render", str(discovered / "circuit.json"), "-o", str(tmp_path / "d.svg"), "--truth", "zoo:ioi"]) == 0
+    assert (tmp_path / "d.svg").read_text().count("found&#45;true") == 9
+    # -o a folder: the image is named after the circuit file
+    assert main(["render", str(discovered / "circuit.json"), "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "circuit.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_score(discovered, capsys):
     assert main(["score", str(discovered / "circuit.json"), "--truth", "zoo:ioi"]) == 0
     assert "TP 9, FP 0, FN 0" in capsys.readouterr().out
-    # a circuit JSON as the truth
-    assert main(["score", str(discovered / "circuit.json"), "--truth", str(discovered / "circuit.json")]) == 0
+    # a circuit JSON as the truth; "recovery" is the command's name, "score" its alias
+    assert main(["recovery", str(discovered / "circuit.json"), "--truth", str(discovered / "circuit.json")]) == 0
+    assert "TP 9, FP 0, FN 0" in capsys.readouterr().out
+
+
+def test_one_set_of_flags(tmp_path, capsys):
+    """-o/--out and --model mean the same in every command; attribute and roc commands; --version."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("acdc 0.")
+    a = tmp_path / "a"
+    assert main(["attribute", "--model", "zoo:ioi", "--method", "eap-ig-inputs", "--top", "9", "-o", str(a),
+                 "--no-progress"]) == 0
+    scores = acdc.Scores.from_json(a / "scores.json")
+    top9 = Circuit.from_json(a / "circuit.json")
+    assert scores.settings["method"] == "eap-ig-inputs" and top9.n_edges == 9
+    assert top9.edges == scores.top(9).edges and "score vs zoo-ioi" in (a / "summary.txt").read_text()
+    r = tmp_path / "r"
+    assert main(["roc", "--model", "zoo:induction", "--n-thresholds", "4", "-o", str(r), "--no-progress"]) == 0
+    data = json.loads((r / "roc.json").read_text())
+    assert len(data["edge"]["points"]) == 4 and 0 <= data["edge"]["auc"] <= 1 and data["node"]["level"] == "node"
+    d = tmp_path / "d"
+    assert main(["discover", "--model", "zoo:ioi", "--threshold", "0.1", "--speculate", "3", "--prefilter", "0.5",
+                 "-o", str(d), "--no-progress"]) == 0
+    c = Circuit.from_json(d / "circuit.json")
+    assert c.settings["approximate"] == "prefilter" and c.settings["prefilter"] == 0.5
+    m = tmp_path / "m"
+    assert main(["demo", "--model", "zoo:induction", "--threshold", "0.01", "-o", str(m)]) == 0
+    assert Circuit.from_json(m / "circuit.json").n_edges == 5
 
 
 @pytest.mark.parametrize(
@@ -53,7 +93,8 @@ def test_render_and_score(discovered, tmp_path, capsys):
     [
         (["score", "missing.json", "--truth", "ioi"], 1, "no such file"),
         (["score", "{circuit}", "--truth", "nonsense"], 1, "unknown truth 'nonsense'"),
-        (["score", "{circuit}", "--truth", "ioi"], 1, "does not fit this graph"),
+        (["score", "{circuit}", "--truth", "ioi"], 1, "is for a 12-layer model with 12 heads per layer"),
+        (["roc", "--model", "gpt2", "--task", "ioi"], 1, "not in the local Hugging Face cache"),
         (["render", "{circuit}", "-o", "x.gif"], 1, r"\.png, \.svg, \.pdf or \.dot"),
         (["render", "{bad}", "-o", "x.png"], 1, "is not JSON"),
         (["discover", "--model", "zoo:nope", "--threshold", "1"], 1, "unknown zoo model 'nope'"),
@@ -80,7 +121,7 @@ def test_bad_input_one_line(discovered, tmp_path, capsys, argv, code, match):
 
 
 def test_help_on_each_command(capsys):
-    for cmd in ([], ["discover"], ["render"], ["score"], ["demo"]):
+    for cmd in ([], ["discover"], ["attribute"], ["roc"], ["render"], ["recovery"], ["score"], ["demo"]):
         with pytest.raises(SystemExit) as exit_:
             main([*cmd, "--help"])
         assert exit_.value.code == 0

@@ -57,7 +57,7 @@ def test_score_accepts_circuits_and_known(g):
     assert acdc.recovery(c, c).nodes.exact
     with pytest.raises(ValueError, match="graph="):
         acdc.recovery(TRUTH, TRUTH)
-    with pytest.raises(ValueError, match="differs"):
+    with pytest.raises(ValueError, match="this circuit is for a 2-layer model"):
         acdc.recovery(Circuit(Graph(3, 2), torch.zeros(Graph(3, 2).n_edges, dtype=torch.bool), torch.zeros(Graph(3, 2).n_edges)), c)
 
 

@@ -12,6 +12,16 @@ IOI_CLASS_SIZES = {
     "name mover": 3, "backup name mover": 8, "negative name mover": 2, "s-inhibition": 4,
     "induction": 4, "duplicate token": 3, "previous token": 2,
 }
+# The IOI paper's 26 heads (Wang et al. 2022, Fig. 2), pinned head by head.
+IOI_CLASSES = {
+    "name mover": {"a9.h9", "a9.h6", "a10.h0"},
+    "backup name mover": {"a10.h10", "a10.h6", "a10.h2", "a10.h1", "a11.h2", "a9.h7", "a9.h0", "a11.h9"},
+    "negative name mover": {"a10.h7", "a11.h10"},
+    "s-inhibition": {"a7.h3", "a7.h9", "a8.h6", "a8.h10"},
+    "induction": {"a5.h5", "a5.h8", "a5.h9", "a6.h9"},
+    "duplicate token": {"a0.h1", "a0.h10", "a3.h0"},
+    "previous token": {"a2.h2", "a4.h11"},
+}
 
 
 def ioi_head_layers() -> list[int]:
@@ -38,12 +48,16 @@ def test_ioi_with_mlps_count():
         + 3 * sum(layers)          # earlier MLPs -> each circuit head's q, k, v
         + sum(12 - L for L in layers)  # each circuit head -> MLPs of its layer and later
     )
-    assert known.load("ioi").n_edges == 182 + mlp_edges == 962
+    # + input -> logits: the ACDC paper's truth (get_ioi_true_edges) keeps the embedding-to-output edge
+    assert known.load("ioi").n_edges == 182 + mlp_edges + 1 == 963
+    assert "input->logits" in known.load("ioi").edges
+    assert "input->logits" not in known.load("ioi", view="heads-only").edges
 
 
 def test_ioi_classes():
     ioi = known.load("ioi")
     assert {k: len(v) for k, v in ioi.classes.items()} == IOI_CLASS_SIZES
+    assert {k: set(v) for k, v in ioi.classes.items()} == IOI_CLASSES
     assert ioi.node_class("a9.h9") == "name mover"
     assert ioi.node_class("a2.h2") == "previous token"
     assert ioi.node_class("a1.h1") is None
@@ -122,5 +136,5 @@ def test_errors():
     spec["rules"] = [{"from": "a9.h0", "to": "logits"}]
     with pytest.raises(ValueError, match="neither a node"):
         known.from_spec(spec)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="is for a 12-layer model with 12 heads per layer"):
         known.load("ioi").mask(Graph(2, 2))

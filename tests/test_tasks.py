@@ -10,7 +10,7 @@ from acdc.tasks import Task
 
 def test_from_tokens_defaults():
     t = Task.from_tokens([[1, 2, 3], [4, 5, 6]], [[1, 2, 0], [4, 0, 6]], correct=[1, 2], incorrect=[3, 4])
-    assert t.answer_pos.tolist() == [2, 2] and t.n_prompts == 2 and t.metric == "kl"
+    assert t.answer_pos.tolist() == [2, 2] and t.n_prompts == 2 and t.metric == "logit_diff"  # answers given
     assert t.answers is not None and t.answers[0].tolist() == [1, 2]
 
 

@@ -74,7 +74,15 @@ def run_acdc(
     state = patcher.state()
     if bool(skipped.any()):
         state.commit(state.propagate(state.keep & ~g.dense(skipped).to(state.keep.device)))
-    current = metric.loss(state.logits, batch)
+    current = metric.loss(state.logits, batch)  # lower is better, what the rule thresholds
+
+    def shown(loss: float) -> float:
+        """The metric as the user knows it (a logit difference stays positive), for trace and display."""
+        return -loss if metric.higher_is_better else loss
+
+    def status() -> dict[str, object]:
+        return {"tested": n_tested, "kept": int(state.keep.sum()), metric.name: f"{shown(current):.4g}"}
+
     scores = torch.full((g.n_edges,), math.nan, dtype=torch.float64)
     trace: list[float] = []
     n_tested = 0
@@ -117,18 +125,18 @@ def run_acdc(
             if removed:
                 current = new
                 accepted = j + 1
-            trace.append(current)
+            trace.append(shown(current))
             bar.update(1)
             if callback is not None and callback(edge, delta, removed):
                 stopped = True
             if n_tested % 64 == 0:
-                bar.set_postfix(tested=n_tested, kept=int(state.keep.sum()), metric=f"{current:.4g}", refresh=False)
+                bar.set_postfix(status(), refresh=False)
             if stopped or not removed:
                 break
         if accepted:
             state.commit(proposal, accepted - 1)
         e = block[0] - (accepted + (0 if accepted == len(block) else 1))
-    bar.set_postfix(tested=n_tested, kept=int(state.keep.sum()), metric=f"{current:.4g}")
+    bar.set_postfix(status())
     bar.close()
     info.update(
         method="acdc",
@@ -138,7 +146,7 @@ def run_acdc(
         metric=metric.name,
         n_tested=n_tested,
         seconds=round(time.perf_counter() - t0, 3),
-        final_metric=float(current),
+        final_metric=shown(current),
     )
     if stopped:
         info["stopped_early"] = True

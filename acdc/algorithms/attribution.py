@@ -14,6 +14,13 @@ clean run: of the input embedding ("eap-ig-inputs"), or of each node group's out
 passes gradients to its own inputs through its Jacobian at the clean input, so its inputs are
 not cut off the path). With steps=1 both are EAP.
 
+Two grids of points are offered (``grid``), both valid Riemann sums of the same integral:
+- ``"right"`` (default): k/steps for k = 1..steps, ending at the clean run, so steps=1 is EAP;
+  EAP-IG's own activations and node-level variants use this grid.
+- ``"left"``: k/steps for k = 0..steps-1, starting at the fully ablated run; EAP-IG's edge-level
+  ``EAP-IG-inputs`` (hannamw/EAP-IG, current main) uses it. Use it to compare numbers with
+  EAP-IG: at 5 steps the two grids differ by several percent.
+
 The forward pass uses the patching engine's model (`acdc.model.Transformer`) and its weights;
 the gradient into each head's q/k/v input is read from the gradient of that head's projection
 through LayerNorm's backward (`Transformer.ln_vjp`), so one forward and one backward give every
@@ -38,6 +45,8 @@ __all__ = ["METHODS", "attribution_scores", "eap", "eap_ig_activations", "eap_ig
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
 METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations")
+Grid = Literal["right", "left"]
+GRIDS: tuple[str, ...] = ("right", "left")
 
 
 def eap(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bool = False) -> Scores:
@@ -45,41 +54,49 @@ def eap(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bool = Fals
     return _scores(patcher, metric, batch, "eap", 1, progress)
 
 
-def eap_ig_inputs(patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, progress: bool = False) -> Scores:
-    """EAP-IG with the input embedding interpolated (``steps`` gradient passes)."""
-    return _scores(patcher, metric, batch, "eap-ig-inputs", steps, progress)
+def eap_ig_inputs(
+    patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, grid: Grid = "right", progress: bool = False
+) -> Scores:
+    """EAP-IG with the input embedding interpolated (``steps`` gradient passes on ``grid``)."""
+    return _scores(patcher, metric, batch, "eap-ig-inputs", steps, progress, grid)
 
 
 def eap_ig_activations(
-    patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, progress: bool = False
+    patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, grid: Grid = "right", progress: bool = False
 ) -> Scores:
-    """EAP-IG with each node group's output interpolated in turn (``steps`` passes per group)."""
-    return _scores(patcher, metric, batch, "eap-ig-activations", steps, progress)
+    """EAP-IG with each node group's output interpolated in turn (``steps`` passes per group on ``grid``)."""
+    return _scores(patcher, metric, batch, "eap-ig-activations", steps, progress, grid)
 
 
-def _scores(patcher: Patcher, metric: Metric, batch: Batch, method: str, steps: int, progress: bool) -> Scores:
+def _scores(
+    patcher: Patcher, metric: Metric, batch: Batch, method: str, steps: int, progress: bool, grid: Grid = "right"
+) -> Scores:
     t0 = time.perf_counter()
-    values = attribution_scores(patcher, metric, batch, method=method, steps=steps, progress=progress)
+    values = attribution_scores(patcher, metric, batch, method=method, steps=steps, grid=grid, progress=progress)
     settings = {
-        "method": method, "steps": steps, "metric": metric.name, "ablation": patcher.ablation,
+        "method": method, "steps": steps, **({"grid": grid} if method != "eap" else {}),
+        "metric": metric.name, "ablation": patcher.ablation,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return Scores(patcher.graph, values, settings)
 
 
 def attribution_scores(
-    patcher: Patcher, metric: Metric, batch: Batch, *, method: str = "eap", steps: int = 5, progress: bool = False
+    patcher: Patcher, metric: Metric, batch: Batch, *, method: str = "eap", steps: int = 5, grid: Grid = "right",
+    progress: bool = False,
 ) -> Tensor:
     """[n_edges] float64 attribution scores in the graph's edge order (see module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
     tf = patcher.tf
     delta = _Delta(patcher)
     g = patcher.graph
     dense = torch.zeros(len(g.destinations), len(g.sources), dtype=torch.float64, device=tf.device)
-    points = list(_points(method, steps, tf.arch.n_layers))
+    points = list(_points(method, steps, tf.arch.n_layers, grid))
     for override in tqdm(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
         dense += _pass(patcher, metric, batch, delta, override)
     dense /= len(points)
@@ -110,9 +127,10 @@ class _Delta:
         return out.double()
 
 
-def _points(method: str, steps: int, n_layers: int) -> Iterator[tuple[str, int, float] | None]:
+def _points(method: str, steps: int, n_layers: int, grid: str) -> Iterator[tuple[str, int, float] | None]:
     """Where each gradient is taken: None (the clean run) or (group, layer, alpha)."""
-    alphas = [k / steps for k in range(1, steps + 1)]
+    first = 1 if grid == "right" else 0
+    alphas = [k / steps for k in range(first, first + steps)]
     if method == "eap":
         yield None
     elif method == "eap-ig-inputs":

@@ -78,11 +78,9 @@ class KnownCircuit:
     def mask(self, graph: Graph | None = None) -> Tensor:
         """[n_edges] bool over ``graph`` (default: its own); q/k/v merge if the graph does not split them."""
         g = graph if graph is not None else self.graph()
+        g.check_fits(self.graph(), f"known circuit {self.name!r}", qkv=False)
         names = self.edges if g.split_qkv else {_strip_qkv(e) for e in self.edges}
-        try:
-            return g.edge_mask(names)
-        except ValueError as err:
-            raise ValueError(f"known circuit {self.name!r} does not fit this graph ({g!r}): {err}") from None
+        return g.edge_mask(names)
 
     def as_circuit(self, graph: Graph | None = None) -> Circuit:
         """The truth as a `Circuit` (scores NaN), e.g. to render or save it."""

@@ -29,7 +29,8 @@ class Task:
                         (strictly increasing per prompt; the metric averages over all of them).
     correct, incorrect: [batch] or [batch, k] token ids (k > 1 pads with -1), or None when the
                         metric needs no answers (KL); with P positions, [batch, P] or [batch, P, k].
-    metric:             name of the default metric ("kl", "logit_diff", "prob_diff").
+    metric:             name of the default metric ("kl", "logit_diff", "prob_diff"); if not
+                        given, "logit_diff" when the task has answers, else "kl".
     vocab_size:         if given, every token id must be below it.
     """
 
@@ -38,7 +39,7 @@ class Task:
     answer_pos: Tensor
     correct: Tensor | None = None
     incorrect: Tensor | None = None
-    metric: str = "kl"
+    metric: str | None = None
     name: str = "custom"
     vocab_size: int | None = None
 
@@ -60,6 +61,8 @@ class Task:
         if pos.shape[1] == 1 and torch.as_tensor(self.answer_pos).dim() < 2:
             pos = pos[:, 0]  # one position per prompt: kept as [batch]
         object.__setattr__(self, "answer_pos", pos)
+        if self.metric is None:
+            object.__setattr__(self, "metric", "kl" if self.correct is None else "logit_diff")
         if (self.correct is None) != (self.incorrect is None):
             raise ValueError(f"{where}: give both correct and incorrect answers, or neither")
         for label, ans in (("correct", self.correct), ("incorrect", self.incorrect)):
@@ -89,7 +92,7 @@ class Task:
         correct: Any = None,
         incorrect: Any = None,
         answer_pos: int | Sequence[int] | Tensor | None = None,
-        metric: str = "kl",
+        metric: str | None = None,
         name: str = "custom",
         vocab_size: int | None = None,
     ) -> Task:
@@ -97,7 +100,7 @@ class Task:
         c = torch.as_tensor(clean, dtype=torch.long)
         k = torch.as_tensor(corrupt, dtype=torch.long)
         pos = torch.tensor(-1) if answer_pos is None else torch.as_tensor(answer_pos, dtype=torch.long)
-        ans = [None if a is None else torch.as_tensor(a, dtype=torch.long) for a in (correct, incorrect)]
+        ans = [_answer_tensor(a, label, name) for a, label in ((correct, "correct"), (incorrect, "incorrect"))]
         return cls(c, k, pos, ans[0], ans[1], metric=metric, name=name, vocab_size=vocab_size)
 
     @classmethod
@@ -106,7 +109,7 @@ class Task:
         pairs: Sequence[tuple[str, str, Any, Any]],
         model_or_tokenizer: Any,
         *,
-        metric: str = "logit_diff",
+        metric: str | None = None,
         name: str = "custom",
     ) -> Task:
         """A task from ``(clean_text, corrupt_text, correct, incorrect)`` tuples.
@@ -154,6 +157,21 @@ class Task:
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, {self.n_prompts} prompts x {self.clean.shape[1]} tokens, metric={self.metric!r})"
+
+
+def _answer_tensor(x: Any, label: str, name: str) -> Tensor | None:
+    """Answer token ids as a tensor; a one-line error for text (which needs a tokenizer)."""
+    if x is None:
+        return None
+    if isinstance(x, str) or (isinstance(x, Sequence) and any(isinstance(a, str) for a in x)):
+        raise ValueError(
+            f"task {name!r}: {label} answers must be token ids, got text; use Task.from_pairs(pairs, tokenizer) "
+            "for text answers"
+        )
+    try:
+        return torch.as_tensor(x, dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"task {name!r}: {label} answers must be integer token ids ({err})") from None
 
 
 def pair_batch(
