@@ -113,6 +113,7 @@ class Graph:
         split_qkv: bool = True,
         attn_only: bool = False,
         d_model: int | None = None,
+        n_kv_heads: int | None = None,
     ):
         if n_layers < 1 or n_heads < 1:
             raise ValueError(f"a graph needs n_layers >= 1 and n_heads >= 1, got {n_layers}, {n_heads}")
@@ -122,6 +123,9 @@ class Graph:
         self.split_qkv = split_qkv
         self.attn_only = attn_only
         self.d_model = d_model  # recorded for the JSON (EAP-IG reads it); None where unknown
+        # Grouped-query attention: fewer key/value heads than query heads. The graph still has one
+        # k and one v input per query head (see acdc.families); recorded for the JSON.
+        self.n_kv_heads = n_kv_heads if n_kv_heads not in (None, n_heads) else None
 
         sources = [Node(-1, "input")]
         dests: list[Destination] = []
@@ -190,12 +194,14 @@ class Graph:
             split_qkv=split_qkv,
             attn_only=bool(getattr(cfg, "attn_only", False)),
             d_model=getattr(cfg, "d_model", None),
+            n_kv_heads=getattr(cfg, "n_key_value_heads", None) or getattr(cfg, "n_kv_heads", None) or None,
         )
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Graph:
         """Graph from an EAP-IG style ``cfg`` dict (``n_layers``, ``n_heads``, ...)."""
         d_model = cfg.get("d_model")
+        n_kv = cfg.get("n_key_value_heads")
         return cls(
             int(cfg["n_layers"]),
             int(cfg["n_heads"]),
@@ -203,6 +209,7 @@ class Graph:
             split_qkv=bool(cfg.get("split_qkv", True)),
             attn_only=bool(cfg.get("attn_only", False)),
             d_model=None if d_model is None else int(d_model),
+            n_kv_heads=None if n_kv is None else int(n_kv),
         )
 
     def config(self) -> dict[str, Any]:
@@ -216,6 +223,9 @@ class Graph:
         }
         if self.d_model is not None:
             cfg["d_model"] = self.d_model
+        if self.n_kv_heads is not None:
+            cfg["n_key_value_heads"] = self.n_kv_heads
+            cfg["kv_inputs"] = "per-query-head"
         return cfg
 
     def shape(self) -> tuple[int, int, bool, bool]:

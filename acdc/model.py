@@ -6,8 +6,10 @@ patching engine needs (embedding, a set of attention heads with *per-head* input
 unembedding at chosen positions). The engine's forward is checked against the bridge's logits
 when it is built, so a silent mismatch cannot happen: an unsupported architecture raises.
 
-Supported: GPT-2 style (learned positions, LayerNorm, sequential attention then MLP) and
-GPT-NeoX/Pythia style (rotary, LayerNorm, parallel attention + MLP).
+Supported families (`acdc.families`): GPT-2 (learned positions, LayerNorm), GPT-NeoX/Pythia
+(rotary, parallel attention + MLP), Llama/Mistral/SmolLM (RMSNorm, gated SiLU MLP, grouped-query
+attention, rotary with the scalings Hugging Face implements), Qwen2 (the same with q/k/v biases)
+and Gemma 1 (GeGLU, ``1 + w`` RMSNorm, embeddings scaled by sqrt(d_model)).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .families import family_of
 from .graph import layer_offset
 from .inputs import answer_positions
 
@@ -152,6 +155,12 @@ class Architecture:
     rotary_base: float
     eps: float
     act_fn: str
+    norm: Literal["LN", "RMS"] = "LN"
+    gated_mlp: bool = False
+    n_kv_heads: int = 0  # 0: as many as query heads
+    embed_scale: float = 1.0
+    rotary_scale: float = 1.0  # Hugging Face's attention_scaling of cos and sin (YaRN and the like)
+    family: str = "gpt2"
 
 
 @dataclass
@@ -188,33 +197,35 @@ class Transformer:
     def from_bridge(cls, bridge: Bridge, *, check: bool = True) -> Transformer:
         """Read weights from a TransformerLens bridge; verify the forward against it."""
         cfg = bridge.cfg
+        hf = getattr(bridge, "original_model", None)
+        hf_cfg = getattr(hf, "config", None)
+        arch_name = (getattr(hf_cfg, "architectures", None) or [getattr(cfg, "architecture", None) or type(hf).__name__])[0]
+        fam = family_of(str(arch_name))
         unsupported = []
-        if getattr(cfg, "gated_mlp", False):
-            unsupported.append("gated MLP")
-        if getattr(cfg, "normalization_type", "LN") != "LN":
+        if getattr(cfg, "normalization_type", "LN") not in ("LN", "RMS"):
             unsupported.append(f"normalization {cfg.normalization_type}")
-        nkv = getattr(cfg, "n_key_value_heads", None)
-        if nkv not in (None, cfg.n_heads):
-            unsupported.append("grouped-query attention")
         if getattr(cfg, "attn_only", False):
             unsupported.append("attention-only blocks")
         if cfg.positional_embedding_type not in ("standard", "rotary"):
             unsupported.append(f"positional embedding {cfg.positional_embedding_type}")
         if cfg.act_fn not in _ACTIVATIONS:
             unsupported.append(f"activation {cfg.act_fn}")
+        if getattr(cfg, "rotary_adjacent_pairs", False):
+            unsupported.append("rotary embedding on adjacent pairs (GPT-J style)")
+        rope_type = (getattr(hf_cfg, "rope_scaling", None) or {}).get("rope_type", "default")
+        if rope_type == "dynamic":
+            unsupported.append("dynamic rotary scaling (it changes with the sequence length)")
         if unsupported:
-            raise NotImplementedError(
-                f"acdc's engine does not support {', '.join(unsupported)} "
-                f"({cfg.architecture}); supported: GPT-2 and GPT-NeoX/Pythia-style models"
-            )
-        hf_cfg = getattr(getattr(bridge, "original_model", None), "config", None)
+            raise NotImplementedError(f"acdc's engine does not support {', '.join(unsupported)} ({arch_name})")
         rotary_dim = 0
         rotary_base = float(getattr(cfg, "rotary_base", 10000.0))
         if cfg.positional_embedding_type == "rotary":
             rope = getattr(hf_cfg, "rope_parameters", None) or {}
-            frac = rope.get("partial_rotary_factor", getattr(hf_cfg, "rotary_pct", 1.0))
-            rotary_base = float(rope.get("rope_theta", rotary_base))
-            rotary_dim = cfg.rotary_dim or int(cfg.d_head * frac)
+            frac = rope.get("partial_rotary_factor", getattr(hf_cfg, "partial_rotary_factor", getattr(hf_cfg, "rotary_pct", 1.0)))
+            rotary_base = float(rope.get("rope_theta", getattr(hf_cfg, "rope_theta", rotary_base)))
+            rotary_dim = cfg.rotary_dim or int(cfg.d_head * (frac or 1.0))
+        rotary_emb = getattr(getattr(hf, "model", None), "rotary_emb", None) or getattr(getattr(hf, "gpt_neox", None), "rotary_emb", None)
+        nkv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
         arch = Architecture(
             n_layers=cfg.n_layers,
             n_heads=cfg.n_heads,
@@ -228,8 +239,20 @@ class Transformer:
             rotary_base=rotary_base,
             eps=float(cfg.eps),
             act_fn=cfg.act_fn,
+            norm=cfg.normalization_type,
+            gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
+            n_kv_heads=0 if nkv == cfg.n_heads else nkv,
+            embed_scale=float(cfg.d_model) ** 0.5 if fam.embed_scale else 1.0,
+            rotary_scale=float(getattr(rotary_emb, "attention_scaling", 1.0) or 1.0),
+            family=fam.name,
         )
-        w = _read_weights(bridge, arch)
+        w = _read_weights(bridge, arch, norm_offset=fam.norm_offset)
+        inv_freq = getattr(rotary_emb, "inv_freq", None)
+        if arch.positional == "rotary":  # Hugging Face's own frequencies carry its rope scalings
+            w["inv_freq"] = (
+                inv_freq.detach().float().to(w["W_E"].device) if isinstance(inv_freq, Tensor) and inv_freq.numel() * 2 == rotary_dim
+                else 1.0 / (rotary_base ** (torch.arange(0, rotary_dim, 2, device=w["W_E"].device, dtype=torch.float32) / rotary_dim))
+            )
         model = cls(arch, w)
         if check:
             model.check_against(bridge)
@@ -255,15 +278,19 @@ class Transformer:
     def embed(self, tokens: Tensor) -> Tensor:
         """[batch, pos] token ids -> [batch, pos, d_model] output of the `input` node."""
         x = self.w["W_E"][tokens]
+        if self.arch.embed_scale != 1.0:
+            x = x * torch.tensor(self.arch.embed_scale, dtype=x.dtype)
         if self.arch.positional == "standard":
             x = x + self.w["W_pos"][: tokens.shape[-1]]
         return x
 
     def ln(self, x: Tensor, name: str, layer: int | None = None) -> Tensor:
-        """LayerNorm ``name`` ("ln1", "ln2" per layer, or "lnf") of x [..., d_model]."""
+        """Norm ``name`` ("ln1", "ln2" per layer, or "lnf") of x [..., d_model]: LayerNorm or RMSNorm."""
         w, b = self.w[f"{name}_w"], self.w[f"{name}_b"]
         if layer is not None:
             w, b = w[layer], b[layer]
+        if self.arch.norm == "RMS":
+            return x * (x.pow(2).mean(-1, keepdim=True) + self.arch.eps).rsqrt() * w
         return F.layer_norm(x, (x.shape[-1],), w, b, self.arch.eps)
 
     def ln_vjp(self, x: Tensor, grad: Tensor, name: str, layer: int | None = None) -> Tensor:
@@ -273,25 +300,26 @@ class Transformer:
         LayerNorm's backward pass written out, so one forward can serve many output gradients.
         """
         w = self.w[f"{name}_w"] if layer is None else self.w[f"{name}_w"][layer]
-        mu = x.mean(-1, keepdim=True)
-        rstd = (x.var(-1, unbiased=False, keepdim=True) + self.arch.eps).rsqrt()
+        rms = self.arch.norm == "RMS"
+        mu = 0.0 if rms else x.mean(-1, keepdim=True)
+        var = x.pow(2).mean(-1, keepdim=True) if rms else x.var(-1, unbiased=False, keepdim=True)
+        rstd = (var + self.arch.eps).rsqrt()
         xhat = (x - mu) * rstd
         gw = grad * w  # the one full-size temporary; the rest is in place
         proj = (gw * xhat).sum(-1, keepdim=True) if gw.dim() == xhat.dim() else torch.einsum(
             "...d,...d->...", gw, xhat.expand_as(gw))[..., None]
-        gw.sub_(gw.mean(-1, keepdim=True)).addcmul_(xhat.expand_as(gw), proj, value=-1.0 / x.shape[-1])
+        if not rms:  # LayerNorm also removes the mean
+            gw.sub_(gw.mean(-1, keepdim=True))
+        gw.addcmul_(xhat.expand_as(gw), proj, value=-1.0 / x.shape[-1])
         return gw.mul_(rstd)
 
     def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
         """Rotary embedding (GPT-NeoX convention) of x [..., n, p, d_head] at positions pos."""
         rd = self.arch.rotary_dim
-        inv = 1.0 / (
-            self.arch.rotary_base
-            ** (torch.arange(0, rd, 2, device=x.device, dtype=torch.float32) / rd)
-        )
-        ang = pos.to(torch.float32)[..., None] * inv  # [..., p, rd/2]
+        ang = pos.to(torch.float32)[..., None] * self.w["inv_freq"]  # [..., p, rd/2]
         ang = torch.cat([ang, ang], dim=-1)
-        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+        scale = self.arch.rotary_scale
+        cos, sin = (ang.cos() * scale).to(x.dtype), (ang.sin() * scale).to(x.dtype)
         xr, xp = x[..., :rd], x[..., rd:]
         half = rd // 2
         rot = torch.cat([-xr[..., half:], xr[..., :half]], dim=-1)
@@ -364,7 +392,10 @@ class Transformer:
         """Output of MLP `layer` (b_out included) for input x [..., d_model]."""
         w = self.w
         ln = self.ln(x, "ln2", layer).reshape(-1, x.shape[-1])
-        hidden = self.act(torch.addmm(w["b_in"][layer], ln, w["W_in"][layer]))
+        if self.arch.gated_mlp:  # act(x W_gate) * (x W_in)
+            hidden = self.act(ln @ w["W_gate"][layer]) * torch.addmm(w["b_in"][layer], ln, w["W_in"][layer])
+        else:
+            hidden = self.act(torch.addmm(w["b_in"][layer], ln, w["W_in"][layer]))
         out = torch.addmm(w["b_out"][layer], hidden, w["W_out"][layer])
         return out.view(*x.shape)
 
@@ -410,11 +441,12 @@ class Transformer:
         return ForwardCache(sources, resid_pre, resid_mid, self.unembed(final.reshape(-1, a.d_model)))
 
 
-def _read_weights(bridge: Bridge, arch: Architecture) -> dict[str, Any]:
+def _read_weights(bridge: Bridge, arch: Architecture, norm_offset: float = 0.0) -> dict[str, Any]:
     """The bridge's weights as views where possible (no copies of the model).
 
     Layer weights are per-layer lists (``w["W_Q"][layer]`` is [n_heads, d_model, d_head]);
-    missing biases are zeros.
+    missing biases are zeros. Shared key/value heads (GQA) are repeated to one per query head,
+    the graph's per-query-head k/v inputs. ``norm_offset`` is added to every norm's scale.
     """
     a = arch
     ref = bridge.W_E
@@ -429,25 +461,35 @@ def _read_weights(bridge: Bridge, arch: Architecture) -> dict[str, Any]:
         return t.detach()
 
     H, d, dh, m = a.n_heads, a.d_model, a.d_head, a.d_mlp
+    kv = a.n_kv_heads or H
     shapes = {
-        "W_Q": (H, d, dh), "W_K": (H, d, dh), "W_V": (H, d, dh), "W_O": (H, dh, d),
-        "b_Q": (H, dh), "b_K": (H, dh), "b_V": (H, dh), "b_O": (d,),
+        "W_Q": (H, d, dh), "W_K": (kv, d, dh), "W_V": (kv, d, dh), "W_O": (H, dh, d),
+        "b_Q": (H, dh), "b_K": (kv, dh), "b_V": (kv, dh), "b_O": (d,),
     }
     mlp_shapes = {"W_in": (d, m), "b_in": (m,), "W_out": (m, d), "b_out": (d,)}
+    if a.gated_mlp:
+        mlp_shapes["W_gate"] = (d, m)
     w: dict[str, Any] = {k: [] for k in [*shapes, *mlp_shapes, "ln1_w", "ln1_b", "ln2_w", "ln2_b"]}
+
+    def norm_w(t: Tensor) -> Tensor:
+        return t + norm_offset if norm_offset else t
+
     for blk in bridge.blocks:
         for k, shape in shapes.items():
-            w[k].append(get(blk.attn, k, shape))
+            t = get(blk.attn, k, shape)
+            if kv != H and k in ("W_K", "W_V", "b_K", "b_V"):
+                t = t.repeat_interleave(H // kv, dim=0)  # query head h reads key/value head h // (H / kv)
+            w[k].append(t)
         for k, shape in mlp_shapes.items():
             w[k].append(get(blk.mlp, k, shape))
         for ln in ("ln1", "ln2"):
-            w[f"{ln}_w"].append(get(getattr(blk, ln), "w", (d,)))
+            w[f"{ln}_w"].append(norm_w(get(getattr(blk, ln), "w", (d,))))
             w[f"{ln}_b"].append(get(getattr(blk, ln), "b", (d,)))
     w["W_E"] = get(bridge, "W_E", (a.d_vocab, d))
     w["W_U"] = get(bridge, "W_U", (d, a.d_vocab))
     w["b_U"] = get(bridge, "b_U", (a.d_vocab,))
     if a.positional == "standard":
         w["W_pos"] = get(bridge, "W_pos", (1, d))
-    w["lnf_w"] = get(bridge.ln_final, "w", (d,))
+    w["lnf_w"] = norm_w(get(bridge.ln_final, "w", (d,)))
     w["lnf_b"] = get(bridge.ln_final, "b", (d,))
     return w

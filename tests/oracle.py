@@ -39,7 +39,10 @@ def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated:
         abl = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in corrupt_out.items()}
     else:
         abl = {k: torch.zeros_like(v) for k, v in corrupt_out.items()}
-    b_o = model.b_O.detach()
+    try:
+        b_o = model.b_O.detach()
+    except AttributeError:  # bias-free attention output (Llama, Qwen2, Gemma)
+        b_o = torch.zeros(cfg.n_layers, cfg.d_model)
     current: dict[str, Tensor] = {}
     sources_of = {}
     for e in graph.edges:

@@ -19,12 +19,13 @@ def test_engine_forward_matches_bridge(make):
 
 
 def test_unsupported_architecture_is_named():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Gemma 2 normalizes each block output before adding it: not a sum of node outputs, refused."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                      hidden_size=16, intermediate_size=32, vocab_size=50))
+    hf = Gemma2ForCausalLM(Gemma2Config(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                        hidden_size=16, intermediate_size=32, vocab_size=50))
     model = acdc.load_model(hf)
-    with pytest.raises(NotImplementedError, match="grouped-query attention"):
+    with pytest.raises(NotImplementedError, match="Gemma2ForCausalLM exactly: Gemma 2/3 normalize"):
         Transformer.from_bridge(model)
 
 

@@ -1,0 +1,63 @@
+"""Model families: what differs between GPT-2, Pythia, Llama, Qwen2, Gemma, ... for the engine.
+
+TransformerLens's bridge already names the weights alike for every family (``W_Q``, ``W_in``,
+``W_gate``, ``ln1.w``, ...) and describes the block in its ``cfg`` (normalization, gated MLP,
+activation, positions, key/value heads). What it leaves to the reader is recorded here, one
+`Family` per entry of `FAMILIES`: a family is a record, not code, so adding one is one entry
+plus a tiny random config in ``tests/test_families.py`` (where an oracle checks every ablation).
+
+- ``norm_offset``: RMSNorm scales by ``offset + w`` (Gemma stores ``w`` and multiplies by ``1 + w``).
+- ``embed_scale``: the embedding is multiplied by ``sqrt(d_model)`` (Gemma).
+- ``unsupported``: why the engine cannot model the family exactly (one line for the user).
+
+Grouped-query attention (Llama, Mistral, SmolLM, Qwen2, Gemma): the graph keeps one q, one k and
+one v input per *query* head (``a3.h5<k>``, the naming of EAP-IG and MIB), so an edge into
+``a3.h5<k>`` changes only head 5's keys, computed from its own copy of the input through the
+key projection it shares with the other heads of its group. Graph counts are those of the same
+model without GQA; the circuit JSON records ``n_key_value_heads`` and ``kv_inputs:
+"per-query-head"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FAMILIES", "Family", "family_of"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the engine must know about a family beyond the bridge's ``cfg``."""
+
+    name: str
+    architectures: tuple[str, ...]  # Hugging Face class names
+    norm_offset: float = 0.0
+    embed_scale: bool = False
+    unsupported: str = ""
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("gpt2", ("GPT2LMHeadModel",)),
+    Family("neox", ("GPTNeoXForCausalLM",)),
+    Family("llama", ("LlamaForCausalLM", "MistralForCausalLM")),  # SmolLM, Llama 2/3, Mistral
+    Family("qwen2", ("Qwen2ForCausalLM",)),  # q/k/v biases
+    Family("gemma", ("GemmaForCausalLM",), norm_offset=1.0, embed_scale=True),
+    Family(
+        "gemma2", ("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"),
+        unsupported="Gemma 2/3 normalize each attention and MLP output before adding it to the residual "
+        "stream, so the stream is not a sum of head and MLP outputs and edge patching is not exact there",
+    ),
+)
+
+_BY_ARCH = {arch: f for f in FAMILIES for arch in f.architectures}
+
+
+def family_of(architecture: str) -> Family:
+    """The family of a Hugging Face architecture name; a one-line error for others."""
+    fam = _BY_ARCH.get(architecture)
+    if fam is None:
+        supported = ", ".join(a for f in FAMILIES if not f.unsupported for a in f.architectures)
+        raise NotImplementedError(f"acdc does not know the {architecture} family yet; supported: {supported}")
+    if fam.unsupported:
+        raise NotImplementedError(f"acdc cannot patch {architecture} exactly: {fam.unsupported}")
+    return fam
