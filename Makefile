@@ -13,7 +13,7 @@ test: setup
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -m "not slow and not real"
 
 bench: setup
 	.venv/bin/python experiments/bench_acdc.py

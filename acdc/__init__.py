@@ -19,8 +19,8 @@ from .evaluation import ROC, Confusion, Recovery, recovery
 from .graph import Edge, Graph, Node
 from .inputs import ABLATIONS
 from .known import KnownCircuit
+from .loading import load_model
 from .metrics import METRICS, Batch, Metric
-from .model import load_model
 from .patching import Patcher
 from .render import DotNotFoundError, render, render_comparison
 from .scores import Scores

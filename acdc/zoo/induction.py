@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..known import from_spec
-from ..model import load_model
+from ..loading import load_model
 from ..tasks import induction
 from .builder import PlantedGPT2, WordTokenizer
 

@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 
 from ..known import from_spec
-from ..model import load_model
+from ..loading import load_model
 from ..tasks import ioi
 from .builder import PlantedGPT2, WordTokenizer
 

