@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
@@ -56,6 +57,8 @@ def discover(
     speculate: int | None = None,
     prefilter: float | None = None,
     prefilter_method: str = "eap-ig-inputs",
+    checkpoint: str | Path | None = None,
+    checkpoint_every: float = 60.0,
     **inputs: Unpack[Inputs],
 ) -> Circuit:
     """Find the circuit of ``model`` on a task with ACDC.
@@ -72,6 +75,8 @@ def discover(
         prefilter: APPROXIMATE mode. Test only this fraction of edges, the ones with the largest
             |attribution score| (``prefilter_method``, 5 steps); remove the rest untested. The
             circuit's settings say ``approximate="prefilter"``. Off (exact ACDC) by default.
+        checkpoint: a JSON file to save progress to (every ``checkpoint_every`` seconds); run the
+            same call again to resume a killed run. The result equals an uninterrupted run's.
         inputs: what to run on, as for every entry point:
             metric: "kl" (default unless the task names one; KL to the full model at the answer
                 position), "logit_diff", "prob_diff", or a callable
@@ -88,7 +93,7 @@ def discover(
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
     scores = run_acdc(
         patcher, m, batch, threshold=threshold, abs_value=abs_value, progress=progress, speculate=speculate,
-        prefilter=prefilter, prefilter_method=prefilter_method,
+        prefilter=prefilter, prefilter_method=prefilter_method, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
     )
     return scores.selection()
 

@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--threshold", type=float, required=True, help="keep an edge if removing it moves the metric by at least this")
     d.add_argument("--speculate", type=int, default=None, help="test up to K edges per batched pass (exact; default 8 on a GPU, 1 on a CPU)")
     d.add_argument("--prefilter", type=float, default=None, help="APPROXIMATE: test only this fraction of edges, by EAP-IG score")
+    d.add_argument("--checkpoint", type=Path, default=None, help="save progress to this JSON file; rerun to resume")
     d.add_argument("--truth", default=None, help="score against a known circuit (ioi, greater-than, docstring), "
                    "zoo:NAME or a circuit JSON (zoo models: their planted circuit by default)")
     d.set_defaults(run=_discover)
@@ -143,7 +144,8 @@ def _discover(args: argparse.Namespace) -> int:
     print(f"acdc discover: {args.model}, {task}, threshold {args.threshold}, {ablation} ablation")
     t0 = time.perf_counter()
     circuit = discover(model, task, threshold=args.threshold, metric=args.metric, ablation=ablation,
-                       progress=not args.no_progress, speculate=args.speculate, prefilter=args.prefilter)
+                       progress=not args.no_progress, speculate=args.speculate, prefilter=args.prefilter,
+                       checkpoint=args.checkpoint)
     lines = [circuit.summary(max_edges=40), f"ACDC took {time.perf_counter() - t0:.1f} s"]
     _finish(args.out, circuit, truth, classes, lines)
     return 0

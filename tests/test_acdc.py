@@ -266,3 +266,40 @@ def test_prefilter_is_marked_approximate_and_skips_untested():
     assert set(approx.edges) <= {e.name for i, e in enumerate(approx.graph.edges) if not math.isnan(approx.scores[i])}
     with pytest.raises(ValueError, match="prefilter must be a fraction"):
         acdc.discover(entry.model, entry.task, threshold=0.1, progress=False, prefilter=0.0)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    """A run killed midway and called again with the same arguments ends with the uninterrupted circuit."""
+    entry = acdc.zoo.load("ioi")
+    kw = dict(threshold=1e-3, progress=False)
+    full = acdc.discover(entry.model, entry.task, **kw)
+    path = tmp_path / "ck.json"
+    seen = []
+
+    def kill_after_40(edge, delta, removed):
+        seen.append(edge)
+        if len(seen) == 40:
+            raise _Killed
+
+    from acdc.algorithms.acdc import run_acdc
+    from acdc.api import prepare
+
+    patcher, metric, batch = prepare(entry.model, entry.task)
+    with pytest.raises(_Killed):
+        run_acdc(patcher, metric, batch, threshold=1e-3, checkpoint=path, checkpoint_every=0, callback=kill_after_40)
+    saved = json.loads(path.read_text())
+    assert not saved["done"] and 30 <= saved["n_tested"] < 40  # progress up to the last finished block
+    resumed = acdc.discover(entry.model, entry.task, checkpoint=path, checkpoint_every=0, **kw)
+    assert resumed.edges == full.edges and resumed.settings["n_tested"] == full.settings["n_tested"]
+    assert torch.equal(resumed.scores.isnan(), full.scores.isnan())
+    assert torch.allclose(resumed.scores.nan_to_num(), full.scores.nan_to_num(), atol=1e-5)
+    assert resumed.metric_trace == pytest.approx(full.metric_trace, abs=1e-5)
+    assert json.loads(path.read_text())["done"]
+    # a finished checkpoint returns the result again; other arguments are refused
+    assert acdc.discover(entry.model, entry.task, checkpoint=path, **kw).edges == full.edges
+    with pytest.raises(ValueError, match="made with other arguments"):
+        acdc.discover(entry.model, entry.task, checkpoint=path, threshold=2e-3, progress=False)

@@ -12,14 +12,18 @@ are the measured deltas (NaN where untested) and whose ``selected`` edges are th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..circuit import read_json, write_json
 from ..inputs import check_threshold
 from ..metrics import Batch, Metric
 from ..patching import Patcher
@@ -41,6 +45,8 @@ def run_acdc(
     speculate: int | None = None,
     prefilter: float | None = None,
     prefilter_method: str = "eap-ig-inputs",
+    checkpoint: str | Path | None = None,
+    checkpoint_every: float = 60.0,
 ) -> Scores:
     """Run ACDC on ``patcher``'s graph and batch; ``.selection()`` of the result is the circuit.
 
@@ -57,6 +63,12 @@ def run_acdc(
     ``prefilter=f`` is the APPROXIMATE mode: only the top fraction f of edges by |attribution
     score| (``prefilter_method``, 5 steps) is tested; the rest are removed untested (score NaN)
     and the settings say ``approximate="prefilter"``.
+
+    ``checkpoint=PATH`` saves progress as JSON at most every ``checkpoint_every`` seconds and at
+    the end. Called again with the same arguments (model, prompts, metric, threshold, ...), it
+    resumes there and ends with the circuit an uninterrupted run gives: the same decisions, and
+    the same scores up to float rounding (the resumed reference state is recomputed in one pass).
+    Different arguments are refused with a one-line error; delete the file to start over.
     """
     from tqdm.auto import tqdm
 
@@ -67,13 +79,22 @@ def run_acdc(
         raise ValueError(f"speculate must be an integer >= 1, got {speculate!r}")
     g = patcher.graph
     info: dict[str, Any] = {}
-    if prefilter is not None:
+    fingerprint = _fingerprint(patcher, metric, batch, threshold, abs_value, prefilter, prefilter_method)
+    saved = _load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
+    if saved is not None:
+        skipped = torch.zeros(g.n_edges, dtype=torch.bool)
+        skipped[saved["skipped"]] = True
+        info = dict(saved["info"])
+    elif prefilter is not None:
         skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method)
     else:
         skipped = torch.zeros(g.n_edges, dtype=torch.bool)
     state = patcher.state()
-    if bool(skipped.any()):
-        state.commit(state.propagate(state.keep & ~g.dense(skipped).to(state.keep.device)))
+    removed_up_front = skipped.clone()
+    if saved is not None:
+        removed_up_front[saved["removed"]] = True
+    if bool(removed_up_front.any()):
+        state.commit(state.propagate(state.keep & ~g.dense(removed_up_front).to(state.keep.device)))
     current = metric.loss(state.logits, batch)  # lower is better, what the rule thresholds
 
     def shown(loss: float) -> float:
@@ -86,16 +107,36 @@ def run_acdc(
     scores = torch.full((g.n_edges,), math.nan, dtype=torch.float64)
     trace: list[float] = []
     n_tested = 0
+    e = g.n_edges - 1
+    if saved is not None:
+        current = float(saved["current"])
+        scores[saved["tested"]] = torch.tensor(saved["scores"], dtype=torch.float64)
+        trace = [float(x) for x in saved["trace"]]
+        n_tested = int(saved["n_tested"])
+        e = int(saved["next_edge"])
+
+    def save(done: bool) -> None:
+        if checkpoint is None:
+            return
+        kept = g.sparse(state.keep).cpu()
+        tested = (~scores.isnan()).nonzero().squeeze(1)
+        write_json({
+            "format": "acdc-checkpoint", "version": 1, "fingerprint": fingerprint, "done": done,
+            "next_edge": e, "current": current, "n_tested": n_tested, "info": info,
+            "removed": (~kept).nonzero().squeeze(1).tolist(), "skipped": skipped.nonzero().squeeze(1).tolist(),
+            "tested": tested.tolist(), "scores": scores[tested].tolist(), "trace": trace,
+        }, checkpoint)
     edge_dst = g.edge_dst.tolist()
     edge_src = g.edge_src.tolist()
     node_src = g.dst_node_src.tolist()
     skipped_list = skipped.tolist()
     t0 = time.perf_counter()
-    bar = tqdm(total=g.n_edges, desc="ACDC", unit="edge", disable=not progress, mininterval=0.5)
+    bar = tqdm(total=g.n_edges, initial=g.n_edges - 1 - e, desc="ACDC", unit="edge", disable=not progress,
+               mininterval=0.5)
     dst_dead = False
     last_dst = -1
     stopped = False
-    e = g.n_edges - 1
+    last_save = time.perf_counter()
     while e >= 0 and not stopped:
         d = edge_dst[e]
         if d != last_dst:
@@ -136,6 +177,10 @@ def run_acdc(
         if accepted:
             state.commit(proposal, accepted - 1)
         e = block[0] - (accepted + (0 if accepted == len(block) else 1))
+        if checkpoint is not None and time.perf_counter() - last_save >= checkpoint_every:
+            save(done=False)
+            last_save = time.perf_counter()
+    save(done=not stopped)
     bar.set_postfix(status())
     bar.close()
     info.update(
@@ -171,3 +216,31 @@ def prefilter_edges(
     info = {"approximate": "prefilter", "prefilter": float(keep), "prefilter_method": method,
             "prefilter_seconds": round(time.perf_counter() - t0, 3)}
     return ~tested, info
+
+
+def _fingerprint(
+    patcher: Patcher, metric: Metric, batch: Batch, threshold: float, abs_value: bool,
+    prefilter: float | None, prefilter_method: str,
+) -> str:
+    """A hash of everything that decides ACDC's result (not speed options such as ``speculate``)."""
+    h = hashlib.sha256()
+    for t in (patcher.clean_tokens, patcher.corrupt_tokens, patcher.answer_pos, batch.correct, batch.incorrect):
+        h.update(b"-" if t is None else t.detach().cpu().numpy().tobytes())
+    h.update(json.dumps([patcher.graph.config(), patcher.ablation, metric.name, metric.higher_is_better, threshold,
+                         abs_value, prefilter, prefilter_method, patcher.tf.arch.family]).encode())
+    return h.hexdigest()[:16]
+
+
+def _load_checkpoint(path: str | Path, fingerprint: str) -> dict[str, Any] | None:
+    """The saved progress at ``path`` (None if there is none yet); refused if made with other arguments."""
+    if not Path(path).is_file():
+        return None
+    d = read_json(path)
+    if d.get("format") != "acdc-checkpoint":
+        raise ValueError(f"{path} is not an acdc checkpoint; pass another path or delete the file")
+    if d.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"checkpoint {path} was made with other arguments (model, prompts, metric, threshold, ...); "
+            "pass the same ones to resume, or delete the file to start over"
+        )
+    return d
