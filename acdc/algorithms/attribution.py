@@ -96,7 +96,7 @@ def attribution_scores(
     delta = _Delta(patcher)
     g = patcher.graph
     dense = torch.zeros(len(g.destinations), len(g.sources), dtype=torch.float64, device=tf.device)
-    points = list(_points(method, steps, tf.arch.n_layers, grid))
+    points = list(_points(method, steps, tf.arch.n_layers, grid, patcher.graph.attn_only))
     for override in tqdm(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
         dense += _pass(patcher, metric, batch, delta, override)
     dense /= len(points)
@@ -127,7 +127,9 @@ class _Delta:
         return out.double()
 
 
-def _points(method: str, steps: int, n_layers: int, grid: str) -> Iterator[tuple[str, int, float] | None]:
+def _points(
+    method: str, steps: int, n_layers: int, grid: str, attn_only: bool = False
+) -> Iterator[tuple[str, int, float] | None]:
     """Where each gradient is taken: None (the clean run) or (group, layer, alpha)."""
     first = 1 if grid == "right" else 0
     alphas = [k / steps for k in range(first, first + steps)]
@@ -137,7 +139,8 @@ def _points(method: str, steps: int, n_layers: int, grid: str) -> Iterator[tuple
         for a in alphas:
             yield ("input", -1, a)
     else:
-        groups = [("input", -1)] + [(kind, layer) for layer in range(n_layers) for kind in ("attn", "mlp")]
+        groups = [("input", -1)] + [(kind, layer) for layer in range(n_layers) for kind in ("attn", "mlp")
+                                    if not (attn_only and kind == "mlp")]
         for kind, layer in groups:
             for a in alphas:
                 yield (kind, layer, a)
@@ -178,6 +181,10 @@ def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, overrid
             attn = out.sum(0) + tf.w["b_O"][layer]
             mlp_in = x if a.parallel_attn_mlp else x + attn
             probe = torch.zeros_like(mlp_in, requires_grad=True)
+            if g.attn_only:
+                saved.append((x, proj, probe))
+                resid = x + attn
+                continue
             m = tf.mlp(layer, mlp_in + probe)
             if kind == "mlp" and where == layer:
                 m = _through(m, _interpolate(patcher, g.mlp_src(layer), alpha))
@@ -202,8 +209,9 @@ def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, overrid
                 unsplit = dx if unsplit is None else unsplit.add_(dx)
         if unsplit is not None:
             dense[rows[:, 0], :base] = delta.dot(unsplit, base)
-        upto = base + H if not a.parallel_attn_mlp else base
-        dense[g.mlp_row(layer), :upto] = delta.dot(_grad(probe)[None], upto)[0]
+        if not g.attn_only:
+            upto = base + H if not a.parallel_attn_mlp else base
+            dense[g.mlp_row(layer), :upto] = delta.dot(_grad(probe)[None], upto)[0]
     dense[g.logits_row] = delta.dot(_grad(final_probe)[None], len(g.sources))[0]
     return dense
 

@@ -32,6 +32,7 @@ class Task:
     metric:             name of the default metric ("kl", "logit_diff", "prob_diff"); if not
                         given, "logit_diff" when the task has answers, else "kl".
     vocab_size:         if given, every token id must be below it.
+    notes:              what a generator had to adapt (e.g. how many names are single tokens here).
     """
 
     clean: Tensor
@@ -42,6 +43,7 @@ class Task:
     metric: str | None = None
     name: str = "custom"
     vocab_size: int | None = None
+    notes: str = ""
 
     def __post_init__(self) -> None:
         c, k = self.clean, self.corrupt

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from .base import Task
@@ -98,10 +99,11 @@ def docstring(
         correct.append(single_token_id(tok, " " + answer, "docstring correct"))
         incorrect.append([single_token_id(tok, " " + a, "docstring incorrect") for a in args if a != answer])
     clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupted, "docstring")
-    return Task.from_tokens(
+    task = Task.from_tokens(
         clean_t, corrupt_t, correct=correct, incorrect=incorrect, answer_pos=last, metric=metric,
         name="docstring", vocab_size=vocab_size_of(tok),
     )
+    return replace(task, notes=f"single tokens in this tokenizer (with and without a space): {len(usable)} of {len(words)} words")
 
 
 def _prompt(fn: str, args: Sequence[str], documented: Sequence[str], desc: Sequence[str], arg_desc: Sequence[Sequence[str]]) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from .base import Task, pair_batch
@@ -89,8 +90,11 @@ def ioi(
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
     tok = tokenizer_of(model_or_tokenizer)
+    given = (len(names), len(places), len(objects))
     names = single_tokens(tok, names)
     places, objects = single_tokens(tok, places), single_tokens(tok, objects)
+    notes = (f"single tokens in this tokenizer: {len(names)} of {given[0]} names, {len(places)} of {given[1]} places, "
+             f"{len(objects)} of {given[2]} objects")
     for slot, words in (("[PLACE]", places), ("[OBJECT]", objects)):
         if not words and any(slot in t for t in templates):
             raise ValueError(f"no {slot} word is a single token in this tokenizer; pass other words")
@@ -98,9 +102,10 @@ def ioi(
     if len(names) < 5:
         raise ValueError(f"only {len(names)} IOI names are single tokens in this tokenizer; need at least 5")
     rng = random.Random(seed)
-    clean, corrupted, io, s = [], [], [], []
+    clean, corrupted, io, s, used = [], [], [], [], []
     for i in range(n_prompts):
         template = rng.choice(list(templates))
+        used.append(template)
         abba = order == "ABBA" or (order == "mixed" and i % 2 == 0)
         a, b, c, d, e = rng.sample(names, 5)
         place, obj = rng.choice(places), rng.choice(objects)
@@ -114,7 +119,15 @@ def ioi(
         io.append(a)
         s.append(b)
     name = "ioi" if corrupt == "ABC" else f"ioi-{corrupt}"
-    return pair_batch(tok, clean, corrupted, io, s, metric=metric, name=name)
+    task = pair_batch(tok, clean, corrupted, io, s, metric=metric, name=name)
+    lengths: dict[str, set[int]] = {}
+    for template, last in zip(used, task.answer_pos.tolist(), strict=True):
+        lengths.setdefault(template, set()).add(int(last) + 1)
+    for template, seen in lengths.items():  # positions align by role only if they align by index
+        if len(seen) > 1:
+            raise ValueError(f"IOI template {template!r} tokenizes to {sorted(seen)} tokens for different words; "
+                             "pass names, places and objects that tokenize alike")
+    return replace(task, notes=notes)
 
 
 def _fill(template: str, first: str, second: str, subject: str, place: str, obj: str) -> str:
