@@ -57,6 +57,7 @@ def discover(
     speculate: int | None = None,
     prefilter: float | None = None,
     prefilter_method: str = "eap-ig-inputs",
+    prefilter_scores: Tensor | Scores | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: float = 60.0,
     **inputs: Unpack[Inputs],
@@ -75,6 +76,7 @@ def discover(
         prefilter: APPROXIMATE mode. Test only this fraction of edges, the ones with the largest
             |attribution score| (``prefilter_method``, 5 steps); remove the rest untested. The
             circuit's settings say ``approximate="prefilter"``. Off (exact ACDC) by default.
+            ``prefilter_scores`` (a `Scores` or [n_edges]) reuses attribution scores computed before.
         checkpoint: a JSON file to save progress to (every ``checkpoint_every`` seconds); run the
             same call again to resume a killed run. The result equals an uninterrupted run's.
         inputs: what to run on, as for every entry point:
@@ -94,6 +96,7 @@ def discover(
     scores = run_acdc(
         patcher, m, batch, threshold=threshold, abs_value=abs_value, progress=progress, speculate=speculate,
         prefilter=prefilter, prefilter_method=prefilter_method, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        prefilter_scores=prefilter_scores.values if isinstance(prefilter_scores, Scores) else prefilter_scores,
     )
     return scores.selection()
 

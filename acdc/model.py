@@ -320,8 +320,14 @@ class Transformer:
         self, layer: int, heads: Tensor, qm: Tensor, km: Tensor, vm: Tensor, q_pos: Tensor | None = None
     ) -> Tensor:
         """Attention from projected queries, keys, values [h, n, p|pos, d_head] -> [h, n, p, d_model]."""
+        z = torch.matmul(self.pattern(qm, km, q_pos), vm)  # [h, n, p, dh]
+        h, n, p, dh = z.shape
+        out = torch.bmm(z.reshape(h, n * p, dh), self.w["W_O"][layer][heads])
+        return out.view(h, n, p, self.arch.d_model)
+
+    def pattern(self, qm: Tensor, km: Tensor, q_pos: Tensor | None = None) -> Tensor:
+        """Attention probabilities [h, n, p, pos] from projected queries and keys [h, n, p|pos, d_head]."""
         a = self.arch
-        w = self.w
         n_pos = km.shape[-2]
         key_pos = torch.arange(n_pos, device=km.device)
         if q_pos is None:
@@ -331,11 +337,17 @@ class Transformer:
             km = self._rotate(km, key_pos.expand(km.shape[1], n_pos))
         scores = torch.matmul(qm, km.transpose(-1, -2)) / (a.d_head**0.5)  # [h, n, p, pos]
         allowed = key_pos <= q_pos[..., None]  # [n, p, pos]
-        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        z = torch.matmul(scores.softmax(-1), vm)  # [h, n, p, dh]
-        h, n, p, dh = z.shape
-        out = torch.bmm(z.reshape(h, n * p, dh), w["W_O"][layer][heads])
-        return out.view(h, n, p, a.d_model)
+        return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min).softmax(-1)
+
+    @torch.no_grad()
+    def attention_patterns(self, tokens: Tensor) -> Tensor:
+        """Every head's attention probabilities on a plain run: [n_layers, n_heads, batch, pos, pos]."""
+        resid_pre = self.run(tokens).resid_pre
+        heads = torch.arange(self.arch.n_heads, device=self.device)
+        return torch.stack([
+            self.pattern(self.project(layer, heads, resid_pre[layer], "Q"), self.project(layer, heads, resid_pre[layer], "K"))
+            for layer in range(self.arch.n_layers)
+        ])
 
     def project(self, layer: int, heads: Tensor, x: Tensor, which: str) -> Tensor:
         """LN1 then the per-head projection: -> [h, n, p, d_head]."""

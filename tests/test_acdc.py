@@ -303,3 +303,12 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     assert acdc.discover(entry.model, entry.task, checkpoint=path, **kw).edges == full.edges
     with pytest.raises(ValueError, match="made with other arguments"):
         acdc.discover(entry.model, entry.task, checkpoint=path, threshold=2e-3, progress=False)
+
+
+def test_prefilter_scores_reuse_equals_recomputing():
+    entry = acdc.zoo.load("ioi")
+    kw = dict(threshold=0.1, progress=False, prefilter=0.2)
+    fresh = acdc.discover(entry.model, entry.task, **kw)
+    scores = acdc.attribute(entry.model, entry.task, method="eap-ig-inputs", steps=5)
+    reused = acdc.discover(entry.model, entry.task, prefilter_scores=scores, **kw)
+    assert reused.edges == fresh.edges and reused.settings["n_tested"] == fresh.settings["n_tested"]

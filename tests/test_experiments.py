@@ -40,3 +40,18 @@ def test_bench_compares_scores():
 
     agree = bench.compare_scores({"a": 1.0, "b": -2.0}, {"a": 1.0, "b": -2.0002, "c": 5.0})
     assert agree["edges_common"] == 2 and agree["max_abs_diff_over_max_score"] == pytest.approx(1e-4, rel=1e-3)
+
+
+@pytest.mark.real
+def test_smollm2_scripts_run_small(tmp_path):
+    """The real-model experiments end to end, at a small size (the full runs are in experiments/results)."""
+    import smollm2_induction
+    import smollm2_ioi
+
+    smollm2_ioi.main(["--n-prompts", "6", "--sizes", "25", "--thresholds", "0.3", "--steps", "2", "--out", str(tmp_path)])
+    ioi = json.loads((tmp_path / "smollm2_ioi.json").read_text())
+    assert ioi["behaviour"]["BABA"]["accuracy"] > 0.5 and ioi["graph_edges"] == 123211
+    assert set(ioi["classes"]) >= {"name mover", "s-inhibition", "induction", "duplicate token", "previous token"}
+    smollm2_induction.main(["--n-prompts", "4", "--sizes", "50", "--steps", "2", "--out", str(tmp_path)])
+    ind = json.loads((tmp_path / "smollm2_induction.json").read_text())
+    assert ind["loss_second_copy"] < ind["loss_first_copy"] and len(ind["top_induction"]) == 10

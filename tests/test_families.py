@@ -123,3 +123,15 @@ def test_unsupported_families_say_why():
         family_of("Gemma2ForCausalLM")
     with pytest.raises(NotImplementedError, match="does not know the FalconForCausalLM family yet; supported: GPT2"):
         family_of("FalconForCausalLM")
+
+
+def test_attention_patterns_equal_the_bridges(family):
+    from acdc.model import Transformer
+
+    name, model, _ = family
+    clean, _ = random_tokens(batch=2, pos=6)
+    _, cache = model.run_with_cache(clean)
+    ours = Transformer.from_bridge(model).attention_patterns(clean)  # [L, H, B, S, S]
+    for layer in range(model.cfg.n_layers):
+        ref = cache[f"blocks.{layer}.attn.hook_pattern"]  # [B, H, S, S]
+        assert torch.allclose(ours[layer].transpose(0, 1), ref, atol=1e-5), (name, layer)

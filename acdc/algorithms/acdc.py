@@ -45,6 +45,7 @@ def run_acdc(
     speculate: int | None = None,
     prefilter: float | None = None,
     prefilter_method: str = "eap-ig-inputs",
+    prefilter_scores: Tensor | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: float = 60.0,
 ) -> Scores:
@@ -62,7 +63,8 @@ def run_acdc(
 
     ``prefilter=f`` is the APPROXIMATE mode: only the top fraction f of edges by |attribution
     score| (``prefilter_method``, 5 steps) is tested; the rest are removed untested (score NaN)
-    and the settings say ``approximate="prefilter"``.
+    and the settings say ``approximate="prefilter"``. ``prefilter_scores`` [n_edges] reuses scores
+    computed before (e.g. ``acdc.attribute(...).values``) instead of computing them again.
 
     ``checkpoint=PATH`` saves progress as JSON at most every ``checkpoint_every`` seconds and at
     the end. Called again with the same arguments (model, prompts, metric, threshold, ...), it
@@ -86,7 +88,7 @@ def run_acdc(
         skipped[saved["skipped"]] = True
         info = dict(saved["info"])
     elif prefilter is not None:
-        skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method)
+        skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method, prefilter_scores)
     else:
         skipped = torch.zeros(g.n_edges, dtype=torch.bool)
     state = patcher.state()
@@ -199,7 +201,7 @@ def run_acdc(
 
 
 def prefilter_edges(
-    patcher: Patcher, metric: Metric, batch: Batch, keep: float, method: str
+    patcher: Patcher, metric: Metric, batch: Batch, keep: float, method: str, values: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Any]]:
     """APPROXIMATE: [n_edges] bool, the edges outside the top ``keep`` fraction by |attribution score|.
 
@@ -209,7 +211,10 @@ def prefilter_edges(
     if not isinstance(keep, (int, float)) or not 0 < keep <= 1:
         raise ValueError(f"prefilter must be a fraction in (0, 1], got {keep!r}")
     t0 = time.perf_counter()
-    values = attribution_scores(patcher, metric, batch, method=method, steps=5)
+    if values is None:
+        values = attribution_scores(patcher, metric, batch, method=method, steps=5)
+    elif values.shape != (patcher.graph.n_edges,):
+        raise ValueError(f"prefilter_scores need one entry per edge ({patcher.graph.n_edges}), got {tuple(values.shape)}")
     n_keep = max(1, math.ceil(keep * len(values)))
     tested = torch.zeros(len(values), dtype=torch.bool)
     tested[torch.argsort(-values.abs(), stable=True)[:n_keep]] = True
