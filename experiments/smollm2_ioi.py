@@ -27,9 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from smollm2_common import ROOT, heads_of, load, top_heads, write  # noqa: E402
-
 import torch  # noqa: E402
+from smollm2_common import ROOT, heads_of, load, top_heads, write  # noqa: E402
 
 import acdc  # noqa: E402
 from acdc.algorithms import ALGORITHMS  # noqa: E402
