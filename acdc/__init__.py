@@ -13,9 +13,10 @@ The names below are what a user needs; the engine's internals live in their modu
 from . import known, tasks, zoo
 from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
-from .api import attribute, discover, roc
+from .api import attribute, discover, faithfulness, faithfulness_curve, roc
 from .circuit import Circuit
 from .evaluation import ROC, Confusion, Recovery, recovery
+from .faithfulness_math import Faithfulness, FaithfulnessCurve
 from .graph import Edge, Graph, Node
 from .inputs import ABLATIONS
 from .known import KnownCircuit
@@ -36,6 +37,8 @@ __all__ = [
     "Confusion",
     "DotNotFoundError",
     "Edge",
+    "Faithfulness",
+    "FaithfulnessCurve",
     "Graph",
     "KnownCircuit",
     "Metric",
@@ -46,6 +49,8 @@ __all__ = [
     "Task",
     "attribute",
     "discover",
+    "faithfulness",
+    "faithfulness_curve",
     "known",
     "load_model",
     "recovery",

@@ -10,6 +10,7 @@ and the demo are thin layers above it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,16 +24,21 @@ from .algorithms import get_algorithm
 from .algorithms.acdc import run_acdc
 from .algorithms.attribution import METHODS
 from .circuit import Circuit
-from .evaluation import ROC, CircuitLike, Level, check_level, threshold_grid
+from .evaluation import ROC, CircuitLike, Level, as_mask, check_level, threshold_grid
+from .faithfulness_math import MIB_FRACTIONS, Faithfulness, FaithfulnessCurve
 from .graph import Graph
 from .inputs import check_threshold, parse_answers
 from .loading import load_model
-from .metrics import Batch, Metric, MetricLike, resolve_metric, scored_rows
+from .metrics import Batch, Metric, MetricLike, per_prompt, resolve_metric, scored_rows
 from .patching import Patcher
 from .scores import Scores
 from .tasks import Task
 
-__all__ = ["Inputs", "attribute", "discover", "make_batch", "prepare", "roc"]
+__all__ = ["Inputs", "attribute", "discover", "faithfulness", "faithfulness_curve", "make_batch", "prepare", "roc"]
+
+LEVELS = ("edge", "node")
+DIRECTIONS = ("clean-complement", "clean-circuit", "corrupt-circuit", "corrupt-complement")
+AVERAGES = ("ratio-of-means", "mean-of-ratios")
 
 
 class Inputs(TypedDict, total=False):
@@ -166,6 +172,94 @@ def roc(
         circuits.append(run_acdc(patcher, metric, batch, threshold=t, abs_value=abs_value).selection())
     seconds = time.perf_counter() - t0
     return ROC.from_circuits(circuits, truth, level=level, params=thresholds, graph=patcher.graph, seconds=seconds)
+
+
+def faithfulness(
+    model: Any,
+    task: Any,
+    circuit: CircuitLike,
+    *,
+    level: str = "edge",
+    direction: str = "clean-complement",
+    average: str = "ratio-of-means",
+    **inputs: Unpack[Inputs],
+) -> Faithfulness:
+    """How much of the behaviour ``circuit`` keeps: m(M), m(C), m({}), ratios, per prompt, spread.
+
+    Args:
+        task: an `acdc.Task` (prompts, answers, positions, default metric).
+        circuit: a `Circuit`, `KnownCircuit`, edge mask or edge names for this model's graph.
+        level: "edge" (ablate the edges outside the circuit) or "node" (ablate the output of
+            every node outside it; the input node always stays).
+        direction: which side is patched. "clean-complement" (clean prompts, everything outside
+            the circuit ablated: the usual), "clean-circuit" (clean prompts, the circuit ablated),
+            "corrupt-circuit" (corrupt prompts, the clean circuit patched in), "corrupt-complement"
+            (corrupt prompts, the clean complement patched in). In the corrupt directions the
+            patched-in value is the clean run's (its mean for ``ablation="mean"``, zero for "zero"),
+            m(M) patches every edge in and m({}) none.
+        average: which ratio is `Faithfulness.ratio`: "ratio-of-means" (m(C) / m(M), the IOI
+            paper's) or "mean-of-ratios" (the mean of each prompt's ratio); both are reported.
+        inputs: metric ("logit_diff", "prob_diff", "kl", "accuracy" or your own; default the
+            task's), ablation ("resample", "mean", "zero"), answers, answer_pos, split_qkv, graph.
+    """
+    for name, value, choices in (("level", level, LEVELS), ("direction", direction, DIRECTIONS),
+                                 ("average", average, AVERAGES)):
+        if value not in choices:
+            raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    patcher, m, batch = prepare(model, task, **inputs)
+    g = patcher.graph
+    keep = as_mask(circuit, g)
+    if level == "node":
+        nodes = {g.sources[s].name for s in g.edge_src[keep].tolist()}
+        nodes |= {g.destinations[d].node.name for d in g.edge_dst[keep].tolist()} | {"input"}
+        keep = torch.tensor([e.src.name in nodes for e in g.edges])
+    run_on = patcher
+    if direction.startswith("corrupt"):  # the same engine with the roles swapped: "ablated" = clean values
+        run_on = Patcher(patcher.tf, patcher.corrupt_tokens, patcher.clean_tokens, graph=g,
+                         ablation=patcher.ablation, answer_pos=patcher.answer_pos)
+    everything, nothing = torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges, dtype=torch.bool)
+    ablated = {"clean-complement": ~keep, "clean-circuit": keep, "corrupt-circuit": keep, "corrupt-complement": ~keep}
+    full, empty = (nothing, everything) if direction.startswith("clean") else (everything, nothing)
+
+    def measure(mask: Tensor) -> tuple[float, Tensor]:
+        logits = run_on.logits(mask)
+        return m(logits, batch), per_prompt(m, logits, batch)
+
+    (mm, pm), (mc, pc), (me, pe) = measure(full), measure(ablated[direction]), measure(empty)
+    settings = {"level": level, "direction": direction, "average": average, "ablation": patcher.ablation,
+                "metric": m.name, "circuit_edges": int(keep.sum())}
+    return Faithfulness(mm, mc, me, pm, pc, pe, settings)
+
+
+def faithfulness_curve(
+    model: Any,
+    task: Any,
+    scores: Scores,
+    *,
+    fractions: Sequence[float] = MIB_FRACTIONS,
+    selection: str = "top",
+    **inputs: Unpack[Inputs],
+) -> FaithfulnessCurve:
+    """MIB's curve: normalized faithfulness of the circuits of the best-scored edges at each fraction.
+
+    The circuit at fraction f is ``scores.top(ceil(f * n_edges))`` (``selection="greedy"``: grown
+    from the logits); everything outside it is ablated on the clean prompts. One patcher serves
+    every fraction. CPR and CMD are the curve's areas (`FaithfulnessCurve`).
+    """
+    if selection not in ("top", "greedy"):
+        raise ValueError(f"unknown selection {selection!r}; choose top or greedy")
+    patcher, m, batch = prepare(model, task, **inputs)
+    g = patcher.graph
+    g.check_fits(scores.graph, "these scores")
+    full = m(patcher.logits(torch.zeros(g.n_edges, dtype=torch.bool)), batch)
+    empty = m(patcher.logits(torch.ones(g.n_edges, dtype=torch.bool)), batch)
+    sizes = [max(1, min(g.n_edges, math.ceil(f * g.n_edges))) for f in fractions]
+    values = []
+    for k in sizes:
+        c = scores.top(k) if selection == "top" else scores.greedy(k)
+        values.append((m(patcher.logits(c), batch) - empty) / (full - empty) if full != empty else math.nan)
+    curve = FaithfulnessCurve.from_values(list(fractions), values)
+    return FaithfulnessCurve(curve.fractions, curve.values, tuple(sorted(sizes)))
 
 
 def prepare(

@@ -9,13 +9,17 @@ probability differences negated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "Metric", "kl_divergence", "logit_diff", "prob_diff", "resolve_metric", "scored_rows", "METRICS"]
+__all__ = [
+    "Batch", "Metric", "accuracy", "kl_divergence", "logit_diff", "per_prompt", "prob_diff", "resolve_metric",
+    "scored_rows", "METRICS",
+]
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,43 @@ def prob_diff(logits: Tensor, batch: Batch) -> Tensor:
     return (_answer_values(probs, batch.correct, "sum") - _answer_values(probs, batch.incorrect, "sum")).mean()
 
 
+def accuracy(logits: Tensor, batch: Batch) -> Tensor:
+    """Share of scored rows whose (first) correct answer beats every incorrect answer."""
+    correct = _answer_values(logits, None if batch.correct is None else _first(batch.correct), "sum")
+    ids = batch.incorrect
+    if ids is None:
+        raise ValueError("this metric needs answers: pass answers=(correct, incorrect) token ids")
+    ids = ids.to(logits.device)
+    ids = ids[:, None] if ids.dim() == 1 else ids
+    wrong = logits.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, -math.inf).max(-1).values
+    return (correct > wrong).to(logits.dtype).mean()
+
+
+def _first(ids: Tensor) -> Tensor:
+    return ids if ids.dim() == 1 else ids[:, 0]
+
+
+def per_prompt(metric: Metric, logits: Tensor, batch: Batch) -> Tensor:
+    """[n_prompts] the metric (in its own sign) on each prompt's scored rows alone."""
+    n, n_scored = batch.answer_pos.shape
+    out = []
+    for i in range(n):
+        rows = slice(i * n_scored, (i + 1) * n_scored)
+        sub = Batch(
+            clean=batch.clean[i : i + 1], corrupt=batch.corrupt[i : i + 1], answer_pos=batch.answer_pos[i : i + 1],
+            correct=None if batch.correct is None else batch.correct[rows],
+            incorrect=None if batch.incorrect is None else batch.incorrect[rows],
+            clean_logits=batch.clean_logits[rows],
+        )
+        out.append(metric(logits[rows], sub))
+    return torch.tensor(out, dtype=torch.float64)
+
+
 METRICS: dict[str, Metric] = {
     "kl": Metric("kl", kl_divergence, higher_is_better=False),
     "logit_diff": Metric("logit_diff", logit_diff, higher_is_better=True, needs_answers=True),
     "prob_diff": Metric("prob_diff", prob_diff, higher_is_better=True, needs_answers=True),
+    "accuracy": Metric("accuracy", accuracy, higher_is_better=True, needs_answers=True),
 }
 
 MetricLike = str | Metric | Callable[[Tensor, Batch], Tensor]

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("planted models", ("acdc.zoo",)),
     ("engine", ("acdc.patching",)),
     ("algorithms", ("acdc.algorithms",)),
-    ("evaluation", ("acdc.evaluation",)),
+    ("evaluation", ("acdc.evaluation", "acdc.faithfulness_math")),
     ("rendering", ("acdc.render",)),
     ("api", ("acdc.api",)),
     ("interfaces", ("acdc.cli", "acdc.demo")),

@@ -1,0 +1,187 @@
+"""Faithfulness math: how much of the model's behaviour a circuit keeps. Pure functions, no runs.
+
+With m the metric (higher = more behaviour; a logit difference as is), M the full model, C the
+circuit and {} the empty circuit:
+
+- ratio (the IOI paper's): m(C) / m(M);
+- normalized (MIB's): (m(C) - m({})) / (m(M) - m({}));
+- per prompt: each prompt's own ratio. It explodes where a prompt's own m(M) is near 0 (Miller
+  et al. saw ratios above 10,000%), so the summary gives the spread (median, IQR, a bootstrap
+  interval of the mean, the share within [80%, 120%]) and flags those prompts.
+
+`FaithfulnessCurve` is MIB's: normalized faithfulness against the fraction of edges kept, with
+CPR (the area under it, trapezoid over the fractions) and CMD (the area under |1 - it|). On
+MIB's linear axis the circuits above 20% of the edges carry 80% of the weight, so a log-axis
+area (over log10 of the fraction, scaled to [0, 1]) is reported too.
+
+`acdc.faithfulness` and `acdc.faithfulness_curve` (in `acdc.api`) run the model and fill these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["MIB_FRACTIONS", "Faithfulness", "FaithfulnessCurve", "Spread", "spread"]
+
+MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The distribution of per-prompt ratios."""
+
+    mean: float
+    median: float
+    q25: float
+    q75: float
+    min: float
+    max: float
+    ci95: tuple[float, float]  # bootstrap interval of the mean
+    within_20pct: float  # share of prompts with a ratio in [0.8, 1.2]
+
+    @property
+    def iqr(self) -> float:
+        return self.q75 - self.q25
+
+
+def spread(values: Tensor, *, n_boot: int = 1000, seed: int = 0) -> Spread:
+    """Mean, median, quartiles, range, bootstrap 95% interval of the mean, share within 20% of 1."""
+    v = values.double().flatten()
+    gen = torch.Generator().manual_seed(seed)
+    boots = v[torch.randint(0, len(v), (n_boot, len(v)), generator=gen)].mean(1)
+    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    q25, med, q75 = torch.quantile(v, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return Spread(float(v.mean()), med, q25, q75, float(v.min()), float(v.max()), (lo, hi),
+                  float(((v >= 0.8) & (v <= 1.2)).double().mean()))
+
+
+@dataclass(frozen=True, eq=False)
+class Faithfulness:
+    """A circuit's faithfulness under one setting.
+
+    model_metric, circuit_metric, empty_metric: m(M), m(C), m({}) averaged over prompts.
+    per_prompt_model, per_prompt_circuit, per_prompt_empty: [n_prompts] each prompt's own values.
+    settings: the axes (level, ablation, direction, metric, average).
+    """
+
+    model_metric: float
+    circuit_metric: float
+    empty_metric: float
+    per_prompt_model: Tensor
+    per_prompt_circuit: Tensor
+    per_prompt_empty: Tensor
+    settings: dict[str, Any] = field(default_factory=dict)
+    tiny: float = 0.1  # a prompt is flagged when |m_i(M)| < tiny * median |m(M)|
+
+    @property
+    def ratio_of_means(self) -> float:
+        """m(C) / m(M), metrics averaged over prompts first (the IOI paper's faithfulness)."""
+        return _div(self.circuit_metric, self.model_metric)
+
+    @property
+    def per_prompt(self) -> Tensor:
+        """[n_prompts] each prompt's m_i(C) / m_i(M)."""
+        return self.per_prompt_circuit / self.per_prompt_model
+
+    @property
+    def mean_of_ratios(self) -> float:
+        return float(self.per_prompt.mean())
+
+    @property
+    def ratio(self) -> float:
+        """The ratio under ``settings["average"]``: "ratio-of-means" (default) or "mean-of-ratios"."""
+        return self.mean_of_ratios if self.settings.get("average") == "mean-of-ratios" else self.ratio_of_means
+
+    @property
+    def normalized(self) -> float:
+        """(m(C) - m({})) / (m(M) - m({})) (MIB's faithfulness)."""
+        return _div(self.circuit_metric - self.empty_metric, self.model_metric - self.empty_metric)
+
+    @property
+    def summary(self) -> Spread:
+        """The spread of the per-prompt ratios."""
+        return spread(self.per_prompt)
+
+    @property
+    def small_prompts(self) -> list[int]:
+        """Prompts whose own |m(M)| is tiny (their ratios explode; consider dropping them)."""
+        scale = float(self.per_prompt_model.abs().median())
+        return (self.per_prompt_model.abs() < self.tiny * scale).nonzero().squeeze(1).tolist()
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.summary
+        return {
+            "settings": self.settings, "model_metric": self.model_metric, "circuit_metric": self.circuit_metric,
+            "empty_metric": self.empty_metric, "ratio": self.ratio, "ratio_of_means": self.ratio_of_means,
+            "mean_of_ratios": self.mean_of_ratios, "normalized": self.normalized,
+            "per_prompt": self.per_prompt.tolist(), "small_prompts": self.small_prompts,
+            "summary": {"mean": s.mean, "median": s.median, "iqr": s.iqr, "min": s.min, "max": s.max,
+                        "ci95": list(s.ci95), "within_20pct": s.within_20pct},
+        }
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (f"Faithfulness(ratio {self.ratio:.3f}, normalized {self.normalized:.3f}; per prompt median "
+                f"{s.median:.3f}, IQR {s.iqr:.3f}, {s.within_20pct:.0%} within 20%; {self.settings})")
+
+
+@dataclass(frozen=True)
+class FaithfulnessCurve:
+    """Normalized faithfulness at each fraction of edges kept (MIB), and its areas."""
+
+    fractions: tuple[float, ...]
+    values: tuple[float, ...]
+    n_edges: tuple[int, ...] = ()
+
+    @classmethod
+    def from_values(cls, fractions: Sequence[float], values: Sequence[float]) -> FaithfulnessCurve:
+        """A curve computed elsewhere (e.g. MIB's published numbers)."""
+        if len(fractions) != len(values) or len(fractions) < 2:
+            raise ValueError("a curve needs as many values as fractions, at least two")
+        order = sorted(range(len(fractions)), key=lambda i: fractions[i])
+        return cls(tuple(float(fractions[i]) for i in order), tuple(float(values[i]) for i in order))
+
+    @property
+    def points(self) -> list[tuple[float, float]]:
+        return list(zip(self.fractions, self.values, strict=True))
+
+    @property
+    def cpr(self) -> float:
+        """Area under normalized faithfulness over the edge fraction (trapezoid; MIB's CPR, higher is better)."""
+        return _trapezoid(self.fractions, self.values)
+
+    @property
+    def cmd(self) -> float:
+        """Area under |1 - normalized faithfulness| (MIB's CMD, lower is better)."""
+        return _trapezoid(self.fractions, [abs(1 - v) for v in self.values])
+
+    @property
+    def cpr_log(self) -> float:
+        """CPR over log10 of the fraction, scaled to [0, 1]: small circuits weigh as much as large ones."""
+        xs = [math.log10(f) for f in self.fractions]
+        return _trapezoid(xs, self.values) / (xs[-1] - xs[0])
+
+    @property
+    def cmd_log(self) -> float:
+        xs = [math.log10(f) for f in self.fractions]
+        return _trapezoid(xs, [abs(1 - v) for v in self.values]) / (xs[-1] - xs[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"points": [{"fraction": f, "normalized": v, **({"edges": n} if self.n_edges else {})}
+                           for f, v, n in zip(self.fractions, self.values, self.n_edges or [None] * len(self.values),
+                                              strict=True)],
+                "cpr": self.cpr, "cmd": self.cmd, "cpr_log": self.cpr_log, "cmd_log": self.cmd_log}
+
+
+def _trapezoid(xs: Sequence[float], ys: Sequence[float]) -> float:
+    return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]))
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b != 0 else math.nan

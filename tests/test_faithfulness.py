@@ -1,0 +1,107 @@
+"""Faithfulness: every axis equals the slow hooked computation; MIB's curve areas; the spread."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import random_tokens
+from oracle import patched_logits
+
+import acdc
+from acdc import FaithfulnessCurve, Graph
+from acdc.faithfulness_math import MIB_FRACTIONS, spread
+from acdc.tasks import Task
+
+CORRECT, INCORRECT = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+
+
+@pytest.fixture(scope="module")
+def setup(gpt2_model):
+    clean, corrupt = random_tokens()
+    task = Task.from_tokens(clean, corrupt, correct=CORRECT, incorrect=INCORRECT)
+    g = Graph.from_model(gpt2_model)
+    keep = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(3)) < 0.4
+    circuit = acdc.Circuit(g, keep, torch.zeros(g.n_edges))
+    return gpt2_model, task, g, circuit
+
+
+def _ld(logits):  # per prompt logit difference at the last position
+    last = logits[:, -1]
+    rows = torch.arange(len(CORRECT))
+    return (last[rows, CORRECT] - last[rows, INCORRECT]).double()
+
+
+def _names(g, mask):
+    return {e.name for e, m in zip(g.edges, mask.tolist()) if m}
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+@pytest.mark.parametrize("direction", ["clean-complement", "clean-circuit", "corrupt-circuit", "corrupt-complement"])
+@pytest.mark.parametrize("level", ["edge", "node"])
+def test_every_axis_equals_the_hooked_computation(setup, ablation, direction, level):
+    model, task, g, circuit = setup
+    f = acdc.faithfulness(model, task, circuit, level=level, direction=direction, ablation=ablation)
+    keep = circuit.in_graph
+    if level == "node":
+        nodes = set(circuit.nodes) | {"input"}
+        keep = torch.tensor([e.src.name in nodes for e in g.edges])
+    inputs = (task.clean, task.corrupt) if direction.startswith("clean") else (task.corrupt, task.clean)
+    ablated = {"clean-complement": ~keep, "clean-circuit": keep, "corrupt-circuit": keep, "corrupt-complement": ~keep}
+    everything = torch.ones(g.n_edges, dtype=torch.bool)
+    full, empty = (~everything, everything) if direction.startswith("clean") else (everything, ~everything)
+
+    def oracle(mask):
+        return _ld(patched_logits(model, g, *inputs, _names(g, mask), ablation))
+
+    for got, mask in ((f.per_prompt_model, full), (f.per_prompt_circuit, ablated[direction]), (f.per_prompt_empty, empty)):
+        assert torch.allclose(got, oracle(mask), atol=1e-4), (direction, level)
+    assert f.circuit_metric == pytest.approx(float(oracle(ablated[direction]).mean()), abs=1e-4)
+    if f.model_metric == 0:  # corrupt prompts with every edge "patched in" as zero: nothing left; ratios undefined
+        assert ablation == "zero" and math.isnan(f.ratio)
+    else:
+        assert f.ratio == pytest.approx(f.circuit_metric / f.model_metric)
+        assert f.normalized == pytest.approx((f.circuit_metric - f.empty_metric) / (f.model_metric - f.empty_metric))
+    assert f.settings == {"level": level, "direction": direction, "average": "ratio-of-means", "ablation": ablation,
+                          "metric": "logit_diff", "circuit_edges": int(keep.sum())}
+
+
+def test_metrics_and_averaging(setup):
+    model, task, g, circuit = setup
+    f = acdc.faithfulness(model, task, circuit, average="mean-of-ratios")
+    assert f.ratio == pytest.approx(float((f.per_prompt_circuit / f.per_prompt_model).mean()))
+    assert f.ratio != pytest.approx(f.ratio_of_means)
+    acc = acdc.faithfulness(model, task, circuit, metric="accuracy")
+    logits = patched_logits(model, g, task.clean, task.corrupt, _names(g, ~circuit.in_graph), "resample")
+    assert acc.circuit_metric == pytest.approx(float((_ld(logits) > 0).double().mean()))
+    assert set(acc.per_prompt_circuit.tolist()) <= {0.0, 1.0}
+    kl = acdc.faithfulness(model, task, circuit, metric="kl")
+    assert kl.model_metric == pytest.approx(0.0, abs=1e-6) and kl.empty_metric > kl.model_metric
+    with pytest.raises(ValueError, match="unknown direction 'sideways'"):
+        acdc.faithfulness(model, task, circuit, direction="sideways")
+
+
+def test_mib_example_curve():
+    values = [0.023, 0.239, 0.499, 0.803, 0.881, 0.920, 0.936, 0.967, 0.978, 1.0]
+    curve = FaithfulnessCurve.from_values(MIB_FRACTIONS, values)
+    assert round(curve.cpr, 3) == 0.968 and round(curve.cmd, 3) == 0.031
+    assert 0 < curve.cpr_log < curve.cpr and curve.cmd_log > curve.cmd  # small circuits weigh more on a log axis
+
+
+def test_faithfulness_curve_runs_the_circuits(setup):
+    model, task, g, _ = setup
+    scores = acdc.attribute(model, task, method="eap")
+    curve = acdc.faithfulness_curve(model, task, scores, fractions=[0.01, 0.1, 1.0])
+    assert curve.n_edges == tuple(math.ceil(f * g.n_edges) for f in (0.01, 0.1, 1.0))
+    assert curve.values[-1] == pytest.approx(1.0)  # every edge kept is the model
+    top = scores.top(curve.n_edges[1])
+    f = acdc.faithfulness(model, task, top)
+    assert curve.values[1] == pytest.approx(f.normalized, abs=1e-9)
+
+
+def test_spread_of_known_values():
+    s = spread(torch.tensor([0.5, 0.9, 1.0, 1.1, 3.0]))
+    assert (s.median, s.min, s.max, s.within_20pct) == (1.0, 0.5, 3.0, 0.6)
+    assert s.q25 == pytest.approx(0.9) and s.q75 == pytest.approx(1.1) and s.iqr == pytest.approx(0.2)
+    assert s.mean == pytest.approx(1.3) and s.ci95[0] <= 1.3 <= s.ci95[1]
