@@ -161,9 +161,7 @@ def roc(
     check_level(level)
     patcher, metric, batch = prepare(model, clean, corrupt, **inputs)
     if thresholds is None:
-        n = patcher.graph.n_edges
-        full = float(metric.loss(patcher.logits(torch.zeros(n, dtype=torch.bool)), batch))
-        gone = float(metric.loss(patcher.logits(torch.ones(n, dtype=torch.bool)), batch))
+        full, gone = _full_and_empty(patcher, metric, batch)
         thresholds = threshold_grid(abs(gone - full) or 1.0, n=n_thresholds, decades=decades)
     thresholds = [check_threshold(t) for t in thresholds]
     circuits = []
@@ -251,8 +249,7 @@ def faithfulness_curve(
     patcher, m, batch = prepare(model, task, **inputs)
     g = patcher.graph
     g.check_fits(scores.graph, "these scores")
-    full = m(patcher.logits(torch.zeros(g.n_edges, dtype=torch.bool)), batch)
-    empty = m(patcher.logits(torch.ones(g.n_edges, dtype=torch.bool)), batch)
+    full, empty = _full_and_empty(patcher, m, batch)
     sizes = [max(1, min(g.n_edges, math.ceil(f * g.n_edges))) for f in fractions]
     values = []
     for k in sizes:
@@ -320,6 +317,13 @@ def make_batch(patcher: Patcher, answers: Any = None, model: Any = None) -> Batc
         incorrect=None if incorrect is None else incorrect.to(dev),
         clean_logits=patcher.clean.logits,
     )
+
+
+def _full_and_empty(patcher: Patcher, metric: Metric, batch: Batch) -> tuple[float, float]:
+    """The metric of the full model (nothing ablated) and of the empty circuit (every edge ablated)."""
+    n = patcher.graph.n_edges
+    return (metric(patcher.logits(torch.zeros(n, dtype=torch.bool)), batch),
+            metric(patcher.logits(torch.ones(n, dtype=torch.bool)), batch))
 
 
 def _bar(items: Sequence[float], on: bool) -> Iterable[float]:
