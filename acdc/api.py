@@ -180,6 +180,8 @@ def faithfulness(
     level: str = "edge",
     direction: str = "clean-complement",
     average: str = "ratio-of-means",
+    mean_over: str | int = "batch",
+    seed: int = 0,
     **inputs: Unpack[Inputs],
 ) -> Faithfulness:
     """How much of the behaviour ``circuit`` keeps: m(M), m(C), m({}), ratios, per prompt, spread.
@@ -197,6 +199,9 @@ def faithfulness(
             m(M) patches every edge in and m({}) none.
         average: which ratio is `Faithfulness.ratio`: "ratio-of-means" (m(C) / m(M), the IOI
             paper's) or "mean-of-ratios" (the mean of each prompt's ratio); both are reported.
+        mean_over: with ``ablation="mean"``, the reference set averaged: "batch" (every corrupt
+            prompt), "template" (the prompts of each prompt's own template, as the IOI paper;
+            needs ``task.template``), or an int k (k corrupt prompts drawn with ``seed``).
         inputs: metric ("logit_diff", "prob_diff", "kl", "accuracy" or your own; default the
             task's), ablation ("resample", "mean", "zero"), answers, answer_pos, split_qkv, graph.
     """
@@ -204,7 +209,8 @@ def faithfulness(
                                  ("average", average, AVERAGES)):
         if value not in choices:
             raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-    patcher, m, batch = prepare(model, task, **inputs)
+    weights = _mean_weights(task, mean_over, seed, inputs.get("ablation", "resample"))
+    patcher, m, batch = prepare(model, task, mean_weights=weights, **inputs)
     g = patcher.graph
     keep = as_mask(circuit, g)
     if level == "node":
@@ -214,7 +220,7 @@ def faithfulness(
     run_on = patcher
     if direction.startswith("corrupt"):  # the same engine with the roles swapped: "ablated" = clean values
         run_on = Patcher(patcher.tf, patcher.corrupt_tokens, patcher.clean_tokens, graph=g,
-                         ablation=patcher.ablation, answer_pos=patcher.answer_pos)
+                         ablation=patcher.ablation, answer_pos=patcher.answer_pos, mean_weights=weights)
     everything, nothing = torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges, dtype=torch.bool)
     ablated = {"clean-complement": ~keep, "clean-circuit": keep, "corrupt-circuit": keep, "corrupt-complement": ~keep}
     full, empty = (nothing, everything) if direction.startswith("clean") else (everything, nothing)
@@ -226,6 +232,8 @@ def faithfulness(
     (mm, pm), (mc, pc), (me, pe) = measure(full), measure(ablated[direction]), measure(empty)
     settings = {"level": level, "direction": direction, "average": average, "ablation": patcher.ablation,
                 "metric": m.name, "circuit_edges": int(keep.sum())}
+    if patcher.ablation == "mean":
+        settings["mean_over"] = mean_over
     return Faithfulness(mm, mc, me, pm, pc, pe, settings)
 
 
@@ -270,6 +278,7 @@ def prepare(
     answer_pos: int | Sequence[int] | Tensor | None = None,
     split_qkv: bool = True,
     graph: Graph | None = None,
+    mean_weights: Tensor | None = None,
 ) -> tuple[Patcher, Metric, Batch]:
     """Build the patcher, metric and batch an algorithm runs on, from the inputs of `discover`.
 
@@ -289,7 +298,8 @@ def prepare(
     m = resolve_metric(metric if metric is not None else "kl")
     bridge = load_model(model)
     g = graph if graph is not None else Graph.from_model(bridge, split_qkv=split_qkv)
-    patcher = Patcher(bridge, clean, corrupt, graph=g, ablation=ablation, answer_pos=answer_pos)  # type: ignore[arg-type]
+    patcher = Patcher(bridge, clean, corrupt, graph=g, ablation=ablation, answer_pos=answer_pos,  # type: ignore[arg-type]
+                      mean_weights=mean_weights)
     batch = make_batch(patcher, answers, bridge)
     if m.needs_answers and batch.correct is None:
         raise ValueError(f"metric {m.name!r} needs answers=(correct, incorrect) token ids")
@@ -317,6 +327,26 @@ def make_batch(patcher: Patcher, answers: Any = None, model: Any = None) -> Batc
         incorrect=None if incorrect is None else incorrect.to(dev),
         clean_logits=patcher.clean.logits,
     )
+
+
+def _mean_weights(task: Any, mean_over: str | int, seed: int, ablation: str) -> Tensor | None:
+    """The [batch, batch] weights of mean ablation over a reference set (None: the whole batch)."""
+    if mean_over == "batch":
+        return None
+    if ablation != "mean":
+        raise ValueError(f"mean_over={mean_over!r} needs ablation='mean'")
+    n = task.n_prompts
+    if mean_over == "template":
+        if getattr(task, "template", None) is None:
+            raise ValueError("mean_over='template' needs a task with template ids (e.g. acdc.tasks.ioi)")
+        same = (task.template[:, None] == task.template[None, :]).double()
+        return same / same.sum(1, keepdim=True)
+    if isinstance(mean_over, int) and not isinstance(mean_over, bool) and 1 <= mean_over <= n:
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:mean_over]
+        w = torch.zeros(n, n, dtype=torch.float64)
+        w[:, pick] = 1.0 / mean_over
+        return w
+    raise ValueError(f"mean_over must be 'batch', 'template' or a number of prompts in [1, {n}], got {mean_over!r}")
 
 
 def _full_and_empty(patcher: Patcher, metric: Metric, batch: Batch) -> tuple[float, float]:

@@ -99,6 +99,9 @@ class Patcher:
             default the last position. Logits come back with one row per scored position,
             prompt-major: [batch * P, d_vocab].
         cache_bytes: budget for cached destination inputs (speed only, never results).
+        mean_weights: with ``ablation="mean"``, a [batch, batch] row-stochastic matrix: prompt i's
+            ablation value is sum_j W[i, j] * (corrupt run j), e.g. the mean over a reference
+            subset, or over the prompts of its own template. Default: the mean over the batch.
 
     Attributes other code reads: ``tf`` (the engine's model), ``graph``, ``ablation``,
     ``clean`` (the clean run's `ForwardCache`), ``abl`` (ablation value of every source,
@@ -117,6 +120,7 @@ class Patcher:
         ablation: Ablation = "resample",
         answer_pos: int | Tensor | Sequence[int] | None = None,
         cache_bytes: int = 512 * 2**20,
+        mean_weights: Tensor | None = None,
     ):
         self.ablation: Ablation = check_ablation(ablation)
         tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
@@ -161,6 +165,11 @@ class Patcher:
         if self.ablation == "resample":
             self.abl: Tensor | None = corrupt_run.sources
             self._base_pre, self._base_mid = corrupt_run.resid_pre, corrupt_run.resid_mid
+        elif self.ablation == "mean" and mean_weights is not None:  # each prompt its own weighted mean
+            W = _check_weights(mean_weights, B).to(device=tf.device, dtype=tf.dtype)
+            self.abl = torch.einsum("ij,nj...->ni...", W, corrupt_run.sources)
+            self._base_pre = torch.einsum("ij,nj...->ni...", W, corrupt_run.resid_pre)
+            self._base_mid = torch.einsum("ij,nj...->ni...", W, corrupt_run.resid_mid)
         elif self.ablation == "mean":
             self.abl = corrupt_run.sources.mean(1, keepdim=True)
             self._base_pre = corrupt_run.resid_pre.mean(1, keepdim=True)
@@ -173,6 +182,8 @@ class Patcher:
             mid = cum[1:] if not a.parallel_attn_mlp else cum[:-1]
             self._base_mid = mid[:, None, None, :]
         del corrupt_run
+        # one ablation value for the whole batch (plain mean ablation), else one per prompt (or none: zero)
+        self.shared_ablation = self.abl is not None and self.abl.shape[1] == 1
         self._layout()
 
     # ------------------------------------------------------------------ static layout
@@ -574,3 +585,11 @@ class _Job:
         if (row in st.inputs or bool(self.changed_rows[row])) and self.affected_many([row])[0]:
             self.new_inp[row] = x
         return x
+
+
+def _check_weights(w: Tensor, batch: int) -> Tensor:
+    """A [batch, batch] matrix of non-negative weights whose rows sum to 1; a one-line error otherwise."""
+    w = torch.as_tensor(w, dtype=torch.float64)
+    if w.shape != (batch, batch) or bool((w < 0).any()) or not torch.allclose(w.sum(1), torch.ones(batch, dtype=w.dtype)):
+        raise ValueError(f"mean_weights must be a [{batch}, {batch}] matrix of non-negative weights whose rows sum to 1")
+    return w

@@ -36,7 +36,7 @@ def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated:
     if ablation == "resample":
         abl = corrupt_out
     elif ablation == "mean":
-        abl = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in corrupt_out.items()}
+        abl = {k: v.mean(0, keepdim=True).expand(clean.shape[0], *v.shape[1:]) for k, v in corrupt_out.items()}
     else:
         abl = {k: torch.zeros_like(v) for k, v in corrupt_out.items()}
     try:

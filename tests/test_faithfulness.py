@@ -64,7 +64,8 @@ def test_every_axis_equals_the_hooked_computation(setup, ablation, direction, le
         assert f.ratio == pytest.approx(f.circuit_metric / f.model_metric)
         assert f.normalized == pytest.approx((f.circuit_metric - f.empty_metric) / (f.model_metric - f.empty_metric))
     assert f.settings == {"level": level, "direction": direction, "average": "ratio-of-means", "ablation": ablation,
-                          "metric": "logit_diff", "circuit_edges": int(keep.sum())}
+                          "metric": "logit_diff", "circuit_edges": int(keep.sum()),
+                          **({"mean_over": "batch"} if ablation == "mean" else {})}
 
 
 def test_metrics_and_averaging(setup):
@@ -105,3 +106,37 @@ def test_spread_of_known_values():
     assert (s.median, s.min, s.max, s.within_20pct) == (1.0, 0.5, 3.0, 0.6)
     assert s.q25 == pytest.approx(0.9) and s.q75 == pytest.approx(1.1) and s.iqr == pytest.approx(0.2)
     assert s.mean == pytest.approx(1.3) and s.ci95[0] <= 1.3 <= s.ci95[1]
+
+
+@pytest.mark.parametrize("mean_over", ["template", 2])
+def test_mean_over_a_reference_set(setup, mean_over):
+    """Mean ablation over a prompt's own template, or over k drawn prompts, equals the hooked
+    computation with that reference set's mean."""
+    from dataclasses import replace
+
+    model, task, g, circuit = setup
+    task = replace(task, template=torch.tensor([0, 0, 1, 1]))
+    f = acdc.faithfulness(model, task, circuit, ablation="mean", mean_over=mean_over, seed=1)
+    assert f.settings["mean_over"] == mean_over
+    if mean_over == "template":
+        refs = [[0, 1], [0, 1], [2, 3], [2, 3]]
+    else:
+        pick = torch.randperm(4, generator=torch.Generator().manual_seed(1))[:2].tolist()
+        refs = [pick] * 4
+    ablated = _names(g, ~circuit.in_graph)
+    for i, ref in enumerate(refs):
+        logits = patched_logits(model, g, task.clean[i : i + 1], task.corrupt[ref], ablated, "mean")
+        last = logits[0, -1]
+        assert float(f.per_prompt_circuit[i]) == pytest.approx(float(last[CORRECT[i]] - last[INCORRECT[i]]), abs=1e-4)
+    with pytest.raises(ValueError, match="needs ablation='mean'"):
+        acdc.faithfulness(model, task, circuit, mean_over=2)
+
+
+def test_uniform_weights_are_the_batch_mean(setup):
+    model, task, g, circuit = setup
+    plain = acdc.Patcher(model, task, ablation="mean")
+    weighted = acdc.Patcher(model, task, ablation="mean", mean_weights=torch.full((4, 4), 0.25))
+    mask = ~circuit.in_graph
+    assert torch.allclose(plain.logits(mask), weighted.logits(mask), atol=1e-5)
+    with pytest.raises(ValueError, match="rows sum to 1"):
+        acdc.Patcher(model, task, ablation="mean", mean_weights=torch.ones(4, 4))

@@ -111,7 +111,7 @@ class _Delta:
     def __init__(self, patcher: Patcher):
         self.clean = patcher.clean.sources  # [n_src, B, S, d]
         self.abl = patcher.abl  # same, [n_src, 1, S, d] (mean) or None (zero)
-        self.mean = patcher.ablation == "mean"
+        self.mean = patcher.shared_ablation  # one value for the whole batch
 
     def dot(self, grads: Tensor, upto: int) -> Tensor:
         """[R, upto] sums over batch, positions, features of grads [R, B, S, d] * delta[:upto]."""

@@ -33,6 +33,7 @@ class Task:
                         given, "logit_diff" when the task has answers, else "kl".
     vocab_size:         if given, every token id must be below it.
     notes:              what a generator had to adapt (e.g. how many names are single tokens here).
+    template:           [batch] template id of each prompt (IOI), or None; mean ablation per template uses it.
     """
 
     clean: Tensor
@@ -44,6 +45,7 @@ class Task:
     name: str = "custom"
     vocab_size: int | None = None
     notes: str = ""
+    template: Tensor | None = None
 
     def __post_init__(self) -> None:
         c, k = self.clean, self.corrupt
@@ -63,6 +65,8 @@ class Task:
         if pos.shape[1] == 1 and torch.as_tensor(self.answer_pos).dim() < 2:
             pos = pos[:, 0]  # one position per prompt: kept as [batch]
         object.__setattr__(self, "answer_pos", pos)
+        if self.template is not None and tuple(self.template.shape) != (b,):
+            raise ValueError(f"{where}: template needs one id per prompt [{b}], got shape {tuple(self.template.shape)}")
         if self.metric is None:
             object.__setattr__(self, "metric", "kl" if self.correct is None else "logit_diff")
         if (self.correct is None) != (self.incorrect is None):

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
+import torch
+
 from .base import Task, pair_batch
 from .text import single_tokens, tokenizer_of
 
@@ -127,7 +129,8 @@ def ioi(
         if len(seen) > 1:
             raise ValueError(f"IOI template {template!r} tokenizes to {sorted(seen)} tokens for different words; "
                              "pass names, places and objects that tokenize alike")
-    return replace(task, notes=notes)
+    ids = {t: i for i, t in enumerate(templates)}
+    return replace(task, notes=notes, template=torch.tensor([ids[t] for t in used]))
 
 
 def _fill(template: str, first: str, second: str, subject: str, place: str, obj: str) -> str:
