@@ -13,10 +13,10 @@ The names below are what a user needs; the engine's internals live in their modu
 from . import known, tasks, zoo
 from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
-from .api import attribute, discover, faithfulness, faithfulness_curve, roc
+from .api import attribute, discover, faithfulness, faithfulness_curve, faithfulness_grid, roc
 from .circuit import Circuit
 from .evaluation import ROC, Confusion, Recovery, recovery
-from .faithfulness_math import Faithfulness, FaithfulnessCurve
+from .faithfulness_math import Faithfulness, FaithfulnessCurve, FaithfulnessGrid
 from .graph import Edge, Graph, Node
 from .inputs import ABLATIONS
 from .known import KnownCircuit
@@ -39,6 +39,7 @@ __all__ = [
     "Edge",
     "Faithfulness",
     "FaithfulnessCurve",
+    "FaithfulnessGrid",
     "Graph",
     "KnownCircuit",
     "Metric",
@@ -51,6 +52,7 @@ __all__ = [
     "discover",
     "faithfulness",
     "faithfulness_curve",
+    "faithfulness_grid",
     "known",
     "load_model",
     "recovery",

@@ -25,7 +25,7 @@ from .algorithms.acdc import run_acdc
 from .algorithms.attribution import METHODS
 from .circuit import Circuit
 from .evaluation import ROC, CircuitLike, Level, as_mask, check_level, threshold_grid
-from .faithfulness_math import MIB_FRACTIONS, Faithfulness, FaithfulnessCurve
+from .faithfulness_math import MIB_FRACTIONS, Faithfulness, FaithfulnessCurve, FaithfulnessGrid
 from .graph import Graph
 from .inputs import check_threshold, parse_answers
 from .loading import load_model
@@ -34,7 +34,10 @@ from .patching import Patcher
 from .scores import Scores
 from .tasks import Task
 
-__all__ = ["Inputs", "attribute", "discover", "faithfulness", "faithfulness_curve", "make_batch", "prepare", "roc"]
+__all__ = [
+    "DEFAULT_GRID", "Inputs", "attribute", "discover", "faithfulness", "faithfulness_curve", "faithfulness_grid",
+    "make_batch", "prepare", "roc",
+]
 
 LEVELS = ("edge", "node")
 DIRECTIONS = ("clean-complement", "clean-circuit", "corrupt-circuit", "corrupt-complement")
@@ -205,36 +208,116 @@ def faithfulness(
         inputs: metric ("logit_diff", "prob_diff", "kl", "accuracy" or your own; default the
             task's), ablation ("resample", "mean", "zero"), answers, answer_pos, split_qkv, graph.
     """
-    for name, value, choices in (("level", level, LEVELS), ("direction", direction, DIRECTIONS),
-                                 ("average", average, AVERAGES)):
-        if value not in choices:
-            raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-    weights = _mean_weights(task, mean_over, seed, inputs.get("ablation", "resample"))
-    patcher, m, batch = prepare(model, task, mean_weights=weights, **inputs)
-    g = patcher.graph
-    keep = as_mask(circuit, g)
-    if level == "node":
-        nodes = {g.sources[s].name for s in g.edge_src[keep].tolist()}
-        nodes |= {g.destinations[d].node.name for d in g.edge_dst[keep].tolist()} | {"input"}
-        keep = torch.tensor([e.src.name in nodes for e in g.edges])
-    run_on = patcher
-    if direction.startswith("corrupt"):  # the same engine with the roles swapped: "ablated" = clean values
-        run_on = Patcher(patcher.tf, patcher.corrupt_tokens, patcher.clean_tokens, graph=g,
-                         ablation=patcher.ablation, answer_pos=patcher.answer_pos, mean_weights=weights)
-    everything, nothing = torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges, dtype=torch.bool)
-    ablated = {"clean-complement": ~keep, "clean-circuit": keep, "corrupt-circuit": keep, "corrupt-complement": ~keep}
-    full, empty = (nothing, everything) if direction.startswith("clean") else (everything, nothing)
+    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
+    return runs.measure(level=level, direction=direction, average=average, mean_over=mean_over)
 
-    def measure(mask: Tensor) -> tuple[float, Tensor]:
-        logits = run_on.logits(mask)
-        return m(logits, batch), per_prompt(m, logits, batch)
 
-    (mm, pm), (mc, pc), (me, pe) = measure(full), measure(ablated[direction]), measure(empty)
-    settings = {"level": level, "direction": direction, "average": average, "ablation": patcher.ablation,
-                "metric": m.name, "circuit_edges": int(keep.sum())}
-    if patcher.ablation == "mean":
-        settings["mean_over"] = mean_over
-    return Faithfulness(mm, mc, me, pm, pc, pe, settings)
+class _FaithfulnessRuns:
+    """The patchers faithfulness settings need, built once each (clean/corrupt x ablation x reference set)."""
+
+    def __init__(self, model: Any, task: Any, circuit: CircuitLike, *, seed: int, inputs: Inputs):
+        self.task, self.seed = task, seed
+        rest: dict[str, Any] = dict(inputs)
+        self.ablation: str = rest.pop("ablation", "resample")
+        base, self.m, self.batch = prepare(model, task, ablation=self.ablation, **rest)
+        self.graph = base.graph
+        self.circuit = as_mask(circuit, self.graph)
+        self._patchers: dict[tuple[str, str, bool], Patcher] = {(self.ablation, "batch", False): base}
+        self._logits: dict[tuple[int, bytes], Tensor] = {}  # (patcher, ablated mask) -> logits, shared by settings
+
+    def logits(self, p: Patcher, mask: Tensor) -> Tensor:
+        """Logits of ``p`` with ``mask`` ablated; the two extremes come from the cached runs where they can."""
+        key = (id(p), mask.numpy().tobytes())
+        if key not in self._logits:
+            if not bool(mask.any()):
+                self._logits[key] = p.clean.logits
+            elif bool(mask.all()) and p.ablation == "resample":
+                self._logits[key] = p.corrupt_logits
+            else:
+                self._logits[key] = p.logits(mask)
+        return self._logits[key]
+
+    def patcher(self, ablation: str, mean_over: str | int, swapped: bool) -> Patcher:
+        key = (ablation, str(mean_over), swapped)
+        if key not in self._patchers:
+            base = next(iter(self._patchers.values()))
+            weights = _mean_weights(self.task, mean_over, self.seed, ablation)
+            clean, corrupt = (base.corrupt_tokens, base.clean_tokens) if swapped else (base.clean_tokens, base.corrupt_tokens)
+            self._patchers[key] = Patcher(base.tf, clean, corrupt, graph=self.graph, ablation=ablation,  # type: ignore[arg-type]
+                                          answer_pos=base.answer_pos, mean_weights=weights)
+        return self._patchers[key]
+
+    def measure(self, *, level: str = "edge", direction: str = "clean-complement", average: str = "ratio-of-means",
+                ablation: str | None = None, mean_over: str | int = "batch", metric: MetricLike | None = None) -> Faithfulness:
+        for name, value, choices in (("level", level, LEVELS), ("direction", direction, DIRECTIONS),
+                                     ("average", average, AVERAGES)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        ablation = str(ablation or self.ablation)
+        if mean_over != "batch" and ablation != "mean":
+            raise ValueError(f"mean_over={mean_over!r} needs ablation='mean'")
+        m = self.m if metric is None else resolve_metric(metric)
+        if m.needs_answers and self.batch.correct is None:
+            raise ValueError(f"metric {m.name!r} needs answers=(correct, incorrect) token ids")
+        g, keep = self.graph, self.circuit
+        if level == "node":
+            nodes = {g.sources[s].name for s in g.edge_src[keep].tolist()}
+            nodes |= {g.destinations[d].node.name for d in g.edge_dst[keep].tolist()} | {"input"}
+            keep = torch.tensor([e.src.name in nodes for e in g.edges])
+        # corrupt directions: the same engine with the roles swapped, so "ablated" means the clean values
+        run_on = self.patcher(ablation, mean_over, swapped=direction.startswith("corrupt"))
+        everything, nothing = torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges, dtype=torch.bool)
+        ablated = {"clean-complement": ~keep, "clean-circuit": keep, "corrupt-circuit": keep, "corrupt-complement": ~keep}
+        full, empty = (nothing, everything) if direction.startswith("clean") else (everything, nothing)
+
+        def measure(mask: Tensor) -> tuple[float, Tensor]:
+            logits = self.logits(run_on, mask)
+            return m(logits, self.batch), per_prompt(m, logits, self.batch)
+
+        (mm, pm), (mc, pc), (me, pe) = measure(full), measure(ablated[direction]), measure(empty)
+        settings: dict[str, Any] = {"level": level, "direction": direction, "average": average, "ablation": ablation,
+                                    "metric": m.name, "circuit_edges": int(keep.sum())}
+        if ablation == "mean":
+            settings["mean_over"] = mean_over
+        return Faithfulness(mm, mc, me, pm, pc, pe, settings)
+
+
+DEFAULT_GRID: tuple[dict[str, Any], ...] = (
+    {},  # edge, resample, clean-complement, the task's metric, ratio of means
+    {"ablation": "mean"},
+    {"ablation": "zero"},
+    {"level": "node"},
+    {"level": "node", "ablation": "mean"},
+    {"direction": "clean-circuit"},
+    {"direction": "corrupt-circuit"},
+    {"direction": "corrupt-complement"},
+    {"average": "mean-of-ratios"},
+    {"metric": "prob_diff"},
+)
+
+
+def faithfulness_grid(
+    model: Any,
+    task: Any,
+    circuit: CircuitLike,
+    *,
+    grid: Sequence[dict[str, Any]] = DEFAULT_GRID,
+    reference_sizes: Sequence[int] = (),
+    seed: int = 0,
+    **inputs: Unpack[Inputs],
+) -> FaithfulnessGrid:
+    """Faithfulness under many settings at once (Miller et al.'s axes), sharing runs between them.
+
+    grid: settings, each a dict of `faithfulness` arguments (level, ablation, direction, average,
+        metric, mean_over); missing ones take their defaults. The default grid varies one axis at
+        a time from the usual setting (10 settings).
+    reference_sizes: also mean ablation over k drawn prompts for each k here (faithfulness
+        against the reference-set size).
+    Returns a `FaithfulnessGrid`: ``.rows``, ``.to_markdown()``, ``.to_csv(path)``, ``.plot(path)``.
+    """
+    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
+    settings = [dict(x) for x in grid] + [{"ablation": "mean", "mean_over": int(k)} for k in reference_sizes]
+    return FaithfulnessGrid(tuple(runs.measure(**x) for x in settings))
 
 
 def faithfulness_curve(
@@ -352,8 +435,8 @@ def _mean_weights(task: Any, mean_over: str | int, seed: int, ablation: str) -> 
 def _full_and_empty(patcher: Patcher, metric: Metric, batch: Batch) -> tuple[float, float]:
     """The metric of the full model (nothing ablated) and of the empty circuit (every edge ablated)."""
     n = patcher.graph.n_edges
-    return (metric(patcher.logits(torch.zeros(n, dtype=torch.bool)), batch),
-            metric(patcher.logits(torch.ones(n, dtype=torch.bool)), batch))
+    empty = patcher.corrupt_logits if patcher.ablation == "resample" else patcher.logits(torch.ones(n, dtype=torch.bool))
+    return metric(patcher.clean.logits, batch), metric(empty, batch)
 
 
 def _bar(items: Sequence[float], on: bool) -> Iterable[float]:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["MIB_FRACTIONS", "Faithfulness", "FaithfulnessCurve", "Spread", "spread"]
+__all__ = ["MIB_FRACTIONS", "Faithfulness", "FaithfulnessCurve", "FaithfulnessGrid", "Spread", "spread"]
 
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -129,6 +129,74 @@ class Faithfulness:
         s = self.summary
         return (f"Faithfulness(ratio {self.ratio:.3f}, normalized {self.normalized:.3f}; per prompt median "
                 f"{s.median:.3f}, IQR {s.iqr:.3f}, {s.within_20pct:.0%} within 20%; {self.settings})")
+
+
+@dataclass(frozen=True)
+class FaithfulnessGrid:
+    """Faithfulness of one circuit under several settings (`acdc.faithfulness_grid`)."""
+
+    rows: tuple[Faithfulness, ...]
+
+    COLUMNS = ("level", "ablation", "mean_over", "direction", "metric", "average")
+
+    def label(self, f: Faithfulness) -> str:
+        """A short name of a row's setting: the axes that differ from the usual one."""
+        usual = {"level": "edge", "ablation": "resample", "mean_over": "batch", "direction": "clean-complement",
+                 "average": "ratio-of-means", "metric": self.rows[0].settings.get("metric")}
+        bits = [str(f.settings[k]) for k in self.COLUMNS if k in f.settings and f.settings[k] != usual[k]]
+        return ", ".join(bits) or "usual"
+
+    def table(self) -> list[dict[str, Any]]:
+        out = []
+        for f in self.rows:
+            s = f.summary
+            out.append({**{k: f.settings.get(k, "") for k in self.COLUMNS}, "ratio": f.ratio,
+                        "normalized": f.normalized, "median": s.median, "iqr": s.iqr, "ci95_low": s.ci95[0],
+                        "ci95_high": s.ci95[1], "within_20pct": s.within_20pct, "small_prompts": len(f.small_prompts)})
+        return out
+
+    def to_markdown(self) -> str:
+        rows = self.table()
+        head = list(rows[0])
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self, path: str | Any) -> Any:
+        import csv
+        from pathlib import Path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = self.table()
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return path
+
+    def plot(self, path: str | Any) -> Any:
+        """Box plots of the per-prompt ratios, one per setting (as Miller et al.'s figures); needs matplotlib."""
+        from pathlib import Path
+
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("plotting needs matplotlib: pip install 'acdc[experiments]'") from None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(self.rows)), 4))
+        ax.boxplot([f.per_prompt.numpy() for f in self.rows], showfliers=True)
+        ax.set_xticks(range(1, len(self.rows) + 1), [self.label(f) for f in self.rows], rotation=35, ha="right")
+        ax.axhline(1.0, color="grey", ls=":")
+        ax.set_ylabel("per-prompt m(C) / m(M)")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path
 
 
 @dataclass(frozen=True)

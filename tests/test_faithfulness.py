@@ -98,7 +98,7 @@ def test_faithfulness_curve_runs_the_circuits(setup):
     assert curve.values[-1] == pytest.approx(1.0)  # every edge kept is the model
     top = scores.top(curve.n_edges[1])
     f = acdc.faithfulness(model, task, top)
-    assert curve.values[1] == pytest.approx(f.normalized, abs=1e-9)
+    assert curve.values[1] == pytest.approx(f.normalized, abs=1e-6)
 
 
 def test_spread_of_known_values():
@@ -140,3 +140,24 @@ def test_uniform_weights_are_the_batch_mean(setup):
     assert torch.allclose(plain.logits(mask), weighted.logits(mask), atol=1e-5)
     with pytest.raises(ValueError, match="rows sum to 1"):
         acdc.Patcher(model, task, ablation="mean", mean_weights=torch.ones(4, 4))
+
+
+def test_grid_rows_equal_single_calls(setup, tmp_path):
+    from dataclasses import replace
+
+    model, task, g, circuit = setup
+    task = replace(task, template=torch.tensor([0, 0, 1, 1]))
+    grid = acdc.faithfulness_grid(model, task, circuit, reference_sizes=[1, 4])
+    assert len(grid.rows) == 12
+    for f, setting in zip(grid.rows, [*acdc.api.DEFAULT_GRID, {"ablation": "mean", "mean_over": 1},
+                                      {"ablation": "mean", "mean_over": 4}]):
+        single = acdc.faithfulness(model, task, circuit, **setting)
+        assert torch.allclose(f.per_prompt_circuit, single.per_prompt_circuit, atol=1e-6), setting
+        assert f.settings == single.settings
+    # k = all prompts is the batch mean
+    assert grid.rows[-1].circuit_metric == pytest.approx(grid.rows[1].circuit_metric, abs=1e-5)
+    md = grid.to_markdown()
+    assert md.count("\n") == 2 + 12 and "| node | mean |" in md
+    assert grid.to_csv(tmp_path / "g.csv").read_text().count("\n") == 13
+    assert grid.plot(tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    assert grid.label(grid.rows[0]) == "usual" and grid.label(grid.rows[4]) == "node, mean"
