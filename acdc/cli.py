@@ -4,6 +4,7 @@
     acdc discover --model zoo:ioi --threshold 0.1 -o out/        # offline, planted circuit
     acdc attribute --model zoo:ioi --method eap-ig-inputs --top 20 -o out/
     acdc roc --model zoo:ioi -o out/
+    acdc faithfulness out/circuit.json --model zoo:ioi --grid -o out/
     acdc render out/circuit.json -o circuit.png --classes zoo:ioi
     acdc score out/circuit.json --truth ioi
     acdc demo -o out/demo
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ap = _Parser(prog="acdc", description="Automatic circuit discovery for transformer language models.")
     ap.add_argument("--version", action="version", version=f"acdc {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="{discover,attribute,roc,render,recovery,score,demo}",
+    sub = ap.add_subparsers(dest="command", metavar="{discover,attribute,roc,faithfulness,render,recovery,score,demo}",
                             parser_class=_Parser)
 
     d = sub.add_parser("discover", help="find a circuit with ACDC; writes circuit.json, circuit.png, summary.txt",
@@ -92,6 +93,19 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--truth", default=None, help="known circuit, zoo:NAME or circuit JSON (zoo models: their own)")
     o.add_argument("--n-thresholds", type=int, default=22, help="thresholds in the log-spaced grid (default 22)")
     o.set_defaults(run=_roc)
+
+    f = sub.add_parser("faithfulness", help="how much of the behaviour a circuit JSON keeps; writes faithfulness.json/.md",
+                       description="Faithfulness of a circuit (IOI ratio, MIB normalized, per-prompt spread) under one "
+                       "setting, or with --grid under many (table, CSV and box plot).")
+    f.add_argument("circuit", type=Path, help="circuit JSON for this model")
+    _run_flags(f, default_out="out")
+    f.add_argument("--level", default="edge", choices=("edge", "node"))
+    f.add_argument("--direction", default="clean-complement",
+                   choices=("clean-complement", "clean-circuit", "corrupt-circuit", "corrupt-complement"))
+    f.add_argument("--average", default="ratio-of-means", choices=("ratio-of-means", "mean-of-ratios"))
+    f.add_argument("--grid", action="store_true", help="the default grid of settings (one axis varied at a time)")
+    f.add_argument("--reference-sizes", type=int, nargs="*", default=[], help="with --grid: mean ablation over k prompts")
+    f.set_defaults(run=_faithfulness)
 
     r = sub.add_parser("render", help="draw a circuit JSON as PNG/SVG/PDF",
                        description="Draw a circuit JSON with graphviz; the format follows the output's extension.")
@@ -181,6 +195,40 @@ def _roc(args: argparse.Namespace) -> int:
     text = f"{curve!r}\nnode level: {curve.at_level('node')!r}\nwrote {path}"
     (args.out / "summary.txt").write_text(text + "\n")
     print(text)
+    return 0
+
+
+def _faithfulness(args: argparse.Namespace) -> int:
+    import json
+
+    from .api import faithfulness, faithfulness_grid
+
+    circuit = _load_circuit(args.circuit)
+    model, task, _, _, ablation = _setup(args)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.grid:
+        grid = faithfulness_grid(model, task, circuit, reference_sizes=args.reference_sizes, metric=args.metric,
+                                 ablation=ablation)
+        text = grid.to_markdown()
+        paths = [grid.to_csv(out / "faithfulness_grid.csv")]
+        try:
+            paths.append(grid.plot(out / "faithfulness_grid.png"))
+        except ImportError as err:
+            print(f"acdc: {err}; no box plot", file=sys.stderr)
+        (out / "faithfulness_grid.md").write_text(text)
+        print(text + "\n".join(f"wrote {p}" for p in [out / "faithfulness_grid.md", *paths]))
+        return 0
+    f = faithfulness(model, task, circuit, level=args.level, direction=args.direction, average=args.average,
+                     metric=args.metric, ablation=ablation)
+    (out / "faithfulness.json").write_text(json.dumps(f.to_dict(), indent=1))
+    s = f.summary
+    text = (f"{f!r}\nm(M) {f.model_metric:.4g}, m(C) {f.circuit_metric:.4g}, m(empty) {f.empty_metric:.4g}; "
+            f"ratio {f.ratio:.3f}, normalized {f.normalized:.3f}; per prompt: median {s.median:.3f}, IQR {s.iqr:.3f}, "
+            f"95% CI of the mean [{s.ci95[0]:.3f}, {s.ci95[1]:.3f}], {s.within_20pct:.0%} within 20%, "
+            f"{len(f.small_prompts)} prompts with a tiny |m(M)|")
+    (out / "faithfulness.md").write_text(text + "\n")
+    print(text + f"\nwrote {out / 'faithfulness.json'}")
     return 0
 
 

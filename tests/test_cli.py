@@ -146,3 +146,15 @@ def test_fresh_shell_end_to_end(tmp_path):
     bad = subprocess.run([*acdc_cmd, "render", "out/circuit.json", "-o", "c.bmp"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_faithfulness_command(discovered, tmp_path, capsys):
+    out = tmp_path / "f"
+    assert main(["faithfulness", str(discovered / "circuit.json"), "--model", "zoo:ioi", "-o", str(out)]) == 0
+    data = json.loads((out / "faithfulness.json").read_text())
+    entry = acdc.zoo.load("ioi")
+    ref = acdc.faithfulness(entry.model, entry.task, Circuit.from_json(discovered / "circuit.json"))
+    assert data["ratio"] == pytest.approx(ref.ratio) and data["settings"]["direction"] == "clean-complement"
+    assert main(["faithfulness", str(discovered / "circuit.json"), "--model", "zoo:ioi", "--grid",
+                 "--reference-sizes", "4", "-o", str(out)]) == 0
+    assert (out / "faithfulness_grid.md").read_text().count("\n") == 2 + 11
