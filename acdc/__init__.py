@@ -13,10 +13,19 @@ The names below are what a user needs; the engine's internals live in their modu
 from . import known, tasks, zoo
 from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
-from .api import attribute, discover, faithfulness, faithfulness_curve, faithfulness_grid, roc
+from .api import (
+    attribute,
+    completeness,
+    discover,
+    faithfulness,
+    faithfulness_curve,
+    faithfulness_grid,
+    minimality,
+    roc,
+)
 from .circuit import Circuit
 from .evaluation import ROC, Confusion, Recovery, recovery
-from .faithfulness_math import Faithfulness, FaithfulnessCurve, FaithfulnessGrid
+from .faithfulness_math import Completeness, Faithfulness, FaithfulnessCurve, FaithfulnessGrid, Minimality
 from .graph import Edge, Graph, Node
 from .inputs import ABLATIONS
 from .known import KnownCircuit
@@ -34,6 +43,7 @@ __all__ = [
     "ROC",
     "Batch",
     "Circuit",
+    "Completeness",
     "Confusion",
     "DotNotFoundError",
     "Edge",
@@ -43,18 +53,21 @@ __all__ = [
     "Graph",
     "KnownCircuit",
     "Metric",
+    "Minimality",
     "Node",
     "Patcher",
     "Recovery",
     "Scores",
     "Task",
     "attribute",
+    "completeness",
     "discover",
     "faithfulness",
     "faithfulness_curve",
     "faithfulness_grid",
     "known",
     "load_model",
+    "minimality",
     "recovery",
     "render",
     "render_comparison",

@@ -25,7 +25,14 @@ from .algorithms.acdc import run_acdc
 from .algorithms.attribution import METHODS
 from .circuit import Circuit
 from .evaluation import ROC, CircuitLike, Level, as_mask, check_level, threshold_grid
-from .faithfulness_math import MIB_FRACTIONS, Faithfulness, FaithfulnessCurve, FaithfulnessGrid
+from .faithfulness_math import (
+    MIB_FRACTIONS,
+    Completeness,
+    Faithfulness,
+    FaithfulnessCurve,
+    FaithfulnessGrid,
+    Minimality,
+)
 from .graph import Graph
 from .inputs import check_threshold, parse_answers
 from .loading import load_model
@@ -35,8 +42,8 @@ from .scores import Scores
 from .tasks import Task
 
 __all__ = [
-    "DEFAULT_GRID", "Inputs", "attribute", "discover", "faithfulness", "faithfulness_curve", "faithfulness_grid",
-    "make_batch", "prepare", "roc",
+    "DEFAULT_GRID", "Inputs", "attribute", "completeness", "discover", "faithfulness", "faithfulness_curve",
+    "faithfulness_grid", "make_batch", "minimality", "prepare", "roc",
 ]
 
 LEVELS = ("edge", "node")
@@ -237,6 +244,19 @@ class _FaithfulnessRuns:
                 self._logits[key] = p.logits(mask)
         return self._logits[key]
 
+    def circuit_nodes(self) -> list[str]:
+        """The heads and MLPs the circuit touches, in forward order."""
+        g, keep = self.graph, self.circuit
+        used = {g.sources[s].name for s in g.edge_src[keep].tolist()}
+        used |= {g.destinations[d].node.name for d in g.edge_dst[keep].tolist()}
+        return [n.name for n in g.sources if n.kind in ("head", "mlp") and n.name in used]
+
+    def node_metric(self, nodes: Sequence[str]) -> float:
+        """The metric with the output of every node outside ``nodes`` ablated (the input stays)."""
+        kept = set(nodes) | {"input"}
+        ablated = torch.tensor([e.src.name not in kept for e in self.graph.edges])
+        return self.m(self.logits(self.patcher(self.ablation, "batch", False), ablated), self.batch)
+
     def patcher(self, ablation: str, mean_over: str | int, swapped: bool) -> Patcher:
         key = (ablation, str(mean_over), swapped)
         if key not in self._patchers:
@@ -280,6 +300,81 @@ class _FaithfulnessRuns:
         if ablation == "mean":
             settings["mean_over"] = mean_over
         return Faithfulness(mm, mc, me, pm, pc, pe, settings)
+
+
+def completeness(
+    model: Any,
+    task: Any,
+    circuit: CircuitLike,
+    *,
+    classes: Any = None,
+    n_random: int = 5,
+    greedy_steps: int = 0,
+    seed: int = 0,
+    **inputs: Unpack[Inputs],
+) -> Completeness:
+    """The IOI paper's completeness: F(C minus K) against F(M minus K) for sets K of the circuit's nodes.
+
+    F is the metric with every node outside the kept set ablated (node level; the input stays).
+    The sets K: the empty set, each class's nodes in the circuit (``classes``: class -> nodes, or a
+    `KnownCircuit`; default the circuit's own classes when it is a `KnownCircuit`), ``n_random``
+    random halves of the circuit's nodes (seeded), and ``greedy_steps`` steps of the IOI authors'
+    greedy search (add the node that most increases |F(C minus K) - F(M minus K)|).
+    """
+    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
+    if classes is None:
+        classes = getattr(circuit, "classes", None)
+    mapping = dict(getattr(classes, "classes", classes) or {})
+    in_c = runs.circuit_nodes()
+    everything = [n.name for n in runs.graph.sources if n.kind in ("head", "mlp")]
+    rows: list[tuple[str, tuple[str, ...], float, float]] = []
+
+    def row(label: str, k: Sequence[str]) -> tuple[str, tuple[str, ...], float, float]:
+        drop = set(k)
+        return (label, tuple(k), runs.node_metric([n for n in in_c if n not in drop]),
+                runs.node_metric([n for n in everything if n not in drop]))
+
+    rows.append(row("empty", []))
+    for cls, members in mapping.items():
+        k = [n for n in in_c if n in set(members)]
+        if k:
+            rows.append(row(f"class {cls}", k))
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(n_random):
+        pick = torch.randperm(len(in_c), generator=gen)[: len(in_c) // 2].tolist()
+        rows.append(row(f"random half {i + 1}", [in_c[j] for j in sorted(pick)]))
+    k_greedy: list[str] = []
+    for step in range(min(greedy_steps, len(in_c))):
+        best = max((row(f"greedy {step + 1}", [*k_greedy, v]) for v in in_c if v not in k_greedy),
+                   key=lambda r: abs(r[2] - r[3]))
+        rows.append(best)
+        k_greedy = list(best[1])
+    return Completeness(tuple(rows))
+
+
+def minimality(
+    model: Any,
+    task: Any,
+    circuit: CircuitLike,
+    *,
+    k_sets: Any = None,
+    **inputs: Unpack[Inputs],
+) -> Minimality:
+    """The IOI paper's minimality: |F(C minus (K_v + v)) - F(C minus K_v)| for every node v of the circuit.
+
+    ``k_sets``: node -> the nodes K_v removed with it (the IOI paper chose them by hand, e.g. the
+    other heads of v's class); default the empty set, so the score is v's own effect in the circuit.
+    """
+    runs = _FaithfulnessRuns(model, task, circuit, seed=0, inputs=inputs)
+    in_c = runs.circuit_nodes()
+    k_sets = dict(k_sets or {})
+    scores = []
+    for v in in_c:
+        k = set(k_sets.get(v, ())) - {v}
+        without_k = runs.node_metric([n for n in in_c if n not in k])
+        without_both = runs.node_metric([n for n in in_c if n not in k and n != v])
+        scores.append((v, abs(without_both - without_k)))
+    return Minimality(tuple(scores))
 
 
 DEFAULT_GRID: tuple[dict[str, Any], ...] = (

@@ -27,7 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["MIB_FRACTIONS", "Faithfulness", "FaithfulnessCurve", "FaithfulnessGrid", "Spread", "spread"]
+__all__ = [
+    "MIB_FRACTIONS", "Completeness", "Faithfulness", "FaithfulnessCurve", "FaithfulnessGrid", "Minimality", "Spread",
+    "spread",
+]
 
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -178,17 +181,7 @@ class FaithfulnessGrid:
 
     def plot(self, path: str | Any) -> Any:
         """Box plots of the per-prompt ratios, one per setting (as Miller et al.'s figures); needs matplotlib."""
-        from pathlib import Path
-
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("plotting needs matplotlib: pip install 'acdc[experiments]'") from None
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        plt, path = _pyplot(path)
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(self.rows)), 4))
         ax.boxplot([f.per_prompt.numpy() for f in self.rows], showfliers=True)
         ax.set_xticks(range(1, len(self.rows) + 1), [self.label(f) for f in self.rows], rotation=35, ha="right")
@@ -253,3 +246,70 @@ def _trapezoid(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 def _div(a: float, b: float) -> float:
     return a / b if b != 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """The IOI paper's completeness: for sets K of circuit nodes, F(C \\ K) against F(M \\ K).
+
+    rows: (label, K, F(C minus K), F(M minus K)); a complete circuit has the two equal for every K,
+    so incompleteness(K) = |F(C \\ K) - F(M \\ K)| should be small.
+    """
+
+    rows: tuple[tuple[str, tuple[str, ...], float, float], ...]
+
+    def incompleteness(self) -> list[tuple[str, float]]:
+        return [(label, abs(fc - fm)) for label, _, fc, fm in self.rows]
+
+    @property
+    def worst(self) -> tuple[str, float]:
+        """The set K with the largest incompleteness."""
+        return max(self.incompleteness(), key=lambda x: x[1])
+
+    def plot(self, path: str | Any) -> Any:
+        """Scatter of F(C minus K) against F(M minus K) with the line y = x (needs matplotlib)."""
+        plt, path = _pyplot(path)
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        xs = [fm for *_, fm in self.rows]
+        ys = [fc for _, _, fc, _ in self.rows]
+        ax.scatter(xs, ys, s=18)
+        lo, hi = min(xs + ys), max(xs + ys)
+        ax.plot([lo, hi], [lo, hi], ls=":", color="grey")
+        ax.set_xlabel("F(M \\ K)")
+        ax.set_ylabel("F(C \\ K)")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+
+@dataclass(frozen=True)
+class Minimality:
+    """The IOI paper's minimality: for each circuit node v, |F(C \\ (K_v + v)) - F(C \\ K_v)|."""
+
+    scores: tuple[tuple[str, float], ...]  # (node, minimality score), in forward order
+
+    def plot(self, path: str | Any) -> Any:
+        """Bar chart of the minimality scores (needs matplotlib)."""
+        plt, path = _pyplot(path)
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(self.scores)), 3.5))
+        ax.bar(range(len(self.scores)), [v for _, v in self.scores])
+        ax.set_xticks(range(len(self.scores)), [n for n, _ in self.scores], rotation=60, ha="right")
+        ax.set_ylabel("|F(C \\ (K_v + v)) - F(C \\ K_v)|")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+
+def _pyplot(path: str | Any) -> tuple[Any, Any]:
+    from pathlib import Path
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'acdc[experiments]'") from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return plt, path

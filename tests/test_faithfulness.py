@@ -161,3 +161,51 @@ def test_grid_rows_equal_single_calls(setup, tmp_path):
     assert grid.to_csv(tmp_path / "g.csv").read_text().count("\n") == 13
     assert grid.plot(tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
     assert grid.label(grid.rows[0]) == "usual" and grid.label(grid.rows[4]) == "node, mean"
+
+
+@pytest.fixture(scope="module")
+def zoo_ioi():
+    return acdc.zoo.load("ioi")
+
+
+def _node_ld(entry, nodes):
+    """Mean logit difference with every node outside ``nodes`` ablated, the slow hooked way."""
+    g = Graph.from_model(entry.model)
+    kept = set(nodes) | {"input"}
+    ablated = {e.name for e in g.edges if e.src.name not in kept}
+    logits = patched_logits(entry.model, g, entry.task.clean, entry.task.corrupt, ablated, "resample")
+    t = entry.task
+    last = logits[torch.arange(t.n_prompts), t.answer_pos]
+    rows = torch.arange(t.n_prompts)
+    return float((last[rows, t.correct] - last[rows, t.incorrect]).mean())
+
+
+def test_completeness_sets_and_values(zoo_ioi, tmp_path):
+    e = zoo_ioi
+    c = acdc.completeness(e.model, e.task, e.truth, n_random=2, greedy_steps=1)
+    labels = [r[0] for r in c.rows]
+    assert labels[0] == "empty" and {f"class {k}" for k in e.truth.classes} <= set(labels)
+    assert sum(lab.startswith("random half") for lab in labels) == 2
+    circuit_nodes = list(e.truth.nodes)
+    every = [n.name for n in Graph.from_model(e.model).sources if n.kind in ("head", "mlp")]
+    for label, k, fc, fm in c.rows[:2]:
+        assert fc == pytest.approx(_node_ld(e, [n for n in circuit_nodes if n not in k]), abs=1e-4), label
+        assert fm == pytest.approx(_node_ld(e, [n for n in every if n not in k]), abs=1e-4), label
+    # the greedy step picks the single node with the largest incompleteness
+    singles = [abs(_node_ld(e, [n for n in circuit_nodes if n != v]) - _node_ld(e, [n for n in every if n != v]))
+               for v in circuit_nodes]
+    assert dict(c.incompleteness())["greedy 1"] == pytest.approx(max(singles), abs=1e-4)
+    assert c.plot(tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_minimality_values(zoo_ioi, tmp_path):
+    e = zoo_ioi
+    nodes = list(e.truth.nodes)
+    m = acdc.minimality(e.model, e.task, e.truth, k_sets={nodes[-1]: [nodes[0]]})
+    assert [n for n, _ in m.scores] == nodes
+    v = nodes[1]
+    assert dict(m.scores)[v] == pytest.approx(abs(_node_ld(e, [n for n in nodes if n != v]) - _node_ld(e, nodes)), abs=1e-4)
+    last, first = nodes[-1], nodes[0]
+    expected = abs(_node_ld(e, [n for n in nodes if n not in (first, last)]) - _node_ld(e, [n for n in nodes if n != first]))
+    assert dict(m.scores)[last] == pytest.approx(expected, abs=1e-4)
+    assert m.plot(tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
