@@ -55,3 +55,14 @@ def test_smollm2_scripts_run_small(tmp_path):
     smollm2_induction.main(["--n-prompts", "4", "--sizes", "50", "--steps", "2", "--out", str(tmp_path)])
     ind = json.loads((tmp_path / "smollm2_induction.json").read_text())
     assert ind["loss_second_copy"] < ind["loss_first_copy"] and len(ind["top_induction"]) == 10
+
+
+def test_faithfulness_report_zoo(tmp_path):
+    import faithfulness_report
+
+    faithfulness_report.main(["--no-smollm2", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "faithfulness_report.json").read_text())
+    assert [r["name"] for r in data] == ["zoo-ioi"] and len(data[0]["grid"]) == 16
+    assert set(data[0]["checks"]) == {"resample below mean ablation", "mean of ratios above ratio of means",
+                                      "rises with the reference-set size"}
+    assert "Miller et al.'s findings here" in (tmp_path / "faithfulness_report.md").read_text()
