@@ -135,7 +135,7 @@ def acdc_step(pm, batch, seq_len, layers: list[int], n_edges: int) -> dict:
     return result
 
 
-def sweep(pm, batch, seq_len, sizes: list[int]) -> dict:
+def sweep(pm, batch, seq_len, sizes: list[int], ablation: str = "resample") -> dict:
     """run_circuits at each circuit size (edges kept by EAP score), and the logit difference."""
     from auto_circuit.prune import run_circuits
     from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
@@ -146,7 +146,8 @@ def sweep(pm, batch, seq_len, sizes: list[int]) -> dict:
     ps = mask_gradient_prune_scores(pm, dl, None, grad_function="logit", answer_function="avg_diff", mask_val=0.0)
     ps = {k: v.abs() for k, v in ps.items()}
     t0 = time.perf_counter()
-    outs = run_circuits(pm, dl, sizes, ps, patch_type=PatchType.TREE_PATCH, ablation_type=AblationType.RESAMPLE)
+    kind = {"resample": AblationType.RESAMPLE, "mean": AblationType.TOKENWISE_MEAN_CORRUPT}[ablation]
+    outs = run_circuits(pm, dl, sizes, ps, patch_type=PatchType.TREE_PATCH, ablation_type=kind)
     b = next(iter(dl))
     values = {str(n): float(batch_avg_answer_diff(outs[n][b.key], b)) for n in sizes}
     return {"seconds": time.perf_counter() - t0, "logit_diff": values}
@@ -175,6 +176,7 @@ def main() -> None:
     ap.add_argument("--edges", type=int, default=10)
     ap.add_argument("--sizes", type=int, nargs="+", default=[])
     ap.add_argument("--threshold", type=float, default=1e-3)
+    ap.add_argument("--ablation", choices=["resample", "mean"], default="resample")
     args = ap.parse_args()
     t.set_num_threads(args.threads)
     pm, batch, seq_len = load(args.data, args.model)
@@ -183,7 +185,7 @@ def main() -> None:
     elif args.what == "acdc":
         out = acdc_step(pm, batch, seq_len, args.layers, args.edges)
     elif args.what == "sweep":
-        out = sweep(pm, batch, seq_len, args.sizes)
+        out = sweep(pm, batch, seq_len, args.sizes, args.ablation)
     else:
         out = decisions(pm, batch, seq_len, args.threshold)
     out["peak_rss_gb"] = peak_rss_gb()
