@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("faithfulness", help="how much of the behaviour a circuit JSON keeps; writes faithfulness.json/.md",
                        description="Faithfulness of a circuit (IOI ratio, MIB normalized, per-prompt spread) under one "
-                       "setting, or with --grid under many (table, CSV and box plot).")
+                       "setting, or with --grid the report: many settings (table, CSV, box plot), Miller et al.'s "
+                       "three findings checked, and faithfulness against the --reference-sizes.")
     f.add_argument("circuit", type=Path, help="circuit JSON for this model")
     _run_flags(f, default_out="out")
     f.add_argument("--level", default="edge", choices=("edge", "node"))
@@ -216,6 +217,14 @@ def _faithfulness(args: argparse.Namespace) -> int:
             paths.append(grid.plot(out / "faithfulness_grid.png"))
         except ImportError as err:
             print(f"acdc: {err}; no box plot", file=sys.stderr)
+        checks = grid.miller_checks()
+        text += "\nMiller et al.'s findings here:\n\n" + "\n".join(
+            f"- {k}: {'holds' if ok else 'does not hold'} ({values})" for k, (ok, values) in checks.items()) + "\n"
+        if len(args.reference_sizes) >= 2:
+            try:
+                paths.append(grid.plot_reference_sizes(out / "faithfulness_reference_sizes.png"))
+            except ImportError:
+                pass
         (out / "faithfulness_grid.md").write_text(text)
         print(text + "\n".join(f"wrote {p}" for p in [out / "faithfulness_grid.md", *paths]))
         return 0

@@ -179,6 +179,53 @@ class FaithfulnessGrid:
             w.writerows(rows)
         return path
 
+    def by_reference_size(self) -> list[tuple[int, float]]:
+        """(k, ratio) of the rows with mean ablation over k drawn prompts, in order of k."""
+        rows = [(int(f.settings["mean_over"]), f.ratio) for f in self.rows if isinstance(f.settings.get("mean_over"), int)]
+        return sorted(rows)
+
+    def miller_checks(self) -> dict[str, tuple[bool, str]]:
+        """Miller et al.'s (2024) three qualitative findings, as they come out here: (holds, the values).
+
+        Needs the default grid's usual, mean-ablation and mean-of-ratios rows, and at least two
+        reference sizes for the third.
+        """
+        usual = self.rows[0]
+        mean = next((f for f in self.rows if f.settings.get("mean_over") == "batch"), None)
+        averaged = next((f for f in self.rows if f.settings.get("average") == "mean-of-ratios"), None)
+        if mean is None or averaged is None:
+            raise ValueError("the checks need a mean-ablation row and a mean-of-ratios row (the default grid has both)")
+        out = {
+            "resample below mean ablation": (usual.ratio < mean.ratio,
+                                             f"{usual.ratio:.5f} vs {mean.ratio:.5f}, difference {mean.ratio - usual.ratio:+.2g}"),
+            "mean of ratios above ratio of means": (averaged.ratio > usual.ratio, f"{averaged.ratio:.5f} vs {usual.ratio:.5f}, "
+                                                    f"difference {averaged.ratio - usual.ratio:+.2g}"),
+        }
+        sizes = self.by_reference_size()
+        if len(sizes) >= 2:
+            ratios = [r for _, r in sizes]
+            rising = sum(b > a for a, b in zip(ratios, ratios[1:], strict=False))
+            out["rises with the reference-set size"] = (
+                ratios[-1] > ratios[0] and rising >= len(ratios) // 2,
+                ", ".join(f"k={k}: {r:.5f}" for k, r in sizes) + f"; rises at {rising} of {len(ratios) - 1} steps",
+            )
+        return out
+
+    def plot_reference_sizes(self, path: str | Any) -> Any:
+        """Faithfulness against the mean-ablation reference-set size (log axis; needs matplotlib)."""
+        sizes = self.by_reference_size()
+        if not sizes:
+            raise ValueError("no reference sizes in this grid; pass reference_sizes=[...]")
+        plt, path = _pyplot(path)
+        fig, ax = plt.subplots(figsize=(4.5, 3.5))
+        ax.plot([k for k, _ in sizes], [r for _, r in sizes], marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("prompts in the mean-ablation reference set")
+        ax.set_ylabel("m(C) / m(M)")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
     def plot(self, path: str | Any) -> Any:
         """Box plots of the per-prompt ratios, one per setting (as Miller et al.'s figures); needs matplotlib."""
         plt, path = _pyplot(path)

@@ -41,20 +41,7 @@ def study(name: str, model: Any, task: acdc.Task, circuit: acdc.Circuit, sizes: 
     t0 = time.perf_counter()
     grid = acdc.faithfulness_grid(model, task, circuit, reference_sizes=sizes)
     seconds = time.perf_counter() - t0
-    usual, mean = grid.rows[0], grid.rows[1]
-    averaged = next(f for f in grid.rows if f.settings.get("average") == "mean-of-ratios")
-    by_size = [f for f in grid.rows if isinstance(f.settings.get("mean_over"), int)]
-    ratios = [f.ratio for f in by_size]
-    rising = sum(b > a for a, b in zip(ratios, ratios[1:], strict=False))
-    checks = {
-        "resample below mean ablation": (usual.ratio < mean.ratio,
-                                         f"{usual.ratio:.5f} vs {mean.ratio:.5f}, difference {mean.ratio - usual.ratio:+.2g}"),
-        "mean of ratios above ratio of means": (averaged.ratio > usual.ratio, f"{averaged.ratio:.5f} vs {usual.ratio:.5f}, "
-                                                f"difference {averaged.ratio - usual.ratio:+.2g}"),
-        "rises with the reference-set size": (ratios[-1] > ratios[0] and rising >= len(ratios) // 2,
-                                              ", ".join(f"k={f.settings['mean_over']}: {f.ratio:.5f}" for f in by_size)
-                                              + f"; rises at {rising} of {len(ratios) - 1} steps"),
-    }
+    checks = grid.miller_checks()
     png = None
     try:
         png = grid.plot(out / f"faithfulness_{name}.png")

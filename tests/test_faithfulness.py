@@ -209,3 +209,15 @@ def test_minimality_values(zoo_ioi, tmp_path):
     expected = abs(_node_ld(e, [n for n in nodes if n not in (first, last)]) - _node_ld(e, [n for n in nodes if n != first]))
     assert dict(m.scores)[last] == pytest.approx(expected, abs=1e-4)
     assert m.plot(tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_miller_checks_read_the_rows(setup, tmp_path):
+    model, task, g, circuit = setup
+    grid = acdc.faithfulness_grid(model, task, circuit, reference_sizes=[1, 2, 4])
+    checks = grid.miller_checks()
+    usual, mean = grid.rows[0].ratio, grid.rows[1].ratio
+    assert checks["resample below mean ablation"][0] == (usual < mean)
+    assert checks["mean of ratios above ratio of means"][0] == (grid.rows[8].ratio > usual)
+    ks = [k for k, _ in grid.by_reference_size()]
+    assert ks == [1, 2, 4] and "rises with the reference-set size" in checks
+    assert grid.plot_reference_sizes(tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
