@@ -222,9 +222,7 @@ class FaithfulnessGrid:
         ax.set_xscale("log")
         ax.set_xlabel("prompts in the mean-ablation reference set")
         ax.set_ylabel("m(C) / m(M)")
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return path
+        return _save(plt, fig, path)
 
     def plot(self, path: str | Any) -> Any:
         """Box plots of the per-prompt ratios, one per setting (as Miller et al.'s figures); needs matplotlib."""
@@ -234,9 +232,7 @@ class FaithfulnessGrid:
         ax.set_xticks(range(1, len(self.rows) + 1), [self.label(f) for f in self.rows], rotation=35, ha="right")
         ax.axhline(1.0, color="grey", ls=":")
         ax.set_ylabel("per-prompt m(C) / m(M)")
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return path
+        return _save(plt, fig, path)
 
 
 @dataclass(frozen=True)
@@ -324,9 +320,7 @@ class Completeness:
         ax.plot([lo, hi], [lo, hi], ls=":", color="grey")
         ax.set_xlabel("F(M \\ K)")
         ax.set_ylabel("F(C \\ K)")
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return path
+        return _save(plt, fig, path)
 
 
 @dataclass(frozen=True)
@@ -342,9 +336,7 @@ class Minimality:
         ax.bar(range(len(self.scores)), [v for _, v in self.scores])
         ax.set_xticks(range(len(self.scores)), [n for n, _ in self.scores], rotation=60, ha="right")
         ax.set_ylabel("|F(C \\ (K_v + v)) - F(C \\ K_v)|")
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return path
+        return _save(plt, fig, path)
 
 
 def _pyplot(path: str | Any) -> tuple[Any, Any]:
@@ -360,3 +352,10 @@ def _pyplot(path: str | Any) -> tuple[Any, Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return plt, path
+
+
+def _save(plt: Any, fig: Any, path: Any) -> Any:
+    """Write a figure to ``path`` and free it; returns the path."""
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
