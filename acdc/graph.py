@@ -10,6 +10,11 @@ ACDC's visiting order (destinations and sources both reversed) is the edge order
 
 Edge state lives in dense ``[n_dst, n_src]`` tensors; ``Graph.upstream`` says which pairs are
 edges and ``Graph.edge_id`` numbers them.
+
+A *positional* graph (``positions=("IO", "S1", ..., "other")``, see `acdc.positions`) has one
+edge per (source, destination, position), named ``"{src}->{dst}@{position}"``; its edges are the
+plain graph's, each repeated for every position (position last, so ACDC visits a pair's positions
+from the last to the first), and its edge state is ``[n_dst, n_src, n_positions]``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from .positions import check_names
 
 __all__ = ["Node", "Destination", "Edge", "Graph", "layer_offset"]
 
@@ -78,11 +85,18 @@ class Edge:
 
     src: Node
     dst: Destination
+    pos: str | None = None  # the position, in a positional graph
 
     @property
     def name(self) -> str:
         qkv = "" if self.dst.qkv is None else f"<{self.dst.qkv}>"
-        return f"{self.src.name}->{self.dst.node.name}{qkv}"
+        at = "" if self.pos is None else f"@{self.pos}"
+        return f"{self.src.name}->{self.dst.node.name}{qkv}{at}"
+
+    @property
+    def base_name(self) -> str:
+        """The name without the position (the plain graph's edge)."""
+        return self.name.split("@", 1)[0]
 
     @property
     def qkv(self) -> str | None:
@@ -100,8 +114,11 @@ class Graph:
         destinations: destination slots in forward order.
         edges:        all edges in canonical order.
         upstream:     [n_dst, n_src] bool, True where (dst, src) is an edge.
-        edge_id:      [n_dst, n_src] long, the edge's index, -1 where there is no edge.
+        edge_id:      [n_dst, n_src] long, the edge's index (its first position's in a positional
+                      graph), -1 where there is no edge.
         edge_src, edge_dst: [n_edges] long, source / destination index of every edge.
+        positions:    the position names of a positional graph, else None.
+        edge_pos:     [n_edges] long, position index of every edge (zeros in a plain graph).
     """
 
     def __init__(
@@ -114,6 +131,7 @@ class Graph:
         attn_only: bool = False,
         d_model: int | None = None,
         n_kv_heads: int | None = None,
+        positions: tuple[str, ...] | list[str] | None = None,
     ):
         if n_layers < 1 or n_heads < 1:
             raise ValueError(f"a graph needs n_layers >= 1 and n_heads >= 1, got {n_layers}, {n_heads}")
@@ -155,12 +173,18 @@ class Graph:
         )
         self.upstream: Tensor = before | (same_layer_head_to_mlp & (not parallel_attn_mlp))
         dst_idx, src_idx = self.upstream.nonzero(as_tuple=True)  # row-major: dst, then src
-        self.edge_dst: Tensor = dst_idx
-        self.edge_src: Tensor = src_idx
+        self.positions: tuple[str, ...] | None = None if positions is None else check_names(positions)
+        n_pos = self.n_positions
+        self.edge_dst: Tensor = dst_idx.repeat_interleave(n_pos)
+        self.edge_src: Tensor = src_idx.repeat_interleave(n_pos)
+        self.edge_pos: Tensor = torch.arange(n_pos).repeat(dst_idx.numel())
         self.edge_id: Tensor = torch.full(self.upstream.shape, -1, dtype=torch.long)
-        self.edge_id[dst_idx, src_idx] = torch.arange(dst_idx.numel())
+        self.edge_id[dst_idx, src_idx] = torch.arange(dst_idx.numel()) * n_pos
+        pos_names: tuple[str | None, ...] = self.positions if self.positions is not None else (None,)
         self.edges: tuple[Edge, ...] = tuple(
-            Edge(self.sources[s], self.destinations[d]) for d, s in zip(dst_idx.tolist(), src_idx.tolist())
+            Edge(self.sources[s], self.destinations[d], p)
+            for d, s in zip(dst_idx.tolist(), src_idx.tolist())
+            for p in pos_names
         )
         self._edge_index = {e.name: i for i, e in enumerate(self.edges)}
         # Source index of each destination's node (-1 for logits): a node is "alive" while
@@ -184,8 +208,8 @@ class Graph:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_model(cls, model: Any, split_qkv: bool = True) -> Graph:
-        """Graph of a TransformerLens bridge (or anything with a TL-style ``cfg``)."""
+    def from_model(cls, model: Any, split_qkv: bool = True, positions: tuple[str, ...] | list[str] | None = None) -> Graph:
+        """Graph of a TransformerLens bridge (or anything with a TL-style ``cfg``); positional with ``positions``."""
         cfg = model.cfg if hasattr(model, "cfg") else model.arch
         return cls(
             cfg.n_layers,
@@ -195,6 +219,7 @@ class Graph:
             attn_only=bool(getattr(cfg, "attn_only", False)),
             d_model=getattr(cfg, "d_model", None),
             n_kv_heads=getattr(cfg, "n_key_value_heads", None) or getattr(cfg, "n_kv_heads", None) or None,
+            positions=positions,
         )
 
     @classmethod
@@ -202,6 +227,7 @@ class Graph:
         """Graph from an EAP-IG style ``cfg`` dict (``n_layers``, ``n_heads``, ...)."""
         d_model = cfg.get("d_model")
         n_kv = cfg.get("n_key_value_heads")
+        positions = cfg.get("positions")
         return cls(
             int(cfg["n_layers"]),
             int(cfg["n_heads"]),
@@ -210,7 +236,29 @@ class Graph:
             attn_only=bool(cfg.get("attn_only", False)),
             d_model=None if d_model is None else int(d_model),
             n_kv_heads=None if n_kv is None else int(n_kv),
+            positions=None if positions is None else tuple(positions),
         )
+
+    def with_positions(self, positions: tuple[str, ...] | list[str] | None) -> Graph:
+        """This graph with positional edges over ``positions`` (None: the plain graph)."""
+        return Graph(
+            self.n_layers, self.n_heads, parallel_attn_mlp=self.parallel_attn_mlp, split_qkv=self.split_qkv,
+            attn_only=self.attn_only, d_model=self.d_model, n_kv_heads=self.n_kv_heads, positions=positions,
+        )
+
+    @property
+    def plain(self) -> Graph:
+        """The graph without positions (itself when it has none)."""
+        if self.positions is None:
+            return self
+        if not hasattr(self, "_plain"):
+            self._plain = self.with_positions(None)
+        return self._plain
+
+    @property
+    def n_positions(self) -> int:
+        """Number of positions (1 in a plain graph)."""
+        return 1 if self.positions is None else len(self.positions)
 
     def config(self) -> dict[str, Any]:
         """The ``cfg`` dict written to JSON (EAP-IG's keys, ``d_model`` where known, plus ``split_qkv``)."""
@@ -226,6 +274,8 @@ class Graph:
         if self.n_kv_heads is not None:
             cfg["n_key_value_heads"] = self.n_kv_heads
             cfg["kv_inputs"] = "per-query-head"
+        if self.positions is not None:
+            cfg["positions"] = list(self.positions)
         return cfg
 
     def shape(self) -> tuple[int, int, bool, bool]:
@@ -248,6 +298,10 @@ class Graph:
             other.d_model is not None and self.d_model is not None and other.d_model != self.d_model
         ):
             raise ValueError(f"{what} is for {other.describe()}, but this model is {self.describe()}")
+        if other.positions != self.positions:
+            def say(p: tuple[str, ...] | None) -> str:
+                return "no positions" if p is None else f"positions {', '.join(p)}"
+            raise ValueError(f"{what} has {say(other.positions)}, but this graph has {say(self.positions)}")
         if qkv and other.split_qkv != self.split_qkv:
             split = "split into q/k/v" if other.split_qkv else "not split into q/k/v"
             raise ValueError(f"{what} has head inputs {split}; build the graph with split_qkv={other.split_qkv}")
@@ -312,15 +366,24 @@ class Graph:
             mask[self.edge_index(name)] = True
         return mask
 
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of the dense edge state: (n_dst, n_src), plus (n_positions,) in a positional graph."""
+        return (*self.upstream.shape, *((self.n_positions,) if self.positions is not None else ()))
+
     def dense(self, edge_mask: Tensor) -> Tensor:
-        """[..., n_edges] bool -> [..., n_dst, n_src] bool (False off the edges)."""
-        out = torch.zeros(*edge_mask.shape[:-1], *self.upstream.shape, dtype=torch.bool, device=edge_mask.device)
-        out[..., self.edge_dst, self.edge_src] = edge_mask
+        """[..., n_edges] bool -> [..., n_dst, n_src(, n_positions)] bool (False off the edges)."""
+        out = torch.zeros(*edge_mask.shape[:-1], *self.state_shape, dtype=torch.bool, device=edge_mask.device)
+        out[(..., *self._edge_coords(edge_mask.device))] = edge_mask
         return out
 
     def sparse(self, dense: Tensor) -> Tensor:
-        """[..., n_dst, n_src] -> [..., n_edges]: the values on the edges."""
-        return dense[..., self.edge_dst, self.edge_src]
+        """[..., n_dst, n_src(, n_positions)] -> [..., n_edges]: the values on the edges."""
+        return dense[(..., *self._edge_coords(dense.device))]
+
+    def _edge_coords(self, device: torch.device) -> tuple[Tensor, ...]:
+        coords = (self.edge_dst, self.edge_src) + ((self.edge_pos,) if self.positions is not None else ())
+        return tuple(c.to(device) for c in coords)
 
     def to_networkx(self, edge_mask: Tensor | None = None, scores: Tensor | None = None) -> Any:
         """A ``networkx.MultiDiGraph`` of the (masked) edges; attributes ``qkv``, ``score``, ``name``.
@@ -336,12 +399,15 @@ class Graph:
             if edge_mask is not None and not bool(edge_mask[i]):
                 continue
             score = None if scores is None else float(scores[i])
-            g.add_edge(e.src.name, e.dst.node.name, key=e.qkv or "", qkv=e.qkv, score=score, name=e.name)
+            key = (e.qkv or "") + ("" if e.pos is None else f"@{e.pos}")
+            g.add_edge(e.src.name, e.dst.node.name, key=key, qkv=e.qkv, pos=e.pos, score=score, name=e.name)
         return g
 
     def __repr__(self) -> str:
         return (
             f"Graph(n_layers={self.n_layers}, n_heads={self.n_heads}, "
             f"parallel_attn_mlp={self.parallel_attn_mlp}, split_qkv={self.split_qkv}, attn_only={self.attn_only}, "
-            f"sources={len(self.sources)}, destinations={len(self.destinations)}, edges={self.n_edges})"
+            f"sources={len(self.sources)}, destinations={len(self.destinations)}, edges={self.n_edges}"
+            + ("" if self.positions is None else f", positions={list(self.positions)}") + ")"
         )
+

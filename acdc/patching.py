@@ -37,6 +37,7 @@ from .circuit import Circuit
 from .graph import Graph
 from .inputs import Ablation, answer_positions, as_tokens, check_ablation
 from .model import Transformer
+from .positions import Positions
 from .tasks import Task
 
 __all__ = ["Patcher", "PatchState", "Proposal"]
@@ -102,6 +103,8 @@ class Patcher:
         mean_weights: with ``ablation="mean"``, a [batch, batch] row-stochastic matrix: prompt i's
             ablation value is sum_j W[i, j] * (corrupt run j), e.g. the mean over a reference
             subset, or over the prompts of its own template. Default: the mean over the batch.
+        positions: which position each token belongs to (`acdc.Positions`), needed with a
+            positional graph (default: the task's); its names must be the graph's.
 
     Attributes other code reads: ``tf`` (the engine's model), ``graph``, ``ablation``,
     ``clean`` (the clean run's `ForwardCache`), ``abl`` (ablation value of every source,
@@ -121,6 +124,7 @@ class Patcher:
         answer_pos: int | Tensor | Sequence[int] | None = None,
         cache_bytes: int = 512 * 2**20,
         mean_weights: Tensor | None = None,
+        positions: Positions | None = None,
     ):
         self.ablation: Ablation = check_ablation(ablation)
         tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
@@ -139,6 +143,7 @@ class Patcher:
             task = clean
             clean, corrupt = task.clean, task.corrupt
             answer_pos = task.answer_pos if answer_pos is None else answer_pos
+            positions = task.positions if positions is None else positions
         elif corrupt is None:
             raise ValueError("corrupt prompts are missing: Patcher(model, clean, corrupt) or Patcher(model, task)")
         clean_t = as_tokens(clean, model, "clean").to(tf.device)
@@ -157,6 +162,7 @@ class Patcher:
         self.cache_bytes = cache_bytes
         self._bidx = torch.arange(B, device=tf.device)[:, None]
         self.n_pos = S
+        self.positions = self._check_positions(positions, B, S)
 
         self.clean = tf.run(clean_t, self.answer_pos)
         corrupt_run = tf.run(corrupt_t, self.answer_pos)
@@ -186,6 +192,29 @@ class Patcher:
         self.shared_ablation = self.abl is not None and self.abl.shape[1] == 1
         self._layout()
 
+    def _check_positions(self, positions: Positions | None, B: int, S: int) -> Positions | None:
+        """The positions of a positional graph, checked against it and the prompts; per-position token lists."""
+        g = self.graph
+        if g.positions is None:
+            return None
+        if positions is None:
+            if g.positions == tuple(str(i) for i in range(S)):
+                positions = Positions.tokens(B, S)
+            else:
+                raise ValueError(
+                    f"a positional graph needs positions (acdc.Positions) for its names {', '.join(g.positions)}: "
+                    "pass positions= or a Task that has them"
+                )
+        if positions.names != g.positions:
+            raise ValueError(f"positions {', '.join(positions.names)} do not match the graph's {', '.join(g.positions)}")
+        if positions.shape != (B, S):
+            raise ValueError(f"positions are for {positions.shape[0]} prompts x {positions.shape[1]} tokens, "
+                             f"the prompts are {B} x {S}")
+        flat = positions.index.reshape(-1).to(self.tf.device)
+        # flat token indices (into batch * pos) of each position
+        self._groups = [(flat == p).nonzero().squeeze(1) for p in range(len(positions))]
+        return positions
+
     # ------------------------------------------------------------------ static layout
     def _layout(self) -> None:
         """Which destinations are read at the answer rows only (the last layer's q and MLP, logits)."""
@@ -202,6 +231,7 @@ class Patcher:
 
         It shares the clean run's tensors until its first commit (copy-on-write).
         """
+        self._plain_only("PatchState")
         c = self.clean
         return PatchState(self.upstream.clone(), c.sources, c.resid_pre, c.resid_mid, c.logits, self)
 
@@ -222,22 +252,36 @@ class Patcher:
         else:
             mask = self.graph.edge_mask(list(ablated))
         single = mask.dim() == 1
-        keep = self.graph.dense(~mask.reshape(-1, self.graph.n_edges)).to(self.tf.device) & self.upstream
+        keep = self.graph.dense(~mask.reshape(-1, self.graph.n_edges)).to(self.tf.device)
         out = torch.stack([self.run(k) for k in keep])
         return out[0] if single else out
 
     @torch.no_grad()
     def run(self, keep: Tensor) -> Tensor:
-        """Logits [rows, d_vocab] of one circuit, keep [n_dst, n_src], computed from scratch.
+        """Logits [rows, d_vocab] of one circuit, keep [n_dst, n_src(, n_positions)], computed from scratch.
 
         Layer by layer, every destination's input is the all-ablated stream plus the kept
-        sources' (output - ablation value), all destinations of a layer in one matrix product.
+        sources' (output - ablation value), all destinations of a layer in one matrix product
+        (per position in a positional graph, over that position's tokens only).
         This is the fast path for many unrelated circuits (faithfulness sweeps); ACDC's
         one-edge-at-a-time changes go through `PatchState.propagate` instead.
+        """
+        return self.forward(keep)[0]
+
+    @torch.no_grad()
+    def forward(self, keep: Tensor, reuse: tuple[Tensor, int] | None = None) -> tuple[Tensor, Tensor]:
+        """`run`, also returning X [n_src, B, S, d], each source's (output - ablation value).
+
+        ``reuse=(X, layer)``: X of a circuit that differs from ``keep`` only in edges into
+        ``layer`` or later; the sources before that layer are taken from it, not recomputed
+        (positional ACDC restarts at the layer of the edge it tests).
         """
         tf, a, g = self.tf, self.tf.arch, self.graph
         H, L = a.n_heads, a.n_layers
         B, S = self.clean_tokens.shape
+        positional = g.positions is not None and g.n_positions > 1
+        if g.positions is not None and not positional:
+            keep = keep[..., 0]  # one position covering every token: the plain graph's state
         w = keep.to(tf.dtype)
         X = torch.empty(len(g.sources), B, S, a.d_model, dtype=tf.dtype, device=tf.device)  # out_u - A_u
 
@@ -251,6 +295,8 @@ class Patcher:
             rows are common), so the product runs once per distinct row; an empty row is the
             all-ablated stream itself. Index None: the rows themselves, in order.
             """
+            if positional:
+                return gather_at_positions(rows, upto, base), None
             W = w[rows, :upto]
             uniq, inv = torch.unique(W, dim=0, return_inverse=True)
             if 2 * len(uniq) > len(rows):  # little to share: one product, rows in order
@@ -260,13 +306,35 @@ class Patcher:
             flat = X[:upto].reshape(upto, -1)
             return (uniq @ flat).view(-1, B, S, a.d_model) + base, inv
 
+        def gather_at_positions(rows: list[int], upto: int, base: Tensor) -> Tensor:
+            """Inputs [R, B, S, d] of the rows: per position, the product over that position's tokens."""
+            W = w[rows, :upto]  # [R, upto, G]
+            flat_x = X[:upto].reshape(upto, B * S, a.d_model)
+            flat_base = base.expand(B, S, a.d_model).reshape(B * S, a.d_model)
+            out = torch.empty(len(rows), B * S, a.d_model, dtype=tf.dtype, device=tf.device)
+            for p, idx in enumerate(self._groups):
+                Wp = W[:, :, p]
+                if not bool(Wp.any()):
+                    out[:, idx] = flat_base[idx]
+                    continue
+                xs = flat_x.index_select(1, idx).reshape(upto, -1)
+                out[:, idx] = (Wp @ xs).view(len(rows), -1, a.d_model) + flat_base[idx]
+            return out.view(len(rows), B, S, a.d_model)
+
         # A node is computed only if some kept edge reads it, and (resample) only if some kept
         # edge feeds it: with every input ablated its output is its ablation value, out - A = 0.
-        used = keep.any(0).tolist()
-        fed = keep.any(1).tolist()
+        any_pos = keep.any(-1) if positional else keep
+        used = any_pos.any(0).tolist()
+        fed = any_pos.any(1).tolist()
         skip_unfed = self.ablation == "resample"
-        put(slice(0, 1), self.clean.sources[:1])  # the input node's output does not depend on edges
-        for layer in range(L):
+        start = 0
+        if reuse is not None:
+            start = min(reuse[1], L)
+            done = g.head_src(start) if start < L else len(g.sources)
+            X[:done] = reuse[0][:done]
+        else:
+            put(slice(0, 1), self.clean.sources[:1])  # the input node's output does not depend on edges
+        for layer in range(start, L):
             first = g.head_src(layer)
             trios = self.graph.head_rows(layer)
             live = [h for h in range(H) if used[first + h] and not (skip_unfed and not any(fed[r] for r in trios[h]))]
@@ -292,9 +360,13 @@ class Patcher:
             else:
                 X[m] = 0
         final = gather([self.graph.logits_row], len(g.sources), self._base_pre[L])[0][0]
-        return tf.unembed(self.at_answers(final)).reshape(-1, a.d_vocab)
+        return tf.unembed(self.at_answers(final)).reshape(-1, a.d_vocab), X
 
     # ------------------------------------------------------------------ propagation
+    def _plain_only(self, what: str) -> None:
+        if self.graph.positions is not None:
+            raise ValueError(f"{what} works on plain graphs; a positional graph is evaluated with Patcher.run / forward")
+
     def at_answers(self, x: Tensor) -> Tensor:
         """[..., B, S, d] -> [..., B, P, d] at each prompt's answer positions."""
         return x[..., self._bidx, self.answer_pos, :]
@@ -323,6 +395,7 @@ class Patcher:
 
     def propagate(self, st: PatchState, keep: Tensor) -> Proposal:
         """Logits of candidate circuits ``keep`` [K, n_dst, n_src] against state ``st``."""
+        self._plain_only("propagate")
         if keep.dim() == 2:
             keep = keep[None]
         keep = keep & self.upstream

@@ -26,8 +26,14 @@ def _source_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
     return out
 
 
-def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated: set[str], ablation: str) -> Tensor:
-    """Logits [batch, pos, vocab] of the clean run with the named edges ablated."""
+def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated, ablation: str) -> Tensor:
+    """Logits [batch, pos, vocab] of the clean run with the named edges ablated.
+
+    ``ablated``: plain edge names (ablated at every token), or a dict from plain edge names to a
+    [batch, pos] bool mask of the tokens where the edge is ablated (per-position swaps).
+    """
+    if not isinstance(ablated, dict):
+        ablated = {e: torch.ones(clean.shape, dtype=torch.bool) for e in ablated}
     model.set_use_split_qkv_input(True)
     model.set_use_attn_result(True)
     model.set_use_hook_mlp_in(True)
@@ -52,7 +58,10 @@ def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated:
         total = b_o[:bias_layers].sum(0) if bias_layers else 0.0
         for src in sources_of[dst_name]:
             edge = f"{src}->{dst_name.replace('<', '<')}"
-            total = total + (abl[src] if edge in ablated else current[src])
+            if edge in ablated:
+                total = total + torch.where(ablated[edge][..., None], abl[src], current[src])
+            else:
+                total = total + current[src]
         return total
 
     def record_input(x, hook):

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..inputs import answer_positions, single_token_id, tokenizer_of
 from ..metrics import scored_rows
+from ..positions import Positions
 from .text import tokenize_pairs, vocab_size_of
 
 __all__ = ["Task", "pair_batch"]
@@ -34,6 +35,8 @@ class Task:
     vocab_size:         if given, every token id must be below it.
     notes:              what a generator had to adapt (e.g. how many names are single tokens here).
     template:           [batch] template id of each prompt (IOI), or None; mean ablation per template uses it.
+    positions:          the named position of every token (`acdc.Positions`: IO, S1, S2, END, ...),
+                        or None; positional graphs (``discover(..., positions="named")``) use it.
     """
 
     clean: Tensor
@@ -46,6 +49,7 @@ class Task:
     vocab_size: int | None = None
     notes: str = ""
     template: Tensor | None = None
+    positions: Positions | None = None
 
     def __post_init__(self) -> None:
         c, k = self.clean, self.corrupt
@@ -67,6 +71,9 @@ class Task:
         object.__setattr__(self, "answer_pos", pos)
         if self.template is not None and tuple(self.template.shape) != (b,):
             raise ValueError(f"{where}: template needs one id per prompt [{b}], got shape {tuple(self.template.shape)}")
+        if self.positions is not None and self.positions.shape != (b, s):
+            raise ValueError(f"{where}: positions are for {self.positions.shape[0]} prompts x "
+                             f"{self.positions.shape[1]} tokens, the prompts are {b} x {s}")
         if self.metric is None:
             object.__setattr__(self, "metric", "kl" if self.correct is None else "logit_diff")
         if (self.correct is None) != (self.incorrect is None):
