@@ -34,10 +34,11 @@ from .faithfulness_math import (
     Minimality,
 )
 from .graph import Graph
-from .inputs import check_threshold, parse_answers
+from .inputs import as_tokens, check_threshold, parse_answers
 from .loading import load_model
 from .metrics import Batch, Metric, MetricLike, per_prompt, resolve_metric, scored_rows
 from .patching import Patcher
+from .positions import Positions
 from .scores import Scores
 from .tasks import Task
 
@@ -60,6 +61,7 @@ class Inputs(TypedDict, total=False):
     answer_pos: int | Sequence[int] | Tensor | None
     split_qkv: bool
     graph: Graph | None
+    positions: str | Positions | None
 
 
 def discover(
@@ -106,6 +108,9 @@ def discover(
             answer_pos: position each prompt is scored at (default: the last).
             split_qkv: separate edges into each head's q, k and v inputs (default True).
             graph: a prebuilt graph (else built from the model).
+            positions: edges at token positions: "named" (the task's roles, e.g. IOI's IO, S1,
+                S1+1, S2, END, other), "tokens" (one position per token index; prompts must
+                align), or an `acdc.Positions`; default None, edges at every token at once.
     """
     threshold = check_threshold(threshold)
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
@@ -457,12 +462,14 @@ def prepare(
     split_qkv: bool = True,
     graph: Graph | None = None,
     mean_weights: Tensor | None = None,
+    positions: str | Positions | None = None,
 ) -> tuple[Patcher, Metric, Batch]:
     """Build the patcher, metric and batch an algorithm runs on, from the inputs of `discover`.
 
     ``clean`` may be an `acdc.tasks.Task`; its answers, positions and metric fill whatever
     is not passed explicitly.
     """
+    task: Task | None = None
     if isinstance(clean, Task):
         if corrupt is not None:
             raise ValueError("pass either a Task or clean and corrupt prompts, not both")
@@ -475,9 +482,10 @@ def prepare(
         raise ValueError("corrupt prompts are missing: call discover(model, clean, corrupt, ...) or pass a Task")
     m = resolve_metric(metric if metric is not None else "kl")
     bridge = load_model(model)
-    g = graph if graph is not None else Graph.from_model(bridge, split_qkv=split_qkv)
+    pos = _positions(positions, task, clean, bridge, graph)
+    g = graph if graph is not None else Graph.from_model(bridge, split_qkv=split_qkv, positions=None if pos is None else pos.names)
     patcher = Patcher(bridge, clean, corrupt, graph=g, ablation=ablation, answer_pos=answer_pos,  # type: ignore[arg-type]
-                      mean_weights=mean_weights)
+                      mean_weights=mean_weights, positions=pos)
     batch = make_batch(patcher, answers, bridge)
     if m.needs_answers and batch.correct is None:
         raise ValueError(f"metric {m.name!r} needs answers=(correct, incorrect) token ids")
@@ -505,6 +513,28 @@ def make_batch(patcher: Patcher, answers: Any = None, model: Any = None) -> Batc
         incorrect=None if incorrect is None else incorrect.to(dev),
         clean_logits=patcher.clean.logits,
     )
+
+
+def _positions(positions: str | Positions | None, task: Task | None, clean: Any, model: Any,
+               graph: Graph | None) -> Positions | None:
+    """The positions asked for: "named" (the task's), "tokens", an `acdc.Positions`, or None.
+
+    With a positional ``graph`` and no positions given, the task's named positions.
+    """
+    if positions is None and graph is not None and graph.positions is not None:
+        positions = "named" if task is not None and task.positions is not None else "tokens"
+    if positions is None or isinstance(positions, Positions):
+        return positions
+    if positions == "named":
+        if task is None or task.positions is None:
+            what = "these prompts" if task is None else f"task {task.name!r}"
+            raise ValueError(f"{what} name no positions; pass positions='tokens' (prompts aligned by index), an "
+                             "acdc.Positions, or a task with positions (acdc.tasks.ioi, Task.from_pairs(..., positions=))")
+        return task.positions
+    if positions == "tokens":
+        b, s = as_tokens(clean, model, "clean").shape
+        return Positions.tokens(b, s)
+    raise ValueError(f"positions must be 'named', 'tokens', an acdc.Positions or None, got {positions!r}")
 
 
 def _mean_weights(task: Any, mean_over: str | int, seed: int, ablation: str) -> Tensor | None:

@@ -143,8 +143,13 @@ def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn) -> dict[str,
     return {name: p.grad for name, p in probes.items()}
 
 
-def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation: str, loss_fn) -> dict[str, float]:
-    """EAP by hand: (ablated - clean source output) . gradient at the destination input, summed."""
+def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation: str, loss_fn,
+                  positions=None) -> dict[str, float]:
+    """EAP by hand: (ablated - clean source output) . gradient at the destination input, summed.
+
+    With ``positions`` (an `acdc.Positions` for a positional ``graph``), each edge sums over its
+    position's tokens only.
+    """
     model.set_use_attn_result(True)
     with torch.no_grad():
         clean_out = _source_outputs(model, clean)
@@ -153,11 +158,12 @@ def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation:
     out = {}
     for e in graph.edges:
         src = e.src.name
+        at = torch.ones(clean.shape, dtype=torch.bool) if e.pos is None else positions.mask(e.pos)
         if ablation == "resample":
             a = corrupt_out[src]
         elif ablation == "mean":
             a = corrupt_out[src].mean(0, keepdim=True)
         else:
             a = torch.zeros_like(clean_out[src])
-        out[e.name] = float(((a - clean_out[src]) * grads[e.dst.name]).sum())
+        out[e.name] = float(((a - clean_out[src]) * grads[e.dst.name] * at[..., None]).sum())
     return out

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import random_tokens
-from oracle import patched_logits
+from oracle import eap_reference, patched_logits
 
 from acdc import Graph, Patcher
 from acdc.positions import Positions
@@ -111,3 +111,94 @@ def test_positional_patcher_errors(gpt2_model):
     p = Patcher(gpt2_model, clean, corrupt, graph=g, positions=_named_positions())
     with pytest.raises(ValueError, match="plain graphs"):
         p.state()
+
+
+def _answers():
+    return torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+
+
+def _logit_diff_loss(logits):
+    correct, incorrect = _answers()
+    last = logits[:, -1]
+    rows = torch.arange(4)
+    return -(last[rows, correct] - last[rows, incorrect]).mean()
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_positional_eap_equals_gradient_formula(ablation, gpt2_model):
+    """Each positional edge's EAP score is the gradient formula summed over its position's tokens."""
+    import acdc
+
+    clean, corrupt = random_tokens()
+    positions = _named_positions()
+    s = acdc.attribute(gpt2_model, clean, corrupt, method="eap", metric="logit_diff", answers=_answers(),
+                       ablation=ablation, positions=positions)
+    g = s.graph
+    assert g.positions == positions.names
+    ref = eap_reference(gpt2_model, g, clean, corrupt, ablation, _logit_diff_loss, positions=positions)
+    scale = max(abs(v) for v in ref.values())
+    assert scale > 0
+    for e in g.edges:
+        assert s[e.name] == pytest.approx(ref[e.name], abs=1e-4 * scale, rel=1e-4), e.name
+    # the positions of an edge add up to the plain edge's score
+    plain = acdc.attribute(gpt2_model, clean, corrupt, method="eap", metric="logit_diff", answers=_answers(),
+                           ablation=ablation)
+    summed = s.values.view(-1, len(positions)).sum(1)
+    assert torch.allclose(summed, plain.values, atol=1e-5 * scale)
+
+
+def test_single_position_attribution_equals_plain(gpt2_model):
+    import acdc
+
+    clean, corrupt = random_tokens()
+    kw = dict(metric="logit_diff", answers=_answers(), method="eap-ig-inputs", steps=2)
+    one = acdc.attribute(gpt2_model, clean, corrupt, positions=Positions.single(4, 6), **kw)
+    plain = acdc.attribute(gpt2_model, clean, corrupt, **kw)
+    assert torch.equal(one.values, plain.values)
+    assert one.graph.edges[0].name == "input->a0.h0<q>@all"
+
+
+@pytest.fixture(scope="module")
+def zoo_ioi():
+    import acdc
+
+    return acdc.zoo.load("ioi")
+
+
+def test_ioi_task_marks_the_papers_positions(zoo_ioi):
+    t = zoo_ioi.task
+    pos = t.positions
+    assert pos.names == ("IO", "S1", "S1+1", "S2", "END", "other")
+    words = [[zoo_ioi.tokenizer.decode([x]) for x in row] for row in t.clean.tolist()]
+    for i in range(t.n_prompts):
+        at = {n: int(pos.first_index(n)[i]) for n in pos.names[:-1]}
+        assert words[i][at["S1"]] == words[i][at["S2"]] != words[i][at["IO"]]
+        assert at["S1+1"] == at["S1"] + 1 and at["END"] == int(t.answer_pos[i])
+        assert int(t.correct[i]) == int(t.clean[i, at["IO"]])  # the answer is the IO name
+
+
+def test_positional_acdc_recovers_the_plant_at_its_positions(zoo_ioi):
+    import acdc
+
+    c = acdc.discover(zoo_ioi.model, zoo_ioi.task, threshold=0.05, positions="named", progress=False)
+    assert c.graph.positions == zoo_ioi.task.positions.names
+    r = acdc.recovery(c, zoo_ioi.positional_truth)
+    assert (r.edges.tpr, r.edges.fpr) == (1.0, 0.0), sorted(c.edges)
+    assert "a1.h0->a2.h0<q>@END" in c and "a1.h0->a2.h0<q>@S2" not in c
+
+
+def test_one_position_covering_all_tokens_equals_the_plain_graph(zoo_ioi):
+    """ACDC and EAP-IG on a single-position graph give the plain graph's circuit and scores."""
+    import acdc
+
+    e = zoo_ioi
+    one = Positions.single(*e.task.clean.shape)
+    plain = acdc.discover(e.model, e.task, threshold=0.05, progress=False)
+    single = acdc.discover(e.model, e.task, threshold=0.05, positions=one, progress=False)
+    assert [n.removesuffix("@all") for n in single.edges] == plain.edges
+    tested = ~plain.scores.isnan()
+    assert torch.equal(tested, ~single.scores.isnan())
+    assert torch.allclose(single.scores[tested], plain.scores[tested], atol=1e-5)
+    a = acdc.attribute(e.model, e.task, method="eap-ig-inputs", positions=one)
+    b = acdc.attribute(e.model, e.task, method="eap-ig-inputs")
+    assert torch.equal(a.values, b.values)

@@ -75,6 +75,12 @@ def run_acdc(
     from tqdm.auto import tqdm
 
     threshold = check_threshold(threshold)
+    if patcher.graph.positions is not None:
+        if checkpoint is not None:
+            raise ValueError("checkpoints are not supported on positional graphs yet; run without checkpoint=")
+        return _run_positional(patcher, metric, batch, threshold=threshold, abs_value=abs_value, progress=progress,
+                               callback=callback, prefilter=prefilter, prefilter_method=prefilter_method,
+                               prefilter_scores=prefilter_scores)
     if speculate is None:
         speculate = 8 if patcher.tf.device.type != "cpu" else 1
     if not isinstance(speculate, int) or speculate < 1:
@@ -198,6 +204,79 @@ def run_acdc(
     if stopped:
         info["stopped_early"] = True
     return Scores(g, scores, info, selected=g.sparse(state.keep).cpu(), trace=trace)
+
+
+def _run_positional(
+    patcher: Patcher,
+    metric: Metric,
+    batch: Batch,
+    *,
+    threshold: float,
+    abs_value: bool,
+    progress: bool,
+    callback: Callable[[int, float, bool], bool | None] | None,
+    prefilter: float | None,
+    prefilter_method: str,
+    prefilter_scores: Tensor | None,
+) -> Scores:
+    """ACDC on a positional graph: the same rule and order, edges (dst, src, position) visited in
+    reverse, so each (destination, source) pair's positions go from the last to the first.
+
+    Each candidate is evaluated with `Patcher.forward`, restarting at the tested edge's layer
+    from the reference circuit's source outputs (nothing before that layer can change).
+    """
+    from tqdm.auto import tqdm
+
+    g = patcher.graph
+    info: dict[str, Any] = {}
+    if prefilter is not None:
+        skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method, prefilter_scores)
+    else:
+        skipped = torch.zeros(g.n_edges, dtype=torch.bool)
+    keep = g.dense(~skipped).to(patcher.tf.device)
+    logits, X = patcher.forward(keep)
+    current = metric.loss(logits, batch)
+    scores = torch.full((g.n_edges,), math.nan, dtype=torch.float64)
+    trace: list[float] = []
+    edge_dst, edge_src, edge_pos = g.edge_dst.tolist(), g.edge_src.tolist(), g.edge_pos.tolist()
+    node_src, dst_layer = g.dst_node_src.tolist(), g.dst_layer.tolist()
+    skipped_list = skipped.tolist()
+    n_tested, last_dst, dst_dead, stopped = 0, -1, False, False
+    t0 = time.perf_counter()
+    bar = tqdm(total=g.n_edges, desc="ACDC (positional)", unit="edge", disable=not progress, mininterval=0.5)
+    for e in range(g.n_edges - 1, -1, -1):
+        d = edge_dst[e]
+        if d != last_dst:
+            last_dst = d
+            dst_dead = node_src[d] >= 0 and not bool(keep[:, node_src[d]].any())
+            if dst_dead:
+                keep[d] = False
+        bar.update(1)
+        if dst_dead or skipped_list[e]:
+            continue
+        candidate = keep.clone()
+        candidate[d, edge_src[e], edge_pos[e]] = False
+        new_logits, new_X = patcher.forward(candidate, reuse=(X, dst_layer[d]))
+        new = metric.loss(new_logits, batch)
+        delta = new - current
+        scores[e] = delta
+        n_tested += 1
+        removed = (abs(delta) if abs_value else delta) < threshold
+        if removed:
+            keep, X, current = candidate, new_X, new
+        trace.append(-current if metric.higher_is_better else current)
+        if callback is not None and callback(e, delta, removed):
+            stopped = True
+            break
+    bar.close()
+    info.update(
+        method="acdc", threshold=float(threshold), abs_value=bool(abs_value), ablation=patcher.ablation,
+        metric=metric.name, n_tested=n_tested, seconds=round(time.perf_counter() - t0, 3),
+        final_metric=-current if metric.higher_is_better else current, positions=list(g.positions or ()),
+    )
+    if stopped:
+        info["stopped_early"] = True
+    return Scores(g, scores, info, selected=g.sparse(keep).cpu(), trace=trace)
 
 
 def prefilter_edges(

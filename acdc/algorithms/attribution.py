@@ -95,27 +95,46 @@ def attribution_scores(
     tf = patcher.tf
     delta = _Delta(patcher)
     g = patcher.graph
-    dense = torch.zeros(len(g.destinations), len(g.sources), dtype=torch.float64, device=tf.device)
+    dense = torch.zeros(*delta.state_shape, dtype=torch.float64, device=tf.device)
     points = list(_points(method, steps, tf.arch.n_layers, grid, patcher.graph.attn_only))
     for override in tqdm(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
         dense += _pass(patcher, metric, batch, delta, override)
     dense /= len(points)
-    upstream = patcher.upstream
-    dense = torch.where(upstream, dense, torch.zeros((), dtype=dense.dtype, device=dense.device))
-    return dense[g.edge_dst.to(dense.device), g.edge_src.to(dense.device)].cpu()
+    if g.positions is not None and not delta.positional:  # one position covering every token: the plain graph's
+        dense = dense[..., None]
+    return g.sparse(dense).cpu()
 
 
 class _Delta:
-    """Products with (A_u - O_u) without materialising it: A @ G - O @ G per source slice."""
+    """Products with (A_u - O_u) without materialising it: A @ G - O @ G per source slice.
+
+    In a positional graph (more than one position) the sums run per position, over that
+    position's tokens: (A - O) is materialised once, its tokens sorted by position.
+    """
 
     def __init__(self, patcher: Patcher):
         self.clean = patcher.clean.sources  # [n_src, B, S, d]
         self.abl = patcher.abl  # same, [n_src, 1, S, d] (mean) or None (zero)
         self.mean = patcher.shared_ablation  # one value for the whole batch
+        g = patcher.graph
+        self.positional = g.positions is not None and g.n_positions > 1
+        self.state_shape = (len(g.destinations), len(g.sources), *((g.n_positions,) if self.positional else ()))
+        if self.positional:
+            n, B, S, d = self.clean.shape
+            diff = torch.zeros_like(self.clean) if self.abl is None else self.abl.expand_as(self.clean).clone()
+            diff = (diff - self.clean).reshape(n, B * S, d)
+            self.groups = patcher._groups
+            self.diff = [diff.index_select(1, idx).reshape(n, -1) for idx in self.groups]  # per position [n, tokens * d]
 
     def dot(self, grads: Tensor, upto: int) -> Tensor:
-        """[R, upto] sums over batch, positions, features of grads [R, B, S, d] * delta[:upto]."""
+        """[R, upto(, n_positions)] sums over batch, positions, features of grads [R, B, S, d] * delta[:upto]."""
         R = grads.shape[0]
+        if self.positional:
+            flat = grads.reshape(R, -1, grads.shape[-1])
+            out = torch.empty(R, upto, len(self.groups), dtype=torch.float64, device=grads.device)
+            for p, idx in enumerate(self.groups):
+                out[:, :, p] = flat.index_select(1, idx).reshape(R, -1) @ self.diff[p][:upto].T
+            return out
         clean = self.clean[:upto].reshape(upto, -1)
         out = -(grads.reshape(R, -1) @ clean.T)
         if self.abl is not None:
@@ -195,7 +214,7 @@ def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, overrid
         logits = tf.unembed(final).reshape(-1, a.d_vocab)
         metric.loss_tensor(logits, batch).backward()
 
-    dense = torch.zeros(len(g.destinations), len(g.sources), dtype=torch.float64, device=tf.device)
+    dense = torch.zeros(*delta.state_shape, dtype=torch.float64, device=tf.device)
     for layer, (x, proj, probe) in enumerate(saved):
         base = g.head_src(layer)  # sources before this layer: [0, base)
         rows = torch.tensor(g.head_rows(layer))  # [H, 3] destination rows (q, k, v)

@@ -11,6 +11,10 @@ is the truth the ACDC paper scored; "heads-only" drops every MLP edge).
     >>> len(ioi.edges), ioi.node_class("a9.h9")
     (182, 'name mover')
 
+A positional spec lists ``"positions"`` (e.g. IOI's IO, S1, S1+1, S2, END, other) and each rule
+says ``"at"``: the position(s) of its edges (``"ioi-positional"``: the IOI paper's classes at their
+positions). Its edges are named ``src->dst@POS`` and score against positional graphs.
+
 `KnownCircuit` is also what the zoo's planted models return as their truth, and what
 `acdc.recovery` and `acdc.roc` compare against.
 """
@@ -18,6 +22,7 @@ is the truth the ACDC paper scored; "heads-only" drops every MLP edge).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,6 +38,7 @@ __all__ = ["KnownCircuit", "available", "load", "from_spec"]
 
 _FILES = {
     "ioi": "ioi_gpt2.json",
+    "ioi-positional": "ioi_positional_gpt2.json",
     "greater-than": "greaterthan_gpt2.json",
     "docstring": "docstring_attn4l.json",
 }
@@ -109,7 +115,8 @@ def load(name: str, view: str | None = None) -> KnownCircuit:
 
 def from_spec(spec: dict[str, Any], view: str | None = None) -> KnownCircuit:
     """Expand a rule-based spec (the JSON format above) into a `KnownCircuit`."""
-    graph = Graph.from_config({**spec["model"], "split_qkv": True})
+    positions = spec.get("positions")
+    graph = Graph.from_config({**spec["model"], "split_qkv": True, "positions": positions})
     views = spec.get("views", {})
     view = view if view is not None else spec.get("default_view", "")
     if views and view not in views:
@@ -129,6 +136,8 @@ def from_spec(spec: dict[str, Any], view: str | None = None) -> KnownCircuit:
             if n not in graph.src_index:
                 raise ValueError(f"class {cls!r} of circuit {spec['name']!r} names {n!r}, not a node of {graph!r}")
     model_cfg = {k: v for k, v in spec["model"].items() if k != "name"}
+    if positions is not None:
+        model_cfg["positions"] = list(positions)
     return KnownCircuit(
         name=spec["name"], graph_config={**model_cfg, "split_qkv": True}, edges=edges, classes=classes,
         view=view or "", title=spec.get("title", ""), source=spec.get("source", ""),
@@ -148,16 +157,24 @@ def _resolve(ref: str | list[str], graph: Graph, groups: dict[str, tuple[str, ..
 
 def _expand(rule: dict[str, Any], graph: Graph, groups: dict[str, tuple[str, ...]]) -> set[str]:
     letters = rule.get("inputs", "qkv")
+    at = rule.get("at")
+    if (at is None) != (graph.positions is None):
+        raise ValueError(f"rule {rule}: a positional circuit says 'at' (position names) in every rule, a plain one never")
+    suffixes = [""] if at is None else [f"@{p}" for p in ([at] if isinstance(at, str) else at)]
+    for suffix in suffixes:
+        if suffix and suffix[1:] not in (graph.positions or ()):
+            raise ValueError(f"rule {rule}: no position {suffix[1:]!r}; positions are {', '.join(graph.positions or ())}")
     found = set()
     for src in _resolve(rule["from"], graph, groups):
         for dst in _resolve(rule["to"], graph, groups):
             names = [f"{src}->{dst}<{q}>" for q in letters] if dst.startswith("a") else [f"{src}->{dst}"]
-            found.update(n for n in names if graph.has_edge(n))
+            found.update(n + x for n in names for x in suffixes if graph.has_edge(n + x))
     return found
 
 
 def _strip_qkv(edge: str) -> str:
-    return edge.split("<")[0]
+    """The edge name without its q/k/v input (position kept): for graphs that do not split q/k/v."""
+    return re.sub(r"<[qkv]>", "", edge)
 
 
 def _touched_nodes(graph: Graph, edges: Iterable[str]) -> list[str]:

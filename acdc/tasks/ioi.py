@@ -3,7 +3,9 @@
 "When Mary and John went to the store, John gave a drink to" -> " Mary" (the indirect object,
 IO), not " John" (the subject, S). Templates are the IOI paper's BABA templates; ABBA swaps the
 first two names. Prompts of different templates are right-padded; each is scored at its own
-last token. Two corrupt distributions, both keeping template, place and object so each pair has
+last token. Every prompt carries the IOI paper's named positions (``task.positions``): IO, S1,
+S1+1, S2, END (the scored token) and "other", so positional circuits align prompts of different
+templates by role. Two corrupt distributions, both keeping template, place and object so each pair has
 the same length:
 
 - ``"ABC"`` (the IOI paper's p_ABC, used by the ACDC paper): all three names replaced by three
@@ -21,10 +23,11 @@ from typing import Any, Literal
 
 import torch
 
+from ..positions import REST, Positions
 from .base import Task, pair_batch
-from .text import single_tokens, tokenizer_of
+from .text import example_labels, single_tokens, token_index, tokenizer_of
 
-__all__ = ["ioi", "CORRUPTIONS", "TEMPLATES", "NAMES", "PLACES", "OBJECTS"]
+__all__ = ["ioi", "CORRUPTIONS", "TEMPLATES", "NAMES", "PLACES", "OBJECTS", "POSITIONS"]
 
 CORRUPTIONS = ("ABC", "S2-IO")
 
@@ -104,7 +107,7 @@ def ioi(
     if len(names) < 5:
         raise ValueError(f"only {len(names)} IOI names are single tokens in this tokenizer; need at least 5")
     rng = random.Random(seed)
-    clean, corrupted, io, s, used = [], [], [], [], []
+    clean, corrupted, io, s, used, ends = [], [], [], [], [], []
     for i in range(n_prompts):
         template = rng.choice(list(templates))
         used.append(template)
@@ -113,11 +116,13 @@ def ioi(
         place, obj = rng.choice(places), rng.choice(objects)
 
         first, second = (a, b) if abba else (b, a)
-        clean.append(_fill(template, first, second, b, place, obj))
+        text, (end1, end2, end_s2) = _fill(template, first, second, b, place, obj)
+        clean.append(text)
+        ends.append((text, end1 if abba else end2, end2 if abba else end1, end_s2))  # IO, S1, S2 character ends
         if corrupt == "ABC":
-            corrupted.append(_fill(template, c, d, e, place, obj))
+            corrupted.append(_fill(template, c, d, e, place, obj)[0])
         else:  # S2-IO: the IO name is the repeated one
-            corrupted.append(_fill(template, first, second, a, place, obj))
+            corrupted.append(_fill(template, first, second, a, place, obj)[0])
         io.append(a)
         s.append(b)
     name = "ioi" if corrupt == "ABC" else f"ioi-{corrupt}"
@@ -130,10 +135,35 @@ def ioi(
             raise ValueError(f"IOI template {template!r} tokenizes to {sorted(seen)} tokens for different words; "
                              "pass names, places and objects that tokenize alike")
     ids = {t: i for i, t in enumerate(templates)}
-    return replace(task, notes=notes, template=torch.tensor([ids[t] for t in used]))
+    return replace(task, notes=notes, template=torch.tensor([ids[t] for t in used]),
+                   positions=_positions(tok, task, ends))
 
 
-def _fill(template: str, first: str, second: str, subject: str, place: str, obj: str) -> str:
-    """Put the names (first two, then the subject's repeat), place and object into a template."""
-    t = template.replace("[B] and [A]", f"{first} and {second}", 1).replace("[B]", subject)
-    return t.replace("[PLACE]", place).replace("[OBJECT]", obj)
+POSITIONS = ("IO", "S1", "S1+1", "S2", "END", REST)
+
+
+def _positions(tok: Any, task: Task, ends: list[tuple[str, int, int, int]]) -> Positions:
+    """The IOI paper's named positions of every prompt: IO, S1, S1+1, S2, END and the other tokens."""
+    marks: dict[str, list[int]] = {name: [] for name in POSITIONS[:-1]}
+    for i, (text, io, s1, s2) in enumerate(ends):
+        where = f"IOI prompt {i}"
+        marks["IO"].append(token_index(tok, text, io, where))
+        marks["S1"].append(token_index(tok, text, s1, where))
+        marks["S1+1"].append(marks["S1"][-1] + 1)
+        marks["S2"].append(token_index(tok, text, s2, where))
+    marks["END"] = task.answer_pos.tolist()
+    b, n = task.clean.shape
+    pos = Positions.named(marks, b, n)
+    return replace(pos, example=example_labels(tok, task.clean, pos))
+
+
+def _fill(template: str, first: str, second: str, subject: str, place: str, obj: str) -> tuple[str, tuple[int, int, int]]:
+    """Put the names (first two, then the subject's repeat), place and object into a template.
+
+    Returns the text and the character ends of the first name, the second and the repeat.
+    """
+    t = template.replace("[PLACE]", place).replace("[OBJECT]", obj)
+    head, tail = t.split("[B] and [A]", 1)
+    pre = f"{head}{first} and {second}"
+    at = tail.index("[B]")
+    return pre + tail.replace("[B]", subject), (len(head) + len(first), len(pre), len(pre) + at + len(subject))

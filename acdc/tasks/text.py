@@ -12,8 +12,8 @@ from torch import Tensor
 from ..inputs import encode, single_token_id, tokenizer_of, try_encode
 
 __all__ = [
-    "bpe_tokenizer", "encode", "single_token_id", "single_tokens", "tokenize_pairs", "tokenizer_of", "try_encode",
-    "vocab_size_of",
+    "bpe_tokenizer", "encode", "example_labels", "single_token_id", "single_tokens", "token_index", "tokenize_pairs",
+    "tokenizer_of", "try_encode", "vocab_size_of",
 ]
 
 
@@ -70,6 +70,29 @@ def tokenize_pairs(tok: Any, clean: Sequence[str], corrupt: Sequence[str], name:
         clean_t[i, : len(c)] = torch.tensor(c)
         corrupt_t[i, : len(k)] = torch.tensor(k)
     return clean_t, corrupt_t, last
+
+
+def token_index(tok: Any, text: str, end: int, where: str) -> int:
+    """Index (BOS counted, as `tokenize_pairs` lays prompts out) of the token that ends at character ``end``.
+
+    The prefix ``text[:end]`` must tokenize to a prefix of ``text``'s tokens (true at word
+    boundaries for BPE tokenizers); otherwise a one-line error names the prompt.
+    """
+    full, head = encode(tok, text), encode(tok, text[:end])
+    if not head or full[: len(head)] != head:
+        raise ValueError(f"{where}: {text[:end]!r} does not end on a token boundary of {text!r}; "
+                         "mark positions at word ends")
+    bos = 1 if getattr(tok, "bos_token_id", None) is not None else 0
+    return bos + len(head) - 1
+
+
+def example_labels(tok: Any, tokens: Tensor, positions: Any) -> tuple[str, ...]:
+    """Text of each named position in the first prompt: its first token ("..." for several, "" for none)."""
+    out = []
+    for p in range(len(positions.names)):
+        at = (positions.index[0] == p).nonzero().squeeze(1).tolist()
+        out.append("" if not at else tok.decode([int(tokens[0, at[0]])]) + (" ..." if len(at) > 1 else ""))
+    return tuple(out)
 
 
 def vocab_size_of(tok: Any) -> int | None:

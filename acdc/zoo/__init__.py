@@ -39,6 +39,7 @@ class ZooEntry:
     truth:     the planted edges and their node classes.
     tokenizer: word-level tokenizer of the toy vocabulary (decode prompts for reading).
     ablation:  the ablation the plant was built for.
+    positional_truth: the planted edges at the task's named positions, where the entry has them (ioi).
     """
 
     name: str
@@ -48,6 +49,7 @@ class ZooEntry:
     truth: KnownCircuit
     tokenizer: WordTokenizer
     ablation: str = "resample"
+    positional_truth: KnownCircuit | None = None
 
     def __repr__(self) -> str:
         return f"ZooEntry({self.name!r}: {self.truth.n_edges} true edges; {self.task!r})"

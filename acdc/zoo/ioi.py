@@ -13,6 +13,12 @@ three fresh, distinct names (ABC).
 
 True edges: input->a0.h0<q,k,v>, a0.h0->a1.h0<k,v>, a1.h0->a2.h0<q>, input->a2.h0<k,v>,
 a2.h0->logits. Metric: logit difference IO - S.
+
+At token positions (``positional_truth``, over the task's IO, S1, S1+1, S2, END, other): the
+duplicate-token head queries at S2 and finds S1 (k, v at S1); the S-inhibition head reads it at S2
+(k, v) and acts at END (its query needs nothing that differs, so no query edge); the name mover
+queries at END with the inhibition, keys on both mentions of S to avoid them (k at S1, S2) and
+copies IO's value (v at IO); the logits read END.
 """
 
 from __future__ import annotations
@@ -71,4 +77,19 @@ def build(*, n_prompts: int = 32, seed: int = 0):
             {"from": "name mover", "to": "logits"},
         ],
     })
-    return ZooEntry("ioi", (__doc__ or "").strip().splitlines()[0], model, task, truth, tok)
+    positional = from_spec({
+        "name": "zoo-ioi-positional",
+        "model": {"n_layers": 3, "n_heads": 4},
+        "positions": list(task.positions.names) if task.positions is not None else [],
+        "classes": {"duplicate token": ["a0.h0"], "s-inhibition": ["a1.h0"], "name mover": ["a2.h0"]},
+        "rules": [
+            {"from": "input", "to": "duplicate token", "inputs": "q", "at": "S2"},
+            {"from": "input", "to": "duplicate token", "inputs": "kv", "at": "S1"},
+            {"from": "duplicate token", "to": "s-inhibition", "inputs": "kv", "at": "S2"},
+            {"from": "s-inhibition", "to": "name mover", "inputs": "q", "at": "END"},
+            {"from": "input", "to": "name mover", "inputs": "k", "at": ["S1", "S2"]},
+            {"from": "input", "to": "name mover", "inputs": "v", "at": "IO"},
+            {"from": "name mover", "to": "logits", "at": "END"},
+        ],
+    })
+    return ZooEntry("ioi", (__doc__ or "").strip().splitlines()[0], model, task, truth, tok, positional_truth=positional)
