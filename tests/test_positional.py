@@ -202,3 +202,44 @@ def test_one_position_covering_all_tokens_equals_the_plain_graph(zoo_ioi):
     a = acdc.attribute(e.model, e.task, method="eap-ig-inputs", positions=one)
     b = acdc.attribute(e.model, e.task, method="eap-ig-inputs")
     assert torch.equal(a.values, b.values)
+
+
+def _words(tok, task, i):
+    return [tok.decode([x]) for x in task.clean[i].tolist()]
+
+
+def test_tasks_name_their_positions(gpt2_tokenizer):
+    import acdc
+
+    t = acdc.tasks.greater_than(gpt2_tokenizer, 6)
+    assert t.positions.names == ("NOUN", "YY", "END", "other")
+    for i in range(6):
+        w = _words(gpt2_tokenizer, t, i)
+        at = {n: int(t.positions.first_index(n)[i]) for n in ("NOUN", "YY", "END")}
+        assert w[at["YY"] - 1] == " 17" and len(w[at["YY"]]) == 2 and at["END"] == int(t.answer_pos[i])
+        assert w[at["NOUN"] + 1] == " lasted"
+    d = acdc.tasks.docstring(gpt2_tokenizer, 4)
+    assert d.positions.names == ("A_def", "B_def", "C_def", "A_doc", "B_doc", "END", "other")
+    for i in range(4):
+        w = _words(gpt2_tokenizer, d, i)
+        at = {n: int(d.positions.first_index(n)[i]) for n in d.positions.names[:-1]}
+        assert w[at["A_def"]] == w[at["A_doc"]] and w[at["B_def"]] == w[at["B_doc"]]
+        assert gpt2_tokenizer.decode([int(d.correct[i])]) == w[at["C_def"]]  # the answer is C
+    ind = acdc.tasks.induction(50, 3, half=4, bos=0)
+    assert ind.positions.index[0].tolist() == [2, 0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_from_pairs_positions_by_substring_and_index(gpt2_tokenizer):
+    from acdc import Task
+
+    pairs = [("When Mary and John went out, John gave it to", "When Anna and Bert went out, Carl gave it to", " Mary", " John"),
+             ("Then John and Mary left. Mary said to", "Then Anna and Bert left. Carl said to", " John", " Mary")]
+    t = Task.from_pairs(pairs, gpt2_tokenizer, positions={"S2": [", John", ". Mary"], "END": -1, "first": 1})
+    assert t.positions.names == ("S2", "END", "first", "other")
+    assert [_words(gpt2_tokenizer, t, i)[int(t.positions.first_index("S2")[i])] for i in range(2)] == [" John", " Mary"]
+    assert t.positions.first_index("END").tolist() == t.answer_pos.tolist()
+    assert t.positions.example[:3] == (" John", " to", "When")
+    with pytest.raises(ValueError, match="'Bob' is not in"):
+        Task.from_pairs(pairs, gpt2_tokenizer, positions={"X": "Bob"})
+    with pytest.raises(ValueError, match="token 40 is outside"):
+        Task.from_pairs(pairs, gpt2_tokenizer, positions={"X": 40})

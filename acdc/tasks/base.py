@@ -6,8 +6,8 @@ planted tasks, your own pairs) returns one, and `acdc.discover(model, task, ...)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from torch import Tensor
 from ..inputs import answer_positions, single_token_id, tokenizer_of
 from ..metrics import scored_rows
 from ..positions import Positions
-from .text import tokenize_pairs, vocab_size_of
+from .text import named_positions, tokenize_pairs, vocab_size_of
 
 __all__ = ["Task", "pair_batch"]
 
@@ -124,12 +124,18 @@ class Task:
         *,
         metric: str | None = None,
         name: str = "custom",
+        positions: Mapping[str, Any] | None = None,
     ) -> Task:
         """A task from ``(clean_text, corrupt_text, correct, incorrect)`` tuples.
 
         Prompts get the tokenizer's BOS and are right-padded; each is scored at its last token.
         Answers are used exactly as written (so write ``" Mary"`` with its leading space for
         GPT-2), each one token; a list of them, or token ids, gives several answers per prompt.
+
+        ``positions`` names roles for positional circuits: name -> a substring of the clean
+        prompt (the role is the last token of its first occurrence), a token index (BOS counted;
+        -1 is each prompt's last token), or a list with one of those per pair, e.g.
+        ``{"S2": [" John gave", ...], "END": -1}``; every other token is "other".
         """
         pairs = list(pairs)
         if not pairs:
@@ -154,10 +160,14 @@ class Task:
             for i, r in enumerate(rows):
                 t[i, : len(r)] = torch.tensor(r)
             answers.append(t[:, 0] if width == 1 else t)
-        return cls.from_tokens(
+        task = cls.from_tokens(
             clean, corrupt, correct=answers[0], incorrect=answers[1], answer_pos=last, metric=metric, name=name,
             vocab_size=vocab_size_of(tok),
         )
+        if positions is None:
+            return task
+        pos = named_positions(tok, [p[0] for p in pairs], clean, last, positions, f"task {name!r}")
+        return replace(task, positions=pos)
 
     @property
     def answers(self) -> tuple[Tensor, Tensor] | None:

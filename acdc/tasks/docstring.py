@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from .base import Task
-from .text import single_token_id, single_tokens, tokenize_pairs, tokenizer_of, vocab_size_of
+from .text import named_positions, single_token_id, single_tokens, tokenize_pairs, tokenizer_of, vocab_size_of
 
 __all__ = ["docstring", "CORRUPTIONS", "WORDS"]
 
@@ -83,7 +83,7 @@ def docstring(
     if len(usable) < need:
         raise ValueError(f"only {len(usable)} docstring words are single tokens in this tokenizer; need {need}")
     rng = random.Random(seed)
-    clean, corrupted, correct, incorrect = [], [], [], []
+    clean, corrupted, correct, incorrect, marks = [], [], [], [], []
     for _ in range(n_prompts):
         picked = rng.sample(usable, need)
         fn, args = picked[0], picked[1 : 1 + n_args]
@@ -96,6 +96,8 @@ def docstring(
         new_doc = fresh_doc if corrupt in ("random_random", "random_doc") else documented
         corrupted.append(_prompt(fn, new_def, new_doc, desc, arg_desc))
         answer = args[N_DEF_PREFIX + N_MATCHING - 1]
+        matching = args[N_DEF_PREFIX : N_DEF_PREFIX + N_MATCHING]
+        marks.append([f", {a}" for a in matching] + [f":param {a}" for a in documented])
         correct.append(single_token_id(tok, " " + answer, "docstring correct"))
         incorrect.append([single_token_id(tok, " " + a, "docstring incorrect") for a in args if a != answer])
     clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupted, "docstring")
@@ -103,7 +105,12 @@ def docstring(
         clean_t, corrupt_t, correct=correct, incorrect=incorrect, answer_pos=last, metric=metric,
         name="docstring", vocab_size=vocab_size_of(tok),
     )
-    return replace(task, notes=f"single tokens in this tokenizer (with and without a space): {len(usable)} of {len(words)} words")
+    names = ["A_def", "B_def", "C_def", "A_doc", "B_doc"]
+    positions = named_positions(tok, clean, clean_t, last, {
+        **{n: [m[j] for m in marks] for j, n in enumerate(names)}, "END": -1,
+    }, "docstring")
+    return replace(task, positions=positions,
+                   notes=f"single tokens in this tokenizer (with and without a space): {len(usable)} of {len(words)} words")
 
 
 def _prompt(fn: str, args: Sequence[str], documented: Sequence[str], desc: Sequence[str], arg_desc: Sequence[Sequence[str]]) -> str:

@@ -10,18 +10,20 @@ paper's probability difference.
 Years follow the paper: YY in 02..98, kept only where " {century}{YY}" is the two tokens
 " {century}" and "YY" (so the prompt ends where the model must produce the second half of a
 year), and the nouns are the paper's event nouns that are one token with a leading space.
+Named positions: NOUN, YY (the start year's last two digits), END (the scored century), other.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from .base import Task
-from .text import encode, single_tokens, tokenize_pairs, tokenizer_of, try_encode, vocab_size_of
+from .text import encode, named_positions, single_tokens, tokenize_pairs, tokenizer_of, try_encode, vocab_size_of
 
 __all__ = ["greater_than", "NOUNS", "TEMPLATE"]
 
@@ -94,15 +96,21 @@ def greater_than(
         corrupt.append(TEMPLATE.format(noun=noun, century=century, yy="01"))
         chosen.append(yy)
     clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupt, "greater-than")
+    year_at = [text.index(" lasted") for text in clean]  # the noun ends there
+    yy_at = [f"{text.split(' from the year ', 1)[0]} from the year {text.split(' from the year ', 1)[1][:4]}" for text in clean]
+    positions = named_positions(tok, clean, clean_t, last, {
+        "NOUN": [text[:at] for text, at in zip(clean, year_at, strict=True)], "YY": yy_at, "END": -1,
+    }, "greater-than")
     # correct: years > YY; incorrect: years <= YY; each row padded with -1 to all 100 years
     yy_t = torch.tensor(chosen)[:, None]
     all_years = torch.arange(100)[None, :]
     correct = torch.where(all_years > yy_t, year_ids[None, :], -1)
     incorrect = torch.where(all_years <= yy_t, year_ids[None, :], -1)
-    return Task.from_tokens(
+    task = Task.from_tokens(
         clean_t, corrupt_t, correct=correct, incorrect=incorrect, answer_pos=last, metric=metric,
         name="greater-than", vocab_size=vocab_size_of(tok),
     )
+    return replace(task, positions=positions)
 
 
 def _splits_as_year(tok: Any, century: int, yy: int) -> bool:

@@ -13,10 +13,12 @@ that place in the shuffled prompt (what a position-only copy would guess). Defau
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
+from ..positions import REST, Positions
 from .base import Task
 
 __all__ = ["induction"]
@@ -63,10 +65,15 @@ def induction(
     answer_pos = positions.expand(n_prompts, -1)
     correct = clean[:, positions + 1]
     incorrect = corrupt[:, positions + 1]
-    return Task.from_tokens(
+    task = Task.from_tokens(
         clean, corrupt, correct=correct, incorrect=incorrect, answer_pos=answer_pos, metric=metric,
         name="induction", vocab_size=vocab,
     )
+    # named positions: the first copy, the second copy, and the BOS ("other")
+    index = torch.full(clean.shape, 2, dtype=torch.long)
+    index[:, offset : offset + half] = 0
+    index[:, offset + half :] = 1
+    return replace(task, positions=Positions(("first", "second", REST), index))
 
 
 def _vocab_and_bos(model_or_vocab: Any, bos: int | None) -> tuple[int, int | None]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,10 @@ import torch
 from torch import Tensor
 
 from ..inputs import encode, single_token_id, tokenizer_of, try_encode
+from ..positions import Positions
 
 __all__ = [
-    "bpe_tokenizer", "encode", "example_labels", "single_token_id", "single_tokens", "token_index", "tokenize_pairs",
+    "bpe_tokenizer", "encode", "example_labels", "named_positions", "single_token_id", "single_tokens", "token_index", "tokenize_pairs",
     "tokenizer_of", "try_encode", "vocab_size_of",
 ]
 
@@ -84,6 +86,40 @@ def token_index(tok: Any, text: str, end: int, where: str) -> int:
                          "mark positions at word ends")
     bos = 1 if getattr(tok, "bos_token_id", None) is not None else 0
     return bos + len(head) - 1
+
+
+def named_positions(
+    tok: Any, texts: Sequence[str], tokens: Tensor, last: Sequence[int], marks: Mapping[str, Any], where: str
+) -> Positions:
+    """`Positions` from marks: name -> where that role is in each prompt.
+
+    A mark is a substring (the role is the last token of its first occurrence in the prompt),
+    an int token index (BOS counted; negative counts back from the prompt's last token, -1 being
+    the last), or a list with one such mark per prompt. Unmarked tokens are "other".
+    """
+    out: dict[str, list[int]] = {}
+    for name, mark in marks.items():
+        per_prompt = list(mark) if isinstance(mark, (list, tuple)) else [mark] * len(texts)
+        if len(per_prompt) != len(texts):
+            raise ValueError(f"{where}: position {name!r} needs one mark per prompt ({len(texts)}), got {len(per_prompt)}")
+        idx = []
+        for i, (m, text) in enumerate(zip(per_prompt, texts, strict=True)):
+            if isinstance(m, str):
+                at = text.find(m)
+                if not m or at < 0:
+                    raise ValueError(f"{where} prompt {i}: position {name!r}: {m!r} is not in {text!r}")
+                idx.append(token_index(tok, text, at + len(m), f"{where} prompt {i}"))
+            elif isinstance(m, int) and not isinstance(m, bool):
+                t = m if m >= 0 else last[i] + 1 + m
+                if not 0 <= t <= last[i]:
+                    raise ValueError(f"{where} prompt {i}: position {name!r}: token {m} is outside its {last[i] + 1} tokens")
+                idx.append(t)
+            else:
+                raise ValueError(f"{where}: position {name!r}: marks are substrings or token indices, got {m!r}")
+        out[name] = idx
+    b, n = tokens.shape
+    pos = Positions.named(out, b, n)
+    return replace(pos, example=example_labels(tok, tokens, pos))
 
 
 def example_labels(tok: Any, tokens: Tensor, positions: Any) -> tuple[str, ...]:
