@@ -34,6 +34,7 @@ from .faithfulness_math import (
     Minimality,
 )
 from .graph import Graph
+from .known import KnownCircuit
 from .inputs import as_tokens, check_threshold, parse_answers
 from .loading import load_model
 from .metrics import Batch, Metric, MetricLike, per_prompt, resolve_metric, scored_rows
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 LEVELS = ("edge", "node")
+POSITION_MODES = ("circuit", "all")
 DIRECTIONS = ("clean-complement", "clean-circuit", "corrupt-circuit", "corrupt-complement")
 AVERAGES = ("ratio-of-means", "mean-of-ratios")
 
@@ -119,7 +121,7 @@ def discover(
         prefilter=prefilter, prefilter_method=prefilter_method, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
         prefilter_scores=prefilter_scores.values if isinstance(prefilter_scores, Scores) else prefilter_scores,
     )
-    return scores.selection()
+    return _with_position_labels(scores, patcher).selection()
 
 
 def attribute(
@@ -150,7 +152,15 @@ def attribute(
     algorithm = get_algorithm(method)
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
     options: dict[str, Any] = {} if method == "eap" else {"steps": steps, "grid": grid}
-    return algorithm(patcher, m, batch, progress=progress, **options)
+    return _with_position_labels(algorithm(patcher, m, batch, progress=progress, **options), patcher)
+
+
+def _with_position_labels(scores: Scores, patcher: Patcher) -> Scores:
+    """Record the example prompt's text at each position (the grid rendering's labels) in the settings."""
+    pos = patcher.positions
+    if pos is not None and pos.example is not None:
+        scores.settings["position_labels"] = list(pos.example)
+    return scores
 
 
 def roc(
@@ -196,6 +206,7 @@ def faithfulness(
     direction: str = "clean-complement",
     average: str = "ratio-of-means",
     mean_over: str | int = "batch",
+    at: str = "circuit",
     seed: int = 0,
     **inputs: Unpack[Inputs],
 ) -> Faithfulness:
@@ -217,11 +228,16 @@ def faithfulness(
         mean_over: with ``ablation="mean"``, the reference set averaged: "batch" (every corrupt
             prompt), "template" (the prompts of each prompt's own template, as the IOI paper;
             needs ``task.template``), or an int k (k corrupt prompts drawn with ``seed``).
+        at: for a positional circuit (edges at token positions), where its edges are kept:
+            "circuit" (only at its positions; every other edge x position is ablated) or "all"
+            (an edge kept at any position is kept at every position, as a plain circuit; only
+            edges outside it are ablated, at every token). A positional circuit runs on the
+            task's named positions (or token positions "0", "1", ...).
         inputs: metric ("logit_diff", "prob_diff", "kl", "accuracy" or your own; default the
             task's), ablation ("resample", "mean", "zero"), answers, answer_pos, split_qkv, graph.
     """
     runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
-    return runs.measure(level=level, direction=direction, average=average, mean_over=mean_over)
+    return runs.measure(level=level, direction=direction, average=average, mean_over=mean_over, at=at)
 
 
 class _FaithfulnessRuns:
@@ -231,6 +247,10 @@ class _FaithfulnessRuns:
         self.task, self.seed = task, seed
         rest: dict[str, Any] = dict(inputs)
         self.ablation: str = rest.pop("ablation", "resample")
+        own = circuit.graph if isinstance(circuit, Circuit) else circuit.graph() if isinstance(circuit, KnownCircuit) else None
+        if own is not None and own.positions is not None and "positions" not in rest and "graph" not in rest:
+            S = int(task.clean.shape[1])
+            rest["positions"] = "tokens" if own.positions == tuple(str(i) for i in range(S)) else "named"
         base, self.m, self.batch = prepare(model, task, ablation=self.ablation, **rest)
         self.graph = base.graph
         self.circuit = as_mask(circuit, self.graph)
@@ -269,13 +289,14 @@ class _FaithfulnessRuns:
             weights = _mean_weights(self.task, mean_over, self.seed, ablation)
             clean, corrupt = (base.corrupt_tokens, base.clean_tokens) if swapped else (base.clean_tokens, base.corrupt_tokens)
             self._patchers[key] = Patcher(base.tf, clean, corrupt, graph=self.graph, ablation=ablation,  # type: ignore[arg-type]
-                                          answer_pos=base.answer_pos, mean_weights=weights)
+                                          answer_pos=base.answer_pos, mean_weights=weights, positions=base.positions)
         return self._patchers[key]
 
     def measure(self, *, level: str = "edge", direction: str = "clean-complement", average: str = "ratio-of-means",
-                ablation: str | None = None, mean_over: str | int = "batch", metric: MetricLike | None = None) -> Faithfulness:
+                ablation: str | None = None, mean_over: str | int = "batch", metric: MetricLike | None = None,
+                at: str = "circuit") -> Faithfulness:
         for name, value, choices in (("level", level, LEVELS), ("direction", direction, DIRECTIONS),
-                                     ("average", average, AVERAGES)):
+                                     ("average", average, AVERAGES), ("at", at, POSITION_MODES)):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         ablation = str(ablation or self.ablation)
@@ -285,6 +306,8 @@ class _FaithfulnessRuns:
         if m.needs_answers and self.batch.correct is None:
             raise ValueError(f"metric {m.name!r} needs answers=(correct, incorrect) token ids")
         g, keep = self.graph, self.circuit
+        if g.positions is not None and at == "all":  # kept at one position -> kept at every position
+            keep = keep.view(-1, g.n_positions).any(1, keepdim=True).expand(-1, g.n_positions).reshape(-1)
         if level == "node":
             nodes = {g.sources[s].name for s in g.edge_src[keep].tolist()}
             nodes |= {g.destinations[d].node.name for d in g.edge_dst[keep].tolist()} | {"input"}
@@ -304,6 +327,8 @@ class _FaithfulnessRuns:
                                     "metric": m.name, "circuit_edges": int(keep.sum())}
         if ablation == "mean":
             settings["mean_over"] = mean_over
+        if g.positions is not None:
+            settings["at"] = at
         return Faithfulness(mm, mc, me, pm, pc, pe, settings)
 
 

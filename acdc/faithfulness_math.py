@@ -70,7 +70,7 @@ class Faithfulness:
 
     model_metric, circuit_metric, empty_metric: m(M), m(C), m({}) averaged over prompts.
     per_prompt_model, per_prompt_circuit, per_prompt_empty: [n_prompts] each prompt's own values.
-    settings: the axes (level, ablation, direction, metric, average).
+    settings: the axes (level, ablation, direction, metric, average; "at" for positional circuits).
     """
 
     model_metric: float
@@ -140,13 +140,14 @@ class FaithfulnessGrid:
 
     rows: tuple[Faithfulness, ...]
 
-    COLUMNS = ("level", "ablation", "mean_over", "direction", "metric", "average")
+    COLUMNS = ("level", "ablation", "mean_over", "direction", "metric", "average", "at")
 
     def label(self, f: Faithfulness) -> str:
         """A short name of a row's setting: the axes that differ from the usual one."""
         usual = {"level": "edge", "ablation": "resample", "mean_over": "batch", "direction": "clean-complement",
-                 "average": "ratio-of-means", "metric": self.rows[0].settings.get("metric")}
-        bits = [str(f.settings[k]) for k in self.COLUMNS if k in f.settings and f.settings[k] != usual[k]]
+                 "average": "ratio-of-means", "metric": self.rows[0].settings.get("metric"), "at": "circuit"}
+        bits = [f"at {f.settings[k]} positions" if k == "at" else str(f.settings[k])
+                for k in self.COLUMNS if k in f.settings and f.settings[k] != usual[k]]
         return ", ".join(bits) or "usual"
 
     def table(self) -> list[dict[str, Any]]:

@@ -289,16 +289,17 @@ class Graph:
         extra += f", d_model {self.d_model}" if self.d_model is not None else ""
         return f"a {self.n_layers}-layer model with {self.n_heads} heads per layer{extra}"
 
-    def check_fits(self, other: Graph, what: str, *, qkv: bool = True) -> None:
+    def check_fits(self, other: Graph, what: str, *, qkv: bool = True, positions: bool = True) -> None:
         """Raise a one-line ValueError unless ``other`` (the graph ``what`` was made for) has this shape.
 
-        ``qkv=False`` allows a different q/k/v split (known circuits merge their q/k/v edges).
+        ``qkv=False`` allows a different q/k/v split (known circuits merge their q/k/v edges);
+        ``positions=False`` other positions (node classes do not depend on them).
         """
         if other.shape() != self.shape() or (
             other.d_model is not None and self.d_model is not None and other.d_model != self.d_model
         ):
             raise ValueError(f"{what} is for {other.describe()}, but this model is {self.describe()}")
-        if other.positions != self.positions:
+        if positions and other.positions != self.positions:
             def say(p: tuple[str, ...] | None) -> str:
                 return "no positions" if p is None else f"positions {', '.join(p)}"
             raise ValueError(f"{what} has {say(other.positions)}, but this graph has {say(self.positions)}")

@@ -4,7 +4,8 @@
 running graphviz) and ``render_comparison(found, truth, "cmp.png")``. Layout: ``input`` at the
 bottom, ``logits`` on top, one row per layer (a layer's MLP on a row just above its heads, as
 it reads them; side by side in parallel-attention models), labelled on the left. Heads are
-boxes, MLPs ellipses. Nodes are coloured by class when classes are given (a mapping class ->
+boxes, MLPs ellipses. A positional circuit is drawn as a grid: layers bottom-up, positions left
+to right, columns labelled with the position names and the example prompt's text. Nodes are coloured by class when classes are given (a mapping class ->
 node names, or anything with a ``.classes`` such as a `KnownCircuit`), else by layer.
 
 Rendering needs graphviz's ``dot`` program; without it `DotNotFoundError` says in one line how
@@ -78,6 +79,8 @@ def to_dot(
     g = circuit.graph
     classes = _as_classes(classes, g)
     mask = circuit.in_graph.clone() if show_all else circuit.live_mask()
+    if g.positions is not None:
+        return _positional_dot(circuit, mask, classes, show_scores, title)
     idx = mask.nonzero().squeeze(1).tolist()
     scores = circuit.scores
     finite = [abs(float(scores[i])) for i in idx if not math.isnan(float(scores[i]))]
@@ -100,6 +103,92 @@ def to_dot(
     used = {g.edges[i].qkv for i in idx}
     _legend(dot, [(QKV_COLORS[k], "solid", f"into {QKV_NAMES[k]}") for k in (*"qkv", None) if k in used],
             "edge width: |effect|" if finite else "", classes)
+    return dot
+
+
+def _positional_dot(
+    circuit: Circuit, mask: Any, classes: dict[str, list[str]] | None, show_scores: bool, title: str | None
+) -> Any:
+    """A positional circuit as a grid: layers bottom-up, positions left to right (pinned coordinates).
+
+    A node appears in the column of every position where an edge of the circuit enters or leaves
+    it; grey dashed arrows inside a head go from the positions it reads keys/values at to the
+    positions it acts at (query or output): attention moving information across positions.
+    Columns are labelled with the position names and the example prompt's text there.
+    """
+    import graphviz
+
+    g = circuit.graph
+    names = g.positions or ()
+    idx = mask.nonzero().squeeze(1).tolist()
+    scores = circuit.scores
+    finite = [abs(float(scores[i])) for i in idx if not math.isnan(float(scores[i]))]
+    top = max(finite) if finite else 0.0
+    cells: dict[tuple[str, str], Node] = {}
+    reads: dict[str, set[str]] = {}  # head -> positions of its k/v inputs
+    acts: dict[str, set[str]] = {}  # head -> positions of its q input or its output
+    for i in idx:
+        e = g.edges[i]
+        p = e.pos or ""
+        cells[(e.src.name, p)] = e.src
+        cells[(e.dst.node.name, p)] = e.dst.node
+        if e.src.kind == "head":
+            acts.setdefault(e.src.name, set()).add(p)
+        if e.dst.node.kind == "head":
+            (acts if e.qkv in ("q", None) else reads).setdefault(e.dst.node.name, set()).add(p)
+    per_cell: dict[tuple[int, int, str], list[Node]] = {}
+    for (_, p), n in sorted(cells.items(), key=lambda kv: (kv[1], kv[0][1])):
+        per_cell.setdefault((*_row(g, n), p), []).append(n)
+    width = max([len(v) for v in per_cell.values()] + [1]) * 1.25 + 0.5
+    x_of = {p: (k + 1) * width for k, p in enumerate(names)}
+
+    def y_of(n: Node) -> float:
+        layer, sub = _row(g, n)
+        return 1.3 * (2 * (layer + 1) + sub)
+
+    cls_of = _class_of(classes)
+    colours = {c: CLASS_PALETTE[i % len(CLASS_PALETTE)] for i, c in enumerate(classes or {})}
+    dot = graphviz.Digraph("circuit", engine="neato")
+    head = title if title is not None else _title(circuit, len(idx))
+    dot.attr(splines="true", overlap="true", fontname="Helvetica", label=head, labelloc="t", fontsize="14",
+             outputorder="edgesfirst")
+    dot.attr("node", fontname="Helvetica", fontsize="10", style="filled", penwidth="1.2")
+    dot.attr("edge", arrowsize="0.6")
+    for (_, _, p), nodes in per_cell.items():
+        for k, n in enumerate(nodes):
+            x = x_of[p] + (k - (len(nodes) - 1) / 2) * 1.2
+            style = _node_style(n, g, cls_of, colours)
+            style.setdefault("label", n.name)
+            style.update(id=f"node:{n.name}@{p}", tooltip=f"{n.name} at {p}", pos=f"{x:.2f},{y_of(n):.2f}!")
+            dot.node(f"{n.name}@{p}", **style)
+    labels = circuit.settings.get("position_labels") or [""] * len(names)
+    for p, text in zip(names, labels, strict=False):
+        label = p if not text else f"{p}\n{text.strip() or repr(text)}"
+        dot.node(f"col:{p}", label, shape="plaintext", style="", fontcolor="#555555", pos=f"{x_of[p]:.2f},-1.0!")
+    rows = sorted({_row(g, n) for n in cells.values()})
+    for layer, sub in rows:
+        text = "input" if layer < 0 else "output" if layer == g.n_layers else f"layer {layer}" + (" MLP" if sub else "")
+        y = 1.3 * (2 * (layer + 1) + sub)
+        dot.node(f"row:{layer}_{sub}", text, shape="plaintext", style="", fontcolor="#777777", pos=f"0.0,{y:.2f}!")
+    for i in idx:
+        e = g.edges[i]
+        s = float(scores[i])
+        pen = 1.0 if math.isnan(s) or top == 0 else 0.8 + 4.2 * abs(s) / top
+        attrs = {"color": QKV_COLORS[e.qkv], "penwidth": f"{pen:.2f}", "id": f"edge:{e.name}",
+                 "tooltip": f"{e.name}: {'untested' if math.isnan(s) else f'{s:+.4g}'}"}
+        if show_scores and len(idx) <= MAX_SCORE_LABELS and not math.isnan(s):
+            attrs.update(label=f"{s:.2g}", fontsize="8", fontcolor=QKV_COLORS[e.qkv])
+        dot.edge(f"{e.src.name}@{e.pos}", f"{e.dst.node.name}@{e.pos}", **attrs)
+    for h, at in reads.items():
+        for src_p in sorted(at, key=names.index):
+            for dst_p in sorted(acts.get(h, set()) - {src_p}, key=names.index):
+                dot.edge(f"{h}@{src_p}", f"{h}@{dst_p}", style="dashed", color="#999999", constraint="false",
+                         tooltip=f"{h} attends from {dst_p} to {src_p}", id=f"attend:{h}@{src_p}->{dst_p}")
+    used = {g.edges[i].qkv for i in idx}
+    rows_legend = [(QKV_COLORS[k], "solid", f"into {QKV_NAMES[k]}") for k in (*"qkv", None) if k in used]
+    rows_legend.append(("#999999", "dashed", "attention: from key/value positions to where the head acts"))
+    _legend(dot, rows_legend, "columns: positions (example prompt's text)", classes)
+    dot.node("legend", pos=f"{(len(names) + 1.6) * width:.2f},{1.3 * (2 * g.n_layers + 2):.2f}!")
     return dot
 
 
@@ -213,7 +302,7 @@ def _as_classes(classes: Any, g: Graph) -> dict[str, list[str]] | None:
     if classes is None:
         return None
     if isinstance(classes, KnownCircuit):  # its classes name nodes of its own model shape
-        g.check_fits(classes.graph(), f"the classes of known circuit {classes.name!r}", qkv=False)
+        g.check_fits(classes.graph(), f"the classes of known circuit {classes.name!r}", qkv=False, positions=False)
     c = getattr(classes, "classes", classes)
     if not isinstance(c, Mapping):
         raise ValueError("classes must map class names to node names (or be a KnownCircuit)")

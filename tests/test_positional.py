@@ -243,3 +243,45 @@ def test_from_pairs_positions_by_substring_and_index(gpt2_tokenizer):
         Task.from_pairs(pairs, gpt2_tokenizer, positions={"X": "Bob"})
     with pytest.raises(ValueError, match="token 40 is outside"):
         Task.from_pairs(pairs, gpt2_tokenizer, positions={"X": 40})
+
+
+def test_positional_circuit_json_and_grid_rendering(zoo_ioi, tmp_path):
+    import json
+
+    import acdc
+    from acdc.render import dot_available, to_dot
+
+    c = acdc.discover(zoo_ioi.model, zoo_ioi.task, threshold=0.05, positions="named", progress=False)
+    path = c.to_json(tmp_path / "c.json")
+    d = json.loads(path.read_text())
+    assert d["cfg"]["positions"] == ["IO", "S1", "S1+1", "S2", "END", "other"]
+    assert d["edges"]["a1.h0->a2.h0<q>@END"]["in_graph"] is True
+    assert d["acdc"]["settings"]["position_labels"][:5] == list(zoo_ioi.task.positions.example[:5])
+    assert acdc.Circuit.from_json(path) == c
+    src = to_dot(c, classes=zoo_ioi.truth).source
+    assert '"a0.h0@S2"' in src and '"a0.h0@S1"' in src and "attend:a0.h0@S1->S2" in src
+    assert "col:END" in src and "a2.h0@IO" in src
+    if dot_available():
+        assert acdc.render(c, tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_faithfulness_at_circuit_positions_vs_all(zoo_ioi):
+    """Keeping the circuit's edges only at its positions vs at every position, each an exact patched run."""
+    import acdc
+
+    e = zoo_ioi
+    c = acdc.discover(e.model, e.task, threshold=0.05, positions="named", progress=False)
+    at_circuit = acdc.faithfulness(e.model, e.task, c)
+    at_all = acdc.faithfulness(e.model, e.task, c, at="all")
+    assert at_circuit.settings["at"] == "circuit" and at_all.settings["at"] == "all"
+    p = acdc.Patcher(e.model, e.task, graph=c.graph)
+    m = acdc.metrics.resolve_metric("logit_diff")
+    batch = acdc.api.make_batch(p, e.task.answers)
+    assert at_circuit.circuit_metric == pytest.approx(m(p.logits(c), batch), abs=1e-6)
+    # "all": the plain circuit with the same edges, on the plain graph
+    plain_edges = sorted({n.split("@")[0] for n in c.edges})
+    plain = acdc.faithfulness(e.model, e.task, plain_edges)
+    assert at_all.circuit_metric == pytest.approx(plain.circuit_metric, abs=1e-5)
+    assert at_all.settings["circuit_edges"] == 6 * len(plain_edges)
+    grid = acdc.faithfulness_grid(e.model, e.task, c, grid=[{}, {"at": "all"}])
+    assert [grid.label(f) for f in grid.rows] == ["usual", "at all positions"]
