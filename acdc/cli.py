@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--speculate", type=int, default=None, help="test up to K edges per batched pass (exact; default 8 on a GPU, 1 on a CPU)")
     d.add_argument("--prefilter", type=float, default=None, help="APPROXIMATE: test only this fraction of edges, by EAP-IG score")
     d.add_argument("--checkpoint", type=Path, default=None, help="save progress to this JSON file; rerun to resume")
+    d.add_argument("--positions", default=None, choices=("named", "tokens"),
+                   help="edges at token positions: the task's named roles (IOI: IO, S1, S1+1, S2, END) or token indices")
     d.add_argument("--truth", default=None, help="score against a known circuit (ioi, greater-than, docstring), "
                    "zoo:NAME or a circuit JSON (zoo models: their planted circuit by default)")
     d.set_defaults(run=_discover)
@@ -84,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--method", default="eap-ig-inputs", choices=("eap", "eap-ig-inputs", "eap-ig-activations"))
     a.add_argument("--steps", type=int, default=5, help="integrated-gradient steps (EAP-IG)")
     a.add_argument("--top", type=int, default=50, help="edges in the circuit written (largest |score|; default 50)")
+    a.add_argument("--positions", default=None, choices=("named", "tokens"),
+                   help="edges at token positions: the task's named roles or token indices")
     a.add_argument("--truth", default=None, help="known circuit, zoo:NAME or circuit JSON to score against")
     a.set_defaults(run=_attribute)
 
@@ -104,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--direction", default="clean-complement",
                    choices=("clean-complement", "clean-circuit", "corrupt-circuit", "corrupt-complement"))
     f.add_argument("--average", default="ratio-of-means", choices=("ratio-of-means", "mean-of-ratios"))
+    f.add_argument("--at", default="circuit", choices=("circuit", "all"),
+                   help="positional circuits: keep its edges only at its positions, or at every position")
     f.add_argument("--grid", action="store_true", help="the default grid of settings (one axis varied at a time)")
     f.add_argument("--reference-sizes", type=int, nargs="*", default=[], help="with --grid: mean ablation over k prompts")
     f.set_defaults(run=_faithfulness)
@@ -160,7 +166,7 @@ def _discover(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     circuit = discover(model, task, threshold=args.threshold, metric=args.metric, ablation=ablation,
                        progress=not args.no_progress, speculate=args.speculate, prefilter=args.prefilter,
-                       checkpoint=args.checkpoint)
+                       checkpoint=args.checkpoint, positions=args.positions)
     lines = [circuit.summary(max_edges=40), f"ACDC took {time.perf_counter() - t0:.1f} s"]
     _finish(args.out, circuit, truth, classes, lines)
     return 0
@@ -172,7 +178,7 @@ def _attribute(args: argparse.Namespace) -> int:
     model, task, truth, classes, ablation = _setup(args)
     print(f"acdc attribute: {args.model}, {task}, {args.method}, {ablation} ablation")
     scores = attribute(model, task, method=args.method, steps=args.steps, metric=args.metric, ablation=ablation,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, positions=args.positions)
     circuit = scores.top(min(args.top, scores.graph.n_edges))
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [repr(scores), f"wrote {scores.to_json(args.out / 'scores.json')}", circuit.summary(max_edges=40)]
@@ -209,8 +215,11 @@ def _faithfulness(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.grid:
-        grid = faithfulness_grid(model, task, circuit, reference_sizes=args.reference_sizes, metric=args.metric,
-                                 ablation=ablation)
+        from .api import DEFAULT_GRID
+
+        settings = [*DEFAULT_GRID, {"at": "all"}] if circuit.graph.positions is not None else list(DEFAULT_GRID)
+        grid = faithfulness_grid(model, task, circuit, grid=settings, reference_sizes=args.reference_sizes,
+                                 metric=args.metric, ablation=ablation)
         text = grid.to_markdown()
         paths = [grid.to_csv(out / "faithfulness_grid.csv")]
         try:
@@ -229,7 +238,7 @@ def _faithfulness(args: argparse.Namespace) -> int:
         print(text + "\n".join(f"wrote {p}" for p in [out / "faithfulness_grid.md", *paths]))
         return 0
     f = faithfulness(model, task, circuit, level=args.level, direction=args.direction, average=args.average,
-                     metric=args.metric, ablation=ablation)
+                     metric=args.metric, ablation=ablation, at=args.at)
     (out / "faithfulness.json").write_text(json.dumps(f.to_dict(), indent=1))
     s = f.summary
     text = (f"{f!r}\nm(M) {f.model_metric:.4g}, m(C) {f.circuit_metric:.4g}, m(empty) {f.empty_metric:.4g}; "
@@ -283,6 +292,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]:
         entry = _zoo_entry(args.model, n_prompts=args.n_prompts, seed=args.seed)
         model, task = entry.model, entry.task
         truth = classes = entry.truth
+        if getattr(args, "positions", None) == "named":  # positional circuits score against the positional truth
+            truth = entry.positional_truth
         ablation = args.ablation or entry.ablation
     else:
         if args.task is None:

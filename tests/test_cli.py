@@ -160,3 +160,16 @@ def test_faithfulness_command(discovered, tmp_path, capsys):
     report = (out / "faithfulness_grid.md").read_text()
     assert report.count("| edge |") + report.count("| node |") == 11
     assert "Miller et al.'s findings here" in report and "- resample below mean ablation:" in report
+
+
+def test_positional_discover_and_faithfulness(tmp_path, capsys):
+    out = tmp_path / "pos"
+    assert main(["discover", "--model", "zoo:ioi", "--threshold", "0.05", "--positions", "named", "-o", str(out),
+                 "--no-progress"]) == 0
+    c = Circuit.from_json(out / "circuit.json")
+    assert c.graph.positions == ("IO", "S1", "S1+1", "S2", "END", "other") and c.n_edges == 10
+    assert "TPR 1.000 FPR 0.0000" in (out / "summary.txt").read_text()  # against the planted positions
+    capsys.readouterr()
+    assert main(["faithfulness", str(out / "circuit.json"), "--model", "zoo:ioi", "--at", "all", "-o", str(out)]) == 0
+    f = json.loads((out / "faithfulness.json").read_text())
+    assert f["settings"]["at"] == "all"

@@ -96,7 +96,7 @@ def test_docstring_edges_match_the_manual_graph():
 def test_every_edge_exists_in_the_model_graph(name):
     k = known.load(name)
     cfg = k.graph_config
-    g = Graph(cfg["n_layers"], cfg["n_heads"], attn_only=cfg.get("attn_only", False))
+    g = Graph(cfg["n_layers"], cfg["n_heads"], attn_only=cfg.get("attn_only", False), positions=cfg.get("positions"))
     assert all(g.has_edge(e) for e in k.edges)
     assert int(k.mask(g).sum()) == k.n_edges
     index = {e.name: e for e in g.edges}
@@ -104,6 +104,24 @@ def test_every_edge_exists_in_the_model_graph(name):
         edge = index[e]
         assert edge.src.layer < edge.dst.node.layer or (edge.src.kind == "head" and edge.dst.node.kind == "mlp")
     assert k.edges == tuple(sorted(k.edges, key=g.edge_index))  # canonical order
+
+
+def test_positional_ioi_places_the_heads_only_truth_at_positions():
+    pos = known.load("ioi-positional")
+    plain = known.load("ioi", view="heads-only")
+    assert {e.split("@")[0] for e in pos.edges} == set(plain.edges)
+    assert pos.classes == plain.classes
+    at = {e.split("@")[1] for e in pos.edges if e.startswith("a7.h3->a9.h9<q>")}
+    assert at == {"END"}
+    assert {e.split("@")[1] for e in pos.edges if "->a0.h1<" in e} == {"S1", "S2"}
+    assert pos.n_edges == 234  # the movers' k/v read three names (IO, S1, S2)
+    spec = {"name": "x", "model": {"n_layers": 2, "n_heads": 2}, "positions": ["A", "B"],
+            "rules": [{"from": "input", "to": "a1.h0", "at": "C"}]}
+    with pytest.raises(ValueError, match="no position 'C'"):
+        known.from_spec(spec)
+    spec["rules"] = [{"from": "input", "to": "a1.h0"}]
+    with pytest.raises(ValueError, match="says 'at'"):
+        known.from_spec(spec)
 
 
 def test_gpt2_small_graph_matches():
