@@ -34,8 +34,8 @@ from .faithfulness_math import (
     Minimality,
 )
 from .graph import Graph
-from .known import KnownCircuit
 from .inputs import as_tokens, check_threshold, parse_answers
+from .known import KnownCircuit
 from .loading import load_model
 from .metrics import Batch, Metric, MetricLike, per_prompt, resolve_metric, scored_rows
 from .patching import Patcher

@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import acdc  # noqa: E402
 from smollm2_common import ROOT, load, write  # noqa: E402
+
+import acdc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
