@@ -55,6 +55,19 @@ def test_smollm2_scripts_run_small(tmp_path):
     smollm2_induction.main(["--n-prompts", "4", "--sizes", "50", "--steps", "2", "--out", str(tmp_path)])
     ind = json.loads((tmp_path / "smollm2_induction.json").read_text())
     assert ind["loss_second_copy"] < ind["loss_first_copy"] and len(ind["top_induction"]) == 10
+    import smollm2_positional
+
+    smollm2_positional.main(["--n-prompts", "4", "--sizes", "50", "--steps", "1", "--out", str(tmp_path)])
+    pos = json.loads((tmp_path / "smollm2_positional.json").read_text())
+    assert pos["n_edges"] == 6 * 123211 and sum(pos["top100_by_position"].values()) == 100
+
+
+def test_positional_speed_script(tmp_path):
+    import positional_speed
+
+    positional_speed.main(["--layers", "2", "--reps", "1", "--out", str(tmp_path)])
+    text = (tmp_path / "positional_speed.md").read_text()
+    assert "| edges | 606 | 9,090 | 15x |" in text
 
 
 def test_faithfulness_report_zoo(tmp_path):
