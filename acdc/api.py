@@ -39,7 +39,7 @@ from .known import KnownCircuit
 from .loading import load_model
 from .metrics import Batch, Metric, MetricLike, per_prompt, resolve_metric, scored_rows
 from .patching import Patcher
-from .positions import Positions
+from .positions import Positions, token_names
 from .scores import Scores
 from .tasks import Task
 
@@ -249,8 +249,7 @@ class _FaithfulnessRuns:
         self.ablation: str = rest.pop("ablation", "resample")
         own = circuit.graph if isinstance(circuit, Circuit) else circuit.graph() if isinstance(circuit, KnownCircuit) else None
         if own is not None and own.positions is not None and "positions" not in rest and "graph" not in rest:
-            S = int(task.clean.shape[1])
-            rest["positions"] = "tokens" if own.positions == tuple(str(i) for i in range(S)) else "named"
+            rest["positions"] = "tokens" if own.positions == token_names(int(task.clean.shape[1])) else "named"
         base, self.m, self.batch = prepare(model, task, ablation=self.ablation, **rest)
         self.graph = base.graph
         self.circuit = as_mask(circuit, self.graph)

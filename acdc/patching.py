@@ -37,7 +37,7 @@ from .circuit import Circuit
 from .graph import Graph
 from .inputs import Ablation, answer_positions, as_tokens, check_ablation
 from .model import Transformer
-from .positions import Positions
+from .positions import Positions, token_names
 from .tasks import Task
 
 __all__ = ["Patcher", "PatchState", "Proposal"]
@@ -198,7 +198,7 @@ class Patcher:
         if g.positions is None:
             return None
         if positions is None:
-            if g.positions == tuple(str(i) for i in range(S)):
+            if g.positions == token_names(S):
                 positions = Positions.tokens(B, S)
             else:
                 raise ValueError(

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Positions", "REST", "check_names"]
+__all__ = ["Positions", "REST", "check_names", "token_names"]
 
 REST = "other"  # the position of every token no named role claims
+
+
+def token_names(n: int) -> tuple[str, ...]:
+    """Names of token-index positions: "0", "1", ..., str(n - 1)."""
+    return tuple(str(i) for i in range(n))
 
 
 def check_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -75,7 +79,7 @@ class Positions:
     @classmethod
     def tokens(cls, batch: int, pos: int) -> Positions:
         """One position per token index, named "0", "1", ... (prompts must align by index)."""
-        return cls(tuple(str(i) for i in range(pos)), torch.arange(pos).expand(batch, pos).clone())
+        return cls(token_names(pos), torch.arange(pos).expand(batch, pos).clone())
 
     @classmethod
     def named(
@@ -141,14 +145,6 @@ class Positions:
         m = self.mask(name)
         first = m.to(torch.int8).argmax(1)
         return torch.where(m.any(1), first, torch.full_like(first, -1))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "index": self.index.tolist(),
-                **({"example": list(self.example)} if self.example is not None else {})}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Positions:
-        return cls(tuple(d["names"]), torch.tensor(d["index"], dtype=torch.long), d.get("example"))
 
     def __repr__(self) -> str:
         b, s = self.shape

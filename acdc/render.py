@@ -23,7 +23,7 @@ from typing import Any
 
 from .circuit import Circuit
 from .evaluation import as_mask
-from .graph import Graph, Node
+from .graph import Edge, Graph, Node
 from .known import KnownCircuit
 
 __all__ = [
@@ -89,17 +89,7 @@ def to_dot(
     dot = _canvas(circuit.graph, _nodes_of(g, idx), classes, title if title is not None else _title(circuit, len(idx)))
     for i in idx:
         e = g.edges[i]
-        s = float(scores[i])
-        width = 1.0 if math.isnan(s) or top == 0 else 0.8 + 4.2 * abs(s) / top
-        attrs = {
-            "color": QKV_COLORS[e.qkv],
-            "penwidth": f"{width:.2f}",
-            "tooltip": f"{e.name}: {'untested' if math.isnan(s) else f'{s:+.4g}'}",
-            "id": f"edge:{e.name}",
-        }
-        if labels and not math.isnan(s):
-            attrs.update(label=f"{s:.2g}", fontsize="9", fontcolor=QKV_COLORS[e.qkv])
-        dot.edge(e.src.name, e.dst.node.name, **attrs)
+        dot.edge(e.src.name, e.dst.node.name, **_scored_edge(e, float(scores[i]), top, labels, "9"))
     used = {g.edges[i].qkv for i in idx}
     _legend(dot, [(QKV_COLORS[k], "solid", f"into {QKV_NAMES[k]}") for k in (*"qkv", None) if k in used],
             "edge width: |effect|" if finite else "", classes)
@@ -170,15 +160,10 @@ def _positional_dot(
         text = "input" if layer < 0 else "output" if layer == g.n_layers else f"layer {layer}" + (" MLP" if sub else "")
         y = 1.3 * (2 * (layer + 1) + sub)
         dot.node(f"row:{layer}_{sub}", text, shape="plaintext", style="", fontcolor="#777777", pos=f"0.0,{y:.2f}!")
+    labels = show_scores and len(idx) <= MAX_SCORE_LABELS
     for i in idx:
         e = g.edges[i]
-        s = float(scores[i])
-        pen = 1.0 if math.isnan(s) or top == 0 else 0.8 + 4.2 * abs(s) / top
-        attrs = {"color": QKV_COLORS[e.qkv], "penwidth": f"{pen:.2f}", "id": f"edge:{e.name}",
-                 "tooltip": f"{e.name}: {'untested' if math.isnan(s) else f'{s:+.4g}'}"}
-        if show_scores and len(idx) <= MAX_SCORE_LABELS and not math.isnan(s):
-            attrs.update(label=f"{s:.2g}", fontsize="8", fontcolor=QKV_COLORS[e.qkv])
-        dot.edge(f"{e.src.name}@{e.pos}", f"{e.dst.node.name}@{e.pos}", **attrs)
+        dot.edge(f"{e.src.name}@{e.pos}", f"{e.dst.node.name}@{e.pos}", **_scored_edge(e, float(scores[i]), top, labels, "8"))
     for h, at in reads.items():
         for src_p in sorted(at, key=names.index):
             for dst_p in sorted(acts.get(h, set()) - {src_p}, key=names.index):
@@ -190,6 +175,16 @@ def _positional_dot(
     _legend(dot, rows_legend, "columns: positions (example prompt's text)", classes)
     dot.node("legend", pos=f"{(len(names) + 1.6) * width:.2f},{1.3 * (2 * g.n_layers + 2):.2f}!")
     return dot
+
+
+def _scored_edge(e: Edge, s: float, top: float, label: bool, fontsize: str) -> dict[str, str]:
+    """Edge attributes: q/k/v colour, width from |score| / ``top``, tooltip, and the score as label if asked."""
+    width = 1.0 if math.isnan(s) or top == 0 else 0.8 + 4.2 * abs(s) / top
+    attrs = {"color": QKV_COLORS[e.qkv], "penwidth": f"{width:.2f}", "id": f"edge:{e.name}",
+             "tooltip": f"{e.name}: {'untested' if math.isnan(s) else f'{s:+.4g}'}"}
+    if label and not math.isnan(s):
+        attrs.update(label=f"{s:.2g}", fontsize=fontsize, fontcolor=QKV_COLORS[e.qkv])
+    return attrs
 
 
 def comparison_dot(found: Circuit, truth: Any, *, classes: Any = None, title: str | None = None) -> Any:

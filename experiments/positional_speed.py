@@ -23,6 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from gpt2_shape import random_model_and_task  # noqa: E402
 
 import acdc  # noqa: E402
 
@@ -44,14 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    model = acdc.load_model(GPT2LMHeadModel(GPT2Config(n_layer=args.layers)))
-    gen = torch.Generator().manual_seed(0)
-    clean, corrupt = torch.randint(0, 50257, (2, 50, 15), generator=gen)
-    answers = torch.randint(0, 50257, (2, 50), generator=gen)
-    task = acdc.Task.from_tokens(clean, corrupt, correct=answers[0], incorrect=answers[1])
+    model, task = random_model_and_task(args.layers)
+    gen = torch.Generator().manual_seed(1)  # the random circuits below
     plain_p, m, batch = acdc.api.prepare(model, task)
     pos_p, _, _ = acdc.api.prepare(model, task, positions="tokens")
     eap = acdc.algorithms.get_algorithm("eap")

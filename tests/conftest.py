@@ -58,6 +58,19 @@ def random_tokens(batch: int = 4, pos: int = 6, vocab: int = 50, seed: int = 1):
     )
 
 
+def random_answers():
+    """(correct, incorrect) token ids for the 4 prompts of `random_tokens`."""
+    return torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+
+
+def logit_diff_loss(logits):
+    """The loss acdc minimises for logit_diff at the last position: minus the mean correct - incorrect logit."""
+    correct, incorrect = random_answers()
+    last = logits[:, -1]
+    rows = torch.arange(4)
+    return -(last[rows, correct] - last[rows, incorrect]).mean()
+
+
 GPT2_TOKENIZER = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 
 

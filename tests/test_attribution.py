@@ -6,24 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import random_tokens
+from conftest import logit_diff_loss, random_answers, random_tokens
 from oracle import eap_reference
 
 import acdc
 from acdc.graph import Graph
 from acdc.scores import Scores
-
-
-def _answers():
-    return torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
-
-
-def _logit_diff_loss(logits):
-    """The loss acdc minimises for logit_diff at the last position: minus the mean IO - S logit."""
-    correct, incorrect = _answers()
-    last = logits[:, -1]
-    rows = torch.arange(4)
-    return -(last[rows, correct] - last[rows, incorrect]).mean()
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "neox"])
@@ -33,9 +21,9 @@ def test_eap_equals_gradient_formula(arch, split_qkv, ablation, gpt2_model, neox
     model = gpt2_model if arch == "gpt2" else neox_model
     clean, corrupt = random_tokens()
     g = Graph.from_model(model, split_qkv=split_qkv)
-    s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=_answers(),
+    s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=random_answers(),
                        ablation=ablation, graph=g)
-    ref = eap_reference(model, g, clean, corrupt, ablation, _logit_diff_loss)
+    ref = eap_reference(model, g, clean, corrupt, ablation, logit_diff_loss)
     got = {e.name: s[e.name] for e in g.edges}
     scale = max(abs(v) for v in ref.values())
     assert scale > 0
@@ -45,7 +33,7 @@ def test_eap_equals_gradient_formula(arch, split_qkv, ablation, gpt2_model, neox
 
 def test_ig_with_one_step_is_eap(gpt2_model):
     clean, corrupt = random_tokens()
-    kw = dict(metric="logit_diff", answers=_answers())
+    kw = dict(metric="logit_diff", answers=random_answers())
     eap = acdc.attribute(gpt2_model, clean, corrupt, method="eap", **kw).values
     for method in ("eap-ig-inputs", "eap-ig-activations"):
         ig = acdc.attribute(gpt2_model, clean, corrupt, method=method, steps=1, **kw).values
@@ -56,7 +44,7 @@ def test_ig_inputs_completeness(gpt2_model):
     """Integrated gradients on the input: the input edges' scores sum to about L(corrupt) - L(clean)
     when every edge out of the input is ablated (a Riemann sum, so only approximately)."""
     clean, corrupt = random_tokens()
-    kw = dict(metric="logit_diff", answers=_answers())
+    kw = dict(metric="logit_diff", answers=random_answers())
     s = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=64, **kw)
     g = s.graph
     from_input = torch.tensor([e.src.name == "input" for e in g.edges])
@@ -99,7 +87,7 @@ def test_left_and_right_grids(gpt2_model):
     """The grids differ by their end points only: m * left(m) = m * right(m) - g(1) + g(0),
     with g(1) the gradient at the clean run (EAP) and g(0) at the ablated run (left, 1 step)."""
     clean, corrupt = random_tokens()
-    kw = dict(metric="logit_diff", answers=_answers())
+    kw = dict(metric="logit_diff", answers=random_answers())
     eap = acdc.attribute(gpt2_model, clean, corrupt, method="eap", **kw).values
     right = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=4, **kw)
     left = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=4, grid="left", **kw)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import random_tokens
+from conftest import logit_diff_loss, random_answers, random_tokens
 from oracle import eap_reference, patched_logits
 
 from acdc import Graph, Patcher
@@ -113,17 +113,6 @@ def test_positional_patcher_errors(gpt2_model):
         p.state()
 
 
-def _answers():
-    return torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
-
-
-def _logit_diff_loss(logits):
-    correct, incorrect = _answers()
-    last = logits[:, -1]
-    rows = torch.arange(4)
-    return -(last[rows, correct] - last[rows, incorrect]).mean()
-
-
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_positional_eap_equals_gradient_formula(ablation, gpt2_model):
     """Each positional edge's EAP score is the gradient formula summed over its position's tokens."""
@@ -131,17 +120,17 @@ def test_positional_eap_equals_gradient_formula(ablation, gpt2_model):
 
     clean, corrupt = random_tokens()
     positions = _named_positions()
-    s = acdc.attribute(gpt2_model, clean, corrupt, method="eap", metric="logit_diff", answers=_answers(),
+    s = acdc.attribute(gpt2_model, clean, corrupt, method="eap", metric="logit_diff", answers=random_answers(),
                        ablation=ablation, positions=positions)
     g = s.graph
     assert g.positions == positions.names
-    ref = eap_reference(gpt2_model, g, clean, corrupt, ablation, _logit_diff_loss, positions=positions)
+    ref = eap_reference(gpt2_model, g, clean, corrupt, ablation, logit_diff_loss, positions=positions)
     scale = max(abs(v) for v in ref.values())
     assert scale > 0
     for e in g.edges:
         assert s[e.name] == pytest.approx(ref[e.name], abs=1e-4 * scale, rel=1e-4), e.name
     # the positions of an edge add up to the plain edge's score
-    plain = acdc.attribute(gpt2_model, clean, corrupt, method="eap", metric="logit_diff", answers=_answers(),
+    plain = acdc.attribute(gpt2_model, clean, corrupt, method="eap", metric="logit_diff", answers=random_answers(),
                            ablation=ablation)
     summed = s.values.view(-1, len(positions)).sum(1)
     assert torch.allclose(summed, plain.values, atol=1e-5 * scale)
@@ -151,7 +140,7 @@ def test_single_position_attribution_equals_plain(gpt2_model):
     import acdc
 
     clean, corrupt = random_tokens()
-    kw = dict(metric="logit_diff", answers=_answers(), method="eap-ig-inputs", steps=2)
+    kw = dict(metric="logit_diff", answers=random_answers(), method="eap-ig-inputs", steps=2)
     one = acdc.attribute(gpt2_model, clean, corrupt, positions=Positions.single(4, 6), **kw)
     plain = acdc.attribute(gpt2_model, clean, corrupt, **kw)
     assert torch.equal(one.values, plain.values)

@@ -105,12 +105,8 @@ def run_acdc(
         state.commit(state.propagate(state.keep & ~g.dense(removed_up_front).to(state.keep.device)))
     current = metric.loss(state.logits, batch)  # lower is better, what the rule thresholds
 
-    def shown(loss: float) -> float:
-        """The metric as the user knows it (a logit difference stays positive), for trace and display."""
-        return -loss if metric.higher_is_better else loss
-
     def status() -> dict[str, object]:
-        return {"tested": n_tested, "kept": int(state.keep.sum()), metric.name: f"{shown(current):.4g}"}
+        return {"tested": n_tested, "kept": int(state.keep.sum()), metric.name: f"{_shown(metric, current):.4g}"}
 
     scores = torch.full((g.n_edges,), math.nan, dtype=torch.float64)
     trace: list[float] = []
@@ -174,7 +170,7 @@ def run_acdc(
             if removed:
                 current = new
                 accepted = j + 1
-            trace.append(shown(current))
+            trace.append(_shown(metric, current))
             bar.update(1)
             if callback is not None and callback(edge, delta, removed):
                 stopped = True
@@ -191,19 +187,27 @@ def run_acdc(
     save(done=not stopped)
     bar.set_postfix(status())
     bar.close()
+    info = _settings(info, patcher, metric, threshold=threshold, abs_value=abs_value, n_tested=n_tested, t0=t0,
+                     current=current, stopped=stopped)
+    return Scores(g, scores, info, selected=g.sparse(state.keep).cpu(), trace=trace)
+
+
+def _shown(metric: Metric, loss: float) -> float:
+    """The metric as the user knows it (a logit difference stays positive), for trace and display."""
+    return -loss if metric.higher_is_better else loss
+
+
+def _settings(info: dict[str, Any], patcher: Patcher, metric: Metric, *, threshold: float, abs_value: bool,
+              n_tested: int, t0: float, current: float, stopped: bool) -> dict[str, Any]:
+    """The run's settings: ``info`` (prefilter, resume) plus what every ACDC run records."""
     info.update(
-        method="acdc",
-        threshold=float(threshold),
-        abs_value=bool(abs_value),
-        ablation=patcher.ablation,
-        metric=metric.name,
-        n_tested=n_tested,
-        seconds=round(time.perf_counter() - t0, 3),
-        final_metric=shown(current),
+        method="acdc", threshold=float(threshold), abs_value=bool(abs_value), ablation=patcher.ablation,
+        metric=metric.name, n_tested=n_tested, seconds=round(time.perf_counter() - t0, 3),
+        final_metric=_shown(metric, current),
     )
     if stopped:
         info["stopped_early"] = True
-    return Scores(g, scores, info, selected=g.sparse(state.keep).cpu(), trace=trace)
+    return info
 
 
 def _run_positional(
@@ -264,18 +268,14 @@ def _run_positional(
         removed = (abs(delta) if abs_value else delta) < threshold
         if removed:
             keep, X, current = candidate, new_X, new
-        trace.append(-current if metric.higher_is_better else current)
+        trace.append(_shown(metric, current))
         if callback is not None and callback(e, delta, removed):
             stopped = True
             break
     bar.close()
-    info.update(
-        method="acdc", threshold=float(threshold), abs_value=bool(abs_value), ablation=patcher.ablation,
-        metric=metric.name, n_tested=n_tested, seconds=round(time.perf_counter() - t0, 3),
-        final_metric=-current if metric.higher_is_better else current, positions=list(g.positions or ()),
-    )
-    if stopped:
-        info["stopped_early"] = True
+    info = _settings(info, patcher, metric, threshold=threshold, abs_value=abs_value, n_tested=n_tested, t0=t0,
+                     current=current, stopped=stopped)
+    info["positions"] = list(g.positions or ())
     return Scores(g, scores, info, selected=g.sparse(keep).cpu(), trace=trace)
 
 

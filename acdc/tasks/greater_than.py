@@ -88,18 +88,19 @@ def greater_than(
         )
     rng = random.Random(seed)
     pool = [(c, yy) for c in centuries for yy in years[c]]
-    clean, corrupt, chosen = [], [], []
+    clean, corrupt, chosen, used, cents = [], [], [], [], []
     for _ in range(n_prompts):
         century, yy = rng.choice(pool)
         noun = rng.choice(usable)
         clean.append(TEMPLATE.format(noun=noun, century=century, yy=f"{yy:02d}"))
         corrupt.append(TEMPLATE.format(noun=noun, century=century, yy="01"))
         chosen.append(yy)
+        used.append(noun)
+        cents.append(century)
     clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupt, "greater-than")
-    year_at = [text.index(" lasted") for text in clean]  # the noun ends there
-    yy_at = [f"{text.split(' from the year ', 1)[0]} from the year {text.split(' from the year ', 1)[1][:4]}" for text in clean]
-    positions = named_positions(tok, clean, clean_t, last, {
-        "NOUN": [text[:at] for text, at in zip(clean, year_at, strict=True)], "YY": yy_at, "END": -1,
+    positions = named_positions(tok, clean, clean_t, last, {  # the last token of each mark
+        "NOUN": [f"The {noun}" for noun in used], "YY": [f"the year {c}{yy:02d}" for c, yy in zip(cents, chosen, strict=True)],
+        "END": -1,
     }, "greater-than")
     # correct: years > YY; incorrect: years <= YY; each row padded with -1 to all 100 years
     yy_t = torch.tensor(chosen)[:, None]
