@@ -260,12 +260,7 @@ class _FaithfulnessRuns:
         """Logits of ``p`` with ``mask`` ablated; the two extremes come from the cached runs where they can."""
         key = (id(p), mask.numpy().tobytes())
         if key not in self._logits:
-            if not bool(mask.any()):
-                self._logits[key] = p.clean.logits
-            elif bool(mask.all()) and p.ablation == "resample":
-                self._logits[key] = p.corrupt_logits
-            else:
-                self._logits[key] = p.logits(mask)
+            self._logits[key] = p.masked_logits(mask)
         return self._logits[key]
 
     def circuit_nodes(self) -> list[str]:
@@ -583,8 +578,7 @@ def _mean_weights(task: Any, mean_over: str | int, seed: int, ablation: str) -> 
 
 def _full_and_empty(patcher: Patcher, metric: Metric, batch: Batch) -> tuple[float, float]:
     """The metric of the full model (nothing ablated) and of the empty circuit (every edge ablated)."""
-    n = patcher.graph.n_edges
-    empty = patcher.corrupt_logits if patcher.ablation == "resample" else patcher.logits(torch.ones(n, dtype=torch.bool))
+    empty = patcher.masked_logits(torch.ones(patcher.graph.n_edges, dtype=torch.bool))
     return metric(patcher.clean.logits, batch), metric(empty, batch)
 
 

@@ -77,6 +77,8 @@ class Circuit:
     scores:       [n_edges] float64, the measured effect of each edge (NaN where untested).
     metric_trace: metric of the current circuit after each tested edge, in visiting order.
     settings:     how it was found (method, metric, threshold, ablation, ...).
+    notes:        a researcher's labels and notes per node, ``{node: {"label": str, "note": str}}``
+                  (the explorer writes them; images show the labels).
     """
 
     graph: Graph
@@ -84,6 +86,7 @@ class Circuit:
     scores: Tensor
     metric_trace: list[float] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.graph.n_edges
@@ -91,6 +94,7 @@ class Circuit:
         self.scores = torch.as_tensor(self.scores, dtype=torch.float64).cpu()
         if self.in_graph.shape != (n,) or self.scores.shape != (n,):
             raise ValueError(f"in_graph and scores need one entry per edge ({n})")
+        self.notes = check_notes(self.notes, self.graph)
 
     # ------------------------------------------------------------------ views
     @property
@@ -211,13 +215,16 @@ class Circuit:
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         """The JSON dict (see the module docstring)."""
-        extra = {"settings": self.settings, "metric_trace": [float(x) for x in self.metric_trace]}
+        extra: dict[str, Any] = {"settings": self.settings, "metric_trace": [float(x) for x in self.metric_trace]}
+        if self.notes:
+            extra["notes"] = self.notes
         return graph_json(self.graph, self.in_graph, self.scores, extra)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Circuit:
         graph, in_graph, scores, extra = read_graph_json(d)
-        return cls(graph, in_graph, scores, list(extra.get("metric_trace", [])), dict(extra.get("settings", {})))
+        return cls(graph, in_graph, scores, list(extra.get("metric_trace", [])), dict(extra.get("settings", {})),
+                   dict(extra.get("notes", {})))
 
     def to_json(self, path: str | Path) -> Path:
         """Write the circuit as JSON (EAP-IG/MIB format); returns the path."""
@@ -237,7 +244,34 @@ class Circuit:
             and same_values(self.scores, other.scores)
             and [float(x) for x in self.metric_trace] == [float(x) for x in other.metric_trace]
             and self.settings == other.settings
+            and self.notes == other.notes
         )
+
+
+NOTE_FIELDS = {"label": 200, "note": 10_000}  # field -> most characters
+
+
+def check_notes(notes: Any, graph: Graph) -> dict[str, dict[str, str]]:
+    """Notes checked: known node names, only "label" and "note", strings of sensible length; empty ones dropped."""
+    if not isinstance(notes, dict):
+        raise ValueError(f"notes must map node names to {{'label': ..., 'note': ...}}, got {type(notes).__name__}")
+    names = {n.name for n in graph.nodes}
+    out: dict[str, dict[str, str]] = {}
+    for node, entry in notes.items():
+        if node not in names:
+            raise ValueError(f"notes name {node!r}, which is not a node of this graph ({graph.describe()})")
+        if not isinstance(entry, dict) or set(entry) - set(NOTE_FIELDS):
+            raise ValueError(f"the notes of {node!r} must be an object with 'label' and/or 'note', got {entry!r:.80}")
+        kept = {}
+        for key, most in NOTE_FIELDS.items():
+            value = entry.get(key, "")
+            if not isinstance(value, str) or len(value) > most:
+                raise ValueError(f"the {key} of {node!r} must be a string of at most {most} characters")
+            if value.strip():
+                kept[key] = value
+        if kept:
+            out[node] = kept
+    return out
 
 
 def write_json(d: dict[str, Any], path: str | Path) -> Path:

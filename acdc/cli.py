@@ -1,4 +1,4 @@
-"""The ``acdc`` command: discover, attribute, roc, render, recovery (alias score), demo.
+"""The ``acdc`` command: discover, attribute, roc, render, recovery (alias score), explore, export-html, demo.
 
     acdc discover --model gpt2 --task ioi --threshold 0.01 -o out/
     acdc discover --model zoo:ioi --threshold 0.1 -o out/        # offline, planted circuit
@@ -7,6 +7,8 @@
     acdc faithfulness out/circuit.json --model zoo:ioi --grid -o out/
     acdc render out/circuit.json -o circuit.png --classes zoo:ioi
     acdc score out/circuit.json --truth ioi
+    acdc explore out/circuit.json --model zoo:ioi              # the circuit in the browser, live
+    acdc export-html out/circuit.json -o circuit.html          # one self-contained page
     acdc demo -o out/demo
 
 Every command that runs a model takes the same flags (--model, --task, --n-prompts, --seed,
@@ -21,7 +23,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["main"]
 
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ap = _Parser(prog="acdc", description="Automatic circuit discovery for transformer language models.")
     ap.add_argument("--version", action="version", version=f"acdc {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="{discover,attribute,roc,faithfulness,render,recovery,score,demo}",
+    sub = ap.add_subparsers(dest="command", metavar="{discover,attribute,roc,faithfulness,render,recovery,score,explore,export-html,demo}",
                             parser_class=_Parser)
 
     d = sub.add_parser("discover", help="find a circuit with ACDC; writes circuit.json, circuit.png, summary.txt",
@@ -132,6 +134,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--view", default=None, help="view of the known circuit (e.g. ioi: with-mlps, heads-only)")
     s.set_defaults(run=_recovery_cmd)
 
+    x = sub.add_parser("explore", help="the circuit in the browser: ablate edges live, attention, notes",
+                       description="Serve a page on 127.0.0.1 that draws the circuit and re-runs the patching engine "
+                       "as you ablate or restore edges (metric per prompt, faithfulness, next tokens), shows a head's "
+                       "attention and direct effect, and saves labels and notes into the circuit JSON.")
+    x.add_argument("circuit", type=Path, help="circuit JSON for this model")
+    _run_flags(x, default_out=None)
+    x.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
+    x.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the address")
+    x.set_defaults(run=_explore)
+
+    h = sub.add_parser("export-html", help="write a circuit JSON as one self-contained HTML page",
+                       description="One HTML file with the circuit drawn (node table, notes; no model, so no live ablation).")
+    h.add_argument("circuit", type=Path, help="circuit JSON")
+    h.add_argument("-o", "--out", type=Path, required=True, help="the .html file to write")
+    h.set_defaults(run=_export_html)
+
     m = sub.add_parser("demo", help="the offline demo: discover, render and score a planted circuit",
                        description="Discover the circuit planted in a zoo model, render it and score it (offline).")
     m.add_argument("--model", default="zoo:ioi", help="zoo:ioi, zoo:induction or zoo:modular-sum (default zoo:ioi)")
@@ -141,8 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _run_flags(p: argparse.ArgumentParser, default_out: str) -> None:
-    """The flags every model-running command shares."""
+def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
+    """The flags every model-running command shares (``default_out=None``: a command that writes no folder)."""
     p.add_argument("--model", required=True, help="hub name (e.g. gpt2; needs internet once) or zoo:NAME "
                    "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum)")
     p.add_argument("--task", choices=TASKS, help="task to run (default for zoo models: the entry's own task)")
@@ -151,6 +169,8 @@ def _run_flags(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--metric", default=None, help="kl, logit_diff or prob_diff (default: the task's)")
     p.add_argument("--ablation", default=None, choices=("resample", "mean", "zero"), help="default: resample")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
+    if default_out is None:
+        return
     p.add_argument("-o", "--out", type=Path, default=Path(default_out), help=f"output folder (default: {default_out}/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -161,7 +181,7 @@ def _discover(args: argparse.Namespace) -> int:
     from .inputs import check_threshold
 
     check_threshold(args.threshold)
-    model, task, truth, classes, ablation = _setup(args)
+    model, task, truth, classes, ablation, _ = _setup(args)
     print(f"acdc discover: {args.model}, {task}, threshold {args.threshold}, {ablation} ablation")
     t0 = time.perf_counter()
     circuit = discover(model, task, threshold=args.threshold, metric=args.metric, ablation=ablation,
@@ -175,7 +195,7 @@ def _discover(args: argparse.Namespace) -> int:
 def _attribute(args: argparse.Namespace) -> int:
     from .api import attribute
 
-    model, task, truth, classes, ablation = _setup(args)
+    model, task, truth, classes, ablation, _ = _setup(args)
     print(f"acdc attribute: {args.model}, {task}, {args.method}, {ablation} ablation")
     scores = attribute(model, task, method=args.method, steps=args.steps, metric=args.metric, ablation=ablation,
                        progress=not args.no_progress, positions=args.positions)
@@ -191,7 +211,7 @@ def _roc(args: argparse.Namespace) -> int:
 
     from .api import roc
 
-    model, task, truth, _, ablation = _setup(args)
+    model, task, truth, _, ablation, _ = _setup(args)
     if truth is None:
         raise CLIError("a ROC needs a truth: pass --truth (a known circuit, zoo:NAME or a circuit JSON)")
     curve = roc(model, task, truth=truth, metric=args.metric, ablation=ablation, n_thresholds=args.n_thresholds,
@@ -211,7 +231,7 @@ def _faithfulness(args: argparse.Namespace) -> int:
     from .api import faithfulness, faithfulness_grid
 
     circuit = _load_circuit(args.circuit)
-    model, task, _, _, ablation = _setup(args)
+    model, task, _, _, ablation, _ = _setup(args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.grid:
@@ -272,6 +292,26 @@ def _recovery_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explore(args: argparse.Namespace) -> int:
+    from .explorer import Explorer, serve
+
+    circuit = _load_circuit(args.circuit)
+    s = _setup(args)
+    ablation = args.ablation or circuit.settings.get("ablation") or s.ablation
+    print(f"acdc explore: {args.circuit} ({circuit.n_edges} edges) on {args.model}, {s.task}, {ablation} ablation")
+    explorer = Explorer(s.model, s.task, circuit, ablation=ablation, metric=args.metric, tokenizer=s.tokenizer,
+                        path=args.circuit)
+    serve(explorer, args.port, open_browser=not args.no_browser)
+    return 0
+
+
+def _export_html(args: argparse.Namespace) -> int:
+    from .explorer import export_html
+
+    print(f"wrote {export_html(_load_circuit(args.circuit), args.out)}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -280,17 +320,27 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- helpers
-def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]:
-    """(model, task, truth, classes, ablation) from the shared flags."""
+class _Setup(NamedTuple):
+    model: Any
+    task: Any
+    truth: Any
+    classes: Any
+    ablation: str
+    tokenizer: Any
+
+
+def _setup(args: argparse.Namespace) -> _Setup:
+    """(model, task, truth, classes, ablation, tokenizer) from the shared flags."""
     from . import known
 
     truth: Any = None
     classes: Any = None
+    tokenizer: Any = None
     if args.model.startswith("zoo:"):
         if args.task is not None:
             raise CLIError(f"zoo models come with their own task; drop --task {args.task}")
         entry = _zoo_entry(args.model, n_prompts=args.n_prompts, seed=args.seed)
-        model, task = entry.model, entry.task
+        model, task, tokenizer = entry.model, entry.task, entry.tokenizer
         truth = classes = entry.truth
         if getattr(args, "positions", None) == "named":  # positional circuits score against the positional truth
             truth = entry.positional_truth
@@ -306,12 +356,13 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]:
             raise CLIError(f"could not load {args.model!r} ({str(err).splitlines()[0]}); hub models need internet "
                            "the first time, or try --model zoo:ioi offline") from None
         task = _task(args.task, model, args.n_prompts, args.seed)
+        tokenizer = getattr(model, "tokenizer", None)
         ablation = args.ablation or "resample"
         if args.task in known.available():
             classes = known.load(args.task)
     if getattr(args, "truth", None) is not None:
         truth = classes = _truth(args.truth)
-    return model, task, truth, classes, ablation
+    return _Setup(model, task, truth, classes, ablation, tokenizer)
 
 
 def _finish(out: Path, circuit: Any, truth: Any, classes: Any, lines: list[str]) -> None:

@@ -256,6 +256,18 @@ class Patcher:
         out = torch.stack([self.run(k) for k in keep])
         return out[0] if single else out
 
+    def masked_logits(self, ablated: Tensor) -> Tensor:
+        """`logits` of one mask [n_edges] bool, with the two extremes read from the cached runs.
+
+        Nothing ablated: the clean run's logits; everything ablated under resample ablation:
+        the corrupt run's. (A patched pass gives the same values up to float rounding.)
+        """
+        if not bool(ablated.any()):
+            return self.clean.logits
+        if bool(ablated.all()) and self.ablation == "resample":
+            return self.corrupt_logits
+        return self.logits(ablated)
+
     @torch.no_grad()
     def run(self, keep: Tensor) -> Tensor:
         """Logits [rows, d_vocab] of one circuit, keep [n_dst, n_src(, n_positions)], computed from scratch.

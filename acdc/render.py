@@ -27,7 +27,7 @@ from .graph import Edge, Graph, Node
 from .known import KnownCircuit
 
 __all__ = [
-    "DotNotFoundError", "QKV_COLORS", "dot_available", "to_dot", "render", "comparison_dot", "render_comparison",
+    "DotNotFoundError", "QKV_COLORS", "circuit_title", "dot_available", "edge_width", "layout", "to_dot", "render", "comparison_dot", "render_comparison",
 ]
 
 INSTALL_HINT = (
@@ -86,7 +86,7 @@ def to_dot(
     finite = [abs(float(scores[i])) for i in idx if not math.isnan(float(scores[i]))]
     top = max(finite) if finite else 0.0
     labels = show_scores and len(idx) <= MAX_SCORE_LABELS
-    dot = _canvas(circuit.graph, _nodes_of(g, idx), classes, title if title is not None else _title(circuit, len(idx)))
+    dot = _canvas(g, _nodes_of(g, idx), classes, title if title is not None else circuit_title(circuit, len(idx)), circuit.notes)
     for i in idx:
         e = g.edges[i]
         dot.edge(e.src.name, e.dst.node.name, **_scored_edge(e, float(scores[i]), top, labels, "9"))
@@ -96,91 +96,136 @@ def to_dot(
     return dot
 
 
+def layout(circuit: Circuit, mask: Any = None) -> dict[str, Any]:
+    """Where each drawn node sits, by the images' rules, as coordinates (the explorer page draws from them).
+
+    Rows bottom-up: ``input``, then per layer its heads and, one row above, its MLP (on the heads'
+    row when attention and MLP run in parallel), ``logits`` on top; only rows that have a node.
+    In a row, nodes in graph order one slot apart, centred on 0. A positional circuit has one
+    column per position, ``width`` slots apart, with a node in the column of every position where
+    an edge of the circuit enters or leaves it.
+
+    mask: the edges drawn, [n_edges] bool (default: those on a path from input to logits).
+    Returns ``{"nodes": [{id, name, kind, layer, head, pos, x, y, fill}], "rows": [{label, y}],
+    "columns": [{name, text, x}], "edges": [{index, name, src, dst, qkv, pos, score, width}],
+    "attend": [{head, src, dst}], "top": largest |score|}``: x in node slots, y in rows (0 = the bottom row); node ids
+    are the node names (``name@POS`` in a positional circuit); edge widths as in the images;
+    ``attend`` (positional only) links a head's key/value positions to the positions it acts at.
+    """
+    g = circuit.graph
+    mask = circuit.live_mask() if mask is None else mask
+    idx = mask.nonzero().squeeze(1).tolist()
+    positional = g.positions is not None
+    names = g.positions or ("",)
+    scores = circuit.scores
+    finite = [abs(float(scores[i])) for i in idx if not math.isnan(float(scores[i]))]
+    top = max(finite) if finite else 0.0
+
+    def node_id(n: Node, p: str) -> str:
+        return f"{n.name}@{p}" if positional else n.name
+
+    cells: dict[str, tuple[Node, str]] = {}
+    reads: dict[str, set[str]] = {}  # head -> positions of its k/v inputs
+    acts: dict[str, set[str]] = {}  # head -> positions of its q input or its output
+    edges = []
+    for i in idx:
+        e = g.edges[i]
+        p = e.pos or ""
+        src, dst = node_id(e.src, p), node_id(e.dst.node, p)
+        cells[src], cells[dst] = (e.src, p), (e.dst.node, p)
+        s = float(scores[i])
+        edges.append({"index": i, "name": e.name, "src": src, "dst": dst, "qkv": e.qkv, "pos": e.pos,
+                      "score": None if math.isnan(s) else s, "width": round(edge_width(s, top), 3)})
+        if e.src.kind == "head":
+            acts.setdefault(e.src.name, set()).add(p)
+        if e.dst.node.kind == "head":
+            (acts if e.qkv in ("q", None) else reads).setdefault(e.dst.node.name, set()).add(p)
+    order = {n.name: k for k, n in enumerate(g.nodes)}
+    rows = sorted({_row(g, n) for n, _ in cells.values()})
+    y_of = {r: k for k, r in enumerate(rows)}
+    per_cell: dict[tuple[tuple[int, int], str], list[str]] = {}
+    for key, (n, p) in sorted(cells.items(), key=lambda kv: (order[kv[1][0].name], names.index(kv[1][1]))):
+        per_cell.setdefault((_row(g, n), p), []).append(key)
+    width = max([len(v) for v in per_cell.values()] + [1]) + 0.5 if positional else 0.0
+    x_of = {p: k * width for k, p in enumerate(names)}
+    nodes = []
+    for (row, p), ids in per_cell.items():
+        for k, key in enumerate(ids):
+            n = cells[key][0]
+            nodes.append({"id": key, "name": n.name, "kind": n.kind, "layer": n.layer, "head": n.head, "pos": p or None,
+                          "x": x_of[p] + k - (len(ids) - 1) / 2, "y": y_of[row], "fill": _node_style(n, g, {}, {})["fillcolor"]})
+    texts = circuit.settings.get("position_labels") or [""] * len(names)
+    columns = [{"name": p, "text": t, "x": x_of[p]} for p, t in zip(names, texts, strict=False)] if positional else []
+    attend = [{"head": h, "src": f"{h}@{a}", "dst": f"{h}@{b}"}
+              for h, at in reads.items() for a in sorted(at, key=names.index)
+              for b in sorted(acts.get(h, set()) - {a}, key=names.index)]
+    row_labels = [{"label": _row_label(g, layer, sub), "y": y_of[(layer, sub)]} for layer, sub in rows]
+    return {"nodes": nodes, "rows": row_labels, "columns": columns, "edges": edges, "attend": attend, "top": top}
+
+
+def _row_label(g: Graph, layer: int, sub: int) -> str:
+    return "input" if layer < 0 else "output" if layer == g.n_layers else f"layer {layer}" + (" MLP" if sub else "")
+
+
 def _positional_dot(
     circuit: Circuit, mask: Any, classes: dict[str, list[str]] | None, show_scores: bool, title: str | None
 ) -> Any:
-    """A positional circuit as a grid: layers bottom-up, positions left to right (pinned coordinates).
+    """A positional circuit as a grid (the coordinates of `layout`): layers bottom-up, positions left to right.
 
-    A node appears in the column of every position where an edge of the circuit enters or leaves
-    it; grey dashed arrows inside a head go from the positions it reads keys/values at to the
+    Grey dashed arrows inside a head go from the positions it reads keys/values at to the
     positions it acts at (query or output): attention moving information across positions.
     Columns are labelled with the position names and the example prompt's text there.
     """
     import graphviz
 
     g = circuit.graph
-    names = g.positions or ()
-    idx = mask.nonzero().squeeze(1).tolist()
-    scores = circuit.scores
-    finite = [abs(float(scores[i])) for i in idx if not math.isnan(float(scores[i]))]
-    top = max(finite) if finite else 0.0
-    cells: dict[tuple[str, str], Node] = {}
-    reads: dict[str, set[str]] = {}  # head -> positions of its k/v inputs
-    acts: dict[str, set[str]] = {}  # head -> positions of its q input or its output
-    for i in idx:
-        e = g.edges[i]
-        p = e.pos or ""
-        cells[(e.src.name, p)] = e.src
-        cells[(e.dst.node.name, p)] = e.dst.node
-        if e.src.kind == "head":
-            acts.setdefault(e.src.name, set()).add(p)
-        if e.dst.node.kind == "head":
-            (acts if e.qkv in ("q", None) else reads).setdefault(e.dst.node.name, set()).add(p)
-    per_cell: dict[tuple[int, int, str], list[Node]] = {}
-    for (_, p), n in sorted(cells.items(), key=lambda kv: (kv[1], kv[0][1])):
-        per_cell.setdefault((*_row(g, n), p), []).append(n)
-    width = max([len(v) for v in per_cell.values()] + [1]) * 1.25 + 0.5
-    x_of = {p: (k + 1) * width for k, p in enumerate(names)}
-
-    def y_of(n: Node) -> float:
-        layer, sub = _row(g, n)
-        return 1.3 * (2 * (layer + 1) + sub)
-
+    lay = layout(circuit, mask)
     cls_of = _class_of(classes)
     colours = {c: CLASS_PALETTE[i % len(CLASS_PALETTE)] for i, c in enumerate(classes or {})}
     dot = graphviz.Digraph("circuit", engine="neato")
-    head = title if title is not None else _title(circuit, len(idx))
+    head = title if title is not None else circuit_title(circuit, len(lay["edges"]))
     dot.attr(splines="true", overlap="true", fontname="Helvetica", label=head, labelloc="t", fontsize="14",
              outputorder="edgesfirst")
     dot.attr("node", fontname="Helvetica", fontsize="10", style="filled", penwidth="1.2")
     dot.attr("edge", arrowsize="0.6")
-    for (_, _, p), nodes in per_cell.items():
-        for k, n in enumerate(nodes):
-            x = x_of[p] + (k - (len(nodes) - 1) / 2) * 1.2
-            style = _node_style(n, g, cls_of, colours)
-            style.setdefault("label", n.name)
-            style.update(id=f"node:{n.name}@{p}", tooltip=f"{n.name} at {p}", pos=f"{x:.2f},{y_of(n):.2f}!")
-            dot.node(f"{n.name}@{p}", **style)
-    labels = circuit.settings.get("position_labels") or [""] * len(names)
-    for p, text in zip(names, labels, strict=False):
-        label = p if not text else f"{p}\n{text.strip() or repr(text)}"
-        dot.node(f"col:{p}", label, shape="plaintext", style="", fontcolor="#555555", pos=f"{x_of[p]:.2f},-1.0!")
-    rows = sorted({_row(g, n) for n in cells.values()})
-    for layer, sub in rows:
-        text = "input" if layer < 0 else "output" if layer == g.n_layers else f"layer {layer}" + (" MLP" if sub else "")
-        y = 1.3 * (2 * (layer + 1) + sub)
-        dot.node(f"row:{layer}_{sub}", text, shape="plaintext", style="", fontcolor="#777777", pos=f"0.0,{y:.2f}!")
-    labels = show_scores and len(idx) <= MAX_SCORE_LABELS
-    for i in idx:
-        e = g.edges[i]
-        dot.edge(f"{e.src.name}@{e.pos}", f"{e.dst.node.name}@{e.pos}", **_scored_edge(e, float(scores[i]), top, labels, "8"))
-    for h, at in reads.items():
-        for src_p in sorted(at, key=names.index):
-            for dst_p in sorted(acts.get(h, set()) - {src_p}, key=names.index):
-                dot.edge(f"{h}@{src_p}", f"{h}@{dst_p}", style="dashed", color="#999999", constraint="false",
-                         tooltip=f"{h} attends from {dst_p} to {src_p}", id=f"attend:{h}@{src_p}->{dst_p}")
-    used = {g.edges[i].qkv for i in idx}
+    sx, sy = 1.2, 2.6  # inches per slot and per row
+    by_name = {n.name: n for n in g.nodes}
+    shift = 1.2 - min([n["x"] for n in lay["nodes"]] + [0.0])  # the row labels sit at x = 0
+    for n in lay["nodes"]:
+        style = _node_style(by_name[n["name"]], g, cls_of, colours, circuit.notes)
+        style.setdefault("label", n["name"])
+        style.update(id=f"node:{n['id']}", tooltip=f"{n['name']} at {n['pos']}", pos=f"{(n['x'] + shift) * sx:.2f},{(n['y'] + 1) * sy:.2f}!")
+        dot.node(n["id"], **style)
+    for c in lay["columns"]:
+        label = c["name"] if not c["text"] else f"{c['name']}\n{c['text'].strip() or repr(c['text'])}"
+        dot.node(f"col:{c['name']}", label, shape="plaintext", style="", fontcolor="#555555", pos=f"{(c['x'] + shift) * sx:.2f},0.3!")
+    for r in lay["rows"]:
+        dot.node(f"row:{r['y']}", r["label"], shape="plaintext", style="", fontcolor="#777777", pos=f"0.0,{(r['y'] + 1) * sy:.2f}!")
+    labels = show_scores and len(lay["edges"]) <= MAX_SCORE_LABELS
+    for e in lay["edges"]:
+        i = e["index"]
+        dot.edge(e["src"], e["dst"], **_scored_edge(g.edges[i], float(circuit.scores[i]), lay["top"], labels, "8"))
+    for a in lay["attend"]:
+        src_p, dst_p = a["src"].rsplit("@", 1)[1], a["dst"].rsplit("@", 1)[1]
+        dot.edge(a["src"], a["dst"], style="dashed", color="#999999", constraint="false",
+                 tooltip=f"{a['head']} attends from {dst_p} to {src_p}", id=f"attend:{a['head']}@{src_p}->{dst_p}")
+    used = {e["qkv"] for e in lay["edges"]}
     rows_legend = [(QKV_COLORS[k], "solid", f"into {QKV_NAMES[k]}") for k in (*"qkv", None) if k in used]
     rows_legend.append(("#999999", "dashed", "attention: from key/value positions to where the head acts"))
     _legend(dot, rows_legend, "columns: positions (example prompt's text)", classes)
-    dot.node("legend", pos=f"{(len(names) + 1.6) * width:.2f},{1.3 * (2 * g.n_layers + 2):.2f}!")
+    right = max([n["x"] for n in lay["nodes"]] + [0.0]) + 3.0
+    dot.node("legend", pos=f"{(right + shift) * sx:.2f},{(len(lay['rows']) + 1) * sy:.2f}!")
     return dot
+
+
+def edge_width(s: float, top: float) -> float:
+    """Drawn width of an edge with score ``s`` when the largest |score| drawn is ``top`` (1 if unknown)."""
+    return 1.0 if math.isnan(s) or top == 0 else 0.8 + 4.2 * abs(s) / top
 
 
 def _scored_edge(e: Edge, s: float, top: float, label: bool, fontsize: str) -> dict[str, str]:
     """Edge attributes: q/k/v colour, width from |score| / ``top``, tooltip, and the score as label if asked."""
-    width = 1.0 if math.isnan(s) or top == 0 else 0.8 + 4.2 * abs(s) / top
-    attrs = {"color": QKV_COLORS[e.qkv], "penwidth": f"{width:.2f}", "id": f"edge:{e.name}",
+    attrs = {"color": QKV_COLORS[e.qkv], "penwidth": f"{edge_width(s, top):.2f}", "id": f"edge:{e.name}",
              "tooltip": f"{e.name}: {'untested' if math.isnan(s) else f'{s:+.4g}'}"}
     if label and not math.isnan(s):
         attrs.update(label=f"{s:.2g}", fontsize=fontsize, fontcolor=QKV_COLORS[e.qkv])
@@ -208,7 +253,7 @@ def comparison_dot(found: Circuit, truth: Any, *, classes: Any = None, title: st
         f"found {int(found.in_graph.sum())} edges vs {int(true.sum())} true: "
         f"{n['found, true']} found and true, {n['found, not true']} found but not true, {n['missed']} missed"
     )
-    dot = _canvas(g, _nodes_of(g, idx), classes, head)
+    dot = _canvas(g, _nodes_of(g, idx), classes, head, found.notes)
     for kind, mask in kinds.items():
         for i in mask.nonzero().squeeze(1).tolist():
             e = g.edges[i]
@@ -309,7 +354,8 @@ def _as_classes(classes: Any, g: Graph) -> dict[str, list[str]] | None:
     return out
 
 
-def _canvas(g: Graph, nodes: list[Node], classes: dict[str, list[str]] | None, title: str) -> Any:
+def _canvas(g: Graph, nodes: list[Node], classes: dict[str, list[str]] | None, title: str,
+            notes: Mapping[str, Mapping[str, str]] | None = None) -> Any:
     """A Digraph with the nodes placed on layer rows, labelled rows on the left, and a title."""
     import graphviz
 
@@ -332,14 +378,16 @@ def _canvas(g: Graph, nodes: list[Node], classes: dict[str, list[str]] | None, t
             s.attr(rank="same")
             s.node(anchor, text, shape="plaintext", style="", fontcolor="#777777", fontsize="10")
             for n in rows[key]:
-                s.node(n.name, **_node_style(n, g, cls_of, colours))
+                s.node(n.name, **_node_style(n, g, cls_of, colours, notes))
         if prev is not None:
             dot.edge(prev, anchor, style="invis")
         prev = anchor
     return dot
 
 
-def _node_style(n: Node, g: Graph, cls_of: dict[str, str], colours: dict[str, str]) -> dict[str, str]:
+def _node_style(n: Node, g: Graph, cls_of: dict[str, str], colours: dict[str, str],
+                notes: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+    """Shape and fill of a node; its label adds its class and the researcher's label (circuit notes)."""
     cls = cls_of.get(n.name)
     fill = colours[cls] if cls is not None else (
         "#e0e0e0" if n.kind in ("input", "logits") else _layer_colour(n.layer, g.n_layers)
@@ -347,8 +395,9 @@ def _node_style(n: Node, g: Graph, cls_of: dict[str, str], colours: dict[str, st
     shape = {"input": "invhouse", "logits": "house", "head": "box", "mlp": "ellipse"}[n.kind]
     style = "filled,rounded" if n.kind == "head" else "filled"
     attrs = {"shape": shape, "fillcolor": fill, "style": style, "id": f"node:{n.name}", "tooltip": n.name}
-    if cls is not None:
-        attrs["label"] = f"{n.name}\n{cls}"
+    extra = [x for x in (cls, (notes or {}).get(n.name, {}).get("label")) if x]
+    if extra:
+        attrs["label"] = "\n".join([n.name, *extra])
     return attrs
 
 
@@ -374,7 +423,8 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _title(c: Circuit, n_drawn: int) -> str:
+def circuit_title(c: Circuit, n_drawn: int) -> str:
+    """"N edges | method, metric=..., threshold=..., ablation=...", noting kept edges not drawn."""
     s = c.settings
     bits = [f"{s[k]}" if k == "method" else f"{k}={s[k]}" for k in ("method", "metric", "threshold", "ablation") if k in s]
     hidden = c.n_edges - n_drawn

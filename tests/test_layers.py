@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("acdc.evaluation", "acdc.faithfulness_math")),
     ("rendering", ("acdc.render",)),
     ("api", ("acdc.api",)),
+    ("explorer", ("acdc.explorer",)),
     ("interfaces", ("acdc.cli", "acdc.demo")),
 ]
 

@@ -157,3 +157,56 @@ def test_graphml_round_trip(circuit, tmp_path):
     back = nx.read_graphml(path)
     assert set(back.edges) == set(circuit.to_networkx().edges)
     assert back["a0.h0"]["a1.h1"]["qkv"] == "qk" and back["a0.h0"]["a1.h1"]["score_q"] == 0.25
+
+
+# ---------------------------------------------------------------------- layout (the explorer draws from it)
+def test_layout_rows_slots_and_widths(circuit):
+    from acdc.render import layout
+
+    lay = layout(circuit)  # live edges only, as the images
+    at = {n["id"]: (n["x"], n["y"]) for n in lay["nodes"]}
+    # input, layer-0 heads, layer-0 MLP one row above them, layer 1, logits; one node per row, centred
+    assert at == {"input": (0, 0), "a0.h0": (0, 1), "m0": (0, 2), "a1.h1": (0, 3), "logits": (0, 4)}
+    assert [r["label"] for r in lay["rows"]] == ["input", "layer 0", "layer 0 MLP", "layer 1", "output"]
+    assert lay["top"] == 4.0 and lay["columns"] == [] and lay["attend"] == []
+    width = {e["name"]: e["width"] for e in lay["edges"]}
+    assert width["a1.h1->logits"] == 5.0  # the largest |score|: 0.8 + 4.2
+    assert width["input->a0.h0<q>"] == pytest.approx(0.8 + 4.2 * 0.5 / 4)
+    assert width["m0->logits"] == 1.0  # untested
+    assert next(e for e in lay["edges"] if e["name"] == "m0->logits")["score"] is None
+    full = layout(circuit, circuit.in_graph)  # the dead edge too: two heads on rows 1 and 3, one slot apart
+    at = {n["id"]: (n["x"], n["y"]) for n in full["nodes"]}
+    assert at["a0.h0"] == (-0.5, 1) and at["a0.h1"] == (0.5, 1) and at["a1.h0"] == (-0.5, 3) and at["a1.h1"] == (0.5, 3)
+    assert full["top"] == 4.0 and len(full["edges"]) == 8
+
+
+def test_layout_parallel_mlp_shares_the_heads_row():
+    from acdc.render import layout
+
+    g = Graph(2, 2, parallel_attn_mlp=True)
+    names = ["input->a0.h0<v>", "input->m0", "a0.h0->logits", "m0->logits"]
+    c = Circuit(g, g.edge_mask(names), torch.ones(g.n_edges, dtype=torch.float64))
+    at = {n["id"]: (n["x"], n["y"]) for n in layout(c)["nodes"]}
+    assert at == {"input": (0, 0), "a0.h0": (-0.5, 1), "m0": (0.5, 1), "logits": (0, 2)}
+
+
+def test_layout_positional_columns_and_attention_links():
+    from acdc.render import layout
+
+    g = Graph(2, 2, positions=["A", "B"])
+    names = ["input->a0.h0<k>@A", "input->a0.h0<q>@B", "a0.h0->logits@B", "input->a0.h1<q>@B", "a0.h1->logits@B"]
+    c = Circuit(g, g.edge_mask(names), torch.ones(g.n_edges, dtype=torch.float64),
+                settings={"position_labels": ["When", " to"]})
+    lay = layout(c)
+    at = {n["id"]: (n["x"], n["y"]) for n in lay["nodes"]}
+    # column B holds two heads side by side, so columns are 2 + 0.5 slots apart
+    assert lay["columns"] == [{"name": "A", "text": "When", "x": 0.0}, {"name": "B", "text": " to", "x": 2.5}]
+    assert at == {"input@A": (0, 0), "a0.h0@A": (0, 1), "input@B": (2.5, 0), "a0.h0@B": (2.0, 1),
+                  "a0.h1@B": (3.0, 1), "logits@B": (2.5, 2)}
+    assert lay["attend"] == [{"head": "a0.h0", "src": "a0.h0@A", "dst": "a0.h0@B"}]  # reads keys at A, acts at B
+
+
+def test_node_labels_from_notes_in_images(circuit):
+    circuit.notes = {"a0.h0": {"label": "previous token", "note": "checked on 3 prompts"}}
+    src = to_dot(circuit).source
+    assert 'label="a0.h0\nprevious token"' in src

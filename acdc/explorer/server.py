@@ -1,0 +1,216 @@
+"""The explorer's local web server: Python's standard library `http.server`, bound to 127.0.0.1.
+
+Why the standard library: the page needs five JSON routes and one static file; a framework
+would add an install-time dependency and a second way to run the engine, and no feature here
+needs one. Requests run one at a time through the engine (a lock; torch runs are not shared
+between threads), so a second click waits for the first instead of racing it.
+
+Routes (the README documents them):
+
+    GET  /                      the page
+    GET  /api/graph             the circuit JSON (EAP-IG/MIB format, scores and notes)
+    GET  /api/view              what the page draws: layout, node table, prompts, metric baselines
+    POST /api/evaluate          {"ablated": [edges]} or {"kept": [edges]}, optional "prompt", "k"
+    GET  /api/head?name=a1.h2&prompt=0   attention pattern (clean, corrupt) and direct effect
+    POST /api/node_effects      {"kept": [edges]}: each node's output removed from that circuit
+    POST /api/notes             {"node": "a1.h2", "label": "...", "note": "..."}: saved into the JSON
+
+Bad requests get a 4xx status and ``{"error": "one line"}``; an unexpected failure a 500 with
+one line (the traceback goes to the server's stderr). The server keeps running either way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import traceback
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .page import page_html
+from .session import Explorer, ExplorerError
+
+__all__ = ["ExplorerServer", "serve", "start", "MAX_BODY"]
+
+MAX_BODY = 16 * 2**20  # bytes; a "kept" or "ablated" list of every edge of a 1M-edge graph fits
+
+
+class ExplorerServer(ThreadingHTTPServer):
+    """A `ThreadingHTTPServer` that answers for one `Explorer` (engine calls serialised by a lock)."""
+
+    daemon_threads = True
+
+    def __init__(self, explorer: Explorer, port: int = 0, *, quiet: bool = True, max_body: int = MAX_BODY):
+        self.explorer = explorer
+        self.lock = threading.Lock()
+        self.quiet = quiet
+        self.max_body = max_body
+        self.page = page_html(None).encode()
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+class _RequestError(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExplorerServer  # type: ignore[assignment]  # http.server types it as the base server
+    protocol_version = "HTTP/1.1"
+
+    # ------------------------------------------------------------------ routing
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._answer(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._answer(self._post)
+
+    def _get(self) -> Any:
+        url = urlsplit(self.path)
+        ex = self.server.explorer
+        if url.path in ("/", "/index.html"):
+            return self.server.page
+        if url.path == "/favicon.ico":
+            return b""
+        if url.path == "/api/graph":
+            return ex.circuit.to_dict()
+        if url.path == "/api/view":
+            return ex.view()
+        if url.path == "/api/head":
+            query = parse_qs(url.query)
+            prompt = query.get("prompt", ["0"])[0]
+            if not prompt.isdigit():
+                raise _RequestError(HTTPStatus.BAD_REQUEST, f"prompt must be a prompt index, got {prompt!r}")
+            return ex.head(query.get("name", [""])[0], int(prompt))
+        if url.path in _POST_ROUTES:
+            raise _RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{url.path} takes POST with a JSON body")
+        raise _RequestError(HTTPStatus.NOT_FOUND, f"no such page {url.path!r}; the API is under /api/ (see the README)")
+
+    def _post(self) -> Any:
+        path = urlsplit(self.path).path
+        if path not in _POST_ROUTES:
+            raise _RequestError(HTTPStatus.NOT_FOUND if path not in _GET_ROUTES else HTTPStatus.METHOD_NOT_ALLOWED,
+                                f"no POST route {path!r}; POST goes to {', '.join(sorted(_POST_ROUTES))}")
+        body = self._json_body()
+        allowed = _POST_ROUTES[path]
+        extra = sorted(set(body) - allowed)
+        if extra:
+            raise _RequestError(HTTPStatus.BAD_REQUEST, f"unknown field {extra[0]!r} for {path}; "
+                                f"it takes {', '.join(sorted(allowed))}")
+        ex = self.server.explorer
+        if path == "/api/evaluate":
+            return ex.evaluate(**body)
+        if path == "/api/node_effects":
+            if "kept" not in body:
+                raise _RequestError(HTTPStatus.BAD_REQUEST, '/api/node_effects needs "kept": [edge names]')
+            return ex.node_effects(body["kept"])
+        return ex.save_notes(**body)
+
+    def _json_body(self) -> dict[str, Any]:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise _RequestError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length, not chunked")
+        length = self.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            raise _RequestError(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length header")
+        n = int(length)
+        if n > self.server.max_body:
+            self.close_connection = True  # the body is not read: this connection cannot carry another request
+            raise _RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                f"the body is {n} bytes; at most {self.server.max_body} are accepted")
+        raw = self.rfile.read(n)
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise _RequestError(HTTPStatus.BAD_REQUEST, f"malformed JSON body ({getattr(err, 'msg', err)})") from None
+        if not isinstance(body, dict):
+            raise _RequestError(HTTPStatus.BAD_REQUEST, f"the body must be a JSON object, got {type(body).__name__}")
+        return body
+
+    # ------------------------------------------------------------------ answering
+    def _answer(self, route: Any) -> None:
+        try:
+            self._check_host()
+            with self.server.lock:
+                result = route()
+            status = HTTPStatus.OK
+        except _RequestError as err:
+            status, result = err.status, {"error": str(err)}
+        except ExplorerError as err:
+            status, result = HTTPStatus.BAD_REQUEST, {"error": _one_line(err)}
+        except Exception as err:  # the server stays up; the traceback goes to stderr
+            traceback.print_exc(file=sys.stderr)
+            status, result = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {_one_line(err)}"}
+        if isinstance(result, bytes):
+            self._send(status, result, "text/html; charset=utf-8")
+        else:
+            self._send(status, json.dumps(result, allow_nan=False).encode(), "application/json")
+
+    def _check_host(self) -> None:
+        """Only pages served from this address may call it (DNS rebinding guard)."""
+        host = self.headers.get("Host", "")
+        port = self.server.server_address[1]
+        if host not in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            self.close_connection = True
+            raise _RequestError(HTTPStatus.FORBIDDEN, f"requests must be addressed to 127.0.0.1:{port}")
+
+    def _send(self, status: HTTPStatus, data: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+
+_GET_ROUTES = {"/", "/index.html", "/api/graph", "/api/view", "/api/head"}
+_POST_ROUTES = {
+    "/api/evaluate": {"ablated", "kept", "prompt", "k"},
+    "/api/node_effects": {"kept"},
+    "/api/notes": {"node", "label", "note"},
+}
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def start(explorer: Explorer, port: int = 0, *, quiet: bool = True) -> ExplorerServer:
+    """Start serving in a background thread (``port=0``: a free port); stop with ``server.shutdown()``."""
+    server = ExplorerServer(explorer, port, quiet=quiet)
+    threading.Thread(target=server.serve_forever, name="acdc-explorer", daemon=True).start()
+    return server
+
+
+def serve(explorer: Explorer, port: int = 8765, *, open_browser: bool = True, quiet: bool = False) -> None:
+    """Serve until interrupted (Ctrl-C), opening the page in the default browser unless asked not to."""
+    try:
+        server = ExplorerServer(explorer, port, quiet=quiet)
+    except OSError as err:
+        raise OSError(f"cannot listen on 127.0.0.1:{port} ({err.strerror or err}); pass --port N "
+                      "(another number, or 0 for any free port)") from None
+    print(f"acdc explore: serving {server.url} (Ctrl-C stops)", flush=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("acdc explore: stopped", flush=True)
+    finally:
+        server.server_close()

@@ -1,0 +1,297 @@
+"""The explorer's engine side: a circuit, a model and a task, and every answer the page asks for.
+
+Each number comes from the patching engine `acdc.discover` runs on (`acdc.api.prepare`): the
+metric with a set of edges ablated is `Patcher.logits` of that mask, a head's direct effect is
+the metric with its edges into the logits ablated alone, and attention patterns come from the
+engine's own forward pass. `view_data` is the model-free part (layout, node table, notes) that
+`acdc export-html` writes into a page.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..api import prepare
+from ..circuit import Circuit, check_notes, write_json
+from ..faithfulness_math import Faithfulness
+from ..metrics import per_prompt
+from ..render import circuit_title, layout
+
+__all__ = ["Explorer", "ExplorerError", "view_data"]
+
+TOP_K = 10
+MAX_TOP_K = 50
+
+
+class ExplorerError(ValueError):
+    """A request the explorer cannot answer (unknown edge or node, bad prompt index): a 400, one line."""
+
+
+def view_data(circuit: Circuit) -> dict[str, Any]:
+    """What the page draws, without a model: the layout of every kept edge, the node table, the notes.
+
+    Every kept edge is drawn (those with no path from input to logits marked ``live: false``, as
+    the images hide them) because every kept edge is kept when the page evaluates the circuit.
+    """
+    g = circuit.graph
+    lay = layout(circuit, circuit.in_graph)
+    live = circuit.live_mask()
+    for e in lay["edges"]:
+        e["live"] = bool(live[e["index"]])
+    table: dict[str, dict[str, Any]] = {}
+    for e in lay["edges"]:
+        edge = g.edges[e["index"]]
+        s = abs(e["score"]) if e["score"] is not None else 0.0
+        for name, node, side in ((edge.src.name, edge.src, "out"), (edge.dst.node.name, edge.dst.node, "in")):
+            row = table.setdefault(name, {"name": name, "kind": node.kind, "layer": node.layer, "head": node.head,
+                                          "edges_in": 0, "edges_out": 0, "score_in": 0.0, "score_out": 0.0})
+            row[f"edges_{side}"] += 1
+            row[f"score_{side}"] += s
+    order = {n.name: k for k, n in enumerate(g.nodes)}
+    nodes = sorted(table.values(), key=lambda r: (-r["score_out"], order[r["name"]]))
+    settings = {k: v for k, v in circuit.settings.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    return {
+        "title": circuit_title(circuit, circuit.n_edges),
+        "circuit": {"n_edges": circuit.n_edges, "n_graph_edges": g.n_edges, "positions": list(g.positions or []),
+                    "settings": settings, "shape": g.describe()},
+        "layout": lay,
+        "nodes": nodes,
+        "notes": circuit.notes,
+    }
+
+
+class Explorer:
+    """A circuit, the model it came from and a task: the engine runs behind the explorer page.
+
+    Args:
+        model: a model from `acdc.load_model` (or a zoo entry's).
+        task: the `acdc.Task` to measure on (its prompts, answers and default metric).
+        circuit: the circuit explored; its graph must fit the model.
+        ablation: "resample", "mean" or "zero" (default: the circuit's own setting, else resample).
+        metric: default the task's.
+        tokenizer: decodes token ids for display (default the model's; zoo entries bring their own).
+        path: the circuit's JSON file, where `save_notes` writes labels and notes (None: not saved).
+    """
+
+    def __init__(self, model: Any, task: Any, circuit: Circuit, *, ablation: str | None = None,
+                 metric: str | None = None, tokenizer: Any = None, path: str | Path | None = None):
+        self.circuit = circuit
+        self.path = None if path is None else Path(path)
+        ablation = ablation or str(circuit.settings.get("ablation") or "resample")
+        self.patcher, self.metric, self.batch = prepare(model, task, graph=circuit.graph, ablation=ablation, metric=metric)
+        self.graph = self.patcher.graph
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        p, g = self.patcher, self.graph
+        self.n_prompts, self.n_scored = (int(x) for x in p.answer_pos.shape)
+        self.everything = torch.ones(g.n_edges, dtype=torch.bool)
+        self.full_logits = p.clean.logits
+        self.empty_logits = p.masked_logits(self.everything)
+        self.model_metric, self.empty_metric = self.metric(self.full_logits, self.batch), self.metric(self.empty_logits, self.batch)
+        self.per_prompt_model = per_prompt(self.metric, self.full_logits, self.batch)
+        self.per_prompt_empty = per_prompt(self.metric, self.empty_logits, self.batch)
+        self._direct: dict[str, dict[str, Any]] = {}  # head -> its direct effect (independent of the kept set)
+        self.settings = {"ablation": p.ablation, "metric": self.metric.name}
+
+    # ------------------------------------------------------------------ requests
+    def view(self) -> dict[str, Any]:
+        """`view_data` plus what needs the model: prompts (clean and corrupt tokens), the metric's baselines."""
+        out = view_data(self.circuit)
+        out["live"] = True
+        out["metric"] = {"name": self.metric.name, "higher_is_better": self.metric.higher_is_better,
+                         "model": self.model_metric, "empty": self.empty_metric, "ablation": self.patcher.ablation,
+                         "per_prompt_model": _floats(self.per_prompt_model)}
+        out["prompts"] = [self._prompt(i) for i in range(self.n_prompts)]
+        return out
+
+    def evaluate(self, *, ablated: Any = None, kept: Any = None, prompt: Any = 0, k: Any = TOP_K) -> dict[str, Any]:
+        """The metric with ``ablated`` edges ablated (everything else kept), or everything but ``kept``.
+
+        Returns the metric, each prompt's value, the faithfulness of what is kept (ratio m(C)/m(M)
+        and normalized (m(C) - m({})) / (m(M) - m({}))), and for ``prompt`` the top ``k`` next
+        tokens of the full model on the clean and on the corrupt prompt and of this circuit.
+        """
+        if (ablated is None) == (kept is None):
+            raise ExplorerError('send exactly one of "ablated" or "kept" (lists of edge names)')
+        i, k = self._prompt_index(prompt), _top_k(k)
+        t0 = time.perf_counter()
+        named = self.edge_mask(ablated if kept is None else kept, "ablated" if kept is None else "kept")
+        mask = named if kept is None else ~named
+        logits = self.patcher.masked_logits(mask)
+        value = self.metric(logits, self.batch)
+        prompts = per_prompt(self.metric, logits, self.batch)
+        f = Faithfulness(self.model_metric, value, self.empty_metric, self.per_prompt_model, prompts,
+                         self.per_prompt_empty, dict(self.settings))
+        return {
+            "metric": value, "per_prompt": _floats(prompts), "metric_name": self.metric.name,
+            "higher_is_better": self.metric.higher_is_better, "model_metric": self.model_metric,
+            "empty_metric": self.empty_metric, "n_ablated": int(mask.sum()), "n_kept": int((~mask).sum()),
+            "faithfulness": {"ratio": _num(f.ratio_of_means), "normalized": _num(f.normalized),
+                             "per_prompt_median": _num(float(f.per_prompt.median()))},
+            "prompt": i, "next_tokens": {"model": self._next(self.full_logits, i, k), "circuit": self._next(logits, i, k),
+                                         "corrupt": self._next(self.patcher.corrupt_logits, i, k)},
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def head(self, name: Any, prompt: Any = 0) -> dict[str, Any]:
+        """A head's attention pattern on the clean and the corrupt prompt, and its direct effect.
+
+        attention: [query, key] probabilities over the prompt's tokens (up to its last scored one).
+        direct_effect: the metric with only the head's edges into the logits ablated (every other
+        edge kept), its change from the full model's, each prompt's change, and on ``prompt`` the
+        change of the correct and incorrect answers' logits.
+        """
+        g, i = self.graph, self._prompt_index(prompt)
+        if not isinstance(name, str) or name not in g.src_index or g.sources[g.src_index[name]].kind != "head":
+            raise ExplorerError(f"{name!r} is not an attention head of this model (heads look like 'a1.h2')")
+        node = g.sources[g.src_index[name]]
+        n_tok = int(self.patcher.answer_pos[i].max()) + 1
+        tf = self.patcher.tf
+        attention = {}
+        for side, tokens in (("clean", self.patcher.clean_tokens), ("corrupt", self.patcher.corrupt_tokens)):
+            pattern = tf.attention_patterns(tokens[i : i + 1, :n_tok])[node.layer, node.head, 0]
+            attention[side] = [[round(float(x), 5) for x in row] for row in pattern.cpu()]
+        return {"head": name, "layer": node.layer, "prompt": i, "tokens": self._prompt(i, n_tok),
+                "attention": attention, "direct_effect": self._direct_effect(name, i)}
+
+    def node_effects(self, kept: Any) -> dict[str, Any]:
+        """For each head and MLP with a kept edge out: the metric when its kept outgoing edges are also ablated.
+
+        That is the node's output removed from the circuit ``kept``; ``change`` is the difference
+        from the circuit's own metric (one patched run per node).
+        """
+        g = self.graph
+        keep = self.edge_mask(kept, "kept")
+        base = self.metric(self.patcher.masked_logits(~keep), self.batch)
+        src_of = g.edge_src.tolist()
+        out: dict[str, list[int]] = {}
+        for e in keep.nonzero().squeeze(1).tolist():
+            s = g.sources[src_of[e]]
+            if s.kind in ("head", "mlp"):
+                out.setdefault(s.name, []).append(e)
+        effects = []
+        for name, idx in out.items():
+            mask = ~keep
+            mask[idx] = True
+            value = self.metric(self.patcher.masked_logits(mask), self.batch)
+            effects.append({"name": name, "metric": value, "change": value - base})
+        effects.sort(key=lambda r: -abs(r["change"]))
+        return {"metric": base, "effects": effects}
+
+    def save_notes(self, node: Any, label: Any = "", note: Any = "") -> dict[str, Any]:
+        """Set a node's label and note (empty strings clear them) and write the circuit JSON back."""
+        if not isinstance(node, str):
+            raise ExplorerError('"node" must be a node name such as "a1.h2"')
+        notes = dict(self.circuit.notes)
+        notes[node] = {"label": label, "note": note}
+        try:
+            self.circuit.notes = check_notes(notes, self.graph)
+        except ValueError as err:
+            raise ExplorerError(str(err)) from None
+        saved = None
+        if self.path is not None:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            write_json(self.circuit.to_dict(), tmp).replace(self.path)
+            saved = str(self.path)
+        return {"notes": self.circuit.notes, "saved": saved}
+
+    # ------------------------------------------------------------------ pieces
+    def edge_mask(self, names: Any, field: str) -> Tensor:
+        """[n_edges] bool from a list of edge names; a one-line error naming the first unknown one."""
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ExplorerError(f'"{field}" must be a list of edge names (strings)')
+        g = self.graph
+        unknown = [n for n in names if not g.has_edge(n)]
+        if unknown:
+            more = f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""
+            try:
+                g.edge_index(unknown[0])
+            except ValueError as err:
+                raise ExplorerError(f"{err}{more}") from None
+        return g.edge_mask(names)
+
+    def _prompt_index(self, prompt: Any) -> int:
+        if isinstance(prompt, bool) or not isinstance(prompt, int) or not 0 <= prompt < self.n_prompts:
+            raise ExplorerError(f"prompt must be an index in [0, {self.n_prompts - 1}], got {prompt!r}")
+        return prompt
+
+    def decode(self, token: int) -> str:
+        """One token id as text (``#id`` without a tokenizer)."""
+        tok = self.tokenizer
+        if tok is None:
+            return f"#{token}"
+        try:
+            return str(tok.decode([token]))
+        except Exception:  # a tokenizer that cannot decode this id: show the id
+            return f"#{token}"
+
+    def _prompt(self, i: int, n_tok: int | None = None) -> dict[str, Any]:
+        """A prompt's clean and corrupt tokens (text), its scored positions and answers."""
+        p = self.patcher
+        n_tok = n_tok or int(p.answer_pos[i].max()) + 1
+        out: dict[str, Any] = {
+            "clean": [self.decode(int(t)) for t in p.clean_tokens[i, :n_tok]],
+            "corrupt": [self.decode(int(t)) for t in p.corrupt_tokens[i, :n_tok]],
+            "scored": [int(x) for x in p.answer_pos[i]],
+        }
+        for side, t in self._answers(i).items():
+            out[side] = {"id": t, "token": self.decode(t)}
+        if p.positions is not None:
+            names = p.positions.names
+            out["positions"] = [names[int(x)] for x in p.positions.index[i, :n_tok]]
+        return out
+
+    def _next(self, logits: Tensor, i: int, k: int) -> dict[str, Any]:
+        """Top-k next tokens at prompt i's last scored position, and the answers' logits there."""
+        row = logits[i * self.n_scored + self.n_scored - 1].double()
+        probs = row.softmax(-1)
+        top = probs.topk(min(k, row.numel()))
+        out: dict[str, Any] = {"top": [{"id": int(t), "token": self.decode(int(t)), "prob": float(pr), "logit": float(row[t])}
+                                       for pr, t in zip(top.values.tolist(), top.indices.tolist(), strict=True)]}
+        for side, t in self._answers(i).items():
+            out[side] = {"logit": float(row[t]), "prob": float(probs[t])}
+        return out
+
+    def _answers(self, i: int) -> dict[str, int]:
+        """Prompt i's (first) correct and incorrect answer ids at its last scored position, where the task has answers."""
+        b, last = self.batch, i * self.n_scored + self.n_scored - 1
+        return {side: int(ids[last].reshape(-1)[0]) for side, ids in (("correct", b.correct), ("incorrect", b.incorrect))
+                if ids is not None}
+
+    def _direct_effect(self, name: str, i: int) -> dict[str, Any]:
+        g = self.graph
+        if name not in self._direct:
+            idx = [j for j, e in enumerate(g.edges) if e.src.name == name and e.dst.node.kind == "logits"]
+            mask = torch.zeros(g.n_edges, dtype=torch.bool)
+            mask[idx] = True
+            logits = self.patcher.masked_logits(mask)
+            value = self.metric(logits, self.batch)
+            change = per_prompt(self.metric, logits, self.batch) - self.per_prompt_model
+            self._direct[name] = {"edges": [g.edges[j].name for j in idx], "metric": value,
+                                  "change": value - self.model_metric, "per_prompt_change": _floats(change),
+                                  "_logits": logits}
+        d = self._direct[name]
+        after, before = self._next(d["_logits"], i, 1), self._next(self.full_logits, i, 1)
+        answers = {side: after[side]["logit"] - before[side]["logit"] for side in ("correct", "incorrect") if side in after}
+        return {**{k: v for k, v in d.items() if k != "_logits"}, "prompt_logit_change": answers}
+
+
+def _num(x: float) -> float | None:
+    """A float for JSON: None where it is NaN or infinite (a ratio with a zero denominator)."""
+    return x if math.isfinite(x) else None
+
+
+def _floats(t: Tensor | Sequence[float]) -> list[float | None]:
+    return [_num(float(x)) for x in (t.tolist() if isinstance(t, Tensor) else t)]
+
+
+def _top_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
+        raise ExplorerError(f"k must be a number of tokens in [1, {MAX_TOP_K}], got {k!r}")
+    return k

@@ -1,0 +1,48 @@
+"""Headless Chromium for the explorer's browser tests and its timing script (Debian's chromium + chromium-driver).
+
+Selenium drives Debian's own ChromeDriver (``/usr/bin/chromedriver``, the same version as the
+browser), so nothing is downloaded at test time. `missing()` says in one line what is not
+installed; setup (scripts/setup.sh) installs both packages with apt.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)
+
+
+def _paths() -> tuple[str | None, str | None]:
+    return shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+
+
+def missing() -> str | None:
+    """Why no headless browser can run here (one line), or None when one can."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[dev]')"
+    browser, driver = _paths()
+    if browser is None:
+        return "chromium is not installed (apt-get install chromium chromium-driver, or run scripts/setup.sh)"
+    if driver is None:
+        return "chromedriver is not installed (apt-get install chromium-driver, or run scripts/setup.sh)"
+    return None
+
+
+def chromium(width: int = 1500, height: int = 950) -> Any:
+    """A headless Chromium driven by Selenium, with a fresh profile and no background network traffic."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver = _paths()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(browser)
+    for flag in (*FLAGS, f"--window-size={width},{height}", f"--user-data-dir={tempfile.mkdtemp(prefix='acdc-chromium-')}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(str(driver)), options=options)
