@@ -5,12 +5,13 @@
     circuit = acdc.discover(entry.model, entry.task, threshold=0.1)
     print(acdc.recovery(circuit, entry.truth))                    # TPR/FPR against the truth
     acdc.render(circuit, "circuit.png", classes=entry.truth)      # needs graphviz's dot
+    acdc.explorer.start(acdc.explorer.Explorer(entry.model, entry.task, circuit)).url   # in the browser
 
 The names below are what a user needs; the engine's internals live in their modules
 (`acdc.patching`, `acdc.model`, `acdc.graph`, `acdc.algorithms`).
 """
 
-from . import known, tasks, zoo
+from . import explorer, known, tasks, zoo
 from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
 from .api import (
@@ -62,6 +63,7 @@ __all__ = [
     "attribute",
     "completeness",
     "discover",
+    "explorer",
     "faithfulness",
     "faithfulness_curve",
     "faithfulness_grid",

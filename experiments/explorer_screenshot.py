@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 import acdc  # noqa: E402
 from acdc.explorer import Explorer, start  # noqa: E402
-from tests.browser import chromium, missing  # noqa: E402
+from tests.browser import chromium, click_edge, missing  # noqa: E402
 
 OUT = ROOT / "experiments" / "results" / "explorer_mini_ioi.png"
 
@@ -42,11 +42,11 @@ def main() -> None:
     entry = acdc.zoo.load("ioi")
     circuit = acdc.discover(entry.model, entry.task, threshold=0.1, progress=False)
     server = start(Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer))
-    driver = chromium(1500, 900)
+    driver = chromium(1500, 1020)
     try:
         driver.get(server.url)
         wait_idle(driver, 1)
-        driver.find_element("id", "hit:a1.h0->a2.h0<q>").click()
+        click_edge(driver, "a1.h0->a2.h0<q>")
         wait_idle(driver, 2)
         driver.find_element("id", "mode-inspect").click()
         driver.find_element("css selector", '[data-node="a2.h0"]').click()

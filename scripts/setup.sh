@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything acdc needs on a fresh Debian/Ubuntu machine (idempotent):
-# the graphviz `dot` binary, a virtual environment in .venv with the CPU build of torch,
+# graphviz's `dot`, Debian's chromium + chromium-driver (browser tests), a virtual environment in .venv with the CPU build of torch,
 # and acdc itself with its dev extras. Safe to run again; it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,13 +12,19 @@ TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 
 say() { echo "setup: $*" >&2; }
 
-if ! command -v dot >/dev/null 2>&1; then
+# Debian packages: graphviz (`dot`, for images) and chromium + chromium-driver (the explorer's
+# browser tests drive Debian's own headless Chromium; a browser download at test time is not possible).
+need=()
+command -v dot >/dev/null 2>&1 || need+=(graphviz)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    say "installing graphviz (dot) with apt-get (about a minute)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz) >/dev/null 2>&1 \
-      || say "could not install graphviz; images will not render (apt-get install graphviz)"
+    say "installing ${need[*]} with apt-get (a minute or two)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 \
+      || say "could not install ${need[*]} (apt-get install ${need[*]}); without dot images do not render, without chromium the browser tests skip"
   else
-    say "graphviz's dot not found; install it (apt-get install graphviz / brew install graphviz) to render images"
+    say "missing ${need[*]}: install them (Debian/Ubuntu: apt-get install ${need[*]}); dot renders images, chromium runs the explorer's browser tests"
   fi
 fi
 

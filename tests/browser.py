@@ -46,3 +46,31 @@ def chromium(width: int = 1500, height: int = 950) -> Any:
     for flag in (*FLAGS, f"--window-size={width},{height}", f"--user-data-dir={tempfile.mkdtemp(prefix='acdc-chromium-')}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(str(driver)), options=options)
+
+
+_FREE_POINT = """
+const hit = document.getElementById(arguments[0]);
+hit.scrollIntoView({block: 'center', inline: 'center'});
+const len = hit.getTotalLength(), m = hit.getScreenCTM();
+for (const t of [0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8, 0.15, 0.85, 0.1, 0.9]) {
+  const p = hit.getPointAtLength(t * len).matrixTransform(m);
+  if (document.elementFromPoint(p.x, p.y) === hit) return [p.x, p.y];
+}
+return null;
+"""
+
+
+def click_edge(driver: Any, name: str) -> None:
+    """Click the explorer's edge ``name`` where nothing else covers it (a real mouse click, not a script event).
+
+    An edge is a thin curve, often vertical (zero-width box) and crossed by others, so the click
+    goes to a point on the curve where the edge itself is the topmost element.
+    """
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    point = driver.execute_script(_FREE_POINT, f"hit:{name}")
+    if point is None:
+        raise AssertionError(f"edge {name} is covered everywhere along its curve")
+    actions = ActionBuilder(driver)
+    actions.pointer_action.move_to_location(int(point[0]), int(point[1])).click()
+    actions.perform()

@@ -1,0 +1,219 @@
+"""The explorer page in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
+
+Each check reads what the page shows and compares it with the engine computed here, in Python:
+the metric after a click equals `Patcher.logits` of the same kept set, the attention heat map has
+the head's pattern, a saved note lands in the JSON file. Without a browser the tests skip with
+one line; with ``ACDC_REQUIRE_BROWSER=1`` (CI sets it) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from browser import chromium, click_edge, missing
+
+import acdc
+from acdc.api import prepare
+from acdc.circuit import Circuit
+from acdc.explorer import Explorer, export_html, start
+
+
+@pytest.fixture(scope="module")
+def driver():
+    reason = missing()
+    if reason:
+        if os.environ.get("ACDC_REQUIRE_BROWSER"):
+            pytest.fail(f"browser tests need a headless Chromium: {reason}")
+        pytest.skip(reason)
+    d = chromium(1400, 900)
+    yield d
+    d.quit()
+
+
+@pytest.fixture(scope="module")
+def mini_ioi(tmp_path_factory):
+    entry = acdc.zoo.load("ioi")
+    circuit = acdc.discover(entry.model, entry.task, threshold=0.1, progress=False)
+    path = circuit.to_json(tmp_path_factory.mktemp("explorer") / "circuit.json")
+    server = start(Explorer(entry.model, entry.task, Circuit.from_json(path), tokenizer=entry.tokenizer, path=path))
+    yield entry, circuit, server, path
+    server.shutdown()
+    server.server_close()
+
+
+def _engine_metric(entry, kept: list[str], graph=None) -> float:
+    p, m, batch = prepare(entry.model, entry.task, graph=graph)
+    return m(p.logits(~p.graph.edge_mask(kept)), batch)
+
+
+def _wait(driver, script: str, timeout: float = 60.0):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.05)
+    errors = driver.execute_script("return document.getElementById('error').textContent")
+    raise AssertionError(f"timed out waiting for: {script} (page error: {errors!r})")
+
+
+def _settled(driver, evals: int) -> float:
+    """Wait until ``evals`` evaluations came back and nothing is in flight; the metric shown (exact value)."""
+    _wait(driver, "return document.body.dataset.state === 'ready' && document.body.dataset.busy === '0' && "
+                  f"Number(document.getElementById('metric-value').dataset.evals || 0) >= {evals}")
+    return float(driver.find_element("id", "metric-value").get_attribute("data-value"))
+
+
+def _open(driver, url: str) -> None:
+    driver.get(url)
+    _wait(driver, "return document.body.dataset.state === 'ready'")
+
+
+def _fresh(driver, server) -> float:
+    """Load the live page and wait for its first evaluation; the metric it shows."""
+    _open(driver, server.url)
+    return _settled(driver, 1)
+
+
+def _inspect(driver, server, node: str) -> None:
+    """A fresh page in inspect mode with ``node`` selected."""
+    _fresh(driver, server)
+    driver.find_element("id", "mode-inspect").click()
+    driver.find_element("css selector", f'[data-node="{node}"]').click()
+
+
+def test_page_draws_the_circuit_with_the_engines_metric(driver, mini_ioi):
+    entry, circuit, server, _ = mini_ioi
+    shown = _fresh(driver, server)
+    assert shown == pytest.approx(_engine_metric(entry, circuit.edges), abs=1e-9)
+    drawn = driver.execute_script("return [...document.querySelectorAll('path.edge')].map(p => p.id.slice(5))")
+    assert sorted(drawn) == sorted(circuit.edges)
+    nodes = driver.execute_script("return [...document.querySelectorAll('g.node')].map(g => g.dataset.node)")
+    assert sorted(nodes) == sorted(circuit.nodes)
+    # layers bottom-up: input below the first layer's head, logits on top
+    y = {n: driver.execute_script(f"return document.getElementById('node:{n}').getBoundingClientRect().y") for n in ("input", "a0.h0", "logits")}
+    assert y["input"] > y["a0.h0"] > y["logits"]
+    assert driver.find_element("id", "kept-count").text == f"{circuit.n_edges} of {circuit.n_edges} circuit edges"
+
+
+def test_clicking_an_edge_ablates_it_and_the_metric_follows_the_engine(driver, mini_ioi):
+    entry, circuit, server, _ = mini_ioi
+    full = _fresh(driver, server)
+    edge = "a1.h0->a2.h0<q>"
+    click_edge(driver, edge)
+    shown = _settled(driver, 2)
+    kept = [e for e in circuit.edges if e != edge]
+    assert shown == pytest.approx(_engine_metric(entry, kept), abs=1e-9) and abs(shown - full) > 1.0
+    assert "ablated" in driver.find_element("id", f"edge:{edge}").get_attribute("class")
+    assert driver.find_element("id", "metric-value").get_attribute("data-n-kept") == str(len(kept))
+    bars = driver.execute_script("return document.querySelectorAll('#histogram rect.bar').length")
+    assert bars == 30
+    click_edge(driver, edge)  # restore
+    assert _settled(driver, 3) == pytest.approx(full, abs=1e-9)
+
+
+def test_clicking_a_node_ablates_its_output(driver, mini_ioi):
+    entry, circuit, server, _ = mini_ioi
+    _fresh(driver, server)
+    driver.find_element("css selector", '[data-node="a1.h0"]').click()
+    shown = _settled(driver, 2)
+    kept = [e for e in circuit.edges if not e.startswith("a1.h0->")]
+    assert shown == pytest.approx(_engine_metric(entry, kept), abs=1e-9)
+    assert "ablated" in driver.find_element("id", "node:a1.h0").get_attribute("class")
+
+
+def test_a_heads_attention_view_and_direct_effect(driver, mini_ioi):
+    entry, _, server, _ = mini_ioi
+    _inspect(driver, server, "a2.h0")
+    _wait(driver, "return document.querySelectorAll('#attention-clean-svg rect.cell').length > 0")
+    n = int(entry.task.answer_pos[0]) + 1
+    cells = driver.execute_script("return [...document.querySelectorAll('#attention-clean-svg rect.cell')].map(r => Number(r.dataset.p))")
+    _, cache = entry.model.run_with_cache(entry.task.clean[0:1])
+    want = cache["blocks.2.attn.hook_pattern"][0, 0, :n, :n].reshape(-1)
+    assert torch.allclose(torch.tensor(cells), want, atol=1e-4)
+    assert driver.execute_script("return document.querySelectorAll('#attention-corrupt-svg rect.cell').length") == n * n
+    change = float(_wait(driver, "return document.getElementById('direct-effect').dataset.change"))
+    p, m, batch = prepare(entry.model, entry.task)
+    assert change == pytest.approx(m(p.logits(["a2.h0->logits"]), batch) - m(p.clean.logits, batch), abs=1e-6)
+    assert _settled(driver, 1) == pytest.approx(_engine_metric(entry, mini_ioi[1].edges), abs=1e-9)  # inspecting ablates nothing
+
+
+def test_prompt_choice_updates_tokens_and_next_tokens(driver, mini_ioi):
+    entry, _, server, _ = mini_ioi
+    _fresh(driver, server)
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "prompt")).select_by_value("7")
+    _settled(driver, 2)
+    words = entry.tokenizer.decode(entry.task.clean[7]).split()
+    assert driver.execute_script("return [...document.querySelectorAll('#clean-tokens .tok')].map(t => t.textContent)") == words
+    top = entry.tokenizer.decode([int(prepare(entry.model, entry.task)[0].clean.logits[7].argmax())])
+    assert driver.find_element("css selector", "#next-tokens tbody tr td").text.startswith(f'"{top}"')
+
+
+def test_notes_are_saved_from_the_page(driver, mini_ioi):
+    _, _, server, path = mini_ioi
+    _inspect(driver, server, "a0.h0")
+    driver.find_element("id", "note-label").send_keys("duplicate token")
+    driver.find_element("id", "note-text").send_keys("attends to the earlier copy of S")
+    driver.find_element("id", "note-save").click()
+    _wait(driver, "return document.getElementById('note-status').textContent.startsWith('saved')")
+    assert Circuit.from_json(path).notes == {"a0.h0": {"label": "duplicate token", "note": "attends to the earlier copy of S"}}
+    assert driver.find_element("id", "label:a0.h0").text == "duplicate token"
+
+
+def test_node_table_measures_effects(driver, mini_ioi):
+    entry, circuit, server, _ = mini_ioi
+    _fresh(driver, server)
+    driver.find_element("id", "measure").click()
+    _wait(driver, "return document.querySelector('#node-table tbody tr td:nth-child(6)').textContent !== ''")
+    first = driver.find_element("css selector", "#node-table tbody tr").get_attribute("data-node")
+    assert first in ("a0.h0", "a1.h0")  # the two whose removal costs the most (tied), see test_explorer
+
+
+def test_static_export_opens_from_disk(driver, mini_ioi, tmp_path):
+    _, circuit, _, _ = mini_ioi
+    c = Circuit.from_dict(circuit.to_dict())
+    c.notes = {"a2.h0": {"label": "mover </script><b>x</b>"}}
+    page = export_html(c, tmp_path / "page.html")
+    _open(driver, page.as_uri())
+    assert "Static export" in driver.find_element("id", "banner").text
+    assert driver.execute_script("return document.querySelectorAll('path.edge').length") == circuit.n_edges
+    assert driver.find_element("id", "label:a2.h0").text == "mover </script><b>x</b>"
+    click_edge(driver, "a1.h0->a2.h0<q>")  # inspects; nothing to ablate without a model
+    assert "ablated" not in driver.find_element("id", "edge:a1.h0->a2.h0<q>").get_attribute("class")
+    assert "a1.h0->a2.h0<q>" in driver.find_element("id", "inspect-body").text
+
+
+def test_positional_circuit_page(driver, mini_ioi):
+    entry = mini_ioi[0]
+    circuit = acdc.discover(entry.model, entry.task, threshold=0.05, positions="named", progress=False)
+    server = start(Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer))
+    try:
+        _fresh(driver, server)
+        edge = circuit.edges[0]
+        click_edge(driver, edge)
+        shown = _settled(driver, 2)
+        assert shown == pytest.approx(_engine_metric(entry, circuit.edges[1:], graph=circuit.graph), abs=1e-9)
+        columns = driver.execute_script("return [...document.querySelectorAll('text.collabel[font-weight]')].map(t => t.textContent)")
+        assert set(columns) == set(circuit.graph.positions)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_thousand_edge_circuit_renders(driver, tmp_path):
+    """A GPT-2-small-shaped circuit of 1,000 edges (the timing is in experiments/explorer_render_time.py)."""
+    g = acdc.Graph(12, 12)
+    gen = torch.Generator().manual_seed(0)
+    keep = torch.zeros(g.n_edges, dtype=torch.bool)
+    keep[torch.randperm(g.n_edges, generator=gen)[:1000]] = True
+    c = Circuit(g, keep, torch.randn(g.n_edges, generator=gen, dtype=torch.float64))
+    _open(driver, export_html(c, tmp_path / "big.html").as_uri())
+    timing = driver.execute_script("return window.acdcTiming")
+    assert timing["edges"] == 1000 and driver.execute_script("return document.querySelectorAll('path.hit').length") == 1000
+    assert Path(tmp_path / "big.html").stat().st_size < 2_000_000
