@@ -373,7 +373,7 @@ def _canvas(g: Graph, nodes: list[Node], classes: dict[str, list[str]] | None, t
     for key in sorted(rows):
         layer, sub = key
         anchor = f"row{layer + 1}_{sub}"
-        text = "input" if layer < 0 else "output" if layer == g.n_layers else f"layer {layer}" + (" MLP" if sub else "")
+        text = _row_label(g, layer, sub)
         with dot.subgraph() as s:  # type: ignore[union-attr]  # graphviz returns a context manager without name
             s.attr(rank="same")
             s.node(anchor, text, shape="plaintext", style="", fontcolor="#777777", fontsize="10")
@@ -395,7 +395,7 @@ def _node_style(n: Node, g: Graph, cls_of: dict[str, str], colours: dict[str, st
     shape = {"input": "invhouse", "logits": "house", "head": "box", "mlp": "ellipse"}[n.kind]
     style = "filled,rounded" if n.kind == "head" else "filled"
     attrs = {"shape": shape, "fillcolor": fill, "style": style, "id": f"node:{n.name}", "tooltip": n.name}
-    extra = [x for x in (cls, (notes or {}).get(n.name, {}).get("label")) if x]
+    extra = [x for x in dict.fromkeys((cls, (notes or {}).get(n.name, {}).get("label"))) if x]  # a label equal to the class once
     if extra:
         attrs["label"] = "\n".join([n.name, *extra])
     return attrs

@@ -299,6 +299,15 @@ def test_http_huge_or_unsized_bodies(server):
     assert _request(server, "POST", "/api/evaluate", {"kept": []})[0] == 200
 
 
+def test_http_a_slow_client_does_not_hold_up_others(server):
+    port = server.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:  # half a body, then silence
+        slow.sendall(b"POST /api/evaluate HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 100\r\n\r\n{\"kept\"" % port)
+        t0 = time.perf_counter()
+        assert _request(server, "POST", "/api/evaluate", {"kept": []})[0] == 200
+        assert time.perf_counter() - t0 < 10
+
+
 def test_http_internal_error_is_a_500_and_the_server_survives(server, monkeypatch):
     def broken(**_):
         raise RuntimeError("boom\nsecond line")

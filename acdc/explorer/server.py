@@ -3,7 +3,8 @@
 Why the standard library: the page needs five JSON routes and one static file; a framework
 would add an install-time dependency and a second way to run the engine, and no feature here
 needs one. Requests run one at a time through the engine (a lock; torch runs are not shared
-between threads), so a second click waits for the first instead of racing it.
+between threads), so a second click waits for the first instead of racing it; a request's body
+is read before it queues for the engine, so a slow client holds up only itself.
 
 Routes (the README documents them):
 
@@ -65,6 +66,7 @@ class _RequestError(Exception):
 class _Handler(BaseHTTPRequestHandler):
     server: ExplorerServer  # type: ignore[assignment]  # http.server types it as the base server
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a connection may sit idle or trickle a body (it blocks only its own thread)
 
     # ------------------------------------------------------------------ routing
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -81,15 +83,18 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/favicon.ico":
             return b""
         if url.path == "/api/graph":
-            return ex.circuit.to_dict()
+            with self.server.lock:
+                return ex.circuit.to_dict()
         if url.path == "/api/view":
-            return ex.view()
+            with self.server.lock:
+                return ex.view()
         if url.path == "/api/head":
             query = parse_qs(url.query)
             prompt = query.get("prompt", ["0"])[0]
             if not prompt.isdigit():
                 raise _RequestError(HTTPStatus.BAD_REQUEST, f"prompt must be a prompt index, got {prompt!r}")
-            return ex.head(query.get("name", [""])[0], int(prompt))
+            with self.server.lock:
+                return ex.head(query.get("name", [""])[0], int(prompt))
         if url.path in _POST_ROUTES:
             raise _RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{url.path} takes POST with a JSON body")
         raise _RequestError(HTTPStatus.NOT_FOUND, f"no such page {url.path!r}; the API is under /api/ (see the README)")
@@ -106,13 +111,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise _RequestError(HTTPStatus.BAD_REQUEST, f"unknown field {extra[0]!r} for {path}; "
                                 f"it takes {', '.join(sorted(allowed))}")
         ex = self.server.explorer
-        if path == "/api/evaluate":
-            return ex.evaluate(**body)
-        if path == "/api/node_effects":
-            if "kept" not in body:
-                raise _RequestError(HTTPStatus.BAD_REQUEST, '/api/node_effects needs "kept": [edge names]')
-            return ex.node_effects(body["kept"])
-        return ex.save_notes(**body)
+        if path == "/api/node_effects" and "kept" not in body:
+            raise _RequestError(HTTPStatus.BAD_REQUEST, '/api/node_effects needs "kept": [edge names]')
+        with self.server.lock:  # the body is read first: a slow client never holds the engine
+            if path == "/api/evaluate":
+                return ex.evaluate(**body)
+            if path == "/api/node_effects":
+                return ex.node_effects(body["kept"])
+            return ex.save_notes(**body)
 
     def _json_body(self) -> dict[str, Any]:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -138,8 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, route: Any) -> None:
         try:
             self._check_host()
-            with self.server.lock:
-                result = route()
+            result = route()
             status = HTTPStatus.OK
         except _RequestError as err:
             status, result = err.status, {"error": str(err)}
