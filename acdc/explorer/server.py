@@ -121,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
             return ex.save_notes(**body)
 
     def _json_body(self) -> dict[str, Any]:
-        keep = self.close_connection  # what the request's headers asked for (http.server decided it)
+        asked = self.close_connection  # what the request's headers asked for (http.server decided it)
         self.close_connection = True  # until the body is read, this connection cannot carry another request
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise _RequestError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length, not chunked")
@@ -133,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                 f"the body is {n} bytes; at most {self.server.max_body} are accepted")
         raw = self.rfile.read(n)
-        self.close_connection = keep
+        self.close_connection = asked
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
