@@ -100,7 +100,7 @@ def live_case(driver, threads: int) -> dict[str, float]:
         head = next(n for n in circuit.nodes if n.startswith("a"))
         driver.find_element("id", "mode-inspect").click()
         t0 = time.perf_counter()
-        driver.find_element("css selector", f'[data-node="{head}"]').click()
+        driver.find_element("css selector", f'[data-node="{head}"] .shape').click()
         wait(driver, "return document.querySelectorAll('#attention-clean-svg rect.cell').length > 0 && "
                      "document.getElementById('direct-effect').dataset.change !== undefined")
         head_s = time.perf_counter() - t0

@@ -49,7 +49,7 @@ def main() -> None:
         click_edge(driver, "a1.h0->a2.h0<q>")
         wait_idle(driver, 2)
         driver.find_element("id", "mode-inspect").click()
-        driver.find_element("css selector", '[data-node="a2.h0"]').click()
+        driver.find_element("css selector", '[data-node="a2.h0"] .shape').click()
         t0 = time.perf_counter()
         while not driver.find_elements("id", "attention-clean-svg") and time.perf_counter() - t0 < 30:
             time.sleep(0.05)

@@ -66,11 +66,16 @@ def click_edge(driver: Any, name: str) -> None:
     An edge is a thin curve, often vertical (zero-width box) and crossed by others, so the click
     goes to a point on the curve where the edge itself is the topmost element.
     """
-    from selenium.webdriver.common.actions.action_builder import ActionBuilder
-
     point = driver.execute_script(_FREE_POINT, f"hit:{name}")
     if point is None:
         raise AssertionError(f"edge {name} is covered everywhere along its curve")
+    click_at(driver, point[0], point[1])
+
+
+def click_at(driver: Any, x: float, y: float) -> None:
+    """A real mouse click at viewport coordinates (x, y)."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
     actions = ActionBuilder(driver)
-    actions.pointer_action.move_to_location(int(point[0]), int(point[1])).click()
+    actions.pointer_action.move_to_location(int(x), int(y)).click()
     actions.perform()

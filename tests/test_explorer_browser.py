@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from browser import chromium, click_edge, missing
+from browser import chromium, click_at, click_edge, missing
 
 import acdc
 from acdc.api import prepare
@@ -83,7 +83,7 @@ def _inspect(driver, server, node: str) -> None:
     """A fresh page in inspect mode with ``node`` selected."""
     _fresh(driver, server)
     driver.find_element("id", "mode-inspect").click()
-    driver.find_element("css selector", f'[data-node="{node}"]').click()
+    driver.find_element("css selector", f'[data-node="{node}"] .shape').click()
 
 
 def test_page_draws_the_circuit_with_the_engines_metric(driver, mini_ioi):
@@ -119,7 +119,7 @@ def test_clicking_an_edge_ablates_it_and_the_metric_follows_the_engine(driver, m
 def test_clicking_a_node_ablates_its_output(driver, mini_ioi):
     entry, circuit, server, _ = mini_ioi
     _fresh(driver, server)
-    driver.find_element("css selector", '[data-node="a1.h0"]').click()
+    driver.find_element("css selector", '[data-node="a1.h0"] .shape').click()
     shown = _settled(driver, 2)
     kept = [e for e in circuit.edges if not e.startswith("a1.h0->")]
     assert shown == pytest.approx(_engine_metric(entry, kept), abs=1e-9)
@@ -217,3 +217,32 @@ def test_a_thousand_edge_circuit_renders(driver, tmp_path):
     timing = driver.execute_script("return window.acdcTiming")
     assert timing["edges"] == 1000 and driver.execute_script("return document.querySelectorAll('path.hit').length") == 1000
     assert Path(tmp_path / "big.html").stat().st_size < 2_000_000
+
+
+def test_selecting_a_node_traces_its_paths(driver, mini_ioi):
+    import networkx as nx
+
+    _, circuit, server, _ = mini_ioi
+    _inspect(driver, server, "a0.h0")
+    dimmed = set(driver.execute_script("return [...document.querySelectorAll('path.edge.dim')].map(p => p.id.slice(5))"))
+    g = circuit.to_networkx(multi=True)
+    up, down = nx.ancestors(g, "a0.h0") | {"a0.h0"}, nx.descendants(g, "a0.h0") | {"a0.h0"}
+    on_path = {d["name"] for u, v, d in g.edges(data=True) if {u, v} <= up or {u, v} <= down}
+    assert dimmed == set(circuit.edges) - on_path and dimmed and on_path
+    x, y = driver.execute_script("const r = document.getElementById('graph').getBoundingClientRect(); return [r.right - 8, r.top + 8]")
+    assert driver.execute_script(f"return document.elementFromPoint({x}, {y}).id") == "graph"
+    click_at(driver, x, y)  # the background clears the focus
+    assert driver.execute_script("return document.querySelectorAll('path.edge.dim').length") == 0
+
+
+def test_a_histogram_bar_shows_one_of_its_prompts(driver, mini_ioi):
+    entry, _, server, _ = mini_ioi
+    _fresh(driver, server)
+    bars = driver.execute_script("return [...document.querySelectorAll('#histogram rect.bar')].map(r => r.dataset.prompt)")
+    target = next(b for b in reversed(bars) if b not in ("", "0"))
+    driver.execute_script(f"document.querySelectorAll('#histogram rect.bar')[{bars.index(target)}]"
+                          ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+    _settled(driver, 2)
+    assert driver.find_element("id", "prompt").get_attribute("value") == target
+    words = entry.tokenizer.decode(entry.task.clean[int(target)]).split()
+    assert driver.execute_script("return [...document.querySelectorAll('#clean-tokens .tok')].map(t => t.textContent)") == words
