@@ -193,3 +193,18 @@ def test_bad_inputs(gpt2_model):
     p = Patcher(gpt2_model, clean, corrupt)
     with pytest.raises(ValueError, match="not in this graph"):
         p.logits(["a0.h0->a0.h1<q>"])
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean"])
+def test_masked_logits_reads_the_extremes_from_the_cached_runs(gpt2_model, ablation):
+    clean, corrupt = random_tokens()
+    p = Patcher(gpt2_model, clean, corrupt, ablation=ablation)
+    n = p.graph.n_edges
+    nothing, everything = torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)
+    assert p.masked_logits(nothing) is p.clean.logits
+    if ablation == "resample":
+        assert p.masked_logits(everything) is p.corrupt_logits
+    assert torch.allclose(p.masked_logits(everything), p.logits(everything), atol=1e-4)
+    some = nothing.clone()
+    some[::7] = True
+    assert torch.equal(p.masked_logits(some), p.logits(some))

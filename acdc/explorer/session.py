@@ -90,9 +90,8 @@ class Explorer:
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         p, g = self.patcher, self.graph
         self.n_prompts, self.n_scored = (int(x) for x in p.answer_pos.shape)
-        self.everything = torch.ones(g.n_edges, dtype=torch.bool)
         self.full_logits = p.clean.logits
-        self.empty_logits = p.masked_logits(self.everything)
+        self.empty_logits = p.masked_logits(torch.ones(g.n_edges, dtype=torch.bool))
         self.model_metric, self.empty_metric = self.metric(self.full_logits, self.batch), self.metric(self.empty_logits, self.batch)
         self.per_prompt_model = per_prompt(self.metric, self.full_logits, self.batch)
         self.per_prompt_empty = per_prompt(self.metric, self.empty_logits, self.batch)
@@ -105,7 +104,7 @@ class Explorer:
         out = view_data(self.circuit)
         out["live"] = True
         out["metric"] = {"name": self.metric.name, "higher_is_better": self.metric.higher_is_better,
-                         "model": self.model_metric, "empty": self.empty_metric, "ablation": self.patcher.ablation,
+                         "model": _num(self.model_metric), "empty": _num(self.empty_metric), "ablation": self.patcher.ablation,
                          "per_prompt_model": _floats(self.per_prompt_model)}
         out["prompts"] = [self._prompt(i) for i in range(self.n_prompts)]
         return out
@@ -129,9 +128,9 @@ class Explorer:
         f = Faithfulness(self.model_metric, value, self.empty_metric, self.per_prompt_model, prompts,
                          self.per_prompt_empty, dict(self.settings))
         return {
-            "metric": value, "per_prompt": _floats(prompts), "metric_name": self.metric.name,
-            "higher_is_better": self.metric.higher_is_better, "model_metric": self.model_metric,
-            "empty_metric": self.empty_metric, "n_ablated": int(mask.sum()), "n_kept": int((~mask).sum()),
+            "metric": _num(value), "per_prompt": _floats(prompts), "metric_name": self.metric.name,
+            "higher_is_better": self.metric.higher_is_better, "model_metric": _num(self.model_metric),
+            "empty_metric": _num(self.empty_metric), "n_ablated": int(mask.sum()), "n_kept": int((~mask).sum()),
             "faithfulness": {"ratio": _num(f.ratio_of_means), "normalized": _num(f.normalized),
                              "per_prompt_median": _num(float(f.per_prompt.median()))},
             "prompt": i, "next_tokens": {"model": self._next(self.full_logits, i, k), "circuit": self._next(logits, i, k),
