@@ -201,6 +201,22 @@ def test_positional_circuit_page(driver, mini_ioi):
         assert shown == pytest.approx(_engine_metric(entry, circuit.edges[1:], graph=circuit.graph), abs=1e-9)
         columns = driver.execute_script("return [...document.querySelectorAll('text.collabel[font-weight]')].map(t => t.textContent)")
         assert set(columns) == set(circuit.graph.positions)
+        # the S-inhibition head only reads keys/values at S2: clicking it there ablates those inputs
+        reads = [e for e in circuit.edges if e.startswith("a0.h0->a1.h0<") and e.endswith("@S2")]
+        assert len(reads) == 2
+        driver.find_element("id", "mode-ablate").click()
+        click_edge(driver, edge)  # restore the first edge
+        _settled(driver, 3)
+        driver.find_element("css selector", '[data-node="a1.h0@S2"] .shape').click()
+        shown = _settled(driver, 4)
+        kept = [e for e in circuit.edges if e not in reads]
+        assert shown == pytest.approx(_engine_metric(entry, kept, graph=circuit.graph), abs=1e-9)
+        # a trace runs on inside the head, from where it reads keys/values (S2) to where it acts (END)
+        driver.find_element("id", "mode-inspect").click()
+        driver.find_element("css selector", '[data-node="a1.h0@S2"] .shape').click()
+        lit = set(driver.execute_script("return [...document.querySelectorAll('path.edge:not(.dim)')].map(p => p.id.slice(5))"))
+        assert {"a1.h0->a2.h0<q>@END", "a2.h0->logits@END", *reads} <= lit
+        assert "input->a2.h0<v>@IO" in circuit.edges and "input->a2.h0<v>@IO" not in lit  # the mover's value path
     finally:
         server.shutdown()
         server.server_close()
