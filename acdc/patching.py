@@ -300,6 +300,12 @@ class Patcher:
         def put(idx: slice | Tensor, out: Tensor) -> None:
             X[idx] = out if self.abl is None else out - self.abl[idx]
 
+        def kept_columns(W: Tensor) -> Tensor | None:
+            """The sources [k] some row of W [R, n] keeps, when they are few (a small circuit reads few
+            sources, and the product then runs over those alone); None: most are kept, use them all."""
+            cols = W.any(0).nonzero().squeeze(1)
+            return cols if 2 * len(cols) <= W.shape[1] else None
+
         def gather(rows: list[int], upto: int, base: Tensor) -> tuple[Tensor, Tensor | None]:
             """Distinct inputs [u, B, S, d] of the rows, and each row's index into them.
 
@@ -315,8 +321,12 @@ class Patcher:
                 uniq, inv = W, None
             if not bool(uniq.any()):
                 return base.expand(len(uniq), B, S, a.d_model), inv
-            flat = X[:upto].reshape(upto, -1)
-            return (uniq @ flat).view(-1, B, S, a.d_model) + base, inv
+            cols = kept_columns(uniq)
+            if cols is None:
+                product = uniq @ X[:upto].reshape(upto, -1)
+            else:
+                product = uniq[:, cols] @ X.index_select(0, cols).reshape(len(cols), -1)
+            return product.view(-1, B, S, a.d_model) + base, inv
 
         def gather_at_positions(rows: list[int], upto: int, base: Tensor) -> Tensor:
             """Inputs [R, B, S, d] of the rows: per position, the product over that position's tokens."""
@@ -329,8 +339,12 @@ class Patcher:
                 if not bool(Wp.any()):
                     out[:, idx] = flat_base[idx]
                     continue
-                xs = flat_x.index_select(1, idx).reshape(upto, -1)
-                out[:, idx] = (Wp @ xs).view(len(rows), -1, a.d_model) + flat_base[idx]
+                cols = kept_columns(Wp)
+                if cols is None:
+                    product = Wp @ flat_x.index_select(1, idx).reshape(upto, -1)
+                else:
+                    product = Wp[:, cols] @ flat_x.index_select(0, cols).index_select(1, idx).reshape(len(cols), -1)
+                out[:, idx] = product.view(len(rows), -1, a.d_model) + flat_base[idx]
             return out.view(len(rows), B, S, a.d_model)
 
         # A node is computed only if some kept edge reads it, and (resample) only if some kept
