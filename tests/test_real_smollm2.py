@@ -102,3 +102,25 @@ def test_eap_ig_and_prefiltered_acdc_run_on_ioi(smollm2):
     assert s.graph.n_edges == 123211 and torch.isfinite(s.values).all()
     c = acdc.discover(smollm2, task, threshold=0.5, prefilter=0.001, progress=False)
     assert c.settings["approximate"] == "prefilter" and c.settings["n_tested"] <= 124
+
+
+def test_explorer_on_the_real_model(smollm2):
+    """The explorer's answers on SmolLM2's IOI: a real tokenizer's pieces, the engine's metric, GQA heads."""
+    from acdc.api import prepare
+    from acdc.explorer import Explorer
+
+    task = acdc.tasks.ioi(smollm2, 6, seed=0)
+    circuit = acdc.attribute(smollm2, task, method="eap").greedy(60)
+    ex = Explorer(smollm2, task, circuit)
+    view = ex.view()
+    p0 = view["prompts"][0]
+    assert "".join(p0["clean"]) == smollm2.tokenizer.decode(task.clean[0, : len(p0["clean"])])
+    assert p0["correct"]["token"].strip() and p0["correct"]["token"].startswith(" ")  # " Mary": BPE keeps the space
+    kept = circuit.edges[5:]
+    p, m, batch = prepare(smollm2, task)
+    want = m(p.logits(~p.graph.edge_mask(kept)), batch)
+    assert ex.evaluate(kept=kept)["metric"] == pytest.approx(want, abs=1e-5)
+    head = next(n for n in circuit.nodes if n.startswith("a"))
+    r = ex.head(head, 0)
+    rows = torch.tensor(r["attention"]["clean"])
+    assert rows.shape[0] == len(p0["clean"]) and torch.allclose(rows.sum(1), torch.ones(len(rows)), atol=1e-4)
