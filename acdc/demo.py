@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"drew {png} (layers bottom-up, q/k/v in three colours) and {cmp} (found vs planted)")
     except DotNotFoundError as err:
         print(f"no images: {err}")
+    print(f"explore it in the browser (ablate edges live): acdc explore {path} --model zoo:{entry.name}")
 
 
 if __name__ == "__main__":
