@@ -2,6 +2,7 @@
 
     python experiments/explorer_render_time.py            # ~2 min; needs chromium + chromium-driver, acdc[smollm2]
     python experiments/explorer_render_time.py --no-real  # only the model-free export
+    python experiments/explorer_render_time.py --node-effects   # also time "measure effects" (~1.5 min more)
 
 1. A static export (`acdc export-html`) of 1,000 random edges of a GPT-2-small-shaped graph.
 2. The live explorer on SmolLM2-135M-Instruct's IOI circuit: EAP-IG (inputs, 5 steps) on 20
@@ -10,7 +11,8 @@
 Time to first render is `performance.now()` when the page has drawn the graph and the node
 table (milliseconds since navigation start; the page records it in ``window.acdcTiming``),
 best of 3 loads. Round trips (click an edge -> metric shown; open a head -> heat map shown) are
-timed from Python around the browser action. Writes explorer_render_time.md/.json in results/.
+timed from Python around the browser action; the engine's share of a click is `Explorer.evaluate`
+alone (best of 3). Writes explorer_render_time.md/.json in results/.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import torch  # noqa: E402
+from gpt2_shape import best_of  # noqa: E402
 
 import acdc  # noqa: E402
 from acdc.explorer import Explorer, export_html, start  # noqa: E402
@@ -73,7 +76,7 @@ def static_case(driver) -> dict[str, float]:
     return {**t, "file_kb": page.stat().st_size / 1024}
 
 
-def live_case(driver, threads: int) -> dict[str, float]:
+def live_case(driver, threads: int, node_effects: bool) -> dict[str, float]:
     from smollm2_common import load
 
     model, _ = load(threads)
@@ -97,6 +100,7 @@ def live_case(driver, threads: int) -> dict[str, float]:
         engine = float(driver.find_element("id", "metric-value").get_attribute("data-value"))
         kept = [e for e in circuit.edges if e != edge]
         check = explorer.evaluate(kept=kept)["metric"]
+        evaluate_s = best_of(lambda: explorer.evaluate(kept=kept), 3)
         head = next(n for n in circuit.nodes if n.startswith("a"))
         driver.find_element("id", "mode-inspect").click()
         t0 = time.perf_counter()
@@ -104,18 +108,25 @@ def live_case(driver, threads: int) -> dict[str, float]:
         wait(driver, "return document.querySelectorAll('#attention-clean-svg rect.cell').length > 0 && "
                      "document.getElementById('direct-effect').dataset.change !== undefined")
         head_s = time.perf_counter() - t0
+        effects_s, n_effects = None, 0
+        if node_effects:
+            t0 = time.perf_counter()
+            n_effects = len(explorer.node_effects(circuit.edges)["effects"])
+            effects_s = time.perf_counter() - t0
     finally:
         server.shutdown()
         server.server_close()
     return {**t, "graph_edges": circuit.graph.n_edges, "nodes_drawn": t["nodes"], "attribution_s": attribution_s,
             "explorer_setup_s": setup_s, "click_to_metric_s": click_s, "ablated_edge": edge, "metric_shown": engine,
-            "metric_engine": check, "head": head, "head_view_s": head_s}
+            "metric_engine": check, "evaluate_s": evaluate_s, "head": head, "head_view_s": head_s,
+            "node_effects_s": effects_s, "node_effects_nodes": n_effects}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-real", action="store_true", help="skip the SmolLM2 case")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--node-effects", action="store_true", help="also time the node table's 'measure effects'")
     args = ap.parse_args()
     reason = missing()
     if reason:
@@ -124,7 +135,7 @@ def main() -> None:
     try:
         rows = {"static export, GPT-2-small graph, 1,000 random edges": static_case(driver)}
         if not args.no_real:
-            rows["live, SmolLM2-135M IOI, EAP-IG greedy 1,000 edges"] = live_case(driver, args.threads)
+            rows["live, SmolLM2-135M IOI, EAP-IG greedy 1,000 edges"] = live_case(driver, args.threads, args.node_effects)
         version = driver.capabilities.get("browserVersion", "?")
     finally:
         driver.quit()
@@ -138,9 +149,12 @@ def main() -> None:
     if live:
         md += ["", f"Live (SmolLM2, {live['graph_edges']:,} graph edges): EAP-IG {live['attribution_s']:.1f} s, explorer setup "
                f"(clean and corrupt runs, baselines) {live['explorer_setup_s']:.1f} s; click an edge -> metric shown "
-               f"{live['click_to_metric_s']:.2f} s (one patched forward of 20 prompts; shown {live['metric_shown']:.6f}, "
-               f"engine {live['metric_engine']:.6f}); open head {live['head']} -> heat map and direct effect "
-               f"{live['head_view_s']:.2f} s."]
+               f"{live['click_to_metric_s']:.2f} s (shown {live['metric_shown']:.6f}, engine {live['metric_engine']:.6f}; "
+               f"`Explorer.evaluate` alone, one patched forward of 20 prompts: {live['evaluate_s']:.2f} s); open head "
+               f"{live['head']} -> heat map and direct effect {live['head_view_s']:.2f} s."]
+        if live["node_effects_s"] is not None:
+            md.append(f"\n'measure effects' (one patched run for each of the {live['node_effects_nodes']} heads and MLPs "
+                      f"with a kept edge out): {live['node_effects_s']:.1f} s.")
     md.append(f"\nStatic export file: {rows['static export, GPT-2-small graph, 1,000 random edges']['file_kb']:.0f} KB.")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "explorer_render_time.json").write_text(json.dumps(rows, indent=1))

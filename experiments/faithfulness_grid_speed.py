@@ -9,34 +9,21 @@ Prints the time of the grid and of the circuit, and writes faithfulness_grid_spe
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from gpt2_shape import random_model_and_task  # noqa: E402
+from gpt2_shape import workload  # noqa: E402
 
 import acdc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model, task = random_model_and_task(args.layers)
+    args, model, task = workload((__doc__ or "").splitlines()[0], argv)
     circuit = acdc.attribute(model, task, method="eap").top(500)
     t0 = time.perf_counter()
     grid = acdc.faithfulness_grid(model, task, circuit)

@@ -10,14 +10,8 @@ positional circuit against a plain one. Writes positional_speed.md.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import time
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 
@@ -25,29 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from gpt2_shape import random_model_and_task  # noqa: E402
+from gpt2_shape import best_of, workload  # noqa: E402
 
 import acdc  # noqa: E402
 
 
-def _best(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model, task = random_model_and_task(args.layers)
+    args, model, task = workload((__doc__ or "").splitlines()[0], argv,
+                                 lambda ap: ap.add_argument("--reps", type=int, default=3))
     gen = torch.Generator().manual_seed(1)  # the random circuits below
     plain_p, m, batch = acdc.api.prepare(model, task)
     pos_p, _, _ = acdc.api.prepare(model, task, positions="tokens")
@@ -55,14 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     plain_s, pos_s = eap(plain_p, m, batch), eap(pos_p, m, batch)  # warm-up, and a check below
     t_plain = t_pos = float("inf")
     for _ in range(args.reps):  # alternate, so load on the machine hits both alike
-        t_plain = min(t_plain, _best(lambda: eap(plain_p, m, batch), 1))
-        t_pos = min(t_pos, _best(lambda: eap(pos_p, m, batch), 1))
+        t_plain = min(t_plain, best_of(lambda: eap(plain_p, m, batch), 1))
+        t_pos = min(t_pos, best_of(lambda: eap(pos_p, m, batch), 1))
     summed = pos_s.values.view(-1, 15).sum(1)
     err = float((summed - plain_s.values).abs().max() / plain_s.values.abs().max())
     mask = torch.rand(plain_p.graph.n_edges, generator=gen) < 0.5
     pos_mask = mask.repeat_interleave(15) & (torch.rand(pos_p.graph.n_edges, generator=gen) < 0.9)
-    r_plain = _best(lambda: plain_p.logits(mask), args.reps)
-    r_pos = _best(lambda: pos_p.logits(pos_mask), args.reps)
+    r_plain = best_of(lambda: plain_p.logits(mask), args.reps)
+    r_pos = best_of(lambda: pos_p.logits(pos_mask), args.reps)
     text = (
         "# Positional speed (`python experiments/positional_speed.py`)\n\n"
         f"GPT-2-small shape ({args.layers} layers, random weights), 50 x 15 tokens, {args.threads} threads, "
