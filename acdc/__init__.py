@@ -11,6 +11,15 @@ The names below are what a user needs; the engine's internals live in their modu
 (`acdc.patching`, `acdc.model`, `acdc.graph`, `acdc.algorithms`).
 """
 
+import warnings as _warnings
+
+with _warnings.catch_warnings():
+    # transformer_lens and transformers import tqdm.auto, which in Jupyter without ipywidgets warns
+    # "IProgress not found" and falls back to the text bars; acdc uses those anyway (acdc.progress).
+    # Importing it here once, quietly, leaves no filter behind.
+    _warnings.filterwarnings("ignore", message="IProgress not found")
+    import tqdm.autonotebook  # noqa: F401
+
 from . import explorer, known, tasks, zoo
 from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS

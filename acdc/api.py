@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -34,12 +34,13 @@ from .faithfulness_math import (
     Minimality,
 )
 from .graph import Graph
-from .inputs import as_tokens, check_threshold, parse_answers
+from .inputs import as_tokens, check_ablation, check_threshold, parse_answers
 from .known import KnownCircuit
 from .loading import load_model
 from .metrics import Batch, Metric, MetricLike, per_prompt, resolve_metric, scored_rows
 from .patching import Patcher
 from .positions import Positions, token_names
+from .progress import bar
 from .scores import Scores
 from .tasks import Task
 
@@ -132,7 +133,7 @@ def attribute(
     method: str = "eap",
     steps: int = 5,
     grid: str = "right",
-    progress: bool = False,
+    progress: bool = True,
     **inputs: Unpack[Inputs],
 ) -> Scores:
     """Score every edge with attribution patching: "eap", "eap-ig-inputs" or "eap-ig-activations".
@@ -142,7 +143,8 @@ def attribute(
     the default) or "left" (k = 0..steps-1, as EAP-IG's edge-level EAP-IG-inputs). Scores are the first-order change of the loss (the
     metric oriented lower-is-better) when an edge alone is ablated; select a circuit with
     ``scores.top(n)``, ``scores.threshold(t)`` or ``scores.greedy(n)``. With ``metric="kl"`` the
-    gradient at the clean run is zero, so EAP gives zeros there: use EAP-IG or a difference metric.
+    gradient at the clean run is zero, so EAP gives zeros there (a `VanishingScoresWarning` says
+    so): use EAP-IG or a difference metric. ``progress``: a bar over the gradient passes.
     """
     if method not in METHODS:
         raise ValueError(
@@ -181,7 +183,8 @@ def roc(
     ``decades`` below the effect of ablating every edge, so the grid fits the metric).
 
     ``clean`` may be a `Task`; ``inputs`` are those of `discover`. One patcher serves every
-    threshold. Returns the ROC with its circuits.
+    threshold. Returns the ROC with its circuits. ``progress``: a bar over the thresholds, and
+    each threshold's ACDC bar below it while it runs.
     """
     check_level(level)
     patcher, metric, batch = prepare(model, clean, corrupt, **inputs)
@@ -191,8 +194,9 @@ def roc(
     thresholds = [check_threshold(t) for t in thresholds]
     circuits = []
     t0 = time.perf_counter()
-    for t in _bar(thresholds, progress):
-        circuits.append(run_acdc(patcher, metric, batch, threshold=t, abs_value=abs_value).selection())
+    for t in bar(thresholds, desc="ACDC thresholds", unit="thr", disable=not progress):
+        circuits.append(run_acdc(patcher, metric, batch, threshold=t, abs_value=abs_value, progress=progress,
+                                 leave=False).selection())
     seconds = time.perf_counter() - t0
     return ROC.from_circuits(circuits, truth, level=level, params=thresholds, graph=patcher.graph, seconds=seconds)
 
@@ -208,6 +212,7 @@ def faithfulness(
     mean_over: str | int = "batch",
     at: str = "circuit",
     seed: int = 0,
+    progress: bool = True,
     **inputs: Unpack[Inputs],
 ) -> Faithfulness:
     """How much of the behaviour ``circuit`` keeps: m(M), m(C), m({}), ratios, per prompt, spread.
@@ -233,11 +238,12 @@ def faithfulness(
             (an edge kept at any position is kept at every position, as a plain circuit; only
             edges outside it are ablated, at every token). A positional circuit runs on the
             task's named positions (or token positions "0", "1", ...).
+        progress: a bar over the patched runs.
         inputs: metric ("logit_diff", "prob_diff", "kl", "accuracy" or your own; default the
             task's), ablation ("resample", "mean", "zero"), answers, answer_pos, split_qkv, graph.
     """
     runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
-    return runs.measure(level=level, direction=direction, average=average, mean_over=mean_over, at=at)
+    return runs.measure(level=level, direction=direction, average=average, mean_over=mean_over, at=at, progress=progress)
 
 
 class _FaithfulnessRuns:
@@ -288,7 +294,7 @@ class _FaithfulnessRuns:
 
     def measure(self, *, level: str = "edge", direction: str = "clean-complement", average: str = "ratio-of-means",
                 ablation: str | None = None, mean_over: str | int = "batch", metric: MetricLike | None = None,
-                at: str = "circuit") -> Faithfulness:
+                at: str = "circuit", progress: bool = False) -> Faithfulness:
         for name, value, choices in (("level", level, LEVELS), ("direction", direction, DIRECTIONS),
                                      ("average", average, AVERAGES), ("at", at, POSITION_MODES)):
             if value not in choices:
@@ -316,7 +322,8 @@ class _FaithfulnessRuns:
             logits = self.logits(run_on, mask)
             return m(logits, self.batch), per_prompt(m, logits, self.batch)
 
-        (mm, pm), (mc, pc), (me, pe) = measure(full), measure(ablated[direction]), measure(empty)
+        masks = [full, ablated[direction], empty]
+        (mm, pm), (mc, pc), (me, pe) = (measure(x) for x in bar(masks, desc="faithfulness runs", disable=not progress))
         settings: dict[str, Any] = {"level": level, "direction": direction, "average": average, "ablation": ablation,
                                     "metric": m.name, "circuit_edges": int(keep.sum())}
         if ablation == "mean":
@@ -423,6 +430,7 @@ def faithfulness_grid(
     grid: Sequence[dict[str, Any]] = DEFAULT_GRID,
     reference_sizes: Sequence[int] = (),
     seed: int = 0,
+    progress: bool = True,
     **inputs: Unpack[Inputs],
 ) -> FaithfulnessGrid:
     """Faithfulness under many settings at once (Miller et al.'s axes), sharing runs between them.
@@ -432,11 +440,12 @@ def faithfulness_grid(
         a time from the usual setting (10 settings).
     reference_sizes: also mean ablation over k drawn prompts for each k here (faithfulness
         against the reference-set size).
+    progress: a bar over the settings.
     Returns a `FaithfulnessGrid`: ``.rows``, ``.to_markdown()``, ``.to_csv(path)``, ``.plot(path)``.
     """
     runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
     settings = [dict(x) for x in grid] + [{"ablation": "mean", "mean_over": int(k)} for k in reference_sizes]
-    return FaithfulnessGrid(tuple(runs.measure(**x) for x in settings))
+    return FaithfulnessGrid(tuple(runs.measure(**x) for x in bar(settings, desc="faithfulness settings", disable=not progress)))
 
 
 def faithfulness_curve(
@@ -446,13 +455,15 @@ def faithfulness_curve(
     *,
     fractions: Sequence[float] = MIB_FRACTIONS,
     selection: str = "top",
+    progress: bool = True,
     **inputs: Unpack[Inputs],
 ) -> FaithfulnessCurve:
     """MIB's curve: normalized faithfulness of the circuits of the best-scored edges at each fraction.
 
     The circuit at fraction f is ``scores.top(ceil(f * n_edges))`` (``selection="greedy"``: grown
     from the logits); everything outside it is ablated on the clean prompts. One patcher serves
-    every fraction. CPR and CMD are the curve's areas (`FaithfulnessCurve`).
+    every fraction. CPR and CMD are the curve's areas (`FaithfulnessCurve`). ``progress``: a bar
+    over the fractions.
     """
     if selection not in ("top", "greedy"):
         raise ValueError(f"unknown selection {selection!r}; choose top or greedy")
@@ -462,7 +473,7 @@ def faithfulness_curve(
     full, empty = _full_and_empty(patcher, m, batch)
     sizes = [max(1, min(g.n_edges, math.ceil(f * g.n_edges))) for f in fractions]
     values = []
-    for k in sizes:
+    for k in bar(sizes, desc="faithfulness curve", unit="circuit", disable=not progress):
         c = scores.top(k) if selection == "top" else scores.greedy(k)
         values.append((m(patcher.logits(c), batch) - empty) / (full - empty) if full != empty else math.nan)
     curve = FaithfulnessCurve.from_values(list(fractions), values)
@@ -499,16 +510,21 @@ def prepare(
         metric = metric if metric is not None else task.metric
     elif corrupt is None:
         raise ValueError("corrupt prompts are missing: call discover(model, clean, corrupt, ...) or pass a Task")
+    # Every check the inputs alone allow comes before the model runs (the clean and corrupt caches).
     m = resolve_metric(metric if metric is not None else "kl")
-    bridge = load_model(model)
-    pos = _positions(positions, task, clean, bridge, graph)
-    g = graph if graph is not None else Graph.from_model(bridge, split_qkv=split_qkv, positions=None if pos is None else pos.names)
-    patcher = Patcher(bridge, clean, corrupt, graph=g, ablation=ablation, answer_pos=answer_pos,  # type: ignore[arg-type]
-                      mean_weights=mean_weights, positions=pos)
-    batch = make_batch(patcher, answers, bridge)
-    if m.needs_answers and batch.correct is None:
+    check_ablation(ablation)
+    if m.needs_answers and answers is None:
         raise ValueError(f"metric {m.name!r} needs answers=(correct, incorrect) token ids")
-    return patcher, m, batch
+    bridge = load_model(model)
+    clean_t, corrupt_t = as_tokens(clean, bridge, "clean"), as_tokens(corrupt, bridge, "corrupt")
+    parsed = None if answers is None else parse_answers(answers, int(clean_t.shape[0]), bridge)
+    if graph is not None:
+        Graph.from_model(bridge).check_fits(graph, "this graph", qkv=False, positions=False)
+    pos = _positions(positions, task, clean_t, bridge, graph)
+    g = graph if graph is not None else Graph.from_model(bridge, split_qkv=split_qkv, positions=None if pos is None else pos.names)
+    patcher = Patcher(bridge, clean_t, corrupt_t, graph=g, ablation=ablation, answer_pos=answer_pos,  # type: ignore[arg-type]
+                      mean_weights=mean_weights, positions=pos)
+    return patcher, m, make_batch(patcher, parsed, bridge)
 
 
 def make_batch(patcher: Patcher, answers: Any = None, model: Any = None) -> Batch:
@@ -581,10 +597,3 @@ def _full_and_empty(patcher: Patcher, metric: Metric, batch: Batch) -> tuple[flo
     empty = patcher.masked_logits(torch.ones(patcher.graph.n_edges, dtype=torch.bool))
     return metric(patcher.clean.logits, batch), metric(empty, batch)
 
-
-def _bar(items: Sequence[float], on: bool) -> Iterable[float]:
-    if not on:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="ACDC thresholds", unit="thr")

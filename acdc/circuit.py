@@ -285,10 +285,17 @@ def write_json(d: dict[str, Any], path: str | Path) -> Path:
 def read_json(path: str | Path) -> dict[str, Any]:
     """The JSON object in ``path``; a one-line ValueError if it is not JSON."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not JSON (a binary file, not UTF-8 text)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a JSON file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object (a circuit or graph JSON)")
+    return data
 
 
 def same_values(a: Tensor, b: Tensor) -> bool:

@@ -59,8 +59,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _port(text: str) -> int:
+    """A TCP port number for --port: 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0: any free port)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535; 0: any free port)")
+    return port
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1 (prompt counts, steps, edge counts)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     from ._version import __version__
+    from .algorithms.attribution import METHODS
+    from .api import AVERAGES, DIRECTIONS, LEVELS, POSITION_MODES
 
     ap = _Parser(prog="acdc", description="Automatic circuit discovery for transformer language models.")
     ap.add_argument("--version", action="version", version=f"acdc {__version__}")
@@ -72,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                        "circuit.png and summary.txt to the output folder.")
     _run_flags(d, default_out="out")
     d.add_argument("--threshold", type=float, required=True, help="keep an edge if removing it moves the metric by at least this")
-    d.add_argument("--speculate", type=int, default=None, help="test up to K edges per batched pass (exact; default 8 on a GPU, 1 on a CPU)")
+    d.add_argument("--speculate", type=_positive, default=None, help="test up to K edges per batched pass (exact; default 8 on a GPU, 1 on a CPU)")
     d.add_argument("--prefilter", type=float, default=None, help="APPROXIMATE: test only this fraction of edges, by EAP-IG score")
     d.add_argument("--checkpoint", type=Path, default=None, help="save progress to this JSON file; rerun to resume")
     d.add_argument("--positions", default=None, choices=("named", "tokens"),
@@ -85,9 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Attribution patching: one score per edge (scores.json), and the circuit of the "
                        "--top edges (circuit.json, circuit.png).")
     _run_flags(a, default_out="out")
-    a.add_argument("--method", default="eap-ig-inputs", choices=("eap", "eap-ig-inputs", "eap-ig-activations"))
-    a.add_argument("--steps", type=int, default=5, help="integrated-gradient steps (EAP-IG)")
-    a.add_argument("--top", type=int, default=50, help="edges in the circuit written (largest |score|; default 50)")
+    a.add_argument("--method", default="eap-ig-inputs", choices=METHODS)
+    a.add_argument("--steps", type=_positive, default=5, help="integrated-gradient steps (EAP-IG)")
+    a.add_argument("--top", type=_positive, default=50, help="edges in the circuit written (largest |score|; default 50)")
     a.add_argument("--positions", default=None, choices=("named", "tokens"),
                    help="edges at token positions: the task's named roles or token indices")
     a.add_argument("--truth", default=None, help="known circuit, zoo:NAME or circuit JSON to score against")
@@ -97,23 +121,26 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run ACDC at a grid of thresholds and score each circuit against the truth (ROC, AUC).")
     _run_flags(o, default_out="out")
     o.add_argument("--truth", default=None, help="known circuit, zoo:NAME or circuit JSON (zoo models: their own)")
-    o.add_argument("--n-thresholds", type=int, default=22, help="thresholds in the log-spaced grid (default 22)")
+    o.add_argument("--n-thresholds", type=_positive, default=22, help="thresholds in the log-spaced grid (default 22)")
     o.set_defaults(run=_roc)
 
-    f = sub.add_parser("faithfulness", help="how much of the behaviour a circuit JSON keeps; writes faithfulness.json/.md",
+    f = sub.add_parser("faithfulness", help="how much of the behaviour a circuit JSON keeps; writes faithfulness.json/.md "
+                       "(with --grid: faithfulness_grid.md/.csv/.png)",
                        description="Faithfulness of a circuit (IOI ratio, MIB normalized, per-prompt spread) under one "
                        "setting, or with --grid the report: many settings (table, CSV, box plot), Miller et al.'s "
-                       "three findings checked, and faithfulness against the --reference-sizes.")
+                       "three findings checked, and faithfulness against the --reference-sizes. Writes "
+                       "faithfulness.json and faithfulness.md to the output folder; with --grid instead "
+                       "faithfulness_grid.md, faithfulness_grid.csv, faithfulness_grid.png (box plot) and, with two or "
+                       "more --reference-sizes, faithfulness_reference_sizes.png.")
     f.add_argument("circuit", type=Path, help="circuit JSON for this model")
     _run_flags(f, default_out="out")
-    f.add_argument("--level", default="edge", choices=("edge", "node"))
-    f.add_argument("--direction", default="clean-complement",
-                   choices=("clean-complement", "clean-circuit", "corrupt-circuit", "corrupt-complement"))
-    f.add_argument("--average", default="ratio-of-means", choices=("ratio-of-means", "mean-of-ratios"))
-    f.add_argument("--at", default="circuit", choices=("circuit", "all"),
+    f.add_argument("--level", default=LEVELS[0], choices=LEVELS)
+    f.add_argument("--direction", default=DIRECTIONS[0], choices=DIRECTIONS)
+    f.add_argument("--average", default=AVERAGES[0], choices=AVERAGES)
+    f.add_argument("--at", default=POSITION_MODES[0], choices=POSITION_MODES,
                    help="positional circuits: keep its edges only at its positions, or at every position")
     f.add_argument("--grid", action="store_true", help="the default grid of settings (one axis varied at a time)")
-    f.add_argument("--reference-sizes", type=int, nargs="*", default=[], help="with --grid: mean ablation over k prompts")
+    f.add_argument("--reference-sizes", type=_positive, nargs="*", default=[], help="with --grid: mean ablation over k prompts")
     f.set_defaults(run=_faithfulness)
 
     r = sub.add_parser("render", help="draw a circuit JSON as PNG/SVG/PDF",
@@ -140,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
                        "attention and direct effect, and saves labels and notes into the circuit JSON.")
     x.add_argument("circuit", type=Path, help="circuit JSON for this model")
     _run_flags(x, default_out=None)
-    x.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
+    x.add_argument("--port", type=_port, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
     x.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the address")
     x.set_defaults(run=_explore)
 
@@ -161,13 +188,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
     """The flags every model-running command shares (``default_out=None``: a command that writes no folder)."""
-    p.add_argument("--model", required=True, help="hub name (e.g. gpt2; needs internet once) or zoo:NAME "
-                   "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum)")
+    from .inputs import ABLATIONS
+    from .loading import KNOWN_FILES
+    from .metrics import METRICS
+
+    shipped = ", ".join(KNOWN_FILES)
+    p.add_argument("--model", required=True, help=f"{shipped} (the real model, offline: setup installs it), zoo:NAME "
+                   "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum), a local Hugging Face "
+                   "folder or .gguf file, or a hub name (e.g. gpt2; needs internet once)")
     p.add_argument("--task", choices=TASKS, help="task to run (default for zoo models: the entry's own task)")
-    p.add_argument("--n-prompts", type=int, default=None, help="number of prompts (default: the task's)")
+    p.add_argument("--n-prompts", type=_positive, default=None, help="number of prompts (default: the task's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts (zoo models: of their weights too)")
-    p.add_argument("--metric", default=None, help="kl, logit_diff or prob_diff (default: the task's)")
-    p.add_argument("--ablation", default=None, choices=("resample", "mean", "zero"), help="default: resample")
+    p.add_argument("--metric", default=None, choices=tuple(METRICS), help="default: the task's")
+    p.add_argument("--ablation", default=None, choices=ABLATIONS, help="default: resample")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
     if default_out is None:
         return
@@ -232,6 +265,7 @@ def _faithfulness(args: argparse.Namespace) -> int:
 
     circuit = _load_circuit(args.circuit)
     model, task, _, _, ablation, _ = _setup(args)
+    _check_fits(circuit, model, args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.grid:
@@ -297,6 +331,7 @@ def _explore(args: argparse.Namespace) -> int:
 
     circuit = _load_circuit(args.circuit)
     s = _setup(args)
+    _check_fits(circuit, s.model, args)
     ablation = args.ablation or circuit.settings.get("ablation") or s.ablation
     print(f"acdc explore: {args.circuit} ({circuit.n_edges} edges) on {args.model}, {s.task}, {ablation} ablation")
     explorer = Explorer(s.model, s.task, circuit, ablation=ablation, metric=args.metric, tokenizer=s.tokenizer,
@@ -436,6 +471,16 @@ def _load_circuit(path: Path) -> Any:
     if not path.is_file():
         raise CLIError(f"no such file: {path}")
     return Circuit.from_json(path)
+
+
+def _check_fits(circuit: Any, model: Any, args: argparse.Namespace) -> None:
+    """One line when the circuit JSON was found on a model of another shape than --model."""
+    from .graph import Graph
+
+    ours, theirs = Graph.from_model(model), circuit.graph
+    if ours.shape() != theirs.shape():
+        raise CLIError(f"{args.circuit} is a circuit of {theirs.describe()}, but --model {args.model} is "
+                       f"{ours.describe()}; pass the model the circuit was found on")
 
 
 def _recovery(circuit: Any, truth: Any) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -27,6 +28,7 @@ from torch import Tensor
 from .circuit import Circuit
 from .graph import Graph
 from .known import KnownCircuit
+from .plots import figure_or_axes, save
 from .scores import Scores
 
 __all__ = ["Confusion", "Recovery", "ROC", "as_mask", "node_mask", "node_universe", "recovery", "threshold_grid"]
@@ -240,6 +242,25 @@ class ROC:
         if not self.circuits:
             raise ValueError("this ROC keeps no circuits; rebuild it with from_scores(..., level=...)")
         return ROC.from_circuits(self.circuits, self.truth, level=level, params=self.params, seconds=self.seconds)
+
+    def plot(self, path: str | Path | None = None, *, ax: Any = None, label: str | None = None) -> Any:
+        """The curve the AUC integrates (`curve`), its measured points marked, the diagonal dotted.
+
+        ``plot(path)`` writes the figure and returns the path; ``plot(ax=ax)`` draws into your axes
+        (e.g. ACDC and EAP-IG on one plot) and returns them. The legend gives the AUC.
+        """
+        plt, fig, ax, out = figure_or_axes(path, ax, (4.0, 4.0))
+        xs, ys = self.curve()
+        text = f"AUC {self.auc:.3f}"
+        line = ax.plot(xs, ys, label=f"{label} ({text})" if label else text)[0]
+        ax.scatter(self.fpr, self.tpr, s=12, color=line.get_color(), zorder=3)
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(f"false-positive rate ({self.level}s)")
+        ax.set_ylabel("true-positive rate")
+        ax.legend(loc="lower right", fontsize="small")
+        return ax if fig is None else save(plt, fig, out)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return {

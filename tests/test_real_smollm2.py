@@ -124,3 +124,29 @@ def test_explorer_on_the_real_model(smollm2):
     r = ex.head(head, 0)
     rows = torch.tensor(r["attention"]["clean"])
     assert rows.shape[0] == len(p0["clean"]) and torch.allclose(rows.sum(1), torch.ones(len(rows)), atol=1e-4)
+
+
+def test_cache_is_keyed_on_content_so_another_copy_shares_it(smollm2, monkeypatch, tmp_path):
+    """A second venv (or clone) has its own copy of the GGUF file, at another path and mtime: same cache folder."""
+    import os
+    import shutil
+
+    gguf = _local_source("smollm2-135m-instruct")
+    folder = _converted(gguf)
+    copy = tmp_path / "venv2" / gguf.name
+    copy.parent.mkdir()
+    shutil.copyfile(gguf, copy)
+    os.utime(copy, (1_000_000_000, 1_000_000_000))
+    import transformers
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the GGUF file was converted again")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_conversion)
+    assert _converted(copy) == folder
+    with open(copy, "r+b") as f:  # another file (one byte changed) gets another folder
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    assert _converted.__globals__["content_key"](copy) != _converted.__globals__["content_key"](gguf)

@@ -24,9 +24,11 @@ import torch
 from torch import Tensor
 
 from ..circuit import read_json, write_json
+from ..graph import Graph
 from ..inputs import check_threshold
 from ..metrics import Batch, Metric
 from ..patching import Patcher
+from ..progress import WorkBar, edge_test_cost
 from ..scores import Scores
 from .attribution import attribution_scores
 
@@ -48,8 +50,12 @@ def run_acdc(
     prefilter_scores: Tensor | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: float = 60.0,
+    leave: bool = True,
 ) -> Scores:
     """Run ACDC on ``patcher``'s graph and batch; ``.selection()`` of the result is the circuit.
+
+    ``progress`` shows a bar whose ETA weighs each edge by the layers its test reruns
+    (`acdc.progress.edge_test_cost`); ``leave=False`` clears it at the end (inside a sweep).
 
     ``callback(edge_index, delta, removed)`` is called after each tested edge; returning True
     stops the run there (edges not yet visited stay in the circuit, ``settings["stopped_early"]``).
@@ -72,14 +78,12 @@ def run_acdc(
     the same scores up to float rounding (the resumed reference state is recomputed in one pass).
     Different arguments are refused with a one-line error; delete the file to start over.
     """
-    from tqdm.auto import tqdm
-
     threshold = check_threshold(threshold)
     if patcher.graph.positions is not None:
         if checkpoint is not None:
             raise ValueError("checkpoints are not supported on positional graphs yet; run without checkpoint=")
         return _run_positional(patcher, metric, batch, threshold=threshold, abs_value=abs_value, progress=progress,
-                               callback=callback, prefilter=prefilter, prefilter_method=prefilter_method,
+                               leave=leave, callback=callback, prefilter=prefilter, prefilter_method=prefilter_method,
                                prefilter_scores=prefilter_scores)
     if speculate is None:
         speculate = 8 if patcher.tf.device.type != "cpu" else 1
@@ -94,7 +98,8 @@ def run_acdc(
         skipped[saved["skipped"]] = True
         info = dict(saved["info"])
     elif prefilter is not None:
-        skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method, prefilter_scores)
+        skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method, prefilter_scores,
+                                        progress=progress)
     else:
         skipped = torch.zeros(g.n_edges, dtype=torch.bool)
     state = patcher.state()
@@ -135,8 +140,11 @@ def run_acdc(
     node_src = g.dst_node_src.tolist()
     skipped_list = skipped.tolist()
     t0 = time.perf_counter()
-    bar = tqdm(total=g.n_edges, initial=g.n_edges - 1 - e, desc="ACDC", unit="edge", disable=not progress,
-               mininterval=0.5)
+    cost = _edge_costs(g)
+    tested_up_front = ~skipped
+    bar = WorkBar(g.n_edges, float(cost[tested_up_front].sum()), desc="ACDC", disable=not progress,
+                  initial_items=g.n_edges - 1 - e, initial_work=float(cost[e + 1:][tested_up_front[e + 1:]].sum()), leave=leave)
+    cost_list = cost.tolist()
     dst_dead = False
     last_dst = -1
     stopped = False
@@ -150,7 +158,7 @@ def run_acdc(
                 state.keep[d] = False
                 state.inputs.pop(d, None)
         if dst_dead or skipped_list[e]:
-            bar.update(1)
+            bar.skip(1, 0.0 if skipped_list[e] else cost_list[e])
             e -= 1
             continue
         block = [e]  # the next edges into the same destination that are still to be tested
@@ -171,11 +179,11 @@ def run_acdc(
                 current = new
                 accepted = j + 1
             trace.append(_shown(metric, current))
-            bar.update(1)
+            bar.done(1, cost_list[edge])
             if callback is not None and callback(edge, delta, removed):
                 stopped = True
             if n_tested % 64 == 0:
-                bar.set_postfix(status(), refresh=False)
+                bar.status(status())
             if stopped or not removed:
                 break
         if accepted:
@@ -185,11 +193,17 @@ def run_acdc(
             save(done=False)
             last_save = time.perf_counter()
     save(done=not stopped)
-    bar.set_postfix(status())
+    bar.status(status())
     bar.close()
     info = _settings(info, patcher, metric, threshold=threshold, abs_value=abs_value, n_tested=n_tested, t0=t0,
                      current=current, stopped=stopped)
     return Scores(g, scores, info, selected=g.sparse(state.keep).cpu(), trace=trace)
+
+
+def _edge_costs(g: Graph) -> Tensor:
+    """[n_edges] relative cost of testing each edge (`edge_test_cost` of its destination's layer)."""
+    per_dst = torch.tensor([edge_test_cost(layer, g.n_layers) for layer in g.dst_layer.tolist()], dtype=torch.float64)
+    return per_dst[g.edge_dst]
 
 
 def _shown(metric: Metric, loss: float) -> float:
@@ -218,6 +232,7 @@ def _run_positional(
     threshold: float,
     abs_value: bool,
     progress: bool,
+    leave: bool,
     callback: Callable[[int, float, bool], bool | None] | None,
     prefilter: float | None,
     prefilter_method: str,
@@ -229,12 +244,11 @@ def _run_positional(
     Each candidate is evaluated with `Patcher.forward`, restarting at the tested edge's layer
     from the reference circuit's source outputs (nothing before that layer can change).
     """
-    from tqdm.auto import tqdm
-
     g = patcher.graph
     info: dict[str, Any] = {}
     if prefilter is not None:
-        skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method, prefilter_scores)
+        skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method, prefilter_scores,
+                                        progress=progress)
     else:
         skipped = torch.zeros(g.n_edges, dtype=torch.bool)
     keep = g.dense(~skipped).to(patcher.tf.device)
@@ -247,7 +261,10 @@ def _run_positional(
     skipped_list = skipped.tolist()
     n_tested, last_dst, dst_dead, stopped = 0, -1, False, False
     t0 = time.perf_counter()
-    bar = tqdm(total=g.n_edges, desc="ACDC (positional)", unit="edge", disable=not progress, mininterval=0.5)
+    cost = _edge_costs(g)
+    cost_list = cost.tolist()
+    bar = WorkBar(g.n_edges, float(cost[~skipped].sum()), desc="ACDC (positional)", disable=not progress,
+                  leave=leave)
     for e in range(g.n_edges - 1, -1, -1):
         d = edge_dst[e]
         if d != last_dst:
@@ -255,9 +272,10 @@ def _run_positional(
             dst_dead = node_src[d] >= 0 and not bool(keep[:, node_src[d]].any())
             if dst_dead:
                 keep[d] = False
-        bar.update(1)
         if dst_dead or skipped_list[e]:
+            bar.skip(1, 0.0 if skipped_list[e] else cost_list[e])
             continue
+        bar.done(1, cost_list[e])
         candidate = keep.clone()
         candidate[d, edge_src[e], edge_pos[e]] = False
         new_logits, new_X = patcher.forward(candidate, reuse=(X, dst_layer[d]))
@@ -280,7 +298,8 @@ def _run_positional(
 
 
 def prefilter_edges(
-    patcher: Patcher, metric: Metric, batch: Batch, keep: float, method: str, values: Tensor | None = None
+    patcher: Patcher, metric: Metric, batch: Batch, keep: float, method: str, values: Tensor | None = None,
+    progress: bool = False,
 ) -> tuple[Tensor, dict[str, Any]]:
     """APPROXIMATE: [n_edges] bool, the edges outside the top ``keep`` fraction by |attribution score|.
 
@@ -291,7 +310,7 @@ def prefilter_edges(
         raise ValueError(f"prefilter must be a fraction in (0, 1], got {keep!r}")
     t0 = time.perf_counter()
     if values is None:
-        values = attribution_scores(patcher, metric, batch, method=method, steps=5)
+        values = attribution_scores(patcher, metric, batch, method=method, steps=5, progress=progress)
     elif values.shape != (patcher.graph.n_edges,):
         raise ValueError(f"prefilter_scores need one entry per edge ({patcher.graph.n_edges}), got {tuple(values.shape)}")
     n_keep = max(1, math.ceil(keep * len(values)))

@@ -30,18 +30,19 @@ destination's gradient without materialising per-head copies of the residual str
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..metrics import Batch, Metric
 from ..patching import Patcher
+from ..progress import bar
 from ..scores import Scores
 
-__all__ = ["METHODS", "attribution_scores", "eap", "eap_ig_activations", "eap_ig_inputs"]
+__all__ = ["METHODS", "VanishingScoresWarning", "attribution_scores", "check_vanishing", "eap", "eap_ig_activations", "eap_ig_inputs"]
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
 METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations")
@@ -68,11 +69,44 @@ def eap_ig_activations(
     return _scores(patcher, metric, batch, "eap-ig-activations", steps, progress, grid)
 
 
+class VanishingScoresWarning(UserWarning):
+    """Attribution scores that are all ~0 because the metric's gradient vanishes where they are taken."""
+
+
+def check_vanishing(method: str, metric: Metric, steps: int = 1, grid: str = "right") -> bool:
+    """Warn before the runs when ``method`` takes every gradient where ``metric``'s is zero.
+
+    KL to the full model is minimal (zero) at the clean run, so its gradient there is zero and
+    EAP (one gradient, at the clean run) scores every edge ~1e-10. EAP-IG with one step on the
+    "right" grid (alpha = 1) takes its gradients at the clean run too.
+    """
+    single_clean_point = method == "eap" or (steps == 1 and grid == "right")
+    vanishes = metric.name == "kl" and single_clean_point
+    if vanishes:
+        warnings.warn(
+            f"{method} with the KL metric scores every edge ~0: KL to the full model has zero gradient at the clean "
+            "run, where EAP takes it. Use method='eap-ig-inputs' (gradients along the path to the corrupt run), "
+            "or a difference metric with answers (metric='logit_diff').", VanishingScoresWarning, stacklevel=3)
+    return vanishes
+
+
+def _warn_if_all_zero(values: Tensor, method: str, metric: Metric) -> None:
+    """After the runs: every score tiny (below 1e-8) is almost always a vanishing gradient, not a finding."""
+    if values.numel() and bool(values.isfinite().all()) and float(values.abs().max()) < 1e-8:
+        warnings.warn(
+            f"every {method} score is below 1e-8 (largest {float(values.abs().max()):.2g}): the gradient of "
+            f"metric {metric.name!r} vanishes at the points taken; try EAP-IG or another metric",
+            VanishingScoresWarning, stacklevel=3)
+
+
 def _scores(
     patcher: Patcher, metric: Metric, batch: Batch, method: str, steps: int, progress: bool, grid: Grid = "right"
 ) -> Scores:
+    warned = check_vanishing(method, metric, steps, grid)
     t0 = time.perf_counter()
     values = attribution_scores(patcher, metric, batch, method=method, steps=steps, grid=grid, progress=progress)
+    if not warned:
+        _warn_if_all_zero(values, method, metric)
     settings = {
         "method": method, "steps": steps, **({"grid": grid} if method != "eap" else {}),
         "metric": metric.name, "ablation": patcher.ablation,
@@ -97,7 +131,7 @@ def attribution_scores(
     g = patcher.graph
     dense = torch.zeros(*delta.state_shape, dtype=torch.float64, device=tf.device)
     points = list(_points(method, steps, tf.arch.n_layers, grid, patcher.graph.attn_only))
-    for override in tqdm(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
+    for override in bar(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
         dense += _pass(patcher, metric, batch, delta, override)
     dense /= len(points)
     if g.positions is not None and not delta.positional:  # one position covering every token: the plain graph's

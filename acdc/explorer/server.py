@@ -11,7 +11,8 @@ Routes (the README documents them):
     GET  /                      the page
     GET  /api/graph             the circuit JSON (EAP-IG/MIB format, scores and notes)
     GET  /api/view              what the page draws: layout, node table, prompts, metric baselines
-    POST /api/evaluate          {"ablated": [edges]} or {"kept": [edges]}, optional "prompt", "k"
+    POST /api/evaluate          {"removed": [edges]} (the circuit minus these), {"kept": [edges]} (only these)
+                                or {"ablated": [edges]} (the whole graph minus these); optional "prompt", "k"
     GET  /api/head?name=a1.h2&prompt=0   attention pattern (clean, corrupt) and direct effect
     POST /api/node_effects      {"kept": [edges]}: each node's output removed from that circuit
     POST /api/notes             {"node": "a1.h2", "label": "...", "note": "..."}: saved into the JSON
@@ -185,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 _GET_ROUTES = {"/", "/index.html", "/api/graph", "/api/view", "/api/head"}
 _POST_ROUTES = {
-    "/api/evaluate": {"ablated", "kept", "prompt", "k"},
+    "/api/evaluate": {"removed", "ablated", "kept", "prompt", "k"},
     "/api/node_effects": {"kept"},
     "/api/notes": {"node", "label", "note"},
 }

@@ -21,6 +21,8 @@ from torch import Tensor
 from ..api import prepare
 from ..circuit import Circuit, check_notes, write_json
 from ..faithfulness_math import Faithfulness
+from ..graph import Graph
+from ..loading import load_model
 from ..metrics import per_prompt
 from ..render import circuit_title, layout
 
@@ -85,6 +87,7 @@ class Explorer:
         self.circuit = circuit
         self.path = None if path is None else Path(path)
         ablation = ablation or str(circuit.settings.get("ablation") or "resample")
+        Graph.from_model(load_model(model)).check_fits(circuit.graph, "this circuit", qkv=False, positions=False)
         self.patcher, self.metric, self.batch = prepare(model, task, graph=circuit.graph, ablation=ablation, metric=metric)
         self.graph = self.patcher.graph
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
@@ -109,19 +112,33 @@ class Explorer:
         out["prompts"] = [self._prompt(i) for i in range(self.n_prompts)]
         return out
 
-    def evaluate(self, *, ablated: Any = None, kept: Any = None, prompt: Any = 0, k: Any = TOP_K) -> dict[str, Any]:
-        """The metric with ``ablated`` edges ablated (everything else kept), or everything but ``kept``.
+    def evaluate(self, *, ablated: Any = None, kept: Any = None, removed: Any = None, prompt: Any = 0,
+                 k: Any = TOP_K) -> dict[str, Any]:
+        """The metric with one edge set kept; say which with exactly one of three lists of edge names:
+
+        - ``removed``: the circuit minus these edges (what clicking edges on the page does);
+        - ``kept``: exactly these edges kept, every other edge of the graph ablated;
+        - ``ablated``: the whole graph minus these edges (every other edge kept, the circuit or not).
 
         Returns the metric, each prompt's value, the faithfulness of what is kept (ratio m(C)/m(M)
         and normalized (m(C) - m({})) / (m(M) - m({}))), and for ``prompt`` the top ``k`` next
-        tokens of the full model on the clean and on the corrupt prompt and of this circuit.
+        tokens of the full model on the clean and on the corrupt prompt and of this circuit;
+        ``evaluated`` names which of the three was asked.
         """
-        if (ablated is None) == (kept is None):
-            raise ExplorerError('send exactly one of "ablated" or "kept" (lists of edge names)')
+        given = {name: x for name, x in (("removed", removed), ("kept", kept), ("ablated", ablated)) if x is not None}
+        if len(given) != 1:
+            raise ExplorerError('send exactly one of "removed" (the circuit minus these), "kept" (only these) or '
+                                '"ablated" (the whole graph minus these): lists of edge names')
+        (what, names), = given.items()
         i, k = self._prompt_index(prompt), _top_k(k)
         t0 = time.perf_counter()
-        named = self.edge_mask(ablated if kept is None else kept, "ablated" if kept is None else "kept")
-        mask = named if kept is None else ~named
+        named = self.edge_mask(names, what)
+        if what == "ablated":
+            mask = named
+        elif what == "kept":
+            mask = ~named
+        else:
+            mask = ~(self.circuit.in_graph.to(named.device) & ~named)
         logits = self.patcher.masked_logits(mask)
         value = self.metric(logits, self.batch)
         prompts = per_prompt(self.metric, logits, self.batch)
@@ -133,6 +150,7 @@ class Explorer:
             "empty_metric": _num(self.empty_metric), "n_ablated": int(mask.sum()), "n_kept": int((~mask).sum()),
             "faithfulness": {"ratio": _num(f.ratio_of_means), "normalized": _num(f.normalized),
                              "per_prompt_median": _num(float(f.per_prompt.median()))},
+            "evaluated": {"removed": "circuit minus removed", "kept": "only kept", "ablated": "graph minus ablated"}[what],
             "prompt": i, "next_tokens": {"model": self._next(self.full_logits, i, k), "circuit": self._next(logits, i, k),
                                          "corrupt": self._next(self.patcher.corrupt_logits, i, k)},
             "seconds": time.perf_counter() - t0,

