@@ -21,8 +21,10 @@ from torch import Tensor
 from typing_extensions import Unpack
 
 from .algorithms import get_algorithm
+from .algorithms.acdc import check_options as check_acdc_options
 from .algorithms.acdc import run_acdc
 from .algorithms.attribution import METHODS
+from .algorithms.attribution import check_options as check_attribution
 from .circuit import Circuit
 from .evaluation import ROC, CircuitLike, Level, as_mask, check_level, threshold_grid
 from .faithfulness_math import (
@@ -116,6 +118,7 @@ def discover(
                 align), or an `acdc.Positions`; default None, edges at every token at once.
     """
     threshold = check_threshold(threshold)
+    check_acdc_options(speculate=speculate, prefilter=prefilter, prefilter_method=prefilter_method)
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
     scores = run_acdc(
         patcher, m, batch, threshold=threshold, abs_value=abs_value, progress=progress, speculate=speculate,
@@ -152,6 +155,7 @@ def attribute(
             "(ACDC runs with acdc.discover(..., threshold=...))"
         )
     algorithm = get_algorithm(method)
+    check_attribution(method, steps, grid)
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
     options: dict[str, Any] = {} if method == "eap" else {"steps": steps, "grid": grid}
     return _with_position_labels(algorithm(patcher, m, batch, progress=progress, **options), patcher)
@@ -187,6 +191,8 @@ def roc(
     each threshold's ACDC bar below it while it runs.
     """
     check_level(level)
+    if thresholds is not None:
+        thresholds = [check_threshold(t) for t in thresholds]
     patcher, metric, batch = prepare(model, clean, corrupt, **inputs)
     if thresholds is None:
         full, gone = _full_and_empty(patcher, metric, batch)
@@ -242,8 +248,18 @@ def faithfulness(
         inputs: metric ("logit_diff", "prob_diff", "kl", "accuracy" or your own; default the
             task's), ablation ("resample", "mean", "zero"), answers, answer_pos, split_qkv, graph.
     """
+    _check_setting(level=level, direction=direction, average=average, at=at)
     runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
     return runs.measure(level=level, direction=direction, average=average, mean_over=mean_over, at=at, progress=progress)
+
+
+def _check_setting(*, level: str = "edge", direction: str = "clean-complement", average: str = "ratio-of-means",
+                   at: str = "circuit", **_: Any) -> None:
+    """One-line ValueErrors for faithfulness settings that do not exist (checked before any run)."""
+    for name, value, choices in (("level", level, LEVELS), ("direction", direction, DIRECTIONS),
+                                 ("average", average, AVERAGES), ("at", at, POSITION_MODES)):
+        if value not in choices:
+            raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 class _FaithfulnessRuns:
@@ -295,10 +311,7 @@ class _FaithfulnessRuns:
     def measure(self, *, level: str = "edge", direction: str = "clean-complement", average: str = "ratio-of-means",
                 ablation: str | None = None, mean_over: str | int = "batch", metric: MetricLike | None = None,
                 at: str = "circuit", progress: bool = False) -> Faithfulness:
-        for name, value, choices in (("level", level, LEVELS), ("direction", direction, DIRECTIONS),
-                                     ("average", average, AVERAGES), ("at", at, POSITION_MODES)):
-            if value not in choices:
-                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        _check_setting(level=level, direction=direction, average=average, at=at)
         ablation = str(ablation or self.ablation)
         if mean_over != "batch" and ablation != "mean":
             raise ValueError(f"mean_over={mean_over!r} needs ablation='mean'")
@@ -443,8 +456,10 @@ def faithfulness_grid(
     progress: a bar over the settings.
     Returns a `FaithfulnessGrid`: ``.rows``, ``.to_markdown()``, ``.to_csv(path)``, ``.plot(path)``.
     """
-    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
     settings = [dict(x) for x in grid] + [{"ablation": "mean", "mean_over": int(k)} for k in reference_sizes]
+    for x in settings:
+        _check_setting(**x)
+    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
     return FaithfulnessGrid(tuple(runs.measure(**x) for x in bar(settings, desc="faithfulness settings", disable=not progress)))
 
 

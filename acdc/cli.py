@@ -81,6 +81,17 @@ def _positive(text: str) -> int:
     return n
 
 
+def _fraction(text: str) -> float:
+    """A fraction in (0, 1] for --prefilter."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {x}")
+    return x
+
+
 def _parser() -> argparse.ArgumentParser:
     from ._version import __version__
     from .algorithms.attribution import METHODS
@@ -97,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     _run_flags(d, default_out="out")
     d.add_argument("--threshold", type=float, required=True, help="keep an edge if removing it moves the metric by at least this")
     d.add_argument("--speculate", type=_positive, default=None, help="test up to K edges per batched pass (exact; default 8 on a GPU, 1 on a CPU)")
-    d.add_argument("--prefilter", type=float, default=None, help="APPROXIMATE: test only this fraction of edges, by EAP-IG score")
+    d.add_argument("--prefilter", type=_fraction, default=None, help="APPROXIMATE: test only this fraction of edges, by EAP-IG score")
     d.add_argument("--checkpoint", type=Path, default=None, help="save progress to this JSON file; rerun to resume")
     d.add_argument("--positions", default=None, choices=("named", "tokens"),
                    help="edges at token positions: the task's named roles (IOI: IO, S1, S1+1, S2, END) or token indices")

@@ -69,6 +69,30 @@ def test_bad_inputs_are_refused_before_the_model_runs(text_model, no_model_runs,
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda m: acdc.discover(m, CLEAN, CORRUPT, threshold=0.1, prefilter=2.0), r"^prefilter must be a fraction in \(0, 1\], got 2.0"),
+    (lambda m: acdc.discover(m, CLEAN, CORRUPT, threshold=0.1, prefilter=0.1, prefilter_method="eapp"),
+     r"^unknown attribution method 'eapp'"),
+    (lambda m: acdc.discover(m, CLEAN, CORRUPT, threshold=0.1, speculate=0), r"^speculate must be an integer >= 1, got 0"),
+    (lambda m: acdc.discover(m, CLEAN, CORRUPT, threshold=-1), r"^threshold must be a number >= 0, got -1"),
+    (lambda m: acdc.attribute(m, CLEAN, CORRUPT, method="eap-ig-inputs", steps=0), r"^steps must be an integer >= 1, got 0"),
+    (lambda m: acdc.attribute(m, CLEAN, CORRUPT, method="eap-ig-inputs", grid="middle"), r"^unknown grid 'middle'"),
+    (lambda m: acdc.attribute(m, CLEAN, CORRUPT, method="acdc"), r"^unknown attribution method 'acdc'"),
+    (lambda m: acdc.roc(m, CLEAN, CORRUPT, truth=acdc.Graph(1, 2).edges[:1], thresholds=[0.1, -2]),
+     r"^threshold must be a number >= 0, got -2"),
+    (lambda m: acdc.faithfulness(m, acdc.tasks.Task.from_tokens(torch.ones(1, 3, dtype=torch.long),
+                                                                 torch.ones(1, 3, dtype=torch.long)), [], level="nodes"),
+     r"^unknown level 'nodes'; choose one of edge, node"),
+    (lambda m: acdc.faithfulness_grid(m, acdc.tasks.Task.from_tokens(torch.ones(1, 3, dtype=torch.long),
+                                                                      torch.ones(1, 3, dtype=torch.long)), [],
+                                      grid=[{}, {"direction": "sideways"}]),
+     r"^unknown direction 'sideways'"),
+])
+def test_bad_options_are_refused_before_the_model_runs(text_model, no_model_runs, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(text_model)
+
+
 def test_one_string_is_one_prompt(text_model):
     one = acdc.Patcher(text_model, CLEAN[0], CORRUPT[0])
     assert torch.equal(one.clean_tokens, acdc.Patcher(text_model, CLEAN, CORRUPT).clean_tokens)
@@ -96,6 +120,7 @@ def test_binary_or_non_object_json_is_one_line(tmp_path, capsys):
      "argument --metric: invalid choice: 'logitdiff'"),
     (["discover", "--model", "zoo:ioi", "--threshold", "1", "--n-prompts", "0"], "argument --n-prompts: must be at least 1, got 0"),
     (["attribute", "--model", "zoo:ioi", "--method", "eap-ig"], "argument --method: invalid choice: 'eap-ig'"),
+    (["discover", "--model", "zoo:ioi", "--threshold", "1", "--prefilter", "5"], "argument --prefilter: must be a fraction in (0, 1], got 5.0"),
 ])
 def test_cli_flags_are_checked_before_any_model_loads(argv, match, capsys, monkeypatch):
     from acdc import loading

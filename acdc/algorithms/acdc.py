@@ -31,8 +31,9 @@ from ..patching import Patcher
 from ..progress import WorkBar, edge_test_cost
 from ..scores import Scores
 from .attribution import attribution_scores
+from .attribution import check_options as check_attribution
 
-__all__ = ["prefilter_edges", "run_acdc"]
+__all__ = ["check_options", "prefilter_edges", "run_acdc"]
 
 
 def run_acdc(
@@ -85,10 +86,9 @@ def run_acdc(
         return _run_positional(patcher, metric, batch, threshold=threshold, abs_value=abs_value, progress=progress,
                                leave=leave, callback=callback, prefilter=prefilter, prefilter_method=prefilter_method,
                                prefilter_scores=prefilter_scores)
+    check_options(speculate=speculate, prefilter=prefilter, prefilter_method=prefilter_method)
     if speculate is None:
         speculate = 8 if patcher.tf.device.type != "cpu" else 1
-    if not isinstance(speculate, int) or speculate < 1:
-        raise ValueError(f"speculate must be an integer >= 1, got {speculate!r}")
     g = patcher.graph
     info: dict[str, Any] = {}
     fingerprint = _fingerprint(patcher, metric, batch, threshold, abs_value, prefilter, prefilter_method)
@@ -297,6 +297,17 @@ def _run_positional(
     return Scores(g, scores, info, selected=g.sparse(keep).cpu(), trace=trace)
 
 
+def check_options(*, speculate: int | None = None, prefilter: float | None = None,
+                  prefilter_method: str = "eap-ig-inputs") -> None:
+    """One-line ValueErrors for ACDC options that cannot work (checked before any run)."""
+    if speculate is not None and (not isinstance(speculate, int) or isinstance(speculate, bool) or speculate < 1):
+        raise ValueError(f"speculate must be an integer >= 1, got {speculate!r}")
+    if prefilter is not None:
+        if not isinstance(prefilter, (int, float)) or isinstance(prefilter, bool) or not 0 < prefilter <= 1:
+            raise ValueError(f"prefilter must be a fraction in (0, 1], got {prefilter!r}")
+        check_attribution(prefilter_method)
+
+
 def prefilter_edges(
     patcher: Patcher, metric: Metric, batch: Batch, keep: float, method: str, values: Tensor | None = None,
     progress: bool = False,
@@ -306,8 +317,7 @@ def prefilter_edges(
     `run_acdc(prefilter=...)` removes them without testing; the returned settings record that
     the result is approximate.
     """
-    if not isinstance(keep, (int, float)) or not 0 < keep <= 1:
-        raise ValueError(f"prefilter must be a fraction in (0, 1], got {keep!r}")
+    check_options(prefilter=keep, prefilter_method=method)
     t0 = time.perf_counter()
     if values is None:
         values = attribution_scores(patcher, metric, batch, method=method, steps=5, progress=progress)

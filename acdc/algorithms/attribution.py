@@ -42,7 +42,7 @@ from ..patching import Patcher
 from ..progress import bar
 from ..scores import Scores
 
-__all__ = ["METHODS", "VanishingScoresWarning", "attribution_scores", "check_vanishing", "eap", "eap_ig_activations", "eap_ig_inputs"]
+__all__ = ["METHODS", "VanishingScoresWarning", "attribution_scores", "check_options", "check_vanishing", "eap", "eap_ig_activations", "eap_ig_inputs"]
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
 METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations")
@@ -67,6 +67,16 @@ def eap_ig_activations(
 ) -> Scores:
     """EAP-IG with each node group's output interpolated in turn (``steps`` passes per group on ``grid``)."""
     return _scores(patcher, metric, batch, "eap-ig-activations", steps, progress, grid)
+
+
+def check_options(method: str, steps: int = 5, grid: str = "right") -> None:
+    """One-line ValueErrors for a method, step count or grid that does not exist (checked before any run)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
 
 
 class VanishingScoresWarning(UserWarning):
@@ -120,12 +130,7 @@ def attribution_scores(
     progress: bool = False,
 ) -> Tensor:
     """[n_edges] float64 attribution scores in the graph's edge order (see module docstring)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if grid not in GRIDS:
-        raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
+    check_options(method, steps, grid)
     tf = patcher.tf
     delta = _Delta(patcher)
     g = patcher.graph
