@@ -290,7 +290,7 @@ class _FaithfulnessRuns:
         g, keep = self.graph, self.circuit
         used = {g.sources[s].name for s in g.edge_src[keep].tolist()}
         used |= {g.destinations[d].node.name for d in g.edge_dst[keep].tolist()}
-        return [n.name for n in g.sources if n.kind in ("head", "mlp") and n.name in used]
+        return [n.name for n in g.components() if n.name in used]
 
     def node_metric(self, nodes: Sequence[str]) -> float:
         """The metric with the output of every node outside ``nodes`` ablated (the input stays)."""
@@ -370,7 +370,7 @@ def completeness(
         classes = getattr(circuit, "classes", None)
     mapping = dict(getattr(classes, "classes", classes) or {})
     in_c = runs.circuit_nodes()
-    everything = [n.name for n in runs.graph.sources if n.kind in ("head", "mlp")]
+    everything = [n.name for n in runs.graph.components()]
     rows: list[tuple[str, tuple[str, ...], float, float]] = []
 
     def row(label: str, k: Sequence[str]) -> tuple[str, tuple[str, ...], float, float]:

@@ -111,7 +111,7 @@ def node_mask(graph: Graph, edge_mask: Tensor) -> Tensor:
 
 def node_universe(graph: Graph) -> list[str]:
     """Names of the heads and MLPs of ``graph``, in forward order (the node-level universe)."""
-    return [n.name for n in graph.sources if n.kind in ("head", "mlp")]
+    return [n.name for n in graph.components()]
 
 
 @dataclass(frozen=True, eq=False)
@@ -319,7 +319,7 @@ def as_mask(x: CircuitLike, g: Graph) -> Tensor:
 
 def _node_of_edges(g: Graph) -> tuple[Tensor, Tensor]:
     """Node-universe index of each edge's source and destination node (input/logits -> last slot)."""
-    is_node = torch.tensor([n.kind in ("head", "mlp") for n in g.sources])
+    is_node = torch.tensor([n.kind.component for n in g.sources])
     of_source = torch.full((len(g.sources) + 1,), int(is_node.sum()), dtype=torch.long)  # slot -1: logits
     of_source[:-1][is_node] = torch.arange(int(is_node.sum()))
     return of_source[g.edge_src], of_source[g.dst_node_src[g.edge_dst]]

@@ -29,9 +29,54 @@ from torch import Tensor
 
 from .positions import check_names
 
-__all__ = ["Node", "Destination", "Edge", "Graph", "layer_offset"]
+__all__ = ["Node", "NodeKind", "Destination", "Edge", "Graph", "KINDS", "INPUT", "HEAD", "MLP", "LOGITS", "layer_offset"]
 
-NodeKind = Literal["input", "head", "mlp", "logits"]
+
+class NodeKind(str):
+    """A kind of graph node: the string it is called by ("head"), and what it is to the graph.
+
+    The graph owns the kinds; other modules ask a node's kind what it needs instead of comparing
+    names. A new kind (neurons, transcoder features) is one more `NodeKind` in `KINDS`.
+
+    Attributes:
+        slots:      the destination slots of its inputs: ``("q", "k", "v")`` for a head (one
+                    slot, ``(None,)``, when q/k/v are not split), ``(None,)`` for one input,
+                    ``()`` for none (the input node).
+        component:  a computing unit inside the layers that a circuit keeps or drops (heads and
+                    MLPs; not the input and logits).
+        attends:    it has an attention pattern (queries at one position, keys at others).
+        order:      its row within a layer, bottom-up (heads 0, the MLP above them 1).
+        answer_slots: in the last layer, the slots the engine reads at the answer rows only
+                    (a head's queries, an MLP; every slot of the logits).
+        shape, rounded: how it is drawn (graphviz shape; rounded corners).
+    """
+
+    slots: tuple[str | None, ...]
+    component: bool
+    attends: bool
+    order: int
+    answer_slots: tuple[str | None, ...]
+    shape: str
+    rounded: bool
+
+    def __new__(cls, name: str, *, slots: tuple[str | None, ...], component: bool, attends: bool = False, order: int = 0,
+                answer_slots: tuple[str | None, ...] = (), shape: str = "box", rounded: bool = False) -> NodeKind:
+        kind = super().__new__(cls, name)
+        kind.slots, kind.component, kind.attends, kind.order = slots, component, attends, order
+        kind.answer_slots, kind.shape, kind.rounded = answer_slots, shape, rounded
+        return kind
+
+    def input_slots(self, split_qkv: bool = True) -> tuple[str | None, ...]:
+        """Its destination slots in a graph (a head's q/k/v collapse to one when not split)."""
+        return self.slots if split_qkv or len(self.slots) <= 1 else (None,)
+
+
+INPUT = NodeKind("input", slots=(), component=False, shape="invhouse")
+HEAD = NodeKind("head", slots=("q", "k", "v"), component=True, attends=True, order=0, answer_slots=("q",),
+                shape="box", rounded=True)
+MLP = NodeKind("mlp", slots=(None,), component=True, order=1, answer_slots=(None,), shape="ellipse")
+LOGITS = NodeKind("logits", slots=(None,), component=False, answer_slots=(None,), shape="house")
+KINDS: dict[str, NodeKind] = {k: k for k in (INPUT, HEAD, MLP, LOGITS)}
 
 
 def layer_offset(layer: int, n_heads: int, has_mlp: bool = True) -> int:
@@ -44,11 +89,21 @@ def layer_offset(layer: int, n_heads: int, has_mlp: bool = True) -> int:
 
 @dataclass(frozen=True, order=True)
 class Node:
-    """A graph node. ``layer`` is -1 for ``input`` and ``n_layers`` for ``logits``."""
+    """A graph node. ``layer`` is -1 for ``input`` and ``n_layers`` for ``logits``.
+
+    ``kind`` may be given by name ("head"); it is stored as the `NodeKind` of that name.
+    """
 
     layer: int
     kind: NodeKind
     head: int = -1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, NodeKind):
+            try:
+                object.__setattr__(self, "kind", KINDS[self.kind])
+            except KeyError:
+                raise ValueError(f"unknown node kind {self.kind!r}; one of {', '.join(KINDS)}") from None
 
     @property
     def name(self) -> str:
@@ -74,6 +129,11 @@ class Destination:
     @property
     def name(self) -> str:
         return self.node.name if self.qkv is None else f"{self.node.name}<{self.qkv}>"
+
+    def answers_only(self, n_layers: int) -> bool:
+        """Whether the engine reads this input at the answer rows only (the logits; in the last
+        layer a head's queries and the MLP): nothing later reads the other positions."""
+        return self.node.layer >= n_layers - 1 and self.qkv in self.node.kind.answer_slots
 
     def __str__(self) -> str:
         return self.name
@@ -145,19 +205,18 @@ class Graph:
         # k and one v input per query head (see acdc.families); recorded for the JSON.
         self.n_kv_heads = n_kv_heads if n_kv_heads not in (None, n_heads) else None
 
-        sources = [Node(-1, "input")]
+        sources = [Node(-1, INPUT)]
         dests: list[Destination] = []
         for layer in range(n_layers):
             for h in range(n_heads):
-                node = Node(layer, "head", h)
-                slots = ("q", "k", "v") if split_qkv else (None,)
-                dests.extend(Destination(node, s) for s in slots)
+                node = Node(layer, HEAD, h)
+                dests.extend(Destination(node, s) for s in HEAD.input_slots(split_qkv))  # type: ignore[arg-type]
                 sources.append(node)
             if not attn_only:
-                mlp = Node(layer, "mlp")
+                mlp = Node(layer, MLP)
                 dests.append(Destination(mlp))
                 sources.append(mlp)
-        dests.append(Destination(Node(n_layers, "logits")))
+        dests.append(Destination(Node(n_layers, LOGITS)))
         self.sources: tuple[Node, ...] = tuple(sources)
         self.destinations: tuple[Destination, ...] = tuple(dests)
         self.src_index = {n.name: i for i, n in enumerate(self.sources)}
@@ -165,11 +224,12 @@ class Graph:
 
         self.src_layer = torch.tensor([n.layer for n in self.sources])
         self.dst_layer = torch.tensor([d.node.layer for d in self.destinations])
-        src_is_head = torch.tensor([n.kind == "head" for n in self.sources])
-        dst_is_mlp = torch.tensor([d.node.kind == "mlp" for d in self.destinations])
+        # within a layer, a node reads the nodes on rows below it (a sequential MLP reads its layer's heads)
+        src_order = torch.tensor([n.kind.order for n in self.sources])
+        dst_order = torch.tensor([d.node.kind.order for d in self.destinations])
         before = self.src_layer[None, :] < self.dst_layer[:, None]
         same_layer_head_to_mlp = (
-            (self.src_layer[None, :] == self.dst_layer[:, None]) & src_is_head[None, :] & dst_is_mlp[:, None]
+            (self.src_layer[None, :] == self.dst_layer[:, None]) & (src_order[None, :] < dst_order[:, None])
         )
         self.upstream: Tensor = before | (same_layer_head_to_mlp & (not parallel_attn_mlp))
         dst_idx, src_idx = self.upstream.nonzero(as_tuple=True)  # row-major: dst, then src
@@ -332,6 +392,10 @@ class Graph:
         return len(self.destinations) - 1
 
     # ------------------------------------------------------------------ lookups
+    def components(self) -> list[Node]:
+        """The computing units a circuit keeps or drops (heads and MLPs), in forward order."""
+        return [n for n in self.sources if n.kind.component]
+
     @property
     def n_edges(self) -> int:
         return len(self.edges)
@@ -395,7 +459,7 @@ class Graph:
 
         g = nx.MultiDiGraph()
         for node in self.nodes:
-            g.add_node(node.name, layer=node.layer, kind=node.kind, head=node.head)
+            g.add_node(node.name, layer=node.layer, kind=str(node.kind), head=node.head)
         for i, e in enumerate(self.edges):
             if edge_mask is not None and not bool(edge_mask[i]):
                 continue

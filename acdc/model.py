@@ -63,7 +63,7 @@ class Architecture:
     d_mlp: int
     d_vocab: int
     parallel_attn_mlp: bool
-    positional: Literal["standard", "rotary"]
+    position_embedding: Literal["standard", "rotary"]  # learned positions added to the input, or rotary in attention
     rotary_dim: int
     rotary_base: float
     eps: float
@@ -148,7 +148,7 @@ class Transformer:
             d_mlp=cfg.d_mlp,
             d_vocab=cfg.d_vocab_out,
             parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
-            positional=cfg.positional_embedding_type,
+            position_embedding=cfg.positional_embedding_type,
             rotary_dim=rotary_dim,
             rotary_base=rotary_base,
             eps=float(cfg.eps),
@@ -162,7 +162,7 @@ class Transformer:
         )
         w = _read_weights(bridge, arch, norm_offset=fam.norm_offset)
         inv_freq = getattr(rotary_emb, "inv_freq", None)
-        if arch.positional == "rotary":  # Hugging Face's own frequencies carry its rope scalings
+        if arch.position_embedding == "rotary":  # Hugging Face's own frequencies carry its rope scalings
             w["inv_freq"] = (
                 inv_freq.detach().float().to(w["W_E"].device) if isinstance(inv_freq, Tensor) and inv_freq.numel() * 2 == rotary_dim
                 else 1.0 / (rotary_base ** (torch.arange(0, rotary_dim, 2, device=w["W_E"].device, dtype=torch.float32) / rotary_dim))
@@ -196,7 +196,7 @@ class Transformer:
         arch = Architecture(
             n_layers=int(cfg["n_layers"]), n_heads=int(cfg["n_heads"]), d_model=int(cfg["d_model"]),
             d_head=int(cfg["d_head"]), d_mlp=int(cfg.get("d_mlp") or 0), d_vocab=int(cfg["d_vocab"]),
-            parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)), positional="standard", rotary_dim=0,
+            parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)), position_embedding="standard", rotary_dim=0,
             rotary_base=10000.0, eps=float(cfg.get("eps", 1e-5)), act_fn=cfg.get("act_fn", "gelu_new"),
             attn_only=attn_only, family="transformer_lens",
         )
@@ -248,7 +248,7 @@ class Transformer:
         x = self.w["W_E"][tokens]
         if self.arch.embed_scale != 1.0:
             x = x * torch.tensor(self.arch.embed_scale, dtype=x.dtype)
-        if self.arch.positional == "standard":
+        if self.arch.position_embedding == "standard":
             x = x + self.w["W_pos"][: tokens.shape[-1]]
         return x
 
@@ -332,7 +332,7 @@ class Transformer:
         key_pos = torch.arange(n_pos, device=km.device)
         if q_pos is None:
             q_pos = key_pos.expand(km.shape[1], n_pos)
-        if a.positional == "rotary":
+        if a.position_embedding == "rotary":
             qm = self._rotate(qm, q_pos)
             km = self._rotate(km, key_pos.expand(km.shape[1], n_pos))
         scores = torch.matmul(qm, km.transpose(-1, -2)) / (a.d_head**0.5)  # [h, n, p, pos]
@@ -367,6 +367,15 @@ class Transformer:
         _, n, p, d = ln.shape
         y = torch.baddbmm(bias[:, None, :], ln.reshape(h, n * p, d), weight)
         return y.view(h, n, p, a.d_head)
+
+    def attn_bias(self, layer: int) -> Tensor:
+        """[d_model] the attention output bias b_O of ``layer`` (outside every head's output)."""
+        return self.w["b_O"][layer]
+
+    def project_grad(self, layer: int, which: str, grad: Tensor) -> Tensor:
+        """Gradient at LN1's output [h, n, p, d_model] from the gradient at the heads' projections
+        ``which`` ("Q", "K", "V") [h, n, p, d_head]: the backward of `project_normed`'s weights."""
+        return torch.einsum("hnpe,hde->hnpd", grad, self.w[f"W_{which}"][layer])
 
     def mlp(self, layer: int, x: Tensor) -> Tensor:
         """Output of MLP `layer` (b_out included) for input x [..., d_model]."""
@@ -472,7 +481,7 @@ def _read_weights(bridge: Bridge, arch: Architecture, norm_offset: float = 0.0) 
     w["W_E"] = get(bridge, "W_E", (a.d_vocab, d))
     w["W_U"] = get(bridge, "W_U", (d, a.d_vocab))
     w["b_U"] = get(bridge, "b_U", (a.d_vocab,))
-    if a.positional == "standard":
+    if a.position_embedding == "standard":
         w["W_pos"] = get(bridge, "W_pos", (1, d))
     w["lnf_w"] = norm_w(get(bridge.ln_final, "w", (d,)))
     w["lnf_b"] = get(bridge.ln_final, "b", (d,))

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -40,7 +40,20 @@ from .model import Transformer
 from .positions import Positions, token_names
 from .tasks import Task
 
-__all__ = ["Patcher", "PatchState", "Proposal"]
+__all__ = ["Patcher", "PatchState", "PositionalProposal", "PositionalState", "Proposal", "SearchState"]
+
+
+class SearchState(Protocol):
+    """What a search that removes edges needs of the engine (`Patcher.reference_state`)."""
+
+    keep: Tensor
+    logits: Tensor
+
+    def propagate(self, keep: Tensor) -> Any: ...  # -> a proposal with .keep and .logits [K, rows, d_vocab]
+
+    def commit(self, proposal: Any, k: int = 0) -> None: ...
+
+    def drop_destination(self, dst: int) -> None: ...
 
 
 @dataclass
@@ -72,6 +85,68 @@ class PatchState:
     def commit(self, proposal: "Proposal", k: int = 0) -> None:
         """Make candidate ``k`` of ``proposal`` (computed from this state) the reference."""
         self.patcher._commit(self, proposal, k)
+
+    def drop_destination(self, dst: int) -> None:
+        """Remove every edge into destination ``dst`` without a rerun: only for a node with no kept
+        outgoing edge, whose output nothing reads (so nothing downstream changes)."""
+        self.keep[dst] = False
+        self.inputs.pop(dst, None)
+
+
+@dataclass
+class PositionalState:
+    """A reference circuit on a positional graph, with the same surface as `PatchState`.
+
+    keep:   [n_dst, n_src, n_positions] bool, kept edges.
+    logits: [rows, d_vocab] at the answer positions.
+    X:      [n_src, batch, pos, d_model] each source's (output - ablation value) under ``keep``.
+
+    A candidate is evaluated by `Patcher.forward`, restarting at the first layer whose inputs it
+    changes and taking every source before that layer from ``X``.
+    """
+
+    keep: Tensor
+    logits: Tensor
+    X: Tensor
+    patcher: "Patcher"
+
+    def propagate(self, keep: Tensor) -> "PositionalProposal":
+        """Evaluate candidate kept-edge sets [K, n_dst, n_src, n_positions] (or one)."""
+        if keep.dim() == 3:
+            keep = keep[None]
+        g = self.patcher.graph
+        keep = keep & self.patcher.upstream[None, :, :, None]
+        logits, outs = [], []
+        for cand in keep:
+            changed = (cand != self.keep).any(-1).any(-1)
+            if not bool(changed.any()):
+                logits.append(self.logits)
+                outs.append(self.X)
+                continue
+            start = int(g.dst_layer[changed.cpu()].min())
+            lg, X = self.patcher.forward(cand, reuse=(self.X, start))
+            logits.append(lg)
+            outs.append(X)
+        return PositionalProposal(keep, torch.stack(logits), outs)
+
+    def commit(self, proposal: "PositionalProposal", k: int = 0) -> None:
+        """Make candidate ``k`` of ``proposal`` the reference."""
+        if bool((proposal.keep[k] & ~self.keep).any()):
+            raise ValueError("a commit may only remove edges from the reference circuit")
+        self.keep, self.logits, self.X = proposal.keep[k].clone(), proposal.logits[k], proposal.X[k]
+
+    def drop_destination(self, dst: int) -> None:
+        """As `PatchState.drop_destination`."""
+        self.keep[dst] = False
+
+
+@dataclass
+class PositionalProposal:
+    """Candidates evaluated against a `PositionalState`: their logits and source outputs."""
+
+    keep: Tensor  # [K, n_dst, n_src, n_positions]
+    logits: Tensor  # [K, rows, d_vocab]
+    X: list[Tensor]  # per candidate [n_src, batch, pos, d_model]
 
 
 @dataclass
@@ -219,13 +294,41 @@ class Patcher:
     def _layout(self) -> None:
         """Which destinations are read at the answer rows only (the last layer's q and MLP, logits)."""
         g, L = self.graph, self.tf.arch.n_layers
-        self._dst_ans: list[bool] = [
-            d.node.kind == "logits" or (d.node.layer == L - 1 and (d.node.kind == "mlp" or d.qkv == "q"))
-            for d in g.destinations
-        ]
+        self._dst_ans: list[bool] = [d.answers_only(L) for d in g.destinations]
         self.upstream = g.upstream.to(self.tf.device)
 
     # ------------------------------------------------------------------ public API
+    @property
+    def clean_outputs(self) -> Tensor:
+        """[n_src, batch, pos, d_model] every source's output on the clean run."""
+        return self.clean.sources
+
+    @property
+    def ablation_values(self) -> Tensor | None:
+        """Every source's ablation value: [n_src, batch, pos, d] (resample, weighted mean),
+        [n_src, 1, pos, d] (mean over the batch), or None (zero ablation)."""
+        return self.abl
+
+    @property
+    def position_groups(self) -> list[Tensor]:
+        """In a positional graph, the flat token indices (into batch * pos) of each position."""
+        if self.graph.positions is None:
+            raise ValueError("position_groups: this graph has no positions")
+        return self._groups
+
+    def reference_state(self) -> SearchState:
+        """The state a search that removes edges (ACDC) starts from: the full circuit on the clean run.
+
+        Plain graphs get the incremental `PatchState`; positional graphs a `PositionalState`. Both
+        have ``keep``, ``logits``, ``propagate(candidates)``, ``commit(proposal, k)`` and
+        ``drop_destination(dst)``.
+        """
+        if self.graph.positions is None:
+            return self.state()
+        keep = self.upstream[:, :, None].expand(*self.upstream.shape, self.graph.n_positions).clone()
+        logits, X = self.forward(keep)
+        return PositionalState(keep, logits, X, self)
+
     def state(self) -> PatchState:
         """A fresh reference state: the full circuit (every edge kept) on the clean run.
 

@@ -136,9 +136,9 @@ def layout(circuit: Circuit, mask: Any = None) -> dict[str, Any]:
         s = float(scores[i])
         edges.append({"index": i, "name": e.name, "src": src, "dst": dst, "qkv": e.qkv, "pos": e.pos,
                       "score": None if math.isnan(s) else s, "width": round(edge_width(s, top), 3)})
-        if e.src.kind == "head":
+        if e.src.kind.attends:
             acts.setdefault(e.src.name, set()).add(p)
-        if e.dst.node.kind == "head":
+        if e.dst.node.kind.attends:
             (acts if e.qkv in ("q", None) else reads).setdefault(e.dst.node.name, set()).add(p)
     order = {n.name: k for k, n in enumerate(g.nodes)}
     rows = sorted({_row(g, n) for n, _ in cells.values()})
@@ -152,7 +152,7 @@ def layout(circuit: Circuit, mask: Any = None) -> dict[str, Any]:
     for (row, p), ids in per_cell.items():
         for k, key in enumerate(ids):
             n = cells[key][0]
-            nodes.append({"id": key, "name": n.name, "kind": n.kind, "layer": n.layer, "head": n.head, "pos": p or None,
+            nodes.append({"id": key, "name": n.name, "kind": str(n.kind), "layer": n.layer, "head": n.head, "pos": p or None,
                           "x": x_of[p] + k - (len(ids) - 1) / 2, "y": y_of[row], "fill": _node_style(n, g, {}, {})["fillcolor"]})
     texts = circuit.settings.get("position_labels") or [""] * len(names)
     columns = [{"name": p, "text": t, "x": x_of[p]} for p, t in zip(names, texts, strict=False)] if positional else []
@@ -314,12 +314,8 @@ def _nodes_of(g: Graph, edge_idx: Iterable[int]) -> list[Node]:
 
 
 def _row(g: Graph, node: Node) -> tuple[int, int]:
-    """Sort key of the row a node sits on: (layer, 0 for heads / 1 for a sequential MLP)."""
-    if node.kind == "input":
-        return (-1, 0)
-    if node.kind == "logits":
-        return (g.n_layers, 0)
-    return (node.layer, 1 if node.kind == "mlp" and not g.parallel_attn_mlp else 0)
+    """Sort key of the row a node sits on: (layer, its kind's row in the layer; one row if attention and MLP are parallel)."""
+    return (node.layer, 0 if g.parallel_attn_mlp else node.kind.order)
 
 
 def _class_of(classes: Mapping[str, Iterable[str]] | None) -> dict[str, str]:
@@ -390,10 +386,10 @@ def _node_style(n: Node, g: Graph, cls_of: dict[str, str], colours: dict[str, st
     """Shape and fill of a node; its label adds its class and the researcher's label (circuit notes)."""
     cls = cls_of.get(n.name)
     fill = colours[cls] if cls is not None else (
-        "#e0e0e0" if n.kind in ("input", "logits") else _layer_colour(n.layer, g.n_layers)
+        _layer_colour(n.layer, g.n_layers) if n.kind.component else "#e0e0e0"
     )
-    shape = {"input": "invhouse", "logits": "house", "head": "box", "mlp": "ellipse"}[n.kind]
-    style = "filled,rounded" if n.kind == "head" else "filled"
+    shape = n.kind.shape
+    style = "filled,rounded" if n.kind.rounded else "filled"
     attrs = {"shape": shape, "fillcolor": fill, "style": style, "id": f"node:{n.name}", "tooltip": n.name}
     extra = [x for x in dict.fromkeys((cls, (notes or {}).get(n.name, {}).get("label"))) if x]  # a label equal to the class once
     if extra:

@@ -176,6 +176,51 @@ def test_positional_acdc_recovers_the_plant_at_its_positions(zoo_ioi):
     assert "a1.h0->a2.h0<q>@END" in c and "a1.h0->a2.h0<q>@S2" not in c
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_positional_acdc_checkpoint_resumes_exactly(zoo_ioi, tmp_path):
+    """One ACDC loop for both graphs: a positional run killed midway resumes to the uninterrupted result."""
+    import json
+
+    import acdc
+    from acdc.algorithms.acdc import run_acdc
+    from acdc.api import prepare
+
+    kw = dict(threshold=1e-3, positions="named", progress=False)
+    full = acdc.discover(zoo_ioi.model, zoo_ioi.task, **kw)
+    path = tmp_path / "ck.json"
+    seen = []
+
+    def kill_after_60(edge, delta, removed):
+        seen.append(edge)
+        if len(seen) == 60:
+            raise _Killed
+
+    patcher, metric, batch = prepare(zoo_ioi.model, zoo_ioi.task, positions="named")
+    with pytest.raises(_Killed):
+        run_acdc(patcher, metric, batch, threshold=1e-3, checkpoint=path, checkpoint_every=0, callback=kill_after_60)
+    saved = json.loads(path.read_text())
+    assert not saved["done"] and 50 <= saved["n_tested"] < 60 and saved["removed"]
+    resumed = acdc.discover(zoo_ioi.model, zoo_ioi.task, checkpoint=path, checkpoint_every=0, **kw)
+    assert resumed.edges == full.edges and resumed.settings["n_tested"] == full.settings["n_tested"]
+    assert torch.equal(resumed.scores.isnan(), full.scores.isnan())
+    assert torch.allclose(resumed.scores.nan_to_num(), full.scores.nan_to_num(), atol=1e-5)
+    assert resumed.settings["positions"] == list(zoo_ioi.task.positions.names)
+    with pytest.raises(ValueError, match="made with other arguments"):  # the positions are part of the arguments
+        acdc.discover(zoo_ioi.model, zoo_ioi.task, checkpoint=path, threshold=1e-3, positions="tokens", progress=False)
+
+
+def test_positional_acdc_speculate_gives_the_same_circuit(zoo_ioi):
+    import acdc
+
+    one = acdc.discover(zoo_ioi.model, zoo_ioi.task, threshold=1e-3, positions="named", progress=False)
+    four = acdc.discover(zoo_ioi.model, zoo_ioi.task, threshold=1e-3, positions="named", progress=False, speculate=4)
+    assert four.edges == one.edges and four.settings["n_tested"] == one.settings["n_tested"]
+    assert torch.allclose(four.scores.nan_to_num(), one.scores.nan_to_num(), atol=1e-6)
+
+
 def test_one_position_covering_all_tokens_equals_the_plain_graph(zoo_ioi):
     """ACDC and EAP-IG on a single-position graph give the plain graph's circuit and scores."""
     import acdc

@@ -80,16 +80,11 @@ def run_acdc(
     Different arguments are refused with a one-line error; delete the file to start over.
     """
     threshold = check_threshold(threshold)
-    if patcher.graph.positions is not None:
-        if checkpoint is not None:
-            raise ValueError("checkpoints are not supported on positional graphs yet; run without checkpoint=")
-        return _run_positional(patcher, metric, batch, threshold=threshold, abs_value=abs_value, progress=progress,
-                               leave=leave, callback=callback, prefilter=prefilter, prefilter_method=prefilter_method,
-                               prefilter_scores=prefilter_scores)
     check_options(speculate=speculate, prefilter=prefilter, prefilter_method=prefilter_method)
-    if speculate is None:
-        speculate = 8 if patcher.tf.device.type != "cpu" else 1
     g = patcher.graph
+    positional = g.positions is not None
+    if speculate is None:  # a positional state evaluates candidates one after another: no batch to gain
+        speculate = 8 if patcher.tf.device.type != "cpu" and not positional else 1
     info: dict[str, Any] = {}
     fingerprint = _fingerprint(patcher, metric, batch, threshold, abs_value, prefilter, prefilter_method)
     saved = _load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
@@ -102,7 +97,7 @@ def run_acdc(
                                         progress=progress)
     else:
         skipped = torch.zeros(g.n_edges, dtype=torch.bool)
-    state = patcher.state()
+    state = patcher.reference_state()
     removed_up_front = skipped.clone()
     if saved is not None:
         removed_up_front[saved["removed"]] = True
@@ -137,12 +132,14 @@ def run_acdc(
         }, checkpoint)
     edge_dst = g.edge_dst.tolist()
     edge_src = g.edge_src.tolist()
+    edge_pos = g.edge_pos.tolist()
     node_src = g.dst_node_src.tolist()
     skipped_list = skipped.tolist()
     t0 = time.perf_counter()
     cost = _edge_costs(g)
     tested_up_front = ~skipped
-    bar = WorkBar(g.n_edges, float(cost[tested_up_front].sum()), desc="ACDC", disable=not progress,
+    bar = WorkBar(g.n_edges, float(cost[tested_up_front].sum()), desc="ACDC (positional)" if positional else "ACDC",
+                  disable=not progress,
                   initial_items=g.n_edges - 1 - e, initial_work=float(cost[e + 1:][tested_up_front[e + 1:]].sum()), leave=leave)
     cost_list = cost.tolist()
     dst_dead = False
@@ -155,8 +152,7 @@ def run_acdc(
             last_dst = d
             dst_dead = node_src[d] >= 0 and not bool(state.keep[:, node_src[d]].any())
             if dst_dead:
-                state.keep[d] = False
-                state.inputs.pop(d, None)
+                state.drop_destination(d)
         if dst_dead or skipped_list[e]:
             bar.skip(1, 0.0 if skipped_list[e] else cost_list[e])
             e -= 1
@@ -165,8 +161,11 @@ def run_acdc(
         while len(block) < speculate and block[-1] > 0 and edge_dst[block[-1] - 1] == d and not skipped_list[block[-1] - 1]:
             block.append(block[-1] - 1)
         candidates = state.keep.expand(len(block), *state.keep.shape).clone()
-        for j, edge in enumerate(block):
-            candidates[j:, d, edge_src[edge]] = False  # candidate j removes block[0..j]
+        for j, edge in enumerate(block):  # candidate j removes block[0..j]
+            if positional:
+                candidates[j:, d, edge_src[edge], edge_pos[edge]] = False
+            else:
+                candidates[j:, d, edge_src[edge]] = False
         proposal = state.propagate(candidates)
         accepted = 0
         for j, edge in enumerate(block):
@@ -197,6 +196,8 @@ def run_acdc(
     bar.close()
     info = _settings(info, patcher, metric, threshold=threshold, abs_value=abs_value, n_tested=n_tested, t0=t0,
                      current=current, stopped=stopped)
+    if positional:
+        info["positions"] = list(g.positions or ())
     return Scores(g, scores, info, selected=g.sparse(state.keep).cpu(), trace=trace)
 
 
@@ -222,79 +223,6 @@ def _settings(info: dict[str, Any], patcher: Patcher, metric: Metric, *, thresho
     if stopped:
         info["stopped_early"] = True
     return info
-
-
-def _run_positional(
-    patcher: Patcher,
-    metric: Metric,
-    batch: Batch,
-    *,
-    threshold: float,
-    abs_value: bool,
-    progress: bool,
-    leave: bool,
-    callback: Callable[[int, float, bool], bool | None] | None,
-    prefilter: float | None,
-    prefilter_method: str,
-    prefilter_scores: Tensor | None,
-) -> Scores:
-    """ACDC on a positional graph: the same rule and order, edges (dst, src, position) visited in
-    reverse, so each (destination, source) pair's positions go from the last to the first.
-
-    Each candidate is evaluated with `Patcher.forward`, restarting at the tested edge's layer
-    from the reference circuit's source outputs (nothing before that layer can change).
-    """
-    g = patcher.graph
-    info: dict[str, Any] = {}
-    if prefilter is not None:
-        skipped, info = prefilter_edges(patcher, metric, batch, prefilter, prefilter_method, prefilter_scores,
-                                        progress=progress)
-    else:
-        skipped = torch.zeros(g.n_edges, dtype=torch.bool)
-    keep = g.dense(~skipped).to(patcher.tf.device)
-    logits, X = patcher.forward(keep)
-    current = metric.loss(logits, batch)
-    scores = torch.full((g.n_edges,), math.nan, dtype=torch.float64)
-    trace: list[float] = []
-    edge_dst, edge_src, edge_pos = g.edge_dst.tolist(), g.edge_src.tolist(), g.edge_pos.tolist()
-    node_src, dst_layer = g.dst_node_src.tolist(), g.dst_layer.tolist()
-    skipped_list = skipped.tolist()
-    n_tested, last_dst, dst_dead, stopped = 0, -1, False, False
-    t0 = time.perf_counter()
-    cost = _edge_costs(g)
-    cost_list = cost.tolist()
-    bar = WorkBar(g.n_edges, float(cost[~skipped].sum()), desc="ACDC (positional)", disable=not progress,
-                  leave=leave)
-    for e in range(g.n_edges - 1, -1, -1):
-        d = edge_dst[e]
-        if d != last_dst:
-            last_dst = d
-            dst_dead = node_src[d] >= 0 and not bool(keep[:, node_src[d]].any())
-            if dst_dead:
-                keep[d] = False
-        if dst_dead or skipped_list[e]:
-            bar.skip(1, 0.0 if skipped_list[e] else cost_list[e])
-            continue
-        bar.done(1, cost_list[e])
-        candidate = keep.clone()
-        candidate[d, edge_src[e], edge_pos[e]] = False
-        new_logits, new_X = patcher.forward(candidate, reuse=(X, dst_layer[d]))
-        new = metric.loss(new_logits, batch)
-        delta = new - current
-        scores[e] = delta
-        n_tested += 1
-        removed = (abs(delta) if abs_value else delta) < threshold
-        if removed:
-            keep, X, current = candidate, new_X, new
-        trace.append(_shown(metric, current))
-        if callback is not None and callback(e, delta, removed):
-            stopped = True
-            break
-    bar.close()
-    info = _settings(info, patcher, metric, threshold=threshold, abs_value=abs_value, n_tested=n_tested, t0=t0,
-                     current=current, stopped=stopped)
-    info["positions"] = list(g.positions or ())
-    return Scores(g, scores, info, selected=g.sparse(keep).cpu(), trace=trace)
 
 
 def check_options(*, speculate: int | None = None, prefilter: float | None = None,
@@ -337,7 +265,8 @@ def _fingerprint(
 ) -> str:
     """A hash of everything that decides ACDC's result (not speed options such as ``speculate``)."""
     h = hashlib.sha256()
-    for t in (patcher.clean_tokens, patcher.corrupt_tokens, patcher.answer_pos, batch.correct, batch.incorrect):
+    where = None if patcher.positions is None else patcher.positions.index
+    for t in (patcher.clean_tokens, patcher.corrupt_tokens, patcher.answer_pos, batch.correct, batch.incorrect, where):
         h.update(b"-" if t is None else t.detach().cpu().numpy().tobytes())
     h.update(json.dumps([patcher.graph.config(), patcher.ablation, metric.name, metric.higher_is_better, threshold,
                          abs_value, prefilter, prefilter_method, patcher.tf.arch.family]).encode())

@@ -152,8 +152,8 @@ class _Delta:
     """
 
     def __init__(self, patcher: Patcher):
-        self.clean = patcher.clean.sources  # [n_src, B, S, d]
-        self.abl = patcher.abl  # same, [n_src, 1, S, d] (mean) or None (zero)
+        self.clean = patcher.clean_outputs  # [n_src, B, S, d]
+        self.abl = patcher.ablation_values  # same, [n_src, 1, S, d] (mean) or None (zero)
         self.mean = patcher.shared_ablation  # one value for the whole batch
         g = patcher.graph
         self.positional = g.positions is not None and g.n_positions > 1
@@ -162,7 +162,7 @@ class _Delta:
             n, B, S, d = self.clean.shape
             diff = torch.zeros_like(self.clean) if self.abl is None else self.abl.expand_as(self.clean).clone()
             diff = (diff - self.clean).reshape(n, B * S, d)
-            self.groups = patcher._groups
+            self.groups = patcher.position_groups
             self.diff = [diff.index_select(1, idx).reshape(n, -1) for idx in self.groups]  # per position [n, tokens * d]
 
     def dot(self, grads: Tensor, upto: int) -> Tensor:
@@ -206,8 +206,9 @@ def _points(
 
 def _interpolate(patcher: Patcher, src: slice | int, alpha: float) -> Tensor:
     """A + alpha (O - A) for the given source rows: the path from ablated to clean outputs."""
-    clean = patcher.clean.sources[src]
-    abl = torch.zeros_like(clean) if patcher.abl is None else patcher.abl[src].expand_as(clean)
+    clean = patcher.clean_outputs[src]
+    abl = patcher.ablation_values
+    abl = torch.zeros_like(clean) if abl is None else abl[src].expand_as(clean)
     return (abl + alpha * (clean - abl)).detach()
 
 
@@ -223,7 +224,7 @@ def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, overrid
     heads = torch.arange(H, device=tf.device)
     kind, where, alpha = override if override is not None else ("", -2, 1.0)
     with torch.enable_grad():
-        start = _interpolate(patcher, 0, alpha) if kind == "input" else patcher.clean.sources[0]
+        start = _interpolate(patcher, 0, alpha) if kind == "input" else patcher.clean_outputs[0]
         resid = start.detach().requires_grad_()  # so every later activation carries a gradient
         saved: list[tuple[Tensor, list[Tensor], Tensor]] = []  # per layer: x, [q, k, v], MLP probe
         for layer in range(L):
@@ -236,7 +237,7 @@ def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, overrid
             if kind == "attn" and where == layer:
                 base = g.head_src(layer)
                 out = _through(out, _interpolate(patcher, slice(base, base + H), alpha))
-            attn = out.sum(0) + tf.w["b_O"][layer]
+            attn = out.sum(0) + tf.attn_bias(layer)
             mlp_in = x if a.parallel_attn_mlp else x + attn
             probe = torch.zeros_like(mlp_in, requires_grad=True)
             if g.attn_only:
@@ -259,7 +260,7 @@ def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, overrid
         rows = torch.tensor(g.head_rows(layer))  # [H, 3] destination rows (q, k, v)
         unsplit = None
         for j, (t, w) in enumerate(zip(proj, "QKV", strict=True)):
-            g_ln = torch.einsum("hnpe,hde->hnpd", _grad(t), tf.w[f"W_{w}"][layer])
+            g_ln = tf.project_grad(layer, w, _grad(t))
             dx = tf.ln_vjp(x.detach(), g_ln, "ln1", layer)  # [H, B, S, d]
             if g.split_qkv:
                 dense[rows[:, j], :base] = delta.dot(dx, base)

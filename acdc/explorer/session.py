@@ -52,7 +52,7 @@ def view_data(circuit: Circuit) -> dict[str, Any]:
         edge = g.edges[e["index"]]
         s = abs(e["score"]) if e["score"] is not None else 0.0
         for name, node, side in ((edge.src.name, edge.src, "out"), (edge.dst.node.name, edge.dst.node, "in")):
-            row = table.setdefault(name, {"name": name, "kind": node.kind, "layer": node.layer, "head": node.head,
+            row = table.setdefault(name, {"name": name, "kind": str(node.kind), "layer": node.layer, "head": node.head,
                                           "edges_in": 0, "edges_out": 0, "score_in": 0.0, "score_out": 0.0})
             row[f"edges_{side}"] += 1
             row[f"score_{side}"] += s
@@ -165,7 +165,7 @@ class Explorer:
         change of the correct and incorrect answers' logits.
         """
         g, i = self.graph, self._prompt_index(prompt)
-        if not isinstance(name, str) or name not in g.src_index or g.sources[g.src_index[name]].kind != "head":
+        if not isinstance(name, str) or name not in g.src_index or not g.sources[g.src_index[name]].kind.attends:
             raise ExplorerError(f"{name!r} is not an attention head of this model (heads look like 'a1.h2')")
         node = g.sources[g.src_index[name]]
         n_tok = int(self.patcher.answer_pos[i].max()) + 1
@@ -190,7 +190,7 @@ class Explorer:
         out: dict[str, list[int]] = {}
         for e in keep.nonzero().squeeze(1).tolist():
             s = g.sources[src_of[e]]
-            if s.kind in ("head", "mlp"):
+            if s.kind.component:
                 out.setdefault(s.name, []).append(e)
         effects = []
         for name, idx in out.items():
@@ -284,7 +284,7 @@ class Explorer:
     def _direct_effect(self, name: str, i: int) -> dict[str, Any]:
         g = self.graph
         if name not in self._direct:
-            idx = [j for j, e in enumerate(g.edges) if e.src.name == name and e.dst.node.kind == "logits"]
+            idx = [j for j, e in enumerate(g.edges) if e.src.name == name and e.dst.node == g.destinations[g.logits_row].node]
             mask = torch.zeros(g.n_edges, dtype=torch.bool)
             mask[idx] = True
             logits = self.patcher.masked_logits(mask)

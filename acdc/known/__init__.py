@@ -182,4 +182,4 @@ def _touched_nodes(graph: Graph, edges: Iterable[str]) -> list[str]:
     for name in edges:
         e = graph.edges[graph.edge_index(name)]
         used.update((e.src.name, e.dst.node.name))
-    return [n.name for n in graph.nodes if n.name in used and n.kind in ("head", "mlp")]
+    return [n.name for n in graph.components() if n.name in used]
