@@ -63,6 +63,22 @@ def random_answers():
     return torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
 
 
+class Killed(Exception):
+    """Raised by `kill_after`'s callback: a run stopped from outside, as a killed process would be."""
+
+
+def kill_after(n: int):
+    """An ACDC callback that raises `Killed` at the n-th tested edge."""
+    seen: list[int] = []
+
+    def callback(edge, delta, removed):
+        seen.append(edge)
+        if len(seen) == n:
+            raise Killed
+
+    return callback
+
+
 def logit_diff_loss(logits):
     """The loss acdc minimises for logit_diff at the last position: minus the mean correct - incorrect logit."""
     correct, incorrect = random_answers()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_tokens, tiny_gpt2, tiny_neox
+from conftest import Killed, kill_after, random_tokens, tiny_gpt2, tiny_neox
 from oracle import patched_logits
 
 import acdc
@@ -273,29 +273,18 @@ def test_prefilter_is_marked_approximate_and_skips_untested():
         acdc.discover(entry.model, entry.task, threshold=0.1, progress=False, prefilter=0.0)
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     """A run killed midway and called again with the same arguments ends with the uninterrupted circuit."""
     entry = acdc.zoo.load("ioi")
     kw = dict(threshold=1e-3, progress=False)
     full = acdc.discover(entry.model, entry.task, **kw)
     path = tmp_path / "ck.json"
-    seen = []
-
-    def kill_after_40(edge, delta, removed):
-        seen.append(edge)
-        if len(seen) == 40:
-            raise _Killed
-
     from acdc.algorithms.acdc import run_acdc
     from acdc.api import prepare
 
     patcher, metric, batch = prepare(entry.model, entry.task)
-    with pytest.raises(_Killed):
-        run_acdc(patcher, metric, batch, threshold=1e-3, checkpoint=path, checkpoint_every=0, callback=kill_after_40)
+    with pytest.raises(Killed):
+        run_acdc(patcher, metric, batch, threshold=1e-3, checkpoint=path, checkpoint_every=0, callback=kill_after(40))
     saved = json.loads(path.read_text())
     assert not saved["done"] and 30 <= saved["n_tested"] < 40  # progress up to the last finished block
     resumed = acdc.discover(entry.model, entry.task, checkpoint=path, checkpoint_every=0, **kw)

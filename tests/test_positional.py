@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import logit_diff_loss, random_answers, random_tokens
+from conftest import Killed, kill_after, logit_diff_loss, random_answers, random_tokens
 from oracle import eap_reference, patched_logits
 
 from acdc import Graph, Patcher
@@ -176,10 +176,6 @@ def test_positional_acdc_recovers_the_plant_at_its_positions(zoo_ioi):
     assert "a1.h0->a2.h0<q>@END" in c and "a1.h0->a2.h0<q>@S2" not in c
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_positional_acdc_checkpoint_resumes_exactly(zoo_ioi, tmp_path):
     """One ACDC loop for both graphs: a positional run killed midway resumes to the uninterrupted result."""
     import json
@@ -191,16 +187,9 @@ def test_positional_acdc_checkpoint_resumes_exactly(zoo_ioi, tmp_path):
     kw = dict(threshold=1e-3, positions="named", progress=False)
     full = acdc.discover(zoo_ioi.model, zoo_ioi.task, **kw)
     path = tmp_path / "ck.json"
-    seen = []
-
-    def kill_after_60(edge, delta, removed):
-        seen.append(edge)
-        if len(seen) == 60:
-            raise _Killed
-
     patcher, metric, batch = prepare(zoo_ioi.model, zoo_ioi.task, positions="named")
-    with pytest.raises(_Killed):
-        run_acdc(patcher, metric, batch, threshold=1e-3, checkpoint=path, checkpoint_every=0, callback=kill_after_60)
+    with pytest.raises(Killed):
+        run_acdc(patcher, metric, batch, threshold=1e-3, checkpoint=path, checkpoint_every=0, callback=kill_after(60))
     saved = json.loads(path.read_text())
     assert not saved["done"] and 50 <= saved["n_tested"] < 60 and saved["removed"]
     resumed = acdc.discover(zoo_ioi.model, zoo_ioi.task, checkpoint=path, checkpoint_every=0, **kw)
