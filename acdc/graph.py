@@ -20,16 +20,16 @@ from the last to the first), and its edge state is ``[n_dst, n_src, n_positions]
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
 
 from .positions import check_names
 
-__all__ = ["Node", "NodeKind", "Destination", "Edge", "Graph", "KINDS", "INPUT", "HEAD", "MLP", "LOGITS", "layer_offset"]
+__all__ = ["Node", "NodeKind", "Destination", "Edge", "EdgeList", "Graph", "KINDS", "INPUT", "HEAD", "MLP", "LOGITS", "layer_offset"]
 
 
 class NodeKind(str):
@@ -166,13 +166,57 @@ class Edge:
         return self.name
 
 
+class EdgeList(Sequence[Edge]):
+    """A graph's edges in canonical order, made on demand from its index tensors.
+
+    A graph of millions of edges (positional graphs, neurons, features) never holds an `Edge`
+    object or a name per edge: ``graph.edges[i]`` builds one, iteration builds them in order.
+    """
+
+    def __init__(self, graph: Graph):
+        self._g = graph
+
+    def __len__(self) -> int:
+        return int(self._g.edge_dst.numel())
+
+    @overload
+    def __getitem__(self, i: int) -> Edge: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Edge]: ...
+
+    def __getitem__(self, i: int | slice) -> Edge | list[Edge]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"edge index {i} out of range for {n} edges")
+        i = i % n
+        g = self._g
+        pos = None if g.positions is None else g.positions[int(g.edge_pos[i])]
+        return Edge(g.sources[int(g.edge_src[i])], g.destinations[int(g.edge_dst[i])], pos)
+
+    def __iter__(self) -> Iterator[Edge]:
+        g = self._g
+        pos = g.positions
+        src, dst = g.sources, g.destinations
+        for d, s, p in zip(g.edge_dst.tolist(), g.edge_src.tolist(), g.edge_pos.tolist(), strict=True):
+            yield Edge(src[s], dst[d], None if pos is None else pos[p])
+
+    def __contains__(self, edge: object) -> bool:
+        return isinstance(edge, Edge) and self._g.has_edge(edge.name) and self[self._g.edge_index(edge.name)] == edge
+
+    def __repr__(self) -> str:
+        return f"EdgeList({len(self)} edges)"
+
+
 class Graph:
     """Nodes and edges of a transformer, with tensors for fast edge-state arithmetic.
 
     Attributes:
         sources:      source nodes in forward order (index = row of the engine's source cache).
         destinations: destination slots in forward order.
-        edges:        all edges in canonical order.
+        edges:        all edges in canonical order (an `EdgeList`, made on demand).
         upstream:     [n_dst, n_src] bool, True where (dst, src) is an edge.
         edge_id:      [n_dst, n_src] long, the edge's index (its first position's in a positional
                       graph), -1 where there is no edge.
@@ -240,13 +284,8 @@ class Graph:
         self.edge_pos: Tensor = torch.arange(n_pos).repeat(dst_idx.numel())
         self.edge_id: Tensor = torch.full(self.upstream.shape, -1, dtype=torch.long)
         self.edge_id[dst_idx, src_idx] = torch.arange(dst_idx.numel()) * n_pos
-        pos_names: tuple[str | None, ...] = self.positions if self.positions is not None else (None,)
-        self.edges: tuple[Edge, ...] = tuple(
-            Edge(self.sources[s], self.destinations[d], p)
-            for d, s in zip(dst_idx.tolist(), src_idx.tolist())
-            for p in pos_names
-        )
-        self._edge_index = {e.name: i for i, e in enumerate(self.edges)}
+        self.edges: EdgeList = EdgeList(self)
+        self._pos_index = {p: i for i, p in enumerate(self.positions or ())}
         # Source index of each destination's node (-1 for logits): a node is "alive" while
         # any edge out of it is kept.
         self.dst_node_src = torch.tensor(
@@ -407,18 +446,44 @@ class Graph:
 
     def has_edge(self, name: str) -> bool:
         """Whether ``name`` is an edge of this graph."""
-        return name in self._edge_index
+        return self._find(name) is not None
 
     def edge_index(self, name: str) -> int:
         """Index of the edge called ``name``; a ValueError with close matches otherwise."""
-        try:
-            return self._edge_index[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._edge_index, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else (
-                "; edge names look like 'a0.h1->m2' or 'input->a1.h0<q>'"
-            )
-            raise ValueError(f"edge {name!r} is not in this graph{hint}") from None
+        found = self._find(name)
+        if found is not None:
+            return found
+        close = difflib.get_close_matches(name, self._names_near(name), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else (
+            "; edge names look like 'a0.h1->m2' or 'input->a1.h0<q>'"
+        )
+        raise ValueError(f"edge {name!r} is not in this graph{hint}")
+
+    def _find(self, name: str) -> int | None:
+        """The index of edge ``name`` read off its parts (source, destination, position), or None."""
+        if not isinstance(name, str):
+            return None
+        base, at, pos = name.partition("@")
+        src, arrow, dst = base.partition("->")
+        s, d = self.src_index.get(src), self.dst_index.get(dst)
+        if not arrow or s is None or d is None or bool(at) != (self.positions is not None):
+            return None
+        p = self._pos_index.get(pos, -1) if at else 0
+        first = int(self.edge_id[d, s])
+        return None if first < 0 or p < 0 else first + p
+
+    def _names_near(self, name: str, limit: int = 20000) -> list[str]:
+        """Edge names to suggest from: those sharing the source or destination (else the first ones)."""
+        src, _, dst = name.partition("@")[0].partition("->")
+        s, d = self.src_index.get(src), self.dst_index.get(dst.split("<")[0]) if dst else None
+        d = self.dst_index.get(dst, d)
+        pick = torch.zeros(self.n_edges, dtype=torch.bool)
+        if s is not None:
+            pick |= self.edge_src == s
+        if d is not None:
+            pick |= self.edge_dst == d
+        idx = pick.nonzero().squeeze(1)[:limit].tolist() if bool(pick.any()) else range(min(limit, self.n_edges))
+        return [self.edges[i].name for i in idx]
 
     def edge_mask(self, edges: Iterable[str] | Tensor) -> Tensor:
         """[n_edges] bool mask from edge names (or pass a mask through, checked)."""

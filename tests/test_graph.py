@@ -88,3 +88,34 @@ def test_nodes_are_frozen_and_hashable():
     assert {n: 1}[g.sources[1]] == 1
     with pytest.raises(AttributeError):
         n.layer = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("positions", [None, ("A", "B", "END")])
+def test_edges_are_made_on_demand_and_names_round_trip(positions):
+    g = Graph(2, 2, positions=positions)
+    edges = list(g.edges)
+    assert len(g.edges) == len(edges) == g.n_edges and g.edges[-1] == edges[-1] and g.edges[1:4] == edges[1:4]
+    for i, e in enumerate(edges):
+        assert g.edge_index(e.name) == i and g.has_edge(e.name) and e in g.edges
+        assert (int(g.edge_dst[i]), int(g.edge_src[i])) == (g.dst_index[e.dst.name], g.src_index[e.src.name])
+    with pytest.raises(IndexError):
+        g.edges[g.n_edges]
+
+
+@pytest.mark.parametrize("name", ["m1->a0.h0<q>", "a0.h0->a0.h1<q>", "input->a0.h0", "input-a0.h0<q>", "input->logits@",
+                                  "input->logits@Z", "nope->logits", ""])
+def test_names_that_are_not_edges(name):
+    g = Graph(2, 2, positions=("A", "B"))
+    assert not g.has_edge(name)
+    with pytest.raises(ValueError, match="is not in this graph"):
+        g.edge_index(name)
+    assert not Graph(2, 2).has_edge("input->logits@A") and Graph(2, 2).has_edge("input->logits")
+
+
+def test_a_graph_of_millions_of_edges_holds_no_edge_objects():
+    """SmolLM2's shape at 20 positions: 2,464,220 edges, built from index tensors alone."""
+    g = Graph(30, 9, positions=[str(i) for i in range(20)])
+    assert g.n_edges == 2464220 and type(g.edges).__name__ == "EdgeList"
+    assert g.edges[2464219].name == "m29->logits@19" and g.edge_index("a3.h4->a20.h1<v>@7") == int(
+        g.edge_id[g.dst_index["a20.h1<v>"], g.src_index["a3.h4"]]) + 7
+    assert "did you mean a3.h4->a20.h1<v>@7" in str(pytest.raises(ValueError, g.edge_index, "a3.h4->a20.h1<v>@7x").value)
