@@ -21,8 +21,7 @@ from torch import Tensor
 from typing_extensions import Unpack
 
 from .algorithms import get_algorithm
-from .algorithms.acdc import check_options as check_acdc_options
-from .algorithms.acdc import run_acdc
+from .algorithms.acdc import ACDCOptions, run_acdc
 from .algorithms.attribution import METHODS
 from .algorithms.attribution import check_options as check_attribution
 from .circuit import Circuit
@@ -36,9 +35,9 @@ from .faithfulness_math import (
     Minimality,
 )
 from .graph import Graph
-from .inputs import as_tokens, check_ablation, check_threshold, parse_answers
+from .inputs import Answers, Prompts, as_tokens, check_ablation, check_threshold, parse_answers
 from .known import KnownCircuit
-from .loading import load_model
+from .loading import ModelLike, load_model
 from .metrics import Batch, Metric, MetricLike, per_prompt, resolve_metric, scored_rows
 from .patching import Patcher
 from .positions import Positions, token_names
@@ -62,47 +61,55 @@ class Inputs(TypedDict, total=False):
 
     metric: MetricLike | None
     ablation: str
-    answers: Any
+    answers: Answers | None
     answer_pos: int | Sequence[int] | Tensor | None
     split_qkv: bool
     graph: Graph | None
     positions: str | Positions | None
 
 
+class DiscoverOptions(Inputs, total=False):
+    """`discover`'s keywords, for type checkers: what to run on (`Inputs`) and ACDC's options.
+
+    The ACDC ones are `ACDCOptions`' fields (defaults, checks and help live there; a test keeps
+    this list equal to them).
+    """
+
+    abs_value: bool
+    speculate: int | None
+    prefilter: float | None
+    prefilter_method: str
+    checkpoint: str | Path | None
+    checkpoint_every: float
+
+
 def discover(
-    model: Any,
-    clean: Any,
-    corrupt: Any = None,
+    model: ModelLike,
+    clean: Prompts | Task,
+    corrupt: Prompts | None = None,
     *,
     threshold: float,
-    abs_value: bool = False,
     progress: bool = True,
-    speculate: int | None = None,
-    prefilter: float | None = None,
-    prefilter_method: str = "eap-ig-inputs",
     prefilter_scores: Tensor | Scores | None = None,
-    checkpoint: str | Path | None = None,
-    checkpoint_every: float = 60.0,
-    **inputs: Unpack[Inputs],
+    **options: Unpack[DiscoverOptions],
 ) -> Circuit:
     """Find the circuit of ``model`` on a task with ACDC.
 
     Args:
-        model: a model from `acdc.load_model` (or an in-memory Hugging Face model).
+        model: a model from `acdc.load_model` (or an in-memory Hugging Face model, or a name).
         clean, corrupt: token ids [batch, pos] or lists of strings, paired prompt by prompt;
             or an `acdc.tasks.Task` as ``clean`` (its prompts, answers, positions and metric).
         threshold: keep an edge when removing it raises the metric by at least this (>= 0).
-        abs_value: threshold the absolute change of the metric.
         progress: show a progress bar.
-        speculate: evaluate up to this many edges into one destination per batched pass (exact;
-            see `run_acdc`); default 8 on an accelerator, 1 on a CPU.
-        prefilter: APPROXIMATE mode. Test only this fraction of edges, the ones with the largest
-            |attribution score| (``prefilter_method``, 5 steps); remove the rest untested. The
-            circuit's settings say ``approximate="prefilter"``. Off (exact ACDC) by default.
-            ``prefilter_scores`` (a `Scores` or [n_edges]) reuses attribution scores computed before.
-        checkpoint: a JSON file to save progress to (every ``checkpoint_every`` seconds); run the
-            same call again to resume a killed run. The result equals an uninterrupted run's.
-        inputs: what to run on, as for every entry point:
+        prefilter_scores: with ``prefilter``, attribution scores computed before (a `Scores` or
+            [n_edges]) instead of computing them again.
+        options: ACDC's (`acdc.algorithms.acdc.ACDCOptions`, where each is described):
+            abs_value, speculate (K edges per batched pass, exact), prefilter (APPROXIMATE: test
+            only the top fraction of edges by attribution; the circuit's settings say
+            ``approximate="prefilter"``), prefilter_method, checkpoint (a JSON file; run the same
+            call again to resume a killed run, with the result an uninterrupted run gives),
+            checkpoint_every (seconds).
+            And what to run on, as for every entry point:
             metric: "kl" (default unless the task names one; KL to the full model at the answer
                 position), "logit_diff", "prob_diff", or a callable
                 ``(logits [rows, vocab], batch: acdc.Batch) -> scalar`` (lower is better; wrap
@@ -117,21 +124,18 @@ def discover(
                 S1+1, S2, END, other), "tokens" (one position per token index; prompts must
                 align), or an `acdc.Positions`; default None, edges at every token at once.
     """
-    threshold = check_threshold(threshold)
-    check_acdc_options(speculate=speculate, prefilter=prefilter, prefilter_method=prefilter_method)
-    patcher, m, batch = prepare(model, clean, corrupt, **inputs)
-    scores = run_acdc(
-        patcher, m, batch, threshold=threshold, abs_value=abs_value, progress=progress, speculate=speculate,
-        prefilter=prefilter, prefilter_method=prefilter_method, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-        prefilter_scores=prefilter_scores.values if isinstance(prefilter_scores, Scores) else prefilter_scores,
-    )
+    rest: dict[str, Any] = dict(options)
+    acdc_options = ACDCOptions(threshold=threshold, **{k: rest.pop(k) for k in ACDCOptions.names() if k in rest})
+    patcher, m, batch = prepare(model, clean, corrupt, **rest)
+    scores = run_acdc(patcher, m, batch, acdc_options, progress=progress,
+                      prefilter_scores=prefilter_scores.values if isinstance(prefilter_scores, Scores) else prefilter_scores)
     return _with_position_labels(scores, patcher).selection()
 
 
 def attribute(
-    model: Any,
-    clean: Any,
-    corrupt: Any = None,
+    model: ModelLike,
+    clean: Prompts | Task,
+    corrupt: Prompts | None = None,
     *,
     method: str = "eap",
     steps: int = 5,
@@ -170,9 +174,9 @@ def _with_position_labels(scores: Scores, patcher: Patcher) -> Scores:
 
 
 def roc(
-    model: Any,
-    clean: Any,
-    corrupt: Any = None,
+    model: ModelLike,
+    clean: Prompts | Task,
+    corrupt: Prompts | None = None,
     *,
     truth: CircuitLike,
     thresholds: Sequence[float] | None = None,
@@ -208,8 +212,8 @@ def roc(
 
 
 def faithfulness(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: Task,
     circuit: CircuitLike,
     *,
     level: str = "edge",
@@ -347,8 +351,8 @@ class _FaithfulnessRuns:
 
 
 def completeness(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: Task,
     circuit: CircuitLike,
     *,
     classes: Any = None,
@@ -397,8 +401,8 @@ def completeness(
 
 
 def minimality(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: Task,
     circuit: CircuitLike,
     *,
     k_sets: Any = None,
@@ -436,8 +440,8 @@ DEFAULT_GRID: tuple[dict[str, Any], ...] = (
 
 
 def faithfulness_grid(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: Task,
     circuit: CircuitLike,
     *,
     grid: Sequence[dict[str, Any]] = DEFAULT_GRID,
@@ -464,8 +468,8 @@ def faithfulness_grid(
 
 
 def faithfulness_curve(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: Task,
     scores: Scores,
     *,
     fractions: Sequence[float] = MIB_FRACTIONS,
@@ -496,13 +500,13 @@ def faithfulness_curve(
 
 
 def prepare(
-    model: Any,
-    clean: Any,
-    corrupt: Any = None,
+    model: ModelLike,
+    clean: Prompts | Task,
+    corrupt: Prompts | None = None,
     *,
     metric: MetricLike | None = None,
     ablation: str = "resample",
-    answers: Any = None,
+    answers: Answers | None = None,
     answer_pos: int | Sequence[int] | Tensor | None = None,
     split_qkv: bool = True,
     graph: Graph | None = None,

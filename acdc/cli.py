@@ -20,10 +20,13 @@ arguments) and one line on stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from .algorithms.acdc import ACDCOptions
 
 __all__ = ["main"]
 
@@ -81,17 +84,6 @@ def _positive(text: str) -> int:
     return n
 
 
-def _fraction(text: str) -> float:
-    """A fraction in (0, 1] for --prefilter."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < x <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {x}")
-    return x
-
-
 def _parser() -> argparse.ArgumentParser:
     from ._version import __version__
     from .algorithms.attribution import METHODS
@@ -106,10 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Find a circuit with ACDC and write circuit.json (EAP-IG/MIB format), "
                        "circuit.png and summary.txt to the output folder.")
     _run_flags(d, default_out="out")
-    d.add_argument("--threshold", type=float, required=True, help="keep an edge if removing it moves the metric by at least this")
-    d.add_argument("--speculate", type=_positive, default=None, help="test up to K edges per batched pass (exact; default 8 on a GPU, 1 on a CPU)")
-    d.add_argument("--prefilter", type=_fraction, default=None, help="APPROXIMATE: test only this fraction of edges, by EAP-IG score")
-    d.add_argument("--checkpoint", type=Path, default=None, help="save progress to this JSON file; rerun to resume")
+    _option_flags(d, ACDCOptions)
     d.add_argument("--positions", default=None, choices=("named", "tokens"),
                    help="edges at token positions: the task's named roles (IOI: IO, S1, S1+1, S2, END) or token indices")
     d.add_argument("--truth", default=None, help="score against a known circuit (ioi, greater-than, docstring), "
@@ -197,6 +186,37 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+# How a flag's text becomes the value of an option field, by the field's annotation.
+_CONVERT: dict[str, Any] = {"float": float, "int | None": int, "float | None": float, "str": str, "str | Path | None": Path}
+
+
+def _option_flags(p: argparse.ArgumentParser, options: Any) -> None:
+    """One flag per field of an options dataclass (``--abs-value`` for ``abs_value``), with its help and
+    choices. The values are checked by the dataclass itself (`_options`) before any model loads."""
+    for f in dataclasses.fields(options):
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", help=meta["help"])
+            continue
+        convert = _CONVERT[str(f.type)]
+        required = f.default is dataclasses.MISSING
+
+        def parse(text: str, convert: Any = convert) -> Any:
+            try:
+                return convert(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not a {convert.__name__}") from None
+
+        default = None if required else f.default
+        help_text = meta["help"] + ("" if required or default is None else f" (default {default})")
+        p.add_argument(flag, type=parse, required=required, default=default, choices=meta.get("choices"), help=help_text)
+
+
+def _options(args: argparse.Namespace, options: Any) -> Any:
+    """The options dataclass built from its flags."""
+    return options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options)})
+
+
 def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
     """The flags every model-running command shares (``default_out=None``: a command that writes no folder)."""
     from .inputs import ABLATIONS
@@ -222,15 +242,13 @@ def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
 # ---------------------------------------------------------------------- commands
 def _discover(args: argparse.Namespace) -> int:
     from .api import discover
-    from .inputs import check_threshold
 
-    check_threshold(args.threshold)
+    options = _options(args, ACDCOptions)  # checked before the model loads
     model, task, truth, classes, ablation, _ = _setup(args)
     print(f"acdc discover: {args.model}, {task}, threshold {args.threshold}, {ablation} ablation")
     t0 = time.perf_counter()
-    circuit = discover(model, task, threshold=args.threshold, metric=args.metric, ablation=ablation,
-                       progress=not args.no_progress, speculate=args.speculate, prefilter=args.prefilter,
-                       checkpoint=args.checkpoint, positions=args.positions)
+    circuit = discover(model, task, metric=args.metric, ablation=ablation, progress=not args.no_progress,
+                       positions=args.positions, **dataclasses.asdict(options))
     lines = [circuit.summary(max_edges=40), f"ACDC took {time.perf_counter() - t0:.1f} s"]
     _finish(args.out, circuit, truth, classes, lines)
     return 0

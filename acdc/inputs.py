@@ -18,6 +18,9 @@ from torch import Tensor
 __all__ = [
     "ABLATIONS",
     "Ablation",
+    "AnswerIds",
+    "Answers",
+    "Prompts",
     "Tokenizer",
     "answer_positions",
     "as_tokens",
@@ -31,6 +34,12 @@ __all__ = [
 ]
 
 Ablation = Literal["resample", "mean", "zero"]
+# Prompts: token ids [batch, pos] (a tensor or nested int lists), strings (one prompt each; needs a tokenizer) or one string.
+Prompts = Tensor | Sequence[str] | Sequence[Sequence[int]] | str
+# One side of the answers: token ids per prompt ([batch] or [batch, k]), or single-token strings.
+AnswerIds = Tensor | Sequence[int] | Sequence[Sequence[int]] | Sequence[str] | str | int
+# (correct, incorrect), or a [batch, 2] tensor.
+Answers = tuple[AnswerIds, AnswerIds] | list[AnswerIds] | Tensor
 ABLATIONS: tuple[str, ...] = ("resample", "mean", "zero")
 
 

@@ -19,13 +19,21 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
 from .model import Transformer
 
-__all__ = ["KNOWN_FILES", "cache_dir", "content_key", "load_model"]
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel
+
+__all__ = ["KNOWN_FILES", "ModelLike", "cache_dir", "content_key", "load_model"]
+
+# What every entry point takes as a model: a bridge, the engine's own model, a transformers model,
+# or a name / path that `load_model` resolves.
+ModelLike = Union["TransformerBridge", Transformer, "PreTrainedModel", str, Path]
 
 # Names that resolve to a model file shipped by an installable package: name -> (module, file, extra).
 KNOWN_FILES: dict[str, tuple[str, str, str]] = {
@@ -34,10 +42,10 @@ KNOWN_FILES: dict[str, tuple[str, str, str]] = {
 
 
 def load_model(
-    name_or_model: Any,
+    name_or_model: ModelLike,
     tokenizer: Any = None,
     device: str | torch.device | None = None,
-) -> Any:
+) -> TransformerBridge | Transformer:
     """Return a TransformerLens `TransformerBridge` for a name, a path or an in-memory model.
 
     - ``"gpt2"`` (any hub name): boots from the Hugging Face hub (needs internet once). Offline,
@@ -69,7 +77,7 @@ def load_model(
             kwargs["tokenizer"] = tokenizer
         return TransformerBridge.boot_transformers(name, **kwargs).eval()
     if isinstance(name_or_model, torch.nn.Module) and hasattr(name_or_model, "config"):
-        hf = name_or_model.eval()
+        hf: Any = name_or_model.eval()  # a transformers model (typed loosely by transformers)
         if device is not None:
             hf = hf.to(device)
         arch = (getattr(hf.config, "architectures", None) or [type(hf).__name__])[0]

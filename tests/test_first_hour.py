@@ -120,7 +120,6 @@ def test_binary_or_non_object_json_is_one_line(tmp_path, capsys):
      "argument --metric: invalid choice: 'logitdiff'"),
     (["discover", "--model", "zoo:ioi", "--threshold", "1", "--n-prompts", "0"], "argument --n-prompts: must be at least 1, got 0"),
     (["attribute", "--model", "zoo:ioi", "--method", "eap-ig"], "argument --method: invalid choice: 'eap-ig'"),
-    (["discover", "--model", "zoo:ioi", "--threshold", "1", "--prefilter", "5"], "argument --prefilter: must be a fraction in (0, 1], got 5.0"),
 ])
 def test_cli_flags_are_checked_before_any_model_loads(argv, match, capsys, monkeypatch):
     from acdc import loading
@@ -131,6 +130,36 @@ def test_cli_flags_are_checked_before_any_model_loads(argv, match, capsys, monke
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["discover", "--model", "zoo:ioi", "--threshold", "1", "--prefilter", "5"], "prefilter must be a fraction in (0, 1], got 5.0"),
+    (["discover", "--model", "zoo:ioi", "--threshold", "1", "--speculate", "0"], "speculate must be an integer >= 1, got 0"),
+    (["discover", "--model", "zoo:ioi", "--threshold", "1", "--checkpoint-every", "-3"], "checkpoint_every must be a number"),
+])
+def test_cli_acdc_options_are_checked_before_any_model_loads(argv, match, capsys, monkeypatch):
+    from acdc import zoo
+
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"acdc discover: error: {match}" or (err.startswith(f"acdc discover: error: {match}") and "\n" not in err)
+
+
+def test_acdc_options_are_declared_once():
+    """discover's typed keywords, run_acdc and the CLI's flags are ACDCOptions' fields, no more, no fewer."""
+    from acdc.algorithms.acdc import ACDCOptions
+    from acdc.api import DiscoverOptions, Inputs
+    from acdc.cli import _parser
+
+    names = set(ACDCOptions.names())
+    assert set(DiscoverOptions.__annotations__) - set(Inputs.__annotations__) == names - {"threshold"}
+    sub = next(a for a in _parser()._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    dests = {a.dest for a in sub["discover"]._actions}
+    assert names <= dests
+    defaults = {f.name: f.default for f in __import__("dataclasses").fields(ACDCOptions) if f.name != "threshold"}
+    args = sub["discover"].parse_args(["--model", "zoo:ioi", "--threshold", "0.1"])
+    assert {k: getattr(args, k) for k in defaults} == defaults
 
 
 def test_cli_choices_are_the_librarys():

@@ -17,6 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,31 +31,60 @@ from ..metrics import Batch, Metric
 from ..patching import Patcher
 from ..progress import WorkBar, edge_test_cost
 from ..scores import Scores
-from .attribution import attribution_scores
+from .attribution import METHODS, attribution_scores
 from .attribution import check_options as check_attribution
 
-__all__ = ["check_options", "prefilter_edges", "run_acdc"]
+__all__ = ["ACDCOptions", "check_options", "prefilter_edges", "run_acdc"]
+
+
+@dataclass(frozen=True)
+class ACDCOptions:
+    """ACDC's options, declared once: `run_acdc`, `acdc.discover` and the CLI's flags read them here.
+
+    Each field's metadata holds its help text (the CLI's ``--help``); ``__post_init__`` checks
+    every value, so a bad option is refused before any model runs.
+    """
+
+    threshold: float = field(metadata={"help": "keep an edge when removing it moves the metric by at least this (>= 0)"})
+    abs_value: bool = field(default=False, metadata={"help": "threshold the absolute change of the metric"})
+    speculate: int | None = field(default=None, metadata={
+        "help": "test up to K edges into one destination per batched pass (exact; default 8 on a GPU, 1 on a CPU)"})
+    prefilter: float | None = field(default=None, metadata={
+        "help": "APPROXIMATE: test only this fraction of edges, those with the largest attribution scores"})
+    prefilter_method: str = field(default="eap-ig-inputs", metadata={
+        "help": "attribution method of the prefilter (5 steps)", "choices": METHODS})
+    checkpoint: str | Path | None = field(default=None, metadata={
+        "help": "save progress to this JSON file; run the same call again to resume"})
+    checkpoint_every: float = field(default=60.0, metadata={"help": "seconds between checkpoint saves"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", check_threshold(self.threshold))
+        check_options(speculate=self.speculate, prefilter=self.prefilter, prefilter_method=self.prefilter_method)
+        if not isinstance(self.checkpoint_every, (int, float)) or isinstance(self.checkpoint_every, bool) \
+                or not self.checkpoint_every >= 0:
+            raise ValueError(f"checkpoint_every must be a number of seconds >= 0, got {self.checkpoint_every!r}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names (the keywords `discover` and `run_acdc` take for them)."""
+        return tuple(f.name for f in fields(cls))
 
 
 def run_acdc(
     patcher: Patcher,
     metric: Metric,
     batch: Batch,
+    options: ACDCOptions | None = None,
     *,
-    threshold: float,
-    abs_value: bool = False,
     progress: bool = False,
     callback: Callable[[int, float, bool], bool | None] | None = None,
-    speculate: int | None = None,
-    prefilter: float | None = None,
-    prefilter_method: str = "eap-ig-inputs",
     prefilter_scores: Tensor | None = None,
-    checkpoint: str | Path | None = None,
-    checkpoint_every: float = 60.0,
     leave: bool = True,
+    **fields_: Any,
 ) -> Scores:
     """Run ACDC on ``patcher``'s graph and batch; ``.selection()`` of the result is the circuit.
 
+    ``options`` (an `ACDCOptions`), or its fields as keywords (``threshold=...``, ...).
     ``progress`` shows a bar whose ETA weighs each edge by the layers its test reruns
     (`acdc.progress.edge_test_cost`); ``leave=False`` clears it at the end (inside a sweep).
 
@@ -79,8 +109,16 @@ def run_acdc(
     the same scores up to float rounding (the resumed reference state is recomputed in one pass).
     Different arguments are refused with a one-line error; delete the file to start over.
     """
-    threshold = check_threshold(threshold)
-    check_options(speculate=speculate, prefilter=prefilter, prefilter_method=prefilter_method)
+    if options is None:
+        unknown = sorted(set(fields_) - set(ACDCOptions.names()))
+        if unknown:
+            raise TypeError(f"run_acdc got unknown options {', '.join(unknown)}; ACDC's are {', '.join(ACDCOptions.names())}")
+        options = ACDCOptions(**fields_)
+    elif fields_:
+        raise TypeError("pass ACDC's options either as an ACDCOptions or as keywords, not both")
+    threshold, abs_value, speculate = options.threshold, options.abs_value, options.speculate
+    prefilter, prefilter_method = options.prefilter, options.prefilter_method
+    checkpoint, checkpoint_every = options.checkpoint, options.checkpoint_every
     g = patcher.graph
     positional = g.positions is not None
     if speculate is None:  # a positional state evaluates candidates one after another: no batch to gain
