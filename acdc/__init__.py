@@ -21,6 +21,7 @@ with _warnings.catch_warnings():
     import tqdm.autonotebook  # noqa: F401
 
 from . import explorer, known, tasks, zoo
+from . import neurons as neurons  # registers the node kind: Graph.from_model(model, mlp_units="neurons")
 from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
 from .api import (

@@ -20,7 +20,7 @@ from the last to the first), and its edge state is ``[n_dst, n_src, n_positions]
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .positions import check_names
 
-__all__ = ["Node", "NodeKind", "Destination", "Edge", "EdgeList", "Graph", "KINDS", "INPUT", "HEAD", "MLP", "LOGITS", "layer_offset"]
+__all__ = ["Node", "NodeKind", "Destination", "Edge", "EdgeList", "Graph", "KINDS", "INPUT", "HEAD", "MLP", "LOGITS", "MLP_UNITS", "layer_offset"]
 
 
 class NodeKind(str):
@@ -49,6 +49,7 @@ class NodeKind(str):
         answer_slots: in the last layer, the slots the engine reads at the answer rows only
                     (a head's queries, an MLP; every slot of the logits).
         shape, rounded: how it is drawn (graphviz shape; rounded corners).
+        pattern:    its node's name, from ``layer`` and ``index`` ("a{layer}.h{index}").
     """
 
     slots: tuple[str | None, ...]
@@ -58,12 +59,15 @@ class NodeKind(str):
     answer_slots: tuple[str | None, ...]
     shape: str
     rounded: bool
+    pattern: str
 
     def __new__(cls, name: str, *, slots: tuple[str | None, ...], component: bool, attends: bool = False, order: int = 0,
-                answer_slots: tuple[str | None, ...] = (), shape: str = "box", rounded: bool = False) -> NodeKind:
+                answer_slots: tuple[str | None, ...] = (), shape: str = "box", rounded: bool = False,
+                pattern: str | None = None) -> NodeKind:
         kind = super().__new__(cls, name)
         kind.slots, kind.component, kind.attends, kind.order = slots, component, attends, order
         kind.answer_slots, kind.shape, kind.rounded = answer_slots, shape, rounded
+        kind.pattern = name if pattern is None else pattern
         return kind
 
     def input_slots(self, split_qkv: bool = True) -> tuple[str | None, ...]:
@@ -73,10 +77,21 @@ class NodeKind(str):
 
 INPUT = NodeKind("input", slots=(), component=False, shape="invhouse")
 HEAD = NodeKind("head", slots=("q", "k", "v"), component=True, attends=True, order=0, answer_slots=("q",),
-                shape="box", rounded=True)
-MLP = NodeKind("mlp", slots=(None,), component=True, order=1, answer_slots=(None,), shape="ellipse")
+                shape="box", rounded=True, pattern="a{layer}.h{index}")
+MLP = NodeKind("mlp", slots=(None,), component=True, order=1, answer_slots=(None,), shape="ellipse", pattern="m{layer}")
 LOGITS = NodeKind("logits", slots=(None,), component=False, answer_slots=(None,), shape="house")
 KINDS: dict[str, NodeKind] = {k: k for k in (INPUT, HEAD, MLP, LOGITS)}
+
+
+def _whole_mlp(layer: int, d_mlp: int | None) -> tuple[list[Node], list[Destination]]:
+    """A layer's MLP as one node: one source, one input."""
+    node = Node(layer, MLP)
+    return [node], [Destination(node)]
+
+
+# How a layer's MLP enters the graph, by name: its sources (the units whose outputs are patched)
+# and its input slots. A finer unit (neurons, transcoder features) registers itself here.
+MLP_UNITS: dict[str, Callable[[int, int | None], tuple[list[Node], list[Destination]]]] = {"whole": _whole_mlp}
 
 
 def layer_offset(layer: int, n_heads: int, has_mlp: bool = True) -> int:
@@ -96,7 +111,7 @@ class Node:
 
     layer: int
     kind: NodeKind
-    head: int = -1
+    head: int = -1  # the unit's index within its layer (a head's number, a neuron's)
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, NodeKind):
@@ -107,13 +122,7 @@ class Node:
 
     @property
     def name(self) -> str:
-        if self.kind == "input":
-            return "input"
-        if self.kind == "logits":
-            return "logits"
-        if self.kind == "mlp":
-            return f"m{self.layer}"
-        return f"a{self.layer}.h{self.head}"
+        return self.kind.pattern.format(layer=self.layer, index=self.head)
 
     def __str__(self) -> str:
         return self.name
@@ -236,9 +245,16 @@ class Graph:
         d_model: int | None = None,
         n_kv_heads: int | None = None,
         positions: tuple[str, ...] | list[str] | None = None,
+        mlp_units: str = "whole",
+        d_mlp: int | None = None,
     ):
         if n_layers < 1 or n_heads < 1:
             raise ValueError(f"a graph needs n_layers >= 1 and n_heads >= 1, got {n_layers}, {n_heads}")
+        if mlp_units not in MLP_UNITS:
+            raise ValueError(f"unknown mlp_units {mlp_units!r}; one of {', '.join(MLP_UNITS)}")
+        if mlp_units != "whole" and (attn_only or d_mlp is None):
+            raise ValueError(f"mlp_units={mlp_units!r} needs MLPs and their width d_mlp")
+        self.mlp_units, self.d_mlp = mlp_units, d_mlp
         self.n_layers = n_layers
         self.n_heads = n_heads
         self.parallel_attn_mlp = parallel_attn_mlp
@@ -251,15 +267,19 @@ class Graph:
 
         sources = [Node(-1, INPUT)]
         dests: list[Destination] = []
+        self._layer_start: list[int] = []  # source index of each layer's first head
+        self._mlp_sources: list[range] = []  # source indices of each layer's MLP units
         for layer in range(n_layers):
+            self._layer_start.append(len(sources))
             for h in range(n_heads):
                 node = Node(layer, HEAD, h)
                 dests.extend(Destination(node, s) for s in HEAD.input_slots(split_qkv))  # type: ignore[arg-type]
                 sources.append(node)
             if not attn_only:
-                mlp = Node(layer, MLP)
-                dests.append(Destination(mlp))
-                sources.append(mlp)
+                units, inputs = MLP_UNITS[mlp_units](layer, d_mlp)
+                self._mlp_sources.append(range(len(sources), len(sources) + len(units)))
+                dests.extend(inputs)
+                sources.extend(units)
         dests.append(Destination(Node(n_layers, LOGITS)))
         self.sources: tuple[Node, ...] = tuple(sources)
         self.destinations: tuple[Destination, ...] = tuple(dests)
@@ -279,9 +299,11 @@ class Graph:
         dst_idx, src_idx = self.upstream.nonzero(as_tuple=True)  # row-major: dst, then src
         self.positions: tuple[str, ...] | None = None if positions is None else check_names(positions)
         n_pos = self.n_positions
-        self.edge_dst: Tensor = dst_idx.repeat_interleave(n_pos)
-        self.edge_src: Tensor = src_idx.repeat_interleave(n_pos)
-        self.edge_pos: Tensor = torch.arange(n_pos).repeat(dst_idx.numel())
+        # one copy each (a plain graph's positions are a broadcast zero, not a tensor of zeros)
+        self.edge_dst: Tensor = dst_idx.repeat_interleave(n_pos) if n_pos > 1 else dst_idx
+        self.edge_src: Tensor = src_idx.repeat_interleave(n_pos) if n_pos > 1 else src_idx
+        self.edge_pos: Tensor = torch.arange(n_pos).repeat(dst_idx.numel()) if n_pos > 1 else torch.zeros(
+            1, dtype=torch.long).expand(dst_idx.numel())
         self.edge_id: Tensor = torch.full(self.upstream.shape, -1, dtype=torch.long)
         self.edge_id[dst_idx, src_idx] = torch.arange(dst_idx.numel()) * n_pos
         self.edges: EdgeList = EdgeList(self)
@@ -303,12 +325,14 @@ class Graph:
                     tuple(self.dst_index[f"{name}<{s}>"] for s in "qkv") if split_qkv else (self.dst_index[name],) * 3
                 )
             self._head_rows.append(trios)  # type: ignore[arg-type]
-            self._mlp_rows.append(-1 if attn_only else self.dst_index[f"m{layer}"])
+            self._mlp_rows.append(-1 if attn_only else self.dst_index[MLP.pattern.format(layer=layer, index=-1)])
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_model(cls, model: Any, split_qkv: bool = True, positions: tuple[str, ...] | list[str] | None = None) -> Graph:
-        """Graph of a TransformerLens bridge (or anything with a TL-style ``cfg``); positional with ``positions``."""
+    def from_model(cls, model: Any, split_qkv: bool = True, positions: tuple[str, ...] | list[str] | None = None,
+                   mlp_units: str = "whole") -> Graph:
+        """Graph of a TransformerLens bridge (or anything with a TL-style ``cfg``); positional with
+        ``positions``; ``mlp_units="neurons"`` makes every MLP neuron a source (`acdc.neurons`)."""
         cfg = model.cfg if hasattr(model, "cfg") else model.arch
         return cls(
             cfg.n_layers,
@@ -319,6 +343,8 @@ class Graph:
             d_model=getattr(cfg, "d_model", None),
             n_kv_heads=getattr(cfg, "n_key_value_heads", None) or getattr(cfg, "n_kv_heads", None) or None,
             positions=positions,
+            mlp_units=mlp_units,
+            d_mlp=getattr(cfg, "d_mlp", None) if mlp_units != "whole" else None,
         )
 
     @classmethod
@@ -336,6 +362,8 @@ class Graph:
             d_model=None if d_model is None else int(d_model),
             n_kv_heads=None if n_kv is None else int(n_kv),
             positions=None if positions is None else tuple(positions),
+            mlp_units=str(cfg.get("mlp_units", "whole")),
+            d_mlp=None if cfg.get("d_mlp") is None else int(cfg["d_mlp"]),
         )
 
     def with_positions(self, positions: tuple[str, ...] | list[str] | None) -> Graph:
@@ -343,6 +371,7 @@ class Graph:
         return Graph(
             self.n_layers, self.n_heads, parallel_attn_mlp=self.parallel_attn_mlp, split_qkv=self.split_qkv,
             attn_only=self.attn_only, d_model=self.d_model, n_kv_heads=self.n_kv_heads, positions=positions,
+            mlp_units=self.mlp_units, d_mlp=self.d_mlp,
         )
 
     @property
@@ -375,17 +404,22 @@ class Graph:
             cfg["kv_inputs"] = "per-query-head"
         if self.positions is not None:
             cfg["positions"] = list(self.positions)
+        if self.mlp_units != "whole":
+            cfg["mlp_units"], cfg["d_mlp"] = self.mlp_units, self.d_mlp
         return cfg
 
-    def shape(self) -> tuple[int, int, bool, bool]:
-        """What decides the node and edge sets, other than q/k/v splitting: (layers, heads, parallel, attn-only)."""
-        return (self.n_layers, self.n_heads, self.parallel_attn_mlp, self.attn_only)
+    def shape(self) -> tuple[Any, ...]:
+        """What decides the node and edge sets, other than q/k/v splitting: (layers, heads, parallel, attn-only),
+        and the MLP units where they are not whole MLPs."""
+        base = (self.n_layers, self.n_heads, self.parallel_attn_mlp, self.attn_only)
+        return base if self.mlp_units == "whole" else (*base, self.mlp_units, self.d_mlp)
 
     def describe(self) -> str:
         """The model shape in words: "a 2-layer model with 4 heads per layer" (+ parallel / attention-only)."""
         extra = ", parallel attention and MLP" if self.parallel_attn_mlp else ""
         extra += ", attention only" if self.attn_only else ""
         extra += f", d_model {self.d_model}" if self.d_model is not None else ""
+        extra += f", MLP {self.mlp_units} ({self.d_mlp} per layer)" if self.mlp_units != "whole" else ""
         return f"a {self.n_layers}-layer model with {self.n_heads} heads per layer{extra}"
 
     def check_fits(self, other: Graph, what: str, *, qkv: bool = True, positions: bool = True) -> None:
@@ -408,14 +442,21 @@ class Graph:
 
     # ------------------------------------------------------------------ index helpers
     def head_src(self, layer: int, head: int = 0) -> int:
-        """Source index of head ``head`` of ``layer`` (heads of a layer are consecutive)."""
-        return layer_offset(layer, self.n_heads, not self.attn_only) + head
+        """Source index of head ``head`` of ``layer`` (heads of a layer are consecutive); ``layer =
+        n_layers`` gives the number of sources."""
+        return (self._layer_start[layer] if layer < self.n_layers else len(self.sources)) + head
 
     def mlp_src(self, layer: int) -> int:
         """Source index of the MLP of ``layer`` (right after its heads)."""
         if self.attn_only:
             raise ValueError("an attention-only graph has no MLP nodes")
-        return layer_offset(layer, self.n_heads) + self.n_heads
+        if self.mlp_units != "whole":
+            raise ValueError(f"a graph with MLP {self.mlp_units} has no whole-MLP sources; see mlp_sources(layer)")
+        return self._mlp_sources[layer].start
+
+    def mlp_sources(self, layer: int) -> range:
+        """Source indices of the MLP units of ``layer`` (the one MLP node, or its neurons)."""
+        return self._mlp_sources[layer]
 
     def head_rows(self, layer: int) -> list[tuple[int, int, int]]:
         """Destination rows (q, k, v) of each head of ``layer``; one row thrice if q/k/v are not split."""

@@ -379,14 +379,31 @@ class Transformer:
 
     def mlp(self, layer: int, x: Tensor) -> Tensor:
         """Output of MLP `layer` (b_out included) for input x [..., d_model]."""
+        hidden = self.mlp_hidden(layer, x).reshape(-1, self.arch.d_mlp)
+        out = torch.addmm(self.w["b_out"][layer], hidden, self.w["W_out"][layer])
+        return out.view(*x.shape)
+
+    def mlp_hidden(self, layer: int, x: Tensor) -> Tensor:
+        """The MLP's hidden activations (its neurons) for input x [..., d_model] -> [..., d_mlp].
+
+        The MLP's output is ``hidden @ mlp_out_rows(layer) + mlp_bias(layer)``: neuron i writes its
+        activation times row i of W_out.
+        """
         w = self.w
         ln = self.ln(x, "ln2", layer).reshape(-1, x.shape[-1])
         if self.arch.gated_mlp:  # act(x W_gate) * (x W_in)
             hidden = self.act(ln @ w["W_gate"][layer]) * torch.addmm(w["b_in"][layer], ln, w["W_in"][layer])
         else:
             hidden = self.act(torch.addmm(w["b_in"][layer], ln, w["W_in"][layer]))
-        out = torch.addmm(w["b_out"][layer], hidden, w["W_out"][layer])
-        return out.view(*x.shape)
+        return hidden.view(*x.shape[:-1], -1)
+
+    def mlp_out_rows(self, layer: int) -> Tensor:
+        """[d_mlp, d_model] what each neuron of MLP ``layer`` writes per unit of activation (W_out)."""
+        return self.w["W_out"][layer]
+
+    def mlp_bias(self, layer: int) -> Tensor:
+        """[d_model] the MLP's output bias b_out (outside every neuron)."""
+        return self.w["b_out"][layer]
 
     def unembed(self, x: Tensor) -> Tensor:
         """Final LayerNorm and unembedding: [..., d_model] -> [..., d_vocab]."""

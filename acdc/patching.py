@@ -36,11 +36,36 @@ from torch import Tensor
 from .circuit import Circuit
 from .graph import Graph
 from .inputs import Ablation, answer_positions, as_tokens, check_ablation
-from .model import Transformer
+from .model import ForwardCache, Transformer
 from .positions import Positions, token_names
 from .tasks import Task
 
 __all__ = ["Patcher", "PatchState", "PositionalProposal", "PositionalState", "Proposal", "SearchState"]
+
+
+class MLPUnits(Protocol):
+    """How the engine runs a layer's MLP when the graph splits it into units stored *factored*
+    (an activation per token times a fixed row of d_model), registered in `MLP_ENGINES` under
+    the graph's ``mlp_units`` name (`acdc.neurons` registers "neurons").
+
+    Factored units never exist as [batch, pos, d_model] tensors: a destination's input gets
+    ``sum_i w_i (a_i - A_i) row_i`` from `contribution`.
+    """
+
+    def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
+        """[..., n_units] the units' activations for MLP input x [..., d_model]."""
+        ...
+
+    def contribution(self, tf: Transformer, layer: int, weights: Tensor, values: Tensor) -> Tensor:
+        """[R, T, d_model] sum_i weights[r, i] values[i, t] row_i, for weights [R, n] and values [n, T]."""
+        ...
+
+    def bias(self, tf: Transformer, layer: int) -> Tensor | None:
+        """[d_model] what the MLP adds outside every unit (never ablated), or None."""
+        ...
+
+
+MLP_ENGINES: dict[str, MLPUnits] = {}
 
 
 class SearchState(Protocol):
@@ -239,9 +264,14 @@ class Patcher:
         self.n_pos = S
         self.positions = self._check_positions(positions, B, S)
 
+        self._units = MLP_ENGINES.get(g.mlp_units) if g.mlp_units != "whole" else None
+        if g.mlp_units != "whole" and self._units is None:
+            raise ValueError(f"no engine for MLP units {g.mlp_units!r}; import the module that registers it")
         self.clean = tf.run(clean_t, self.answer_pos)
         corrupt_run = tf.run(corrupt_t, self.answer_pos)
         self.corrupt_logits = corrupt_run.logits
+        if self._units is not None:
+            corrupt_run = self._factor(corrupt_run, mean_weights)
         # Ablation values A [n_src, B|1, S, d] and the all-ablated streams base [.., B|1, S, d].
         if self.ablation == "resample":
             self.abl: Tensor | None = corrupt_run.sources
@@ -257,15 +287,42 @@ class Patcher:
             self._base_mid = corrupt_run.resid_mid.mean(1, keepdim=True)
         else:
             self.abl = None
-            b_o = torch.stack(tf.w["b_O"])  # only the attention biases are outside every source
-            cum = torch.cat([torch.zeros_like(b_o[:1]), b_o.cumsum(0)])
+            b_o = torch.stack([tf.attn_bias(layer) for layer in range(a.n_layers)])  # biases outside every source
+            b_m = torch.zeros_like(b_o)  # factored MLP units: the MLP's bias is outside them too
+            if self._units is not None:
+                for layer in range(a.n_layers):
+                    b = self._units.bias(tf, layer)
+                    b_m[layer] = 0 if b is None else b
+            cum = torch.cat([torch.zeros_like(b_o[:1]), (b_o + b_m).cumsum(0)])
             self._base_pre = cum[:, None, None, :]
-            mid = cum[1:] if not a.parallel_attn_mlp else cum[:-1]
+            mid = cum[:-1] + b_o if not a.parallel_attn_mlp else cum[:-1]
             self._base_mid = mid[:, None, None, :]
         del corrupt_run
         # one ablation value for the whole batch (plain mean ablation), else one per prompt (or none: zero)
         self.shared_ablation = self.abl is not None and self.abl.shape[1] == 1
         self._layout()
+
+    def _factor(self, corrupt: ForwardCache, mean_weights: Tensor | None) -> ForwardCache:
+        """The corrupt run in a factored graph's layout: its dense sources (input, heads) in their slot
+        order, and each layer's unit activations as ablation values (``self._abl_units``)."""
+        g, tf, units = self.graph, self.tf, self._units
+        assert units is not None
+        if g.positions is not None:
+            raise NotImplementedError(f"MLP {g.mlp_units} at token positions are not supported yet; use a plain graph")
+        plain = Graph.from_model(tf)
+        dense = [i for i, n in enumerate(g.sources) if not any(i in r for r in (g.mlp_sources(x) for x in range(g.n_layers)))]
+        self._dense_cols = torch.tensor(dense, device=tf.device)
+        self._dslot = torch.full((len(g.sources),), -1, dtype=torch.long, device=tf.device)
+        self._dslot[self._dense_cols] = torch.arange(len(dense), device=tf.device)
+        rows = torch.tensor([plain.src_index[g.sources[i].name] for i in dense], device=tf.device)
+        self._abl_units: list[Tensor | None] = []
+        for layer in range(g.n_layers):
+            acts = units.activations(tf, layer, corrupt.resid_mid[layer])  # [B, S, n]
+            if self.ablation == "mean":
+                acts = (acts.mean(0, keepdim=True) if mean_weights is None else
+                        torch.einsum("ij,j...->i...", _check_weights(mean_weights, acts.shape[0]).to(acts), acts))
+            self._abl_units.append(None if self.ablation == "zero" else acts.movedim(-1, 0))  # [n, B|1, S]
+        return ForwardCache(corrupt.sources.index_select(0, rows), corrupt.resid_pre, corrupt.resid_mid, corrupt.logits)
 
     def _check_positions(self, positions: Positions | None, B: int, S: int) -> Positions | None:
         """The positions of a positional graph, checked against it and the prompts; per-position token lists."""
@@ -335,6 +392,7 @@ class Patcher:
         It shares the clean run's tensors until its first commit (copy-on-write).
         """
         self._plain_only("PatchState")
+        self._dense_only("PatchState (incremental ACDC)")
         c = self.clean
         return PatchState(self.upstream.clone(), c.sources, c.resid_pre, c.resid_mid, c.logits, self)
 
@@ -398,10 +456,35 @@ class Patcher:
         if g.positions is not None and not positional:
             keep = keep[..., 0]  # one position covering every token: the plain graph's state
         w = keep.to(tf.dtype)
-        X = torch.empty(len(g.sources), B, S, a.d_model, dtype=tf.dtype, device=tf.device)  # out_u - A_u
+        units = self._units  # factored MLP units (neurons), or None: every source is a dense tensor
+        n_dense = len(g.sources) if units is None else len(self._dense_cols)
+        X = torch.empty(n_dense, B, S, a.d_model, dtype=tf.dtype, device=tf.device)  # out_u - A_u (dense sources)
+        F: dict[int, Tensor] = {}  # layer -> [n_units, B * S] (a_i - A_i) of its factored MLP units
+
+        def slot(idx: slice | Tensor) -> slice | Tensor:
+            """Rows of X of graph sources ``idx`` (the same indices unless some sources are factored)."""
+            return idx if units is None else self._dslot[idx]
 
         def put(idx: slice | Tensor, out: Tensor) -> None:
-            X[idx] = out if self.abl is None else out - self.abl[idx]
+            rows = slot(idx)
+            X[rows] = out if self.abl is None else out - self.abl[rows]
+
+        def factored_gather(rows: list[int], upto: int, base: Tensor) -> Tensor:
+            """Inputs [R, B, S, d] of the rows when some sources are factored: the dense sources' product,
+            plus each factored layer's sum_i w_i (a_i - A_i) row_i."""
+            assert units is not None
+            W = w[rows, :upto]
+            cols = self._dense_cols[self._dense_cols < upto]
+            Wd = W[:, cols]
+            out = base.expand(len(rows), B, S, a.d_model)
+            if bool(Wd.any()):
+                out = (Wd @ X[: len(cols)].reshape(len(cols), -1)).view(-1, B, S, a.d_model) + base
+            for layer_u, values in F.items():
+                r = g.mlp_sources(layer_u)
+                Ws = W[:, r.start : r.stop] if r.start < upto else W[:, :0]
+                if bool(Ws.any()):
+                    out = out + units.contribution(tf, layer_u, Ws, values).view(-1, B, S, a.d_model)
+            return out
 
         def kept_columns(W: Tensor) -> Tensor | None:
             """The sources [k] some row of W [R, n] keeps, when they are few (a small circuit reads few
@@ -418,6 +501,8 @@ class Patcher:
             """
             if positional:
                 return gather_at_positions(rows, upto, base), None
+            if units is not None:
+                return factored_gather(rows, upto, base), None
             W = w[rows, :upto]
             uniq, inv = torch.unique(W, dim=0, return_inverse=True)
             if 2 * len(uniq) > len(rows):  # little to share: one product, rows in order
@@ -467,7 +552,7 @@ class Patcher:
             first = g.head_src(layer)
             trios = self.graph.head_rows(layer)
             live = [h for h in range(H) if used[first + h] and not (skip_unfed and not any(fed[r] for r in trios[h]))]
-            X[first : first + H] = 0
+            X[slot(slice(first, first + H))] = 0
             if live:
                 rows = [r for h in live for r in (trios[h] if g.split_qkv else trios[h][:1])]
                 x, inv = gather(rows, first, self._base_pre[layer])
@@ -479,6 +564,14 @@ class Patcher:
                 hs = torch.tensor(live, device=tf.device)
                 put(hs + first, tf.attention(layer, hs, xq, xk, xv))
             if g.attn_only:
+                continue
+            if units is not None:  # the MLP as factored units: their activations, stored per unit
+                r, row = g.mlp_sources(layer), g.mlp_row(layer)
+                if any(used[r.start : r.stop]) and not (skip_unfed and not fed[row]):
+                    m_in = gather([row], first if a.parallel_attn_mlp else first + H, self._base_mid[layer])[0][0]
+                    acts = units.activations(tf, layer, m_in).movedim(-1, 0)  # [n, B, S]
+                    abl = self._abl_units[layer]
+                    F[layer] = (acts if abl is None else acts - abl).reshape(len(r), -1)
                 continue
             m = g.mlp_src(layer)
             row = self.graph.mlp_row(layer)
@@ -492,6 +585,11 @@ class Patcher:
         return tf.unembed(self.at_answers(final)).reshape(-1, a.d_vocab), X
 
     # ------------------------------------------------------------------ propagation
+    def _dense_only(self, what: str) -> None:
+        if self._units is not None:
+            raise NotImplementedError(f"{what} does not run on graphs with MLP {self.graph.mlp_units} yet; "
+                                      "Patcher.logits / run / forward do (faithfulness, the explorer)")
+
     def _plain_only(self, what: str) -> None:
         if self.graph.positions is not None:
             raise ValueError(f"{what} works on plain graphs; a positional graph is evaluated with Patcher.run / forward")

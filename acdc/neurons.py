@@ -1,0 +1,61 @@
+"""MLP neurons as graph nodes: every hidden unit of every MLP is a source (the units OpenAI's
+Transformer Debugger inspects).
+
+    g = acdc.Graph.from_model(model, mlp_units="neurons")     # m3.n17 -> a5.h2<q>, a0.h1 -> m3, ...
+    p = acdc.Patcher(model, clean, corrupt, graph=g)
+    logits = p.logits(["m0.n5->logits", "m1.n3->a2.h0<v>"])   # those neuron edges ablated
+
+Neuron ``i`` of layer ``L`` (``m{L}.n{i}``) outputs ``a_i(x) * W_out[i]``: its activation on the
+MLP's input ``x`` times its row of the output matrix. Its ablation value is the same with the
+ablated activation (the corrupt run's for resample, its mean over the corrupt batch per position
+for mean, zero for zero). All neurons of a layer read one input, the MLP's (``m{L}``, a
+destination as in the plain graph). The MLP's output bias ``b_out`` belongs to no neuron: like
+attention's ``b_O`` it is never ablated.
+
+Neurons are stored *factored*: an activation per token, times a weight row the model already
+has, never a [batch, pos, d_model] tensor per neuron, so a GPT-2-small graph with all 36,864
+neurons fits in a few hundred MB. This file is the whole of the node kind: the kind, how a layer's
+MLP becomes neurons in the graph, and how the engine runs them; importing it registers them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .graph import KINDS, MLP, MLP_UNITS, Destination, Node, NodeKind
+from .model import Transformer
+from .patching import MLP_ENGINES
+
+__all__ = ["NEURON", "Neurons"]
+
+NEURON = NodeKind("neuron", slots=(), component=True, order=1, shape="circle", pattern="m{layer}.n{index}")
+
+
+def _neuron_units(layer: int, d_mlp: int | None) -> tuple[list[Node], list[Destination]]:
+    """A layer's MLP as its neurons: ``d_mlp`` sources that share one input, the MLP's."""
+    assert d_mlp is not None
+    return [Node(layer, NEURON, i) for i in range(d_mlp)], [Destination(Node(layer, MLP))]
+
+
+class Neurons:
+    """The engine's side: activations, and the sum of weighted neuron outputs without materialising them."""
+
+    def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
+        """[..., d_mlp] the hidden activations of MLP ``layer`` on its input x [..., d_model]."""
+        return tf.mlp_hidden(layer, x)
+
+    def contribution(self, tf: Transformer, layer: int, weights: Tensor, values: Tensor) -> Tensor:
+        """[R, T, d_model] sum_i weights[r, i] values[i, t] W_out[i]: weights [R, n], values [n, T]."""
+        rows = tf.mlp_out_rows(layer)
+        w = weights.to(rows.dtype)
+        return torch.stack([values.T @ (rows * w[r][:, None]) for r in range(w.shape[0])])
+
+    def bias(self, tf: Transformer, layer: int) -> Tensor:
+        """[d_model] b_out, outside every neuron."""
+        return tf.mlp_bias(layer)
+
+
+KINDS["neuron"] = NEURON
+MLP_UNITS["neurons"] = _neuron_units
+MLP_ENGINES["neurons"] = Neurons()
