@@ -296,7 +296,7 @@ class Graph:
             (self.src_layer[None, :] == self.dst_layer[:, None]) & (src_order[None, :] < dst_order[:, None])
         )
         self.upstream: Tensor = before | (same_layer_head_to_mlp & (not parallel_attn_mlp))
-        dst_idx, src_idx = self.upstream.nonzero(as_tuple=True)  # row-major: dst, then src
+        dst_idx, src_idx = (t.contiguous() for t in self.upstream.nonzero(as_tuple=True))  # row-major: dst, then src
         self.positions: tuple[str, ...] | None = None if positions is None else check_names(positions)
         n_pos = self.n_positions
         # one copy each (a plain graph's positions are a broadcast zero, not a tensor of zeros)
