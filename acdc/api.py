@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -46,7 +47,7 @@ from .scores import Scores
 from .tasks import Task
 
 __all__ = [
-    "DEFAULT_GRID", "Inputs", "attribute", "completeness", "discover", "faithfulness", "faithfulness_curve",
+    "DEFAULT_GRID", "FaithfulnessSetting", "Inputs", "attribute", "completeness", "discover", "faithfulness", "faithfulness_curve",
     "faithfulness_grid", "make_batch", "minimality", "prepare", "roc",
 ]
 
@@ -54,6 +55,45 @@ LEVELS = ("edge", "node")
 POSITION_MODES = ("circuit", "all")
 DIRECTIONS = ("clean-complement", "clean-circuit", "corrupt-circuit", "corrupt-complement")
 AVERAGES = ("ratio-of-means", "mean-of-ratios")
+
+
+@dataclass(frozen=True)
+class FaithfulnessSetting:
+    """One faithfulness setting (Miller et al.'s axes), declared once: `faithfulness` takes its fields,
+    each entry of `faithfulness_grid`'s grid is one, and the CLI's faithfulness flags are made from it.
+    ``__post_init__`` checks every value, so a bad setting is refused before any model runs."""
+
+    level: str = field(default="edge", metadata={
+        "help": "edge: ablate the edges outside the circuit; node: the outputs of the nodes outside it", "choices": LEVELS})
+    direction: str = field(default="clean-complement", metadata={
+        "help": "which side is patched (clean prompts with the complement ablated is the usual)", "choices": DIRECTIONS})
+    average: str = field(default="ratio-of-means", metadata={
+        "help": "which ratio is reported first (the IOI paper's ratio of means, or the mean of per-prompt ratios)",
+        "choices": AVERAGES})
+    at: str = field(default="circuit", metadata={
+        "help": "positional circuits: keep its edges only at its positions, or at every position", "choices": POSITION_MODES})
+    mean_over: str | int = field(default="batch", metadata={
+        "help": "with mean ablation: the reference set averaged (batch, template, or a number of prompts)"})
+    ablation: str | None = field(default=None, metadata={"help": "default: the run's"})
+    metric: MetricLike | None = field(default=None, metadata={"help": "default: the task's"})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FaithfulnessSetting:
+        """A setting from a dict of its fields; a one-line error naming an unknown one."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown faithfulness setting {', '.join(map(repr, unknown))}; the settings are "
+                             f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**d)
+
+    def __post_init__(self) -> None:
+        for name, choices in (("level", LEVELS), ("direction", DIRECTIONS), ("average", AVERAGES), ("at", POSITION_MODES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
+        if self.ablation is not None:
+            check_ablation(self.ablation)
+        if self.mean_over != "batch" and self.ablation not in (None, "mean"):
+            raise ValueError(f"mean_over={self.mean_over!r} needs ablation='mean'")
 
 
 class Inputs(TypedDict, total=False):
@@ -252,18 +292,9 @@ def faithfulness(
         inputs: metric ("logit_diff", "prob_diff", "kl", "accuracy" or your own; default the
             task's), ablation ("resample", "mean", "zero"), answers, answer_pos, split_qkv, graph.
     """
-    _check_setting(level=level, direction=direction, average=average, at=at)
+    setting = FaithfulnessSetting(level=level, direction=direction, average=average, mean_over=mean_over, at=at)
     runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
-    return runs.measure(level=level, direction=direction, average=average, mean_over=mean_over, at=at, progress=progress)
-
-
-def _check_setting(*, level: str = "edge", direction: str = "clean-complement", average: str = "ratio-of-means",
-                   at: str = "circuit", **_: Any) -> None:
-    """One-line ValueErrors for faithfulness settings that do not exist (checked before any run)."""
-    for name, value, choices in (("level", level, LEVELS), ("direction", direction, DIRECTIONS),
-                                 ("average", average, AVERAGES), ("at", at, POSITION_MODES)):
-        if value not in choices:
-            raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return runs.measure(setting, progress=progress)
 
 
 class _FaithfulnessRuns:
@@ -312,11 +343,10 @@ class _FaithfulnessRuns:
                                           answer_pos=base.answer_pos, mean_weights=weights, positions=base.positions)
         return self._patchers[key]
 
-    def measure(self, *, level: str = "edge", direction: str = "clean-complement", average: str = "ratio-of-means",
-                ablation: str | None = None, mean_over: str | int = "batch", metric: MetricLike | None = None,
-                at: str = "circuit", progress: bool = False) -> Faithfulness:
-        _check_setting(level=level, direction=direction, average=average, at=at)
-        ablation = str(ablation or self.ablation)
+    def measure(self, setting: FaithfulnessSetting, progress: bool = False) -> Faithfulness:
+        level, direction, average, at = setting.level, setting.direction, setting.average, setting.at
+        mean_over, metric = setting.mean_over, setting.metric
+        ablation = str(setting.ablation or self.ablation)
         if mean_over != "batch" and ablation != "mean":
             raise ValueError(f"mean_over={mean_over!r} needs ablation='mean'")
         m = self.m if metric is None else resolve_metric(metric)
@@ -444,7 +474,7 @@ def faithfulness_grid(
     task: Task,
     circuit: CircuitLike,
     *,
-    grid: Sequence[dict[str, Any]] = DEFAULT_GRID,
+    grid: Sequence[dict[str, Any] | FaithfulnessSetting] = DEFAULT_GRID,
     reference_sizes: Sequence[int] = (),
     seed: int = 0,
     progress: bool = True,
@@ -452,19 +482,18 @@ def faithfulness_grid(
 ) -> FaithfulnessGrid:
     """Faithfulness under many settings at once (Miller et al.'s axes), sharing runs between them.
 
-    grid: settings, each a dict of `faithfulness` arguments (level, ablation, direction, average,
-        metric, mean_over); missing ones take their defaults. The default grid varies one axis at
+    grid: settings, each a `FaithfulnessSetting` or a dict of its fields (level, ablation,
+        direction, average, metric, mean_over, at); missing ones take their defaults. The default grid varies one axis at
         a time from the usual setting (10 settings).
     reference_sizes: also mean ablation over k drawn prompts for each k here (faithfulness
         against the reference-set size).
     progress: a bar over the settings.
     Returns a `FaithfulnessGrid`: ``.rows``, ``.to_markdown()``, ``.to_csv(path)``, ``.plot(path)``.
     """
-    settings = [dict(x) for x in grid] + [{"ablation": "mean", "mean_over": int(k)} for k in reference_sizes]
-    for x in settings:
-        _check_setting(**x)
+    settings = [x if isinstance(x, FaithfulnessSetting) else FaithfulnessSetting.from_dict(x) for x in grid]
+    settings += [FaithfulnessSetting(ablation="mean", mean_over=int(k)) for k in reference_sizes]
     runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
-    return FaithfulnessGrid(tuple(runs.measure(**x) for x in bar(settings, desc="faithfulness settings", disable=not progress)))
+    return FaithfulnessGrid(tuple(runs.measure(x) for x in bar(settings, desc="faithfulness settings", disable=not progress)))
 
 
 def faithfulness_curve(

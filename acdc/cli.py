@@ -87,7 +87,7 @@ def _positive(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     from ._version import __version__
     from .algorithms.attribution import METHODS
-    from .api import AVERAGES, DIRECTIONS, LEVELS, POSITION_MODES
+    from .api import FaithfulnessSetting
 
     ap = _Parser(prog="acdc", description="Automatic circuit discovery for transformer language models.")
     ap.add_argument("--version", action="version", version=f"acdc {__version__}")
@@ -134,11 +134,7 @@ def _parser() -> argparse.ArgumentParser:
                        "more --reference-sizes, faithfulness_reference_sizes.png.")
     f.add_argument("circuit", type=Path, help="circuit JSON for this model")
     _run_flags(f, default_out="out")
-    f.add_argument("--level", default=LEVELS[0], choices=LEVELS)
-    f.add_argument("--direction", default=DIRECTIONS[0], choices=DIRECTIONS)
-    f.add_argument("--average", default=AVERAGES[0], choices=AVERAGES)
-    f.add_argument("--at", default=POSITION_MODES[0], choices=POSITION_MODES,
-                   help="positional circuits: keep its edges only at its positions, or at every position")
+    _option_flags(f, FaithfulnessSetting, only=("level", "direction", "average", "at"))
     f.add_argument("--grid", action="store_true", help="the default grid of settings (one axis varied at a time)")
     f.add_argument("--reference-sizes", type=_positive, nargs="*", default=[], help="with --grid: mean ablation over k prompts")
     f.set_defaults(run=_faithfulness)
@@ -190,10 +186,12 @@ def _parser() -> argparse.ArgumentParser:
 _CONVERT: dict[str, Any] = {"float": float, "int | None": int, "float | None": float, "str": str, "str | Path | None": Path}
 
 
-def _option_flags(p: argparse.ArgumentParser, options: Any) -> None:
+def _option_flags(p: argparse.ArgumentParser, options: Any, only: tuple[str, ...] | None = None) -> None:
     """One flag per field of an options dataclass (``--abs-value`` for ``abs_value``), with its help and
     choices. The values are checked by the dataclass itself (`_options`) before any model loads."""
     for f in dataclasses.fields(options):
+        if only is not None and f.name not in only:
+            continue
         flag, meta = "--" + f.name.replace("_", "-"), f.metadata
         if f.type == "bool":
             p.add_argument(flag, action="store_true", help=meta["help"])

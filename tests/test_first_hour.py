@@ -87,6 +87,14 @@ def test_bad_inputs_are_refused_before_the_model_runs(text_model, no_model_runs,
                                                                       torch.ones(1, 3, dtype=torch.long)), [],
                                       grid=[{}, {"direction": "sideways"}]),
      r"^unknown direction 'sideways'"),
+    (lambda m: acdc.faithfulness_grid(m, acdc.tasks.Task.from_tokens(torch.ones(1, 3, dtype=torch.long),
+                                                                      torch.ones(1, 3, dtype=torch.long)), [],
+                                      grid=[{"levels": "node"}]),
+     r"^unknown faithfulness setting 'levels'; the settings are level, direction, average, at, mean_over"),
+    (lambda m: acdc.faithfulness_grid(m, acdc.tasks.Task.from_tokens(torch.ones(1, 3, dtype=torch.long),
+                                                                      torch.ones(1, 3, dtype=torch.long)), [],
+                                      grid=[{"mean_over": 3, "ablation": "zero"}]),
+     r"^mean_over=3 needs ablation='mean'"),
 ])
 def test_bad_options_are_refused_before_the_model_runs(text_model, no_model_runs, call, match):
     with pytest.raises(ValueError, match=match):
@@ -160,6 +168,23 @@ def test_acdc_options_are_declared_once():
     defaults = {f.name: f.default for f in __import__("dataclasses").fields(ACDCOptions) if f.name != "threshold"}
     args = sub["discover"].parse_args(["--model", "zoo:ioi", "--threshold", "0.1"])
     assert {k: getattr(args, k) for k in defaults} == defaults
+
+
+def test_faithfulness_settings_are_declared_once():
+    """faithfulness()'s setting keywords, the grid's entries and the CLI's flags are FaithfulnessSetting's fields."""
+    import dataclasses
+
+    from acdc.api import FaithfulnessSetting
+    from acdc.cli import _parser
+
+    fields = {f.name: f for f in dataclasses.fields(FaithfulnessSetting)}
+    params = inspect.signature(acdc.faithfulness).parameters
+    assert {"level", "direction", "average", "mean_over", "at"} <= set(params) and set(fields) - set(params) == {"ablation", "metric"}
+    assert all(params[k].default == fields[k].default for k in ("level", "direction", "average", "mean_over", "at"))
+    sub = next(a for a in _parser()._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    flags = {a.dest: a for a in sub["faithfulness"]._actions}
+    for name in ("level", "direction", "average", "at"):
+        assert tuple(flags[name].choices) == fields[name].metadata["choices"] and flags[name].default == fields[name].default
 
 
 def test_cli_choices_are_the_librarys():
