@@ -23,8 +23,7 @@ from typing_extensions import Unpack
 
 from .algorithms import get_algorithm
 from .algorithms.acdc import ACDCOptions, run_acdc
-from .algorithms.attribution import METHODS
-from .algorithms.attribution import check_options as check_attribution
+from .algorithms.attribution import METHODS, AttributionOptions
 from .circuit import Circuit
 from .evaluation import ROC, CircuitLike, Level, as_mask, check_level, threshold_grid
 from .faithfulness_math import (
@@ -199,10 +198,9 @@ def attribute(
             "(ACDC runs with acdc.discover(..., threshold=...))"
         )
     algorithm = get_algorithm(method)
-    check_attribution(method, steps, grid)
+    options = AttributionOptions(method=method, steps=steps, grid=grid)  # checked before any run
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
-    options: dict[str, Any] = {} if method == "eap" else {"steps": steps, "grid": grid}
-    return _with_position_labels(algorithm(patcher, m, batch, progress=progress, **options), patcher)
+    return _with_position_labels(algorithm(patcher, m, batch, progress=progress, **options.algorithm_options()), patcher)
 
 
 def _with_position_labels(scores: Scores, patcher: Patcher) -> Scores:

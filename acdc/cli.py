@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .algorithms.acdc import ACDCOptions
+from .algorithms.attribution import AttributionOptions
 
 __all__ = ["main"]
 
@@ -86,7 +87,6 @@ def _positive(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from ._version import __version__
-    from .algorithms.attribution import METHODS
     from .api import FaithfulnessSetting
 
     ap = _Parser(prog="acdc", description="Automatic circuit discovery for transformer language models.")
@@ -109,8 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Attribution patching: one score per edge (scores.json), and the circuit of the "
                        "--top edges (circuit.json, circuit.png).")
     _run_flags(a, default_out="out")
-    a.add_argument("--method", default="eap-ig-inputs", choices=METHODS)
-    a.add_argument("--steps", type=_positive, default=5, help="integrated-gradient steps (EAP-IG)")
+    _option_flags(a, AttributionOptions, only=("method", "steps"), defaults={"method": "eap-ig-inputs"})
     a.add_argument("--top", type=_positive, default=50, help="edges in the circuit written (largest |score|; default 50)")
     a.add_argument("--positions", default=None, choices=("named", "tokens"),
                    help="edges at token positions: the task's named roles or token indices")
@@ -183,10 +182,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # How a flag's text becomes the value of an option field, by the field's annotation.
-_CONVERT: dict[str, Any] = {"float": float, "int | None": int, "float | None": float, "str": str, "str | Path | None": Path}
+_CONVERT: dict[str, Any] = {"float": float, "int": int, "int | None": int, "float | None": float, "str": str,
+                            "str | Path | None": Path}
 
 
-def _option_flags(p: argparse.ArgumentParser, options: Any, only: tuple[str, ...] | None = None) -> None:
+def _option_flags(p: argparse.ArgumentParser, options: Any, only: tuple[str, ...] | None = None,
+                  defaults: dict[str, Any] | None = None) -> None:
     """One flag per field of an options dataclass (``--abs-value`` for ``abs_value``), with its help and
     choices. The values are checked by the dataclass itself (`_options`) before any model loads."""
     for f in dataclasses.fields(options):
@@ -205,7 +206,7 @@ def _option_flags(p: argparse.ArgumentParser, options: Any, only: tuple[str, ...
             except ValueError:
                 raise argparse.ArgumentTypeError(f"{text!r} is not a {convert.__name__}") from None
 
-        default = None if required else f.default
+        default = (defaults or {}).get(f.name, None if required else f.default)
         help_text = meta["help"] + ("" if required or default is None else f" (default {default})")
         p.add_argument(flag, type=parse, required=required, default=default, choices=meta.get("choices"), help=help_text)
 
@@ -254,6 +255,8 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _attribute(args: argparse.Namespace) -> int:
     from .api import attribute
+
+    AttributionOptions(method=args.method, steps=args.steps)  # checked before the model loads
 
     model, task, truth, classes, ablation, _ = _setup(args)
     print(f"acdc attribute: {args.model}, {task}, {args.method}, {ablation} ablation")

@@ -143,7 +143,8 @@ def test_cli_flags_are_checked_before_any_model_loads(argv, match, capsys, monke
 @pytest.mark.parametrize("argv, match", [
     (["discover", "--model", "zoo:ioi", "--threshold", "1", "--prefilter", "5"], "prefilter must be a fraction in (0, 1], got 5.0"),
     (["discover", "--model", "zoo:ioi", "--threshold", "1", "--speculate", "0"], "speculate must be an integer >= 1, got 0"),
-    (["discover", "--model", "zoo:ioi", "--threshold", "1", "--checkpoint-every", "-3"], "checkpoint_every must be a number"),
+    (["discover", "--model", "zoo:ioi", "--threshold", "1", "--checkpoint-every", "-3"], "checkpoint_every must be a number of seconds >= 0, got -3.0"),
+    (["attribute", "--model", "zoo:ioi", "--steps", "0"], "steps must be an integer >= 1, got 0"),
 ])
 def test_cli_acdc_options_are_checked_before_any_model_loads(argv, match, capsys, monkeypatch):
     from acdc import zoo
@@ -151,7 +152,7 @@ def test_cli_acdc_options_are_checked_before_any_model_loads(argv, match, capsys
     monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"acdc discover: error: {match}" or (err.startswith(f"acdc discover: error: {match}") and "\n" not in err)
+    assert err == f"acdc {argv[0]}: error: {match}"
 
 
 def test_acdc_options_are_declared_once():
@@ -185,6 +186,21 @@ def test_faithfulness_settings_are_declared_once():
     flags = {a.dest: a for a in sub["faithfulness"]._actions}
     for name in ("level", "direction", "average", "at"):
         assert tuple(flags[name].choices) == fields[name].metadata["choices"] and flags[name].default == fields[name].default
+
+
+def test_attribution_options_are_declared_once():
+    import dataclasses
+
+    from acdc.algorithms.attribution import AttributionOptions
+    from acdc.cli import _parser
+
+    params = inspect.signature(acdc.attribute).parameters
+    for f in dataclasses.fields(AttributionOptions):
+        assert params[f.name].default == f.default, f.name
+    sub = next(a for a in _parser()._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    flags = {a.dest: a for a in sub["attribute"]._actions}
+    assert tuple(flags["method"].choices) == dataclasses.fields(AttributionOptions)[0].metadata["choices"]
+    assert flags["method"].default == "eap-ig-inputs" and flags["steps"].default == 5  # the CLI's own default method
 
 
 def test_cli_choices_are_the_librarys():

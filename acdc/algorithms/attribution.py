@@ -32,7 +32,8 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -42,7 +43,7 @@ from ..patching import Patcher
 from ..progress import bar
 from ..scores import Scores
 
-__all__ = ["METHODS", "VanishingScoresWarning", "attribution_scores", "check_options", "check_vanishing", "eap", "eap_ig_activations", "eap_ig_inputs"]
+__all__ = ["METHODS", "AttributionOptions", "VanishingScoresWarning", "attribution_scores", "check_options", "check_vanishing", "eap", "eap_ig_activations", "eap_ig_inputs"]
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
 METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations")
@@ -67,6 +68,24 @@ def eap_ig_activations(
 ) -> Scores:
     """EAP-IG with each node group's output interpolated in turn (``steps`` passes per group on ``grid``)."""
     return _scores(patcher, metric, batch, "eap-ig-activations", steps, progress, grid)
+
+
+@dataclass(frozen=True)
+class AttributionOptions:
+    """Attribution's options, declared once: `acdc.attribute` and the CLI's attribute flags read them here."""
+
+    method: str = field(default="eap", metadata={"help": "attribution method", "choices": METHODS})
+    steps: int = field(default=5, metadata={"help": "integrated-gradient points (EAP-IG; 1 step is EAP)"})
+    grid: str = field(default="right", metadata={
+        "help": "where the points lie: right (k/steps, k = 1..steps) or left (k = 0..steps-1, EAP-IG's edge-level "
+                "EAP-IG-inputs)", "choices": GRIDS})
+
+    def __post_init__(self) -> None:
+        check_options(self.method, self.steps, self.grid)
+
+    def algorithm_options(self) -> dict[str, Any]:
+        """The keywords its registered algorithm takes (EAP has no steps or grid)."""
+        return {} if self.method == "eap" else {"steps": self.steps, "grid": self.grid}
 
 
 def check_options(method: str, steps: int = 5, grid: str = "right") -> None:
