@@ -239,7 +239,6 @@ def roc(
     if thresholds is None:
         full, gone = _full_and_empty(patcher, metric, batch)
         thresholds = threshold_grid(abs(gone - full) or 1.0, n=n_thresholds, decades=decades)
-    thresholds = [check_threshold(t) for t in thresholds]
     circuits = []
     t0 = time.perf_counter()
     for t in bar(thresholds, desc="ACDC thresholds", unit="thr", disable=not progress):
@@ -328,7 +327,7 @@ class _FaithfulnessRuns:
     def node_metric(self, nodes: Sequence[str]) -> float:
         """The metric with the output of every node outside ``nodes`` ablated (the input stays)."""
         kept = set(nodes) | {"input"}
-        ablated = torch.tensor([e.src.name not in kept for e in self.graph.edges])
+        ablated = ~self.graph.edges_out_of(kept)
         return self.m(self.logits(self.patcher(self.ablation, "batch", False), ablated), self.batch)
 
     def patcher(self, ablation: str, mean_over: str | int, swapped: bool) -> Patcher:
@@ -356,7 +355,7 @@ class _FaithfulnessRuns:
         if level == "node":
             nodes = {g.sources[s].name for s in g.edge_src[keep].tolist()}
             nodes |= {g.destinations[d].node.name for d in g.edge_dst[keep].tolist()} | {"input"}
-            keep = torch.tensor([e.src.name in nodes for e in g.edges])
+            keep = g.edges_out_of(nodes)
         # corrupt directions: the same engine with the roles swapped, so "ablated" means the clean values
         run_on = self.patcher(ablation, mean_over, swapped=direction.startswith("corrupt"))
         everything, nothing = torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges, dtype=torch.bool)

@@ -516,8 +516,7 @@ class Graph:
     def _names_near(self, name: str, limit: int = 20000) -> list[str]:
         """Edge names to suggest from: those sharing the source or destination (else the first ones)."""
         src, _, dst = name.partition("@")[0].partition("->")
-        s, d = self.src_index.get(src), self.dst_index.get(dst.split("<")[0]) if dst else None
-        d = self.dst_index.get(dst, d)
+        s, d = self.src_index.get(src), self.dst_index.get(dst, self.dst_index.get(dst.split("<")[0]))
         pick = torch.zeros(self.n_edges, dtype=torch.bool)
         if s is not None:
             pick |= self.edge_src == s
@@ -525,6 +524,11 @@ class Graph:
             pick |= self.edge_dst == d
         idx = pick.nonzero().squeeze(1)[:limit].tolist() if bool(pick.any()) else range(min(limit, self.n_edges))
         return [self.edges[i].name for i in idx]
+
+    def edges_out_of(self, nodes: Iterable[str]) -> Tensor:
+        """[n_edges] bool: the edges whose source is one of ``nodes`` (names), read off the index tensors."""
+        wanted = set(nodes)
+        return torch.tensor([n.name in wanted for n in self.sources], dtype=torch.bool)[self.edge_src]
 
     def edge_mask(self, edges: Iterable[str] | Tensor) -> Tensor:
         """[n_edges] bool mask from edge names (or pass a mask through, checked)."""

@@ -310,7 +310,8 @@ class Patcher:
         if g.positions is not None:
             raise NotImplementedError(f"MLP {g.mlp_units} at token positions are not supported yet; use a plain graph")
         plain = Graph.from_model(tf)
-        dense = [i for i, n in enumerate(g.sources) if not any(i in r for r in (g.mlp_sources(x) for x in range(g.n_layers)))]
+        factored = {i for layer in range(g.n_layers) for i in g.mlp_sources(layer)}
+        dense = [i for i in range(len(g.sources)) if i not in factored]
         self._dense_cols = torch.tensor(dense, device=tf.device)
         self._dslot = torch.full((len(g.sources),), -1, dtype=torch.long, device=tf.device)
         self._dslot[self._dense_cols] = torch.arange(len(dense), device=tf.device)
@@ -481,7 +482,7 @@ class Patcher:
                 out = (Wd @ X[: len(cols)].reshape(len(cols), -1)).view(-1, B, S, a.d_model) + base
             for layer_u, values in F.items():
                 r = g.mlp_sources(layer_u)
-                Ws = W[:, r.start : r.stop] if r.start < upto else W[:, :0]
+                Ws = W[:, r.start : r.stop]  # empty when the layer is not upstream (W ends at upto)
                 if bool(Ws.any()):
                     out = out + units.contribution(tf, layer_u, Ws, values).view(-1, B, S, a.d_model)
             return out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import acdc
-from acdc.loading import KNOWN_FILES, _converted, _local_source
+from acdc.loading import KNOWN_FILES, _converted, _local_source, content_key
 from acdc.model import Transformer
 
 pytestmark = pytest.mark.real
@@ -149,4 +149,4 @@ def test_cache_is_keyed_on_content_so_another_copy_shares_it(smollm2, monkeypatc
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
-    assert _converted.__globals__["content_key"](copy) != _converted.__globals__["content_key"](gguf)
+    assert content_key(copy) != content_key(gguf)

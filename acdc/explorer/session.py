@@ -284,9 +284,8 @@ class Explorer:
     def _direct_effect(self, name: str, i: int) -> dict[str, Any]:
         g = self.graph
         if name not in self._direct:
-            idx = [j for j, e in enumerate(g.edges) if e.src.name == name and e.dst.node == g.destinations[g.logits_row].node]
-            mask = torch.zeros(g.n_edges, dtype=torch.bool)
-            mask[idx] = True
+            mask = g.edges_out_of([name]) & (g.edge_dst == g.logits_row)
+            idx = mask.nonzero().squeeze(1).tolist()
             logits = self.patcher.masked_logits(mask)
             value = self.metric(logits, self.batch)
             change = per_prompt(self.metric, logits, self.batch) - self.per_prompt_model
