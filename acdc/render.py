@@ -75,24 +75,32 @@ def to_dot(
     classes: class -> node names (or an object with ``.classes``) to colour nodes by class.
     show_scores: label edges with their measured effect (tooltips only above 60 edges).
     show_all: also draw kept edges with no path from input to logits (hidden by default).
+
+    Plain and positional circuits take one path: `layout` places the nodes, `_canvas` draws them
+    (layer rows; a grid of positions when there are several), and the edges come from the layout.
     """
     g = circuit.graph
     classes = _as_classes(classes, g)
-    mask = circuit.in_graph.clone() if show_all else circuit.live_mask()
-    if g.positions is not None:
-        return _positional_dot(circuit, mask, classes, show_scores, title)
-    idx = mask.nonzero().squeeze(1).tolist()
-    scores = circuit.scores
-    finite = [abs(float(scores[i])) for i in idx if not math.isnan(float(scores[i]))]
-    top = max(finite) if finite else 0.0
-    labels = show_scores and len(idx) <= MAX_SCORE_LABELS
-    dot = _canvas(g, _nodes_of(g, idx), classes, title if title is not None else circuit_title(circuit, len(idx)), circuit.notes)
-    for i in idx:
-        e = g.edges[i]
-        dot.edge(e.src.name, e.dst.node.name, **_scored_edge(e, float(scores[i]), top, labels, "9"))
-    used = {g.edges[i].qkv for i in idx}
-    _legend(dot, [(QKV_COLORS[k], "solid", f"into {QKV_NAMES[k]}") for k in (*"qkv", None) if k in used],
-            "edge width: |effect|" if finite else "", classes)
+    lay = layout(circuit, circuit.in_graph.clone() if show_all else circuit.live_mask())
+    head = title if title is not None else circuit_title(circuit, len(lay["edges"]))
+    dot = _canvas(g, lay, classes, head, circuit.notes)
+    labels = show_scores and len(lay["edges"]) <= MAX_SCORE_LABELS
+    fontsize = "8" if lay["columns"] else "9"
+    for e in lay["edges"]:
+        i = e["index"]
+        dot.edge(e["src"], e["dst"], **_scored_edge(g.edges[i], float(circuit.scores[i]), lay["top"], labels, fontsize))
+    for a in lay["attend"]:
+        src_p, dst_p = a["src"].rsplit("@", 1)[1], a["dst"].rsplit("@", 1)[1]
+        dot.edge(a["src"], a["dst"], style="dashed", color="#999999", constraint="false",
+                 tooltip=f"{a['head']} attends from {dst_p} to {src_p}", id=f"attend:{a['head']}@{src_p}->{dst_p}")
+    used = {e["qkv"] for e in lay["edges"]}
+    rows = [(QKV_COLORS[k], "solid", f"into {QKV_NAMES[k]}") for k in (*"qkv", None) if k in used]
+    if lay["columns"]:
+        rows.append(("#999999", "dashed", "attention: from key/value positions to where the head acts"))
+        note = "columns: positions (example prompt's text)"
+    else:
+        note = "edge width: |effect|" if any(e["score"] is not None for e in lay["edges"]) else ""
+    _legend(dot, rows, note, classes, lay)
     return dot
 
 
@@ -167,57 +175,6 @@ def _row_label(g: Graph, layer: int, sub: int) -> str:
     return "input" if layer < 0 else "output" if layer == g.n_layers else f"layer {layer}" + (" MLP" if sub else "")
 
 
-def _positional_dot(
-    circuit: Circuit, mask: Any, classes: dict[str, list[str]] | None, show_scores: bool, title: str | None
-) -> Any:
-    """A positional circuit as a grid (the coordinates of `layout`): layers bottom-up, positions left to right.
-
-    Grey dashed arrows inside a head go from the positions it reads keys/values at to the
-    positions it acts at (query or output): attention moving information across positions.
-    Columns are labelled with the position names and the example prompt's text there.
-    """
-    import graphviz
-
-    g = circuit.graph
-    lay = layout(circuit, mask)
-    cls_of = _class_of(classes)
-    colours = {c: CLASS_PALETTE[i % len(CLASS_PALETTE)] for i, c in enumerate(classes or {})}
-    dot = graphviz.Digraph("circuit", engine="neato")
-    head = title if title is not None else circuit_title(circuit, len(lay["edges"]))
-    dot.attr(splines="true", overlap="true", fontname="Helvetica", label=head, labelloc="t", fontsize="14",
-             outputorder="edgesfirst")
-    dot.attr("node", fontname="Helvetica", fontsize="10", style="filled", penwidth="1.2")
-    dot.attr("edge", arrowsize="0.6")
-    sx, sy = 1.2, 2.6  # inches per slot and per row
-    by_name = {n.name: n for n in g.nodes}
-    shift = 1.2 - min([n["x"] for n in lay["nodes"]] + [0.0])  # the row labels sit at x = 0
-    for n in lay["nodes"]:
-        style = _node_style(by_name[n["name"]], g, cls_of, colours, circuit.notes)
-        style.setdefault("label", n["name"])
-        style.update(id=f"node:{n['id']}", tooltip=f"{n['name']} at {n['pos']}", pos=f"{(n['x'] + shift) * sx:.2f},{(n['y'] + 1) * sy:.2f}!")
-        dot.node(n["id"], **style)
-    for c in lay["columns"]:
-        label = c["name"] if not c["text"] else f"{c['name']}\n{c['text'].strip() or repr(c['text'])}"
-        dot.node(f"col:{c['name']}", label, shape="plaintext", style="", fontcolor="#555555", pos=f"{(c['x'] + shift) * sx:.2f},0.3!")
-    for r in lay["rows"]:
-        dot.node(f"row:{r['y']}", r["label"], shape="plaintext", style="", fontcolor="#777777", pos=f"0.0,{(r['y'] + 1) * sy:.2f}!")
-    labels = show_scores and len(lay["edges"]) <= MAX_SCORE_LABELS
-    for e in lay["edges"]:
-        i = e["index"]
-        dot.edge(e["src"], e["dst"], **_scored_edge(g.edges[i], float(circuit.scores[i]), lay["top"], labels, "8"))
-    for a in lay["attend"]:
-        src_p, dst_p = a["src"].rsplit("@", 1)[1], a["dst"].rsplit("@", 1)[1]
-        dot.edge(a["src"], a["dst"], style="dashed", color="#999999", constraint="false",
-                 tooltip=f"{a['head']} attends from {dst_p} to {src_p}", id=f"attend:{a['head']}@{src_p}->{dst_p}")
-    used = {e["qkv"] for e in lay["edges"]}
-    rows_legend = [(QKV_COLORS[k], "solid", f"into {QKV_NAMES[k]}") for k in (*"qkv", None) if k in used]
-    rows_legend.append(("#999999", "dashed", "attention: from key/value positions to where the head acts"))
-    _legend(dot, rows_legend, "columns: positions (example prompt's text)", classes)
-    right = max([n["x"] for n in lay["nodes"]] + [0.0]) + 3.0
-    dot.node("legend", pos=f"{(right + shift) * sx:.2f},{(len(lay['rows']) + 1) * sy:.2f}!")
-    return dot
-
-
 def edge_width(s: float, top: float) -> float:
     """Drawn width of an edge with score ``s`` when the largest |score| drawn is ``top`` (1 if unknown)."""
     return 1.0 if math.isnan(s) or top == 0 else 0.8 + 4.2 * abs(s) / top
@@ -246,23 +203,23 @@ def comparison_dot(found: Circuit, truth: Any, *, classes: Any = None, title: st
         "found, not true": found.in_graph & ~true,
         "missed": ~found.in_graph & true,
     }
-    idx = (found.in_graph | true).nonzero().squeeze(1).tolist()
     classes = _as_classes(classes if classes is not None else (truth if hasattr(truth, "classes") else None), g)
     n = {k: int(m.sum()) for k, m in kinds.items()}
     head = title if title is not None else (
         f"found {int(found.in_graph.sum())} edges vs {int(true.sum())} true: "
         f"{n['found, true']} found and true, {n['found, not true']} found but not true, {n['missed']} missed"
     )
-    dot = _canvas(g, _nodes_of(g, idx), classes, head, found.notes)
-    for kind, mask in kinds.items():
-        for i in mask.nonzero().squeeze(1).tolist():
-            e = g.edges[i]
-            attrs = {**COMPARISON[kind], "tooltip": f"{e.name}: {kind}", "id": f"edge:{e.name}", "class": kind.replace(", ", "-").replace(" ", "-")}
-            if e.qkv:  # at mid-edge: parallel q/k/v edges are drawn apart, so their letters are too
-                attrs.update(label=f" {e.qkv}", fontsize="10", fontcolor=QKV_COLORS[e.qkv])
-            dot.edge(e.src.name, e.dst.node.name, **attrs)
+    lay = layout(found, found.in_graph | true)
+    dot = _canvas(g, lay, classes, head, found.notes)
+    kind_of = {i: kind for kind, mask in kinds.items() for i in mask.nonzero().squeeze(1).tolist()}
+    for le in lay["edges"]:
+        e, kind = g.edges[le["index"]], kind_of[le["index"]]
+        attrs = {**COMPARISON[kind], "tooltip": f"{e.name}: {kind}", "id": f"edge:{e.name}", "class": kind.replace(", ", "-").replace(" ", "-")}
+        if e.qkv:  # at mid-edge: parallel q/k/v edges are drawn apart, so their letters are too
+            attrs.update(label=f" {e.qkv}", fontsize="10", fontcolor=QKV_COLORS[e.qkv])
+        dot.edge(le["src"], le["dst"], **attrs)
     rows = [(COMPARISON[k]["color"], COMPARISON[k]["style"], f"{k} ({n[k]})") for k in COMPARISON]
-    _legend(dot, rows, "q / k / v: the head input the edge enters", classes)
+    _legend(dot, rows, "q / k / v: the head input the edge enters", classes, lay)
     return dot
 
 
@@ -305,14 +262,6 @@ def _write(dot: Any, path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------- layout pieces
-def _nodes_of(g: Graph, edge_idx: Iterable[int]) -> list[Node]:
-    used: set[str] = set()
-    for i in edge_idx:
-        e = g.edges[i]
-        used |= {e.src.name, e.dst.node.name}
-    return [n for n in g.nodes if n.name in used]
-
-
 def _row(g: Graph, node: Node) -> tuple[int, int]:
     """Sort key of the row a node sits on: (layer, its kind's row in the layer; one row if attention and MLP are parallel)."""
     return (node.layer, 0 if g.parallel_attn_mlp else node.kind.order)
@@ -350,31 +299,53 @@ def _as_classes(classes: Any, g: Graph) -> dict[str, list[str]] | None:
     return out
 
 
-def _canvas(g: Graph, nodes: list[Node], classes: dict[str, list[str]] | None, title: str,
+def _canvas(g: Graph, lay: dict[str, Any], classes: dict[str, list[str]] | None, title: str,
             notes: Mapping[str, Mapping[str, str]] | None = None) -> Any:
-    """A Digraph with the nodes placed on layer rows, labelled rows on the left, and a title."""
+    """A Digraph with `layout`'s nodes, a title and labelled rows: layer rows laid out by ``dot``
+    (bottom-up ranks) for a plain circuit, a grid of pinned positions (``neato``) for a positional one."""
     import graphviz
 
     cls_of = _class_of(classes)
     colours = {c: CLASS_PALETTE[i % len(CLASS_PALETTE)] for i, c in enumerate(classes or {})}
-    dot = graphviz.Digraph("circuit")
-    dot.attr(rankdir="BT", newrank="true", nodesep="0.2", ranksep="0.45", fontname="Helvetica", label=title,
-             labelloc="t", fontsize="14", outputorder="edgesfirst")
-    dot.attr("node", fontname="Helvetica", fontsize="11", style="filled", penwidth="1.2")
+    by_name = {n.name: n for n in g.nodes}
+    grid = bool(lay["columns"])
+    dot = graphviz.Digraph("circuit", engine="neato" if grid else "dot")
+    if grid:
+        dot.attr(splines="true", overlap="true")
+    else:
+        dot.attr(rankdir="BT", newrank="true", nodesep="0.2", ranksep="0.45")
+    dot.attr(fontname="Helvetica", label=title, labelloc="t", fontsize="14", outputorder="edgesfirst")
+    dot.attr("node", fontname="Helvetica", fontsize="10" if grid else "11", style="filled", penwidth="1.2")
     dot.attr("edge", arrowsize="0.6")
-    rows: dict[tuple[int, int], list[Node]] = {}
-    for n in nodes:
-        rows.setdefault(_row(g, n), []).append(n)
+
+    def style(n: dict[str, Any]) -> dict[str, str]:
+        attrs = _node_style(by_name[n["name"]], g, cls_of, colours, notes)
+        if grid:
+            attrs.setdefault("label", n["name"])
+            attrs.update(id=f"node:{n['id']}", tooltip=f"{n['name']} at {n['pos']}")
+        return attrs
+
+    if grid:
+        sx, sy = 1.2, 2.6  # inches per slot and per row
+        shift = 1.2 - min([n["x"] for n in lay["nodes"]] + [0.0])  # the row labels sit at x = 0
+        for n in lay["nodes"]:
+            dot.node(n["id"], **style(n), pos=f"{(n['x'] + shift) * sx:.2f},{(n['y'] + 1) * sy:.2f}!")
+        for c in lay["columns"]:
+            label = c["name"] if not c["text"] else f"{c['name']}\n{c['text'].strip() or repr(c['text'])}"
+            dot.node(f"col:{c['name']}", label, shape="plaintext", style="", fontcolor="#555555", pos=f"{(c['x'] + shift) * sx:.2f},0.3!")
+        for r in lay["rows"]:
+            dot.node(f"row:{r['y']}", r["label"], shape="plaintext", style="", fontcolor="#777777", pos=f"0.0,{(r['y'] + 1) * sy:.2f}!")
+        right = max([n["x"] for n in lay["nodes"]] + [0.0]) + 3.0
+        lay["legend_pos"] = f"{(right + shift) * sx:.2f},{(len(lay['rows']) + 1) * sy:.2f}!"
+        return dot
     prev = None
-    for key in sorted(rows):
-        layer, sub = key
-        anchor = f"row{layer + 1}_{sub}"
-        text = _row_label(g, layer, sub)
+    for r in lay["rows"]:
+        anchor = f"row{r['y']}"
         with dot.subgraph() as s:  # type: ignore[union-attr]  # graphviz returns a context manager without name
             s.attr(rank="same")
-            s.node(anchor, text, shape="plaintext", style="", fontcolor="#777777", fontsize="10")
-            for n in rows[key]:
-                s.node(n.name, **_node_style(n, g, cls_of, colours, notes))
+            s.node(anchor, r["label"], shape="plaintext", style="", fontcolor="#777777", fontsize="10")
+            for n in sorted((n for n in lay["nodes"] if n["y"] == r["y"]), key=lambda n: n["x"]):
+                s.node(n["id"], **style(n))
         if prev is not None:
             dot.edge(prev, anchor, style="invis")
         prev = anchor
@@ -397,8 +368,9 @@ def _node_style(n: Node, g: Graph, cls_of: dict[str, str], colours: dict[str, st
     return attrs
 
 
-def _legend(dot: Any, edge_rows: list[tuple[str, str, str]], note: str, classes: dict[str, list[str]] | None) -> None:
-    """An HTML-table legend node: edge styles, a note, and the class colours."""
+def _legend(dot: Any, edge_rows: list[tuple[str, str, str]], note: str, classes: dict[str, list[str]] | None,
+            lay: dict[str, Any]) -> None:
+    """An HTML-table legend node: edge styles, a note, and the class colours (pinned right of a grid)."""
     dash = {"solid": "———", "dashed": "- - -", "dotted": "· · · ·"}
     cells = [
         f'<TR><TD ALIGN="LEFT"><FONT COLOR="{c}"><B>{dash[s]}</B></FONT></TD><TD ALIGN="LEFT">{_esc(t)}</TD></TR>'
@@ -413,6 +385,8 @@ def _legend(dot: Any, edge_rows: list[tuple[str, str, str]], note: str, classes:
     with dot.subgraph(name="cluster_legend") as s:
         s.attr(label="", color="white")
         s.node("legend", table, shape="plaintext", style="", id="legend")
+    if "legend_pos" in lay:
+        dot.node("legend", pos=lay["legend_pos"])
 
 
 def _esc(text: str) -> str:

@@ -210,3 +210,13 @@ def test_node_labels_from_notes_in_images(circuit):
     circuit.notes = {"a0.h0": {"label": "previous token", "note": "checked on 3 prompts"}}
     src = to_dot(circuit).source
     assert 'label="a0.h0\nprevious token"' in src
+
+
+def test_comparison_of_positional_circuits_is_a_grid():
+    """One image path: a comparison of positional circuits keeps each node's positions apart."""
+    g = Graph(2, 2, positions=["A", "B"])
+    found = Circuit(g, g.edge_mask(["input->a0.h0<k>@A", "a0.h0->logits@B"]), torch.ones(g.n_edges, dtype=torch.float64))
+    src = comparison_dot(found, ["input->a0.h0<k>@A", "input->a0.h0<q>@B"]).source
+    assert "1 found and true, 1 found but not true, 1 missed" in src
+    assert '"input@A" -> "a0.h0@A"' in src and '"input@B" -> "a0.h0@B"' in src and '"a0.h0@B" -> "logits@B"' in src
+    assert "col:A" in src and "col:B" in src
