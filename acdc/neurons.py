@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .blocks import MLP_ENGINES
 from .graph import KINDS, MLP, MLP_UNITS, Destination, Node, NodeKind
 from .model import Transformer
-from .patching import MLP_ENGINES
 
 __all__ = ["NEURON", "Neurons"]
 

@@ -26,13 +26,14 @@ never comes back.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from .blocks import MLP_ENGINES, Block, FullRun, GradPass, Job, MLPUnits, blocks_of
 from .circuit import Circuit
 from .graph import Graph
 from .inputs import Ablation, answer_positions, as_tokens, check_ablation
@@ -40,32 +41,7 @@ from .model import ForwardCache, Transformer
 from .positions import Positions, token_names
 from .tasks import Task
 
-__all__ = ["Patcher", "PatchState", "PositionalProposal", "PositionalState", "Proposal", "SearchState"]
-
-
-class MLPUnits(Protocol):
-    """How the engine runs a layer's MLP when the graph splits it into units stored *factored*
-    (an activation per token times a fixed row of d_model), registered in `MLP_ENGINES` under
-    the graph's ``mlp_units`` name (`acdc.neurons` registers "neurons").
-
-    Factored units never exist as [batch, pos, d_model] tensors: a destination's input gets
-    ``sum_i w_i (a_i - A_i) row_i`` from `contribution`.
-    """
-
-    def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
-        """[..., n_units] the units' activations for MLP input x [..., d_model]."""
-        ...
-
-    def contribution(self, tf: Transformer, layer: int, weights: Tensor, values: Tensor) -> Tensor:
-        """[R, T, d_model] sum_i weights[r, i] values[i, t] row_i, for weights [R, n] and values [n, T]."""
-        ...
-
-    def bias(self, tf: Transformer, layer: int) -> Tensor | None:
-        """[d_model] what the MLP adds outside every unit (never ablated), or None."""
-        ...
-
-
-MLP_ENGINES: dict[str, MLPUnits] = {}
+__all__ = ["MLP_ENGINES", "MLPUnits", "Patcher", "PatchState", "PositionalProposal", "PositionalState", "Proposal", "SearchState"]
 
 
 class SearchState(Protocol):
@@ -264,9 +240,11 @@ class Patcher:
         self.n_pos = S
         self.positions = self._check_positions(positions, B, S)
 
-        self._units = MLP_ENGINES.get(g.mlp_units) if g.mlp_units != "whole" else None
-        if g.mlp_units != "whole" and self._units is None:
-            raise ValueError(f"no engine for MLP units {g.mlp_units!r}; import the module that registers it")
+        self._blocks: list[Block] = blocks_of(g)  # the layer loop every pass walks
+        self._units: MLPUnits | None = MLP_ENGINES.get(g.mlp_units) if g.mlp_units != "whole" else None
+        self._dense_cols: Tensor | None = None
+        self._dslot: Tensor | None = None
+        self._abl_units: list[Tensor | None] | None = None
         self.clean = tf.run(clean_t, self.answer_pos)
         corrupt_run = tf.run(corrupt_t, self.answer_pos)
         self.corrupt_logits = corrupt_run.logits
@@ -316,13 +294,14 @@ class Patcher:
         self._dslot = torch.full((len(g.sources),), -1, dtype=torch.long, device=tf.device)
         self._dslot[self._dense_cols] = torch.arange(len(dense), device=tf.device)
         rows = torch.tensor([plain.src_index[g.sources[i].name] for i in dense], device=tf.device)
-        self._abl_units: list[Tensor | None] = []
+        abl_units: list[Tensor | None] = []
         for layer in range(g.n_layers):
             acts = units.activations(tf, layer, corrupt.resid_mid[layer])  # [B, S, n]
             if self.ablation == "mean":
                 acts = (acts.mean(0, keepdim=True) if mean_weights is None else
                         torch.einsum("ij,j...->i...", _check_weights(mean_weights, acts.shape[0]).to(acts), acts))
-            self._abl_units.append(None if self.ablation == "zero" else acts.movedim(-1, 0))  # [n, B|1, S]
+            abl_units.append(None if self.ablation == "zero" else acts.movedim(-1, 0))  # [n, B|1, S]
+        self._abl_units = abl_units
         return ForwardCache(corrupt.sources.index_select(0, rows), corrupt.resid_pre, corrupt.resid_mid, corrupt.logits)
 
     def _check_positions(self, positions: Positions | None, B: int, S: int) -> Positions | None:
@@ -450,140 +429,24 @@ class Patcher:
         ``layer`` or later; the sources before that layer are taken from it, not recomputed
         (positional ACDC restarts at the layer of the edge it tests).
         """
-        tf, a, g = self.tf, self.tf.arch, self.graph
-        H, L = a.n_heads, a.n_layers
-        B, S = self.clean_tokens.shape
+        g, L = self.graph, self.tf.arch.n_layers
         positional = g.positions is not None and g.n_positions > 1
         if g.positions is not None and not positional:
             keep = keep[..., 0]  # one position covering every token: the plain graph's state
-        w = keep.to(tf.dtype)
-        units = self._units  # factored MLP units (neurons), or None: every source is a dense tensor
-        n_dense = len(g.sources) if units is None else len(self._dense_cols)
-        X = torch.empty(n_dense, B, S, a.d_model, dtype=tf.dtype, device=tf.device)  # out_u - A_u (dense sources)
-        F: dict[int, Tensor] = {}  # layer -> [n_units, B * S] (a_i - A_i) of its factored MLP units
-
-        def slot(idx: slice | Tensor) -> slice | Tensor:
-            """Rows of X of graph sources ``idx`` (the same indices unless some sources are factored)."""
-            return idx if units is None else self._dslot[idx]
-
-        def put(idx: slice | Tensor, out: Tensor) -> None:
-            rows = slot(idx)
-            X[rows] = out if self.abl is None else out - self.abl[rows]
-
-        def factored_gather(rows: list[int], upto: int, base: Tensor) -> Tensor:
-            """Inputs [R, B, S, d] of the rows when some sources are factored: the dense sources' product,
-            plus each factored layer's sum_i w_i (a_i - A_i) row_i."""
-            assert units is not None
-            W = w[rows, :upto]
-            cols = self._dense_cols[self._dense_cols < upto]
-            Wd = W[:, cols]
-            out = base.expand(len(rows), B, S, a.d_model)
-            if bool(Wd.any()):
-                out = (Wd @ X[: len(cols)].reshape(len(cols), -1)).view(-1, B, S, a.d_model) + base
-            for layer_u, values in F.items():
-                r = g.mlp_sources(layer_u)
-                Ws = W[:, r.start : r.stop]  # empty when the layer is not upstream (W ends at upto)
-                if bool(Ws.any()):
-                    out = out + units.contribution(tf, layer_u, Ws, values).view(-1, B, S, a.d_model)
-            return out
-
-        def kept_columns(W: Tensor) -> Tensor | None:
-            """The sources [k] some row of W [R, n] keeps, when they are few (a small circuit reads few
-            sources, and the product then runs over those alone); None: most are kept, use them all."""
-            cols = W.any(0).nonzero().squeeze(1)
-            return cols if 2 * len(cols) <= W.shape[1] else None
-
-        def gather(rows: list[int], upto: int, base: Tensor) -> tuple[Tensor, Tensor | None]:
-            """Distinct inputs [u, B, S, d] of the rows, and each row's index into them.
-
-            Destinations with the same kept sources share one input (all-ablated or all-kept
-            rows are common), so the product runs once per distinct row; an empty row is the
-            all-ablated stream itself. Index None: the rows themselves, in order.
-            """
-            if positional:
-                return gather_at_positions(rows, upto, base), None
-            if units is not None:
-                return factored_gather(rows, upto, base), None
-            W = w[rows, :upto]
-            uniq, inv = torch.unique(W, dim=0, return_inverse=True)
-            if 2 * len(uniq) > len(rows):  # little to share: one product, rows in order
-                uniq, inv = W, None
-            if not bool(uniq.any()):
-                return base.expand(len(uniq), B, S, a.d_model), inv
-            cols = kept_columns(uniq)
-            if cols is None:
-                product = uniq @ X[:upto].reshape(upto, -1)
-            else:
-                product = uniq[:, cols] @ X.index_select(0, cols).reshape(len(cols), -1)
-            return product.view(-1, B, S, a.d_model) + base, inv
-
-        def gather_at_positions(rows: list[int], upto: int, base: Tensor) -> Tensor:
-            """Inputs [R, B, S, d] of the rows: per position, the product over that position's tokens."""
-            W = w[rows, :upto]  # [R, upto, G]
-            flat_x = X[:upto].reshape(upto, B * S, a.d_model)
-            flat_base = base.expand(B, S, a.d_model).reshape(B * S, a.d_model)
-            out = torch.empty(len(rows), B * S, a.d_model, dtype=tf.dtype, device=tf.device)
-            for p, idx in enumerate(self._groups):
-                Wp = W[:, :, p]
-                if not bool(Wp.any()):
-                    out[:, idx] = flat_base[idx]
-                    continue
-                cols = kept_columns(Wp)
-                if cols is None:
-                    product = Wp @ flat_x.index_select(1, idx).reshape(upto, -1)
-                else:
-                    product = Wp[:, cols] @ flat_x.index_select(0, cols).index_select(1, idx).reshape(len(cols), -1)
-                out[:, idx] = product.view(len(rows), -1, a.d_model) + flat_base[idx]
-            return out.view(len(rows), B, S, a.d_model)
-
-        # A node is computed only if some kept edge reads it, and (resample) only if some kept
-        # edge feeds it: with every input ablated its output is its ablation value, out - A = 0.
-        any_pos = keep.any(-1) if positional else keep
-        used = any_pos.any(0).tolist()
-        fed = any_pos.any(1).tolist()
-        skip_unfed = self.ablation == "resample"
+        run = FullRun(self, keep, self._groups if positional else None, self._units, self._dense_cols, self._dslot,
+                      self._abl_units)
         start = 0
         if reuse is not None:
             start = min(reuse[1], L)
             done = g.head_src(start) if start < L else len(g.sources)
-            X[:done] = reuse[0][:done]
+            run.X[:done] = reuse[0][:done]
         else:
-            put(slice(0, 1), self.clean.sources[:1])  # the input node's output does not depend on edges
-        for layer in range(start, L):
-            first = g.head_src(layer)
-            trios = self.graph.head_rows(layer)
-            live = [h for h in range(H) if used[first + h] and not (skip_unfed and not any(fed[r] for r in trios[h]))]
-            X[slot(slice(first, first + H))] = 0
-            if live:
-                rows = [r for h in live for r in (trios[h] if g.split_qkv else trios[h][:1])]
-                x, inv = gather(rows, first, self._base_pre[layer])
-                if len(x) == 1:  # every live head reads the same input: the shared (one-matmul) path
-                    xq = xk = xv = x[0]
-                else:
-                    x = x if inv is None else x[inv]
-                    xq, xk, xv = x.view(len(live), 3, B, S, a.d_model).unbind(1) if g.split_qkv else (x, x, x)
-                hs = torch.tensor(live, device=tf.device)
-                put(hs + first, tf.attention(layer, hs, xq, xk, xv))
-            if g.attn_only:
-                continue
-            if units is not None:  # the MLP as factored units: their activations, stored per unit
-                r, row = g.mlp_sources(layer), g.mlp_row(layer)
-                if any(used[r.start : r.stop]) and not (skip_unfed and not fed[row]):
-                    m_in = gather([row], first if a.parallel_attn_mlp else first + H, self._base_mid[layer])[0][0]
-                    acts = units.activations(tf, layer, m_in).movedim(-1, 0)  # [n, B, S]
-                    abl = self._abl_units[layer]
-                    F[layer] = (acts if abl is None else acts - abl).reshape(len(r), -1)
-                continue
-            m = g.mlp_src(layer)
-            row = self.graph.mlp_row(layer)
-            if used[m] and not (skip_unfed and not fed[row]):
-                upto = first if a.parallel_attn_mlp else first + H
-                m_in = gather([row], upto, self._base_mid[layer])[0][0]
-                put(slice(m, m + 1), tf.mlp(layer, m_in)[None])
-            else:
-                X[m] = 0
-        final = gather([self.graph.logits_row], len(g.sources), self._base_pre[L])[0][0]
-        return tf.unembed(self.at_answers(final)).reshape(-1, a.d_vocab), X
+            run.put(slice(0, 1), self.clean.sources[:1])  # the input node's output does not depend on edges
+        for block in self._blocks:
+            if block.layer >= start:
+                block.full(run)
+        final = run.gather([g.logits_row], len(g.sources), self.stream_base(2 * L))[0][0]
+        return self.tf.unembed(self.at_answers(final)).reshape(-1, self.tf.arch.d_vocab), run.X
 
     # ------------------------------------------------------------------ propagation
     def _dense_only(self, what: str) -> None:
@@ -607,19 +470,11 @@ class Patcher:
         """
         return x.shape[-2] == self.n_pos
 
-    def _stream_ref(self, st: PatchState, stream: int, ans: bool) -> Tensor:
+    def stream_base(self, stream: int) -> Tensor:
+        """All-ablated residual stream ``stream`` [B|1, S|1, d]: every upstream source at its ablation
+        value (stream 2 * layer: before the layer's heads; 2 * layer + 1: its MLP's input)."""
         layer, mid = divmod(stream, 2)
-        x = st.resid_mid[layer] if mid else st.resid_pre[layer]
-        return self.at_answers(x) if ans else x
-
-    def _stream_base(self, stream: int, ans: bool) -> Tensor:
-        """All-ablated stream [B|1, S|1, d] (every upstream source at its ablation value)."""
-        layer, mid = divmod(stream, 2)
-        x = self._base_mid[layer] if mid else self._base_pre[layer]
-        if ans:
-            x = x.expand(len(self._bidx), self.n_pos, -1)
-            return self.at_answers(x)
-        return x.expand(-1, self.n_pos, -1)
+        return self._base_mid[layer] if mid else self._base_pre[layer]
 
     def propagate(self, st: PatchState, keep: Tensor) -> Proposal:
         """Logits of candidate circuits ``keep`` [K, n_dst, n_src] against state ``st``."""
@@ -634,98 +489,48 @@ class Patcher:
         if not bool(changed_rows.any()):
             return Proposal(keep, st.logits.expand(K, *st.logits.shape), {}, {}, {}, [])
         start = int(self.graph.dst_layer[changed_rows.cpu()].min())
-        job = _Job(self, st, keep, changed_rows)
-        for layer in range(start, L):
-            job.open_stream(2 * layer)
-            self._run_heads(job, layer)
-            if a.parallel_attn_mlp:  # the MLP reads the stream before this layer's heads
-                job.runs[2 * layer + 1] = job.runs[2 * layer]
-                self._run_mlp(job, layer, 2 * layer)
-            else:
-                job.open_stream(2 * layer + 1)
-                self._run_mlp(job, layer, 2 * layer + 1)
+        job = Job(self, st, keep, changed_rows)
+        for block in self._blocks:
+            if block.layer < start:
+                continue
+            if block.stream not in job.runs:
+                job.open_stream(block.stream)
+            block.incremental(job)
         job.open_stream(2 * L)
         x = job.dst_input(self.graph.logits_row, 2 * L, True).expand(K, -1, -1, -1)
         logits = self.tf.unembed(x.reshape(-1, x.shape[-1])).view(K, -1, a.d_vocab)
         runs = {k: v for k, v in job.runs.items() if v is not None}
         return Proposal(keep, logits, job.delta, job.new_inp, runs, job.dropped)
 
-    def _run_heads(self, job: "_Job", layer: int) -> None:
-        """Recompute the heads of ``layer`` whose inputs changed and whose output is used."""
-        a = self.tf.arch
-        rows = self.graph.head_rows(layer)
-        last = layer == a.n_layers - 1
-        base = self.graph.head_src(layer)
-        hit = job.affected_many([r for t in rows for r in t])
-        todo = []
-        for h, trio in enumerate(rows):
-            if not any(hit[3 * h : 3 * h + 3]):
-                continue
-            if bool(job.alive[base + h]):
-                todo.append(h)
-            else:
-                job.dropped.extend(trio)
-        if not todo:
-            return
-        K, B = job.K, len(self._bidx)
-        stream = 2 * layer
-        shared_full = job.stream_value(stream, False)
-        shared_q = job.stream_value(stream, True) if last else shared_full
-        shared, own = [], []
-        for h in todo:
-            rq, rk, rv = rows[h]
-            if rq == rk and last:  # one input for q, k, v: read q at the answer rows
-                xk = xv = job.dst_input(rq, stream, False)
-                xq = self.at_answers(xk) if xk is not shared_full else shared_q
-            else:
-                xq = job.dst_input(rq, stream, last)
-                xk = job.dst_input(rk, stream, False)
-                xv = job.dst_input(rv, stream, False)
-            if xq is shared_q and xk is shared_full and xv is shared_full:
-                shared.append(h)
-            else:
-                own.append((h, xq, xk, xv))
-        q_pos = self.answer_pos.repeat(K, 1) if last else None
-        outs, heads_done = [], []
-        if shared:
-            full = shared_full.expand(K, *shared_full.shape[-3:]).reshape(K * B, *shared_full.shape[-2:])
-            q = shared_q.expand(K, *shared_q.shape[-3:]).reshape(K * B, *shared_q.shape[-2:])
-            hs = torch.tensor(shared, device=self.tf.device)
-            outs.append(self.tf.attention(layer, hs, q, full, full, q_pos=q_pos))
-            heads_done.extend(shared)
-        if own:
-            def stack(i: int) -> Tensor:
-                xs = [t[i].expand(K, *t[i].shape[-3:]) for t in own]
-                return torch.stack(xs).reshape(len(own), K * B, *xs[0].shape[-2:])
+    def input_gradients(
+        self, loss: Callable[[Tensor], Tensor], replace: tuple[range, Tensor] | None = None
+    ) -> Iterator[tuple[Tensor, int, Tensor]]:
+        """The gradient of ``loss(logits [rows, d_vocab])`` at every destination's input on the clean run.
 
-            hs = torch.tensor([t[0] for t in own], device=self.tf.device)
-            outs.append(self.tf.attention(layer, hs, stack(1), stack(2), stack(3), q_pos=q_pos))
-            heads_done.extend(t[0] for t in own)
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        out = out.view(len(heads_done), K, B, *out.shape[-2:])
-        srcs = [base + h for h in heads_done]
-        ref = self._src_ref(job.st, srcs, last)
-        job.add_deltas(srcs, out - ref[:, None])
-
-    def _run_mlp(self, job: "_Job", layer: int, stream: int) -> None:
-        if self.graph.attn_only:
-            return
-        row = self.graph.mlp_row(layer)
-        src = self.graph.mlp_src(layer)
-        if not job.affected_many([row])[0]:
-            return
-        if not bool(job.alive[src]):
-            job.dropped.append(row)
-            return
-        ans = self._dst_ans[row]
-        x = job.dst_input(row, stream, ans)
-        new = self.tf.mlp(layer, x.expand(job.K, *x.shape[-3:]))
-        job.add_deltas([src], new[None] - self._src_ref(job.st, [src], ans)[:, None])
-
-    def _src_ref(self, st: PatchState, srcs: list[int], ans: bool) -> Tensor:
-        """Reference outputs [n, B, p, d] of some sources (answer rows only if ``ans``)."""
-        x = st.out[srcs[0] : srcs[-1] + 1] if srcs == list(range(srcs[0], srcs[-1] + 1)) else st.out[srcs]
-        return self.at_answers(x) if ans else x
+        One forward with autograd and one backward through the layer loop; yields, block by block
+        and then for ``logits``, ``(rows [R], upto, grads [R, B, S, d])``: destination rows, the
+        sources upstream of them (``[0, upto)``) and the gradient at each row's input.
+        ``replace=(sources, values)``: those sources (the input node, a layer's heads, an MLP)
+        output ``values`` [n, B, S, d] instead, with gradients through their computation
+        (EAP-IG's interpolated node group).
+        """
+        self._dense_only("the gradient pass (EAP, EAP-IG)")
+        g, a = self.graph, self.tf.arch
+        gp = GradPass(self, replace)
+        with torch.enable_grad():
+            first = replace[1][0] if replace is not None and replace[0] == range(0, 1) else self.clean.sources[0]
+            cur = first.detach().requires_grad_()  # so every later activation carries a gradient
+            streams: dict[int, Tensor] = {}
+            for block in self._blocks:
+                x = streams.setdefault(block.stream, cur)
+                cur = cur + block.grad_forward(gp, x)
+            final_probe = torch.zeros_like(cur, requires_grad=True)
+            logits = self.tf.unembed(self.at_answers(cur + final_probe)).reshape(-1, a.d_vocab)
+            loss(logits).backward()
+        for block in self._blocks:
+            yield from block.grad_inputs(gp)
+        grad = final_probe.grad if final_probe.grad is not None else torch.zeros_like(final_probe)
+        yield torch.tensor([g.logits_row]), len(g.sources), grad[None]
 
     # ------------------------------------------------------------------ commit
     def _commit(self, st: PatchState, p: Proposal, k: int) -> None:
@@ -758,134 +563,6 @@ class Patcher:
             used -= t.numel() * t.element_size()
         st.keep = p.keep[k].clone()
         st.logits = p.logits[k].clone()
-
-
-class _Job:
-    """Bookkeeping of one propagation: changed sources, running stream change, new inputs."""
-
-    def __init__(self, patcher: Patcher, st: PatchState, keep: Tensor, changed_rows: Tensor):
-        self.p = patcher
-        self.st = st
-        self.keep = keep
-        self.K = keep.shape[0]
-        self.changed_rows = changed_rows
-        self.alive = keep.any(0).any(0)  # [n_src]: some candidate keeps an edge out of it
-        self.changed = torch.zeros(keep.shape[-1], dtype=torch.bool, device=keep.device)
-        self.delta: dict[int, Tensor] = {}  # source -> [K, B, p, d] change of its output
-        self._delta_ans: dict[int, Tensor] = {}
-        self.run: Tensor | None = None  # change of the unpatched stream so far [K, B, p, d]
-        self.runs: dict[int, Tensor | None] = {}
-        self._streams: dict[tuple[int, bool], Tensor] = {}
-        self.new_inp: dict[int, Tensor] = {}  # inputs a commit will cache
-        self.memo: dict[int, Tensor] = {}
-        self.dropped: list[int] = []
-
-    def affected_many(self, rows: list[int]) -> list[bool]:
-        """Whether each destination's input differs from the reference."""
-        r = torch.tensor(rows, device=self.keep.device)
-        hit = self.changed_rows[r] | (self.keep[:, r] & self.changed).any(-1).any(0)
-        return hit.tolist()
-
-    def open_stream(self, stream: int) -> None:
-        self.runs[stream] = self.run
-
-    def stream_value(self, stream: int, ans: bool) -> Tensor:
-        """Unpatched stream of the candidates, [1|K, B, p, d]; one shared tensor per stream."""
-        key = (stream, ans)
-        if key not in self._streams:
-            x = self.p._stream_ref(self.st, stream, ans)[None]
-            run = self.runs.get(stream)
-            if run is not None:
-                x = x + (self.p.at_answers(run) if ans and self.p._full(run) else run)
-            self._streams[key] = x
-        return self._streams[key]
-
-    def add_deltas(self, srcs: list[int], delta: Tensor) -> None:
-        """Record new outputs' changes [n, K, B, p, d]; add them to the running stream change."""
-        for j, s in enumerate(srcs):
-            self.delta[s] = delta[j]
-            self.changed[s] = True
-        total = delta.sum(0) if len(srcs) > 1 else delta[0]
-        if self.run is None:
-            self.run = total
-        elif self.run.shape[-2] != total.shape[-2]:
-            self.run = self.p.at_answers(self.run) + total
-        else:
-            self.run = self.run + total
-
-    def _delta(self, src: int, ans: bool) -> Tensor:
-        d = self.delta[src]
-        if ans and self.p._full(d):
-            if src not in self._delta_ans:
-                self._delta_ans[src] = self.p.at_answers(d)
-            return self._delta_ans[src]
-        return d
-
-    def _sum_ref(self, w: Tensor, ans: bool) -> Tensor | None:
-        """sum_u w[k, u] (O_u - A_u) over reference outputs; w [K, n_src]."""
-        cols = w.ne(0).any(0).nonzero().squeeze(1)
-        if cols.numel() == 0:
-            return None
-        p = self.p
-        x = self.st.out.index_select(0, cols)
-        if p.abl is not None:
-            x = x - p.abl.index_select(0, cols)
-        if ans:
-            x = p.at_answers(x)
-        return torch.einsum("kn,nbpd->kbpd", w[:, cols].to(x.dtype), x)
-
-    def _sum_delta(self, w: Tensor, ans: bool) -> Tensor | None:
-        """sum_u w[k, u] delta_u over changed sources (w is zero elsewhere)."""
-        cols = (w.ne(0).any(0) & self.changed).nonzero().squeeze(1).tolist()
-        if not cols:
-            return None
-        terms = [self._delta(c, ans) for c in cols]
-        if len(cols) == 1:
-            return terms[0] * w[:, cols[0]].to(terms[0].dtype)[:, None, None, None]
-        x = torch.stack(terms, 1)  # [K, n, B, p, d]
-        return torch.einsum("kn,knbpd->kbpd", w[:, cols].to(x.dtype), x)
-
-    def dst_input(self, row: int, stream: int, ans: bool) -> Tensor:
-        """Input of destination ``row`` under every candidate: [1|K, B, p, d]."""
-        if row in self.memo:
-            x = self.memo[row]
-            return self.p.at_answers(x) if ans and self.p._full(x) else x
-        st, p = self.st, self.p
-        up = p.upstream[row]
-        kept = self.keep[:, row]  # [K, n_src], already within `up`
-        ablated = up & ~kept
-        n_abl = int(ablated.sum(-1).max())
-        if n_abl == 0:
-            x = self.stream_value(stream, ans)
-        else:
-            # Forms that subtract from the full stream lose float precision when the result is
-            # small (many sources ablated), and LayerNorm magnifies that; so they must be
-            # clearly cheaper than summing the kept sources to be chosen.
-            options = {"kept": int(kept.sum(-1).max()), "ablated": 2 * n_abl + 1}
-            ref_row = st.keep[row]
-            cached = st.inputs.get(row)
-            if cached is not None:
-                moved = int((kept != ref_row[None]).sum(-1).max()) + int((kept & self.changed).sum(-1).max())
-                options["relative"] = 2 * moved + 1
-            how = min(options, key=lambda k: options[k])
-            if how == "relative" and cached is not None:
-                st.inputs.move_to_end(row)
-                x = (p.at_answers(cached) if ans and p._full(cached) else cached)[None]
-                terms = [(1, self._sum_ref(kept.to(torch.int8) - ref_row[None].to(torch.int8), ans)), (1, self._sum_delta(kept, ans))]
-            elif how == "kept":
-                x = p._stream_base(stream, ans)[None]
-                terms = [(1, self._sum_ref(kept, ans)), (1, self._sum_delta(kept, ans))]
-            else:
-                x = self.stream_value(stream, ans)
-                terms = [(-1, self._sum_ref(ablated, ans)), (-1, self._sum_delta(ablated, ans))]
-            for sign, term in terms:
-                if term is not None:
-                    x = x + term if sign > 0 else x - term
-            x = x.expand(x.shape[0], len(p._bidx), *x.shape[-2:])
-        self.memo[row] = x
-        if (row in st.inputs or bool(self.changed_rows[row])) and self.affected_many([row])[0]:
-            self.new_inp[row] = x
-        return x
 
 
 def _check_weights(w: Tensor, batch: int) -> Tensor:

@@ -223,77 +223,32 @@ def _points(
                 yield (kind, layer, a)
 
 
-def _interpolate(patcher: Patcher, src: slice | int, alpha: float) -> Tensor:
-    """A + alpha (O - A) for the given source rows: the path from ablated to clean outputs."""
-    clean = patcher.clean_outputs[src]
+def _interpolate(patcher: Patcher, src: range, alpha: float) -> Tensor:
+    """A + alpha (O - A) [n, B, S, d] for the given sources: the path from ablated to clean outputs."""
+    clean = patcher.clean_outputs[src.start : src.stop]
     abl = patcher.ablation_values
-    abl = torch.zeros_like(clean) if abl is None else abl[src].expand_as(clean)
+    abl = torch.zeros_like(clean) if abl is None else abl[src.start : src.stop].expand_as(clean)
     return (abl + alpha * (clean - abl)).detach()
 
 
-def _through(computed: Tensor, value: Tensor) -> Tensor:
-    """``value`` forward, ``computed``'s gradient backward (so the node's inputs keep theirs)."""
-    return computed + (value - computed).detach()
+def _group(patcher: Patcher, kind: str, layer: int) -> range:
+    """The sources of an EAP-IG node group: the input node, a layer's heads, or its MLP."""
+    g = patcher.graph
+    if kind == "input":
+        return range(0, 1)
+    if kind == "attn":
+        return range(g.head_src(layer), g.head_src(layer) + g.n_heads)
+    return g.mlp_sources(layer)
 
 
 def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, override: tuple[str, int, float] | None) -> Tensor:
-    """One forward and backward; returns the [n_dst, n_src] sums of delta . gradient."""
-    tf, a, g = patcher.tf, patcher.tf.arch, patcher.graph
-    H, L = a.n_heads, a.n_layers
-    heads = torch.arange(H, device=tf.device)
-    kind, where, alpha = override if override is not None else ("", -2, 1.0)
-    with torch.enable_grad():
-        start = _interpolate(patcher, 0, alpha) if kind == "input" else patcher.clean_outputs[0]
-        resid = start.detach().requires_grad_()  # so every later activation carries a gradient
-        saved: list[tuple[Tensor, list[Tensor], Tensor]] = []  # per layer: x, [q, k, v], MLP probe
-        for layer in range(L):
-            x = resid
-            ln = tf.ln(x, "ln1", layer)  # one LayerNorm for q, k and v (less to keep for backward)
-            proj = [tf.project_normed(layer, heads, ln, w) for w in "QKV"]
-            for t in proj:
-                t.retain_grad()
-            out = tf.attend(layer, heads, *proj)
-            if kind == "attn" and where == layer:
-                base = g.head_src(layer)
-                out = _through(out, _interpolate(patcher, slice(base, base + H), alpha))
-            attn = out.sum(0) + tf.attn_bias(layer)
-            mlp_in = x if a.parallel_attn_mlp else x + attn
-            probe = torch.zeros_like(mlp_in, requires_grad=True)
-            if g.attn_only:
-                saved.append((x, proj, probe))
-                resid = x + attn
-                continue
-            m = tf.mlp(layer, mlp_in + probe)
-            if kind == "mlp" and where == layer:
-                m = _through(m, _interpolate(patcher, g.mlp_src(layer), alpha))
-            saved.append((x, proj, probe))
-            resid = x + attn + m
-        final_probe = torch.zeros_like(resid, requires_grad=True)
-        final = patcher.at_answers(resid + final_probe)
-        logits = tf.unembed(final).reshape(-1, a.d_vocab)
-        metric.loss_tensor(logits, batch).backward()
-
-    dense = torch.zeros(*delta.state_shape, dtype=torch.float64, device=tf.device)
-    for layer, (x, proj, probe) in enumerate(saved):
-        base = g.head_src(layer)  # sources before this layer: [0, base)
-        rows = torch.tensor(g.head_rows(layer))  # [H, 3] destination rows (q, k, v)
-        unsplit = None
-        for j, (t, w) in enumerate(zip(proj, "QKV", strict=True)):
-            g_ln = tf.project_grad(layer, w, _grad(t))
-            dx = tf.ln_vjp(x.detach(), g_ln, "ln1", layer)  # [H, B, S, d]
-            if g.split_qkv:
-                dense[rows[:, j], :base] = delta.dot(dx, base)
-            else:
-                unsplit = dx if unsplit is None else unsplit.add_(dx)
-        if unsplit is not None:
-            dense[rows[:, 0], :base] = delta.dot(unsplit, base)
-        if not g.attn_only:
-            upto = base + H if not a.parallel_attn_mlp else base
-            dense[g.mlp_row(layer), :upto] = delta.dot(_grad(probe)[None], upto)[0]
-    dense[g.logits_row] = delta.dot(_grad(final_probe)[None], len(g.sources))[0]
+    """One forward and backward (the engine's gradient pass); returns the [n_dst, n_src] sums of delta . gradient."""
+    replace = None
+    if override is not None:
+        kind, layer, alpha = override
+        group = _group(patcher, kind, layer)
+        replace = (group, _interpolate(patcher, group, alpha))
+    dense = torch.zeros(*delta.state_shape, dtype=torch.float64, device=patcher.tf.device)
+    for rows, upto, grads in patcher.input_gradients(lambda logits: metric.loss_tensor(logits, batch), replace):
+        dense[rows, :upto] = delta.dot(grads, upto)
     return dense
-
-
-def _grad(t: Tensor) -> Tensor:
-    """The gradient a backward pass left on ``t`` (zeros if none reached it)."""
-    return t.grad if t.grad is not None else torch.zeros_like(t)

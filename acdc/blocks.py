@@ -1,0 +1,577 @@
+"""The engine's layer loop: the model as a list of blocks, walked by every pass of the engine.
+
+A *block* is one component of a layer: its attention heads, or its MLP (whole, or split into
+factored units such as neurons). It knows the residual stream it reads (``stream``: ``2 * layer``
+before the layer's heads, ``2 * layer + 1`` after them), the sources upstream of it
+(``[0, upto)``), the sources it writes (``sources``) and the destination rows it reads through
+(``rows``). Three passes walk the same list, and a block does its part of each:
+
+- `FullRun` (`Block.full`): a patched forward from scratch, every destination's input gathered
+  from the kept sources (`Patcher.run`, `Patcher.forward`);
+- `Job` (`Block.incremental`): an incremental propagation against a reference state, only nodes
+  whose inputs change are recomputed (`Patcher.propagate`, ACDC's search);
+- `GradPass` (`Block.grad_forward`, `Block.grad_inputs`): one forward with autograd and one
+  backward, giving the metric's gradient at every destination's input (`Patcher.input_gradients`,
+  EAP and EAP-IG).
+
+A new kind of node becomes one new block class (`blocks_of` picks the block of each layer's MLP
+from the graph's ``mlp_units``: `MLP_ENGINES` holds the factored kinds).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from .graph import Graph
+from .inputs import Ablation
+from .model import Transformer
+
+__all__ = ["MLP_ENGINES", "Block", "FullRun", "GradPass", "HeadsBlock", "Job", "MLPBlock", "MLPUnits", "UnitsBlock", "blocks_of"]
+
+
+class MLPUnits(Protocol):
+    """How the engine runs a layer's MLP when the graph splits it into units stored *factored*
+    (an activation per token times a fixed row of d_model), registered in `MLP_ENGINES` under
+    the graph's ``mlp_units`` name (`acdc.neurons` registers "neurons").
+
+    Factored units never exist as [batch, pos, d_model] tensors: a destination's input gets
+    ``sum_i w_i (a_i - A_i) row_i`` from `contribution`.
+    """
+
+    def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
+        """[..., n_units] the units' activations for MLP input x [..., d_model]."""
+        ...
+
+    def contribution(self, tf: Transformer, layer: int, weights: Tensor, values: Tensor) -> Tensor:
+        """[R, T, d_model] sum_i weights[r, i] values[i, t] row_i, for weights [R, n] and values [n, T]."""
+        ...
+
+    def bias(self, tf: Transformer, layer: int) -> Tensor | None:
+        """[d_model] what the MLP adds outside every unit (never ablated), or None."""
+        ...
+
+
+MLP_ENGINES: dict[str, MLPUnits] = {}
+
+
+class Engine(Protocol):
+    """What the passes read of the patcher (`acdc.patching.Patcher`): the model, graph, caches."""
+
+    tf: Transformer
+    graph: Graph
+    ablation: Ablation
+    abl: Tensor | None
+    upstream: Tensor
+    answer_pos: Tensor
+    n_pos: int
+    cache_bytes: int
+    _bidx: Tensor
+    _dst_ans: list[bool]
+
+    def at_answers(self, x: Tensor) -> Tensor: ...
+
+    def _full(self, x: Tensor) -> bool: ...
+
+    def stream_base(self, stream: int) -> Tensor: ...
+
+
+class RefState(Protocol):
+    """What an incremental pass reads of its reference state (`acdc.patching.PatchState`)."""
+
+    keep: Tensor
+    out: Tensor
+    resid_pre: Tensor
+    resid_mid: Tensor
+    inputs: OrderedDict
+
+
+# ---------------------------------------------------------------------- blocks
+class Block:
+    """One component of the layer loop (see the module docstring)."""
+
+    layer: int
+    stream: int
+    upto: int
+    sources: range
+    rows: list[int]
+
+    def full(self, run: FullRun) -> None:
+        raise NotImplementedError
+
+    def incremental(self, job: Job) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no incremental pass yet; Patcher.run / forward evaluate it")
+
+    def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
+        """Its output added to the stream [B, S, d] on input stream x, keeping what `grad_inputs` needs."""
+        raise NotImplementedError(f"{type(self).__name__} has no gradient pass yet")
+
+    def grad_inputs(self, gp: GradPass) -> Iterator[tuple[Tensor, int, Tensor]]:
+        """After the backward: (destination rows [R], upto, gradients at their inputs [R, B, S, d])."""
+        raise NotImplementedError(f"{type(self).__name__} has no gradient pass yet")
+
+
+class HeadsBlock(Block):
+    """The attention heads of one layer (destination rows q, k, v per head)."""
+
+    def __init__(self, g: Graph, layer: int):
+        self.layer, self.stream = layer, 2 * layer
+        first = g.head_src(layer)
+        self.upto, self.sources = first, range(first, first + g.n_heads)
+        self.trios = g.head_rows(layer)
+        self.rows = [r for t in self.trios for r in t]
+        self.last = layer == g.n_layers - 1  # the last layer's queries are read at the answer rows only
+
+    def full(self, run: FullRun) -> None:
+        p, g, tf = run.p, run.p.graph, run.p.tf
+        H, first, B, S, d = len(self.sources), self.sources.start, run.B, run.S, run.d
+        trios = self.trios
+        live = [h for h in range(H) if run.used[first + h] and not (run.skip_unfed and not any(run.fed[r] for r in trios[h]))]
+        run.X[run.slot(slice(first, first + H))] = 0
+        if not live:
+            return
+        rows = [r for h in live for r in (trios[h] if g.split_qkv else trios[h][:1])]
+        x, inv = run.gather(rows, self.upto, p.stream_base(self.stream))
+        if len(x) == 1:  # every live head reads the same input: the shared (one-matmul) path
+            xq = xk = xv = x[0]
+        else:
+            x = x if inv is None else x[inv]
+            xq, xk, xv = x.view(len(live), 3, B, S, d).unbind(1) if g.split_qkv else (x, x, x)
+        hs = torch.tensor(live, device=tf.device)
+        run.put(hs + first, tf.attention(self.layer, hs, xq, xk, xv))
+
+    def incremental(self, job: Job) -> None:
+        """Recompute the heads whose inputs changed and whose output is used."""
+        p = job.p
+        rows, last, base = self.trios, self.last, self.sources.start
+        hit = job.affected_many(self.rows)
+        todo = []
+        for h, trio in enumerate(rows):
+            if not any(hit[3 * h : 3 * h + 3]):
+                continue
+            if bool(job.alive[base + h]):
+                todo.append(h)
+            else:
+                job.dropped.extend(trio)
+        if not todo:
+            return
+        K, B = job.K, len(p._bidx)
+        stream = self.stream
+        shared_full = job.stream_value(stream, False)
+        shared_q = job.stream_value(stream, True) if last else shared_full
+        shared, own = [], []
+        for h in todo:
+            rq, rk, rv = rows[h]
+            if rq == rk and last:  # one input for q, k, v: read q at the answer rows
+                xk = xv = job.dst_input(rq, stream, False)
+                xq = p.at_answers(xk) if xk is not shared_full else shared_q
+            else:
+                xq = job.dst_input(rq, stream, last)
+                xk = job.dst_input(rk, stream, False)
+                xv = job.dst_input(rv, stream, False)
+            if xq is shared_q and xk is shared_full and xv is shared_full:
+                shared.append(h)
+            else:
+                own.append((h, xq, xk, xv))
+        q_pos = p.answer_pos.repeat(K, 1) if last else None
+        outs, heads_done = [], []
+        if shared:
+            full = shared_full.expand(K, *shared_full.shape[-3:]).reshape(K * B, *shared_full.shape[-2:])
+            q = shared_q.expand(K, *shared_q.shape[-3:]).reshape(K * B, *shared_q.shape[-2:])
+            hs = torch.tensor(shared, device=p.tf.device)
+            outs.append(p.tf.attention(self.layer, hs, q, full, full, q_pos=q_pos))
+            heads_done.extend(shared)
+        if own:
+            def stack(i: int) -> Tensor:
+                xs = [t[i].expand(K, *t[i].shape[-3:]) for t in own]
+                return torch.stack(xs).reshape(len(own), K * B, *xs[0].shape[-2:])
+
+            hs = torch.tensor([t[0] for t in own], device=p.tf.device)
+            outs.append(p.tf.attention(self.layer, hs, stack(1), stack(2), stack(3), q_pos=q_pos))
+            heads_done.extend(t[0] for t in own)
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        out = out.view(len(heads_done), K, B, *out.shape[-2:])
+        srcs = [base + h for h in heads_done]
+        job.add_deltas(srcs, out - job.src_ref(srcs, last)[:, None])
+
+    def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
+        tf, layer = gp.p.tf, self.layer
+        heads = torch.arange(len(self.sources), device=tf.device)
+        ln = tf.ln(x, "ln1", layer)  # one LayerNorm for q, k and v (less to keep for backward)
+        proj = [tf.project_normed(layer, heads, ln, w) for w in "QKV"]
+        for t in proj:
+            t.retain_grad()
+        out = gp.replaced(self.sources, tf.attend(layer, heads, *proj))
+        gp.heads[self.layer] = (x, proj)
+        return out.sum(0) + tf.attn_bias(layer)
+
+    def grad_inputs(self, gp: GradPass) -> Iterator[tuple[Tensor, int, Tensor]]:
+        tf, layer = gp.p.tf, self.layer
+        x, proj = gp.heads.pop(layer)
+        rows = torch.tensor(self.trios)  # [H, 3] destination rows (q, k, v)
+        unsplit = None
+        for j, (t, w) in enumerate(zip(proj, "QKV", strict=True)):
+            dx = tf.ln_vjp(x.detach(), tf.project_grad(layer, w, _grad(t)), "ln1", layer)  # [H, B, S, d]
+            if gp.p.graph.split_qkv:
+                yield rows[:, j], self.upto, dx
+            else:
+                unsplit = dx if unsplit is None else unsplit.add_(dx)
+        if unsplit is not None:
+            yield rows[:, 0], self.upto, unsplit
+
+
+class MLPBlock(Block):
+    """A whole MLP: one source, one destination row."""
+
+    def __init__(self, g: Graph, layer: int):
+        self.layer = layer
+        self.stream = 2 * layer if g.parallel_attn_mlp else 2 * layer + 1  # parallel: reads the stream before the heads
+        self.upto = g.head_src(layer) + (0 if g.parallel_attn_mlp else g.n_heads)
+        self.sources = g.mlp_sources(layer)
+        self.row = g.mlp_row(layer)
+        self.rows = [self.row]
+
+    def full(self, run: FullRun) -> None:
+        m = self.sources.start
+        if run.used[m] and not (run.skip_unfed and not run.fed[self.row]):
+            m_in = run.gather([self.row], self.upto, run.p.stream_base(self.stream))[0][0]
+            run.put(slice(m, m + 1), run.p.tf.mlp(self.layer, m_in)[None])
+        else:
+            run.X[m] = 0
+
+    def incremental(self, job: Job) -> None:
+        src, row = self.sources.start, self.row
+        if not job.affected_many([row])[0]:
+            return
+        if not bool(job.alive[src]):
+            job.dropped.append(row)
+            return
+        ans = job.p._dst_ans[row]
+        x = job.dst_input(row, self.stream, ans)
+        new = job.p.tf.mlp(self.layer, x.expand(job.K, *x.shape[-3:]))
+        job.add_deltas([src], new[None] - job.src_ref([src], ans)[:, None])
+
+    def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
+        probe = torch.zeros_like(x, requires_grad=True)  # its gradient is the one at the MLP's input
+        gp.probes[self.layer] = probe
+        return gp.replaced(self.sources, gp.p.tf.mlp(self.layer, x + probe))
+
+    def grad_inputs(self, gp: GradPass) -> Iterator[tuple[Tensor, int, Tensor]]:
+        probe = gp.probes.pop(self.layer)
+        yield torch.tensor([self.row]), self.upto, _grad(probe)[None]
+
+
+class UnitsBlock(MLPBlock):
+    """An MLP split into factored units (e.g. neurons): their activations are stored per unit, and
+    a destination's input gets their weighted sum from the units' engine (`MLPUnits`)."""
+
+    def __init__(self, g: Graph, layer: int, units: MLPUnits):
+        super().__init__(g, layer)
+        self.units = units
+
+    def full(self, run: FullRun) -> None:
+        r, row = self.sources, self.row
+        if any(run.used[r.start : r.stop]) and not (run.skip_unfed and not run.fed[row]):
+            m_in = run.gather([row], self.upto, run.p.stream_base(self.stream))[0][0]
+            acts = self.units.activations(run.p.tf, self.layer, m_in).movedim(-1, 0)  # [n, B, S]
+            abl = run.abl_units[self.layer]
+            run.F[self.layer] = (acts if abl is None else acts - abl).reshape(len(r), -1)
+
+    def incremental(self, job: Job) -> None:
+        Block.incremental(self, job)
+
+    def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
+        return Block.grad_forward(self, gp, x)
+
+
+def blocks_of(g: Graph) -> list[Block]:
+    """The graph's components in forward order, as blocks: each layer's heads, then its MLP."""
+    units = MLP_ENGINES.get(g.mlp_units) if g.mlp_units != "whole" else None
+    if g.mlp_units != "whole" and units is None:
+        raise ValueError(f"no engine for MLP units {g.mlp_units!r}; import the module that registers it")
+    out: list[Block] = []
+    for layer in range(g.n_layers):
+        out.append(HeadsBlock(g, layer))
+        if not g.attn_only:
+            out.append(MLPBlock(g, layer) if units is None else UnitsBlock(g, layer, units))
+    return out
+
+
+# ---------------------------------------------------------------------- full (from-scratch) run
+class FullRun:
+    """One patched forward from scratch: X [n_dense, B, S, d], each dense source's (output -
+    ablation value) under ``keep``, and F, layer -> [n_units, B * S] the same for factored units.
+
+    A node is computed only if some kept edge reads it (``used``), and (resample) only if some
+    kept edge feeds it (``fed``): with every input ablated its output is its ablation value.
+    """
+
+    def __init__(self, p: Engine, keep: Tensor, groups: list[Tensor] | None, units: MLPUnits | None,
+                 dense_cols: Tensor | None, dslot: Tensor | None, abl_units: list[Tensor | None] | None):
+        tf, g = p.tf, p.graph
+        self.p = p
+        B, S = p.answer_pos.shape[0], p.n_pos
+        self.B, self.S, self.d = B, S, tf.arch.d_model
+        positional = groups is not None
+        self.w = keep.to(tf.dtype)
+        n_dense = len(g.sources) if dense_cols is None else len(dense_cols)
+        self.X = torch.empty(n_dense, B, S, self.d, dtype=tf.dtype, device=tf.device)
+        self.F: dict[int, Tensor] = {}
+        self.units, self.dense_cols, self.dslot, self.abl_units = units, dense_cols, dslot, abl_units or []
+        self.groups: list[Tensor | None] = list(groups) if groups is not None else [None]  # plain: one group, every token
+        any_pos = keep.any(-1) if positional else keep
+        self.used = any_pos.any(0).tolist()
+        self.fed = any_pos.any(1).tolist()
+        self.skip_unfed = p.ablation == "resample"
+
+    def slot(self, idx: slice | Tensor) -> slice | Tensor:
+        """Rows of X of graph sources ``idx`` (the same indices unless some sources are factored)."""
+        return idx if self.dslot is None else self.dslot[idx]
+
+    def put(self, idx: slice | Tensor, out: Tensor) -> None:
+        rows = self.slot(idx)
+        abl = self.p.abl
+        self.X[rows] = out if abl is None else out - abl[rows]
+
+    @staticmethod
+    def kept_columns(W: Tensor) -> Tensor | None:
+        """The sources [k] some row of W [R, n] keeps, when they are few (a small circuit reads few
+        sources, and the product then runs over those alone); None: most are kept, use them all."""
+        cols = W.any(0).nonzero().squeeze(1)
+        return cols if 2 * len(cols) <= W.shape[1] else None
+
+    def product(self, Wp: Tensor, upto: int, idx: Tensor | None) -> Tensor:
+        """[u, T * d] sum_u Wp[r, u] X_u over tokens ``idx`` (None: every token), over the kept columns only."""
+        X = self.X
+        cols = self.kept_columns(Wp)
+        src = X[:upto] if cols is None else X.index_select(0, cols)
+        if idx is not None:
+            src = src.reshape(len(src), self.B * self.S, self.d).index_select(1, idx)
+        return (Wp if cols is None else Wp[:, cols]) @ src.reshape(len(src), -1)
+
+    def gather(self, rows: list[int], upto: int, base: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Distinct inputs [u, B, S, d] of the rows, and each row's index into them.
+
+        Destinations with the same kept sources share one input (all-ablated or all-kept
+        rows are common), so the product runs once per distinct row; an empty row is the
+        all-ablated stream itself. Index None: the rows themselves, in order. Per position
+        group, the product runs over that position's tokens (a plain graph: one group).
+        """
+        if self.units is not None:
+            return self.factored_gather(rows, upto, base), None
+        B, S, d, groups = self.B, self.S, self.d, self.groups
+        W = self.w[rows, :upto].reshape(len(rows), -1)
+        uniq, inv = torch.unique(W, dim=0, return_inverse=True)
+        if 2 * len(uniq) > len(rows):  # little to share: one product, rows in order
+            uniq, inv = W, None
+        U = uniq.view(len(uniq), upto, len(groups))
+        if not bool(U.any()):
+            return base.expand(len(U), B, S, d), inv
+        if len(groups) == 1:
+            return self.product(U[..., 0], upto, None).view(-1, B, S, d) + base, inv
+        flat_base = base.expand(B, S, d).reshape(B * S, d)
+        out = torch.empty(len(U), B * S, d, dtype=self.X.dtype, device=self.X.device)
+        for p, idx in enumerate(groups):
+            Wp = U[:, :, p]
+            out[:, idx] = flat_base[idx] if not bool(Wp.any()) else (
+                self.product(Wp, upto, idx).view(len(U), -1, d) + flat_base[idx])
+        return out.view(len(U), B, S, d), inv
+
+    def factored_gather(self, rows: list[int], upto: int, base: Tensor) -> Tensor:
+        """Inputs [R, B, S, d] of the rows when some sources are factored: the dense sources' product,
+        plus each factored layer's sum_i w_i (a_i - A_i) row_i."""
+        assert self.units is not None and self.dense_cols is not None
+        B, S, d, g = self.B, self.S, self.d, self.p.graph
+        W = self.w[rows, :upto]
+        cols = self.dense_cols[self.dense_cols < upto]
+        Wd = W[:, cols]
+        out = base.expand(len(rows), B, S, d)
+        if bool(Wd.any()):
+            out = (Wd @ self.X[: len(cols)].reshape(len(cols), -1)).view(-1, B, S, d) + base
+        for layer_u, values in self.F.items():
+            r = g.mlp_sources(layer_u)
+            Ws = W[:, r.start : r.stop]  # empty when the layer is not upstream (W ends at upto)
+            if bool(Ws.any()):
+                out = out + self.units.contribution(self.p.tf, layer_u, Ws, values).view(-1, B, S, d)
+        return out
+
+
+# ---------------------------------------------------------------------- incremental run
+class Job:
+    """Bookkeeping of one propagation: changed sources, running stream change, new inputs."""
+
+    def __init__(self, patcher: Engine, st: RefState, keep: Tensor, changed_rows: Tensor):
+        self.p = patcher
+        self.st = st
+        self.keep = keep
+        self.K = keep.shape[0]
+        self.changed_rows = changed_rows
+        self.alive = keep.any(0).any(0)  # [n_src]: some candidate keeps an edge out of it
+        self.changed = torch.zeros(keep.shape[-1], dtype=torch.bool, device=keep.device)
+        self.delta: dict[int, Tensor] = {}  # source -> [K, B, p, d] change of its output
+        self._delta_ans: dict[int, Tensor] = {}
+        self.run: Tensor | None = None  # change of the unpatched stream so far [K, B, p, d]
+        self.runs: dict[int, Tensor | None] = {}
+        self._streams: dict[tuple[int, bool], Tensor] = {}
+        self.new_inp: dict[int, Tensor] = {}  # inputs a commit will cache
+        self.memo: dict[int, Tensor] = {}
+        self.dropped: list[int] = []
+
+    def affected_many(self, rows: list[int]) -> list[bool]:
+        """Whether each destination's input differs from the reference."""
+        r = torch.tensor(rows, device=self.keep.device)
+        hit = self.changed_rows[r] | (self.keep[:, r] & self.changed).any(-1).any(0)
+        return hit.tolist()
+
+    def open_stream(self, stream: int) -> None:
+        self.runs[stream] = self.run
+
+    def stream_ref(self, stream: int, ans: bool) -> Tensor:
+        """The reference state's unpatched stream [B, S|P, d]."""
+        layer, mid = divmod(stream, 2)
+        x = self.st.resid_mid[layer] if mid else self.st.resid_pre[layer]
+        return self.p.at_answers(x) if ans else x
+
+    def stream_base(self, stream: int, ans: bool) -> Tensor:
+        """All-ablated stream [B|1, S|P, d] (every upstream source at its ablation value)."""
+        p = self.p
+        x = p.stream_base(stream)
+        if ans:
+            return p.at_answers(x.expand(len(p._bidx), p.n_pos, -1))
+        return x.expand(-1, p.n_pos, -1)
+
+    def src_ref(self, srcs: list[int], ans: bool) -> Tensor:
+        """Reference outputs [n, B, p, d] of some sources (answer rows only if ``ans``)."""
+        out = self.st.out
+        x = out[srcs[0] : srcs[-1] + 1] if srcs == list(range(srcs[0], srcs[-1] + 1)) else out[srcs]
+        return self.p.at_answers(x) if ans else x
+
+    def stream_value(self, stream: int, ans: bool) -> Tensor:
+        """Unpatched stream of the candidates, [1|K, B, p, d]; one shared tensor per stream."""
+        key = (stream, ans)
+        if key not in self._streams:
+            x = self.stream_ref(stream, ans)[None]
+            run = self.runs.get(stream)
+            if run is not None:
+                x = x + (self.p.at_answers(run) if ans and self.p._full(run) else run)
+            self._streams[key] = x
+        return self._streams[key]
+
+    def add_deltas(self, srcs: list[int], delta: Tensor) -> None:
+        """Record new outputs' changes [n, K, B, p, d]; add them to the running stream change."""
+        for j, s in enumerate(srcs):
+            self.delta[s] = delta[j]
+            self.changed[s] = True
+        total = delta.sum(0) if len(srcs) > 1 else delta[0]
+        if self.run is None:
+            self.run = total
+        elif self.run.shape[-2] != total.shape[-2]:
+            self.run = self.p.at_answers(self.run) + total
+        else:
+            self.run = self.run + total
+
+    def _delta(self, src: int, ans: bool) -> Tensor:
+        d = self.delta[src]
+        if ans and self.p._full(d):
+            if src not in self._delta_ans:
+                self._delta_ans[src] = self.p.at_answers(d)
+            return self._delta_ans[src]
+        return d
+
+    def _sum_ref(self, w: Tensor, ans: bool) -> Tensor | None:
+        """sum_u w[k, u] (O_u - A_u) over reference outputs; w [K, n_src]."""
+        cols = w.ne(0).any(0).nonzero().squeeze(1)
+        if cols.numel() == 0:
+            return None
+        p = self.p
+        x = self.st.out.index_select(0, cols)
+        if p.abl is not None:
+            x = x - p.abl.index_select(0, cols)
+        if ans:
+            x = p.at_answers(x)
+        return torch.einsum("kn,nbpd->kbpd", w[:, cols].to(x.dtype), x)
+
+    def _sum_delta(self, w: Tensor, ans: bool) -> Tensor | None:
+        """sum_u w[k, u] delta_u over changed sources (w is zero elsewhere)."""
+        cols = (w.ne(0).any(0) & self.changed).nonzero().squeeze(1).tolist()
+        if not cols:
+            return None
+        terms = [self._delta(c, ans) for c in cols]
+        if len(cols) == 1:
+            return terms[0] * w[:, cols[0]].to(terms[0].dtype)[:, None, None, None]
+        x = torch.stack(terms, 1)  # [K, n, B, p, d]
+        return torch.einsum("kn,knbpd->kbpd", w[:, cols].to(x.dtype), x)
+
+    def dst_input(self, row: int, stream: int, ans: bool) -> Tensor:
+        """Input of destination ``row`` under every candidate: [1|K, B, p, d]."""
+        if row in self.memo:
+            x = self.memo[row]
+            return self.p.at_answers(x) if ans and self.p._full(x) else x
+        st, p = self.st, self.p
+        up = p.upstream[row]
+        kept = self.keep[:, row]  # [K, n_src], already within `up`
+        ablated = up & ~kept
+        n_abl = int(ablated.sum(-1).max())
+        if n_abl == 0:
+            x = self.stream_value(stream, ans)
+        else:
+            # Forms that subtract from the full stream lose float precision when the result is
+            # small (many sources ablated), and LayerNorm magnifies that; so they must be
+            # clearly cheaper than summing the kept sources to be chosen.
+            options = {"kept": int(kept.sum(-1).max()), "ablated": 2 * n_abl + 1}
+            ref_row = st.keep[row]
+            cached = st.inputs.get(row)
+            if cached is not None:
+                moved = int((kept != ref_row[None]).sum(-1).max()) + int((kept & self.changed).sum(-1).max())
+                options["relative"] = 2 * moved + 1
+            how = min(options, key=lambda k: options[k])
+            if how == "relative" and cached is not None:
+                st.inputs.move_to_end(row)
+                x = (p.at_answers(cached) if ans and p._full(cached) else cached)[None]
+                terms = [(1, self._sum_ref(kept.to(torch.int8) - ref_row[None].to(torch.int8), ans)), (1, self._sum_delta(kept, ans))]
+            elif how == "kept":
+                x = self.stream_base(stream, ans)[None]
+                terms = [(1, self._sum_ref(kept, ans)), (1, self._sum_delta(kept, ans))]
+            else:
+                x = self.stream_value(stream, ans)
+                terms = [(-1, self._sum_ref(ablated, ans)), (-1, self._sum_delta(ablated, ans))]
+            for sign, term in terms:
+                if term is not None:
+                    x = x + term if sign > 0 else x - term
+            x = x.expand(x.shape[0], len(p._bidx), *x.shape[-2:])
+        self.memo[row] = x
+        if (row in st.inputs or bool(self.changed_rows[row])) and self.affected_many([row])[0]:
+            self.new_inp[row] = x
+        return x
+
+
+# ---------------------------------------------------------------------- gradient pass
+class GradPass:
+    """One forward with autograd and one backward (EAP, EAP-IG).
+
+    ``replace=(sources, values)``: those sources output ``values`` [n, B, S, d] forward, while the
+    gradient flows through their real computation (so their inputs keep theirs): EAP-IG's
+    interpolated node group. The input node is replaced outright.
+    """
+
+    def __init__(self, p: Engine, replace: tuple[range, Tensor] | None):
+        self.p = p
+        self.replace = replace
+        self.heads: dict[int, tuple[Tensor, list[Tensor]]] = {}  # layer -> its input stream, its [q, k, v] projections
+        self.probes: dict[int, Tensor] = {}  # layer -> a zero added to its MLP's input (its gradient is the input's)
+
+    def replaced(self, sources: range, computed: Tensor) -> Tensor:
+        """``computed`` [n, ...] forward, or the replacement values of these sources with its gradient."""
+        if self.replace is None or self.replace[0] != sources:
+            return computed
+        value = self.replace[1].reshape(computed.shape)
+        return computed + (value - computed).detach()
+
+
+def _grad(t: Tensor) -> Tensor:
+    """The gradient a backward pass left on ``t`` (zeros if none reached it)."""
+    return t.grad if t.grad is not None else torch.zeros_like(t)
