@@ -55,6 +55,10 @@ class MLPUnits(Protocol):
         """[d_model] what the MLP adds outside every unit (never ablated), or None."""
         ...
 
+    def read(self, tf: Transformer, layer: int, grads: Tensor) -> Tensor:
+        """[..., n_units] grads [..., d_model] dotted with each unit's row (attribution's product)."""
+        ...
+
 
 MLP_ENGINES: dict[str, MLPUnits] = {}
 
@@ -283,9 +287,6 @@ class UnitsBlock(MLPBlock):
 
     def incremental(self, job: Job) -> None:
         Block.incremental(self, job)
-
-    def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
-        return Block.grad_forward(self, gp, x)
 
 
 def blocks_of(g: Graph) -> list[Block]:
@@ -551,7 +552,8 @@ class Job:
 
 # ---------------------------------------------------------------------- gradient pass
 class GradPass:
-    """One forward with autograd and one backward (EAP, EAP-IG).
+    """One forward with autograd and one backward (EAP, EAP-IG); the gradient at an MLP's input is
+    the same whether the MLP is whole or factored units.
 
     ``replace=(sources, values)``: those sources output ``values`` [n, B, S, d] forward, while the
     gradient flows through their real computation (so their inputs keep theirs): EAP-IG's

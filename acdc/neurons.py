@@ -51,6 +51,10 @@ class Neurons:
         w = weights.to(rows.dtype)
         return torch.stack([values.T @ (rows * w[r][:, None]) for r in range(w.shape[0])])
 
+    def read(self, tf: Transformer, layer: int, grads: Tensor) -> Tensor:
+        """[..., d_mlp] grads [..., d_model] @ W_out.T: each neuron's row dotted with the gradient."""
+        return grads @ tf.mlp_out_rows(layer).T.to(grads.dtype)
+
     def bias(self, tf: Transformer, layer: int) -> Tensor:
         """[d_model] b_out, outside every neuron."""
         return tf.mlp_bias(layer)

@@ -39,6 +39,7 @@ from .graph import Graph
 from .inputs import Ablation, answer_positions, as_tokens, check_ablation
 from .model import ForwardCache, Transformer
 from .positions import Positions, token_names
+from .sources import FactoredLayer, SourceValues
 from .tasks import Task
 
 __all__ = ["MLP_ENGINES", "MLPUnits", "Patcher", "PatchState", "PositionalProposal", "PositionalState", "Proposal", "SearchState"]
@@ -245,6 +246,7 @@ class Patcher:
         self._dense_cols: Tensor | None = None
         self._dslot: Tensor | None = None
         self._abl_units: list[Tensor | None] | None = None
+        self._source_values: SourceValues | None = None
         self.clean = tf.run(clean_t, self.answer_pos)
         corrupt_run = tf.run(corrupt_t, self.answer_pos)
         self.corrupt_logits = corrupt_run.logits
@@ -294,6 +296,7 @@ class Patcher:
         self._dslot = torch.full((len(g.sources),), -1, dtype=torch.long, device=tf.device)
         self._dslot[self._dense_cols] = torch.arange(len(dense), device=tf.device)
         rows = torch.tensor([plain.src_index[g.sources[i].name] for i in dense], device=tf.device)
+        self._plain_rows = rows  # the dense sources' rows in the clean run's (whole-MLP) layout
         abl_units: list[Tensor | None] = []
         for layer in range(g.n_layers):
             acts = units.activations(tf, layer, corrupt.resid_mid[layer])  # [B, S, n]
@@ -337,8 +340,30 @@ class Patcher:
     # ------------------------------------------------------------------ public API
     @property
     def clean_outputs(self) -> Tensor:
-        """[n_src, batch, pos, d_model] every source's output on the clean run."""
-        return self.clean.sources
+        """[n_src, batch, pos, d_model] every source's output on the clean run (with factored MLP units:
+        the dense sources only, in graph order; `source_values` has them all)."""
+        return self.source_values.dense_clean
+
+    @property
+    def source_values(self) -> SourceValues:
+        """Every source's clean output and ablation value, dense or factored, and the products
+        algorithms take with them (`acdc.sources.SourceValues`)."""
+        if self._source_values is None:
+            g, units = self.graph, self._units
+            positional = g.positions is not None and g.n_positions > 1
+            groups = self._groups if positional else None
+            if units is None:
+                self._source_values = SourceValues(self.tf, g, self.clean.sources, self.abl, groups=groups)
+            else:
+                assert self._abl_units is not None
+                factored = {
+                    layer: FactoredLayer(g.mlp_sources(layer), units.activations(self.tf, layer, self.clean.resid_mid[layer]).movedim(-1, 0),
+                                         self._abl_units[layer])
+                    for layer in range(g.n_layers)
+                }
+                self._source_values = SourceValues(self.tf, g, self.clean.sources.index_select(0, self._plain_rows), self.abl,
+                                                   self._dense_cols, factored, units, groups)
+        return self._source_values
 
     @property
     def ablation_values(self) -> Tensor | None:
@@ -452,7 +477,7 @@ class Patcher:
     def _dense_only(self, what: str) -> None:
         if self._units is not None:
             raise NotImplementedError(f"{what} does not run on graphs with MLP {self.graph.mlp_units} yet; "
-                                      "Patcher.logits / run / forward do (faithfulness, the explorer)")
+                                      "Patcher.logits / run / forward (faithfulness, the explorer) and attribution (EAP, EAP-IG) do")
 
     def _plain_only(self, what: str) -> None:
         if self.graph.positions is not None:
@@ -503,19 +528,21 @@ class Patcher:
         return Proposal(keep, logits, job.delta, job.new_inp, runs, job.dropped)
 
     def input_gradients(
-        self, loss: Callable[[Tensor], Tensor], replace: tuple[range, Tensor] | None = None
+        self, loss: Callable[[Tensor], Tensor], interpolate: tuple[range, float] | None = None
     ) -> Iterator[tuple[Tensor, int, Tensor]]:
         """The gradient of ``loss(logits [rows, d_vocab])`` at every destination's input on the clean run.
 
         One forward with autograd and one backward through the layer loop; yields, block by block
         and then for ``logits``, ``(rows [R], upto, grads [R, B, S, d])``: destination rows, the
         sources upstream of them (``[0, upto)``) and the gradient at each row's input.
-        ``replace=(sources, values)``: those sources (the input node, a layer's heads, an MLP)
-        output ``values`` [n, B, S, d] instead, with gradients through their computation
-        (EAP-IG's interpolated node group).
+        ``interpolate=(sources, alpha)``: those sources (the input node, a layer's heads, an MLP)
+        output A + alpha (O - A) instead, with gradients through their computation (EAP-IG's
+        interpolated node group).
         """
-        self._dense_only("the gradient pass (EAP, EAP-IG)")
         g, a = self.graph, self.tf.arch
+        replace = None
+        if interpolate is not None:
+            replace = (interpolate[0], self.source_values.interpolated(*interpolate))
         gp = GradPass(self, replace)
         with torch.enable_grad():
             first = replace[1][0] if replace is not None and replace[0] == range(0, 1) else self.clean.sources[0]

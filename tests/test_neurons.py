@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_tokens, tiny_gpt2, tiny_neox
+from conftest import logit_diff_loss, random_answers, random_tokens, tiny_gpt2, tiny_neox
+from oracle import destination_grads
 
 import acdc
 from acdc.neurons import NEURON
@@ -154,6 +155,48 @@ def test_neuron_graphs_say_what_does_not_run_yet(model):
     p = acdc.Patcher(model, clean, corrupt, graph=g)
     with pytest.raises(NotImplementedError, match="does not run on graphs with MLP neurons yet"):
         p.state()
+    with pytest.raises(NotImplementedError, match="eap-ig-activations.*use eap or eap-ig-inputs"):
+        acdc.attribute(model, clean, corrupt, method="eap-ig-activations", graph=g, metric="logit_diff", answers=random_answers())
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_neuron_eap_equals_the_gradient_formula_by_hand(model, ablation):
+    """EAP on a neuron graph (the engine's factored products) against the slow formula: each source's
+    (ablated - clean) output, neurons as activation x W_out row, dotted with the hooked gradient at the
+    destination's input."""
+    clean, corrupt = random_tokens(vocab=50)
+    g = acdc.Graph.from_model(model, mlp_units="neurons")
+    s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=random_answers(),
+                       ablation=ablation, graph=g)
+    with torch.no_grad():
+        clean_out, corrupt_out = _neuron_sources(model, clean), _neuron_sources(model, corrupt)
+    grads = destination_grads(model, g, clean, logit_diff_loss)
+    want = torch.empty(g.n_edges, dtype=torch.float64)
+    for i, e in enumerate(g.edges):
+        c = clean_out[e.src.name]
+        a = {"resample": corrupt_out[e.src.name], "mean": corrupt_out[e.src.name].mean(0, keepdim=True),
+             "zero": torch.zeros_like(c)}[ablation]
+        want[i] = float(((a - c) * grads[e.dst.name]).sum())
+    neuron = torch.tensor([e.src.kind is NEURON for e in g.edges])
+    scale = float(want.abs().max())
+    assert scale > 0 and float(want[neuron].abs().max()) > 1e-3 * scale  # neurons score, not only heads
+    assert torch.allclose(s.values, want, atol=1e-4 * scale, rtol=1e-4)
+
+
+def test_neuron_eap_sums_to_the_whole_mlps(model):
+    """A layer's neuron scores into a destination add up to the whole MLP's score there (b_out cancels)."""
+    clean, corrupt = random_tokens(vocab=50)
+    kw = dict(method="eap-ig-inputs", steps=3, metric="logit_diff", answers=random_answers())
+    g = acdc.Graph.from_model(model, mlp_units="neurons")
+    by_neuron = acdc.attribute(model, clean, corrupt, graph=g, **kw)
+    whole = acdc.attribute(model, clean, corrupt, **kw)
+    for e in whole.graph.edges:
+        if e.src.name == "m0":
+            parts = [f"m0.n{i}->{e.dst.name}" for i in range(model.cfg.d_mlp)]
+            total = sum(by_neuron[n] for n in parts)
+            assert total == pytest.approx(whole[e.name], rel=1e-4, abs=1e-6), e.name
+        elif e.src.name != "m1":
+            assert by_neuron[e.name] == pytest.approx(whole[e.name], rel=1e-5, abs=1e-7), e.name
 
 
 @pytest.mark.slow

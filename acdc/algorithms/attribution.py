@@ -21,10 +21,12 @@ Two grids of points are offered (``grid``), both valid Riemann sums of the same 
   ``EAP-IG-inputs`` (hannamw/EAP-IG, current main) uses it. Use it to compare numbers with
   EAP-IG: at 5 steps the two grids differ by several percent.
 
-The forward pass uses the patching engine's model (`acdc.model.Transformer`) and its weights;
-the gradient into each head's q/k/v input is read from the gradient of that head's projection
-through LayerNorm's backward (`Transformer.ln_vjp`), so one forward and one backward give every
-destination's gradient without materialising per-head copies of the residual stream.
+The gradients come from the engine's gradient pass (`Patcher.input_gradients`: one forward and
+one backward through the same layer loop as patched runs; the gradient into each head's q/k/v
+input is read from the gradient of that head's projection through LayerNorm's backward, so no
+per-head copies of the residual stream are made), and the products with (A_u - O_u) from
+`Patcher.source_values`, which also scores factored sources (MLP neurons) without their d_model
+outputs.
 """
 
 from __future__ import annotations
@@ -151,57 +153,17 @@ def attribution_scores(
     """[n_edges] float64 attribution scores in the graph's edge order (see module docstring)."""
     check_options(method, steps, grid)
     tf = patcher.tf
-    delta = _Delta(patcher)
     g = patcher.graph
-    dense = torch.zeros(*delta.state_shape, dtype=torch.float64, device=tf.device)
+    positional = g.positions is not None and g.n_positions > 1
+    shape = g.state_shape if positional else tuple(g.upstream.shape)  # one position covering every token: plain
+    dense = torch.zeros(*shape, dtype=torch.float64, device=tf.device)
     points = list(_points(method, steps, tf.arch.n_layers, grid, patcher.graph.attn_only))
     for override in bar(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
-        dense += _pass(patcher, metric, batch, delta, override)
+        dense += _pass(patcher, metric, batch, shape, override)
     dense /= len(points)
-    if g.positions is not None and not delta.positional:  # one position covering every token: the plain graph's
+    if g.positions is not None and not positional:
         dense = dense[..., None]
     return g.sparse(dense).cpu()
-
-
-class _Delta:
-    """Products with (A_u - O_u) without materialising it: A @ G - O @ G per source slice.
-
-    In a positional graph (more than one position) the sums run per position, over that
-    position's tokens: (A - O) is materialised once, its tokens sorted by position.
-    """
-
-    def __init__(self, patcher: Patcher):
-        self.clean = patcher.clean_outputs  # [n_src, B, S, d]
-        self.abl = patcher.ablation_values  # same, [n_src, 1, S, d] (mean) or None (zero)
-        self.mean = patcher.shared_ablation  # one value for the whole batch
-        g = patcher.graph
-        self.positional = g.positions is not None and g.n_positions > 1
-        self.state_shape = (len(g.destinations), len(g.sources), *((g.n_positions,) if self.positional else ()))
-        if self.positional:
-            n, B, S, d = self.clean.shape
-            diff = torch.zeros_like(self.clean) if self.abl is None else self.abl.expand_as(self.clean).clone()
-            diff = (diff - self.clean).reshape(n, B * S, d)
-            self.groups = patcher.position_groups
-            self.diff = [diff.index_select(1, idx).reshape(n, -1) for idx in self.groups]  # per position [n, tokens * d]
-
-    def dot(self, grads: Tensor, upto: int) -> Tensor:
-        """[R, upto(, n_positions)] sums over batch, positions, features of grads [R, B, S, d] * delta[:upto]."""
-        R = grads.shape[0]
-        if self.positional:
-            flat = grads.reshape(R, -1, grads.shape[-1])
-            out = torch.empty(R, upto, len(self.groups), dtype=torch.float64, device=grads.device)
-            for p, idx in enumerate(self.groups):
-                out[:, :, p] = flat.index_select(1, idx).reshape(R, -1) @ self.diff[p][:upto].T
-            return out
-        clean = self.clean[:upto].reshape(upto, -1)
-        out = -(grads.reshape(R, -1) @ clean.T)
-        if self.abl is not None:
-            abl = self.abl[:upto]
-            if self.mean:  # one value for the whole batch
-                out += grads.sum(1).reshape(R, -1) @ abl.reshape(upto, -1).T
-            else:
-                out += grads.reshape(R, -1) @ abl.reshape(upto, -1).T
-        return out.double()
 
 
 def _points(
@@ -223,14 +185,6 @@ def _points(
                 yield (kind, layer, a)
 
 
-def _interpolate(patcher: Patcher, src: range, alpha: float) -> Tensor:
-    """A + alpha (O - A) [n, B, S, d] for the given sources: the path from ablated to clean outputs."""
-    clean = patcher.clean_outputs[src.start : src.stop]
-    abl = patcher.ablation_values
-    abl = torch.zeros_like(clean) if abl is None else abl[src.start : src.stop].expand_as(clean)
-    return (abl + alpha * (clean - abl)).detach()
-
-
 def _group(patcher: Patcher, kind: str, layer: int) -> range:
     """The sources of an EAP-IG node group: the input node, a layer's heads, or its MLP."""
     g = patcher.graph
@@ -241,14 +195,11 @@ def _group(patcher: Patcher, kind: str, layer: int) -> range:
     return g.mlp_sources(layer)
 
 
-def _pass(patcher: Patcher, metric: Metric, batch: Batch, delta: _Delta, override: tuple[str, int, float] | None) -> Tensor:
+def _pass(patcher: Patcher, metric: Metric, batch: Batch, shape: tuple[int, ...], override: tuple[str, int, float] | None) -> Tensor:
     """One forward and backward (the engine's gradient pass); returns the [n_dst, n_src] sums of delta . gradient."""
-    replace = None
-    if override is not None:
-        kind, layer, alpha = override
-        group = _group(patcher, kind, layer)
-        replace = (group, _interpolate(patcher, group, alpha))
-    dense = torch.zeros(*delta.state_shape, dtype=torch.float64, device=patcher.tf.device)
-    for rows, upto, grads in patcher.input_gradients(lambda logits: metric.loss_tensor(logits, batch), replace):
-        dense[rows, :upto] = delta.dot(grads, upto)
+    at = None if override is None else (_group(patcher, override[0], override[1]), override[2])
+    dense = torch.zeros(*shape, dtype=torch.float64, device=patcher.tf.device)
+    values = patcher.source_values
+    for rows, upto, grads in patcher.input_gradients(lambda logits: metric.loss_tensor(logits, batch), at):
+        dense[rows, :upto] = values.dot(grads, upto)
     return dense

@@ -1,0 +1,134 @@
+"""Sources behind one interface: every source's clean output and ablation value, stored dense or
+factored, and the products algorithms take with them.
+
+The input node, heads and whole MLPs are stored dense ([n, batch, pos, d_model]); factored units
+(MLP neurons, later transcoder features) as an activation per token, their output being that
+activation times a fixed row of d_model (`acdc.blocks.MLPUnits`). An algorithm never needs the
+d_model tensor of a factored source: attribution asks for
+
+    dot(G)[r, u] = sum over batch, positions of (A_u - O_u) . G_r
+
+(the first-order change of the loss when source u is swapped for its ablation value on the edge
+into destination r, with G_r the gradient at r's input), which for a factored unit with
+activation a_u, ablated activation A_u and row w_u is sum over tokens of (A_u - a_u) (G_r . w_u).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .blocks import MLPUnits
+from .graph import Graph
+from .model import Transformer
+
+__all__ = ["FactoredLayer", "SourceValues"]
+
+
+@dataclass
+class FactoredLayer:
+    """One layer's factored units: clean activations [n, B, S] and ablation values [n, B|1, S] (None: zero)."""
+
+    sources: range
+    clean: Tensor
+    abl: Tensor | None
+
+
+@dataclass
+class SourceValues:
+    """Clean outputs O and ablation values A of every source of ``graph`` (see the module docstring).
+
+    dense_clean: [n_dense, B, S, d] the dense sources in graph order (every source, unless some are factored);
+    dense_abl:   the same [n_dense, B|1, S, d] (resample, weighted mean | mean over the batch), None for zero;
+    dense_cols:  graph indices of the dense sources (None: all of them);
+    factored:    layer -> its factored units;
+    groups:      in a positional graph, the flat token indices (into B * S) of each position.
+    """
+
+    tf: Transformer
+    graph: Graph
+    dense_clean: Tensor
+    dense_abl: Tensor | None
+    dense_cols: Tensor | None = None
+    factored: dict[int, FactoredLayer] = field(default_factory=dict)
+    units: MLPUnits | None = None
+    groups: list[Tensor] | None = None
+    _per_position: list[Tensor] | None = None
+
+    @property
+    def shared(self) -> bool:
+        """One ablation value for the whole batch (plain mean ablation)."""
+        return self.dense_abl is not None and self.dense_abl.shape[1] == 1
+
+    def interpolated(self, sources: range, alpha: float) -> Tensor:
+        """A + alpha (O - A) [n, B, S, d] of dense sources: the path from ablated to clean outputs (EAP-IG)."""
+        rows = self._dense_rows(sources)
+        clean = self.dense_clean[rows]
+        abl = self.dense_abl
+        abl = torch.zeros_like(clean) if abl is None else abl[rows].expand_as(clean)
+        return (abl + alpha * (clean - abl)).detach()
+
+    def _dense_rows(self, sources: range) -> slice:
+        """Where dense graph sources ``sources`` sit in ``dense_clean`` (a one-line error for factored ones)."""
+        if self.dense_cols is None:
+            return slice(sources.start, sources.stop)
+        cols = self.dense_cols.tolist()
+        if sources.start not in cols or sources.stop - 1 not in cols:
+            raise NotImplementedError(
+                f"interpolating factored MLP units ({self.graph.mlp_units}) along the EAP-IG path is not supported "
+                "(eap-ig-activations' MLP groups); use eap or eap-ig-inputs")
+        first = cols.index(sources.start)
+        return slice(first, first + len(sources))
+
+    def dot(self, grads: Tensor, upto: int) -> Tensor:
+        """[R, upto(, n_positions)] float64: sum over batch, positions, features of grads [R, B, S, d] * (A - O)
+        for the sources [0, upto) (per position, over that position's tokens, in a positional graph)."""
+        if self.groups is not None:
+            return self._dot_at_positions(grads, upto)
+        R = grads.shape[0]
+        if self.dense_cols is None:
+            return self._dense_dot(grads, upto)
+        out = torch.zeros(R, upto, dtype=torch.float64, device=grads.device)
+        cols = self.dense_cols[self.dense_cols < upto]
+        out[:, cols] = self._dense_dot(grads, len(cols))
+        units = self.units
+        assert units is not None
+        flat = grads.reshape(R, -1, grads.shape[-1])  # [R, T, d]
+        for layer, f in self.factored.items():
+            if f.sources.stop > upto:
+                continue
+            read = units.read(self.tf, layer, flat)  # [R, T, n]: G . w_u per token
+            diff = (torch.zeros_like(f.clean) if f.abl is None else f.abl.expand_as(f.clean)) - f.clean  # [n, B, S]
+            out[:, f.sources.start : f.sources.stop] = torch.einsum("rtn,nt->rn", read, diff.reshape(len(diff), -1)).double()
+        return out
+
+    def _dense_dot(self, grads: Tensor, upto: int) -> Tensor:
+        R = grads.shape[0]
+        clean = self.dense_clean[:upto].reshape(upto, -1)
+        out = -(grads.reshape(R, -1) @ clean.T)
+        if self.dense_abl is not None:
+            abl = self.dense_abl[:upto]
+            if self.shared:  # one value for the whole batch
+                out += grads.sum(1).reshape(R, -1) @ abl.reshape(upto, -1).T
+            else:
+                out += grads.reshape(R, -1) @ abl.reshape(upto, -1).T
+        return out.double()
+
+    def _dot_at_positions(self, grads: Tensor, upto: int) -> Tensor:
+        """Per position: (A - O) is materialised once, its tokens sorted by position."""
+        assert self.groups is not None
+        if self.dense_cols is not None:
+            raise NotImplementedError("factored MLP units at token positions are not supported yet; use a plain graph")
+        if self._per_position is None:
+            n, B, S, d = self.dense_clean.shape
+            diff = torch.zeros_like(self.dense_clean) if self.dense_abl is None else self.dense_abl.expand_as(self.dense_clean).clone()
+            diff = (diff - self.dense_clean).reshape(n, B * S, d)
+            self._per_position = [diff.index_select(1, idx).reshape(n, -1) for idx in self.groups]  # [n, tokens * d]
+        R = grads.shape[0]
+        flat = grads.reshape(R, -1, grads.shape[-1])
+        out = torch.empty(R, upto, len(self.groups), dtype=torch.float64, device=grads.device)
+        for p, idx in enumerate(self.groups):
+            out[:, :, p] = flat.index_select(1, idx).reshape(R, -1) @ self._per_position[p][:upto].T
+        return out
