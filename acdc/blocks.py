@@ -318,7 +318,7 @@ class FullRun:
         B, S = p.answer_pos.shape[0], p.n_pos
         self.B, self.S, self.d = B, S, tf.arch.d_model
         positional = groups is not None
-        self.w = keep.to(tf.dtype)
+        self.keep, self.dtype = keep, tf.dtype  # rows become float weights only when gathered (no dense float copy)
         n_dense = len(g.sources) if dense_cols is None else len(dense_cols)
         self.X = torch.empty(n_dense, B, S, self.d, dtype=tf.dtype, device=tf.device)
         self.F: dict[int, Tensor] = {}
@@ -365,7 +365,7 @@ class FullRun:
         if self.units is not None:
             return self.factored_gather(rows, upto, base), None
         B, S, d, groups = self.B, self.S, self.d, self.groups
-        W = self.w[rows, :upto].reshape(len(rows), -1)
+        W = self.keep[rows, :upto].to(self.dtype).reshape(len(rows), -1)
         uniq, inv = torch.unique(W, dim=0, return_inverse=True)
         if 2 * len(uniq) > len(rows):  # little to share: one product, rows in order
             uniq, inv = W, None
@@ -387,7 +387,7 @@ class FullRun:
         plus each factored layer's sum_i w_i (a_i - A_i) row_i."""
         assert self.units is not None and self.dense_cols is not None
         B, S, d, g = self.B, self.S, self.d, self.p.graph
-        W = self.w[rows, :upto]
+        W = self.keep[rows, :upto].to(self.dtype)
         cols = self.dense_cols[self.dense_cols < upto]
         Wd = W[:, cols]
         out = base.expand(len(rows), B, S, d)
