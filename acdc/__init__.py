@@ -20,7 +20,7 @@ with _warnings.catch_warnings():
     _warnings.filterwarnings("ignore", message="IProgress not found")
     import tqdm.autonotebook  # noqa: F401
 
-from . import explorer, known, tasks, zoo
+from . import explorer, known, tasks, transcoders, zoo
 from . import neurons as neurons  # registers the node kind: Graph.from_model(model, mlp_units="neurons")
 from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
@@ -46,6 +46,14 @@ from .patching import Patcher
 from .render import DotNotFoundError, render, render_comparison
 from .scores import Scores
 from .tasks import Task
+from .transcoders import (
+    Fidelity,
+    TrainOptions,
+    TranscoderSet,
+    load_transcoders,
+    train_transcoders,
+    transcoder_fidelity,
+)
 
 __all__ = [
     "ABLATIONS",
@@ -59,6 +67,7 @@ __all__ = [
     "DotNotFoundError",
     "Edge",
     "Faithfulness",
+    "Fidelity",
     "FaithfulnessCurve",
     "FaithfulnessGrid",
     "Graph",
@@ -70,6 +79,8 @@ __all__ = [
     "Recovery",
     "Scores",
     "Task",
+    "TrainOptions",
+    "TranscoderSet",
     "attribute",
     "completeness",
     "discover",
@@ -79,11 +90,15 @@ __all__ = [
     "faithfulness_grid",
     "known",
     "load_model",
+    "load_transcoders",
     "minimality",
     "recovery",
     "render",
     "render_comparison",
     "roc",
     "tasks",
+    "train_transcoders",
+    "transcoder_fidelity",
+    "transcoders",
     "zoo",
 ]

@@ -13,6 +13,7 @@ and Gemma 1 (GeGLU, ``1 + w`` RMSNorm, embeddings scaled by sqrt(d_model)).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -390,7 +391,7 @@ class Transformer:
         activation times row i of W_out.
         """
         w = self.w
-        ln = self.ln(x, "ln2", layer).reshape(-1, x.shape[-1])
+        ln = self.mlp_input(layer, x).reshape(-1, x.shape[-1])
         if self.arch.gated_mlp:  # act(x W_gate) * (x W_in)
             hidden = self.act(ln @ w["W_gate"][layer]) * torch.addmm(w["b_in"][layer], ln, w["W_in"][layer])
         else:
@@ -411,6 +412,64 @@ class Transformer:
         return (ln.reshape(-1, ln.shape[-1]) @ self.w["W_U"] + self.w["b_U"]).view(
             *x.shape[:-1], -1
         )
+
+    def fingerprint(self) -> str:
+        """12 hex digits that tell this model's weights apart (a SHA-256 of its shape and a sample of
+        every layer's weights): what a transcoder set records to refuse another model."""
+        import hashlib
+
+        a = self.arch
+        h = hashlib.sha256(repr((a.family, a.n_layers, a.n_heads, a.d_model, a.d_mlp, a.d_vocab)).encode())
+        picks = [self.w["W_E"][:8]] + [self.w[k][layer].reshape(-1)[:64] for layer in range(a.n_layers)
+                                        for k in ("W_Q", "W_in") if k in self.w and not (k == "W_in" and a.attn_only)]
+        for t in picks:
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:12]
+
+    # ------------------------------------------------------------------ MLP inputs and outputs
+    def mlp_input(self, layer: int, resid_mid: Tensor) -> Tensor:
+        """What MLP ``layer``'s matrices read: the block's norm of its input stream [..., d_model]
+        (LayerNorm or RMSNorm with its scale, as Hugging Face's ``ln_2`` / ``post_attention_layernorm``
+        output; a transcoder reads exactly this)."""
+        return self.ln(resid_mid, "ln2", layer)
+
+    @torch.no_grad()
+    def mlp_io(self, tokens: Tensor, layers: list[int]) -> dict[int, tuple[Tensor, Tensor]]:
+        """For each of ``layers``: (MLP input after the norm, MLP output), each [batch, pos, d_model],
+        from one forward that stops after the last of them (nothing else is kept)."""
+        a = self.arch
+        if a.attn_only:
+            raise ValueError("an attention-only model has no MLPs to read")
+        heads = torch.arange(a.n_heads, device=self.device)
+        want, out = set(layers), {}
+        resid = self.embed(tokens)
+        for layer in range(max(layers) + 1):
+            attn = self.attention(layer, heads, resid, resid, resid).sum(0) + self.w["b_O"][layer]
+            mlp_in = resid if a.parallel_attn_mlp else resid + attn
+            m = self.mlp(layer, mlp_in)
+            if layer in want:
+                out[layer] = (self.mlp_input(layer, mlp_in), m)
+            resid = resid + attn + m
+        return out
+
+    @torch.no_grad()
+    def logits_with_mlps(self, tokens: Tensor, replace: dict[int, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+        """Logits [batch, pos, d_vocab] of a plain forward, the MLP of each layer in ``replace`` swapped
+        for ``replace[layer](mlp_input)`` (the normed input, see `mlp_input`) -> its output [..., d_model]."""
+        a = self.arch
+        heads = torch.arange(a.n_heads, device=self.device)
+        replace = replace or {}
+        resid = self.embed(tokens)
+        for layer in range(a.n_layers):
+            attn = self.attention(layer, heads, resid, resid, resid).sum(0) + self.w["b_O"][layer]
+            mlp_in = resid if a.parallel_attn_mlp else resid + attn
+            if a.attn_only:
+                resid = resid + attn
+                continue
+            fn = replace.get(layer)
+            m = self.mlp(layer, mlp_in) if fn is None else fn(self.mlp_input(layer, mlp_in))
+            resid = resid + attn + m
+        return self.unembed(resid)
 
     # ------------------------------------------------------------------ full pass
     @torch.no_grad()

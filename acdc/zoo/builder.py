@@ -73,6 +73,7 @@ class PlantedGPT2:
     ln_eps: float = 4.0
     distractor_scale: float = 0.6
     leak: float = 0.05
+    act: str = "gelu_new"  # the MLPs' activation (Hugging Face's activation_function)
     resid: Residual = field(init=False)
     _heads: dict[tuple[int, int], dict[str, Tensor]] = field(init=False, default_factory=dict)
     _mlps: dict[int, dict[str, Tensor]] = field(init=False, default_factory=dict)
@@ -156,6 +157,7 @@ class PlantedGPT2:
             n_layer=self.n_layers, n_head=H, n_embd=d, n_inner=self.d_mlp, vocab_size=self.vocab_size,
             n_positions=self.n_ctx, layer_norm_epsilon=self.ln_eps, tie_word_embeddings=False,
             bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            activation_function=self.act,
         )
         torch.manual_seed(self.seed)
         hf: Any = GPT2LMHeadModel(cfg).eval()  # HF modules, typed loosely by transformers

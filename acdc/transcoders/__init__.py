@@ -1,0 +1,21 @@
+"""Transcoders: train, load, save and measure the sparse stand-ins for a model's MLPs.
+
+    ts = acdc.train_transcoders(model, corpus, layers=[0, 1], tokens=200_000, seed=0, checkpoint="run/")
+    ts.save("tc/");  ts = acdc.load_transcoders("tc/", model)         # or a sparsify folder, a hub name
+    print(acdc.transcoder_fidelity(model, ts, corpus).table())
+
+See `transcoder` (the object and its file format), `training`, `corpus` (token streams),
+`formats` (published layouts) and `fidelity`.
+"""
+
+from .corpus import GeneratedStream, TextStream, TokenStream, text_stream
+from .fidelity import Fidelity, transcoder_fidelity
+from .formats import load_transcoders, read_sparsify
+from .training import TrainOptions, train_transcoders
+from .transcoder import ACTIVATIONS, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
+
+__all__ = [
+    "ACTIVATIONS", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
+    "TranscoderConfig", "TranscoderSet", "load_transcoders", "read_sparsify", "text_stream", "train_transcoders",
+    "transcoder_fidelity",
+]

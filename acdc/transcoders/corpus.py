@@ -1,0 +1,133 @@
+"""Token streams for training transcoders: text from files, folders, strings, or a token generator.
+
+A stream is deterministic and seekable (`TokenStream.batch(start, n)` gives sequences
+``start .. start + n - 1``), so a training run killed and resumed reads exactly the sequences an
+uninterrupted one would.
+
+Text sources (`text_stream`): a ``.txt`` / ``.jsonl`` file (a ``"text"`` field per line), a folder
+of them, an iterable of strings, or a Hugging Face ``datasets`` name (``"hf:NAME"``, needs the
+network). Documents are tokenized with the model's tokenizer, joined with its BOS token between
+them, cut into sequences of ``context`` tokens, and visited in a seeded random order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = ["GeneratedStream", "TextStream", "TokenStream", "text_stream"]
+
+
+class TokenStream(Protocol):
+    """Sequences of token ids, addressed by index."""
+
+    context: int
+
+    def batch(self, start: int, n: int) -> Tensor:
+        """[n, context] token ids of sequences start .. start + n - 1 (wrapping around a finite corpus)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the tokens come from (recorded with the transcoders)."""
+        ...
+
+
+@dataclass
+class GeneratedStream:
+    """Sequences made by ``make(index, generator) -> [context]`` from a per-sequence seed (e.g. a
+    planted model's own input distribution): unbounded, and the same for the same index."""
+
+    make: Callable[[int, torch.Generator], Tensor]
+    context: int
+    seed: int = 0
+    name: str = "generated"
+
+    def batch(self, start: int, n: int) -> Tensor:
+        out = []
+        for i in range(start, start + n):
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            out.append(self.make(i, gen))
+        return torch.stack(out)
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclass
+class TextStream:
+    """A tokenized corpus cut into sequences of ``context`` tokens, in a seeded order per pass."""
+
+    tokens: Tensor  # [n_tokens] the whole corpus, documents joined by BOS
+    context: int
+    seed: int = 0
+    name: str = "text"
+
+    def __post_init__(self) -> None:
+        self.n_sequences = len(self.tokens) // self.context
+        if self.n_sequences < 1:
+            raise ValueError(f"the corpus has {len(self.tokens)} tokens, fewer than one sequence of {self.context}")
+        self._orders: dict[int, Tensor] = {}
+
+    def _order(self, epoch: int) -> Tensor:
+        if epoch not in self._orders:
+            self._orders = {epoch: torch.randperm(self.n_sequences, generator=torch.Generator().manual_seed(self.seed + epoch))}
+        return self._orders[epoch]
+
+    def batch(self, start: int, n: int) -> Tensor:
+        rows = []
+        for i in range(start, start + n):
+            epoch, j = divmod(i, self.n_sequences)
+            s = int(self._order(epoch)[j]) * self.context
+            rows.append(self.tokens[s : s + self.context])
+        return torch.stack(rows)
+
+    def describe(self) -> str:
+        return f"{self.name} ({len(self.tokens):,} tokens, {self.n_sequences:,} sequences of {self.context})"
+
+
+def _documents(source: str | Path | Iterable[str]) -> tuple[list[str], str]:
+    """The documents of a text source, and its name."""
+    if isinstance(source, str) and source.startswith("hf:"):
+        from datasets import load_dataset  # optional: only with the network
+
+        name = source[3:]
+        ds = load_dataset(name, split="train", streaming=False)
+        return [str(r["text"]) for r in ds], source  # type: ignore[index]
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise ValueError(f"corpus {str(path)!r} does not exist: give a .txt or .jsonl file, a folder of them, "
+                             "strings, or 'hf:NAME' for a Hugging Face dataset")
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
+        if not files:
+            raise ValueError(f"corpus folder {path} has no .txt or .jsonl files")
+        docs: list[str] = []
+        for f in files:
+            text = f.read_text(errors="replace")
+            if f.suffix == ".jsonl":
+                docs += [str(json.loads(line)["text"]) for line in text.splitlines() if line.strip()]
+            else:
+                docs.append(text)
+        return docs, str(path)
+    docs = [str(d) for d in source]
+    return docs, f"{len(docs)} strings"
+
+
+def text_stream(source: str | Path | Iterable[str], tokenizer: Any, context: int, *, seed: int = 0) -> TextStream:
+    """A `TextStream` of a text source tokenized with ``tokenizer`` (a Hugging Face tokenizer)."""
+    docs, name = _documents(source)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        bos = getattr(tokenizer, "eos_token_id", None)
+    ids: list[int] = []
+    for d in docs:
+        if bos is not None:
+            ids.append(int(bos))
+        ids += list(tokenizer(d, add_special_tokens=False)["input_ids"])
+    return TextStream(torch.tensor(ids, dtype=torch.long), context, seed, name)

@@ -1,0 +1,145 @@
+"""How well transcoders stand in for their MLPs, measured on a corpus.
+
+Per layer: FVU (fraction of the MLP output's variance the transcoder leaves unexplained), L0 (mean
+active features per token), the dead fraction (features never active on these tokens), and the
+next-token cross-entropy (mean over positions that have a next token) and KL(model || spliced)
+(mean over all positions) with that layer's MLP replaced by its transcoder.
+Then the same with every layer of the set replaced at once, and the loss recovered against
+zero-ablating those MLPs: ``(CE_zero - CE_spliced) / (CE_zero - CE_clean)`` (Dunefsky et al.'s
+GPT-2 transcoders: clean 3.59, all spliced 4.23, zero-ablated 10.94: 91% recovered).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..model import Transformer
+from ..progress import bar
+from .corpus import TokenStream
+from .transcoder import TranscoderSet
+
+__all__ = ["Fidelity", "transcoder_fidelity"]
+
+
+@dataclass
+class Fidelity:
+    """Fidelity numbers (see the module docstring); ``layers[L]`` has fvu, l0, dead, ce, kl."""
+
+    layers: dict[int, dict[str, float]]
+    ce_clean: float
+    ce_all: float
+    kl_all: float
+    ce_zero: float
+    tokens: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def loss_recovered(self) -> float:
+        """(CE with those MLPs zero-ablated - CE spliced) / (CE zero-ablated - CE clean)."""
+        gap = self.ce_zero - self.ce_clean
+        return float("nan") if gap == 0 else (self.ce_zero - self.ce_all) / gap
+
+    def table(self) -> str:
+        """A markdown table: one row per layer, then all layers spliced."""
+        rows = ["| layer | FVU | L0 | dead | CE spliced | KL |", "|---|---|---|---|---|---|"]
+        for layer, v in sorted(self.layers.items()):
+            rows.append(f"| {layer} | {v['fvu']:.4f} | {v['l0']:.1f} | {v['dead']:.1%} | {v['ce']:.4f} | {v['kl']:.4f} |")
+        rows.append(f"| all | | | | {self.ce_all:.4f} | {self.kl_all:.4f} |")
+        rows.append(f"\nclean CE {self.ce_clean:.4f}, those MLPs zero-ablated {self.ce_zero:.4f}, "
+                    f"loss recovered {self.loss_recovered:.1%} ({self.tokens:,} tokens)")
+        return "\n".join(rows)
+
+    def plot(self, path: str | Path) -> Path:
+        """FVU and KL per layer, as a picture."""
+        from ..plots import pyplot, save
+
+        plt, out = pyplot(path)
+        assert out is not None
+        layers = sorted(self.layers)
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+        ax[0].bar(layers, [self.layers[x]["fvu"] for x in layers], color="#4c72b0")
+        ax[0].set(xlabel="layer", ylabel="FVU", title="fraction of variance unexplained")
+        ax[1].bar(layers, [self.layers[x]["kl"] for x in layers], color="#dd8452")
+        ax[1].set(xlabel="layer", ylabel="KL (nats/token)", title=f"one layer spliced; all: KL {self.kl_all:.3f}")
+        return save(plt, fig, out)
+
+
+def _ce(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Summed next-token cross-entropy [scalar] over every position but the last."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1), reduction="sum")
+
+
+def _kl(clean: Tensor, other: Tensor) -> Tensor:
+    """Summed KL(clean || other) over positions."""
+    lp, lq = clean.float().log_softmax(-1), other.float().log_softmax(-1)
+    return (lp.exp() * (lp - lq)).sum()
+
+
+@torch.no_grad()
+def transcoder_fidelity(
+    model: Any, transcoders: TranscoderSet, corpus: TokenStream, *, sequences: int = 64, batch: int = 8,
+    start: int = 0, skip_first: bool = True, progress: bool = False,
+) -> Fidelity:
+    """Fidelity of ``transcoders`` on ``sequences`` sequences of ``corpus`` from index ``start``.
+
+    FVU, L0 and dead fractions skip each sequence's first position when ``skip_first`` (as training does).
+    """
+    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    transcoders.check_model(tf)
+    layers = transcoders.layers
+    sums: dict[int, dict[str, Any]] = {layer: {"err": 0.0, "y2": 0.0, "y": 0.0, "n": 0, "l0": 0.0, "fired": None,
+                                               "ce": 0.0, "kl": 0.0} for layer in layers}
+    ce_clean = ce_all = kl_all = ce_zero = 0.0
+    n_pred = n_all = 0  # positions with a next token (CE), all positions (KL)
+    device = tf.device
+    for s in bar(range(start, start + sequences, batch), desc="fidelity", disable=not progress):
+        toks = corpus.batch(s, min(batch, start + sequences - s)).to(device)
+        io = tf.mlp_io(toks, layers)
+        for layer in layers:
+            x, y = io[layer]
+            if skip_first:
+                x, y = x[:, 1:], y[:, 1:]
+            tc = transcoders[layer]
+            acts = tc.encode(x.float())
+            y_hat = tc.decode(acts, x.float())
+            d = sums[layer]
+            yf = y.float().reshape(-1, y.shape[-1])
+            d["err"] += float((yf - y_hat.reshape(-1, y.shape[-1])).pow(2).sum())
+            d["y2"] += float(yf.pow(2).sum())
+            d["y"] = d["y"] + yf.sum(0)
+            d["n"] += len(yf)
+            d["l0"] += float((acts > 0).sum())
+            fired = (acts > 0).reshape(-1, acts.shape[-1]).any(0)
+            d["fired"] = fired if d["fired"] is None else d["fired"] | fired
+        clean = tf.logits_with_mlps(toks)
+        ce_clean += float(_ce(clean, toks))
+        n_pred += toks.shape[0] * (toks.shape[1] - 1)
+        n_all += toks.numel()
+        for layer in layers:
+            one = tf.logits_with_mlps(toks, {layer: _as_fn(transcoders, layer, tf)})
+            sums[layer]["ce"] += float(_ce(one, toks))
+            sums[layer]["kl"] += float(_kl(clean, one))
+        every = tf.logits_with_mlps(toks, {layer: _as_fn(transcoders, layer, tf) for layer in layers})
+        ce_all += float(_ce(every, toks))
+        kl_all += float(_kl(clean, every))
+        zero = tf.logits_with_mlps(toks, {layer: torch.zeros_like for layer in layers})
+        ce_zero += float(_ce(zero, toks))
+    per_layer = {}
+    for layer in layers:
+        d = sums[layer]
+        mean = d["y"] / d["n"]
+        total_var = d["y2"] - d["n"] * float(mean.pow(2).sum())
+        per_layer[layer] = {"fvu": d["err"] / total_var, "l0": d["l0"] / d["n"], "dead": float((~d["fired"]).float().mean()),
+                            "ce": d["ce"] / n_pred, "kl": d["kl"] / n_all}
+    return Fidelity(per_layer, ce_clean / n_pred, ce_all / n_pred, kl_all / n_all, ce_zero / n_pred, n_all)
+
+
+def _as_fn(ts: TranscoderSet, layer: int, tf: Transformer) -> Any:
+    tc = ts[layer]
+    return lambda x: tc(x.float()).to(tf.dtype)

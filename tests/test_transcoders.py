@@ -1,0 +1,227 @@
+"""Transcoders: the planted dictionary recovered, files round-trip, resume equals uninterrupted,
+fidelity equals a plain computation with Hugging Face forward hooks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import Killed, tiny_gpt2
+
+import acdc
+from acdc.model import Transformer
+from acdc.transcoders import (
+    GeneratedStream,
+    TrainOptions,
+    Transcoder,
+    TranscoderConfig,
+    TranscoderSet,
+    train_transcoders,
+)
+from acdc.transcoders.transcoder import ModelInfo
+from acdc.zoo import dictionary
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return dictionary.build()
+
+
+def _stream(pd, seed: int = 0) -> GeneratedStream:
+    return GeneratedStream(pd.sample, pd.context, seed=seed, name="planted dictionary")
+
+
+def recovered(pd, tc: Transcoder) -> torch.Tensor:
+    """Per planted feature: the best min(encoder cosine, decoder cosine) over the transcoder's features."""
+    enc = F.normalize(tc.W_enc.detach().T, dim=1)
+    dec = F.normalize(tc.W_dec.detach(), dim=1)
+    return torch.minimum(pd.encoder @ enc.T, pd.decoder @ dec.T).max(1).values
+
+
+def test_the_planted_mlp_is_the_dictionary(planted):
+    """The ground truth itself: MLP 0's output is sum_i relu(<x, e_i> - 0.3) d_i on its normed input."""
+    tf = Transformer.from_bridge(planted.model)
+    x, y = tf.mlp_io(planted.sample(0, torch.Generator().manual_seed(1))[None], [0])[0]
+    want = torch.relu(x @ planted.encoder.T - dictionary.THRESHOLD) @ planted.decoder
+    assert torch.allclose(want, y, atol=1e-5) and float(y.norm()) > 1.0
+    acts = torch.relu(x @ planted.encoder.T - dictionary.THRESHOLD)
+    assert 1.5 < float((acts > 0).sum(-1).float().mean()) < 6  # sparse: a few features per position
+
+
+@pytest.mark.parametrize("activation, tokens", [("topk", 200_000), ("relu", 400_000), ("jumprelu", 400_000)])
+def test_training_recovers_the_planted_features(planted, activation, tokens):
+    ts = train_transcoders(planted.model, _stream(planted), layers=[0], progress=False, n_features=32,
+                           activation=activation, k=4, l1=0.05, lr=3e-3, tokens=tokens, batch_tokens=256, dead_tokens=5000)
+    best = recovered(planted, ts[0])
+    assert float((best >= 0.9).float().mean()) >= 0.9, best.sort().values[:6]
+    fid = acdc.transcoder_fidelity(planted.model, ts, _stream(planted, seed=99), sequences=64)
+    assert fid.layers[0]["fvu"] <= 0.05
+    assert fid.layers[0]["l0"] < 6 and ts.info["tokens"] == tokens
+
+
+def test_an_untrained_transcoder_recovers_nothing(planted):
+    """The recovery measure can fail: the initialisation alone is far from the planted directions."""
+    ts = train_transcoders(planted.model, _stream(planted), layers=[0], progress=False, n_features=32, k=4, tokens=256,
+                           batch_tokens=256, sequences=16, buffer=1)
+    assert float((recovered(planted, ts[0]) >= 0.9).float().mean()) < 0.1
+
+
+def test_training_is_repeatable_and_the_seed_matters(planted):
+    kw = dict(layers=[0], progress=False, n_features=16, k=3, tokens=6000, batch_tokens=500, sequences=10, buffer=2)
+    a = train_transcoders(planted.model, _stream(planted), seed=1, **kw)[0]
+    b = train_transcoders(planted.model, _stream(planted), seed=1, **kw)[0]
+    c = train_transcoders(planted.model, _stream(planted), seed=2, **kw)[0]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.W_enc, c.W_enc)
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
+def test_resume_ends_where_an_uninterrupted_run_ends(planted, tmp_path, monkeypatch, activation):
+    """Killed after a few model forwards, restarted with the same arguments: bit-for-bit the same transcoders."""
+    kw = dict(layers=[0, 1], progress=False, n_features=16, activation=activation, k=3, tokens=9000, batch_tokens=400,
+              sequences=10, buffer=2, checkpoint_every=1, dead_tokens=2000, seed=3)
+    whole = train_transcoders(planted.model, _stream(planted), **kw)
+    calls = {"n": 0}
+    real = Transformer.mlp_io
+
+    def dying(self, tokens, layers):
+        calls["n"] += 1
+        if calls["n"] == 7:  # in the fourth buffer, after three checkpoints
+            raise Killed
+        return real(self, tokens, layers)
+
+    monkeypatch.setattr(Transformer, "mlp_io", dying)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Killed):
+        train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **kw)
+    assert (ckpt / "state.json").exists()
+    monkeypatch.setattr(Transformer, "mlp_io", real)
+    resumed = train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **kw)
+    for layer in (0, 1):
+        for (name, p), q in zip(whole[layer].named_parameters(), resumed[layer].parameters(), strict=True):
+            assert torch.equal(p, q), (layer, name)
+    assert resumed.info["tokens"] == whole.info["tokens"] == 9000
+    with pytest.raises(ValueError, match="other settings.*k"):
+        train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **{**kw, "k": 4})
+
+
+def _random_set(tf: Transformer, activation: str = "topk", skip: bool = False, seed: int = 0) -> TranscoderSet:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for layer in range(tf.arch.n_layers):
+        tc = Transcoder(TranscoderConfig(tf.arch.d_model, 24, activation, 5 if activation == "topk" else None, skip))
+        with torch.no_grad():
+            for p in tc.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            if tc.log_threshold is not None:
+                tc.log_threshold.fill_(math.log(0.2))
+        tc.normalize_decoder()
+        out[layer] = tc
+    return TranscoderSet(out, ModelInfo.of(tf, "tiny gpt2"))
+
+
+@pytest.mark.parametrize("activation, skip", [("topk", False), ("relu", True), ("jumprelu", False)])
+def test_save_load_round_trip(tmp_path, activation, skip):
+    model = tiny_gpt2()
+    tf = Transformer.from_bridge(model)
+    ts = _random_set(tf, activation, skip)
+    ts.info = {"corpus": "test"}
+    path = ts.save(tmp_path / "tc")
+    assert {p.name for p in path.iterdir()} == {"config.json", "transcoders.safetensors"}
+    back = acdc.load_transcoders(path, model)
+    x = torch.randn(7, tf.arch.d_model)
+    for layer in ts:
+        assert torch.equal(ts[layer](x), back[layer](x))
+    assert back.model == ts.model and back.info == {"corpus": "test"} and back[0].cfg == ts[0].cfg
+
+
+def test_another_model_is_refused_in_one_line(tmp_path):
+    ts = _random_set(Transformer.from_bridge(tiny_gpt2()))
+    path = ts.save(tmp_path / "tc")
+    with pytest.raises(ValueError, match="another model with this shape") as err:
+        acdc.load_transcoders(path, tiny_gpt2(seed=5))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="not this model"):
+        acdc.load_transcoders(path, tiny_gpt2(n_layer=3))
+    with pytest.raises(ValueError, match="not found"):
+        acdc.load_transcoders(tmp_path / "nothing-here")
+
+
+def test_normalize_decoder_keeps_the_function():
+    for act in ("relu", "jumprelu"):
+        tc = Transcoder(TranscoderConfig(8, 12, act))
+        with torch.no_grad():
+            for p in tc.parameters():
+                p.copy_(torch.randn(p.shape))
+        x = torch.randn(20, 8)
+        before = tc(x)
+        tc.normalize_decoder()
+        assert torch.allclose(tc(x), before, atol=1e-5) and torch.allclose(tc.W_dec.norm(dim=1), torch.ones(12))
+
+
+def test_fidelity_equals_hooked_hugging_face_runs():
+    """FVU, L0, CE and KL against the Hugging Face model with its MLP modules swapped by forward hooks
+    (the module's input is ln_2's output, what a transcoder reads)."""
+    model = tiny_gpt2(vocab=50)
+    tf = Transformer.from_bridge(model)
+    ts = _random_set(tf, "relu")
+    hf = model.original_model
+    stream = GeneratedStream(lambda i, g: torch.randint(0, 50, (12,), generator=g), 12, seed=4)
+    fid = acdc.transcoder_fidelity(model, ts, stream, sequences=6, batch=4)
+    toks = stream.batch(0, 6)
+
+    def run(swap: dict[int, str]) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        seen = {}
+        handles = []
+        for layer, block in enumerate(hf.transformer.h):
+            def hook(module, args, output, layer=layer):
+                seen[layer] = (args[0], output)
+                if layer in swap:
+                    return torch.zeros_like(output) if swap[layer] == "zero" else ts[layer](args[0])
+                return output
+            handles.append(block.mlp.register_forward_hook(hook))
+        with torch.no_grad():
+            logits = hf(toks).logits
+        for h in handles:
+            h.remove()
+        return logits, seen
+
+    def ce(logits):
+        return float(F.cross_entropy(logits[:, :-1].reshape(-1, 50), toks[:, 1:].reshape(-1)))
+
+    def kl(p, q):
+        lp, lq = p.log_softmax(-1), q.log_softmax(-1)
+        return float((lp.exp() * (lp - lq)).sum(-1).mean())
+
+    clean, seen = run({})
+    assert fid.ce_clean == pytest.approx(ce(clean), rel=1e-4)
+    for layer in ts:
+        x, y = (t[:, 1:].reshape(-1, t.shape[-1]) for t in seen[layer])
+        y_hat = ts[layer](x)
+        fvu = float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+        assert fid.layers[layer]["fvu"] == pytest.approx(fvu, rel=1e-4)
+        assert fid.layers[layer]["l0"] == pytest.approx(float((ts[layer].encode(x) > 0).sum(-1).float().mean()), rel=1e-5)
+        spliced, _ = run({layer: "tc"})
+        assert fid.layers[layer]["ce"] == pytest.approx(ce(spliced), rel=1e-4)
+        assert fid.layers[layer]["kl"] == pytest.approx(kl(clean[:, :], spliced), rel=1e-3, abs=1e-6)
+    every, _ = run({layer: "tc" for layer in ts})
+    zero, _ = run({layer: "zero" for layer in ts})
+    assert fid.ce_all == pytest.approx(ce(every), rel=1e-4) and fid.ce_zero == pytest.approx(ce(zero), rel=1e-4)
+    want = (ce(zero) - ce(every)) / (ce(zero) - ce(clean))
+    assert fid.loss_recovered == pytest.approx(want, rel=1e-3)
+    assert "loss recovered" in fid.table()
+
+
+def test_bad_options_say_so():
+    pd_model = tiny_gpt2()
+    stream = GeneratedStream(lambda i, g: torch.randint(0, 50, (8,), generator=g), 8)
+    with pytest.raises(ValueError, match="unknown training options bogus"):
+        train_transcoders(pd_model, stream, bogus=1)
+    with pytest.raises(ValueError, match=r"layers \[7\] do not exist"):
+        train_transcoders(pd_model, stream, layers=[7])
+    with pytest.raises(ValueError, match="unknown transcoder activation"):
+        TrainOptions(activation="gelu").config(8)
+    with pytest.raises(ValueError, match="TopK transcoder needs k"):
+        TranscoderConfig(8, 4, "topk", 9)
