@@ -1,4 +1,4 @@
-"""The ``acdc`` command: discover, attribute, roc, render, recovery (alias score), explore, export-html, demo.
+"""The ``acdc`` command: discover, attribute, roc, render, recovery (alias score), explore, export-html, transcoders, demo.
 
     acdc discover --model gpt2 --task ioi --threshold 0.01 -o out/
     acdc discover --model zoo:ioi --threshold 0.1 -o out/        # offline, planted circuit
@@ -9,6 +9,8 @@
     acdc score out/circuit.json --truth ioi
     acdc explore out/circuit.json --model zoo:ioi              # the circuit in the browser, live
     acdc export-html out/circuit.json -o circuit.html          # one self-contained page
+    acdc transcoders train --model zoo:dictionary --layers 0 --tokens 200000 -o tc/
+    acdc transcoders fidelity tc/ --model zoo:dictionary -o tc/
     acdc demo -o out/demo
 
 Every command that runs a model takes the same flags (--model, --task, --n-prompts, --seed,
@@ -91,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ap = _Parser(prog="acdc", description="Automatic circuit discovery for transformer language models.")
     ap.add_argument("--version", action="version", version=f"acdc {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="{discover,attribute,roc,faithfulness,render,recovery,score,explore,export-html,demo}",
+    sub = ap.add_subparsers(dest="command", metavar="{discover,attribute,roc,faithfulness,render,recovery,score,explore,export-html,"
+                            "transcoders,demo}",
                             parser_class=_Parser)
 
     d = sub.add_parser("discover", help="find a circuit with ACDC; writes circuit.json, circuit.png, summary.txt",
@@ -172,6 +175,27 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("-o", "--out", type=Path, required=True, help="the .html file to write")
     h.set_defaults(run=_export_html)
 
+    t = sub.add_parser("transcoders", help="train transcoders (data-parallel under torchrun) or measure their fidelity",
+                       description="Transcoders: `train` writes a transcoder set to -o (resumable with --checkpoint; "
+                       "under `torchrun --nproc_per_node N -m acdc transcoders train ...` data-parallel), `fidelity` "
+                       "measures one (fidelity.md, fidelity.json, fidelity.png).")
+    tsub = t.add_subparsers(dest="transcoders_command", metavar="{train,fidelity}", parser_class=_Parser, required=True)
+    from .transcoders import TrainOptions
+
+    tt = tsub.add_parser("train", help="train transcoders; writes the set (config.json + transcoders.safetensors) to -o")
+    _transcoder_flags(tt)
+    tt.add_argument("--layers", type=int, nargs="+", default=None, help="layers to train (default: all)")
+    tt.add_argument("--checkpoint", type=Path, default=None, help="folder for the training state (resumes from it)")
+    _option_flags(tt, TrainOptions, only=tuple(f.name for f in dataclasses.fields(TrainOptions) if f.name != "skip_first"))
+    tt.set_defaults(run=_transcoders_train)
+    tf = tsub.add_parser("fidelity", help="FVU, L0, dead features, CE/KL spliced in, loss recovered")
+    tf.add_argument("transcoders", help="a transcoder set folder, a sparsify folder or a hub name")
+    _transcoder_flags(tf)
+    tf.add_argument("--sequences", type=_positive, default=64, help="sequences to measure on (default 64)")
+    tf.add_argument("--start", type=int, default=1_000_000, help="first sequence index (default 1000000: "
+                    "away from the sequences training starts with)")
+    tf.set_defaults(run=_transcoders_fidelity)
+
     m = sub.add_parser("demo", help="the offline demo: discover, render and score a planted circuit",
                        description="Discover the circuit planted in a zoo model, render it and score it (offline).")
     m.add_argument("--model", default="zoo:ioi", help="zoo:ioi, zoo:induction or zoo:modular-sum (default zoo:ioi)")
@@ -184,6 +208,17 @@ def _parser() -> argparse.ArgumentParser:
 # How a flag's text becomes the value of an option field, by the field's annotation.
 _CONVERT: dict[str, Any] = {"float": float, "int": int, "int | None": int, "float | None": float, "str": str,
                             "str | Path | None": Path}
+
+
+def _transcoder_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="zoo:dictionary (the planted dictionary, offline), a shipped or local "
+                   "model, or a hub name")
+    p.add_argument("--corpus", default=None, help="a .txt/.jsonl file or a folder of them, or hf:NAME "
+                   "(not needed with zoo:dictionary)")
+    p.add_argument("--context", type=_positive, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--device", default=None, help="torch device (default: the model's)")
+    p.add_argument("-o", "--out", type=Path, default=Path("transcoders"), help="output folder (default: transcoders/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _option_flags(p: argparse.ArgumentParser, options: Any, only: tuple[str, ...] | None = None,
@@ -213,7 +248,7 @@ def _option_flags(p: argparse.ArgumentParser, options: Any, only: tuple[str, ...
 
 def _options(args: argparse.Namespace, options: Any) -> Any:
     """The options dataclass built from its flags."""
-    return options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options)})
+    return options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options) if hasattr(args, f.name)})
 
 
 def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
@@ -239,6 +274,69 @@ def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
 
 
 # ---------------------------------------------------------------------- commands
+def _model_and_corpus(args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
+    """The model and token stream of the transcoder commands."""
+    from .transcoders import GeneratedStream, text_stream
+
+    if args.model == "zoo:dictionary":
+        from .zoo import dictionary
+
+        pd = dictionary.build()
+        return pd.model, GeneratedStream(pd.sample, pd.context, seed=seed, name="the planted dictionary's tokens")
+    from .loading import load_model
+
+    if args.corpus is None:
+        raise CLIError("--corpus is needed with a real model (a .txt/.jsonl file or folder, or hf:NAME)")
+    model = load_model(args.model, device=args.device)
+    return model, text_stream(args.corpus, getattr(model, "tokenizer", None), args.context, seed=seed)
+
+
+def _transcoders_train(args: argparse.Namespace) -> int:
+    import os
+
+    from .transcoders import TrainOptions, train_transcoders
+
+    options = _options(args, TrainOptions)  # checked before the model loads
+    dist = None
+    if "RANK" in os.environ:  # under torchrun: join the process group
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
+    try:
+        model, corpus = _model_and_corpus(args, options.seed)
+        ts = train_transcoders(model, corpus, layers=args.layers, options=options, checkpoint=args.checkpoint,
+                               progress=not args.no_progress, model_name=args.model)
+        if dist is None or dist.get_rank() == 0:
+            ts.save(args.out)
+            info = ts.info
+            print(f"acdc transcoders train: {ts!r}: {info['tokens']:,} tokens, {info['tokens_per_second']:,.0f} tokens/s; "
+                  f"saved to {args.out}")
+    finally:
+        if dist is not None:
+            dist.destroy_process_group()
+    return 0
+
+
+def _transcoders_fidelity(args: argparse.Namespace) -> int:
+    import json
+
+    from .transcoders import load_transcoders, transcoder_fidelity
+
+    model, corpus = _model_and_corpus(args, 0)
+    ts = load_transcoders(args.transcoders, model)
+    fid = transcoder_fidelity(model, ts, corpus, sequences=args.sequences, start=args.start, progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fidelity.md").write_text(fid.table() + "\n")
+    (args.out / "fidelity.json").write_text(json.dumps(dataclasses.asdict(fid) | {"loss_recovered": fid.loss_recovered}, indent=1))
+    try:
+        fid.plot(args.out / "fidelity.png")
+    except ImportError:
+        pass
+    print(fid.table())
+    return 0
+
+
 def _discover(args: argparse.Namespace) -> int:
     from .api import discover
 

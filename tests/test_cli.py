@@ -173,3 +173,24 @@ def test_positional_discover_and_faithfulness(tmp_path, capsys):
     assert main(["faithfulness", str(out / "circuit.json"), "--model", "zoo:ioi", "--at", "all", "-o", str(out)]) == 0
     f = json.loads((out / "faithfulness.json").read_text())
     assert f["settings"]["at"] == "all"
+
+
+def test_transcoders_train_and_fidelity(tmp_path, capsys):
+    out = tmp_path / "tc"
+    assert main(["transcoders", "train", "--model", "zoo:dictionary", "--layers", "0", "--tokens", "3000", "--n-features", "32",
+                 "--k", "4", "--batch-tokens", "500", "--no-progress", "-o", str(out)]) == 0
+    assert "3,000 tokens" in capsys.readouterr().out
+    ts = acdc.load_transcoders(out)
+    assert ts.layers == [0] and ts[0].cfg.k == 4 and ts[0].n_features == 32 and ts.info["options"]["tokens"] == 3000
+    assert main(["transcoders", "fidelity", str(out), "--model", "zoo:dictionary", "--sequences", "8", "--no-progress",
+                 "-o", str(tmp_path / "fid")]) == 0
+    data = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert 0 < data["layers"]["0"]["fvu"] < 1.5 and "loss recovered" in (tmp_path / "fid" / "fidelity.md").read_text()
+
+
+def test_transcoders_bad_options_are_one_line(capsys):
+    assert main(["transcoders", "train", "--model", "zoo:dictionary", "--tokens", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokens must be a whole number >= 1" in err
+    with pytest.raises(SystemExit):
+        main(["transcoders", "train", "--model", "zoo:dictionary", "--activation", "gelu"])

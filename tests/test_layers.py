@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("rendering", ("acdc.render",)),
     ("api", ("acdc.api",)),
     ("explorer", ("acdc.explorer",)),
-    ("interfaces", ("acdc.cli", "acdc.demo")),
+    ("interfaces", ("acdc.cli", "acdc.demo", "acdc.__main__")),
 ]
 
 

@@ -121,6 +121,8 @@ def _documents(source: str | Path | Iterable[str]) -> tuple[list[str], str]:
 
 def text_stream(source: str | Path | Iterable[str], tokenizer: Any, context: int, *, seed: int = 0) -> TextStream:
     """A `TextStream` of a text source tokenized with ``tokenizer`` (a Hugging Face tokenizer)."""
+    if tokenizer is None:
+        raise ValueError("a text corpus needs the model's tokenizer, and this model has none; pass token ids instead")
     docs, name = _documents(source)
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:

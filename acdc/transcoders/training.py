@@ -20,6 +20,13 @@ resumable: with ``checkpoint=PATH`` the state (transcoders, Adam's moments, coun
 generator, the corpus position) is written there after whole buffers, as safetensors + JSON, and
 a run started with the same arguments and an existing checkpoint continues from it and ends where
 an uninterrupted run ends.
+
+Data parallel: under ``torchrun`` (torch.distributed initialised, e.g. with the gloo backend on
+CPUs), each process runs the model on its share of every batch of sequences, the activations
+are gathered so that every process holds the same buffer, each trains on its share of every
+minibatch with the whole minibatch's normalisation, and the gradients are summed: the same run
+as one process with the same global batch, up to float rounding (`tests/test_transcoders_ddp.py`).
+``python -m acdc.transcoders.ddp`` is the launcher's entry point.
 """
 
 from __future__ import annotations
@@ -39,34 +46,50 @@ from torch import Tensor
 from ..model import Transformer
 from ..progress import bar
 from .corpus import TokenStream
-from .transcoder import ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
+from .transcoder import ACTIVATIONS, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
 __all__ = ["TrainOptions", "train_transcoders"]
 
 
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass(frozen=True)
 class TrainOptions:
-    """Everything that decides a training run (recorded with the transcoders)."""
+    """Everything that decides a training run, declared once: `train_transcoders` and the CLI's
+    ``acdc transcoders train`` flags read it (recorded with the transcoders)."""
 
-    n_features: int | None = None  # default: expansion * d_model
-    expansion: int = 8
-    activation: str = "topk"
-    k: int = 32  # TopK
-    l1: float = 1.0  # ReLU's sparsity coefficient
-    l0: float = 0.03  # JumpReLU's sparsity coefficient
-    bandwidth: float = 0.05  # JumpReLU's straight-through kernel width
-    skip: bool = False
-    lr: float = 1e-3
-    init_scale: float = 0.1  # the encoder starts as init_scale x the decoder's transpose
-    batch_tokens: int = 1024  # transcoder minibatch
-    sequences: int = 8  # sequences per model forward
-    buffer: int = 4  # model forwards pooled and shuffled together
-    tokens: int = 200_000  # tokens to train on (after dropping the first position of each sequence)
-    skip_first: bool = True  # drop each sequence's first position (BOS-like outliers)
-    aux_coef: float = 1 / 32
-    dead_tokens: int = 50_000
-    seed: int = 0
-    checkpoint_every: int = 50_000  # tokens between checkpoints (at buffer boundaries)
+    n_features: int | None = _opt(None, "features per transcoder (default: expansion x d_model)")
+    expansion: int = _opt(8, "features per d_model when n_features is not given")
+    activation: str = _opt("topk", "feature activation", choices=ACTIVATIONS)
+    k: int = _opt(32, "TopK: features active per token")
+    l1: float = _opt(1.0, "ReLU: sparsity coefficient (L1 of activation x decoder norm / rms of the target)")
+    l0: float = _opt(0.03, "JumpReLU: sparsity coefficient (mean active features)")
+    bandwidth: float = _opt(0.05, "JumpReLU: width of the straight-through kernel")
+    skip: bool = _opt(False, "a linear skip path x @ W_skip (skip transcoders)")
+    lr: float = _opt(1e-3, "Adam's learning rate")
+    init_scale: float = _opt(0.1, "the encoder starts as init_scale x the decoder's transpose")
+    batch_tokens: int = _opt(1024, "tokens per transcoder minibatch")
+    sequences: int = _opt(8, "sequences per model forward")
+    buffer: int = _opt(4, "model forwards pooled and shuffled together")
+    tokens: int = _opt(200_000, "tokens to train on (the first position of each sequence dropped)")
+    skip_first: bool = _opt(True, "drop each sequence's first position (BOS-like outliers)")
+    aux_coef: float = _opt(1 / 32, "weight of the AuxK loss for dead features")
+    dead_tokens: int = _opt(50_000, "a feature that has not fired for this many tokens is dead")
+    seed: int = _opt(0, "seed of initialisation, corpus order and shuffles")
+    checkpoint_every: int = _opt(50_000, "tokens between checkpoints (written after whole buffers)")
+
+    def __post_init__(self) -> None:
+        for name in ("expansion", "k", "batch_tokens", "sequences", "buffer", "tokens", "dead_tokens", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        for name in ("l1", "l0", "bandwidth", "lr", "init_scale", "aux_coef"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown transcoder activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
 
     def config(self, d_model: int) -> TranscoderConfig:
         n = self.n_features or self.expansion * d_model
@@ -119,8 +142,11 @@ def _init(tc: Transcoder, gen: torch.Generator, init_scale: float) -> None:
             tc.log_threshold.fill_(math.log(0.1))
 
 
-def _loss(tc: Transcoder, x: Tensor, y: Tensor, opts: TrainOptions, dead: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """The training loss of one minibatch x, y [T, d] and what the progress bar shows."""
+def _loss(tc: Transcoder, x: Tensor, y: Tensor, opts: TrainOptions, dead: Tensor, var: Tensor, n: int
+          ) -> tuple[Tensor, dict[str, Tensor]]:
+    """This process's share of the loss of one minibatch: x, y [T, d] its tokens, ``var`` the whole
+    minibatch's summed variance |y - mean y|^2 and ``n`` its token count (the same on every process,
+    so the shares' gradients sum to the whole loss's gradient)."""
     pre = tc.pre_acts(x)
     if tc.cfg.activation == "jumprelu":
         assert tc.log_threshold is not None
@@ -130,19 +156,17 @@ def _loss(tc: Transcoder, x: Tensor, y: Tensor, opts: TrainOptions, dead: Tensor
         acts = tc.activate(pre)
     assert isinstance(acts, Tensor)
     y_hat = tc.decode(acts, x)
-    centred = y - y.mean(0)
-    var = centred.pow(2).sum().clamp_min(1e-12)
     e = y - y_hat
-    fvu = e.pow(2).sum() / var
-    loss = fvu
+    sq = e.pow(2).sum()
+    loss = sq / var
     if tc.cfg.activation == "relu":
-        rms = (var / len(y)).sqrt()
-        loss = loss + opts.l1 * (acts * tc.W_dec.norm(dim=1)).sum(-1).mean() / rms
+        rms = (var / n).sqrt()
+        loss = loss + opts.l1 * (acts * tc.W_dec.norm(dim=1)).sum() / n / rms
     elif tc.cfg.activation == "jumprelu":
         assert tc.log_threshold is not None
         count = _Jump.apply(pre, tc.log_threshold.exp(), opts.bandwidth, True)
         assert isinstance(count, Tensor)
-        loss = loss + opts.l0 * count.sum(-1).mean()
+        loss = loss + opts.l0 * count.sum() / n
     n_dead = int(dead.sum())
     if n_dead and opts.aux_coef > 0:
         k_aux = min(x.shape[-1] // 2, n_dead)
@@ -152,7 +176,45 @@ def _loss(tc: Transcoder, x: Tensor, y: Tensor, opts: TrainOptions, dead: Tensor
         e_hat = aux @ tc.W_dec
         aux_loss = (e_hat - e.detach()).pow(2).sum() / var
         loss = loss + opts.aux_coef * min(n_dead / k_aux, 1.0) * aux_loss
-    return loss, {"fvu": fvu.detach(), "fired": (acts > 0).any(0), "l0": (acts > 0).sum(-1).float().mean()}
+    return loss, {"sq": sq.detach(), "fired": (acts > 0).any(0), "active": (acts > 0).sum().float()}
+
+
+class _World:
+    """This process's place in a data-parallel run (torch.distributed, e.g. under torchrun), or alone."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist if dist.is_available() and dist.is_initialized() else None
+        self.size = self.dist.get_world_size() if self.dist else 1
+        self.rank = self.dist.get_rank() if self.dist else 0
+
+    def gather_rows(self, x: Tensor, n: int) -> Tensor:
+        """Every process's x [n / size, ...] (its strided share of n rows), put back in row order."""
+        if self.dist is None:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        self.dist.all_gather(parts, x.contiguous())
+        out = torch.empty(n, *x.shape[1:], dtype=x.dtype, device=x.device)
+        for r, part in enumerate(parts):
+            out[r :: self.size] = part
+        return out
+
+    def sum_(self, t: Tensor) -> Tensor:
+        if self.dist is not None:
+            self.dist.all_reduce(t)
+        return t
+
+    def any_(self, t: Tensor) -> Tensor:
+        if self.dist is None:
+            return t
+        m = t.to(torch.int32)
+        self.dist.all_reduce(m, op=self.dist.ReduceOp.MAX)
+        return m.bool()
+
+    def barrier(self) -> None:
+        if self.dist is not None:
+            self.dist.barrier()
 
 
 def _remove_parallel_grads(tc: Transcoder) -> None:
@@ -195,6 +257,9 @@ def train_transcoders(
         raise ValueError(f"layers {bad} do not exist; the model has layers 0..{a.n_layers - 1}")
     cfg = opts.config(a.d_model)
     device = tf.device
+    world = _World()
+    if opts.sequences % world.size:
+        raise ValueError(f"sequences={opts.sequences} must be a multiple of the {world.size} data-parallel processes")
     gen = torch.Generator().manual_seed(opts.seed)
     tcs = {layer: Transcoder(cfg, device=device) for layer in layers}
     for layer in layers:
@@ -210,7 +275,7 @@ def train_transcoders(
     per_seq = corpus.context - (1 if opts.skip_first else 0)
     last_ckpt = state["tokens"]
     t0 = time.perf_counter() - float(state["seconds"])
-    with bar(total=opts.tokens, desc=f"transcoders ({len(layers)} layers)", unit="tok", disable=not progress,
+    with bar(total=opts.tokens, desc=f"transcoders ({len(layers)} layers)", unit="tok", disable=not progress or world.rank > 0,
              initial=int(state["tokens"])) as pb:
         while state["tokens"] < opts.tokens:
             xs: dict[int, list[Tensor]] = {layer: [] for layer in layers}
@@ -218,9 +283,9 @@ def train_transcoders(
             for _ in range(opts.buffer):
                 toks = corpus.batch(int(state["position"]), opts.sequences).to(device)
                 state["position"] += opts.sequences
-                io = tf.mlp_io(toks, layers)
+                io = tf.mlp_io(toks[world.rank :: world.size], layers)  # data parallel: each process its share
                 for layer in layers:
-                    x, y = io[layer]
+                    x, y = (world.gather_rows(t, opts.sequences) for t in io[layer])
                     if opts.skip_first:
                         x, y = x[:, 1:], y[:, 1:]
                     xs[layer].append(x.reshape(-1, a.d_model))
@@ -237,15 +302,25 @@ def train_transcoders(
                 idx = perm[s : s + min(opts.batch_tokens, opts.tokens - int(state["tokens"]))]  # the last one ends at `tokens`
                 optim.zero_grad(set_to_none=True)
                 shown = []
+                mine = idx[world.rank :: world.size]
                 for layer in layers:
                     tc = tcs[layer]
                     dead = since_fired[layer] >= opts.dead_tokens
-                    loss, info = _loss(tc, X[layer][idx], Y[layer][idx], opts, dead)
+                    y_all = Y[layer][idx]
+                    var = (y_all - y_all.mean(0)).pow(2).sum().clamp_min(1e-12)
+                    loss, info = _loss(tc, X[layer][mine], Y[layer][mine], opts, dead, var, len(idx))
                     loss.backward()
-                    _remove_parallel_grads(tc)
                     since_fired[layer] += len(idx)
-                    since_fired[layer][info["fired"]] = 0
+                    since_fired[layer][world.any_(info["fired"])] = 0
+                    info["fvu"] = world.sum_(info["sq"]) / var
+                    info["l0"] = world.sum_(info["active"]) / len(idx)
                     shown.append(info)
+                if world.size > 1:  # the shares' gradients sum to the whole minibatch's
+                    for prm in params:
+                        if prm.grad is not None:
+                            world.sum_(prm.grad)
+                for layer in layers:
+                    _remove_parallel_grads(tcs[layer])
                 optim.step()
                 for layer in layers:
                     with torch.no_grad():
@@ -267,7 +342,9 @@ def train_transcoders(
             state["seconds"] = time.perf_counter() - t0
             done = state["tokens"] >= opts.tokens
             if ckpt is not None and (done or state["tokens"] - last_ckpt >= opts.checkpoint_every):
-                _save(ckpt, opts, layers, tcs, optim, since_fired, stats, state, gen)
+                if world.rank == 0:  # every process holds the same state; one writes it
+                    _save(ckpt, opts, layers, tcs, optim, since_fired, stats, state, gen)
+                world.barrier()
                 last_ckpt = state["tokens"]
     info = {
         "options": asdict(opts), "corpus": corpus.describe(), "tokens": int(state["tokens"]),
