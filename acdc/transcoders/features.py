@@ -1,0 +1,144 @@
+"""Looking at transcoder features: top-activating contexts, density, and what a feature reads and writes.
+
+`feature_report(model, transcoders, layer, features, corpus)` returns, per feature, the data an
+explorer or a page shows:
+
+- ``contexts``: the top-activating positions over the corpus sequences scanned, each with the
+  tokens around it (the active token marked) and the activation;
+- ``density``: the fraction of scanned tokens on which the feature is active;
+- ``promotes`` / ``suppresses``: the tokens whose logits its decoder direction raises / lowers
+  most, read through the unembedding directly (``W_dec[i] @ W_U``, the final norm's scale left
+  out: a direction, not a full effect);
+- ``excited_by``: the tokens whose embedding alone (through the layer's MLP norm) gives the
+  largest pre-activation (``mlp_input(W_E) @ W_enc[:, i]``; only meaningful in early layers).
+
+`feature_pages(report, path)` writes one self-contained HTML page for a set of features.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..model import Transformer
+from .corpus import TokenStream
+from .transcoder import TranscoderSet
+
+__all__ = ["FeatureInfo", "feature_pages", "feature_report"]
+
+
+@dataclass
+class FeatureInfo:
+    """What one feature does (see the module docstring); tokens as (text, value) pairs."""
+
+    layer: int
+    feature: int
+    density: float
+    max_activation: float
+    contexts: list[dict[str, Any]] = field(default_factory=list)
+    promotes: list[tuple[str, float]] = field(default_factory=list)
+    suppresses: list[tuple[str, float]] = field(default_factory=list)
+    excited_by: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"m{self.layer}.f{self.feature}"
+
+
+def _text(tokenizer: Any, ids: list[int]) -> list[str]:
+    if tokenizer is None:
+        return [str(i) for i in ids]
+    return [tokenizer.decode([i]) for i in ids]
+
+
+@torch.no_grad()
+def feature_report(model: Any, transcoders: TranscoderSet, layer: int, features: list[int], corpus: TokenStream, *,
+                   sequences: int = 64, start: int = 0, top: int = 10, window: int = 8, batch: int = 8,
+                   tokenizer: Any = None) -> list[FeatureInfo]:
+    """`FeatureInfo` for each of ``features`` of ``layer``'s transcoder, from ``sequences`` corpus sequences."""
+    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    transcoders.check_model(tf)
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    tc = transcoders[layer]
+    bad = [f for f in features if not 0 <= f < tc.n_features]
+    if bad:
+        raise ValueError(f"features {bad} do not exist; layer {layer}'s transcoder has {tc.n_features}")
+    feats = torch.tensor(features)
+    best: list[list[tuple[float, int, int]]] = [[] for _ in features]  # (activation, sequence, position)
+    active = torch.zeros(len(features))
+    peak = torch.zeros(len(features))
+    n_tokens = 0
+    all_tokens = []
+    for s in range(start, start + sequences, batch):
+        toks = corpus.batch(s, min(batch, start + sequences - s))
+        all_tokens.append(toks)
+        x, _ = tf.mlp_io(toks.to(tf.device), [layer])[layer]
+        acts = tc.encode(x.float())[..., feats.to(x.device)].cpu()  # [b, S, F]
+        n_tokens += acts.shape[0] * acts.shape[1]
+        active += (acts > 0).sum((0, 1)).float()
+        peak = torch.maximum(peak, acts.amax((0, 1)))
+        for j in range(len(features)):
+            flat = acts[..., j].reshape(-1)
+            k = min(top, len(flat))
+            vals, idx = flat.topk(k)
+            for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
+                if v > 0:
+                    best[j].append((v, s + i // acts.shape[1], i % acts.shape[1]))
+    tokens = torch.cat(all_tokens)
+    w_u = tf.w["W_U"].float()
+    w_e = tf.w["W_E"].float()
+    out = []
+    for j, f in enumerate(features):
+        logit_dir = (tc.W_dec[f].float().to(w_u.device) @ w_u).cpu()
+        up, down = logit_dir.topk(top), (-logit_dir).topk(top)
+        pre = (tf.mlp_input(layer, w_e.to(tf.dtype)).float() @ tc.W_enc[:, f].float().to(w_e.device) + tc.b_enc[f].float()).cpu()
+        exc = pre.topk(top)
+        contexts = []
+        for v, seq, pos in sorted(best[j], reverse=True)[:top]:
+            row = tokens[seq - start].tolist()
+            lo, hi = max(0, pos - window), min(len(row), pos + 3)
+            contexts.append({"sequence": seq, "position": pos, "activation": round(v, 4),
+                             "before": _text(tokenizer, row[lo:pos]), "token": _text(tokenizer, [row[pos]])[0],
+                             "after": _text(tokenizer, row[pos + 1 : hi])})
+        out.append(FeatureInfo(
+            layer, f, float(active[j] / max(n_tokens, 1)), float(peak[j]), contexts,
+            list(zip(_text(tokenizer, up.indices.tolist()), [round(v, 3) for v in up.values.tolist()], strict=True)),
+            list(zip(_text(tokenizer, down.indices.tolist()), [round(-v, 3) for v in down.values.tolist()], strict=True)),
+            list(zip(_text(tokenizer, exc.indices.tolist()), [round(v, 3) for v in exc.values.tolist()], strict=True)),
+        ))
+    return out
+
+
+def feature_pages(report: list[FeatureInfo], path: str | Path, *, title: str = "transcoder features") -> Path:
+    """One self-contained HTML page (no network) showing every feature of ``report``; the data is embedded as JSON too."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    e = html.escape
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{e(title)}</title>",
+             "<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:70em}"
+             ".f{border-top:1px solid #ccc;padding:1em 0}.tok{background:#fde68a;font-weight:bold}"
+             ".ctx{font-family:monospace;white-space:pre-wrap;margin:2px 0}.cols{display:flex;gap:3em}"
+             "td{padding:0 .6em}</style>", f"<h1>{e(title)}</h1>"]
+    for fi in report:
+        parts.append(f"<div class='f' id='{e(fi.name)}'><h2>{e(fi.name)}</h2>"
+                     f"<p>active on {fi.density:.3%} of tokens; largest activation {fi.max_activation:.3f}</p>"
+                     "<h3>top-activating contexts</h3>")
+        for c in fi.contexts:
+            parts.append(f"<div class='ctx'>{c['activation']:.3f}  {e(''.join(c['before']))}"
+                         f"<span class='tok'>{e(c['token'])}</span>{e(''.join(c['after']))}</div>")
+        if not fi.contexts:
+            parts.append("<p>(never active on the sequences scanned)</p>")
+        parts.append("<div class='cols'>")
+        for label, rows in (("promotes", fi.promotes), ("suppresses", fi.suppresses), ("excited by", fi.excited_by)):
+            cells = "".join(f"<tr><td>{e(repr(t))}</td><td>{v:+.3f}</td></tr>" for t, v in rows)
+            parts.append(f"<div><h3>{label}</h3><table>{cells}</table></div>")
+        parts.append("</div></div>")
+    data = json.dumps([asdict(fi) for fi in report]).replace("</", "<\\/")
+    parts.append(f"<script type='application/json' id='features'>{data}</script>")
+    path.write_text("".join(parts))
+    return path
