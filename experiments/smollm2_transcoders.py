@@ -41,6 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=300_000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fidelity-sequences", type=int, default=64, help="held-out sequences of 128 tokens to measure on")
     ap.add_argument("--checkpoint", type=Path, default=cache_dir() / "runs" / "smollm2-transcoders")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = ap.parse_args()
@@ -54,7 +55,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     ts.save(cache_dir() / "transcoders" / "smollm2-sotu")
     heldout = text_stream("sotu-heldout", bridge.tokenizer, 128, seed=0)
-    fid = transcoder_fidelity(tf, ts, heldout, sequences=64, batch=8, progress=True)
+    fid = transcoder_fidelity(tf, ts, heldout, sequences=args.fidelity_sequences, batch=8, progress=True)
     tps = ts.info["tokens_per_second"]
     d, n, L = tf.arch.d_model, ts[0].n_features, len(ts)
     flops_per_token = L * (3 * 2 * d * n * 2)  # encoder and decoder, forward + backward (dense), every layer
@@ -69,7 +70,8 @@ def main() -> None:
     (args.out / "smollm2_transcoders.json").write_text(json.dumps(result, indent=1))
     text = (f"# SmolLM2-135M-Instruct transcoders (`python experiments/smollm2_transcoders.py --tokens {args.tokens}`)\n\n"
             f"TopK, {n} features (8 x d_model), k = 32, all {L} layers from one forward per batch; trained on "
-            f"{ts.info['corpus']}, {ts.info['tokens']:,} tokens; measured on {heldout.describe()}, 64 sequences.\n"
+            f"{ts.info['corpus']}, {ts.info['tokens']:,} tokens; measured on {heldout.describe()}, "
+            f"{args.fidelity_sequences} sequences.\n"
             f"Throughput {tps:.0f} tokens/s on {args.threads} threads: {result['transcoder_gflops']} GFLOP/s in the "
             f"transcoders' dense matrix products against {result['matmul_gflops']} GFLOP/s measured for a 1024^3 fp32 "
             "matmul (the model's forward takes the rest).\n\n" + fid.table() + "\n")
