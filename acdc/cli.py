@@ -284,21 +284,22 @@ def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
 
 
 # ---------------------------------------------------------------------- commands
-def _model_and_corpus(args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
-    """The model and token stream of the transcoder commands."""
+def _model_and_corpus(args: argparse.Namespace, seed: int) -> tuple[Any, Any, Any]:
+    """The model, token stream and tokenizer of the transcoder commands."""
     from .transcoders import GeneratedStream, text_stream
 
     if args.model == "zoo:dictionary":
         from .zoo import dictionary
 
         pd = dictionary.build()
-        return pd.model, GeneratedStream(pd.sample, pd.context, seed=seed, name="the planted dictionary's tokens")
+        return pd.model, GeneratedStream(pd.sample, pd.context, seed=seed, name="the planted dictionary's tokens"), pd.tokenizer
     from .loading import load_model
 
     if args.corpus is None:
         raise CLIError("--corpus is needed with a real model (a .txt/.jsonl file or folder, or hf:NAME)")
     model = load_model(args.model, device=args.device)
-    return model, text_stream(args.corpus, getattr(model, "tokenizer", None), args.context, seed=seed)
+    tokenizer = getattr(model, "tokenizer", None)
+    return model, text_stream(args.corpus, tokenizer, args.context, seed=seed), tokenizer
 
 
 def _transcoders_train(args: argparse.Namespace) -> int:
@@ -314,7 +315,7 @@ def _transcoders_train(args: argparse.Namespace) -> int:
 
         dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
     try:
-        model, corpus = _model_and_corpus(args, options.seed)
+        model, corpus, _ = _model_and_corpus(args, options.seed)
         ts = train_transcoders(model, corpus, layers=args.layers, options=options, checkpoint=args.checkpoint,
                                progress=not args.no_progress, model_name=args.model)
         if dist is None or dist.get_rank() == 0:
@@ -333,15 +334,10 @@ def _transcoders_pages(args: argparse.Namespace) -> int:
 
     from .transcoders import feature_pages, feature_report, load_transcoders
 
-    model, corpus = _model_and_corpus(args, 0)
+    model, corpus, tok = _model_and_corpus(args, 0)
     ts = load_transcoders(args.transcoders, model)
     n = ts[args.layer].n_features
     feats = args.features or sorted(torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))[: args.random].tolist())
-    tok = getattr(model, "tokenizer", None)
-    if args.model == "zoo:dictionary":
-        from .zoo import dictionary
-
-        tok = dictionary.build().tokenizer
     report = feature_report(model, ts, args.layer, feats, corpus, sequences=args.sequences, tokenizer=tok)
     path = feature_pages(report, args.out / f"features-m{args.layer}.html", title=f"layer {args.layer} features of {args.transcoders}")
     print(f"acdc transcoders pages: {len(report)} features of layer {args.layer} -> {path}")
@@ -353,7 +349,7 @@ def _transcoders_fidelity(args: argparse.Namespace) -> int:
 
     from .transcoders import load_transcoders, transcoder_fidelity
 
-    model, corpus = _model_and_corpus(args, 0)
+    model, corpus, _ = _model_and_corpus(args, 0)
     ts = load_transcoders(args.transcoders, model)
     fid = transcoder_fidelity(model, ts, corpus, sequences=args.sequences, start=args.start, progress=not args.no_progress)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--fidelity-sequences", type=int, default=64, help="held-out sequences of 128 tokens to measure on")
     ap.add_argument("--checkpoint", type=Path, default=cache_dir() / "runs" / "smollm2-transcoders")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    ap.add_argument("--save", type=Path, default=cache_dir() / "transcoders" / "smollm2-sotu", help="where the set is saved")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bridge = acdc.load_model("smollm2-135m-instruct")
@@ -53,7 +54,7 @@ def main() -> None:
     ts = train_transcoders(tf, corpus, tokens=args.tokens, activation="topk", k=32, expansion=8, lr=1e-3, sequences=8, buffer=4,
                            batch_tokens=1016, checkpoint=args.checkpoint, checkpoint_every=40_000, model_name="SmolLM2-135M-Instruct")
     wall = time.perf_counter() - t0
-    ts.save(cache_dir() / "transcoders" / "smollm2-sotu")
+    ts.save(args.save)
     heldout = text_stream("sotu-heldout", bridge.tokenizer, 128, seed=0)
     fid = transcoder_fidelity(tf, ts, heldout, sequences=args.fidelity_sequences, batch=8, progress=True)
     tps = ts.info["tokens_per_second"]

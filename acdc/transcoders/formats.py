@@ -90,9 +90,8 @@ def read_sparsify(path: str | Path, tf: Transformer | None = None, *, device: to
     if not transcoders:
         raise ValueError(f"{path} has no sparsify MLP transcoders (layers.N.mlp folders)")
     d_model = next(iter(transcoders.values())).cfg.d_model
-    info = ModelInfo.of(tf) if tf is not None else ModelInfo(path.name, max(transcoders) + 1, d_model)
-    if tf is not None:  # a foreign file does not know the model's fingerprint: the shape decides
-        info = ModelInfo(info.name, info.n_layers, d_model, None)
+    # a foreign file does not know the model's fingerprint: the shape decides
+    info = ModelInfo(tf.arch.family, tf.arch.n_layers, d_model) if tf is not None else ModelInfo(path.name, max(transcoders) + 1, d_model)
     return TranscoderSet(transcoders, info, source or f"sparsify: {path}", {})
 
 
