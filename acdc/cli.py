@@ -190,14 +190,17 @@ def _parser() -> argparse.ArgumentParser:
     _option_flags(tt, TrainOptions, only=tuple(f.name for f in dataclasses.fields(TrainOptions) if f.name != "skip_first"))
     tt.set_defaults(run=_transcoders_train)
     tf = tsub.add_parser("fidelity", help="FVU, L0, dead features, CE/KL spliced in, loss recovered")
-    tf.add_argument("transcoders", help="a transcoder set folder, a sparsify folder or a hub name")
+    tf.add_argument("transcoders", help="a transcoder set folder, a sparsify, SAELens or circuit-tracer folder, or a hub name")
     _transcoder_flags(tf)
     tf.add_argument("--sequences", type=_positive, default=64, help="sequences to measure on (default 64)")
     tf.add_argument("--start", type=int, default=1_000_000, help="first sequence index (default 1000000: "
                     "away from the sequences training starts with)")
+    tf.add_argument("--massive", type=float_or_none, default=100.0, help="leave positions whose MLP output norm is over this "
+                    "many times the median to the MLPs (default 100; none: splice them too)")
+    tf.add_argument("--splice-first", action="store_true", help="splice and measure each sequence's first position too")
     tf.set_defaults(run=_transcoders_fidelity)
     tp = tsub.add_parser("pages", help="one HTML page of features: top contexts, density, tokens promoted and exciting")
-    tp.add_argument("transcoders", help="a transcoder set folder, a sparsify folder or a hub name")
+    tp.add_argument("transcoders", help="a transcoder set folder, a sparsify, SAELens or circuit-tracer folder, or a hub name")
     _transcoder_flags(tp)
     tp.add_argument("--layer", type=int, required=True)
     tp.add_argument("--features", type=int, nargs="+", default=None, help="feature indices (default: --random of them)")
@@ -216,7 +219,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # How a flag's text becomes the value of an option field, by the field's annotation.
-_CONVERT: dict[str, Any] = {"float": float, "int": int, "int | None": int, "float | None": float, "str": str,
+def float_or_none(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else float(text)
+
+
+_CONVERT: dict[str, Any] = {"float": float, "int": int, "int | None": int, "float | None": float_or_none, "str": str,
                             "str | Path | None": Path}
 
 
@@ -351,7 +358,8 @@ def _transcoders_fidelity(args: argparse.Namespace) -> int:
 
     model, corpus, _ = _model_and_corpus(args, 0)
     ts = load_transcoders(args.transcoders, model)
-    fid = transcoder_fidelity(model, ts, corpus, sequences=args.sequences, start=args.start, progress=not args.no_progress)
+    fid = transcoder_fidelity(model, ts, corpus, sequences=args.sequences, start=args.start, skip_first=not args.splice_first,
+                              massive=args.massive, progress=not args.no_progress)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fidelity.md").write_text(fid.table() + "\n")
     (args.out / "fidelity.json").write_text(json.dumps(dataclasses.asdict(fid) | {"loss_recovered": fid.loss_recovered}, indent=1))

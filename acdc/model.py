@@ -13,7 +13,7 @@ and Gemma 1 (GeGLU, ``1 + w`` RMSNorm, embeddings scaled by sqrt(d_model)).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -380,9 +380,13 @@ class Transformer:
 
     def mlp(self, layer: int, x: Tensor) -> Tensor:
         """Output of MLP `layer` (b_out included) for input x [..., d_model]."""
-        hidden = self.mlp_hidden(layer, x).reshape(-1, self.arch.d_mlp)
+        return self.mlp_normed(layer, self.mlp_input(layer, x))
+
+    def mlp_normed(self, layer: int, ln: Tensor) -> Tensor:
+        """Output of MLP `layer` (b_out included) from its normed input ln [..., d_model] (`mlp_input`'s output)."""
+        hidden = self._hidden(layer, ln).reshape(-1, self.arch.d_mlp)
         out = torch.addmm(self.w["b_out"][layer], hidden, self.w["W_out"][layer])
-        return out.view(*x.shape)
+        return out.view(*ln.shape)
 
     def mlp_hidden(self, layer: int, x: Tensor) -> Tensor:
         """The MLP's hidden activations (its neurons) for input x [..., d_model] -> [..., d_mlp].
@@ -390,13 +394,16 @@ class Transformer:
         The MLP's output is ``hidden @ mlp_out_rows(layer) + mlp_bias(layer)``: neuron i writes its
         activation times row i of W_out.
         """
+        return self._hidden(layer, self.mlp_input(layer, x))
+
+    def _hidden(self, layer: int, ln: Tensor) -> Tensor:
         w = self.w
-        ln = self.mlp_input(layer, x).reshape(-1, x.shape[-1])
+        flat = ln.reshape(-1, ln.shape[-1])
         if self.arch.gated_mlp:  # act(x W_gate) * (x W_in)
-            hidden = self.act(ln @ w["W_gate"][layer]) * torch.addmm(w["b_in"][layer], ln, w["W_in"][layer])
+            hidden = self.act(flat @ w["W_gate"][layer]) * torch.addmm(w["b_in"][layer], flat, w["W_in"][layer])
         else:
-            hidden = self.act(torch.addmm(w["b_in"][layer], ln, w["W_in"][layer]))
-        return hidden.view(*x.shape[:-1], -1)
+            hidden = self.act(torch.addmm(w["b_in"][layer], flat, w["W_in"][layer]))
+        return hidden.view(*ln.shape[:-1], -1)
 
     def mlp_out_rows(self, layer: int) -> Tensor:
         """[d_mlp, d_model] what each neuron of MLP ``layer`` writes per unit of activation (W_out)."""
@@ -433,43 +440,44 @@ class Transformer:
         output; a transcoder reads exactly this)."""
         return self.ln(resid_mid, "ln2", layer)
 
+    def _walk(self, tokens: Tensor, last: int | None = None, replace: dict[int, Callable[[Tensor], Tensor]] | None = None
+              ) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+        """A plain forward, layer by layer up to ``last`` (default: all): yields (layer, the MLP's input
+        stream, the MLP's output, the stream after the layer), each [batch, pos, d_model]; the MLP of a
+        layer in ``replace`` is swapped for ``replace[layer](mlp_input)`` (attention-only: output 0)."""
+        a = self.arch
+        heads = torch.arange(a.n_heads, device=self.device)
+        replace = replace or {}
+        resid = self.embed(tokens)
+        for layer in range(a.n_layers if last is None else last + 1):
+            attn = self.attention(layer, heads, resid, resid, resid).sum(0) + self.w["b_O"][layer]
+            mlp_in = resid if a.parallel_attn_mlp else resid + attn
+            fn = replace.get(layer)
+            if a.attn_only:
+                m = torch.zeros_like(resid)
+            else:
+                m = self.mlp(layer, mlp_in) if fn is None else fn(self.mlp_input(layer, mlp_in))
+            resid = resid + attn + m
+            yield layer, mlp_in, m, resid
+
     @torch.no_grad()
     def mlp_io(self, tokens: Tensor, layers: list[int]) -> dict[int, tuple[Tensor, Tensor]]:
         """For each of ``layers``: (MLP input after the norm, MLP output), each [batch, pos, d_model],
         from one forward that stops after the last of them (nothing else is kept)."""
-        a = self.arch
-        if a.attn_only:
+        if self.arch.attn_only:
             raise ValueError("an attention-only model has no MLPs to read")
-        heads = torch.arange(a.n_heads, device=self.device)
-        want, out = set(layers), {}
-        resid = self.embed(tokens)
-        for layer in range(max(layers) + 1):
-            attn = self.attention(layer, heads, resid, resid, resid).sum(0) + self.w["b_O"][layer]
-            mlp_in = resid if a.parallel_attn_mlp else resid + attn
-            m = self.mlp(layer, mlp_in)
-            if layer in want:
-                out[layer] = (self.mlp_input(layer, mlp_in), m)
-            resid = resid + attn + m
-        return out
+        want = set(layers)
+        return {layer: (self.mlp_input(layer, mlp_in), m) for layer, mlp_in, m, _ in self._walk(tokens, max(layers)) if layer in want}
 
     @torch.no_grad()
     def logits_with_mlps(self, tokens: Tensor, replace: dict[int, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
         """Logits [batch, pos, d_vocab] of a plain forward, the MLP of each layer in ``replace`` swapped
         for ``replace[layer](mlp_input)`` (the normed input, see `mlp_input`) -> its output [..., d_model]."""
-        a = self.arch
-        heads = torch.arange(a.n_heads, device=self.device)
-        replace = replace or {}
-        resid = self.embed(tokens)
-        for layer in range(a.n_layers):
-            attn = self.attention(layer, heads, resid, resid, resid).sum(0) + self.w["b_O"][layer]
-            mlp_in = resid if a.parallel_attn_mlp else resid + attn
-            if a.attn_only:
-                resid = resid + attn
-                continue
-            fn = replace.get(layer)
-            m = self.mlp(layer, mlp_in) if fn is None else fn(self.mlp_input(layer, mlp_in))
-            resid = resid + attn + m
-        return self.unembed(resid)
+        last = None
+        for last in self._walk(tokens, replace=replace):  # noqa: B007 (the stream after the last layer is the answer)
+            pass
+        assert last is not None
+        return self.unembed(last[3])
 
     # ------------------------------------------------------------------ full pass
     @torch.no_grad()

@@ -186,6 +186,11 @@ def test_transcoders_train_and_fidelity(tmp_path, capsys):
                  "-o", str(tmp_path / "fid")]) == 0
     data = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
     assert 0 < data["layers"]["0"]["fvu"] < 1.5 and "loss recovered" in (tmp_path / "fid" / "fidelity.md").read_text()
+    assert data["extra"] == {"skip_first": True, "massive": 100.0, "massive_positions": 0}
+    assert main(["transcoders", "fidelity", str(out), "--model", "zoo:dictionary", "--sequences", "8", "--no-progress",
+                 "--massive", "none", "--splice-first", "-o", str(tmp_path / "fid2")]) == 0
+    every = json.loads((tmp_path / "fid2" / "fidelity.json").read_text())
+    assert every["extra"]["skip_first"] is False and every["extra"]["massive"] is None and every["ce_all"] != data["ce_all"]
     assert main(["transcoders", "pages", str(out), "--model", "zoo:dictionary", "--layer", "0", "--random", "3",
                  "--sequences", "8", "-o", str(tmp_path / "pages")]) == 0
     page = (tmp_path / "pages" / "features-m0.html").read_text()

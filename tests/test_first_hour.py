@@ -335,7 +335,7 @@ def test_dependencies_are_all_imported():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["dev"] + project["optional-dependencies"]["smollm2"]
     names = {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0].lower() for r in wanted}
-    imports = {"transformer-lens": "transformer_lens", "typing_extensions": "typing_extensions"}
+    imports = {"transformer-lens": "transformer_lens", "typing_extensions": "typing_extensions", "pyyaml": "yaml"}
     tools = {"ruff", "basedpyright", "ipykernel"}  # run, not imported: make lint; the notebook's kernel
     code = "\n".join(p.read_text() for folder in ("acdc", "tests", "experiments") for p in (ROOT / folder).rglob("*.py"))
     for name in sorted(names - tools):

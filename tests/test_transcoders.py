@@ -50,9 +50,11 @@ def test_the_planted_mlp_is_the_dictionary(planted):
     assert 1.5 < float((acts > 0).sum(-1).float().mean()) < 6  # sparse: a few features per position
 
 
-@pytest.mark.parametrize("activation, tokens", [("topk", 200_000), ("relu", 400_000), ("jumprelu", 400_000)])
-def test_training_recovers_the_planted_features(planted, activation, tokens):
-    ts = train_transcoders(planted.model, _stream(planted), layers=[0], progress=False, n_features=32,
+@pytest.mark.parametrize("activation, tokens, init", [("topk", 200_000, "random"), ("relu", 400_000, "random"),
+                                                     ("jumprelu", 400_000, "random"), ("topk", 200_000, "data"),
+                                                     ("jumprelu", 400_000, "data")])
+def test_training_recovers_the_planted_features(planted, activation, tokens, init):
+    ts = train_transcoders(planted.model, _stream(planted), layers=[0], progress=False, n_features=32, init=init,
                            activation=activation, k=4, l1=0.05, lr=3e-3, tokens=tokens, batch_tokens=256, dead_tokens=5000)
     best = recovered(planted, ts[0])
     assert float((best >= 0.9).float().mean()) >= 0.9, best.sort().values[:6]
@@ -75,6 +77,54 @@ def test_training_is_repeatable_and_the_seed_matters(planted):
     c = train_transcoders(planted.model, _stream(planted), seed=2, **kw)[0]
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.W_enc, c.W_enc)
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu"])
+def test_data_init_starts_features_at_tokens(activation):
+    """init="data": feature i's encoder column is a buffer token's centered input direction, its decoder
+    row the same token's centered output direction, the centering is in b_enc, and the scale is the
+    least-squares fit (refitting gives 1)."""
+    from acdc.transcoders.training import _init_from_data
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 8, generator=gen) + 3.0, torch.randn(50, 8, generator=gen) * 5 - 1.0
+    tc = Transcoder(TranscoderConfig(8, 64, activation, 4 if activation == "topk" else None))
+    tc.W_dec.data = F.normalize(torch.randn(64, 8, generator=gen), dim=1)
+    with torch.no_grad():
+        tc.b_dec.copy_(y.mean(0))
+    _init_from_data(tc, x, y, gen)
+    xc, yc = F.normalize(x - x.mean(0), dim=1), F.normalize(y - y.mean(0), dim=1)
+    enc = F.normalize(tc.W_enc.detach().T, dim=1)
+    cos_x = enc[:50] @ xc.T  # the first 50 features: one token each, every token once
+    j = cos_x.argmax(1)
+    assert torch.allclose(cos_x.max(1).values, torch.ones(50), atol=1e-5) and len(set(j.tolist())) == 50
+    assert torch.allclose((tc.W_dec.detach()[:50] * yc[j]).sum(1), torch.ones(50), atol=1e-5)
+    assert torch.allclose(tc.b_enc.detach(), -(x.mean(0) @ tc.W_enc.detach()), atol=1e-4)
+    r = tc.encode(x) @ tc.W_dec
+    assert abs(float((r * (y - y.mean(0))).sum() / (r * r).sum()) - 1.0) < 1e-4
+
+
+def test_massive_positions_are_left_out_of_training(planted, monkeypatch):
+    """One position per forward with an MLP output 10^4 times the others' (a massive activation): with the
+    default rule it leaves the buffers (counted) and the per-buffer FVU stays low; kept (massive=None), it
+    decides each buffer's variance and the FVU is near 1."""
+    real = Transformer.mlp_io
+    calls = {"n": 0}
+
+    def spiked(self, tokens, layers):
+        calls["n"] += 1
+        out = real(self, tokens, layers)
+        for layer in layers:
+            out[layer][1][0, 3] *= 1e4
+        return out
+
+    monkeypatch.setattr(Transformer, "mlp_io", spiked)
+    kw = dict(layers=[0], progress=False, n_features=32, k=4, lr=3e-3, tokens=40_000, batch_tokens=256, init="data")
+    dropped = train_transcoders(planted.model, _stream(planted), **kw)
+    assert dropped.info["massive_positions_dropped"] == calls["n"] > 100  # one per forward
+    kept = train_transcoders(planted.model, _stream(planted), massive=None, **kw)
+    assert kept.info["massive_positions_dropped"] == 0
+    assert dropped.info["layers"]["0"]["history"][-1][1] < 0.3 < 0.9 < kept.info["layers"]["0"]["history"][-1][1]
 
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu"])
@@ -161,16 +211,20 @@ def test_normalize_decoder_keeps_the_function():
         assert torch.allclose(tc(x), before, atol=1e-5) and torch.allclose(tc.W_dec.norm(dim=1), torch.ones(12))
 
 
-def test_fidelity_equals_hooked_hugging_face_runs():
+@pytest.mark.parametrize("skip_first, massive", [(True, 100.0), (False, None), (True, 1.0)])
+def test_fidelity_equals_hooked_hugging_face_runs(skip_first, massive):
     """FVU, L0, CE and KL against the Hugging Face model with its MLP modules swapped by forward hooks
-    (the module's input is ln_2's output, what a transcoder reads)."""
+    (the module's input is ln_2's output, what a transcoder reads), at the positions the transcoders
+    model: not the first (``skip_first``), not those whose clean MLP output norm is over ``massive`` x
+    the median (1.0 makes about half of them "massive", to test that path)."""
     model = tiny_gpt2(vocab=50)
     tf = Transformer.from_bridge(model)
     ts = _random_set(tf, "relu")
     hf = model.original_model
     stream = GeneratedStream(lambda i, g: torch.randint(0, 50, (12,), generator=g), 12, seed=4)
-    fid = acdc.transcoder_fidelity(model, ts, stream, sequences=6, batch=4)
+    fid = acdc.transcoder_fidelity(model, ts, stream, sequences=6, batch=6, skip_first=skip_first, massive=massive)
     toks = stream.batch(0, 6)
+    masks: dict[int, torch.Tensor] = {}
 
     def run(swap: dict[int, str]) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
         seen = {}
@@ -179,7 +233,8 @@ def test_fidelity_equals_hooked_hugging_face_runs():
             def hook(module, args, output, layer=layer):
                 seen[layer] = (args[0], output)
                 if layer in swap:
-                    return torch.zeros_like(output) if swap[layer] == "zero" else ts[layer](args[0])
+                    new = torch.zeros_like(output) if swap[layer] == "zero" else ts[layer](args[0])
+                    return torch.where(masks[layer][..., None], new, output)
                 return output
             handles.append(block.mlp.register_forward_hook(hook))
         with torch.no_grad():
@@ -196,9 +251,21 @@ def test_fidelity_equals_hooked_hugging_face_runs():
         return float((lp.exp() * (lp - lq)).sum(-1).mean())
 
     clean, seen = run({})
+    n_massive = 0
+    for layer in ts:
+        m = torch.ones(6, 12, dtype=torch.bool)
+        if skip_first:
+            m[:, 0] = False
+        if massive is not None:
+            norm = seen[layer][1].norm(dim=-1)
+            big = norm > massive * norm[m].median()
+            n_massive += int((big & m).sum())
+            m &= ~big
+        masks[layer] = m
+    assert fid.extra["massive_positions"] == n_massive and (n_massive > 10) == (massive == 1.0)
     assert fid.ce_clean == pytest.approx(ce(clean), rel=1e-4)
     for layer in ts:
-        x, y = (t[:, 1:].reshape(-1, t.shape[-1]) for t in seen[layer])
+        x, y = (t[masks[layer]] for t in seen[layer])
         y_hat = ts[layer](x)
         fvu = float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
         assert fid.layers[layer]["fvu"] == pytest.approx(fvu, rel=1e-4)
@@ -212,6 +279,8 @@ def test_fidelity_equals_hooked_hugging_face_runs():
     want = (ce(zero) - ce(every)) / (ce(zero) - ce(clean))
     assert fid.loss_recovered == pytest.approx(want, rel=1e-3)
     assert "loss recovered" in fid.table()
+    quick = acdc.transcoder_fidelity(model, ts, stream, sequences=6, batch=6, skip_first=skip_first, massive=massive, per_layer=False)
+    assert quick.ce_all == pytest.approx(fid.ce_all, rel=1e-6) and math.isnan(quick.layers[0]["ce"])
 
 
 def test_bad_options_say_so():
@@ -255,3 +324,24 @@ def test_feature_report_reads_the_planted_features(planted, tmp_path):
     assert f"m0.f{j}" in text and "top-activating contexts" in text and "http" not in text
     with pytest.raises(ValueError, match="features \\[99\\] do not exist"):
         feature_report(planted.model, ts, 0, [99], _stream(planted))
+
+
+def test_feature_report_over_many_layers_equals_one_layer_at_a_time():
+    """layer=None with (layer, feature) pairs scans every layer in one pass and gives what one call per layer gives."""
+    from dataclasses import asdict
+
+    from acdc.transcoders.features import feature_report
+
+    model = tiny_gpt2(seed=2)
+    tf = Transformer.from_bridge(model)
+    ts = _random_set(tf, "relu")
+    corpus = GeneratedStream(lambda i, g: torch.randint(0, tf.arch.d_vocab, (12,), generator=g), 12, seed=0, name="random")
+    many = feature_report(model, ts, None, [(1, 3), (0, 5), (1, 0)], corpus, sequences=16, batch=4)
+    one = feature_report(model, ts, 0, [5], corpus, sequences=16, batch=4) + feature_report(model, ts, 1, [3, 0], corpus, sequences=16, batch=4)
+    by_name = {r.name: asdict(r) for r in one}
+    assert [r.name for r in many] == ["m1.f3", "m0.f5", "m1.f0"]
+    assert all(asdict(r) == by_name[r.name] for r in many) and any(r.contexts for r in many)
+    with pytest.raises(ValueError, match="no transcoder for layers \\[7\\]"):
+        feature_report(model, ts, None, [(7, 0)], corpus)
+    with pytest.raises(ValueError, match="give features as \\(layer, feature\\) pairs"):
+        feature_report(model, ts, None, [3], corpus)

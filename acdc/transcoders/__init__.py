@@ -1,7 +1,7 @@
 """Transcoders: train, load, save and measure the sparse stand-ins for a model's MLPs.
 
     ts = acdc.train_transcoders(model, corpus, layers=[0, 1], tokens=200_000, seed=0, checkpoint="run/")
-    ts.save("tc/");  ts = acdc.load_transcoders("tc/", model)         # or a sparsify folder, a hub name
+    ts.save("tc/");  ts = acdc.load_transcoders("tc/", model)         # or a sparsify, SAELens or circuit-tracer folder, a hub name
     print(acdc.transcoder_fidelity(model, ts, corpus).table())
 
 See `transcoder` (the object and its file format), `training`, `corpus` (token streams),
@@ -11,12 +11,12 @@ See `transcoder` (the object and its file format), `training`, `corpus` (token s
 from .corpus import GeneratedStream, TextStream, TokenStream, text_stream
 from .features import FeatureInfo, feature_pages, feature_report
 from .fidelity import Fidelity, transcoder_fidelity
-from .formats import load_transcoders, read_sparsify
+from .formats import load_transcoders, read_circuit_tracer, read_saelens, read_sparsify
 from .training import TrainOptions, train_transcoders
 from .transcoder import ACTIVATIONS, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
 __all__ = [
     "ACTIVATIONS", "FeatureInfo", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
-    "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_transcoders", "read_sparsify", "text_stream", "train_transcoders",
+    "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_transcoders", "read_circuit_tracer", "read_saelens", "read_sparsify", "text_stream", "train_transcoders",
     "transcoder_fidelity",
 ]

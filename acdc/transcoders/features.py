@@ -1,7 +1,8 @@
 """Looking at transcoder features: top-activating contexts, density, and what a feature reads and writes.
 
 `feature_report(model, transcoders, layer, features, corpus)` returns, per feature, the data an
-explorer or a page shows:
+explorer or a page shows (``layer=None`` and (layer, feature) pairs: features of many layers in one
+pass over the corpus):
 
 - ``contexts``: the top-activating positions over the corpus sequences scanned, each with the
   tokens around it (the active token marked) and the activation;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,46 +59,65 @@ def _text(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 @torch.no_grad()
-def feature_report(model: Any, transcoders: TranscoderSet, layer: int, features: list[int], corpus: TokenStream, *,
-                   sequences: int = 64, start: int = 0, top: int = 10, window: int = 8, batch: int = 8,
+def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, features: Sequence[int] | Sequence[tuple[int, int]],
+                   corpus: TokenStream, *, sequences: int = 64, start: int = 0, top: int = 10, window: int = 8, batch: int = 8,
                    tokenizer: Any = None) -> list[FeatureInfo]:
-    """`FeatureInfo` for each of ``features`` of ``layer``'s transcoder, from ``sequences`` corpus sequences."""
+    """`FeatureInfo` for each of ``features`` of ``layer``'s transcoder, from ``sequences`` corpus sequences.
+
+    With ``layer=None``, ``features`` are (layer, feature) pairs, from any layers, scanned in one
+    pass over the corpus (one model forward per batch, up to the deepest layer asked for).
+    """
     tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
     transcoders.check_model(tf)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    tc = transcoders[layer]
-    bad = [f for f in features if not 0 <= f < tc.n_features]
+    if layer is None:
+        pairs = [(int(lf[0]), int(lf[1])) for lf in features if isinstance(lf, tuple)]
+        if len(pairs) != len(features):
+            raise ValueError("with layer=None, give features as (layer, feature) pairs")
+    else:
+        pairs = [(layer, int(f)) for f in features if not isinstance(f, tuple)]
+        if len(pairs) != len(features):
+            raise ValueError(f"with layer={layer}, give features as plain indices (or layer=None and (layer, feature) pairs)")
+    missing = sorted({lay for lay, _ in pairs if lay not in transcoders.layers})
+    if missing:
+        raise ValueError(f"no transcoder for layers {missing}; this set has layers {transcoders.layers}")
+    bad = [(lay, f) for lay, f in pairs if not 0 <= f < transcoders[lay].n_features]
     if bad:
-        raise ValueError(f"features {bad} do not exist; layer {layer}'s transcoder has {tc.n_features}")
-    feats = torch.tensor(features)
-    best: list[list[tuple[float, int, int]]] = [[] for _ in features]  # (activation, sequence, position)
-    active = torch.zeros(len(features))
-    peak = torch.zeros(len(features))
+        lay = bad[0][0]
+        raise ValueError(f"features {[f for _, f in bad]} do not exist; layer {lay}'s transcoder has {transcoders[lay].n_features}")
+    layers = sorted({lay for lay, _ in pairs})
+    cols = {lay: [j for j, (l2, _) in enumerate(pairs) if l2 == lay] for lay in layers}
+    best: list[list[tuple[float, int, int]]] = [[] for _ in pairs]  # (activation, sequence, position)
+    active = torch.zeros(len(pairs))
+    peak = torch.zeros(len(pairs))
     n_tokens = 0
     all_tokens = []
     for s in range(start, start + sequences, batch):
         toks = corpus.batch(s, min(batch, start + sequences - s))
         all_tokens.append(toks)
-        x, _ = tf.mlp_io(toks.to(tf.device), [layer])[layer]
-        acts = tc.encode(x.float())[..., feats.to(x.device)].cpu()  # [b, S, F]
-        n_tokens += acts.shape[0] * acts.shape[1]
-        active += (acts > 0).sum((0, 1)).float()
-        peak = torch.maximum(peak, acts.amax((0, 1)))
-        for j in range(len(features)):
-            flat = acts[..., j].reshape(-1)
-            k = min(top, len(flat))
-            vals, idx = flat.topk(k)
-            for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
-                if v > 0:
-                    best[j].append((v, s + i // acts.shape[1], i % acts.shape[1]))
+        io = tf.mlp_io(toks.to(tf.device), layers)
+        n_tokens += toks.shape[0] * toks.shape[1]
+        for lay in layers:
+            feats = torch.tensor([pairs[j][1] for j in cols[lay]], device=io[lay][0].device)
+            acts = transcoders[lay].encode(io[lay][0].float())[..., feats].cpu()  # [b, S, F]
+            for c, j in enumerate(cols[lay]):
+                a = acts[..., c]
+                active[j] += float((a > 0).sum())
+                peak[j] = max(float(peak[j]), float(a.max()))
+                flat = a.reshape(-1)
+                vals, idx = flat.topk(min(top, len(flat)))
+                for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
+                    if v > 0:
+                        best[j].append((v, s + i // a.shape[1], i % a.shape[1]))
     tokens = torch.cat(all_tokens)
     w_u = tf.w["W_U"].float()
     w_e = tf.w["W_E"].float()
     out = []
-    for j, f in enumerate(features):
+    for j, (lay, f) in enumerate(pairs):
+        tc = transcoders[lay]
         logit_dir = (tc.W_dec[f].float().to(w_u.device) @ w_u).cpu()
         up, down = logit_dir.topk(top), (-logit_dir).topk(top)
-        pre = (tf.mlp_input(layer, w_e.to(tf.dtype)).float() @ tc.W_enc[:, f].float().to(w_e.device) + tc.b_enc[f].float()).cpu()
+        pre = (tf.mlp_input(lay, w_e.to(tf.dtype)).float() @ tc.W_enc[:, f].float().to(w_e.device) + tc.b_enc[f].float()).cpu()
         exc = pre.topk(top)
         contexts = []
         for v, seq, pos in sorted(best[j], reverse=True)[:top]:
@@ -106,7 +127,7 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int, features:
                              "before": _text(tokenizer, row[lo:pos]), "token": _text(tokenizer, [row[pos]])[0],
                              "after": _text(tokenizer, row[pos + 1 : hi])})
         out.append(FeatureInfo(
-            layer, f, float(active[j] / max(n_tokens, 1)), float(peak[j]), contexts,
+            lay, f, float(active[j] / max(n_tokens, 1)), float(peak[j]), contexts,
             list(zip(_text(tokenizer, up.indices.tolist()), [round(v, 3) for v in up.values.tolist()], strict=True)),
             list(zip(_text(tokenizer, down.indices.tolist()), [round(-v, 3) for v in down.values.tolist()], strict=True)),
             list(zip(_text(tokenizer, exc.indices.tolist()), [round(v, 3) for v in exc.values.tolist()], strict=True)),

@@ -3,7 +3,8 @@
 Per layer: FVU (fraction of the MLP output's variance the transcoder leaves unexplained), L0 (mean
 active features per token), the dead fraction (features never active on these tokens), and the
 next-token cross-entropy (mean over positions that have a next token) and KL(model || spliced)
-(mean over all positions) with that layer's MLP replaced by its transcoder.
+(mean over all positions) with that layer's MLP replaced by its transcoder (at the positions
+transcoders model: not a sequence's first, not the massive activations; see `transcoder_fidelity`).
 Then the same with every layer of the set replaced at once, and the loss recovered against
 zero-ablating those MLPs: ``(CE_zero - CE_spliced) / (CE_zero - CE_clean)`` (Dunefsky et al.'s
 GPT-2 transcoders: clean 3.59, all spliced 4.23, zero-ablated 10.94: 91% recovered).
@@ -53,6 +54,13 @@ class Fidelity:
         rows.append(f"| all | | | | {self.ce_all:.4f} | {self.kl_all:.4f} |")
         rows.append(f"\nclean CE {self.ce_clean:.4f}, those MLPs zero-ablated {self.ce_zero:.4f}, "
                     f"loss recovered {self.loss_recovered:.1%} ({self.tokens:,} tokens)")
+        ex = self.extra
+        if ex.get("skip_first") or ex.get("massive") is not None:
+            left = ["each sequence's first position"] if ex.get("skip_first") else []
+            if ex.get("massive") is not None:
+                left.append(f"{ex.get('massive_positions', 0)} layer-positions whose MLP output is over "
+                            f"{ex['massive']:g} x the median norm")
+            rows.append(f"(spliced and zero-ablated where the transcoders stand in; left to the MLPs: {' and '.join(left)})")
         return "\n".join(rows)
 
     def plot(self, path: str | Path) -> Path:
@@ -84,11 +92,20 @@ def _kl(clean: Tensor, other: Tensor) -> Tensor:
 @torch.no_grad()
 def transcoder_fidelity(
     model: Any, transcoders: TranscoderSet, corpus: TokenStream, *, sequences: int = 64, batch: int = 8,
-    start: int = 0, skip_first: bool = True, progress: bool = False,
+    start: int = 0, skip_first: bool = True, massive: float | None = 100.0, per_layer: bool = True, progress: bool = False,
 ) -> Fidelity:
     """Fidelity of ``transcoders`` on ``sequences`` sequences of ``corpus`` from index ``start``.
 
-    FVU, L0 and dead fractions skip each sequence's first position when ``skip_first`` (as training does).
+    The transcoders stand in for their MLPs at the positions they model: all but each sequence's
+    first (``skip_first``, as training does) and but the *massive* ones, where the MLP's clean output
+    is over ``massive`` times the median norm of the batch's other positions (the massive
+    activations of Sun et al. 2024: on SmolLM2 layer 11 a first ``\n\n`` gives norm 24,000 against
+    a median of 31, and one such token decides the whole FVU). There FVU, L0 and dead fractions are
+    measured and there the transcoder is spliced in; at the other positions the MLP keeps its own
+    output (as circuit-tracer leaves position 0 to its error nodes), and zero-ablation, the
+    baseline of loss recovered, also removes the MLP only where the transcoder stands in.
+    ``skip_first=False, massive=None`` splices everywhere. ``per_layer=False`` skips the
+    one-layer-spliced runs (their CE and KL are then NaN).
     """
     tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
     transcoders.check_model(tf)
@@ -96,50 +113,68 @@ def transcoder_fidelity(
     sums: dict[int, dict[str, Any]] = {layer: {"err": 0.0, "y2": 0.0, "y": 0.0, "n": 0, "l0": 0.0, "fired": None,
                                                "ce": 0.0, "kl": 0.0} for layer in layers}
     ce_clean = ce_all = kl_all = ce_zero = 0.0
-    n_pred = n_all = 0  # positions with a next token (CE), all positions (KL)
+    n_pred = n_all = n_massive = 0  # positions with a next token (CE), all positions (KL), massive positions left out
     device = tf.device
     for s in bar(range(start, start + sequences, batch), desc="fidelity", disable=not progress):
         toks = corpus.batch(s, min(batch, start + sequences - s)).to(device)
         io = tf.mlp_io(toks, layers)
+        modeled: dict[int, Tensor] = {}
         for layer in layers:
             x, y = io[layer]
+            keep = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
             if skip_first:
-                x, y = x[:, 1:], y[:, 1:]
+                keep[:, 0] = False
+            if massive is not None:
+                norm = y.float().norm(dim=-1)
+                big = norm > massive * norm[keep].median()
+                n_massive += int((big & keep).sum())
+                keep &= ~big
+            modeled[layer] = keep
             tc = transcoders[layer]
-            acts = tc.encode(x.float())
-            y_hat = tc.decode(acts, x.float())
+            xk, yf = x[keep].float(), y[keep].float()
+            acts = tc.encode(xk)
+            y_hat = tc.decode(acts, xk)
             d = sums[layer]
-            yf = y.float().reshape(-1, y.shape[-1])
-            d["err"] += float((yf - y_hat.reshape(-1, y.shape[-1])).pow(2).sum())
+            d["err"] += float((yf - y_hat).pow(2).sum())
             d["y2"] += float(yf.pow(2).sum())
             d["y"] = d["y"] + yf.sum(0)
             d["n"] += len(yf)
             d["l0"] += float((acts > 0).sum())
-            fired = (acts > 0).reshape(-1, acts.shape[-1]).any(0)
+            fired = (acts > 0).any(0)
             d["fired"] = fired if d["fired"] is None else d["fired"] | fired
         clean = tf.logits_with_mlps(toks)
         ce_clean += float(_ce(clean, toks))
         n_pred += toks.shape[0] * (toks.shape[1] - 1)
         n_all += toks.numel()
-        for layer in layers:
-            one = tf.logits_with_mlps(toks, {layer: _as_fn(transcoders, layer, tf)})
-            sums[layer]["ce"] += float(_ce(one, toks))
-            sums[layer]["kl"] += float(_kl(clean, one))
-        every = tf.logits_with_mlps(toks, {layer: _as_fn(transcoders, layer, tf) for layer in layers})
+        splice = {layer: _spliced(tf, layer, modeled[layer], transcoders[layer]) for layer in layers}
+        if per_layer:
+            for layer in layers:
+                one = tf.logits_with_mlps(toks, {layer: splice[layer]})
+                sums[layer]["ce"] += float(_ce(one, toks))
+                sums[layer]["kl"] += float(_kl(clean, one))
+        every = tf.logits_with_mlps(toks, splice)
         ce_all += float(_ce(every, toks))
         kl_all += float(_kl(clean, every))
-        zero = tf.logits_with_mlps(toks, {layer: torch.zeros_like for layer in layers})
+        zero = tf.logits_with_mlps(toks, {layer: _spliced(tf, layer, modeled[layer], None) for layer in layers})
         ce_zero += float(_ce(zero, toks))
-    per_layer = {}
+    nan = float("nan")
+    out = {}
     for layer in layers:
         d = sums[layer]
+        if d["n"] < 2:
+            raise ValueError(f"layer {layer}: {d['n']} positions left to measure; use more sequences, or a larger massive=")
         mean = d["y"] / d["n"]
         total_var = d["y2"] - d["n"] * float(mean.pow(2).sum())
-        per_layer[layer] = {"fvu": d["err"] / total_var, "l0": d["l0"] / d["n"], "dead": float((~d["fired"]).float().mean()),
-                            "ce": d["ce"] / n_pred, "kl": d["kl"] / n_all}
-    return Fidelity(per_layer, ce_clean / n_pred, ce_all / n_pred, kl_all / n_all, ce_zero / n_pred, n_all)
+        out[layer] = {"fvu": d["err"] / total_var, "l0": d["l0"] / d["n"], "dead": float((~d["fired"]).float().mean()),
+                      "ce": d["ce"] / n_pred if per_layer else nan, "kl": d["kl"] / n_all if per_layer else nan}
+    return Fidelity(out, ce_clean / n_pred, ce_all / n_pred, kl_all / n_all, ce_zero / n_pred, n_all,
+                    {"skip_first": skip_first, "massive": massive, "massive_positions": n_massive})
 
 
-def _as_fn(ts: TranscoderSet, layer: int, tf: Transformer) -> Any:
-    tc = ts[layer]
-    return lambda x: tc(x.float()).to(tf.dtype)
+def _spliced(tf: Transformer, layer: int, keep: Tensor, tc: Any) -> Any:
+    """The MLP's stand-in for a spliced run: the transcoder (None: zero) at the ``keep`` [batch, pos]
+    positions, the MLP's own output on the run's input elsewhere."""
+    def fn(ln: Tensor) -> Tensor:
+        new = torch.zeros_like(ln) if tc is None else tc(ln.float()).to(ln.dtype)
+        return new if bool(keep.all()) else torch.where(keep[..., None], new, tf.mlp_normed(layer, ln))
+    return fn

@@ -13,7 +13,12 @@ every layer's transcoder on minibatches of it. Per layer and minibatch::
     AuxK     = the top ``d_model // 2`` dead features predicting the residual y - y_hat (Gao et al. 2024)
 
 Decoder rows are kept at unit norm (gradients parallel to them removed, rows renormalized after
-each step). A feature is dead when it has not fired for ``dead_tokens`` tokens.
+each step). A feature is dead when it has not fired for ``dead_tokens`` tokens. Features start
+random (``init="random"``) or at tokens of the first buffer (``init="data"``, `_init_from_data`),
+which on a real model keeps most of them alive (experiments/results/smollm2_transcoder_init.md).
+``info["layers"][L]["history"]`` records, after each buffer, its mean FVU and L0: FVU on tokens
+the transcoder had not been trained on yet (each minibatch is scored before its step; within
+the first pass over the corpus), the curve of what more tokens buy.
 
 Runs are repeatable (``seed``: the initialisation, the corpus order and the shuffles) and
 resumable: with ``checkpoint=PATH`` the state (transcoders, Adam's moments, counters, the
@@ -69,12 +74,17 @@ class TrainOptions:
     bandwidth: float = _opt(0.05, "JumpReLU: width of the straight-through kernel")
     skip: bool = _opt(False, "a linear skip path x @ W_skip (skip transcoders)")
     lr: float = _opt(1e-3, "Adam's learning rate")
-    init_scale: float = _opt(0.1, "the encoder starts as init_scale x the decoder's transpose")
+    init: str = _opt("random", "random: random unit decoder rows, the encoder init_scale x their transpose; data: "
+                     "features start at tokens of the first buffer (encoder on the centered input, decoder on the "
+                     "centered output), scaled to fit", choices=("random", "data"))
+    init_scale: float = _opt(0.1, "init random: the encoder starts as init_scale x the decoder's transpose")
     batch_tokens: int = _opt(1024, "tokens per transcoder minibatch")
     sequences: int = _opt(8, "sequences per model forward")
     buffer: int = _opt(4, "model forwards pooled and shuffled together")
     tokens: int = _opt(200_000, "tokens to train on (the first position of each sequence dropped)")
     skip_first: bool = _opt(True, "drop each sequence's first position (BOS-like outliers)")
+    massive: float | None = _opt(100.0, "drop positions whose MLP output norm is over this many times the buffer's median "
+                                 "at any trained layer (massive activations, Sun et al. 2024; none: keep all)")
     aux_coef: float = _opt(1 / 32, "weight of the AuxK loss for dead features")
     dead_tokens: int = _opt(50_000, "a feature that has not fired for this many tokens is dead")
     seed: int = _opt(0, "seed of initialisation, corpus order and shuffles")
@@ -85,9 +95,13 @@ class TrainOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        if self.massive is not None and not float(self.massive) > 1:
+            raise ValueError(f"massive must be > 1 (times the median norm) or None, got {self.massive!r}")
         for name in ("l1", "l0", "bandwidth", "lr", "init_scale", "aux_coef"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.init not in ("random", "data"):
+            raise ValueError(f"unknown init {self.init!r}; choose random or data")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown transcoder activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
 
@@ -124,7 +138,8 @@ class _LayerStats:
     fvu: float = float("nan")
     l0: float = float("nan")
     dead: float = float("nan")
-    history: list[tuple[int, float, float]] = field(default_factory=list)  # (tokens, fvu, l0)
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # (tokens, fvu, l0): each buffer's means
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this buffer's summed squared error, variance, active count
 
 
 def _init(tc: Transcoder, gen: torch.Generator, init_scale: float) -> None:
@@ -140,6 +155,37 @@ def _init(tc: Transcoder, gen: torch.Generator, init_scale: float) -> None:
         tc.b_enc.zero_()
         if tc.log_threshold is not None:
             tc.log_threshold.fill_(math.log(0.1))
+
+
+@torch.no_grad()
+def _init_from_data(tc: Transcoder, x: Tensor, y: Tensor, gen: torch.Generator) -> None:
+    """Features started at tokens of the first buffer, x and y [T, d]: feature i's encoder column is
+    token j_i's centered input direction (the centering folded into b_enc) and its decoder row that
+    token's centered output direction (the remaining features, when there are more features than
+    tokens, keep their random start). Then one scalar, the least-squares fit of the centered output,
+    scales the encoder (the activations are positively homogeneous), so the first steps start near
+    the data's scale. On SmolLM2 a random start leaves most features dead and learns slowly
+    (experiments/results/smollm2_transcoder_init.md)."""
+    n = tc.cfg.n_features
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    m = min(n, len(x))
+    j = torch.randperm(len(x), generator=gen)[:m].to(x.device)
+    enc = tc.W_dec.detach().T.clone()
+    enc[:, :m] = (xc[j] / xc[j].norm(dim=1, keepdim=True).clamp_min(1e-12)).T
+    tc.W_dec[:m] = yc[j] / yc[j].norm(dim=1, keepdim=True).clamp_min(1e-12)
+    tc.W_enc.copy_(enc)
+    tc.b_enc.copy_(-(mx @ enc))
+    if tc.log_threshold is not None:  # JumpReLU: the threshold at the median positive pre-activation's scale
+        pre = tc.pre_acts(x)
+        tc.log_threshold.fill_(float(pre[pre > 0].median().clamp_min(1e-6).log()) if bool((pre > 0).any()) else 0.0)
+    r = tc.encode(x) @ tc.W_dec
+    a = float((r * yc).sum() / (r * r).sum().clamp_min(1e-12))
+    if a > 0:
+        tc.W_enc.mul_(a)
+        tc.b_enc.mul_(a)
+        if tc.log_threshold is not None:
+            tc.log_threshold.add_(math.log(a))
 
 
 def _loss(tc: Transcoder, x: Tensor, y: Tensor, opts: TrainOptions, dead: Tensor, var: Tensor, n: int
@@ -292,12 +338,22 @@ def train_transcoders(
                     ys[layer].append(y.reshape(-1, a.d_model))
             X = {layer: torch.cat(xs[layer]).to(torch.float32) for layer in layers}
             Y = {layer: torch.cat(ys[layer]).to(torch.float32) for layer in layers}
+            if opts.massive is not None:  # positions massive at any layer leave every layer's buffer
+                norms = {layer: Y[layer].norm(dim=-1) for layer in layers}
+                big = torch.stack([v > opts.massive * v.median() for v in norms.values()]).any(0)
+                if bool(big.any()):
+                    X = {layer: v[~big] for layer, v in X.items()}
+                    Y = {layer: v[~big] for layer, v in Y.items()}
+                    state["massive"] = int(state.get("massive", 0)) + int(big.sum())
             n = len(X[layers[0]])
-            if state["buffers"] == 0:  # first buffer: start b_dec at the targets' mean
+            if state["buffers"] == 0:  # first buffer: start b_dec at the targets' mean (and the features at tokens)
                 with torch.no_grad():
                     for layer in layers:
                         tcs[layer].b_dec.copy_(Y[layer].mean(0))
+                        if opts.init == "data":
+                            _init_from_data(tcs[layer], X[layer], Y[layer], gen)
             perm = torch.randperm(n, generator=gen).to(device)
+            n_buf = dict.fromkeys(layers, 0)
             for s in range(0, n, opts.batch_tokens):
                 idx = perm[s : s + min(opts.batch_tokens, opts.tokens - int(state["tokens"]))]  # the last one ends at `tokens`
                 optim.zero_grad(set_to_none=True)
@@ -314,6 +370,7 @@ def train_transcoders(
                     since_fired[layer][world.any_(info["fired"])] = 0
                     info["fvu"] = world.sum_(info["sq"]) / var
                     info["l0"] = world.sum_(info["active"]) / len(idx)
+                    info["var"] = var
                     shown.append(info)
                 if world.size > 1:  # the shares' gradients sum to the whole minibatch's
                     for prm in params:
@@ -329,6 +386,10 @@ def train_transcoders(
                 for layer, info in zip(layers, shown, strict=True):
                     st = stats[layer]
                     st.fvu, st.l0 = float(info["fvu"]), float(info["l0"])
+                    st.sums[0] += st.fvu * float(info["var"])
+                    st.sums[1] += float(info["var"])
+                    st.sums[2] += st.l0 * len(idx)
+                    n_buf[layer] += len(idx)
                     st.dead = float((since_fired[layer] >= opts.dead_tokens).float().mean())
                 pb.update(len(idx))
                 pb.set_postfix(fvu=f"{_mean(s.fvu for s in stats.values()):.3f}", L0=f"{_mean(s.l0 for s in stats.values()):.1f}",
@@ -336,9 +397,10 @@ def train_transcoders(
                 if state["tokens"] >= opts.tokens:
                     break
             state["buffers"] += 1
-            for layer in layers:
+            for layer in layers:  # the buffer's FVU on tokens each seen once, before the step on them: a held-out measure
                 st = stats[layer]
-                st.history.append((int(state["tokens"]), st.fvu, st.l0))
+                st.history.append((int(state["tokens"]), st.sums[0] / max(st.sums[1], 1e-12), st.sums[2] / max(n_buf[layer], 1)))
+                st.sums = [0.0, 0.0, 0.0]
             state["seconds"] = time.perf_counter() - t0
             done = state["tokens"] >= opts.tokens
             if ckpt is not None and (done or state["tokens"] - last_ckpt >= opts.checkpoint_every):
@@ -349,6 +411,7 @@ def train_transcoders(
     info = {
         "options": asdict(opts), "corpus": corpus.describe(), "tokens": int(state["tokens"]),
         "tokens_per_second": round(state["tokens"] / max(state["seconds"], 1e-9), 1), "per_sequence": per_seq,
+        "massive_positions_dropped": int(state.get("massive", 0)),
         "layers": {str(layer): {"fvu": stats[layer].fvu, "l0": stats[layer].l0, "dead": stats[layer].dead,
                                 "history": stats[layer].history} for layer in layers},
     }

@@ -1,13 +1,13 @@
 """Transcoder files written by EleutherAI sparsify's own code, for acdc's reader to be checked against.
 
-Runs inside a venv with sparsify (``bash experiments/peers/setup_sparsify.sh``):
+Runs inside a venv with sparsify (made by ``bash experiments/peers/check_transcoder_readers.sh sparsify``):
 
     /tmp/sparsify-venv/bin/python experiments/peers/sparsify_transcoders.py OUT_DIR
 
 Writes ``layers.0.mlp`` (TopK, skip connection) and ``layers.1.mlp`` (TopK, no skip) with
 `SparseCoder.save_to_disk`, random weights from a fixed seed, and ``expected.safetensors``: inputs
 x and sparsify's own outputs (``SparseCoder.forward(x, x).sae_out``, which adds the skip path) and
-top-k activations, which experiments/peers/check_sparsify_reader.sh compares with acdc's reading of the folder.
+top-k activations, which experiments/peers/check_transcoder_reader.py compares with acdc's reading of the folder.
 """
 
 from __future__ import annotations
