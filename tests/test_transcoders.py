@@ -157,6 +157,23 @@ def test_resume_ends_where_an_uninterrupted_run_ends(planted, tmp_path, monkeypa
         train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **{**kw, "k": 4})
 
 
+def test_a_checkpoint_older_than_an_option_resumes_with_its_old_behaviour(planted, tmp_path):
+    """A checkpoint written before ``massive`` and ``init`` existed resumes with massive=None, init="random"
+    (what it did then), and is refused, naming the option, with the new default."""
+    import json
+
+    kw = dict(layers=[0], progress=False, n_features=16, k=3, tokens=3000, batch_tokens=500, sequences=10, buffer=2, massive=None)
+    ckpt = tmp_path / "old"
+    first = train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **kw)
+    state = json.loads((ckpt / "state.json").read_text())
+    del state["options"]["massive"], state["options"]["init"]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    again = train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **kw)
+    assert torch.equal(again[0].W_enc, first[0].W_enc) and again.info["tokens"] == 3000
+    with pytest.raises(ValueError, match=r"other settings \(massive\)"):
+        train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **{**kw, "massive": 100.0})
+
+
 def _random_set(tf: Transformer, activation: str = "topk", skip: bool = False, seed: int = 0) -> TranscoderSet:
     gen = torch.Generator().manual_seed(seed)
     out = {}

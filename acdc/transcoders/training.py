@@ -450,15 +450,19 @@ def _save(path: Path, opts: TrainOptions, layers: list[int], tcs: dict[int, Tran
     tmp.replace(path)
 
 
+# options added after checkpoints were first written, and the behaviour a checkpoint without them had
+_BEFORE: dict[str, Any] = {"init": "random", "massive": None}
+
+
 def _restore(path: Path, opts: TrainOptions, layers: list[int], tcs: dict[int, Transcoder], optim: torch.optim.Optimizer,
              since_fired: dict[int, Tensor], stats: dict[int, _LayerStats], state: dict[str, Any], gen: torch.Generator) -> None:
     from safetensors.torch import load_file
 
     meta = json.loads((path / "state.json").read_text())
-    saved = {k: v for k, v in meta["options"].items() if k != "tokens"}
     now = {k: v for k, v in asdict(opts).items() if k != "tokens"}
+    saved = {k: meta["options"].get(k, _BEFORE.get(k)) for k in now}  # a field newer than the checkpoint: its old behaviour
     if saved != now or meta["layers"] != layers:
-        diff = sorted(k for k in now if saved.get(k) != now[k]) or ["layers"]
+        diff = sorted(k for k in now if saved[k] != now[k]) + (["layers"] if meta["layers"] != layers else [])
         raise ValueError(f"checkpoint {path} is of a run with other settings ({', '.join(diff)}); "
                          "use the same settings to resume, or another checkpoint path")
     tensors = load_file(str(path / "state.safetensors"))
