@@ -218,11 +218,12 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-# How a flag's text becomes the value of an option field, by the field's annotation.
 def float_or_none(text: str) -> float | None:
+    """A flag's float, or None for the text "none"."""
     return None if text.strip().lower() == "none" else float(text)
 
 
+# How a flag's text becomes the value of an option field, by the field's annotation.
 _CONVERT: dict[str, Any] = {"float": float, "int": int, "int | None": int, "float | None": float_or_none, "str": str,
                             "str | Path | None": Path}
 

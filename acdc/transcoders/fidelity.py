@@ -12,6 +12,7 @@ GPT-2 transcoders: clean 3.59, all spliced 4.23, zero-ablated 10.94: 91% recover
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from torch import Tensor
 from ..model import Transformer
 from ..progress import bar
 from .corpus import TokenStream
-from .transcoder import TranscoderSet
+from .transcoder import Transcoder, TranscoderSet
 
 __all__ = ["Fidelity", "transcoder_fidelity"]
 
@@ -171,7 +172,7 @@ def transcoder_fidelity(
                     {"skip_first": skip_first, "massive": massive, "massive_positions": n_massive})
 
 
-def _spliced(tf: Transformer, layer: int, keep: Tensor, tc: Any) -> Any:
+def _spliced(tf: Transformer, layer: int, keep: Tensor, tc: Transcoder | None) -> Callable[[Tensor], Tensor]:
     """The MLP's stand-in for a spliced run: the transcoder (None: zero) at the ``keep`` [batch, pos]
     positions, the MLP's own output on the run's input elsewhere."""
     def fn(ln: Tensor) -> Tensor:

@@ -139,7 +139,6 @@ class _LayerStats:
     l0: float = float("nan")
     dead: float = float("nan")
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (tokens, fvu, l0): each buffer's means
-    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this buffer's summed squared error, variance, active count
 
 
 def _init(tc: Transcoder, gen: torch.Generator, init_scale: float) -> None:
@@ -339,8 +338,8 @@ def train_transcoders(
             X = {layer: torch.cat(xs[layer]).to(torch.float32) for layer in layers}
             Y = {layer: torch.cat(ys[layer]).to(torch.float32) for layer in layers}
             if opts.massive is not None:  # positions massive at any layer leave every layer's buffer
-                norms = {layer: Y[layer].norm(dim=-1) for layer in layers}
-                big = torch.stack([v > opts.massive * v.median() for v in norms.values()]).any(0)
+                norms = [v.norm(dim=-1) for v in Y.values()]
+                big = torch.stack([v > opts.massive * v.median() for v in norms]).any(0)
                 if bool(big.any()):
                     X = {layer: v[~big] for layer, v in X.items()}
                     Y = {layer: v[~big] for layer, v in Y.items()}
@@ -353,7 +352,8 @@ def train_transcoders(
                         if opts.init == "data":
                             _init_from_data(tcs[layer], X[layer], Y[layer], gen)
             perm = torch.randperm(n, generator=gen).to(device)
-            n_buf = dict.fromkeys(layers, 0)
+            buf = {layer: [0.0, 0.0, 0.0] for layer in layers}  # this buffer's squared error, variance, active count
+            buf_tokens = 0
             for s in range(0, n, opts.batch_tokens):
                 idx = perm[s : s + min(opts.batch_tokens, opts.tokens - int(state["tokens"]))]  # the last one ends at `tokens`
                 optim.zero_grad(set_to_none=True)
@@ -368,9 +368,11 @@ def train_transcoders(
                     loss.backward()
                     since_fired[layer] += len(idx)
                     since_fired[layer][world.any_(info["fired"])] = 0
-                    info["fvu"] = world.sum_(info["sq"]) / var
-                    info["l0"] = world.sum_(info["active"]) / len(idx)
-                    info["var"] = var
+                    sq, active = world.sum_(info["sq"]), world.sum_(info["active"])
+                    info["fvu"], info["l0"] = sq / var, active / len(idx)
+                    buf[layer][0] += float(sq)
+                    buf[layer][1] += float(var)
+                    buf[layer][2] += float(active)
                     shown.append(info)
                 if world.size > 1:  # the shares' gradients sum to the whole minibatch's
                     for prm in params:
@@ -383,13 +385,10 @@ def train_transcoders(
                     with torch.no_grad():
                         tcs[layer].W_dec.div_(tcs[layer].W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
                 state["tokens"] += len(idx)
+                buf_tokens += len(idx)
                 for layer, info in zip(layers, shown, strict=True):
                     st = stats[layer]
                     st.fvu, st.l0 = float(info["fvu"]), float(info["l0"])
-                    st.sums[0] += st.fvu * float(info["var"])
-                    st.sums[1] += float(info["var"])
-                    st.sums[2] += st.l0 * len(idx)
-                    n_buf[layer] += len(idx)
                     st.dead = float((since_fired[layer] >= opts.dead_tokens).float().mean())
                 pb.update(len(idx))
                 pb.set_postfix(fvu=f"{_mean(s.fvu for s in stats.values()):.3f}", L0=f"{_mean(s.l0 for s in stats.values()):.1f}",
@@ -398,9 +397,8 @@ def train_transcoders(
                     break
             state["buffers"] += 1
             for layer in layers:  # the buffer's FVU on tokens each seen once, before the step on them: a held-out measure
-                st = stats[layer]
-                st.history.append((int(state["tokens"]), st.sums[0] / max(st.sums[1], 1e-12), st.sums[2] / max(n_buf[layer], 1)))
-                st.sums = [0.0, 0.0, 0.0]
+                err, var, active = buf[layer]
+                stats[layer].history.append((int(state["tokens"]), err / max(var, 1e-12), active / max(buf_tokens, 1)))
             state["seconds"] = time.perf_counter() - t0
             done = state["tokens"] >= opts.tokens
             if ckpt is not None and (done or state["tokens"] - last_ckpt >= opts.checkpoint_every):
