@@ -564,7 +564,8 @@ def prepare(
     clean_t, corrupt_t = as_tokens(clean, bridge, "clean"), as_tokens(corrupt, bridge, "corrupt")
     parsed = None if answers is None else parse_answers(answers, int(clean_t.shape[0]), bridge)
     if graph is not None:
-        Graph.from_model(bridge, mlp_units=graph.mlp_units).check_fits(graph, "this graph", qkv=False, positions=False)
+        if graph.features is None:  # a feature graph's fit is checked by its transcoders (TranscoderSet.check_model)
+            Graph.from_model(bridge, mlp_units=graph.mlp_units).check_fits(graph, "this graph", qkv=False, positions=False)
     pos = _positions(positions, task, clean_t, bridge, graph)
     g = graph if graph is not None else Graph.from_model(bridge, split_qkv=split_qkv, positions=None if pos is None else pos.names)
     patcher = Patcher(bridge, clean_t, corrupt_t, graph=g, ablation=ablation, answer_pos=answer_pos,  # type: ignore[arg-type]

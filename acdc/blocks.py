@@ -21,7 +21,7 @@ from the graph's ``mlp_units``: `MLP_ENGINES` holds the factored kinds).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
@@ -31,17 +31,30 @@ from .graph import Graph
 from .inputs import Ablation
 from .model import Transformer
 
-__all__ = ["MLP_ENGINES", "Block", "FullRun", "GradPass", "HeadsBlock", "Job", "MLPBlock", "MLPUnits", "UnitsBlock", "blocks_of"]
+__all__ = ["MLP_ENGINES", "Block", "FullRun", "GradPass", "HeadsBlock", "Job", "MLPBlock", "MLPUnits", "UnitsBlock", "blocks_of",
+           "units_of", "weighted_rows"]
 
 
 class MLPUnits(Protocol):
     """How the engine runs a layer's MLP when the graph splits it into units stored *factored*
-    (an activation per token times a fixed row of d_model), registered in `MLP_ENGINES` under
-    the graph's ``mlp_units`` name (`acdc.neurons` registers "neurons").
+    (an activation per token times a fixed row of d_model), made by the factory registered in
+    `MLP_ENGINES` under the graph's ``mlp_units`` name (`acdc.neurons` registers "neurons",
+    `acdc.features` "transcoders").
 
     Factored units never exist as [batch, pos, d_model] tensors: a destination's input gets
-    ``sum_i w_i (a_i - A_i) row_i`` from `contribution`.
+    ``sum_i w_i (a_i - A_i) row_i`` from `contribution`. A layer's sources are its factored units
+    first (`layer_units` of them), then dense *extras* computed with them (a transcoder's error
+    and skip nodes; `extras`).
     """
+
+    def layer_units(self, layer: int) -> int | None:
+        """How many of the layer's MLP sources are factored units (None: the MLP stays one whole node)."""
+        ...
+
+    def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor) -> Tensor | None:
+        """[n_extra, ..., d_model] the outputs of the layer's dense extras on MLP input stream x
+        [..., d_model], given its units' activations ``acts`` [..., n_units]; None: it has none."""
+        ...
 
     def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
         """[..., n_units] the units' activations for MLP input x [..., d_model]."""
@@ -60,7 +73,23 @@ class MLPUnits(Protocol):
         ...
 
 
-MLP_ENGINES: dict[str, MLPUnits] = {}
+MLP_ENGINES: dict[str, Callable[[Graph, Transformer], MLPUnits]] = {}
+
+
+def units_of(g: Graph, tf: Transformer) -> MLPUnits | None:
+    """The engine of the graph's factored MLP units (None: every MLP is whole)."""
+    if g.mlp_units == "whole":
+        return None
+    make = MLP_ENGINES.get(g.mlp_units)
+    if make is None:
+        raise ValueError(f"no engine for MLP units {g.mlp_units!r}; import the module that registers it")
+    return make(g, tf)
+
+
+def weighted_rows(rows: Tensor, weights: Tensor, values: Tensor) -> Tensor:
+    """[R, T, d] sum_i weights[r, i] values[i, t] rows[i], for rows [n, d], weights [R, n], values [n, T]."""
+    w = weights.to(rows.dtype)
+    return torch.stack([values.T @ (rows * w[r][:, None]) for r in range(w.shape[0])])
 
 
 class Engine(Protocol):
@@ -245,7 +274,7 @@ class MLPBlock(Block):
             m_in = run.gather([self.row], self.upto, run.p.stream_base(self.stream))[0][0]
             run.put(slice(m, m + 1), run.p.tf.mlp(self.layer, m_in)[None])
         else:
-            run.X[m] = 0
+            run.X[run.slot(slice(m, m + 1))] = 0
 
     def incremental(self, job: Job) -> None:
         src, row = self.sources.start, self.row
@@ -270,35 +299,47 @@ class MLPBlock(Block):
 
 
 class UnitsBlock(MLPBlock):
-    """An MLP split into factored units (e.g. neurons): their activations are stored per unit, and
-    a destination's input gets their weighted sum from the units' engine (`MLPUnits`)."""
+    """An MLP split into factored units (neurons, transcoder features): their activations are
+    stored per unit, and a destination's input gets their weighted sum from the units' engine
+    (`MLPUnits`); the layer's dense extras (a transcoder's error and skip nodes) are ordinary rows of X."""
 
-    def __init__(self, g: Graph, layer: int, units: MLPUnits):
+    def __init__(self, g: Graph, layer: int, units: MLPUnits, n_units: int):
         super().__init__(g, layer)
         self.units = units
+        self.factored = range(self.sources.start, self.sources.start + n_units)
+        self.extra = range(self.factored.stop, self.sources.stop)
 
     def full(self, run: FullRun) -> None:
-        r, row = self.sources, self.row
+        r, row, extra = self.sources, self.row, self.extra
         if any(run.used[r.start : r.stop]) and not (run.skip_unfed and not run.fed[row]):
+            tf = run.p.tf
             m_in = run.gather([row], self.upto, run.p.stream_base(self.stream))[0][0]
-            acts = self.units.activations(run.p.tf, self.layer, m_in).movedim(-1, 0)  # [n, B, S]
+            acts = self.units.activations(tf, self.layer, m_in)  # [B, S, n]
             abl = run.abl_units[self.layer]
-            run.F[self.layer] = (acts if abl is None else acts - abl).reshape(len(r), -1)
+            a = acts.movedim(-1, 0)
+            run.F[self.layer] = (a if abl is None else a - abl).reshape(len(self.factored), -1)
+            if len(extra):
+                out = self.units.extras(tf, self.layer, m_in, acts)
+                assert out is not None and len(out) == len(extra)
+                run.put(slice(extra.start, extra.stop), out)
+        else:
+            run.F.pop(self.layer, None)  # every unit at its ablation value: no contribution
+            if len(extra):
+                run.X[run.slot(slice(extra.start, extra.stop))] = 0
 
     def incremental(self, job: Job) -> None:
         Block.incremental(self, job)
 
 
-def blocks_of(g: Graph) -> list[Block]:
-    """The graph's components in forward order, as blocks: each layer's heads, then its MLP."""
-    units = MLP_ENGINES.get(g.mlp_units) if g.mlp_units != "whole" else None
-    if g.mlp_units != "whole" and units is None:
-        raise ValueError(f"no engine for MLP units {g.mlp_units!r}; import the module that registers it")
+def blocks_of(g: Graph, units: MLPUnits | None) -> list[Block]:
+    """The graph's components in forward order, as blocks: each layer's heads, then its MLP
+    (whole, or factored units by ``units``, `units_of`)."""
     out: list[Block] = []
     for layer in range(g.n_layers):
         out.append(HeadsBlock(g, layer))
         if not g.attn_only:
-            out.append(MLPBlock(g, layer) if units is None else UnitsBlock(g, layer, units))
+            n = None if units is None else units.layer_units(layer)
+            out.append(MLPBlock(g, layer) if n is None else UnitsBlock(g, layer, units, n))  # type: ignore[arg-type]
     return out
 
 
@@ -394,8 +435,8 @@ class FullRun:
         if bool(Wd.any()):
             out = (Wd @ self.X[: len(cols)].reshape(len(cols), -1)).view(-1, B, S, d) + base
         for layer_u, values in self.F.items():
-            r = g.mlp_sources(layer_u)
-            Ws = W[:, r.start : r.stop]  # empty when the layer is not upstream (W ends at upto)
+            start = g.mlp_sources(layer_u).start
+            Ws = W[:, start : start + len(values)]  # empty when the layer is not upstream (W ends at upto)
             if bool(Ws.any()):
                 out = out + self.units.contribution(self.p.tf, layer_u, Ws, values).view(-1, B, S, d)
         return out

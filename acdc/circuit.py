@@ -144,13 +144,20 @@ class Circuit:
         kept = self.in_graph.tolist()
         src = [g.sources[s].name for s in g.edge_src.tolist()]
         dst = [g.destinations[d].node.name for d in g.edge_dst.tolist()]
+        hub = g.split_mlp_inputs()  # unit -> its MLP's input (m3 of a neuron or feature graph), which feeds it
+        units: dict[str, list[str]] = {}
+        for u, h in hub.items():
+            units.setdefault(h, []).append(u)
         from_input, to_logits = {"input"}, {"logits"}
         for i in range(g.n_edges):  # edges are sorted by destination in forward order
             if kept[i] and src[i] in from_input:
                 from_input.add(dst[i])
+                from_input.update(units.get(dst[i], ()))
         for i in reversed(range(g.n_edges)):
             if kept[i] and dst[i] in to_logits:
                 to_logits.add(src[i])
+                if src[i] in hub:
+                    to_logits.add(hub[src[i]])
         alive = from_input & to_logits
         return torch.tensor([kept[i] and src[i] in alive and dst[i] in alive for i in range(g.n_edges)], dtype=torch.bool)
 

@@ -277,7 +277,7 @@ def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
 
     shipped = ", ".join(KNOWN_FILES)
     p.add_argument("--model", required=True, help=f"{shipped} (the real model, offline: setup installs it), zoo:NAME "
-                   "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum), a local Hugging Face "
+                   "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum, zoo:feature-chain), a local Hugging Face "
                    "folder or .gguf file, or a hub name (e.g. gpt2; needs internet once)")
     p.add_argument("--task", choices=TASKS, help="task to run (default for zoo models: the entry's own task)")
     p.add_argument("--n-prompts", type=_positive, default=None, help="number of prompts (default: the task's)")
@@ -285,6 +285,10 @@ def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
     p.add_argument("--metric", default=None, choices=tuple(METRICS), help="default: the task's")
     p.add_argument("--ablation", default=None, choices=ABLATIONS, help="default: resample")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
+    p.add_argument("--transcoders", default=None, help="a feature graph: each MLP with a transcoder in this folder "
+                   "(or hub name; acdc.load_transcoders) becomes its features and an error node")
+    p.add_argument("--features", default="active", choices=("active", "all"),
+                   help="with --transcoders: the features active on the task's prompts (default) or all of them")
     if default_out is None:
         return
     p.add_argument("-o", "--out", type=Path, default=Path(default_out), help=f"output folder (default: {default_out}/)")
@@ -376,11 +380,11 @@ def _discover(args: argparse.Namespace) -> int:
     from .api import discover
 
     options = _options(args, ACDCOptions)  # checked before the model loads
-    model, task, truth, classes, ablation, _ = _setup(args)
+    model, task, truth, classes, ablation, _, graph = _setup(args)
     print(f"acdc discover: {args.model}, {task}, threshold {args.threshold}, {ablation} ablation")
     t0 = time.perf_counter()
     circuit = discover(model, task, metric=args.metric, ablation=ablation, progress=not args.no_progress,
-                       positions=args.positions, **dataclasses.asdict(options))
+                       positions=args.positions, graph=graph, **dataclasses.asdict(options))
     lines = [circuit.summary(max_edges=40), f"ACDC took {time.perf_counter() - t0:.1f} s"]
     _finish(args.out, circuit, truth, classes, lines)
     return 0
@@ -391,10 +395,10 @@ def _attribute(args: argparse.Namespace) -> int:
 
     AttributionOptions(method=args.method, steps=args.steps)  # checked before the model loads
 
-    model, task, truth, classes, ablation, _ = _setup(args)
+    model, task, truth, classes, ablation, _, graph = _setup(args)
     print(f"acdc attribute: {args.model}, {task}, {args.method}, {ablation} ablation")
     scores = attribute(model, task, method=args.method, steps=args.steps, metric=args.metric, ablation=ablation,
-                       progress=not args.no_progress, positions=args.positions)
+                       progress=not args.no_progress, positions=args.positions, graph=graph)
     circuit = scores.top(min(args.top, scores.graph.n_edges))
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [repr(scores), f"wrote {scores.to_json(args.out / 'scores.json')}", circuit.summary(max_edges=40)]
@@ -407,11 +411,11 @@ def _roc(args: argparse.Namespace) -> int:
 
     from .api import roc
 
-    model, task, truth, _, ablation, _ = _setup(args)
+    model, task, truth, _, ablation, _, graph = _setup(args)
     if truth is None:
         raise CLIError("a ROC needs a truth: pass --truth (a known circuit, zoo:NAME or a circuit JSON)")
     curve = roc(model, task, truth=truth, metric=args.metric, ablation=ablation, n_thresholds=args.n_thresholds,
-                progress=not args.no_progress)
+                progress=not args.no_progress, graph=graph)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "roc.json"
     path.write_text(json.dumps({"edge": curve.to_dict(), "node": curve.at_level("node").to_dict()}, indent=1))
@@ -427,7 +431,7 @@ def _faithfulness(args: argparse.Namespace) -> int:
     from .api import faithfulness, faithfulness_grid
 
     circuit = _load_circuit(args.circuit)
-    model, task, _, _, ablation, _ = _setup(args)
+    model, task, _, _, ablation, _, _ = _setup(args)
     _check_fits(circuit, model, args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -525,6 +529,7 @@ class _Setup(NamedTuple):
     classes: Any
     ablation: str
     tokenizer: Any
+    graph: Any  # a feature graph (--transcoders, or a zoo entry's own), else None: the model's plain graph
 
 
 def _setup(args: argparse.Namespace) -> _Setup:
@@ -534,12 +539,14 @@ def _setup(args: argparse.Namespace) -> _Setup:
     truth: Any = None
     classes: Any = None
     tokenizer: Any = None
+    graph: Any = None
     if args.model.startswith("zoo:"):
         if args.task is not None:
             raise CLIError(f"zoo models come with their own task; drop --task {args.task}")
         entry = _zoo_entry(args.model, n_prompts=args.n_prompts, seed=args.seed)
         model, task, tokenizer = entry.model, entry.task, entry.tokenizer
         truth = classes = entry.truth
+        graph = entry.graph
         if getattr(args, "positions", None) == "named":  # positional circuits score against the positional truth
             truth = entry.positional_truth
         ablation = args.ablation or entry.ablation
@@ -560,7 +567,24 @@ def _setup(args: argparse.Namespace) -> _Setup:
             classes = known.load(args.task)
     if getattr(args, "truth", None) is not None:
         truth = classes = _truth(args.truth)
-    return _Setup(model, task, truth, classes, ablation, tokenizer)
+    if getattr(args, "transcoders", None) is not None:
+        graph = _feature_graph(model, task, args.transcoders, args.features)
+    return _Setup(model, task, truth, classes, ablation, tokenizer, graph)
+
+
+def _feature_graph(model: Any, task: Any, where: str, which: str) -> Any:
+    """The feature graph of --transcoders: their active features on the task's prompts, or all."""
+    from .graph import Graph
+    from .transcoders import active_features, load_transcoders
+
+    try:
+        ts = load_transcoders(where, model)
+    except (OSError, ValueError) as err:
+        raise CLIError(f"--transcoders {where}: {str(err).splitlines()[0]}") from None
+    chosen = active_features(model, ts, task) if which == "active" else None
+    g = Graph.from_model(model, transcoders=ts, features=chosen)
+    print(f"feature graph: {g.describe()} ({which} features), {g.n_edges} edges")
+    return g
 
 
 def _finish(out: Path, circuit: Any, truth: Any, classes: Any, lines: list[str]) -> None:
@@ -641,6 +665,9 @@ def _check_fits(circuit: Any, model: Any, args: argparse.Namespace) -> None:
     from .graph import Graph
 
     ours, theirs = Graph.from_model(model), circuit.graph
+    if theirs.features is not None:
+        raise CLIError(f"{args.circuit} is a circuit of transcoder features; this command runs component circuits "
+                       "(feature circuits run from Python: Patcher(model, task, graph=circuit.graph.with_transcoders(ts)))")
     if ours.shape() != theirs.shape():
         raise CLIError(f"{args.circuit} is a circuit of {theirs.describe()}, but --model {args.model} is "
                        f"{ours.describe()}; pass the model the circuit was found on")

@@ -20,16 +20,17 @@ from the last to the first), and its edge state is ``[n_dst, n_src, n_positions]
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, overload
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, overload
 
 import torch
 from torch import Tensor
 
 from .positions import check_names
 
-__all__ = ["Node", "NodeKind", "Destination", "Edge", "EdgeList", "Graph", "KINDS", "INPUT", "HEAD", "MLP", "LOGITS", "MLP_UNITS", "layer_offset"]
+__all__ = ["Node", "NodeKind", "Destination", "Edge", "EdgeList", "FeatureLayout", "FeatureSet", "Graph", "KINDS", "INPUT", "HEAD",
+           "MLP", "LOGITS", "FEATURE", "ERROR", "SKIP", "MLP_UNITS", "layer_offset"]
 
 
 class NodeKind(str):
@@ -80,18 +81,85 @@ HEAD = NodeKind("head", slots=("q", "k", "v"), component=True, attends=True, ord
                 shape="box", rounded=True, pattern="a{layer}.h{index}")
 MLP = NodeKind("mlp", slots=(None,), component=True, order=1, answer_slots=(None,), shape="ellipse", pattern="m{layer}")
 LOGITS = NodeKind("logits", slots=(None,), component=False, answer_slots=(None,), shape="house")
-KINDS: dict[str, NodeKind] = {k: k for k in (INPUT, HEAD, MLP, LOGITS)}
+# A feature graph's nodes (`acdc.features`): a transcoder feature, the transcoder's error, its skip path.
+FEATURE = NodeKind("feature", slots=(), component=True, order=1, shape="ellipse", pattern="m{layer}.f{index}")
+ERROR = NodeKind("error", slots=(), component=True, order=1, shape="diamond", pattern="m{layer}.err")
+SKIP = NodeKind("skip", slots=(), component=True, order=1, shape="octagon", pattern="m{layer}.skip")
+KINDS: dict[str, NodeKind] = {k: k for k in (INPUT, HEAD, MLP, LOGITS, FEATURE, ERROR, SKIP)}
 
 
-def _whole_mlp(layer: int, d_mlp: int | None) -> tuple[list[Node], list[Destination]]:
+def _whole_mlp(graph: Graph, layer: int) -> tuple[list[Node], list[Destination]]:
     """A layer's MLP as one node: one source, one input."""
     node = Node(layer, MLP)
     return [node], [Destination(node)]
 
 
 # How a layer's MLP enters the graph, by name: its sources (the units whose outputs are patched)
-# and its input slots. A finer unit (neurons, transcoder features) registers itself here.
-MLP_UNITS: dict[str, Callable[[int, int | None], tuple[list[Node], list[Destination]]]] = {"whole": _whole_mlp}
+# and its input slots, given the graph being built (its ``d_mlp``, ``features``). A finer unit
+# (neurons, transcoder features) registers itself here.
+def _feature_units(graph: Graph, layer: int) -> tuple[list[Node], list[Destination]]:
+    """A layer's MLP in a feature graph: its chosen features, its error node and its skip node (one
+    input, the MLP's), or the whole MLP where the layer has no transcoder."""
+    assert graph.features is not None
+    chosen = graph.features.of_layer(layer)
+    mlp = Node(layer, MLP)
+    if chosen is None:
+        return [mlp], [Destination(mlp)]
+    nodes = [Node(layer, FEATURE, i) for i in chosen] + [Node(layer, ERROR)]
+    if layer in graph.features.skip:
+        nodes.append(Node(layer, SKIP))
+    return nodes, [Destination(mlp)]
+
+
+MLP_UNITS: dict[str, Callable[[Graph, int], tuple[list[Node], list[Destination]]]] = {"whole": _whole_mlp, "transcoders": _feature_units}
+
+
+class FeatureSet(Protocol):
+    """What a feature graph needs of its dictionaries (`acdc.TranscoderSet` is one): the layers
+    they cover and a JSON-able description (per layer ``n_features`` and ``skip``, and where they
+    come from)."""
+
+    @property
+    def layers(self) -> list[int]: ...
+
+    def graph_info(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Which MLPs of a feature graph are split into transcoder features, and into which.
+
+    features: (layer, feature indices in increasing order) for each layer with a transcoder; that
+              layer's sources are ``m{L}.f{i}`` for each index, then ``m{L}.err`` (and ``m{L}.skip``);
+    skip:     the layers whose transcoder has a linear skip path;
+    info:     the transcoders' description (`FeatureSet.graph_info`), written to JSON, not compared.
+    """
+
+    features: tuple[tuple[int, tuple[int, ...]], ...]
+    skip: frozenset[int] = frozenset()
+    info: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def of(cls, chosen: Mapping[int, Iterable[int]], skip: Iterable[int] = (), info: dict[str, Any] | None = None) -> FeatureLayout:
+        feats = tuple((int(layer), tuple(sorted({int(i) for i in idx}))) for layer, idx in sorted(chosen.items()))
+        return cls(feats, frozenset(int(s) for s in skip), dict(info or {}))
+
+    def of_layer(self, layer: int) -> tuple[int, ...] | None:
+        """The feature indices of ``layer`` (None: its MLP stays whole)."""
+        return dict(self.features).get(layer)
+
+    @property
+    def n_features(self) -> int:
+        return sum(len(f) for _, f in self.features)
+
+    def config(self) -> dict[str, Any]:
+        return {"features": {str(layer): list(f) for layer, f in self.features}, "skip_layers": sorted(self.skip),
+                "transcoders": self.info}
+
+    @classmethod
+    def read(cls, cfg: dict[str, Any]) -> FeatureLayout:
+        """The layout written by `config` (a graph's JSON ``cfg``)."""
+        return cls.of({int(k): v for k, v in cfg["features"].items()}, cfg.get("skip_layers", ()), cfg.get("transcoders"))
 
 
 def layer_offset(layer: int, n_heads: int, has_mlp: bool = True) -> int:
@@ -247,12 +315,23 @@ class Graph:
         positions: tuple[str, ...] | list[str] | None = None,
         mlp_units: str = "whole",
         d_mlp: int | None = None,
+        features: FeatureLayout | None = None,
+        transcoders: FeatureSet | None = None,
     ):
         if n_layers < 1 or n_heads < 1:
             raise ValueError(f"a graph needs n_layers >= 1 and n_heads >= 1, got {n_layers}, {n_heads}")
+        if features is not None:
+            mlp_units = "transcoders"
+            bad = [layer for layer, _ in features.features if not 0 <= layer < n_layers]
+            if bad or attn_only:
+                raise ValueError(f"transcoder features for layers {bad or 'any'} do not fit {n_layers} layers with MLPs")
+        elif mlp_units == "transcoders":
+            raise ValueError("a transcoder graph needs its features: Graph.from_model(model, transcoders=ts)")
+        # feature graphs: which features are nodes, and the weights that compute them (the engine's)
+        self.features, self.transcoders = features, transcoders
         if mlp_units not in MLP_UNITS:
             raise ValueError(f"unknown mlp_units {mlp_units!r}; one of {', '.join(MLP_UNITS)}")
-        if mlp_units != "whole" and (attn_only or d_mlp is None):
+        if mlp_units not in ("whole", "transcoders") and (attn_only or d_mlp is None):
             raise ValueError(f"mlp_units={mlp_units!r} needs MLPs and their width d_mlp")
         self.mlp_units, self.d_mlp = mlp_units, d_mlp
         self.n_layers = n_layers
@@ -276,7 +355,7 @@ class Graph:
                 dests.extend(Destination(node, s) for s in HEAD.input_slots(split_qkv))  # type: ignore[arg-type]
                 sources.append(node)
             if not attn_only:
-                units, inputs = MLP_UNITS[mlp_units](layer, d_mlp)
+                units, inputs = MLP_UNITS[mlp_units](self, layer)
                 self._mlp_sources.append(range(len(sources), len(sources) + len(units)))
                 dests.extend(inputs)
                 sources.extend(units)
@@ -330,10 +409,22 @@ class Graph:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_model(cls, model: Any, split_qkv: bool = True, positions: tuple[str, ...] | list[str] | None = None,
-                   mlp_units: str = "whole") -> Graph:
+                   mlp_units: str = "whole", *, transcoders: FeatureSet | None = None,
+                   features: Mapping[int, Iterable[int]] | None = None) -> Graph:
         """Graph of a TransformerLens bridge (or anything with a TL-style ``cfg``); positional with
-        ``positions``; ``mlp_units="neurons"`` makes every MLP neuron a source (`acdc.neurons`)."""
+        ``positions``; ``mlp_units="neurons"`` makes every MLP neuron a source (`acdc.neurons`).
+
+        ``transcoders=ts`` (an `acdc.TranscoderSet`) makes a *feature graph*: each MLP with a
+        transcoder becomes its features ``m{L}.f{i}``, an error node ``m{L}.err`` and, with a skip
+        path, ``m{L}.skip`` (`acdc.features`); ``features`` picks which features enter, layer ->
+        indices (default: every feature; `acdc.active_features` picks those a task uses).
+        """
         cfg = model.cfg if hasattr(model, "cfg") else model.arch
+        layout = None
+        if transcoders is not None:
+            layout = _layout_of(transcoders, features)
+        elif features is not None:
+            raise ValueError("features= picks transcoder features: pass transcoders= too")
         return cls(
             cfg.n_layers,
             cfg.n_heads,
@@ -345,6 +436,8 @@ class Graph:
             positions=positions,
             mlp_units=mlp_units,
             d_mlp=getattr(cfg, "d_mlp", None) if mlp_units != "whole" else None,
+            features=layout,
+            transcoders=transcoders,
         )
 
     @classmethod
@@ -364,6 +457,7 @@ class Graph:
             positions=None if positions is None else tuple(positions),
             mlp_units=str(cfg.get("mlp_units", "whole")),
             d_mlp=None if cfg.get("d_mlp") is None else int(cfg["d_mlp"]),
+            features=FeatureLayout.read(cfg) if "features" in cfg else None,
         )
 
     def with_positions(self, positions: tuple[str, ...] | list[str] | None) -> Graph:
@@ -371,7 +465,19 @@ class Graph:
         return Graph(
             self.n_layers, self.n_heads, parallel_attn_mlp=self.parallel_attn_mlp, split_qkv=self.split_qkv,
             attn_only=self.attn_only, d_model=self.d_model, n_kv_heads=self.n_kv_heads, positions=positions,
-            mlp_units=self.mlp_units, d_mlp=self.d_mlp,
+            mlp_units=self.mlp_units, d_mlp=self.d_mlp, features=self.features, transcoders=self.transcoders,
+        )
+
+    def with_transcoders(self, transcoders: FeatureSet) -> Graph:
+        """This feature graph with the transcoders that compute its features attached (a graph read
+        from JSON has only their description); checked to cover its layers and features."""
+        if self.features is None:
+            raise ValueError("with_transcoders: this graph has no transcoder features")
+        check_layout(self.features, transcoders)
+        return Graph(
+            self.n_layers, self.n_heads, parallel_attn_mlp=self.parallel_attn_mlp, split_qkv=self.split_qkv,
+            attn_only=self.attn_only, d_model=self.d_model, n_kv_heads=self.n_kv_heads, positions=self.positions,
+            features=self.features, transcoders=transcoders,
         )
 
     @property
@@ -404,7 +510,10 @@ class Graph:
             cfg["kv_inputs"] = "per-query-head"
         if self.positions is not None:
             cfg["positions"] = list(self.positions)
-        if self.mlp_units != "whole":
+        if self.features is not None:
+            cfg["mlp_units"] = self.mlp_units
+            cfg.update(self.features.config())
+        elif self.mlp_units != "whole":
             cfg["mlp_units"], cfg["d_mlp"] = self.mlp_units, self.d_mlp
         return cfg
 
@@ -412,6 +521,8 @@ class Graph:
         """What decides the node and edge sets, other than q/k/v splitting: (layers, heads, parallel, attn-only),
         and the MLP units where they are not whole MLPs."""
         base = (self.n_layers, self.n_heads, self.parallel_attn_mlp, self.attn_only)
+        if self.features is not None:
+            return (*base, self.mlp_units, self.features.features, self.features.skip)
         return base if self.mlp_units == "whole" else (*base, self.mlp_units, self.d_mlp)
 
     def describe(self) -> str:
@@ -419,16 +530,23 @@ class Graph:
         extra = ", parallel attention and MLP" if self.parallel_attn_mlp else ""
         extra += ", attention only" if self.attn_only else ""
         extra += f", d_model {self.d_model}" if self.d_model is not None else ""
-        extra += f", MLP {self.mlp_units} ({self.d_mlp} per layer)" if self.mlp_units != "whole" else ""
+        if self.features is not None:
+            extra += f", {self.features.n_features} transcoder features in MLPs {[layer for layer, _ in self.features.features]}"
+        elif self.mlp_units != "whole":
+            extra += f", MLP {self.mlp_units} ({self.d_mlp} per layer)"
         return f"a {self.n_layers}-layer model with {self.n_heads} heads per layer{extra}"
 
-    def check_fits(self, other: Graph, what: str, *, qkv: bool = True, positions: bool = True) -> None:
+    def check_fits(self, other: Graph, what: str, *, qkv: bool = True, positions: bool = True, features: bool = True) -> None:
         """Raise a one-line ValueError unless ``other`` (the graph ``what`` was made for) has this shape.
 
         ``qkv=False`` allows a different q/k/v split (known circuits merge their q/k/v edges);
-        ``positions=False`` other positions (node classes do not depend on them).
+        ``positions=False`` other positions (node classes do not depend on them); ``features=False``
+        other transcoder features in the same layers (edges named in one are looked up by name).
         """
-        if other.shape() != self.shape() or (
+        mine, theirs = self.shape(), other.shape()
+        if not features and self.features is not None and other.features is not None:
+            mine, theirs = (*mine[:5], [layer for layer, _ in mine[5]]), (*theirs[:5], [layer for layer, _ in theirs[5]])
+        if theirs != mine or (
             other.d_model is not None and self.d_model is not None and other.d_model != self.d_model
         ):
             raise ValueError(f"{what} is for {other.describe()}, but this model is {self.describe()}")
@@ -450,8 +568,8 @@ class Graph:
         """Source index of the MLP of ``layer`` (right after its heads)."""
         if self.attn_only:
             raise ValueError("an attention-only graph has no MLP nodes")
-        if self.mlp_units != "whole":
-            raise ValueError(f"a graph with MLP {self.mlp_units} has no whole-MLP sources; see mlp_sources(layer)")
+        if self.mlp_units != "whole" and not (self.features is not None and self.features.of_layer(layer) is None):
+            raise ValueError(f"a graph with MLP {self.mlp_units} has no whole-MLP source in layer {layer}; see mlp_sources(layer)")
         return self._mlp_sources[layer].start
 
     def mlp_sources(self, layer: int) -> range:
@@ -484,6 +602,32 @@ class Graph:
     def nodes(self) -> tuple[Node, ...]:
         """All nodes in forward order (sources, then ``logits``)."""
         return self.sources + (self.destinations[-1].node,)
+
+    @property
+    def all_nodes(self) -> tuple[Node, ...]:
+        """`nodes` and the inputs of split MLPs (``m3`` in a neuron or feature graph: a destination that
+        the layer's units read, not a source), each just before its layer's units; for drawing."""
+        if self.mlp_units == "whole":
+            return self.nodes
+        starts = {r.start: layer for layer, r in enumerate(self._mlp_sources)}
+        out: list[Node] = []
+        for i, n in enumerate(self.sources):
+            layer = starts.get(i)
+            if layer is not None and n.kind is not MLP:
+                out.append(Node(layer, MLP))
+            out.append(n)
+        return (*out, self.destinations[-1].node)
+
+    def split_mlp_inputs(self) -> dict[str, str]:
+        """Each unit of a split MLP (a neuron, a feature, an error or skip node) -> the name of the
+        MLP's input it reads (``m3``); empty when every MLP is whole."""
+        if self.mlp_units == "whole":
+            return {}
+        out = {}
+        for layer, r in enumerate(self._mlp_sources):
+            if self.sources[r.start].kind is not MLP:
+                out.update({self.sources[i].name: MLP.pattern.format(layer=layer, index=-1) for i in r})
+        return out
 
     def has_edge(self, name: str) -> bool:
         """Whether ``name`` is an edge of this graph."""
@@ -586,3 +730,28 @@ class Graph:
             + ("" if self.positions is None else f", positions={list(self.positions)}") + ")"
         )
 
+
+
+def _layout_of(ts: FeatureSet, chosen: Mapping[int, Iterable[int]] | None) -> FeatureLayout:
+    """The layout of a feature graph over ``ts``: the chosen features (default all) of its layers."""
+    info = ts.graph_info()
+    per = {int(k): v for k, v in info["layers"].items()}
+    if chosen is None:
+        chosen = {layer: range(per[layer]["n_features"]) for layer in ts.layers}
+    layout = FeatureLayout.of(chosen, [layer for layer in chosen if per.get(layer, {}).get("skip")], info)
+    check_layout(layout, ts)
+    return layout
+
+
+def check_layout(layout: FeatureLayout, ts: FeatureSet) -> None:
+    """A one-line ValueError unless ``ts`` has every layer and feature of ``layout`` (and its skip paths)."""
+    info = ts.graph_info()
+    per = {int(k): v for k, v in info["layers"].items()}
+    for layer, idx in layout.features:
+        if layer not in per:
+            raise ValueError(f"features of layer {layer} were asked for, but the transcoders cover layers {sorted(per)}")
+        n = int(per[layer]["n_features"])
+        if idx and not 0 <= idx[0] <= idx[-1] < n:
+            raise ValueError(f"layer {layer}: feature indices must lie in [0, {n}), got {idx[0]}..{idx[-1]}")
+        if bool(per[layer].get("skip")) != (layer in layout.skip):
+            raise ValueError(f"layer {layer}: the graph and the transcoders disagree on a skip path; rebuild the graph from them")

@@ -20,11 +20,10 @@ MLP becomes neurons in the graph, and how the engine runs them; importing it reg
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from .blocks import MLP_ENGINES
-from .graph import KINDS, MLP, MLP_UNITS, Destination, Node, NodeKind
+from .blocks import MLP_ENGINES, weighted_rows
+from .graph import KINDS, MLP, MLP_UNITS, Destination, Graph, Node, NodeKind
 from .model import Transformer
 
 __all__ = ["NEURON", "Neurons"]
@@ -32,14 +31,25 @@ __all__ = ["NEURON", "Neurons"]
 NEURON = NodeKind("neuron", slots=(), component=True, order=1, shape="circle", pattern="m{layer}.n{index}")
 
 
-def _neuron_units(layer: int, d_mlp: int | None) -> tuple[list[Node], list[Destination]]:
+def _neuron_units(graph: Graph, layer: int) -> tuple[list[Node], list[Destination]]:
     """A layer's MLP as its neurons: ``d_mlp`` sources that share one input, the MLP's."""
-    assert d_mlp is not None
-    return [Node(layer, NEURON, i) for i in range(d_mlp)], [Destination(Node(layer, MLP))]
+    assert graph.d_mlp is not None
+    return [Node(layer, NEURON, i) for i in range(graph.d_mlp)], [Destination(Node(layer, MLP))]
 
 
 class Neurons:
     """The engine's side: activations, and the sum of weighted neuron outputs without materialising them."""
+
+    def __init__(self, d_mlp: int):
+        self.d_mlp = d_mlp
+
+    def layer_units(self, layer: int) -> int:
+        """Every source of a layer's MLP is a neuron."""
+        return self.d_mlp
+
+    def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor) -> None:
+        """Neurons leave nothing of the MLP outside them but ``b_out``."""
+        return None
 
     def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
         """[..., d_mlp] the hidden activations of MLP ``layer`` on its input x [..., d_model]."""
@@ -47,9 +57,7 @@ class Neurons:
 
     def contribution(self, tf: Transformer, layer: int, weights: Tensor, values: Tensor) -> Tensor:
         """[R, T, d_model] sum_i weights[r, i] values[i, t] W_out[i]: weights [R, n], values [n, T]."""
-        rows = tf.mlp_out_rows(layer)
-        w = weights.to(rows.dtype)
-        return torch.stack([values.T @ (rows * w[r][:, None]) for r in range(w.shape[0])])
+        return weighted_rows(tf.mlp_out_rows(layer), weights, values)
 
     def read(self, tf: Transformer, layer: int, grads: Tensor) -> Tensor:
         """[..., d_mlp] grads [..., d_model] @ W_out.T: each neuron's row dotted with the gradient."""
@@ -62,4 +70,4 @@ class Neurons:
 
 KINDS["neuron"] = NEURON
 MLP_UNITS["neurons"] = _neuron_units
-MLP_ENGINES["neurons"] = Neurons()
+MLP_ENGINES["neurons"] = lambda graph, tf: Neurons(int(graph.d_mlp or 0))

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .blocks import MLP_ENGINES, Block, FullRun, GradPass, Job, MLPUnits, blocks_of
+from .blocks import MLP_ENGINES, Block, FullRun, GradPass, Job, MLPUnits, blocks_of, units_of
 from .circuit import Circuit
 from .graph import Graph
 from .inputs import Ablation, answer_positions, as_tokens, check_ablation
@@ -42,7 +42,8 @@ from .positions import Positions, token_names
 from .sources import FactoredLayer, SourceValues
 from .tasks import Task
 
-__all__ = ["MLP_ENGINES", "MLPUnits", "Patcher", "PatchState", "PositionalProposal", "PositionalState", "Proposal", "SearchState"]
+__all__ = ["MLP_ENGINES", "MLPUnits", "Patcher", "PatchState", "PositionalProposal", "PositionalState", "Proposal", "RerunState",
+           "SearchState"]
 
 
 class SearchState(Protocol):
@@ -96,59 +97,66 @@ class PatchState:
 
 
 @dataclass
-class PositionalState:
-    """A reference circuit on a positional graph, with the same surface as `PatchState`.
+class RerunState:
+    """A reference circuit evaluated by reruns, with the same surface as `PatchState`: for
+    positional graphs and graphs with factored MLP units (neurons, transcoder features).
 
-    keep:   [n_dst, n_src, n_positions] bool, kept edges.
+    keep:   [n_dst, n_src(, n_positions)] bool, kept edges.
     logits: [rows, d_vocab] at the answer positions.
-    X:      [n_src, batch, pos, d_model] each source's (output - ablation value) under ``keep``.
+    X:      [n_dense, batch, pos, d_model] each dense source's (output - ablation value) under ``keep``;
+    F:      layer -> [n_units, batch * pos] the same for factored units.
 
     A candidate is evaluated by `Patcher.forward`, restarting at the first layer whose inputs it
-    changes and taking every source before that layer from ``X``.
+    changes and taking every source before that layer from ``X`` and ``F``.
     """
 
     keep: Tensor
     logits: Tensor
     X: Tensor
     patcher: "Patcher"
+    F: dict[int, Tensor] = field(default_factory=dict)
 
     def propagate(self, keep: Tensor) -> "PositionalProposal":
-        """Evaluate candidate kept-edge sets [K, n_dst, n_src, n_positions] (or one)."""
-        if keep.dim() == 3:
+        """Evaluate candidate kept-edge sets [K, n_dst, n_src(, n_positions)] (or one)."""
+        if keep.dim() == self.keep.dim():
             keep = keep[None]
-        g = self.patcher.graph
-        keep = keep & self.patcher.upstream[None, :, :, None]
+        g, up = self.patcher.graph, self.patcher.upstream
+        keep = keep & (up[None, :, :, None] if keep.dim() == 4 else up[None])
         logits, outs = [], []
         for cand in keep:
-            changed = (cand != self.keep).any(-1).any(-1)
+            changed = (cand != self.keep).reshape(cand.shape[0], -1).any(-1)
             if not bool(changed.any()):
                 logits.append(self.logits)
-                outs.append(self.X)
+                outs.append((self.X, self.F))
                 continue
             start = int(g.dst_layer[changed.cpu()].min())
-            lg, X = self.patcher.forward(cand, reuse=(self.X, start))
+            lg, run = self.patcher._forward(cand, reuse=(self.X, self.F, start))
             logits.append(lg)
-            outs.append(X)
+            outs.append((run.X, run.F))
         return PositionalProposal(keep, torch.stack(logits), outs)
 
     def commit(self, proposal: "PositionalProposal", k: int = 0) -> None:
         """Make candidate ``k`` of ``proposal`` the reference."""
         if bool((proposal.keep[k] & ~self.keep).any()):
             raise ValueError("a commit may only remove edges from the reference circuit")
-        self.keep, self.logits, self.X = proposal.keep[k].clone(), proposal.logits[k], proposal.X[k]
+        self.keep, self.logits = proposal.keep[k].clone(), proposal.logits[k]
+        self.X, self.F = proposal.X[k]
 
     def drop_destination(self, dst: int) -> None:
         """As `PatchState.drop_destination`."""
         self.keep[dst] = False
 
 
+PositionalState = RerunState  # its first use; the name stays
+
+
 @dataclass
 class PositionalProposal:
     """Candidates evaluated against a `PositionalState`: their logits and source outputs."""
 
-    keep: Tensor  # [K, n_dst, n_src, n_positions]
+    keep: Tensor  # [K, n_dst, n_src(, n_positions)]
     logits: Tensor  # [K, rows, d_vocab]
-    X: list[Tensor]  # per candidate [n_src, batch, pos, d_model]
+    X: list[tuple[Tensor, dict[int, Tensor]]]  # per candidate: its dense X [n_dense, batch, pos, d_model] and factored F
 
 
 @dataclass
@@ -241,8 +249,9 @@ class Patcher:
         self.n_pos = S
         self.positions = self._check_positions(positions, B, S)
 
-        self._blocks: list[Block] = blocks_of(g)  # the layer loop every pass walks
-        self._units: MLPUnits | None = MLP_ENGINES.get(g.mlp_units) if g.mlp_units != "whole" else None
+        self._units: MLPUnits | None = units_of(g, tf)
+        self._blocks: list[Block] = blocks_of(g, self._units)  # the layer loop every pass walks
+        self._n_units: dict[int, int] = {}  # layer -> how many of its MLP sources are factored units
         self._dense_cols: Tensor | None = None
         self._dslot: Tensor | None = None
         self._abl_units: list[Tensor | None] | None = None
@@ -270,7 +279,7 @@ class Patcher:
             b_o = torch.stack([tf.attn_bias(layer) for layer in range(a.n_layers)])  # biases outside every source
             b_m = torch.zeros_like(b_o)  # factored MLP units: the MLP's bias is outside them too
             if self._units is not None:
-                for layer in range(a.n_layers):
+                for layer in self._n_units:
                     b = self._units.bias(tf, layer)
                     b_m[layer] = 0 if b is None else b
             cum = torch.cat([torch.zeros_like(b_o[:1]), (b_o + b_m).cumsum(0)])
@@ -283,29 +292,49 @@ class Patcher:
         self._layout()
 
     def _factor(self, corrupt: ForwardCache, mean_weights: Tensor | None) -> ForwardCache:
-        """The corrupt run in a factored graph's layout: its dense sources (input, heads) in their slot
-        order, and each layer's unit activations as ablation values (``self._abl_units``)."""
+        """The corrupt run in a factored graph's layout: its dense sources (input, heads, whole MLPs,
+        extras such as error nodes) in their slot order, and each factored layer's unit activations
+        as ablation values (``self._abl_units``)."""
         g, tf, units = self.graph, self.tf, self._units
         assert units is not None
         if g.positions is not None:
             raise NotImplementedError(f"MLP {g.mlp_units} at token positions are not supported yet; use a plain graph")
+        for layer in range(0 if g.attn_only else g.n_layers):
+            n = units.layer_units(layer)
+            if n is not None:
+                self._n_units[layer] = n
         plain = Graph.from_model(tf)
-        factored = {i for layer in range(g.n_layers) for i in g.mlp_sources(layer)}
+        factored = {i for layer, n in self._n_units.items() for i in g.mlp_sources(layer)[:n]}
         dense = [i for i in range(len(g.sources)) if i not in factored]
         self._dense_cols = torch.tensor(dense, device=tf.device)
         self._dslot = torch.full((len(g.sources),), -1, dtype=torch.long, device=tf.device)
         self._dslot[self._dense_cols] = torch.arange(len(dense), device=tf.device)
-        rows = torch.tensor([plain.src_index[g.sources[i].name] for i in dense], device=tf.device)
-        self._plain_rows = rows  # the dense sources' rows in the clean run's (whole-MLP) layout
-        abl_units: list[Tensor | None] = []
-        for layer in range(g.n_layers):
+        # the dense sources' rows in a plain run's (whole-MLP) layout; -1: an extra, computed (`_dense_layout`)
+        self._plain_rows = torch.tensor([plain.src_index.get(g.sources[i].name, -1) for i in dense], device=tf.device)
+        abl_units: list[Tensor | None] = [None] * g.n_layers
+        for layer in self._n_units:
             acts = units.activations(tf, layer, corrupt.resid_mid[layer])  # [B, S, n]
             if self.ablation == "mean":
                 acts = (acts.mean(0, keepdim=True) if mean_weights is None else
                         torch.einsum("ij,j...->i...", _check_weights(mean_weights, acts.shape[0]).to(acts), acts))
-            abl_units.append(None if self.ablation == "zero" else acts.movedim(-1, 0))  # [n, B|1, S]
+            abl_units[layer] = None if self.ablation == "zero" else acts.movedim(-1, 0)  # [n, B|1, S]
         self._abl_units = abl_units
-        return ForwardCache(corrupt.sources.index_select(0, rows), corrupt.resid_pre, corrupt.resid_mid, corrupt.logits)
+        return ForwardCache(self._dense_layout(corrupt), corrupt.resid_pre, corrupt.resid_mid, corrupt.logits)
+
+    def _dense_layout(self, run: ForwardCache) -> Tensor:
+        """[n_dense, B, S, d] a factored graph's dense sources on a plain run: the run's input, heads and
+        whole MLPs, and each factored layer's extras computed from its MLP input."""
+        g, tf, units = self.graph, self.tf, self._units
+        assert units is not None and self._dslot is not None
+        out = run.sources.index_select(0, self._plain_rows.clamp_min(0))
+        for layer, n in self._n_units.items():
+            src = g.mlp_sources(layer)
+            if len(src) > n:
+                x = run.resid_mid[layer]
+                extra = units.extras(tf, layer, x, units.activations(tf, layer, x))
+                assert extra is not None
+                out[self._dslot[src.start + n : src.stop]] = extra
+        return out
 
     def _check_positions(self, positions: Positions | None, B: int, S: int) -> Positions | None:
         """The positions of a positional graph, checked against it and the prompts; per-position token lists."""
@@ -357,11 +386,11 @@ class Patcher:
             else:
                 assert self._abl_units is not None
                 factored = {
-                    layer: FactoredLayer(g.mlp_sources(layer), units.activations(self.tf, layer, self.clean.resid_mid[layer]).movedim(-1, 0),
+                    layer: FactoredLayer(g.mlp_sources(layer)[:n], units.activations(self.tf, layer, self.clean.resid_mid[layer]).movedim(-1, 0),
                                          self._abl_units[layer])
-                    for layer in range(g.n_layers)
+                    for layer, n in self._n_units.items()
                 }
-                self._source_values = SourceValues(self.tf, g, self.clean.sources.index_select(0, self._plain_rows), self.abl,
+                self._source_values = SourceValues(self.tf, g, self._dense_layout(self.clean), self.abl,
                                                    self._dense_cols, factored, units, groups)
         return self._source_values
 
@@ -381,15 +410,16 @@ class Patcher:
     def reference_state(self) -> SearchState:
         """The state a search that removes edges (ACDC) starts from: the full circuit on the clean run.
 
-        Plain graphs get the incremental `PatchState`; positional graphs a `PositionalState`. Both
-        have ``keep``, ``logits``, ``propagate(candidates)``, ``commit(proposal, k)`` and
-        ``drop_destination(dst)``.
+        Plain graphs of whole MLPs get the incremental `PatchState`; positional graphs and graphs with
+        factored MLP units (neurons, features) a `RerunState`. Both have ``keep``, ``logits``,
+        ``propagate(candidates)``, ``commit(proposal, k)`` and ``drop_destination(dst)``.
         """
-        if self.graph.positions is None:
+        if self.graph.positions is None and self._units is None:
             return self.state()
-        keep = self.upstream[:, :, None].expand(*self.upstream.shape, self.graph.n_positions).clone()
-        logits, X = self.forward(keep)
-        return PositionalState(keep, logits, X, self)
+        up = self.upstream
+        keep = up.clone() if self.graph.positions is None else up[:, :, None].expand(*up.shape, self.graph.n_positions).clone()
+        logits, run = self._forward(keep)
+        return RerunState(keep, logits, run.X, self, run.F)
 
     def state(self) -> PatchState:
         """A fresh reference state: the full circuit (every edge kept) on the clean run.
@@ -454,6 +484,11 @@ class Patcher:
         ``layer`` or later; the sources before that layer are taken from it, not recomputed
         (positional ACDC restarts at the layer of the edge it tests).
         """
+        logits, run = self._forward(keep, None if reuse is None else (reuse[0], {}, reuse[1]))
+        return logits, run.X
+
+    def _forward(self, keep: Tensor, reuse: tuple[Tensor, dict[int, Tensor], int] | None = None) -> tuple[Tensor, FullRun]:
+        """`forward`, returning the run (its X and factored F); ``reuse=(X, F, layer)`` as there."""
         g, L = self.graph, self.tf.arch.n_layers
         positional = g.positions is not None and g.n_positions > 1
         if g.positions is not None and not positional:
@@ -462,16 +497,19 @@ class Patcher:
                       self._abl_units)
         start = 0
         if reuse is not None:
-            start = min(reuse[1], L)
+            start = min(reuse[2], L)
             done = g.head_src(start) if start < L else len(g.sources)
+            if self._dense_cols is not None:
+                done = int((self._dense_cols < done).sum())
             run.X[:done] = reuse[0][:done]
+            run.F = {layer: f for layer, f in reuse[1].items() if layer < start}
         else:
             run.put(slice(0, 1), self.clean.sources[:1])  # the input node's output does not depend on edges
         for block in self._blocks:
             if block.layer >= start:
                 block.full(run)
         final = run.gather([g.logits_row], len(g.sources), self.stream_base(2 * L))[0][0]
-        return self.tf.unembed(self.at_answers(final)).reshape(-1, self.tf.arch.d_vocab), run.X
+        return self.tf.unembed(self.at_answers(final)).reshape(-1, self.tf.arch.d_vocab), run
 
     # ------------------------------------------------------------------ propagation
     def _dense_only(self, what: str) -> None:

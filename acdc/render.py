@@ -89,6 +89,13 @@ def to_dot(
     for e in lay["edges"]:
         i = e["index"]
         dot.edge(e["src"], e["dst"], **_scored_edge(g.edges[i], float(circuit.scores[i]), lay["top"], labels, fontsize))
+    hub = circuit.graph.split_mlp_inputs()  # a split MLP's input feeds its drawn units: a dotted line, no effect of its own
+    drawn = {n["id"] for n in lay["nodes"]}
+    for n in lay["nodes"]:
+        h = hub.get(n["name"])
+        if h is not None and (h if n["pos"] is None else f"{h}@{n['pos']}") in drawn:
+            dot.edge(h if n["pos"] is None else f"{h}@{n['pos']}", n["id"], style="dotted", color="#999999", arrowhead="none",
+                     tooltip=f"{n['name']} reads {h}'s input")
     for a in lay["attend"]:
         src_p, dst_p = a["src"].rsplit("@", 1)[1], a["dst"].rsplit("@", 1)[1]
         dot.edge(a["src"], a["dst"], style="dashed", color="#999999", constraint="false",
@@ -148,7 +155,7 @@ def layout(circuit: Circuit, mask: Any = None) -> dict[str, Any]:
             acts.setdefault(e.src.name, set()).add(p)
         if e.dst.node.kind.attends:
             (acts if e.qkv in ("q", None) else reads).setdefault(e.dst.node.name, set()).add(p)
-    order = {n.name: k for k, n in enumerate(g.nodes)}
+    order = {n.name: k for k, n in enumerate(g.all_nodes)}
     rows = sorted({_row(g, n) for n, _ in cells.values()})
     y_of = {r: k for k, r in enumerate(rows)}
     per_cell: dict[tuple[tuple[int, int], str], list[str]] = {}
@@ -287,7 +294,7 @@ def _as_classes(classes: Any, g: Graph) -> dict[str, list[str]] | None:
     if classes is None:
         return None
     if isinstance(classes, KnownCircuit):  # its classes name nodes of its own model shape
-        g.check_fits(classes.graph(), f"the classes of known circuit {classes.name!r}", qkv=False, positions=False)
+        g.check_fits(classes.graph(), f"the classes of known circuit {classes.name!r}", qkv=False, positions=False, features=False)
     c = getattr(classes, "classes", classes)
     if not isinstance(c, Mapping):
         raise ValueError("classes must map class names to node names (or be a KnownCircuit)")
@@ -307,7 +314,7 @@ def _canvas(g: Graph, lay: dict[str, Any], classes: dict[str, list[str]] | None,
 
     cls_of = _class_of(classes)
     colours = {c: CLASS_PALETTE[i % len(CLASS_PALETTE)] for i, c in enumerate(classes or {})}
-    by_name = {n.name: n for n in g.nodes}
+    by_name = {n.name: n for n in g.all_nodes}
     grid = bool(lay["columns"])
     dot = graphviz.Digraph("circuit", engine="neato" if grid else "dot")
     if grid:

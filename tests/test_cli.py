@@ -203,3 +203,21 @@ def test_transcoders_bad_options_are_one_line(capsys):
     assert err.count("\n") == 1 and "tokens must be a whole number >= 1" in err
     with pytest.raises(SystemExit):
         main(["transcoders", "train", "--model", "zoo:dictionary", "--activation", "gelu"])
+
+
+def test_feature_graphs_from_the_command_line(tmp_path, capsys):
+    """zoo:feature-chain runs on its feature graph; --transcoders builds one from saved transcoders
+    (the same graph: its active features), --features all keeps every feature."""
+    entry = acdc.zoo.load("feature-chain")
+    assert main(["discover", "--model", "zoo:feature-chain", "--threshold", "0.01", "-o", str(tmp_path / "a"), "--no-progress"]) == 0
+    found = Circuit.from_json(tmp_path / "a" / "circuit.json")
+    assert set(found.edges) == set(entry.truth.edges) and found.graph.config()["features"] == {"0": [0, 1, 2, 3, 4, 5], "1": [0, 1, 2, 3]}
+    saved = entry.transcoders.save(tmp_path / "tc")
+    assert main(["attribute", "--model", "zoo:feature-chain", "--transcoders", str(saved), "--top", "10",
+                 "-o", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert set(Circuit.from_json(tmp_path / "b" / "circuit.json").edges) == set(entry.truth.edges)
+    assert main(["attribute", "--model", "zoo:feature-chain", "--transcoders", str(saved), "--features", "all",
+                 "-o", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert "32 transcoder features" in capsys.readouterr().out
+    assert main(["attribute", "--model", "zoo:feature-chain", "--transcoders", str(tmp_path / "nope"), "-o", str(tmp_path / "d")]) == 1
+    assert "--transcoders" in capsys.readouterr().err

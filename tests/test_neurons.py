@@ -115,7 +115,7 @@ def test_neuron_graph_names_and_counts(model):
     assert "m0.n5->a1.h1<k>" in g.edges[g.edge_index("m0.n5->a1.h1<k>")].name and g.has_edge("a0.h1->m0") != model.cfg.parallel_attn_mlp
     assert not g.has_edge("m0.n5->m0") and not g.has_edge("m0->logits") and g.has_edge(f"m1.n{n - 1}->logits")
     assert g.config()["mlp_units"] == "neurons" and acdc.Graph.from_config(g.config()).n_edges == g.n_edges
-    with pytest.raises(ValueError, match="no whole-MLP sources"):
+    with pytest.raises(ValueError, match="no whole-MLP source in layer 0"):
         g.mlp_src(0)
 
 

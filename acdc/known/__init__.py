@@ -84,7 +84,7 @@ class KnownCircuit:
     def mask(self, graph: Graph | None = None) -> Tensor:
         """[n_edges] bool over ``graph`` (default: its own); q/k/v merge if the graph does not split them."""
         g = graph if graph is not None else self.graph()
-        g.check_fits(self.graph(), f"known circuit {self.name!r}", qkv=False)
+        g.check_fits(self.graph(), f"known circuit {self.name!r}", qkv=False, features=False)
         names = self.edges if g.split_qkv else {_strip_qkv(e) for e in self.edges}
         return g.edge_mask(names)
 
@@ -150,7 +150,7 @@ def _resolve(ref: str | list[str], graph: Graph, groups: dict[str, tuple[str, ..
         return [n for r in ref for n in _resolve(r, graph, groups)]
     if ref in groups:
         return [n for r in groups[ref] for n in _resolve(r, graph, groups)]
-    if ref in graph.src_index or ref == "logits":
+    if ref in graph.src_index or ref in graph.dst_index:  # a node, or a featured MLP's input (m3)
         return [ref]
     raise ValueError(f"{ref!r} is neither a node of {graph!r} nor a class or group of the circuit")
 

@@ -9,13 +9,14 @@ See `transcoder` (the object and its file format), `training`, `corpus` (token s
 """
 
 from .corpus import GeneratedStream, TextStream, TokenStream, text_stream
-from .features import FeatureInfo, feature_pages, feature_report
+from .features import FeatureInfo, active_features, feature_pages, feature_report
 from .fidelity import Fidelity, transcoder_fidelity
 from .formats import load_transcoders, read_circuit_tracer, read_saelens, read_sparsify
 from .training import TrainOptions, train_transcoders
 from .transcoder import ACTIVATIONS, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
 __all__ = [
+    "active_features",
     "ACTIVATIONS", "FeatureInfo", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
     "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_transcoders", "read_circuit_tracer", "read_saelens", "read_sparsify", "text_stream", "train_transcoders",
     "transcoder_fidelity",

@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..model import Transformer
 from .corpus import TokenStream
 from .transcoder import TranscoderSet
 
-__all__ = ["FeatureInfo", "feature_pages", "feature_report"]
+__all__ = ["FeatureInfo", "active_features", "feature_pages", "feature_report"]
 
 
 @dataclass
@@ -163,3 +164,36 @@ def feature_pages(report: list[FeatureInfo], path: str | Path, *, title: str = "
     parts.append(f"<script type='application/json' id='features'>{data}</script>")
     path.write_text("".join(parts))
     return path
+
+
+@torch.no_grad()
+def active_features(model: Any, transcoders: TranscoderSet, tokens: Tensor | Iterable[Tensor] | object,
+                    *, min_activation: float = 0.0, top: int | None = None) -> dict[int, list[int]]:
+    """The features of each transcoder that fire on some token of ``tokens`` (a [batch, pos] tensor,
+    several, or an `acdc.Task`: its clean and corrupt prompts): activation > ``min_activation``.
+
+    These are the features a task's clean and corrupt runs use, so a graph of them and their error
+    nodes is exact on both runs; ``top`` keeps the ``top`` per layer with the largest maximum activation.
+    """
+    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    transcoders.check_model(tf)
+    if hasattr(tokens, "clean") and hasattr(tokens, "corrupt"):  # a Task
+        batches = [tokens.clean, tokens.corrupt]  # type: ignore[union-attr]
+    elif isinstance(tokens, Tensor):
+        batches = [tokens]
+    else:
+        batches = list(tokens)  # type: ignore[call-overload]
+    best: dict[int, Tensor] = {}
+    for batch in batches:
+        b = torch.as_tensor(batch).to(tf.device)
+        for layer, (xn, _) in tf.mlp_io(b, transcoders.layers).items():
+            acts = transcoders[layer].encode(xn.to(transcoders[layer].W_enc.dtype))
+            m = acts.reshape(-1, acts.shape[-1]).amax(0)
+            best[layer] = m if layer not in best else torch.maximum(best[layer], m)
+    out: dict[int, list[int]] = {}
+    for layer, m in sorted(best.items()):
+        idx = (m > min_activation).nonzero().squeeze(1)
+        if top is not None and len(idx) > top:
+            idx = idx[m[idx].topk(top).indices].sort().values
+        out[layer] = idx.tolist()
+    return out

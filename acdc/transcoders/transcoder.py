@@ -181,6 +181,13 @@ class TranscoderSet:
             raise ValueError(f"{what} were made for another model with this shape ({self.model.name}, fingerprint "
                              f"{self.model.fingerprint}; this model's is {tf.fingerprint()}); train or load transcoders for it")
 
+    def graph_info(self) -> dict[str, Any]:
+        """What a feature graph records of these transcoders (`acdc.Graph.from_model(model, transcoders=ts)`):
+        where they come from, the model, and per layer the width, activation and skip path."""
+        return {"source": self.source, "model": self.model.name, "fingerprint": self.model.fingerprint,
+                "layers": {str(layer): {"n_features": t.n_features, "activation": t.cfg.activation, "k": t.cfg.k,
+                                        "skip": t.cfg.skip} for layer, t in sorted(self.transcoders.items())}}
+
     def to(self, device: torch.device | str) -> TranscoderSet:
         for t in self.transcoders.values():
             t.to(device)

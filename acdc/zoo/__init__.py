@@ -12,7 +12,8 @@ distractor. An entry bundles the model, its task and its true edges:
 
 Entries: ``induction`` (previous-token head -> induction head by K-composition), ``ioi``
 (duplicate-token -> S-inhibition -> name mover, ABC corrupt), ``modular-sum`` (two heads move
-the operands into an MLP that looks up their sum). The truth is what carries the task under the
+the operands into an MLP that looks up their sum), ``feature-chain`` (a feature of m0, moved by
+a head, drives a feature of m1: a circuit between transcoder features). The truth is what carries the task under the
 entry's ablation (resample): inputs that are identical in clean and corrupt prompts (positions,
 fixed template words) carry nothing, so their edges are not true edges even when weights read them.
 """
@@ -23,8 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..graph import Graph
 from ..known import KnownCircuit
 from ..tasks import Task
+from ..transcoders import TranscoderSet
 from .builder import PlantedGPT2, Residual, WordTokenizer
 
 __all__ = ["ZooEntry", "available", "load", "PlantedGPT2", "Residual", "WordTokenizer"]
@@ -40,6 +43,8 @@ class ZooEntry:
     tokenizer: word-level tokenizer of the toy vocabulary (decode prompts for reading).
     ablation:  the ablation the plant was built for.
     positional_truth: the planted edges at the task's named positions, where the entry has them (ioi).
+    transcoders, graph: for a feature-level plant (feature-chain), its transcoders and the feature
+                      graph its truth is named in (pass ``graph=entry.graph`` to discover / attribute).
     """
 
     name: str
@@ -50,15 +55,17 @@ class ZooEntry:
     tokenizer: WordTokenizer
     ablation: str = "resample"
     positional_truth: KnownCircuit | None = None
+    transcoders: TranscoderSet | None = None
+    graph: Graph | None = None
 
     def __repr__(self) -> str:
         return f"ZooEntry({self.name!r}: {self.truth.n_edges} true edges; {self.task!r})"
 
 
 def _builders() -> dict[str, Callable[..., ZooEntry]]:
-    from . import induction, ioi, modular_sum
+    from . import features, induction, ioi, modular_sum
 
-    return {"induction": induction.build, "ioi": ioi.build, "modular-sum": modular_sum.build}
+    return {"induction": induction.build, "ioi": ioi.build, "modular-sum": modular_sum.build, "feature-chain": features.build}
 
 
 def available() -> list[str]:

@@ -1,0 +1,105 @@
+"""Transcoder features as graph nodes: a feature graph, where each MLP that has a transcoder is
+split into the transcoder's features, an error node and (with a skip path) a skip node.
+
+    ts = acdc.load_transcoders(path)                                  # or acdc.train_transcoders(...)
+    g = acdc.Graph.from_model(model, transcoders=ts, features=acdc.active_features(model, ts, task))
+    circuit = acdc.discover(model, task, graph=g, threshold=1e-3)     # m0.f3->a1.h0<v>, a1.h0->m1, m1.f7->logits
+
+What each node of layer ``L`` outputs, on that MLP's input stream ``x`` in the current run
+(``xn`` its norm, what the MLP's matrices read; ``a(xn)`` the transcoder's activations)::
+
+    m{L}.f{i}:  a_i(xn) W_dec[i]                            a feature: factored, activation x decoder row
+    m{L}.skip:  xn @ W_skip                                  the transcoder's skip path, where it has one
+    m{L}.err:   MLP(x) - (sum_{i in graph} a_i(xn) W_dec[i] + b_dec + skip)
+
+``b_dec`` belongs to no node and is never ablated (as attention's ``b_O``). So with every edge kept
+the MLP writes exactly what it writes in the model, and the error node, computed from the same
+input, keeps that true under any ablation upstream: a feature graph is the model, split finer.
+With every feature of a transcoder in the graph, ``m{L}.err`` is the transcoder's error;
+features left out of the graph (`active_features` keeps those a task uses) fall into it.
+
+Ablation is the same rule as for every source: an ablated edge ``u -> v`` feeds ``v`` the
+ablation value of ``u``: for a feature, its activation on the corrupt run (resample), the mean of
+that over the corrupt prompts per position (mean), or zero, times its decoder row; for the error
+and skip nodes, their corrupt-run output, its mean, or zero. A feature's ablation value is its
+*activation's*, so features of a TopK or JumpReLU transcoder are ablated one by one, not by
+re-running the encoder. The MLP's input ``m{L}`` is one destination that all of the layer's
+nodes read (as for neurons): an edge ``a0.h1->m3`` feeds the features, the error and the skip alike.
+
+The node kinds and how a layer becomes them belong to the graph (`acdc.graph`); importing this
+module registers the engine (`acdc` does it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .blocks import MLP_ENGINES, weighted_rows
+from .graph import ERROR, FEATURE, SKIP, Graph
+from .model import Transformer
+from .transcoders import Transcoder, TranscoderSet, active_features
+
+__all__ = ["ERROR", "FEATURE", "SKIP", "TranscoderUnits", "active_features"]
+
+class TranscoderUnits:
+    """The engine's side of a feature graph: each featured layer's chosen features (factored, rows
+    of ``W_dec``) and its dense extras (error, skip), computed from the transcoders attached to the graph."""
+
+    def __init__(self, graph: Graph, tf: Transformer):
+        ts = graph.transcoders
+        if graph.features is None:
+            raise ValueError("TranscoderUnits needs a feature graph (Graph.from_model(model, transcoders=ts))")
+        if not isinstance(ts, TranscoderSet):
+            raise ValueError("this feature graph has no transcoders attached (a graph read from JSON keeps only their "
+                             "description): graph.with_transcoders(acdc.load_transcoders(...))")
+        ts.check_model(tf)
+        self.tf = tf
+        self._layers: dict[int, tuple[Transcoder, Tensor, Tensor]] = {}
+        for layer, chosen in graph.features.features:
+            t = ts[layer]
+            idx = torch.tensor(chosen, dtype=torch.long, device=tf.device)
+            dec = t.W_dec.detach().to(device=tf.device, dtype=tf.dtype).index_select(0, idx)  # [n, d]
+            self._layers[layer] = (t, idx, dec)
+
+    def layer_units(self, layer: int) -> int | None:
+        got = self._layers.get(layer)
+        return None if got is None else len(got[1])
+
+    def _normed(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
+        t = self._layers[layer][0]
+        return tf.mlp_input(layer, x).to(t.W_enc.dtype)
+
+    def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
+        """[..., n] the chosen features' activations on MLP input stream x [..., d_model]."""
+        t, idx, _ = self._layers[layer]
+        acts = t.encode(self._normed(tf, layer, x))
+        return acts.index_select(-1, idx.to(acts.device)).to(tf.dtype)
+
+    def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor) -> Tensor:
+        """[1 | 2, ..., d_model]: the error node's output (then the skip node's) on x, given the chosen
+        features' activations ``acts`` [..., n]."""
+        t, _, dec = self._layers[layer]
+        xn = tf.mlp_input(layer, x)
+        recon = acts @ dec + t.b_dec.to(dec)
+        skip = None if t.W_skip is None else xn @ t.W_skip.to(dec)
+        if skip is not None:
+            recon = recon + skip
+        err = tf.mlp_normed(layer, xn) - recon
+        return torch.stack([err] if skip is None else [err, skip])
+
+    def contribution(self, tf: Transformer, layer: int, weights: Tensor, values: Tensor) -> Tensor:
+        """[R, T, d_model] sum_i weights[r, i] values[i, t] W_dec[i] over the chosen features."""
+        return weighted_rows(self._layers[layer][2], weights, values)
+
+    def read(self, tf: Transformer, layer: int, grads: Tensor) -> Tensor:
+        """[..., n] grads [..., d_model] dotted with each chosen feature's decoder row."""
+        return grads @ self._layers[layer][2].T.to(grads.dtype)
+
+    def bias(self, tf: Transformer, layer: int) -> Tensor | None:
+        """[d_model] ``b_dec`` of a featured layer (outside every node); None for a whole MLP."""
+        got = self._layers.get(layer)
+        return None if got is None else got[0].b_dec.detach().to(device=tf.device, dtype=tf.dtype)
+
+
+MLP_ENGINES["transcoders"] = TranscoderUnits

@@ -1,0 +1,319 @@
+"""Feature graphs (acdc/features.py): each MLP with a transcoder split into its features, an error
+node and a skip node. Patched logits and EAP scores equal a hooked forward done by hand, in which
+every destination's input is rebuilt from its sources and each such MLP is swapped for its
+transcoder plus the error term."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import logit_diff_loss, random_answers, random_tokens, tiny_gpt2, tiny_neox
+from oracle import destination_grads
+
+import acdc
+from acdc.features import ERROR, FEATURE, SKIP
+from acdc.model import Transformer
+from acdc.transcoders import ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
+
+ABLATIONS = ["resample", "mean", "zero"]
+
+
+def random_set(model, layers=(0, 1), activation: str = "topk", skip: bool = False, n: int = 12, seed: int = 0) -> TranscoderSet:
+    """Random transcoders: far from the MLPs, so the error nodes carry a lot."""
+    tf = Transformer.from_bridge(model)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for layer in layers:
+        tc = Transcoder(TranscoderConfig(tf.arch.d_model, n, activation, 4 if activation == "topk" else None, skip))
+        with torch.no_grad():
+            for p in tc.parameters():
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+            if tc.log_threshold is not None:
+                tc.log_threshold.fill_(math.log(0.3))
+        out[layer] = tc
+    return TranscoderSet(out, ModelInfo.of(tf, "tiny"), source="random (tests)")
+
+
+def _ln2(model, layer: int):
+    """The Hugging Face module that norms MLP ``layer``'s input (what a transcoder reads)."""
+    hf = model.original_model
+    if hasattr(hf, "transformer"):
+        return hf.transformer.h[layer].ln_2
+    return hf.gpt_neox.layers[layer].post_attention_layernorm
+
+
+def hooked(model, graph, ts: TranscoderSet, tokens, ablated: set[str] = frozenset(), abl: dict | None = None):
+    """The slow, obvious forward on the TransformerLens bridge: every destination's input is the sum of
+    its sources in this run (an ablated edge's source swapped for ``abl[src]``) plus the biases of no
+    node (b_O; a featured layer's b_dec), and a featured MLP's output is split by hand into
+    a_i(xn) W_dec[i] per graph feature, xn @ W_skip, and the error MLP(x) - all of that - b_dec.
+
+    Returns (logits [B, S, vocab], every source's output in this run: name -> [B, S, d])."""
+    cfg = model.cfg
+    model.set_use_split_qkv_input(True)
+    model.set_use_attn_result(True)
+    model.set_use_hook_mlp_in(True)
+    b_o = [model.blocks[layer].attn.b_O.detach() for layer in range(cfg.n_layers)]
+    featured = {layer: idx for layer, idx in graph.features.features}
+    b_dec = [ts[layer].b_dec.detach() if layer in featured else torch.zeros(cfg.d_model) for layer in range(cfg.n_layers)]
+    sources_of: dict[str, list[str]] = {}
+    for e in graph.edges:
+        sources_of.setdefault(e.dst.name, []).append(e.src.name)
+    current: dict[str, torch.Tensor] = {}
+    mlp_inputs: dict[int, torch.Tensor] = {}
+
+    def rebuilt(dst: str, attn_layers: int, mlp_layers: int) -> torch.Tensor:
+        total = sum(b_o[:attn_layers], torch.zeros(cfg.d_model)) + sum(b_dec[:mlp_layers], torch.zeros(cfg.d_model))
+        for src in sources_of[dst]:
+            total = total + (abl[src] if abl is not None and f"{src}->{dst}" in ablated else current[src])
+        return total
+
+    def record_input(x, hook):
+        current["input"] = x
+        return x
+
+    def qkv(layer, letter):
+        def fn(x, hook):
+            x = x.clone()
+            for h in range(cfg.n_heads):
+                x[:, :, h] = rebuilt(f"a{layer}.h{h}<{letter}>", layer, layer)
+            return x
+        return fn
+
+    def result(layer):
+        def fn(x, hook):
+            for h in range(cfg.n_heads):
+                current[f"a{layer}.h{h}"] = x[:, :, h]
+            return x
+        return fn
+
+    def mlp_in(layer):
+        def fn(x, hook):
+            mlp_inputs[layer] = rebuilt(f"m{layer}", layer if cfg.parallel_attn_mlp else layer + 1, layer)
+            return mlp_inputs[layer]
+        return fn
+
+    def mlp_out(layer):
+        def fn(y, hook):
+            if layer not in featured:
+                current[f"m{layer}"] = y
+                return y
+            tc = ts[layer]
+            xn = _ln2(model, layer)(mlp_inputs[layer])
+            acts = tc.encode(xn)
+            recon = tc.b_dec.detach().expand_as(y).clone()
+            for i in featured[layer]:
+                current[f"m{layer}.f{i}"] = acts[..., i, None] * tc.W_dec[i].detach()
+                recon = recon + current[f"m{layer}.f{i}"]
+            if tc.W_skip is not None:
+                current[f"m{layer}.skip"] = xn @ tc.W_skip.detach()
+                recon = recon + current[f"m{layer}.skip"]
+            current[f"m{layer}.err"] = y - recon
+            return y
+        return fn
+
+    hooks = [("blocks.0.hook_resid_pre", record_input)]
+    for layer in range(cfg.n_layers):
+        hooks += [(f"blocks.{layer}.hook_{c}_input", qkv(layer, c)) for c in "qkv"]
+        hooks += [(f"blocks.{layer}.attn.hook_result", result(layer)), (f"blocks.{layer}.hook_mlp_in", mlp_in(layer)),
+                  (f"blocks.{layer}.hook_mlp_out", mlp_out(layer))]
+    hooks.append(("ln_final.hook_in", lambda x, hook: rebuilt("logits", cfg.n_layers, cfg.n_layers)))
+    with torch.no_grad():
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return logits, dict(current)
+
+
+def ablation_values(model, graph, ts, corrupt, ablation: str, batch: int) -> dict[str, torch.Tensor]:
+    """Each source's ablation value: its corrupt-run output (a feature's: its corrupt activation x its
+    decoder row), the mean of that over the corrupt prompts, or zero."""
+    _, out = hooked(model, graph, ts, corrupt)
+    if ablation == "resample":
+        return out
+    if ablation == "mean":
+        return {k: v.mean(0, keepdim=True).expand(batch, *v.shape[1:]) for k, v in out.items()}
+    return {k: torch.zeros_like(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module", params=["gpt2", "neox"])
+def model(request):
+    m = tiny_gpt2(n_layer=2, n_head=2, d=16) if request.param == "gpt2" else tiny_neox(n_layer=2, n_head=2, d=16)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # random biases: b_dec and b_O are outside every node, a zero would hide a slip
+        for name, param in m.original_model.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(0.3 * torch.randn(param.shape, generator=gen))
+    return m
+
+
+SETS = [  # (layers, activation, skip, which features of layer 1 enter)
+    ((0, 1), "topk", False, None),
+    ((1,), "relu", True, None),
+    ((0,), "jumprelu", True, None),
+    ((0, 1), "relu", False, {0: [1, 4, 7], 1: [0, 2, 3, 5, 11]}),
+]
+
+
+def _graph(model, layers, activation, skip, chosen):
+    ts = random_set(model, layers, activation, skip)
+    return ts, acdc.Graph.from_model(model, transcoders=ts, features=chosen)
+
+
+def test_feature_graph_names_counts_and_json(model, tmp_path):
+    ts, g = _graph(model, (1,), "relu", True, {1: [5, 2, 2, 9]})
+    names = [s.name for s in g.sources]
+    assert names[-5:] == ["m1.f2", "m1.f5", "m1.f9", "m1.err", "m1.skip"] and "m0" in names  # layer 0 stays whole
+    kinds = {s.name: s.kind for s in g.sources}
+    assert kinds["m1.f5"] is FEATURE and kinds["m1.err"] is ERROR and kinds["m1.skip"] is SKIP and kinds["m1.err"].component
+    assert g.has_edge("m1.f9->logits") and g.has_edge("m1.err->logits") and g.has_edge("m0->a1.h1<k>")
+    assert g.has_edge("a1.h1->m1") != model.cfg.parallel_attn_mlp and not g.has_edge("m1.f2->m1")
+    assert g.mlp_src(0) == names.index("m0")
+    with pytest.raises(ValueError, match="no whole-MLP source in layer 1"):
+        g.mlp_src(1)
+    # the JSON records the transcoders; read back, the graph has their description but not their weights
+    circuit = acdc.Circuit(g, torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges))
+    back = acdc.Circuit.from_json(circuit.to_json(tmp_path / "c.json"))
+    assert back.graph.shape() == g.shape() and back.graph.config()["transcoders"]["source"] == "random (tests)"
+    assert back.graph.config()["features"] == {"1": [2, 5, 9]} and back.graph.transcoders is None
+    clean, corrupt = random_tokens(vocab=50)
+    with pytest.raises(ValueError, match="no transcoders attached.*with_transcoders"):
+        acdc.Patcher(model, clean, corrupt, graph=back.graph)
+    again = acdc.Patcher(model, clean, corrupt, graph=back.graph.with_transcoders(ts))
+    assert again.graph.n_edges == g.n_edges
+    with pytest.raises(ValueError, match=r"feature indices must lie in \[0, 12\)"):
+        acdc.Graph.from_model(model, transcoders=ts, features={1: [12]})
+    with pytest.raises(ValueError, match="transcoders cover layers \\[1\\]"):
+        acdc.Graph.from_model(model, transcoders=ts, features={0: [1]})
+
+
+@pytest.mark.parametrize("layers, activation, skip, chosen", SETS)
+def test_the_unablated_feature_graph_is_the_model(model, layers, activation, skip, chosen):
+    """Error nodes make the split exact: nothing ablated, the logits are the model's, however bad the
+    transcoders (random here), and the hooked split agrees with the engine's."""
+    ts, g = _graph(model, layers, activation, skip, chosen)
+    clean, corrupt = random_tokens(vocab=50)
+    p = acdc.Patcher(model, clean, corrupt, graph=g)
+    want = model(clean)[:, -1]
+    assert torch.allclose(p.logits([]), want, atol=1e-5)
+    logits, out = hooked(model, g, ts, clean)
+    assert torch.allclose(logits[:, -1], want, atol=1e-5)
+    err = out[f"m{layers[0]}.err"]
+    assert float(err.norm()) > 0.3 * float(sum(v.norm() for k, v in out.items() if k.startswith(f"m{layers[0]}.f")))
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+@pytest.mark.parametrize("layers, activation, skip, chosen", SETS)
+def test_feature_edges_ablated_equal_the_hooked_forward(model, layers, activation, skip, chosen, ablation):
+    ts, g = _graph(model, layers, activation, skip, chosen)
+    clean, corrupt = random_tokens(vocab=50)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation)
+    abl = ablation_values(model, g, ts, corrupt, ablation, clean.shape[0])
+    gen = torch.Generator().manual_seed(7)
+    kinds = {FEATURE: [], ERROR: [], SKIP: []}
+    for i, e in enumerate(g.edges):
+        kinds.get(e.src.kind, []).append(i)
+    for k in (1, 6, 20):
+        pick = [kinds[FEATURE][int(j)] for j in torch.randperm(len(kinds[FEATURE]), generator=gen)[:k]]
+        pick += [kinds[ERROR][int(j)] for j in torch.randperm(len(kinds[ERROR]), generator=gen)[: max(1, k // 4)]]
+        pick += [kinds[SKIP][int(j)] for j in torch.randperm(len(kinds[SKIP]), generator=gen)[:1]]
+        pick += torch.randint(0, g.n_edges, (k // 3,), generator=gen).tolist()  # and edges of every kind
+        names = {g.edges[i].name for i in pick}
+        want = hooked(model, g, ts, clean, names, abl)[0][:, -1]
+        got = p.logits(sorted(names))
+        assert float((got - want).abs().max()) <= 1e-4 * max(float(want.abs().max()), 1.0), (ablation, k)
+        assert float((got - p.clean.logits).abs().max()) > 1e-3  # the ablation changed something
+    everything = hooked(model, g, ts, clean, {e.name for e in g.edges}, abl)[0][:, -1]
+    assert torch.allclose(p.logits(torch.ones(g.n_edges, dtype=torch.bool)), everything, atol=1e-4)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_feature_eap_equals_the_gradient_formula_by_hand(model, ablation):
+    """EAP on a feature graph against the slow formula: each source's (ablated - clean) output, as the
+    hooked split gives it, dotted with the hooked gradient at the destination's input."""
+    ts, g = _graph(model, (0, 1), "relu", True, None)
+    clean, corrupt = random_tokens(vocab=50)
+    s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=random_answers(),
+                       ablation=ablation, graph=g)
+    clean_out = hooked(model, g, ts, clean)[1]
+    abl = ablation_values(model, g, ts, corrupt, ablation, clean.shape[0])
+    grads = destination_grads(model, g, clean, logit_diff_loss)
+    want = torch.tensor([float(((abl[e.src.name] - clean_out[e.src.name]) * grads[e.dst.name]).sum()) for e in g.edges],
+                        dtype=torch.float64)
+    scale = float(want.abs().max())
+    for kind in (FEATURE, ERROR, SKIP):  # every kind scores
+        assert float(want[torch.tensor([e.src.kind is kind for e in g.edges])].abs().max()) > 1e-3 * scale, kind
+    assert torch.allclose(s.values, want, atol=1e-4 * scale, rtol=1e-4)
+
+
+def _kl(full: torch.Tensor, patched: torch.Tensor) -> float:
+    ref, new = full.log_softmax(-1), patched.log_softmax(-1)
+    return float((ref.exp() * (ref - new)).sum(-1).mean())
+
+
+@pytest.mark.parametrize("ablation", ["resample", "zero"])
+def test_acdc_on_a_feature_graph_equals_plain_sequential(model, ablation):
+    """ACDC on a feature graph (reruns from the first changed layer) makes the decisions and measures
+    the deltas of ACDC done the obvious way: one hooked forward per tested edge."""
+    ts, g = _graph(model, (0, 1), "relu", True, {0: [0, 3, 5], 1: [1, 2, 8, 9]})
+    clean, corrupt = random_tokens(batch=5, pos=5, vocab=50)
+    abl = ablation_values(model, g, ts, corrupt, ablation, clean.shape[0])
+    with torch.no_grad():
+        full = model(clean)[:, -1]
+
+    def plain(threshold: float) -> tuple[set[str], dict[str, float]]:
+        removed: set[str] = set()
+        current = _kl(full, hooked(model, g, ts, clean, removed, abl)[0][:, -1])
+        deltas: dict[str, float] = {}
+        for dst in reversed(g.destinations):
+            if dst.node.name != "logits" and dst.node.name not in g.src_index:  # a featured MLP's input: read by its nodes
+                outgoing = [e.name for e in g.edges if e.src.layer == dst.node.layer and e.src.kind in (FEATURE, ERROR, SKIP)]
+            else:
+                outgoing = [e.name for e in g.edges if e.src.name == dst.node.name]
+            if dst.node.name in g.src_index and all(n in removed for n in outgoing):
+                removed |= {e.name for e in g.edges if e.dst == dst}
+                continue
+            for e in reversed([e for e in g.edges if e.dst == dst]):
+                new = _kl(full, hooked(model, g, ts, clean, removed | {e.name}, abl)[0][:, -1])
+                deltas[e.name] = new - current
+                if new - current < threshold:
+                    removed.add(e.name)
+                    current = new
+        return {e.name for e in g.edges} - removed, deltas
+
+    for threshold in (0.01, 0.003, 0.03, 0.001):
+        kept, deltas = plain(threshold)
+        if min(abs(d - threshold) for d in deltas.values()) > 1e-4 and 0 < len(kept) < g.n_edges:
+            break
+    else:
+        pytest.fail("no threshold gives a clear, non-trivial decision")
+    assert any(g.sources[g.src_index[n.split("->")[0]]].kind is FEATURE for n in kept)
+    c = acdc.discover(model, clean, corrupt, graph=g, threshold=threshold, ablation=ablation, progress=False)
+    assert set(c.edges) == kept
+    tested = {e.name: c.edge_score(e.name) for e in g.edges if not math.isnan(c.edge_score(e.name))}
+    assert tested.keys() == deltas.keys()
+    for name, d in deltas.items():
+        assert tested[name] == pytest.approx(d, abs=1e-5), name
+
+
+@pytest.fixture(scope="module")
+def chain():
+    return acdc.zoo.load("feature-chain")
+
+
+def test_active_features_are_the_planted_neurons_that_fire(chain):
+    """The zoo's transcoders are its MLPs (16 neurons each): 4 class neurons and 2 distractors fire in m0,
+    4 in m1; the rest never do. The error nodes of exact transcoders are zero."""
+    assert acdc.active_features(chain.model, chain.transcoders, chain.task) == {0: [0, 1, 2, 3, 4, 5], 1: [0, 1, 2, 3]}
+    top = acdc.active_features(chain.model, chain.transcoders, chain.task.clean, top=2)
+    assert {layer: len(v) for layer, v in top.items()} == {0: 2, 1: 2} and set(top[0]) <= set(range(6))
+    assert acdc.active_features(chain.model, chain.transcoders, chain.task, min_activation=1e3) == {0: [], 1: []}
+    _, out = hooked(chain.model, chain.graph, chain.transcoders, chain.task.clean)
+    assert float(out["m0.err"].abs().max()) < 1e-5 and float(out["m0.f2"].abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("method, metric", [("eap-ig-inputs", "kl"), ("eap", "logit_diff"), ("eap-ig-inputs", "logit_diff")])
+def test_attribution_ranks_the_planted_feature_circuit_first(chain, method, metric):
+    s = acdc.attribute(chain.model, chain.task, method=method, metric=metric, graph=chain.graph, progress=False)
+    for level in ("edge", "node"):
+        assert acdc.ROC.from_scores(s, chain.truth, level=level).auc == 1.0, level
