@@ -27,6 +27,7 @@ from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
 from .api import (
     attribute,
+    attribution_graph,
     completeness,
     discover,
     faithfulness,
@@ -35,6 +36,7 @@ from .api import (
     minimality,
     roc,
 )
+from .attribution_graphs import AttributionGraph
 from .circuit import Circuit
 from .evaluation import ROC, Confusion, Recovery, recovery
 from .faithfulness_math import Completeness, Faithfulness, FaithfulnessCurve, FaithfulnessGrid, Minimality
@@ -84,7 +86,9 @@ __all__ = [
     "TrainOptions",
     "TranscoderSet",
     "active_features",
+    "AttributionGraph",
     "attribute",
+    "attribution_graph",
     "completeness",
     "discover",
     "explorer",

@@ -24,6 +24,8 @@ from typing_extensions import Unpack
 from .algorithms import get_algorithm
 from .algorithms.acdc import ACDCOptions, run_acdc
 from .algorithms.attribution import METHODS, AttributionOptions
+from .algorithms.attribution_graph import build_attribution_graph
+from .attribution_graphs import AttributionGraph
 from .circuit import Circuit
 from .evaluation import ROC, CircuitLike, Level, as_mask, check_level, threshold_grid
 from .faithfulness_math import (
@@ -39,13 +41,16 @@ from .inputs import Answers, Prompts, as_tokens, check_ablation, check_threshold
 from .known import KnownCircuit
 from .loading import ModelLike, load_model
 from .metrics import Batch, Metric, MetricLike, per_prompt, resolve_metric, scored_rows
+from .model import Transformer
 from .patching import Patcher
 from .positions import Positions, token_names
 from .progress import bar
 from .scores import Scores
 from .tasks import Task
+from .transcoders import TranscoderSet
 
 __all__ = [
+    "attribution_graph",
     "DEFAULT_GRID", "FaithfulnessSetting", "Inputs", "attribute", "completeness", "discover", "faithfulness", "faithfulness_curve",
     "faithfulness_grid", "make_batch", "minimality", "prepare", "roc",
 ]
@@ -523,6 +528,39 @@ def faithfulness_curve(
         values.append((m(patcher.logits(c), batch) - empty) / (full - empty) if full != empty else math.nan)
     curve = FaithfulnessCurve.from_values(list(fractions), values)
     return FaithfulnessCurve(curve.fractions, curve.values, tuple(sorted(sizes)))
+
+
+def attribution_graph(
+    model: Any,
+    prompt: str | Tensor | Sequence[int],
+    *,
+    transcoders: TranscoderSet,
+    max_logits: int = 10,
+    logit_prob: float = 0.95,
+    batch_size: int = 256,
+    skip_first: bool = True,
+    progress: bool = True,
+) -> AttributionGraph:
+    """The attribution graph of one prompt (circuit-tracer's method, `acdc.attribution_graphs`):
+    every direct effect between its active transcoder features, error nodes, token embeddings and
+    top logits in the local replacement model (attention patterns and norm scales frozen).
+
+    prompt: text (tokenized as the model does, BOS included) or token ids [S];
+    transcoders: an `acdc.TranscoderSet` (any subset of layers: an MLP without one is all error);
+    max_logits, logit_prob: the logit nodes (the most probable tokens until ``logit_prob``, at most
+        ``max_logits``); batch_size: targets per backward pass; skip_first: no features at
+        position 0 (circuit-tracer's convention).
+    Returns an `AttributionGraph`: ``.prune()``, ``.replacement_score``, ``.completeness_score``,
+    ``.to_json(path)`` (circuit-tracer's graph file), ``.save`` / ``AttributionGraph.load``.
+    """
+    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    tokens = as_tokens(prompt, model, "prompt") if isinstance(prompt, str) else torch.as_tensor(prompt)
+    if tokens.dim() == 2 and tokens.shape[0] != 1:
+        raise ValueError(f"an attribution graph explains one prompt; got {tokens.shape[0]}")
+    tok = getattr(model, "tokenizer", None)
+    decode = (lambda t: tok.decode([t])) if tok is not None and hasattr(tok, "decode") else None
+    return build_attribution_graph(tf, tokens.reshape(-1), transcoders, max_logits=max_logits, logit_prob=logit_prob,
+                                   batch_size=batch_size, skip_first=skip_first, decode=decode, progress=progress)
 
 
 def prepare(

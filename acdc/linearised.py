@@ -1,0 +1,168 @@
+"""The local replacement model of one prompt, linearised: what attribution graphs run on.
+
+For one prompt, the model's attention patterns and its norms' scales are frozen at their values
+on that prompt (circuit-tracer's and Ameisen et al. 2025's *local replacement model*), and each
+MLP's output is frozen too, as its transcoder's features, its error and ``b_dec`` (constants,
+the graph's nodes), except for a transcoder's skip path ``ln2(x) @ W_skip``, which stays a
+function of its input. What is left is linear in the residual stream: a frozen norm is
+``(x - mean(x)) / s * w`` (RMSNorm: ``x / s * w``) with ``s`` fixed, a head is
+``P (ln1(x) W_V) W_O`` with its pattern ``P`` fixed. So the direct effect of a node that writes
+``v`` into the stream at (layer, position) on a node that reads direction ``r`` from it is
+``r . J v``, with ``J`` the Jacobian of that linear map, and a backward pass of many readers at
+once gives every such effect.
+
+`FrozenRun.backward` is that backward written out (the transpose of each frozen piece), so one
+forward serves any number of readers and nothing is recomputed per batch; `FrozenRun.forward`
+is the frozen forward itself, for checking it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .model import Transformer
+
+__all__ = ["FrozenRun", "Readers"]
+
+
+@dataclass
+class Readers:
+    """What a batch of target nodes reads, as cotangents to inject: per layer, rows of the batch that
+    read that layer's MLP input (``mid[layer] = (rows [k], positions [k], directions [k, d])``,
+    directions in the normed input's space), and rows that read the final stream before the
+    unembedding (``final``, directions in the final norm's output space)."""
+
+    n: int
+    mid: dict[int, tuple[Tensor, Tensor, Tensor]]
+    final: tuple[Tensor, Tensor, Tensor] | None = None
+
+
+@dataclass
+class FrozenRun:
+    """One prompt's forward with the frozen quantities of its local replacement model.
+
+    tokens: [S]; resid_pre [L + 1, S, d] (the last: the final stream), resid_mid [L, S, d];
+    patterns [L, H, S, S]; scale1, scale2 [L, S, 1], scale_f [S, 1] the norms' denominators;
+    mlp_out [L, S, d]; skip: layer -> W_skip [d, d] of the layers whose MLP keeps a linear skip path.
+    """
+
+    tf: Transformer
+    tokens: Tensor
+    resid_pre: Tensor
+    resid_mid: Tensor
+    patterns: Tensor
+    scale1: Tensor
+    scale2: Tensor
+    scale_f: Tensor
+    mlp_out: Tensor
+    skip: dict[int, Tensor]
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, tf: Transformer, tokens: Tensor, skip: dict[int, Tensor] | None = None) -> FrozenRun:
+        """Run the model on ``tokens`` [S] (one prompt) and keep what its local replacement model freezes."""
+        a = tf.arch
+        if a.parallel_attn_mlp:
+            raise NotImplementedError("attribution graphs of models with parallel attention and MLP are not supported yet")
+        if a.attn_only:
+            raise ValueError("an attention-only model has no MLPs to replace")
+        tokens = tokens.reshape(-1).to(tf.device)
+        run = tf.run(tokens[None])
+        pre, mid = run.resid_pre[:, 0], run.resid_mid[:, 0]
+        heads = torch.arange(a.n_heads, device=tf.device)
+        patterns = torch.stack([
+            tf.pattern(tf.project(layer, heads, pre[layer][None], "Q"), tf.project(layer, heads, pre[layer][None], "K"))[:, 0]
+            for layer in range(a.n_layers)
+        ])
+        mlp_out = torch.stack([tf.mlp(layer, mid[layer]) for layer in range(a.n_layers)])
+        return cls(tf, tokens, pre, mid, patterns, _scale(tf, pre[:-1]), _scale(tf, mid), _scale(tf, pre[-1]), mlp_out,
+                   {k: v.to(device=tf.device, dtype=tf.dtype) for k, v in (skip or {}).items()})
+
+    def __post_init__(self) -> None:
+        w, a = self.tf.w, self.tf.arch
+        # per layer, all heads' W_O as [d, H * dh] and W_V as [H * dh, d]: the backward's two matmuls
+        self._wo = [w["W_O"][layer].reshape(-1, a.d_model).T.contiguous() for layer in range(a.n_layers)]
+        self._wv = [w["W_V"][layer].transpose(1, 2).reshape(-1, a.d_model).contiguous() for layer in range(a.n_layers)]
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def token_vectors(self) -> Tensor:
+        """[S, d] what each token's embedding writes into the stream (positions are a constant, not a node)."""
+        a = self.tf.arch
+        x = self.tf.w["W_E"][self.tokens]
+        return x * torch.tensor(a.embed_scale, dtype=x.dtype) if a.embed_scale != 1.0 else x
+
+    # ------------------------------------------------------------------ the frozen pieces
+    def _norm_vjp(self, g: Tensor, w: Tensor, scale: Tensor) -> Tensor:
+        """Transpose of a frozen norm ``(x - mean) / s * w``: g [..., S, d], scale [S, 1] -> [..., S, d]."""
+        out = g * w
+        if self.tf.arch.norm != "RMS":
+            out = out - out.mean(-1, keepdim=True)
+        return out / scale
+
+    def _norm(self, x: Tensor, w: Tensor, b: Tensor, scale: Tensor) -> Tensor:
+        if self.tf.arch.norm != "RMS":
+            x = x - x.mean(-1, keepdim=True)
+        out = x / scale * w
+        return out if self.tf.arch.norm == "RMS" else out + b
+
+    def backward(self, readers: Readers, upto: int | None = None, n_pos: int | None = None) -> tuple[Tensor, Tensor]:
+        """Gradients of every reader through the frozen model: (at each MLP's output [upto + 1, n, S, d],
+        at the embedding [n, S, d]). ``upto``: the readers' highest layer (the MLPs above it are not
+        returned; default every layer; readers of the final stream need ``upto=None``). ``n_pos``: only the
+        first positions (enough when every reader is before it: attention looks back only)."""
+        tf, w = self.tf, self.tf.w
+        a = tf.arch
+        S = self.n_pos if n_pos is None else n_pos
+        L, d = a.n_layers, a.d_model
+        n = readers.n
+        g = torch.zeros(n, S, d, dtype=tf.dtype, device=tf.device)
+        if readers.final is not None:
+            rows, pos, dirs = readers.final
+            g[rows, pos] += self._norm_vjp(dirs, w["lnf_w"], self.scale_f[pos])
+        pat, s1, s2 = self.patterns[:, :, :S, :S], self.scale1[:, :S], self.scale2[:, :S]
+        top = L - 1 if upto is None else upto
+        out = torch.empty(top + 1, n, S, d, dtype=tf.dtype, device=tf.device)
+        for layer in range(top, -1, -1):
+            out[layer] = g  # the gradient at MLP ``layer``'s output is the one after it
+            if layer in self.skip:
+                g = g + self._norm_vjp(g @ self.skip[layer].T, w["ln2_w"][layer], s2[layer])
+            if layer in readers.mid:
+                rows, pos, dirs = readers.mid[layer]
+                g = g.index_put((rows, pos), self._norm_vjp(dirs, w["ln2_w"][layer], s2[layer][pos]), accumulate=True)
+            # heads: out_h = P_h (ln1(x) W_V_h) W_O_h; transpose: ln1^T ((P_h^T (g W_O_h^T)) W_V_h^T),
+            # as two matmuls over all heads at once and one batched over heads
+            H, dh = self.patterns.shape[1], a.d_head
+            z = (g.reshape(-1, d) @ self._wo[layer]).view(n, S, H, dh).permute(2, 1, 0, 3).reshape(H, S, n * dh)
+            zk = torch.bmm(pat[layer].transpose(1, 2), z).view(H, S, n, dh).permute(2, 1, 0, 3).reshape(n * S, H * dh)
+            g = g + self._norm_vjp((zk @ self._wv[layer]).view(n, S, d), w["ln1_w"][layer], s1[layer])
+        return out, g
+
+    @torch.no_grad()
+    def forward(self, mlp_out: Tensor, embed: Tensor) -> tuple[Tensor, Tensor]:
+        """The frozen model's streams for given frozen MLP outputs (the constant part, without the skip
+        path) [L, S, d] and input [S, d]: (MLP inputs [L, S, d], final stream [S, d])."""
+        tf, w = self.tf, self.tf.w
+        x, mids = embed, []
+        for layer in range(tf.arch.n_layers):
+            ln = self._norm(x, w["ln1_w"][layer], w["ln1_b"][layer], self.scale1[layer])
+            v = torch.einsum("sd,hde->hse", ln, w["W_V"][layer]) + w["b_V"][layer][:, None]
+            x = x + torch.einsum("hqk,hke,hed->qd", self.patterns[layer], v, w["W_O"][layer]) + w["b_O"][layer]
+            mids.append(x)
+            m = mlp_out[layer]
+            if layer in self.skip:
+                m = m + self._norm(x, w["ln2_w"][layer], w["ln2_b"][layer], self.scale2[layer]) @ self.skip[layer]
+            x = x + m
+        return torch.stack(mids), x
+
+
+def _scale(tf: Transformer, x: Tensor) -> Tensor:
+    """[..., S, 1] a norm's denominator on x [..., S, d]: sqrt(var + eps) (RMSNorm: sqrt(mean square + eps))."""
+    if tf.arch.norm == "RMS":
+        return (x.pow(2).mean(-1, keepdim=True) + tf.arch.eps).sqrt()
+    return (x.var(-1, unbiased=False, keepdim=True) + tf.arch.eps).sqrt()

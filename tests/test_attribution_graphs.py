@@ -1,0 +1,262 @@
+"""Attribution graphs: every edge equals the direct effect measured in the frozen model (the slow
+way: one explicit frozen forward per source, written from Hugging Face's GPT-2 weights), the
+planted feature circuit comes out, pruning follows circuit-tracer's definitions, files load back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_gpt2
+from test_features import random_set
+
+import acdc
+from acdc.algorithms.attribution_graph import build_attribution_graph
+from acdc.attribution_graphs import AttributionGraph, prune
+from acdc.model import Transformer
+
+
+def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_first: bool = True) -> torch.Tensor:
+    """The adjacency measured the slow way: the local replacement model of ``tokens`` run forward by
+    hand from the Hugging Face GPT-2's modules (attention patterns and LayerNorm denominators fixed
+    at their clean values, each MLP's output fixed except its transcoder's skip path), once with
+    every node and once per source with that source's vector taken out of the stream; a target's
+    value is its encoder pre-activation (a feature) or its demeaned logit (a logit node)."""
+    hf = model.original_model
+    blocks, S, H = hf.transformer.h, len(tokens), model.cfg.n_heads
+    d = model.cfg.d_model
+    dh = d // H
+
+    def ln(x, mod, scale):
+        return (x - x.mean(-1, keepdim=True)) / scale * mod.weight + mod.bias
+
+    def scale_of(x, mod):
+        return (x.var(-1, unbiased=False, keepdim=True) + mod.eps).sqrt()
+
+    with torch.no_grad():  # the clean run: what gets frozen
+        x = hf.transformer.wte.weight[tokens] + hf.transformer.wpe.weight[:S]
+        frozen = []
+        for b in blocks:
+            s1 = scale_of(x, b.ln_1)
+            q, k, v = (ln(x, b.ln_1, s1) @ b.attn.c_attn.weight + b.attn.c_attn.bias).split(d, -1)
+            q, k = q.view(S, H, dh).transpose(0, 1), k.view(S, H, dh).transpose(0, 1)
+            att = (q @ k.transpose(-1, -2)) / dh**0.5
+            att = att.masked_fill(~torch.ones(S, S, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+            v = v.view(S, H, dh).transpose(0, 1)
+            x_mid = x + (att @ v).transpose(0, 1).reshape(S, d) @ b.attn.c_proj.weight + b.attn.c_proj.bias
+            s2 = scale_of(x_mid, b.ln_2)
+            xn = ln(x_mid, b.ln_2, s2)
+            out = b.mlp(xn)
+            frozen.append((s1, att, s2, out, xn))
+            x = x_mid + out
+        sf = scale_of(x, hf.transformer.ln_f)
+
+    names = g.node_names()
+
+    def vector_of(name: str) -> tuple[str, int, int, torch.Tensor]:
+        """(where it writes: "mlp"/"embed", layer, position, its vector)."""
+        kind, pos = name.split("@")
+        pos = int(pos)
+        if kind == "input":
+            return "embed", -1, pos, hf.transformer.wte.weight[tokens[pos]]
+        layer_s, unit = kind[1:].split(".")
+        layer = int(layer_s)
+        s1, att, s2, out, xn = frozen[layer]
+        if unit == "err":
+            if skip_first and pos == 0:
+                return "mlp", layer, pos, torch.zeros(d)
+            if layer not in ts.transcoders:
+                return "mlp", layer, pos, out[pos]
+            return "mlp", layer, pos, out[pos] - ts[layer](xn[pos])
+        f = int(unit[1:])
+        a = ts[layer].encode(xn[pos])[f]
+        return "mlp", layer, pos, a * ts[layer].W_dec[f]
+
+    def run(removed: str | None) -> torch.Tensor:
+        """Every target's value, with ``removed``'s vector out of the stream."""
+        where, at_layer, at_pos, vec = vector_of(removed) if removed is not None else ("", -2, 0, None)
+        with torch.no_grad():
+            x = hf.transformer.wte.weight[tokens] + hf.transformer.wpe.weight[:S]
+            if where == "embed":
+                x = x.clone()
+                x[at_pos] -= vec
+            values = torch.zeros(g.n_nodes)
+            for layer, b in enumerate(blocks):
+                s1, att, s2, out, xn_clean = frozen[layer]
+                _, _, v = (ln(x, b.ln_1, s1) @ b.attn.c_attn.weight + b.attn.c_attn.bias).split(d, -1)
+                v = v.view(S, H, dh).transpose(0, 1)
+                x_mid = x + (att @ v).transpose(0, 1).reshape(S, d) @ b.attn.c_proj.weight + b.attn.c_proj.bias
+                xn = ln(x_mid, b.ln_2, s2)
+                for i in range(g.n_features):
+                    fl, fp, ff = g.features[i].tolist()
+                    if fl == layer:
+                        values[i] = ts[layer].W_enc[:, ff] @ xn[fp]
+                mlp = out.clone()
+                t = ts.transcoders.get(layer)
+                if t is not None and t.W_skip is not None:  # the skip path stays live
+                    mlp = mlp - xn_clean @ t.W_skip + xn @ t.W_skip
+                if where == "mlp" and at_layer == layer:
+                    mlp[at_pos] -= vec
+                x = x_mid + mlp
+            final = ln(x, hf.transformer.ln_f, sf)[-1]
+            W_U = hf.lm_head.weight.T
+            for k, tok in enumerate(g.logit_tokens.tolist()):
+                values[g.logit_start + k] = (W_U[:, tok] - W_U.mean(1)) @ final
+        return values
+
+    base = run(None)
+    A = torch.zeros(g.n_nodes, g.n_nodes)
+    for s, name in enumerate(names):
+        if s < g.logit_start:
+            A[:, s] = base - run(name)
+    A[g.error_start : g.logit_start] = 0  # only features and logits are targets
+    return A
+
+
+@pytest.mark.parametrize("layers, activation, skip", [((0, 1, 2), "topk", True), ((0, 2), "relu", False), ((1,), "jumprelu", True)])
+def test_every_edge_is_the_measured_direct_effect(layers, activation, skip):
+    model = tiny_gpt2(n_layer=3, n_head=2, d=16)
+    tf = Transformer.from_bridge(model)
+    ts = random_set(model, layers, activation, skip)
+    tokens = torch.tensor([3, 7, 1, 9, 4, 4])
+    g = build_attribution_graph(tf, tokens, ts, batch_size=5)  # several batches, mixed layers
+    want = _frozen_oracle(model, ts, tokens, g)
+    assert g.n_features > 5 and bool((g.features[:, 1] > 0).all())  # no features at the first position
+    assert float(want.abs().max()) > 0.1
+    assert torch.allclose(g.adjacency, want, atol=2e-4, rtol=1e-4), float((g.adjacency - want).abs().max())
+    # the layout: features sorted by (layer, position, feature); errors layer-major; tokens; logits by probability
+    keys = [tuple(r) for r in g.features.tolist()]
+    assert keys == sorted(keys) and g.node_name(g.error_start + 1) == "m0.err@1" and g.node_name(g.token_start) == "input@0"
+    assert bool((g.logit_probs[:-1] >= g.logit_probs[1:]).all()) and g.n_logits <= 10
+
+
+def test_logits_follow_circuit_tracers_choice():
+    """Up to max_logits tokens, until their probability reaches logit_prob: the smallest such prefix."""
+    model = tiny_gpt2(n_layer=2, n_head=2, d=16)
+    tf = Transformer.from_bridge(model)
+    ts = random_set(model, (0,), "topk", False)
+    tokens = torch.tensor([3, 7, 1, 9])
+    probs = model(tokens[None])[0, -1].softmax(-1)
+    top = probs.sort(descending=True).values
+    for p, cap in ((0.3, 10), (0.95, 10), (0.95, 3), (1.0, 50)):
+        g = build_attribution_graph(tf, tokens, ts, logit_prob=p, max_logits=cap)
+        want = min(int((top.cumsum(0) < p).sum()) + 1, cap)
+        assert g.n_logits == want, (p, cap)
+        assert torch.allclose(g.logit_probs, top[:want], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def chain():
+    return acdc.zoo.load("feature-chain")
+
+
+def test_the_planted_feature_circuit_is_the_pruned_graph(chain):
+    """In the feature-chain zoo model, the prompt's class feature in m0 drives the class feature in m1 through
+    a1.h0's frozen pattern, which drives the answer: pruning keeps exactly that chain of features."""
+    tokens = chain.task.clean[0]
+    g = acdc.attribution_graph(chain.model, tokens, transcoders=chain.transcoders)
+    k = int(tokens[1]) - 2  # item id -> its class: items are words 2.., class = index % 4
+    k = k % 4
+    src, mid = f"m0.f{k}@1", f"m1.f{k}@2"
+    assert g.edge(src, mid) > 1.0 and g.edge(mid, f"logit@{int(chain.task.correct[0])}") > 1.0
+    assert g.edge("input@1", src) > 1.0
+    kept = g.prune()
+    names = [g.node_name(i) for i in kept.node_mask.nonzero().squeeze(1).tolist()]
+    feats = [n for n in names if ".f" in n]
+    assert feats == [src, mid], names
+    assert g.replacement_score > 0.99 and g.completeness_score > 0.99  # exact transcoders: the errors are zero
+
+
+def test_prune_matches_circuit_tracers_definitions_on_a_hand_built_graph():
+    """A 6-node graph (2 features, 1 error (a 1-layer model, 1 position), 1 token, 1 logit... here:
+    n_layers=1, one position) with known direct effects: node influence is the logit's weight pushed
+    back through the row-normalised |A|; the weakest feature falls below an 0.8 node threshold."""
+    # nodes: f0, f1 | err@0 | input@0 | logit
+    A = torch.zeros(5, 5)
+    A[4, 0], A[4, 1], A[4, 2], A[4, 3] = 3.0, -1.0, 0.5, 0.5  # into the logit
+    A[0, 3], A[0, 2] = 2.0, 2.0  # f0 reads the token and the error
+    A[1, 3] = 1.0
+    g = AttributionGraph(torch.tensor([5]), ["x"], torch.tensor([[0, 0, 7], [0, 0, 9]]), torch.tensor([1.0, 2.0]),
+                         torch.tensor([11]), torch.tensor([1.0]), A, n_layers=1)
+    # row-normalised: logit row |.|/5 = (0.6, 0.2, 0.1, 0.1); f0 row (0, 0, 0.5, 0.5); f1 row token 1
+    # influence = w A + w A^2: f0 0.6, f1 0.2, err 0.1 + 0.6*0.5 = 0.4, token 0.1 + 0.3 + 0.2 = 0.6
+    p = prune(g, node_threshold=0.8, edge_threshold=1.0)
+    # sorted influences (0.6 f0, 0.6 token, 0.4 err, 0.2 f1, 0 logit): 0.8 of 1.8 is reached at err
+    assert p.node_mask.tolist() == [True, False, True, True, True]
+    assert g.replacement_score == pytest.approx(0.6 / (0.6 + 0.4))
+    # completeness: non-error input fraction weighted by influence + logit weight
+    # rows: f0 0.5 non-error (weight 0.6), f1 1 (0.2), err 1 (0.4), token 1 (0.6), logit 0.9 (0 + 1)
+    want = (0.5 * 0.6 + 1 * 0.2 + 1 * 0.4 + 1 * 0.6 + 0.9 * 1.0) / (0.6 + 0.2 + 0.4 + 0.6 + 1.0)
+    assert g.completeness_score == pytest.approx(want)
+    with pytest.raises(ValueError, match="node_threshold must lie in"):
+        prune(g, node_threshold=1.5)
+
+
+def test_files_load_back(chain, tmp_path):
+    g = acdc.attribution_graph(chain.model, chain.task.clean[1], transcoders=chain.transcoders)
+    back = AttributionGraph.load(g.save(tmp_path / "g"))
+    assert torch.equal(back.adjacency, g.adjacency) and back.node_names() == g.node_names()
+    doc = json.loads(g.to_json(tmp_path / "ct.json").read_text())
+    ids = {n["node_id"] for n in doc["nodes"]}
+    assert {"metadata", "qParams", "nodes", "links"} <= set(doc) and doc["metadata"]["slug"] == "ct"
+    assert all(link["source"] in ids and link["target"] in ids for link in doc["links"])
+    k = (int(chain.task.clean[1][1]) - 2) % 4
+    assert f"0_{k}_1" in ids and f"1_{k}_2" in ids and any(n["feature_type"] == "logit" and n["is_target_logit"] for n in doc["nodes"])
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_rms_models_backward_is_the_frozen_forwards_transpose(family):
+    """RMSNorm families (grouped-query attention, Gemma's scaled embedding): every edge equals the change
+    of its target in `FrozenRun.forward` (the frozen model run forward) when the source's vector is taken out."""
+    from test_families import _tiny
+
+    from acdc.linearised import FrozenRun
+
+    model = acdc.load_model(_tiny(family, n_kv=2))
+    tf = Transformer.from_bridge(model)
+    ts = random_set(model, (0, 1), "relu", True)
+    tokens = torch.tensor([3, 7, 1, 9, 4])
+    g = build_attribution_graph(tf, tokens, ts, batch_size=7)
+    fr = FrozenRun.of(tf, tokens, {layer: ts[layer].W_skip.detach() for layer in ts.layers})
+    consts = fr.mlp_out.clone()
+    for layer in ts.layers:  # the frozen forward adds the skip path itself
+        consts[layer] -= tf.mlp_input(layer, fr.resid_mid[layer]) @ ts[layer].W_skip.detach()
+    W_U = tf.w["W_U"]
+
+    def values(mlp: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        mids, final = fr.forward(mlp, emb)
+        out = torch.zeros(g.n_nodes)
+        for i, (layer, pos, f) in enumerate(g.features.tolist()):  # the encoder read through the frozen norm
+            xn = fr._norm(mids[layer][pos : pos + 1], tf.w["ln2_w"][layer], tf.w["ln2_b"][layer], fr.scale2[layer][pos : pos + 1])[0]
+            out[i] = ts[layer].W_enc[:, f] @ xn
+        last = fr._norm(final[-1:], tf.w["lnf_w"], tf.w["lnf_b"], fr.scale_f[-1:])[0]
+        for k, tok in enumerate(g.logit_tokens.tolist()):
+            out[g.logit_start + k] = (W_U[:, tok] - W_U.mean(1)) @ last
+        return out
+
+    emb0 = fr.resid_pre[0].clone()
+    base = values(consts, emb0)
+    assert torch.allclose(base[g.logit_start:] + W_U.mean(1) @ tf.ln(fr.resid_pre[-1][-1], "lnf"),
+                          tf.unembed(fr.resid_pre[-1][-1:])[0][g.logit_tokens], atol=1e-4)  # frozen = the model here
+    tok_vecs = fr.token_vectors()
+    for s in range(g.logit_start):
+        mlp, emb = consts.clone(), emb0.clone()
+        name = g.node_name(s)
+        kind, pos = name.split("@")
+        pos = int(pos)
+        if kind == "input":
+            emb[pos] -= tok_vecs[pos]
+        else:
+            layer = int(kind[1:].split(".")[0])
+            if ".err" in kind:
+                xn = tf.mlp_input(layer, fr.resid_mid[layer][pos])
+                vec = torch.zeros_like(xn) if pos == 0 else fr.mlp_out[layer][pos] - ts[layer](xn)
+            else:
+                f = int(kind.split(".f")[1])
+                xn = tf.mlp_input(layer, fr.resid_mid[layer][pos])
+                vec = ts[layer].encode(xn)[f] * ts[layer].W_dec[f]
+            mlp[layer, pos] -= vec
+        want = base - values(mlp, emb)
+        want[g.error_start : g.logit_start] = 0
+        assert torch.allclose(g.adjacency[:, s], want, atol=2e-4, rtol=1e-4), (name, float((g.adjacency[:, s] - want).abs().max()))
