@@ -309,6 +309,8 @@ class _FaithfulnessRuns:
         own = circuit.graph if isinstance(circuit, Circuit) else circuit.graph() if isinstance(circuit, KnownCircuit) else None
         if own is not None and own.positions is not None and "positions" not in rest and "graph" not in rest:
             rest["positions"] = "tokens" if own.positions == token_names(int(task.clean.shape[1])) else "named"
+        if own is not None and own.features is not None and "graph" not in rest:  # a feature circuit runs on its own graph
+            rest["graph"] = own
         base, self.m, self.batch = prepare(model, task, ablation=self.ablation, **rest)
         self.graph = base.graph
         self.circuit = as_mask(circuit, self.graph)
@@ -537,7 +539,7 @@ def attribution_graph(
     transcoders: TranscoderSet,
     max_logits: int = 10,
     logit_prob: float = 0.95,
-    batch_size: int = 256,
+    batch_size: int = 64,
     skip_first: bool = True,
     progress: bool = True,
 ) -> AttributionGraph:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -121,19 +122,24 @@ class AttributionGraph:
         return w
 
     # ------------------------------------------------------------------ scores
+    @cached_property
+    def scores(self) -> tuple[float, float]:
+        """(replacement score, completeness score), computed once."""
+        return _scores(self)
+
     @property
     def replacement_score(self) -> float:
         """Of the influence on the logits that reaches back to the tokens or the error nodes, the
         fraction that reaches the tokens (circuit-tracer's replacement score: 1 when every path
         from the logits back ends at a token, through features only)."""
-        return _scores(self)[0]
+        return self.scores[0]
 
     @property
     def completeness_score(self) -> float:
         """The fraction of each node's input that comes from features and tokens rather than error
         nodes, averaged with weights of the nodes' influence on the logits (circuit-tracer's
         completeness score)."""
-        return _scores(self)[1]
+        return self.scores[1]
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
         """`prune` of this graph (circuit-tracer's defaults)."""
@@ -258,12 +264,13 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
     influence = _influence(_normalised(A), weights)
     node_mask = influence >= _cut(influence, node_threshold)
     node_mask[fixed:] = True
-    pruned = A.clone()
-    pruned[~node_mask] = 0
-    pruned[:, ~node_mask] = 0
-    norm = _normalised(pruned)
-    edge_scores = norm * (_influence(norm, weights) + weights)[:, None]
+    norm = A.clone()  # one n x n copy at a time: this one becomes the normalised pruned matrix, then the edge scores
+    norm[~node_mask] = 0
+    norm[:, ~node_mask] = 0
+    norm = _normalised(norm, in_place=True)
+    edge_scores = norm.mul_((_influence(norm, weights) + weights)[:, None])
     edge_mask = edge_scores >= _cut(edge_scores.flatten(), edge_threshold)
+    del norm, edge_scores
     n_f = graph.n_features
 
     def drop_dangling() -> None:
@@ -283,10 +290,10 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
     return Pruned(node_mask, edge_mask, cumulative)
 
 
-def _normalised(A: Tensor) -> Tensor:
-    """|A| with each row summing to 1 (rows of zeros stay zero)."""
-    a = A.abs()
-    return a / a.sum(1, keepdim=True).clamp(min=1e-10)
+def _normalised(A: Tensor, in_place: bool = False) -> Tensor:
+    """|A| with each row summing to 1 (rows of zeros stay zero); ``in_place`` overwrites A."""
+    a = A.abs_() if in_place else A.abs()
+    return a.div_(a.sum(1, keepdim=True).clamp(min=1e-10))
 
 
 def _influence(A: Tensor, weights: Tensor, max_iter: int = 1000) -> Tensor:
@@ -302,10 +309,18 @@ def _influence(A: Tensor, weights: Tensor, max_iter: int = 1000) -> Tensor:
 
 
 def _cut(scores: Tensor, threshold: float) -> Tensor:
-    """The score at which the highest scores first hold ``threshold`` of their total."""
-    s = scores.sort(descending=True).values
+    """The score at which the highest scores first hold ``threshold`` of their total (scores >= 0).
+
+    Only the nonzero scores are sorted (an n x n edge-score matrix is mostly zeros): their cumulative
+    sums are the same as with the zeros after them, and a cut past them is 0, as it would be there."""
+    nz = scores[scores > 0]
+    if len(nz) == 0:
+        return torch.zeros((), dtype=scores.dtype)
+    s = nz.sort(descending=True).values
     cum = s.cumsum(0) / s.sum()
-    i = min(int(torch.searchsorted(cum, torch.tensor(threshold, dtype=cum.dtype))), len(s) - 1)
+    i = int(torch.searchsorted(cum, torch.tensor(threshold, dtype=cum.dtype)))
+    if i >= len(s):
+        return s[-1] if len(nz) == scores.numel() else torch.zeros((), dtype=scores.dtype)
     return s[i]
 
 

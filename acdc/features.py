@@ -32,6 +32,10 @@ module registers the engine (`acdc` does it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -40,7 +44,7 @@ from .graph import ERROR, FEATURE, SKIP, Graph
 from .model import Transformer
 from .transcoders import Transcoder, TranscoderSet, active_features
 
-__all__ = ["ERROR", "FEATURE", "SKIP", "TranscoderUnits", "active_features"]
+__all__ = ["ERROR", "FEATURE", "SKIP", "Intervened", "TranscoderUnits", "active_features", "intervene"]
 
 class TranscoderUnits:
     """The engine's side of a feature graph: each featured layer's chosen features (factored, rows
@@ -70,12 +74,17 @@ class TranscoderUnits:
         t = self._layers[layer][0]
         return tf.mlp_input(layer, x).to(t.W_enc.dtype)
 
+    @torch.no_grad()
     def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
-        """[..., n] the chosen features' activations on MLP input stream x [..., d_model]."""
+        """[..., n] the chosen features' activations on MLP input stream x [..., d_model].
+
+        Never differentiated (the transcoders' parameters would carry autograd graphs into every
+        stored activation): attribution's gradients come from the model's own MLP (`GradPass`)."""
         t, idx, _ = self._layers[layer]
         acts = t.encode(self._normed(tf, layer, x))
         return acts.index_select(-1, idx.to(acts.device)).to(tf.dtype)
 
+    @torch.no_grad()
     def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor) -> Tensor:
         """[1 | 2, ..., d_model]: the error node's output (then the skip node's) on x, given the chosen
         features' activations ``acts`` [..., n]."""
@@ -103,3 +112,60 @@ class TranscoderUnits:
 
 
 MLP_ENGINES["transcoders"] = TranscoderUnits
+
+
+@dataclass
+class Intervened:
+    """A run of the replacement model with feature edits (`intervene`).
+
+    pre:    layer -> [S, n_features] every feature's encoder pre-activation ``xn . W_enc`` (without ``b_enc``),
+            the value an attribution graph's feature target reads;
+    acts:   layer -> [S, n_features] the activations (after the edits);
+    logits: [S, d_vocab].
+    """
+
+    pre: dict[int, Tensor]
+    acts: dict[int, Tensor]
+    logits: Tensor
+
+
+@torch.no_grad()
+def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Mapping[tuple[int, int, int], float]) -> Intervened:
+    """Run the *replacement model* of ``tokens`` [S] with features clamped: ``edits`` maps
+    (layer, position, feature) to the activation it takes (0: ablated; ``2 * a``: doubled).
+
+    Each MLP that has a transcoder computes ``decode(encode(xn)) + error``, its features live (so an
+    edit moves every feature downstream, attention and norms live too) and its error frozen at its
+    value on the unedited prompt; so with no edits this is the model exactly. An attribution graph's
+    edge is the first-order, direct part of what an edit does here (`acdc.attribution_graph`).
+    """
+    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    transcoders.check_model(tf)
+    tokens = tokens.reshape(1, -1).to(tf.device)
+    layers = transcoders.layers
+    clean = tf.mlp_io(tokens, layers)
+    errors = {layer: clean[layer][1][0] - transcoders[layer](clean[layer][0][0].to(transcoders[layer].W_enc.dtype)).to(tf.dtype)
+              for layer in layers}
+    by_layer: dict[int, list[tuple[int, int, float]]] = {}
+    for (layer, pos, f), value in edits.items():
+        if layer not in errors:
+            raise ValueError(f"edit of layer {layer}: the transcoders cover layers {layers}")
+        by_layer.setdefault(int(layer), []).append((int(pos), int(f), float(value)))
+    pre: dict[int, Tensor] = {}
+    acts: dict[int, Tensor] = {}
+
+    def replaced(layer: int):
+        t = transcoders[layer]
+
+        def fn(xn: Tensor) -> Tensor:
+            x = xn[0].to(t.W_enc.dtype)
+            pre[layer] = x @ t.W_enc
+            a = t.encode(x)
+            for pos, f, value in by_layer.get(layer, ()):
+                a[pos, f] = value
+            acts[layer] = a
+            return (t.decode(a, x).to(tf.dtype) + errors[layer])[None]
+        return fn
+
+    logits = tf.logits_with_mlps(tokens, {layer: replaced(layer) for layer in layers})[0]
+    return Intervened(pre, acts, logits)

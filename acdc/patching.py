@@ -147,7 +147,7 @@ class RerunState:
         self.keep[dst] = False
 
 
-PositionalState = RerunState  # its first use; the name stays
+PositionalState = RerunState  # the name it had when only positional graphs used it
 
 
 @dataclass

@@ -260,3 +260,24 @@ def test_rms_models_backward_is_the_frozen_forwards_transpose(family):
         want = base - values(mlp, emb)
         want[g.error_start : g.logit_start] = 0
         assert torch.allclose(g.adjacency[:, s], want, atol=2e-4, rtol=1e-4), (name, float((g.adjacency[:, s] - want).abs().max()))
+
+
+def test_intervening_on_a_feature_moves_its_targets_as_its_edges_say(chain):
+    """The replacement model with no edit is the model; ablating the prompt's class feature of m0 moves the
+    class feature of m1 it drives by the edge weight (one hop, a positional head, a near-linear LayerNorm:
+    the direct effect is nearly the whole effect), and kills the answer; unrelated features do not move."""
+    from acdc.features import intervene
+
+    tokens = chain.task.clean[0]
+    k = (int(tokens[1]) - 2) % 4
+    plain = intervene(chain.model, chain.transcoders, tokens, {})
+    assert torch.allclose(plain.logits, chain.model(tokens[None])[0], atol=1e-4)
+    g = acdc.attribution_graph(chain.model, tokens, transcoders=chain.transcoders, progress=False)
+    cut = intervene(chain.model, chain.transcoders, tokens, {(0, 1, k): 0.0})
+    moved = float(plain.pre[1][2, k] - cut.pre[1][2, k])
+    assert moved == pytest.approx(g.edge(f"m0.f{k}@1", f"m1.f{k}@2"), rel=0.05)
+    assert float(cut.acts[1][2, k]) == 0.0 and int(cut.logits[-1].argmax()) != int(chain.task.correct[0])
+    other = (k + 1) % 4
+    assert float((plain.pre[1][2, other] - cut.pre[1][2, other]).abs()) < 0.05 * abs(moved)
+    with pytest.raises(ValueError, match="transcoders cover layers"):
+        intervene(chain.model, chain.transcoders, tokens, {(5, 1, 0): 0.0})

@@ -317,3 +317,24 @@ def test_attribution_ranks_the_planted_feature_circuit_first(chain, method, metr
     s = acdc.attribute(chain.model, chain.task, method=method, metric=metric, graph=chain.graph, progress=False)
     for level in ("edge", "node"):
         assert acdc.ROC.from_scores(s, chain.truth, level=level).auc == 1.0, level
+
+
+def test_faithfulness_of_a_feature_circuit_runs_on_its_graph(chain):
+    """The planted feature circuit keeps the behaviour (normalized faithfulness 1 up to the distractors'
+    leak); cutting one class feature's edge loses part of it."""
+    truth = chain.truth.as_circuit(chain.graph)
+    f = acdc.faithfulness(chain.model, chain.task, truth)
+    assert f.normalized == pytest.approx(1.0, abs=0.02)
+    fewer = acdc.Circuit(chain.graph, truth.in_graph & ~chain.graph.edge_mask(["m0.f0->a1.h0<v>"]), truth.scores)
+    assert acdc.faithfulness(chain.model, chain.task, fewer).normalized < 0.95
+
+
+def test_feature_scores_carry_no_autograd_graph(chain):
+    """Stored activations and scores are plain tensors (a transcoder's parameters require grad; an
+    activation that kept its graph would hold memory for every score)."""
+    p = acdc.Patcher(chain.model, chain.task, graph=chain.graph)
+    values = p.source_values
+    assert not any(f.clean.requires_grad or (f.abl is not None and f.abl.requires_grad) for f in values.factored.values())
+    assert not values.dense_clean.requires_grad
+    s = acdc.attribute(chain.model, chain.task, method="eap-ig-inputs", graph=chain.graph, progress=False)
+    assert not s.values.requires_grad

@@ -1,0 +1,83 @@
+"""acdc's attribution graph against circuit-tracer's on the same model, transcoders and prompt.
+
+    .venv/bin/python experiments/peers/check_attribution_graph.py OUT_DIR [--smollm2]
+
+OUT_DIR holds what experiments/peers/circuit_tracer_graph.py wrote there (the model, the transcoders in
+circuit-tracer's layout, circuit-tracer's graph). acdc loads the same model and transcoders, builds the
+graph of the same tokens, compares node lists and every entry of the adjacency, and writes its graph
+in circuit-tracer's JSON format to OUT_DIR/acdc_graph.json (read back by circuit-tracer's code by the
+shell driver). Results: experiments/results/circuit_tracer_graph.md (``--smollm2``: the SmolLM2 run of
+experiments/peers/check_attribution_graph_smollm2.sh, circuit_tracer_graph_smollm2.md, with memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+import acdc
+
+ap = argparse.ArgumentParser()
+ap.add_argument("out", type=Path)
+ap.add_argument("--smollm2", action="store_true", help="the SmolLM2 side-by-side (another description and results file)")
+args = ap.parse_args()
+out = args.out
+torch.set_num_threads(2)
+ct = load_file(str(out / "ct_graph.safetensors"))
+model = acdc.load_model(str(out / "model"))
+ts = acdc.load_transcoders(out / "transcoders", model)
+tokens = ct["tokens"]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+t0 = time.perf_counter()
+g = acdc.attribution_graph(model, tokens, transcoders=ts, max_logits=10, logit_prob=0.95, progress=False)
+seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+same_features = torch.equal(g.features, ct["active_features"][ct["selected_features"]])
+same_logits = torch.equal(g.logit_tokens, ct["logit_tokens"])
+diff = float((g.adjacency - ct["adjacency"]).abs().max())
+scale = float(ct["adjacency"].abs().max())
+acts = float((g.activations - ct["activations"][ct["selected_features"]]).abs().max())
+g.to_json(out / "acdc_graph.json", scan="acdc-check")
+ct_time = (out / "ct_time.txt").read_text().split()
+ct_seconds = float(ct_time[0])
+version = (out / "version.txt").read_text().strip() if (out / "version.txt").exists() else "circuit-tracer"
+ok = same_features and same_logits and diff <= 1e-4 * max(scale, 1.0)
+if args.smollm2:
+    about = (f"SmolLM2-135M-Instruct (the shipped GGUF, dequantized, saved as a Hugging Face folder; circuit-tracer runs it as a "
+             f"TransformerLens model converted by TransformerLens, logits within {float(ct_time[2]):.0e} of Hugging Face's), acdc's "
+             f"TopK transcoders turned into JumpReLU ones (experiments/peers/smollm2_jumprelu.py) in circuit-tracer's layout, the IOI "
+             f"prompt of {len(tokens)} tokens; {version}. Each tool alone on the machine, 2 threads. "
+             "Command: `bash experiments/peers/check_attribution_graph_smollm2.sh`.")
+    speed = [f"| seconds | {seconds:.1f} | {ct_seconds:.1f} |",
+             f"| peak resident memory of the process, GB (acdc: {before:.2f} before the graph) | {peak:.2f} | {float(ct_time[1]):.2f} |"]
+    results = "circuit_tracer_graph_smollm2.md"
+else:
+    about = (f"Same random GPT-2 (4 layers, d_model 32), same JumpReLU skip transcoders in circuit-tracer's layout (4 x 64 "
+             f"features), same prompt of {len(tokens)} tokens; {version}. Command: `bash experiments/peers/check_attribution_graph.sh`.")
+    speed = [f"| seconds (2 threads; a toy size, so overheads only) | {seconds:.3f} | {ct_seconds:.3f} |"]
+    results = "circuit_tracer_graph.md"
+lines = [
+    "# acdc's attribution graph against circuit-tracer's",
+    "",
+    about,
+    "",
+    "| | acdc | circuit-tracer |",
+    "|---|---|---|",
+    f"| active features | {g.n_features} | {int(ct['selected_features'].numel())} |",
+    f"| logit nodes | {g.n_logits} | {int(ct['logit_tokens'].numel())} |",
+    f"| nodes | {g.n_nodes} | {int(ct['adjacency'].shape[0])} |",
+    *speed,
+    "",
+    f"- same features in the same order: {same_features}; same logit tokens: {same_logits}",
+    f"- largest activation difference: {acts:.2e}",
+    f"- largest adjacency difference: {diff:.2e} (largest entry {scale:.2f}) over {g.n_nodes ** 2:,} entries",
+    f"- result: {'the same graph' if ok else 'DIFFERENT'}",
+]
+(Path("experiments/results") / results).write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+raise SystemExit(0 if ok else 1)

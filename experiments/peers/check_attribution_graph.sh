@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# acdc's attribution graph against circuit-tracer's own (same model, transcoders, prompt), and acdc's graph
+# file read by circuit-tracer's graph-file model. Writes experiments/results/circuit_tracer_graph.md.
+#   bash experiments/peers/check_attribution_graph.sh      (run from the repository root, after make setup)
+set -euo pipefail
+venv=/tmp/ct-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu || "$venv/bin/pip" install -q torch==2.13.0
+  "$venv/bin/pip" install -q circuit-tracer==0.5.0 numpy
+fi
+out=$(mktemp -d)
+"$venv/bin/python" experiments/peers/circuit_tracer_graph.py "$out" 2>/dev/null
+"$venv/bin/pip" show circuit-tracer | awk '/^Version:/ {print "circuit-tracer", $2}' > "$out/version.txt"
+HF_HUB_OFFLINE=1 .venv/bin/python experiments/peers/check_attribution_graph.py "$out"
+read_back=$("$venv/bin/python" experiments/peers/circuit_tracer_graph.py "$out" "$out/acdc_graph.json" 2>/dev/null)
+echo "$read_back"
+echo "- acdc's graph file (\`AttributionGraph.to_json\`, pruned at 0.8 / 0.98): ${read_back}" >> experiments/results/circuit_tracer_graph.md

@@ -1,0 +1,120 @@
+"""circuit-tracer's attribution graph of one prompt on a small random GPT-2 with random JumpReLU skip
+transcoders, for acdc's attribution graph to be compared with (experiments/peers/check_attribution_graph.py).
+
+Runs inside a venv with circuit-tracer (made by ``bash experiments/peers/check_attribution_graph.sh``):
+
+    /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_graph.py OUT_DIR            # make and attribute
+    /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_graph.py OUT_DIR FILE.json  # read acdc's graph file
+
+The first form writes ``OUT_DIR/model`` (the Hugging Face GPT-2, ``save_pretrained``), ``OUT_DIR/transcoders``
+(circuit-tracer's own layout: ``layer_N.safetensors`` by `TranscoderSet.to_safetensors` and ``config.yaml``),
+runs `circuit_tracer.attribute` on the prompt's tokens and stores the dense adjacency, the active
+features and the logit targets in ``OUT_DIR/ct_graph.safetensors`` (and the seconds it took in
+``ct_time.txt``). The second form checks that FILE.json is read by circuit-tracer's own graph-file
+model (`circuit_tracer.frontend.graph_models.Model`, pydantic), and that circuit-tracer's own
+pruning (`prune_graph`, `create_used_nodes_and_edges`) of its own graph keeps the same nodes and links.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from circuit_tracer import attribute
+from circuit_tracer.attribution.targets import LogitTarget
+from circuit_tracer.frontend.graph_models import Model
+from circuit_tracer.graph import Graph, prune_graph
+from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
+from circuit_tracer.transcoder.activation_functions import JumpReLU
+from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder, TranscoderSet, load_transcoder_set
+from circuit_tracer.utils.create_graph_files import create_nodes, create_used_nodes_and_edges
+from safetensors.torch import load_file, save_file
+from transformer_lens import HookedTransformerConfig
+from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+from transformers import GPT2Config, GPT2LMHeadModel
+
+out = Path(sys.argv[1])
+
+
+N_LAYERS, D, HEADS, VOCAB, N_FEATURES = 4, 32, 4, 60, 64
+TOKENS = torch.tensor([0, 5, 9, 3, 7, 2, 8, 11, 4, 6])
+cfg = HookedTransformerConfig(n_layers=N_LAYERS, d_model=D, n_ctx=32, d_head=D // HEADS, n_heads=HEADS, d_mlp=4 * D, d_vocab=VOCAB,
+                              act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard", eps=1e-5,
+                              original_architecture="GPT2LMHeadModel", device="cpu", model_name="tiny-gpt2")
+
+if len(sys.argv) > 2:  # read acdc's graph file; prune circuit-tracer's own graph and compare what each keeps
+    theirs = Model.model_validate_json(Path(sys.argv[2]).read_text())
+    kinds = sorted({n.feature_type for n in theirs.nodes})
+    t = load_file(str(out / "ct_graph.safetensors"))
+    graph = Graph(input_string="", input_tokens=t["tokens"], active_features=t["active_features"], adjacency_matrix=t["adjacency"],
+                  cfg=cfg, selected_features=t["selected_features"], activation_values=t["activations"],
+                  logit_targets=[LogitTarget(token_str=str(int(i)), vocab_idx=int(i)) for i in t["logit_tokens"]],
+                  logit_probabilities=t["logit_probs"], scan="acdc-check", vocab_size=VOCAB)
+    node_mask, edge_mask, cumulative = prune_graph(graph, 0.8, 0.98)
+    nodes, links = create_used_nodes_and_edges(graph, create_nodes(graph, node_mask, None, cumulative), edge_mask)
+    ours = json.loads(Path(sys.argv[2]).read_text())
+    same_nodes = {n.node_id for n in nodes} == {n["node_id"] for n in ours["nodes"]}
+    same_links = {(e["source"], e["target"]) for e in links} == {(e["source"], e["target"]) for e in ours["links"]}
+    print(f"circuit-tracer read {sys.argv[2]}: {len(theirs.nodes)} nodes ({', '.join(kinds)}), {len(theirs.links)} links; "
+          f"its own pruning of its graph keeps {len(nodes)} nodes and {len(links)} links: the same nodes {same_nodes}, "
+          f"the same links {same_links}")
+    sys.exit(0 if same_nodes and same_links else 1)
+
+out.mkdir(parents=True, exist_ok=True)
+torch.manual_seed(0)
+hf = GPT2LMHeadModel(GPT2Config(n_layer=N_LAYERS, n_head=HEADS, n_embd=D, vocab_size=VOCAB, n_positions=32,
+                                initializer_range=0.2, bos_token_id=0, eos_token_id=0)).eval()
+hf.save_pretrained(out / "model")
+
+built = {}
+for layer in range(N_LAYERS):
+    tc = SingleLayerTranscoder(D, N_FEATURES, JumpReLU(torch.rand(N_FEATURES) * 0.5 + 0.2, 0.1), layer, skip_connection=True,
+                               device=torch.device("cpu"), dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in tc.named_parameters():
+            if name != "activation_function.threshold":
+                p.copy_(torch.randn(p.shape) * 0.4)
+    built[layer] = tc
+tdir = out / "transcoders"
+TranscoderSet(built, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out", scan="acdc-check").to_safetensors(str(tdir))
+(tdir / "config.yaml").write_text(yaml.dump({"model_kind": "transcoder_set", "model_name": "tiny-gpt2", "feature_input_hook": "mlp.hook_in",
+                                             "feature_output_hook": "mlp.hook_out", "scan": "acdc-check"}))
+transcoders = load_transcoder_set({i: str(tdir / f"layer_{i}.safetensors") for i in built}, scan="acdc-check",
+                                  feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
+                                  device=torch.device("cpu"), lazy_encoder=False, lazy_decoder=False)
+
+
+class Tokens:
+    """The little a tokenizer must answer for circuit-tracer: token 0 is the BOS, text is the id."""
+
+    all_special_ids = [0]
+    bos_token_id = pad_token_id = eos_token_id = 0
+    vocab_size = VOCAB
+    padding_side = "right"
+
+    def decode(self, ids):  # noqa: D102
+        return " ".join(str(int(i)) for i in torch.as_tensor(ids).reshape(-1).tolist())
+
+
+model = TransformerLensReplacementModel(cfg)
+missing = model.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
+assert not [k for k in missing.missing_keys if not k.endswith(("IGNORE", "mask", "b_U"))], missing.missing_keys  # GPT-2 has no unembedding bias: zeros
+model.tokenizer = Tokens()
+model._configure_replacement_model(transcoders)
+with torch.no_grad():
+    tl_logits = model(TOKENS[None])[0, -1]
+assert torch.allclose(tl_logits, hf(TOKENS[None]).logits[0, -1], atol=1e-4), "the TransformerLens copy is not the model"
+
+t0 = time.perf_counter()
+graph = attribute(TOKENS, model, max_n_logits=10, desired_logit_prob=0.95, batch_size=64)
+seconds = time.perf_counter() - t0
+save_file({"adjacency": graph.adjacency_matrix.contiguous(), "active_features": graph.active_features.contiguous(),
+           "selected_features": graph.selected_features.contiguous(), "activations": graph.activation_values.contiguous(),
+           "logit_tokens": graph.logit_token_ids.contiguous(), "logit_probs": graph.logit_probabilities.contiguous(),
+           "tokens": graph.input_tokens.contiguous()}, str(out / "ct_graph.safetensors"))
+(out / "ct_time.txt").write_text(f"{seconds:.3f}\n")
+print(f"circuit-tracer: {graph.active_features.shape[0]} active features, {len(graph.logit_targets)} logits, {seconds:.2f} s")
