@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-prompts", type=int, default=20, help="IOI prompts of the task circuit")
     ap.add_argument("--top", type=int, default=64, help="features per layer in the task's feature graph")
     ap.add_argument("--pages-sequences", type=int, default=128)
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 64, 128, 256], help="batch sizes to time on the IOI prompt")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = ap.parse_args(argv)
     model, tf = load(args.threads)
@@ -83,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
                   scan="acdc smollm2-sotu (TopK 4608, skip)")
         graphs[name] = g
         print(rows[-1])
+    batch_times = {}  # after the graphs, so their memory is measured first
+    for bs in args.batch_sizes:  # targets per backward pass: the speed knob (the graph is the same)
+        t0 = time.perf_counter()
+        acdc.attribution_graph(model, ioi_prompt, transcoders=ts, batch_size=bs, progress=False)
+        batch_times[bs] = round(time.perf_counter() - t0, 1)
+        print("batch", bs, batch_times[bs], "s")
     picks = []
     for r in rows:
         for n, _ in r["top_features"][:6]:
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         print(circuit_rows[-1])
     top_nodes = sorted({e.split("->")[0] for e in scores.top(100).edges if ".f" in e.split("->")[0]})[:12]
 
-    data = {"graphs": rows, "pages_seconds": round(pages_s, 1), "pages": [fi.name for fi in report],
+    data = {"graphs": rows, "batch_seconds": batch_times, "pages_seconds": round(pages_s, 1), "pages": [fi.name for fi in report],
             "ioi_circuit": {"prompts": args.n_prompts, "features_per_layer": args.top, "feature_sources": graph.features.n_features,
                             "edges": graph.n_edges, "eap_ig_seconds": round(eap_s, 1), "circuits": circuit_rows,
                             "features_in_top_100_edges": top_nodes}}
@@ -127,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         md.append(f"| {r['prompt']}: `{r['text']!s}` | {r['tokens']} | {r['features']} | {r['nodes']} | {r['seconds']} | "
                   f"{r['peak_rss_gb']} ({r['rss_before_gb']}) | {r['replacement']} | {r['completeness']} | "
                   f"{r['pruned_nodes']} / {r['pruned_edges']:,} |")
+    md += ["", "The same IOI graph at other batch sizes (targets per backward pass; seconds): "
+           + ", ".join(f"{b}: {t}" for b, t in batch_times.items()) + " (default 64)."]
     for r in rows:
         md += ["", f"**{r['prompt']}**: top logits {', '.join(f'`{s}` {p}' for s, p in r['logits'])}; most influential features "
                + ", ".join(f"`{n}` ({v})" for n, v in r["top_features"])]
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
            "|---|---|---|---|---|---|---|"]
     for r in circuit_rows:
         md.append(f"| {r['edges']} | {r['normalized']} | {r['from_feature']} | {r['from_error']} | {r['from_skip']} | {r['from_head']} | {r['from_input']} |")
-    md += ["", "Features among the sources of the top 100 edges: " + ", ".join(f"`{n}`" for n in top_nodes), ""]
+    md += ["", "Features among the sources of the top 100 edges: " + (", ".join(f"`{n}`" for n in top_nodes) or "none"), ""]
     write(args.out, "smollm2_feature_circuits", data, "\n".join(md))
 
 

@@ -48,8 +48,8 @@ ct_seconds = float(ct_time[0])
 version = (out / "version.txt").read_text().strip() if (out / "version.txt").exists() else "circuit-tracer"
 ok = same_features and same_logits and diff <= 1e-4 * max(scale, 1.0)
 if args.smollm2:
-    about = (f"SmolLM2-135M-Instruct (the shipped GGUF, dequantized, saved as a Hugging Face folder; circuit-tracer runs it as a "
-             f"TransformerLens model converted by TransformerLens, logits within {float(ct_time[2]):.0e} of Hugging Face's), acdc's "
+    about = (f"SmolLM2-135M-Instruct (the shipped GGUF, dequantized into a plain Hugging Face folder; circuit-tracer runs it as a "
+             f"TransformerLens model converted by TransformerLens, logits within {float(ct_time[2]):.0e} of acdc's), acdc's "
              f"TopK transcoders turned into JumpReLU ones (experiments/peers/smollm2_jumprelu.py) in circuit-tracer's layout, the IOI "
              f"prompt of {len(tokens)} tokens; {version}. Each tool alone on the machine, 2 threads. "
              "Command: `bash experiments/peers/check_attribution_graph_smollm2.sh`.")

@@ -3,12 +3,7 @@
 # file read by circuit-tracer's graph-file model. Writes experiments/results/circuit_tracer_graph.md.
 #   bash experiments/peers/check_attribution_graph.sh      (run from the repository root, after make setup)
 set -euo pipefail
-venv=/tmp/ct-venv
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu || "$venv/bin/pip" install -q torch==2.13.0
-  "$venv/bin/pip" install -q circuit-tracer==0.5.0 numpy
-fi
+source experiments/peers/ct_venv.sh  # sets $venv
 out=$(mktemp -d)
 "$venv/bin/python" experiments/peers/circuit_tracer_graph.py "$out" 2>/dev/null
 "$venv/bin/pip" show circuit-tracer | awk '/^Version:/ {print "circuit-tracer", $2}' > "$out/version.txt"

@@ -4,12 +4,7 @@
 # Writes experiments/results/circuit_tracer_graph_smollm2.md. Needs the transcoders of experiments/smollm2_transcoders.py.
 #   bash experiments/peers/check_attribution_graph_smollm2.sh      (run from the repository root, after make setup)
 set -euo pipefail
-venv=/tmp/ct-venv
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu || "$venv/bin/pip" install -q torch==2.13.0
-  "$venv/bin/pip" install -q circuit-tracer==0.5.0 numpy
-fi
+source experiments/peers/ct_venv.sh  # sets $venv
 out=${OUT:-$(mktemp -d)}
 .venv/bin/python experiments/peers/smollm2_jumprelu.py "$out"
 "$venv/bin/python" experiments/peers/circuit_tracer_smollm2.py "$out" 2>/dev/null

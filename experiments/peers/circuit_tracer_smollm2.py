@@ -4,7 +4,7 @@ made by experiments/peers/smollm2_jumprelu.py (in OUT_DIR).
     /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_smollm2.py OUT_DIR [--batch-size 64]
 
 Loads OUT_DIR/model with transformers, copies its weights into a TransformerLens HookedTransformer
-(TransformerLens's own Llama conversion; the logits are checked against the Hugging Face model's),
+(TransformerLens's own Llama conversion; the logits are checked against acdc's, OUT_DIR/logits.safetensors),
 loads OUT_DIR/transcoders with circuit-tracer's `load_transcoder_set`, runs `circuit_tracer.attribute`
 (10 logits / 0.95, every active feature) on OUT_DIR/prompt.txt on 2 threads, and writes
 OUT_DIR/ct_graph.safetensors and OUT_DIR/ct_time.txt (seconds; peak resident memory in GB).
@@ -13,6 +13,7 @@ OUT_DIR/ct_graph.safetensors and OUT_DIR/ct_time.txt (seconds; peak resident mem
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import time
 from pathlib import Path
@@ -21,18 +22,25 @@ import torch
 from circuit_tracer import attribute
 from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
 from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 ap = argparse.ArgumentParser()
 ap.add_argument("out", type=Path)
 ap.add_argument("--batch-size", type=int, default=64)
 args = ap.parse_args()
 torch.set_num_threads(2)
-hf = LlamaForCausalLM.from_pretrained(args.out / "model", torch_dtype=torch.float32).eval()
-tok = AutoTokenizer.from_pretrained(args.out / "model")
+# a config.json written by a newer transformers keeps rope_theta under rope_parameters, which this venv's reads as
+# the default 10,000: take it from the file (SmolLM2's is 100,000)
+raw = json.loads((args.out / "model" / "config.json").read_text())
+theta = raw.get("rope_theta") or (raw.get("rope_parameters") or {}).get("rope_theta")
+config = LlamaConfig.from_pretrained(args.out / "model", rope_theta=theta)
+hf = LlamaForCausalLM.from_pretrained(args.out / "model", config=config, torch_dtype=torch.float32).eval()
+# the folder's tokenizer_config names a tokenizer class newer than this venv's transformers: read tokenizer.json
+tok = PreTrainedTokenizerFast(tokenizer_file=str(args.out / "model" / "tokenizer.json"), bos_token="<|im_start|>",
+                              eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>")
 c = hf.config
 cfg = HookedTransformerConfig(
     d_model=c.hidden_size, d_head=c.hidden_size // c.num_attention_heads, n_heads=c.num_attention_heads,
@@ -43,16 +51,16 @@ cfg = HookedTransformerConfig(
 )
 model = TransformerLensReplacementModel(cfg)
 loaded = model.load_state_dict(convert_llama_weights(hf, cfg), strict=False)
-assert not [k for k in loaded.missing_keys if not k.endswith(("IGNORE", "mask", "b_U"))], loaded.missing_keys
-model.set_tokenizer(tok)
+assert not [k for k in loaded.missing_keys if not k.endswith(("IGNORE", "mask", "b_U", "rotary_sin", "rotary_cos"))], loaded.missing_keys  # buffers made at init
+model.tokenizer = tok  # set_tokenizer would fetch the tokenizer again from the hub; only decoding is needed
 tdir = args.out / "transcoders"
 transcoders = load_transcoder_set({i: str(tdir / f"layer_{i}.safetensors") for i in range(c.num_hidden_layers)},
                                   scan="acdc-smollm2-sotu-jumprelu", feature_input_hook="mlp.hook_in",
                                   feature_output_hook="mlp.hook_out", device=torch.device("cpu"), lazy_encoder=False, lazy_decoder=False)
 model._configure_replacement_model(transcoders)
 tokens = torch.tensor([int(t) for t in (args.out / "prompt.txt").read_text().split()])
-with torch.no_grad():
-    diff = float((model(tokens[None])[0, -1] - hf(tokens[None]).logits[0, -1]).abs().max())
+with torch.no_grad():  # against acdc's own logits of the prompt (its forward is checked against Hugging Face's at load)
+    diff = float((model(tokens[None])[0] - load_file(str(args.out / "logits.safetensors"))["logits"]).abs().max())
 assert diff < 1e-3, f"the TransformerLens copy is not the model (max logit difference {diff})"
 t0 = time.perf_counter()
 graph = attribute(tokens, model, max_n_logits=10, desired_logit_prob=0.95, batch_size=args.batch_size)
@@ -64,4 +72,4 @@ save_file({"adjacency": graph.adjacency_matrix.contiguous(), "active_features": 
            "tokens": graph.input_tokens.contiguous()}, str(args.out / "ct_graph.safetensors"))
 (args.out / "ct_time.txt").write_text(f"{seconds:.3f} {peak:.2f} {diff:.2e}\n")
 print(f"circuit-tracer: {graph.active_features.shape[0]} active features, {len(graph.logit_targets)} logits, {seconds:.1f} s, "
-      f"peak RSS {peak:.2f} GB; TransformerLens vs Hugging Face logits {diff:.1e}")
+      f"peak RSS {peak:.2f} GB; its logits within {diff:.1e} of acdc's")

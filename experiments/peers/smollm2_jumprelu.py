@@ -3,15 +3,16 @@ JumpReLU transcoder set that both tools read (circuit-tracer's loader reads ReLU
 
     .venv/bin/python experiments/peers/smollm2_jumprelu.py OUT_DIR [--transcoders DIR]
 
-- ``OUT_DIR/model``: SmolLM2-135M-Instruct as acdc loads it (dequantized from the shipped GGUF), saved with
-  ``save_pretrained`` together with its tokenizer;
+- ``OUT_DIR/model``: SmolLM2-135M-Instruct as acdc loads it: a link to the plain Hugging Face folder acdc
+  makes once from the shipped GGUF (dequantized weights and the tokenizer);
 - ``OUT_DIR/transcoders``: acdc's TopK set (experiments/smollm2_transcoders.py) turned into JumpReLU
   transcoders, the same weights with one threshold per layer, the pre-activation above which a feature
   fires chosen so that 32 features fire per token on average over 16 held-out sequences of 128 tokens
   (the TopK set's k); written in circuit-tracer's layout (``layer_N.safetensors`` with ``W_enc [n, d]``,
   ``W_skip`` applied as ``x @ W_skip.T``, ``activation_function.threshold``; ``config.yaml``), which acdc
   reads too. A different function from the TopK set: the side-by-side needs one set, not the best one.
-- ``OUT_DIR/prompt.txt``: the token ids of the IOI prompt of experiments/smollm2_feature_circuits.py.
+- ``OUT_DIR/prompt.txt``: the token ids of the IOI prompt of experiments/smollm2_feature_circuits.py, and
+  ``logits.safetensors`` acdc's logits of it (circuit-tracer's copy of the model is checked against them).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import yaml
 from safetensors.torch import save_file
 
 import acdc
-from acdc.loading import cache_dir
+from acdc.loading import _converted, _local_source, cache_dir
 from acdc.model import Transformer
 from acdc.transcoders import text_stream
 
@@ -39,13 +40,13 @@ torch.set_num_threads(2)
 model = acdc.load_model("smollm2-135m-instruct")
 tf = Transformer.from_bridge(model)
 ts = acdc.load_transcoders(args.transcoders, model)
-hf = model.original_model
 args.out.mkdir(parents=True, exist_ok=True)
-hf.save_pretrained(args.out / "model")
-model.tokenizer.save_pretrained(args.out / "model")
+folder = _converted(_local_source("smollm2-135m-instruct"))  # the plain Hugging Face folder acdc loads the GGUF through
+if not (args.out / "model").exists():
+    (args.out / "model").symlink_to(folder)
 
 heldout = text_stream("sotu-heldout", model.tokenizer, 128, seed=0)
-batch = torch.stack([heldout[i] for i in range(16)])
+batch = heldout.batch(0, 16)
 io = tf.mlp_io(batch, ts.layers)
 tdir = args.out / "transcoders"
 tdir.mkdir(exist_ok=True)
@@ -66,4 +67,6 @@ for layer in ts.layers:
     "transcoders": [f"layer_{layer}.safetensors" for layer in ts.layers]}))
 tokens = model.to_tokens("When Mary and John went to the store, John gave a drink to")[0]
 (args.out / "prompt.txt").write_text(" ".join(str(int(t)) for t in tokens) + "\n")
+with torch.no_grad():
+    save_file({"logits": model(tokens[None])[0].contiguous()}, str(args.out / "logits.safetensors"))
 print(f"wrote {args.out}/model, {tdir} ({len(ts)} JumpReLU layers), prompt.txt ({len(tokens)} tokens)")
