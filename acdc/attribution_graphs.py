@@ -122,6 +122,11 @@ class AttributionGraph:
         return w
 
     # ------------------------------------------------------------------ scores
+    def influence(self) -> Tensor:
+        """[n] each node's influence on the logits: the logit probabilities pushed back through the
+        row-normalised |adjacency| over paths of every length (what pruning ranks nodes by)."""
+        return _node_influence(self.adjacency.float(), self.logit_weights().float())
+
     @cached_property
     def scores(self) -> tuple[float, float]:
         """(replacement score, completeness score), computed once."""
@@ -261,15 +266,21 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
     A = graph.adjacency.float()
     weights = graph.logit_weights().float()
     fixed = graph.token_start  # features and errors are prunable; tokens and logits stay
-    influence = _influence(_normalised(A), weights)
+    influence = _node_influence(A, weights)
     node_mask = influence >= _cut(influence, node_threshold)
     node_mask[fixed:] = True
-    norm = A.clone()  # one n x n copy at a time: this one becomes the normalised pruned matrix, then the edge scores
-    norm[~node_mask] = 0
-    norm[:, ~node_mask] = 0
-    norm = _normalised(norm, in_place=True)
-    edge_scores = norm.mul_((_influence(norm, weights) + weights)[:, None])
-    edge_mask = edge_scores >= _cut(edge_scores.flatten(), edge_threshold)
+    # the pruned matrix is zero off the kept rows and columns: work on that block alone (a few thousand
+    # nodes of a graph of tens of thousands), the same numbers without an n x n copy
+    kept = node_mask.nonzero().squeeze(1)
+    norm = _normalised(A[kept][:, kept], in_place=True)
+    w = weights[kept]
+    edge_scores = norm.mul_((_influence(norm, w) + w)[:, None])
+    cut = _cut(edge_scores.flatten(), edge_threshold, zeros_elsewhere=len(kept) < len(node_mask))
+    if float(cut) <= 0.0:  # every score passes a zero cut, the zeros off the block too
+        edge_mask = torch.ones(A.shape, dtype=torch.bool)
+    else:
+        edge_mask = torch.zeros(A.shape, dtype=torch.bool)
+        edge_mask[kept[:, None], kept[None, :]] = edge_scores >= cut
     del norm, edge_scores
     n_f = graph.n_features
 
@@ -296,6 +307,33 @@ def _normalised(A: Tensor, in_place: bool = False) -> Tensor:
     return a.div_(a.sum(1, keepdim=True).clamp(min=1e-10))
 
 
+def _row_sums(A: Tensor, block: int = 2048) -> Tensor:
+    """[n] the sum of |A| along each row, a block of rows at a time (no n x n temporary)."""
+    return torch.cat([A[i : i + block].abs().sum(1) for i in range(0, A.shape[0], block)])
+
+
+def _node_influence(A: Tensor, weights: Tensor, block: int = 2048, max_iter: int = 1000) -> Tensor:
+    """`_influence` of the row-normalised |A| (`_normalised`), computed a block of rows at a time:
+    the same sums without an n x n copy of the adjacency."""
+    scale = 1.0 / _row_sums(A, block).clamp(min=1e-10)
+
+    def step(v: Tensor) -> Tensor:
+        out = torch.zeros_like(v)
+        for i in range(0, A.shape[0], block):
+            if bool(v[i : i + block].any()):
+                out += (v[i : i + block] * scale[i : i + block]) @ A[i : i + block].abs()
+        return out
+
+    cur = step(weights)
+    total = cur.clone()
+    for _ in range(max_iter):
+        if not bool(cur.any()):
+            return total
+        cur = step(cur)
+        total += cur
+    raise RuntimeError(f"influence did not converge in {max_iter} steps: the adjacency has a cycle")
+
+
 def _influence(A: Tensor, weights: Tensor, max_iter: int = 1000) -> Tensor:
     """weights @ (A + A^2 + ...): A is nilpotent (a DAG), so the sum ends."""
     step = weights @ A
@@ -308,11 +346,12 @@ def _influence(A: Tensor, weights: Tensor, max_iter: int = 1000) -> Tensor:
     raise RuntimeError(f"influence did not converge in {max_iter} steps: the adjacency has a cycle")
 
 
-def _cut(scores: Tensor, threshold: float) -> Tensor:
+def _cut(scores: Tensor, threshold: float, zeros_elsewhere: bool = False) -> Tensor:
     """The score at which the highest scores first hold ``threshold`` of their total (scores >= 0).
 
-    Only the nonzero scores are sorted (an n x n edge-score matrix is mostly zeros): their cumulative
-    sums are the same as with the zeros after them, and a cut past them is 0, as it would be there."""
+    Only the nonzero scores are sorted (an edge-score matrix is mostly zeros): their cumulative sums
+    are the same as with the zeros after them, and a cut past them is 0, as it would be there
+    (``zeros_elsewhere``: ``scores`` is a block of a larger array that is zero outside it)."""
     nz = scores[scores > 0]
     if len(nz) == 0:
         return torch.zeros((), dtype=scores.dtype)
@@ -320,18 +359,18 @@ def _cut(scores: Tensor, threshold: float) -> Tensor:
     cum = s.cumsum(0) / s.sum()
     i = int(torch.searchsorted(cum, torch.tensor(threshold, dtype=cum.dtype)))
     if i >= len(s):
-        return s[-1] if len(nz) == scores.numel() else torch.zeros((), dtype=scores.dtype)
+        return s[-1] if len(nz) == scores.numel() and not zeros_elsewhere else torch.zeros((), dtype=scores.dtype)
     return s[i]
 
 
 def _scores(g: AttributionGraph) -> tuple[float, float]:
-    A = _normalised(g.adjacency.float())
+    A = g.adjacency.float()
     weights = g.logit_weights().float()
-    influence = _influence(A, weights)
+    influence = _node_influence(A, weights)
     tokens = influence[g.token_start : g.logit_start].sum()
     errors = influence[g.error_start : g.token_start].sum()
     replacement = tokens / (tokens + errors)
-    non_error = 1 - A[:, g.error_start : g.token_start].sum(-1)
+    non_error = 1 - A[:, g.error_start : g.token_start].abs().sum(-1) / _row_sums(A).clamp(min=1e-10)
     out = influence + weights
     completeness = (non_error * out).sum() / out.sum()
     return float(replacement), float(completeness)

@@ -24,7 +24,6 @@ import torch
 from smollm2_common import ROOT, load, write
 
 import acdc
-from acdc.attribution_graphs import _influence, _normalised
 from acdc.features import intervene
 from acdc.loading import cache_dir
 
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ts = acdc.load_transcoders(args.transcoders, model)
     tokens = model.to_tokens("When Mary and John went to the store, John gave a drink to")[0]
     g = acdc.attribution_graph(model, tokens, transcoders=ts, progress=False)
-    influence = _influence(_normalised(g.adjacency.float()), g.logit_weights().float())[: g.n_features]
+    influence = g.influence()[: g.n_features]
     sources = influence.argsort(descending=True)[: args.sources // 2].tolist()
     gen = torch.Generator().manual_seed(0)
     rest = [i for i in torch.randperm(g.n_features, generator=gen).tolist() if i not in sources]

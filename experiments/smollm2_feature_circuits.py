@@ -38,9 +38,8 @@ def rss_gb() -> float:
 
 def top_features(g: acdc.AttributionGraph, k: int) -> list[tuple[str, float]]:
     """The k features with the largest influence on the logits (circuit-tracer's node influence)."""
-    from acdc.attribution_graphs import _influence, _normalised
-
-    influence = _influence(_normalised(g.adjacency.float()), g.logit_weights().float())[: g.n_features]
+    
+    influence = g.influence()[: g.n_features]
     order = influence.argsort(descending=True)[:k].tolist()
     return [(g.node_name(i), round(float(influence[i]), 4)) for i in order]
 
