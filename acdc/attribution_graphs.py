@@ -24,6 +24,7 @@ error, ``"E_{token}_{pos}"`` for a token, ``"{n_layers + 1}_{token}_{pos}"`` for
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -153,8 +154,9 @@ class AttributionGraph:
     # ------------------------------------------------------------------ files
     def to_json(self, path: str | Path, *, slug: str | None = None, node_threshold: float = 0.8,
                 edge_threshold: float = 0.98, scan: str | None = None) -> Path:
-        """circuit-tracer's graph file (its frontend and `circuit_tracer.frontend.graph_models.Model`
-        read it): the nodes and edges kept by `prune`, with their influence and activations."""
+        """circuit-tracer's graph file, the schema its frontend serves (its pydantic
+        `circuit_tracer.frontend.graph_models.Model` reads ours: experiments/peers/check_attribution_graph.sh):
+        the nodes and edges kept by `prune`, with their influence and activations."""
         path = Path(path)
         kept = self.prune(node_threshold, edge_threshold)
         slug = slug or path.stem
@@ -307,21 +309,31 @@ def _normalised(A: Tensor, in_place: bool = False) -> Tensor:
     return a.div_(a.sum(1, keepdim=True).clamp(min=1e-10))
 
 
-def _row_sums(A: Tensor, block: int = 2048) -> Tensor:
-    """[n] the sum of |A| along each row, a block of rows at a time (no n x n temporary)."""
-    return torch.cat([A[i : i + block].abs().sum(1) for i in range(0, A.shape[0], block)])
+def _abs_blocks(A: Tensor, block: int = 1024) -> Iterator[tuple[int, Tensor]]:
+    """(first row, |A| of a block of rows), the blocks written into one reused buffer (no n x n
+    temporary, and no fresh allocation per block for the allocator to keep)."""
+    buf = torch.empty(min(block, A.shape[0]), A.shape[1], dtype=A.dtype)
+    for i in range(0, A.shape[0], block):
+        rows = A[i : i + block]
+        yield i, torch.abs(rows, out=buf[: len(rows)])
 
 
-def _node_influence(A: Tensor, weights: Tensor, block: int = 2048, max_iter: int = 1000) -> Tensor:
+def _row_sums(A: Tensor) -> Tensor:
+    """[n] the sum of |A| along each row."""
+    return torch.cat([a.sum(1) for _, a in _abs_blocks(A)])
+
+
+def _node_influence(A: Tensor, weights: Tensor, max_iter: int = 1000) -> Tensor:
     """`_influence` of the row-normalised |A| (`_normalised`), computed a block of rows at a time:
     the same sums without an n x n copy of the adjacency."""
-    scale = 1.0 / _row_sums(A, block).clamp(min=1e-10)
+    scale = 1.0 / _row_sums(A).clamp(min=1e-10)
 
     def step(v: Tensor) -> Tensor:
         out = torch.zeros_like(v)
-        for i in range(0, A.shape[0], block):
-            if bool(v[i : i + block].any()):
-                out += (v[i : i + block] * scale[i : i + block]) @ A[i : i + block].abs()
+        for i, a in _abs_blocks(A):
+            part = v[i : i + len(a)]
+            if bool(part.any()):
+                out += (part * scale[i : i + len(a)]) @ a
         return out
 
     cur = step(weights)
