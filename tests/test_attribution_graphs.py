@@ -169,9 +169,9 @@ def test_the_planted_feature_circuit_is_the_pruned_graph(chain):
 
 
 def test_prune_matches_circuit_tracers_definitions_on_a_hand_built_graph():
-    """A 6-node graph (2 features, 1 error (a 1-layer model, 1 position), 1 token, 1 logit... here:
-    n_layers=1, one position) with known direct effects: node influence is the logit's weight pushed
-    back through the row-normalised |A|; the weakest feature falls below an 0.8 node threshold."""
+    """A 5-node graph (2 features, 1 error node and 1 token of a 1-layer model at one position, 1 logit)
+    with known direct effects: node influence is the logit's weight pushed back through the
+    row-normalised |A|; the weakest feature falls below an 0.8 node threshold."""
     # nodes: f0, f1 | err@0 | input@0 | logit
     A = torch.zeros(5, 5)
     A[4, 0], A[4, 1], A[4, 2], A[4, 3] = 3.0, -1.0, 0.5, 0.5  # into the logit
