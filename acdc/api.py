@@ -607,7 +607,10 @@ def prepare(
         if graph.features is None:  # a feature graph's fit is checked by its transcoders (TranscoderSet.check_model)
             Graph.from_model(bridge, mlp_units=graph.mlp_units).check_fits(graph, "this graph", qkv=False, positions=False)
     pos = _positions(positions, task, clean_t, bridge, graph)
-    g = graph if graph is not None else Graph.from_model(bridge, split_qkv=split_qkv, positions=None if pos is None else pos.names)
+    if graph is None:
+        g = Graph.from_model(bridge, split_qkv=split_qkv, positions=None if pos is None else pos.names)
+    else:  # a graph without positions (a feature graph, say) asked for at positions gets them
+        g = graph.with_positions(pos.names) if pos is not None and graph.positions is None else graph
     patcher = Patcher(bridge, clean_t, corrupt_t, graph=g, ablation=ablation, answer_pos=answer_pos,  # type: ignore[arg-type]
                       mean_weights=mean_weights, positions=pos)
     return patcher, m, make_batch(patcher, parsed, bridge)

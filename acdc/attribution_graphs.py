@@ -47,6 +47,8 @@ class AttributionGraph:
     adjacency:   [n, n] float32, rows = targets, columns = sources.
     n_layers:    the model's layers (error nodes: n_layers x S).
     info:        the model, transcoders and settings, and timings.
+    labels:      a researcher's labels of nodes, by name (``m3.f17@5``): circuit-tracer's ``clerp``
+                 in `to_json`, saved by `save`, edited in the explorer (`acdc explore GRAPH`).
     """
 
     tokens: Tensor
@@ -59,6 +61,8 @@ class AttributionGraph:
     n_layers: int
     logit_strs: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    _influence: Tensor | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ layout
     @property
@@ -125,8 +129,11 @@ class AttributionGraph:
     # ------------------------------------------------------------------ scores
     def influence(self) -> Tensor:
         """[n] each node's influence on the logits: the logit probabilities pushed back through the
-        row-normalised |adjacency| over paths of every length (what pruning ranks nodes by)."""
-        return _node_influence(self.adjacency.float(), self.logit_weights().float())
+        row-normalised |adjacency| over paths of every length (what pruning ranks nodes by).
+        Computed once (the adjacency is not meant to change); do not modify the tensor returned."""
+        if self._influence is None:
+            self._influence = _node_influence(self.adjacency.float(), self.logit_weights().float())
+        return self._influence
 
     @cached_property
     def scores(self) -> tuple[float, float]:
@@ -158,8 +165,15 @@ class AttributionGraph:
         `circuit_tracer.frontend.graph_models.Model` reads ours: experiments/peers/check_attribution_graph.sh):
         the nodes and edges kept by `prune`, with their influence and activations."""
         path = Path(path)
+        doc = self.to_dict(slug=slug or path.stem, node_threshold=node_threshold, edge_threshold=edge_threshold, scan=scan)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1))
+        return path
+
+    def to_dict(self, *, slug: str = "graph", node_threshold: float = 0.8, edge_threshold: float = 0.98,
+                scan: str | None = None) -> dict[str, Any]:
+        """`to_json`'s document (circuit-tracer's schema), without writing it."""
         kept = self.prune(node_threshold, edge_threshold)
-        slug = slug or path.stem
         nodes: dict[int, dict[str, Any]] = {}
         for i in kept.node_mask.nonzero().squeeze(1).tolist():
             nodes[i] = self._ct_node(i, float(kept.cumulative[i]))
@@ -177,14 +191,12 @@ class AttributionGraph:
             "nodes": used,
             "links": links,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=1))
-        return path
+        return doc
 
     def _ct_node(self, i: int, influence: float) -> dict[str, Any]:
         """Node ``i`` in circuit-tracer's JSON schema (its ``Node`` model)."""
-        base = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "clerp": "",
-                "influence": influence, "activation": None}
+        base = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0,
+                "clerp": self.labels.get(self.node_name(i), ""), "influence": influence, "activation": None}
         if i < self.n_features:
             layer, pos, f = self.features[i].tolist()
             return {**base, "node_id": f"{layer}_{f}_{pos}", "feature": (layer + f) * (layer + f + 1) // 2 + f,
@@ -205,7 +217,8 @@ class AttributionGraph:
         layer = str(self.n_layers + 1)
         return {**base, "node_id": f"{layer}_{tok}_{self.n_pos - 1}", "feature": tok, "layer": layer,
                 "ctx_idx": self.n_pos - 1, "feature_type": "logit", "token_prob": p, "is_target_logit": k == 0,
-                "jsNodeId": f"L_{tok}-{self.n_pos - 1}", "clerp": f'Output "{text}" (p={p:.3f})'}
+                "jsNodeId": f"L_{tok}-{self.n_pos - 1}",
+                "clerp": self.labels.get(self.node_name(i)) or f'Output "{text}" (p={p:.3f})'}
 
     def save(self, path: str | Path) -> Path:
         """The whole graph (every node and edge) as safetensors + JSON metadata, for `load`."""
@@ -217,9 +230,17 @@ class AttributionGraph:
                    "activations": self.activations.contiguous(), "logit_tokens": self.logit_tokens.contiguous(),
                    "logit_probs": self.logit_probs.contiguous(), "adjacency": self.adjacency.contiguous()},
                   str(path / "graph.safetensors"))
+        return self.save_labels(path)
+
+    def save_labels(self, path: str | Path) -> Path:
+        """Rewrite only the metadata (labels included) of a graph `save` wrote to ``path``."""
+        path = Path(path)
         meta = {"format": "acdc-attribution-graph/1", "n_layers": self.n_layers, "token_strs": self.token_strs,
-                "logit_strs": self.logit_strs, "info": {k: v for k, v in self.info.items() if _jsonable(v)}}
-        (path / "graph.json").write_text(json.dumps(meta, indent=1))
+                "logit_strs": self.logit_strs, "info": {k: v for k, v in self.info.items() if _jsonable(v)},
+                "labels": dict(self.labels)}
+        tmp = path / "graph.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(path / "graph.json")
         return path
 
     @classmethod
@@ -232,7 +253,8 @@ class AttributionGraph:
             raise ValueError(f"{path} is not a saved acdc attribution graph (graph.json format {meta.get('format')!r})")
         t = load_file(str(path / "graph.safetensors"))
         return cls(t["tokens"], meta["token_strs"], t["features"], t["activations"], t["logit_tokens"], t["logit_probs"],
-                   t["adjacency"], int(meta["n_layers"]), meta.get("logit_strs", []), meta.get("info", {}))
+                   t["adjacency"], int(meta["n_layers"]), meta.get("logit_strs", []), meta.get("info", {}),
+                   dict(meta.get("labels", {})))
 
     def __repr__(self) -> str:
         return (f"AttributionGraph({self.n_pos} tokens, {self.n_features} features, {self.n_layers * self.n_pos} error nodes, "
@@ -268,7 +290,7 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
     A = graph.adjacency.float()
     weights = graph.logit_weights().float()
     fixed = graph.token_start  # features and errors are prunable; tokens and logits stay
-    influence = _node_influence(A, weights)
+    influence = graph.influence()
     node_mask = influence >= _cut(influence, node_threshold)
     node_mask[fixed:] = True
     # the pruned matrix is zero off the kept rows and columns: work on that block alone (a few thousand
@@ -378,7 +400,7 @@ def _cut(scores: Tensor, threshold: float, zeros_elsewhere: bool = False) -> Ten
 def _scores(g: AttributionGraph) -> tuple[float, float]:
     A = g.adjacency.float()
     weights = g.logit_weights().float()
-    influence = _node_influence(A, weights)
+    influence = g.influence()
     tokens = influence[g.token_start : g.logit_start].sum()
     errors = influence[g.error_start : g.token_start].sum()
     replacement = tokens / (tokens + errors)

@@ -425,20 +425,36 @@ class FullRun:
 
     def factored_gather(self, rows: list[int], upto: int, base: Tensor) -> Tensor:
         """Inputs [R, B, S, d] of the rows when some sources are factored: the dense sources' product,
-        plus each factored layer's sum_i w_i (a_i - A_i) row_i."""
+        plus each factored layer's sum_i w_i (a_i - A_i) row_i (per position group, over its tokens)."""
         assert self.units is not None and self.dense_cols is not None
-        B, S, d, g = self.B, self.S, self.d, self.p.graph
+        B, S, d = self.B, self.S, self.d
         W = self.keep[rows, :upto].to(self.dtype)
+        if len(self.groups) == 1:
+            return self._factored_part(W if W.dim() == 2 else W[..., 0], upto, None, base.expand(len(rows), B, S, d))
+        flat_base = base.expand(B, S, d).reshape(B * S, d)
+        out = torch.empty(len(rows), B * S, d, dtype=self.X.dtype, device=self.X.device)
+        for p, idx in enumerate(self.groups):
+            out[:, idx] = self._factored_part(W[:, :, p], upto, idx, flat_base[idx].expand(len(rows), -1, d))
+        return out.view(len(rows), B, S, d)
+
+    def _factored_part(self, W: Tensor, upto: int, idx: Tensor | None, base: Tensor) -> Tensor:
+        """base [R, ..., d] + the kept sources' sum for weights W [R, upto], over tokens ``idx`` (None: all)."""
+        assert self.units is not None and self.dense_cols is not None
+        g, R, d = self.p.graph, W.shape[0], self.d
         cols = self.dense_cols[self.dense_cols < upto]
         Wd = W[:, cols]
-        out = base.expand(len(rows), B, S, d)
+        out = base
         if bool(Wd.any()):
-            out = (Wd @ self.X[: len(cols)].reshape(len(cols), -1)).view(-1, B, S, d) + base
+            X = self.X[: len(cols)]
+            if idx is not None:
+                X = X.reshape(len(cols), self.B * self.S, d).index_select(1, idx)
+            out = (Wd @ X.reshape(len(cols), -1)).view(base.shape) + base
         for layer_u, values in self.F.items():
             start = g.mlp_sources(layer_u).start
             Ws = W[:, start : start + len(values)]  # empty when the layer is not upstream (W ends at upto)
             if bool(Ws.any()):
-                out = out + self.units.contribution(self.p.tf, layer_u, Ws, values).view(-1, B, S, d)
+                v = values if idx is None else values.index_select(1, idx)
+                out = out + self.units.contribution(self.p.tf, layer_u, Ws, v).view(base.shape)
         return out
 
 

@@ -138,6 +138,18 @@ class Circuit:
         """Measured effect of one edge (NaN if it was never tested)."""
         return float(self.scores[self.graph.edge_index(edge)])
 
+    def at_any_position(self) -> Circuit:
+        """A positional circuit as a circuit of the plain graph: an edge is kept if it is kept at some
+        position, its score the one of largest magnitude over its positions (itself without positions)."""
+        g = self.graph
+        if g.positions is None:
+            return self
+        P = g.n_positions
+        s = self.scores.view(-1, P)
+        best = torch.nan_to_num(s.abs(), nan=-1.0).argmax(1, keepdim=True)
+        return Circuit(g.plain, self.in_graph.view(-1, P).any(1), s.gather(1, best)[:, 0],
+                       list(self.metric_trace), {**self.settings, "positions": "any"}, dict(self.notes))
+
     def live_mask(self) -> Tensor:
         """[n_edges] bool: kept edges on some path from ``input`` to ``logits`` in the circuit."""
         g = self.graph

@@ -431,8 +431,9 @@ def _faithfulness(args: argparse.Namespace) -> int:
     from .api import faithfulness, faithfulness_grid
 
     circuit = _load_circuit(args.circuit)
-    model, task, _, _, ablation, _, _ = _setup(args)
-    _check_fits(circuit, model, args)
+    s = _setup(args)
+    model, task, ablation = s.model, s.task, s.ablation
+    circuit = _check_fits(circuit, s, args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.grid:
@@ -498,7 +499,7 @@ def _explore(args: argparse.Namespace) -> int:
 
     circuit = _load_circuit(args.circuit)
     s = _setup(args)
-    _check_fits(circuit, s.model, args)
+    circuit = _check_fits(circuit, s, args)
     ablation = args.ablation or circuit.settings.get("ablation") or s.ablation
     print(f"acdc explore: {args.circuit} ({circuit.n_edges} edges) on {args.model}, {s.task}, {ablation} ablation")
     explorer = Explorer(s.model, s.task, circuit, ablation=ablation, metric=args.metric, tokenizer=s.tokenizer,
@@ -660,17 +661,31 @@ def _load_circuit(path: Path) -> Any:
     return Circuit.from_json(path)
 
 
-def _check_fits(circuit: Any, model: Any, args: argparse.Namespace) -> None:
-    """One line when the circuit JSON was found on a model of another shape than --model."""
+def _check_fits(circuit: Any, s: _Setup, args: argparse.Namespace) -> Any:
+    """The circuit, ready to run on --model: one line when it was found on a model of another shape;
+    a feature circuit gets the transcoders of --transcoders (or of a zoo entry) attached."""
+    from .circuit import Circuit
     from .graph import Graph
 
-    ours, theirs = Graph.from_model(model), circuit.graph
+    theirs = circuit.graph
     if theirs.features is not None:
-        raise CLIError(f"{args.circuit} is a circuit of transcoder features; this command runs component circuits "
-                       "(feature circuits run from Python: Patcher(model, task, graph=circuit.graph.with_transcoders(ts)))")
+        ts = None if s.graph is None else s.graph.transcoders
+        if ts is None:
+            raise CLIError(f"{args.circuit} is a circuit of transcoder features: pass --transcoders DIR, the set it was found with")
+        try:
+            graph = theirs.with_transcoders(ts)
+        except ValueError as err:
+            raise CLIError(f"--transcoders {args.transcoders}: {str(err).splitlines()[0]}") from None
+        ours = Graph.from_model(s.model, transcoders=ts, features=dict(theirs.features.features))
+        if ours.shape() != theirs.shape():
+            raise CLIError(f"{args.circuit} is a circuit of {theirs.describe()}, but --model {args.model} is "
+                           f"{ours.describe()}; pass the model the circuit was found on")
+        return Circuit(graph, circuit.in_graph, circuit.scores, circuit.metric_trace, circuit.settings, circuit.notes)
+    ours = Graph.from_model(s.model)
     if ours.shape() != theirs.shape():
         raise CLIError(f"{args.circuit} is a circuit of {theirs.describe()}, but --model {args.model} is "
                        f"{ours.describe()}; pass the model the circuit was found on")
+    return circuit
 
 
 def _recovery(circuit: Any, truth: Any) -> str:

@@ -92,10 +92,18 @@ def recovery(circuit: CircuitLike, truth: CircuitLike, *, graph: Graph | None = 
     """Edge- and node-level TP/FP/FN/TN of ``circuit`` against ``truth``.
 
     Either may be a `Circuit`, a `KnownCircuit`, an edge mask [n_edges] or edge names. The graph
-    comes from the first `Circuit` or `KnownCircuit` given (or pass ``graph``).
+    comes from the first `Circuit` or `KnownCircuit` given (or pass ``graph``). A positional circuit
+    scored against a known circuit without positions counts an edge as found when it is kept at
+    any position.
     """
     g = _graph_of(graph, circuit, truth)
-    found, true = as_mask(circuit, g), as_mask(truth, g)
+    if isinstance(truth, KnownCircuit) and g.positions is not None and truth.graph().positions is None:
+        # a positional circuit against a truth without positions: an edge is found if kept at any position
+        found = as_mask(circuit, g).view(-1, g.n_positions).any(1)
+        g = g.plain
+        true = as_mask(truth, g)
+    else:
+        found, true = as_mask(circuit, g), as_mask(truth, g)
     return Recovery(_confusion(found, true), _confusion(node_mask(g, found), node_mask(g, true)))
 
 

@@ -297,8 +297,6 @@ class Patcher:
         as ablation values (``self._abl_units``)."""
         g, tf, units = self.graph, self.tf, self._units
         assert units is not None
-        if g.positions is not None:
-            raise NotImplementedError(f"MLP {g.mlp_units} at token positions are not supported yet; use a plain graph")
         for layer in range(0 if g.attn_only else g.n_layers):
             n = units.layer_units(layer)
             if n is not None:

@@ -203,6 +203,8 @@ def comparison_dot(found: Circuit, truth: Any, *, classes: Any = None, title: st
     truth: a `KnownCircuit`, a `Circuit` on the same graph, or edge names. Its classes colour
     the nodes unless ``classes`` is given.
     """
+    if found.graph.positions is not None and isinstance(truth, KnownCircuit) and truth.graph().positions is None:
+        found = found.at_any_position()  # drawn against a truth without positions
     g = found.graph
     true = as_mask(truth, g)
     kinds = {

@@ -63,12 +63,36 @@ class SourceValues:
         return self.dense_abl is not None and self.dense_abl.shape[1] == 1
 
     def interpolated(self, sources: range, alpha: float) -> Tensor:
-        """A + alpha (O - A) [n, B, S, d] of dense sources: the path from ablated to clean outputs (EAP-IG)."""
+        """A + alpha (O - A) [n, B, S, d] of dense sources: the path from ablated to clean outputs (EAP-IG).
+
+        A factored layer's sources (its units and extras, one EAP-IG group: its MLP) give their sum
+        [1, B, S, d] plus the MLP's bias outside them: what the MLP outputs on that path."""
+        for layer, f in self.factored.items():
+            if sources.start == f.sources.start:
+                return self._interpolated_layer(layer, f, sources, alpha)
         rows = self._dense_rows(sources)
         clean = self.dense_clean[rows]
         abl = self.dense_abl
         abl = torch.zeros_like(clean) if abl is None else abl[rows].expand_as(clean)
         return (abl + alpha * (clean - abl)).detach()
+
+    def _interpolated_layer(self, layer: int, f: FactoredLayer, sources: range, alpha: float) -> Tensor:
+        if sources != self.graph.mlp_sources(layer):
+            raise ValueError(f"EAP-IG interpolates a factored layer's sources as one group, its MLP: {self.graph.mlp_sources(layer)}")
+        units = self.units
+        assert units is not None
+        B, S, d = self.dense_clean.shape[1:]
+        abl = torch.zeros_like(f.clean) if f.abl is None else f.abl.expand_as(f.clean)
+        acts = (abl + alpha * (f.clean - abl)).reshape(len(f.clean), -1)  # [n, B * S]
+        ones = torch.ones(1, len(acts), dtype=acts.dtype, device=acts.device)
+        out = units.contribution(self.tf, layer, ones, acts).view(1, B, S, d)
+        bias = units.bias(self.tf, layer)
+        if bias is not None:
+            out = out + bias
+        extras = range(f.sources.stop, sources.stop)
+        if len(extras):
+            out = out + self.interpolated(extras, alpha).sum(0, keepdim=True)
+        return out.detach()
 
     def _dense_rows(self, sources: range) -> slice:
         """Where dense graph sources ``sources`` sit in ``dense_clean`` (a one-line error for factored ones)."""
@@ -76,9 +100,8 @@ class SourceValues:
             return slice(sources.start, sources.stop)
         cols = self.dense_cols.tolist()
         if sources.start not in cols or sources.stop - 1 not in cols:
-            raise NotImplementedError(
-                f"interpolating factored MLP units ({self.graph.mlp_units}) along the EAP-IG path is not supported "
-                "(eap-ig-activations' MLP groups); use eap or eap-ig-inputs")
+            raise ValueError(f"sources {sources.start}..{sources.stop - 1} include factored MLP units "
+                             f"({self.graph.mlp_units}): interpolate their layer's whole MLP group")
         first = cols.index(sources.start)
         return slice(first, first + len(sources))
 
@@ -100,8 +123,7 @@ class SourceValues:
             if f.sources.stop > upto:
                 continue
             read = units.read(self.tf, layer, flat)  # [R, T, n]: G . w_u per token
-            diff = (torch.zeros_like(f.clean) if f.abl is None else f.abl.expand_as(f.clean)) - f.clean  # [n, B, S]
-            out[:, f.sources.start : f.sources.stop] = torch.einsum("rtn,nt->rn", read, diff.reshape(len(diff), -1)).double()
+            out[:, f.sources.start : f.sources.stop] = torch.einsum("rtn,nt->rn", read, self._unit_diff(f)).double()
         return out
 
     def _dense_dot(self, grads: Tensor, upto: int) -> Tensor:
@@ -117,10 +139,9 @@ class SourceValues:
         return out.double()
 
     def _dot_at_positions(self, grads: Tensor, upto: int) -> Tensor:
-        """Per position: (A - O) is materialised once, its tokens sorted by position."""
+        """Per position: (A - O) of the dense sources is materialised once, its tokens sorted by position;
+        factored units take (A_u - a_u) (G . w_u) over each position's tokens."""
         assert self.groups is not None
-        if self.dense_cols is not None:
-            raise NotImplementedError("factored MLP units at token positions are not supported yet; use a plain graph")
         if self._per_position is None:
             n, B, S, d = self.dense_clean.shape
             diff = torch.zeros_like(self.dense_clean) if self.dense_abl is None else self.dense_abl.expand_as(self.dense_clean).clone()
@@ -128,7 +149,22 @@ class SourceValues:
             self._per_position = [diff.index_select(1, idx).reshape(n, -1) for idx in self.groups]  # [n, tokens * d]
         R = grads.shape[0]
         flat = grads.reshape(R, -1, grads.shape[-1])
-        out = torch.empty(R, upto, len(self.groups), dtype=torch.float64, device=grads.device)
+        cols = torch.arange(upto, device=grads.device) if self.dense_cols is None else self.dense_cols[self.dense_cols < upto]
+        out = torch.zeros(R, upto, len(self.groups), dtype=torch.float64, device=grads.device)
         for p, idx in enumerate(self.groups):
-            out[:, :, p] = flat.index_select(1, idx).reshape(R, -1) @ self._per_position[p][:upto].T
+            at = flat.index_select(1, idx)  # [R, tokens, d]
+            out[:, cols, p] = (at.reshape(R, -1) @ self._per_position[p][: len(cols)].T).double()
+            for layer, f in self.factored.items():
+                if f.sources.stop > upto:
+                    continue
+                assert self.units is not None
+                diff = self._unit_diff(f).index_select(1, idx)  # [n, tokens]
+                read = self.units.read(self.tf, layer, at)  # [R, tokens, n]
+                out[:, f.sources.start : f.sources.stop, p] = torch.einsum("rtn,nt->rn", read, diff).double()
         return out
+
+    @staticmethod
+    def _unit_diff(f: FactoredLayer) -> Tensor:
+        """[n, B * S] A_u - a_u of a factored layer's units."""
+        diff = (torch.zeros_like(f.clean) if f.abl is None else f.abl.expand_as(f.clean)) - f.clean
+        return diff.reshape(len(diff), -1)

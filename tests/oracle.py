@@ -8,57 +8,51 @@ to no source. Nothing here shares code with acdc's engine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from acdc.graph import Graph
 
-
-def _source_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
-    """Output of every source node on a plain run: name -> [batch, pos, d_model]."""
-    _, cache = model.run_with_cache(tokens)
-    out = {"input": cache["blocks.0.hook_resid_pre"]}
-    for layer in range(model.cfg.n_layers):
-        res = cache[f"blocks.{layer}.attn.hook_result"]
-        for h in range(model.cfg.n_heads):
-            out[f"a{layer}.h{h}"] = res[:, :, h]
-        out[f"m{layer}"] = cache[f"blocks.{layer}.hook_mlp_out"]
-    return out
+MLPSplit = Callable[[int, Tensor, Tensor, Tensor], "dict[str, Tensor] | None"]
+"""(layer, MLP input stream x, the MLP's activations hook_post, its output y) -> the outputs
+[B, S, d] of the graph's sources in that layer, by name (None: the MLP is one node ``m{layer}``)."""
 
 
-def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated, ablation: str) -> Tensor:
-    """Logits [batch, pos, vocab] of the clean run with the named edges ablated.
+def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None = None,
+                  mlp_bias: list[Tensor] | None = None, ablated: dict[str, Tensor] | None = None,
+                  abl: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The hooked forward: logits [B, S, vocab] and every source's output in this run, by name.
 
-    ``ablated``: plain edge names (ablated at every token), or a dict from plain edge names to a
-    [batch, pos] bool mask of the tokens where the edge is ablated (per-position swaps).
+    Every destination's input is rebuilt as the sum of its sources (an edge in ``ablated``, a dict
+    from edge name to a [B, S] bool mask, takes ``abl[src]`` at those tokens), plus the biases of
+    no node: each layer's b_O and, where ``split`` splits an MLP into parts, ``mlp_bias[layer]``
+    (neurons: b_out; a transcoder: b_dec).
     """
-    if not isinstance(ablated, dict):
-        ablated = {e: torch.ones(clean.shape, dtype=torch.bool) for e in ablated}
     model.set_use_split_qkv_input(True)
     model.set_use_attn_result(True)
     model.set_use_hook_mlp_in(True)
     cfg = model.cfg
-    corrupt_out = _source_outputs(model, corrupt)
-    if ablation == "resample":
-        abl = corrupt_out
-    elif ablation == "mean":
-        abl = {k: v.mean(0, keepdim=True).expand(clean.shape[0], *v.shape[1:]) for k, v in corrupt_out.items()}
-    else:
-        abl = {k: torch.zeros_like(v) for k, v in corrupt_out.items()}
+    ablated = ablated or {}
     try:
         b_o = model.b_O.detach()
     except AttributeError:  # bias-free attention output (Llama, Qwen2, Gemma)
         b_o = torch.zeros(cfg.n_layers, cfg.d_model)
+    b_m = torch.zeros(cfg.n_layers, cfg.d_model) if mlp_bias is None else torch.stack(mlp_bias)
     current: dict[str, Tensor] = {}
-    sources_of = {}
+    inputs: dict[int, Tensor] = {}
+    posts: dict[int, Tensor] = {}
+    sources_of: dict[str, dict[str, None]] = {}  # ordered sets: a positional graph repeats each edge
     for e in graph.edges:
-        sources_of.setdefault(e.dst.name, []).append(e.src.name)
+        sources_of.setdefault(e.dst.name, {})[e.src.name] = None
 
-    def rebuilt(dst_name: str, bias_layers: int) -> Tensor:
-        total = b_o[:bias_layers].sum(0) if bias_layers else 0.0
+    def rebuilt(dst_name: str, attn_layers: int, mlp_layers: int) -> Tensor:
+        total = b_o[:attn_layers].sum(0) + b_m[:mlp_layers].sum(0)
         for src in sources_of[dst_name]:
-            edge = f"{src}->{dst_name.replace('<', '<')}"
+            edge = f"{src}->{dst_name}"
             if edge in ablated:
+                assert abl is not None
                 total = total + torch.where(ablated[edge][..., None], abl[src], current[src])
             else:
                 total = total + current[src]
@@ -73,7 +67,7 @@ def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated,
             x = x.clone()
             for h in range(cfg.n_heads):
                 dst = f"a{layer}.h{h}<{letter}>" if graph.split_qkv else f"a{layer}.h{h}"
-                x[:, :, h] = rebuilt(dst, layer)
+                x[:, :, h] = rebuilt(dst, layer, layer)
             return x
         return fn
 
@@ -86,17 +80,28 @@ def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated,
 
     def make_mlp_in(layer: int):
         def fn(x, hook):
-            return rebuilt(f"m{layer}", layer if cfg.parallel_attn_mlp else layer + 1)
+            inputs[layer] = rebuilt(f"m{layer}", layer if cfg.parallel_attn_mlp else layer + 1, layer)
+            return inputs[layer]
         return fn
 
-    def make_mlp_out(layer: int):
+    def make_post(layer: int):
         def fn(x, hook):
-            current[f"m{layer}"] = x
+            posts[layer] = x
             return x
         return fn
 
+    def make_mlp_out(layer: int):
+        def fn(y, hook):
+            parts = None if split is None else split(layer, inputs[layer], posts[layer], y)
+            if parts is None:
+                current[f"m{layer}"] = y
+            else:
+                current.update(parts)
+            return y
+        return fn
+
     def final(x, hook):
-        return rebuilt("logits", cfg.n_layers)
+        return rebuilt("logits", cfg.n_layers, cfg.n_layers)
 
     hooks = [("blocks.0.hook_resid_pre", record_input)]
     for layer in range(cfg.n_layers):
@@ -104,10 +109,47 @@ def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated,
             hooks.append((f"blocks.{layer}.hook_{letter}_input", make_qkv(layer, letter)))
         hooks.append((f"blocks.{layer}.attn.hook_result", make_result(layer)))
         hooks.append((f"blocks.{layer}.hook_mlp_in", make_mlp_in(layer)))
+        hooks.append((f"blocks.{layer}.mlp.hook_post", make_post(layer)))
         hooks.append((f"blocks.{layer}.hook_mlp_out", make_mlp_out(layer)))
     hooks.append(("ln_final.hook_in", final))
     with torch.no_grad():
-        return model.run_with_hooks(clean, fwd_hooks=hooks)
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return logits, dict(current)
+
+
+def ablation_values(model, graph: Graph, corrupt: Tensor, ablation: str, batch: int, **split) -> dict[str, Tensor]:
+    """Each source's ablation value [B|1, S, d]: its output on the corrupt run, the mean of that over
+    the corrupt prompts, or zero (``split``: `split_forward`'s split and mlp_bias)."""
+    out = split_forward(model, graph, corrupt, **split)[1]
+    if ablation == "resample":
+        return out
+    if ablation == "mean":
+        return {k: v.mean(0, keepdim=True).expand(batch, *v.shape[1:]) for k, v in out.items()}
+    return {k: torch.zeros_like(v) for k, v in out.items()}
+
+
+def patched_logits(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablated, ablation: str, **split) -> Tensor:
+    """Logits [batch, pos, vocab] of the clean run with the named edges ablated.
+
+    ``ablated``: edge names (ablated at every token), or a dict from edge names to a [batch, pos]
+    bool mask of the tokens where the edge is ablated (per-position swaps). ``split``: how MLPs are
+    split into nodes (`split_forward`; default: each MLP is one node).
+    """
+    if not isinstance(ablated, dict):
+        ablated = {e: torch.ones(clean.shape, dtype=torch.bool) for e in ablated}
+    abl = ablation_values(model, graph, corrupt, ablation, clean.shape[0], **split)
+    return split_forward(model, graph, clean, ablated=ablated, abl=abl, **split)[0]
+
+
+def per_position_masks(graph: Graph, mask: Tensor, positions) -> dict[str, Tensor]:
+    """A positional graph's edge mask [n_edges] -> plain edge name -> [batch, pos] tokens where it is
+    ablated (``positions``: an `acdc.Positions`), what `patched_logits` takes."""
+    out: dict[str, Tensor] = {}
+    for i in mask.nonzero().squeeze(1).tolist():
+        e = graph.edges[i]
+        at = positions.mask(e.pos)
+        out[e.base_name] = out.get(e.base_name, torch.zeros_like(at)) | at
+    return out
 
 
 def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn) -> dict[str, Tensor]:
@@ -144,16 +186,14 @@ def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn) -> dict[str,
 
 
 def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation: str, loss_fn,
-                  positions=None) -> dict[str, float]:
+                  positions=None, **split) -> dict[str, float]:
     """EAP by hand: (ablated - clean source output) . gradient at the destination input, summed.
 
     With ``positions`` (an `acdc.Positions` for a positional ``graph``), each edge sums over its
-    position's tokens only.
+    position's tokens only; ``split``: how MLPs are split into nodes (`split_forward`).
     """
-    model.set_use_attn_result(True)
-    with torch.no_grad():
-        clean_out = _source_outputs(model, clean)
-        corrupt_out = _source_outputs(model, corrupt)
+    clean_out = split_forward(model, graph, clean, **split)[1]
+    corrupt_out = split_forward(model, graph, corrupt, **split)[1]
     grads = destination_grads(model, graph, clean, loss_fn)
     out = {}
     for e in graph.edges:

@@ -219,5 +219,17 @@ def test_feature_graphs_from_the_command_line(tmp_path, capsys):
     assert main(["attribute", "--model", "zoo:feature-chain", "--transcoders", str(saved), "--features", "all",
                  "-o", str(tmp_path / "c"), "--no-progress"]) == 0
     assert "32 transcoder features" in capsys.readouterr().out
+    # a feature circuit's JSON runs again with its transcoders: the zoo entry's, or --transcoders; without them, one line
+    assert main(["faithfulness", str(tmp_path / "a" / "circuit.json"), "--model", "zoo:feature-chain", "-o", str(tmp_path / "f")]) == 0
+    assert json.loads((tmp_path / "f" / "faithfulness.json").read_text())["normalized"] > 0.95
+    assert main(["faithfulness", str(tmp_path / "a" / "circuit.json"), "--model", "zoo:feature-chain", "--transcoders", str(saved),
+                 "-o", str(tmp_path / "g")]) == 0
+    assert main(["faithfulness", str(tmp_path / "a" / "circuit.json"), "--model", "zoo:ioi", "-o", str(tmp_path / "h")]) == 1
+    assert "circuit of transcoder features: pass --transcoders" in capsys.readouterr().err
+    assert main(["attribute", "--model", "zoo:feature-chain", "--positions", "tokens", "--method", "eap-ig-activations",
+                 "--top", "30", "-o", str(tmp_path / "p"), "--no-progress"]) == 0
+    at = Circuit.from_json(tmp_path / "p" / "circuit.json")
+    assert at.graph.features is not None and at.graph.positions is not None
+    assert {e.split("@")[0] for e in at.edges} >= set(entry.truth.edges)
     assert main(["attribute", "--model", "zoo:feature-chain", "--transcoders", str(tmp_path / "nope"), "-o", str(tmp_path / "d")]) == 1
     assert "--transcoders" in capsys.readouterr().err

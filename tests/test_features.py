@@ -10,11 +10,13 @@ import math
 import pytest
 import torch
 from conftest import logit_diff_loss, random_answers, random_tokens, tiny_gpt2, tiny_neox
-from oracle import destination_grads
+from oracle import ablation_values as oracle_ablation_values
+from oracle import destination_grads, eap_reference, patched_logits, per_position_masks, split_forward
 
 import acdc
 from acdc.features import ERROR, FEATURE, SKIP
 from acdc.model import Transformer
+from acdc.positions import Positions
 from acdc.transcoders import ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
 ABLATIONS = ["resample", "mean", "zero"]
@@ -44,96 +46,45 @@ def _ln2(model, layer: int):
     return hf.gpt_neox.layers[layer].post_attention_layernorm
 
 
-def hooked(model, graph, ts: TranscoderSet, tokens, ablated: set[str] = frozenset(), abl: dict | None = None):
-    """The slow, obvious forward on the TransformerLens bridge: every destination's input is the sum of
-    its sources in this run (an ablated edge's source swapped for ``abl[src]``) plus the biases of no
-    node (b_O; a featured layer's b_dec), and a featured MLP's output is split by hand into
-    a_i(xn) W_dec[i] per graph feature, xn @ W_skip, and the error MLP(x) - all of that - b_dec.
-
-    Returns (logits [B, S, vocab], every source's output in this run: name -> [B, S, d])."""
-    cfg = model.cfg
-    model.set_use_split_qkv_input(True)
-    model.set_use_attn_result(True)
-    model.set_use_hook_mlp_in(True)
-    b_o = [model.blocks[layer].attn.b_O.detach() for layer in range(cfg.n_layers)]
+def feature_split(model, graph, ts: TranscoderSet) -> dict:
+    """`oracle.split_forward`'s split of a feature graph's MLPs, by hand: a featured MLP's output is
+    a_i(xn) W_dec[i] per graph feature, xn @ W_skip, and the error MLP(x) - all of that - b_dec
+    (b_dec outside every node); the other MLPs stay whole."""
     featured = {layer: idx for layer, idx in graph.features.features}
-    b_dec = [ts[layer].b_dec.detach() if layer in featured else torch.zeros(cfg.d_model) for layer in range(cfg.n_layers)]
-    sources_of: dict[str, list[str]] = {}
-    for e in graph.edges:
-        sources_of.setdefault(e.dst.name, []).append(e.src.name)
-    current: dict[str, torch.Tensor] = {}
-    mlp_inputs: dict[int, torch.Tensor] = {}
 
-    def rebuilt(dst: str, attn_layers: int, mlp_layers: int) -> torch.Tensor:
-        total = sum(b_o[:attn_layers], torch.zeros(cfg.d_model)) + sum(b_dec[:mlp_layers], torch.zeros(cfg.d_model))
-        for src in sources_of[dst]:
-            total = total + (abl[src] if abl is not None and f"{src}->{dst}" in ablated else current[src])
-        return total
+    def split(layer, x, post, y):
+        if layer not in featured:
+            return None
+        tc = ts[layer]
+        xn = _ln2(model, layer)(x)
+        acts = tc.encode(xn)
+        parts, recon = {}, tc.b_dec.detach().expand_as(y).clone()
+        for i in featured[layer]:
+            parts[f"m{layer}.f{i}"] = acts[..., i, None] * tc.W_dec[i].detach()
+            recon = recon + parts[f"m{layer}.f{i}"]
+        if tc.W_skip is not None:
+            parts[f"m{layer}.skip"] = xn @ tc.W_skip.detach()
+            recon = recon + parts[f"m{layer}.skip"]
+        parts[f"m{layer}.err"] = y - recon
+        return parts
 
-    def record_input(x, hook):
-        current["input"] = x
-        return x
+    d = model.cfg.d_model
+    return {"split": split, "mlp_bias": [ts[layer].b_dec.detach() if layer in featured else torch.zeros(d)
+                                         for layer in range(model.cfg.n_layers)]}
 
-    def qkv(layer, letter):
-        def fn(x, hook):
-            x = x.clone()
-            for h in range(cfg.n_heads):
-                x[:, :, h] = rebuilt(f"a{layer}.h{h}<{letter}>", layer, layer)
-            return x
-        return fn
 
-    def result(layer):
-        def fn(x, hook):
-            for h in range(cfg.n_heads):
-                current[f"a{layer}.h{h}"] = x[:, :, h]
-            return x
-        return fn
-
-    def mlp_in(layer):
-        def fn(x, hook):
-            mlp_inputs[layer] = rebuilt(f"m{layer}", layer if cfg.parallel_attn_mlp else layer + 1, layer)
-            return mlp_inputs[layer]
-        return fn
-
-    def mlp_out(layer):
-        def fn(y, hook):
-            if layer not in featured:
-                current[f"m{layer}"] = y
-                return y
-            tc = ts[layer]
-            xn = _ln2(model, layer)(mlp_inputs[layer])
-            acts = tc.encode(xn)
-            recon = tc.b_dec.detach().expand_as(y).clone()
-            for i in featured[layer]:
-                current[f"m{layer}.f{i}"] = acts[..., i, None] * tc.W_dec[i].detach()
-                recon = recon + current[f"m{layer}.f{i}"]
-            if tc.W_skip is not None:
-                current[f"m{layer}.skip"] = xn @ tc.W_skip.detach()
-                recon = recon + current[f"m{layer}.skip"]
-            current[f"m{layer}.err"] = y - recon
-            return y
-        return fn
-
-    hooks = [("blocks.0.hook_resid_pre", record_input)]
-    for layer in range(cfg.n_layers):
-        hooks += [(f"blocks.{layer}.hook_{c}_input", qkv(layer, c)) for c in "qkv"]
-        hooks += [(f"blocks.{layer}.attn.hook_result", result(layer)), (f"blocks.{layer}.hook_mlp_in", mlp_in(layer)),
-                  (f"blocks.{layer}.hook_mlp_out", mlp_out(layer))]
-    hooks.append(("ln_final.hook_in", lambda x, hook: rebuilt("logits", cfg.n_layers, cfg.n_layers)))
-    with torch.no_grad():
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-    return logits, dict(current)
+def hooked(model, graph, ts: TranscoderSet, tokens, ablated=frozenset(), abl: dict | None = None):
+    """The slow, obvious forward on the TransformerLens bridge with the MLPs split by hand
+    (`feature_split`), the named edges ablated at every token. Returns (logits [B, S, vocab],
+    every source's output in this run: name -> [B, S, d])."""
+    masks = {e: torch.ones(tokens.shape, dtype=torch.bool) for e in ablated}
+    return split_forward(model, graph, tokens, ablated=masks, abl=abl, **feature_split(model, graph, ts))
 
 
 def ablation_values(model, graph, ts, corrupt, ablation: str, batch: int) -> dict[str, torch.Tensor]:
     """Each source's ablation value: its corrupt-run output (a feature's: its corrupt activation x its
     decoder row), the mean of that over the corrupt prompts, or zero."""
-    _, out = hooked(model, graph, ts, corrupt)
-    if ablation == "resample":
-        return out
-    if ablation == "mean":
-        return {k: v.mean(0, keepdim=True).expand(batch, *v.shape[1:]) for k, v in out.items()}
-    return {k: torch.zeros_like(v) for k, v in out.items()}
+    return oracle_ablation_values(model, graph, corrupt, ablation, batch, **feature_split(model, graph, ts))
 
 
 @pytest.fixture(scope="module", params=["gpt2", "neox"])
@@ -338,3 +289,88 @@ def test_feature_scores_carry_no_autograd_graph(chain):
     assert not values.dense_clean.requires_grad
     s = acdc.attribute(chain.model, chain.task, method="eap-ig-inputs", graph=chain.graph, progress=False)
     assert not s.values.requires_grad
+
+
+def _named_positions(batch: int = 4, pos: int = 6) -> Positions:
+    """Roles at different token indices in each prompt (as templates of different lengths give)."""
+    return Positions.named({"A": [1, 2, 1, 2], "B": [3, 4, 2, 4], "END": [5, 5, 4, 5]}, batch, pos)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_positional_feature_edges_equal_per_position_swaps(model, ablation):
+    """A feature graph at named positions: each edge is ablated over its position's tokens only, as a
+    hooked forward with the MLPs split by hand and per-token swaps gives."""
+    ts, g0 = _graph(model, (0, 1), "relu", True, {0: [1, 4, 7], 1: [0, 2, 3, 5, 11]})
+    positions = _named_positions()
+    g = g0.with_positions(positions.names)
+    clean, corrupt = random_tokens(vocab=50)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation, positions=positions)
+    split = feature_split(model, g0, ts)
+    for frac, seed in [(0.05, 0), (0.3, 1), (0.8, 2)]:
+        mask = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(seed)) < frac
+        want = patched_logits(model, g0, clean, corrupt, per_position_masks(g, mask, positions), ablation, **split)[:, -1]
+        got = p.logits(mask)
+        assert float((got - want).abs().max()) <= 1e-4 * max(float(want.abs().max()), 1.0), (frac, seed)
+        assert float((got - p.clean.logits).abs().max()) > 1e-3
+    late = torch.tensor([e.pos == "other" and e.src.kind is FEATURE for e in g.edges])  # only after END in prompt 2
+    assert float((p.logits(late) - p.clean.logits).abs().max()) > 1e-3
+    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_positional_feature_eap_equals_the_gradient_formula(model, ablation):
+    ts, g0 = _graph(model, (0, 1), "topk", False, None)
+    positions = _named_positions()
+    g = g0.with_positions(positions.names)
+    clean, corrupt = random_tokens(vocab=50)
+    answers = random_answers()
+    s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=answers, ablation=ablation,
+                       graph=g, positions=positions)
+    want = eap_reference(model, g, clean, corrupt, ablation, logit_diff_loss, positions, **feature_split(model, g0, ts))
+    values = torch.tensor([want[e.name] for e in g.edges], dtype=torch.float64)
+    scale = float(values.abs().max())
+    feature = torch.tensor([e.src.kind is FEATURE for e in g.edges])
+    assert float(values[feature].abs().max()) > 1e-3 * scale
+    assert torch.allclose(s.values, values, atol=1e-4 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean"])
+@pytest.mark.parametrize("positional", [False, True])
+def test_feature_eap_ig_activations_sum_to_the_whole_mlps(model, ablation, positional):
+    """EAP-IG-activations interpolates a featured layer as one group (its MLP: features, error, skip and
+    b_dec), so a layer's scores into a destination add up to the whole MLP's score there, and every
+    other edge scores as in the plain graph (the error node makes the forward the model's)."""
+    ts, g = _graph(model, (0, 1), "relu", True, {0: [1, 4, 7], 1: [0, 2, 3, 5, 11]})
+    positions = _named_positions() if positional else None
+    plain = acdc.Graph.from_model(model, positions=None if positions is None else positions.names)
+    if positions is not None:
+        g = g.with_positions(positions.names)
+    clean, corrupt = random_tokens(vocab=50)
+    kw = dict(method="eap-ig-activations", steps=2, metric="logit_diff", answers=random_answers(), ablation=ablation,
+              positions=positions)
+    split = acdc.attribute(model, clean, corrupt, graph=g, **kw)
+    whole = acdc.attribute(model, clean, corrupt, graph=plain, **kw)
+    at = "" if positions is None else "@B"
+    for e in whole.graph.edges:
+        if at and e.pos != "B":
+            continue
+        src, dst = e.src.name, e.dst.name
+        if src in ("m0", "m1"):
+            parts = [n.name for n in g.sources if n.name.startswith(src + ".") and g.has_edge(f"{n.name}->{dst}{at}")]
+            assert len(parts) > 3
+            total = sum(split[f"{n}->{dst}{at}"] for n in parts)
+            assert total == pytest.approx(whole[e.name], rel=1e-4, abs=1e-6), e.name
+        else:
+            assert split[e.name] == pytest.approx(whole[e.name], rel=1e-4, abs=1e-6), e.name
+
+
+def test_positional_acdc_on_the_planted_feature_chain(chain):
+    """ACDC on the feature-chain graph at token positions keeps the planted feature edges, each at
+    the positions that carry it, and a positional circuit's faithfulness runs on its graph."""
+    n = int(chain.task.clean.shape[1])
+    c = acdc.discover(chain.model, chain.task, graph=chain.graph, positions="tokens", threshold=1e-3, progress=False)
+    assert c.graph.positions == tuple(str(i) for i in range(n)) and c.graph.features == chain.graph.features
+    kept = {e.split("@")[0] for e in c.edges}
+    assert kept == set(chain.truth.edges)
+    assert 0 < len(c.edges) < 3 * len(kept)
+    assert acdc.faithfulness(chain.model, chain.task, c).normalized == pytest.approx(1.0, abs=0.05)

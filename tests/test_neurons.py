@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import logit_diff_loss, random_answers, random_tokens, tiny_gpt2, tiny_neox
-from oracle import destination_grads
+from oracle import destination_grads, patched_logits, split_forward
 
 import acdc
 from acdc.neurons import NEURON
@@ -13,86 +13,19 @@ from acdc.neurons import NEURON
 ABLATIONS = ["resample", "mean", "zero"]
 
 
-def _neuron_sources(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+def neuron_split(model) -> dict:
+    """`oracle.split_forward`'s split of a neuron graph's MLPs, by hand: neuron i outputs its activation
+    in this run (hook_post) times W_out[i]; b_out belongs to no node."""
+    def split(layer, x, post, y):
+        rows = model.blocks[layer].mlp.W_out.detach()
+        return {f"m{layer}.n{i}": post[..., i, None] * rows[i] for i in range(rows.shape[0])}
+
+    return {"split": split, "mlp_bias": [model.blocks[layer].mlp.b_out.detach() for layer in range(model.cfg.n_layers)]}
+
+
+def _neuron_sources(model, graph, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every source's output on a plain run, neurons as activation x W_out row: name -> [B, S, d]."""
-    model.set_use_attn_result(True)
-    _, cache = model.run_with_cache(tokens)
-    out = {"input": cache["blocks.0.hook_resid_pre"]}
-    for layer in range(model.cfg.n_layers):
-        for h in range(model.cfg.n_heads):
-            out[f"a{layer}.h{h}"] = cache[f"blocks.{layer}.attn.hook_result"][:, :, h]
-        post, rows = cache[f"blocks.{layer}.mlp.hook_post"], model.blocks[layer].mlp.W_out.detach()
-        for i in range(rows.shape[0]):
-            out[f"m{layer}.n{i}"] = post[..., i, None] * rows[i]
-    return out
-
-
-def hooked_neuron_logits(model, graph, clean, corrupt, ablated: set[str], ablation: str) -> torch.Tensor:
-    """The slow, obvious forward: TransformerLens hooks rebuild every destination's input as the sum of its
-    sources (neuron i: its activation in this run times W_out[i]), an ablated edge's source swapped for
-    its ablation value, plus the biases that belong to no source (b_O of each layer, b_out of each MLP)."""
-    cfg = model.cfg
-    model.set_use_split_qkv_input(True)
-    model.set_use_attn_result(True)
-    model.set_use_hook_mlp_in(True)
-    corrupt_out = _neuron_sources(model, corrupt)
-    if ablation == "resample":
-        abl = corrupt_out
-    elif ablation == "mean":
-        abl = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in corrupt_out.items()}
-    else:
-        abl = {k: torch.zeros_like(v) for k, v in corrupt_out.items()}
-    b_o = [model.blocks[layer].attn.b_O.detach() for layer in range(cfg.n_layers)]
-    b_out = [model.blocks[layer].mlp.b_out.detach() for layer in range(cfg.n_layers)]
-    sources_of: dict[str, list[str]] = {}
-    for e in graph.edges:
-        sources_of.setdefault(e.dst.name, []).append(e.src.name)
-    current: dict[str, torch.Tensor] = {}
-
-    def rebuilt(dst: str, attn_layers: int, mlp_layers: int) -> torch.Tensor:
-        total = sum(b_o[:attn_layers], torch.zeros(cfg.d_model)) + sum(b_out[:mlp_layers], torch.zeros(cfg.d_model))
-        for src in sources_of[dst]:
-            total = total + (abl[src] if f"{src}->{dst}" in ablated else current[src])
-        return total
-
-    def record_input(x, hook):
-        current["input"] = x
-        return x
-
-    def qkv(layer, letter):
-        def fn(x, hook):
-            x = x.clone()
-            for h in range(cfg.n_heads):
-                x[:, :, h] = rebuilt(f"a{layer}.h{h}<{letter}>", layer, layer)
-            return x
-        return fn
-
-    def result(layer):
-        def fn(x, hook):
-            for h in range(cfg.n_heads):
-                current[f"a{layer}.h{h}"] = x[:, :, h]
-            return x
-        return fn
-
-    def mlp_in(layer):
-        return lambda x, hook: rebuilt(f"m{layer}", layer if cfg.parallel_attn_mlp else layer + 1, layer)
-
-    def post(layer):
-        def fn(x, hook):
-            rows = model.blocks[layer].mlp.W_out.detach()
-            for i in range(rows.shape[0]):
-                current[f"m{layer}.n{i}"] = x[..., i, None] * rows[i]
-            return x
-        return fn
-
-    hooks = [("blocks.0.hook_resid_pre", record_input)]
-    for layer in range(cfg.n_layers):
-        hooks += [(f"blocks.{layer}.hook_{c}_input", qkv(layer, c)) for c in "qkv"]
-        hooks += [(f"blocks.{layer}.attn.hook_result", result(layer)), (f"blocks.{layer}.hook_mlp_in", mlp_in(layer)),
-                  (f"blocks.{layer}.mlp.hook_post", post(layer))]
-    hooks.append(("ln_final.hook_in", lambda x, hook: rebuilt("logits", cfg.n_layers, cfg.n_layers)))
-    with torch.no_grad():
-        return model.run_with_hooks(clean, fwd_hooks=hooks)
+    return split_forward(model, graph, tokens, **neuron_split(model))[1]
 
 
 @pytest.fixture(scope="module", params=["gpt2", "neox"])
@@ -130,7 +63,7 @@ def test_neuron_edges_ablated_equal_the_hooked_forward(model, ablation):
         pick = torch.tensor(neuron_edges)[torch.randperm(len(neuron_edges), generator=gen)[:k]].tolist()
         pick += torch.randint(0, g.n_edges, (k // 8,), generator=gen).tolist()  # and some edges of other kinds
         names = {g.edges[i].name for i in pick}
-        want = hooked_neuron_logits(model, g, clean, corrupt, names, ablation)[:, -1]
+        want = patched_logits(model, g, clean, corrupt, names, ablation, **neuron_split(model))[:, -1]
         got = p.logits(sorted(names))
         scale = float(want.abs().max())
         assert float((got - want).abs().max()) <= 1e-4 * max(scale, 1.0), (ablation, k)
@@ -155,8 +88,10 @@ def test_neuron_graphs_say_what_does_not_run_yet(model):
     p = acdc.Patcher(model, clean, corrupt, graph=g)
     with pytest.raises(NotImplementedError, match="does not run on graphs with MLP neurons yet"):
         p.state()
-    with pytest.raises(NotImplementedError, match="eap-ig-activations.*use eap or eap-ig-inputs"):
-        acdc.attribute(model, clean, corrupt, method="eap-ig-activations", graph=g, metric="logit_diff", answers=random_answers())
+    with pytest.raises(ValueError, match="include factored MLP units.*whole MLP group"):
+        p.source_values.interpolated(g.mlp_sources(0)[2:5], 0.5)
+    with pytest.raises(ValueError, match="as one group, its MLP"):
+        p.source_values.interpolated(g.mlp_sources(0)[:3], 0.5)
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
@@ -169,7 +104,7 @@ def test_neuron_eap_equals_the_gradient_formula_by_hand(model, ablation):
     s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=random_answers(),
                        ablation=ablation, graph=g)
     with torch.no_grad():
-        clean_out, corrupt_out = _neuron_sources(model, clean), _neuron_sources(model, corrupt)
+        clean_out, corrupt_out = _neuron_sources(model, g, clean), _neuron_sources(model, g, corrupt)
     grads = destination_grads(model, g, clean, logit_diff_loss)
     want = torch.empty(g.n_edges, dtype=torch.float64)
     for i, e in enumerate(g.edges):
@@ -183,10 +118,12 @@ def test_neuron_eap_equals_the_gradient_formula_by_hand(model, ablation):
     assert torch.allclose(s.values, want, atol=1e-4 * scale, rtol=1e-4)
 
 
-def test_neuron_eap_sums_to_the_whole_mlps(model):
-    """A layer's neuron scores into a destination add up to the whole MLP's score there (b_out cancels)."""
+@pytest.mark.parametrize("method", ["eap-ig-inputs", "eap-ig-activations"])
+def test_neuron_eap_sums_to_the_whole_mlps(model, method):
+    """A layer's neuron scores into a destination add up to the whole MLP's score there (b_out cancels);
+    EAP-IG-activations interpolates a neuron layer as one group, its MLP, as for the whole MLP."""
     clean, corrupt = random_tokens(vocab=50)
-    kw = dict(method="eap-ig-inputs", steps=3, metric="logit_diff", answers=random_answers())
+    kw = dict(method=method, steps=3, metric="logit_diff", answers=random_answers())
     g = acdc.Graph.from_model(model, mlp_units="neurons")
     by_neuron = acdc.attribute(model, clean, corrupt, graph=g, **kw)
     whole = acdc.attribute(model, clean, corrupt, **kw)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import Killed, kill_after, logit_diff_loss, random_answers, random_tokens
-from oracle import eap_reference, patched_logits
+from oracle import eap_reference, patched_logits, per_position_masks
 
 from acdc import Graph, Patcher
 from acdc.positions import Positions
@@ -14,16 +14,6 @@ ABLATIONS = ["resample", "mean", "zero"]
 def _named_positions(batch: int = 4, pos: int = 6) -> Positions:
     """Roles at different token indices in each prompt (as templates of different lengths give)."""
     return Positions.named({"A": [1, 2, 1, 2], "B": [3, 4, 2, 4], "END": [5, 5, 4, 5]}, batch, pos)
-
-
-def _per_position(g: Graph, mask: torch.Tensor, positions: Positions) -> dict[str, torch.Tensor]:
-    """Positional edge mask -> plain edge name -> [batch, pos] tokens where it is ablated."""
-    out: dict[str, torch.Tensor] = {}
-    for i in mask.nonzero().squeeze(1).tolist():
-        e = g.edges[i]
-        at = positions.mask(e.pos)
-        out[e.base_name] = out.get(e.base_name, torch.zeros_like(at)) | at
-    return out
 
 
 def test_positions_named_layout():
@@ -63,7 +53,7 @@ def test_oracle_positional_edge_sets(arch, ablation, gpt2_model, neox_model):
     p = Patcher(model, clean, corrupt, graph=g, ablation=ablation, positions=positions)
     for frac, seed in [(0.1, 0), (0.5, 1), (0.9, 2)]:
         mask = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(seed)) < frac
-        ref = patched_logits(model, g.plain, clean, corrupt, _per_position(g, mask, positions), ablation)[:, -1]
+        ref = patched_logits(model, g.plain, clean, corrupt, per_position_masks(g, mask, positions), ablation)[:, -1]
         assert torch.allclose(p.logits(mask), ref, atol=1e-5, rtol=0), (frac, seed)
 
 
@@ -75,7 +65,7 @@ def test_oracle_token_positions_unsplit(gpt2_model):
     p = Patcher(gpt2_model, clean, corrupt, graph=g, answer_pos=answer_pos)  # token positions by default
     assert p.positions is not None and p.positions.names == g.positions
     mask = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(5)) < 0.4
-    ref = patched_logits(gpt2_model, g.plain, clean, corrupt, _per_position(g, mask, p.positions), "resample")
+    ref = patched_logits(gpt2_model, g.plain, clean, corrupt, per_position_masks(g, mask, p.positions), "resample")
     ref = ref[torch.arange(4)[:, None], answer_pos].reshape(8, -1)
     assert torch.allclose(p.logits(mask), ref, atol=1e-5, rtol=0)
 
@@ -308,3 +298,22 @@ def test_faithfulness_at_circuit_positions_vs_all(zoo_ioi):
     assert at_all.settings["circuit_edges"] == 6 * len(plain_edges)
     grid = acdc.faithfulness_grid(e.model, e.task, c, grid=[{}, {"at": "all"}])
     assert [grid.label(f) for f in grid.rows] == ["usual", "at all positions"]
+
+
+def test_a_positional_circuit_at_any_position_and_against_a_plain_truth():
+    """Collapsed to the plain graph, an edge is kept if kept at some position and scores its largest
+    magnitude; recovery against a truth without positions counts it found there."""
+    import acdc
+    from acdc.circuit import Circuit
+
+    g = Graph(2, 2, positions=["A", "B", "END"])
+    kept = torch.zeros(g.n_edges, dtype=torch.bool)
+    scores = torch.full((g.n_edges,), float("nan"), dtype=torch.float64)
+    i, j = g.edge_index("a0.h1->logits@B"), g.edge_index("a0.h1->logits@A")
+    kept[i], scores[i], scores[j] = True, 0.2, -0.5
+    c = Circuit(g, kept, scores).at_any_position()
+    assert c.graph.positions is None and c.edges == ["a0.h1->logits"]
+    assert c.edge_score("a0.h1->logits") == -0.5 and bool(c.scores.isnan().sum() == c.graph.n_edges - 1)
+    truth = acdc.known.KnownCircuit(name="t", graph_config=g.plain.config(), edges=("a0.h1->logits", "input->logits"), classes={})
+    r = acdc.recovery(Circuit(g, kept, scores), truth)
+    assert (r.edges.tp, r.edges.fp, r.edges.fn) == (1, 0, 1)

@@ -87,7 +87,8 @@ class Explorer:
         self.circuit = circuit
         self.path = None if path is None else Path(path)
         ablation = ablation or str(circuit.settings.get("ablation") or "resample")
-        Graph.from_model(load_model(model)).check_fits(circuit.graph, "this circuit", qkv=False, positions=False)
+        if circuit.graph.features is None:  # a feature circuit's fit is checked by its transcoders
+            Graph.from_model(load_model(model)).check_fits(circuit.graph, "this circuit", qkv=False, positions=False)
         self.patcher, self.metric, self.batch = prepare(model, task, graph=circuit.graph, ablation=ablation, metric=metric)
         self.graph = self.patcher.graph
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
