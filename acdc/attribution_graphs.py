@@ -176,7 +176,7 @@ class AttributionGraph:
         kept = self.prune(node_threshold, edge_threshold)
         nodes: dict[int, dict[str, Any]] = {}
         for i in kept.node_mask.nonzero().squeeze(1).tolist():
-            nodes[i] = self._ct_node(i, float(kept.cumulative[i]))
+            nodes[i] = self.node_record(i, float(kept.cumulative[i]))
         dst, src = kept.edge_mask.nonzero(as_tuple=True)
         links = [{"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": float(self.adjacency[t, s])}
                  for t, s in zip(dst.tolist(), src.tolist(), strict=True) if s in nodes and t in nodes]
@@ -193,7 +193,7 @@ class AttributionGraph:
         }
         return doc
 
-    def _ct_node(self, i: int, influence: float) -> dict[str, Any]:
+    def node_record(self, i: int, influence: float) -> dict[str, Any]:
         """Node ``i`` in circuit-tracer's JSON schema (its ``Node`` model)."""
         base = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0,
                 "clerp": self.labels.get(self.node_name(i), ""), "influence": influence, "activation": None}

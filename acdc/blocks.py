@@ -440,7 +440,7 @@ class FullRun:
     def _factored_part(self, W: Tensor, upto: int, idx: Tensor | None, base: Tensor) -> Tensor:
         """base [R, ..., d] + the kept sources' sum for weights W [R, upto], over tokens ``idx`` (None: all)."""
         assert self.units is not None and self.dense_cols is not None
-        g, R, d = self.p.graph, W.shape[0], self.d
+        g, d = self.p.graph, self.d
         cols = self.dense_cols[self.dense_cols < upto]
         Wd = W[:, cols]
         out = base

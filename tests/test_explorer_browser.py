@@ -262,3 +262,67 @@ def test_a_histogram_bar_shows_one_of_its_prompts(driver, mini_ioi):
     assert driver.find_element("id", "prompt").get_attribute("value") == target
     words = entry.tokenizer.decode(entry.task.clean[int(target)]).split()
     assert driver.execute_script("return [...document.querySelectorAll('#clean-tokens .tok')].map(t => t.textContent)") == words
+
+
+@pytest.fixture(scope="module")
+def attribution(tmp_path_factory):
+    """A tiny GPT-2's attribution graph through random transcoders, saved, behind the explorer."""
+    from conftest import tiny_gpt2
+    from test_features import random_set
+
+    from acdc.algorithms.attribution_graph import build_attribution_graph
+    from acdc.explorer import AttributionExplorer
+    from acdc.model import Transformer
+
+    model = tiny_gpt2(n_layer=3, n_head=2, d=16)
+    ts = random_set(model, (0, 1, 2), "relu", True)
+    g = build_attribution_graph(Transformer.from_bridge(model), torch.tensor([3, 7, 1, 9, 4, 4, 2]), ts, batch_size=16)
+    path = g.save(tmp_path_factory.mktemp("attribution") / "graph")
+    server = start(AttributionExplorer.open(path))
+    yield g, server, path
+    server.shutdown()
+    server.server_close()
+
+
+def _loads(driver, n: int) -> None:
+    _wait(driver, f"return document.body.dataset.state === 'ready' && Number(document.body.dataset.loads || 0) >= {n}")
+
+
+def test_an_attribution_graph_opens_pruned_and_its_sliders_prune_again(driver, attribution):
+    g, server, _ = attribution
+    driver.get(server.url)
+    _loads(driver, 1)
+    drawn = driver.execute_script("return [...document.querySelectorAll('g.node')].map(e => e.id.slice(5))")
+    kept = g.prune(0.8, 0.98)
+    assert sorted(drawn) == sorted(g.node_name(i) for i in kept.node_mask.nonzero().squeeze(1).tolist())
+    assert driver.execute_script("return document.querySelectorAll('line.link').length") == kept.n_edges
+    # rows: tokens at the bottom, logits on top
+    y = {kind: driver.execute_script(f"return document.querySelector('g.node[id^=\"node:{kind}\"]').getBoundingClientRect().y")
+         for kind in ("input", "m0", "logit")}
+    assert y["input"] > y["m0"] > y["logit"]
+    driver.execute_script("const s = document.getElementById('node-threshold'); s.value = '0.4';"
+                          "s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));")
+    _loads(driver, 2)
+    fewer = g.prune(0.4, 0.98)
+    assert driver.execute_script("return document.querySelectorAll('g.node').length") == fewer.n_nodes < kept.n_nodes
+    assert f"{fewer.n_nodes} of {g.n_nodes} nodes" in driver.find_element("id", "counts").text
+
+
+def test_clicking_a_node_lists_its_adjacency_and_saves_its_label(driver, attribution):
+    from acdc.attribution_graphs import AttributionGraph
+
+    g, server, path = attribution
+    driver.get(server.url)
+    _loads(driver, 1)
+    name = driver.execute_script("return [...document.querySelectorAll('g.node')].map(e => e.id.slice(5)).find(n => /^m1\\.f/.test(n))")
+    box = driver.execute_script(f"const r = document.getElementById('node:{name}').getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]")
+    click_at(driver, *box)
+    _wait(driver, f"return document.getElementById('node-panel').dataset.node === '{name}'")
+    rows = driver.execute_script("return [...document.querySelectorAll('#inputs tr')].map(r => [r.dataset.id, Number(r.dataset.weight)])")
+    assert rows and all(w == pytest.approx(g.edge(src, name), abs=1e-6) for src, w in rows)
+    assert abs(rows[0][1]) == pytest.approx(float(g.adjacency[g.node_index(name)].abs().max()), abs=1e-6)
+    driver.find_element("id", "label").send_keys("promotes a name")
+    driver.find_element("id", "save-label").click()
+    _wait(driver, "return Number(document.getElementById('saved').dataset.saved || 0) >= 1")
+    assert AttributionGraph.load(path).labels == {name: "promotes a name"}
+    assert "promotes a name" in driver.execute_script(f"return document.getElementById('node:{name}').textContent")

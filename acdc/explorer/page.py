@@ -15,7 +15,7 @@ from typing import Any
 from ..circuit import Circuit
 from .session import view_data
 
-__all__ = ["export_html", "page_html"]
+__all__ = ["attribution_page_html", "export_html", "page_html"]
 
 _SLOT = "/*ACDC_DATA*/null"
 
@@ -28,6 +28,11 @@ def page_html(data: dict[str, Any] | None) -> str:
     # inside <script>: "</script>" or "<!--" in a note must not end or comment out the script
     payload = json.dumps(data, allow_nan=False).replace("</", "<\\/").replace("<!--", "<\\u0021--")
     return html.replace(_SLOT, payload, 1)
+
+
+def attribution_page_html() -> str:
+    """The attribution-graph page (`acdc.explorer.attribution`); it asks the server for its data."""
+    return files("acdc.explorer").joinpath("attribution.html").read_text(encoding="utf-8")
 
 
 def export_html(circuit: Circuit, path: str | Path) -> Path:

@@ -17,6 +17,12 @@ Routes (the README documents them):
     POST /api/node_effects      {"kept": [edges]}: each node's output removed from that circuit
     POST /api/notes             {"node": "a1.h2", "label": "...", "note": "..."}: saved into the JSON
 
+An attribution graph (`AttributionExplorer`, ``acdc explore-graph``) has its own page and routes:
+
+    GET  /api/attribution?node_threshold=0.8&edge_threshold=0.98&max_links=3000   nodes and links kept
+    GET  /api/attribution/node?id=3_17_5    a node's heaviest inputs and outputs
+    POST /api/attribution/label             {"id": "3_17_5", "label": "..."}: saved into the file
+
 Bad requests get a 4xx status and ``{"error": "one line"}``; an unexpected failure a 500 with
 one line (the traceback goes to the server's stderr). The server keeps running either way.
 """
@@ -32,7 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .page import page_html
+from .attribution import AttributionExplorer
+from .page import attribution_page_html, page_html
 from .session import Explorer, ExplorerError
 
 __all__ = ["ExplorerServer", "serve", "start", "MAX_BODY"]
@@ -45,12 +52,13 @@ class ExplorerServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, explorer: Explorer, port: int = 0, *, quiet: bool = True, max_body: int = MAX_BODY):
+    def __init__(self, explorer: Explorer | AttributionExplorer, port: int = 0, *, quiet: bool = True,
+                 max_body: int = MAX_BODY):
         self.explorer = explorer
         self.lock = threading.Lock()
         self.quiet = quiet
         self.max_body = max_body
-        self.page = page_html(None).encode()
+        self.page = (attribution_page_html() if isinstance(explorer, AttributionExplorer) else page_html(None)).encode()
         super().__init__(("127.0.0.1", port), _Handler)
 
     @property
@@ -83,6 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self.server.page
         if url.path == "/favicon.ico":
             return b""
+        if isinstance(ex, AttributionExplorer):
+            return self._attribution_get(ex, url.path, parse_qs(url.query))
         if url.path == "/api/graph":
             with self.server.lock:
                 return ex.circuit.to_dict()
@@ -100,8 +110,42 @@ class _Handler(BaseHTTPRequestHandler):
             raise _RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{url.path} takes POST with a JSON body")
         raise _RequestError(HTTPStatus.NOT_FOUND, f"no such page {url.path!r}; the API is under /api/ (see the README)")
 
+    def _attribution_get(self, ex: AttributionExplorer, path: str, query: dict[str, list[str]]) -> Any:
+        if path == "/api/attribution":
+            known = {"node_threshold", "edge_threshold", "max_links"}
+            extra = sorted(set(query) - known)
+            if extra:
+                raise _RequestError(HTTPStatus.BAD_REQUEST, f"unknown parameter {extra[0]!r}; it takes {', '.join(sorted(known))}")
+            args: dict[str, Any] = {}
+            for name in known & set(query):
+                text = query[name][0]
+                try:
+                    args[name] = int(text) if name == "max_links" else float(text)
+                except ValueError:
+                    raise _RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be a number, got {text!r}") from None
+            with self.server.lock:
+                return ex.view(**args)
+        if path == "/api/attribution/node":
+            with self.server.lock:
+                return ex.node(query.get("id", [""])[0])
+        if path == "/api/attribution/label":
+            raise _RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST with a JSON body")
+        raise _RequestError(HTTPStatus.NOT_FOUND, f"no such page {path!r}; an attribution graph's API is "
+                            "/api/attribution, /api/attribution/node and /api/attribution/label")
+
     def _post(self) -> Any:
         path = urlsplit(self.path).path
+        ex = self.server.explorer
+        if isinstance(ex, AttributionExplorer):
+            if path != "/api/attribution/label":
+                raise _RequestError(HTTPStatus.NOT_FOUND, f"no POST route {path!r}; an attribution graph takes POST "
+                                    "/api/attribution/label")
+            body = self._json_body()
+            extra = sorted(set(body) - {"id", "label"})
+            if extra:
+                raise _RequestError(HTTPStatus.BAD_REQUEST, f"unknown field {extra[0]!r}; it takes id, label")
+            with self.server.lock:
+                return ex.save_label(body.get("id"), body.get("label", ""))
         if path not in _POST_ROUTES:
             raise _RequestError(HTTPStatus.NOT_FOUND if path not in _GET_ROUTES else HTTPStatus.METHOD_NOT_ALLOWED,
                                 f"no POST route {path!r}; POST goes to {', '.join(sorted(_POST_ROUTES))}")
@@ -111,7 +155,6 @@ class _Handler(BaseHTTPRequestHandler):
         if extra:
             raise _RequestError(HTTPStatus.BAD_REQUEST, f"unknown field {extra[0]!r} for {path}; "
                                 f"it takes {', '.join(sorted(allowed))}")
-        ex = self.server.explorer
         if path == "/api/node_effects" and "kept" not in body:
             raise _RequestError(HTTPStatus.BAD_REQUEST, '/api/node_effects needs "kept": [edge names]')
         with self.server.lock:  # the body is read first: a slow client never holds the engine
@@ -197,14 +240,14 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def start(explorer: Explorer, port: int = 0, *, quiet: bool = True) -> ExplorerServer:
+def start(explorer: Explorer | AttributionExplorer, port: int = 0, *, quiet: bool = True) -> ExplorerServer:
     """Start serving in a background thread (``port=0``: a free port); stop with ``server.shutdown()``."""
     server = ExplorerServer(explorer, port, quiet=quiet)
     threading.Thread(target=server.serve_forever, name="acdc-explorer", daemon=True).start()
     return server
 
 
-def serve(explorer: Explorer, port: int = 8765, *, open_browser: bool = True, quiet: bool = False) -> None:
+def serve(explorer: Explorer | AttributionExplorer, port: int = 8765, *, open_browser: bool = True, quiet: bool = False) -> None:
     """Serve until interrupted (Ctrl-C), opening the page in the default browser unless asked not to."""
     try:
         server = ExplorerServer(explorer, port, quiet=quiet)
