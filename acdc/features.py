@@ -130,14 +130,18 @@ class Intervened:
 
 
 @torch.no_grad()
-def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Mapping[tuple[int, int, int], float]) -> Intervened:
+def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Mapping[tuple[int, int, int], float],
+              *, freeze_attention: bool = False) -> Intervened:
     """Run the *replacement model* of ``tokens`` [S] with features clamped: ``edits`` maps
     (layer, position, feature) to the activation it takes (0: ablated; ``2 * a``: doubled).
 
     Each MLP that has a transcoder computes ``decode(encode(xn)) + error``, its features live (so an
     edit moves every feature downstream, attention and norms live too) and its error frozen at its
-    value on the unedited prompt; so with no edits this is the model exactly. An attribution graph's
-    edge is the first-order, direct part of what an edit does here (`acdc.attribution_graph`).
+    value on the unedited prompt; so with no edits this is the model exactly. ``freeze_attention``:
+    every head attends as on the unedited prompt (its values still move), the attribution graph's
+    own assumption, so what is left between an edit and its target is the norms and the features
+    in between. An attribution graph's edge is the first-order, direct part of what an edit does
+    here (`acdc.attribution_graph`).
     """
     tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
     transcoders.check_model(tf)
@@ -167,5 +171,6 @@ def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Map
             return (t.decode(a, x).to(tf.dtype) + errors[layer])[None]
         return fn
 
-    logits = tf.logits_with_mlps(tokens, {layer: replaced(layer) for layer in layers})[0]
+    patterns = tf.attention_patterns(tokens) if freeze_attention else None
+    logits = tf.logits_with_mlps(tokens, {layer: replaced(layer) for layer in layers}, patterns)[0]
     return Intervened(pre, acts, logits)

@@ -321,7 +321,11 @@ class Transformer:
         self, layer: int, heads: Tensor, qm: Tensor, km: Tensor, vm: Tensor, q_pos: Tensor | None = None
     ) -> Tensor:
         """Attention from projected queries, keys, values [h, n, p|pos, d_head] -> [h, n, p, d_model]."""
-        z = torch.matmul(self.pattern(qm, km, q_pos), vm)  # [h, n, p, dh]
+        return self.mix(layer, heads, self.pattern(qm, km, q_pos), vm)
+
+    def mix(self, layer: int, heads: Tensor, pattern: Tensor, vm: Tensor) -> Tensor:
+        """Heads' outputs from their pattern [h, n, p, pos] and projected values [h, n, pos, d_head] -> [h, n, p, d_model]."""
+        z = torch.matmul(pattern, vm)  # [h, n, p, dh]
         h, n, p, dh = z.shape
         out = torch.bmm(z.reshape(h, n * p, dh), self.w["W_O"][layer][heads])
         return out.view(h, n, p, self.arch.d_model)
@@ -440,17 +444,22 @@ class Transformer:
         output; a transcoder reads exactly this)."""
         return self.ln(resid_mid, "ln2", layer)
 
-    def _walk(self, tokens: Tensor, last: int | None = None, replace: dict[int, Callable[[Tensor], Tensor]] | None = None
-              ) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+    def _walk(self, tokens: Tensor, last: int | None = None, replace: dict[int, Callable[[Tensor], Tensor]] | None = None,
+              patterns: Tensor | None = None) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
         """A plain forward, layer by layer up to ``last`` (default: all): yields (layer, the MLP's input
         stream, the MLP's output, the stream after the layer), each [batch, pos, d_model]; the MLP of a
-        layer in ``replace`` is swapped for ``replace[layer](mlp_input)`` (attention-only: output 0)."""
+        layer in ``replace`` is swapped for ``replace[layer](mlp_input)`` (attention-only: output 0);
+        ``patterns`` [n_layers, n_heads, batch, pos, pos] fixes every head's attention (values live)."""
         a = self.arch
         heads = torch.arange(a.n_heads, device=self.device)
         replace = replace or {}
         resid = self.embed(tokens)
         for layer in range(a.n_layers if last is None else last + 1):
-            attn = self.attention(layer, heads, resid, resid, resid).sum(0) + self.w["b_O"][layer]
+            if patterns is None:
+                heads_out = self.attention(layer, heads, resid, resid, resid)
+            else:
+                heads_out = self.mix(layer, heads, patterns[layer], self.project(layer, heads, resid, "V"))
+            attn = heads_out.sum(0) + self.w["b_O"][layer]
             mlp_in = resid if a.parallel_attn_mlp else resid + attn
             fn = replace.get(layer)
             if a.attn_only:
@@ -470,11 +479,13 @@ class Transformer:
         return {layer: (self.mlp_input(layer, mlp_in), m) for layer, mlp_in, m, _ in self._walk(tokens, max(layers)) if layer in want}
 
     @torch.no_grad()
-    def logits_with_mlps(self, tokens: Tensor, replace: dict[int, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+    def logits_with_mlps(self, tokens: Tensor, replace: dict[int, Callable[[Tensor], Tensor]] | None = None,
+                         patterns: Tensor | None = None) -> Tensor:
         """Logits [batch, pos, d_vocab] of a plain forward, the MLP of each layer in ``replace`` swapped
-        for ``replace[layer](mlp_input)`` (the normed input, see `mlp_input`) -> its output [..., d_model]."""
+        for ``replace[layer](mlp_input)`` (the normed input, see `mlp_input`) -> its output [..., d_model];
+        ``patterns`` (as `attention_patterns` gives them) fixes every head's attention."""
         last = None
-        for last in self._walk(tokens, replace=replace):  # noqa: B007 (the stream after the last layer is the answer)
+        for last in self._walk(tokens, replace=replace, patterns=patterns):  # noqa: B007 (the stream after the last layer is the answer)
             pass
         assert last is not None
         return self.unembed(last[3])

@@ -281,3 +281,56 @@ def test_intervening_on_a_feature_moves_its_targets_as_its_edges_say(chain):
     assert float((plain.pre[1][2, other] - cut.pre[1][2, other]).abs()) < 0.05 * abs(moved)
     with pytest.raises(ValueError, match="transcoders cover layers"):
         intervene(chain.model, chain.transcoders, tokens, {(5, 1, 0): 0.0})
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_intervene_equals_a_hooked_replacement_model(freeze):
+    """`intervene` against TransformerLens hooks by hand: each featured MLP's output swapped for its
+    transcoder's reconstruction (one feature clamped) plus the error of the unedited prompt, and with
+    ``freeze_attention`` every head's pattern swapped for its pattern on the unedited prompt."""
+    from test_features import _ln2
+
+    from acdc.features import intervene
+
+    model = tiny_gpt2(n_layer=3, n_head=2, d=16)
+    ts = random_set(model, (0, 2), "relu", True)
+    tokens = torch.tensor([3, 7, 1, 9, 4, 4])
+    model.set_use_hook_mlp_in(True)
+    _, cache = model.run_with_cache(tokens[None])
+    errors = {layer: cache[f"blocks.{layer}.hook_mlp_out"][0] - ts[layer](_ln2(model, layer)(cache[f"blocks.{layer}.hook_resid_mid"][0]))
+              for layer in (0, 2)}
+    edit = (0, 2, int(ts[0].encode(_ln2(model, 0)(cache["blocks.0.hook_resid_mid"][0]))[2].argmax()))
+    mids = {}
+
+    def keep_mid(layer):
+        def fn(x, hook):
+            mids[layer] = x
+            return x
+        return fn
+
+    def mlp_out(layer):
+        def fn(y, hook):
+            t = ts[layer]
+            xn = _ln2(model, layer)(mids[layer])
+            a = t.encode(xn)
+            if layer == edit[0]:
+                a[:, edit[1], edit[2]] = 0.0
+            return t.decode(a, xn) + errors[layer]
+        return fn
+
+    hooks = []
+    for layer in (0, 2):
+        hooks += [(f"blocks.{layer}.hook_resid_mid", keep_mid(layer)), (f"blocks.{layer}.hook_mlp_out", mlp_out(layer))]
+    if freeze:
+        hooks += [(f"blocks.{layer}.attn.hook_pattern", lambda p, hook, c=cache[f"blocks.{layer}.attn.hook_pattern"]: c)
+                  for layer in range(3)]
+    with torch.no_grad():
+        want = model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
+    got = intervene(model, ts, tokens, {edit: 0.0}, freeze_attention=freeze)
+    assert torch.allclose(got.logits, want, atol=1e-4), float((got.logits - want).abs().max())
+    plain = intervene(model, ts, tokens, {}, freeze_attention=freeze)
+    assert torch.allclose(plain.logits, model(tokens[None])[0], atol=1e-4)
+    assert float((got.logits - plain.logits).abs().max()) > 1e-3
+    if freeze:  # frozen attention differs from live attention once the edit moves a query or key
+        live = intervene(model, ts, tokens, {edit: 0.0})
+        assert float((live.logits - got.logits)[edit[1]:].abs().max()) > 1e-4
