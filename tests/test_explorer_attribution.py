@@ -159,3 +159,22 @@ def test_the_attribution_graph_commands(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["attribution-graph", "--model", "zoo:ioi", "-o", str(tmp_path / "x"), "--no-progress"]) == 1
     assert "needs transcoders" in capsys.readouterr().err
+
+
+def test_a_feature_circuit_opens_in_the_circuit_explorer(tmp_path):
+    """A circuit of transcoder features (the zoo's feature-chain) in the live explorer: drawn with its
+    features and split MLP inputs, and every evaluation equals the engine's on the feature graph."""
+    from acdc.api import prepare
+    from acdc.explorer import Explorer
+
+    entry = acdc.zoo.load("feature-chain")
+    circuit = acdc.discover(entry.model, entry.task, graph=entry.graph, threshold=0.01, progress=False)
+    ex = Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer)
+    drawn = {n["name"] for n in ex.view()["nodes"]}
+    assert {"m0.f0", "m1.f0", "a1.h0"} <= drawn
+    p, m, batch = prepare(entry.model, entry.task, graph=entry.graph)
+    for removed in ([], ["m0.f0->a1.h0<v>"], ["a1.h0->m1", "m1.f2->logits"]):
+        r = ex.evaluate(removed=removed)
+        keep = circuit.in_graph & ~entry.graph.edge_mask(removed)
+        assert r["metric"] == pytest.approx(m(p.logits(~keep), batch), abs=1e-9)
+    assert ex.evaluate(removed=["m0.f0->a1.h0<v>"])["faithfulness"]["normalized"] < 0.95

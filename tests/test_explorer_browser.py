@@ -326,3 +326,22 @@ def test_clicking_a_node_lists_its_adjacency_and_saves_its_label(driver, attribu
     _wait(driver, "return Number(document.getElementById('saved').dataset.saved || 0) >= 1")
     assert AttributionGraph.load(path).labels == {name: "promotes a name"}
     assert "promotes a name" in driver.execute_script(f"return document.getElementById('node:{name}').textContent")
+
+
+def test_a_feature_circuit_page(driver):
+    """The zoo's feature circuit in the live page: its features drawn, an edge click re-measured by the engine."""
+    entry = acdc.zoo.load("feature-chain")
+    circuit = acdc.discover(entry.model, entry.task, graph=entry.graph, threshold=0.01, progress=False)
+    server = start(Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer))
+    try:
+        shown = _fresh(driver, server)
+        assert shown == pytest.approx(_engine_metric(entry, circuit.edges, graph=entry.graph), abs=1e-9)
+        nodes = driver.execute_script("return [...document.querySelectorAll('g.node')].map(g => g.dataset.node)")
+        assert {"m0.f0", "m1.f0", "a1.h0"} <= set(nodes)
+        click_edge(driver, "m0.f0->a1.h0<v>")
+        after = _settled(driver, 2)
+        kept = [e for e in circuit.edges if e != "m0.f0->a1.h0<v>"]
+        assert after == pytest.approx(_engine_metric(entry, kept, graph=entry.graph), abs=1e-9) and after != shown
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -56,7 +56,7 @@ def view_data(circuit: Circuit) -> dict[str, Any]:
                                           "edges_in": 0, "edges_out": 0, "score_in": 0.0, "score_out": 0.0})
             row[f"edges_{side}"] += 1
             row[f"score_{side}"] += s
-    order = {n.name: k for k, n in enumerate(g.nodes)}
+    order = {n.name: k for k, n in enumerate(g.all_nodes)}  # with the split MLP inputs (m3 of a feature graph)
     nodes = sorted(table.values(), key=lambda r: (-r["score_out"], order[r["name"]]))
     settings = {k: v for k, v in circuit.settings.items() if isinstance(v, (str, int, float, bool)) or v is None}
     return {
