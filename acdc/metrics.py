@@ -44,12 +44,33 @@ class Batch:
 
 @dataclass(frozen=True)
 class Metric:
-    """A named metric and its direction. ``fn(logits, batch)`` returns a 0-d tensor."""
+    """A named metric and its direction. ``fn(logits, batch)`` returns a 0-d tensor.
+
+    ``reads_answers_only``: ``fn`` reads nothing but the answers' logits (``logits.gather`` at
+    ``batch.correct`` / ``batch.incorrect``), so it can run on those columns alone (`narrow`:
+    ACDC then unembeds a few columns, not the vocabulary). A metric that normalises over the
+    vocabulary (KL, probabilities) reads every column.
+    """
 
     name: str
     fn: Callable[[Tensor, Batch], Tensor]
     higher_is_better: bool = False
     needs_answers: bool = False
+    reads_answers_only: bool = False
+
+    def narrow(self, batch: Batch) -> tuple[Tensor | None, Batch]:
+        """(the vocabulary columns this metric reads on ``batch`` [k], the batch with its answers
+        renumbered into them and its clean logits cut to them); (None, batch) when it reads them all.
+        ``metric(logits[:, cols], narrowed)`` equals ``metric(logits, batch)``."""
+        if not self.reads_answers_only or batch.correct is None or batch.incorrect is None:
+            return None, batch
+        ids = torch.cat([batch.correct.reshape(-1), batch.incorrect.reshape(-1)])
+        cols = torch.unique(ids[ids >= 0])  # sorted
+        def renumber(t: Tensor) -> Tensor:
+            return torch.where(t >= 0, torch.searchsorted(cols, t.clamp(min=0)), t)
+        narrowed = Batch(batch.clean, batch.corrupt, batch.answer_pos, renumber(batch.correct), renumber(batch.incorrect),
+                         batch.clean_logits.index_select(-1, cols.to(batch.clean_logits.device)))
+        return cols, narrowed
 
     def __call__(self, logits: Tensor, batch: Batch) -> float:
         return float(self.fn(logits, batch))
@@ -148,9 +169,9 @@ def per_prompt(metric: Metric, logits: Tensor, batch: Batch) -> Tensor:
 
 METRICS: dict[str, Metric] = {
     "kl": Metric("kl", kl_divergence, higher_is_better=False),
-    "logit_diff": Metric("logit_diff", logit_diff, higher_is_better=True, needs_answers=True),
+    "logit_diff": Metric("logit_diff", logit_diff, higher_is_better=True, needs_answers=True, reads_answers_only=True),
     "prob_diff": Metric("prob_diff", prob_diff, higher_is_better=True, needs_answers=True),
-    "accuracy": Metric("accuracy", accuracy, higher_is_better=True, needs_answers=True),
+    "accuracy": Metric("accuracy", accuracy, higher_is_better=True, needs_answers=True, reads_answers_only=True),
 }
 
 MetricLike = str | Metric | Callable[[Tensor, Batch], Tensor]

@@ -106,6 +106,7 @@ class Transformer:
         self.act = _ACTIVATIONS[arch.act_fn]
         self.device = weights["W_E"].device
         self.dtype = weights["W_E"].dtype
+        self._columns: dict[bytes, tuple[Tensor, Tensor]] = {}  # `unembed`'s gathered columns
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -417,12 +418,22 @@ class Transformer:
         """[d_model] the MLP's output bias b_out (outside every neuron)."""
         return self.w["b_out"][layer]
 
-    def unembed(self, x: Tensor) -> Tensor:
-        """Final LayerNorm and unembedding: [..., d_model] -> [..., d_vocab]."""
+    def unembed(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
+        """Final LayerNorm and unembedding: [..., d_model] -> [..., d_vocab], or only the columns
+        ``vocab`` [k] -> [..., k] (a metric that reads a few tokens' logits: the same numbers, k of them)."""
         ln = self.ln(x, "lnf")
-        return (ln.reshape(-1, ln.shape[-1]) @ self.w["W_U"] + self.w["b_U"]).view(
-            *x.shape[:-1], -1
-        )
+        W, b = (self.w["W_U"], self.w["b_U"]) if vocab is None else self._unembed_columns(vocab)
+        return (ln.reshape(-1, ln.shape[-1]) @ W + b).view(*x.shape[:-1], -1)
+
+    def _unembed_columns(self, vocab: Tensor) -> tuple[Tensor, Tensor]:
+        """W_U's and b_U's columns ``vocab``, gathered once per column set (W_U is often a transposed
+        view of the embedding, where gathering columns costs more than the product itself)."""
+        key = vocab.cpu().numpy().tobytes()
+        got = self._columns.get(key)
+        if got is None:
+            got = (self.w["W_U"].index_select(1, vocab).contiguous(), self.w["b_U"].index_select(0, vocab))
+            self._columns = {key: got}  # one column set at a time (a search uses one)
+        return got
 
     def fingerprint(self) -> str:
         """12 hex digits that tell this model's weights apart (a SHA-256 of its shape and a sample of

@@ -67,9 +67,10 @@ class PatchState:
     out:       [n_src, batch, pos, d_model] output of each source (last layer: answer rows only).
     resid_pre: [n_layers + 1, batch, pos, d_model] unpatched residual stream before each layer.
     resid_mid: [n_layers, batch, pos, d_model] MLP-input stream of each layer.
-    logits:    [batch, d_vocab] logits at the answer positions.
+    logits:    [batch, d_vocab] logits at the answer positions ([batch, k] with ``vocab``).
     inputs:    destination -> [batch, pos, d_model] input, for a bounded set of destinations
                (an optimisation only; least recently used entries are dropped).
+    vocab:     the vocabulary columns of the logits [k] (None: all of them; `Metric.narrow`).
     """
 
     keep: Tensor
@@ -79,6 +80,7 @@ class PatchState:
     logits: Tensor
     patcher: "Patcher"
     inputs: OrderedDict = field(default_factory=OrderedDict)
+    vocab: Tensor | None = None
     _shared: bool = True  # tensors still belong to the clean run (copied at the first commit)
 
     def propagate(self, keep: Tensor) -> "Proposal":
@@ -102,7 +104,7 @@ class RerunState:
     positional graphs and graphs with factored MLP units (neurons, transcoder features).
 
     keep:   [n_dst, n_src(, n_positions)] bool, kept edges.
-    logits: [rows, d_vocab] at the answer positions.
+    logits: [rows, d_vocab] at the answer positions ([rows, k]: the columns ``vocab``).
     X:      [n_dense, batch, pos, d_model] each dense source's (output - ablation value) under ``keep``;
     F:      layer -> [n_units, batch * pos] the same for factored units.
 
@@ -115,6 +117,7 @@ class RerunState:
     X: Tensor
     patcher: "Patcher"
     F: dict[int, Tensor] = field(default_factory=dict)
+    vocab: Tensor | None = None
 
     def propagate(self, keep: Tensor) -> "PositionalProposal":
         """Evaluate candidate kept-edge sets [K, n_dst, n_src(, n_positions)] (or one)."""
@@ -130,7 +133,7 @@ class RerunState:
                 outs.append((self.X, self.F))
                 continue
             start = int(g.dst_layer[changed.cpu()].min())
-            lg, run = self.patcher._forward(cand, reuse=(self.X, self.F, start))
+            lg, run = self.patcher._forward(cand, reuse=(self.X, self.F, start), vocab=self.vocab)
             logits.append(lg)
             outs.append((run.X, run.F))
         return PositionalProposal(keep, torch.stack(logits), outs)
@@ -405,29 +408,43 @@ class Patcher:
             raise ValueError("position_groups: this graph has no positions")
         return self._groups
 
-    def reference_state(self) -> SearchState:
+    def reference_state(self, vocab: Tensor | None = None) -> SearchState:
         """The state a search that removes edges (ACDC) starts from: the full circuit on the clean run.
 
         Plain graphs of whole MLPs get the incremental `PatchState`; positional graphs and graphs with
         factored MLP units (neurons, features) a `RerunState`. Both have ``keep``, ``logits``,
-        ``propagate(candidates)``, ``commit(proposal, k)`` and ``drop_destination(dst)``.
+        ``propagate(candidates)``, ``commit(proposal, k)`` and ``drop_destination(dst)``. With
+        ``vocab`` [k] their logits are those columns only (`Metric.narrow`: a metric that reads a few
+        tokens' logits; on SmolLM2 the full unembedding is most of an edge test).
         """
+        vocab = self._vocab(vocab)
         if self.graph.positions is None and self._units is None:
-            return self.state()
+            return self.state(vocab)
         up = self.upstream
         keep = up.clone() if self.graph.positions is None else up[:, :, None].expand(*up.shape, self.graph.n_positions).clone()
-        logits, run = self._forward(keep)
-        return RerunState(keep, logits, run.X, self, run.F)
+        logits, run = self._forward(keep, vocab=vocab)
+        return RerunState(keep, logits, run.X, self, run.F, vocab)
 
-    def state(self) -> PatchState:
-        """A fresh reference state: the full circuit (every edge kept) on the clean run.
+    def state(self, vocab: Tensor | None = None) -> PatchState:
+        """A fresh reference state: the full circuit (every edge kept) on the clean run (logits: the
+        columns ``vocab`` only, if given).
 
         It shares the clean run's tensors until its first commit (copy-on-write).
         """
         self._plain_only("PatchState")
         self._dense_only("PatchState (incremental ACDC)")
-        c = self.clean
-        return PatchState(self.upstream.clone(), c.sources, c.resid_pre, c.resid_mid, c.logits, self)
+        c, vocab = self.clean, self._vocab(vocab)
+        logits = c.logits if vocab is None else c.logits.index_select(-1, vocab)
+        return PatchState(self.upstream.clone(), c.sources, c.resid_pre, c.resid_mid, logits, self, vocab=vocab)
+
+    def _vocab(self, vocab: Tensor | None) -> Tensor | None:
+        """Vocabulary columns checked and on the model's device (None: every column)."""
+        if vocab is None:
+            return None
+        vocab = torch.as_tensor(vocab, dtype=torch.long).reshape(-1).to(self.tf.device)
+        if len(vocab) == 0 or int(vocab.min()) < 0 or int(vocab.max()) >= self.tf.arch.d_vocab:
+            raise ValueError(f"vocab must be token ids in [0, {self.tf.arch.d_vocab}), at least one")
+        return vocab
 
     def logits(self, ablated: Tensor | Sequence[str] | Circuit) -> Tensor:
         """Logits at the answer positions with the given edges ablated.
@@ -485,8 +502,10 @@ class Patcher:
         logits, run = self._forward(keep, None if reuse is None else (reuse[0], {}, reuse[1]))
         return logits, run.X
 
-    def _forward(self, keep: Tensor, reuse: tuple[Tensor, dict[int, Tensor], int] | None = None) -> tuple[Tensor, FullRun]:
-        """`forward`, returning the run (its X and factored F); ``reuse=(X, F, layer)`` as there."""
+    def _forward(self, keep: Tensor, reuse: tuple[Tensor, dict[int, Tensor], int] | None = None,
+                 vocab: Tensor | None = None) -> tuple[Tensor, FullRun]:
+        """`forward`, returning the run (its X and factored F); ``reuse=(X, F, layer)`` as there;
+        ``vocab``: the logits' columns (None: all)."""
         g, L = self.graph, self.tf.arch.n_layers
         positional = g.positions is not None and g.n_positions > 1
         if g.positions is not None and not positional:
@@ -507,7 +526,8 @@ class Patcher:
             if block.layer >= start:
                 block.full(run)
         final = run.gather([g.logits_row], len(g.sources), self.stream_base(2 * L))[0][0]
-        return self.tf.unembed(self.at_answers(final)).reshape(-1, self.tf.arch.d_vocab), run
+        logits = self.tf.unembed(self.at_answers(final), vocab)
+        return logits.reshape(-1, logits.shape[-1]), run
 
     # ------------------------------------------------------------------ propagation
     def _dense_only(self, what: str) -> None:
@@ -559,7 +579,7 @@ class Patcher:
             block.incremental(job)
         job.open_stream(2 * L)
         x = job.dst_input(self.graph.logits_row, 2 * L, True).expand(K, -1, -1, -1)
-        logits = self.tf.unembed(x.reshape(-1, x.shape[-1])).view(K, -1, a.d_vocab)
+        logits = self.tf.unembed(x.reshape(-1, x.shape[-1]), st.vocab).view(K, -1, a.d_vocab if st.vocab is None else len(st.vocab))
         runs = {k: v for k, v in job.runs.items() if v is not None}
         return Proposal(keep, logits, job.delta, job.new_inp, runs, job.dropped)
 

@@ -306,3 +306,57 @@ def test_prefilter_scores_reuse_equals_recomputing():
     scores = acdc.attribute(entry.model, entry.task, method="eap-ig-inputs", steps=5)
     reused = acdc.discover(entry.model, entry.task, prefilter_scores=scores, **kw)
     assert reused.edges == fresh.edges and reused.settings["n_tested"] == fresh.settings["n_tested"]
+
+
+def test_a_metric_of_answer_logits_reads_only_their_columns():
+    """`Metric.narrow`: the answers' columns, the answers renumbered into them; the metric on those
+    columns equals the metric on the whole vocabulary (several answers, -1 pads, repeated ids)."""
+    from acdc.metrics import METRICS, Batch
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 40, generator=gen)
+    correct = torch.tensor([[3, -1], [7, 9], [3, 3], [39, -1], [0, 5], [12, -1]])
+    incorrect = torch.tensor([5, 11, 0, 2, 12, 7])
+    b = Batch(torch.zeros(6, 4, dtype=torch.long), torch.zeros(6, 4, dtype=torch.long), torch.full((6, 1), 3),
+              correct, incorrect, torch.randn(6, 40, generator=gen))
+    for name in ("logit_diff", "accuracy"):
+        cols, nb = METRICS[name].narrow(b)
+        assert cols is not None and cols.tolist() == [0, 2, 3, 5, 7, 9, 11, 12, 39]
+        assert METRICS[name](logits[:, cols], nb) == pytest.approx(METRICS[name](logits, b), abs=1e-6)
+    assert nb.correct[0].tolist() == [2, -1] and torch.equal(nb.clean_logits, b.clean_logits[:, cols])
+    for name in ("kl", "prob_diff"):  # normalised over the vocabulary: every column
+        assert METRICS[name].narrow(b) == (None, b)
+
+
+def _full_vocab_logit_diff():
+    """logit_diff declared as reading every column: ACDC's path before narrowing."""
+    from acdc.metrics import logit_diff
+
+    return acdc.Metric("logit_diff", logit_diff, higher_is_better=True, needs_answers=True)
+
+
+@pytest.mark.parametrize("case", ["zoo-ioi", "tiny-gpt2", "positional", "features"])
+def test_acdc_on_answer_columns_decides_as_on_the_whole_vocabulary(case):
+    """Unembedding only the answers' columns is a speed-up, not a change: the same circuit and the
+    same deltas as with every column (plain graphs: incremental state; positions, features: reruns)."""
+    kw: dict = {"progress": False}
+    if case == "zoo-ioi":
+        e = acdc.zoo.load("ioi")
+        model, args, kw["threshold"] = e.model, (e.task,), 0.05
+    elif case == "features":
+        e = acdc.zoo.load("feature-chain")
+        model, args = e.model, (e.task,)
+        kw.update(threshold=0.05, graph=e.graph)
+    else:
+        model = tiny_gpt2(n_layer=3, n_head=2, d=16, seed=4)
+        clean, corrupt = random_tokens(batch=5, pos=6)
+        args = (clean, corrupt)
+        kw.update(threshold=0.02, answers=(torch.tensor([1, 2, 3, 4, 5]), torch.tensor([6, 7, 8, 9, 10])))
+        if case == "positional":
+            kw["positions"] = "tokens"
+    fast = acdc.discover(model, *args, metric="logit_diff", **kw)
+    full = acdc.discover(model, *args, metric=_full_vocab_logit_diff(), **kw)
+    assert fast.edges == full.edges and 0 < fast.n_edges < fast.graph.n_edges
+    tested = ~full.scores.isnan()
+    assert torch.equal(tested, ~fast.scores.isnan())
+    assert torch.allclose(fast.scores[tested], full.scores[tested], atol=1e-5, rtol=1e-5)

@@ -135,7 +135,8 @@ def run_acdc(
                                         progress=progress)
     else:
         skipped = torch.zeros(g.n_edges, dtype=torch.bool)
-    state = patcher.reference_state()
+    vocab, batch = metric.narrow(batch)  # a metric of a few tokens' logits: unembed those columns only
+    state = patcher.reference_state(vocab)
     removed_up_front = skipped.clone()
     if saved is not None:
         removed_up_front[saved["removed"]] = True
