@@ -34,6 +34,7 @@ from .api import (
     faithfulness_curve,
     faithfulness_grid,
     minimality,
+    prune_edges,
     roc,
 )
 from .attribution_graphs import AttributionGraph
@@ -99,6 +100,7 @@ __all__ = [
     "load_model",
     "load_transcoders",
     "minimality",
+    "prune_edges",
     "recovery",
     "render",
     "render_comparison",

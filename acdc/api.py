@@ -25,6 +25,7 @@ from .algorithms import get_algorithm
 from .algorithms.acdc import ACDCOptions, run_acdc
 from .algorithms.attribution import METHODS, AttributionOptions
 from .algorithms.attribution_graph import build_attribution_graph
+from .algorithms.edge_pruning import EdgePruningOptions
 from .attribution_graphs import AttributionGraph
 from .circuit import Circuit
 from .evaluation import ROC, CircuitLike, Level, as_mask, check_level, threshold_grid
@@ -51,7 +52,7 @@ from .transcoders import TranscoderSet
 
 __all__ = [
     "attribution_graph",
-    "DEFAULT_GRID", "FaithfulnessSetting", "Inputs", "attribute", "completeness", "discover", "faithfulness", "faithfulness_curve",
+    "DEFAULT_GRID", "FaithfulnessSetting", "Inputs", "attribute", "completeness", "discover", "faithfulness", "faithfulness_curve", "prune_edges",
     "faithfulness_grid", "make_batch", "minimality", "prepare", "roc",
 ]
 
@@ -206,6 +207,29 @@ def attribute(
     options = AttributionOptions(method=method, steps=steps, grid=grid)  # checked before any run
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
     return _with_position_labels(algorithm(patcher, m, batch, progress=progress, **options.algorithm_options()), patcher)
+
+
+def prune_edges(
+    model: ModelLike,
+    clean: Prompts | Task,
+    corrupt: Prompts | None = None,
+    *,
+    target: float = 0.05,
+    steps: int = 200,
+    progress: bool = True,
+    edge_pruning: dict[str, Any] | None = None,
+    **inputs: Unpack[Inputs],
+) -> Circuit:
+    """Edge Pruning (Bhaskar et al. 2024; `acdc.algorithms.edge_pruning`): a learned mask over the
+    edges, trained to keep the full model's behaviour with ``target`` of the edges. Same inputs as
+    `discover`; ``edge_pruning``: its other options (``lr``, ``warmup``, ``loss="kl" | "metric"``,
+    ``seed``, ...: `EdgePruningOptions`). Returns the circuit (edges whose gate ends above 0.5),
+    every edge scored by ``sigmoid(log_alpha)``.
+    """
+    options = {"target": target, "steps": steps, **(edge_pruning or {})}
+    EdgePruningOptions(**options)  # checked before any run
+    patcher, m, batch = prepare(model, clean, corrupt, **inputs)
+    return get_algorithm("edge-pruning")(patcher, m, batch, progress=progress, **options).selection()
 
 
 def _with_position_labels(scores: Scores, patcher: Patcher) -> Scores:

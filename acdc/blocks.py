@@ -108,6 +108,8 @@ class Engine(Protocol):
 
     def at_answers(self, x: Tensor) -> Tensor: ...
 
+    def answer_only_sources(self, keep: Tensor) -> Tensor: ...
+
     def _full(self, x: Tensor) -> bool: ...
 
     def stream_base(self, stream: int) -> Tensor: ...
@@ -180,7 +182,7 @@ class HeadsBlock(Block):
     def incremental(self, job: Job) -> None:
         """Recompute the heads whose inputs changed and whose output is used."""
         p = job.p
-        rows, last, base = self.trios, self.last, self.sources.start
+        rows, base = self.trios, self.sources.start
         hit = job.affected_many(self.rows)
         todo = []
         for h, trio in enumerate(rows):
@@ -192,6 +194,9 @@ class HeadsBlock(Block):
                 job.dropped.extend(trio)
         if not todo:
             return
+        # queries at the answer rows only: in the last layer, or where nothing the circuit keeps reads
+        # these heads' outputs elsewhere (their outputs' other rows stay stale, and nothing reads them)
+        last = self.last or all(job.ans_src[base + h] for h in todo)
         K, B = job.K, len(p._bidx)
         stream = self.stream
         shared_full = job.stream_value(stream, False)
@@ -283,7 +288,7 @@ class MLPBlock(Block):
         if not bool(job.alive[src]):
             job.dropped.append(row)
             return
-        ans = job.p._dst_ans[row]
+        ans = job.p._dst_ans[row] or job.ans_src[src]  # per token: the rows its readers need
         x = job.dst_input(row, self.stream, ans)
         new = job.p.tf.mlp(self.layer, x.expand(job.K, *x.shape[-3:]))
         job.add_deltas([src], new[None] - job.src_ref([src], ans)[:, None])
@@ -469,9 +474,14 @@ class Job:
         self.K = keep.shape[0]
         self.changed_rows = changed_rows
         self.alive = keep.any(0).any(0)  # [n_src]: some candidate keeps an edge out of it
+        # [n_src]: sources whose output the reference circuit reads at the answer rows only (their
+        # changes are computed there alone; a removal can only shrink what is read, so the other rows
+        # are never read again)
+        self.ans_src: list[bool] = patcher.answer_only_sources(st.keep).tolist()
         self.changed = torch.zeros(keep.shape[-1], dtype=torch.bool, device=keep.device)
         self.delta: dict[int, Tensor] = {}  # source -> [K, B, p, d] change of its output
         self._delta_ans: dict[int, Tensor] = {}
+        self._delta_full: dict[int, Tensor] = {}
         self.run: Tensor | None = None  # change of the unpatched stream so far [K, B, p, d]
         self.runs: dict[int, Tensor | None] = {}
         self._streams: dict[tuple[int, bool], Tensor] = {}
@@ -515,7 +525,8 @@ class Job:
             x = self.stream_ref(stream, ans)[None]
             run = self.runs.get(stream)
             if run is not None:
-                x = x + (self.p.at_answers(run) if ans and self.p._full(run) else run)
+                full = self.p._full(run)
+                x = x + (self.p.at_answers(run) if ans and full else run if ans or full else self.widen(run))
             self._streams[key] = x
         return self._streams[key]
 
@@ -527,17 +538,31 @@ class Job:
         total = delta.sum(0) if len(srcs) > 1 else delta[0]
         if self.run is None:
             self.run = total
-        elif self.run.shape[-2] != total.shape[-2]:
-            self.run = self.p.at_answers(self.run) + total
-        else:
+        elif self.run.shape[-2] == total.shape[-2]:
             self.run = self.run + total
+        elif self.p._full(self.run):  # a change at the answer rows only: zero at the others
+            self.run = self.run + self.widen(total)
+        else:
+            self.run = self.widen(self.run) + total
+
+    def widen(self, x: Tensor) -> Tensor:
+        """[..., B, P, d] at the answer rows -> [..., B, S, d], zero at every other row."""
+        p = self.p
+        out = x.new_zeros(*x.shape[:-2], p.n_pos, x.shape[-1])
+        out[..., p._bidx, p.answer_pos, :] = x
+        return out
 
     def _delta(self, src: int, ans: bool) -> Tensor:
         d = self.delta[src]
-        if ans and self.p._full(d):
+        full = self.p._full(d)
+        if ans and full:
             if src not in self._delta_ans:
                 self._delta_ans[src] = self.p.at_answers(d)
             return self._delta_ans[src]
+        if not ans and not full:  # a source changed at the answer rows only, read at every row
+            if src not in self._delta_full:
+                self._delta_full[src] = self.widen(d)
+            return self._delta_full[src]
         return d
 
     def _sum_ref(self, w: Tensor, ans: bool) -> Tensor | None:
@@ -546,11 +571,15 @@ class Job:
         if cols.numel() == 0:
             return None
         p = self.p
-        x = self.st.out.index_select(0, cols)
-        if p.abl is not None:
-            x = x - p.abl.index_select(0, cols)
-        if ans:
-            x = p.at_answers(x)
+        if ans:  # gather the answer rows alone (not every row, then the answers)
+            at = (cols[:, None, None], p._bidx, p.answer_pos)
+            x = self.st.out[at]
+            if p.abl is not None:
+                x = x - p.abl[(at[0], p._bidx if p.abl.shape[1] > 1 else torch.zeros_like(p._bidx), at[2])]
+        else:
+            x = self.st.out.index_select(0, cols)
+            if p.abl is not None:
+                x = x - p.abl.index_select(0, cols)
         return torch.einsum("kn,nbpd->kbpd", w[:, cols].to(x.dtype), x)
 
     def _sum_delta(self, w: Tensor, ans: bool) -> Tensor | None:
@@ -583,6 +612,8 @@ class Job:
             options = {"kept": int(kept.sum(-1).max()), "ablated": 2 * n_abl + 1}
             ref_row = st.keep[row]
             cached = st.inputs.get(row)
+            if cached is not None and not ans and not p._full(cached):
+                cached = None  # cached at the answer rows only (a head batched with its layer then), read everywhere now
             if cached is not None:
                 moved = int((kept != ref_row[None]).sum(-1).max()) + int((kept & self.changed).sum(-1).max())
                 options["relative"] = 2 * moved + 1

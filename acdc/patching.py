@@ -362,10 +362,41 @@ class Patcher:
 
     # ------------------------------------------------------------------ static layout
     def _layout(self) -> None:
-        """Which destinations are read at the answer rows only (the last layer's q and MLP, logits)."""
+        """Which destinations are read at the answer rows only (the last layer's q and MLP, logits),
+        and what `answer_only_sources` needs: each destination's node and whether it reads per row."""
         g, L = self.graph, self.tf.arch.n_layers
         self._dst_ans: list[bool] = [d.answers_only(L) for d in g.destinations]
         self.upstream = g.upstream.to(self.tf.device)
+        n_src, dev = len(g.sources), self.tf.device
+        node = g.dst_node_src.clone()
+        node[node < 0] = n_src  # the logits: one slot past the sources
+        self._dst_node = node.to(dev)
+        # a q input or an MLP's input is read row by row; a k or v input (or an unsplit head input) at every row
+        self._dst_per_row = torch.tensor([d.qkv in d.node.kind.answer_slots for d in g.destinations], device=dev)
+        groups: list[slice] = []
+        for layer in reversed(range(g.n_layers)):  # top-down: every group's readers come later
+            if not g.attn_only:
+                r = g.mlp_sources(layer)
+                groups.append(slice(r.start, r.stop))
+            groups.append(slice(g.head_src(layer), g.head_src(layer) + g.n_heads))
+        self._need_groups = groups
+
+    def answer_only_sources(self, keep: Tensor) -> Tensor:
+        """[n_src] bool: the sources whose output circuit ``keep`` [n_dst, n_src] reads at the answer rows
+        only. The logits read the answer rows; a q input or an MLP's input reads the rows its node's output
+        is read at; a k or v input of a head that is read at all reads every row."""
+        n_src = keep.shape[1]
+        live = torch.zeros(n_src + 1, dtype=torch.bool, device=keep.device)
+        full = torch.zeros_like(live)
+        live[n_src] = True
+        node, per_row = self._dst_node, self._dst_per_row
+        for srcs in self._need_groups:
+            read = live[node]
+            everywhere = read & (~per_row | full[node])
+            kept = keep[:, srcs]
+            live[srcs] = (kept & read[:, None]).any(0)
+            full[srcs] = (kept & everywhere[:, None]).any(0)
+        return (live & ~full)[:n_src]
 
     # ------------------------------------------------------------------ public API
     @property

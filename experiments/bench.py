@@ -14,7 +14,9 @@ the table reports medians and the ratio AutoCircuit / acdc (higher = acdc faster
 - ACDC edge tests per second for edges into layers 11, 6 and 0, full circuit (worst case);
 - a faithfulness sweep: the logit difference of the top-n EAP edges as circuit, 10 sizes;
 - ACDC decisions on a small planted model (the zoo's induction model, KL at the last position):
-  the edges each library removes at one threshold.
+  the edges each library removes at one threshold;
+- acdc alone: ACDC edge tests with the logit difference, the logits over every vocabulary column
+  (before) and over the answers' columns only (after: `Metric.narrow`, what `run_acdc` does).
 
 Writes experiments/results/bench.json and bench.md.
 """
@@ -124,6 +126,15 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
         for layer in args.layers:
             sec, n = time_edges(patcher, metric, batch, layer, args.edges)
             out[str(layer)] = {"s_per_edge": sec, "edges_per_s": 1 / sec, "edges_timed": n}
+    elif args.what == "columns":  # ACDC with the logit difference: every vocabulary column (before) or the answers' (after)
+        from bench_acdc import time_edges
+
+        patcher, metric, batch = prepare(model, b["clean"], b["corrupt"], metric="logit_diff", answers=answers)
+        out = {}
+        for layer in args.layers:
+            for narrow in (False, True):
+                sec, n = time_edges(patcher, metric, batch, layer, args.edges, narrow=narrow)
+                out[f"{layer}-{'answers' if narrow else 'all'}"] = {"s_per_edge": sec, "edges_per_s": 1 / sec, "edges_timed": n}
     elif args.what == "sweep":
         s = acdc.attribute(model, b["clean"], b["corrupt"], method="eap", metric="logit_diff", answers=answers)
         patcher, metric, batch = prepare(model, b["clean"], b["corrupt"], metric="logit_diff", answers=answers)
@@ -207,7 +218,10 @@ def main() -> None:
                 print(f"rep {rep} {what:5s} {side:11s} " + _brief(what, r), flush=True)
     dec = {side: run_side(side, "decisions", args, model="induction", threshold=args.decision_threshold)
            for side in ("acdc", "autocircuit")}
+    columns = [run_side("acdc", "columns", args) for _ in range(args.reps)]
     result = summarize(runs, dec, args)
+    result["columns"] = columns
+    result["table"] += "\n\n" + columns_table(columns, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))
     (args.out / "bench.md").write_text(result["table"] + "\n")
@@ -274,6 +288,20 @@ def summarize(runs: dict, dec: dict, args: argparse.Namespace) -> dict[str, Any]
     return {"rows": rows, "eap_agreement": agree, "sweep": {"acdc": sweep_ours, "autocircuit": sweep_peer},
             "decisions": decisions, "runs": {w: {s: [_strip(r) for r in v] for s, v in d.items()} for w, d in runs.items()},
             "table": "\n".join(lines)}
+
+
+def columns_table(columns: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """Before/after of unembedding only the answers' columns (acdc alone; AutoCircuit has no such mode)."""
+    med = statistics.median
+    lines = [f"ACDC edge tests with the logit difference (full circuit), acdc alone, medians of {len(columns)} runs: "
+             "logits over every vocabulary column (before) and over the answers' columns only (after, what `run_acdc` "
+             "does for a metric that reads nothing else).", "",
+             "| destination layer | every column | answers' columns | speed-up |", "|---|---|---|---|"]
+    for layer in args.layers:
+        before = med(r[f"{layer}-all"]["edges_per_s"] for r in columns)
+        after = med(r[f"{layer}-answers"]["edges_per_s"] for r in columns)
+        lines.append(f"| {layer} | {before:.3g} edges/s | {after:.3g} edges/s | {after / before:.1f}x |")
+    return "\n".join(lines)
 
 
 def _strip(r: dict[str, Any]) -> dict[str, Any]:

@@ -50,10 +50,12 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def time_edges(patcher, metric, batch, layer: int, n_edges: int) -> tuple[float, int]:
-    """Seconds per edge for the last ``n_edges`` edges (in ACDC order) into ``layer``, full circuit."""
+def time_edges(patcher, metric, batch, layer: int, n_edges: int, narrow: bool = False) -> tuple[float, int]:
+    """Seconds per edge for the last ``n_edges`` edges (in ACDC order) into ``layer``, full circuit;
+    ``narrow``: the logits of the metric's columns only, as `run_acdc` does (`Metric.narrow`)."""
     g = patcher.graph
-    state = patcher.state()
+    vocab, batch = metric.narrow(batch) if narrow else (None, batch)
+    state = patcher.state(vocab)
     ids = (g.dst_layer[g.edge_dst] == layer).nonzero().squeeze(1).flip(0)[:n_edges].tolist()
     edge_dst, edge_src = g.edge_dst.tolist(), g.edge_src.tolist()
     # warm-up

@@ -6,8 +6,10 @@ IOI, 50 prompts (seed 0, as experiments/smollm2_ioi.py), logit difference, resam
 `acdc.discover(model, task, threshold=0.05, checkpoint=...)` with no prefilter. The run is
 resumable: it saves ACDC's checkpoint every minute (experiments/results/runs/), stops by itself after
 ``--budget`` seconds, and the same command picks it up where it stopped, so it can run in pieces
-across sessions. Each piece adds its wall time and its per-layer edge-test times to a sidecar file
-next to the checkpoint. When the last edge is tested it writes the circuit
+across sessions (a piece killed loses at most its last minute). Each piece records its wall time and
+its per-layer edge-test times, every minute, in a sidecar file next to the checkpoint. While a file
+``runs/smollm2_exact_acdc_t{threshold}.pause`` exists the run waits between two edge tests, and the
+wait counts in no time (another job can have the machine without spoiling the timings). When the last edge is tested it writes the circuit
 (experiments/results/smollm2_exact_acdc.json: the circuit; .md: the table) with its faithfulness on
 the 50 discovery prompts and on 50 other IOI prompts (seed 1), and the time per layer.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -46,25 +49,43 @@ def main(argv: list[str] | None = None) -> None:
     g = acdc.Graph.from_model(model)
     layer_of = g.dst_layer[g.edge_dst].tolist()
     per_layer: dict[str, list[float]] = times["per_layer"]  # layer -> [edges tested, seconds]
-    t_start = last = time.perf_counter()
+    pause = runs / f"{stem}.pause"
+    t_start = last = last_save = time.perf_counter()
+    paused = 0.0
+    piece = {"seconds": 0.0, "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "finished": False,
+             "code": _commit()}  # the engine's version: pieces of one run may come from different, equally exact engines
+    times["pieces"].append(piece)
+
+    def save_times() -> None:
+        piece["seconds"] = round(time.perf_counter() - t_start - paused, 1)
+        piece["tested"] = sum(r[0] for r in per_layer.values())
+        sidecar.write_text(json.dumps(times, indent=1))
 
     def on_edge(edge: int, delta: float, removed: bool) -> bool:
-        nonlocal last
+        nonlocal last, last_save, paused
         now = time.perf_counter()
         row = per_layer.setdefault(str(layer_of[edge]), [0, 0.0])
         row[0] += 1
         row[1] += now - last
+        if now - last_save > 60:
+            save_times()
+            last_save = now
+        if pause.exists():  # another job needs the machine: wait, and keep the wait out of every time
+            save_times()
+            while pause.exists():
+                time.sleep(1.0)
+            paused += time.perf_counter() - now
+            now = time.perf_counter()
         last = now
-        return args.budget is not None and now - t_start > args.budget
+        return args.budget is not None and now - t_start - paused > args.budget
 
     patcher, metric, batch = prepare(model, task, metric="logit_diff")
     circuit = run_acdc(patcher, metric, batch, threshold=args.threshold, checkpoint=checkpoint, callback=on_edge,
                        progress=True).selection()  # acdc.discover, with a callback that times each edge test
-    seconds = time.perf_counter() - t_start
     done = not circuit.settings.get("stopped_early", False)
-    times["pieces"].append({"seconds": round(seconds, 1), "tested": sum(r[0] for r in per_layer.values()),
-                            "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "finished": done})
-    sidecar.write_text(json.dumps(times, indent=1))
+    piece["finished"] = done
+    save_times()
+    seconds = piece["seconds"]
     total = sum(p["seconds"] for p in times["pieces"])
     print(f"piece of {seconds:.0f} s; {total:.0f} s in all; {'finished' if done else 'stopped: run the same command to resume'}")
     if not done:
@@ -88,6 +109,16 @@ def main(argv: list[str] | None = None) -> None:
           "Time per edge test by the destination's layer:", "", "| layer | edges | ms per edge |", "|---|---|---|"]
     md += [f"| {layer} | {r['edges']} | {r['ms_per_edge']} |" for layer, r in rows.items()]
     write(args.out, stem, data, "\n".join(md) + "\n")
+
+
+def _commit() -> str:
+    """The checkout's git commit (with "+changes" when its working tree differs), or "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "acdc"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 if __name__ == "__main__":

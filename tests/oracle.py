@@ -26,7 +26,8 @@ def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None
     """The hooked forward: logits [B, S, vocab] and every source's output in this run, by name.
 
     Every destination's input is rebuilt as the sum of its sources (an edge in ``ablated``, a dict
-    from edge name to a [B, S] bool mask, takes ``abl[src]`` at those tokens), plus the biases of
+    from edge name to a [B, S] bool mask, takes ``abl[src]`` at those tokens; a float mask m mixes
+    ``(1 - m) O + m A``), plus the biases of
     no node: each layer's b_O and, where ``split`` splits an MLP into parts, ``mlp_bias[layer]``
     (neurons: b_out; a transcoder: b_dec).
     """
@@ -53,7 +54,11 @@ def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None
             edge = f"{src}->{dst_name}"
             if edge in ablated:
                 assert abl is not None
-                total = total + torch.where(ablated[edge][..., None], abl[src], current[src])
+                m = ablated[edge]
+                if m.dtype == torch.bool:
+                    total = total + torch.where(m[..., None], abl[src], current[src])
+                else:  # a weight of ablation in [0, 1]: mixed, (1 - m) O + m A
+                    total = total + current[src] + m[..., None] * (abl[src] - current[src])
             else:
                 total = total + current[src]
         return total

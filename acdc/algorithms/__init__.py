@@ -5,7 +5,7 @@ that reads the task through the patching engine (`acdc.Patcher`, the `Metric` or
 lower-is-better, the `Batch` it scores) and returns one score per edge. A method that decides
 which edges to keep (ACDC) also fills ``Scores.selected``; ``scores.selection()`` is then its
 circuit, and for the others ``scores.top(n)``, ``.threshold(t)`` or ``.greedy(n)`` choose one.
-A new method (edge pruning, ...) is one file here and one entry in `ALGORITHMS`.
+A new method is one file here and one entry in `ALGORITHMS` (Edge Pruning was: `edge_pruning.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ..scores import Scores
 from .acdc import run_acdc
 from .attribution import eap, eap_ig_activations, eap_ig_inputs
+from .edge_pruning import edge_pruning
 
 __all__ = ["ALGORITHMS", "Algorithm", "get_algorithm"]
 
@@ -28,6 +29,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "eap": eap,
     "eap-ig-inputs": eap_ig_inputs,
     "eap-ig-activations": eap_ig_activations,
+    "edge-pruning": edge_pruning,
 }
 
 

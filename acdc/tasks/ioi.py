@@ -27,9 +27,10 @@ from ..positions import REST, Positions
 from .base import Task, pair_batch
 from .text import example_labels, single_tokens, token_index, tokenizer_of
 
-__all__ = ["ioi", "CORRUPTIONS", "TEMPLATES", "NAMES", "PLACES", "OBJECTS", "POSITIONS"]
+__all__ = ["ioi", "CORRUPTIONS", "SPLITS", "TEMPLATES", "NAMES", "PLACES", "OBJECTS", "POSITIONS"]
 
 CORRUPTIONS = ("ABC", "S2-IO")
+SPLITS = ("all", "discovery", "held-out")
 
 TEMPLATES = [
     "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to",
@@ -77,6 +78,7 @@ def ioi(
     names: Sequence[str] = NAMES,
     places: Sequence[str] = PLACES,
     objects: Sequence[str] = OBJECTS,
+    split: Literal["all", "discovery", "held-out"] = "all",
 ) -> Task:
     """``n_prompts`` seeded IOI prompts with corrupt twins; answers IO (correct) vs S.
 
@@ -84,7 +86,17 @@ def ioi(
     metric: "logit_diff" (IO - S), "prob_diff" or "kl". templates, names, places, objects
     default to the IOI paper's; a template reads "... [B] and [A] ... [B] ..." (BABA order) with
     optional [PLACE] and [OBJECT]. Only words that are one token with a leading space are used.
+    split: "discovery" or "held-out" draw from disjoint halves of the templates and of the names
+    (even and odd places in each list), so a circuit found on one half can be scored on prompts
+    it has never seen, sentence frames and names both; "all" uses every one.
     """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    if split != "all":
+        if len(templates) < 2:
+            raise ValueError(f"split {split!r} needs at least two templates (one per half), got {len(templates)}")
+        half = 0 if split == "discovery" else 1
+        templates, names = list(templates)[half::2], list(names)[half::2]
     for t in templates:
         if "[B] and [A]" not in t or "[B]" not in t.split("[B] and [A]", 1)[1]:
             raise ValueError(f"IOI template {t!r} needs '[B] and [A]' followed later by '[B]'")
@@ -125,7 +137,7 @@ def ioi(
             corrupted.append(_fill(template, first, second, a, place, obj)[0])
         io.append(a)
         s.append(b)
-    name = "ioi" if corrupt == "ABC" else f"ioi-{corrupt}"
+    name = ("ioi" if corrupt == "ABC" else f"ioi-{corrupt}") + ("" if split == "all" else f"-{split}")
     task = pair_batch(tok, clean, corrupted, io, s, metric=metric, name=name)
     lengths: dict[str, set[int]] = {}
     for template, last in zip(used, task.answer_pos.tolist(), strict=True):
