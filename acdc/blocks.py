@@ -105,6 +105,7 @@ class Engine(Protocol):
     cache_bytes: int
     _bidx: Tensor
     _dst_ans: list[bool]
+    live_rows: Tensor | None
 
     def at_answers(self, x: Tensor) -> Tensor: ...
 
@@ -290,8 +291,18 @@ class MLPBlock(Block):
             return
         ans = job.p._dst_ans[row] or job.ans_src[src]  # per token: the rows its readers need
         x = job.dst_input(row, self.stream, ans)
-        new = job.p.tf.mlp(self.layer, x.expand(job.K, *x.shape[-3:]))
-        job.add_deltas([src], new[None] - job.src_ref([src], ans)[:, None])
+        x = x.expand(job.K, *x.shape[-3:])
+        ref = job.src_ref([src], ans)[:, None]
+        rows = None if ans else job.p.live_rows
+        if rows is None:
+            delta = job.p.tf.mlp(self.layer, x)[None] - ref
+        else:  # the tokens after each prompt's last scored one feed nothing the metric sees: no change there
+            K, B, S, d = x.shape
+            flat = x.reshape(K, B * S, d).index_select(1, rows)
+            delta = torch.zeros(1, K, B * S, d, dtype=x.dtype, device=x.device)
+            delta[:, :, rows] = job.p.tf.mlp(self.layer, flat)[None] - ref.reshape(1, 1, B * S, d)[:, :, rows]
+            delta = delta.view(1, K, B, S, d)
+        job.add_deltas([src], delta)
 
     def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
         probe = torch.zeros_like(x, requires_grad=True)  # its gradient is the one at the MLP's input

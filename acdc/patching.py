@@ -250,6 +250,11 @@ class Patcher:
         self.cache_bytes = cache_bytes
         self._bidx = torch.arange(B, device=tf.device)[:, None]
         self.n_pos = S
+        # flat indices (into B * S) of the tokens at or before each prompt's last scored position: the
+        # rows anything the metric sees can depend on (causal attention); None when that is every row
+        last = self.answer_pos.max(1).values
+        upto = (torch.arange(S, device=tf.device)[None] <= last[:, None]).reshape(-1)
+        self.live_rows: Tensor | None = None if bool(upto.all()) else upto.nonzero().squeeze(1)
         self.positions = self._check_positions(positions, B, S)
 
         self._units: MLPUnits | None = units_of(g, tf)

@@ -210,15 +210,18 @@ def test_masked_logits_reads_the_extremes_from_the_cached_runs(gpt2_model, ablat
     assert torch.equal(p.masked_logits(some), p.logits(some))
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("arch", ["gpt2", "neox"])
-def test_incremental_state_with_answer_only_sources_stays_exact(arch, gpt2_model, neox_model):
+def test_incremental_state_with_answer_only_sources_stays_exact(arch, padded, gpt2_model, neox_model):
     """Sources the circuit reads at the answer rows only are recomputed there alone (their other rows
     go stale, never read again): along a long run of commits in ACDC's order, the state's logits and
     every candidate's equal a patched run from scratch, and such sources do occur below the last layer."""
     model = gpt2_model if arch == "gpt2" else neox_model
     clean, corrupt = torch.randint(0, 50, (4, 6), generator=torch.Generator().manual_seed(1)), \
         torch.randint(0, 50, (4, 6), generator=torch.Generator().manual_seed(2))
-    p = Patcher(model, clean, corrupt)
+    # padded: prompts scored at different positions, so the tokens after each one's last are left out
+    p = Patcher(model, clean, corrupt, answer_pos=torch.tensor([5, 3, 4, 2]) if padded else None)
+    assert (p.live_rows is None) != padded
     g = p.graph
     st = p.state()
     gen = torch.Generator().manual_seed(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import acdc
 from acdc.tasks import Task
 
 
@@ -261,3 +262,32 @@ def test_from_pairs_gpt2(gpt2_tokenizer):
         Task.from_pairs([("a b", "a c", " Marylebone Road", " John")], tok)
     with pytest.raises(ValueError, match="equal length"):
         Task.from_pairs([("The cat", "The dinosaurus", " sat", " ran")], tok)
+
+
+def test_ioi_discovery_and_held_out_prompts_share_no_template_and_no_name(gpt2_tokenizer):
+    """split="discovery" / "held-out" draw from disjoint halves of the templates and the names."""
+    import re
+
+    from acdc.tasks.ioi import NAMES, TEMPLATES
+
+    def frame(t: str) -> str:
+        pattern = re.escape(t)
+        for slot in ("\\[A\\]", "\\[B\\]", "\\[PLACE\\]", "\\[OBJECT\\]"):
+            pattern = pattern.replace(slot, "\\w+")
+        return pattern
+
+    frames = [frame(t) for t in TEMPLATES]
+    seen = {}
+    for split in ("discovery", "held-out"):
+        task = acdc.tasks.ioi(gpt2_tokenizer, 40, split=split, seed=3)
+        texts = [gpt2_tokenizer.decode(row[: int(end) + 1]) for row, end in zip(task.clean, task.answer_pos.reshape(len(task.clean), -1)[:, -1], strict=True)]
+        used = {i for text in texts for i, f in enumerate(frames) if re.fullmatch(f, text.replace("<|endoftext|>", ""))}
+        names = {gpt2_tokenizer.decode([int(t)]).strip() for t in torch.cat([task.correct.reshape(-1), task.incorrect.reshape(-1)])}
+        half = 0 if split == "discovery" else 1
+        assert used and all(i % 2 == half for i in used), (split, used)
+        assert names <= set(NAMES[half::2])
+        seen[split] = names
+        assert task.name == f"ioi-{split}"
+    assert not seen["discovery"] & seen["held-out"]
+    with pytest.raises(ValueError, match="split must be one of"):
+        acdc.tasks.ioi(gpt2_tokenizer, 4, split="test")
