@@ -41,7 +41,8 @@ class _Mix(torch.autograd.Function):
         return (W @ X).view(W.shape[0], *ctx.shape)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        grad = grad_outputs[0]
         (W,) = ctx.saved_tensors
         X = ctx.X
         g = grad.reshape(grad.shape[0], -1)
