@@ -28,14 +28,18 @@ __all__ = ["mixed_logits"]
 
 class _Mix(torch.autograd.Function):
     """``W [R, n] @ X [n, T]`` where X's rows are the chunks' values, already copied into ``buffer``
-    (no copy here); gradients go to W and to each chunk."""
+    (no copy here), or only the rows ``cols`` of X (W then [R, len(cols)]); gradients go to W and
+    to each chunk."""
 
     @staticmethod
-    def forward(ctx: Any, W: Tensor, buffer: Tensor, *chunks: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx: Any, W: Tensor, buffer: Tensor, cols: Tensor | None, *chunks: Tensor) -> Tensor:  # noqa: D102
         n = sum(len(c) for c in chunks)
         X = buffer[:n].reshape(n, -1)
+        if cols is not None:
+            X = X.index_select(0, cols)
         ctx.save_for_backward(W)
         ctx.X = X  # not saved as a tensor: later rows of the buffer are written, these never change again
+        ctx.cols, ctx.n = cols, n
         ctx.sizes = [len(c) for c in chunks]
         ctx.shape = chunks[0].shape[1:]
         return (W @ X).view(W.shape[0], *ctx.shape)
@@ -47,14 +51,19 @@ class _Mix(torch.autograd.Function):
         X = ctx.X
         g = grad.reshape(grad.shape[0], -1)
         grad_w = g @ X.T if ctx.needs_input_grad[0] else None
-        grad_x = (W.T @ g).view(-1, *ctx.shape)
-        return (grad_w, None, *torch.split(grad_x, ctx.sizes))
+        grad_x = W.T @ g
+        if ctx.cols is not None:
+            grad_x = torch.zeros(ctx.n, grad_x.shape[1], dtype=grad_x.dtype, device=grad_x.device).index_copy_(0, ctx.cols, grad_x)
+        return (grad_w, None, None, *torch.split(grad_x.view(-1, *ctx.shape), ctx.sizes))
 
 
-def mixed_logits(patcher: Patcher, weights: Tensor) -> Tensor:
+def mixed_logits(patcher: Patcher, weights: Tensor, *, skip_zeros: bool = False) -> Tensor:
     """Logits [rows, d_vocab] at the answer positions with edge weights ``weights`` [n_dst, n_src]
     (float in [0, 1]; entries off the graph's edges are ignored), differentiable in ``weights``.
 
+    ``skip_zeros``: sources whose weights into a destination group are all exactly 0 are left out
+    of its product (the same logits, faster when most weights are 0), and those weights get no
+    gradient: right for gates clamped at 0, whose own gradient is 0 there (Edge Pruning).
     Plain graphs of whole MLPs (no positions, no neurons or features).
     """
     g, tf = patcher.graph, patcher.tf
@@ -77,7 +86,14 @@ def mixed_logits(patcher: Patcher, weights: Tensor) -> Tensor:
         """[len(rows), B, S, d] each row's mixed input from the sources [0, upto)."""
         base = patcher.stream_base(stream)
         used = [c for c, first in zip(chunks, starts, strict=True) if first < upto]
-        return base + _Mix.apply(W[rows, :upto], buffer, *used)
+        Wr = W[rows, :upto]
+        if skip_zeros:
+            cols = (Wr.detach() != 0).any(0).nonzero().squeeze(1)
+            if len(cols) == 0:
+                return base.expand(len(rows), *shape) + 0 * Wr.sum()  # keeps W in the graph
+            if 2 * len(cols) <= upto:
+                return base + _Mix.apply(Wr.index_select(1, cols), buffer, cols, *used)
+        return base + _Mix.apply(Wr, buffer, None, *used)
 
     starts: list[int] = []
 

@@ -67,6 +67,25 @@ def test_mixed_run_gradient_is_the_finite_difference(model):
     assert float(x.grad.double() @ direction) == pytest.approx(fd, rel=2e-2, abs=1e-5)
 
 
+def test_skipping_zero_weights_changes_nothing_but_their_gradient(model):
+    """With most weights exactly 0, leaving their sources out of the products gives the same logits and
+    the same gradient for every nonzero weight (zero ones get none: a clamped gate's is 0 anyway)."""
+    clean, corrupt = random_tokens()
+    p = acdc.Patcher(model, clean, corrupt)
+    gen = torch.Generator().manual_seed(6)
+    w = torch.rand(p.graph.n_edges, generator=gen) * (torch.rand(p.graph.n_edges, generator=gen) < 0.25)
+    grads = []
+    for skip in (False, True):
+        x = _weights(p, w).requires_grad_()
+        out = mixed_logits(p, x, skip_zeros=skip)
+        out.pow(2).mean().backward()
+        grads.append((out.detach(), x.grad))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    nonzero = _weights(p, w) != 0
+    assert torch.allclose(grads[0][1][nonzero], grads[1][1][nonzero], atol=1e-6)
+    assert float(grads[1][1][~nonzero].abs().max()) == 0.0 and float(grads[0][1][~nonzero & p.upstream].abs().max()) > 0
+
+
 @pytest.mark.parametrize("name", ["induction", "ioi", "modular-sum"])
 def test_edge_pruning_recovers_the_zoo_plants(name):
     """Ranked by their learned gates the planted edges come first (edge AUC 1.0), and the circuit

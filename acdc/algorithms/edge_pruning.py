@@ -109,7 +109,7 @@ def edge_pruning(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bo
     with torch.enable_grad():
         for step in bar(range(opts.steps), desc="edge pruning", disable=not progress):
             target = 1.0 - (1.0 - opts.target) * min(1.0, (step + 1) / n_warm)
-            logits = mixed_logits(patcher, weights(_gates(log_alpha, gen)))
+            logits = mixed_logits(patcher, weights(_gates(log_alpha, gen)), skip_zeros=True)  # closed gates: no gradient anyway
             task = task_loss(logits)
             gap = _expected_kept(log_alpha) - target
             loss = task + lambdas[0] * gap + lambdas[1] * gap**2
