@@ -42,6 +42,18 @@ def test_bench_compares_scores():
     assert agree["edges_common"] == 2 and agree["max_abs_diff_over_max_score"] == pytest.approx(1e-4, rel=1e-3)
 
 
+def test_bench_columns_table_gives_each_layers_speed_up():
+    import argparse
+
+    import bench
+
+    runs = [{"11-all": {"edges_per_s": 10.0}, "11-answers": {"edges_per_s": 40.0}, "0-all": {"edges_per_s": 1.0},
+             "0-answers": {"edges_per_s": 1.5}}, {"11-all": {"edges_per_s": 12.0}, "11-answers": {"edges_per_s": 36.0},
+                                                   "0-all": {"edges_per_s": 1.0}, "0-answers": {"edges_per_s": 1.1}}]
+    table = bench.columns_table(runs, argparse.Namespace(layers=[11, 0]))
+    assert "| 11 | 11 edges/s | 38 edges/s | 3.5x |" in table and "| 0 | 1 edges/s | 1.3 edges/s | 1.3x |" in table
+
+
 @pytest.mark.real
 def test_smollm2_scripts_run_small(tmp_path):
     """The real-model experiments end to end, at a small size (the full runs are in experiments/results)."""
