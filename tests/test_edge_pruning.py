@@ -97,6 +97,23 @@ def test_edge_pruning_recovers_the_zoo_plants(name):
     assert roc.auc == 1.0, (name, roc.auc)
     assert c.settings["method"] == "edge-pruning" and abs(c.settings["kept_fraction"] - truth) < 0.5 * truth + 0.01
     assert acdc.faithfulness(e.model, e.task, c).normalized > 0.8
+    density = c.settings["density_trace"]  # the expected fraction kept at each step: from ~1 down to the target
+    assert len(density) == 300 and density[0] > 0.98 and abs(density[-1] - truth) < 0.5 * truth + 0.01
+
+
+def test_edge_pruning_density_trace_is_the_expected_l0():
+    """The density recorded at each step is the gates' expected L0 fraction at their updated log_alpha:
+    with lr=0 the gates stay at init, sigmoid(init - beta log(-l / r)) exactly."""
+    import math
+
+    from acdc.algorithms.edge_pruning import BETA, LEFT, RIGHT
+
+    e = acdc.zoo.load("induction")
+    for init in (3.0, -1.0):
+        c = acdc.prune_edges(e.model, e.task, target=0.5, steps=2, progress=False,
+                             edge_pruning={"lr": 1e-12, "init": init})
+        expected = 1 / (1 + math.exp(-(init - BETA * math.log(-LEFT / RIGHT))))
+        assert c.settings["density_trace"] == pytest.approx([expected, expected], abs=1e-6)
 
 
 def test_edge_pruning_options_are_checked_before_any_run():

@@ -240,10 +240,22 @@ def test_attribute_and_faithfulness_bars_print(zoo_ioi, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_acdc_bar_counts_edges_and_weighs_work(zoo_ioi, capsys):
+def test_acdc_bar_counts_edges_and_weighs_work(zoo_ioi, capsys, monkeypatch):
+    from acdc.progress import LayerTimes
+
+    estimates = []
+    real = LayerTimes.seconds_left
+
+    def left(self):
+        estimates.append(real(self))
+        return 3723.0
+
+    monkeypatch.setattr(LayerTimes, "seconds_left", left)
     acdc.discover(zoo_ioi.model, zoo_ioi.task, threshold=0.1)
     err = capsys.readouterr().err
     assert "ACDC 262/262 edges: 100%" in err and "kept=9" in err
+    assert "<1:02:03" in err  # the bar shows the measured-time ETA
+    assert estimates and all(x is not None and x >= 0 for x in estimates)
 
 
 def test_edge_cost_model():
@@ -269,6 +281,33 @@ def test_work_bar_eta_is_exact_when_time_follows_cost(monkeypatch):
     assert bar.remaining_seconds == pytest.approx(24.0)
     assert inner.desc == "test 12/20 edges"
     bar.close()
+
+
+def test_layer_times_estimate_from_measured_tests():
+    """Measured layers cost their mean; a layer not reached yet the nearest measured one's mean times the
+    prior ratio; skipped tests cost nothing."""
+    from acdc.progress import LayerTimes
+
+    t = LayerTimes({29: 4, 20: 3, 0: 2}, 30)
+    assert t.seconds_left() is None and t.mean(29) is None
+    t.record(29, 0.3, 3)  # 0.1 s per test into layer 29
+    assert t.mean(29) == pytest.approx(0.1)
+    prior = edge_test_cost(0, 30) / edge_test_cost(29, 30)
+    assert t.mean(0) == pytest.approx(0.1 * prior)
+    assert t.seconds_left() == pytest.approx(0.1 + 3 * 0.1 * edge_test_cost(20, 30) / edge_test_cost(29, 30) + 2 * 0.1 * prior)
+    t.record(20, 2.0, 1)  # layer 20 turns out 20x dearer than 29: layer 0 now scales from it
+    t.skip(20, 1)
+    assert t.left == {29: 1, 20: 1, 0: 2}
+    assert t.seconds_left() == pytest.approx(0.1 + 2.0 + 2 * 2.0 * edge_test_cost(0, 30) / edge_test_cost(20, 30))
+
+
+def test_work_bar_shows_a_given_eta(capsys):
+    bar = WorkBar(10, total_work=10.0, desc="test", disable=False)
+    bar.done(1, 1.0)
+    bar.set_eta(3723.0)
+    assert bar.remaining_seconds == 3723.0
+    bar.close()
+    assert "<1:02:03" in capsys.readouterr().err
 
 
 def test_no_ipywidgets_means_the_plain_bar(monkeypatch):

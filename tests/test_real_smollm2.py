@@ -93,6 +93,12 @@ def test_tasks_on_its_tokenizer(smollm2):
     assert ind.answer_pos.shape == (4, 9)
     with pytest.raises(ValueError, match="two-digit number 00..99 to be one token"):
         acdc.tasks.greater_than(smollm2, 4, seed=0)  # SmolLM2 writes numbers digit by digit
+    gt = acdc.tasks.greater_than(smollm2, 20, seed=0, digits=True)
+    assert smollm2.tokenizer.decode(gt.clean[0, int(gt.answer_pos[0])]) == "7"
+    p = acdc.Patcher(smollm2, gt)
+    from acdc.metrics import Batch, prob_diff
+    batch = Batch(gt.clean, gt.corrupt, gt.answer_pos, gt.correct, gt.incorrect, p.clean.logits)
+    assert float(prob_diff(p.clean.logits, batch)) > 0.2  # the model knows the end year is later
 
 
 def test_eap_ig_and_prefiltered_acdc_run_on_ioi(smollm2):

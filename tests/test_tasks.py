@@ -145,6 +145,67 @@ def test_greater_than_needs_two_digit_tokens():
         acdc.tasks.greater_than(WordTokenizer(["x"]), 4, centuries=(7,))
 
 
+class DigitTokenizer:
+    """Words (with their leading space) are tokens; numbers are written digit by digit, as SmolLM2's."""
+
+    bos_token_id = None
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def encode(self, text: str) -> list[int]:
+        import re
+
+        return [self.vocab.setdefault(t, len(self.vocab)) for t in re.findall(r" ?[A-Za-z]+|\d| ", text)]
+
+    def decode(self, ids: list[int]) -> str:
+        words = {i: w for w, i in self.vocab.items()}
+        return "".join(words[int(i)] for i in ids)
+
+    def __len__(self) -> int:
+        return 1000
+
+
+def test_greater_than_digits_scores_the_tens_digit():
+    import acdc
+    from acdc.metrics import Batch, prob_diff
+
+    tok = DigitTokenizer()
+    for d in range(10):
+        tok.encode(str(d))
+    task = acdc.tasks.greater_than(tok, 60, seed=1, digits=True)
+    assert task.name == "greater-than-digits"
+    digit = {tok.encode(str(d))[0]: d for d in range(10)}
+    seen = set()
+    for i in range(60):
+        c, k = task.clean[i].tolist(), task.corrupt[i].tolist()
+        n = int(task.answer_pos[i]) + 1
+        text = tok.decode(c[:n])
+        assert text.endswith(" to the year 17") and tok.decode(c[n - 1 : n]) == "7"
+        diff = [j for j in range(n) if c[j] != k[j]]
+        # the start year's two digits differ from the corrupt "01" (the units digit may be 1)
+        assert [tok.decode([k[j]]) for j in diff] in (["0", "1"], ["0"])
+        start = text.index("year 17") + len("year 17")
+        yy = int(text[start : start + 2])
+        t = yy // 10
+        seen.add(t)
+        assert 1 <= t <= 8
+        assert {digit[x] for x in task.correct[i].tolist() if x >= 0} == set(range(t + 1, 10))
+        assert {digit[x] for x in task.incorrect[i].tolist() if x >= 0} == set(range(t))
+    assert seen == set(range(1, 9))
+    # uniform logits: P(greater) - P(less) = ((9 - t) - t) / vocab per prompt
+    logits = torch.zeros(60, len(tok))
+    b = Batch(task.clean, task.corrupt, task.answer_pos, task.correct, task.incorrect, logits)
+    ts = []
+    for i in range(60):
+        text = tok.decode(task.clean[i, : int(task.answer_pos[i]) + 1].tolist())
+        ts.append(int(text[text.index("year 17") + 7]))
+    expected = sum(9 - 2 * t for t in ts) / 60 / len(tok)
+    assert float(prob_diff(logits, b)) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="digits=True"):
+        acdc.tasks.greater_than(tok, 4)
+
+
 # ---------------------------------------------------------------- docstring
 @pytest.mark.parametrize("corrupt", ["random_random", "random_def", "random_doc"])
 def test_docstring_prompts(gpt2_tokenizer, corrupt):

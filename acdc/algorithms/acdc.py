@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..graph import Graph
 from ..inputs import check_threshold
 from ..metrics import Batch, Metric
 from ..patching import Patcher
-from ..progress import WorkBar, edge_test_cost
+from ..progress import LayerTimes, WorkBar, edge_test_cost
 from ..scores import Scores
 from .attribution import METHODS, attribution_scores
 from .attribution import check_options as check_attribution
@@ -181,6 +182,8 @@ def run_acdc(
                   disable=not progress,
                   initial_items=g.n_edges - 1 - e, initial_work=float(cost[e + 1:][tested_up_front[e + 1:]].sum()), leave=leave)
     cost_list = cost.tolist()
+    layer_of = g.dst_layer[g.edge_dst].tolist()  # each edge's destination layer
+    times = LayerTimes(Counter(layer_of[i] for i in range(e + 1) if not skipped_list[i]), g.n_layers)  # ETA from measured tests
     dst_dead = False
     last_dst = -1
     stopped = False
@@ -194,6 +197,8 @@ def run_acdc(
                 state.drop_destination(d)
         if dst_dead or skipped_list[e]:
             bar.skip(1, 0.0 if skipped_list[e] else cost_list[e])
+            if not skipped_list[e]:
+                times.skip(layer_of[e])
             e -= 1
             continue
         block = [e]  # the next edges into the same destination that are still to be tested
@@ -205,7 +210,9 @@ def run_acdc(
                 candidates[j:, d, edge_src[edge], edge_pos[edge]] = False
             else:
                 candidates[j:, d, edge_src[edge]] = False
+        t_test = time.perf_counter()
         proposal = state.propagate(candidates)
+        t_test = time.perf_counter() - t_test
         accepted = 0
         for j, edge in enumerate(block):
             new = metric.loss(proposal.logits[j], batch)
@@ -221,9 +228,11 @@ def run_acdc(
             if callback is not None and callback(edge, delta, removed):
                 stopped = True
             if n_tested % 64 == 0:
+                bar.set_eta(times.seconds_left())
                 bar.status(status())
             if stopped or not removed:
                 break
+        times.record(layer_of[e], t_test, min(len(block), accepted + 1))  # the block's edges tested now
         if accepted:
             state.commit(proposal, accepted - 1)
         e = block[0] - (accepted + (0 if accepted == len(block) else 1))

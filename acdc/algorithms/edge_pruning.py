@@ -45,7 +45,9 @@ class EdgePruningOptions:
 
     target: float = field(default=0.05, metadata={"help": "fraction of edges to keep at the end (0, 1]"})
     steps: int = field(default=200, metadata={"help": "optimisation steps"})
-    lr: float = field(default=0.05, metadata={"help": "Adam's learning rate for the gates' log_alpha"})
+    lr: float = field(default=0.05, metadata={"help": "Adam's learning rate for the gates' log_alpha (Edge Pruning's "
+                                              "runs: 0.8 over 3,000 steps; a short run on a large graph needs more "
+                                              "than this default, e.g. 0.5 in experiments/smollm2_edge_pruning.py)"})
     lagrangian_lr: float = field(default=0.1, metadata={"help": "learning rate of the Lagrange multipliers"})
     warmup: float = field(default=0.5, metadata={"help": "fraction of the steps over which the target falls from 1"})
     loss: str = field(default="kl", metadata={"help": "kl (to the full model, Edge Pruning's) or metric (the task's)",
@@ -95,6 +97,7 @@ def edge_pruning(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bo
     gen = torch.Generator().manual_seed(opts.seed)
     ref = patcher.clean.logits.detach().log_softmax(-1)
     trace: list[float] = []
+    density: list[float] = []  # the expected fraction of edges kept at each step (before its update)
     n_warm = max(1, round(opts.warmup * opts.steps))
 
     def weights(z: Tensor) -> Tensor:
@@ -119,11 +122,12 @@ def edge_pruning(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bo
             opt.step()
             opt_l.step()
             trace.append(float(task.detach()))
+            density.append(round(float(gap.detach()) + target, 6))
     with torch.no_grad():
         keep = log_alpha.detach() > 0  # the deterministic gate above 0.5
         values = torch.sigmoid(log_alpha.detach()).double()
     settings = {"method": "edge-pruning", "target": float(opts.target), "steps": opts.steps, "loss": opts.loss,
                 "lr": opts.lr, "lagrangian_lr": opts.lagrangian_lr, "warmup": opts.warmup, "seed": opts.seed,
                 "metric": metric.name, "ablation": patcher.ablation, "kept_fraction": float(keep.float().mean()),
-                "seconds": round(time.perf_counter() - t0, 3)}
+                "seconds": round(time.perf_counter() - t0, 3), "density_trace": density}
     return Scores(g, values.cpu(), settings, selected=keep.cpu(), trace=trace)

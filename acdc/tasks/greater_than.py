@@ -11,6 +11,13 @@ Years follow the paper: YY in 02..98, kept only where " {century}{YY}" is the tw
 " {century}" and "YY" (so the prompt ends where the model must produce the second half of a
 year), and the nouns are the paper's event nouns that are one token with a leading space.
 Named positions: NOUN, YY (the start year's last two digits), END (the scored century), other.
+
+Tokenizers that write numbers digit by digit (SmolLM2, Llama 3) get the digit variant
+(``digits=True``, task name "greater-than-digits"): the prompt is the same text, ending at the
+century's last digit, and the answer is the next digit, the end year's tens digit. With start
+year YY = 10 t + u, correct = the digits above t, incorrect = the digits below it (t itself could
+go either way, so it counts for neither), t in 1..8 so both are non-empty; the corrupt start year
+"01" (t = 0) again makes no tens digit wrong.
 """
 
 from __future__ import annotations
@@ -57,34 +64,44 @@ def greater_than(
     centuries: Sequence[int] = (17,),
     metric: str = "prob_diff",
     nouns: Sequence[str] = NOUNS,
+    digits: bool = False,
 ) -> Task:
     """``n_prompts`` seeded greater-than prompts with "01" corrupt twins.
 
     centuries: the first two digits of the years (the paper's examples use 17; it also ran
     11..17). metric: "prob_diff" (the paper's), "logit_diff" (mean logit of greater years minus
-    mean of the others) or "kl".
+    mean of the others) or "kl". digits: the digit variant for tokenizers that split numbers into
+    digits (the module docstring).
     """
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
     if not centuries or any(not 10 <= int(c) <= 99 for c in centuries):
         raise ValueError(f"centuries must be two-digit numbers such as 17, got {list(centuries)!r}")
     tok = tokenizer_of(model_or_tokenizer)
-    two_digit = [try_encode(tok, f"{n:02d}") or [] for n in range(100)]
-    missing = [f"{n:02d}" for n, ids in enumerate(two_digit) if len(ids) != 1]
-    if missing:
-        raise ValueError(
-            f"greater-than needs every two-digit number 00..99 to be one token; this tokenizer splits "
-            f"{len(missing)} of them (e.g. {missing[0]!r})"
-        )
-    year_ids = torch.tensor([ids[0] for ids in two_digit])
+    if digits:
+        one = [try_encode(tok, str(n)) or [] for n in range(10)]
+        if any(len(ids) != 1 for ids in one):
+            raise ValueError("greater-than with digits=True needs every digit 0..9 to be one token")
+        digit_ids = torch.tensor([ids[0] for ids in one])
+    else:
+        two_digit = [try_encode(tok, f"{n:02d}") or [] for n in range(100)]
+        missing = [f"{n:02d}" for n, ids in enumerate(two_digit) if len(ids) != 1]
+        if missing:
+            raise ValueError(
+                f"greater-than needs every two-digit number 00..99 to be one token; this tokenizer splits "
+                f"{len(missing)} of them (e.g. {missing[0]!r}); for a tokenizer that writes numbers digit by "
+                "digit, pass digits=True"
+            )
+        year_ids = torch.tensor([ids[0] for ids in two_digit])
     usable = single_tokens(tok, nouns)
     if not usable:
         raise ValueError("no greater-than noun is a single token with a leading space in this tokenizer")
-    years = {c: [yy for yy in range(2, 99) if _splits_as_year(tok, int(c), yy)] for c in centuries}
-    if not any(years.values()) or any(not _splits_as_year(tok, int(c), 1) for c in centuries):
+    span = range(10, 90) if digits else range(2, 99)  # digits: tens digit 1..8
+    years = {c: [yy for yy in span if _splits_as_year(tok, int(c), yy, digits)] for c in centuries}
+    if not any(years.values()) or any(not _splits_as_year(tok, int(c), 1, digits) for c in centuries):
         raise ValueError(
             f"no year of centuries {list(centuries)} tokenizes as ' CC' + 'YY'; greater-than needs a tokenizer "
-            "that splits years like GPT-2's"
+            "that splits years like GPT-2's (or, with digits=True, into digits)"
         )
     rng = random.Random(seed)
     pool = [(c, yy) for c in centuries for yy in years[c]]
@@ -102,19 +119,24 @@ def greater_than(
         "NOUN": [f"The {noun}" for noun in used], "YY": [f"the year {c}{yy:02d}" for c, yy in zip(cents, chosen, strict=True)],
         "END": -1,
     }, "greater-than")
-    # correct: years > YY; incorrect: years <= YY; each row padded with -1 to all 100 years
     yy_t = torch.tensor(chosen)[:, None]
-    all_years = torch.arange(100)[None, :]
-    correct = torch.where(all_years > yy_t, year_ids[None, :], -1)
-    incorrect = torch.where(all_years <= yy_t, year_ids[None, :], -1)
+    if digits:  # correct: tens digits > t; incorrect: < t; each row padded with -1 to all 10 digits
+        t, every = yy_t // 10, torch.arange(10)[None, :]
+        correct = torch.where(every > t, digit_ids[None, :], -1)
+        incorrect = torch.where(every < t, digit_ids[None, :], -1)
+    else:  # correct: years > YY; incorrect: years <= YY; each row padded with -1 to all 100 years
+        all_years = torch.arange(100)[None, :]
+        correct = torch.where(all_years > yy_t, year_ids[None, :], -1)
+        incorrect = torch.where(all_years <= yy_t, year_ids[None, :], -1)
     task = Task.from_tokens(
         clean_t, corrupt_t, correct=correct, incorrect=incorrect, answer_pos=last, metric=metric,
-        name="greater-than", vocab_size=vocab_size_of(tok),
+        name="greater-than-digits" if digits else "greater-than", vocab_size=vocab_size_of(tok),
     )
     return replace(task, positions=positions)
 
 
-def _splits_as_year(tok: Any, century: int, yy: int) -> bool:
-    """Whether " {century}{yy}" is the tokens " {century}" then "{yy}"."""
+def _splits_as_year(tok: Any, century: int, yy: int, digits: bool = False) -> bool:
+    """Whether " {century}{yy}" is the tokens " {century}" (one token; with ``digits``, any number) then "{yy}"."""
     head = try_encode(tok, f" {century}")
-    return head is not None and len(head) == 1 and try_encode(tok, f" {century}{yy:02d}") == head + encode(tok, f"{yy:02d}")
+    return (head is not None and (digits or len(head) == 1)
+            and try_encode(tok, f" {century}{yy:02d}") == head + encode(tok, f"{yy:02d}"))
