@@ -98,6 +98,13 @@ def run_task(model: Any, name: str, args: argparse.Namespace, cache: Path) -> di
             scores = acdc.Scores.from_json(ep)
             return {"seconds": scores.settings.get("seconds"), "source": ep.name, **curves(model, tasks, scores, metric)}
         result["methods"]["edge-pruning"] = cached(cache / f"{name}__edge-pruning.json", compute_ep)
+
+        def compute_mask() -> dict[str, Any]:
+            c = acdc.Scores.from_json(ep).selection()
+            f = [acdc.faithfulness(model, t, c, metric=metric).normalized for t in tasks]
+            return {"seconds": None, "how": "its learned mask, gates > 0.5", "circuit_edges": c.n_edges, "discovery": f[0],
+                    "held_out": f[1]}
+        result["methods"]["edge-pruning mask"] = cached(cache / f"{name}__edge-pruning-mask.json", compute_mask)
     threshold = 0.0125 * abs(gap.model_metric - gap.empty_metric)
     prefilter_values = torch.load(cache / f"{name}__eap-ig-inputs.values.pt")  # ACDC's prefilter: EAP-IG-inputs' scores
     for frac in args.prefilters:
@@ -108,8 +115,9 @@ def run_task(model: Any, name: str, args: argparse.Namespace, cache: Path) -> di
             seconds = time.perf_counter() - t0
             c = scores.selection()
             f = [acdc.faithfulness(model, t, c, metric=metric).normalized for t in tasks]
+            tested = int((~scores.values.isnan()).sum())
             return {"seconds": round(seconds, 1), "threshold": threshold, "prefilter": frac, "circuit_edges": c.n_edges,
-                    "tested": int((~scores.values.isnan()).sum()), "discovery": f[0], "held_out": f[1]}
+                    "tested": tested, "how": f"threshold {threshold:.3g}, {tested} tested", "discovery": f[0], "held_out": f[1]}
         result["methods"][f"acdc prefilter {frac:g}"] = cached(cache / f"{name}__acdc_{frac:g}.json", compute_acdc)
     return result
 
@@ -132,7 +140,7 @@ def table(name: str, r: dict[str, Any]) -> list[str]:
         best = best_small(e, r["edges"])
         best_s = "-" if best is None else f"{best[0]:.3f} ({best[1]})"
         if "circuit_edges" in e:
-            md.append(f"| {method} (threshold {e['threshold']:.3g}, {e['tested']} tested) | {e['seconds']} | "
+            md.append(f"| {method} ({e['how']}) | {e['seconds'] if e['seconds'] is not None else '-'} | "
                       f"circuit of {e['circuit_edges']}: {e['discovery']:.3f} | | held-out: {e['held_out']:.3f} | | | | {best_s} |")
         else:
             d, h = e["discovery"], e["held_out"]

@@ -63,7 +63,7 @@ def test_curves_table_picks_the_best_small_circuit_on_held_out_prompts():
 
     ranker = {"seconds": 3.0, "discovery": curve([0.9, 0.95, 1.0], [5, 10, 1000]), "held_out": curve([0.7, 0.6, 1.0], [5, 10, 1000])}
     big = {"seconds": 9.0, "threshold": 0.05, "prefilter": 0.02, "circuit_edges": 11, "tested": 20, "discovery": 0.99,
-           "held_out": 0.97}
+           "held_out": 0.97, "how": "threshold 0.05, 20 tested"}
     small = {**big, "circuit_edges": 10, "held_out": 0.65}
     assert smollm2_curves.best_small(ranker, 1000) == (0.7, 5)  # 1000 edges: the circuits of <= 10 edges count
     assert smollm2_curves.best_small(big, 1000) is None and smollm2_curves.best_small(small, 1000) == (0.65, 10)
