@@ -14,7 +14,8 @@ normalized faithfulness for the top edges at fractions 0.001 .. 1 and its areas 
 better; CMD, lower is better; the same over log10 of the fraction, where small circuits weigh as
 much as large ones); Edge Pruning's learned scores where `smollm2_edge_pruning.py` saved them (IOI);
 and ACDC prefiltered to the top 0.5%, 1% and 2% of edges by EAP-IG-inputs scores (APPROXIMATE; its
-threshold 1.25% of the task's full-minus-empty metric gap, 0.05 for IOI), whose circuits are points.
+threshold 1.25% of the task's full-minus-empty metric gap, 0.05 for IOI; ``--threshold-scales`` adds
+others), whose circuits are points.
 
 Each (task, method) result is cached in experiments/results/runs/curves/ as it finishes, so a
 killed run picks up where it stopped. Writes experiments/results/smollm2_curves.{md,json,png}.
@@ -41,6 +42,7 @@ from acdc.tasks.greater_than import NOUNS
 
 RANKERS = ("eap", "eap-ig-inputs", "eap-ig-activations")
 PREFILTERS = (0.005, 0.01, 0.02)
+THRESHOLD_SCALE = 0.0125  # ACDC's threshold: this share of the full-minus-empty metric gap (0.05 for IOI)
 METRICS = {"ioi": "logit_diff", "induction": "logit_diff", "greater-than-digits": "prob_diff"}
 
 
@@ -105,28 +107,41 @@ def run_task(model: Any, name: str, args: argparse.Namespace, cache: Path) -> di
             return {"seconds": None, "how": "its learned mask, gates > 0.5", "circuit_edges": c.n_edges, "discovery": f[0],
                     "held_out": f[1]}
         result["methods"]["edge-pruning mask"] = cached(cache / f"{name}__edge-pruning-mask.json", compute_mask)
-    threshold = 0.0125 * abs(gap.model_metric - gap.empty_metric)
+    gap_size = abs(gap.model_metric - gap.empty_metric)
     prefilter_values = torch.load(cache / f"{name}__eap-ig-inputs.values.pt")  # ACDC's prefilter: EAP-IG-inputs' scores
     for frac in args.prefilters:
-        def compute_acdc(frac: float = frac) -> dict[str, Any]:
-            t0 = time.perf_counter()
-            scores = run_acdc(patcher, m, batch, ACDCOptions(threshold=threshold, prefilter=frac), progress=True,
-                              prefilter_scores=prefilter_values)
-            seconds = time.perf_counter() - t0
-            c = scores.selection()
-            f = [acdc.faithfulness(model, t, c, metric=metric).normalized for t in tasks]
-            tested = int((~scores.values.isnan()).sum())
-            return {"seconds": round(seconds, 1), "threshold": threshold, "prefilter": frac, "circuit_edges": c.n_edges,
-                    "tested": tested, "how": f"threshold {threshold:.3g}, {tested} tested", "discovery": f[0], "held_out": f[1]}
-        result["methods"][f"acdc prefilter {frac:g}"] = cached(cache / f"{name}__acdc_{frac:g}.json", compute_acdc)
+        for scale in args.threshold_scales:
+            threshold = scale * gap_size
+
+            def compute_acdc(frac: float = frac, threshold: float = threshold) -> dict[str, Any]:
+                t0 = time.perf_counter()
+                scores = run_acdc(patcher, m, batch, ACDCOptions(threshold=threshold, prefilter=frac), progress=True,
+                                  prefilter_scores=prefilter_values)
+                seconds = time.perf_counter() - t0
+                c = scores.selection()
+                f = [acdc.faithfulness(model, t, c, metric=metric).normalized for t in tasks]
+                tested = int((~scores.values.isnan()).sum())
+                return {"seconds": round(seconds, 1), "threshold": threshold, "prefilter": frac, "circuit_edges": c.n_edges,
+                        "tested": tested, "how": f"threshold {threshold:.3g}, {tested} tested", "discovery": f[0],
+                        "held_out": f[1]}
+            default = scale == THRESHOLD_SCALE
+            key = f"acdc prefilter {frac:g}" + ("" if default else f", threshold {scale:g} of the gap")
+            stem = f"{name}__acdc_{frac:g}" + ("" if default else f"_s{scale:g}")
+            result["methods"][key] = cached(cache / f"{stem}.json", compute_acdc)
+    for path in sorted(cache.glob(f"{name}__acdc_*.json")):  # ACDC runs an earlier invocation cached with other settings
+        e = json.loads(path.read_text())
+        if e not in result["methods"].values():
+            result["methods"][f"acdc prefilter {e['prefilter']:g}, threshold {e['threshold'] / gap_size:.3g} of the gap"] = e
     return result
 
 
 def best_small(entry: dict[str, Any], n_edges: int, limit: float = 0.01) -> tuple[float, int] | None:
-    """The best held-out faithfulness of a circuit with at most ``limit`` of the edges, and its size."""
+    """The held-out faithfulness closest to 1 (the full model's behaviour: not above it, which means
+    the circuit dropped components that work against the task) of a circuit with at most ``limit`` of
+    the edges, and its size."""
     if "held_out" in entry and isinstance(entry["held_out"], dict):
         pts = [(p["normalized"], p["edges"]) for p in entry["held_out"]["points"] if p["edges"] <= limit * n_edges]
-        return max(pts) if pts else None
+        return min(pts, key=lambda x: abs(1 - x[0])) if pts else None
     if entry.get("circuit_edges", n_edges + 1) <= limit * n_edges:
         return entry["held_out"], entry["circuit_edges"]
     return None
@@ -135,7 +150,7 @@ def best_small(entry: dict[str, Any], n_edges: int, limit: float = 0.01) -> tupl
 def table(name: str, r: dict[str, Any]) -> list[str]:
     md = [f"## {name} ({r['prompts']} prompts, {r['metric']}; full model {r['full']:.3f}, everything ablated {r['empty']:.3f})", "",
           "| method | seconds | CPR disc. | CMD disc. | CPR held-out | CMD held-out | log-CPR held-out | log-CMD held-out | "
-          "best held-out faithfulness at <= 1% of edges (edges) |", "|---|---|---|---|---|---|---|---|---|"]
+          "held-out faithfulness closest to 1 at <= 1% of edges (edges) |", "|---|---|---|---|---|---|---|---|---|"]
     for method, e in r["methods"].items():
         best = best_small(e, r["edges"])
         best_s = "-" if best is None else f"{best[0]:.3f} ({best[1]})"
@@ -177,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-prompts", type=int, default=50)
     ap.add_argument("--methods", nargs="+", default=list(RANKERS), choices=list(RANKERS),
                     help="attribution methods (EAP-IG-activations is the slow one: a pass per node group and step)")
+    ap.add_argument("--threshold-scales", type=float, nargs="+", default=[THRESHOLD_SCALE],
+                    help="ACDC's thresholds, as shares of the task's full-minus-empty metric gap")
     ap.add_argument("--prefilters", type=float, nargs="+", default=list(PREFILTERS), help="ACDC's prefilter fractions")
     ap.add_argument("--edge-pruning-steps", type=int, default=100, help="which saved Edge Pruning run to score")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
@@ -190,9 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     results = {name: run_task(model, name, args, cache) for name in args.tasks}
     md = ["# Faithfulness curves on SmolLM2-135M-Instruct (MIB's CPR and CMD), discovery and held-out prompts", "",
           f"`python experiments/smollm2_curves.py --threads {args.threads} --tasks {' '.join(args.tasks)} "
-          f"--n-prompts {args.n_prompts} --methods {' '.join(args.methods)} --prefilters {' '.join(f'{x:g}' for x in args.prefilters)}`; {time.perf_counter() - t0:.0f} s for what was not cached. Resample ablation; "
+          f"--n-prompts {args.n_prompts} --methods {' '.join(args.methods)} --prefilters {' '.join(f'{x:g}' for x in args.prefilters)} "
+          f"--threshold-scales {' '.join(f'{x:g}' for x in args.threshold_scales)}`; {time.perf_counter() - t0:.0f} s for what was not cached. Resample ablation; "
           "curves: the top edges by |score| at fractions " + ", ".join(f"{f:g}" for f in MIB_FRACTIONS) +
-          " of the edges. ACDC is APPROXIMATE (prefiltered): its circuits are single points. Plot: `smollm2_curves.png`.", ""]
+          " of the edges. ACDC is APPROXIMATE (prefiltered): its circuits are single points, each row with its prefilter "
+          "and threshold (the table also lists ACDC runs that earlier invocations cached). Plot: `smollm2_curves.png`.", ""]
     for name, r in results.items():
         md += table(name, r)
     plot(results, args.out / "smollm2_curves.png")

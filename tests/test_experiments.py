@@ -61,16 +61,17 @@ def test_curves_table_picks_the_best_small_circuit_on_held_out_prompts():
         return {"points": [{"fraction": e / 1000, "normalized": v, "edges": e} for v, e in zip(values, edges, strict=True)],
                 "cpr": 0.5, "cmd": 0.25, "cpr_log": 0.125, "cmd_log": 0.75}
 
-    ranker = {"seconds": 3.0, "discovery": curve([0.9, 0.95, 1.0], [5, 10, 1000]), "held_out": curve([0.7, 0.6, 1.0], [5, 10, 1000])}
+    ranker = {"seconds": 3.0, "discovery": curve([0.9, 0.95, 1.0], [5, 10, 1000]), "held_out": curve([1.3, 0.9, 1.0], [5, 10, 1000])}
     big = {"seconds": 9.0, "threshold": 0.05, "prefilter": 0.02, "circuit_edges": 11, "tested": 20, "discovery": 0.99,
            "held_out": 0.97, "how": "threshold 0.05, 20 tested"}
     small = {**big, "circuit_edges": 10, "held_out": 0.65}
-    assert smollm2_curves.best_small(ranker, 1000) == (0.7, 5)  # 1000 edges: the circuits of <= 10 edges count
+    # 1000 edges: the circuits of <= 10 edges count, and the one closest to 1 wins (1.3 overshoots more)
+    assert smollm2_curves.best_small(ranker, 1000) == (0.9, 10)
     assert smollm2_curves.best_small(big, 1000) is None and smollm2_curves.best_small(small, 1000) == (0.65, 10)
     r = {"prompts": 4, "metric": "logit_diff", "full": 4.0, "empty": 0.5, "edges": 1000,
          "methods": {"eap": ranker, "acdc prefilter 0.02": big}}
     md = "\n".join(smollm2_curves.table("ioi", r))
-    assert "| eap | 3.0 | 0.500 | 0.250 | 0.500 | 0.250 | 0.125 | 0.750 | 0.700 (5) |" in md
+    assert "| eap | 3.0 | 0.500 | 0.250 | 0.500 | 0.250 | 0.125 | 0.750 | 0.900 (10) |" in md
     assert "| acdc prefilter 0.02 (threshold 0.05, 20 tested) | 9.0 | circuit of 11: 0.990 |" in md and md.rstrip().endswith("| - |")
 
 
