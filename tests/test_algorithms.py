@@ -33,6 +33,10 @@ def test_every_algorithm_follows_the_contract(name, inputs):
         tested = ~scores.values.isnan()
         kept_tested = (scores.selected & tested).nonzero().squeeze(1)
         assert bool((scores.values[kept_tested] >= 0.05).all())  # kept tested edges cleared the threshold
+    elif name == "edge-pruning":  # a selecting method too: its circuit is the gates above 0.5, every edge scored
+        assert scores.selected is not None and torch.equal(scores.selection().in_graph, scores.selected)
+        assert bool(((scores.values > 0) & (scores.values < 1)).all())
+        assert torch.equal(scores.selected, scores.values > 0.5)
     else:
         assert scores.selected is None and not bool(scores.values.isnan().any())
         with pytest.raises(ValueError, match="selects none; choose a circuit with top"):

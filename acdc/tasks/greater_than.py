@@ -82,7 +82,7 @@ def greater_than(
         one = [try_encode(tok, str(n)) or [] for n in range(10)]
         if any(len(ids) != 1 for ids in one):
             raise ValueError("greater-than with digits=True needs every digit 0..9 to be one token")
-        digit_ids = torch.tensor([ids[0] for ids in one])
+        answer_ids = torch.tensor([ids[0] for ids in one])  # the ten digits
     else:
         two_digit = [try_encode(tok, f"{n:02d}") or [] for n in range(100)]
         missing = [f"{n:02d}" for n, ids in enumerate(two_digit) if len(ids) != 1]
@@ -92,7 +92,7 @@ def greater_than(
                 f"{len(missing)} of them (e.g. {missing[0]!r}); for a tokenizer that writes numbers digit by "
                 "digit, pass digits=True"
             )
-        year_ids = torch.tensor([ids[0] for ids in two_digit])
+        answer_ids = torch.tensor([ids[0] for ids in two_digit])  # the hundred two-digit years
     usable = single_tokens(tok, nouns)
     if not usable:
         raise ValueError("no greater-than noun is a single token with a leading space in this tokenizer")
@@ -122,12 +122,12 @@ def greater_than(
     yy_t = torch.tensor(chosen)[:, None]
     if digits:  # correct: tens digits > t; incorrect: < t; each row padded with -1 to all 10 digits
         t, every = yy_t // 10, torch.arange(10)[None, :]
-        correct = torch.where(every > t, digit_ids[None, :], -1)
-        incorrect = torch.where(every < t, digit_ids[None, :], -1)
+        correct = torch.where(every > t, answer_ids[None, :], -1)
+        incorrect = torch.where(every < t, answer_ids[None, :], -1)
     else:  # correct: years > YY; incorrect: years <= YY; each row padded with -1 to all 100 years
         all_years = torch.arange(100)[None, :]
-        correct = torch.where(all_years > yy_t, year_ids[None, :], -1)
-        incorrect = torch.where(all_years <= yy_t, year_ids[None, :], -1)
+        correct = torch.where(all_years > yy_t, answer_ids[None, :], -1)
+        incorrect = torch.where(all_years <= yy_t, answer_ids[None, :], -1)
     task = Task.from_tokens(
         clean_t, corrupt_t, correct=correct, incorrect=incorrect, answer_pos=last, metric=metric,
         name="greater-than-digits" if digits else "greater-than", vocab_size=vocab_size_of(tok),
