@@ -108,7 +108,10 @@ def run_task(model: Any, name: str, args: argparse.Namespace, cache: Path) -> di
                     "held_out": f[1]}
         result["methods"]["edge-pruning mask"] = cached(cache / f"{name}__edge-pruning-mask.json", compute_mask)
     gap_size = abs(gap.model_metric - gap.empty_metric)
-    prefilter_values = torch.load(cache / f"{name}__eap-ig-inputs.values.pt")  # ACDC's prefilter: EAP-IG-inputs' scores
+    values_file = cache / f"{name}__eap-ig-inputs.values.pt"  # ACDC's prefilter: EAP-IG-inputs' scores (a local cache, untracked)
+    if not values_file.exists() and args.prefilters:
+        torch.save(ALGORITHMS["eap-ig-inputs"](patcher, m, batch, progress=True, steps=5).values, values_file)
+    prefilter_values = torch.load(values_file) if args.prefilters else None
     for frac in args.prefilters:
         for scale in args.threshold_scales:
             threshold = scale * gap_size
