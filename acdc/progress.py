@@ -112,7 +112,9 @@ class LayerTimes:
 
     ``left``: layer -> tests still to come. A layer with measured tests costs its mean time; one
     not measured yet costs the nearest measured layer's mean (in a top-down run, the lowest reached
-    so far) scaled by ``edge_test_cost``'s prior ratio between the two.
+    so far) scaled by ``edge_test_cost``'s prior ratio between the two. Not every test to come runs
+    (ACDC skips the edges into a node nothing reads any more): each layer's are weighed by the share
+    that ran among those decided so far in the nearest layer where any were (1 before any).
     """
 
     def __init__(self, left: dict[int, int], n_layers: int):
@@ -120,6 +122,7 @@ class LayerTimes:
         self.n_layers = n_layers
         self.seconds: dict[int, float] = {}
         self.count: dict[int, int] = {}
+        self.skipped: dict[int, int] = {}
 
     def record(self, layer: int, seconds: float, n: int = 1) -> None:
         """``n`` tests into ``layer`` done, taking ``seconds`` together."""
@@ -130,6 +133,7 @@ class LayerTimes:
     def skip(self, layer: int, n: int = 1) -> None:
         """``n`` tests into ``layer`` that will not run after all."""
         self.left[layer] = max(0, self.left.get(layer, 0) - n)
+        self.skipped[layer] = self.skipped.get(layer, 0) + n
 
     def mean(self, layer: int) -> float | None:
         """Estimated seconds of one test into ``layer`` (None before any measurement)."""
@@ -140,8 +144,17 @@ class LayerTimes:
         ref = min(self.count, key=lambda x: (abs(x - layer), x))  # the nearest measured layer
         return self.seconds[ref] / self.count[ref] * edge_test_cost(layer, self.n_layers) / edge_test_cost(ref, self.n_layers)
 
+    def share(self, layer: int) -> float:
+        """Estimated share of the tests still to come into ``layer`` that will run."""
+        decided = {x for x in (*self.count, *self.skipped) if self.count.get(x, 0) + self.skipped.get(x, 0)}
+        if not decided:
+            return 1.0
+        ref = min(decided, key=lambda x: (abs(x - layer), x))
+        ran = self.count.get(ref, 0)
+        return ran / (ran + self.skipped.get(ref, 0))
+
     def seconds_left(self) -> float | None:
         """Estimated seconds of every test still to come (None before any measurement)."""
         if not self.count:
             return None
-        return sum(n * (self.mean(layer) or 0.0) for layer, n in self.left.items() if n)
+        return sum(n * (self.mean(layer) or 0.0) * self.share(layer) for layer, n in self.left.items() if n)

@@ -13,6 +13,10 @@ the table reports medians and the ratio AutoCircuit / acdc (higher = acdc faster
   difference, mask 0), and the largest score difference relative to the largest score;
 - ACDC edge tests per second for edges into layers 11, 6 and 0, full circuit (worst case);
 - a faithfulness sweep: the logit difference of the top-n EAP edges as circuit, 10 sizes;
+- Edge Pruning, ``--ep-steps`` training steps (hard-concrete masks over every edge, KL to the full
+  model; acdc's ``edge-pruning``) vs AutoCircuit's learned masks ``subnetwork_probing_prune_scores``
+  (the same kind of optimisation; AutoCircuit ablates with the corrupt prompts' token-wise mean,
+  acdc resamples: the same amount of work);
 - ACDC decisions on a small planted model (the zoo's induction model, KL at the last position):
   the edges each library removes at one threshold;
 - acdc alone: ACDC edge tests with the logit difference, the logits over every vocabulary column
@@ -135,6 +139,15 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
             for narrow in (False, True):
                 sec, n = time_edges(patcher, metric, batch, layer, args.edges, narrow=narrow)
                 out[f"{layer}-{'answers' if narrow else 'all'}"] = {"s_per_edge": sec, "edges_per_s": 1 / sec, "edges_timed": n}
+    elif args.what == "edge-pruning":  # Edge Pruning's training steps: KL to the full model, resample ablation
+        from acdc.algorithms import ALGORITHMS
+
+        t0 = time.perf_counter()  # with the Patcher's clean and corrupt runs, as AutoCircuit's function does its own
+        patcher, metric, batch = prepare(model, b["clean"], b["corrupt"])
+        s = ALGORITHMS["edge-pruning"](patcher, metric, batch, steps=args.ep_steps, target=0.05, lr=0.5, warmup=0.5)
+        seconds = time.perf_counter() - t0
+        out = {"seconds": seconds, "s_per_step": seconds / args.ep_steps, "steps": args.ep_steps,
+               "kept_fraction": s.settings["kept_fraction"]}
     elif args.what == "sweep":
         s = acdc.attribute(model, b["clean"], b["corrupt"], method="eap", metric="logit_diff", answers=answers)
         patcher, metric, batch = prepare(model, b["clean"], b["corrupt"], metric="logit_diff", answers=answers)
@@ -156,7 +169,7 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- orchestration
 def run_side(side: str, what: str, args: argparse.Namespace, model: str = "gpt2small", **extra: Any) -> dict[str, Any]:
-    opts = ["--data", str(args.data), "--what", what, "--model", model, "--threads", str(args.threads),
+    opts = ["--data", str(args.data), "--what", what, "--model", model, "--threads", str(args.threads), "--ep-steps", str(args.ep_steps),
             "--layers", *map(str, args.layers), "--edges", str(args.acdc_edges), "--sizes", *map(str, SIZES)]
     for k, v in extra.items():
         opts += [f"--{k}", str(v)]
@@ -198,6 +211,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=50)
     ap.add_argument("--tokens", type=int, default=15)
     ap.add_argument("--decision-threshold", type=float, default=1e-3)
+    ap.add_argument("--ep-steps", type=int, default=5, help="Edge Pruning / subnetwork probing training steps timed")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -208,7 +222,7 @@ def main() -> None:
     if not (PEER_VENV / "bin" / "python").exists():
         setup_peer()
     write_inputs(args.data, args.prompts, args.tokens)
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {w: {"acdc": [], "autocircuit": []} for w in ("eap", "acdc", "sweep")}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {w: {"acdc": [], "autocircuit": []} for w in ("eap", "acdc", "sweep", "edge-pruning")}
     for rep in range(args.reps):
         for what in runs:
             order = ["acdc", "autocircuit"] if rep % 2 == 0 else ["autocircuit", "acdc"]
@@ -259,6 +273,9 @@ def summarize(runs: dict, dec: dict, args: argparse.Namespace) -> dict[str, Any]
     row("ACDC edges/s, edge-count weighted", total / t_ours, total / t_peer, "edges/s", True, rss("acdc"))
     row(f"faithfulness sweep, {len(SIZES)} sizes", med(r["seconds"] for r in runs["sweep"]["acdc"]),
         med(r["seconds"] for r in runs["sweep"]["autocircuit"]), "s", False, rss("sweep"))
+    row(f"Edge Pruning, {args.ep_steps} steps (AutoCircuit: subnetwork probing)",
+        med(r["seconds"] for r in runs["edge-pruning"]["acdc"]), med(r["seconds"] for r in runs["edge-pruning"]["autocircuit"]),
+        "s", False, rss("edge-pruning"))
     agree = compare_scores(runs["eap"]["acdc"][0]["scores"], runs["eap"]["autocircuit"][0]["scores"])
     sweep_ours, sweep_peer = runs["sweep"]["acdc"][0]["logit_diff"], runs["sweep"]["autocircuit"][0]["logit_diff"]
     a, b = set(dec["acdc"]["removed"]), set(dec["autocircuit"]["removed"])

@@ -18,7 +18,8 @@ threshold 1.25% of the task's full-minus-empty metric gap, 0.05 for IOI; ``--thr
 others), whose circuits are points.
 
 Each (task, method) result is cached in experiments/results/runs/curves/ as it finishes, so a
-killed run picks up where it stopped. Writes experiments/results/smollm2_curves.{md,json,png}.
+killed run picks up where it stopped. Writes experiments/results/smollm2_curves.{md,json,png}
+(``--n-prompts N`` other than 50: runs/curves_nN/ and smollm2_curves_nN.*).
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ from acdc.tasks.greater_than import NOUNS
 RANKERS = ("eap", "eap-ig-inputs", "eap-ig-activations")
 PREFILTERS = (0.005, 0.01, 0.02)
 THRESHOLD_SCALE = 0.0125  # ACDC's threshold: this share of the full-minus-empty metric gap (0.05 for IOI)
+TEST_SEED = 2  # a third prompt set, from the held-out split (IOI: its templates and names), for circuits picked on held-out
 METRICS = {"ioi": "logit_diff", "induction": "logit_diff", "greater-than-digits": "prob_diff"}
 
 
-def make_task(model: Any, name: str, n: int, held_out: bool) -> acdc.Task:
-    """The discovery or held-out prompts of one task."""
-    seed = 1 if held_out else 0
+def make_task(model: Any, name: str, n: int, held_out: bool, seed: int | None = None) -> acdc.Task:
+    """The discovery or held-out prompts of one task (``seed``: other prompts of the same split;
+    default 0 for discovery, 1 for held-out)."""
+    if seed is None:
+        seed = 1 if held_out else 0
     if name == "ioi":
         return acdc.tasks.ioi(model, n, seed=seed, split="held-out" if held_out else "discovery")
     if name == "induction":
@@ -78,6 +82,7 @@ def curves(model: Any, tasks: tuple[acdc.Task, acdc.Task], scores: acdc.Scores, 
 def run_task(model: Any, name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     metric = METRICS[name]
     tasks = (make_task(model, name, args.n_prompts, False), make_task(model, name, args.n_prompts, True))
+    test = make_task(model, name, args.n_prompts, True, seed=TEST_SEED)  # ACDC's threshold is picked on held-out: scored here
     patcher, m, batch = prepare(model, tasks[0], metric=metric)
     n_edges = patcher.graph.n_edges
     every = acdc.Circuit(patcher.graph, torch.ones(n_edges, dtype=torch.bool), torch.full((n_edges,), math.nan))
@@ -95,7 +100,7 @@ def run_task(model: Any, name: str, args: argparse.Namespace, cache: Path) -> di
             return {"seconds": round(seconds, 1), **curves(model, tasks, scores, metric)}
         result["methods"][method] = cached(cache / f"{name}__{method}.json", compute)
     ep = ROOT / "experiments" / "results" / "runs" / f"smollm2_edge_pruning_t0.01_s{args.edge_pruning_steps}.scores.json"
-    if name == "ioi" and ep.exists():
+    if name == "ioi" and ep.exists() and args.n_prompts == 50:  # the saved run learned its mask on these 50 prompts
         def compute_ep() -> dict[str, Any]:
             scores = acdc.Scores.from_json(ep)
             return {"seconds": scores.settings.get("seconds"), "source": ep.name, **curves(model, tasks, scores, metric)}
@@ -116,26 +121,36 @@ def run_task(model: Any, name: str, args: argparse.Namespace, cache: Path) -> di
         for scale in args.threshold_scales:
             threshold = scale * gap_size
 
-            def compute_acdc(frac: float = frac, threshold: float = threshold) -> dict[str, Any]:
+            def compute_acdc(frac: float = frac, threshold: float = threshold, *, stem: str) -> dict[str, Any]:
                 t0 = time.perf_counter()
-                scores = run_acdc(patcher, m, batch, ACDCOptions(threshold=threshold, prefilter=frac), progress=True,
-                                  prefilter_scores=prefilter_values)
+                options = ACDCOptions(threshold=threshold, prefilter=frac, abs_value=args.abs_value)
+                scores = run_acdc(patcher, m, batch, options, progress=True, prefilter_scores=prefilter_values)
                 seconds = time.perf_counter() - t0
                 c = scores.selection()
-                f = [acdc.faithfulness(model, t, c, metric=metric).normalized for t in tasks]
+                kept = [e.name for e, k in zip(c.graph.edges, c.in_graph.tolist(), strict=True) if k]  # compact: the
+                (cache / f"{stem}.edges.json").write_text(json.dumps(kept))  # circuit JSON lists all 123,211 edges (9 MB)
+                f = [acdc.faithfulness(model, t, c, metric=metric).normalized for t in (*tasks, test)]
                 tested = int((~scores.values.isnan()).sum())
-                return {"seconds": round(seconds, 1), "threshold": threshold, "prefilter": frac, "circuit_edges": c.n_edges,
-                        "tested": tested, "how": f"threshold {threshold:.3g}, {tested} tested", "discovery": f[0],
-                        "held_out": f[1]}
+                return {"seconds": round(seconds, 1), "threshold": threshold, "prefilter": frac, "abs_value": args.abs_value,
+                        "circuit_edges": c.n_edges, "tested": tested, "how": f"threshold {threshold:.3g}, {tested} tested",
+                        "discovery": f[0], "held_out": f[1], "test": f[2], "circuit": f"{stem}.edges.json"}
             default = scale == THRESHOLD_SCALE
-            key = f"acdc prefilter {frac:g}" + ("" if default else f", threshold {scale:g} of the gap")
-            stem = f"{name}__acdc_{frac:g}" + ("" if default else f"_s{scale:g}")
-            result["methods"][key] = cached(cache / f"{stem}.json", compute_acdc)
+            key = acdc_label(frac, None if default else scale, args.abs_value)
+            stem = f"{name}__acdc_{frac:g}" + ("" if default else f"_s{scale:g}") + ("_abs" if args.abs_value else "")
+            result["methods"][key] = cached(cache / f"{stem}.json", lambda c=compute_acdc, s=stem: c(stem=s))
     for path in sorted(cache.glob(f"{name}__acdc_*.json")):  # ACDC runs an earlier invocation cached with other settings
+        if path.name.endswith(".edges.json"):
+            continue
         e = json.loads(path.read_text())
         if e not in result["methods"].values():
-            result["methods"][f"acdc prefilter {e['prefilter']:g}, threshold {e['threshold'] / gap_size:.3g} of the gap"] = e
+            result["methods"][acdc_label(e["prefilter"], e["threshold"] / gap_size, e.get("abs_value", False))] = e
     return result
+
+
+def acdc_label(prefilter: float, scale: float | None, abs_value: bool) -> str:
+    """The table's name for an ACDC run (``scale`` None: the default threshold)."""
+    return (f"acdc prefilter {prefilter:g}" + ("" if scale is None else f", threshold {scale:.3g} of the gap")
+            + (", abs(delta)" if abs_value else ""))
 
 
 def best_small(entry: dict[str, Any], n_edges: int, limit: float = 0.01) -> tuple[float, int] | None:
@@ -164,6 +179,18 @@ def table(name: str, r: dict[str, Any]) -> list[str]:
             d, h = e["discovery"], e["held_out"]
             md.append(f"| {method} | {e['seconds']} | {d['cpr']:.3f} | {d['cmd']:.3f} | {h['cpr']:.3f} | {h['cmd']:.3f} | "
                       f"{h['cpr_log']:.3f} | {h['cmd_log']:.3f} | {best_s} |")
+    runs = sorted(((m, e) for m, e in r["methods"].items() if "threshold" in e), key=lambda x: (x[1]["prefilter"], -x[1]["threshold"]))
+    if runs:
+        md += ["", f"ACDC runs (prefiltered, APPROXIMATE), by prefilter and threshold. A threshold picked by its held-out "
+               f"value is scored again on a third prompt set (held-out split, seed {TEST_SEED}: `test`).", "",
+               "| prefilter | threshold | share of the gap | rule | edges | tested | seconds | discovery | held-out | test |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        gap = abs(r["full"] - r["empty"])
+        for _, e in runs:
+            t = f"{e['test']:.3f}" if "test" in e else "-"
+            md.append(f"| {e['prefilter']:g} | {e['threshold']:.4f} | {e['threshold'] / gap:.4g} | "
+                      f"{'abs' if e.get('abs_value') else 'signed'} | {e['circuit_edges']} | {e['tested']} | {e['seconds']} | "
+                      f"{e['discovery']:.3f} | {e['held_out']:.3f} | {t} |")
     return md + [""]
 
 
@@ -198,28 +225,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threshold-scales", type=float, nargs="+", default=[THRESHOLD_SCALE],
                     help="ACDC's thresholds, as shares of the task's full-minus-empty metric gap")
     ap.add_argument("--prefilters", type=float, nargs="+", default=list(PREFILTERS), help="ACDC's prefilter fractions")
+    ap.add_argument("--abs-value", action="store_true",
+                    help="ACDC thresholds |delta| (keeps edges that work against the task too; the default, signed, drops them)")
     ap.add_argument("--edge-pruning-steps", type=int, default=100, help="which saved Edge Pruning run to score")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = ap.parse_args(argv)
     if "eap-ig-inputs" not in args.methods:
         ap.error("--methods must include eap-ig-inputs: its scores are ACDC's prefilter")
     model, _ = load(args.threads)
-    cache = args.out / "runs" / "curves"
+    stem = "smollm2_curves" + ("" if args.n_prompts == 50 else f"_n{args.n_prompts}")  # each prompt count its own cache
+    cache = args.out / "runs" / stem.replace("smollm2_", "")
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = {name: run_task(model, name, args, cache) for name in args.tasks}
     md = ["# Faithfulness curves on SmolLM2-135M-Instruct (MIB's CPR and CMD), discovery and held-out prompts", "",
           f"`python experiments/smollm2_curves.py --threads {args.threads} --tasks {' '.join(args.tasks)} "
           f"--n-prompts {args.n_prompts} --methods {' '.join(args.methods)} --prefilters {' '.join(f'{x:g}' for x in args.prefilters)} "
-          f"--threshold-scales {' '.join(f'{x:g}' for x in args.threshold_scales)}`; {time.perf_counter() - t0:.0f} s for what was not cached. Resample ablation; "
+          f"--threshold-scales {' '.join(f'{x:g}' for x in args.threshold_scales)}{' --abs-value' if args.abs_value else ''}`; {time.perf_counter() - t0:.0f} s for what was not cached. Resample ablation; "
           "curves: the top edges by |score| at fractions " + ", ".join(f"{f:g}" for f in MIB_FRACTIONS) +
           " of the edges. ACDC is APPROXIMATE (prefiltered): its circuits are single points, each row with its prefilter "
-          "and threshold (the table also lists ACDC runs that earlier invocations cached). Plot: `smollm2_curves.png`.", ""]
+          f"and threshold (the table also lists ACDC runs that earlier invocations cached). Plot: `{stem}.png`.", ""]
     for name, r in results.items():
         md += table(name, r)
-    plot(results, args.out / "smollm2_curves.png")
+    plot(results, args.out / f"{stem}.png")
     finite = {n: r for n, r in results.items() if all(not math.isnan(r[k]) for k in ("full", "empty"))}
-    write(args.out, "smollm2_curves", {"tasks": finite}, "\n".join(md))
+    write(args.out, stem, {"tasks": finite}, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,22 @@ def test_curves_table_picks_the_best_small_circuit_on_held_out_prompts():
          "methods": {"eap": ranker, "acdc prefilter 0.02": big}}
     md = "\n".join(smollm2_curves.table("ioi", r))
     assert "| eap | 3.0 | 0.500 | 0.250 | 0.500 | 0.250 | 0.125 | 0.750 | 0.900 (10) |" in md
-    assert "| acdc prefilter 0.02 (threshold 0.05, 20 tested) | 9.0 | circuit of 11: 0.990 |" in md and md.rstrip().endswith("| - |")
+    assert "| acdc prefilter 0.02 (threshold 0.05, 20 tested) | 9.0 | circuit of 11: 0.990 |" in md
+    # the ACDC table: each run by its threshold as a share of the 3.5 gap, with the third prompt set where scored
+    assert "| 0.02 | 0.0500 | 0.01429 | signed | 11 | 20 | 9.0 | 0.990 | 0.970 | - |" in md
+    r["methods"]["acdc prefilter 0.02, abs(delta)"] = {**big, "threshold": 0.035, "abs_value": True, "test": 0.5}
+    md = "\n".join(smollm2_curves.table("ioi", r))
+    rows = [ln for ln in md.splitlines() if ln.startswith("| 0.02 |")]
+    assert rows == ["| 0.02 | 0.0500 | 0.01429 | signed | 11 | 20 | 9.0 | 0.990 | 0.970 | - |",
+                    "| 0.02 | 0.0350 | 0.01 | abs | 11 | 20 | 9.0 | 0.990 | 0.970 | 0.500 |"]  # higher threshold first
+
+
+def test_curves_names_each_acdc_run_by_its_settings():
+    import smollm2_curves
+
+    assert smollm2_curves.acdc_label(0.02, None, False) == "acdc prefilter 0.02"
+    assert smollm2_curves.acdc_label(0.02, 0.0075, False) == "acdc prefilter 0.02, threshold 0.0075 of the gap"
+    assert smollm2_curves.acdc_label(0.005, None, True) == "acdc prefilter 0.005, abs(delta)"
 
 
 @pytest.mark.real

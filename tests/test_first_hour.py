@@ -285,7 +285,7 @@ def test_work_bar_eta_is_exact_when_time_follows_cost(monkeypatch):
 
 def test_layer_times_estimate_from_measured_tests():
     """Measured layers cost their mean; a layer not reached yet the nearest measured one's mean times the
-    prior ratio; skipped tests cost nothing."""
+    prior ratio; skipped tests cost nothing, and the share that ran so far weighs the tests to come."""
     from acdc.progress import LayerTimes
 
     t = LayerTimes({29: 4, 20: 3, 0: 2}, 30)
@@ -296,9 +296,21 @@ def test_layer_times_estimate_from_measured_tests():
     assert t.mean(0) == pytest.approx(0.1 * prior)
     assert t.seconds_left() == pytest.approx(0.1 + 3 * 0.1 * edge_test_cost(20, 30) / edge_test_cost(29, 30) + 2 * 0.1 * prior)
     t.record(20, 2.0, 1)  # layer 20 turns out 20x dearer than 29: layer 0 now scales from it
-    t.skip(20, 1)
+    t.skip(20, 1)  # and one of its two decided tests did not run: half of layer 20's and layer 0's will
     assert t.left == {29: 1, 20: 1, 0: 2}
-    assert t.seconds_left() == pytest.approx(0.1 + 2.0 + 2 * 2.0 * edge_test_cost(0, 30) / edge_test_cost(20, 30))
+    assert t.share(29) == 1.0 and t.share(20) == 0.5 and t.share(0) == 0.5
+    assert t.seconds_left() == pytest.approx(0.1 + 0.5 * 2.0 + 0.5 * 2 * 2.0 * edge_test_cost(0, 30) / edge_test_cost(20, 30))
+    t.skip(29, 1)  # layer 29: 3 ran, 1 skipped; layer 25 is nearest to it
+    assert t.share(25) == pytest.approx(0.75) and t.share(24) == 0.5  # each from its nearest decided layer
+
+
+def test_layer_times_share_before_any_decision():
+    from acdc.progress import LayerTimes
+
+    t = LayerTimes({3: 2}, 4)
+    assert t.share(3) == 1.0
+    t.skip(3, 1)  # skipped before any test ran: no time measured yet, the share is 0 there
+    assert t.share(3) == 0.0 and t.seconds_left() is None
 
 
 def test_work_bar_shows_a_given_eta(capsys):

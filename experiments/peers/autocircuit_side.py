@@ -1,6 +1,6 @@
 """AutoCircuit's side of experiments/bench.py; runs inside AutoCircuit's own virtual environment.
 
-    VENV/bin/python experiments/peers/autocircuit_side.py --data DIR --what eap|acdc|sweep|decisions
+    VENV/bin/python experiments/peers/autocircuit_side.py --data DIR --what eap|acdc|sweep|decisions|edge-pruning
 
 Reads the model (a Hugging Face GPT-2 config and state dict) and the token batches that
 bench.py wrote to DIR, builds AutoCircuit's patchable model the way its docs do
@@ -8,7 +8,9 @@ bench.py wrote to DIR, builds AutoCircuit's patchable model the way its docs do
 requested measurement and prints one JSON line. Only AutoCircuit's public functions are used
 for EAP (`mask_gradient_prune_scores`) and the sweep (`run_circuits`); the ACDC step is the
 inner loop of `acdc_prune_scores` (set one edge's mask, rerun from that edge's layer, KL),
-timed for chosen edges, because that function always walks all edges.
+timed for chosen edges, because that function always walks all edges. Edge Pruning's peer is
+`subnetwork_probing_prune_scores` (hard-concrete edge masks trained on KL to the clean model,
+``tree_optimisation=True``: the clean input with masked edges ablated, as Edge Pruning does).
 """
 
 from __future__ import annotations
@@ -153,6 +155,22 @@ def sweep(pm, batch, seq_len, sizes: list[int], ablation: str = "resample") -> d
     return {"seconds": time.perf_counter() - t0, "logit_diff": values}
 
 
+def edge_pruning(pm, batch, seq_len, steps: int) -> dict:
+    """Seconds of ``steps`` training steps of AutoCircuit's learned edge masks (one batch: a step per epoch)."""
+    import importlib
+
+    # auto-circuit 1.0.1 calls t.optim.adam.Adam; torch 2.13's torch.optim no longer has its submodules as attributes
+    t.optim.adam = importlib.import_module("torch.optim.adam")  # type: ignore[attr-defined]
+    from auto_circuit.prune_algos.subnetwork_probing import subnetwork_probing_prune_scores
+
+    dl = loader(batch, seq_len)
+    t0 = time.perf_counter()
+    subnetwork_probing_prune_scores(pm, dl, None, learning_rate=0.1, epochs=steps, regularize_lambda=10,
+                                    mask_fn="hard_concrete", tree_optimisation=True, faithfulness_target="kl_div")
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "s_per_step": seconds / steps, "steps": steps}
+
+
 def decisions(pm, batch, seq_len, threshold: float) -> dict:
     """The edges AutoCircuit's ACDC removes at one threshold (KL, last position)."""
     from auto_circuit.prune_algos.ACDC import acdc_prune_scores
@@ -169,7 +187,7 @@ def decisions(pm, batch, seq_len, threshold: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--what", choices=["eap", "acdc", "sweep", "decisions"], required=True)
+    ap.add_argument("--what", choices=["eap", "acdc", "sweep", "decisions", "edge-pruning"], required=True)
     ap.add_argument("--model", default="gpt2small")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layers", type=int, nargs="+", default=[11, 6, 0])
@@ -177,6 +195,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[])
     ap.add_argument("--threshold", type=float, default=1e-3)
     ap.add_argument("--ablation", choices=["resample", "mean"], default="resample")
+    ap.add_argument("--ep-steps", type=int, default=10)
     args = ap.parse_args()
     t.set_num_threads(args.threads)
     pm, batch, seq_len = load(args.data, args.model)
@@ -184,6 +203,8 @@ def main() -> None:
         out = eap(pm, batch, seq_len)
     elif args.what == "acdc":
         out = acdc_step(pm, batch, seq_len, args.layers, args.edges)
+    elif args.what == "edge-pruning":
+        out = edge_pruning(pm, batch, seq_len, args.ep_steps)
     elif args.what == "sweep":
         out = sweep(pm, batch, seq_len, args.sizes, args.ablation)
     else:
