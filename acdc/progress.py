@@ -146,7 +146,7 @@ class LayerTimes:
 
     def share(self, layer: int) -> float:
         """Estimated share of the tests still to come into ``layer`` that will run."""
-        decided = {x for x in (*self.count, *self.skipped) if self.count.get(x, 0) + self.skipped.get(x, 0)}
+        decided = self.count.keys() | self.skipped.keys()  # layers with a test run or skipped (n >= 1 each)
         if not decided:
             return 1.0
         ref = min(decided, key=lambda x: (abs(x - layer), x))

@@ -120,24 +120,24 @@ def run_task(model: Any, name: str, args: argparse.Namespace, cache: Path) -> di
     for frac in args.prefilters:
         for scale in args.threshold_scales:
             threshold = scale * gap_size
+            default = scale == THRESHOLD_SCALE
+            key = acdc_label(frac, None if default else scale, args.abs_value)
+            stem = f"{name}__acdc_{frac:g}" + ("" if default else f"_s{scale:g}") + ("_abs" if args.abs_value else "")
 
-            def compute_acdc(frac: float = frac, threshold: float = threshold, *, stem: str) -> dict[str, Any]:
+            def compute_acdc(frac: float = frac, threshold: float = threshold, stem: str = stem) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 options = ACDCOptions(threshold=threshold, prefilter=frac, abs_value=args.abs_value)
                 scores = run_acdc(patcher, m, batch, options, progress=True, prefilter_scores=prefilter_values)
                 seconds = time.perf_counter() - t0
                 c = scores.selection()
-                kept = [e.name for e, k in zip(c.graph.edges, c.in_graph.tolist(), strict=True) if k]  # compact: the
-                (cache / f"{stem}.edges.json").write_text(json.dumps(kept))  # circuit JSON lists all 123,211 edges (9 MB)
+                # the kept edges' names (3 KB): the circuit JSON lists all 123,211 edges (9 MB)
+                (cache / f"{stem}.edges.json").write_text(json.dumps(c.edges))
                 f = [acdc.faithfulness(model, t, c, metric=metric).normalized for t in (*tasks, test)]
                 tested = int((~scores.values.isnan()).sum())
                 return {"seconds": round(seconds, 1), "threshold": threshold, "prefilter": frac, "abs_value": args.abs_value,
                         "circuit_edges": c.n_edges, "tested": tested, "how": f"threshold {threshold:.3g}, {tested} tested",
                         "discovery": f[0], "held_out": f[1], "test": f[2], "circuit": f"{stem}.edges.json"}
-            default = scale == THRESHOLD_SCALE
-            key = acdc_label(frac, None if default else scale, args.abs_value)
-            stem = f"{name}__acdc_{frac:g}" + ("" if default else f"_s{scale:g}") + ("_abs" if args.abs_value else "")
-            result["methods"][key] = cached(cache / f"{stem}.json", lambda c=compute_acdc, s=stem: c(stem=s))
+            result["methods"][key] = cached(cache / f"{stem}.json", compute_acdc)
     for path in sorted(cache.glob(f"{name}__acdc_*.json")):  # ACDC runs an earlier invocation cached with other settings
         if path.name.endswith(".edges.json"):
             continue

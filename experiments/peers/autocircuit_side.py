@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[])
     ap.add_argument("--threshold", type=float, default=1e-3)
     ap.add_argument("--ablation", choices=["resample", "mean"], default="resample")
-    ap.add_argument("--ep-steps", type=int, default=10)
+    ap.add_argument("--ep-steps", type=int, default=5)
     args = ap.parse_args()
     t.set_num_threads(args.threads)
     pm, batch, seq_len = load(args.data, args.model)
