@@ -10,10 +10,13 @@ and the demo are thin layers above it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -23,12 +26,14 @@ from typing_extensions import Unpack
 
 from .algorithms import get_algorithm
 from .algorithms.acdc import ACDCOptions, run_acdc
-from .algorithms.attribution import METHODS, AttributionOptions
+from .algorithms.acdc import check_options as check_acdc
+from .algorithms.attribution import METHODS, AttributionOptions, attribution_scores
 from .algorithms.attribution_graph import build_attribution_graph
 from .algorithms.edge_pruning import EdgePruningOptions
 from .attribution_graphs import AttributionGraph
 from .circuit import Circuit
 from .evaluation import ROC, CircuitLike, Level, as_mask, check_level, threshold_grid
+from .executors import ExecutorLike, check_executor, resolve_executor, run_sweep
 from .faithfulness_math import (
     MIB_FRACTIONS,
     Completeness,
@@ -251,7 +256,13 @@ def roc(
     decades: float = 6.0,
     level: Level = "edge",
     abs_value: bool = False,
+    prefilter: float | None = None,
+    prefilter_method: str = "eap-ig-inputs",
     progress: bool = True,
+    executor: ExecutorLike = None,
+    results: str | Path | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
     **inputs: Unpack[Inputs],
 ) -> ROC:
     """Sweep ACDC over thresholds (default: an ``n_thresholds`` `threshold_grid` spanning
@@ -259,22 +270,111 @@ def roc(
 
     ``clean`` may be a `Task`; ``inputs`` are those of `discover`. One patcher serves every
     threshold. Returns the ROC with its circuits. ``progress``: a bar over the thresholds, and
-    each threshold's ACDC bar below it while it runs.
+    (serial) each threshold's ACDC bar below it while it runs.
+
+    ``executor``: where the thresholds run (`acdc.executors`: serial by default, ``"ray"`` or a Ray
+    address for one ACDC run per worker at a time, each worker building the patcher once);
+    ``results=DIR`` keeps each threshold's circuit as JSON there, and a sweep started again skips the
+    thresholds already done; ``workers``, ``threads``: how many Ray workers, and torch threads each (default:
+    this process's count, with which the circuits are the same, bit for bit, whichever runs them).
+    ``prefilter=f`` (APPROXIMATE, as `discover`'s): every threshold tests the same top fraction f of edges,
+    ranked once by ``prefilter_method``.
     """
     check_level(level)
+    check_executor(executor)
+    check_acdc(prefilter=prefilter, prefilter_method=prefilter_method)
     if thresholds is not None:
         thresholds = [check_threshold(t) for t in thresholds]
     patcher, metric, batch = prepare(model, clean, corrupt, **inputs)
     if thresholds is None:
         full, gone = _full_and_empty(patcher, metric, batch)
         thresholds = threshold_grid(abs(gone - full) or 1.0, n=n_thresholds, decades=decades)
-    circuits = []
     t0 = time.perf_counter()
-    for t in bar(thresholds, desc="ACDC thresholds", unit="thr", disable=not progress):
-        circuits.append(run_acdc(patcher, metric, batch, threshold=t, abs_value=abs_value, progress=progress,
-                                 leave=False).selection())
+    ranking = None if prefilter is None else attribution_scores(patcher, metric, batch, method=prefilter_method, steps=5,
+                                                                 progress=progress)  # one ranking for every threshold
+    serial = resolve_executor(executor)[0] == "serial"
+    setup = partial(_given, _ACDCSweep(patcher, metric, batch, ranking, progress)) if serial else partial(
+        _acdc_setup, *_portable(model, clean, corrupt, inputs), ranking)
+    items = [(f"threshold={t!r}", {"threshold": t, "abs_value": abs_value, "prefilter": prefilter,
+                                   "prefilter_method": prefilter_method}) for t in thresholds]
+    done = run_sweep(setup, _acdc_item, items, executor=executor, results=results, workers=workers, threads=threads,
+                     fingerprint=_fingerprint_of(patcher, metric, batch), progress=progress, desc="ACDC thresholds")
     seconds = time.perf_counter() - t0
+    circuits = [_circuit_from_record(patcher.graph, d) for d in done]
     return ROC.from_circuits(circuits, truth, level=level, params=thresholds, graph=patcher.graph, seconds=seconds)
+
+
+def _given(state: Any) -> Any:
+    """A sweep's setup that hands over state built already (the serial executor)."""
+    return state
+
+
+def _portable(model: ModelLike, clean: Any, corrupt: Any, inputs: Inputs | dict[str, Any]) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The inputs of `prepare` in a form a Ray worker can rebuild: a model name or path stays (each worker
+    loads it), any other model becomes the engine's own `Transformer` (a bridge does not pickle), with
+    text prompts and answers turned into token ids here, where the tokenizer is."""
+    rest = dict(inputs)
+    if isinstance(model, (str, Path)):
+        return model, clean, corrupt, rest
+    bridge: Any = load_model(model)  # a bridge or the engine's own model
+    tf = bridge if isinstance(bridge, Transformer) else Transformer.from_bridge(bridge)
+    if not isinstance(clean, Task):
+        clean, corrupt = as_tokens(clean, bridge, "clean"), as_tokens(corrupt, bridge, "corrupt")
+        if rest.get("answers") is not None:
+            rest["answers"] = parse_answers(rest["answers"], int(clean.shape[0]), bridge)
+    return tf, clean, corrupt, rest
+
+
+@dataclass(frozen=True)
+class _ACDCSweep:
+    """What every threshold of an ACDC sweep shares: the patcher, metric and batch, the prefilter's ranking."""
+
+    patcher: Patcher
+    metric: Metric
+    batch: Batch
+    ranking: Tensor | None  # [n_edges] attribution scores (prefilter), or None
+    progress: bool  # each threshold's own ACDC bar (serial only)
+
+
+def _acdc_setup(model: ModelLike, clean: Any, corrupt: Any, inputs: dict[str, Any], ranking: Tensor | None) -> _ACDCSweep:
+    """A worker's state for ACDC sweeps (no inner progress bars)."""
+    return _ACDCSweep(*prepare(model, clean, corrupt, **inputs), ranking, False)
+
+
+def _acdc_item(state: _ACDCSweep, item: dict[str, Any]) -> dict[str, Any]:
+    """One threshold of an ACDC sweep: the circuit as its JSON dict."""
+    found = run_acdc(state.patcher, state.metric, state.batch, threshold=item["threshold"], abs_value=item["abs_value"],
+                     prefilter=item["prefilter"], prefilter_method=item["prefilter_method"], prefilter_scores=state.ranking,
+                     progress=state.progress, leave=False).selection()
+    return _circuit_record(found)
+
+
+def _circuit_record(c: Circuit) -> dict[str, Any]:
+    """A sweep's compact JSON of a circuit (kept and tested edge indices, scores, trace, settings): the
+    graph stays with the sweep, so a 123,211-edge circuit costs milliseconds, not the seconds of `Circuit.to_dict`."""
+    tested = (~c.scores.isnan()).nonzero().squeeze(1)
+    return {"kept": c.in_graph.nonzero().squeeze(1).tolist(), "tested": tested.tolist(), "scores": c.scores[tested].tolist(),
+            "metric_trace": [float(x) for x in c.metric_trace], "settings": c.settings}
+
+
+def _circuit_from_record(g: Graph, d: dict[str, Any]) -> Circuit:
+    """`_circuit_record` back, on the sweep's own graph object (a feature graph keeps its transcoders)."""
+    keep = torch.zeros(g.n_edges, dtype=torch.bool)
+    keep[d["kept"]] = True
+    scores = torch.full((g.n_edges,), math.nan, dtype=torch.float64)
+    scores[d["tested"]] = torch.tensor(d["scores"], dtype=torch.float64)
+    return Circuit(g, keep, scores, list(d["metric_trace"]), dict(d["settings"]))
+
+
+def _fingerprint_of(patcher: Patcher, metric: Metric, batch: Batch, *extra: Any) -> str:
+    """What decides a sweep's results (prompts, answers, graph, ablation, metric, model), hashed: a results
+    folder made for another sweep is refused."""
+    h = hashlib.sha256()
+    for t in (patcher.clean_tokens, patcher.corrupt_tokens, patcher.answer_pos, batch.correct, batch.incorrect):
+        h.update(b"-" if t is None else t.detach().cpu().numpy().tobytes())
+    h.update(json.dumps([patcher.graph.config(), patcher.ablation, metric.name, patcher.tf.fingerprint(),
+                         [repr(x) for x in extra]], default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def faithfulness(
@@ -506,6 +606,10 @@ def faithfulness_grid(
     reference_sizes: Sequence[int] = (),
     seed: int = 0,
     progress: bool = True,
+    executor: ExecutorLike = None,
+    results: str | Path | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
     **inputs: Unpack[Inputs],
 ) -> FaithfulnessGrid:
     """Faithfulness under many settings at once (Miller et al.'s axes), sharing runs between them.
@@ -516,12 +620,36 @@ def faithfulness_grid(
     reference_sizes: also mean ablation over k drawn prompts for each k here (faithfulness
         against the reference-set size).
     progress: a bar over the settings.
+    executor, results, workers, threads: as `roc`'s (each Ray worker builds its patchers once; a setting with a
+        metric of your own needs a picklable function there).
     Returns a `FaithfulnessGrid`: ``.rows``, ``.to_markdown()``, ``.to_csv(path)``, ``.plot(path)``.
     """
+    check_executor(executor)
     settings = [x if isinstance(x, FaithfulnessSetting) else FaithfulnessSetting.from_dict(x) for x in grid]
     settings += [FaithfulnessSetting(ablation="mean", mean_over=int(k)) for k in reference_sizes]
     runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
-    return FaithfulnessGrid(tuple(runs.measure(x) for x in bar(settings, desc="faithfulness settings", disable=not progress)))
+    serial = resolve_executor(executor)[0] == "serial"
+    if serial:
+        setup = partial(_given, runs)
+    else:
+        m, t, _, rest = _portable(model, task, None, inputs)
+        setup = partial(_faithfulness_setup, m, t, circuit, seed, rest)
+    items = [(f"setting={i}", {f.name: getattr(x, f.name) for f in fields(x)}) for i, x in enumerate(settings)]
+    base = next(iter(runs._patchers.values()))
+    done = run_sweep(setup, _faithfulness_item, items, executor=executor, results=results, workers=workers, threads=threads,
+                     fingerprint=_fingerprint_of(base, runs.m, runs.batch, runs.circuit.nonzero().tolist(), seed),
+                     progress=progress, desc="faithfulness settings")
+    return FaithfulnessGrid(tuple(Faithfulness.from_dict(d) for d in done))
+
+
+def _faithfulness_setup(model: ModelLike, task: Any, circuit: CircuitLike, seed: int, inputs: dict[str, Any]) -> _FaithfulnessRuns:
+    """A worker's state for faithfulness sweeps: the patchers, built as each setting first needs them."""
+    return _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)  # type: ignore[arg-type]
+
+
+def _faithfulness_item(runs: _FaithfulnessRuns, item: dict[str, Any]) -> dict[str, Any]:
+    """One faithfulness setting, as `Faithfulness.to_dict`."""
+    return runs.measure(FaithfulnessSetting(**item)).to_dict()
 
 
 def faithfulness_curve(

@@ -125,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     _run_flags(o, default_out="out")
     o.add_argument("--truth", default=None, help="known circuit, zoo:NAME or circuit JSON (zoo models: their own)")
     o.add_argument("--n-thresholds", type=_positive, default=22, help="thresholds in the log-spaced grid (default 22)")
+    _sweep_flags(o)
     o.set_defaults(run=_roc)
 
     f = sub.add_parser("faithfulness", help="how much of the behaviour a circuit JSON keeps; writes faithfulness.json/.md "
@@ -140,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     _option_flags(f, FaithfulnessSetting, only=("level", "direction", "average", "at"))
     f.add_argument("--grid", action="store_true", help="the default grid of settings (one axis varied at a time)")
     f.add_argument("--reference-sizes", type=_positive, nargs="*", default=[], help="with --grid: mean ablation over k prompts")
+    _sweep_flags(f)
     f.set_defaults(run=_faithfulness)
 
     r = sub.add_parser("render", help="draw a circuit JSON as PNG/SVG/PDF",
@@ -300,6 +302,15 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the address")
 
 
+def _sweep_flags(p: argparse.ArgumentParser) -> None:
+    """Where a sweep's items run (`acdc.executors`), and where finished items are kept for a restart."""
+    p.add_argument("--executor", default=None, help="serial (default; Ray when RAY_ADDRESS is set), ray, or a Ray "
+                   "address such as 127.0.0.1:6379 (needs acdc[ray])")
+    p.add_argument("--results", type=Path, default=None, help="keep each finished item as JSON in this folder; a rerun "
+                   "with the same folder skips them")
+    p.add_argument("--workers", type=_positive, default=None, help="Ray workers (default: the cluster's CPUs)")
+
+
 def _run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
     """The flags every model-running command shares (``default_out=None``: a command that writes no folder)."""
     from .inputs import ABLATIONS
@@ -446,7 +457,8 @@ def _roc(args: argparse.Namespace) -> int:
     if truth is None:
         raise CLIError("a ROC needs a truth: pass --truth (a known circuit, zoo:NAME or a circuit JSON)")
     curve = roc(model, task, truth=truth, metric=args.metric, ablation=ablation, n_thresholds=args.n_thresholds,
-                progress=not args.no_progress, graph=graph)
+                progress=not args.no_progress, graph=graph, executor=args.executor, results=args.results,
+                workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "roc.json"
     path.write_text(json.dumps({"edge": curve.to_dict(), "node": curve.at_level("node").to_dict()}, indent=1))
@@ -472,7 +484,8 @@ def _faithfulness(args: argparse.Namespace) -> int:
 
         settings = [*DEFAULT_GRID, {"at": "all"}] if circuit.graph.positions is not None else list(DEFAULT_GRID)
         grid = faithfulness_grid(model, task, circuit, grid=settings, reference_sizes=args.reference_sizes,
-                                 metric=args.metric, ablation=ablation)
+                                 metric=args.metric, ablation=ablation, executor=args.executor, results=args.results,
+                                 workers=args.workers)
         text = grid.to_markdown()
         paths = [grid.to_csv(out / "faithfulness_grid.csv")]
         try:

@@ -129,7 +129,18 @@ class Faithfulness:
             "per_prompt": self.per_prompt.tolist(), "small_prompts": self.small_prompts,
             "summary": {"mean": s.mean, "median": s.median, "iqr": s.iqr, "min": s.min, "max": s.max,
                         "ci95": list(s.ci95), "within_20pct": s.within_20pct},
+            "per_prompt_model": self.per_prompt_model.tolist(), "per_prompt_circuit": self.per_prompt_circuit.tolist(),
+            "per_prompt_empty": self.per_prompt_empty.tolist(), "tiny": self.tiny,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Faithfulness:
+        """Back from `to_dict` (the same numbers: the per-prompt values are float64 and JSON keeps them exactly)."""
+        def t(key: str) -> Tensor:
+            return torch.tensor(d[key], dtype=torch.float64)
+
+        return cls(float(d["model_metric"]), float(d["circuit_metric"]), float(d["empty_metric"]), t("per_prompt_model"),
+                   t("per_prompt_circuit"), t("per_prompt_empty"), dict(d["settings"]), float(d.get("tiny", 0.1)))
 
     def __repr__(self) -> str:
         s = self.summary

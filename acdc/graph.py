@@ -71,6 +71,10 @@ class NodeKind(str):
         kind.pattern = name if pattern is None else pattern
         return kind
 
+    def __reduce__(self) -> tuple[Callable[[str], NodeKind], tuple[str]]:
+        """Pickled by name, unpickled as the registered kind itself (graphs and circuits travel to Ray workers)."""
+        return _kind_named, (str(self),)
+
     def input_slots(self, split_qkv: bool = True) -> tuple[str | None, ...]:
         """Its destination slots in a graph (a head's q/k/v collapse to one when not split)."""
         return self.slots if split_qkv or len(self.slots) <= 1 else (None,)
@@ -86,6 +90,11 @@ FEATURE = NodeKind("feature", slots=(), component=True, order=1, shape="ellipse"
 ERROR = NodeKind("error", slots=(), component=True, order=1, shape="diamond", pattern="m{layer}.err")
 SKIP = NodeKind("skip", slots=(), component=True, order=1, shape="octagon", pattern="m{layer}.skip")
 KINDS: dict[str, NodeKind] = {k: k for k in (INPUT, HEAD, MLP, LOGITS, FEATURE, ERROR, SKIP)}
+
+
+def _kind_named(name: str) -> NodeKind:
+    """The registered kind called ``name`` (what a pickled `NodeKind` becomes again)."""
+    return KINDS[name]
 
 
 def _whole_mlp(graph: Graph, layer: int) -> tuple[list[Node], list[Destination]]:

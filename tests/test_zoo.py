@@ -75,6 +75,8 @@ def test_acdc_recovers_the_plant(entry):
     assert r.exact(), f"no threshold gives exactly the planted edges: {list(zip(r.params, r.fpr, r.tpr))}"
     found = r.circuits[r.exact()[0]]
     assert set(found.edges) == set(entry.truth.edges)
+    if entry.graph is not None:  # the circuits keep the sweep's own graph (a feature graph's transcoders with it)
+        assert all(c.graph is entry.graph for c in r.circuits)
     assert r.at_level("node").auc >= 0.99
 
 
