@@ -10,8 +10,6 @@ and the demo are thin layers above it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ from torch import Tensor
 from typing_extensions import Unpack
 
 from .algorithms import get_algorithm
-from .algorithms.acdc import ACDCOptions, run_acdc
+from .algorithms.acdc import ACDCOptions, run_acdc, run_fingerprint
 from .algorithms.acdc import check_options as check_acdc
 from .algorithms.attribution import METHODS, AttributionOptions, attribution_scores
 from .algorithms.attribution_graph import build_attribution_graph
@@ -298,7 +296,7 @@ def roc(
     items = [(f"threshold={t!r}", {"threshold": t, "abs_value": abs_value, "prefilter": prefilter,
                                    "prefilter_method": prefilter_method}) for t in thresholds]
     done = run_sweep(setup, _acdc_item, items, executor=executor, results=results, workers=workers, threads=threads,
-                     fingerprint=_fingerprint_of(patcher, metric, batch), progress=progress, desc="ACDC thresholds")
+                     fingerprint=run_fingerprint(patcher, metric, batch, patcher.tf.fingerprint()), progress=progress, desc="ACDC thresholds")
     seconds = time.perf_counter() - t0
     circuits = [_circuit_from_record(patcher.graph, d) for d in done]
     return ROC.from_circuits(circuits, truth, level=level, params=thresholds, graph=patcher.graph, seconds=seconds)
@@ -364,17 +362,6 @@ def _circuit_from_record(g: Graph, d: dict[str, Any]) -> Circuit:
     scores = torch.full((g.n_edges,), math.nan, dtype=torch.float64)
     scores[d["tested"]] = torch.tensor(d["scores"], dtype=torch.float64)
     return Circuit(g, keep, scores, list(d["metric_trace"]), dict(d["settings"]))
-
-
-def _fingerprint_of(patcher: Patcher, metric: Metric, batch: Batch, *extra: Any) -> str:
-    """What decides a sweep's results (prompts, answers, graph, ablation, metric, model), hashed: a results
-    folder made for another sweep is refused."""
-    h = hashlib.sha256()
-    for t in (patcher.clean_tokens, patcher.corrupt_tokens, patcher.answer_pos, batch.correct, batch.incorrect):
-        h.update(b"-" if t is None else t.detach().cpu().numpy().tobytes())
-    h.update(json.dumps([patcher.graph.config(), patcher.ablation, metric.name, patcher.tf.fingerprint(),
-                         [repr(x) for x in extra]], default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def faithfulness(
@@ -637,7 +624,7 @@ def faithfulness_grid(
     items = [(f"setting={i}", {f.name: getattr(x, f.name) for f in fields(x)}) for i, x in enumerate(settings)]
     base = next(iter(runs._patchers.values()))
     done = run_sweep(setup, _faithfulness_item, items, executor=executor, results=results, workers=workers, threads=threads,
-                     fingerprint=_fingerprint_of(base, runs.m, runs.batch, runs.circuit.nonzero().tolist(), seed),
+                     fingerprint=run_fingerprint(base, runs.m, runs.batch, base.tf.fingerprint(), runs.circuit.nonzero().tolist(), seed),
                      progress=progress, desc="faithfulness settings")
     return FaithfulnessGrid(tuple(Faithfulness.from_dict(d) for d in done))
 

@@ -35,7 +35,7 @@ from ..scores import Scores
 from .attribution import METHODS, attribution_scores
 from .attribution import check_options as check_attribution
 
-__all__ = ["ACDCOptions", "check_options", "prefilter_edges", "run_acdc"]
+__all__ = ["ACDCOptions", "check_options", "prefilter_edges", "run_acdc", "run_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def run_acdc(
     if speculate is None:  # a positional state evaluates candidates one after another: no batch to gain
         speculate = 8 if patcher.tf.device.type != "cpu" and not positional else 1
     info: dict[str, Any] = {}
-    fingerprint = _fingerprint(patcher, metric, batch, threshold, abs_value, prefilter, prefilter_method)
+    fingerprint = run_fingerprint(patcher, metric, batch, threshold, abs_value, prefilter, prefilter_method)
     saved = _load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
     if saved is not None:
         skipped = torch.zeros(g.n_edges, dtype=torch.bool)
@@ -307,17 +307,16 @@ def prefilter_edges(
     return ~tested, info
 
 
-def _fingerprint(
-    patcher: Patcher, metric: Metric, batch: Batch, threshold: float, abs_value: bool,
-    prefilter: float | None, prefilter_method: str,
-) -> str:
-    """A hash of everything that decides ACDC's result (not speed options such as ``speculate``)."""
+def run_fingerprint(patcher: Patcher, metric: Metric, batch: Batch, *settings: Any) -> str:
+    """A hash of everything that decides a run's result on this patcher (prompts, positions, answers,
+    graph, ablation, metric, model family) and ``settings`` (JSON-able; ACDC's threshold and the like,
+    not speed options such as ``speculate``): what a checkpoint or a sweep's results folder is refused by."""
     h = hashlib.sha256()
     where = None if patcher.positions is None else patcher.positions.index
     for t in (patcher.clean_tokens, patcher.corrupt_tokens, patcher.answer_pos, batch.correct, batch.incorrect, where):
         h.update(b"-" if t is None else t.detach().cpu().numpy().tobytes())
-    h.update(json.dumps([patcher.graph.config(), patcher.ablation, metric.name, metric.higher_is_better, threshold,
-                         abs_value, prefilter, prefilter_method, patcher.tf.arch.family]).encode())
+    h.update(json.dumps([patcher.graph.config(), patcher.ablation, metric.name, metric.higher_is_better, *settings,
+                         patcher.tf.arch.family]).encode())
     return h.hexdigest()[:16]
 
 
