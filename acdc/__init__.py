@@ -39,6 +39,7 @@ from .api import (
 )
 from .attribution_graphs import AttributionGraph
 from .circuit import Circuit
+from .comparison import Comparison, Method, compare
 from .evaluation import ROC, Confusion, Recovery, recovery
 from .faithfulness_math import Completeness, Faithfulness, FaithfulnessCurve, FaithfulnessGrid, Minimality
 from .features import active_features
@@ -67,6 +68,7 @@ __all__ = [
     "ROC",
     "Batch",
     "Circuit",
+    "Comparison",
     "Completeness",
     "Confusion",
     "DotNotFoundError",
@@ -77,6 +79,7 @@ __all__ = [
     "FaithfulnessGrid",
     "Graph",
     "KnownCircuit",
+    "Method",
     "Metric",
     "Minimality",
     "Node",
@@ -90,6 +93,7 @@ __all__ = [
     "AttributionGraph",
     "attribute",
     "attribution_graph",
+    "compare",
     "completeness",
     "discover",
     "explorer",

@@ -1,9 +1,10 @@
-"""The ``acdc`` command: discover, attribute, roc, render, recovery (alias score), explore, export-html, transcoders, demo.
+"""The ``acdc`` command: discover, attribute, roc, compare, render, recovery (alias score), explore, export-html, transcoders, demo.
 
     acdc discover --model gpt2 --task ioi --threshold 0.01 -o out/
     acdc discover --model zoo:ioi --threshold 0.1 -o out/        # offline, planted circuit
     acdc attribute --model zoo:ioi --method eap-ig-inputs --top 20 -o out/
     acdc roc --model zoo:ioi -o out/
+    acdc compare --model zoo:ioi --methods eap eap-ig-inputs acdc:threshold=0.05 --seeds 0 1 2 -o out/
     acdc faithfulness out/circuit.json --model zoo:ioi --grid -o out/
     acdc render out/circuit.json -o circuit.png --classes zoo:ioi
     acdc score out/circuit.json --truth ioi
@@ -94,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ap = _Parser(prog="acdc", description="Automatic circuit discovery for transformer language models.")
     ap.add_argument("--version", action="version", version=f"acdc {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="{discover,attribute,roc,faithfulness,render,recovery,score,explore,export-html,"
+    sub = ap.add_subparsers(dest="command", metavar="{discover,attribute,roc,compare,faithfulness,render,recovery,score,explore,export-html,"
                             "attribution-graph,explore-graph,transcoders,demo}",
                             parser_class=_Parser)
 
@@ -127,6 +128,31 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--n-thresholds", type=_positive, default=22, help="thresholds in the log-spaced grid (default 22)")
     _sweep_flags(o)
     o.set_defaults(run=_roc)
+
+    c = sub.add_parser("compare", help="methods x tasks x seeds: each method's circuit and its faithfulness on discovery and "
+                       "held-out prompts; writes comparison.md/.csv/.json",
+                       description="Run every --methods on every --tasks for every --seeds: each method's circuit "
+                       "(ACDC's and Edge Pruning's own; the --edges best-scored edges of the others) and its normalized "
+                       "faithfulness on the discovery prompts and on held-out prompts (IOI: its held-out templates and "
+                       "names; other tasks and zoo models: prompts drawn with seed + 10000). Writes comparison.md (mean "
+                       "± sd over seeds), comparison.csv (every row) and comparison.json.")
+    c.add_argument("--model", required=True, help="as discover's --model")
+    c.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="tasks (default for zoo models: the entry's own)")
+    c.add_argument("--methods", nargs="+", default=["eap", "eap-ig-inputs", "acdc:threshold=0.05"],
+                   help="registered methods, each NAME or NAME:KEY=VALUE,KEY=VALUE (e.g. acdc:threshold=0.01, "
+                   "eap-ig-inputs:steps=10, edge-pruning:target=0.02,steps=100; default: eap eap-ig-inputs acdc:threshold=0.05)")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the prompts (and of seeded methods; default 0)")
+    c.add_argument("--edges", type=float, default=0.01, help="circuit size of the scoring methods: a count (>= 1) or a "
+                   "fraction of the edges (< 1; default 0.01)")
+    c.add_argument("--curves", action="store_true", help="also MIB's CPR and CMD on the held-out prompts")
+    c.add_argument("--n-prompts", type=_positive, default=None, help="prompts per task (default: the task's)")
+    c.add_argument("--metric", default=None, help="default: each task's")
+    c.add_argument("--ablation", default=None, help="default: resample (zoo models: the entry's)")
+    c.add_argument("--device", default=None, help="torch device (default: the model's)")
+    c.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (default: out/)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _sweep_flags(c)
+    c.set_defaults(run=_compare)
 
     f = sub.add_parser("faithfulness", help="how much of the behaviour a circuit JSON keeps; writes faithfulness.json/.md "
                        "(with --grid: faithfulness_grid.md/.csv/.png)",
@@ -234,6 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     tp.add_argument("--random", type=_positive, default=10, help="how many features to draw at random (default 10)")
     tp.add_argument("--sequences", type=_positive, default=64, help="sequences scanned for contexts (default 64)")
     tp.add_argument("--seed", type=int, default=0, help="seed of the random draw")
+    tp.add_argument("--chunk", type=_positive, default=256, help="sequences per piece of the corpus pass (each piece one "
+                    "sweep item: a Ray task, a results file; default 256)")
+    _sweep_flags(tp)
     tp.set_defaults(run=_transcoders_pages)
 
     m = sub.add_parser("demo", help="the offline demo: discover, render and score a planted circuit",
@@ -392,7 +421,8 @@ def _transcoders_pages(args: argparse.Namespace) -> int:
     ts = load_transcoders(args.transcoders, model)
     n = ts[args.layer].n_features
     feats = args.features or sorted(torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))[: args.random].tolist())
-    report = feature_report(model, ts, args.layer, feats, corpus, sequences=args.sequences, tokenizer=tok)
+    report = feature_report(model, ts, args.layer, feats, corpus, sequences=args.sequences, tokenizer=tok, chunk=args.chunk,
+                            executor=args.executor, results=args.results, workers=args.workers, progress=not args.no_progress)
     path = feature_pages(report, args.out / f"features-m{args.layer}.html", title=f"layer {args.layer} features of {args.transcoders}")
     print(f"acdc transcoders pages: {len(report)} features of layer {args.layer} -> {path}")
     return 0
@@ -466,6 +496,92 @@ def _roc(args: argparse.Namespace) -> int:
     (args.out / "summary.txt").write_text(text + "\n")
     print(text)
     return 0
+
+
+HELD_OUT_SEED = 10_000  # held-out prompts of a task without a held-out split: drawn with seed + this
+
+
+def _method(spec: str) -> Any:
+    """``NAME`` or ``NAME:KEY=VALUE,...`` as a `Method` (values read as JSON where they parse: numbers, true)."""
+    import json
+
+    from .comparison import Method
+
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise CLIError(f"--methods {spec!r}: options go as NAME:KEY=VALUE,KEY=VALUE")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return Method(name, options, label=spec)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    from functools import partial
+
+    from .comparison import compare
+
+    methods = [_method(m) for m in args.methods]  # checked before the model loads
+    edges: int | float = int(args.edges) if args.edges >= 1 and args.edges == int(args.edges) else args.edges
+    inputs: dict[str, Any] = {"metric": args.metric}
+    if args.model.startswith("zoo:"):
+        if args.tasks:
+            raise CLIError(f"zoo models come with their own task; drop --tasks {' '.join(args.tasks)}")
+        entry = _zoo_entry(args.model, n_prompts=args.n_prompts)
+        model, name = entry.model, args.model.split(":", 1)[1]
+        tasks: dict[str, Any] = {name: partial(_zoo_pair, name, args.n_prompts)}
+        inputs["ablation"] = args.ablation or entry.ablation
+        if entry.graph is not None:
+            inputs["graph"] = entry.graph
+    else:
+        if not args.tasks:
+            raise CLIError(f"--tasks is needed for hub models (some of {', '.join(TASKS)})")
+        model = _hub_model(args)
+        tasks = {t: partial(_task_pair, t, model, args.n_prompts) for t in args.tasks}
+        inputs["ablation"] = args.ablation or "resample"
+    table = compare(model, tasks, methods=methods, seeds=args.seeds, edges=edges, curves=args.curves,
+                    progress=not args.no_progress, executor=args.executor, results=args.results, workers=args.workers,
+                    **inputs)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    text = table.to_markdown()
+    (out / "comparison.md").write_text(text + "\n")
+    (out / "comparison.json").write_text(json.dumps(table.to_dict(), indent=1))
+    table.to_csv(out / "comparison.csv")
+    print(text)
+    print(f"wrote {out / 'comparison.md'}, comparison.csv, comparison.json")
+    return 0
+
+
+def _hub_model(args: argparse.Namespace) -> Any:
+    """--model (not a zoo entry) loaded on --device; a one-line error when it cannot be."""
+    from .loading import load_model
+
+    try:
+        return load_model(args.model, device=args.device)
+    except OSError as err:
+        raise CLIError(f"could not load {args.model!r} ({str(err).splitlines()[0]}); hub models need internet "
+                       "the first time, or try --model zoo:ioi offline") from None
+
+
+def _zoo_pair(name: str, n_prompts: int | None, seed: int) -> tuple[Any, Any]:
+    """A zoo entry's prompts for ``seed`` and held-out ones (its weights do not depend on the prompts used here)."""
+    return _zoo_entry(f"zoo:{name}", n_prompts, seed).task, _zoo_entry(f"zoo:{name}", n_prompts, seed + HELD_OUT_SEED).task
+
+
+def _task_pair(name: str, model: Any, n_prompts: int | None, seed: int) -> tuple[Any, Any]:
+    """A named task's discovery and held-out prompts: IOI's two halves of templates and names, else another seed."""
+    if name == "ioi":
+        from .tasks import ioi
+
+        n = 100 if n_prompts is None else n_prompts  # ioi's own default
+        return ioi(model, n, seed=seed, split="discovery"), ioi(model, n, seed=seed, split="held-out")
+    return _task(name, model, n_prompts, seed), _task(name, model, n_prompts, seed + HELD_OUT_SEED)
 
 
 def _faithfulness(args: argparse.Namespace) -> int:
@@ -660,13 +776,7 @@ def _setup(args: argparse.Namespace) -> _Setup:
     else:
         if args.task is None:
             raise CLIError(f"--task is needed for hub models (one of {', '.join(TASKS)})")
-        from .loading import load_model
-
-        try:
-            model = load_model(args.model, device=args.device)
-        except OSError as err:
-            raise CLIError(f"could not load {args.model!r} ({str(err).splitlines()[0]}); hub models need internet "
-                           "the first time, or try --model zoo:ioi offline") from None
+        model = _hub_model(args)
         task = _task(args.task, model, args.n_prompts, args.seed)
         tokenizer = getattr(model, "tokenizer", None)
         ablation = args.ablation or "resample"

@@ -195,6 +195,11 @@ def test_transcoders_train_and_fidelity(tmp_path, capsys):
                  "--sequences", "8", "-o", str(tmp_path / "pages")]) == 0
     page = (tmp_path / "pages" / "features-m0.html").read_text()
     assert page.count("<div class='f'") == 3 and "w" in page
+    assert main(["transcoders", "pages", str(out), "--model", "zoo:dictionary", "--layer", "0", "--random", "3",
+                 "--sequences", "8", "--chunk", "3", "--executor", "serial", "--results", str(tmp_path / "pieces"),
+                 "--no-progress", "-o", str(tmp_path / "pages2")]) == 0
+    assert (tmp_path / "pages2" / "features-m0.html").read_text() == page  # in pieces of 8: the same page
+    assert len(list((tmp_path / "pieces").glob("sequences_*.json"))) == 1
 
 
 def test_transcoders_bad_options_are_one_line(capsys):

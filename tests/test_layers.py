@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("algorithms", ("acdc.algorithms",)),
     ("evaluation", ("acdc.evaluation", "acdc.faithfulness_math")),
     ("rendering", ("acdc.render",)),
-    ("api", ("acdc.api",)),
+    ("api", ("acdc.api", "acdc.comparison")),
     ("explorer", ("acdc.explorer",)),
     ("interfaces", ("acdc.cli", "acdc.demo", "acdc.__main__")),
 ]

@@ -264,6 +264,49 @@ def test_ray_faithfulness_grid_equals_serial(cluster, gpt2_model, tmp_path):
     assert saved["result"]["normalized"] == pytest.approx(serial.rows[0].normalized, abs=1e-6)
 
 
+def zoo_pair(seed: int) -> tuple[acdc.Task, acdc.Task]:
+    return acdc.zoo.load("ioi", seed=seed).task, acdc.zoo.load("ioi", seed=seed + 100).task
+
+
+def test_ray_method_comparison_equals_serial(cluster, zoo_ioi, tmp_path):
+    """Methods x tasks x seeds on two workers: the serial rows and circuits, in the serial order."""
+    methods = ["eap", acdc.Method("acdc", {"threshold": 0.05}), acdc.Method("edge-pruning", {"steps": 10}, label="ep")]
+    kw = {"methods": methods, "seeds": [0, 1], "edges": 10, "curves": True, "progress": False}
+    tasks = {"ioi": zoo_pair, "ioi-fixed": zoo_ioi.task}
+    serial = acdc.compare(zoo_ioi.model, tasks, **kw)
+    on_ray = acdc.compare(zoo_ioi.model, tasks, executor=cluster, results=tmp_path / "cmp", **kw)
+    assert len(on_ray.rows) == 12 and len(list((tmp_path / "cmp").glob("*.json"))) == 12
+    for a, b in zip(on_ray.rows, serial.rows, strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    for a, b in zip(on_ray.circuits, serial.circuits, strict=True):
+        assert torch.equal(a.in_graph, b.in_graph) and torch.equal(a.scores.nan_to_num(), b.scores.nan_to_num())
+
+
+def random_sequence(vocab: int, i: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, vocab, (12,), generator=g)
+
+
+def test_ray_feature_pages_corpus_pass_equals_serial(cluster, tmp_path):
+    """The feature pages' corpus pass in pieces on two workers: the serial report, field for field."""
+    from dataclasses import asdict
+
+    from conftest import tiny_gpt2
+    from test_transcoders import _random_set
+
+    from acdc.model import Transformer
+    from acdc.transcoders import GeneratedStream, feature_report
+
+    tf = Transformer.from_bridge(tiny_gpt2(seed=2))
+    ts = _random_set(tf, "relu")
+    corpus = GeneratedStream(partial(random_sequence, tf.arch.d_vocab), 12, seed=0, name="random")
+    pairs = [(1, 3), (0, 5), (1, 0)]
+    serial = feature_report(tf, ts, None, pairs, corpus, sequences=24, batch=4, chunk=4)
+    on_ray = feature_report(tf, ts, None, pairs, corpus, sequences=24, batch=4, chunk=4, executor=cluster,
+                            results=tmp_path / "pages")
+    assert [asdict(r) for r in on_ray] == [asdict(r) for r in serial] and any(r.contexts for r in serial)
+    assert len(list((tmp_path / "pages").glob("*.json"))) == 6
+
+
 def test_ray_refuses_workers_wider_than_any_node(cluster):
     with pytest.raises(ValueError, match="needs a node with 2 CPUs"):
         run_sweep(partial(square_setup, 0), square, ITEMS, executor=cluster, threads=2, progress=False)

@@ -3,6 +3,7 @@ fidelity equals a plain computation with Hugging Face forward hooks."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -343,6 +344,36 @@ def test_feature_report_reads_the_planted_features(planted, tmp_path):
         feature_report(planted.model, ts, 0, [99], _stream(planted))
 
 
+def test_feature_report_in_pieces_equals_one_pass(tmp_path):
+    """The corpus pass cut into pieces (a sweep; kept per piece in a results folder) gives the one-pass report;
+    a pass started again reads the pieces it finished."""
+    from dataclasses import asdict
+
+    from acdc.transcoders.features import feature_report
+
+    model = tiny_gpt2(seed=2)
+    tf = Transformer.from_bridge(model)
+    ts = _random_set(tf, "relu")
+    corpus = GeneratedStream(lambda i, g: torch.randint(0, tf.arch.d_vocab, (12,), generator=g), 12, seed=0, name="random")
+    pairs = [(1, 3), (0, 5), (1, 0), (0, 1)]
+    whole = feature_report(model, ts, None, pairs, corpus, sequences=22, start=3, batch=4, top=6)
+    pieces = feature_report(model, ts, None, pairs, corpus, sequences=22, start=3, batch=4, top=6, chunk=5,
+                            results=tmp_path)  # pieces of 8 sequences: 8 + 8 + 6
+    assert len(list(tmp_path.glob("*.json"))) == 3
+    assert [asdict(r) for r in pieces] == [asdict(r) for r in whole]
+    seqs = [{c["sequence"] for c in r.contexts} for r in whole]
+    assert any(min(s) < 11 for s in seqs) and any(max(s) >= 19 for s in seqs)  # the top contexts span the pieces
+    assert sum(len(r.contexts) for r in whole) > 12 and all(len(r.contexts) <= 6 for r in whole)
+    saved = next(iter(tmp_path.glob("*.json")))
+    d = json.loads(saved.read_text())
+    d["result"]["n_tokens"] *= 2  # a finished piece is read back, not scanned again
+    saved.write_text(json.dumps(d))
+    again = feature_report(model, ts, None, pairs, corpus, sequences=22, start=3, batch=4, top=6, chunk=5, results=tmp_path)
+    assert again[0].density < whole[0].density
+    with pytest.raises(ValueError, match="another sweep"):
+        feature_report(model, ts, None, [(1, 3)], corpus, sequences=22, start=3, batch=4, top=6, chunk=5, results=tmp_path)
+
+
 def test_feature_report_over_many_layers_equals_one_layer_at_a_time():
     """layer=None with (layer, feature) pairs scans every layer in one pass and gives what one call per layer gives."""
     from dataclasses import asdict
@@ -360,5 +391,7 @@ def test_feature_report_over_many_layers_equals_one_layer_at_a_time():
     assert all(asdict(r) == by_name[r.name] for r in many) and any(r.contexts for r in many)
     with pytest.raises(ValueError, match="no transcoder for layers \\[7\\]"):
         feature_report(model, ts, None, [(7, 0)], corpus)
+    with pytest.raises(ValueError, match="executor must be"):
+        feature_report(model, ts, None, [(1, 3)], corpus, executor="threads")
     with pytest.raises(ValueError, match="give features as \\(layer, feature\\) pairs"):
         feature_report(model, ts, None, [3], corpus)

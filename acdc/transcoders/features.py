@@ -18,16 +18,19 @@ pass over the corpus):
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..executors import ExecutorLike, check_executor, resolve_executor, run_sweep
 from ..model import Transformer
 from .corpus import TokenStream
 from .transcoder import TranscoderSet
@@ -62,11 +65,20 @@ def _text(tokenizer: Any, ids: list[int]) -> list[str]:
 @torch.no_grad()
 def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, features: Sequence[int] | Sequence[tuple[int, int]],
                    corpus: TokenStream, *, sequences: int = 64, start: int = 0, top: int = 10, window: int = 8, batch: int = 8,
-                   tokenizer: Any = None) -> list[FeatureInfo]:
+                   tokenizer: Any = None, executor: ExecutorLike = None, results: str | Path | None = None,
+                   workers: int | None = None, threads: int | None = None, chunk: int = 256,
+                   progress: bool = False) -> list[FeatureInfo]:
     """`FeatureInfo` for each of ``features`` of ``layer``'s transcoder, from ``sequences`` corpus sequences.
 
     With ``layer=None``, ``features`` are (layer, feature) pairs, from any layers, scanned in one
     pass over the corpus (one model forward per batch, up to the deepest layer asked for).
+
+    The corpus pass is a sweep (`acdc.executors.run_sweep`) over pieces of ``chunk`` sequences (rounded
+    up to whole batches): ``executor="ray"`` (or a Ray address) scans the pieces on Ray workers that
+    each load the model and transcoders once; ``results=DIR`` keeps each scanned piece, so a pass
+    interrupted and started again scans only the rest. Whatever runs it, the report is the same: the
+    pieces' counts add up and their top contexts merge into the top of the whole pass. ``progress``: a
+    bar over the pieces.
     """
     tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
     transcoders.check_model(tf)
@@ -86,31 +98,21 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
     if bad:
         lay = bad[0][0]
         raise ValueError(f"features {[f for _, f in bad]} do not exist; layer {lay}'s transcoder has {transcoders[lay].n_features}")
-    layers = sorted({lay for lay, _ in pairs})
-    cols = {lay: [j for j, (l2, _) in enumerate(pairs) if l2 == lay] for lay in layers}
-    best: list[list[tuple[float, int, int]]] = [[] for _ in pairs]  # (activation, sequence, position)
-    active = torch.zeros(len(pairs))
-    peak = torch.zeros(len(pairs))
-    n_tokens = 0
-    all_tokens = []
-    for s in range(start, start + sequences, batch):
-        toks = corpus.batch(s, min(batch, start + sequences - s))
-        all_tokens.append(toks)
-        io = tf.mlp_io(toks.to(tf.device), layers)
-        n_tokens += toks.shape[0] * toks.shape[1]
-        for lay in layers:
-            feats = torch.tensor([pairs[j][1] for j in cols[lay]], device=io[lay][0].device)
-            acts = transcoders[lay].encode(io[lay][0].float())[..., feats].cpu()  # [b, S, F]
-            for c, j in enumerate(cols[lay]):
-                a = acts[..., c]
-                active[j] += float((a > 0).sum())
-                peak[j] = max(float(peak[j]), float(a.max()))
-                flat = a.reshape(-1)
-                vals, idx = flat.topk(min(top, len(flat)))
-                for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
-                    if v > 0:
-                        best[j].append((v, s + i // a.shape[1], i % a.shape[1]))
-    tokens = torch.cat(all_tokens)
+    check_executor(executor)
+    step = max(1, -(-chunk // batch)) * batch  # whole batches per piece: the same forwards as one serial pass
+    items = [(f"sequences={s}-{min(s + step, start + sequences) - 1}", {"start": s, "n": min(step, start + sequences - s),
+              "batch": batch, "top": top, "window": window}) for s in range(start, start + sequences, step)]
+    scan = _PagesScan(tf, transcoders, corpus, tuple(pairs))
+    serial = resolve_executor(executor)[0] == "serial"
+    setup = partial(_given_scan, scan) if serial else partial(_PagesScan, tf, transcoders, corpus, tuple(pairs))
+    h = hashlib.sha256(json.dumps([tf.fingerprint(), pairs, corpus.describe(), corpus.batch(start, 1).tolist()]).encode())
+    for lay in sorted({lay for lay, _ in pairs}):
+        h.update(transcoders[lay].W_enc[:, :8].detach().float().cpu().numpy().tobytes())
+    pieces = run_sweep(setup, _scan_piece, items, executor=executor, results=results, workers=workers, threads=threads,
+                       fingerprint=h.hexdigest()[:16], progress=progress, desc="corpus pass")
+    active = [sum(p["active"][j] for p in pieces) for j in range(len(pairs))]
+    peak = [max((p["peak"][j] for p in pieces), default=0.0) for j in range(len(pairs))]
+    n_tokens = sum(p["n_tokens"] for p in pieces)
     w_u = tf.w["W_U"].float()
     w_e = tf.w["W_E"].float()
     out = []
@@ -120,13 +122,10 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
         up, down = logit_dir.topk(top), (-logit_dir).topk(top)
         pre = (tf.mlp_input(lay, w_e.to(tf.dtype)).float() @ tc.W_enc[:, f].float().to(w_e.device) + tc.b_enc[f].float()).cpu()
         exc = pre.topk(top)
-        contexts = []
-        for v, seq, pos in sorted(best[j], reverse=True)[:top]:
-            row = tokens[seq - start].tolist()
-            lo, hi = max(0, pos - window), min(len(row), pos + 3)
-            contexts.append({"sequence": seq, "position": pos, "activation": round(v, 4),
-                             "before": _text(tokenizer, row[lo:pos]), "token": _text(tokenizer, [row[pos]])[0],
-                             "after": _text(tokenizer, row[pos + 1 : hi])})
+        best = sorted((tuple(c) for p in pieces for c in p["best"][j]), key=lambda c: (c[0], c[1], c[2]), reverse=True)[:top]
+        contexts = [{"sequence": seq, "position": pos, "activation": round(v, 4), "before": _text(tokenizer, before),
+                     "token": _text(tokenizer, [tok])[0], "after": _text(tokenizer, after)}
+                    for v, seq, pos, before, tok, after in best]
         out.append(FeatureInfo(
             lay, f, float(active[j] / max(n_tokens, 1)), float(peak[j]), contexts,
             list(zip(_text(tokenizer, up.indices.tolist()), [round(v, 3) for v in up.values.tolist()], strict=True)),
@@ -134,6 +133,62 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
             list(zip(_text(tokenizer, exc.indices.tolist()), [round(v, 3) for v in exc.values.tolist()], strict=True)),
         ))
     return out
+
+
+@dataclass(frozen=True)
+class _PagesScan:
+    """A worker's state for the corpus pass: the model, the transcoders, the corpus, the features asked for."""
+
+    tf: Transformer
+    transcoders: TranscoderSet
+    corpus: TokenStream
+    pairs: tuple[tuple[int, int], ...]
+
+
+def _given_scan(scan: _PagesScan) -> _PagesScan:
+    return scan
+
+
+@torch.no_grad()
+def _scan_piece(scan: _PagesScan, item: dict[str, int]) -> dict[str, Any]:
+    """One piece of the corpus pass: per feature, tokens active, peak, and its ``top`` contexts in the piece
+    as (activation, sequence, position, ids before, id, ids after), the window cut here where the tokens are."""
+    tf, pairs, top, window = scan.tf, scan.pairs, item["top"], item["window"]
+    layers = sorted({lay for lay, _ in pairs})
+    cols = {lay: [j for j, (l2, _) in enumerate(pairs) if l2 == lay] for lay in layers}
+    best: list[list[tuple[float, int, int]]] = [[] for _ in pairs]
+    active = [0] * len(pairs)
+    peak = [0.0] * len(pairs)
+    n_tokens = 0
+    rows: dict[int, list[int]] = {}
+    end = item["start"] + item["n"]
+    for s in range(item["start"], end, item["batch"]):
+        toks = scan.corpus.batch(s, min(item["batch"], end - s))
+        io = tf.mlp_io(toks.to(tf.device), layers)
+        n_tokens += toks.shape[0] * toks.shape[1]
+        for lay in layers:
+            feats = torch.tensor([pairs[j][1] for j in cols[lay]], device=io[lay][0].device)
+            acts = scan.transcoders[lay].encode(io[lay][0].float())[..., feats].cpu()  # [b, S, F]
+            for c, j in enumerate(cols[lay]):
+                a = acts[..., c]
+                active[j] += int((a > 0).sum())
+                peak[j] = max(peak[j], float(a.max()))
+                flat = a.reshape(-1)
+                vals, idx = flat.topk(min(top, len(flat)))
+                for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
+                    if v > 0:
+                        seq, pos = s + i // a.shape[1], i % a.shape[1]
+                        best[j].append((v, seq, pos))
+                        rows.setdefault(seq, toks[seq - s].tolist())
+    kept = []
+    for cands in best:
+        mine = []
+        for v, seq, pos in sorted(cands, reverse=True)[:top]:
+            row = rows[seq]
+            lo, hi = max(0, pos - window), min(len(row), pos + 3)
+            mine.append([v, seq, pos, row[lo:pos], row[pos], row[pos + 1 : hi]])
+        kept.append(mine)
+    return {"active": active, "peak": peak, "n_tokens": n_tokens, "best": kept}
 
 
 def feature_pages(report: list[FeatureInfo], path: str | Path, *, title: str = "transcoder features") -> Path:
