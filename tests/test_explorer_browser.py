@@ -116,6 +116,34 @@ def test_clicking_an_edge_ablates_it_and_the_metric_follows_the_engine(driver, m
     assert _settled(driver, 3) == pytest.approx(full, abs=1e-9)
 
 
+def test_why_a_and_not_b_shows_the_engines_effects_and_traces(driver, mini_ioi):
+    """The "why" panel: every node's direct and total effect as the engine (checked against the hooked
+    forward in test_explorer_why) gives them; a click on a row traces what feeds that node."""
+    entry, circuit, server, _ = mini_ioi
+    ex = server.explorer
+    _fresh(driver, server)
+    driver.execute_script("document.getElementById('prompt').value = '2'; document.getElementById('prompt').dispatchEvent(new Event('change'))")
+    driver.find_element("id", "why-go").click()
+    _wait(driver, "return document.querySelectorAll('#why-table tbody tr').length > 0 && document.body.dataset.busy === '0'")
+    want = ex.why(2)
+    rows = driver.execute_script("return [...document.querySelectorAll('#why-table tbody tr')].map(r => "
+                                 "[r.dataset.why, Number(r.dataset.direct), r.dataset.total === '' ? null : Number(r.dataset.total)])")
+    assert [r[0] for r in rows] == [n["name"] for n in want["nodes"]]
+    for (_, direct, total), n in zip(rows, want["nodes"], strict=True):
+        assert direct == pytest.approx(n["direct"], abs=1e-9) and total == pytest.approx(n["total"], abs=1e-9)
+    assert driver.find_element("id", "why-a").get_attribute("value") == entry.tokenizer.decode([int(entry.task.correct[2])])
+    driver.find_element("css selector", '#why-table tr[data-why="a2.h0"]').click()
+    _wait(driver, "return document.querySelectorAll('#why-trace tr').length > 0 && document.body.dataset.busy === '0'")
+    traced = driver.execute_script("return [...document.querySelectorAll('#why-trace tr')].map(r => [r.dataset.edge, Number(r.dataset.effect)])")
+    t = ex.trace("a2.h0", 2)
+    assert traced[0][0] == t["edges"][0]["edge"] and traced[0][1] == pytest.approx(t["edges"][0]["effect"], abs=1e-9)
+    assert "a1.h0->a2.h0<q>" in [e for e, _ in traced[:3]]
+    driver.find_element("id", "why-a").clear()
+    driver.find_element("id", "why-a").send_keys("two words")
+    driver.find_element("id", "why-go").click()
+    _wait(driver, "return document.getElementById('error').textContent.includes('tokens here')")
+
+
 def test_clicking_a_node_ablates_its_output(driver, mini_ioi):
     entry, circuit, server, _ = mini_ioi
     _fresh(driver, server)

@@ -1,6 +1,6 @@
 """The explorer's local web server: Python's standard library `http.server`, bound to 127.0.0.1.
 
-Why the standard library: the page needs five JSON routes and one static file; a framework
+Why the standard library: the page needs eight JSON routes and one static file; a framework
 would add an install-time dependency and a second way to run the engine, and no feature here
 needs one. Requests run one at a time through the engine (a lock; torch runs are not shared
 between threads), so a second click waits for the first instead of racing it; a request's body
@@ -16,6 +16,10 @@ Routes (the README documents them):
     GET  /api/head?name=a1.h2&prompt=0   attention pattern (clean, corrupt) and direct effect
     POST /api/node_effects      {"kept": [edges]}: each node's output removed from that circuit
     POST /api/notes             {"node": "a1.h2", "label": "...", "note": "..."}: saved into the JSON
+    POST /api/why               {"prompt": 0, "a": " Mary", "b": " John"} (tokens default to the prompt's answers;
+                                "totals": how many nodes get a total effect): every node's direct and total
+                                effect on logit(a) - logit(b)
+    POST /api/why/trace         {"node": "a2.h0", "prompt": 0, "a": ..., "b": ...}: each edge into the node, ablated alone
 
 An attribution graph (`AttributionExplorer`, ``acdc explore-graph``) has its own page and routes:
 
@@ -162,6 +166,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return ex.evaluate(**body)
             if path == "/api/node_effects":
                 return ex.node_effects(body["kept"])
+            if path == "/api/why":
+                return ex.why(**body)
+            if path == "/api/why/trace":
+                return ex.trace(**body)
             return ex.save_notes(**body)
 
     def _json_body(self) -> dict[str, Any]:
@@ -232,6 +240,8 @@ _POST_ROUTES = {
     "/api/evaluate": {"removed", "ablated", "kept", "prompt", "k"},
     "/api/node_effects": {"kept"},
     "/api/notes": {"node", "label", "note"},
+    "/api/why": {"prompt", "a", "b", "totals"},
+    "/api/why/trace": {"node", "prompt", "a", "b"},
 }
 
 

@@ -22,14 +22,17 @@ from ..api import prepare
 from ..circuit import Circuit, check_notes, write_json
 from ..faithfulness_math import Faithfulness
 from ..graph import Graph
+from ..inputs import encode
 from ..loading import load_model
 from ..metrics import per_prompt
 from ..render import circuit_title, layout
+from .why import WhyAnswers
 
 __all__ = ["Explorer", "ExplorerError", "view_data"]
 
 TOP_K = 10
 MAX_TOP_K = 50
+TOTALS = 400  # "why A and not B": nodes whose total effect is measured (those with the largest direct effects)
 
 
 class ExplorerError(ValueError):
@@ -101,6 +104,7 @@ class Explorer:
         self.per_prompt_empty = per_prompt(self.metric, self.empty_logits, self.batch)
         self._direct: dict[str, dict[str, Any]] = {}  # head -> its direct effect (independent of the kept set)
         self.settings = {"ablation": p.ablation, "metric": self.metric.name}
+        self._why = WhyAnswers(p)
 
     # ------------------------------------------------------------------ requests
     def view(self) -> dict[str, Any]:
@@ -201,6 +205,62 @@ class Explorer:
             effects.append({"name": name, "metric": value, "change": value - base})
         effects.sort(key=lambda r: -abs(r["change"]))
         return {"metric": base, "effects": effects}
+
+    def why(self, prompt: Any = 0, a: Any = None, b: Any = None, totals: Any = TOTALS) -> dict[str, Any]:
+        """Why the model gives token ``a`` and not ``b`` on ``prompt`` (at its last scored position).
+
+        ``a``, ``b``: token ids or single-token texts (default: the prompt's correct and incorrect
+        answers). Returns ``logit_diff`` (logit(a) - logit(b) of the full model) and, for every node
+        with an edge into the logits, its direct effect on it (the change when only that edge is
+        ablated) and, for the ``totals`` nodes with the largest direct effects, its total effect (every
+        edge out of it ablated), sorted by |direct effect| (`acdc.explorer.why`).
+        """
+        i = self._prompt_index(prompt)
+        ta, tb = self._pair(i, a, b)
+        if isinstance(totals, bool) or not isinstance(totals, int) or totals < 0:
+            raise ExplorerError(f"totals must be a number of nodes >= 0, got {totals!r}")
+        out = self._why.nodes(i, ta, tb, totals)
+        return {"prompt": i, "a": {"id": ta, "token": self.decode(ta)}, "b": {"id": tb, "token": self.decode(tb)}, **out}
+
+    def trace(self, node: Any, prompt: Any = 0, a: Any = None, b: Any = None) -> dict[str, Any]:
+        """What feeds ``node`` in `why`'s question: the change of logit(a) - logit(b) when each edge into it
+        is ablated alone (every input slot and position), sorted by its size."""
+        i = self._prompt_index(prompt)
+        ta, tb = self._pair(i, a, b)
+        if not isinstance(node, str):
+            raise ExplorerError('"node" must be a node name such as "a1.h2", "m0" or "logits"')
+        try:
+            out = self._why.trace(i, ta, tb, node)
+        except ValueError as err:
+            raise ExplorerError(str(err)) from None
+        return {"prompt": i, "a": {"id": ta, "token": self.decode(ta)}, "b": {"id": tb, "token": self.decode(tb)}, **out}
+
+    def _pair(self, i: int, a: Any, b: Any) -> tuple[int, int]:
+        answers = self._answers(i)
+        return self._token(a, answers.get("correct"), "a"), self._token(b, answers.get("incorrect"), "b")
+
+    def _token(self, x: Any, default: int | None, label: str) -> int:
+        """A token id from an id, a single-token text, or the default (the prompt's answer)."""
+        vocab = self.patcher.tf.arch.d_vocab
+        if x is None or x == "":
+            if default is None:
+                raise ExplorerError(f'this task has no answers: pass "{label}" (a token id or a single-token text)')
+            return default
+        if isinstance(x, int) and not isinstance(x, bool):
+            if not 0 <= x < vocab:
+                raise ExplorerError(f"{label} must be a token id in [0, {vocab}), got {x}")
+            return x
+        if isinstance(x, str):
+            if self.tokenizer is None:
+                raise ExplorerError(f"{label}: this model has no tokenizer; pass a token id")
+            try:
+                ids = encode(self.tokenizer, x)
+            except (ValueError, KeyError):
+                ids = []
+            if len(ids) != 1:
+                raise ExplorerError(f"{label} {x!r} is {len(ids)} tokens here; pass a single token (or its id)")
+            return int(ids[0])
+        raise ExplorerError(f"{label} must be a token id or a single-token text, got {x!r}")
 
     def save_notes(self, node: Any, label: Any = "", note: Any = "") -> dict[str, Any]:
         """Set a node's label and note (empty strings clear them) and write the circuit JSON back."""
