@@ -283,6 +283,11 @@ class Transformer:
         gw.addcmul_(xhat.expand_as(gw), proj, value=-1.0 / x.shape[-1])
         return gw.mul_(rstd)
 
+    def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Rotary embedding of projected queries or keys x [..., n, p, d_head] at positions pos [n, p]
+        (x itself for a model without rotary embeddings): what `pattern` applies before q·k."""
+        return self._rotate(x, pos) if self.arch.position_embedding == "rotary" else x
+
     def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
         """Rotary embedding (GPT-NeoX convention) of x [..., n, p, d_head] at positions pos."""
         rd = self.arch.rotary_dim

@@ -22,7 +22,8 @@ MLPSplit = Callable[[int, Tensor, Tensor, Tensor], "dict[str, Tensor] | None"]
 
 def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None = None,
                   mlp_bias: list[Tensor] | None = None, ablated: dict[str, Tensor] | None = None,
-                  abl: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                  abl: dict[str, Tensor] | None = None,
+                  patterns: dict[int, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The hooked forward: logits [B, S, vocab] and every source's output in this run, by name.
 
     Every destination's input is rebuilt as the sum of its sources (an edge in ``ablated``, a dict
@@ -117,6 +118,9 @@ def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None
         hooks.append((f"blocks.{layer}.mlp.hook_post", make_post(layer)))
         hooks.append((f"blocks.{layer}.hook_mlp_out", make_mlp_out(layer)))
     hooks.append(("ln_final.hook_in", final))
+    if patterns is not None:  # every layer's attention probabilities [B, heads, q, k] in this run, recorded
+        for layer in range(cfg.n_layers):
+            hooks.append((f"blocks.{layer}.attn.hook_pattern", lambda x, hook, layer=layer: patterns.__setitem__(layer, x) or x))
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
     return logits, dict(current)

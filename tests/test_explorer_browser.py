@@ -170,6 +170,24 @@ def test_a_heads_attention_view_and_direct_effect(driver, mini_ioi):
     assert _settled(driver, 1) == pytest.approx(_engine_metric(entry, mini_ioi[1].edges), abs=1e-9)  # inspecting ablates nothing
 
 
+def test_clicking_a_pattern_cell_splits_the_attention_score(driver, mini_ioi):
+    """Why a2.h0 attends to a token: the split the page shows is the engine's (checked against the hooked
+    forward in test_explorer_why), and each column sums to the score."""
+    entry, _, server, _ = mini_ioi
+    _inspect(driver, server, "a2.h0")
+    _wait(driver, "return document.querySelectorAll('#attention-clean-svg rect.cell').length > 0")
+    q = int(entry.task.answer_pos[0])
+    driver.execute_script(f"document.querySelector('#attention-clean-svg rect.cell[data-q=\"{q}\"][data-k=\"2\"]')"
+                          ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+    _wait(driver, "return document.querySelectorAll('#attend-table tr[data-node]').length > 0")
+    want = server.explorer.attend("a2.h0", 2, prompt=0, query=q)
+    assert float(driver.find_element("id", "attend-why").get_attribute("data-score")) == pytest.approx(want["score"], abs=1e-9)
+    rows = driver.execute_script("return [...document.querySelectorAll('#attend-table tr[data-node]')].map(r => "
+                                 "[r.dataset.node, Number(r.dataset.query), Number(r.dataset.key)])")
+    assert [r[0] for r in rows] == [n["name"] for n in want["nodes"]][:30]
+    assert sum(r[1] for r in rows) == pytest.approx(want["score"], abs=1e-6) == pytest.approx(sum(r[2] for r in rows), abs=1e-6)
+
+
 def test_prompt_choice_updates_tokens_and_next_tokens(driver, mini_ioi):
     entry, _, server, _ = mini_ioi
     _fresh(driver, server)

@@ -137,3 +137,82 @@ def test_why_is_exact_for_a_one_prompt_patcher_and_the_batch(ioi):
     batch = ex.why(4)
     assert torch.allclose(torch.tensor([n["direct"] for n in one["nodes"]]), torch.tensor([n["direct"] for n in batch["nodes"]]),
                           atol=1e-4)
+
+
+# ---------------------------------------------------------------------- why does head H attend to T
+def _hooked_pattern(model, graph, clean, corrupt, ablated_edge, ablation, layer):
+    """[B, heads, q, k] attention of ``layer`` in the hooked forward with one edge ablated (None: none)."""
+    from oracle import ablation_values, split_forward
+
+    patterns: dict = {}
+    abl = ablation_values(model, graph, corrupt, ablation, clean.shape[0])
+    ablated = {} if ablated_edge is None else {ablated_edge: torch.ones(clean.shape, dtype=torch.bool)}
+    split_forward(model, graph, clean, ablated=ablated, abl=abl, patterns=patterns)
+    return patterns[layer]
+
+
+def _check_attention(model, twin, clean, corrupt, head, i, q, k, ablation="resample"):
+    from acdc.explorer.qk import attention_why
+    from acdc.patching import Patcher
+
+    g = acdc.Graph.from_model(model)
+    p = Patcher(model, clean, corrupt, graph=g, ablation=ablation)
+    r = attention_why(p, head, i, q, k)
+    node = g.sources[g.src_index[head]]
+    _, cache = twin.run_with_cache(clean[i : i + 1])
+    score = float(cache[f"blocks.{node.layer}.attn.hook_attn_scores"][0, node.head, q, k])
+    assert r["score"] == pytest.approx(score, rel=1e-4, abs=1e-4)
+    assert sum(n["query"] for n in r["nodes"]) == pytest.approx(score, rel=1e-4, abs=1e-4)  # the split sums to the score
+    assert sum(n["key"] for n in r["nodes"]) == pytest.approx(score, rel=1e-4, abs=1e-4)
+    want = cache[f"blocks.{node.layer}.attn.hook_pattern"][0, node.head, q]
+    assert r["prob"] == pytest.approx(float(want[k]), abs=1e-5)
+    assert r["pattern"] == pytest.approx(want[: q + 1].tolist(), abs=1e-5)
+    rows = {n["name"]: n for n in r["nodes"]}
+    big = sorted((n for n in r["nodes"] if n["name"] != "bias"), key=lambda n: -abs(n["query"]))[:2]
+    for n in big + [rows["input"]]:
+        for letter, field in (("q", "prob_query_ablated"), ("k", "prob_key_ablated")):
+            edge = f"{n['name']}->{head}<{letter}>"
+            hooked = _hooked_pattern(twin, g, clean, corrupt, edge, ablation, node.layer)[i, node.head, q, k]
+            assert n[field] == pytest.approx(float(hooked), abs=1e-4), (edge, n[field], float(hooked))
+    return r
+
+
+def test_attention_split_and_ablations_equal_the_hooked_forward(ioi):
+    entry, _ = ioi
+    t = entry.task
+    q = int(t.answer_pos[3])
+    r = _check_attention(entry.model, entry.model, t.clean, t.corrupt, "a2.h0", 3, q, 2)
+    assert r["nodes"][0]["name"] in ("a1.h0", "input")  # the planted circuit: a1.h0 steers a2.h0's query
+    _check_attention(entry.model, entry.model, t.clean, t.corrupt, "a1.h0", 5, q, 1, ablation="mean")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_attention_split_on_rotary_rms_models(family):
+    """RMSNorm, rotary positions, grouped key/value heads: the split still sums to the hooked score."""
+    from conftest import random_tokens
+    from test_families import _mha_twin, _tiny
+
+    gqa = _tiny(family, n_kv=2)
+    twin_hf = _mha_twin(gqa)  # before load_model wraps gqa in place
+    model, twin = acdc.load_model(gqa), acdc.load_model(twin_hf)
+    clean, corrupt = random_tokens(batch=3, pos=6)
+    _check_attention(model, twin, clean, corrupt, "a1.h3", 1, 5, 2)
+    _check_attention(model, twin, clean, corrupt, "a0.h1", 2, 4, 4, ablation="zero")
+
+
+def test_explorer_attend_and_its_errors(ioi):
+    entry, circuit = ioi
+    ex = Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer)
+    r = ex.attend("a2.h0", 2, prompt=3)
+    assert r["query"] == int(entry.task.answer_pos[3]) and r["key_token"] == entry.tokenizer.decode([int(entry.task.clean[3, 2])])
+    for kwargs, match in (({"head": "m1", "key": 0}, "not an attention head"), ({"head": "a2.h0", "key": 40}, "need 0 <= key"),
+                          ({"head": "a2.h0", "key": 5, "query": 3}, "need 0 <= key"), ({"head": "a2.h0", "key": "x"}, "key must be")):
+        with pytest.raises(ExplorerError, match=match):
+            ex.attend(**kwargs)
+    server = start(ex)
+    try:
+        status, got = _request(server, "POST", "/api/attend", {"head": "a2.h0", "key": 2, "prompt": 3})
+        assert status == 200 and got["score"] == pytest.approx(r["score"], abs=1e-9)
+    finally:
+        server.shutdown()
+        server.server_close()

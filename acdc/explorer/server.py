@@ -1,6 +1,6 @@
 """The explorer's local web server: Python's standard library `http.server`, bound to 127.0.0.1.
 
-Why the standard library: the page needs eight JSON routes and one static file; a framework
+Why the standard library: the page needs nine JSON routes and one static file; a framework
 would add an install-time dependency and a second way to run the engine, and no feature here
 needs one. Requests run one at a time through the engine (a lock; torch runs are not shared
 between threads), so a second click waits for the first instead of racing it; a request's body
@@ -20,6 +20,8 @@ Routes (the README documents them):
                                 "totals": how many nodes get a total effect): every node's direct and total
                                 effect on logit(a) - logit(b)
     POST /api/why/trace         {"node": "a2.h0", "prompt": 0, "a": ..., "b": ...}: each edge into the node, ablated alone
+    POST /api/attend            {"head": "a2.h0", "key": 2, "prompt": 0, "query": 12}: the attention score split over
+                                upstream nodes (through query and key) and each one's ablation's effect on the pattern
 
 An attribution graph (`AttributionExplorer`, ``acdc explore-graph``) has its own page and routes:
 
@@ -170,6 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return ex.why(**body)
             if path == "/api/why/trace":
                 return ex.trace(**body)
+            if path == "/api/attend":
+                return ex.attend(**body)
             return ex.save_notes(**body)
 
     def _json_body(self) -> dict[str, Any]:
@@ -242,6 +246,7 @@ _POST_ROUTES = {
     "/api/notes": {"node", "label", "note"},
     "/api/why": {"prompt", "a", "b", "totals"},
     "/api/why/trace": {"node", "prompt", "a", "b"},
+    "/api/attend": {"head", "key", "prompt", "query"},
 }
 
 

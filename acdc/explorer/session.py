@@ -26,6 +26,7 @@ from ..inputs import encode
 from ..loading import load_model
 from ..metrics import per_prompt
 from ..render import circuit_title, layout
+from .qk import attention_why
 from .why import WhyAnswers
 
 __all__ = ["Explorer", "ExplorerError", "view_data"]
@@ -234,6 +235,25 @@ class Explorer:
         except ValueError as err:
             raise ExplorerError(str(err)) from None
         return {"prompt": i, "a": {"id": ta, "token": self.decode(ta)}, "b": {"id": tb, "token": self.decode(tb)}, **out}
+
+    def attend(self, head: Any, key: Any, prompt: Any = 0, query: Any = None) -> dict[str, Any]:
+        """Why ``head`` attends from position ``query`` (default: the prompt's last scored one) to ``key``
+        on the clean prompt: its attention score split over the upstream nodes through the query and
+        through the key (each list sums to the score; exact under frozen norms), and the probability
+        on ``key`` when each node's edge into the head's query, or key, is ablated (`acdc.explorer.qk`)."""
+        g, i = self.graph, self._prompt_index(prompt)
+        if not isinstance(head, str) or head not in g.src_index or not g.sources[g.src_index[head]].kind.attends:
+            raise ExplorerError(f"{head!r} is not an attention head of this model (heads look like 'a1.h2')")
+        q = int(self.patcher.answer_pos[i].max()) if query is None else query
+        for label, v in (("query", q), ("key", key)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ExplorerError(f"{label} must be a token position, got {v!r}")
+        try:
+            out = attention_why(self.patcher, head, i, q, key)
+        except ValueError as err:
+            raise ExplorerError(str(err)) from None
+        toks = self.patcher.clean_tokens[i]
+        return {**out, "query_token": self.decode(int(toks[q])), "key_token": self.decode(int(toks[key]))}
 
     def _pair(self, i: int, a: Any, b: Any) -> tuple[int, int]:
         answers = self._answers(i)

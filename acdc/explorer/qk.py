@@ -1,0 +1,102 @@
+""""Why does head H attend to token T?": its attention score split over the nodes upstream, and ablations.
+
+For head H of layer L, a query position q and a key position T of one prompt (clean run):
+
+- **the split** (exact under frozen norms: each norm's scale taken from the clean run, so the norm is
+  affine in its input): the head's input at a position is the sum of its upstream sources' outputs
+  plus the biases that belong to no node; normed and projected, each part gives a piece of the query
+  (at q) and of the key (at T), rotated where the model is rotary. The score q·k/√d splits **through
+  the query** into (piece i of the query)·k/√d, one per upstream node, plus a bias term (the norm's
+  offset, b_Q, the nodes' biases), and **through the key** into q·(piece j of the key)/√d likewise;
+  each list sums to the score.
+- **the ablations** (exact, norms live): the attention probability of q on T when the edge from one
+  upstream node into H's query is ablated (its output at q swapped for its ablation value), and when
+  its edge into H's key is ablated (at every key position). Nothing else changes when only an edge
+  into H is ablated, so each is one recomputation of H's pattern row.
+
+Graphs of whole MLPs only (a neuron or feature graph's units have no per-node output tensor here).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..patching import Patcher
+
+__all__ = ["attention_why"]
+
+
+@torch.no_grad()
+def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> dict[str, Any]:
+    """The QK split and the ablations above for ``head`` on prompt ``i``, query position ``query``, key ``key``."""
+    g, tf = patcher.graph, patcher.tf
+    if g.mlp_units != "whole":
+        raise ValueError("attention attribution runs on graphs of whole MLPs; open the circuit on the model's plain graph")
+    node = g.sources[g.src_index[head]]
+    layer, h = node.layer, node.head
+    n_tok = int(patcher.clean_tokens.shape[1])
+    if not 0 <= key <= query < n_tok:
+        raise ValueError(f"need 0 <= key <= query < {n_tok} (a head attends to earlier positions), got query {query}, key {key}")
+    q_row, k_row, _ = g.head_rows(layer)[h]
+    srcs = sorted({int(s) for s in g.edge_src[(g.edge_dst == q_row) | (g.edge_dst == k_row)].tolist()})
+    names = [g.sources[s].name for s in srcs]
+    outs = patcher.clean_outputs[srcs, i].double()  # [n, S, d]
+    x = tf.run(patcher.clean_tokens[i : i + 1]).resid_pre[layer][0].double()  # [S, d] the head's input
+    parts = torch.cat([outs, (x - outs.sum(0))[None]])  # the nodes, then the biases of no node
+
+    heads = torch.tensor([h], device=tf.device)
+    w = tf.w["ln1_w"][layer].double()
+    rms = tf.arch.norm == "RMS"
+    var = x.pow(2).mean(-1, keepdim=True) if rms else x.var(-1, unbiased=False, keepdim=True)
+    rstd = (var + tf.arch.eps).rsqrt()  # frozen at the clean run
+    centred = parts if rms else parts - parts.mean(-1, keepdim=True)
+    normed = centred * rstd * w  # [n + 1, S, d] each part's share of ln1(x), without the norm's offset
+    offset = torch.zeros_like(x) if rms else tf.w["ln1_b"][layer].double().expand_as(x)
+
+    def project(v: Tensor, which: str, with_bias: bool) -> Tensor:  # [..., S, d] -> [..., S, d_head], rotated
+        W = tf.w[f"W_{which}"][layer][h].double()
+        return v @ W + (tf.w[f"b_{which}"][layer][h].double() if with_bias else 0.0)
+
+    def at(y: Tensor, p: int) -> Tensor:  # pieces [m, d_head] of a query or key at position p, rotated there
+        return tf.rotate(y[:, None], torch.tensor([[p]], device=y.device).expand(y.shape[0], 1))[:, 0]
+
+    q_parts = at(project(normed[:, query], "Q", False), query)
+    k_parts = at(project(normed[:, key], "K", False), key)
+    q_bias = at(project(offset[query][None], "Q", True), query)[0]
+    k_bias = at(project(offset[key][None], "K", True), key)[0]
+    q_full, k_full = q_parts.sum(0) + q_bias, k_parts.sum(0) + k_bias
+    scale = tf.arch.d_head ** 0.5
+    through_q = (q_parts @ k_full / scale).tolist()  # the nodes, then the biases of no node
+    through_k = (k_parts @ q_full / scale).tolist()
+    bias_q, bias_k = float(q_bias @ k_full / scale) + through_q.pop(), float(q_full @ k_bias / scale) + through_k.pop()
+
+    # the ablations: H's pattern row at ``query`` with one edge into its query (or key) swapped, norms live
+    xs = x.to(tf.dtype)
+    abl = patcher.ablation_values
+    row = tf.pattern(tf.project(layer, heads, xs[None, query : query + 1], "Q"), tf.project(layer, heads, xs[None], "K"),
+                     torch.tensor([[query]], device=tf.device))[0, 0, 0]  # [S]
+
+    def swapped(s: int, where: slice) -> Tensor:
+        a = torch.zeros_like(xs[where]) if abl is None else abl[s, min(i, abl.shape[1] - 1), where]
+        return xs[where] - patcher.clean_outputs[s, i, where] + a
+
+    q_pos = torch.tensor([[query]], device=tf.device)
+    k_full_m = tf.project(layer, heads, xs[None], "K")
+    q_full_m = tf.project(layer, heads, xs[None, query : query + 1], "Q")
+    abl_q, abl_k = [], []
+    for s in srcs:
+        pq = tf.pattern(tf.project(layer, heads, swapped(s, slice(query, query + 1))[None], "Q"), k_full_m, q_pos)[0, 0, 0]
+        pk = tf.pattern(q_full_m, tf.project(layer, heads, swapped(s, slice(0, n_tok))[None], "K"), q_pos)[0, 0, 0]
+        abl_q.append(float(pq[key]))
+        abl_k.append(float(pk[key]))
+    score = float(q_full @ k_full / scale)
+    nodes = [{"name": n, "query": float(a), "key": float(b), "prob_query_ablated": pq, "prob_key_ablated": pk}
+             for n, a, b, pq, pk in zip(names, through_q, through_k, abl_q, abl_k, strict=True)]
+    nodes.append({"name": "bias", "query": bias_q, "key": bias_k,
+                  "prob_query_ablated": None, "prob_key_ablated": None})
+    nodes.sort(key=lambda r: -(abs(r["query"]) + abs(r["key"])))
+    return {"head": head, "layer": layer, "prompt": i, "query": query, "key": key, "score": score, "prob": float(row[key]),
+            "pattern": [float(p) for p in row[: query + 1]], "nodes": nodes}
