@@ -108,6 +108,30 @@ def test_removed_means_the_circuit_minus_these_edges(ioi, explorer, server):
         explorer.evaluate(removed=[], kept=edges)
 
 
+@pytest.mark.parametrize("positions", [None, "named"])
+def test_clicks_restart_at_the_lowest_layer_they_change_and_stay_exact(ioi, positions):
+    """Toggling edges one click at a time: each answer equals a fresh patched run, and each run restarted
+    at the lowest layer the changed edges feed (the sources below it reused from the previous click)."""
+    entry, _ = ioi
+    circuit = acdc.discover(entry.model, entry.task, threshold=0.01, positions=positions, progress=False)
+    ex = Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer)
+    g = ex.graph
+    starts = []
+    forward = ex.patcher.forward
+    ex.patcher.forward = lambda keep, reuse=None: (starts.append(None if reuse is None else reuse[1]), forward(keep, reuse))[1]
+    removed: list[str] = []
+    clicks = [e for e in circuit.edges if not e.startswith("input->")][:3] + [circuit.edges[0]]
+    for edge in clicks + clicks[:2]:  # remove four edges, then restore two
+        removed = [e for e in removed if e != edge] if edge in removed else removed + [edge]
+        got = ex.evaluate(removed=removed)["metric"]
+        kept = [e for e in circuit.edges if e not in removed]
+        want, _ = _engine(entry, kept, kept=True, graph=circuit.graph)
+        assert got == pytest.approx(want, abs=1e-6), edge
+    layers = [int(g.dst_layer[g.edge_dst[g.edge_index(e)]]) for e in clicks + clicks[:2]]
+    assert starts == [None, *layers[1:]]  # the first click from scratch, then from the clicked edge's layer
+    assert max(starts[1:]) > 0
+
+
 def test_evaluate_equals_the_hooked_forward(ioi, explorer):
     """The slow, obvious oracle: TransformerLens hooks rebuild every input with the edges swapped."""
     entry, _ = ioi

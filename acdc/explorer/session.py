@@ -106,6 +106,7 @@ class Explorer:
         self._direct: dict[str, dict[str, Any]] = {}  # head -> its direct effect (independent of the kept set)
         self.settings = {"ablation": p.ablation, "metric": self.metric.name}
         self._why = WhyAnswers(p)
+        self._last: tuple[Tensor, Tensor] | None = None  # the last evaluated mask and its run's X (incremental clicks)
 
     # ------------------------------------------------------------------ requests
     def view(self) -> dict[str, Any]:
@@ -145,7 +146,7 @@ class Explorer:
             mask = ~named
         else:
             mask = ~(self.circuit.in_graph.to(named.device) & ~named)
-        logits = self.patcher.masked_logits(mask)
+        logits = self._logits(mask)
         value = self.metric(logits, self.batch)
         prompts = per_prompt(self.metric, logits, self.batch)
         f = Faithfulness(self.model_metric, value, self.empty_metric, self.per_prompt_model, prompts,
@@ -161,6 +162,29 @@ class Explorer:
                                          "corrupt": self._next(self.patcher.corrupt_logits, i, k)},
             "seconds": time.perf_counter() - t0,
         }
+
+    def forget(self) -> None:
+        """Drop the run kept for incremental clicks: the next evaluation runs from scratch (for timing it)."""
+        self._last = None
+
+    def _logits(self, mask: Tensor) -> Tensor:
+        """Logits with ``mask`` ablated. A click changes a few edges: the run restarts at the lowest layer
+        they feed, from the last evaluated run's sources below it (which those edges cannot change), so
+        a click on an edge into a late layer costs a fraction of a fresh patched run (graphs of whole MLPs)."""
+        p, g = self.patcher, self.graph
+        if not bool(mask.any()) or (bool(mask.all()) and p.ablation == "resample") or g.mlp_units != "whole":
+            return p.masked_logits(mask)
+        keep = g.dense(~mask).to(p.tf.device)
+        reuse = None
+        if self._last is not None:
+            changed = (mask != self._last[0]).nonzero().squeeze(1)
+            if len(changed) == 0:
+                reuse = (self._last[1], g.n_layers)
+            else:
+                reuse = (self._last[1], int(g.dst_layer[g.edge_dst[changed]].min()))
+        logits, X = p.forward(keep, reuse)
+        self._last = (mask.clone(), X)
+        return logits
 
     def head(self, name: Any, prompt: Any = 0) -> dict[str, Any]:
         """A head's attention pattern on the clean and the corrupt prompt, and its direct effect.
