@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .graph import Graph
+from .interventions import check_interventions
 
 __all__ = ["Circuit"]
 
@@ -79,6 +80,8 @@ class Circuit:
     settings:     how it was found (method, metric, threshold, ablation, ...).
     notes:        a researcher's labels and notes per node, ``{node: {"label": str, "note": str}}``
                   (the explorer writes them; images show the labels).
+    interventions: edits of nodes kept with the circuit (`acdc.interventions.Intervention` as dicts; the
+                  explorer's list, replayed with `Explorer.intervene` or `acdc.edits.intervened_logits`).
     """
 
     graph: Graph
@@ -87,6 +90,7 @@ class Circuit:
     metric_trace: list[float] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, dict[str, str]] = field(default_factory=dict)
+    interventions: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = self.graph.n_edges
@@ -95,6 +99,7 @@ class Circuit:
         if self.in_graph.shape != (n,) or self.scores.shape != (n,):
             raise ValueError(f"in_graph and scores need one entry per edge ({n})")
         self.notes = check_notes(self.notes, self.graph)
+        self.interventions = check_interventions(self.interventions)
 
     # ------------------------------------------------------------------ views
     @property
@@ -148,7 +153,8 @@ class Circuit:
         s = self.scores.view(-1, P)
         best = torch.nan_to_num(s.abs(), nan=-1.0).argmax(1, keepdim=True)
         return Circuit(g.plain, self.in_graph.view(-1, P).any(1), s.gather(1, best)[:, 0],
-                       list(self.metric_trace), {**self.settings, "positions": "any"}, dict(self.notes))
+                       list(self.metric_trace), {**self.settings, "positions": "any"}, dict(self.notes),
+                       list(self.interventions))
 
     def live_mask(self) -> Tensor:
         """[n_edges] bool: kept edges on some path from ``input`` to ``logits`` in the circuit."""
@@ -237,13 +243,15 @@ class Circuit:
         extra: dict[str, Any] = {"settings": self.settings, "metric_trace": [float(x) for x in self.metric_trace]}
         if self.notes:
             extra["notes"] = self.notes
+        if self.interventions:
+            extra["interventions"] = self.interventions
         return graph_json(self.graph, self.in_graph, self.scores, extra)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Circuit:
         graph, in_graph, scores, extra = read_graph_json(d)
         return cls(graph, in_graph, scores, list(extra.get("metric_trace", [])), dict(extra.get("settings", {})),
-                   dict(extra.get("notes", {})))
+                   dict(extra.get("notes", {})), list(extra.get("interventions", [])))
 
     def to_json(self, path: str | Path) -> Path:
         """Write the circuit as JSON (EAP-IG/MIB format); returns the path."""
@@ -264,6 +272,7 @@ class Circuit:
             and [float(x) for x in self.metric_trace] == [float(x) for x in other.metric_trace]
             and self.settings == other.settings
             and self.notes == other.notes
+            and self.interventions == other.interventions
         )
 
 

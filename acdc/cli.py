@@ -896,7 +896,8 @@ def _check_fits(circuit: Any, s: _Setup, args: argparse.Namespace) -> Any:
         if ours.shape() != theirs.shape():
             raise CLIError(f"{args.circuit} is a circuit of {theirs.describe()}, but --model {args.model} is "
                            f"{ours.describe()}; pass the model the circuit was found on")
-        return Circuit(graph, circuit.in_graph, circuit.scores, circuit.metric_trace, circuit.settings, circuit.notes)
+        return Circuit(graph, circuit.in_graph, circuit.scores, circuit.metric_trace, circuit.settings, circuit.notes,
+                       circuit.interventions)
     ours = Graph.from_model(s.model)
     if ours.shape() != theirs.shape():
         raise CLIError(f"{args.circuit} is a circuit of {theirs.describe()}, but --model {args.model} is "

@@ -406,6 +406,10 @@ class Transformer:
         """
         return self._hidden(layer, self.mlp_input(layer, x))
 
+    def mlp_hidden_normed(self, layer: int, ln: Tensor) -> Tensor:
+        """The MLP's hidden activations from its normed input ln [..., d_model] (`mlp_input`'s output) -> [..., d_mlp]."""
+        return self._hidden(layer, ln)
+
     def _hidden(self, layer: int, ln: Tensor) -> Tensor:
         w = self.w
         flat = ln.reshape(-1, ln.shape[-1])
@@ -461,20 +465,27 @@ class Transformer:
         return self.ln(resid_mid, "ln2", layer)
 
     def _walk(self, tokens: Tensor, last: int | None = None, replace: dict[int, Callable[[Tensor], Tensor]] | None = None,
-              patterns: Tensor | None = None) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+              patterns: Tensor | None = None, edit_heads: dict[int, Callable[[Tensor], Tensor]] | None = None,
+              edit_input: Callable[[Tensor], Tensor] | None = None) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
         """A plain forward, layer by layer up to ``last`` (default: all): yields (layer, the MLP's input
         stream, the MLP's output, the stream after the layer), each [batch, pos, d_model]; the MLP of a
         layer in ``replace`` is swapped for ``replace[layer](mlp_input)`` (attention-only: output 0);
-        ``patterns`` [n_layers, n_heads, batch, pos, pos] fixes every head's attention (values live)."""
+        ``patterns`` [n_layers, n_heads, batch, pos, pos] fixes every head's attention (values live);
+        ``edit_heads[layer](outputs [n_heads, batch, pos, d_model])`` edits a layer's head outputs and
+        ``edit_input(embedding)`` the input node's output."""
         a = self.arch
         heads = torch.arange(a.n_heads, device=self.device)
         replace = replace or {}
         resid = self.embed(tokens)
+        if edit_input is not None:
+            resid = edit_input(resid)
         for layer in range(a.n_layers if last is None else last + 1):
             if patterns is None:
                 heads_out = self.attention(layer, heads, resid, resid, resid)
             else:
                 heads_out = self.mix(layer, heads, patterns[layer], self.project(layer, heads, resid, "V"))
+            if edit_heads is not None and layer in edit_heads:
+                heads_out = edit_heads[layer](heads_out)
             attn = heads_out.sum(0) + self.w["b_O"][layer]
             mlp_in = resid if a.parallel_attn_mlp else resid + attn
             fn = replace.get(layer)
@@ -502,6 +513,20 @@ class Transformer:
         ``patterns`` (as `attention_patterns` gives them) fixes every head's attention."""
         last = None
         for last in self._walk(tokens, replace=replace, patterns=patterns):  # noqa: B007 (the stream after the last layer is the answer)
+            pass
+        assert last is not None
+        return self.unembed(last[3])
+
+    @torch.no_grad()
+    def logits_with_edits(self, tokens: Tensor, *, heads: dict[int, Callable[[Tensor], Tensor]] | None = None,
+                          mlps: dict[int, Callable[[Tensor], Tensor]] | None = None,
+                          embedding: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Logits [batch, pos, d_vocab] of a plain forward with components' outputs edited, everything
+        downstream live: ``heads[layer]`` maps the layer's head outputs [n_heads, batch, pos, d_model] to
+        new ones, ``mlps[layer]`` maps the MLP's normed input (`mlp_input`) to its output (`mlp_normed` is
+        the unedited MLP), ``embedding`` maps the input node's output. What interventions run on."""
+        last = None
+        for last in self._walk(tokens, replace=mlps, edit_heads=heads, edit_input=embedding):  # noqa: B007
             pass
         assert last is not None
         return self.unembed(last[3])

@@ -188,6 +188,26 @@ def test_clicking_a_pattern_cell_splits_the_attention_score(driver, mini_ioi):
     assert sum(r[1] for r in rows) == pytest.approx(want["score"], abs=1e-6) == pytest.approx(sum(r[2] for r in rows), abs=1e-6)
 
 
+def test_intervening_on_the_page_runs_the_engine_and_saves_the_list(driver, mini_ioi):
+    entry, _, server, path = mini_ioi
+    _fresh(driver, server)
+    q = int(entry.task.answer_pos[0])
+    for field, text in (("iv-node", "a1.h0"), ("iv-value", "0"), ("iv-positions", str(q))):
+        driver.find_element("id", field).send_keys(text)
+    driver.execute_script("document.getElementById('iv-op').value = 'scale'")
+    driver.find_element("id", "iv-add").click()
+    driver.find_element("id", "iv-run").click()
+    _wait(driver, "return document.getElementById('iv-result').dataset.metric !== undefined && document.body.dataset.busy === '0'")
+    edits = [{"node": "a1.h0", "op": "scale", "value": 0.0, "positions": [q]}]
+    want = server.explorer.intervene(edits, prompt=0)
+    shown = float(driver.find_element("id", "iv-result").get_attribute("data-metric"))
+    assert shown == pytest.approx(want["metric"], abs=1e-9) and want["change"] < -1
+    driver.find_element("id", "iv-save").click()
+    _wait(driver, "return document.getElementById('iv-status').textContent.startsWith('saved')")
+    assert Circuit.from_json(path).interventions == edits
+    server.explorer.save_interventions([])
+
+
 def test_prompt_choice_updates_tokens_and_next_tokens(driver, mini_ioi):
     entry, _, server, _ = mini_ioi
     _fresh(driver, server)

@@ -1,6 +1,6 @@
 """The explorer's local web server: Python's standard library `http.server`, bound to 127.0.0.1.
 
-Why the standard library: the page needs nine JSON routes and one static file; a framework
+Why the standard library: the page needs eleven JSON routes and one static file; a framework
 would add an install-time dependency and a second way to run the engine, and no feature here
 needs one. Requests run one at a time through the engine (a lock; torch runs are not shared
 between threads), so a second click waits for the first instead of racing it; a request's body
@@ -22,6 +22,9 @@ Routes (the README documents them):
     POST /api/why/trace         {"node": "a2.h0", "prompt": 0, "a": ..., "b": ...}: each edge into the node, ablated alone
     POST /api/attend            {"head": "a2.h0", "key": 2, "prompt": 0, "query": 12}: the attention score split over
                                 upstream nodes (through query and key) and each one's ablation's effect on the pattern
+    POST /api/intervene         {"interventions": [{"node": "a1.h0", "op": "scale", "value": 2, "positions": [4]}],
+                                "prompt": 0}: the full model with them: metric, per prompt, next tokens
+    POST /api/interventions     {"interventions": [...]}: kept with the circuit, saved into its JSON
 
 An attribution graph (`AttributionExplorer`, ``acdc explore-graph``) has its own page and routes:
 
@@ -174,6 +177,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return ex.trace(**body)
             if path == "/api/attend":
                 return ex.attend(**body)
+            if path == "/api/intervene":
+                return ex.intervene(**body)
+            if path == "/api/interventions":
+                return ex.save_interventions(body.get("interventions"))
             return ex.save_notes(**body)
 
     def _json_body(self) -> dict[str, Any]:
@@ -247,6 +254,8 @@ _POST_ROUTES = {
     "/api/why": {"prompt", "a", "b", "totals"},
     "/api/why/trace": {"node", "prompt", "a", "b"},
     "/api/attend": {"head", "key", "prompt", "query"},
+    "/api/intervene": {"interventions", "prompt", "k"},
+    "/api/interventions": {"interventions"},
 }
 
 

@@ -20,9 +20,11 @@ from torch import Tensor
 
 from ..api import prepare
 from ..circuit import Circuit, check_notes, write_json
+from ..edits import intervened_logits
 from ..faithfulness_math import Faithfulness
 from ..graph import Graph
 from ..inputs import encode
+from ..interventions import Intervention, check_interventions
 from ..loading import load_model
 from ..metrics import per_prompt
 from ..render import circuit_title, layout
@@ -66,7 +68,7 @@ def view_data(circuit: Circuit) -> dict[str, Any]:
     return {
         "title": circuit_title(circuit, circuit.n_edges),
         "circuit": {"n_edges": circuit.n_edges, "n_graph_edges": g.n_edges, "positions": list(g.positions or []),
-                    "settings": settings, "shape": g.describe()},
+                    "settings": settings, "shape": g.describe(), "interventions": circuit.interventions},
         "layout": lay,
         "nodes": nodes,
         "notes": circuit.notes,
@@ -306,6 +308,36 @@ class Explorer:
             return int(ids[0])
         raise ExplorerError(f"{label} must be a token id or a single-token text, got {x!r}")
 
+    def intervene(self, interventions: Any, prompt: Any = 0, k: Any = TOP_K) -> dict[str, Any]:
+        """The full model with ``interventions`` (`acdc.interventions`: ablate, scale or clamp a node at
+        positions; dicts or `Intervention`) on the clean prompts, everything downstream live: the metric,
+        each prompt's value, the change from the full model's, and ``prompt``'s top ``k`` next tokens
+        with and without them (`acdc.edits.intervened_logits`)."""
+        i, k = self._prompt_index(prompt), _top_k(k)
+        try:
+            items = [Intervention.from_dict(x) for x in interventions] if isinstance(interventions, list) else None
+            if items is None:
+                raise ValueError('"interventions" must be a list of {"node", "op", "value", "positions"}')
+            t0 = time.perf_counter()
+            logits = intervened_logits(self.patcher, items)
+        except ValueError as err:
+            raise ExplorerError(str(err)) from None
+        value = self.metric(logits, self.batch)
+        prompts = per_prompt(self.metric, logits, self.batch)
+        return {"metric": _num(value), "per_prompt": _floats(prompts), "model_metric": _num(self.model_metric),
+                "change": _num(value - self.model_metric), "metric_name": self.metric.name,
+                "interventions": [x.to_dict() for x in items], "prompt": i,
+                "next_tokens": {"model": self._next(self.full_logits, i, k), "intervened": self._next(logits, i, k)},
+                "seconds": time.perf_counter() - t0}
+
+    def save_interventions(self, interventions: Any) -> dict[str, Any]:
+        """Keep ``interventions`` with the circuit and write its JSON back (replay: `intervene(circuit.interventions)`)."""
+        try:
+            self.circuit.interventions = check_interventions(interventions)
+        except ValueError as err:
+            raise ExplorerError(str(err)) from None
+        return {"interventions": self.circuit.interventions, "saved": self._write()}
+
     def save_notes(self, node: Any, label: Any = "", note: Any = "") -> dict[str, Any]:
         """Set a node's label and note (empty strings clear them) and write the circuit JSON back."""
         if not isinstance(node, str):
@@ -316,12 +348,15 @@ class Explorer:
             self.circuit.notes = check_notes(notes, self.graph)
         except ValueError as err:
             raise ExplorerError(str(err)) from None
-        saved = None
-        if self.path is not None:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            write_json(self.circuit.to_dict(), tmp).replace(self.path)
-            saved = str(self.path)
-        return {"notes": self.circuit.notes, "saved": saved}
+        return {"notes": self.circuit.notes, "saved": self._write()}
+
+    def _write(self) -> str | None:
+        """Write the circuit JSON back to its file (atomically); the path, or None without one."""
+        if self.path is None:
+            return None
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        write_json(self.circuit.to_dict(), tmp).replace(self.path)
+        return str(self.path)
 
     # ------------------------------------------------------------------ pieces
     def edge_mask(self, names: Any, field: str) -> Tensor:

@@ -1,0 +1,114 @@
+"""Running interventions (`acdc.interventions`) on a patcher's clean prompts: the engine side.
+
+`intervened_logits(patcher, interventions)` is one plain forward of the patcher's model on its
+clean prompts (`Transformer.logits_with_edits`) with each edited node's output (a neuron's
+activation) replaced at its positions, everything downstream live. Ablation values are the
+patcher's own setting: the corrupt prompts' outputs (resample), their mean over the batch (mean)
+or zero, read off the model's corrupt run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .graph import layer_offset
+from .interventions import Intervention, parse_node
+from .patching import Patcher
+
+__all__ = ["intervened_logits"]
+
+
+@torch.no_grad()
+def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention]) -> Tensor:
+    """Logits [rows, d_vocab] at the patcher's answer rows (as `Patcher.logits`) with ``interventions`` applied."""
+    tf = patcher.tf
+    a = tf.arch
+    clean = patcher.clean_tokens.to(tf.device)
+    B, S = clean.shape
+    items = [Intervention.from_dict(x) for x in interventions]
+    for it in items:
+        kind, layer, index = parse_node(it.node)
+        if kind != "input" and not 0 <= layer < a.n_layers:
+            raise ValueError(f"{it.node}: this model has layers 0-{a.n_layers - 1}")
+        if kind == "head" and not 0 <= index < a.n_heads:
+            raise ValueError(f"{it.node}: layer {layer} has heads 0-{a.n_heads - 1}")
+        if kind in ("mlp", "neuron") and a.attn_only:
+            raise ValueError(f"{it.node}: this model is attention-only")
+        if kind == "neuron" and not 0 <= index < a.d_mlp:
+            raise ValueError(f"{it.node}: MLP {layer} has neurons 0-{a.d_mlp - 1}")
+        if it.positions is not None and max(it.positions) >= S:
+            raise ValueError(f"{it.node}: positions must be below the prompts' length {S}, got {max(it.positions)}")
+    corrupt = tf.run(patcher.corrupt_tokens.to(tf.device)) if any(it.op == "ablate" for it in items) and \
+        patcher.ablation != "zero" else None
+
+    def ablated(x: Tensor) -> Tensor:  # a corrupt-run value [B, S, ...] -> the patcher's ablation value
+        if patcher.ablation == "mean":
+            return x.mean(0, keepdim=True).expand_as(x)
+        return x
+
+    def where(it: Intervention) -> Tensor:  # [S] bool
+        m = torch.zeros(S, dtype=torch.bool, device=tf.device)
+        m[list(it.positions) if it.positions is not None else slice(None)] = True
+        return m
+
+    def edit(x: Tensor, it: Intervention, abl: Callable[[], Tensor]) -> Tensor:  # x [B, S, ...]
+        m = where(it).view(1, S, *([1] * (x.dim() - 2)))
+        if it.op == "ablate":
+            new = torch.zeros_like(x) if patcher.ablation == "zero" else abl().to(x.dtype)
+        elif it.op == "scale":
+            new = x * it.value
+        else:
+            new = torch.full_like(x, it.value)
+        return torch.where(m, new, x)
+
+    heads: dict[int, list[Intervention]] = {}
+    mlps: dict[int, list[Intervention]] = {}
+    neurons: dict[int, list[Intervention]] = {}
+    embedding: list[Intervention] = []
+    for it in items:
+        kind, layer, _ = parse_node(it.node)
+        if kind == "input":
+            embedding.append(it)
+        else:
+            {"head": heads, "mlp": mlps, "neuron": neurons}[kind].setdefault(layer, []).append(it)
+
+    def head_fn(layer: int) -> Callable[[Tensor], Tensor]:
+        def fn(out: Tensor) -> Tensor:  # [n_heads, B, S, d]
+            out = out.clone()
+            for it in heads[layer]:
+                h = parse_node(it.node)[2]
+                src = layer_offset(layer, a.n_heads, not a.attn_only) + h
+                out[h] = edit(out[h], it, lambda src=src: ablated(corrupt.sources[src]))  # type: ignore[union-attr]
+            return out
+        return fn
+
+    def mlp_fn(layer: int) -> Callable[[Tensor], Tensor]:
+        def fn(xn: Tensor) -> Tensor:  # the MLP's normed input -> its output
+            if layer in neurons:
+                hidden = tf.mlp_hidden_normed(layer, xn)
+                for it in neurons[layer]:
+                    i = parse_node(it.node)[2]
+                    hidden[..., i] = edit(hidden[..., i], it, lambda i=i: ablated(
+                        tf.mlp_hidden(layer, corrupt.resid_mid[layer])[..., i]))  # type: ignore[union-attr]
+                out = hidden @ tf.mlp_out_rows(layer) + tf.mlp_bias(layer)
+            else:
+                out = tf.mlp_normed(layer, xn)
+            for it in mlps.get(layer, []):
+                src = layer_offset(layer, a.n_heads) + a.n_heads
+                out = edit(out, it, lambda src=src: ablated(corrupt.sources[src]))  # type: ignore[union-attr]
+            return out
+        return fn
+
+    def embed_fn(x: Tensor) -> Tensor:
+        for it in embedding:
+            x = edit(x, it, lambda: ablated(corrupt.sources[0]))  # type: ignore[union-attr]
+        return x
+
+    logits = tf.logits_with_edits(clean, heads={layer: head_fn(layer) for layer in heads},
+                                  mlps={layer: mlp_fn(layer) for layer in set(mlps) | set(neurons)},
+                                  embedding=embed_fn if embedding else None)
+    rows = logits[torch.arange(B, device=logits.device)[:, None], patcher.answer_pos.to(logits.device)]
+    return rows.reshape(-1, logits.shape[-1])

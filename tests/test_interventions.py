@@ -1,0 +1,147 @@
+"""Interventions (ablate, scale, clamp a node at positions) against TransformerLens hooks doing the same edit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import random_tokens
+
+import acdc
+from acdc.api import prepare
+from acdc.edits import intervened_logits
+from acdc.explorer import Explorer, ExplorerError, start
+from acdc.interventions import Intervention, check_interventions
+from acdc.patching import Patcher
+
+
+@pytest.fixture(scope="module")
+def ioi():
+    entry = acdc.zoo.load("ioi")
+    return entry, acdc.discover(entry.model, entry.task, threshold=0.1, progress=False)
+
+
+def _hooked(model, clean, corrupt, hook: str, edit, answer_pos=None):
+    """Logits at the last position (or ``answer_pos``) with ``edit(value, corrupt_value)`` applied at ``hook``."""
+    model.set_use_attn_result(True)
+    _, cache = model.run_with_cache(corrupt)
+
+    def fn(x, hook):
+        return edit(x, cache[hook.name])
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(clean, fwd_hooks=[(hook, fn)])
+    rows = torch.arange(clean.shape[0])
+    pos = torch.full((clean.shape[0],), clean.shape[1] - 1) if answer_pos is None else answer_pos
+    return logits[rows, pos]
+
+
+def _at(positions, S):
+    m = torch.zeros(S, dtype=torch.bool)
+    m[positions] = True
+    return m
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_head_mlp_neuron_and_input_edits_equal_hooks(gpt2_model, ablation):
+    clean, corrupt = random_tokens(batch=4, pos=6)
+    p = Patcher(gpt2_model, clean, corrupt, ablation=ablation)
+    S = clean.shape[1]
+
+    def value(c):
+        return {"resample": c, "mean": c.mean(0, keepdim=True).expand_as(c), "zero": torch.zeros_like(c)}[ablation]
+
+    pos = [1, 4]
+    m = _at(pos, S)
+    cases = [
+        (Intervention("a1.h2", positions=(1, 4)), "blocks.1.attn.hook_result",
+         lambda x, c: torch.where(m[None, :, None, None] & (torch.arange(4) == 2)[None, None, :, None], value(c), x)),
+        (Intervention("a0.h1", "scale", 3.0), "blocks.0.attn.hook_result",
+         lambda x, c: torch.where((torch.arange(4) == 1)[None, None, :, None], 3 * x, x)),
+        (Intervention("m0", positions=(1, 4)), "blocks.0.hook_mlp_out", lambda x, c: torch.where(m[None, :, None], value(c), x)),
+        (Intervention("m1", "scale", -0.5, (1, 4)), "blocks.1.hook_mlp_out", lambda x, c: torch.where(m[None, :, None], -0.5 * x, x)),
+        (Intervention("m0.n7", "clamp", 4.0, (1, 4)), "blocks.0.mlp.hook_post",
+         lambda x, c: torch.where(m[None, :, None] & (torch.arange(x.shape[-1]) == 7), torch.full_like(x, 4.0), x)),
+        (Intervention("m1.n3", positions=(1, 4)), "blocks.1.mlp.hook_post",
+         lambda x, c: torch.where(m[None, :, None] & (torch.arange(x.shape[-1]) == 3), value(c), x)),
+        (Intervention("input", "scale", 0.5, (1, 4)), "blocks.0.hook_resid_pre", lambda x, c: torch.where(m[None, :, None], 0.5 * x, x)),
+    ]
+    for it, hook, edit in cases:
+        got = intervened_logits(p, [it])
+        want = _hooked(gpt2_model, clean, corrupt, hook, edit)
+        assert torch.allclose(got, want, atol=1e-4), (it, float((got - want).abs().max()))
+        assert not torch.allclose(got, p.clean.logits, atol=1e-3), it  # each edit moves the logits
+    assert torch.allclose(intervened_logits(p, []), p.clean.logits, atol=1e-5)
+
+
+def test_ablating_a_node_everywhere_is_ablating_every_edge_out_of_it(ioi):
+    entry, _ = ioi
+    p, _, _ = prepare(entry.model, entry.task)
+    g = p.graph
+    for node in ("a1.h0", "m0", "input"):
+        got = intervened_logits(p, [Intervention(node)])
+        assert torch.allclose(got, p.logits(g.edges_out_of([node])), atol=1e-4), node
+
+
+def test_edits_compose_and_apply_in_order(gpt2_model):
+    clean, corrupt = random_tokens(batch=3, pos=5)
+    p = Patcher(gpt2_model, clean, corrupt)
+    two = intervened_logits(p, [Intervention("m0.n2", "clamp", 1.0), Intervention("m0.n2", "scale", 3.0)])
+    want = _hooked(gpt2_model, clean, corrupt, "blocks.0.mlp.hook_post",
+                   lambda x, c: torch.where(torch.arange(x.shape[-1]) == 2, torch.full_like(x, 3.0), x))
+    assert torch.allclose(two, want, atol=1e-4)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (("a0.h1", "clamp", 1.0), "clamp sets a neuron"),
+    (("m0.x", "ablate"), "not a node to intervene on"),
+    (("m0", "double"), "op must be"),
+    (("m0", "scale", float("nan")), "finite"),
+    (("m0", "ablate", 0.0, (-1,)), "positions"),
+])
+def test_bad_interventions_say_what_to_pass(args, match):
+    with pytest.raises(ValueError, match=match):
+        Intervention(*args)
+
+
+def test_interventions_outside_the_model_are_refused(gpt2_model):
+    clean, corrupt = random_tokens(batch=2, pos=5)
+    p = Patcher(gpt2_model, clean, corrupt)
+    for it, match in ((Intervention("a9.h0"), "layers 0-"), (Intervention("a0.h9"), "heads 0-3"),
+                      (Intervention("m0.n9999"), "neurons 0-"), (Intervention("m0", positions=(7,)), "below the prompts' length 5")):
+        with pytest.raises(ValueError, match=match):
+            intervened_logits(p, [it])
+
+
+def test_explorer_intervenes_saves_and_replays(ioi, tmp_path):
+    entry, circuit = ioi
+    path = circuit.to_json(tmp_path / "c.json")
+    ex = Explorer(entry.model, entry.task, acdc.Circuit.from_json(path), tokenizer=entry.tokenizer, path=path)
+    edits = [{"node": "a1.h0", "op": "scale", "value": 0.0, "positions": [int(entry.task.answer_pos[0])]}]
+    r = ex.intervene(edits, prompt=0, k=3)
+    logits = intervened_logits(ex.patcher, [Intervention.from_dict(edits[0])])
+    assert r["metric"] == pytest.approx(ex.metric(logits, ex.batch), abs=1e-9) and r["change"] < -1
+    assert [t["id"] for t in r["next_tokens"]["intervened"]["top"]] == logits[0].topk(3).indices.tolist()
+    assert ex.save_interventions(edits)["saved"] == str(path)
+    back = acdc.Circuit.from_json(path)
+    assert back.interventions == check_interventions(edits) and back.notes == circuit.notes
+    replay = Explorer(entry.model, entry.task, back, tokenizer=entry.tokenizer).intervene(back.interventions)
+    assert replay["metric"] == pytest.approx(r["metric"], abs=1e-9)
+    with pytest.raises(ExplorerError, match="must be a list"):
+        ex.intervene({"node": "m0"})
+    with pytest.raises(ExplorerError, match="clamp sets a neuron"):
+        ex.intervene([{"node": "m0", "op": "clamp", "value": 1}])
+    server = start(ex)
+    try:
+        from test_explorer import _request
+
+        status, got = _request(server, "POST", "/api/intervene", {"interventions": edits, "prompt": 0})
+        assert status == 200 and got["metric"] == pytest.approx(r["metric"], abs=1e-9)
+        status, got = _request(server, "POST", "/api/interventions", {"interventions": []})
+        assert status == 200 and json.loads(path.read_text())["acdc"].get("interventions") is None
+        status, got = _request(server, "POST", "/api/intervene", {"interventions": [{"node": "zz"}]})
+        assert status == 400 and "not a node" in got["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
