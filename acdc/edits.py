@@ -16,14 +16,18 @@ from torch import Tensor
 
 from .graph import layer_offset
 from .interventions import Intervention, parse_node
+from .model import ForwardCache
 from .patching import Patcher
 
 __all__ = ["intervened_logits"]
 
 
 @torch.no_grad()
-def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention]) -> Tensor:
-    """Logits [rows, d_vocab] at the patcher's answer rows (as `Patcher.logits`) with ``interventions`` applied."""
+def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], corrupt_run: ForwardCache | None = None) -> Tensor:
+    """Logits [rows, d_vocab] at the patcher's answer rows (as `Patcher.logits`) with ``interventions`` applied.
+
+    ``corrupt_run``: ``patcher.tf.run(patcher.corrupt_tokens)`` computed before (the ablation values'
+    source), so many calls run it once."""
     tf = patcher.tf
     a = tf.arch
     clean = patcher.clean_tokens.to(tf.device)
@@ -41,8 +45,9 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention]) -
             raise ValueError(f"{it.node}: MLP {layer} has neurons 0-{a.d_mlp - 1}")
         if it.positions is not None and max(it.positions) >= S:
             raise ValueError(f"{it.node}: positions must be below the prompts' length {S}, got {max(it.positions)}")
-    corrupt = tf.run(patcher.corrupt_tokens.to(tf.device)) if any(it.op == "ablate" for it in items) and \
-        patcher.ablation != "zero" else None
+    corrupt = None
+    if any(it.op == "ablate" for it in items) and patcher.ablation != "zero":
+        corrupt = corrupt_run if corrupt_run is not None else tf.run(patcher.corrupt_tokens.to(tf.device))
 
     def ablated(x: Tensor) -> Tensor:  # a corrupt-run value [B, S, ...] -> the patcher's ablation value
         if patcher.ablation == "mean":

@@ -6,7 +6,8 @@ IOI (``--prompts`` prompts, seed 0), resample ablation, the explorer opened on t
 circuit of EAP scores (the question does not depend on the circuit). Times `Explorer.why` (every
 node's direct effect, and the total effect of every node: one patched run each on a one-prompt
 patcher, only the layers an ablation changes recomputed) and `Explorer.trace` (each edge into a
-node ablated alone) for the logits, the top node and an early MLP. The first call on a prompt also
+node ablated alone) for the logits, the top node and an early MLP, and `Explorer.intervene` (one forward of
+every prompt with a neuron ablated or clamped, or a head scaled). The first call on a prompt also
 builds its one-prompt patcher (its clean and corrupt runs); the second is timed too. Writes
 results/explorer_why_time.{md,json}.
 """
@@ -47,7 +48,16 @@ def main() -> None:
     for node in ("logits", top, "m2"):
         t, s = timed(lambda node=node: ex.trace(node, 0))
         traces[node] = {"edges": len(t["edges"]), "seconds": round(s, 3), "top": t["edges"][:3]}
-    rows = {"prompts": args.prompts, "threads": args.threads, "graph_edges": ex.graph.n_edges, "nodes": len(why["nodes"]),
+    edits = {"ablate neuron m20.n100 everywhere": [{"node": "m20.n100"}],
+             "clamp neuron m5.n7 to 3 at the last position": [{"node": "m5.n7", "op": "clamp", "value": 3.0,
+                                                               "positions": [int(task.answer_pos[0].max())]}],
+             f"scale head {top} by 0": [{"node": top, "op": "scale", "value": 0.0}]}
+    interventions = {}
+    for label, edit in edits.items():
+        ex.intervene(edit)  # the first call also runs the corrupt prompts once
+        r, s = timed(lambda edit=edit: ex.intervene(edit))
+        interventions[label] = {"seconds": round(s, 3), "change": r["change"]}
+    rows = {"interventions": interventions, "prompts": args.prompts, "threads": args.threads, "graph_edges": ex.graph.n_edges, "nodes": len(why["nodes"]),
             "explorer_setup_s": round(setup_s, 2), "why_first_s": round(first_s, 2), "why_s": round(second_s, 2),
             "direct_only_s": round(direct_s, 3), "a": why["a"], "b": why["b"], "logit_diff": why["logit_diff"],
             "top_nodes": why["nodes"][:8], "traces": traces}
@@ -61,6 +71,8 @@ def main() -> None:
           f"| why: direct effects only (totals=0) | {direct_s:.3f} |"]
     for node, t in traces.items():
         md.append(f"| trace {node}: {t['edges']} edges into it, each ablated alone | {t['seconds']:.2f} |")
+    for label, r in interventions.items():
+        md.append(f"| intervene: {label} (all {args.prompts} prompts; metric change {r['change']:+.3f}) | {r['seconds']:.2f} |")
     md += ["", "Largest direct effects (total effect beside it):", "", "| node | direct | total |", "|---|---:|---:|"]
     md += [f"| {n['name']} | {n['direct']:+.3f} | {n['total']:+.3f} |" for n in why["nodes"][:8]]
     out = ROOT / "experiments" / "results"

@@ -27,6 +27,7 @@ from ..inputs import encode
 from ..interventions import Intervention, check_interventions
 from ..loading import load_model
 from ..metrics import per_prompt
+from ..model import ForwardCache
 from ..render import circuit_title, layout
 from .qk import attention_why
 from .why import WhyAnswers
@@ -109,6 +110,7 @@ class Explorer:
         self.settings = {"ablation": p.ablation, "metric": self.metric.name}
         self._why = WhyAnswers(p)
         self._last: tuple[Tensor, Tensor] | None = None  # the last evaluated mask and its run's X (incremental clicks)
+        self._corrupt_run: ForwardCache | None = None  # the model's corrupt run, for interventions' ablation values
 
     # ------------------------------------------------------------------ requests
     def view(self) -> dict[str, Any]:
@@ -319,7 +321,9 @@ class Explorer:
             if items is None:
                 raise ValueError('"interventions" must be a list of {"node", "op", "value", "positions"}')
             t0 = time.perf_counter()
-            logits = intervened_logits(self.patcher, items)
+            if self._corrupt_run is None and any(x.op == "ablate" for x in items):
+                self._corrupt_run = self.patcher.tf.run(self.patcher.corrupt_tokens.to(self.patcher.tf.device))
+            logits = intervened_logits(self.patcher, items, self._corrupt_run)
         except ValueError as err:
             raise ExplorerError(str(err)) from None
         value = self.metric(logits, self.batch)
