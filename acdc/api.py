@@ -347,10 +347,11 @@ def _acdc_item(state: _ACDCSweep, item: dict[str, Any]) -> dict[str, Any]:
     return _circuit_record(found)
 
 
-def _circuit_record(c: Circuit) -> dict[str, Any]:
+def _circuit_record(c: Circuit, kept_only: bool = False) -> dict[str, Any]:
     """A sweep's compact JSON of a circuit (kept and tested edge indices, scores, trace, settings): the
-    graph stays with the sweep, so a 123,211-edge circuit costs milliseconds, not the seconds of `Circuit.to_dict`."""
-    tested = (~c.scores.isnan()).nonzero().squeeze(1)
+    graph stays with the sweep, so a 123,211-edge circuit costs milliseconds, not the seconds of `Circuit.to_dict`.
+    ``kept_only``: the scores of the kept edges only (a method that scores every edge: the others read back NaN)."""
+    tested = c.in_graph.nonzero().squeeze(1) if kept_only else (~c.scores.isnan()).nonzero().squeeze(1)
     return {"kept": c.in_graph.nonzero().squeeze(1).tolist(), "tested": tested.tolist(), "scores": c.scores[tested].tolist(),
             "metric_trace": [float(x) for x in c.metric_trace], "settings": c.settings}
 

@@ -31,7 +31,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from .algorithms import SEEDED, check_algorithm_options, get_algorithm
-from .api import Inputs, _circuit_from_record, _full_and_empty, _given, _portable, prepare
+from .api import Inputs, _circuit_from_record, _circuit_record, _full_and_empty, _given, _portable, prepare
 from .circuit import Circuit
 from .executors import ExecutorLike, check_executor, resolve_executor, run_sweep
 from .faithfulness_math import MIB_FRACTIONS, FaithfulnessCurve
@@ -293,7 +293,4 @@ def _compare_item(state: _CompareState, item: dict[str, Any]) -> dict[str, Any]:
         sizes = [max(1, min(g.n_edges, math.ceil(f * g.n_edges))) for f in MIB_FRACTIONS]
         curve = FaithfulnessCurve.from_values(list(MIB_FRACTIONS), [held.normalized(scores.top(k)) for k in sizes])
         row["cpr"], row["cmd"] = curve.cpr, curve.cmd
-    kept = circuit.in_graph.nonzero().squeeze(1)
-    record = {"kept": kept.tolist(), "tested": kept.tolist(), "scores": circuit.scores[kept].double().tolist(),
-              "metric_trace": [float(x) for x in circuit.metric_trace], "settings": circuit.settings}
-    return {"row": row, "circuit": record}
+    return {"row": row, "circuit": _circuit_record(circuit, kept_only=True)}

@@ -44,7 +44,7 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     srcs = sorted({int(s) for s in g.edge_src[(g.edge_dst == q_row) | (g.edge_dst == k_row)].tolist()})
     names = [g.sources[s].name for s in srcs]
     outs = patcher.clean_outputs[srcs, i].double()  # [n, S, d]
-    x = tf.run(patcher.clean_tokens[i : i + 1]).resid_pre[layer][0].double()  # [S, d] the head's input
+    x = patcher.clean.resid_pre[layer][i].double()  # [S, d] the head's input on the clean run (the patcher's own)
     parts = torch.cat([outs, (x - outs.sum(0))[None]])  # the nodes, then the biases of no node
 
     heads = torch.tensor([h], device=tf.device)
@@ -76,9 +76,6 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     # the ablations: H's pattern row at ``query`` with one edge into its query (or key) swapped, norms live
     xs = x.to(tf.dtype)
     abl = patcher.ablation_values
-    row = tf.pattern(tf.project(layer, heads, xs[None, query : query + 1], "Q"), tf.project(layer, heads, xs[None], "K"),
-                     torch.tensor([[query]], device=tf.device))[0, 0, 0]  # [S]
-
     def swapped(s: int, where: slice) -> Tensor:
         a = torch.zeros_like(xs[where]) if abl is None else abl[s, min(i, abl.shape[1] - 1), where]
         return xs[where] - patcher.clean_outputs[s, i, where] + a
@@ -86,6 +83,7 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     q_pos = torch.tensor([[query]], device=tf.device)
     k_full_m = tf.project(layer, heads, xs[None], "K")
     q_full_m = tf.project(layer, heads, xs[None, query : query + 1], "Q")
+    row = tf.pattern(q_full_m, k_full_m, q_pos)[0, 0, 0]  # [S] the unedited pattern row
     abl_q, abl_k = [], []
     for s in srcs:
         pq = tf.pattern(tf.project(layer, heads, swapped(s, slice(query, query + 1))[None], "Q"), k_full_m, q_pos)[0, 0, 0]
