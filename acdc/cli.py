@@ -406,8 +406,6 @@ def _transcoders_train(args: argparse.Namespace) -> int:
             info = ts.info
             print(f"acdc transcoders train: {ts!r}: {info['tokens']:,} tokens, {info['tokens_per_second']:,.0f} tokens/s; "
                   f"saved to {args.out}")
-        if dist is not None:  # every rank reaches teardown together: gloo aborts a rank torn down while rank 0 saves
-            dist.barrier()
     finally:
         if dist is not None:
             dist.destroy_process_group()
