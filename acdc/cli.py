@@ -395,7 +395,12 @@ def _transcoders_train(args: argparse.Namespace) -> int:
     if "RANK" in os.environ:  # under torchrun: join the process group
         import torch
         import torch.distributed as dist
+        import torch.distributed.nn  # noqa: F401  before the group exists, see below
 
+        # torch.distributed.nn's functions take `group=group.WORLD` as a default, evaluated at import: imported
+        # after init_process_group (transformers imports it while the model is built) they keep the group, so
+        # destroy_process_group cannot free it and gloo's worker threads outlive the interpreter; one dropping
+        # a collective's tensors during shutdown aborts the process ("terminate called without an active exception").
         dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
     try:
         model, corpus, _ = _model_and_corpus(args, options.seed)

@@ -1,4 +1,5 @@
-"""Data-parallel training under torchrun (two CPU processes, gloo) equals one process with the same global batch."""
+"""Data-parallel training under torchrun (two CPU processes, gloo) equals one process with the same global batch,
+and the process group is really gone when the command returns."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _run(tmp_path, nproc: int, name: str):
     if nproc == 1:
         cmd = [sys.executable, "-m", "acdc", *ARGS, "--out", str(out)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29517",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),  # a free port
                "-m", "acdc", *ARGS, "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -38,3 +39,31 @@ def test_two_processes_equal_one(tmp_path):
             assert torch.allclose(p, q, atol=1e-4 * scale, rtol=1e-4), (layer, name, float((p - q).abs().max()))
     assert one.info["tokens"] == two.info["tokens"] == 6000
     assert not torch.allclose(one[0].W_enc, one[1].W_enc)  # the layers really trained apart
+
+
+# One rank, in a fresh interpreter, the way torchrun starts each worker: after `acdc transcoders train` returns,
+# no gloo worker thread may be left. Left alive (a module imported after init_process_group kept the group:
+# torch.distributed.nn's `group=group.WORLD` defaults, pulled in by transformers when the zoo model is built),
+# a thread dropping its last collective's tensors after interpreter shutdown began took the GIL and aborted
+# the process ("terminate called without an active exception"), about one 2-rank run in 30.
+_THREADS_LEFT = """
+import os, socket, sys
+from acdc.cli import main
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+assert main(sys.argv[1:]) == 0
+print(sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names from /proc")
+def test_process_group_torn_down(tmp_path):
+    args = [*ARGS, "--tokens", "400", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", _THREADS_LEFT, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    threads = done.stdout.strip().splitlines()[-1]
+    assert "gloo" not in threads, threads  # pt_gloo_runloop / gloo_tcp_loop
+    assert acdc.load_transcoders(tmp_path / "out").info["tokens"] == 400

@@ -31,7 +31,10 @@ CPUs), each process runs the model on its share of every batch of sequences, the
 are gathered so that every process holds the same buffer, each trains on its share of every
 minibatch with the whole minibatch's normalisation, and the gradients are summed: the same run
 as one process with the same global batch, up to float rounding (`tests/test_transcoders_ddp.py`).
-``python -m acdc.transcoders.ddp`` is the launcher's entry point.
+``torchrun --nproc_per_node N -m acdc transcoders train ...`` runs it. From Python, import
+``torch.distributed.nn`` before ``init_process_group``: imported later (transformers does), its
+``group=group.WORLD`` defaults keep the group alive past ``destroy_process_group``, and gloo's threads
+can then abort the process at exit.
 """
 
 from __future__ import annotations
