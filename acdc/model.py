@@ -497,6 +497,15 @@ class Transformer:
             yield layer, mlp_in, m, resid
 
     @torch.no_grad()
+    def residuals(self, tokens: Tensor, last: int | None = None) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+        """A plain forward up to layer ``last`` (default: all), layer by layer: yields (layer, the stream
+        before it, the MLP's input stream, the MLP's output), each [batch, pos, d_model]; nothing is kept."""
+        before = self.embed(tokens)
+        for layer, mlp_in, m, resid in self._walk(tokens, last):
+            yield layer, before, mlp_in, m
+            before = resid
+
+    @torch.no_grad()
     def mlp_io(self, tokens: Tensor, layers: list[int]) -> dict[int, tuple[Tensor, Tensor]]:
         """For each of ``layers``: (MLP input after the norm, MLP output), each [batch, pos, d_model],
         from one forward that stops after the last of them (nothing else is kept)."""

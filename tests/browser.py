@@ -79,3 +79,12 @@ def click_at(driver: Any, x: float, y: float) -> None:
     actions = ActionBuilder(driver)
     actions.pointer_action.move_to_location(int(x), int(y)).click()
     actions.perform()
+
+
+def run_intervention(driver: Any, node: str, op: str, value: str, positions: str) -> None:
+    """Fill the explorer's intervene form with one edit, add it and press run (the result comes back later)."""
+    for field, text in (("iv-node", node), ("iv-value", value), ("iv-positions", positions)):
+        driver.find_element("id", field).send_keys(text)
+    driver.execute_script(f"document.getElementById('iv-op').value = {op!r}")
+    driver.find_element("id", "iv-add").click()
+    driver.find_element("id", "iv-run").click()

@@ -180,6 +180,78 @@ def test_head_attention_and_direct_effect(ioi, explorer):
     assert d["prompt_logit_change"]["incorrect"] == pytest.approx(float(patched[3, i] - p.clean.logits[3, i]), abs=1e-5)
 
 
+def test_fire_scans_the_task_prompts_up_to_their_last_scored_token(ioi, explorer, server):
+    """What makes a2.h0 fire, over the clean and corrupt prompts: the activation is the norm of the head's
+    hooked output at every position up to each prompt's last scored token, and nothing past it counts."""
+    entry, _ = ioi
+    r = explorer.fire("a2.h0", top=5)
+    task, n = entry.task, entry.task.clean.shape[0]
+    last = torch.as_tensor(task.answer_pos).reshape(n, -1).max(1).values
+    mask = torch.arange(task.clean.shape[1])[None, :] <= last[:, None]
+    entry.model.set_use_attn_result(True)
+    values = []
+    for tokens in (task.clean, task.corrupt):
+        _, cache = entry.model.run_with_cache(tokens)
+        values.append(cache["blocks.2.attn.hook_result"][:, :, 0].norm(dim=-1)[mask])
+    values = torch.cat(values)
+    assert r["positions"] == values.numel() == 2 * int((last + 1).sum())
+    assert r["mean"] == pytest.approx(float(values.mean()), rel=1e-5)
+    assert r["maximum"] == pytest.approx(float(values.max()), rel=1e-5)
+    assert sum(r["histogram"]["counts"]) == values.numel() and len(r["contexts"]) == 5
+    for c in r["contexts"]:
+        side, i = ("clean", c["sequence"]) if c["sequence"] < n else ("corrupt", c["sequence"] - n)
+        assert c["source"] == f"{side} {i}" and c["key"] <= c["position"] <= int(last[i])
+        assert c["token"] == entry.tokenizer.decode([int(getattr(task, side)[i, c["position"]])])
+    assert explorer.fire("a2.h0", top=5) is r  # kept: a second ask runs nothing
+    status, got = _request(server, "POST", "/api/fire", {"node": "m1", "top": 3})
+    assert status == 200 and got["node"] == "m1" and got["positions"] == r["positions"] and len(got["contexts"]) == 3
+    status, err = _request(server, "POST", "/api/fire", {"node": "logits"})
+    assert status == 400 and "no activation to scan" in err["error"]
+    status, err = _request(server, "POST", "/api/fire", {"node": "m1", "layer": 2})
+    assert status == 400 and "unknown field 'layer'" in err["error"]
+
+
+def test_fire_over_a_corpus_given(ioi):
+    entry, circuit = ioi
+    corpus = entry.task.clean[:3, :5]
+    ex = Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer, corpus=corpus)
+    r = ex.fire("m0", top=2)
+    assert r["positions"] == 15 and r["corpus"] == "the corpus given (3 sequences)"
+    assert all(c["source"] == f"corpus {c['sequence']}" for c in r["contexts"])
+    with pytest.raises(ValueError, match="token ids"):
+        Explorer(entry.model, entry.task, circuit, corpus=corpus.float())
+
+
+def test_fire_on_a_feature_of_a_feature_circuit():
+    """In a feature graph, a feature's activation is its transcoder's on the MLP's normed input (read here
+    from the Hugging Face module); the error node has none to scan."""
+    chain = acdc.zoo.load("feature-chain")
+    c = acdc.discover(chain.model, chain.task, threshold=0.01, graph=chain.graph, progress=False)
+    ex = Explorer(chain.model, chain.task, c, tokenizer=chain.tokenizer)
+    name = next(n for n in (s.name for s in ex.graph.sources) if ".f" in n)
+    layer, index = int(name[1 : name.index(".")]), int(name.split(".f")[1])
+    r = ex.fire(name, top=3)
+    assert r["kind"] == "feature" and r["active"] is not None
+    got = {}
+    hf = chain.model.original_model
+    handle = hf.transformer.h[layer].ln_2.register_forward_hook(lambda m, i, o: got.__setitem__("xn", o))
+    try:
+        with torch.no_grad():
+            for tokens in (chain.task.clean, chain.task.corrupt):
+                hf(tokens)
+                acts = chain.graph.transcoders[layer].encode(got["xn"])[..., index]
+                got.setdefault("acts", []).append(acts)
+    finally:
+        handle.remove()
+    n = chain.task.clean.shape[0]
+    for ctx in r["contexts"]:
+        side, i = divmod(ctx["sequence"], n)
+        assert ctx["value"] == pytest.approx(float(got["acts"][side][i, ctx["position"]]), abs=1e-5)
+    err = next(s.name for s in ex.graph.sources if s.name.endswith(".err"))
+    with pytest.raises(ExplorerError, match="no activation to scan"):
+        ex.fire(err)
+
+
 def test_node_effects_remove_each_nodes_output(ioi, explorer):
     entry, circuit = ioi
     r = explorer.node_effects(circuit.edges)
@@ -428,6 +500,9 @@ def test_cli_export_html_and_explore_errors(ioi, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "other.json is a circuit of a 2-layer model with 4 heads per layer, but --model zoo:ioi is a 3-layer" in err
     assert "pass the model the circuit was found on" in err and "Graph.from_model" not in err and len(err.splitlines()) == 1
+    assert main(["explore", str(path), "--model", "zoo:ioi", "--corpus", "sotu", "--no-browser"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("acdc explore: error: --corpus sotu: a text corpus needs a Hugging Face tokenizer") and "\n" not in err
 
 
 def test_cli_explore_serves_until_stopped(ioi, tmp_path):

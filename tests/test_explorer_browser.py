@@ -8,13 +8,14 @@ one line; with ``ACDC_REQUIRE_BROWSER=1`` (CI sets it) they fail instead.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from browser import chromium, click_at, click_edge, missing
+from browser import chromium, click_at, click_edge, missing, run_intervention
 
 import acdc
 from acdc.api import prepare
@@ -170,6 +171,23 @@ def test_a_heads_attention_view_and_direct_effect(driver, mini_ioi):
     assert _settled(driver, 1) == pytest.approx(_engine_metric(entry, mini_ioi[1].edges), abs=1e-9)  # inspecting ablates nothing
 
 
+def test_what_makes_a_head_fire_on_the_page(driver, mini_ioi):
+    """The scan's contexts, histogram and promoted tokens on the page are the engine's (`Explorer.fire`,
+    checked against the hooked forward in test_explorer and test_firing)."""
+    entry, _, server, _ = mini_ioi
+    _inspect(driver, server, "a2.h0")
+    driver.find_element("id", "fire-go").click()
+    _wait(driver, "return document.querySelectorAll('#fire-contexts tr[data-value]').length > 0")
+    want = server.explorer.fire("a2.h0")
+    values = driver.execute_script("return [...document.querySelectorAll('#fire-contexts tr[data-value]')].map(r => Number(r.dataset.value))")
+    assert values == pytest.approx([c["value"] for c in want["contexts"]], abs=1e-9)
+    counts = driver.execute_script("return [...document.querySelectorAll('#fire-histogram rect.bar')].map(r => Number(r.dataset.count))")
+    assert counts == want["histogram"]["counts"]
+    promotes = driver.find_element("id", "fire-promotes").text
+    assert promotes.startswith("promotes: " + json.dumps(want["promotes"][0][0]))
+    assert f"q {want['contexts'][0]['position']}" in driver.find_element("id", "fire-contexts").text
+
+
 def test_clicking_a_pattern_cell_splits_the_attention_score(driver, mini_ioi):
     """Why a2.h0 attends to a token: the split the page shows is the engine's (checked against the hooked
     forward in test_explorer_why), and each column sums to the score."""
@@ -192,11 +210,7 @@ def test_intervening_on_the_page_runs_the_engine_and_saves_the_list(driver, mini
     entry, _, server, path = mini_ioi
     _fresh(driver, server)
     q = int(entry.task.answer_pos[0])
-    for field, text in (("iv-node", "a1.h0"), ("iv-value", "0"), ("iv-positions", str(q))):
-        driver.find_element("id", field).send_keys(text)
-    driver.execute_script("document.getElementById('iv-op').value = 'scale'")
-    driver.find_element("id", "iv-add").click()
-    driver.find_element("id", "iv-run").click()
+    run_intervention(driver, "a1.h0", "scale", "0", str(q))
     _wait(driver, "return document.getElementById('iv-result').dataset.metric !== undefined && document.body.dataset.busy === '0'")
     edits = [{"node": "a1.h0", "op": "scale", "value": 0.0, "positions": [q]}]
     want = server.explorer.intervene(edits, prompt=0)

@@ -1,6 +1,6 @@
 """The explorer's local web server: Python's standard library `http.server`, bound to 127.0.0.1.
 
-Why the standard library: the page needs eleven JSON routes and one static file; a framework
+Why the standard library: the page needs a dozen JSON routes and one static file; a framework
 would add an install-time dependency and a second way to run the engine, and no feature here
 needs one. Requests run one at a time through the engine (a lock; torch runs are not shared
 between threads), so a second click waits for the first instead of racing it; a request's body
@@ -25,6 +25,8 @@ Routes (the README documents them):
     POST /api/intervene         {"interventions": [{"node": "a1.h0", "op": "scale", "value": 2, "positions": [4]}],
                                 "prompt": 0}: the full model with them: metric, per prompt, next tokens
     POST /api/interventions     {"interventions": [...]}: kept with the circuit, saved into its JSON
+    POST /api/fire              {"node": "a2.h0", "top": 10}: what makes a head, MLP, neuron or feature fire over
+                                the corpus: statistics, histogram, top contexts, promoted and suppressed tokens
 
 An attribution graph (`AttributionExplorer`, ``acdc explore-graph``) has its own page and routes:
 
@@ -181,6 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return ex.intervene(**body)
             if path == "/api/interventions":
                 return ex.save_interventions(body.get("interventions"))
+            if path == "/api/fire":
+                return ex.fire(**body)
             return ex.save_notes(**body)
 
     def _json_body(self) -> dict[str, Any]:
@@ -256,6 +260,7 @@ _POST_ROUTES = {
     "/api/attend": {"head", "key", "prompt", "query"},
     "/api/intervene": {"interventions", "prompt", "k"},
     "/api/interventions": {"interventions"},
+    "/api/fire": {"node", "top"},
 }
 
 

@@ -22,6 +22,7 @@ from ..api import prepare
 from ..circuit import Circuit, check_notes, write_json
 from ..edits import intervened_logits
 from ..faithfulness_math import Faithfulness
+from ..firing import component_activity
 from ..graph import Graph
 from ..inputs import encode
 from ..interventions import Intervention, check_interventions
@@ -29,6 +30,7 @@ from ..loading import load_model
 from ..metrics import per_prompt
 from ..model import ForwardCache
 from ..render import circuit_title, layout
+from ..transcoders import TranscoderSet
 from .qk import attention_why
 from .why import WhyAnswers
 
@@ -87,10 +89,17 @@ class Explorer:
         metric: default the task's.
         tokenizer: decodes token ids for display (default the model's; zoo entries bring their own).
         path: the circuit's JSON file, where `save_notes` writes labels and notes (None: not saved).
+        corpus: [n, pos] token ids that `fire` scans for what makes a component fire (default: the
+            task's clean and corrupt prompts, each up to its last scored token).
     """
 
     def __init__(self, model: Any, task: Any, circuit: Circuit, *, ablation: str | None = None,
-                 metric: str | None = None, tokenizer: Any = None, path: str | Path | None = None):
+                 metric: str | None = None, tokenizer: Any = None, path: str | Path | None = None,
+                 corpus: Tensor | None = None):
+        if corpus is not None and (not isinstance(corpus, Tensor) or corpus.dim() != 2 or corpus.is_floating_point()):
+            raise ValueError("corpus must be a [n, pos] tensor of token ids")
+        self.corpus = corpus
+        self._fired: dict[tuple[str, int], dict[str, Any]] = {}
         self.circuit = circuit
         self.path = None if path is None else Path(path)
         ablation = ablation or str(circuit.settings.get("ablation") or "resample")
@@ -282,6 +291,39 @@ class Explorer:
             raise ExplorerError(str(err)) from None
         toks = self.patcher.clean_tokens[i]
         return {**out, "query_token": self.decode(int(toks[q])), "key_token": self.decode(int(toks[key]))}
+
+    def fire(self, node: Any, top: Any = TOP_K) -> dict[str, Any]:
+        """What makes ``node`` (a head ``a1.h2``, an MLP ``m3``, a neuron ``m3.n17`` or, in a feature graph,
+        a feature ``m3.f17``) fire over the corpus: its activation's statistics and histogram, its top
+        contexts (a head's: query-key pairs) and the tokens it promotes and suppresses
+        (`acdc.firing.component_activity`). Each context names its sequence (``clean 3``, ``corrupt 3``,
+        ``corpus 3``). Kept per node: a second ask costs nothing."""
+        k = _top_k(top)
+        key = (str(node), k)
+        if key not in self._fired:
+            t0 = time.perf_counter()
+            p = self.patcher
+            if self.corpus is None:
+                tokens = torch.cat([p.clean_tokens, p.corrupt_tokens]).cpu()
+                last = p.answer_pos.max(1).values.cpu().repeat(2)
+                mask = torch.arange(tokens.shape[1])[None, :] <= last[:, None]
+                names = [f"clean {i}" for i in range(self.n_prompts)] + [f"corrupt {i}" for i in range(self.n_prompts)]
+            else:
+                tokens, mask, names = self.corpus, None, [f"corpus {i}" for i in range(self.corpus.shape[0])]
+            ts = self.graph.transcoders if isinstance(self.graph.transcoders, TranscoderSet) else None
+            try:
+                (act,) = component_activity(p.tf, [node], tokens, mask=mask, transcoders=ts,
+                                            top=k, tokenizer=self.tokenizer)
+            except ValueError as err:
+                raise ExplorerError(str(err)) from None
+            out = act.to_dict()
+            for c in out["contexts"]:
+                c["source"] = names[c["sequence"]]
+            out["corpus"] = ("the task's clean and corrupt prompts" if self.corpus is None else "the corpus given") + \
+                f" ({tokens.shape[0]} sequences)"
+            out["seconds"] = time.perf_counter() - t0
+            self._fired[key] = out
+        return self._fired[key]
 
     def _pair(self, i: int, a: Any, b: Any) -> tuple[int, int]:
         answers = self._answers(i)

@@ -151,6 +151,10 @@ def text_stream(source: str | Path | Iterable[str], tokenizer: Any, context: int
     """A `TextStream` of a text source tokenized with ``tokenizer`` (a Hugging Face tokenizer)."""
     if tokenizer is None:
         raise ValueError("a text corpus needs the model's tokenizer, and this model has none; pass token ids instead")
+    if not callable(tokenizer):  # a Hugging Face tokenizer is called on text
+        raise ValueError(f"a text corpus needs a Hugging Face tokenizer; this model's ({type(tokenizer).__name__}) is not one, "
+                         "so pass token ids instead")
+    tokenize: Any = tokenizer
     docs, name = _documents(source)
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
@@ -159,5 +163,5 @@ def text_stream(source: str | Path | Iterable[str], tokenizer: Any, context: int
     for d in docs:
         if bos is not None:
             ids.append(int(bos))
-        ids += list(tokenizer(d, add_special_tokens=False)["input_ids"])
+        ids += list(tokenize(d, add_special_tokens=False)["input_ids"])
     return TextStream(torch.tensor(ids, dtype=torch.long), context, seed, name)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..executors import ExecutorLike, check_executor, resolve_executor, run_sweep
+from ..inputs import token_texts
 from ..model import Transformer
 from .corpus import TokenStream
 from .transcoder import TranscoderSet
@@ -54,12 +55,6 @@ class FeatureInfo:
     @property
     def name(self) -> str:
         return f"m{self.layer}.f{self.feature}"
-
-
-def _text(tokenizer: Any, ids: list[int]) -> list[str]:
-    if tokenizer is None:
-        return [str(i) for i in ids]
-    return [tokenizer.decode([i]) for i in ids]
 
 
 @torch.no_grad()
@@ -123,14 +118,14 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
         pre = (tf.mlp_input(lay, w_e.to(tf.dtype)).float() @ tc.W_enc[:, f].float().to(w_e.device) + tc.b_enc[f].float()).cpu()
         exc = pre.topk(top)
         best = sorted((tuple(c) for p in pieces for c in p["best"][j]), key=lambda c: (c[0], c[1], c[2]), reverse=True)[:top]
-        contexts = [{"sequence": seq, "position": pos, "activation": round(v, 4), "before": _text(tokenizer, before),
-                     "token": _text(tokenizer, [tok])[0], "after": _text(tokenizer, after)}
+        contexts = [{"sequence": seq, "position": pos, "activation": round(v, 4), "before": token_texts(tokenizer, before),
+                     "token": token_texts(tokenizer, [tok])[0], "after": token_texts(tokenizer, after)}
                     for v, seq, pos, before, tok, after in best]
         out.append(FeatureInfo(
             lay, f, float(active[j] / max(n_tokens, 1)), float(peak[j]), contexts,
-            list(zip(_text(tokenizer, up.indices.tolist()), [round(v, 3) for v in up.values.tolist()], strict=True)),
-            list(zip(_text(tokenizer, down.indices.tolist()), [round(-v, 3) for v in down.values.tolist()], strict=True)),
-            list(zip(_text(tokenizer, exc.indices.tolist()), [round(v, 3) for v in exc.values.tolist()], strict=True)),
+            list(zip(token_texts(tokenizer, up.indices.tolist()), [round(v, 3) for v in up.values.tolist()], strict=True)),
+            list(zip(token_texts(tokenizer, down.indices.tolist()), [round(-v, 3) for v in down.values.tolist()], strict=True)),
+            list(zip(token_texts(tokenizer, exc.indices.tolist()), [round(v, 3) for v in exc.values.tolist()], strict=True)),
         ))
     return out
 
