@@ -1,10 +1,15 @@
 """Running interventions (`acdc.interventions`) on a patcher's clean prompts: the engine side.
 
 `intervened_logits(patcher, interventions)` is one plain forward of the patcher's model on its
-clean prompts (`Transformer.logits_with_edits`) with each edited node's output (a neuron's
-activation) replaced at its positions, everything downstream live. Ablation values are the
-patcher's own setting: the corrupt prompts' outputs (resample), their mean over the batch (mean)
+clean prompts (`Transformer.logits_with_edits`) with each edited node's output (a neuron's or a
+feature's activation) replaced at its positions, everything downstream live. Ablation values are
+the patcher's own setting: the corrupt prompts' outputs (resample), their mean over the batch (mean)
 or zero, read off the model's corrupt run.
+
+A transcoder feature ``m{L}.f{i}`` (the patcher's graph must be a feature graph with a transcoder
+for layer L) is edited as the feature graph splits the MLP: its output is the features' decoded
+activations plus the error node, the error recomputed from the MLP's live input. So with no edit
+the MLP is exact, and an edit of feature i adds ``(a_i' - a_i) W_dec[i]`` to the MLP's output.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from .graph import layer_offset
 from .interventions import Intervention, parse_node
 from .model import ForwardCache
 from .patching import Patcher
+from .transcoders import TranscoderSet
 
 __all__ = ["intervened_logits"]
 
@@ -30,6 +36,8 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
     source), so many calls run it once."""
     tf = patcher.tf
     a = tf.arch
+    ts = patcher.graph.transcoders
+    transcoders = {layer: ts[layer] for layer in ts.layers} if isinstance(ts, TranscoderSet) else {}
     clean = patcher.clean_tokens.to(tf.device)
     B, S = clean.shape
     items = [Intervention.from_dict(x) for x in interventions]
@@ -43,6 +51,12 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
             raise ValueError(f"{it.node}: this model is attention-only")
         if kind == "neuron" and not 0 <= index < a.d_mlp:
             raise ValueError(f"{it.node}: MLP {layer} has neurons 0-{a.d_mlp - 1}")
+        if kind == "feature":
+            if layer not in transcoders:
+                raise ValueError(f"{it.node}: a feature needs a feature graph with a transcoder for layer {layer} "
+                                 "(Graph.from_model(model, transcoders=ts))")
+            if not 0 <= index < transcoders[layer].n_features:
+                raise ValueError(f"{it.node}: layer {layer}'s transcoder has features 0-{transcoders[layer].n_features - 1}")
         if it.positions is not None and max(it.positions) >= S:
             raise ValueError(f"{it.node}: positions must be below the prompts' length {S}, got {max(it.positions)}")
     corrupt = None
@@ -72,13 +86,14 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
     heads: dict[int, list[Intervention]] = {}
     mlps: dict[int, list[Intervention]] = {}
     neurons: dict[int, list[Intervention]] = {}
+    features: dict[int, list[Intervention]] = {}
     embedding: list[Intervention] = []
     for it in items:
         kind, layer, _ = parse_node(it.node)
         if kind == "input":
             embedding.append(it)
         else:
-            {"head": heads, "mlp": mlps, "neuron": neurons}[kind].setdefault(layer, []).append(it)
+            {"head": heads, "mlp": mlps, "neuron": neurons, "feature": features}[kind].setdefault(layer, []).append(it)
 
     def head_fn(layer: int) -> Callable[[Tensor], Tensor]:
         def fn(out: Tensor) -> Tensor:  # [n_heads, B, S, d]
@@ -101,6 +116,15 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
                 out = hidden @ tf.mlp_out_rows(layer) + tf.mlp_bias(layer)
             else:
                 out = tf.mlp_normed(layer, xn)
+            if layer in features:  # the features' decoded change; the error node (MLP - reconstruction) stays as it is
+                tc = transcoders[layer]
+                acts = tc.encode(xn.to(tc.W_enc.dtype))
+                new = acts.clone()
+                for it in features[layer]:
+                    i = parse_node(it.node)[2]
+                    new[..., i] = edit(acts[..., i], it, lambda i=i, tc=tc: ablated(
+                        tc.encode(tf.mlp_input(layer, corrupt.resid_mid[layer]).to(tc.W_enc.dtype))[..., i]))  # type: ignore[union-attr]
+                out = out + ((new - acts) @ tc.W_dec).to(out.dtype)
             for it in mlps.get(layer, []):
                 src = layer_offset(layer, a.n_heads) + a.n_heads
                 out = edit(out, it, lambda src=src: ablated(corrupt.sources[src]))  # type: ignore[union-attr]
@@ -113,7 +137,7 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
         return x
 
     logits = tf.logits_with_edits(clean, heads={layer: head_fn(layer) for layer in heads},
-                                  mlps={layer: mlp_fn(layer) for layer in set(mlps) | set(neurons)},
+                                  mlps={layer: mlp_fn(layer) for layer in set(mlps) | set(neurons) | set(features)},
                                   embedding=embed_fn if embedding else None)
     rows = logits[torch.arange(B, device=logits.device)[:, None], patcher.answer_pos.to(logits.device)]
     return rows.reshape(-1, logits.shape[-1])

@@ -1,12 +1,13 @@
 """Interventions on a model's nodes: what to do to which node at which token positions (data only).
 
-An `Intervention` names a node (``input``, a head ``a1.h2``, an MLP ``m3`` or one of its neurons
-``m3.n17``), an operation and the token positions it acts at (None: every position):
+An `Intervention` names a node (``input``, a head ``a1.h2``, an MLP ``m3``, one of its neurons
+``m3.n17`` or, on a feature graph, a transcoder feature ``m3.f17``), an operation and the token
+positions it acts at (None: every position):
 
-- ``ablate``: the node's output (a neuron's activation) takes its ablation value (resample: the
-  corrupt prompt's; mean: its mean over the corrupt prompts; zero);
+- ``ablate``: the node's output (a neuron's or feature's activation) takes its ablation value
+  (resample: the corrupt prompt's; mean: its mean over the corrupt prompts; zero);
 - ``scale``: its output (activation) is multiplied by ``value``, live (whatever upstream did to it);
-- ``clamp``: a neuron's activation is set to ``value``.
+- ``clamp``: a neuron's or feature's activation is set to ``value``.
 
 Everything downstream of an edit runs live. A circuit JSON keeps a list of them
 (`Circuit.interventions`) so a session in the explorer can be replayed from Python
@@ -23,21 +24,25 @@ from typing import Any
 __all__ = ["OPS", "Intervention", "check_interventions", "parse_node"]
 
 OPS = ("ablate", "scale", "clamp")
-_NODE = re.compile(r"^(?:input|a(\d+)\.h(\d+)|m(\d+)|m(\d+)\.n(\d+))$")
+_NODE = re.compile(r"^(?:input|a(\d+)\.h(\d+)|m(\d+)|m(\d+)\.n(\d+)|m(\d+)\.f(\d+))$")
 
 
 def parse_node(name: str) -> tuple[str, int, int]:
-    """(kind, layer, index) of a node name: ("input", -1, -1), ("head", L, H), ("mlp", L, -1), ("neuron", L, i)."""
+    """(kind, layer, index) of a node name: ("input", -1, -1), ("head", L, H), ("mlp", L, -1), ("neuron", L, i),
+    ("feature", L, i)."""
     m = _NODE.match(name) if isinstance(name, str) else None
     if m is None:
-        raise ValueError(f"{name!r} is not a node to intervene on; use input, a head (a1.h2), an MLP (m3) or a neuron (m3.n17)")
+        raise ValueError(f"{name!r} is not a node to intervene on; use input, a head (a1.h2), an MLP (m3), a neuron (m3.n17) "
+                         "or a transcoder feature (m3.f17)")
     if name == "input":
         return "input", -1, -1
     if m.group(1) is not None:
         return "head", int(m.group(1)), int(m.group(2))
     if m.group(3) is not None:
         return "mlp", int(m.group(3)), -1
-    return "neuron", int(m.group(4)), int(m.group(5))
+    if m.group(4) is not None:
+        return "neuron", int(m.group(4)), int(m.group(5))
+    return "feature", int(m.group(6)), int(m.group(7))
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,8 @@ class Intervention:
         kind = parse_node(self.node)[0]
         if self.op not in OPS:
             raise ValueError(f"op must be one of {', '.join(OPS)}, got {self.op!r}")
-        if self.op == "clamp" and kind != "neuron":
-            raise ValueError(f"clamp sets a neuron's activation (m3.n17); for {self.node} use ablate or scale")
+        if self.op == "clamp" and kind not in ("neuron", "feature"):
+            raise ValueError(f"clamp sets a neuron's or a feature's activation (m3.n17, m3.f17); for {self.node} use ablate or scale")
         if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
             raise ValueError(f"value must be a finite number, got {self.value!r}")
         object.__setattr__(self, "value", float(self.value))

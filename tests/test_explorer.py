@@ -222,9 +222,10 @@ def test_fire_over_a_corpus_given(ioi):
         Explorer(entry.model, entry.task, circuit, corpus=corpus.float())
 
 
-def test_fire_on_a_feature_of_a_feature_circuit():
+def test_fire_and_intervene_on_planted_features():
     """In a feature graph, a feature's activation is its transcoder's on the MLP's normed input (read here
-    from the Hugging Face module); the error node has none to scan."""
+    from the Hugging Face module); the error node has none to scan; the planted features fire and matter
+    where the zoo planted them."""
     chain = acdc.zoo.load("feature-chain")
     c = acdc.discover(chain.model, chain.task, threshold=0.01, graph=chain.graph, progress=False)
     ex = Explorer(chain.model, chain.task, c, tokenizer=chain.tokenizer)
@@ -250,6 +251,13 @@ def test_fire_on_a_feature_of_a_feature_circuit():
     err = next(s.name for s in ex.graph.sources if s.name.endswith(".err"))
     with pytest.raises(ExplorerError, match="no activation to scan"):
         ex.fire(err)
+    # planted: m0.f4 and m0.f5 fire on <bos> and "is" (the same in clean and corrupt prompts), the class
+    # features carry the answer: ablating a class feature moves the KL, a distractor does not
+    for distractor in ("m0.f4", "m0.f5"):
+        assert {c["token"] for c in ex.fire(distractor)["contexts"]} <= {"<bos>", "is"}
+        assert abs(ex.intervene([{"node": distractor}])["change"]) < 1e-6
+    for k in range(4):
+        assert ex.intervene([{"node": f"m0.f{k}"}])["change"] > 0.5 and ex.intervene([{"node": f"m1.f{k}"}])["change"] > 0.5
 
 
 def test_node_effects_remove_each_nodes_output(ioi, explorer):

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 from conftest import random_tokens
+from test_features import random_set
 
 import acdc
 from acdc.api import prepare
 from acdc.edits import intervened_logits
 from acdc.explorer import Explorer, ExplorerError, start
-from acdc.interventions import Intervention, check_interventions
+from acdc.interventions import Intervention, check_interventions, parse_node
 from acdc.patching import Patcher
 
 
@@ -93,8 +94,78 @@ def test_edits_compose_and_apply_in_order(gpt2_model):
     assert torch.allclose(two, want, atol=1e-4)
 
 
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_feature_edits_equal_hugging_face_hooks(gpt2_model, ablation):
+    """On a feature graph, editing feature i of layer L adds (a_i' - a_i) W_dec[i] to MLP L's output, with a
+    from the MLP's live input: the same forward by hand with hooks on the Hugging Face modules (ln_2's
+    output read, the MLP's output edited), ablation values from the corrupt prompts' features."""
+    ts = random_set(gpt2_model, layers=(0, 1), activation="relu")
+    g = acdc.Graph.from_model(gpt2_model, transcoders=ts, features=None)
+    clean, corrupt = random_tokens(batch=4, pos=6)
+    p = Patcher(gpt2_model, clean, corrupt, ablation=ablation, graph=g)
+    edits = [Intervention("m0.f3", "ablate", positions=(2, 5)), Intervention("m1.f5", "clamp", 2.0, positions=(4,)),
+             Intervention("m1.f1", "scale", 3.0), Intervention("m1.f7", "ablate")]
+    got = intervened_logits(p, edits)
+    hf = gpt2_model.original_model
+    blocks = hf.transformer.h
+
+    def run(tokens, change=None):
+        """Logits at the last position and each layer's feature activations (before any change)."""
+        xs, acts, handles = {}, {}, []
+        for layer in (0, 1):
+            handles.append(blocks[layer].ln_2.register_forward_hook(lambda m, i, o, layer=layer: xs.__setitem__(layer, o)))
+
+            def mlp_hook(m, i, out, layer=layer):
+                a = ts[layer].encode(xs[layer])
+                acts[layer] = a
+                if change is None:
+                    return out
+                new = change(layer, a.clone())
+                return out + (new - a) @ ts[layer].W_dec
+
+            handles.append(blocks[layer].mlp.register_forward_hook(mlp_hook))
+        try:
+            with torch.no_grad():
+                logits = hf(tokens).logits[:, -1]
+        finally:
+            for h in handles:
+                h.remove()
+        return logits, acts
+
+    _, corrupt_acts = run(corrupt)
+
+    def value(layer, i):
+        c = corrupt_acts[layer][..., i]
+        return {"resample": c, "mean": c.mean(0, keepdim=True).expand_as(c), "zero": torch.zeros_like(c)}[ablation]
+
+    def change(layer, a):
+        for it in edits:
+            kind, lay, i = parse_node(it.node)
+            if lay != layer:
+                continue
+            at = torch.zeros(a.shape[1], dtype=torch.bool)
+            at[list(it.positions) if it.positions else slice(None)] = True
+            if it.op == "ablate":
+                new = value(layer, i)
+            elif it.op == "scale":
+                new = a[..., i] * it.value
+            else:
+                new = torch.full_like(a[..., i], it.value)
+            a[..., i] = torch.where(at[None, :], new, a[..., i])
+        return a
+
+    want, _ = run(clean, change)
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    plain, _ = run(clean)
+    assert (got - plain).abs().max() > 1e-2  # the edits move the answer
+    with pytest.raises(ValueError, match="features 0-11"):
+        intervened_logits(p, [Intervention("m1.f12")])
+    with pytest.raises(ValueError, match="a feature needs a feature graph"):
+        intervened_logits(Patcher(gpt2_model, clean, corrupt), [Intervention("m1.f1")])
+
+
 @pytest.mark.parametrize(("args", "match"), [
-    (("a0.h1", "clamp", 1.0), "clamp sets a neuron"),
+    (("a0.h1", "clamp", 1.0), "clamp sets a neuron's or a feature's"),
     (("m0.x", "ablate"), "not a node to intervene on"),
     (("m0", "double"), "op must be"),
     (("m0", "scale", float("nan")), "finite"),
