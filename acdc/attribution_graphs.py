@@ -49,6 +49,8 @@ class AttributionGraph:
     info:        the model, transcoders and settings, and timings.
     labels:      a researcher's labels of nodes, by name (``m3.f17@5``): circuit-tracer's ``clerp``
                  in `to_json`, saved by `save`, edited in the explorer (`acdc explore GRAPH`).
+    pinned:      nodes (names) the explorer always shows; circuit-tracer's ``qParams.pinnedIds``.
+    supernodes:  groups of nodes, each ``[label, name, name, ...]``; circuit-tracer's ``qParams.supernodes``.
     """
 
     tokens: Tensor
@@ -62,6 +64,8 @@ class AttributionGraph:
     logit_strs: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    pinned: list[str] = field(default_factory=list)
+    supernodes: list[list[str]] = field(default_factory=list)
     _influence: Tensor | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ layout
@@ -181,13 +185,20 @@ class AttributionGraph:
         links = [{"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": float(self.adjacency[t, s])}
                  for t, s in zip(dst.tolist(), src.tolist(), strict=True) if s in nodes and t in nodes]
         linked = {x for link in links for x in (link["source"], link["target"])}
+        for name in [*self.pinned, *(n for g in self.supernodes for n in g[1:])]:  # kept in the file whatever the thresholds
+            i = self.node_index(name)
+            nodes.setdefault(i, self.node_record(i, float(kept.cumulative[i])))
+            linked.add(nodes[i]["node_id"])
         used = [n for n in nodes.values() if n["node_id"] in linked or n["feature_type"] in ("embedding", "logit")]
         doc = {
             "metadata": {"slug": slug, "scan": scan or str(self.info.get("transcoders", "acdc")), "transcoder_list": [],
                          "prompt_tokens": list(self.token_strs), "prompt": "".join(self.token_strs),
                          "node_threshold": node_threshold, "schema_version": 1,
                          "info": {"generator": "acdc", **{k: v for k, v in self.info.items() if _jsonable(v)}}},
-            "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+            "qParams": {"pinnedIds": [self.node_record(self.node_index(n), 0.0)["node_id"] for n in self.pinned],
+                        "supernodes": [[g[0], *(self.node_record(self.node_index(n), 0.0)["node_id"] for n in g[1:])]
+                                       for g in self.supernodes],
+                        "linkType": "both", "clickedId": "", "sg_pos": ""},
             "nodes": used,
             "links": links,
         }
@@ -233,11 +244,11 @@ class AttributionGraph:
         return self.save_labels(path)
 
     def save_labels(self, path: str | Path) -> Path:
-        """Rewrite only the metadata (labels included) of a graph `save` wrote to ``path``."""
+        """Rewrite only the metadata (labels, pins and supernodes included) of a graph `save` wrote to ``path``."""
         path = Path(path)
         meta = {"format": "acdc-attribution-graph/1", "n_layers": self.n_layers, "token_strs": self.token_strs,
                 "logit_strs": self.logit_strs, "info": {k: v for k, v in self.info.items() if _jsonable(v)},
-                "labels": dict(self.labels)}
+                "labels": dict(self.labels), "pinned": list(self.pinned), "supernodes": [list(g) for g in self.supernodes]}
         tmp = path / "graph.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(path / "graph.json")
@@ -254,7 +265,7 @@ class AttributionGraph:
         t = load_file(str(path / "graph.safetensors"))
         return cls(t["tokens"], meta["token_strs"], t["features"], t["activations"], t["logit_tokens"], t["logit_probs"],
                    t["adjacency"], int(meta["n_layers"]), meta.get("logit_strs", []), meta.get("info", {}),
-                   dict(meta.get("labels", {})))
+                   dict(meta.get("labels", {})), list(meta.get("pinned", [])), [list(g) for g in meta.get("supernodes", [])])
 
     def __repr__(self) -> str:
         return (f"AttributionGraph({self.n_pos} tokens, {self.n_features} features, {self.n_layers * self.n_pos} error nodes, "

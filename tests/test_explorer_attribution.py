@@ -178,3 +178,90 @@ def test_a_feature_circuit_opens_in_the_circuit_explorer(tmp_path):
         keep = circuit.in_graph & ~entry.graph.edge_mask(removed)
         assert r["metric"] == pytest.approx(m(p.logits(~keep), batch), abs=1e-9)
     assert ex.evaluate(removed=["m0.f0->a1.h0<v>"])["faithfulness"]["normalized"] < 0.95
+
+
+def test_pins_and_supernodes_are_kept_and_saved(graph, tmp_path):
+    """A pinned node is shown whatever the thresholds (with its adjacency entries to the nodes shown); pins
+    and supernodes land in the saved graph and in circuit-tracer's qParams, and a file keeps them too."""
+    saved = graph.save(tmp_path / "graph")
+    ex = AttributionExplorer.open(saved)
+    low = ex.view(0.3, 0.5)
+    shown = {n["name"] for n in low["nodes"]}
+    hidden = next(graph.node_name(i) for i in range(graph.n_features) if graph.node_name(i) not in shown
+                  and (graph.adjacency[:, i] != 0).any())
+    features = [n["name"] for n in ex.view(0.8, 0.98)["nodes"] if n["type"] == "feature" and n["name"] != hidden][:2]
+    assert len(features) == 2
+    r = ex.save_groups(pinned=[hidden], supernodes=[["two features", *features]])
+    assert r["saved"] == str(saved) and r["pinned"] == [hidden]
+    v = ex.view(0.3, 0.5)
+    rows = _by_name(v)
+    assert rows[hidden]["pinned"] and not rows[features[0]]["pinned"] and v["supernodes"] == [["two features", *features]]
+    assert set(rows) == shown | {hidden} | set(features)  # grouped nodes are shown too
+    mine = {(lk["source"], lk["target"]): lk["weight"] for lk in v["links"] if hidden in (lk["source"], lk["target"])}
+    want = {(s, t) for s in rows for t in rows if hidden in (s, t) and graph.edge(s, t) != 0}
+    assert set(mine) == want and mine
+    for (s, t), w in mine.items():
+        assert w == pytest.approx(graph.edge(s, t), abs=1e-6)
+    back = AttributionGraph.load(saved)
+    assert back.pinned == [hidden] and back.supernodes == [["two features", *features]]
+    doc = json.loads(back.to_json(tmp_path / "g.json", node_threshold=0.3, edge_threshold=0.5).read_text())
+    ct = {graph.node_name(i): graph.node_record(i, 0.0)["node_id"] for i in range(graph.n_nodes)}
+    assert doc["qParams"]["pinnedIds"] == [ct[hidden]]
+    assert doc["qParams"]["supernodes"] == [["two features", *(ct[f] for f in features)]]
+    assert ct[hidden] in {n["node_id"] for n in doc["nodes"]}  # in the file, pruned or not
+    f = AttributionExplorer.open(tmp_path / "g.json")
+    assert {n["id"]: n["pinned"] for n in f.view(0.0, 0.0)["nodes"]}[ct[hidden]]  # shown even at threshold 0
+    f.save_groups(pinned=[])
+    assert json.loads((tmp_path / "g.json").read_text())["qParams"]["pinnedIds"] == []
+    assert json.loads((tmp_path / "g.json").read_text())["qParams"]["supernodes"] == [["two features", *(ct[x] for x in features)]]
+    for kw, words in [({"pinned": ["m9.f9@9"]}, "no node 'm9.f9@9'"), ({"pinned": "x"}, "list of node ids"),
+                      ({"supernodes": [["", *features]]}, "a supernode is [label"), ({"supernodes": [["one", features[0]]]}, "at least two"),
+                      ({"supernodes": "x"}, "must be a list")]:
+        with pytest.raises(ExplorerError, match=words.replace("[", r"\[")):
+            ex.save_groups(**kw)
+
+
+def _planted_document():
+    """Three features: f1 and f2 push the same logit (f2 a little of another too), f3 another logit."""
+    def node(nid, kind, layer, pos, influence):
+        return {"node_id": nid, "feature_type": kind, "layer": str(layer), "ctx_idx": pos, "influence": influence}
+    nodes = [node("E_1_0", "embedding", "E", 0, 0.0), node("0_1_1", "cross layer transcoder", 0, 1, 0.2),
+             node("0_2_1", "cross layer transcoder", 0, 1, 0.4), node("1_3_1", "cross layer transcoder", 1, 1, 0.6),
+             node("3_5_1", "logit", 3, 1, 0.0), node("3_6_1", "logit", 3, 1, 0.0)]
+    links = [("E_1_0", "0_1_1", 1.0), ("E_1_0", "0_2_1", 0.5), ("E_1_0", "1_3_1", 0.5), ("0_1_1", "3_5_1", 2.0),
+             ("0_2_1", "3_5_1", 1.0), ("0_2_1", "3_6_1", 0.05), ("1_3_1", "3_6_1", 1.0)]
+    return {"metadata": {"slug": "planted", "prompt_tokens": ["a", "b"]}, "qParams": {},
+            "nodes": nodes, "links": [{"source": s, "target": t, "weight": w} for s, t, w in links]}
+
+
+def test_suggested_groups_join_features_whose_effects_point_the_same_way():
+    ex = AttributionExplorer(_planted_document())
+    got = ex.suggest_groups(0.9, 1.0, 1.0)["groups"]
+    assert [g["ids"] for g in got] == [["0_1_1", "0_2_1"]]  # seed: the most influential (lowest cumulative influence)
+    assert got[0]["similarity"] == pytest.approx(1.0 / (1 + 0.05**2) ** 0.5, abs=1e-6)
+    assert ex.suggest_groups(0.9995, 1.0, 1.0)["groups"] == []
+    assert [g["names"] for g in ex.suggest_groups(0.0, 1.0, 1.0)["groups"]] == [["m0.f1@1", "m0.f2@1", "m1.f3@1"]]
+    with pytest.raises(ExplorerError, match="threshold must be a number in"):
+        ex.suggest_groups(1.5)
+
+
+def test_groups_over_http(graph, tmp_path):
+    server = start(AttributionExplorer(_planted_document(), None))
+    try:
+        status, got = _request(server, "GET", "/api/attribution/suggest?threshold=0.9&node_threshold=1&edge_threshold=1")
+        assert status == 200 and [g["ids"] for g in got["groups"]] == [["0_1_1", "0_2_1"]]
+        status, r = _request(server, "POST", "/api/attribution/groups", {"supernodes": [["pushes A", "0_1_1", "0_2_1"]], "pinned": ["1_3_1"]})
+        assert status == 200 and r["saved"] is None and r["pinned"] == ["1_3_1"]
+        status, v = _request(server, "GET", "/api/attribution?node_threshold=0&edge_threshold=0")
+        assert v["supernodes"] == [["pushes A", "0_1_1", "0_2_1"]] and {n["id"] for n in v["nodes"] if n["pinned"]} == {"1_3_1"}
+        for method, path, body, code, words in [
+            ("GET", "/api/attribution/suggest?max_links=3", None, 400, "unknown parameter 'max_links'"),
+            ("POST", "/api/attribution/groups", {"pins": []}, 400, "unknown field 'pins'"),
+            ("POST", "/api/attribution/groups", {"pinned": ["nope"]}, 400, "no node 'nope'"),
+            ("GET", "/api/attribution/groups", None, 405, "takes POST"),
+        ]:
+            status, err = _request(server, method, path, body)
+            assert status == code and words in err["error"], (path, err)
+    finally:
+        server.shutdown()
+        server.server_close()

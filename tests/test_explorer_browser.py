@@ -408,6 +408,46 @@ def test_clicking_a_node_lists_its_adjacency_and_saves_its_label(driver, attribu
     assert "promotes a name" in driver.execute_script(f"return document.getElementById('node:{name}').textContent")
 
 
+def test_pinning_grouping_and_suggested_groups_on_the_page(driver, attribution):
+    """A node pinned on the page is drawn at any threshold and saved; two shift-clicked nodes grouped become a
+    supernode in the saved graph, drawn around them; suggested groups are the engine's and accepting one saves it."""
+    from acdc.attribution_graphs import AttributionGraph
+    from acdc.explorer import AttributionExplorer
+
+    g, server, path = attribution
+    driver.get(server.url)
+    _loads(driver, 1)
+    names = driver.execute_script("return [...document.querySelectorAll('g.node')].map(e => e.id.slice(5)).filter(n => /^m\\d\\.f/.test(n))")
+    assert len(names) >= 3
+    driver.execute_script(f"document.getElementById('node:{names[0]}').dispatchEvent(new MouseEvent('click', {{bubbles: true}}))")
+    _wait(driver, f"return document.getElementById('node-panel').dataset.node === '{names[0]}'")
+    driver.find_element("id", "pin").click()
+    _loads(driver, 2)
+    assert AttributionGraph.load(path).pinned == [names[0]]
+    for name in names[1:3]:
+        driver.execute_script(f"document.getElementById('node:{name}').dispatchEvent(new MouseEvent('click', {{bubbles: true, shiftKey: true}}))")
+    assert driver.find_element("id", "chosen-count").text == "(2 chosen)"
+    driver.find_element("id", "group-label").send_keys("two features")
+    driver.find_element("id", "group-go").click()
+    _loads(driver, 3)
+    assert AttributionGraph.load(path).supernodes == [["two features", *names[1:3]]]
+    driver.execute_script("const s = document.getElementById('node-threshold'); s.value = '0';"
+                          "s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));")
+    _loads(driver, 4)  # at threshold 0 the pinned and grouped nodes are still drawn
+    assert driver.execute_script(f"return document.getElementById('node:{names[0]}').querySelector('circle.pin') !== null")
+    assert driver.execute_script("return document.querySelector('g.supernode').dataset.members") == "2"
+    driver.execute_script("document.getElementById('suggest-threshold').value = '0'")
+    driver.find_element("id", "suggest-go").click()
+    _wait(driver, "return document.getElementById('suggestions').dataset.count !== undefined")
+    want = AttributionExplorer(AttributionGraph.load(path)).suggest_groups(0.0, 0.0, 0.98)["groups"]
+    rows = driver.execute_script("return [...document.querySelectorAll('#suggestions tr[data-ids]')].map(r => r.dataset.ids.split(' '))")
+    assert rows == [x["ids"] for x in want] and rows
+    driver.find_element("css selector", "#suggestions tr[data-ids] button").click()
+    _loads(driver, 5)
+    assert AttributionGraph.load(path).supernodes[1] == ["group 2", *rows[0]]
+    server.explorer.save_groups(pinned=[], supernodes=[])  # the module's other tests see the graph as it was
+
+
 def test_a_feature_circuit_page(driver):
     """The zoo's feature circuit in the live page: its features drawn, an edge click re-measured by the engine."""
     entry = acdc.zoo.load("feature-chain")

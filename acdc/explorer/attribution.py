@@ -16,7 +16,10 @@ Nodes are addressed by acdc's names in acdc's graphs (``m3.f17@5``; circuit-trac
 collide between a layer-0 feature and an error node, come along as ``ct_id``) and by a file's own
 node ids in a file.
 Labels are circuit-tracer's ``clerp``: written into the JSON file, or into a saved graph's
-metadata (`AttributionGraph.save_labels`).
+metadata (`AttributionGraph.save_labels`). Pinned nodes (always shown, whatever the thresholds)
+and supernodes (``[label, id, id, ...]``: nodes grouped by hand) are circuit-tracer's
+``qParams.pinnedIds`` and ``qParams.supernodes``, saved the same way (`save_groups`);
+`suggest_groups` offers groups of shown features whose effects point the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import math
 import re
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..attribution_graphs import AttributionGraph
 from .session import ExplorerError
@@ -75,9 +80,15 @@ class AttributionExplorer:
         nt, et = _fraction(node_threshold, "node_threshold"), _fraction(edge_threshold, "edge_threshold")
         if isinstance(max_links, bool) or not isinstance(max_links, int) or max_links < 0:
             raise ExplorerError(f"max_links must be a number of links >= 0, got {max_links!r}")
+        pinned, groups = self.groups()
+        always = set(pinned) | {i for g in groups for i in g[1:]}
         if isinstance(self.graph, dict):
-            return file_view(self.graph, nt, et, max_links)
-        return _graph_view(self.graph, nt, et, max_links)
+            out = file_view(self.graph, nt, et, max_links, always=always)
+        else:
+            out = _graph_view(self.graph, nt, et, max_links, always=always)
+        for n in out["nodes"]:
+            n["pinned"] = n["id"] in pinned
+        return {**out, "pinned": pinned, "supernodes": groups}
 
     def node(self, node_id: Any) -> dict[str, Any]:
         """A node's heaviest inputs and outputs (by |weight|): over the whole adjacency for acdc's graphs
@@ -105,6 +116,97 @@ class AttributionExplorer:
             top[side] = [{"id": g.node_name(j), "name": g.node_name(j), "weight": float(values[j])} for j in idx]
         return {"id": node_id, "name": node_id, **top}
 
+    def groups(self) -> tuple[list[str], list[list[str]]]:
+        """(pinned ids, supernodes as [label, id, ...]) in the page's ids (acdc's names, or a file's node ids)."""
+        if isinstance(self.graph, dict):
+            q = self.graph.get("qParams") or {}
+            return list(q.get("pinnedIds") or []), [list(g) for g in q.get("supernodes") or []]
+        return list(self.graph.pinned), [list(g) for g in self.graph.supernodes]
+
+    def save_groups(self, pinned: Any = None, supernodes: Any = None) -> dict[str, Any]:
+        """Set the pinned nodes and/or the supernodes (None: unchanged) and write them where labels go."""
+        old_pins, old_groups = self.groups()
+        pins = old_pins if pinned is None else self._ids(pinned, "pinned")
+        if supernodes is None:
+            groups = old_groups
+        else:
+            if not isinstance(supernodes, list):
+                raise ExplorerError('"supernodes" must be a list of [label, id, id, ...]')
+            groups = []
+            for g in supernodes:
+                if not isinstance(g, list) or len(g) < 3 or not isinstance(g[0], str) or not g[0].strip() or len(g[0]) > 200:
+                    raise ExplorerError(f"a supernode is [label, id, id, ...] with a label and at least two nodes, got {g!r:.120}")
+                groups.append([g[0], *self._ids(g[1:], f"supernode {g[0]!r}")])
+        saved = None
+        if isinstance(self.graph, dict):
+            q = self.graph.setdefault("qParams", {})
+            q["pinnedIds"], q["supernodes"] = pins, groups
+            saved = self._write_file()
+        else:
+            self.graph.pinned, self.graph.supernodes = pins, groups
+            if self.path is not None:
+                saved = str(self.graph.save_labels(self.path))
+        return {"pinned": pins, "supernodes": groups, "saved": saved}
+
+    def suggest_groups(self, threshold: Any = 0.9, node_threshold: Any = 0.8, edge_threshold: Any = 0.98) -> dict[str, Any]:
+        """Groups of the features shown at these thresholds whose effects point the same way.
+
+        A feature's effects are the weights of its links to the nodes shown (the view's links). Seeds
+        go in order of influence (the most influential first); each seed not yet grouped takes every
+        ungrouped feature whose effects have cosine similarity >= ``threshold`` with its own. Groups of
+        one are left out. Returns {"groups": [{"ids", "names", "similarity" (the least with the seed)}]}.
+        """
+        t = _fraction(threshold, "threshold")
+        v = self.view(node_threshold, edge_threshold)
+        rows = {n["id"]: n for n in v["nodes"]}
+        targets = {n["id"]: j for j, n in enumerate(v["nodes"])}
+        effects: dict[str, list[float]] = {}
+        for lk in v["links"]:
+            if rows[lk["source"]]["type"] == "feature":
+                effects.setdefault(lk["source"], [0.0] * len(targets))[targets[lk["target"]]] += lk["weight"]
+        order = sorted(effects, key=lambda i: (rows[i]["influence"], i))
+        vecs = {i: _unit(effects[i]) for i in order}
+        grouped: set[str] = set()
+        out = []
+        for seed in order:
+            if seed in grouped or vecs[seed] is None:
+                continue
+            members, least = [seed], 1.0
+            for other in order:
+                if other in grouped or other == seed or vecs[other] is None:
+                    continue
+                cos = sum(a * b for a, b in zip(vecs[seed], vecs[other], strict=True))  # type: ignore[arg-type]
+                if cos >= t:
+                    members.append(other)
+                    least = min(least, cos)
+            if len(members) > 1:
+                grouped.update(members)
+                out.append({"ids": members, "names": [rows[i]["name"] for i in members], "similarity": round(least, 6)})
+        return {"threshold": t, "groups": out}
+
+    def _ids(self, ids: Any, what: str) -> list[str]:
+        """The ids checked against the graph (every node of acdc's graph; a file's nodes), in order, once each."""
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ExplorerError(f"{what} must be a list of node ids")
+        if isinstance(self.graph, dict):
+            known = {n["node_id"] for n in self.graph["nodes"]}
+            bad = [i for i in ids if i not in known]
+            if bad:
+                raise ExplorerError(f"{what}: no node {bad[0]!r} in this graph file")
+        else:
+            for i in ids:
+                _index_of(self.graph, i)
+        return list(dict.fromkeys(ids))
+
+    def _write_file(self) -> str | None:
+        assert isinstance(self.graph, dict)
+        if self.path is None:
+            return None
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.graph, indent=1))
+        tmp.replace(self.path)
+        return str(self.path)
+
     def save_label(self, node_id: Any, label: Any) -> dict[str, Any]:
         """Set a node's label (empty: clear it) and write it to the file or folder the graph came from."""
         if not isinstance(node_id, str) or not isinstance(label, str):
@@ -117,11 +219,7 @@ class AttributionExplorer:
             if node is None:
                 raise ExplorerError(f"no node {node_id!r} in this graph file")
             node["clerp"] = label
-            if self.path is not None:
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                tmp.write_text(json.dumps(self.graph, indent=1))
-                tmp.replace(self.path)
-                saved = str(self.path)
+            saved = self._write_file()
         else:
             g = self.graph
             name = g.node_name(_index_of(g, node_id))  # a live graph's ids are acdc's node names
@@ -135,11 +233,21 @@ class AttributionExplorer:
 
 
 # ---------------------------------------------------------------------- views
-def _graph_view(g: AttributionGraph, node_threshold: float, edge_threshold: float, max_links: int) -> dict[str, Any]:
+def _graph_view(g: AttributionGraph, node_threshold: float, edge_threshold: float, max_links: int,
+                always: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``always``: nodes shown whatever the thresholds (pinned, grouped), with their links to the nodes shown."""
     kept = g.prune(node_threshold, edge_threshold)
-    idx = kept.node_mask.nonzero().squeeze(1).tolist()
+    node_mask, edge_mask = kept.node_mask.clone(), kept.edge_mask
+    extra = [g.node_index(n) for n in always]
+    if extra:
+        added = torch.zeros_like(node_mask)
+        added[extra] = ~node_mask[extra]
+        node_mask[extra] = True
+        touches = (added[:, None] & node_mask[None, :]) | (node_mask[:, None] & added[None, :])
+        edge_mask = edge_mask | (touches & (g.adjacency != 0))
+    idx = node_mask.nonzero().squeeze(1).tolist()
     records = {i: g.node_record(i, float(kept.cumulative[i])) for i in idx}
-    dst, src = kept.edge_mask.nonzero(as_tuple=True)
+    dst, src = edge_mask.nonzero(as_tuple=True)
     weights = g.adjacency[dst, src]
     n_links = len(weights)
     if n_links > max_links:
@@ -159,12 +267,13 @@ def _graph_view(g: AttributionGraph, node_threshold: float, edge_threshold: floa
 
 
 def file_view(doc: dict[str, Any], node_threshold: float = 0.8, edge_threshold: float = 0.98,
-              max_links: int = MAX_LINKS) -> dict[str, Any]:
-    """A circuit-tracer graph document filtered at these thresholds (see the module docstring)."""
+              max_links: int = MAX_LINKS, always: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A circuit-tracer graph document filtered at these thresholds (see the module docstring); the nodes
+    ``always`` (pinned, grouped) are kept whatever the thresholds."""
     fixed = ("embedding", "logit")
     nodes = doc["nodes"]
     prunable = sorted((n for n in nodes if n["feature_type"] not in fixed), key=lambda n: float(n.get("influence") or 0.0))
-    keep = {n["node_id"] for n in nodes if n["feature_type"] in fixed}
+    keep = {n["node_id"] for n in nodes if n["feature_type"] in fixed} | set(always)
     for n in prunable:  # cumulative influence, increasing: up to and including the first to reach the threshold
         keep.add(n["node_id"])
         if float(n.get("influence") or 0.0) >= node_threshold:
@@ -178,7 +287,7 @@ def file_view(doc: dict[str, Any], node_threshold: float = 0.8, edge_threshold: 
         links.append(lk)
         acc += abs(lk["weight"])
     linked = {x for lk in links for x in (lk["source"], lk["target"])}
-    shown = [n for n in nodes if n["node_id"] in keep and (n["feature_type"] in fixed or n["node_id"] in linked)]
+    shown = [n for n in nodes if n["node_id"] in keep and (n["feature_type"] in fixed or n["node_id"] in linked or n["node_id"] in always)]
     meta = doc.get("metadata", {})
     n_layers = _n_layers(nodes)
     return {
@@ -228,6 +337,11 @@ def _n_layers(nodes: list[dict[str, Any]]) -> int:
         return logits[0] - 1
     layers = [int(n["layer"]) for n in nodes if n["feature_type"] not in ("embedding", "logit")]
     return max(layers, default=-1) + 1
+
+
+def _unit(v: list[float]) -> list[float] | None:
+    norm = math.sqrt(sum(x * x for x in v))
+    return None if norm == 0 else [x / norm for x in v]
 
 
 def _index_of(g: AttributionGraph, name: str) -> int:

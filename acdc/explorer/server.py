@@ -33,6 +33,8 @@ An attribution graph (`AttributionExplorer`, ``acdc explore-graph``) has its own
     GET  /api/attribution?node_threshold=0.8&edge_threshold=0.98&max_links=3000   nodes and links kept
     GET  /api/attribution/node?id=3_17_5    a node's heaviest inputs and outputs
     POST /api/attribution/label             {"id": "3_17_5", "label": "..."}: saved into the file
+    POST /api/attribution/groups            {"pinned": [ids], "supernodes": [[label, id, id, ...]]}: saved into the file
+    GET  /api/attribution/suggest?threshold=0.9&node_threshold=0.8&edge_threshold=0.98   groups of features with alike effects
 
 Bad requests get a 4xx status and ``{"error": "one line"}``; an unexpected failure a 500 with
 one line (the traceback goes to the server's stderr). The server keeps running either way.
@@ -122,8 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
         raise _RequestError(HTTPStatus.NOT_FOUND, f"no such page {url.path!r}; the API is under /api/ (see the README)")
 
     def _attribution_get(self, ex: AttributionExplorer, path: str, query: dict[str, list[str]]) -> Any:
-        if path == "/api/attribution":
-            known = {"node_threshold", "edge_threshold", "max_links"}
+        if path in ("/api/attribution", "/api/attribution/suggest"):
+            known = {"node_threshold", "edge_threshold", "max_links" if path == "/api/attribution" else "threshold"}
             extra = sorted(set(query) - known)
             if extra:
                 raise _RequestError(HTTPStatus.BAD_REQUEST, f"unknown parameter {extra[0]!r}; it takes {', '.join(sorted(known))}")
@@ -135,27 +137,31 @@ class _Handler(BaseHTTPRequestHandler):
                 except ValueError:
                     raise _RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be a number, got {text!r}") from None
             with self.server.lock:
-                return ex.view(**args)
+                return ex.view(**args) if path == "/api/attribution" else ex.suggest_groups(**args)
         if path == "/api/attribution/node":
             with self.server.lock:
                 return ex.node(query.get("id", [""])[0])
-        if path == "/api/attribution/label":
+        if path in ("/api/attribution/label", "/api/attribution/groups"):
             raise _RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST with a JSON body")
         raise _RequestError(HTTPStatus.NOT_FOUND, f"no such page {path!r}; an attribution graph's API is "
-                            "/api/attribution, /api/attribution/node and /api/attribution/label")
+                            "/api/attribution, /api/attribution/node, /api/attribution/suggest, /api/attribution/label "
+                            "and /api/attribution/groups")
 
     def _post(self) -> Any:
         path = urlsplit(self.path).path
         ex = self.server.explorer
         if isinstance(ex, AttributionExplorer):
-            if path != "/api/attribution/label":
+            fields = {"/api/attribution/label": {"id", "label"}, "/api/attribution/groups": {"pinned", "supernodes"}}
+            if path not in fields:
                 raise _RequestError(HTTPStatus.NOT_FOUND, f"no POST route {path!r}; an attribution graph takes POST "
-                                    "/api/attribution/label")
+                                    "/api/attribution/label and /api/attribution/groups")
             body = self._json_body()
-            extra = sorted(set(body) - {"id", "label"})
+            extra = sorted(set(body) - fields[path])
             if extra:
-                raise _RequestError(HTTPStatus.BAD_REQUEST, f"unknown field {extra[0]!r}; it takes id, label")
+                raise _RequestError(HTTPStatus.BAD_REQUEST, f"unknown field {extra[0]!r}; it takes {', '.join(sorted(fields[path]))}")
             with self.server.lock:
+                if path == "/api/attribution/groups":
+                    return ex.save_groups(body.get("pinned"), body.get("supernodes"))
                 return ex.save_label(body.get("id"), body.get("label", ""))
         if path not in _POST_ROUTES:
             raise _RequestError(HTTPStatus.NOT_FOUND if path not in _GET_ROUTES else HTTPStatus.METHOD_NOT_ALLOWED,
