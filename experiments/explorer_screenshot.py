@@ -9,9 +9,11 @@ drives headless Chromium (Debian's chromium + chromium-driver, via Selenium) thr
 - explorer_why.png: "why A and not B" on prompt 0, and the trace of the top node;
 - explorer_attend.png: why the name mover attends to the indirect object (a clicked pattern cell);
 - explorer_fire.png: what makes the name mover fire over the task's prompts;
-- explorer_intervene.png: the name mover scaled to 0 at the last position, and the answer's change.
+- explorer_intervene.png: the name mover scaled to 0 at the last position, and the answer's change;
+- explorer_attribution_groups.png: the feature-chain zoo model's attribution graph of its first prompt,
+  its class feature of m0 pinned and the two class features of the prompt's class grouped into a supernode.
 
-The attribution-graph view's screenshot comes from experiments/explorer_attribution_graph.py.
+SmolLM2's attribution graph view comes from experiments/explorer_attribution_graph.py.
 """
 
 from __future__ import annotations
@@ -24,17 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import acdc  # noqa: E402
-from acdc.explorer import Explorer, start  # noqa: E402
+from acdc.explorer import AttributionExplorer, Explorer, start  # noqa: E402
 from tests.browser import chromium, click_edge, missing, run_intervention  # noqa: E402
 
 OUT = ROOT / "experiments" / "results"
 
 
-def wait(driver, script: str, timeout: float = 60.0) -> None:
-    """Until ``script`` (JavaScript) returns something true and no request is in flight."""
+def wait(driver, script: str, timeout: float = 60.0, idle: bool = True) -> None:
+    """Until ``script`` (JavaScript) returns something true and (``idle``) no request of the circuit page is in flight."""
     t0 = time.perf_counter()
+    busy = "document.body.dataset.busy === '0' && " if idle else ""
     while time.perf_counter() - t0 < timeout:
-        if driver.execute_script(f"return document.body.dataset.busy === '0' && !!(() => {{ {script} }})()"):
+        if driver.execute_script(f"return {busy}!!(() => {{ {script} }})()"):
             return
         time.sleep(0.05)
     raise TimeoutError(f"the page did not settle on: {script}")
@@ -93,7 +96,33 @@ def main() -> None:
         wait(driver, "return document.getElementById('iv-result').dataset.metric !== undefined")
         shot(driver, "intervene-panel", "explorer_intervene.png")
     finally:
+        server.shutdown()
+    try:
+        attribution_view(driver)
+    finally:
         driver.quit()
+
+
+def attribution_view(driver) -> None:
+    """The feature chain's attribution graph with a pin and a supernode (set from Python: the page draws them)."""
+    chain = acdc.zoo.load("feature-chain")
+    prompt = chain.task.clean[0, : int(chain.task.answer_pos[0]) + 1]
+    graph = acdc.attribution_graph(chain.model, prompt, transcoders=chain.transcoders, progress=False)
+    ex = AttributionExplorer(graph)
+    shown = [n for n in ex.view()["nodes"] if n["type"] == "feature"]
+    early = [n["id"] for n in shown if n["layer"] == 0]
+    late = [n["id"] for n in shown if n["layer"] == 1]
+    ex.save_groups(pinned=early[:1], supernodes=[["the item's class", *(early[:1] + late[:1])]] if early and late else [])
+    server = start(ex)
+    try:
+        driver.set_window_size(1100, 760)
+        driver.get(server.url)
+        wait(driver, "return document.body.dataset.state === 'ready'", idle=False)
+        driver.execute_script(f"document.getElementById('node:{early[0]}').dispatchEvent(new MouseEvent('click', {{bubbles: true}}))")
+        wait(driver, f"return document.getElementById('node-panel').dataset.node === '{early[0]}'", idle=False)
+        driver.save_screenshot(str(OUT / "explorer_attribution_groups.png"))
+        print(f"wrote {OUT / 'explorer_attribution_groups.png'}")
+    finally:
         server.shutdown()
 
 
