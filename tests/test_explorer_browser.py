@@ -462,6 +462,21 @@ def test_a_feature_circuit_page(driver):
         after = _settled(driver, 2)
         kept = [e for e in circuit.edges if e != "m0.f0->a1.h0<v>"]
         assert after == pytest.approx(_engine_metric(entry, kept, graph=entry.graph), abs=1e-9) and after != shown
+        # what makes m1.f0 fire: the planted class-0 reader fires at "is" and promotes the class's answer
+        driver.find_element("id", "mode-inspect").click()
+        driver.find_element("css selector", '[data-node="m1.f0"] .shape').click()
+        driver.find_element("id", "fire-go").click()
+        _wait(driver, "return document.querySelectorAll('#fire-contexts tr[data-value]').length > 0")
+        values = driver.execute_script("return [...document.querySelectorAll('#fire-contexts tr[data-value]')].map(r => Number(r.dataset.value))")
+        want = server.explorer.fire("m1.f0")
+        assert values == pytest.approx([c["value"] for c in want["contexts"]], abs=1e-9) and values[0] > 0
+        assert {c["token"] for c in want["contexts"]} == {"is"} and want["promotes"][0][0] == "class0"
+        assert driver.find_element("id", "fire-promotes").text.startswith('promotes: "class0"')
+        # ablating a class feature on the page: the engine's KL, far from the full model's 0
+        run_intervention(driver, "m0.f0", "ablate", "", "")
+        _wait(driver, "return document.getElementById('iv-result').dataset.metric !== undefined && document.body.dataset.busy === '0'")
+        got = float(driver.find_element("id", "iv-result").get_attribute("data-metric"))
+        assert got == pytest.approx(server.explorer.intervene([{"node": "m0.f0"}])["metric"], abs=1e-9) and got > 0.5
     finally:
         server.shutdown()
         server.server_close()
