@@ -138,6 +138,8 @@ def component_activity(model: Any, nodes: Sequence[str], tokens: Tensor, *, mask
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "window" else 1):
             raise ValueError(f"{name} must be a whole number >= {0 if name == 'window' else 1}, got {v!r}")
     parsed = [_parse(n, tf, transcoders) for n in nodes]
+    if not parsed:
+        return []
     values: list[list[Tensor]] = [[] for _ in parsed]
     best: list[list[tuple[float, int, int, int, float, Tensor | None]]] = [[] for _ in parsed]
     by_layer: dict[int, list[int]] = {}

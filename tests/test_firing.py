@@ -199,3 +199,4 @@ def test_errors_are_one_line(gpt2_model):
         component_activity(gpt2_model, ["m1.f99"], tokens, transcoders=random_set(gpt2_model, layers=(1,)))
     with pytest.raises(ValueError, match="token ids"):
         component_activity(gpt2_model, ["m0"], tokens.float())
+    assert component_activity(gpt2_model, [], tokens) == []
