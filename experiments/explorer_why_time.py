@@ -21,6 +21,7 @@ import argparse
 import json
 import time
 
+import torch
 from smollm2_common import ROOT, load
 
 import acdc
@@ -77,9 +78,11 @@ def main() -> None:
     if args.transcoders:
         ts = acdc.load_transcoders(args.transcoders, model)
         g = acdc.Graph.from_model(model, transcoders=ts, features=acdc.active_features(model, ts, task, top=args.top))
-        fc = acdc.attribute(model, task, method="eap", graph=g, progress=False).greedy(1000)
+        scores = acdc.attribute(model, task, method="eap", graph=g, progress=False)
+        fc = scores.greedy(1000)
         fex, fsetup_s = timed(lambda: Explorer(model, task, fc, corpus=corpus))
-        name = next(e.split("->")[0] for e in fc.edges if ".f" in e.split("->")[0])  # a feature of the circuit
+        by_src = torch.zeros(len(g.sources)).index_add_(0, g.edge_src, scores.values.abs().float())
+        name = max((s.name for s in g.sources if ".f" in s.name), key=lambda n: float(by_src[g.src_index[n]]))  # its largest |EAP|
         fex.intervene([{"node": name}])  # the first call also runs the corrupt prompts once
         r, s = timed(lambda: fex.intervene([{"node": name}]))
         fr, fire_s = timed(lambda: fex.fire(name, top=5))
