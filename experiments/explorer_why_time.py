@@ -74,6 +74,7 @@ def main() -> None:
         fired[node] = {"seconds": round(s, 2), "measure": r["measure"], "mean": r["mean"], "maximum": r["maximum"],
                        "contexts": [{k: c.get(k) for k in ("value", "source", "position", "before", "token", "key_token", "attention")}
                                     for c in r["contexts"][:3]], "promotes": r["promotes"][:5]}
+    corpus_label = r["corpus"]
     feature = None
     if args.transcoders:
         ts = acdc.load_transcoders(args.transcoders, model)
@@ -84,12 +85,12 @@ def main() -> None:
         by_src = torch.zeros(len(g.sources)).index_add_(0, g.edge_src, scores.values.abs().float())
         name = max((s.name for s in g.sources if ".f" in s.name), key=lambda n: float(by_src[g.src_index[n]]))  # its largest |EAP|
         fex.intervene([{"node": name}])  # the first call also runs the corrupt prompts once
-        r, s = timed(lambda: fex.intervene([{"node": name}]))
+        ablated, ablate_s = timed(lambda: fex.intervene([{"node": name}]))
         fr, fire_s = timed(lambda: fex.fire(name, top=5))
         feature = {"node": name, "transcoders": str(ts.source), "layers": ts.layers, "graph_edges": g.n_edges,
-                   "explorer_setup_s": round(fsetup_s, 2), "ablate_s": round(s, 3), "change": r["change"], "fire_s": round(fire_s, 2),
+                   "explorer_setup_s": round(fsetup_s, 2), "ablate_s": round(ablate_s, 3), "change": ablated["change"], "fire_s": round(fire_s, 2),
                    "fire_contexts": [f"{''.join(c['before'][-5:])}[{c['token']}]".replace("\n", "⏎") for c in fr["contexts"][:3]]}
-    rows = {"feature": feature, "fire": fired, "corpus": r["corpus"], "interventions": interventions, "prompts": args.prompts, "threads": args.threads, "graph_edges": ex.graph.n_edges, "nodes": len(why["nodes"]),
+    rows = {"feature": feature, "fire": fired, "corpus": corpus_label, "interventions": interventions, "prompts": args.prompts, "threads": args.threads, "graph_edges": ex.graph.n_edges, "nodes": len(why["nodes"]),
             "explorer_setup_s": round(setup_s, 2), "why_first_s": round(first_s, 2), "why_s": round(second_s, 2),
             "direct_only_s": round(direct_s, 3), "a": why["a"], "b": why["b"], "logit_diff": why["logit_diff"],
             "top_nodes": why["nodes"][:8], "traces": traces}
@@ -106,12 +107,12 @@ def main() -> None:
     for label, r in interventions.items():
         md.append(f"| intervene: {label} (all {args.prompts} prompts; metric change {r['change']:+.3f}) | {r['seconds']:.2f} |")
     for node, r in fired.items():
-        md.append(f"| what makes {node} fire: {r['corpus'] if 'corpus' in r else rows['corpus']}, "
+        md.append(f"| what makes {node} fire: {corpus_label}, "
                   f"{args.context} tokens each | {r['seconds']:.2f} |")
     if feature is not None:
         md.append(f"| intervene: ablate feature {feature['node']} everywhere (feature circuit of {feature['graph_edges']:,} edges, "
                   f"transcoders of layers {feature['layers']}; metric change {feature['change']:+.3f}) | {feature['ablate_s']:.2f} |")
-        md.append(f"| what makes {feature['node']} fire: {rows['corpus']} | {feature['fire_s']:.2f} |")
+        md.append(f"| what makes {feature['node']} fire: {corpus_label} | {feature['fire_s']:.2f} |")
     md += ["", "What makes them fire (top contexts; the node's token in brackets):", ""]
     for node, r in fired.items():
         ctx = "; ".join((f"{''.join(c['before'][-5:])}[{c['token']}]".replace("\n", "⏎")
