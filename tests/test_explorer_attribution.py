@@ -265,3 +265,34 @@ def test_groups_over_http(graph, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_merged_supernodes_sum_their_members_links():
+    """merge=True draws each supernode as one node whose links are the sums of its members' links drawn;
+    links inside the group vanish; the members are not drawn."""
+    doc = _planted_document()
+    doc["links"].append({"source": "0_1_1", "target": "0_2_1", "weight": 0.3})  # inside the group
+    ex = AttributionExplorer(doc)
+    ex.save_groups(supernodes=[["pushes A", "0_1_1", "0_2_1"]])
+    plain, merged = ex.view(1.0, 1.0), ex.view(1.0, 1.0, merge=True)
+    ids = {n["id"] for n in merged["nodes"]}
+    assert "0_1_1" not in ids and "0_2_1" not in ids and "group:0" in ids and merged["merged"]
+    group = next(n for n in merged["nodes"] if n["id"] == "group:0")
+    assert group["type"] == "supernode" and group["members"] == ["0_1_1", "0_2_1"] and group["layer"] == 0
+    links = {(lk["source"], lk["target"]): lk["weight"] for lk in merged["links"]}
+    assert links[("E_1_0", "group:0")] == pytest.approx(1.5)  # 1.0 + 0.5
+    assert links[("group:0", "3_5_1")] == pytest.approx(3.0) and links[("group:0", "3_6_1")] == pytest.approx(0.05)
+    assert ("group:0", "group:0") not in links and links[("1_3_1", "3_6_1")] == pytest.approx(1.0)
+    assert sum(links.values()) == pytest.approx(sum(lk["weight"] for lk in plain["links"]) - 0.3)
+    assert merged["counts"]["nodes"] == len(plain["nodes"]) - 1
+    with pytest.raises(ExplorerError, match="merge must be true or false"):
+        ex.view(merge="yes")
+    server = start(ex)
+    try:
+        status, got = _request(server, "GET", "/api/attribution?node_threshold=1&edge_threshold=1&merge=1")
+        assert status == 200 and got["links"] == merged["links"]
+        status, err = _request(server, "GET", "/api/attribution?merge=2")
+        assert status == 400 and "merge must be 0 or 1" in err["error"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -445,6 +445,14 @@ def test_pinning_grouping_and_suggested_groups_on_the_page(driver, attribution):
     driver.find_element("css selector", "#suggestions tr[data-ids] button").click()
     _loads(driver, 5)
     assert AttributionGraph.load(path).supernodes[1] == ["group 2", *rows[0]]
+    driver.find_element("id", "merge").click()  # each supernode drawn as one node, its links summed
+    _loads(driver, 6)
+    drawn = set(driver.execute_script("return [...document.querySelectorAll('g.node')].map(e => e.id.slice(5))"))
+    want = server.explorer.view(0.0, 0.98, merge=True)  # a node in two groups goes to the first
+    assert drawn == {n["id"] for n in want["nodes"]} and "group:0" in drawn and not drawn & set(names[1:3])
+    assert driver.execute_script("return document.querySelectorAll('line.link').length") == len(want["links"])
+    driver.find_element("id", "merge").click()
+    _loads(driver, 7)
     server.explorer.save_groups(pinned=[], supernodes=[])  # the module's other tests see the graph as it was
 
 

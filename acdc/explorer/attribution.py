@@ -74,9 +74,15 @@ class AttributionExplorer:
         return cls(doc, path)
 
     # ------------------------------------------------------------------ requests
-    def view(self, node_threshold: Any = 0.8, edge_threshold: Any = 0.98, max_links: Any = MAX_LINKS) -> dict[str, Any]:
+    def view(self, node_threshold: Any = 0.8, edge_threshold: Any = 0.98, max_links: Any = MAX_LINKS,
+             merge: Any = False) -> dict[str, Any]:
         """What the page draws at these thresholds: nodes (id, name, type, layer, position, influence,
-        activation, label), links (source, target, weight; the heaviest ``max_links``), the prompt, counts."""
+        activation, label, pinned), links (source, target, weight; the heaviest ``max_links``), the prompt,
+        counts, the pins and supernodes. ``merge``: each supernode drawn as one node (``group:K``, type
+        "supernode", its shown members listed) whose links are the sums of its members' links drawn (links
+        inside a group dropped), as circuit-tracer's subgraph view merges them."""
+        if not isinstance(merge, bool):
+            raise ExplorerError(f"merge must be true or false, got {merge!r}")
         nt, et = _fraction(node_threshold, "node_threshold"), _fraction(edge_threshold, "edge_threshold")
         if isinstance(max_links, bool) or not isinstance(max_links, int) or max_links < 0:
             raise ExplorerError(f"max_links must be a number of links >= 0, got {max_links!r}")
@@ -88,7 +94,8 @@ class AttributionExplorer:
             out = _graph_view(self.graph, nt, et, max_links, always=always)
         for n in out["nodes"]:
             n["pinned"] = n["id"] in pinned
-        return {**out, "pinned": pinned, "supernodes": groups}
+        out = {**out, "pinned": pinned, "supernodes": groups}
+        return _merged(out, groups) if merge and groups else out
 
     def node(self, node_id: Any) -> dict[str, Any]:
         """A node's heaviest inputs and outputs (by |weight|): over the whole adjacency for acdc's graphs
@@ -337,6 +344,35 @@ def _n_layers(nodes: list[dict[str, Any]]) -> int:
         return logits[0] - 1
     layers = [int(n["layer"]) for n in nodes if n["feature_type"] not in ("embedding", "logit")]
     return max(layers, default=-1) + 1
+
+
+def _merged(view: dict[str, Any], groups: list[list[str]]) -> dict[str, Any]:
+    """``view`` with each supernode's shown members replaced by one node and their links summed (a node in
+    two groups goes to the first)."""
+    rows = {n["id"]: n for n in view["nodes"]}
+    into: dict[str, str] = {}
+    merged = []
+    for k, (label, *ids) in enumerate(groups):
+        members = [i for i in ids if i in rows and i not in into]
+        if not members:
+            continue
+        gid = f"group:{k}"
+        for i in members:
+            into[i] = gid
+        ms = [rows[i] for i in members]
+        merged.append({"id": gid, "name": label, "type": "supernode", "layer": round(sum(m["layer"] for m in ms) / len(ms)),
+                       "pos": max(m["pos"] for m in ms), "influence": min(m["influence"] for m in ms), "activation": None,
+                       "label": label, "token": "", "prob": 0.0, "pinned": any(m["pinned"] for m in ms), "members": members})
+    sums: dict[tuple[str, str], float] = {}
+    for lk in view["links"]:
+        src, dst = str(lk["source"]), str(lk["target"])
+        s, t = into.get(src, src), into.get(dst, dst)
+        if s != t:  # a link inside a group is not drawn
+            sums[s, t] = sums.get((s, t), 0.0) + lk["weight"]
+    nodes = [n for n in view["nodes"] if n["id"] not in into] + merged
+    links = [{"source": s, "target": t, "weight": w} for (s, t), w in sums.items()]
+    return {**view, "nodes": nodes, "links": links, "merged": True,
+            "counts": {**view["counts"], "nodes": len(nodes), "links": len(links), "shown_links": len(links)}}
 
 
 def _unit(v: list[float]) -> list[float] | None:

@@ -30,7 +30,8 @@ Routes (the README documents them):
 
 An attribution graph (`AttributionExplorer`, ``acdc explore-graph``) has its own page and routes:
 
-    GET  /api/attribution?node_threshold=0.8&edge_threshold=0.98&max_links=3000   nodes and links kept
+    GET  /api/attribution?node_threshold=0.8&edge_threshold=0.98&max_links=3000&merge=0   nodes and links kept
+                                            (merge=1: each supernode one node, its links summed)
     GET  /api/attribution/node?id=3_17_5    a node's heaviest inputs and outputs
     POST /api/attribution/label             {"id": "3_17_5", "label": "..."}: saved into the file
     POST /api/attribution/groups            {"pinned": [ids], "supernodes": [[label, id, id, ...]]}: saved into the file
@@ -125,13 +126,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _attribution_get(self, ex: AttributionExplorer, path: str, query: dict[str, list[str]]) -> Any:
         if path in ("/api/attribution", "/api/attribution/suggest"):
-            known = {"node_threshold", "edge_threshold", "max_links" if path == "/api/attribution" else "threshold"}
+            known = {"node_threshold", "edge_threshold", *(("max_links", "merge") if path == "/api/attribution" else ("threshold",))}
             extra = sorted(set(query) - known)
             if extra:
                 raise _RequestError(HTTPStatus.BAD_REQUEST, f"unknown parameter {extra[0]!r}; it takes {', '.join(sorted(known))}")
             args: dict[str, Any] = {}
             for name in known & set(query):
                 text = query[name][0]
+                if name == "merge":
+                    if text not in ("0", "1"):
+                        raise _RequestError(HTTPStatus.BAD_REQUEST, f"merge must be 0 or 1, got {text!r}")
+                    args[name] = text == "1"
+                    continue
                 try:
                     args[name] = int(text) if name == "max_links" else float(text)
                 except ValueError:
