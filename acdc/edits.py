@@ -136,8 +136,6 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
             x = edit(x, it, lambda: ablated(corrupt.sources[0]))  # type: ignore[union-attr]
         return x
 
-    logits = tf.logits_with_edits(clean, heads={layer: head_fn(layer) for layer in heads},
-                                  mlps={layer: mlp_fn(layer) for layer in set(mlps) | set(neurons) | set(features)},
-                                  embedding=embed_fn if embedding else None)
-    rows = logits[torch.arange(B, device=logits.device)[:, None], patcher.answer_pos.to(logits.device)]
-    return rows.reshape(-1, logits.shape[-1])
+    return tf.logits_with_edits(clean, heads={layer: head_fn(layer) for layer in heads},
+                                mlps={layer: mlp_fn(layer) for layer in set(mlps) | set(neurons) | set(features)},
+                                embedding=embed_fn if embedding else None, rows=patcher.answer_pos)

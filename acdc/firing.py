@@ -24,7 +24,6 @@ returns a `ComponentActivity` per node:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,12 +32,12 @@ import torch
 from torch import Tensor
 
 from .inputs import token_texts
+from .interventions import parse_node
 from .model import Transformer
 from .transcoders import TranscoderSet
 
 __all__ = ["ComponentActivity", "component_activity"]
 
-_NAME = re.compile(r"^(?:a(\d+)\.h(\d+)|m(\d+)|m(\d+)\.n(\d+)|m(\d+)\.f(\d+))$")
 MEASURES = {
     "head": "norm of the head's output (before b_O) at the query position; contexts are query-key pairs ranked by "
             "attention probability x |value through W_O|",
@@ -76,21 +75,14 @@ class ComponentActivity:
 
 def _parse(name: Any, tf: Transformer, transcoders: TranscoderSet | None) -> tuple[str, int, int]:
     """(kind, layer, index) of a node to scan, checked against the model; a one-line ValueError otherwise."""
-    m = _NAME.match(name) if isinstance(name, str) else None
-    if m is None:
+    try:
+        kind, layer, index = parse_node(name)  # the intervention names: one grammar of node names
+    except ValueError:
+        kind, layer, index = "input", -1, -1
+    if kind == "input":
         raise ValueError(f"{name!r} has no activation to scan; give a head (a1.h2), an MLP (m3), a neuron (m3.n17) "
                          "or a feature (m3.f17, with transcoders=)")
     a = tf.arch
-    g = [None if x is None else int(x) for x in m.groups()]
-    if g[0] is not None:
-        kind, layer, index = "head", g[0], g[1]
-    elif g[2] is not None:
-        kind, layer, index = "mlp", g[2], -1
-    elif g[3] is not None:
-        kind, layer, index = "neuron", g[3], g[4]
-    else:
-        kind, layer, index = "feature", g[5], g[6]
-    assert layer is not None and index is not None
     if not 0 <= layer < a.n_layers:
         raise ValueError(f"{name}: layer {layer} does not exist; the model has layers 0..{a.n_layers - 1}")
     if kind != "head" and a.attn_only:
@@ -158,8 +150,9 @@ def component_activity(model: Any, nodes: Sequence[str], tokens: Tensor, *, mask
                 p: Tensor | None = None
                 if kind == "head":
                     heads = torch.tensor([index], device=tf.device)
-                    p = tf.pattern(tf.project(layer, heads, before, "Q"), tf.project(layer, heads, before, "K"))  # [1, b, q, k]
-                    vm = tf.project(layer, heads, before, "V")  # [1, b, k, dh]
+                    ln = tf.ln(before, "ln1", layer)  # normed once for the three projections
+                    p = tf.pattern(tf.project_normed(layer, heads, ln, "Q"), tf.project_normed(layer, heads, ln, "K"))  # [1, b, q, k]
+                    vm = tf.project_normed(layer, heads, ln, "V")  # [1, b, k, dh]
                     out = tf.mix(layer, heads, p, vm)[0]  # [b, q, d]: the head's output, before b_O
                     p = p[0]
                     write = (vm[0] @ tf.w["W_O"][layer][index]).norm(dim=-1)  # [b, k]

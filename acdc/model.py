@@ -529,16 +529,22 @@ class Transformer:
     @torch.no_grad()
     def logits_with_edits(self, tokens: Tensor, *, heads: dict[int, Callable[[Tensor], Tensor]] | None = None,
                           mlps: dict[int, Callable[[Tensor], Tensor]] | None = None,
-                          embedding: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-        """Logits [batch, pos, d_vocab] of a plain forward with components' outputs edited, everything
-        downstream live: ``heads[layer]`` maps the layer's head outputs [n_heads, batch, pos, d_model] to
-        new ones, ``mlps[layer]`` maps the MLP's normed input (`mlp_input`) to its output (`mlp_normed` is
-        the unedited MLP), ``embedding`` maps the input node's output. What interventions run on."""
+                          embedding: Callable[[Tensor], Tensor] | None = None, rows: Tensor | None = None) -> Tensor:
+        """Logits of a plain forward with components' outputs edited, everything downstream live:
+        ``heads[layer]`` maps the layer's head outputs [n_heads, batch, pos, d_model] to new ones,
+        ``mlps[layer]`` maps the MLP's normed input (`mlp_input`) to its output (`mlp_normed` is the
+        unedited MLP), ``embedding`` maps the input node's output. What interventions run on.
+        ``rows`` [batch, P]: only those positions are unembedded -> [batch * P, d_vocab], prompt-major
+        (as `run` reads the answer positions); None: every position, [batch, pos, d_vocab]."""
         last = None
         for last in self._walk(tokens, replace=mlps, edit_heads=heads, edit_input=embedding):  # noqa: B007
             pass
         assert last is not None
-        return self.unembed(last[3])
+        resid = last[3]
+        if rows is None:
+            return self.unembed(resid)
+        picked = resid[torch.arange(resid.shape[0], device=resid.device)[:, None], rows.to(resid.device)]
+        return self.unembed(picked.reshape(-1, resid.shape[-1]))
 
     # ------------------------------------------------------------------ full pass
     @torch.no_grad()
