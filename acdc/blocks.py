@@ -72,6 +72,11 @@ class MLPUnits(Protocol):
         """[..., n_units] grads [..., d_model] dotted with each unit's row (attribution's product)."""
         ...
 
+    def rows(self, tf: Transformer, layer: int) -> Tensor:
+        """[n_units, d_model] what each unit writes per unit of activation (a neuron's W_out row, a
+        feature's decoder row): the incremental pass sums changed activations against them."""
+        ...
+
 
 MLP_ENGINES: dict[str, Callable[[Graph, Transformer], MLPUnits]] = {}
 
@@ -93,7 +98,15 @@ def weighted_rows(rows: Tensor, weights: Tensor, values: Tensor) -> Tensor:
 
 
 class Engine(Protocol):
-    """What the passes read of the patcher (`acdc.patching.Patcher`): the model, graph, caches."""
+    """What the passes read of the patcher (`acdc.patching.Patcher`): the model, graph, caches.
+
+    ``batch_index`` [B, 1] and ``answer_pos`` [B, P] pick the answer rows; ``answers_only_dst[r]``:
+    destination r is read at the answer rows only (the last layer's queries and MLP, the logits);
+    ``units``: the factored MLP units' engine (None: every MLP whole), with ``factored_layers``
+    (layer -> its units' source indices) and ``unit_ablation`` (layer -> [n, B|1, S] ablated
+    activations, None for zero); ``dense_slots(cols)``: the rows of dense tensors (``abl``, a
+    state's ``out``) of dense graph sources ``cols``.
+    """
 
     tf: Transformer
     graph: Graph
@@ -103,17 +116,27 @@ class Engine(Protocol):
     answer_pos: Tensor
     n_pos: int
     cache_bytes: int
-    _bidx: Tensor
-    _dst_ans: list[bool]
+    batch_index: Tensor
+    answers_only_dst: list[bool]
     live_rows: Tensor | None
+    factored_layers: dict[int, range]
+    unit_ablation: list[Tensor | None]
+    unit_mask: Tensor | None
+
+    @property
+    def units(self) -> MLPUnits | None: ...
 
     def at_answers(self, x: Tensor) -> Tensor: ...
 
-    def answer_only_sources(self, keep: Tensor) -> Tensor: ...
+    def rows_read(self, keep: Tensor) -> tuple[Tensor, Tensor]: ...
 
-    def _full(self, x: Tensor) -> bool: ...
+    def full_rows(self, x: Tensor) -> bool: ...
 
     def stream_base(self, stream: int) -> Tensor: ...
+
+    def dense_slots(self, cols: Tensor) -> Tensor: ...
+
+    def unit_rows(self, layer: int) -> Tensor: ...
 
 
 class RefState(Protocol):
@@ -124,6 +147,9 @@ class RefState(Protocol):
     resid_pre: Tensor
     resid_mid: Tensor
     inputs: OrderedDict
+    acts: dict[int, Tensor]
+
+    def rows_read(self) -> tuple[list[bool], list[bool]]: ...
 
 
 # ---------------------------------------------------------------------- blocks
@@ -198,7 +224,7 @@ class HeadsBlock(Block):
         # queries at the answer rows only: in the last layer, or where nothing the circuit keeps reads
         # these heads' outputs elsewhere (their outputs' other rows stay stale, and nothing reads them)
         last = self.last or all(job.ans_src[base + h] for h in todo)
-        K, B = job.K, len(p._bidx)
+        K, B = job.K, len(p.batch_index)
         stream = self.stream
         shared_full = job.stream_value(stream, False)
         shared_q = job.stream_value(stream, True) if last else shared_full
@@ -289,7 +315,7 @@ class MLPBlock(Block):
         if not bool(job.alive[src]):
             job.dropped.append(row)
             return
-        ans = job.p._dst_ans[row] or job.ans_src[src]  # per token: the rows its readers need
+        ans = job.p.answers_only_dst[row] or job.ans_src[src]  # per token: the rows its readers need
         x = job.dst_input(row, self.stream, ans)
         x = x.expand(job.K, *x.shape[-3:])
         ref = job.src_ref([src], ans)[:, None]
@@ -344,7 +370,39 @@ class UnitsBlock(MLPBlock):
                 run.X[run.slot(slice(extra.start, extra.stop))] = 0
 
     def incremental(self, job: Job) -> None:
-        Block.incremental(self, job)
+        """Recompute the layer's units (activations) and extras (dense) when the MLP's input changed.
+
+        A unit or extra with no kept outgoing edge keeps its stale value (it is on the ablated side of
+        every destination, as a dense source that is not recomputed)."""
+        r, row = self.sources, self.row
+        if not job.affected_many([row])[0]:
+            return
+        alive = job.alive[r.start : r.stop]
+        if not bool(alive.any()):
+            job.dropped.append(row)
+            return
+        p, tf = job.p, job.p.tf
+        ans = p.answers_only_dst[row] or not any(job.full_src[r.start : r.stop])  # the rows its readers need
+        x = job.dst_input(row, self.stream, ans)
+        x = x.expand(job.K, *x.shape[-3:])
+        acts = self.units.activations(tf, self.layer, x)  # [K, B, p, n]
+        n = len(self.factored)
+        new = acts.movedim(-1, 1)  # [K, n, B, p]
+        dacts = new - job.unit_ref(self.layer, ans)[None]
+        dead = ~alive[:n]
+        if bool(dead.any()):
+            dacts[:, dead] = 0
+        job.add_unit_deltas(self.layer, dacts)
+        extra = self.extra
+        if len(extra):
+            out = self.units.extras(tf, self.layer, x, acts)
+            assert out is not None and len(out) == len(extra)
+            srcs = list(extra)
+            delta = out - job.src_ref(srcs, ans)[:, None]
+            dead_x = ~alive[n:]
+            if bool(dead_x.any()):
+                delta[dead_x] = 0
+            job.add_deltas(srcs, delta)
 
 
 def blocks_of(g: Graph, units: MLPUnits | None) -> list[Block]:
@@ -488,7 +546,9 @@ class Job:
         # [n_src]: sources whose output the reference circuit reads at the answer rows only (their
         # changes are computed there alone; a removal can only shrink what is read, so the other rows
         # are never read again)
-        self.ans_src: list[bool] = patcher.answer_only_sources(st.keep).tolist()
+        live, full = st.rows_read()
+        self.ans_src: list[bool] = [a and not b for a, b in zip(live, full, strict=True)]
+        self.full_src: list[bool] = full  # sources the reference circuit reads at every row
         self.changed = torch.zeros(keep.shape[-1], dtype=torch.bool, device=keep.device)
         self.delta: dict[int, Tensor] = {}  # source -> [K, B, p, d] change of its output
         self._delta_ans: dict[int, Tensor] = {}
@@ -499,6 +559,9 @@ class Job:
         self.new_inp: dict[int, Tensor] = {}  # inputs a commit will cache
         self.memo: dict[int, Tensor] = {}
         self.dropped: list[int] = []
+        self.act_delta: dict[int, Tensor] = {}  # factored layer -> [K, n_units, B, p] change of its activations
+        self._act_cache: dict[tuple[int, bool], Tensor] = {}
+        self._dense_mask = None if patcher.unit_mask is None else ~patcher.unit_mask
 
     def affected_many(self, rows: list[int]) -> list[bool]:
         """Whether each destination's input differs from the reference."""
@@ -520,14 +583,70 @@ class Job:
         p = self.p
         x = p.stream_base(stream)
         if ans:
-            return p.at_answers(x.expand(len(p._bidx), p.n_pos, -1))
+            return p.at_answers(x.expand(len(p.batch_index), p.n_pos, -1))
         return x.expand(-1, p.n_pos, -1)
 
     def src_ref(self, srcs: list[int], ans: bool) -> Tensor:
         """Reference outputs [n, B, p, d] of some sources (answer rows only if ``ans``)."""
         out = self.st.out
+        if self.p.unit_mask is not None:
+            srcs = self.p.dense_slots(torch.tensor(srcs, device=out.device)).tolist()
         x = out[srcs[0] : srcs[-1] + 1] if srcs == list(range(srcs[0], srcs[-1] + 1)) else out[srcs]
         return self.p.at_answers(x) if ans else x
+
+    def unit_ref(self, layer: int, ans: bool) -> Tensor:
+        """Reference activations [n_units, B, S|P] of a factored layer (answer rows only if ``ans``)."""
+        x = self.st.acts[layer]
+        return self._rows_of(x, ans)
+
+    def _rows_of(self, x: Tensor, ans: bool) -> Tensor:
+        """[..., B|1, S, ] activations -> at the answer rows [..., B, P] if ``ans``."""
+        if not ans:
+            return x
+        p = self.p
+        b = p.batch_index if x.shape[-2] > 1 else torch.zeros_like(p.batch_index)
+        return x[..., b, p.answer_pos]
+
+    def _unit_values(self, layer: int, idx: Tensor, ans: bool) -> Tensor:
+        """Reference (activation - ablated activation) [n', B, S|P] of a factored layer's units ``idx``."""
+        x = self.unit_ref(layer, ans).index_select(0, idx)
+        abl = self.p.unit_ablation[layer]
+        if abl is not None:
+            x = x - self._rows_of(abl.index_select(0, idx), ans)
+        return x
+
+    def _unit_sum(self, layer: int, w: Tensor, idx: Tensor, values: Tensor) -> Tensor:
+        """[K, B, p, d] sum_i w[k, i] values[k|0, i] row_i over the layer's units ``idx`` [n']:
+        w [K, n'], values [1|K, n', B, p]."""
+        rows = self.p.unit_rows(layer).index_select(0, idx)  # [n', d]
+        v = values * w[:, :, None, None].to(values.dtype)  # [K, n', B, p]
+        K, n, B, P = v.shape
+        return (v.reshape(K, n, B * P).transpose(1, 2) @ rows).view(K, B, P, rows.shape[-1])
+
+    def add_unit_deltas(self, layer: int, dacts: Tensor) -> None:
+        """Record a factored layer's activation changes [K, n_units, B, p]; add their sum to the stream."""
+        r = self.p.factored_layers[layer]
+        K, n = dacts.shape[:2]
+        self.changed[r.start : r.start + n] = dacts.ne(0).reshape(K, n, -1).any(-1).any(0)
+        self.act_delta[layer] = dacts
+        every = torch.arange(n, device=dacts.device)
+        self._add_run(self._unit_sum(layer, torch.ones(K, n, dtype=dacts.dtype, device=dacts.device), every, dacts))
+
+    def _act_delta(self, layer: int, ans: bool) -> Tensor:
+        """A factored layer's activation changes [K, n, B, S|P], at the rows asked for."""
+        d = self.act_delta[layer]
+        full = d.shape[-1] == self.p.n_pos
+        if ans != full:  # already at the rows asked for (with P == S the answer rows are every row, in order)
+            return d
+        key = (layer, ans)
+        if key not in self._act_cache:
+            if ans:
+                self._act_cache[key] = self._rows_of(d, True)
+            else:  # changed at the answer rows only, read at every row
+                out = d.new_zeros(*d.shape[:-1], self.p.n_pos)
+                out[..., self.p.batch_index, self.p.answer_pos] = d
+                self._act_cache[key] = out
+        return self._act_cache[key]
 
     def stream_value(self, stream: int, ans: bool) -> Tensor:
         """Unpatched stream of the candidates, [1|K, B, p, d]; one shared tensor per stream."""
@@ -536,7 +655,7 @@ class Job:
             x = self.stream_ref(stream, ans)[None]
             run = self.runs.get(stream)
             if run is not None:
-                full = self.p._full(run)
+                full = self.p.full_rows(run)
                 x = x + (self.p.at_answers(run) if ans and full else run if ans or full else self.widen(run))
             self._streams[key] = x
         return self._streams[key]
@@ -546,12 +665,15 @@ class Job:
         for j, s in enumerate(srcs):
             self.delta[s] = delta[j]
             self.changed[s] = True
-        total = delta.sum(0) if len(srcs) > 1 else delta[0]
+        self._add_run(delta.sum(0) if len(srcs) > 1 else delta[0])
+
+    def _add_run(self, total: Tensor) -> None:
+        """Add a change [K, B, p, d] to the running change of the unpatched stream."""
         if self.run is None:
             self.run = total
         elif self.run.shape[-2] == total.shape[-2]:
             self.run = self.run + total
-        elif self.p._full(self.run):  # a change at the answer rows only: zero at the others
+        elif self.p.full_rows(self.run):  # a change at the answer rows only: zero at the others
             self.run = self.run + self.widen(total)
         else:
             self.run = self.widen(self.run) + total
@@ -560,12 +682,12 @@ class Job:
         """[..., B, P, d] at the answer rows -> [..., B, S, d], zero at every other row."""
         p = self.p
         out = x.new_zeros(*x.shape[:-2], p.n_pos, x.shape[-1])
-        out[..., p._bidx, p.answer_pos, :] = x
+        out[..., p.batch_index, p.answer_pos, :] = x
         return out
 
     def _delta(self, src: int, ans: bool) -> Tensor:
         d = self.delta[src]
-        full = self.p._full(d)
+        full = self.p.full_rows(d)
         if ans and full:
             if src not in self._delta_ans:
                 self._delta_ans[src] = self.p.at_answers(d)
@@ -578,37 +700,68 @@ class Job:
 
     def _sum_ref(self, w: Tensor, ans: bool) -> Tensor | None:
         """sum_u w[k, u] (O_u - A_u) over reference outputs; w [K, n_src]."""
-        cols = w.ne(0).any(0).nonzero().squeeze(1)
+        nz = w.ne(0).any(0)
+        total = self._sum_units(w, nz, ans, None)
+        cols = (nz if self._dense_mask is None else nz & self._dense_mask).nonzero().squeeze(1)
         if cols.numel() == 0:
-            return None
+            return total
         p = self.p
+        slots = cols if self._dense_mask is None else p.dense_slots(cols)
         if ans:  # gather the answer rows alone (not every row, then the answers)
-            at = (cols[:, None, None], p._bidx, p.answer_pos)
+            at = (slots[:, None, None], p.batch_index, p.answer_pos)
             x = self.st.out[at]
             if p.abl is not None:
-                x = x - p.abl[(at[0], p._bidx if p.abl.shape[1] > 1 else torch.zeros_like(p._bidx), at[2])]
+                x = x - p.abl[(at[0], p.batch_index if p.abl.shape[1] > 1 else torch.zeros_like(p.batch_index), at[2])]
         else:
-            x = self.st.out.index_select(0, cols)
+            x = self.st.out.index_select(0, slots)
             if p.abl is not None:
-                x = x - p.abl.index_select(0, cols)
-        return torch.einsum("kn,nbpd->kbpd", w[:, cols].to(x.dtype), x)
+                x = x - p.abl.index_select(0, slots)
+        out = torch.einsum("kn,nbpd->kbpd", w[:, cols].to(x.dtype), x)
+        return out if total is None else out + total
+
+    def _sum_units(self, w: Tensor, nz: Tensor, ans: bool, changed: Tensor | None) -> Tensor | None:
+        """The factored units' part of `_sum_ref` (``changed`` None) or `_sum_delta` (``changed``: the
+        changed sources): sum over each factored layer's units with a weight, as activations x rows."""
+        total = None
+        for layer, r in self.p.factored_layers.items():
+            if changed is not None and layer not in self.act_delta:
+                continue
+            n = len(self.p.unit_rows(layer))
+            sel = nz[r.start : r.start + n]
+            if changed is not None:
+                sel = sel & changed[r.start : r.start + n]
+            idx = sel.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            values = (self._unit_values(layer, idx, ans)[None] if changed is None
+                      else self._act_delta(layer, ans).index_select(1, idx))
+            term = self._unit_sum(layer, w[:, r.start + idx], idx, values)
+            total = term if total is None else total + term
+        return total
 
     def _sum_delta(self, w: Tensor, ans: bool) -> Tensor | None:
         """sum_u w[k, u] delta_u over changed sources (w is zero elsewhere)."""
-        cols = (w.ne(0).any(0) & self.changed).nonzero().squeeze(1).tolist()
+        nz = w.ne(0).any(0)
+        total = self._sum_units(w, nz, ans, self.changed) if self.act_delta else None
+        sel = nz & self.changed
+        if self._dense_mask is not None:
+            sel = sel & self._dense_mask
+        cols = sel.nonzero().squeeze(1).tolist()
         if not cols:
-            return None
+            return total
         terms = [self._delta(c, ans) for c in cols]
         if len(cols) == 1:
-            return terms[0] * w[:, cols[0]].to(terms[0].dtype)[:, None, None, None]
-        x = torch.stack(terms, 1)  # [K, n, B, p, d]
-        return torch.einsum("kn,knbpd->kbpd", w[:, cols].to(x.dtype), x)
+            out = terms[0] * w[:, cols[0]].to(terms[0].dtype)[:, None, None, None]
+        else:
+            x = torch.stack(terms, 1)  # [K, n, B, p, d]
+            out = torch.einsum("kn,knbpd->kbpd", w[:, cols].to(x.dtype), x)
+        return out if total is None else out + total
 
     def dst_input(self, row: int, stream: int, ans: bool) -> Tensor:
         """Input of destination ``row`` under every candidate: [1|K, B, p, d]."""
         if row in self.memo:
             x = self.memo[row]
-            return self.p.at_answers(x) if ans and self.p._full(x) else x
+            return self.p.at_answers(x) if ans and self.p.full_rows(x) else x
         st, p = self.st, self.p
         up = p.upstream[row]
         kept = self.keep[:, row]  # [K, n_src], already within `up`
@@ -623,7 +776,7 @@ class Job:
             options = {"kept": int(kept.sum(-1).max()), "ablated": 2 * n_abl + 1}
             ref_row = st.keep[row]
             cached = st.inputs.get(row)
-            if cached is not None and not ans and not p._full(cached):
+            if cached is not None and not ans and not p.full_rows(cached):
                 cached = None  # cached at the answer rows only (a head batched with its layer then), read everywhere now
             if cached is not None:
                 moved = int((kept != ref_row[None]).sum(-1).max()) + int((kept & self.changed).sum(-1).max())
@@ -631,7 +784,7 @@ class Job:
             how = min(options, key=lambda k: options[k])
             if how == "relative" and cached is not None:
                 st.inputs.move_to_end(row)
-                x = (p.at_answers(cached) if ans and p._full(cached) else cached)[None]
+                x = (p.at_answers(cached) if ans and p.full_rows(cached) else cached)[None]
                 terms = [(1, self._sum_ref(kept.to(torch.int8) - ref_row[None].to(torch.int8), ans)), (1, self._sum_delta(kept, ans))]
             elif how == "kept":
                 x = self.stream_base(stream, ans)[None]
@@ -642,7 +795,7 @@ class Job:
             for sign, term in terms:
                 if term is not None:
                     x = x + term if sign > 0 else x - term
-            x = x.expand(x.shape[0], len(p._bidx), *x.shape[-2:])
+            x = x.expand(x.shape[0], len(p.batch_index), *x.shape[-2:])
         self.memo[row] = x
         if (row in st.inputs or bool(self.changed_rows[row])) and self.affected_many([row])[0]:
             self.new_inp[row] = x

@@ -81,8 +81,7 @@ class TranscoderUnits:
         Never differentiated (the transcoders' parameters would carry autograd graphs into every
         stored activation): attribution's gradients come from the model's own MLP (`GradPass`)."""
         t, idx, _ = self._layers[layer]
-        acts = t.encode(self._normed(tf, layer, x))
-        return acts.index_select(-1, idx.to(acts.device)).to(tf.dtype)
+        return t.encode_features(self._normed(tf, layer, x), idx.to(t.W_enc.device)).to(tf.dtype)
 
     @torch.no_grad()
     def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor) -> Tensor:
@@ -104,6 +103,10 @@ class TranscoderUnits:
     def read(self, tf: Transformer, layer: int, grads: Tensor) -> Tensor:
         """[..., n] grads [..., d_model] dotted with each chosen feature's decoder row."""
         return grads @ self._layers[layer][2].T.to(grads.dtype)
+
+    def rows(self, tf: Transformer, layer: int) -> Tensor:
+        """[n, d_model] the chosen features' decoder rows."""
+        return self._layers[layer][2]
 
     def bias(self, tf: Transformer, layer: int) -> Tensor | None:
         """[d_model] ``b_dec`` of a featured layer (outside every node); None for a whole MLP."""

@@ -63,6 +63,10 @@ class Neurons:
         """[..., d_mlp] grads [..., d_model] @ W_out.T: each neuron's row dotted with the gradient."""
         return grads @ tf.mlp_out_rows(layer).T.to(grads.dtype)
 
+    def rows(self, tf: Transformer, layer: int) -> Tensor:
+        """[d_mlp, d_model] W_out: what each neuron writes per unit of activation."""
+        return tf.mlp_out_rows(layer)
+
     def bias(self, tf: Transformer, layer: int) -> Tensor:
         """[d_model] b_out, outside every neuron."""
         return tf.mlp_bias(layer)

@@ -71,6 +71,8 @@ class PatchState:
     inputs:    destination -> [batch, pos, d_model] input, for a bounded set of destinations
                (an optimisation only; least recently used entries are dropped).
     vocab:     the vocabulary columns of the logits [k] (None: all of them; `Metric.narrow`).
+    acts:      factored layer -> [n_units, batch, pos] its units' activations (neurons, features); with
+               factored units ``out`` holds the dense sources only, in `Patcher.dense_slots` order.
     """
 
     keep: Tensor
@@ -81,7 +83,16 @@ class PatchState:
     patcher: "Patcher"
     inputs: OrderedDict = field(default_factory=OrderedDict)
     vocab: Tensor | None = None
+    acts: dict[int, Tensor] = field(default_factory=dict)
     _shared: bool = True  # tensors still belong to the clean run (copied at the first commit)
+    _read: tuple[list[bool], list[bool]] | None = None  # `rows_read` of keep, until keep changes
+
+    def rows_read(self) -> tuple[list[bool], list[bool]]:
+        """Per source: whether this circuit reads it at all, and whether at every row (`Patcher.rows_read`)."""
+        if self._read is None:
+            live, full = self.patcher.rows_read(self.keep)
+            self._read = (live.tolist(), full.tolist())
+        return self._read
 
     def propagate(self, keep: Tensor) -> "Proposal":
         """Evaluate candidate kept-edge sets [K, n_dst, n_src] (or one [n_dst, n_src])."""
@@ -96,6 +107,7 @@ class PatchState:
         outgoing edge, whose output nothing reads (so nothing downstream changes)."""
         self.keep[dst] = False
         self.inputs.pop(dst, None)
+        self._read = None
 
 
 @dataclass
@@ -172,6 +184,7 @@ class Proposal:
     inputs: dict[int, Tensor]  # destination -> [1|K, batch, p, d_model] input to cache
     runs: dict[int, Tensor]  # stream -> [K, batch, p, d_model] change of the unpatched stream
     dropped: list[int]  # destinations whose cached input went stale
+    unit_deltas: dict[int, Tensor] = field(default_factory=dict)  # factored layer -> [K, n_units, batch, p]
 
 
 class Patcher:
@@ -248,7 +261,7 @@ class Patcher:
         self.clean_tokens, self.corrupt_tokens = clean_t, corrupt_t
         self.answer_pos = answer_positions(answer_pos, B, S).to(tf.device)
         self.cache_bytes = cache_bytes
-        self._bidx = torch.arange(B, device=tf.device)[:, None]
+        self.batch_index = torch.arange(B, device=tf.device)[:, None]
         self.n_pos = S
         # flat indices (into B * S) of the tokens at or before each prompt's last scored position: the
         # rows anything the metric sees can depend on (causal attention); None when that is every row
@@ -263,6 +276,7 @@ class Patcher:
         self._dense_cols: Tensor | None = None
         self._dslot: Tensor | None = None
         self._abl_units: list[Tensor | None] | None = None
+        self._unit_rows: dict[int, Tensor] = {}
         self._source_values: SourceValues | None = None
         self.clean = tf.run(clean_t, self.answer_pos)
         corrupt_run = tf.run(corrupt_t, self.answer_pos)
@@ -297,7 +311,33 @@ class Patcher:
         del corrupt_run
         # one ablation value for the whole batch (plain mean ablation), else one per prompt (or none: zero)
         self.shared_ablation = self.abl is not None and self.abl.shape[1] == 1
+        self.factored_layers: dict[int, range] = {layer: g.mlp_sources(layer)[:n] for layer, n in self._n_units.items()}
+        self.unit_ablation: list[Tensor | None] = self._abl_units or [None] * g.n_layers
+        self.unit_mask: Tensor | None = None  # [n_src] bool: the factored sources (None: there are none)
+        if self._units is not None:
+            self.unit_mask = torch.zeros(len(g.sources), dtype=torch.bool, device=tf.device)
+            for r in self.factored_layers.values():
+                self.unit_mask[r.start : r.stop] = True
         self._layout()
+
+    @property
+    def units(self) -> MLPUnits | None:
+        """The engine of the graph's factored MLP units (neurons, transcoder features); None: every MLP whole."""
+        return self._units
+
+    def dense_slots(self, cols: Tensor) -> Tensor:
+        """Rows [k] of the dense tensors (``abl``, a state's ``out``) of dense graph sources ``cols`` [k]
+        (the same indices when no source is factored)."""
+        return cols if self._dslot is None else self._dslot[cols]
+
+    def unit_rows(self, layer: int) -> Tensor:
+        """[n_units, d_model] what each factored unit of ``layer`` writes per unit of activation."""
+        rows = self._unit_rows.get(layer)
+        if rows is None:
+            assert self._units is not None
+            rows = self._units.rows(self.tf, layer).to(device=self.tf.device, dtype=self.tf.dtype)
+            self._unit_rows[layer] = rows
+        return rows
 
     def _factor(self, corrupt: ForwardCache, mean_weights: Tensor | None) -> ForwardCache:
         """The corrupt run in a factored graph's layout: its dense sources (input, heads, whole MLPs,
@@ -370,38 +410,55 @@ class Patcher:
         """Which destinations are read at the answer rows only (the last layer's q and MLP, logits),
         and what `answer_only_sources` needs: each destination's node and whether it reads per row."""
         g, L = self.graph, self.tf.arch.n_layers
-        self._dst_ans: list[bool] = [d.answers_only(L) for d in g.destinations]
+        self.answers_only_dst: list[bool] = [d.answers_only(L) for d in g.destinations]
         self.upstream = g.upstream.to(self.tf.device)
         n_src, dev = len(g.sources), self.tf.device
         node = g.dst_node_src.clone()
+        # a split MLP (neurons, features) is no source: its input destination's output is read wherever one
+        # of its sources is, which `rows_read` keeps in one slot per such layer, after the logits' slot
+        split: dict[int, int] = {}
+        for layer in range(0 if g.attn_only else g.n_layers):
+            row = g.mlp_row(layer)
+            if int(node[row]) < 0:
+                split[layer] = n_src + 1 + len(split)
+                node[row] = split[layer]
         node[node < 0] = n_src  # the logits: one slot past the sources
         self._dst_node = node.to(dev)
+        self._n_slots = n_src + 1 + len(split)
         # a q input or an MLP's input is read row by row; a k or v input (or an unsplit head input) at every row
         self._dst_per_row = torch.tensor([d.qkv in d.node.kind.answer_slots for d in g.destinations], device=dev)
-        groups: list[slice] = []
+        groups: list[tuple[slice, int | None]] = []
         for layer in reversed(range(g.n_layers)):  # top-down: every group's readers come later
             if not g.attn_only:
                 r = g.mlp_sources(layer)
-                groups.append(slice(r.start, r.stop))
-            groups.append(slice(g.head_src(layer), g.head_src(layer) + g.n_heads))
+                groups.append((slice(r.start, r.stop), split.get(layer)))
+            groups.append((slice(g.head_src(layer), g.head_src(layer) + g.n_heads), None))
         self._need_groups = groups
 
     def answer_only_sources(self, keep: Tensor) -> Tensor:
         """[n_src] bool: the sources whose output circuit ``keep`` [n_dst, n_src] reads at the answer rows
         only. The logits read the answer rows; a q input or an MLP's input reads the rows its node's output
         is read at; a k or v input of a head that is read at all reads every row."""
+        live, full = self.rows_read(keep)
+        return live & ~full
+
+    def rows_read(self, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """([n_src], [n_src]) bool: the sources circuit ``keep`` [n_dst, n_src] reads at all, and those it
+        reads at every row (the rest of the read ones: at the answer rows only; `answer_only_sources`)."""
         n_src = keep.shape[1]
-        live = torch.zeros(n_src + 1, dtype=torch.bool, device=keep.device)
+        live = torch.zeros(self._n_slots, dtype=torch.bool, device=keep.device)
         full = torch.zeros_like(live)
         live[n_src] = True
         node, per_row = self._dst_node, self._dst_per_row
-        for srcs in self._need_groups:
+        for srcs, split in self._need_groups:
             read = live[node]
             everywhere = read & (~per_row | full[node])
             kept = keep[:, srcs]
             live[srcs] = (kept & read[:, None]).any(0)
             full[srcs] = (kept & everywhere[:, None]).any(0)
-        return (live & ~full)[:n_src]
+            if split is not None:  # a split MLP's output is read where any of its sources is
+                live[split], full[split] = live[srcs].any(), full[srcs].any()
+        return live[:n_src], full[:n_src]
 
     # ------------------------------------------------------------------ public API
     @property
@@ -447,14 +504,14 @@ class Patcher:
     def reference_state(self, vocab: Tensor | None = None) -> SearchState:
         """The state a search that removes edges (ACDC) starts from: the full circuit on the clean run.
 
-        Plain graphs of whole MLPs get the incremental `PatchState`; positional graphs and graphs with
-        factored MLP units (neurons, features) a `RerunState`. Both have ``keep``, ``logits``,
+        Graphs without positions (of whole MLPs, or with factored MLP units: neurons, features) get the
+        incremental `PatchState`; positional graphs a `RerunState`. Both have ``keep``, ``logits``,
         ``propagate(candidates)``, ``commit(proposal, k)`` and ``drop_destination(dst)``. With
         ``vocab`` [k] their logits are those columns only (`Metric.narrow`: a metric that reads a few
         tokens' logits; on SmolLM2 the full unembedding is most of an edge test).
         """
         vocab = self._vocab(vocab)
-        if self.graph.positions is None and self._units is None:
+        if self.graph.positions is None:
             return self.state(vocab)
         up = self.upstream
         keep = up.clone() if self.graph.positions is None else up[:, :, None].expand(*up.shape, self.graph.n_positions).clone()
@@ -468,10 +525,13 @@ class Patcher:
         It shares the clean run's tensors until its first commit (copy-on-write).
         """
         self._plain_only("PatchState")
-        self._dense_only("PatchState (incremental ACDC)")
         c, vocab = self.clean, self._vocab(vocab)
         logits = c.logits if vocab is None else c.logits.index_select(-1, vocab)
-        return PatchState(self.upstream.clone(), c.sources, c.resid_pre, c.resid_mid, logits, self, vocab=vocab)
+        if self._units is None:
+            return PatchState(self.upstream.clone(), c.sources, c.resid_pre, c.resid_mid, logits, self, vocab=vocab)
+        sv = self.source_values  # the dense sources in slot order, and the units' clean activations [n, B, S]
+        acts = {layer: f.clean for layer, f in sv.factored.items()}
+        return PatchState(self.upstream.clone(), sv.dense_clean, c.resid_pre, c.resid_mid, logits, self, vocab=vocab, acts=acts)
 
     def _vocab(self, vocab: Tensor | None) -> Tensor | None:
         """Vocabulary columns checked and on the model's device (None: every column)."""
@@ -566,20 +626,15 @@ class Patcher:
         return logits.reshape(-1, logits.shape[-1]), run
 
     # ------------------------------------------------------------------ propagation
-    def _dense_only(self, what: str) -> None:
-        if self._units is not None:
-            raise NotImplementedError(f"{what} does not run on graphs with MLP {self.graph.mlp_units} yet; "
-                                      "Patcher.logits / run / forward (faithfulness, the explorer) and attribution (EAP, EAP-IG) do")
-
     def _plain_only(self, what: str) -> None:
         if self.graph.positions is not None:
             raise ValueError(f"{what} works on plain graphs; a positional graph is evaluated with Patcher.run / forward")
 
     def at_answers(self, x: Tensor) -> Tensor:
         """[..., B, S, d] -> [..., B, P, d] at each prompt's answer positions."""
-        return x[..., self._bidx, self.answer_pos, :]
+        return x[..., self.batch_index, self.answer_pos, :]
 
-    def _full(self, x: Tensor) -> bool:
+    def full_rows(self, x: Tensor) -> bool:
         """Whether ``x`` [..., S|P, d] holds every position (else the answer rows only).
 
         When P == S the answer rows are all positions in order (they are strictly increasing),
@@ -617,7 +672,7 @@ class Patcher:
         x = job.dst_input(self.graph.logits_row, 2 * L, True).expand(K, -1, -1, -1)
         logits = self.tf.unembed(x.reshape(-1, x.shape[-1]), st.vocab).view(K, -1, a.d_vocab if st.vocab is None else len(st.vocab))
         runs = {k: v for k, v in job.runs.items() if v is not None}
-        return Proposal(keep, logits, job.delta, job.new_inp, runs, job.dropped)
+        return Proposal(keep, logits, job.delta, job.new_inp, runs, job.dropped, job.act_delta)
 
     def input_gradients(
         self, loss: Callable[[Tensor], Tensor], interpolate: tuple[range, float] | None = None
@@ -657,17 +712,24 @@ class Patcher:
             raise ValueError("a commit may only remove edges from the reference circuit")
         if st._shared:  # copy-on-write: the first commit detaches the state from the clean run
             st.out, st.resid_pre, st.resid_mid = st.out.clone(), st.resid_pre.clone(), st.resid_mid.clone()
+            st.acts = {layer: a.clone() for layer, a in st.acts.items()}
             st._shared = False
-        bidx, apos = self._bidx, self.answer_pos
+        bidx, apos = self.batch_index, self.answer_pos
         for src, delta in p.deltas.items():
-            if not self._full(delta):
-                st.out[src, bidx, apos] += delta[k]
+            slot = src if self._dslot is None else int(self._dslot[src])
+            if not self.full_rows(delta):
+                st.out[slot, bidx, apos] += delta[k]
             else:
-                st.out[src] += delta[k]
+                st.out[slot] += delta[k]
+        for layer, d in p.unit_deltas.items():
+            if d.shape[-1] != self.n_pos:
+                st.acts[layer][:, bidx, apos] += d[k]
+            else:
+                st.acts[layer] += d[k]
         for stream, run in p.runs.items():
             layer, mid = divmod(stream, 2)
             target = st.resid_mid if mid else st.resid_pre
-            if not self._full(run):
+            if not self.full_rows(run):
                 target[layer, bidx, apos] += run[k]
             else:
                 target[layer] += run[k]
@@ -682,6 +744,7 @@ class Patcher:
             used -= t.numel() * t.element_size()
         st.keep = p.keep[k].clone()
         st.logits = p.logits[k].clone()
+        st._read = None
 
 
 def _check_weights(w: Tensor, batch: int) -> Tensor:

@@ -216,3 +216,30 @@ def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation:
             a = torch.zeros_like(clean_out[src])
         out[e.name] = float(((a - clean_out[src]) * grads[e.dst.name] * at[..., None]).sum())
     return out
+
+
+def removals_stay_exact(p, edges, *, commit: float = 0.8, seed: int = 0, each=None) -> int:
+    """Remove ``edges`` (edge indices, in the order given; those already gone are passed over) one at a
+    time from the full circuit through the incremental state `p.state()`: every candidate's logits, and
+    the state's after each commit (a random ``commit`` share of them), equal a patched run from scratch.
+    ``each(state)`` is called before each test. Returns how many edges were tested."""
+    g = p.graph
+    st = p.state()
+    gen = torch.Generator().manual_seed(seed)
+    tested = 0
+    for e in edges:
+        d, s = int(g.edge_dst[e]), int(g.edge_src[e])
+        if not bool(st.keep[d, s]):
+            continue
+        cand = st.keep.clone()
+        cand[d, s] = False
+        prop = st.propagate(cand)
+        want = p.logits(~g.sparse(cand))
+        assert torch.allclose(prop.logits[0], want, atol=1e-5), g.edges[e].name
+        tested += 1
+        if each is not None:
+            each(st)
+        if float(torch.rand(1, generator=gen)) < commit:
+            st.commit(prop)
+            assert torch.allclose(st.logits, want, atol=1e-5), g.edges[e].name
+    return tested

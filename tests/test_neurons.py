@@ -82,12 +82,12 @@ def test_all_of_a_layers_neurons_ablated_is_the_mlp_ablated_but_its_bias(model):
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_neuron_graphs_say_what_does_not_run_yet(model):
+def test_neuron_graphs_refuse_interpolating_part_of_a_layer(model):
+    """EAP-IG interpolates a layer's neurons as one group, its MLP. (The incremental engine runs on
+    neuron graphs: tests/test_incremental_units.py.)"""
     clean, corrupt = random_tokens(vocab=50)
     g = acdc.Graph.from_model(model, mlp_units="neurons")
     p = acdc.Patcher(model, clean, corrupt, graph=g)
-    with pytest.raises(NotImplementedError, match="does not run on graphs with MLP neurons yet"):
-        p.state()
     with pytest.raises(ValueError, match="include factored MLP units.*whole MLP group"):
         p.source_values.interpolated(g.mlp_sources(0)[2:5], 0.5)
     with pytest.raises(ValueError, match="as one group, its MLP"):

@@ -395,3 +395,35 @@ def test_feature_report_over_many_layers_equals_one_layer_at_a_time():
         feature_report(model, ts, None, [(1, 3)], corpus, executor="threads")
     with pytest.raises(ValueError, match="give features as \\(layer, feature\\) pairs"):
         feature_report(model, ts, None, [3], corpus)
+
+
+@pytest.mark.parametrize("activation", ["relu", "topk", "jumprelu"])
+def test_encoding_some_features_equals_encoding_all(activation):
+    """`encode_features` (what the engine runs on a feature graph) is `encode` read at the chosen
+    features, by hand: a TopK feature's activation depends on the others (a chosen feature outside the
+    top k is 0); a JumpReLU feature at exactly its threshold is off, just above it on."""
+    gen = torch.Generator().manual_seed(0)
+    tc = Transcoder(TranscoderConfig(6, 10, activation, 3 if activation == "topk" else None, False))
+    with torch.no_grad():
+        for p in tc.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    x = torch.randn(4, 5, 6, generator=gen)
+    idx = torch.tensor([7, 0, 3, 9])
+    pre = x @ tc.W_enc.detach() + tc.b_enc.detach()
+    if activation == "relu":
+        want = pre.clamp_min(0)
+    elif activation == "topk":
+        kth = pre.topk(3, dim=-1).values[..., -1:]
+        want = torch.where(pre >= kth, pre.clamp_min(0), 0)
+    else:
+        with torch.no_grad():  # feature 3's threshold set to its pre-activation at one token, feature 0's just below
+            tc.log_threshold[3] = pre[0, 0, 3].abs().log()
+            tc.log_threshold[0] = (pre[0, 0, 0].abs() * (1 - 1e-4)).log()
+        pre = x @ tc.W_enc.detach() + tc.b_enc.detach()
+        want = torch.where(pre > tc.log_threshold.detach().exp(), pre, 0)
+    with torch.no_grad():
+        got = tc.encode_features(x, idx)
+        assert torch.allclose(got, want[..., idx], atol=1e-6)
+        assert torch.allclose(got, tc.encode(x)[..., idx], atol=1e-6)
+    if activation == "topk":
+        assert bool((want[..., idx] == 0).any()) and bool((pre[..., idx] > 0).any())

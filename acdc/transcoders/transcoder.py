@@ -96,6 +96,17 @@ class Transcoder(nn.Module):
         """[..., n] feature activations on the normed MLP input x [..., d_model]."""
         return self.activate(self.pre_acts(x))
 
+    def encode_features(self, x: Tensor, idx: Tensor) -> Tensor:
+        """[..., k] the activations of features ``idx`` [k] only, on x [..., d_model]: equal to
+        ``encode(x)[..., idx]``. ReLU and JumpReLU features depend on their own encoder column alone, so
+        only those columns are computed; TopK compares every feature, so it encodes them all."""
+        if self.cfg.activation == "topk":
+            return self.encode(x).index_select(-1, idx)
+        pre = x @ self.W_enc.index_select(1, idx) + self.b_enc.index_select(0, idx)
+        if self.log_threshold is None:
+            return torch.relu(pre)
+        return pre * (pre > self.log_threshold.index_select(0, idx).exp())
+
     def decode(self, acts: Tensor, x: Tensor | None = None) -> Tensor:
         """[..., d_model] the output from activations (plus the skip path of x, where there is one)."""
         out = acts @ self.W_dec + self.b_dec
