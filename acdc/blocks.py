@@ -152,6 +152,25 @@ class RefState(Protocol):
     def rows_read(self) -> tuple[list[bool], list[bool]]: ...
 
 
+class Mixing(Protocol):
+    """What a block reads and writes in a mixed run (`acdc.mixing.MixedRun`, Edge Pruning's forward)."""
+
+    @property
+    def p(self) -> Engine: ...
+
+    def inputs(self, rows: list[int], upto: int, stream: int) -> Tensor:
+        """[R, B, S, d] the rows' mixed inputs from the sources [0, upto) of ``stream``."""
+        ...
+
+    def push(self, sources: range, out: Tensor) -> None:
+        """Outputs [n, B, S, d] of consecutive dense sources, carrying their autograd graphs."""
+        ...
+
+    def push_units(self, layer: int, acts: Tensor) -> None:
+        """A factored layer's unit activations [B, S, n_units], carrying their autograd graphs."""
+        ...
+
+
 # ---------------------------------------------------------------------- blocks
 class Block:
     """One component of the layer loop (see the module docstring)."""
@@ -171,6 +190,10 @@ class Block:
     def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
         """Its output added to the stream [B, S, d] on input stream x, keeping what `grad_inputs` needs."""
         raise NotImplementedError(f"{type(self).__name__} has no gradient pass yet")
+
+    def mixed(self, mix: Mixing) -> None:
+        """Its part of a mixed run: read its rows' mixed inputs, push its sources' outputs (differentiable)."""
+        raise NotImplementedError(f"{type(self).__name__} has no mixed pass yet")
 
     def grad_inputs(self, gp: GradPass) -> Iterator[tuple[Tensor, int, Tensor]]:
         """After the backward: (destination rows [R], upto, gradients at their inputs [R, B, S, d])."""
@@ -263,6 +286,14 @@ class HeadsBlock(Block):
         srcs = [base + h for h in heads_done]
         job.add_deltas(srcs, out - job.src_ref(srcs, last)[:, None])
 
+    def mixed(self, mix: Mixing) -> None:
+        H = len(self.sources)
+        x = mix.inputs(self.rows, self.upto, self.stream)  # [3 H, B, S, d]: q, k, v of each head
+        x = x.view(H, 3, *x.shape[1:])
+        tf = mix.p.tf
+        heads = torch.arange(H, device=tf.device)
+        mix.push(self.sources, tf.attention(self.layer, heads, x[:, 0], x[:, 1], x[:, 2]))
+
     def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
         tf, layer = gp.p.tf, self.layer
         heads = torch.arange(len(self.sources), device=tf.device)
@@ -330,6 +361,10 @@ class MLPBlock(Block):
             delta = delta.view(1, K, B, S, d)
         job.add_deltas([src], delta)
 
+    def mixed(self, mix: Mixing) -> None:
+        m_in = mix.inputs([self.row], self.upto, self.stream)[0]
+        mix.push(self.sources, mix.p.tf.mlp(self.layer, m_in)[None])
+
     def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
         probe = torch.zeros_like(x, requires_grad=True)  # its gradient is the one at the MLP's input
         gp.probes[self.layer] = probe
@@ -368,6 +403,16 @@ class UnitsBlock(MLPBlock):
             run.F.pop(self.layer, None)  # every unit at its ablation value: no contribution
             if len(extra):
                 run.X[run.slot(slice(extra.start, extra.stop))] = 0
+
+    def mixed(self, mix: Mixing) -> None:
+        m_in = mix.inputs([self.row], self.upto, self.stream)[0]
+        tf = mix.p.tf
+        acts = self.units.activations(tf, self.layer, m_in)  # [B, S, n], differentiable in m_in
+        mix.push_units(self.layer, acts)
+        if len(self.extra):
+            out = self.units.extras(tf, self.layer, m_in, acts)
+            assert out is not None
+            mix.push(self.extra, out)
 
     def incremental(self, job: Job) -> None:
         """Recompute the layer's units (activations) and extras (dense) when the MLP's input changed.

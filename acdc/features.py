@@ -61,7 +61,7 @@ class TranscoderUnits:
         self.tf = tf
         self._layers: dict[int, tuple[Transcoder, Tensor, Tensor]] = {}
         for layer, chosen in graph.features.features:
-            t = ts[layer]
+            t = ts[layer].frozen()  # differentiable in its input (Edge Pruning's mixed run), never in its parameters
             idx = torch.tensor(chosen, dtype=torch.long, device=tf.device)
             dec = t.W_dec.detach().to(device=tf.device, dtype=tf.dtype).index_select(0, idx)  # [n, d]
             self._layers[layer] = (t, idx, dec)
@@ -74,16 +74,15 @@ class TranscoderUnits:
         t = self._layers[layer][0]
         return tf.mlp_input(layer, x).to(t.W_enc.dtype)
 
-    @torch.no_grad()
     def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
         """[..., n] the chosen features' activations on MLP input stream x [..., d_model].
 
-        Never differentiated (the transcoders' parameters would carry autograd graphs into every
-        stored activation): attribution's gradients come from the model's own MLP (`GradPass`)."""
+        Differentiable in x only (the transcoders run frozen: no autograd graph reaches their
+        parameters, and none is made when x carries none); attribution's gradients come from the
+        model's own MLP (`GradPass`), Edge Pruning's through these activations."""
         t, idx, _ = self._layers[layer]
         return t.encode_features(self._normed(tf, layer, x), idx.to(t.W_enc.device)).to(tf.dtype)
 
-    @torch.no_grad()
     def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor) -> Tensor:
         """[1 | 2, ..., d_model]: the error node's output (then the skip node's) on x, given the chosen
         features' activations ``acts`` [..., n]."""

@@ -321,6 +321,11 @@ class Patcher:
         self._layout()
 
     @property
+    def blocks(self) -> list[Block]:
+        """The model as the engine's blocks, in forward order: the layer loop every pass walks (`acdc.blocks`)."""
+        return self._blocks
+
+    @property
     def units(self) -> MLPUnits | None:
         """The engine of the graph's factored MLP units (neurons, transcoder features); None: every MLP whole."""
         return self._units

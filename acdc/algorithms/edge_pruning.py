@@ -89,7 +89,7 @@ def edge_pruning(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bo
     opts = EdgePruningOptions(**options)  # type: ignore[arg-type]
     g, tf = patcher.graph, patcher.tf
     t0 = time.perf_counter()
-    dst, src = g.edge_dst.to(tf.device), g.edge_src.to(tf.device)
+    coords = tuple(c.to(tf.device) for c in (g.edge_dst, g.edge_src, *((g.edge_pos,) if g.positions is not None else ())))
     log_alpha = torch.full((g.n_edges,), float(opts.init), dtype=torch.float32, device=tf.device, requires_grad=True)
     lambdas = torch.zeros(2, dtype=torch.float32, device=tf.device, requires_grad=True)
     opt = torch.optim.Adam([log_alpha], lr=opts.lr)
@@ -101,8 +101,8 @@ def edge_pruning(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bo
     n_warm = max(1, round(opts.warmup * opts.steps))
 
     def weights(z: Tensor) -> Tensor:
-        w = torch.zeros(patcher.upstream.shape, dtype=z.dtype, device=tf.device)
-        return w.index_put((dst, src), z)
+        w = torch.zeros(g.state_shape, dtype=z.dtype, device=tf.device)
+        return w.index_put(coords, z)
 
     def task_loss(logits: Tensor) -> Tensor:
         if opts.loss == "kl":

@@ -19,6 +19,7 @@ Saved as ``config.json`` + ``transcoders.safetensors`` (never pickle).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -95,6 +96,14 @@ class Transcoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """[..., n] feature activations on the normed MLP input x [..., d_model]."""
         return self.activate(self.pre_acts(x))
+
+    def frozen(self) -> Transcoder:
+        """This transcoder with its parameters detached (the same storage, no gradients): run inside
+        another computation's autograd graph (gradients reach its input, never its parameters)."""
+        out = copy.copy(self)
+        out._parameters = {k: None if v is None else nn.Parameter(v.detach(), requires_grad=False)
+                           for k, v in self._parameters.items()}
+        return out
 
     def encode_features(self, x: Tensor, idx: Tensor) -> Tensor:
         """[..., k] the activations of features ``idx`` [k] only, on x [..., d_model]: equal to
