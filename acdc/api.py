@@ -315,7 +315,7 @@ def _portable(model: ModelLike, clean: Any, corrupt: Any, inputs: Inputs | dict[
     if isinstance(model, (str, Path)):
         return model, clean, corrupt, rest
     bridge: Any = load_model(model)  # a bridge or the engine's own model
-    tf = bridge if isinstance(bridge, Transformer) else Transformer.from_bridge(bridge)
+    tf = Transformer.of(bridge)
     if not isinstance(clean, Task):
         clean, corrupt = as_tokens(clean, bridge, "clean"), as_tokens(corrupt, bridge, "corrupt")
         if rest.get("answers") is not None:
@@ -421,7 +421,7 @@ class _FaithfulnessRuns:
         own = circuit.graph if isinstance(circuit, Circuit) else circuit.graph() if isinstance(circuit, KnownCircuit) else None
         if own is not None and own.positions is not None and "positions" not in rest and "graph" not in rest:
             rest["positions"] = "tokens" if own.positions == token_names(int(task.clean.shape[1])) else "named"
-        if own is not None and own.features is not None and "graph" not in rest:  # a feature circuit runs on its own graph
+        if own is not None and own.split_mlps and "graph" not in rest:  # a circuit of neurons or features runs on its own graph
             rest["graph"] = own
         base, self.m, self.batch = prepare(model, task, ablation=self.ablation, **rest)
         self.graph = base.graph
@@ -695,7 +695,7 @@ def attribution_graph(
     Returns an `AttributionGraph`: ``.prune()``, ``.replacement_score``, ``.completeness_score``,
     ``.to_json(path)`` (circuit-tracer's graph file), ``.save`` / ``AttributionGraph.load``.
     """
-    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    tf = Transformer.of(model)
     tokens = as_tokens(prompt, model, "prompt") if isinstance(prompt, str) else torch.as_tensor(prompt)
     if tokens.dim() == 2 and tokens.shape[0] != 1:
         raise ValueError(f"an attribution graph explains one prompt; got {tokens.shape[0]}")

@@ -83,7 +83,7 @@ MLP_ENGINES: dict[str, Callable[[Graph, Transformer], MLPUnits]] = {}
 
 def units_of(g: Graph, tf: Transformer) -> MLPUnits | None:
     """The engine of the graph's factored MLP units (None: every MLP is whole)."""
-    if g.mlp_units == "whole":
+    if not g.split_mlps:
         return None
     make = MLP_ENGINES.get(g.mlp_units)
     if make is None:
@@ -122,6 +122,7 @@ class Engine(Protocol):
     factored_layers: dict[int, range]
     unit_ablation: list[Tensor | None]
     unit_mask: Tensor | None
+    token_position: Tensor | None
 
     @property
     def units(self) -> MLPUnits | None: ...
@@ -584,17 +585,19 @@ class Job:
     def __init__(self, patcher: Engine, st: RefState, keep: Tensor, changed_rows: Tensor):
         self.p = patcher
         self.st = st
-        self.keep = keep
+        self.keep = keep  # [K, n_dst, n_src], or [K, n_dst, n_src, n_positions] in a positional graph
         self.K = keep.shape[0]
+        self.positional = keep.dim() == 4
+        self.keep_any = keep.any(-1) if self.positional else keep  # [K, n_dst, n_src]: kept at some position
         self.changed_rows = changed_rows
-        self.alive = keep.any(0).any(0)  # [n_src]: some candidate keeps an edge out of it
+        self.alive = self.keep_any.any(0).any(0)  # [n_src]: some candidate keeps an edge out of it
         # [n_src]: sources whose output the reference circuit reads at the answer rows only (their
         # changes are computed there alone; a removal can only shrink what is read, so the other rows
         # are never read again)
         live, full = st.rows_read()
         self.ans_src: list[bool] = [a and not b for a, b in zip(live, full, strict=True)]
         self.full_src: list[bool] = full  # sources the reference circuit reads at every row
-        self.changed = torch.zeros(keep.shape[-1], dtype=torch.bool, device=keep.device)
+        self.changed = torch.zeros(keep.shape[2], dtype=torch.bool, device=keep.device)
         self.delta: dict[int, Tensor] = {}  # source -> [K, B, p, d] change of its output
         self._delta_ans: dict[int, Tensor] = {}
         self._delta_full: dict[int, Tensor] = {}
@@ -611,7 +614,7 @@ class Job:
     def affected_many(self, rows: list[int]) -> list[bool]:
         """Whether each destination's input differs from the reference."""
         r = torch.tensor(rows, device=self.keep.device)
-        hit = self.changed_rows[r] | (self.keep[:, r] & self.changed).any(-1).any(0)
+        hit = self.changed_rows[r] | (self.keep_any[:, r] & self.changed).any(-1).any(0)
         return hit.tolist()
 
     def open_stream(self, stream: int) -> None:
@@ -652,6 +655,22 @@ class Job:
         b = p.batch_index if x.shape[-2] > 1 else torch.zeros_like(p.batch_index)
         return x[..., b, p.answer_pos]
 
+    def _per_token(self, w: Tensor, ans: bool) -> Tensor:
+        """Weights of some sources [K, n(, n_positions)] -> [K, n, 1, 1] (plain graph), or in a positional
+        graph each token's weight, its position's: [K, n, B, S|P]."""
+        if not self.positional:
+            return w[:, :, None, None]
+        tok = self.p.token_position  # [B, S] each token's position
+        assert tok is not None
+        if ans:
+            tok = tok[self.p.batch_index, self.p.answer_pos]
+        return w[:, :, tok]
+
+    def _nonzero(self, w: Tensor) -> Tensor:
+        """[n_src] the sources some candidate weighs (at some position)."""
+        nz = w.ne(0).any(0)
+        return nz.any(-1) if self.positional else nz
+
     def _unit_values(self, layer: int, idx: Tensor, ans: bool) -> Tensor:
         """Reference (activation - ablated activation) [n', B, S|P] of a factored layer's units ``idx``."""
         x = self.unit_ref(layer, ans).index_select(0, idx)
@@ -662,9 +681,9 @@ class Job:
 
     def _unit_sum(self, layer: int, w: Tensor, idx: Tensor, values: Tensor) -> Tensor:
         """[K, B, p, d] sum_i w[k, i] values[k|0, i] row_i over the layer's units ``idx`` [n']:
-        w [K, n'], values [1|K, n', B, p]."""
+        w [K, n', 1|B, 1|p] (`_per_token`), values [1|K, n', B, p]."""
         rows = self.p.unit_rows(layer).index_select(0, idx)  # [n', d]
-        v = values * w[:, :, None, None].to(values.dtype)  # [K, n', B, p]
+        v = values * w.to(values.dtype)  # [K, n', B, p]
         K, n, B, P = v.shape
         return (v.reshape(K, n, B * P).transpose(1, 2) @ rows).view(K, B, P, rows.shape[-1])
 
@@ -675,7 +694,7 @@ class Job:
         self.changed[r.start : r.start + n] = dacts.ne(0).reshape(K, n, -1).any(-1).any(0)
         self.act_delta[layer] = dacts
         every = torch.arange(n, device=dacts.device)
-        self._add_run(self._unit_sum(layer, torch.ones(K, n, dtype=dacts.dtype, device=dacts.device), every, dacts))
+        self._add_run(self._unit_sum(layer, torch.ones(K, n, 1, 1, dtype=dacts.dtype, device=dacts.device), every, dacts))
 
     def _act_delta(self, layer: int, ans: bool) -> Tensor:
         """A factored layer's activation changes [K, n, B, S|P], at the rows asked for."""
@@ -744,8 +763,8 @@ class Job:
         return d
 
     def _sum_ref(self, w: Tensor, ans: bool) -> Tensor | None:
-        """sum_u w[k, u] (O_u - A_u) over reference outputs; w [K, n_src]."""
-        nz = w.ne(0).any(0)
+        """sum_u w[k, u] (O_u - A_u) over reference outputs; w [K, n_src(, n_positions)]."""
+        nz = self._nonzero(w)
         total = self._sum_units(w, nz, ans, None)
         cols = (nz if self._dense_mask is None else nz & self._dense_mask).nonzero().squeeze(1)
         if cols.numel() == 0:
@@ -761,7 +780,10 @@ class Job:
             x = self.st.out.index_select(0, slots)
             if p.abl is not None:
                 x = x - p.abl.index_select(0, slots)
-        out = torch.einsum("kn,nbpd->kbpd", w[:, cols].to(x.dtype), x)
+        if self.positional:
+            out = torch.einsum("knbp,nbpd->kbpd", self._per_token(w[:, cols], ans).to(x.dtype), x)
+        else:
+            out = torch.einsum("kn,nbpd->kbpd", w[:, cols].to(x.dtype), x)
         return out if total is None else out + total
 
     def _sum_units(self, w: Tensor, nz: Tensor, ans: bool, changed: Tensor | None) -> Tensor | None:
@@ -780,13 +802,13 @@ class Job:
                 continue
             values = (self._unit_values(layer, idx, ans)[None] if changed is None
                       else self._act_delta(layer, ans).index_select(1, idx))
-            term = self._unit_sum(layer, w[:, r.start + idx], idx, values)
+            term = self._unit_sum(layer, self._per_token(w[:, r.start + idx], ans), idx, values)
             total = term if total is None else total + term
         return total
 
     def _sum_delta(self, w: Tensor, ans: bool) -> Tensor | None:
-        """sum_u w[k, u] delta_u over changed sources (w is zero elsewhere)."""
-        nz = w.ne(0).any(0)
+        """sum_u w[k, u] delta_u over changed sources (w is zero elsewhere); w [K, n_src(, n_positions)]."""
+        nz = self._nonzero(w)
         total = self._sum_units(w, nz, ans, self.changed) if self.act_delta else None
         sel = nz & self.changed
         if self._dense_mask is not None:
@@ -795,7 +817,10 @@ class Job:
         if not cols:
             return total
         terms = [self._delta(c, ans) for c in cols]
-        if len(cols) == 1:
+        if self.positional:
+            x = torch.stack(terms, 1)  # [K, n, B, p, d]
+            out = torch.einsum("knbp,knbpd->kbpd", self._per_token(w[:, cols], ans).to(x.dtype), x)
+        elif len(cols) == 1:
             out = terms[0] * w[:, cols[0]].to(terms[0].dtype)[:, None, None, None]
         else:
             x = torch.stack(terms, 1)  # [K, n, B, p, d]
@@ -809,22 +834,24 @@ class Job:
             return self.p.at_answers(x) if ans and self.p.full_rows(x) else x
         st, p = self.st, self.p
         up = p.upstream[row]
-        kept = self.keep[:, row]  # [K, n_src], already within `up`
-        ablated = up & ~kept
-        n_abl = int(ablated.sum(-1).max())
+        kept = self.keep[:, row]  # [K, n_src(, n_positions)], already within `up`
+        ablated = (up[:, None] if self.positional else up) & ~kept
+        kept_any, ablated_any = (kept.any(-1), ablated.any(-1)) if self.positional else (kept, ablated)
+        n_abl = int(ablated_any.sum(-1).max())
         if n_abl == 0:
             x = self.stream_value(stream, ans)
         else:
             # Forms that subtract from the full stream lose float precision when the result is
             # small (many sources ablated), and LayerNorm magnifies that; so they must be
             # clearly cheaper than summing the kept sources to be chosen.
-            options = {"kept": int(kept.sum(-1).max()), "ablated": 2 * n_abl + 1}
+            options = {"kept": int(kept_any.sum(-1).max()), "ablated": 2 * n_abl + 1}
             ref_row = st.keep[row]
             cached = st.inputs.get(row)
             if cached is not None and not ans and not p.full_rows(cached):
                 cached = None  # cached at the answer rows only (a head batched with its layer then), read everywhere now
             if cached is not None:
-                moved = int((kept != ref_row[None]).sum(-1).max()) + int((kept & self.changed).sum(-1).max())
+                diff = kept != ref_row[None]
+                moved = int((diff.any(-1) if self.positional else diff).sum(-1).max()) + int((kept_any & self.changed).sum(-1).max())
                 options["relative"] = 2 * moved + 1
             how = min(options, key=lambda k: options[k])
             if how == "relative" and cached is not None:

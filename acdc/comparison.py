@@ -208,7 +208,7 @@ def _fingerprint(model: ModelLike, built: Mapping[tuple[str, int], tuple[Task, T
     """What decides the rows: the model's weights, every task's prompts and answers, the shared inputs."""
     h = hashlib.sha256()
     loaded: Any = load_model(model)  # a bridge or the engine's own model
-    tf = loaded if isinstance(loaded, Transformer) else Transformer.from_bridge(loaded)
+    tf = Transformer.of(loaded)
     h.update(tf.fingerprint().encode())
     for key in sorted(built):
         h.update(repr(key).encode())

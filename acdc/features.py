@@ -145,7 +145,7 @@ def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Map
     in between. An attribution graph's edge is the first-order, direct part of what an edit does
     here (`acdc.attribution_graph`).
     """
-    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    tf = Transformer.of(model)
     transcoders.check_model(tf)
     tokens = tokens.reshape(1, -1).to(tf.device)
     layers = transcoders.layers

@@ -113,7 +113,7 @@ def component_activity(model: Any, nodes: Sequence[str], tokens: Tensor, *, mask
     top, window: how many contexts, and how many tokens before each one to show (two after).
     tokenizer: decodes tokens (default the model's; without one, ids are shown).
     """
-    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    tf = Transformer.of(model)
     if transcoders is not None:
         transcoders.check_model(tf)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
@@ -155,7 +155,7 @@ def component_activity(model: Any, nodes: Sequence[str], tokens: Tensor, *, mask
                     vm = tf.project_normed(layer, heads, ln, "V")  # [1, b, k, dh]
                     out = tf.mix(layer, heads, p, vm)[0]  # [b, q, d]: the head's output, before b_O
                     p = p[0]
-                    write = (vm[0] @ tf.w["W_O"][layer][index]).norm(dim=-1)  # [b, k]
+                    write = (vm[0] @ tf.head_weights(layer, "O")[0][index]).norm(dim=-1)  # [b, k]
                     act = out.norm(dim=-1)
                     rank = (p * write[:, None, :]).masked_fill(~(m[:, :, None] & m[:, None, :] & causal), -math.inf)
                 elif kind == "mlp":
@@ -184,7 +184,7 @@ def component_activity(model: Any, nodes: Sequence[str], tokens: Tensor, *, mask
                     else:
                         b, q = i // S, i % S
                         best[j].append((v, s + b, q, -1, math.nan, None if out is None else out[b, q].float().cpu()))
-    w_u = tf.w["W_U"].float()
+    w_u = tf.unembedding.float()
     result = []
     for j, (kind, layer, index) in enumerate(parsed):
         vals = torch.cat(values[j])

@@ -20,6 +20,8 @@ from the last to the first), and its edge state is ``[n_dst, n_src, n_positions]
 from __future__ import annotations
 
 import difflib
+import functools
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, overload
@@ -30,7 +32,7 @@ from torch import Tensor
 from .positions import check_names
 
 __all__ = ["Node", "NodeKind", "Destination", "Edge", "EdgeList", "FeatureLayout", "FeatureSet", "Graph", "KINDS", "INPUT", "HEAD",
-           "MLP", "LOGITS", "FEATURE", "ERROR", "SKIP", "MLP_UNITS", "layer_offset"]
+           "MLP", "LOGITS", "FEATURE", "ERROR", "SKIP", "MLP_UNITS", "layer_offset", "parse_node"]
 
 
 class NodeKind(str):
@@ -79,6 +81,15 @@ class NodeKind(str):
         """Its destination slots in a graph (a head's q/k/v collapse to one when not split)."""
         return self.slots if split_qkv or len(self.slots) <= 1 else (None,)
 
+    def parse(self, name: str) -> tuple[int, int] | None:
+        """(layer, index) if ``name`` names a node of this kind (-1 for what its pattern leaves out), else None:
+        the kind's name grammar read backwards (``a{layer}.h{index}`` matches "a3.h7" -> (3, 7))."""
+        m = _grammar(self.pattern).fullmatch(name)
+        if m is None:
+            return None
+        got = m.groupdict()
+        return int(got.get("layer") or -1), int(got.get("index") or -1)
+
 
 INPUT = NodeKind("input", slots=(), component=False, shape="invhouse")
 HEAD = NodeKind("head", slots=("q", "k", "v"), component=True, attends=True, order=0, answer_slots=("q",),
@@ -90,6 +101,26 @@ FEATURE = NodeKind("feature", slots=(), component=True, order=1, shape="ellipse"
 ERROR = NodeKind("error", slots=(), component=True, order=1, shape="diamond", pattern="m{layer}.err")
 SKIP = NodeKind("skip", slots=(), component=True, order=1, shape="octagon", pattern="m{layer}.skip")
 KINDS: dict[str, NodeKind] = {k: k for k in (INPUT, HEAD, MLP, LOGITS, FEATURE, ERROR, SKIP)}
+
+
+@functools.cache
+def _grammar(pattern: str) -> re.Pattern[str]:
+    """A kind's name pattern ("m{layer}.f{index}") as a regular expression with groups layer and index."""
+    parts = re.split(r"(\{layer\}|\{index\})", pattern)
+    return re.compile("".join({"{layer}": r"(?P<layer>\d+)", "{index}": r"(?P<index>\d+)"}.get(p, re.escape(p)) for p in parts))
+
+
+def parse_node(name: str) -> Node:
+    """The node a name names, by the registered kinds' grammars (`NodeKind.parse`): "a3.h7" -> Node(3, HEAD, 7).
+    ``input`` and ``logits`` get layer -1 (a graph knows where its logits are). A one-line ValueError
+    lists the grammars when nothing matches."""
+    if isinstance(name, str):
+        for kind in KINDS.values():
+            got = kind.parse(name)
+            if got is not None:
+                return Node(got[0], kind, got[1])
+    grammars = ", ".join(k.pattern.replace("{layer}", "L").replace("{index}", "i") for k in KINDS.values())
+    raise ValueError(f"{name!r} is not a node name; node names are {grammars}")
 
 
 def _kind_named(name: str) -> NodeKind:
@@ -693,6 +724,11 @@ class Graph:
         for name in edges:
             mask[self.edge_index(name)] = True
         return mask
+
+    @property
+    def split_mlps(self) -> bool:
+        """Whether some MLP is split into units (neurons, transcoder features): its output is then no one source."""
+        return self.mlp_units != "whole"
 
     @property
     def state_shape(self) -> tuple[int, ...]:

@@ -17,32 +17,28 @@ Everything downstream of an edit runs live. A circuit JSON keeps a list of them
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
+
+from .graph import parse_node as graph_parse_node
 
 __all__ = ["OPS", "Intervention", "check_interventions", "parse_node"]
 
 OPS = ("ablate", "scale", "clamp")
-_NODE = re.compile(r"^(?:input|a(\d+)\.h(\d+)|m(\d+)|m(\d+)\.n(\d+)|m(\d+)\.f(\d+))$")
+INTERVENABLE = ("input", "head", "mlp", "neuron", "feature")
 
 
 def parse_node(name: str) -> tuple[str, int, int]:
-    """(kind, layer, index) of a node name: ("input", -1, -1), ("head", L, H), ("mlp", L, -1), ("neuron", L, i),
-    ("feature", L, i)."""
-    m = _NODE.match(name) if isinstance(name, str) else None
-    if m is None:
+    """(kind, layer, index) of a node name, by the graph's one grammar (`acdc.graph.parse_node`): ("input", -1, -1),
+    ("head", L, H), ("mlp", L, -1), ("neuron", L, i), ("feature", L, i)."""
+    try:
+        node = graph_parse_node(name)
+    except ValueError:
+        node = None
+    if node is None or node.kind not in INTERVENABLE:
         raise ValueError(f"{name!r} is not a node to intervene on; use input, a head (a1.h2), an MLP (m3), a neuron (m3.n17) "
                          "or a transcoder feature (m3.f17)")
-    if name == "input":
-        return "input", -1, -1
-    if m.group(1) is not None:
-        return "head", int(m.group(1)), int(m.group(2))
-    if m.group(3) is not None:
-        return "mlp", int(m.group(3)), -1
-    if m.group(4) is not None:
-        return "neuron", int(m.group(4)), int(m.group(5))
-    return "feature", int(m.group(6)), int(m.group(7))
+    return str(node.kind), node.layer, node.head
 
 
 @dataclass(frozen=True)

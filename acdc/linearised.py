@@ -82,10 +82,10 @@ class FrozenRun:
                    {k: v.to(device=tf.device, dtype=tf.dtype) for k, v in (skip or {}).items()})
 
     def __post_init__(self) -> None:
-        w, a = self.tf.w, self.tf.arch
+        tf, a = self.tf, self.tf.arch
         # per layer, all heads' W_O as [d, H * dh] and W_V as [H * dh, d]: the backward's two matmuls
-        self._wo = [w["W_O"][layer].reshape(-1, a.d_model).T.contiguous() for layer in range(a.n_layers)]
-        self._wv = [w["W_V"][layer].transpose(1, 2).reshape(-1, a.d_model).contiguous() for layer in range(a.n_layers)]
+        self._wo = [tf.head_weights(layer, "O")[0].reshape(-1, a.d_model).T.contiguous() for layer in range(a.n_layers)]
+        self._wv = [tf.head_weights(layer, "V")[0].transpose(1, 2).reshape(-1, a.d_model).contiguous() for layer in range(a.n_layers)]
 
     @property
     def n_pos(self) -> int:
@@ -94,7 +94,7 @@ class FrozenRun:
     def token_vectors(self) -> Tensor:
         """[S, d] what each token's embedding writes into the stream (positions are a constant, not a node)."""
         a = self.tf.arch
-        x = self.tf.w["W_E"][self.tokens]
+        x = self.tf.embedding[self.tokens]
         return x * torch.tensor(a.embed_scale, dtype=x.dtype) if a.embed_scale != 1.0 else x
 
     # ------------------------------------------------------------------ the frozen pieces
@@ -116,7 +116,7 @@ class FrozenRun:
         at the embedding [n, S, d]). ``upto``: the readers' highest layer (the MLPs above it are not
         returned; default every layer; readers of the final stream need ``upto=None``). ``n_pos``: only the
         first positions (enough when every reader is before it: attention looks back only)."""
-        tf, w = self.tf, self.tf.w
+        tf = self.tf
         a = tf.arch
         S = self.n_pos if n_pos is None else n_pos
         L, d = a.n_layers, a.d_model
@@ -124,39 +124,41 @@ class FrozenRun:
         g = torch.zeros(n, S, d, dtype=tf.dtype, device=tf.device)
         if readers.final is not None:
             rows, pos, dirs = readers.final
-            g[rows, pos] += self._norm_vjp(dirs, w["lnf_w"], self.scale_f[pos])
+            g[rows, pos] += self._norm_vjp(dirs, tf.norm_params("lnf")[0], self.scale_f[pos])
         pat, s1, s2 = self.patterns[:, :, :S, :S], self.scale1[:, :S], self.scale2[:, :S]
         top = L - 1 if upto is None else upto
         out = torch.empty(top + 1, n, S, d, dtype=tf.dtype, device=tf.device)
         for layer in range(top, -1, -1):
             out[layer] = g  # the gradient at MLP ``layer``'s output is the one after it
             if layer in self.skip:
-                g = g + self._norm_vjp(g @ self.skip[layer].T, w["ln2_w"][layer], s2[layer])
+                g = g + self._norm_vjp(g @ self.skip[layer].T, tf.norm_params("ln2", layer)[0], s2[layer])
             if layer in readers.mid:
                 rows, pos, dirs = readers.mid[layer]
-                g = g.index_put((rows, pos), self._norm_vjp(dirs, w["ln2_w"][layer], s2[layer][pos]), accumulate=True)
+                g = g.index_put((rows, pos), self._norm_vjp(dirs, tf.norm_params("ln2", layer)[0], s2[layer][pos]), accumulate=True)
             # heads: out_h = P_h (ln1(x) W_V_h) W_O_h; transpose: ln1^T ((P_h^T (g W_O_h^T)) W_V_h^T),
             # as two matmuls over all heads at once and one batched over heads
             H, dh = self.patterns.shape[1], a.d_head
             z = (g.reshape(-1, d) @ self._wo[layer]).view(n, S, H, dh).permute(2, 1, 0, 3).reshape(H, S, n * dh)
             zk = torch.bmm(pat[layer].transpose(1, 2), z).view(H, S, n, dh).permute(2, 1, 0, 3).reshape(n * S, H * dh)
-            g = g + self._norm_vjp((zk @ self._wv[layer]).view(n, S, d), w["ln1_w"][layer], s1[layer])
+            g = g + self._norm_vjp((zk @ self._wv[layer]).view(n, S, d), tf.norm_params("ln1", layer)[0], s1[layer])
         return out, g
 
     @torch.no_grad()
     def forward(self, mlp_out: Tensor, embed: Tensor) -> tuple[Tensor, Tensor]:
         """The frozen model's streams for given frozen MLP outputs (the constant part, without the skip
         path) [L, S, d] and input [S, d]: (MLP inputs [L, S, d], final stream [S, d])."""
-        tf, w = self.tf, self.tf.w
+        tf = self.tf
         x, mids = embed, []
         for layer in range(tf.arch.n_layers):
-            ln = self._norm(x, w["ln1_w"][layer], w["ln1_b"][layer], self.scale1[layer])
-            v = torch.einsum("sd,hde->hse", ln, w["W_V"][layer]) + w["b_V"][layer][:, None]
-            x = x + torch.einsum("hqk,hke,hed->qd", self.patterns[layer], v, w["W_O"][layer]) + w["b_O"][layer]
+            ln = self._norm(x, *tf.norm_params("ln1", layer), self.scale1[layer])
+            W_V, b_V = tf.head_weights(layer, "V")
+            assert b_V is not None
+            v = torch.einsum("sd,hde->hse", ln, W_V) + b_V[:, None]
+            x = x + torch.einsum("hqk,hke,hed->qd", self.patterns[layer], v, tf.head_weights(layer, "O")[0]) + tf.attn_bias(layer)
             mids.append(x)
             m = mlp_out[layer]
             if layer in self.skip:
-                m = m + self._norm(x, w["ln2_w"][layer], w["ln2_b"][layer], self.scale2[layer]) @ self.skip[layer]
+                m = m + self._norm(x, *tf.norm_params("ln2", layer), self.scale2[layer]) @ self.skip[layer]
             x = x + m
         return torch.stack(mids), x
 

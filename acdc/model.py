@@ -13,6 +13,7 @@ and Gemma 1 (GeGLU, ``1 + w`` RMSNorm, embeddings scaled by sqrt(d_model)).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -109,6 +110,24 @@ class Transformer:
         self._columns: dict[bytes, tuple[Tensor, Tensor]] = {}  # `unembed`'s gathered columns
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    def of(cls, model: Bridge | Transformer) -> Transformer:
+        """The engine's model of ``model``: itself if it is one; for a bridge, built once (`from_bridge`, with
+        its check forward) and reused while the bridge's weights stay as they were (a ``.to(device)``, a
+        dtype change, a replaced parameter or an in-place edit builds it again)."""
+        if isinstance(model, Transformer):
+            return model
+        key = _weights_key(model)
+        try:
+            got = _ENGINES.get(model)
+        except TypeError:  # not weakly referable: build it each time
+            return cls.from_bridge(model)
+        if got is not None and got[1] == key:
+            return got[0]
+        tf = cls.from_bridge(model)
+        _ENGINES[model] = (tf, key)
+        return tf
+
     @classmethod
     def from_bridge(cls, bridge: Bridge, *, check: bool = True) -> Transformer:
         """Read weights from a TransformerLens bridge; verify the forward against it."""
@@ -427,6 +446,37 @@ class Transformer:
         """[d_model] the MLP's output bias b_out (outside every neuron)."""
         return self.w["b_out"][layer]
 
+    # ------------------------------------------------------------------ weights, read by name (the only door into ``w``)
+    @property
+    def embedding(self) -> Tensor:
+        """[d_vocab, d_model] W_E: each token's embedding (before ``embed_scale`` and positions)."""
+        return self.w["W_E"]
+
+    @property
+    def unembedding(self) -> Tensor:
+        """[d_model, d_vocab] W_U (after the final norm; ``unembed`` adds b_U)."""
+        return self.w["W_U"]
+
+    def norm_params(self, name: str, layer: int | None = None) -> tuple[Tensor, Tensor]:
+        """(scale, bias) [d_model] of norm ``name``: "ln1" (before the heads), "ln2" (before the MLP) of
+        ``layer``, or "lnf" (final). RMSNorm's bias is zeros; a family's ``1 + w`` scale is applied."""
+        w, b = self.w[f"{name}_w"], self.w[f"{name}_b"]
+        return (w, b) if layer is None else (w[layer], b[layer])
+
+    def head_weights(self, layer: int, which: str) -> tuple[Tensor, Tensor | None]:
+        """A layer's per-head weights and bias: ``which`` "Q", "K", "V" -> W [n_heads, d_model, d_head], b
+        [n_heads, d_head] (shared key/value heads repeated to one per query head); "O" -> W_O [n_heads,
+        d_head, d_model] and None (b_O is `attn_bias`, outside every head)."""
+        if which == "O":
+            return self.w["W_O"][layer], None
+        return self.w[f"W_{which}"][layer], self.w[f"b_{which}"][layer]
+
+    def mlp_weights(self, layer: int) -> dict[str, Tensor]:
+        """MLP ``layer``'s matrices: ``W_in`` [d_model, d_mlp], ``b_in`` [d_mlp], ``W_out`` [d_mlp, d_model],
+        ``b_out`` [d_model], and ``W_gate`` [d_model, d_mlp] for a gated MLP."""
+        keys = ("W_in", "b_in", "W_out", "b_out") + (("W_gate",) if self.arch.gated_mlp else ())
+        return {k: self.w[k][layer] for k in keys}
+
     def unembed(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
         """Final LayerNorm and unembedding: [..., d_model] -> [..., d_vocab], or only the columns
         ``vocab`` [k] -> [..., k] (a metric that reads a few tokens' logits: the same numbers, k of them)."""
@@ -559,30 +609,43 @@ class Transformer:
         B, S = tokens.shape
         if answer_pos is None:
             answer_pos = answer_positions(None, B, S).to(tokens.device)
-        all_heads = torch.arange(a.n_heads, device=self.device)
         has_mlp = not a.attn_only
         sources = torch.empty(layer_offset(a.n_layers, a.n_heads, has_mlp), B, S, a.d_model, dtype=self.dtype, device=self.device)
         resid_pre = torch.empty(a.n_layers + 1, B, S, a.d_model, dtype=self.dtype, device=self.device)
         resid_mid = torch.empty(a.n_layers, B, S, a.d_model, dtype=self.dtype, device=self.device)
-        resid = self.embed(tokens)
-        sources[0] = resid
-        for layer in range(a.n_layers):
-            resid_pre[layer] = resid
-            base = layer_offset(layer, a.n_heads, has_mlp)
-            heads_out = self.attention(layer, all_heads, resid, resid, resid)
-            sources[base : base + a.n_heads] = heads_out
-            attn = heads_out.sum(0) + self.w["b_O"][layer]
-            mlp_in = resid if a.parallel_attn_mlp else resid + attn
+
+        def record_input(x: Tensor) -> Tensor:
+            sources[0] = resid_pre[0] = x
+            return x
+
+        def record_heads(layer: int) -> Callable[[Tensor], Tensor]:
+            def record(heads_out: Tensor) -> Tensor:
+                base = layer_offset(layer, a.n_heads, has_mlp)
+                sources[base : base + a.n_heads] = heads_out
+                return heads_out
+            return record
+
+        heads = {layer: record_heads(layer) for layer in range(a.n_layers)}
+        resid = resid_pre[0]
+        for layer, mlp_in, m, resid in self._walk(tokens, edit_heads=heads, edit_input=record_input):
             resid_mid[layer] = mlp_in
             if has_mlp:
-                m = self.mlp(layer, mlp_in)
-                sources[base + a.n_heads] = m
-                resid = resid + attn + m
-            else:
-                resid = resid + attn
-        resid_pre[a.n_layers] = resid
+                sources[layer_offset(layer, a.n_heads, has_mlp) + a.n_heads] = m
+            resid_pre[layer + 1] = resid
         final = resid[torch.arange(B, device=resid.device)[:, None], answer_pos]
         return ForwardCache(sources, resid_pre, resid_mid, self.unembed(final.reshape(-1, a.d_model)))
+
+
+# Each bridge's engine model, while the bridge lives (`Transformer.of`): a memo, not state anything reads.
+_ENGINES: weakref.WeakKeyDictionary[Any, tuple[Transformer, tuple[Any, ...]]] = weakref.WeakKeyDictionary()
+
+
+def _weights_key(bridge: Any) -> tuple[Any, ...]:
+    """Where a bridge's weights are and which version of them: (storage, device, dtype, shape, version) of
+    every parameter. It changes with ``.to``, a new dtype, a replaced weight and an in-place edit (torch's
+    version counter, which autograd uses to spot the same), so a stale engine model is never reused."""
+    tensors: list[Tensor] = list(bridge.parameters()) if isinstance(bridge, torch.nn.Module) else [bridge.W_E]
+    return tuple((t.data_ptr(), str(t.device), t.dtype, tuple(t.shape), t._version) for t in tensors)
 
 
 def _read_weights(bridge: Bridge, arch: Architecture, norm_offset: float = 0.0) -> dict[str, Any]:

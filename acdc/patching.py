@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,28 +42,15 @@ from .positions import Positions, token_names
 from .sources import FactoredLayer, SourceValues
 from .tasks import Task
 
-__all__ = ["MLP_ENGINES", "MLPUnits", "Patcher", "PatchState", "PositionalProposal", "PositionalState", "Proposal", "RerunState",
-           "SearchState"]
-
-
-class SearchState(Protocol):
-    """What a search that removes edges needs of the engine (`Patcher.reference_state`)."""
-
-    keep: Tensor
-    logits: Tensor
-
-    def propagate(self, keep: Tensor) -> Any: ...  # -> a proposal with .keep and .logits [K, rows, d_vocab]
-
-    def commit(self, proposal: Any, k: int = 0) -> None: ...
-
-    def drop_destination(self, dst: int) -> None: ...
+__all__ = ["MLP_ENGINES", "MLPUnits", "Patcher", "PatchState", "Proposal"]
 
 
 @dataclass
 class PatchState:
     """A reference circuit and everything the engine knows about it.
 
-    keep:      [n_dst, n_src] bool, kept edges (False off the graph's edges).
+    keep:      [n_dst, n_src] bool, kept edges (False off the graph's edges); [n_dst, n_src, n_positions]
+               in a positional graph (an edge's input then changes at its position's tokens only).
     out:       [n_src, batch, pos, d_model] output of each source (last layer: answer rows only).
     resid_pre: [n_layers + 1, batch, pos, d_model] unpatched residual stream before each layer.
     resid_mid: [n_layers, batch, pos, d_model] MLP-input stream of each layer.
@@ -108,70 +95,6 @@ class PatchState:
         self.keep[dst] = False
         self.inputs.pop(dst, None)
         self._read = None
-
-
-@dataclass
-class RerunState:
-    """A reference circuit evaluated by reruns, with the same surface as `PatchState`: for
-    positional graphs and graphs with factored MLP units (neurons, transcoder features).
-
-    keep:   [n_dst, n_src(, n_positions)] bool, kept edges.
-    logits: [rows, d_vocab] at the answer positions ([rows, k]: the columns ``vocab``).
-    X:      [n_dense, batch, pos, d_model] each dense source's (output - ablation value) under ``keep``;
-    F:      layer -> [n_units, batch * pos] the same for factored units.
-
-    A candidate is evaluated by `Patcher.forward`, restarting at the first layer whose inputs it
-    changes and taking every source before that layer from ``X`` and ``F``.
-    """
-
-    keep: Tensor
-    logits: Tensor
-    X: Tensor
-    patcher: "Patcher"
-    F: dict[int, Tensor] = field(default_factory=dict)
-    vocab: Tensor | None = None
-
-    def propagate(self, keep: Tensor) -> "PositionalProposal":
-        """Evaluate candidate kept-edge sets [K, n_dst, n_src(, n_positions)] (or one)."""
-        if keep.dim() == self.keep.dim():
-            keep = keep[None]
-        g, up = self.patcher.graph, self.patcher.upstream
-        keep = keep & (up[None, :, :, None] if keep.dim() == 4 else up[None])
-        logits, outs = [], []
-        for cand in keep:
-            changed = (cand != self.keep).reshape(cand.shape[0], -1).any(-1)
-            if not bool(changed.any()):
-                logits.append(self.logits)
-                outs.append((self.X, self.F))
-                continue
-            start = int(g.dst_layer[changed.cpu()].min())
-            lg, run = self.patcher._forward(cand, reuse=(self.X, self.F, start), vocab=self.vocab)
-            logits.append(lg)
-            outs.append((run.X, run.F))
-        return PositionalProposal(keep, torch.stack(logits), outs)
-
-    def commit(self, proposal: "PositionalProposal", k: int = 0) -> None:
-        """Make candidate ``k`` of ``proposal`` the reference."""
-        if bool((proposal.keep[k] & ~self.keep).any()):
-            raise ValueError("a commit may only remove edges from the reference circuit")
-        self.keep, self.logits = proposal.keep[k].clone(), proposal.logits[k]
-        self.X, self.F = proposal.X[k]
-
-    def drop_destination(self, dst: int) -> None:
-        """As `PatchState.drop_destination`."""
-        self.keep[dst] = False
-
-
-PositionalState = RerunState  # the name it had when only positional graphs used it
-
-
-@dataclass
-class PositionalProposal:
-    """Candidates evaluated against a `PositionalState`: their logits and source outputs."""
-
-    keep: Tensor  # [K, n_dst, n_src(, n_positions)]
-    logits: Tensor  # [K, rows, d_vocab]
-    X: list[tuple[Tensor, dict[int, Tensor]]]  # per candidate: its dense X [n_dense, batch, pos, d_model] and factored F
 
 
 @dataclass
@@ -228,7 +151,7 @@ class Patcher:
         positions: Positions | None = None,
     ):
         self.ablation: Ablation = check_ablation(ablation)
-        tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+        tf = Transformer.of(model)
         self.tf = tf
         a = tf.arch
         self.graph = graph if graph is not None else Graph.from_model(tf)
@@ -269,6 +192,8 @@ class Patcher:
         upto = (torch.arange(S, device=tf.device)[None] <= last[:, None]).reshape(-1)
         self.live_rows: Tensor | None = None if bool(upto.all()) else upto.nonzero().squeeze(1)
         self.positions = self._check_positions(positions, B, S)
+        # in a positional graph, each token's position [B, S] (the incremental engine weighs edges per token)
+        self.token_position: Tensor | None = None if self.positions is None else self.positions.index.to(tf.device)
 
         self._units: MLPUnits | None = units_of(g, tf)
         self._blocks: list[Block] = blocks_of(g, self._units)  # the layer loop every pass walks
@@ -449,7 +374,11 @@ class Patcher:
 
     def rows_read(self, keep: Tensor) -> tuple[Tensor, Tensor]:
         """([n_src], [n_src]) bool: the sources circuit ``keep`` [n_dst, n_src] reads at all, and those it
-        reads at every row (the rest of the read ones: at the answer rows only; `answer_only_sources`)."""
+        reads at every row (the rest of the read ones: at the answer rows only; `answer_only_sources`).
+        In a positional graph (``keep`` [n_dst, n_src, n_positions]) an edge kept at any position counts:
+        rows read at other positions are counted too, so the answer is on the safe side."""
+        if keep.dim() == 3:
+            keep = keep.any(-1)
         n_src = keep.shape[1]
         live = torch.zeros(self._n_slots, dtype=torch.bool, device=keep.device)
         full = torch.zeros_like(live)
@@ -506,22 +435,15 @@ class Patcher:
             raise ValueError("position_groups: this graph has no positions")
         return self._groups
 
-    def reference_state(self, vocab: Tensor | None = None) -> SearchState:
-        """The state a search that removes edges (ACDC) starts from: the full circuit on the clean run.
-
-        Graphs without positions (of whole MLPs, or with factored MLP units: neurons, features) get the
-        incremental `PatchState`; positional graphs a `RerunState`. Both have ``keep``, ``logits``,
-        ``propagate(candidates)``, ``commit(proposal, k)`` and ``drop_destination(dst)``. With
-        ``vocab`` [k] their logits are those columns only (`Metric.narrow`: a metric that reads a few
-        tokens' logits; on SmolLM2 the full unembedding is most of an edge test).
+    def reference_state(self, vocab: Tensor | None = None) -> PatchState:
+        """The state a search that removes edges (ACDC) starts from: the full circuit on the clean run, as
+        the incremental `PatchState` (every graph: whole or split MLPs, with or without token positions).
+        It has ``keep``, ``logits``, ``propagate(candidates)``, ``commit(proposal, k)`` and
+        ``drop_destination(dst)``. With ``vocab`` [k] its logits are those columns only (`Metric.narrow`:
+        a metric that reads a few tokens' logits; on SmolLM2 the full unembedding is most of an edge test).
         """
         vocab = self._vocab(vocab)
-        if self.graph.positions is None:
-            return self.state(vocab)
-        up = self.upstream
-        keep = up.clone() if self.graph.positions is None else up[:, :, None].expand(*up.shape, self.graph.n_positions).clone()
-        logits, run = self._forward(keep, vocab=vocab)
-        return RerunState(keep, logits, run.X, self, run.F, vocab)
+        return self.state(vocab)
 
     def state(self, vocab: Tensor | None = None) -> PatchState:
         """A fresh reference state: the full circuit (every edge kept) on the clean run (logits: the
@@ -529,14 +451,15 @@ class Patcher:
 
         It shares the clean run's tensors until its first commit (copy-on-write).
         """
-        self._plain_only("PatchState")
         c, vocab = self.clean, self._vocab(vocab)
         logits = c.logits if vocab is None else c.logits.index_select(-1, vocab)
+        up = self.upstream
+        keep = up.clone() if self.graph.positions is None else up[:, :, None].expand(*up.shape, self.graph.n_positions).clone()
         if self._units is None:
-            return PatchState(self.upstream.clone(), c.sources, c.resid_pre, c.resid_mid, logits, self, vocab=vocab)
+            return PatchState(keep, c.sources, c.resid_pre, c.resid_mid, logits, self, vocab=vocab)
         sv = self.source_values  # the dense sources in slot order, and the units' clean activations [n, B, S]
         acts = {layer: f.clean for layer, f in sv.factored.items()}
-        return PatchState(self.upstream.clone(), sv.dense_clean, c.resid_pre, c.resid_mid, logits, self, vocab=vocab, acts=acts)
+        return PatchState(keep, sv.dense_clean, c.resid_pre, c.resid_mid, logits, self, vocab=vocab, acts=acts)
 
     def _vocab(self, vocab: Tensor | None) -> Tensor | None:
         """Vocabulary columns checked and on the model's device (None: every column)."""
@@ -631,10 +554,6 @@ class Patcher:
         return logits.reshape(-1, logits.shape[-1]), run
 
     # ------------------------------------------------------------------ propagation
-    def _plain_only(self, what: str) -> None:
-        if self.graph.positions is not None:
-            raise ValueError(f"{what} works on plain graphs; a positional graph is evaluated with Patcher.run / forward")
-
     def at_answers(self, x: Tensor) -> Tensor:
         """[..., B, S, d] -> [..., B, P, d] at each prompt's answer positions."""
         return x[..., self.batch_index, self.answer_pos, :]
@@ -654,15 +573,14 @@ class Patcher:
         return self._base_mid[layer] if mid else self._base_pre[layer]
 
     def propagate(self, st: PatchState, keep: Tensor) -> Proposal:
-        """Logits of candidate circuits ``keep`` [K, n_dst, n_src] against state ``st``."""
-        self._plain_only("propagate")
-        if keep.dim() == 2:
+        """Logits of candidate circuits ``keep`` [K, n_dst, n_src(, n_positions)] against state ``st``."""
+        if keep.dim() == st.keep.dim():
             keep = keep[None]
-        keep = keep & self.upstream
+        keep = keep & (self.upstream if keep.dim() == 3 else self.upstream[:, :, None])
         K = keep.shape[0]
         a = self.tf.arch
         L = a.n_layers
-        changed_rows = (keep != st.keep[None]).any(0).any(-1)
+        changed_rows = (keep != st.keep[None]).reshape(K, keep.shape[1], -1).any(-1).any(0)
         if not bool(changed_rows.any()):
             return Proposal(keep, st.logits.expand(K, *st.logits.shape), {}, {}, {}, [])
         start = int(self.graph.dst_layer[changed_rows.cpu()].min())

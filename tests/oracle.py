@@ -228,11 +228,11 @@ def removals_stay_exact(p, edges, *, commit: float = 0.8, seed: int = 0, each=No
     gen = torch.Generator().manual_seed(seed)
     tested = 0
     for e in edges:
-        d, s = int(g.edge_dst[e]), int(g.edge_src[e])
-        if not bool(st.keep[d, s]):
+        at = (int(g.edge_dst[e]), int(g.edge_src[e])) + ((int(g.edge_pos[e]),) if g.positions is not None else ())
+        if not bool(st.keep[at]):
             continue
         cand = st.keep.clone()
-        cand[d, s] = False
+        cand[at] = False
         prop = st.propagate(cand)
         want = p.logits(~g.sparse(cand))
         assert torch.allclose(prop.logits[0], want, atol=1e-5), g.edges[e].name
@@ -243,3 +243,28 @@ def removals_stay_exact(p, edges, *, commit: float = 0.8, seed: int = 0, each=No
             st.commit(prop)
             assert torch.allclose(st.logits, want, atol=1e-5), g.edges[e].name
     return tested
+
+
+def acdc_by_hand(graph: Graph, loss, threshold: float) -> tuple[set[str], dict[str, float]]:
+    """ACDC the slow, obvious way: ``loss(removed)`` is the metric (lower is better) of one hooked forward with
+    the edge names ``removed`` ablated. Destinations in reverse forward order, each one's edges in reverse;
+    an edge goes when its removal raises the loss by less than ``threshold``; a destination whose node is a
+    source with every outgoing edge gone is skipped and its edges dropped. Returns (kept edge names, each
+    tested edge's loss change)."""
+    removed: set[str] = set()
+    current = loss(removed)
+    deltas: dict[str, float] = {}
+    for dst in reversed(graph.destinations):
+        incoming = [e.name for e in graph.edges if e.dst == dst]
+        if dst.node.name in graph.src_index:
+            outgoing = [e.name for e in graph.edges if e.src.name == dst.node.name]
+            if all(n in removed for n in outgoing):
+                removed |= set(incoming)
+                continue
+        for name in reversed(incoming):
+            new = loss(removed | {name})
+            deltas[name] = new - current
+            if new - current < threshold:
+                removed.add(name)
+                current = new
+    return {e.name for e in graph.edges} - removed, deltas

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import logit_diff_loss, random_answers, random_tokens, tiny_gpt2, tiny_neox
 from oracle import ablation_values as oracle_ablation_values
-from oracle import destination_grads, eap_reference, patched_logits, per_position_masks, split_forward
+from oracle import acdc_by_hand, destination_grads, eap_reference, patched_logits, per_position_masks, split_forward
 
 import acdc
 from acdc.features import ERROR, FEATURE, SKIP
@@ -213,24 +213,7 @@ def test_acdc_on_a_feature_graph_equals_plain_sequential(model, ablation):
         full = model(clean)[:, -1]
 
     def plain(threshold: float) -> tuple[set[str], dict[str, float]]:
-        removed: set[str] = set()
-        current = _kl(full, hooked(model, g, ts, clean, removed, abl)[0][:, -1])
-        deltas: dict[str, float] = {}
-        for dst in reversed(g.destinations):
-            if dst.node.name != "logits" and dst.node.name not in g.src_index:  # a featured MLP's input: read by its nodes
-                outgoing = [e.name for e in g.edges if e.src.layer == dst.node.layer and e.src.kind in (FEATURE, ERROR, SKIP)]
-            else:
-                outgoing = [e.name for e in g.edges if e.src.name == dst.node.name]
-            if dst.node.name in g.src_index and all(n in removed for n in outgoing):
-                removed |= {e.name for e in g.edges if e.dst == dst}
-                continue
-            for e in reversed([e for e in g.edges if e.dst == dst]):
-                new = _kl(full, hooked(model, g, ts, clean, removed | {e.name}, abl)[0][:, -1])
-                deltas[e.name] = new - current
-                if new - current < threshold:
-                    removed.add(e.name)
-                    current = new
-        return {e.name for e in g.edges} - removed, deltas
+        return acdc_by_hand(g, lambda removed: _kl(full, hooked(model, g, ts, clean, removed, abl)[0][:, -1]), threshold)
 
     for threshold in (0.01, 0.003, 0.03, 0.001):
         kept, deltas = plain(threshold)

@@ -13,6 +13,7 @@ from oracle import removals_stay_exact
 from test_features import random_set
 
 import acdc
+from acdc.positions import Positions
 
 ABLATIONS = ["resample", "mean", "zero"]
 
@@ -125,3 +126,30 @@ def test_a_split_mlp_reads_its_inputs_where_its_units_are_read(model):
     live, full = p.rows_read(keep)
     assert {g.sources[i].name for i in live.nonzero().squeeze(1).tolist()} == {"a1.h0", "m0.f0", "a0.h1"}
     assert not bool(full.any())
+
+
+def _named_positions(batch: int = 4, pos: int = 6) -> Positions:
+    """Roles at different token indices in each prompt (as templates of different lengths give)."""
+    return Positions.named({"A": [1, 2, 1, 2], "B": [3, 4, 2, 4], "END": [5, 5, 4, 5]}, batch, pos)
+
+
+@pytest.mark.parametrize("kind", ["heads and whole MLPs", "neurons", "features"])
+@pytest.mark.parametrize(("ablation", "answers"), [("resample", "padded"), ("mean", "several"), ("zero", "last")])
+def test_commits_on_positional_graphs_stay_exact(model, kind, ablation, answers):
+    """The incremental engine at token positions (an edge's removal changes its destination's input at its
+    position's tokens only): ACDC's order over a spread of edges, most removals committed, each candidate and
+    the state after each commit equal to a patched run from scratch (itself checked against per-position
+    swaps in the hooked forward, test_positional.py)."""
+    positions = _named_positions()
+    if kind == "heads and whole MLPs":
+        g = acdc.Graph.from_model(model, positions=positions.names)
+    else:
+        base = _graph(model, kind)
+        g = acdc.Graph.from_model(model, positions=positions.names, mlp_units=base.mlp_units,
+                                  transcoders=base.transcoders, features=None if base.features is None else dict(base.features.features))
+    clean, corrupt = random_tokens(batch=4, pos=6)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation, answer_pos=ANSWERS[answers], positions=positions)
+    assert isinstance(p.reference_state(), acdc.patching.PatchState) and p.state().keep.dim() == 3
+    step = max(1, g.n_edges // 70)
+    tested = removals_stay_exact(p, reversed(range(0, g.n_edges, step)), commit=0.85)
+    assert tested > 30

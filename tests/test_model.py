@@ -55,3 +55,24 @@ def test_strings_with_local_gpt2_tokenizer(gpt2_tokenizer):
                       answers=([" Maryland's"], [" John"]), progress=False)
     with pytest.raises(ValueError, match="different lengths"):
         acdc.discover(model, ["a b c", "a b"], ["c d e", "c d"], threshold=0.01, progress=False)
+
+
+def test_the_engine_model_is_built_once_per_bridge_and_never_stale():
+    """`Transformer.of` reuses one engine model per bridge (no second weight read and check forward), and
+    builds it again when the weights change: in place (the new one computes the edited model), or moved
+    to another dtype."""
+    model = tiny_gpt2(seed=3)
+    tf = Transformer.of(model)
+    assert Transformer.of(model) is tf and Transformer.of(tf) is tf
+    assert acdc.Patcher(model, *[torch.randint(0, 50, (2, 5))] * 2).tf is tf
+    toks = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        model.original_model.transformer.h[0].mlp.c_fc.weight.mul_(2.0)  # an in-place edit of the bridge's weights
+        want = model(toks)
+    again = Transformer.of(model)
+    assert again is not tf
+    assert torch.allclose(again.unembed(again.run(toks).resid_pre[-1]), want, atol=1e-5)
+    assert Transformer.of(model) is again
+    model.to(torch.float64)
+    wide = Transformer.of(model)
+    assert wide is not again and wide.dtype == torch.float64

@@ -98,9 +98,6 @@ def test_positional_patcher_errors(gpt2_model):
         Patcher(gpt2_model, clean, corrupt, graph=g)
     with pytest.raises(ValueError, match="do not match the graph's"):
         Patcher(gpt2_model, clean, corrupt, graph=g, positions=Positions.tokens(4, 6))
-    p = Patcher(gpt2_model, clean, corrupt, graph=g, positions=_named_positions())
-    with pytest.raises(ValueError, match="plain graphs"):
-        p.state()
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
@@ -191,13 +188,18 @@ def test_positional_acdc_checkpoint_resumes_exactly(zoo_ioi, tmp_path):
         acdc.discover(zoo_ioi.model, zoo_ioi.task, checkpoint=path, threshold=1e-3, positions="tokens", progress=False)
 
 
-def test_positional_acdc_speculate_gives_the_same_circuit(zoo_ioi):
+def test_positional_acdc_speculate_gives_the_same_circuit():
+    """Speculation evaluates K candidates in one batched incremental pass: the same decisions, and the same
+    scores up to rounding. In float64, so that rounding (float32's is ~1e-6 on a metric of 10) cannot hide
+    a real difference."""
     import acdc
 
-    one = acdc.discover(zoo_ioi.model, zoo_ioi.task, threshold=1e-3, positions="named", progress=False)
-    four = acdc.discover(zoo_ioi.model, zoo_ioi.task, threshold=1e-3, positions="named", progress=False, speculate=4)
+    entry = acdc.zoo.load("ioi")
+    entry.model.to(torch.float64)
+    one = acdc.discover(entry.model, entry.task, threshold=1e-3, positions="named", progress=False)
+    four = acdc.discover(entry.model, entry.task, threshold=1e-3, positions="named", progress=False, speculate=4)
     assert four.edges == one.edges and four.settings["n_tested"] == one.settings["n_tested"]
-    assert torch.allclose(four.scores.nan_to_num(), one.scores.nan_to_num(), atol=1e-6)
+    assert torch.allclose(four.scores.nan_to_num(), one.scores.nan_to_num(), atol=1e-9)
 
 
 def test_one_position_covering_all_tokens_equals_the_plain_graph(zoo_ioi):

@@ -122,8 +122,8 @@ def run_acdc(
     checkpoint, checkpoint_every = options.checkpoint, options.checkpoint_every
     g = patcher.graph
     positional = g.positions is not None
-    if speculate is None:  # a positional state evaluates candidates one after another: no batch to gain
-        speculate = 8 if patcher.tf.device.type != "cpu" and not positional else 1
+    if speculate is None:
+        speculate = 8 if patcher.tf.device.type != "cpu" else 1
     info: dict[str, Any] = {}
     fingerprint = run_fingerprint(patcher, metric, batch, threshold, abs_value, prefilter, prefilter_method)
     saved = _load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None

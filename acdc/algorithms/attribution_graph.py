@@ -89,7 +89,7 @@ def build_attribution_graph(
     top = probs.topk(min(max_logits, probs.numel()))
     cut = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(logit_prob, dtype=top.values.dtype))) + 1
     logit_tokens, logit_probs = top.indices[:cut], top.values[:cut]
-    W_U = tf.w["W_U"]
+    W_U = tf.unembedding
     logit_vecs = (W_U[:, logit_tokens] - W_U.mean(1, keepdim=True)).T  # [n_l, d]
     n_l = len(logit_tokens)
 

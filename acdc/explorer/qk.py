@@ -33,7 +33,7 @@ __all__ = ["attention_why"]
 def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> dict[str, Any]:
     """The QK split and the ablations above for ``head`` on prompt ``i``, query position ``query``, key ``key``."""
     g, tf = patcher.graph, patcher.tf
-    if g.mlp_units != "whole":
+    if g.split_mlps:
         raise ValueError("attention attribution runs on graphs of whole MLPs; open the circuit on the model's plain graph")
     node = g.sources[g.src_index[head]]
     layer, h = node.layer, node.head
@@ -48,17 +48,19 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     parts = torch.cat([outs, (x - outs.sum(0))[None]])  # the nodes, then the biases of no node
 
     heads = torch.tensor([h], device=tf.device)
-    w = tf.w["ln1_w"][layer].double()
+    ln_w, ln_b = tf.norm_params("ln1", layer)
+    w = ln_w.double()
     rms = tf.arch.norm == "RMS"
     var = x.pow(2).mean(-1, keepdim=True) if rms else x.var(-1, unbiased=False, keepdim=True)
     rstd = (var + tf.arch.eps).rsqrt()  # frozen at the clean run
     centred = parts if rms else parts - parts.mean(-1, keepdim=True)
     normed = centred * rstd * w  # [n + 1, S, d] each part's share of ln1(x), without the norm's offset
-    offset = torch.zeros_like(x) if rms else tf.w["ln1_b"][layer].double().expand_as(x)
+    offset = torch.zeros_like(x) if rms else ln_b.double().expand_as(x)
 
     def project(v: Tensor, which: str, with_bias: bool) -> Tensor:  # [..., S, d] -> [..., S, d_head], rotated
-        W = tf.w[f"W_{which}"][layer][h].double()
-        return v @ W + (tf.w[f"b_{which}"][layer][h].double() if with_bias else 0.0)
+        W, b = tf.head_weights(layer, which)
+        assert b is not None
+        return v @ W[h].double() + (b[h].double() if with_bias else 0.0)
 
     def at(y: Tensor, p: int) -> Tensor:  # pieces [m, d_head] of a query or key at position p, rotated there
         return tf.rotate(y[:, None], torch.tensor([[p]], device=y.device).expand(y.shape[0], 1))[:, 0]

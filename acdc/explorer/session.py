@@ -185,7 +185,7 @@ class Explorer:
         they feed, from the last evaluated run's sources below it (which those edges cannot change), so
         a click on an edge into a late layer costs a fraction of a fresh patched run (graphs of whole MLPs)."""
         p, g = self.patcher, self.graph
-        if not bool(mask.any()) or (bool(mask.all()) and p.ablation == "resample") or g.mlp_units != "whole":
+        if not bool(mask.any()) or (bool(mask.all()) and p.ablation == "resample") or g.split_mlps:
             return p.masked_logits(mask)
         keep = g.dense(~mask).to(p.tf.device)
         reuse = None

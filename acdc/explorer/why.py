@@ -79,7 +79,7 @@ class WhyAnswers:
         full = g.dense(torch.ones(g.n_edges, dtype=torch.bool)).to(dev)
         logits, X = p.forward(full)
         base = float(logits[row, a] - logits[row, b])
-        restart = g.mlp_units == "whole"
+        restart = not g.split_mlps
         out = []
         for s in srcs:
             ablated = torch.zeros(g.n_edges, dtype=torch.bool)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..circuit import Circuit
-from ..graph import Graph
+from ..graph import Graph, parse_node
 
 __all__ = ["KnownCircuit", "available", "load", "from_spec"]
 
@@ -167,7 +167,7 @@ def _expand(rule: dict[str, Any], graph: Graph, groups: dict[str, tuple[str, ...
     found = set()
     for src in _resolve(rule["from"], graph, groups):
         for dst in _resolve(rule["to"], graph, groups):
-            names = [f"{src}->{dst}<{q}>" for q in letters] if dst.startswith("a") else [f"{src}->{dst}"]
+            names = [f"{src}->{dst}<{q}>" for q in letters] if len(parse_node(dst).kind.slots) > 1 else [f"{src}->{dst}"]
             found.update(n + x for n in names for x in suffixes if graph.has_edge(n + x))
     return found
 

@@ -75,7 +75,7 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
     pieces' counts add up and their top contexts merge into the top of the whole pass. ``progress``: a
     bar over the pieces.
     """
-    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    tf = Transformer.of(model)
     transcoders.check_model(tf)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if layer is None:
@@ -108,8 +108,8 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
     active = [sum(p["active"][j] for p in pieces) for j in range(len(pairs))]
     peak = [max((p["peak"][j] for p in pieces), default=0.0) for j in range(len(pairs))]
     n_tokens = sum(p["n_tokens"] for p in pieces)
-    w_u = tf.w["W_U"].float()
-    w_e = tf.w["W_E"].float()
+    w_u = tf.unembedding.float()
+    w_e = tf.embedding.float()
     out = []
     for j, (lay, f) in enumerate(pairs):
         tc = transcoders[lay]
@@ -225,7 +225,7 @@ def active_features(model: Any, transcoders: TranscoderSet, tokens: Tensor | Ite
     These are the features a task's clean and corrupt runs use, so a graph of them and their error
     nodes is exact on both runs; ``top`` keeps the ``top`` per layer with the largest maximum activation.
     """
-    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    tf = Transformer.of(model)
     transcoders.check_model(tf)
     if hasattr(tokens, "clean") and hasattr(tokens, "corrupt"):  # a Task
         batches = [tokens.clean, tokens.corrupt]  # type: ignore[union-attr]

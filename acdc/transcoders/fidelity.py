@@ -108,7 +108,7 @@ def transcoder_fidelity(
     ``skip_first=False, massive=None`` splices everywhere. ``per_layer=False`` skips the
     one-layer-spliced runs (their CE and KL are then NaN).
     """
-    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    tf = Transformer.of(model)
     transcoders.check_model(tf)
     layers = transcoders.layers
     sums: dict[int, dict[str, Any]] = {layer: {"err": 0.0, "y2": 0.0, "y": 0.0, "n": 0, "l0": 0.0, "fired": None,

@@ -56,7 +56,7 @@ def load_transcoders(spec: str | Path, model: Any = None, *, device: torch.devic
     With ``model`` (a bridge or `acdc.model.Transformer`) they are checked against it (one-line
     error for another model) and moved to its device; foreign layouts record its fingerprint.
     """
-    tf = None if model is None else (model if isinstance(model, Transformer) else Transformer.from_bridge(model))
+    tf = None if model is None else (Transformer.of(model))
     dev = device if device is not None else (tf.device if tf is not None else "cpu")
     path = Path(spec)
     source = str(spec)

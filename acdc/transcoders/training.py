@@ -289,7 +289,7 @@ def train_transcoders(
     The device is the model's. Returns a `TranscoderSet`; its ``info`` holds the options, the
     corpus, the tokens seen and per-layer FVU / L0 / dead fraction over training.
     """
-    tf = model if isinstance(model, Transformer) else Transformer.from_bridge(model)
+    tf = Transformer.of(model)
     opts = options or TrainOptions()
     if overrides:
         unknown = set(overrides) - set(TrainOptions.__dataclass_fields__)

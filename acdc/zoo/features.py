@@ -94,15 +94,15 @@ def build(*, n_prompts: int = 32, seed: int = 0):
 
 def _exact_transcoders(model: Any) -> TranscoderSet:
     """Transcoders that are the model's MLPs: encoder W_in, b_in; decoder W_out, b_out; ReLU."""
-    tf = Transformer.from_bridge(model)
+    tf = Transformer.of(model)
     out = {}
     for layer in range(tf.arch.n_layers):
-        w = tf.w
+        w = tf.mlp_weights(layer)
         t = Transcoder(TranscoderConfig(tf.arch.d_model, tf.arch.d_mlp, "relu"))
         with torch.no_grad():
-            t.W_enc.copy_(w["W_in"][layer])
-            t.b_enc.copy_(w["b_in"][layer])
-            t.W_dec.copy_(w["W_out"][layer])
-            t.b_dec.copy_(w["b_out"][layer])
+            t.W_enc.copy_(w["W_in"])
+            t.b_enc.copy_(w["b_in"])
+            t.W_dec.copy_(w["W_out"])
+            t.b_dec.copy_(w["b_out"])
         out[layer] = t
     return TranscoderSet(out, ModelInfo.of(tf, "zoo feature-chain"), source="the zoo model's own MLPs (exact)")
