@@ -1,6 +1,7 @@
 """What one ACDC edge test costs on a feature graph, against the same edge's test on the plain graph.
 
     python experiments/feature_edge_test_time.py [--model gpt2-shape|smollm2] [--threads 2] [--edges 6]
+    python experiments/feature_edge_test_time.py --graph positions    # a token-positional graph instead
 
 The model: a GPT-2-small-shaped model with random weights and 50 prompt pairs of 15 random tokens
 (`gpt2_shape.py`), or the real SmolLM2-135M-Instruct on 20 IOI prompts (seed 0). Transcoders on
@@ -53,14 +54,15 @@ def random_transcoders(tf: Transformer, activation: str, width: int, k: int, see
     return TranscoderSet(out, ModelInfo.of(tf, "random (feature_edge_test_time.py)"), source="random weights")
 
 
-def median_test_ms(p, metric, batch, edges: list[tuple[int, int]]) -> float:
-    """Median milliseconds of one edge test from the full circuit, over ``edges`` (dst row, src index)."""
+def median_test_ms(p, metric, batch, edges: list[tuple[int, ...]]) -> float:
+    """Median milliseconds of one edge test from the full circuit, over ``edges`` ((dst row, src index) or,
+    in a positional graph, (dst row, src index, position))."""
     vocab, narrowed = metric.narrow(batch)
     state = p.reference_state(vocab)
     times = []
-    for d, s in [edges[0], *edges]:  # the first test once more as a warm-up
+    for at in [edges[0], *edges]:  # the first test once more as a warm-up
         cand = state.keep.clone()
-        cand[d, s] = False
+        cand[at] = False
         t0 = time.perf_counter()
         metric.loss(state.propagate(cand).logits[0], narrowed)
         times.append(time.perf_counter() - t0)
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--edges", type=int, default=6, help="edges timed per destination layer")
     ap.add_argument("--layers", type=int, nargs="*", help="destination layers (default: 1, the middle one, the last)")
+    ap.add_argument("--graph", choices=["features", "positions"], default="features",
+                    help="features: transcoders on every layer; positions: every token a position (the edge at the last token)")
     ap.add_argument("--activation", choices=["topk", "relu"], default="topk")
     ap.add_argument("--top", type=int, default=64, help="features per layer in the feature graph")
     ap.add_argument("--label", default="", help="a name for this code version in the results (e.g. before, after)")
@@ -86,41 +90,49 @@ def main(argv: list[str] | None = None) -> None:
         model, task = random_model_and_task(12)
     tf = Transformer.from_bridge(model)
     a = tf.arch
-    ts = random_transcoders(tf, args.activation, 8 * a.d_model, 32)
-    chosen = acdc.active_features(model, ts, task, top=args.top)
     plain = acdc.Graph.from_model(model)
-    feats = acdc.Graph.from_model(model, transcoders=ts, features=chosen)
+    n_tok = int(task.clean.shape[1])
+    if args.graph == "features":
+        ts = random_transcoders(tf, args.activation, 8 * a.d_model, 32)
+        chosen = acdc.active_features(model, ts, task, top=args.top)
+        feats = acdc.Graph.from_model(model, transcoders=ts, features=chosen)
+        fp, _, _ = prepare(model, task, metric="logit_diff", graph=feats)
+    else:
+        chosen = {}
+        feats = acdc.Graph.from_model(model, positions=[str(i) for i in range(n_tok)])
+        fp, _, _ = prepare(model, task, metric="logit_diff", graph=feats, positions="tokens")
     layers = args.layers or [1, a.n_layers // 2, a.n_layers - 1]
     pp, metric, batch = prepare(model, task, metric="logit_diff", graph=plain)
-    fp, _, _ = prepare(model, task, metric="logit_diff", graph=feats)
     rows = []
     for layer in layers:
         # edges of both graphs (sources: the input and heads) into this layer, the last ones in ACDC's order
         both = [e for e in plain.edges if e.dst.node.layer == layer and e.src.name in feats.src_index
                 and e.dst.node.name != "logits"][-args.edges:]
         on_plain = [(plain.dst_index[e.dst.name], plain.src_index[e.src.name]) for e in both]
-        on_feats = [(feats.dst_index[e.dst.name], feats.src_index[e.src.name]) for e in both]
+        on_feats = [(feats.dst_index[e.dst.name], feats.src_index[e.src.name]) + ((n_tok - 1,) if args.graph == "positions" else ())
+                    for e in both]
         t_plain = median_test_ms(pp, metric, batch, on_plain)
         t_feats = median_test_ms(fp, metric, batch, on_feats)
         rows.append({"layer": layer, "edges": [e.name for e in both], "plain_ms": round(t_plain, 2),
-                     "feature_ms": round(t_feats, 2), "ratio": round(t_feats / t_plain, 2)})
-        print(f"layer {layer}: plain {t_plain:.1f} ms, feature graph {t_feats:.1f} ms ({t_feats / t_plain:.2f}x)", flush=True)
+                     "other_ms": round(t_feats, 2), "ratio": round(t_feats / t_plain, 2)})
+        print(f"layer {layer}: plain {t_plain:.1f} ms, {args.graph} graph {t_feats:.1f} ms ({t_feats / t_plain:.2f}x)", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     n_feat = sum(len(v) for v in chosen.values())
-    data = {"model": args.model, "label": args.label, "commit": commit, "activation": args.activation, "top": args.top,
+    data = {"model": args.model, "graph": args.graph, "label": args.label, "commit": commit, "activation": args.activation, "top": args.top,
             "features": n_feat, "plain_edges": plain.n_edges, "feature_edges": feats.n_edges,
             "prompts": int(task.clean.shape[0]), "tokens": int(task.clean.shape[1]), "layers": rows,
             "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}}
-    lines = [f"# One ACDC edge test: feature graph against plain graph ({args.model}{', ' + args.label if args.label else ''})", "",
-             f"`python experiments/feature_edge_test_time.py --model {args.model} --threads {args.threads} --edges {args.edges} "
-             f"--activation {args.activation} --top {args.top}` at commit {commit}: {data['prompts']} prompts x "
-             f"{data['tokens']} tokens; random {args.activation} skip transcoders ({8 * a.d_model} features) on every layer, "
-             f"{n_feat} features in the graph ({args.top} per layer); {plain.n_edges:,} edges plain, {feats.n_edges:,} "
-             f"with features. Median of {args.edges} edges per layer from the full circuit.", "",
-             "| destination layer | plain graph (ms) | feature graph (ms) | ratio |", "|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['plain_ms']:.1f} | {r['feature_ms']:.1f} | {r['ratio']:.2f}x |" for r in rows]
-    stem = f"feature_edge_test_time_{args.model}" + (f"_{args.label}" if args.label else "")
+    what = (f"random {args.activation} skip transcoders ({8 * a.d_model} features) on every layer, {n_feat} features in the "
+            f"graph ({args.top} per layer)" if args.graph == "features" else f"every token a position, the edge at token {n_tok - 1}")
+    lines = [f"# One ACDC edge test: {args.graph} graph against plain graph ({args.model}{', ' + args.label if args.label else ''})", "",
+             f"`python experiments/feature_edge_test_time.py --model {args.model} --graph {args.graph} --threads {args.threads} "
+             f"--edges {args.edges} --activation {args.activation} --top {args.top}` at commit {commit}: {data['prompts']} prompts x "
+             f"{data['tokens']} tokens; {what}; {plain.n_edges:,} edges plain, {feats.n_edges:,} in the other graph. Median of "
+             f"{args.edges} edges per layer from the full circuit.", "",
+             f"| destination layer | plain graph (ms) | {args.graph} graph (ms) | ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['plain_ms']:.1f} | {r['other_ms']:.1f} | {r['ratio']:.2f}x |" for r in rows]
+    stem = f"{'feature' if args.graph == 'features' else 'positional'}_edge_test_time_{args.model}" + (f"_{args.label}" if args.label else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
