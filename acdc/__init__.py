@@ -21,7 +21,7 @@ with _warnings.catch_warnings():
     import tqdm.autonotebook  # noqa: F401
 
 from . import explorer, known, tasks, transcoders, zoo
-from . import features as features  # registers feature graphs: Graph.from_model(model, transcoders=ts)
+from . import feature_nodes as feature_nodes  # registers feature graphs: Graph.from_model(model, transcoders=ts)
 from . import neurons as neurons  # registers the node kind: Graph.from_model(model, mlp_units="neurons")
 from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
@@ -42,7 +42,7 @@ from .circuit import Circuit
 from .comparison import Comparison, Method, compare
 from .evaluation import ROC, Confusion, Recovery, recovery
 from .faithfulness_math import Completeness, Faithfulness, FaithfulnessCurve, FaithfulnessGrid, Minimality
-from .features import active_features
+from .feature_nodes import active_features
 from .graph import Edge, Graph, Node
 from .inputs import ABLATIONS
 from .known import KnownCircuit

@@ -39,7 +39,7 @@ class MLPUnits(Protocol):
     """How the engine runs a layer's MLP when the graph splits it into units stored *factored*
     (an activation per token times a fixed row of d_model), made by the factory registered in
     `MLP_ENGINES` under the graph's ``mlp_units`` name (`acdc.neurons` registers "neurons",
-    `acdc.features` "transcoders").
+    `acdc.feature_nodes` "transcoders").
 
     Factored units never exist as [batch, pos, d_model] tensors: a destination's input gets
     ``sum_i w_i (a_i - A_i) row_i`` from `contribution`. A layer's sources are its factored units

@@ -31,7 +31,9 @@ from typing import Any
 from typing_extensions import Unpack
 
 from .algorithms import SEEDED, check_algorithm_options, get_algorithm
-from .api import Inputs, _circuit_from_record, _circuit_record, _full_and_empty, _given, _portable, prepare
+from .api.faithfulness import full_and_empty
+from .api.prepare import Inputs, prepare
+from .api.sweeps import circuit_from_record, circuit_record, given, portable
 from .circuit import Circuit
 from .executors import ExecutorLike, check_executor, resolve_executor, run_sweep
 from .faithfulness_math import MIB_FRACTIONS, FaithfulnessCurve
@@ -184,14 +186,14 @@ def compare(
              for name in tasks for s in seeds for m in ms]
     serial = resolve_executor(executor)[0] == "serial"
     if serial:
-        setup = partial(_given, _CompareState(model, built, dict(inputs)))
+        setup = partial(given, _CompareState(model, built, dict(inputs)))
     else:
-        m0, _, _, rest = _portable(model, next(iter(built.values()))[0], None, inputs)
+        m0, _, _, rest = portable(model, next(iter(built.values()))[0], None, inputs)
         setup = partial(_CompareState, m0, built, rest)
     done = run_sweep(setup, _compare_item, items, executor=executor, results=results, workers=workers, threads=threads,
                      fingerprint=_fingerprint(model, built, inputs), progress=progress, desc="compare")
     graph = _graph(model, built, inputs)
-    return Comparison(tuple(d["row"] for d in done), tuple(_circuit_from_record(graph, d["circuit"]) for d in done))
+    return Comparison(tuple(d["row"] for d in done), tuple(circuit_from_record(graph, d["circuit"]) for d in done))
 
 
 def _pair(name: str, source: TaskSource, seed: int) -> tuple[Task, Task | None]:
@@ -269,7 +271,7 @@ class _CompareState:
 
     def _prepare(self, task: Task) -> _Scored:
         patcher, metric, batch = prepare(self.model, task, **self.inputs)
-        full, empty = _full_and_empty(patcher, metric, batch)
+        full, empty = full_and_empty(patcher, metric, batch)
         return _Scored(patcher, metric, batch, full, empty)
 
 
@@ -293,4 +295,4 @@ def _compare_item(state: _CompareState, item: dict[str, Any]) -> dict[str, Any]:
         sizes = [max(1, min(g.n_edges, math.ceil(f * g.n_edges))) for f in MIB_FRACTIONS]
         curve = FaithfulnessCurve.from_values(list(MIB_FRACTIONS), [held.normalized(scores.top(k)) for k in sizes])
         row["cpr"], row["cmd"] = curve.cpr, curve.cmd
-    return {"row": row, "circuit": _circuit_record(circuit, kept_only=True)}
+    return {"row": row, "circuit": circuit_record(circuit, kept_only=True)}

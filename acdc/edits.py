@@ -1,4 +1,8 @@
-"""Running interventions (`acdc.interventions`) on a patcher's clean prompts: the engine side.
+"""Running interventions: the engine side of `acdc.interventions` (what to edit, as data), in one place.
+
+- `intervened_logits(patcher, interventions)`: node edits on a patcher's clean prompts (the explorer's);
+- `intervene(model, transcoders, tokens, edits)`: feature clamps in the replacement model of one prompt
+  (what attribution graphs' edges are checked against).
 
 `intervened_logits(patcher, interventions)` is one plain forward of the patcher's model on its
 clean prompts (`Transformer.logits_with_edits`) with each edited node's output (a neuron's or a
@@ -14,18 +18,20 @@ the MLP is exact, and an edit of feature i adds ``(a_i' - a_i) W_dec[i]`` to the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .graph import layer_offset
 from .interventions import Intervention, parse_node
-from .model import ForwardCache
+from .model import ForwardCache, Transformer
 from .patching import Patcher
 from .transcoders import TranscoderSet
 
-__all__ = ["intervened_logits"]
+__all__ = ["Intervened", "intervene", "intervened_logits"]
 
 
 @torch.no_grad()
@@ -139,3 +145,65 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
     return tf.logits_with_edits(clean, heads={layer: head_fn(layer) for layer in heads},
                                 mlps={layer: mlp_fn(layer) for layer in set(mlps) | set(neurons) | set(features)},
                                 embedding=embed_fn if embedding else None, rows=patcher.answer_pos)
+
+
+@dataclass
+class Intervened:
+    """A run of the replacement model with feature edits (`intervene`).
+
+    pre:    layer -> [S, n_features] every feature's encoder pre-activation ``xn . W_enc`` (without ``b_enc``),
+            the value an attribution graph's feature target reads;
+    acts:   layer -> [S, n_features] the activations (after the edits);
+    logits: [S, d_vocab].
+    """
+
+    pre: dict[int, Tensor]
+    acts: dict[int, Tensor]
+    logits: Tensor
+
+
+@torch.no_grad()
+def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Mapping[tuple[int, int, int], float],
+              *, freeze_attention: bool = False) -> Intervened:
+    """Run the *replacement model* of ``tokens`` [S] with features clamped: ``edits`` maps
+    (layer, position, feature) to the activation it takes (0: ablated; ``2 * a``: doubled).
+
+    Each MLP that has a transcoder computes ``decode(encode(xn)) + error``, its features live (so an
+    edit moves every feature downstream, attention and norms live too) and its error frozen at its
+    value on the unedited prompt; so with no edits this is the model exactly. ``freeze_attention``:
+    every head attends as on the unedited prompt (its values still move), the attribution graph's
+    own assumption, so what is left between an edit and its target is the norms and the features
+    in between. An attribution graph's edge is the first-order, direct part of what an edit does
+    here (`acdc.attribution_graph`).
+    """
+    tf = Transformer.of(model)
+    transcoders.check_model(tf)
+    tokens = tokens.reshape(1, -1).to(tf.device)
+    layers = transcoders.layers
+    clean = tf.mlp_io(tokens, layers)
+    errors = {layer: clean[layer][1][0] - transcoders[layer](clean[layer][0][0].to(transcoders[layer].W_enc.dtype)).to(tf.dtype)
+              for layer in layers}
+    by_layer: dict[int, list[tuple[int, int, float]]] = {}
+    for (layer, pos, f), value in edits.items():
+        if layer not in errors:
+            raise ValueError(f"edit of layer {layer}: the transcoders cover layers {layers}")
+        by_layer.setdefault(int(layer), []).append((int(pos), int(f), float(value)))
+    pre: dict[int, Tensor] = {}
+    acts: dict[int, Tensor] = {}
+
+    def replaced(layer: int):
+        t = transcoders[layer]
+
+        def fn(xn: Tensor) -> Tensor:
+            x = xn[0].to(t.W_enc.dtype)
+            pre[layer] = x @ t.W_enc
+            a = t.encode(x)
+            for pos, f, value in by_layer.get(layer, ()):
+                a[pos, f] = value
+            acts[layer] = a
+            return (t.decode(a, x).to(tf.dtype) + errors[layer])[None]
+        return fn
+
+    patterns = tf.attention_patterns(tokens) if freeze_attention else None
+    logits = tf.logits_with_mlps(tokens, {layer: replaced(layer) for layer in layers}, patterns)[0]
+    return Intervened(pre, acts, logits)

@@ -96,7 +96,7 @@ HEAD = NodeKind("head", slots=("q", "k", "v"), component=True, attends=True, ord
                 shape="box", rounded=True, pattern="a{layer}.h{index}")
 MLP = NodeKind("mlp", slots=(None,), component=True, order=1, answer_slots=(None,), shape="ellipse", pattern="m{layer}")
 LOGITS = NodeKind("logits", slots=(None,), component=False, answer_slots=(None,), shape="house")
-# A feature graph's nodes (`acdc.features`): a transcoder feature, the transcoder's error, its skip path.
+# A feature graph's nodes (`acdc.feature_nodes`): a transcoder feature, the transcoder's error, its skip path.
 FEATURE = NodeKind("feature", slots=(), component=True, order=1, shape="ellipse", pattern="m{layer}.f{index}")
 ERROR = NodeKind("error", slots=(), component=True, order=1, shape="diamond", pattern="m{layer}.err")
 SKIP = NodeKind("skip", slots=(), component=True, order=1, shape="octagon", pattern="m{layer}.skip")
@@ -456,7 +456,7 @@ class Graph:
 
         ``transcoders=ts`` (an `acdc.TranscoderSet`) makes a *feature graph*: each MLP with a
         transcoder becomes its features ``m{L}.f{i}``, an error node ``m{L}.err`` and, with a skip
-        path, ``m{L}.skip`` (`acdc.features`); ``features`` picks which features enter, layer ->
+        path, ``m{L}.skip`` (`acdc.feature_nodes`); ``features`` picks which features enter, layer ->
         indices (default: every feature; `acdc.active_features` picks those a task uses).
         """
         cfg = model.cfg if hasattr(model, "cfg") else model.arch

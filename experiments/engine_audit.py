@@ -15,7 +15,7 @@ so two versions are measured by the same rule:
 - **kind string tests outside the kinds**: comparisons of a node name or the graph's ``mlp_units``
   with a string literal, and ``startswith``/``endswith`` of a node-name prefix (``"a"``, ``"m"``,
   ``"input"``, ``"logits"``), in any module but ``acdc/graph.py``, ``acdc/neurons.py`` and
-  ``acdc/features.py`` (the kinds' own homes).
+  ``acdc/feature_nodes.py`` (the kinds' own homes).
 - **private names read across modules**: ``obj._name`` where ``obj`` is not ``self``/``cls``, and
   ``from .x import _name``, in the package.
 """
@@ -27,7 +27,7 @@ import ast
 import json
 from pathlib import Path
 
-KIND_HOMES = {"graph.py", "neurons.py", "features.py"}
+KIND_HOMES = {"graph.py", "neurons.py", "features.py", "feature_nodes.py"}
 ATTENTION_PIECES = {"attention", "attend", "mix", "project", "project_normed", "pattern", "head_weights", "attn_bias"}
 ATTENTION_WEIGHTS = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"}
 NAME_PREFIXES = {"a", "m", "input", "logits", "m{", "a{"}

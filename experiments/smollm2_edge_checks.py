@@ -5,7 +5,7 @@ of ablating the source feature in the live replacement model.
 
 An edge ``s -> t`` is a direct effect in the frozen model: what ``t``'s pre-activation loses when ``s``
 is taken out with attention, norms and every other feature held fixed (tests/test_attribution_graphs.py
-checks that identity exactly). Here the edit runs in the replacement model (`acdc.features.intervene`:
+checks that identity exactly). Here the edit runs in the replacement model (`acdc.edits.intervene`:
 norms and every other feature recomputed, only the error nodes frozen), once with attention live and
 once with it frozen at its patterns on the unedited prompt: the measured change of ``t`` then also
 carries every indirect path, so the plot shows how far a graph's edges predict a real intervention,
@@ -25,7 +25,7 @@ import torch
 from smollm2_common import ROOT, load, write
 
 import acdc
-from acdc.features import intervene
+from acdc.edits import intervene
 from acdc.loading import cache_dir
 
 MODES = ("live", "frozen attention")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     md = ["# Attribution-graph edges against interventions (SmolLM2-135M-Instruct, IOI prompt)", "",
           f"Command: `python experiments/smollm2_edge_checks.py --threads {args.threads} --sources {args.sources}`. "
           f"{len(sources)} source features ({args.sources // 2} most influential, the rest at random, seed 0), each ablated at its "
-          "position in the replacement model (`acdc.features.intervene`: norms and the other features live, errors frozen), "
+          "position in the replacement model (`acdc.edits.intervene`: norms and the other features live, errors frozen), "
           "with attention live or frozen at its patterns on the unedited prompt; every nonzero edge out of it into a "
           "feature, and every edge into a logit. Edit times: "
           + ", ".join(f"{mode} {rows['seconds'][mode]:.0f} s" for mode in MODES) + ".", "",

@@ -266,7 +266,7 @@ def test_intervening_on_a_feature_moves_its_targets_as_its_edges_say(chain):
     """The replacement model with no edit is the model; ablating the prompt's class feature of m0 moves the
     class feature of m1 it drives by the edge weight (one hop, a positional head, a near-linear LayerNorm:
     the direct effect is nearly the whole effect), and kills the answer; unrelated features do not move."""
-    from acdc.features import intervene
+    from acdc.edits import intervene
 
     tokens = chain.task.clean[0]
     k = (int(tokens[1]) - 2) % 4
@@ -290,7 +290,7 @@ def test_intervene_equals_a_hooked_replacement_model(freeze):
     ``freeze_attention`` every head's pattern swapped for its pattern on the unedited prompt."""
     from test_features import _ln2
 
-    from acdc.features import intervene
+    from acdc.edits import intervene
 
     model = tiny_gpt2(n_layer=3, n_head=2, d=16)
     ts = random_set(model, (0, 2), "relu", True)

@@ -1,4 +1,4 @@
-"""Feature graphs (acdc/features.py): each MLP with a transcoder split into its features, an error
+"""Feature graphs (acdc/feature_nodes.py): each MLP with a transcoder split into its features, an error
 node and a skip node. Patched logits and EAP scores equal a hooked forward done by hand, in which
 every destination's input is rebuilt from its sources and each such MLP is swapped for its
 transcoder plus the error term."""
@@ -14,7 +14,7 @@ from oracle import ablation_values as oracle_ablation_values
 from oracle import acdc_by_hand, destination_grads, eap_reference, patched_logits, per_position_masks, split_forward
 
 import acdc
-from acdc.features import ERROR, FEATURE, SKIP
+from acdc.feature_nodes import ERROR, FEATURE, SKIP
 from acdc.model import Transformer
 from acdc.positions import Positions
 from acdc.transcoders import ModelInfo, Transcoder, TranscoderConfig, TranscoderSet

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import acdc
-from acdc.algorithms.attribution import VanishingScoresWarning
+from acdc.algorithms.eap import VanishingScoresWarning
 from acdc.cli import main
 from acdc.progress import WorkBar, edge_test_cost
 
@@ -191,7 +191,7 @@ def test_faithfulness_settings_are_declared_once():
 def test_attribution_options_are_declared_once():
     import dataclasses
 
-    from acdc.algorithms.attribution import AttributionOptions
+    from acdc.algorithms.eap import AttributionOptions
     from acdc.cli import _parser
 
     params = inspect.signature(acdc.attribute).parameters
@@ -204,7 +204,7 @@ def test_attribution_options_are_declared_once():
 
 
 def test_cli_choices_are_the_librarys():
-    from acdc.algorithms.attribution import METHODS
+    from acdc.algorithms.eap import METHODS
     from acdc.api import AVERAGES, DIRECTIONS, LEVELS, POSITION_MODES
     from acdc.cli import _parser
 

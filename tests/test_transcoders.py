@@ -318,7 +318,7 @@ def test_feature_report_reads_the_planted_features(planted, tmp_path):
     """For the learned feature that matches planted feature i: it promotes exactly the tokens that carry i (the
     unembedding reads the output features), the tokens that excite it carry i, and its top contexts have i at
     the marked token or the one before it (the previous-token head copies it)."""
-    from acdc.transcoders.features import feature_pages, feature_report
+    from acdc.transcoders.pages import feature_pages, feature_report
 
     ts = train_transcoders(planted.model, _stream(planted), layers=[0], progress=False, n_features=32, k=4, lr=3e-3,
                            tokens=200_000, batch_tokens=256, dead_tokens=5000)
@@ -349,7 +349,7 @@ def test_feature_report_in_pieces_equals_one_pass(tmp_path):
     a pass started again reads the pieces it finished."""
     from dataclasses import asdict
 
-    from acdc.transcoders.features import feature_report
+    from acdc.transcoders.pages import feature_report
 
     model = tiny_gpt2(seed=2)
     tf = Transformer.from_bridge(model)
@@ -378,7 +378,7 @@ def test_feature_report_over_many_layers_equals_one_layer_at_a_time():
     """layer=None with (layer, feature) pairs scans every layer in one pass and gives what one call per layer gives."""
     from dataclasses import asdict
 
-    from acdc.transcoders.features import feature_report
+    from acdc.transcoders.pages import feature_report
 
     model = tiny_gpt2(seed=2)
     tf = Transformer.from_bridge(model)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from ..scores import Scores
 from .acdc import ACDCOptions, run_acdc
-from .attribution import eap, eap_ig_activations, eap_ig_inputs
+from .eap import eap, eap_ig_activations, eap_ig_inputs
 from .edge_pruning import EdgePruningOptions, edge_pruning
 
 __all__ = ["ALGORITHMS", "SEEDED", "Algorithm", "check_algorithm_options", "get_algorithm"]

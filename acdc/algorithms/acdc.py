@@ -32,8 +32,8 @@ from ..metrics import Batch, Metric
 from ..patching import Patcher
 from ..progress import LayerTimes, WorkBar, edge_test_cost
 from ..scores import Scores
-from .attribution import METHODS, attribution_scores
-from .attribution import check_options as check_attribution
+from .eap import METHODS, attribution_scores
+from .eap import check_options as check_attribution
 
 __all__ = ["ACDCOptions", "check_options", "prefilter_edges", "run_acdc", "run_fingerprint"]
 

@@ -5,13 +5,13 @@
     print(acdc.transcoder_fidelity(model, ts, corpus).table())
 
 See `transcoder` (the object and its file format), `training`, `corpus` (token streams),
-`formats` (published layouts), `fidelity` and `features` (pages of top contexts and logit effects).
+`formats` (published layouts), `fidelity` and `pages` (pages of top contexts and logit effects).
 """
 
 from .corpus import GeneratedStream, TextStream, TokenStream, text_stream
-from .features import FeatureInfo, active_features, feature_pages, feature_report
 from .fidelity import Fidelity, transcoder_fidelity
 from .formats import load_transcoders, read_circuit_tracer, read_saelens, read_sparsify
+from .pages import FeatureInfo, active_features, feature_pages, feature_report
 from .training import TrainOptions, train_transcoders
 from .transcoder import ACTIVATIONS, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 

@@ -63,9 +63,9 @@ class ZooEntry:
 
 
 def _builders() -> dict[str, Callable[..., ZooEntry]]:
-    from . import features, induction, ioi, modular_sum
+    from . import feature_chain, induction, ioi, modular_sum
 
-    return {"induction": induction.build, "ioi": ioi.build, "modular-sum": modular_sum.build, "feature-chain": features.build}
+    return {"induction": induction.build, "ioi": ioi.build, "modular-sum": modular_sum.build, "feature-chain": feature_chain.build}
 
 
 def available() -> list[str]:

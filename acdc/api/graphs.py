@@ -1,0 +1,50 @@
+"""Attribution graphs of one prompt (`attribution_graph`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..algorithms.attribution_graph import build_attribution_graph
+from ..attribution_graphs import AttributionGraph
+from ..inputs import as_tokens
+from ..model import Transformer
+from ..transcoders import TranscoderSet
+
+
+def attribution_graph(
+    model: Any,
+    prompt: str | Tensor | Sequence[int],
+    *,
+    transcoders: TranscoderSet,
+    max_logits: int = 10,
+    logit_prob: float = 0.95,
+    batch_size: int = 64,
+    skip_first: bool = True,
+    progress: bool = True,
+) -> AttributionGraph:
+    """The attribution graph of one prompt (circuit-tracer's method, `acdc.attribution_graphs`):
+    every direct effect between its active transcoder features, error nodes, token embeddings and
+    top logits in the local replacement model (attention patterns and norm scales frozen).
+
+    prompt: text (tokenized as the model does, BOS included) or token ids [S];
+    transcoders: an `acdc.TranscoderSet` (any subset of layers: an MLP without one is all error);
+    max_logits, logit_prob: the logit nodes (the most probable tokens until ``logit_prob``, at most
+        ``max_logits``); batch_size: targets per backward pass; skip_first: no features at
+        position 0 (circuit-tracer's convention).
+    Returns an `AttributionGraph`: ``.prune()``, ``.replacement_score``, ``.completeness_score``,
+    ``.to_json(path)`` (circuit-tracer's graph file), ``.save`` / ``AttributionGraph.load``.
+    """
+    tf = Transformer.of(model)
+    tokens = as_tokens(prompt, model, "prompt") if isinstance(prompt, str) else torch.as_tensor(prompt)
+    if tokens.dim() == 2 and tokens.shape[0] != 1:
+        raise ValueError(f"an attribution graph explains one prompt; got {tokens.shape[0]}")
+    tok = getattr(model, "tokenizer", None)
+    decode = (lambda t: tok.decode([t])) if tok is not None and hasattr(tok, "decode") else None
+    return build_attribution_graph(tf, tokens.reshape(-1), transcoders, max_logits=max_logits, logit_prob=logit_prob,
+                                   batch_size=batch_size, skip_first=skip_first, decode=decode, progress=progress)
+
+

@@ -1,0 +1,7 @@
+"""``python -m acdc.cli ...``: the ``acdc`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
