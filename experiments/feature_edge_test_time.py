@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
              f"{args.edges} edges per layer from the full circuit.", "",
              f"| destination layer | plain graph (ms) | {args.graph} graph (ms) | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['layer']} | {r['plain_ms']:.1f} | {r['other_ms']:.1f} | {r['ratio']:.2f}x |" for r in rows]
-    stem = f"{'feature' if args.graph == 'features' else 'positional'}_edge_test_time_{args.model}" + (f"_{args.label}" if args.label else "")
+    stem = (f"feature_edge_test_time_{args.model}_{args.activation}" if args.graph == "features"
+            else f"positional_edge_test_time_{args.model}") + (f"_{args.label}" if args.label else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
