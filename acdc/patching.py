@@ -87,7 +87,44 @@ class PatchState:
 
     def commit(self, proposal: "Proposal", k: int = 0) -> None:
         """Make candidate ``k`` of ``proposal`` (computed from this state) the reference."""
-        self.patcher._commit(self, proposal, k)
+        if bool((proposal.keep[k] & ~self.keep).any()):
+            raise ValueError("a commit may only remove edges from the reference circuit")
+        if self._shared:  # copy-on-write: the first commit detaches the state from the clean run
+            self.out, self.resid_pre, self.resid_mid = self.out.clone(), self.resid_pre.clone(), self.resid_mid.clone()
+            self.acts = {layer: a.clone() for layer, a in self.acts.items()}
+            self._shared = False
+        pt = self.patcher
+        bidx, apos = pt.batch_index, pt.answer_pos
+        for src, delta in proposal.deltas.items():
+            slot = src if pt.unit_mask is None else int(pt.dense_slots(torch.tensor([src], device=bidx.device))[0])
+            if not pt.full_rows(delta):
+                self.out[slot, bidx, apos] += delta[k]
+            else:
+                self.out[slot] += delta[k]
+        for layer, d in proposal.unit_deltas.items():
+            if d.shape[-1] != pt.n_pos:
+                self.acts[layer][:, bidx, apos] += d[k]
+            else:
+                self.acts[layer] += d[k]
+        for stream, run in proposal.runs.items():
+            layer, mid = divmod(stream, 2)
+            target = self.resid_mid if mid else self.resid_pre
+            if not pt.full_rows(run):
+                target[layer, bidx, apos] += run[k]
+            else:
+                target[layer] += run[k]
+        for dst in proposal.dropped:
+            self.inputs.pop(dst, None)
+        for dst, new in proposal.inputs.items():
+            self.inputs[dst] = new[min(k, new.shape[0] - 1)].clone()
+            self.inputs.move_to_end(dst)
+        used = sum(t.numel() * t.element_size() for t in self.inputs.values())
+        while self.inputs and used > pt.cache_bytes:
+            _, t = self.inputs.popitem(last=False)
+            used -= t.numel() * t.element_size()
+        self.keep = proposal.keep[k].clone()
+        self.logits = proposal.logits[k].clone()
+        self._read = None
 
     def drop_destination(self, dst: int) -> None:
         """Remove every edge into destination ``dst`` without a rerun: only for a node with no kept
@@ -630,44 +667,6 @@ class Patcher:
         yield torch.tensor([g.logits_row]), len(g.sources), grad[None]
 
     # ------------------------------------------------------------------ commit
-    def _commit(self, st: PatchState, p: Proposal, k: int) -> None:
-        if bool((p.keep[k] & ~st.keep).any()):
-            raise ValueError("a commit may only remove edges from the reference circuit")
-        if st._shared:  # copy-on-write: the first commit detaches the state from the clean run
-            st.out, st.resid_pre, st.resid_mid = st.out.clone(), st.resid_pre.clone(), st.resid_mid.clone()
-            st.acts = {layer: a.clone() for layer, a in st.acts.items()}
-            st._shared = False
-        bidx, apos = self.batch_index, self.answer_pos
-        for src, delta in p.deltas.items():
-            slot = src if self._dslot is None else int(self._dslot[src])
-            if not self.full_rows(delta):
-                st.out[slot, bidx, apos] += delta[k]
-            else:
-                st.out[slot] += delta[k]
-        for layer, d in p.unit_deltas.items():
-            if d.shape[-1] != self.n_pos:
-                st.acts[layer][:, bidx, apos] += d[k]
-            else:
-                st.acts[layer] += d[k]
-        for stream, run in p.runs.items():
-            layer, mid = divmod(stream, 2)
-            target = st.resid_mid if mid else st.resid_pre
-            if not self.full_rows(run):
-                target[layer, bidx, apos] += run[k]
-            else:
-                target[layer] += run[k]
-        for dst in p.dropped:
-            st.inputs.pop(dst, None)
-        for dst, new in p.inputs.items():
-            st.inputs[dst] = new[min(k, new.shape[0] - 1)].clone()
-            st.inputs.move_to_end(dst)
-        used = sum(t.numel() * t.element_size() for t in st.inputs.values())
-        while st.inputs and used > self.cache_bytes:
-            _, t = st.inputs.popitem(last=False)
-            used -= t.numel() * t.element_size()
-        st.keep = p.keep[k].clone()
-        st.logits = p.logits[k].clone()
-        st._read = None
 
 
 def _check_weights(w: Tensor, batch: int) -> Tensor:

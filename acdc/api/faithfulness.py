@@ -149,7 +149,7 @@ class _FaithfulnessRuns:
         base, self.m, self.batch = prepare(model, task, ablation=self.ablation, **rest)
         self.graph = base.graph
         self.circuit = as_mask(circuit, self.graph)
-        self._patchers: dict[tuple[str, str, bool], Patcher] = {(self.ablation, "batch", False): base}
+        self.patchers: dict[tuple[str, str, bool], Patcher] = {(self.ablation, "batch", False): base}
         self._logits: dict[tuple[int, bytes], Tensor] = {}  # (patcher, ablated mask) -> logits, shared by settings
 
     def logits(self, p: Patcher, mask: Tensor) -> Tensor:
@@ -174,13 +174,13 @@ class _FaithfulnessRuns:
 
     def patcher(self, ablation: str, mean_over: str | int, swapped: bool) -> Patcher:
         key = (ablation, str(mean_over), swapped)
-        if key not in self._patchers:
-            base = next(iter(self._patchers.values()))
+        if key not in self.patchers:
+            base = next(iter(self.patchers.values()))
             weights = mean_weights_for(self.task, mean_over, self.seed, ablation)
             clean, corrupt = (base.corrupt_tokens, base.clean_tokens) if swapped else (base.clean_tokens, base.corrupt_tokens)
-            self._patchers[key] = Patcher(base.tf, clean, corrupt, graph=self.graph, ablation=ablation,  # type: ignore[arg-type]
+            self.patchers[key] = Patcher(base.tf, clean, corrupt, graph=self.graph, ablation=ablation,  # type: ignore[arg-type]
                                           answer_pos=base.answer_pos, mean_weights=weights, positions=base.positions)
-        return self._patchers[key]
+        return self.patchers[key]
 
     def measure(self, setting: FaithfulnessSetting, progress: bool = False) -> Faithfulness:
         level, direction, average, at = setting.level, setting.direction, setting.average, setting.at
@@ -346,7 +346,7 @@ def faithfulness_grid(
         m, t, _, rest = portable(model, task, None, inputs)
         setup = partial(_faithfulness_setup, m, t, circuit, seed, rest)
     items = [(f"setting={i}", {f.name: getattr(x, f.name) for f in fields(x)}) for i, x in enumerate(settings)]
-    base = next(iter(runs._patchers.values()))
+    base = next(iter(runs.patchers.values()))
     done = run_sweep(setup, _faithfulness_item, items, executor=executor, results=results, workers=workers, threads=threads,
                      fingerprint=run_fingerprint(base, runs.m, runs.batch, base.tf.fingerprint(), runs.circuit.nonzero().tolist(), seed),
                      progress=progress, desc="faithfulness settings")
