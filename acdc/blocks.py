@@ -42,9 +42,9 @@ class MLPUnits(Protocol):
     `acdc.feature_nodes` "transcoders").
 
     Factored units never exist as [batch, pos, d_model] tensors: a destination's input gets
-    ``sum_i w_i (a_i - A_i) row_i`` from `contribution`. A layer's sources are its factored units
-    first (`layer_units` of them), then dense *extras* computed with them (a transcoder's error
-    and skip nodes; `extras`).
+    ``sum_i w_i (a_i - A_i) row_i`` over its `rows` (`weighted_rows`). A layer's sources are its
+    factored units first (`layer_units` of them), then dense *extras* computed with them (a
+    transcoder's error and skip nodes; `extras`).
     """
 
     def layer_units(self, layer: int) -> int | None:
@@ -60,21 +60,14 @@ class MLPUnits(Protocol):
         """[..., n_units] the units' activations for MLP input x [..., d_model]."""
         ...
 
-    def contribution(self, tf: Transformer, layer: int, weights: Tensor, values: Tensor) -> Tensor:
-        """[R, T, d_model] sum_i weights[r, i] values[i, t] row_i, for weights [R, n] and values [n, T]."""
+    def rows(self, tf: Transformer, layer: int) -> Tensor:
+        """[n_units, d_model] what each unit writes per unit of activation (a neuron's W_out row, a
+        feature's decoder row): every pass sums activations against them, and attribution reads gradients
+        through them."""
         ...
 
     def bias(self, tf: Transformer, layer: int) -> Tensor | None:
         """[d_model] what the MLP adds outside every unit (never ablated), or None."""
-        ...
-
-    def read(self, tf: Transformer, layer: int, grads: Tensor) -> Tensor:
-        """[..., n_units] grads [..., d_model] dotted with each unit's row (attribution's product)."""
-        ...
-
-    def rows(self, tf: Transformer, layer: int) -> Tensor:
-        """[n_units, d_model] what each unit writes per unit of activation (a neuron's W_out row, a
-        feature's decoder row): the incremental pass sums changed activations against them."""
         ...
 
 
@@ -439,16 +432,12 @@ class UnitsBlock(MLPBlock):
         if bool(dead.any()):
             dacts[:, dead] = 0
         job.add_unit_deltas(self.layer, dacts)
-        extra = self.extra
-        if len(extra):
+        live = [j for j, kept in enumerate(alive[n:].tolist()) if kept]
+        if live:
             out = self.units.extras(tf, self.layer, x, acts)
-            assert out is not None and len(out) == len(extra)
-            srcs = list(extra)
-            delta = out - job.src_ref(srcs, ans)[:, None]
-            dead_x = ~alive[n:]
-            if bool(dead_x.any()):
-                delta[dead_x] = 0
-            job.add_deltas(srcs, delta)
+            assert out is not None and len(out) == len(self.extra)
+            srcs = [self.extra[j] for j in live]
+            job.add_deltas(srcs, out[live] - job.src_ref(srcs, ans)[:, None])
 
 
 def blocks_of(g: Graph, units: MLPUnits | None) -> list[Block]:
@@ -574,7 +563,7 @@ class FullRun:
             Ws = W[:, start : start + len(values)]  # empty when the layer is not upstream (W ends at upto)
             if bool(Ws.any()):
                 v = values if idx is None else values.index_select(1, idx)
-                out = out + self.units.contribution(self.p.tf, layer_u, Ws, v).view(base.shape)
+                out = out + weighted_rows(self.p.unit_rows(layer_u), Ws, v).view(base.shape)
         return out
 
 
@@ -691,7 +680,7 @@ class Job:
         """Record a factored layer's activation changes [K, n_units, B, p]; add their sum to the stream."""
         r = self.p.factored_layers[layer]
         K, n = dacts.shape[:2]
-        self.changed[r.start : r.start + n] = dacts.ne(0).reshape(K, n, -1).any(-1).any(0)
+        self.changed[r.start : r.stop] = dacts.ne(0).reshape(K, n, -1).any(-1).any(0)
         self.act_delta[layer] = dacts
         every = torch.arange(n, device=dacts.device)
         self._add_run(self._unit_sum(layer, torch.ones(K, n, 1, 1, dtype=dacts.dtype, device=dacts.device), every, dacts))
@@ -704,12 +693,8 @@ class Job:
             return d
         key = (layer, ans)
         if key not in self._act_cache:
-            if ans:
-                self._act_cache[key] = self._rows_of(d, True)
-            else:  # changed at the answer rows only, read at every row
-                out = d.new_zeros(*d.shape[:-1], self.p.n_pos)
-                out[..., self.p.batch_index, self.p.answer_pos] = d
-                self._act_cache[key] = out
+            # at the answer rows, or (changed there only, read at every row) widened with zeros
+            self._act_cache[key] = self._rows_of(d, True) if ans else self.widen(d[..., None])[..., 0]
         return self._act_cache[key]
 
     def stream_value(self, stream: int, ans: bool) -> Tensor:
@@ -793,10 +778,9 @@ class Job:
         for layer, r in self.p.factored_layers.items():
             if changed is not None and layer not in self.act_delta:
                 continue
-            n = len(self.p.unit_rows(layer))
-            sel = nz[r.start : r.start + n]
+            sel = nz[r.start : r.stop]
             if changed is not None:
-                sel = sel & changed[r.start : r.start + n]
+                sel = sel & changed[r.start : r.stop]
             idx = sel.nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blocks import MLP_ENGINES, weighted_rows
+from .blocks import MLP_ENGINES
 from .graph import ERROR, FEATURE, SKIP, Graph
 from .model import Transformer
 from .transcoders import Transcoder, TranscoderSet, active_features
@@ -90,14 +90,6 @@ class TranscoderUnits:
             recon = recon + skip
         err = tf.mlp_normed(layer, xn) - recon
         return torch.stack([err] if skip is None else [err, skip])
-
-    def contribution(self, tf: Transformer, layer: int, weights: Tensor, values: Tensor) -> Tensor:
-        """[R, T, d_model] sum_i weights[r, i] values[i, t] W_dec[i] over the chosen features."""
-        return weighted_rows(self._layers[layer][2], weights, values)
-
-    def read(self, tf: Transformer, layer: int, grads: Tensor) -> Tensor:
-        """[..., n] grads [..., d_model] dotted with each chosen feature's decoder row."""
-        return grads @ self._layers[layer][2].T.to(grads.dtype)
 
     def rows(self, tf: Transformer, layer: int) -> Tensor:
         """[n, d_model] the chosen features' decoder rows."""

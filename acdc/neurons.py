@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .blocks import MLP_ENGINES, weighted_rows
+from .blocks import MLP_ENGINES
 from .graph import KINDS, MLP, MLP_UNITS, Destination, Graph, Node, NodeKind
 from .model import Transformer
 
@@ -38,7 +38,7 @@ def _neuron_units(graph: Graph, layer: int) -> tuple[list[Node], list[Destinatio
 
 
 class Neurons:
-    """The engine's side: activations, and the sum of weighted neuron outputs without materialising them."""
+    """The engine's side: each neuron's activation and its row of W_out (never a d_model tensor per neuron)."""
 
     def __init__(self, d_mlp: int):
         self.d_mlp = d_mlp
@@ -54,14 +54,6 @@ class Neurons:
     def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
         """[..., d_mlp] the hidden activations of MLP ``layer`` on its input x [..., d_model]."""
         return tf.mlp_hidden(layer, x)
-
-    def contribution(self, tf: Transformer, layer: int, weights: Tensor, values: Tensor) -> Tensor:
-        """[R, T, d_model] sum_i weights[r, i] values[i, t] W_out[i]: weights [R, n], values [n, T]."""
-        return weighted_rows(tf.mlp_out_rows(layer), weights, values)
-
-    def read(self, tf: Transformer, layer: int, grads: Tensor) -> Tensor:
-        """[..., d_mlp] grads [..., d_model] @ W_out.T: each neuron's row dotted with the gradient."""
-        return grads @ tf.mlp_out_rows(layer).T.to(grads.dtype)
 
     def rows(self, tf: Transformer, layer: int) -> Tensor:
         """[d_mlp, d_model] W_out: what each neuron writes per unit of activation."""

@@ -554,20 +554,15 @@ class Patcher:
 
     @torch.no_grad()
     def forward(self, keep: Tensor, reuse: tuple[Tensor, int] | None = None) -> tuple[Tensor, Tensor]:
-        """`run`, also returning X [n_src, B, S, d], each source's (output - ablation value).
+        """`run`, also returning X [n_dense, B, S, d], each dense source's (output - ablation value).
 
-        ``reuse=(X, layer)``: X of a circuit that differs from ``keep`` only in edges into
-        ``layer`` or later; the sources before that layer are taken from it, not recomputed
-        (positional ACDC restarts at the layer of the edge it tests).
+        ``reuse=(X, layer)``: X of a circuit that differs from ``keep`` only in edges into ``layer`` or
+        later; the sources before that layer are taken from it, not recomputed (the explorer's clicks).
+        Graphs of whole MLPs only: factored units' activations are not in X.
         """
-        logits, run = self._forward(keep, None if reuse is None else (reuse[0], {}, reuse[1]))
-        return logits, run.X
-
-    def _forward(self, keep: Tensor, reuse: tuple[Tensor, dict[int, Tensor], int] | None = None,
-                 vocab: Tensor | None = None) -> tuple[Tensor, FullRun]:
-        """`forward`, returning the run (its X and factored F); ``reuse=(X, F, layer)`` as there;
-        ``vocab``: the logits' columns (None: all)."""
         g, L = self.graph, self.tf.arch.n_layers
+        if reuse is not None and self._units is not None:
+            raise ValueError("forward(reuse=...) needs a graph of whole MLPs (factored units are not in X)")
         positional = g.positions is not None and g.n_positions > 1
         if g.positions is not None and not positional:
             keep = keep[..., 0]  # one position covering every token: the plain graph's state
@@ -575,20 +570,17 @@ class Patcher:
                       self._abl_units)
         start = 0
         if reuse is not None:
-            start = min(reuse[2], L)
+            start = min(reuse[1], L)
             done = g.head_src(start) if start < L else len(g.sources)
-            if self._dense_cols is not None:
-                done = int((self._dense_cols < done).sum())
             run.X[:done] = reuse[0][:done]
-            run.F = {layer: f for layer, f in reuse[1].items() if layer < start}
         else:
             run.put(slice(0, 1), self.clean.sources[:1])  # the input node's output does not depend on edges
         for block in self._blocks:
             if block.layer >= start:
                 block.full(run)
         final = run.gather([g.logits_row], len(g.sources), self.stream_base(2 * L))[0][0]
-        logits = self.tf.unembed(self.at_answers(final), vocab)
-        return logits.reshape(-1, logits.shape[-1]), run
+        logits = self.tf.unembed(self.at_answers(final))
+        return logits.reshape(-1, logits.shape[-1]), run.X
 
     # ------------------------------------------------------------------ propagation
     def at_answers(self, x: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .blocks import MLPUnits
+from .blocks import MLPUnits, weighted_rows
 from .graph import Graph
 from .model import Transformer
 
@@ -85,7 +85,7 @@ class SourceValues:
         abl = torch.zeros_like(f.clean) if f.abl is None else f.abl.expand_as(f.clean)
         acts = (abl + alpha * (f.clean - abl)).reshape(len(f.clean), -1)  # [n, B * S]
         ones = torch.ones(1, len(acts), dtype=acts.dtype, device=acts.device)
-        out = units.contribution(self.tf, layer, ones, acts).view(1, B, S, d)
+        out = weighted_rows(units.rows(self.tf, layer), ones, acts).view(1, B, S, d)
         bias = units.bias(self.tf, layer)
         if bias is not None:
             out = out + bias
@@ -122,7 +122,7 @@ class SourceValues:
         for layer, f in self.factored.items():
             if f.sources.stop > upto:
                 continue
-            read = units.read(self.tf, layer, flat)  # [R, T, n]: G . w_u per token
+            read = flat @ units.rows(self.tf, layer).T.to(flat.dtype)  # [R, T, n]: G . w_u per token
             out[:, f.sources.start : f.sources.stop] = torch.einsum("rtn,nt->rn", read, self._unit_diff(f)).double()
         return out
 
@@ -159,7 +159,7 @@ class SourceValues:
                     continue
                 assert self.units is not None
                 diff = self._unit_diff(f).index_select(1, idx)  # [n, tokens]
-                read = self.units.read(self.tf, layer, at)  # [R, tokens, n]
+                read = at @ self.units.rows(self.tf, layer).T.to(at.dtype)  # [R, tokens, n]
                 out[:, f.sources.start : f.sources.stop, p] = torch.einsum("rtn,nt->rn", read, diff).double()
         return out
 

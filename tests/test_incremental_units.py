@@ -84,9 +84,10 @@ def test_batched_candidates_on_factored_graphs(model, kind):
     assert torch.allclose(p.state().propagate(p.upstream.clone()).logits[0], p.clean.logits, atol=1e-5)
 
 
-def test_dead_units_stay_stale_and_exact(model):
-    """Cutting every outgoing edge of some neurons (they are not recomputed again) and then
-    changing their MLP's input keeps every later evaluation exact."""
+def test_cutting_units_then_changing_their_input_stays_exact(model):
+    """Cutting every outgoing edge of some neurons (they are not updated again: their stale values cancel
+    out of every input, being on the ablated side of each) and then changing their MLP's input keeps every
+    later evaluation exact."""
     g = _graph(model, "neurons")
     clean, corrupt = random_tokens(batch=4, pos=6)
     p = acdc.Patcher(model, clean, corrupt, graph=g)

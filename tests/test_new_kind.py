@@ -18,7 +18,7 @@ from conftest import random_tokens, tiny_gpt2
 from oracle import ablation_values, acdc_by_hand, eap_reference, split_forward
 
 import acdc
-from acdc.blocks import MLP_ENGINES, weighted_rows
+from acdc.blocks import MLP_ENGINES
 from acdc.graph import KINDS, MLP, MLP_UNITS, Destination, Node, NodeKind
 from acdc.mixing import mixed_logits
 from acdc.model import Transformer
@@ -49,12 +49,6 @@ class Directions:
 
     def extras(self, tf: Transformer, layer: int, x: torch.Tensor, acts: torch.Tensor) -> None:
         return None
-
-    def contribution(self, tf: Transformer, layer: int, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return weighted_rows(self.V, weights, values)
-
-    def read(self, tf: Transformer, layer: int, grads: torch.Tensor) -> torch.Tensor:
-        return grads @ self.V.T.to(grads.dtype)
 
     def bias(self, tf: Transformer, layer: int) -> torch.Tensor:
         return tf.mlp_bias(layer)
