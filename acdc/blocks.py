@@ -1,7 +1,7 @@
-"""The engine's layer loop: the model as a list of blocks, walked by every pass of the engine.
+"""The graph's view of the model's layer loop: a list of blocks, walked by every pass over a graph.
 
-A *block* is one component of a layer: its attention heads, or its MLP (whole, or split into
-factored units such as neurons). It knows the residual stream it reads (``stream``: ``2 * layer``
+A *block* is the graph's view of one part of the model's layer loop (`Transformer.parts`): a
+layer's attention heads, or its MLP (whole, or split into factored units such as neurons). It knows the residual stream it reads (``stream``: ``2 * layer``
 before the layer's heads, ``2 * layer + 1`` after them), the sources upstream of it
 (``[0, upto)``), the sources it writes (``sources``) and the destination rows it reads through
 (``rows``). Three passes walk the same list, and a block does its part of each:
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .graph import Graph
 from .inputs import Ablation
-from .model import Transformer
+from .model import HeadsPart, MLPPart, Part, Transformer
 
 __all__ = ["MLP_ENGINES", "Block", "FullRun", "GradPass", "HeadsBlock", "Job", "MLPBlock", "MLPUnits", "UnitsBlock", "blocks_of",
            "units_of", "weighted_rows"]
@@ -197,8 +197,9 @@ class Block:
 class HeadsBlock(Block):
     """The attention heads of one layer (destination rows q, k, v per head)."""
 
-    def __init__(self, g: Graph, layer: int):
-        self.layer, self.stream = layer, 2 * layer
+    def __init__(self, g: Graph, part: HeadsPart):
+        layer = self.layer = part.layer
+        self.stream = part.stream
         first = g.head_src(layer)
         self.upto, self.sources = first, range(first, first + g.n_heads)
         self.trios = g.head_rows(layer)
@@ -317,9 +318,9 @@ class HeadsBlock(Block):
 class MLPBlock(Block):
     """A whole MLP: one source, one destination row."""
 
-    def __init__(self, g: Graph, layer: int):
-        self.layer = layer
-        self.stream = 2 * layer if g.parallel_attn_mlp else 2 * layer + 1  # parallel: reads the stream before the heads
+    def __init__(self, g: Graph, part: MLPPart):
+        layer = self.layer = part.layer
+        self.stream = part.stream  # parallel attention and MLP: the stream before the heads
         self.upto = g.head_src(layer) + (0 if g.parallel_attn_mlp else g.n_heads)
         self.sources = g.mlp_sources(layer)
         self.row = g.mlp_row(layer)
@@ -374,8 +375,8 @@ class UnitsBlock(MLPBlock):
     stored per unit, and a destination's input gets their weighted sum from the units' engine
     (`MLPUnits`); the layer's dense extras (a transcoder's error and skip nodes) are ordinary rows of X."""
 
-    def __init__(self, g: Graph, layer: int, units: MLPUnits, n_units: int):
-        super().__init__(g, layer)
+    def __init__(self, g: Graph, part: MLPPart, units: MLPUnits, n_units: int):
+        super().__init__(g, part)
         self.units = units
         self.factored = range(self.sources.start, self.sources.start + n_units)
         self.extra = range(self.factored.stop, self.sources.stop)
@@ -440,15 +441,18 @@ class UnitsBlock(MLPBlock):
             job.add_deltas(srcs, out[live] - job.src_ref(srcs, ans)[:, None])
 
 
-def blocks_of(g: Graph, units: MLPUnits | None) -> list[Block]:
-    """The graph's components in forward order, as blocks: each layer's heads, then its MLP
-    (whole, or factored units by ``units``, `units_of`)."""
+def blocks_of(g: Graph, parts: list[Part], units: MLPUnits | None) -> list[Block]:
+    """The graph's view of the model's layer loop (``parts``, `Transformer.parts`), in forward order:
+    each layer's heads, then its MLP (whole, or factored units by ``units``, `units_of`)."""
     out: list[Block] = []
-    for layer in range(g.n_layers):
-        out.append(HeadsBlock(g, layer))
-        if not g.attn_only:
-            n = None if units is None else units.layer_units(layer)
-            out.append(MLPBlock(g, layer) if n is None else UnitsBlock(g, layer, units, n))  # type: ignore[arg-type]
+    for part in parts:
+        if isinstance(part, HeadsPart):
+            out.append(HeadsBlock(g, part))
+        elif isinstance(part, MLPPart):
+            n = None if units is None else units.layer_units(part.layer)
+            out.append(MLPBlock(g, part) if n is None else UnitsBlock(g, part, units, n))  # type: ignore[arg-type]
+        else:
+            raise NotImplementedError(f"the graph engine has no block for {type(part).__name__} yet (acdc.blocks)")
     return out
 
 

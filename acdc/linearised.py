@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .model import Transformer
+from .model import HeadsPart, MLPPart, Transformer
 
 __all__ = ["FrozenRun", "Readers"]
 
@@ -84,8 +84,8 @@ class FrozenRun:
     def __post_init__(self) -> None:
         tf, a = self.tf, self.tf.arch
         # per layer, all heads' W_O as [d, H * dh] and W_V as [H * dh, d]: the backward's two matmuls
-        self._wo = [tf.head_weights(layer, "O")[0].reshape(-1, a.d_model).T.contiguous() for layer in range(a.n_layers)]
-        self._wv = [tf.head_weights(layer, "V")[0].transpose(1, 2).reshape(-1, a.d_model).contiguous() for layer in range(a.n_layers)]
+        self.w_o_rows = [tf.head_weights(layer, "O")[0].reshape(-1, a.d_model).T.contiguous() for layer in range(a.n_layers)]
+        self.w_v_rows = [tf.head_weights(layer, "V")[0].transpose(1, 2).reshape(-1, a.d_model).contiguous() for layer in range(a.n_layers)]
 
     @property
     def n_pos(self) -> int:
@@ -98,14 +98,15 @@ class FrozenRun:
         return x * torch.tensor(a.embed_scale, dtype=x.dtype) if a.embed_scale != 1.0 else x
 
     # ------------------------------------------------------------------ the frozen pieces
-    def _norm_vjp(self, g: Tensor, w: Tensor, scale: Tensor) -> Tensor:
+    def norm_vjp(self, g: Tensor, w: Tensor, scale: Tensor) -> Tensor:
         """Transpose of a frozen norm ``(x - mean) / s * w``: g [..., S, d], scale [S, 1] -> [..., S, d]."""
         out = g * w
         if self.tf.arch.norm != "RMS":
             out = out - out.mean(-1, keepdim=True)
         return out / scale
 
-    def _norm(self, x: Tensor, w: Tensor, b: Tensor, scale: Tensor) -> Tensor:
+    def norm(self, x: Tensor, w: Tensor, b: Tensor, scale: Tensor) -> Tensor:
+        """A frozen norm ``(x - mean) / s * w + b`` (RMSNorm: ``x / s * w``): x [..., S, d], scale [S, 1]."""
         if self.tf.arch.norm != "RMS":
             x = x - x.mean(-1, keepdim=True)
         out = x / scale * w
@@ -115,52 +116,86 @@ class FrozenRun:
         """Gradients of every reader through the frozen model: (at each MLP's output [upto + 1, n, S, d],
         at the embedding [n, S, d]). ``upto``: the readers' highest layer (the MLPs above it are not
         returned; default every layer; readers of the final stream need ``upto=None``). ``n_pos``: only the
-        first positions (enough when every reader is before it: attention looks back only)."""
+        first positions (enough when every reader is before it: attention looks back only).
+
+        The transpose of the frozen forward, walked back over the model's layer loop (`_Transpose`)."""
         tf = self.tf
         a = tf.arch
         S = self.n_pos if n_pos is None else n_pos
-        L, d = a.n_layers, a.d_model
         n = readers.n
-        g = torch.zeros(n, S, d, dtype=tf.dtype, device=tf.device)
+        g = torch.zeros(n, S, a.d_model, dtype=tf.dtype, device=tf.device)
         if readers.final is not None:
             rows, pos, dirs = readers.final
-            g[rows, pos] += self._norm_vjp(dirs, tf.norm_params("lnf")[0], self.scale_f[pos])
-        pat, s1, s2 = self.patterns[:, :, :S, :S], self.scale1[:, :S], self.scale2[:, :S]
-        top = L - 1 if upto is None else upto
-        out = torch.empty(top + 1, n, S, d, dtype=tf.dtype, device=tf.device)
-        for layer in range(top, -1, -1):
-            out[layer] = g  # the gradient at MLP ``layer``'s output is the one after it
-            if layer in self.skip:
-                g = g + self._norm_vjp(g @ self.skip[layer].T, tf.norm_params("ln2", layer)[0], s2[layer])
-            if layer in readers.mid:
-                rows, pos, dirs = readers.mid[layer]
-                g = g.index_put((rows, pos), self._norm_vjp(dirs, tf.norm_params("ln2", layer)[0], s2[layer][pos]), accumulate=True)
-            # heads: out_h = P_h (ln1(x) W_V_h) W_O_h; transpose: ln1^T ((P_h^T (g W_O_h^T)) W_V_h^T),
-            # as two matmuls over all heads at once and one batched over heads
-            H, dh = self.patterns.shape[1], a.d_head
-            z = (g.reshape(-1, d) @ self._wo[layer]).view(n, S, H, dh).permute(2, 1, 0, 3).reshape(H, S, n * dh)
-            zk = torch.bmm(pat[layer].transpose(1, 2), z).view(H, S, n, dh).permute(2, 1, 0, 3).reshape(n * S, H * dh)
-            g = g + self._norm_vjp((zk @ self._wv[layer]).view(n, S, d), tf.norm_params("ln1", layer)[0], s1[layer])
-        return out, g
+            g[rows, pos] += self.norm_vjp(dirs, tf.norm_params("lnf")[0], self.scale_f[pos])
+        top = a.n_layers - 1 if upto is None else upto
+        back = _Transpose(self, readers, S, torch.empty(top + 1, n, S, a.d_model, dtype=tf.dtype, device=tf.device))
+        g = tf.walk_back(g, back, top)
+        return back.at_mlp, g
 
     @torch.no_grad()
     def forward(self, mlp_out: Tensor, embed: Tensor) -> tuple[Tensor, Tensor]:
         """The frozen model's streams for given frozen MLP outputs (the constant part, without the skip
-        path) [L, S, d] and input [S, d]: (MLP inputs [L, S, d], final stream [S, d])."""
-        tf = self.tf
-        x, mids = embed, []
-        for layer in range(tf.arch.n_layers):
-            ln = self._norm(x, *tf.norm_params("ln1", layer), self.scale1[layer])
-            W_V, b_V = tf.head_weights(layer, "V")
-            assert b_V is not None
-            v = torch.einsum("sd,hde->hse", ln, W_V) + b_V[:, None]
-            x = x + torch.einsum("hqk,hke,hed->qd", self.patterns[layer], v, tf.head_weights(layer, "O")[0]) + tf.attn_bias(layer)
-            mids.append(x)
-            m = mlp_out[layer]
-            if layer in self.skip:
-                m = m + self._norm(x, *tf.norm_params("ln2", layer), self.scale2[layer]) @ self.skip[layer]
-            x = x + m
-        return torch.stack(mids), x
+        path) [L, S, d] and input [S, d]: (MLP inputs [L, S, d], final stream [S, d]); a `walk` of `_Frozen`."""
+        fwd = _Frozen(self, mlp_out)
+        x = embed
+        for _, _, _, x in self.tf.walk(embed, fwd):  # noqa: B007 (the stream after the last part is the answer)
+            pass
+        return torch.stack(fwd.mids), x
+
+
+class _Frozen:
+    """The frozen forward as a `LayerPass`: heads with their patterns and norms' scales fixed; each MLP
+    its frozen output plus the skip path. Keeps each MLP's input (``mids``)."""
+
+    def __init__(self, fr: FrozenRun, mlp_out: Tensor):
+        self.fr, self.mlp_out, self.mids = fr, mlp_out, []
+
+    def heads(self, part: HeadsPart, x: Tensor) -> Tensor:
+        fr, tf, layer = self.fr, self.fr.tf, part.layer
+        ln = fr.norm(x, *tf.norm_params("ln1", layer), fr.scale1[layer])
+        W_V, b_V = tf.head_weights(layer, "V")
+        assert b_V is not None
+        v = torch.einsum("sd,hde->hse", ln, W_V) + b_V[:, None]
+        return torch.einsum("hqk,hke,hed->qd", fr.patterns[layer], v, tf.head_weights(layer, "O")[0]) + tf.attn_bias(layer)
+
+    def mlp(self, part: MLPPart, x: Tensor) -> Tensor:
+        fr, layer = self.fr, part.layer
+        self.mids.append(x)
+        m = self.mlp_out[layer]
+        if layer in fr.skip:
+            m = m + fr.norm(x, *fr.tf.norm_params("ln2", layer), fr.scale2[layer]) @ fr.skip[layer]
+        return m
+
+
+class _Transpose:
+    """The transpose of `_Frozen` as a `LayerPass` over cotangents [n, S, d]: what each part sends back
+    to the stream it read, with the readers' directions injected at the MLP inputs they read; keeps the
+    cotangent at each MLP's output (``at_mlp`` [upto + 1, n, S, d])."""
+
+    def __init__(self, fr: FrozenRun, readers: Readers, S: int, at_mlp: Tensor):
+        self.fr, self.readers, self.S, self.at_mlp = fr, readers, S, at_mlp
+
+    def mlp(self, part: MLPPart, g: Tensor) -> Tensor:
+        fr, layer, S = self.fr, part.layer, self.S
+        self.at_mlp[layer] = g
+        w = fr.tf.norm_params("ln2", layer)[0]
+        sent = torch.zeros_like(g)
+        if layer in fr.skip:
+            sent = sent + fr.norm_vjp(g @ fr.skip[layer].T, w, fr.scale2[layer, :S])
+        if layer in self.readers.mid:
+            rows, pos, dirs = self.readers.mid[layer]
+            sent = sent.index_put((rows, pos), fr.norm_vjp(dirs, w, fr.scale2[layer, :S][pos]), accumulate=True)
+        return sent
+
+    def heads(self, part: HeadsPart, g: Tensor) -> Tensor:
+        # out_h = P_h (ln1(x) W_V_h) W_O_h; transpose: ln1^T ((P_h^T (g W_O_h^T)) W_V_h^T), as two matmuls
+        # over all heads at once and one batched over heads
+        fr, layer, S = self.fr, part.layer, self.S
+        a = fr.tf.arch
+        n, H, dh, d = g.shape[0], fr.patterns.shape[1], a.d_head, a.d_model
+        z = (g.reshape(-1, d) @ fr.w_o_rows[layer]).view(n, S, H, dh).permute(2, 1, 0, 3).reshape(H, S, n * dh)
+        zk = torch.bmm(fr.patterns[layer, :, :S, :S].transpose(1, 2), z).view(H, S, n, dh).permute(2, 1, 0, 3).reshape(n * S, H * dh)
+        return fr.norm_vjp((zk @ fr.w_v_rows[layer]).view(n, S, d), fr.tf.norm_params("ln1", layer)[0], fr.scale1[layer, :S])
 
 
 def _scale(tf: Transformer, x: Tensor) -> Tensor:

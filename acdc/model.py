@@ -26,7 +26,7 @@ from .families import family_of
 from .graph import layer_offset
 from .inputs import answer_positions
 
-__all__ = ["Architecture", "Bridge", "Transformer", "ForwardCache"]
+__all__ = ["Architecture", "Bridge", "ForwardCache", "HeadsPart", "LayerPass", "MLPPart", "Part", "Transformer", "parts_of"]
 
 
 class Bridge(Protocol):
@@ -95,6 +95,84 @@ class ForwardCache:
     logits: Tensor
 
 
+class LayerPass(Protocol):
+    """A computation over the model's layer loop (`Transformer.walk`, `Transformer.walk_back`): one method
+    per kind of part, each mapping the tensor at the part's input to the one at its output [..., d_model]
+    (forward: the stream it reads -> what it adds to the stream; transpose: the cotangent after it -> the
+    cotangent it sends to the stream it read). A new kind of part adds a method to every pass."""
+
+    def heads(self, part: HeadsPart, x: Tensor, /) -> Tensor: ...
+
+    def mlp(self, part: MLPPart, x: Tensor, /) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Part:
+    """One component of the model's layer loop (`Transformer.parts`, built once from the family record):
+    a layer's attention heads or its MLP. ``stream``: the residual stream it reads (2 * layer before the
+    layer's heads, 2 * layer + 1 after them; a parallel-attention family's MLP reads 2 * layer too); its
+    output is added to the running stream. The engine's blocks (`acdc.blocks`) are the graph's views of
+    these parts."""
+
+    layer: int
+    stream: int
+
+    def through(self, p: LayerPass, x: Tensor) -> Tensor:
+        """This part's step of pass ``p`` on x [..., d_model]."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class HeadsPart(Part):
+    """A layer's attention heads (their summed outputs plus b_O are what it adds)."""
+
+    def through(self, p: LayerPass, x: Tensor) -> Tensor:
+        return p.heads(self, x)
+
+
+@dataclass(frozen=True)
+class MLPPart(Part):
+    """A layer's MLP (norm, matrices, activation; its output is what it adds)."""
+
+    def through(self, p: LayerPass, x: Tensor) -> Tensor:
+        return p.mlp(self, x)
+
+
+def parts_of(arch: Architecture) -> list[Part]:
+    """The layer loop of ``arch`` in forward order: per layer its heads, then its MLP (none when
+    attention-only; reading the stream before the heads when attention and MLP run in parallel)."""
+    out: list[Part] = []
+    for layer in range(arch.n_layers):
+        out.append(HeadsPart(layer, 2 * layer))
+        if not arch.attn_only:
+            out.append(MLPPart(layer, 2 * layer if arch.parallel_attn_mlp else 2 * layer + 1))
+    return out
+
+
+class _Plain:
+    """The plain forward as a `LayerPass`, with the edits `Transformer._walk` takes."""
+
+    def __init__(self, tf: Transformer, replace: dict[int, Callable[[Tensor], Tensor]] | None, patterns: Tensor | None,
+                 edit_heads: dict[int, Callable[[Tensor], Tensor]] | None):
+        self.tf, self.replace, self.patterns, self.edit_heads = tf, replace or {}, patterns, edit_heads or {}
+        self.all_heads = torch.arange(tf.arch.n_heads, device=tf.device)
+
+    def heads(self, part: HeadsPart, x: Tensor) -> Tensor:
+        tf, layer, hs = self.tf, part.layer, self.all_heads
+        if self.patterns is None:
+            out = tf.attention(layer, hs, x, x, x)
+        else:
+            out = tf.mix(layer, hs, self.patterns[layer], tf.project(layer, hs, x, "V"))
+        edit = self.edit_heads.get(layer)
+        if edit is not None:
+            out = edit(out)
+        return out.sum(0) + tf.attn_bias(layer)
+
+    def mlp(self, part: MLPPart, x: Tensor) -> Tensor:
+        fn = self.replace.get(part.layer)
+        return self.tf.mlp(part.layer, x) if fn is None else fn(self.tf.mlp_input(part.layer, x))
+
+
 class Transformer:
     """Plain-tensor copy of a bridge's weights with the forward pieces patching needs.
 
@@ -108,6 +186,7 @@ class Transformer:
         self.device = weights["W_E"].device
         self.dtype = weights["W_E"].dtype
         self._columns: dict[bytes, tuple[Tensor, Tensor]] = {}  # `unembed`'s gathered columns
+        self.parts = parts_of(arch)  # the layer loop every pass walks
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -514,37 +593,55 @@ class Transformer:
         output; a transcoder reads exactly this)."""
         return self.ln(resid_mid, "ln2", layer)
 
+    def walk(self, x: Tensor, p: LayerPass, last: int | None = None) -> Iterator[tuple[Part, Tensor, Tensor, Tensor]]:
+        """Pass ``p`` forward over the layer loop from the input stream x [..., d_model], up to layer ``last``
+        (default: all): each part's output ``part.through(p, the stream it reads)`` is added to the stream.
+        Yields (part, what it read, its output, the stream after it)."""
+        streams: dict[int, Tensor] = {}
+        for part in self.parts:
+            if last is not None and part.layer > last:
+                return
+            read = streams.setdefault(part.stream, x)  # a stream is the running one when its first reader runs
+            for old in [k for k in streams if k < part.stream]:
+                del streams[old]  # read by no later part
+            out = part.through(p, read)
+            x = x + out
+            yield part, read, out, x
+
+    def walk_back(self, g: Tensor, p: LayerPass, last: int | None = None) -> Tensor:
+        """The transpose of a linear `walk`: g [..., d_model] the cotangent after layer ``last`` (default:
+        the final stream); each part, last first, sends ``part.through(p, the cotangent after it)`` to the
+        stream it read. Returns the cotangent at the input stream."""
+        parts = [q for q in self.parts if last is None or q.layer <= last]
+        first: dict[int, int] = {}
+        for i, q in enumerate(parts):
+            first.setdefault(q.stream, i)  # stream q.stream is the running stream before part first[q.stream]
+        owed: dict[int, Tensor] = {}
+        for i in range(len(parts) - 1, -1, -1):
+            sent = parts[i].through(p, g)
+            j = first[parts[i].stream]
+            owed[j] = sent if j not in owed else owed[j] + sent
+            if i in owed:
+                g = g + owed.pop(i)
+        return g
+
     def _walk(self, tokens: Tensor, last: int | None = None, replace: dict[int, Callable[[Tensor], Tensor]] | None = None,
               patterns: Tensor | None = None, edit_heads: dict[int, Callable[[Tensor], Tensor]] | None = None,
               edit_input: Callable[[Tensor], Tensor] | None = None) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
-        """A plain forward, layer by layer up to ``last`` (default: all): yields (layer, the MLP's input
-        stream, the MLP's output, the stream after the layer), each [batch, pos, d_model]; the MLP of a
-        layer in ``replace`` is swapped for ``replace[layer](mlp_input)`` (attention-only: output 0);
-        ``patterns`` [n_layers, n_heads, batch, pos, pos] fixes every head's attention (values live);
-        ``edit_heads[layer](outputs [n_heads, batch, pos, d_model])`` edits a layer's head outputs and
-        ``edit_input(embedding)`` the input node's output."""
-        a = self.arch
-        heads = torch.arange(a.n_heads, device=self.device)
-        replace = replace or {}
+        """The plain forward (`walk` of the plain pass), layer by layer up to ``last`` (default: all): yields
+        (layer, the MLP's input stream, the MLP's output, the stream after the layer), each [batch, pos,
+        d_model]; the MLP of a layer in ``replace`` is swapped for ``replace[layer](mlp_input)``
+        (attention-only: output 0); ``patterns`` [n_layers, n_heads, batch, pos, pos] fixes every head's
+        attention (values live); ``edit_heads[layer](outputs [n_heads, batch, pos, d_model])`` edits a layer's
+        head outputs and ``edit_input(embedding)`` the input node's output."""
         resid = self.embed(tokens)
         if edit_input is not None:
             resid = edit_input(resid)
-        for layer in range(a.n_layers if last is None else last + 1):
-            if patterns is None:
-                heads_out = self.attention(layer, heads, resid, resid, resid)
-            else:
-                heads_out = self.mix(layer, heads, patterns[layer], self.project(layer, heads, resid, "V"))
-            if edit_heads is not None and layer in edit_heads:
-                heads_out = edit_heads[layer](heads_out)
-            attn = heads_out.sum(0) + self.w["b_O"][layer]
-            mlp_in = resid if a.parallel_attn_mlp else resid + attn
-            fn = replace.get(layer)
-            if a.attn_only:
-                m = torch.zeros_like(resid)
-            else:
-                m = self.mlp(layer, mlp_in) if fn is None else fn(self.mlp_input(layer, mlp_in))
-            resid = resid + attn + m
-            yield layer, mlp_in, m, resid
+        for part, read, out, after in self.walk(resid, _Plain(self, replace, patterns, edit_heads), last):
+            if isinstance(part, MLPPart):
+                yield part.layer, read, out, after
+            elif self.arch.attn_only:
+                yield part.layer, after, torch.zeros_like(after), after
 
     @torch.no_grad()
     def residuals(self, tokens: Tensor, last: int | None = None) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:

@@ -233,7 +233,7 @@ class Patcher:
         self.token_position: Tensor | None = None if self.positions is None else self.positions.index.to(tf.device)
 
         self._units: MLPUnits | None = units_of(g, tf)
-        self._blocks: list[Block] = blocks_of(g, self._units)  # the layer loop every pass walks
+        self._blocks: list[Block] = blocks_of(g, self.tf.parts, self._units)  # the layer loop every pass walks
         self._n_units: dict[int, int] = {}  # layer -> how many of its MLP sources are factored units
         self._dense_cols: Tensor | None = None
         self._dslot: Tensor | None = None

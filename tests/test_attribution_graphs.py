@@ -228,9 +228,9 @@ def test_rms_models_backward_is_the_frozen_forwards_transpose(family):
         mids, final = fr.forward(mlp, emb)
         out = torch.zeros(g.n_nodes)
         for i, (layer, pos, f) in enumerate(g.features.tolist()):  # the encoder read through the frozen norm
-            xn = fr._norm(mids[layer][pos : pos + 1], tf.w["ln2_w"][layer], tf.w["ln2_b"][layer], fr.scale2[layer][pos : pos + 1])[0]
+            xn = fr.norm(mids[layer][pos : pos + 1], tf.w["ln2_w"][layer], tf.w["ln2_b"][layer], fr.scale2[layer][pos : pos + 1])[0]
             out[i] = ts[layer].W_enc[:, f] @ xn
-        last = fr._norm(final[-1:], tf.w["lnf_w"], tf.w["lnf_b"], fr.scale_f[-1:])[0]
+        last = fr.norm(final[-1:], tf.w["lnf_w"], tf.w["lnf_b"], fr.scale_f[-1:])[0]
         for k, tok in enumerate(g.logit_tokens.tolist()):
             out[g.logit_start + k] = (W_U[:, tok] - W_U.mean(1)) @ last
         return out
