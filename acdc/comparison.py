@@ -32,10 +32,11 @@ from typing_extensions import Unpack
 
 from .algorithms import SEEDED, check_algorithm_options, get_algorithm
 from .api.faithfulness import full_and_empty
-from .api.prepare import Inputs, prepare
+from .api.options import Inputs, SweepInputs, names_of, take
+from .api.prepare import prepare
 from .api.sweeps import circuit_from_record, circuit_record, given, portable
 from .circuit import Circuit
-from .executors import ExecutorLike, check_executor, resolve_executor, run_sweep
+from .executors import SweepOptions, resolve_executor, run_sweep
 from .faithfulness_math import MIB_FRACTIONS, FaithfulnessCurve
 from .graph import Graph
 from .loading import ModelLike, load_model
@@ -148,11 +149,7 @@ def compare(
     edges: int | float = 0.01,
     curves: bool = False,
     progress: bool = True,
-    executor: ExecutorLike = None,
-    results: str | Path | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    **inputs: Unpack[Inputs],
+    **options: Unpack[SweepInputs],
 ) -> Comparison:
     """Every method on every task for every seed (see the module docstring).
 
@@ -169,7 +166,8 @@ def compare(
         with the same torch thread count the numbers equal a serial run's bit for bit);
     inputs: as `acdc.discover`'s (metric, ablation, graph, ...), the same for every task.
     """
-    check_executor(executor)
+    sweep_kw, inputs = take("compare", options, names_of(SweepOptions), names_of(Inputs))
+    sweep = SweepOptions(**sweep_kw)
     if not tasks:
         raise ValueError("compare needs at least one task")
     if not seeds or len(set(seeds)) != len(seeds):
@@ -184,13 +182,13 @@ def compare(
     items = [(f"{name}/seed={s}/{m.title}", {"task": name, "seed": s, "method": m.title, "algorithm": m.name,
                                                "options": dict(m.options), "edges": edges, "curves": curves})
              for name in tasks for s in seeds for m in ms]
-    serial = resolve_executor(executor)[0] == "serial"
+    serial = resolve_executor(sweep.executor)[0] == "serial"
     if serial:
         setup = partial(given, _CompareState(model, built, dict(inputs)))
     else:
         m0, _, _, rest = portable(model, next(iter(built.values()))[0], None, inputs)
         setup = partial(_CompareState, m0, built, rest)
-    done = run_sweep(setup, _compare_item, items, executor=executor, results=results, workers=workers, threads=threads,
+    done = run_sweep(setup, _compare_item, items, **sweep.run_sweep_options(),
                      fingerprint=_fingerprint(model, built, inputs), progress=progress, desc="compare")
     graph = _graph(model, built, inputs)
     return Comparison(tuple(d["row"] for d in done), tuple(circuit_from_record(graph, d["circuit"]) for d in done))

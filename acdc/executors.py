@@ -22,12 +22,13 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from .progress import bar
 
-__all__ = ["ExecutorLike", "check_executor", "resolve_executor", "run_sweep"]
+__all__ = ["ExecutorLike", "Sweep", "SweepOptions", "check_executor", "resolve_executor", "run_sweep"]
 
 ExecutorLike = str | None
 S = TypeVar("S")
@@ -42,6 +43,42 @@ def check_executor(executor: ExecutorLike) -> None:
         return
     if not isinstance(executor, str) or not (executor.startswith("ray://") or ":" in executor):
         raise ValueError(f"executor must be None, 'serial', 'ray' or a Ray address such as '127.0.0.1:6379', got {executor!r}")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Where a sweep's items run and where finished ones are kept, declared once: `acdc.roc`,
+    `acdc.faithfulness_grid`, `acdc.compare`, feature pages and the CLI's sweep flags take these
+    fields (as keywords, `Sweep`); ``__post_init__`` checks them before anything runs."""
+
+    executor: ExecutorLike = field(default=None, metadata={
+        "help": "serial (default; Ray when RAY_ADDRESS is set), ray, or a Ray address such as 127.0.0.1:6379 (needs acdc[ray])"})
+    results: str | Path | None = field(default=None, metadata={
+        "help": "keep each finished item as JSON in this folder; a rerun with the same folder skips them"})
+    workers: int | None = field(default=None, metadata={"help": "Ray workers (default: the cluster's CPUs)", "min": 1})
+    threads: int | None = field(default=None, metadata={
+        "help": "torch threads per Ray worker (default: this process's count; the same count gives the same numbers, bit for bit)",
+        "min": 1})
+
+    def __post_init__(self) -> None:
+        check_executor(self.executor)
+        for name in ("workers", "threads"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {v!r}")
+
+    def run_sweep_options(self) -> dict[str, Any]:
+        """The keywords `run_sweep` takes for them."""
+        return {"executor": self.executor, "results": self.results, "workers": self.workers, "threads": self.threads}
+
+
+class Sweep(TypedDict, total=False):
+    """`SweepOptions`' fields as keywords, for type checkers (a test keeps the two equal)."""
+
+    executor: ExecutorLike
+    results: str | Path | None
+    workers: int | None
+    threads: int | None
 
 
 def resolve_executor(executor: ExecutorLike) -> tuple[str, str | None]:

@@ -86,7 +86,7 @@ def test_a_seeded_method_gets_the_rows_seed(entry):
     t = acdc.compare(entry.model, {"ioi": entry.task}, methods=[Method("edge-pruning", {"steps": 20}, label="ep")],
                      seeds=[0, 1], progress=False)
     for seed, c in zip([0, 1], t.circuits, strict=True):
-        alone = acdc.prune_edges(entry.model, entry.task, steps=20, edge_pruning={"seed": seed}, progress=False)
+        alone = acdc.prune_edges(entry.model, entry.task, steps=20, seed=seed, progress=False)
         assert torch.equal(c.in_graph, alone.in_graph)
     assert not torch.equal(t.circuits[0].scores.nan_to_num(), t.circuits[1].scores.nan_to_num())
 

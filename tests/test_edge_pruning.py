@@ -117,7 +117,7 @@ def test_edge_pruning_density_trace_is_the_expected_l0():
     e = acdc.zoo.load("induction")
     for init in (3.0, -1.0):
         c = acdc.prune_edges(e.model, e.task, target=0.5, steps=2, progress=False,
-                             edge_pruning={"lr": 1e-12, "init": init})
+                             lr=1e-12, init=init)
         expected = 1 / (1 + math.exp(-(init - BETA * math.log(-LEFT / RIGHT))))
         assert c.settings["density_trace"] == pytest.approx([expected, expected], abs=1e-6)
 

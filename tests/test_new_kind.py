@@ -170,7 +170,7 @@ def test_edge_pruning_runs_on_the_mixed_forward(setup):
     zero_one = torch.zeros(g.state_shape)
     zero_one[g.edge_dst, g.edge_src] = keep.float()
     assert torch.allclose(mixed_logits(p, zero_one), p.logits(~keep), atol=1e-5)
-    c = acdc.prune_edges(model, clean, corrupt, graph=g, target=0.2, steps=60, progress=False, edge_pruning={"lr": 0.3})
+    c = acdc.prune_edges(model, clean, corrupt, graph=g, target=0.2, steps=60, progress=False, lr=0.3)
     assert set(c.edges) <= {e.name for e in g.edges} and 0 < len(c.edges) < g.n_edges
     assert any(e.startswith("m0.d") for e in c.edges)
 

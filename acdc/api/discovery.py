@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -14,12 +15,11 @@ from typing_extensions import Unpack
 
 from ..algorithms import get_algorithm
 from ..algorithms.acdc import ACDCOptions, run_acdc, run_fingerprint
-from ..algorithms.acdc import check_options as check_acdc
 from ..algorithms.eap import METHODS, AttributionOptions, attribution_scores
 from ..algorithms.edge_pruning import EdgePruningOptions
 from ..circuit import Circuit
 from ..evaluation import ROC, CircuitLike, Level, check_level, threshold_grid
-from ..executors import ExecutorLike, check_executor, resolve_executor, run_sweep
+from ..executors import SweepOptions, resolve_executor, run_sweep
 from ..inputs import Prompts, check_threshold
 from ..loading import ModelLike
 from ..metrics import Batch, Metric
@@ -27,7 +27,8 @@ from ..patching import Patcher
 from ..scores import Scores
 from ..tasks import Task
 from .faithfulness import full_and_empty
-from .prepare import DiscoverOptions, Inputs, prepare
+from .options import AttributeOptions, DiscoverOptions, Inputs, PruneOptions, ROCOptions, names_of, take
+from .prepare import prepare
 from .sweeps import circuit_from_record, circuit_record, given, portable
 
 
@@ -72,9 +73,9 @@ def discover(
                 S1+1, S2, END, other), "tokens" (one position per token index; prompts must
                 align), or an `acdc.Positions`; default None, edges at every token at once.
     """
-    rest: dict[str, Any] = dict(options)
-    acdc_options = ACDCOptions(threshold=threshold, **{k: rest.pop(k) for k in ACDCOptions.names() if k in rest})
-    patcher, m, batch = prepare(model, clean, corrupt, **rest)
+    acdc_kw, inputs = take("discover", options, names_of(ACDCOptions, but=("threshold",)), names_of(Inputs))
+    acdc_options = ACDCOptions(threshold=threshold, **acdc_kw)
+    patcher, m, batch = prepare(model, clean, corrupt, **inputs)
     scores = run_acdc(patcher, m, batch, acdc_options, progress=progress,
                       prefilter_scores=prefilter_scores.values if isinstance(prefilter_scores, Scores) else prefilter_scores)
     return _with_position_labels(scores, patcher).selection()
@@ -85,31 +86,32 @@ def attribute(
     clean: Prompts | Task,
     corrupt: Prompts | None = None,
     *,
-    method: str = "eap",
-    steps: int = 5,
-    grid: str = "right",
     progress: bool = True,
-    **inputs: Unpack[Inputs],
+    **options: Unpack[AttributeOptions],
 ) -> Scores:
-    """Score every edge with attribution patching: "eap", "eap-ig-inputs" or "eap-ig-activations".
+    """Score every edge with attribution patching: ``method`` "eap" (the default), "eap-ig-inputs" or
+    "eap-ig-activations".
 
-    Same inputs as `discover` (a `Task` works too); ``steps`` is the number of integrated-gradient
-    points (EAP-IG with steps=1 is EAP) and ``grid`` where they lie: "right" (k/steps, k = 1..steps;
-    the default) or "left" (k = 0..steps-1, as EAP-IG's edge-level EAP-IG-inputs). Scores are the first-order change of the loss (the
+    Same inputs as `discover` (a `Task` works too); the options are `AttributionOptions`' fields:
+    ``method``, ``steps`` (integrated-gradient points, default 5; EAP-IG with steps=1 is EAP) and ``grid``
+    where they lie: "right" (k/steps, k = 1..steps; the default) or "left" (k = 0..steps-1, as EAP-IG's
+    edge-level EAP-IG-inputs). Scores are the first-order change of the loss (the
     metric oriented lower-is-better) when an edge alone is ablated; select a circuit with
     ``scores.top(n)``, ``scores.threshold(t)`` or ``scores.greedy(n)``. With ``metric="kl"`` the
     gradient at the clean run is zero, so EAP gives zeros there (a `VanishingScoresWarning` says
     so): use EAP-IG or a difference metric. ``progress``: a bar over the gradient passes.
     """
+    attr_kw, inputs = take("attribute", options, names_of(AttributionOptions), names_of(Inputs))
+    method = attr_kw.get("method", "eap")
     if method not in METHODS:
         raise ValueError(
             f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)} "
             "(ACDC runs with acdc.discover(..., threshold=...))"
         )
-    algorithm = get_algorithm(method)
-    options = AttributionOptions(method=method, steps=steps, grid=grid)  # checked before any run
+    chosen = AttributionOptions(**attr_kw)  # checked before any run
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
-    return _with_position_labels(algorithm(patcher, m, batch, progress=progress, **options.algorithm_options()), patcher)
+    algorithm = get_algorithm(chosen.method)
+    return _with_position_labels(algorithm(patcher, m, batch, progress=progress, **chosen.algorithm_options()), patcher)
 
 
 def prune_edges(
@@ -117,22 +119,25 @@ def prune_edges(
     clean: Prompts | Task,
     corrupt: Prompts | None = None,
     *,
-    target: float = 0.05,
-    steps: int = 200,
     progress: bool = True,
     edge_pruning: dict[str, Any] | None = None,
-    **inputs: Unpack[Inputs],
+    **options: Unpack[PruneOptions],
 ) -> Circuit:
     """Edge Pruning (Bhaskar et al. 2024; `acdc.algorithms.edge_pruning`): a learned mask over the
-    edges, trained to keep the full model's behaviour with ``target`` of the edges. Same inputs as
-    `discover`; ``edge_pruning``: its other options (``lr``, ``warmup``, ``loss="kl" | "metric"``,
-    ``seed``, ...: `EdgePruningOptions`). Returns the circuit (edges whose gate ends above 0.5),
-    every edge scored by ``sigmoid(log_alpha)``.
+    edges, trained to keep the full model's behaviour with ``target`` of the edges (default 0.05).
+    Same inputs as `discover`; the options are `EdgePruningOptions`' fields, as keywords (``target``,
+    ``steps``, ``lr``, ``warmup``, ``loss="kl" | "metric"``, ``seed``, ...). Returns the circuit (edges whose
+    gate ends above 0.5), every edge scored by ``sigmoid(log_alpha)``. ``edge_pruning`` (a dict of the
+    same options) is the older spelling, deprecated.
     """
-    options = {"target": target, "steps": steps, **(edge_pruning or {})}
-    EdgePruningOptions(**options)  # checked before any run
+    if edge_pruning is not None:
+        warnings.warn("prune_edges(edge_pruning={...}) is deprecated: pass Edge Pruning's options as keywords, "
+                      "prune_edges(..., lr=0.3)", DeprecationWarning, stacklevel=2)
+        options = {**options, **edge_pruning}  # type: ignore[typeddict-item]
+    prune_kw, inputs = take("prune_edges", options, names_of(EdgePruningOptions), names_of(Inputs))
+    chosen = EdgePruningOptions(**prune_kw)  # checked before any run
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
-    return get_algorithm("edge-pruning")(patcher, m, batch, progress=progress, **options).selection()
+    return get_algorithm("edge-pruning")(patcher, m, batch, progress=progress, **dataclasses.asdict(chosen)).selection()
 
 
 def _with_position_labels(scores: Scores, patcher: Patcher) -> Scores:
@@ -141,6 +146,10 @@ def _with_position_labels(scores: Scores, patcher: Patcher) -> Scores:
     if pos is not None and pos.example is not None:
         scores.settings["position_labels"] = list(pos.example)
     return scores
+
+
+# ACDC options a threshold sweep does not share: the threshold is swept; a sweep resumes with ``results=``
+SWEPT = ("threshold", "checkpoint", "checkpoint_every")
 
 
 def roc(
@@ -153,15 +162,8 @@ def roc(
     n_thresholds: int = 22,
     decades: float = 6.0,
     level: Level = "edge",
-    abs_value: bool = False,
-    prefilter: float | None = None,
-    prefilter_method: str = "eap-ig-inputs",
     progress: bool = True,
-    executor: ExecutorLike = None,
-    results: str | Path | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    **inputs: Unpack[Inputs],
+    **options: Unpack[ROCOptions],
 ) -> ROC:
     """Sweep ACDC over thresholds (default: an ``n_thresholds`` `threshold_grid` spanning
     ``decades`` below the effect of ablating every edge, so the grid fits the metric).
@@ -170,6 +172,8 @@ def roc(
     threshold. Returns the ROC with its circuits. ``progress``: a bar over the thresholds, and
     (serial) each threshold's ACDC bar below it while it runs.
 
+    Options, as keywords: ACDC's that every threshold shares (``abs_value``, ``speculate``, ``prefilter``,
+    ``prefilter_method``: `ACDCOptions`), where the sweep runs (`SweepOptions`) and what to run on.
     ``executor``: where the thresholds run (`acdc.executors`: serial by default, ``"ray"`` or a Ray
     address for one ACDC run per worker at a time, each worker building the patcher once);
     ``results=DIR`` keeps each threshold's circuit as JSON there, and a sweep started again skips the
@@ -179,8 +183,9 @@ def roc(
     ranked once by ``prefilter_method``.
     """
     check_level(level)
-    check_executor(executor)
-    check_acdc(prefilter=prefilter, prefilter_method=prefilter_method)
+    acdc_kw, sweep_kw, inputs = take("roc", options, names_of(ACDCOptions, but=SWEPT), names_of(SweepOptions), names_of(Inputs))
+    sweep = SweepOptions(**sweep_kw)
+    shared = ACDCOptions(threshold=0.0, **acdc_kw)  # checked before any run; each threshold replaces 0.0
     if thresholds is not None:
         thresholds = [check_threshold(t) for t in thresholds]
     patcher, metric, batch = prepare(model, clean, corrupt, **inputs)
@@ -188,14 +193,16 @@ def roc(
         full, gone = full_and_empty(patcher, metric, batch)
         thresholds = threshold_grid(abs(gone - full) or 1.0, n=n_thresholds, decades=decades)
     t0 = time.perf_counter()
-    ranking = None if prefilter is None else attribution_scores(patcher, metric, batch, method=prefilter_method, steps=5,
-                                                                 progress=progress)  # one ranking for every threshold
-    serial = resolve_executor(executor)[0] == "serial"
+    ranking = None if shared.prefilter is None else attribution_scores(
+        patcher, metric, batch, method=shared.prefilter_method, steps=5, progress=progress)  # one ranking for every threshold
+    serial = resolve_executor(sweep.executor)[0] == "serial"
     setup = partial(given, _ACDCSweep(patcher, metric, batch, ranking, progress)) if serial else partial(
         _acdc_setup, *portable(model, clean, corrupt, inputs), ranking)
-    items = [(f"threshold={t!r}", {"threshold": t, "abs_value": abs_value, "prefilter": prefilter,
-                                   "prefilter_method": prefilter_method}) for t in thresholds]
-    done = run_sweep(setup, _acdc_item, items, executor=executor, results=results, workers=workers, threads=threads,
+    items = [(f"threshold={t!r}", {"threshold": t, "abs_value": shared.abs_value, "prefilter": shared.prefilter,
+                                   "prefilter_method": shared.prefilter_method,
+                                   # speculate changes no result: in the payload (which a resumed sweep compares) only when set
+                                   **({} if shared.speculate is None else {"speculate": shared.speculate})}) for t in thresholds]
+    done = run_sweep(setup, _acdc_item, items, **sweep.run_sweep_options(),
                      fingerprint=run_fingerprint(patcher, metric, batch, patcher.tf.fingerprint()), progress=progress, desc="ACDC thresholds")
     seconds = time.perf_counter() - t0
     circuits = [circuit_from_record(patcher.graph, d) for d in done]
@@ -221,7 +228,8 @@ def _acdc_setup(model: ModelLike, clean: Any, corrupt: Any, inputs: dict[str, An
 def _acdc_item(state: _ACDCSweep, item: dict[str, Any]) -> dict[str, Any]:
     """One threshold of an ACDC sweep: the circuit as its JSON dict."""
     found = run_acdc(state.patcher, state.metric, state.batch, threshold=item["threshold"], abs_value=item["abs_value"],
-                     prefilter=item["prefilter"], prefilter_method=item["prefilter_method"], prefilter_scores=state.ranking,
+                     prefilter=item["prefilter"], prefilter_method=item["prefilter_method"], speculate=item.get("speculate"),
+                     prefilter_scores=state.ranking,
                      progress=state.progress, leave=False).selection()
     return circuit_record(found)
 

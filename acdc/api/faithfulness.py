@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ from typing_extensions import Unpack
 from ..algorithms.acdc import run_fingerprint
 from ..circuit import Circuit
 from ..evaluation import CircuitLike, as_mask
-from ..executors import ExecutorLike, check_executor, resolve_executor, run_sweep
+from ..executors import SweepOptions, resolve_executor, run_sweep
 from ..faithfulness_math import (
     MIB_FRACTIONS,
     Completeness,
@@ -34,7 +33,8 @@ from ..positions import token_names
 from ..progress import bar
 from ..scores import Scores
 from ..tasks import Task
-from .prepare import Inputs, prepare
+from .options import FaithfulnessOptions, Inputs, SweepInputs, names_of, take
+from .prepare import prepare
 from .sweeps import given, portable
 
 LEVELS = ("edge", "node")
@@ -93,20 +93,16 @@ def faithfulness(
     task: Task,
     circuit: CircuitLike,
     *,
-    level: str = "edge",
-    direction: str = "clean-complement",
-    average: str = "ratio-of-means",
-    mean_over: str | int = "batch",
-    at: str = "circuit",
     seed: int = 0,
     progress: bool = True,
-    **inputs: Unpack[Inputs],
+    **options: Unpack[FaithfulnessOptions],
 ) -> Faithfulness:
     """How much of the behaviour ``circuit`` keeps: m(M), m(C), m({}), ratios, per prompt, spread.
 
     Args:
         task: an `acdc.Task` (prompts, answers, positions, default metric).
         circuit: a `Circuit`, `KnownCircuit`, edge mask or edge names for this model's graph.
+        options, as keywords: the setting (`FaithfulnessSetting`'s fields, defaults there) and what to run on.
         level: "edge" (ablate the edges outside the circuit) or "node" (ablate the output of
             every node outside it; the input node always stays).
         direction: which side is patched. "clean-complement" (clean prompts, everything outside
@@ -129,8 +125,9 @@ def faithfulness(
         inputs: metric ("logit_diff", "prob_diff", "kl", "accuracy" or your own; default the
             task's), ablation ("resample", "mean", "zero"), answers, answer_pos, split_qkv, graph.
     """
-    setting = FaithfulnessSetting(level=level, direction=direction, average=average, mean_over=mean_over, at=at)
-    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
+    setting_kw, inputs = take("faithfulness", options, names_of(FaithfulnessSetting, but=("ablation", "metric")), names_of(Inputs))
+    setting = FaithfulnessSetting(**setting_kw)
+    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)  # type: ignore[arg-type]
     return runs.measure(setting, progress=progress)
 
 
@@ -238,7 +235,7 @@ def completeness(
     random halves of the circuit's nodes (seeded), and ``greedy_steps`` steps of the IOI authors'
     greedy search (add the node that most increases |F(C minus K) - F(M minus K)|).
     """
-    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
+    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=take("completeness", inputs, names_of(Inputs))[0])  # type: ignore[arg-type]
     if classes is None:
         classes = getattr(circuit, "classes", None)
     mapping = dict(getattr(classes, "classes", classes) or {})
@@ -282,7 +279,7 @@ def minimality(
     ``k_sets``: node -> the nodes K_v removed with it (the IOI paper chose them by hand, e.g. the
     other heads of v's class); default the empty set, so the score is v's own effect in the circuit.
     """
-    runs = _FaithfulnessRuns(model, task, circuit, seed=0, inputs=inputs)
+    runs = _FaithfulnessRuns(model, task, circuit, seed=0, inputs=take("minimality", inputs, names_of(Inputs))[0])  # type: ignore[arg-type]
     in_c = runs.circuit_nodes()
     k_sets = dict(k_sets or {})
     scores = []
@@ -317,11 +314,7 @@ def faithfulness_grid(
     reference_sizes: Sequence[int] = (),
     seed: int = 0,
     progress: bool = True,
-    executor: ExecutorLike = None,
-    results: str | Path | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    **inputs: Unpack[Inputs],
+    **options: Unpack[SweepInputs],
 ) -> FaithfulnessGrid:
     """Faithfulness under many settings at once (Miller et al.'s axes), sharing runs between them.
 
@@ -335,11 +328,12 @@ def faithfulness_grid(
         metric of your own needs a picklable function there).
     Returns a `FaithfulnessGrid`: ``.rows``, ``.to_markdown()``, ``.to_csv(path)``, ``.plot(path)``.
     """
-    check_executor(executor)
+    sweep_kw, inputs = take("faithfulness_grid", options, names_of(SweepOptions), names_of(Inputs))
+    sweep = SweepOptions(**sweep_kw)
     settings = [x if isinstance(x, FaithfulnessSetting) else FaithfulnessSetting.from_dict(x) for x in grid]
     settings += [FaithfulnessSetting(ablation="mean", mean_over=int(k)) for k in reference_sizes]
-    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=inputs)
-    serial = resolve_executor(executor)[0] == "serial"
+    runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=take("minimality", inputs, names_of(Inputs))[0])  # type: ignore[arg-type]  # type: ignore[arg-type]
+    serial = resolve_executor(sweep.executor)[0] == "serial"
     if serial:
         setup = partial(given, runs)
     else:
@@ -347,7 +341,7 @@ def faithfulness_grid(
         setup = partial(_faithfulness_setup, m, t, circuit, seed, rest)
     items = [(f"setting={i}", {f.name: getattr(x, f.name) for f in fields(x)}) for i, x in enumerate(settings)]
     base = next(iter(runs.patchers.values()))
-    done = run_sweep(setup, _faithfulness_item, items, executor=executor, results=results, workers=workers, threads=threads,
+    done = run_sweep(setup, _faithfulness_item, items, **sweep.run_sweep_options(),
                      fingerprint=run_fingerprint(base, runs.m, runs.batch, base.tf.fingerprint(), runs.circuit.nonzero().tolist(), seed),
                      progress=progress, desc="faithfulness settings")
     return FaithfulnessGrid(tuple(Faithfulness.from_dict(d) for d in done))
@@ -382,7 +376,7 @@ def faithfulness_curve(
     """
     if selection not in ("top", "greedy"):
         raise ValueError(f"unknown selection {selection!r}; choose top or greedy")
-    patcher, m, batch = prepare(model, task, **inputs)
+    patcher, m, batch = prepare(model, task, **take("faithfulness_curve", inputs, names_of(Inputs))[0])
     g = patcher.graph
     g.check_fits(scores.graph, "these scores")
     full, empty = full_and_empty(patcher, m, batch)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from torch import Tensor
 
@@ -15,33 +14,9 @@ from ..metrics import Batch, Metric, MetricLike, resolve_metric, scored_rows
 from ..patching import Patcher
 from ..positions import Positions
 from ..tasks import Task
+from .options import DiscoverOptions, Inputs
 
-
-class Inputs(TypedDict, total=False):
-    """Keyword arguments that say what to run on, shared by `discover`, `attribute` and `roc`."""
-
-    metric: MetricLike | None
-    ablation: str
-    answers: Answers | None
-    answer_pos: int | Sequence[int] | Tensor | None
-    split_qkv: bool
-    graph: Graph | None
-    positions: str | Positions | None
-
-
-class DiscoverOptions(Inputs, total=False):
-    """`discover`'s keywords, for type checkers: what to run on (`Inputs`) and ACDC's options.
-
-    The ACDC ones are `ACDCOptions`' fields (defaults, checks and help live there; a test keeps
-    this list equal to them).
-    """
-
-    abs_value: bool
-    speculate: int | None
-    prefilter: float | None
-    prefilter_method: str
-    checkpoint: str | Path | None
-    checkpoint_every: float
+__all__ = ["DiscoverOptions", "Inputs", "make_batch", "prepare", "resolve_positions"]
 
 
 def prepare(

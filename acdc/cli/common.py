@@ -50,7 +50,7 @@ def float_or_none(text: str) -> float | None:
 
 
 # How a flag's text becomes the value of an option field, by the field's annotation.
-CONVERT: dict[str, Any] = {"float": float, "int": int, "int | None": int, "float | None": float_or_none, "str": str,
+CONVERT: dict[str, Any] = {"float": float, "int": int, "int | None": int, "ExecutorLike": str, "float | None": float_or_none, "str": str,
                             "str | Path | None": Path}
 
 
@@ -76,7 +76,7 @@ def option_flags(p: argparse.ArgumentParser, options: Any, only: tuple[str, ...]
         if f.type == "bool":
             p.add_argument(flag, action="store_true", help=meta["help"])
             continue
-        convert = CONVERT[str(f.type)]
+        convert = positive if meta.get("min") == 1 else CONVERT[str(f.type)]  # counts: refused by argparse
         required = f.default is dataclasses.MISSING
 
         def parse(text: str, convert: Any = convert) -> Any:
@@ -102,12 +102,10 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
 
 
 def sweep_flags(p: argparse.ArgumentParser) -> None:
-    """Where a sweep's items run (`acdc.executors`), and where finished items are kept for a restart."""
-    p.add_argument("--executor", default=None, help="serial (default; Ray when RAY_ADDRESS is set), ray, or a Ray "
-                   "address such as 127.0.0.1:6379 (needs acdc[ray])")
-    p.add_argument("--results", type=Path, default=None, help="keep each finished item as JSON in this folder; a rerun "
-                   "with the same folder skips them")
-    p.add_argument("--workers", type=positive, default=None, help="Ray workers (default: the cluster's CPUs)")
+    """Where a sweep's items run (`acdc.executors.SweepOptions`), and where finished items are kept for a restart."""
+    from ..executors import SweepOptions
+
+    option_flags(p, SweepOptions, only=("executor", "results", "workers"))
 
 
 def run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:

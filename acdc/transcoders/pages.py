@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
-from ..executors import ExecutorLike, check_executor, resolve_executor, run_sweep
+from ..executors import Sweep, SweepOptions, resolve_executor, run_sweep
 from ..inputs import token_texts
 from ..model import Transformer
 from .corpus import TokenStream
@@ -60,9 +61,8 @@ class FeatureInfo:
 @torch.no_grad()
 def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, features: Sequence[int] | Sequence[tuple[int, int]],
                    corpus: TokenStream, *, sequences: int = 64, start: int = 0, top: int = 10, window: int = 8, batch: int = 8,
-                   tokenizer: Any = None, executor: ExecutorLike = None, results: str | Path | None = None,
-                   workers: int | None = None, threads: int | None = None, chunk: int = 256,
-                   progress: bool = False) -> list[FeatureInfo]:
+                   tokenizer: Any = None, chunk: int = 256, progress: bool = False,
+                   **sweep: Unpack[Sweep]) -> list[FeatureInfo]:
     """`FeatureInfo` for each of ``features`` of ``layer``'s transcoder, from ``sequences`` corpus sequences.
 
     With ``layer=None``, ``features`` are (layer, feature) pairs, from any layers, scanned in one
@@ -93,17 +93,17 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
     if bad:
         lay = bad[0][0]
         raise ValueError(f"features {[f for _, f in bad]} do not exist; layer {lay}'s transcoder has {transcoders[lay].n_features}")
-    check_executor(executor)
+    where = SweepOptions(**sweep)  # executor, results, workers, threads (checked before the scan)
     step = max(1, -(-chunk // batch)) * batch  # whole batches per piece: the same forwards as one serial pass
     items = [(f"sequences={s}-{min(s + step, start + sequences) - 1}", {"start": s, "n": min(step, start + sequences - s),
               "batch": batch, "top": top, "window": window}) for s in range(start, start + sequences, step)]
     scan = _PagesScan(tf, transcoders, corpus, tuple(pairs))
-    serial = resolve_executor(executor)[0] == "serial"
+    serial = resolve_executor(where.executor)[0] == "serial"
     setup = partial(_given_scan, scan) if serial else partial(_PagesScan, tf, transcoders, corpus, tuple(pairs))
     h = hashlib.sha256(json.dumps([tf.fingerprint(), pairs, corpus.describe(), corpus.batch(start, 1).tolist()]).encode())
     for lay in sorted({lay for lay, _ in pairs}):
         h.update(transcoders[lay].W_enc[:, :8].detach().float().cpu().numpy().tobytes())
-    pieces = run_sweep(setup, _scan_piece, items, executor=executor, results=results, workers=workers, threads=threads,
+    pieces = run_sweep(setup, _scan_piece, items, **where.run_sweep_options(),
                        fingerprint=h.hexdigest()[:16], progress=progress, desc="corpus pass")
     active = [sum(p["active"][j] for p in pieces) for j in range(len(pairs))]
     peak = [max((p["peak"][j] for p in pieces), default=0.0) for j in range(len(pairs))]
