@@ -25,126 +25,98 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .graph import layer_offset
-from .interventions import Intervention, parse_node
+from .graph import Node
+from .interventions import Intervention, node_of
 from .model import ForwardCache, Transformer
 from .patching import Patcher
-from .transcoders import TranscoderSet
+from .sites import Site, SiteContext, site_of
+from .transcoders import Transcoder, TranscoderSet
 
 __all__ = ["Intervened", "intervene", "intervened_logits"]
 
 
-@torch.no_grad()
-def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], corrupt_run: ForwardCache | None = None) -> Tensor:
-    """Logits [rows, d_vocab] at the patcher's answer rows (as `Patcher.logits`) with ``interventions`` applied.
+class _EditRun:
+    """One `intervened_logits` run's helpers for the sites (`acdc.sites.Edits`): apply an edit at its positions,
+    with ablation values read off the corrupt run (run once, when an edit ablates)."""
 
-    ``corrupt_run``: ``patcher.tf.run(patcher.corrupt_tokens)`` computed before (the ablation values'
-    source), so many calls run it once."""
-    tf = patcher.tf
-    a = tf.arch
-    ts = patcher.graph.transcoders
-    transcoders = {layer: ts[layer] for layer in ts.layers} if isinstance(ts, TranscoderSet) else {}
-    clean = patcher.clean_tokens.to(tf.device)
-    B, S = clean.shape
-    items = [Intervention.from_dict(x) for x in interventions]
-    for it in items:
-        kind, layer, index = parse_node(it.node)
-        if kind != "input" and not 0 <= layer < a.n_layers:
-            raise ValueError(f"{it.node}: this model has layers 0-{a.n_layers - 1}")
-        if kind == "head" and not 0 <= index < a.n_heads:
-            raise ValueError(f"{it.node}: layer {layer} has heads 0-{a.n_heads - 1}")
-        if kind in ("mlp", "neuron") and a.attn_only:
-            raise ValueError(f"{it.node}: this model is attention-only")
-        if kind == "neuron" and not 0 <= index < a.d_mlp:
-            raise ValueError(f"{it.node}: MLP {layer} has neurons 0-{a.d_mlp - 1}")
-        if kind == "feature":
-            if layer not in transcoders:
-                raise ValueError(f"{it.node}: a feature needs a feature graph with a transcoder for layer {layer} "
-                                 "(Graph.from_model(model, transcoders=ts))")
-            if not 0 <= index < transcoders[layer].n_features:
-                raise ValueError(f"{it.node}: layer {layer}'s transcoder has features 0-{transcoders[layer].n_features - 1}")
-        if it.positions is not None and max(it.positions) >= S:
-            raise ValueError(f"{it.node}: positions must be below the prompts' length {S}, got {max(it.positions)}")
-    corrupt = None
-    if any(it.op == "ablate" for it in items) and patcher.ablation != "zero":
-        corrupt = corrupt_run if corrupt_run is not None else tf.run(patcher.corrupt_tokens.to(tf.device))
+    def __init__(self, patcher: Patcher, transcoders: Mapping[int, Transcoder], corrupt_run: ForwardCache | None):
+        self.tf, self.transcoders, self.patcher = patcher.tf, transcoders, patcher
+        self.S = int(patcher.clean_tokens.shape[1])
+        self._corrupt = corrupt_run
 
-    def ablated(x: Tensor) -> Tensor:  # a corrupt-run value [B, S, ...] -> the patcher's ablation value
-        if patcher.ablation == "mean":
-            return x.mean(0, keepdim=True).expand_as(x)
-        return x
+    def corrupt(self) -> ForwardCache:
+        if self._corrupt is None:
+            self._corrupt = self.tf.run(self.patcher.corrupt_tokens.to(self.tf.device))
+        return self._corrupt
 
-    def where(it: Intervention) -> Tensor:  # [S] bool
-        m = torch.zeros(S, dtype=torch.bool, device=tf.device)
+    def apply(self, x: Tensor, item: object, ablation: Callable[[ForwardCache], Tensor]) -> Tensor:
+        it = item
+        assert isinstance(it, Intervention)
+        m = torch.zeros(self.S, dtype=torch.bool, device=x.device)
         m[list(it.positions) if it.positions is not None else slice(None)] = True
-        return m
-
-    def edit(x: Tensor, it: Intervention, abl: Callable[[], Tensor]) -> Tensor:  # x [B, S, ...]
-        m = where(it).view(1, S, *([1] * (x.dim() - 2)))
+        m = m.view(1, self.S, *([1] * (x.dim() - 2)))
         if it.op == "ablate":
-            new = torch.zeros_like(x) if patcher.ablation == "zero" else abl().to(x.dtype)
+            if self.patcher.ablation == "zero":
+                new = torch.zeros_like(x)
+            else:
+                v = ablation(self.corrupt())
+                new = (v.mean(0, keepdim=True).expand_as(v) if self.patcher.ablation == "mean" else v).to(x.dtype)
         elif it.op == "scale":
             new = x * it.value
         else:
             new = torch.full_like(x, it.value)
         return torch.where(m, new, x)
 
-    heads: dict[int, list[Intervention]] = {}
-    mlps: dict[int, list[Intervention]] = {}
-    neurons: dict[int, list[Intervention]] = {}
-    features: dict[int, list[Intervention]] = {}
-    embedding: list[Intervention] = []
+
+@torch.no_grad()
+def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], corrupt_run: ForwardCache | None = None) -> Tensor:
+    """Logits [rows, d_vocab] at the patcher's answer rows (as `Patcher.logits`) with ``interventions`` applied.
+
+    Each edited node's kind says where and how (`acdc.sites`). ``corrupt_run``: ``patcher.tf.run(patcher.corrupt_tokens)``
+    computed before (the ablation values' source), so many calls run it once."""
+    tf = patcher.tf
+    ts = patcher.graph.transcoders
+    transcoders = {layer: ts[layer] for layer in ts.layers} if isinstance(ts, TranscoderSet) else {}
+    ctx = SiteContext(tf, transcoders, "the patcher's graph is not a feature graph with one (Graph.from_model(model, transcoders=ts))")
+    S = int(patcher.clean_tokens.shape[1])
+    items = [Intervention.from_dict(x) for x in interventions]
+    placed: list[tuple[Node, Site, Intervention]] = []
     for it in items:
-        kind, layer, _ = parse_node(it.node)
-        if kind == "input":
-            embedding.append(it)
-        else:
-            {"head": heads, "mlp": mlps, "neuron": neurons, "feature": features}[kind].setdefault(layer, []).append(it)
+        node = node_of(it.node)
+        site = site_of(node)
+        site.check(node, ctx)
+        if it.positions is not None and max(it.positions) >= S:
+            raise ValueError(f"{it.node}: positions must be below the prompts' length {S}, got {max(it.positions)}")
+        placed.append((node, site, it))
+    run = _EditRun(patcher, transcoders, corrupt_run)
+    by_stage: dict[tuple[str | None, int], dict[Site, list[tuple[Node, object]]]] = {}
+    for node, site, it in placed:
+        by_stage.setdefault((site.stage, node.layer), {}).setdefault(site, []).append((node, it))
 
     def head_fn(layer: int) -> Callable[[Tensor], Tensor]:
         def fn(out: Tensor) -> Tensor:  # [n_heads, B, S, d]
-            out = out.clone()
-            for it in heads[layer]:
-                h = parse_node(it.node)[2]
-                src = layer_offset(layer, a.n_heads, not a.attn_only) + h
-                out[h] = edit(out[h], it, lambda src=src: ablated(corrupt.sources[src]))  # type: ignore[union-attr]
+            for site, its in by_stage[("heads", layer)].items():
+                out = site.edit_heads(run, layer, out, its)
             return out
         return fn
 
     def mlp_fn(layer: int) -> Callable[[Tensor], Tensor]:
         def fn(xn: Tensor) -> Tensor:  # the MLP's normed input -> its output
-            if layer in neurons:
-                hidden = tf.mlp_hidden_normed(layer, xn)
-                for it in neurons[layer]:
-                    i = parse_node(it.node)[2]
-                    hidden[..., i] = edit(hidden[..., i], it, lambda i=i: ablated(
-                        tf.mlp_hidden(layer, corrupt.resid_mid[layer])[..., i]))  # type: ignore[union-attr]
-                out = hidden @ tf.mlp_out_rows(layer) + tf.mlp_bias(layer)
-            else:
-                out = tf.mlp_normed(layer, xn)
-            if layer in features:  # the features' decoded change; the error node (MLP - reconstruction) stays as it is
-                tc = transcoders[layer]
-                acts = tc.encode(xn.to(tc.W_enc.dtype))
-                new = acts.clone()
-                for it in features[layer]:
-                    i = parse_node(it.node)[2]
-                    new[..., i] = edit(acts[..., i], it, lambda i=i, tc=tc: ablated(
-                        tc.encode(tf.mlp_input(layer, corrupt.resid_mid[layer]).to(tc.W_enc.dtype))[..., i]))  # type: ignore[union-attr]
-                out = out + ((new - acts) @ tc.W_dec).to(out.dtype)
-            for it in mlps.get(layer, []):
-                src = layer_offset(layer, a.n_heads) + a.n_heads
-                out = edit(out, it, lambda src=src: ablated(corrupt.sources[src]))  # type: ignore[union-attr]
+            out = tf.mlp_normed(layer, xn)
+            for site, its in sorted(by_stage[("mlp", layer)].items(), key=lambda kv: kv[0].mlp_order):
+                out = site.edit_mlp(run, layer, xn, out, its)
             return out
         return fn
 
     def embed_fn(x: Tensor) -> Tensor:
-        for it in embedding:
-            x = edit(x, it, lambda: ablated(corrupt.sources[0]))  # type: ignore[union-attr]
+        for site, its in by_stage[("embedding", -1)].items():
+            x = site.edit_input(run, x, [it for _, it in its])
         return x
 
-    return tf.logits_with_edits(clean, heads={layer: head_fn(layer) for layer in heads},
-                                mlps={layer: mlp_fn(layer) for layer in set(mlps) | set(neurons) | set(features)},
-                                embedding=embed_fn if embedding else None, rows=patcher.answer_pos)
+    layers = {stage: [layer for (s, layer) in by_stage if s == stage] for stage in ("heads", "mlp")}
+    return tf.logits_with_edits(patcher.clean_tokens.to(tf.device), heads={layer: head_fn(layer) for layer in layers["heads"]},
+                                mlps={layer: mlp_fn(layer) for layer in layers["mlp"]},
+                                embedding=embed_fn if ("embedding", -1) in by_stage else None, rows=patcher.answer_pos)
 
 
 @dataclass

@@ -32,15 +32,19 @@ module registers the engine (`acdc` does it).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor
 
 from .blocks import MLP_ENGINES
-from .graph import ERROR, FEATURE, SKIP, Graph
+from .graph import ERROR, FEATURE, SKIP, Graph, Node
 from .model import Transformer
+from .sites import SITES, Edits, MLPSite, Reading, SiteContext
 from .transcoders import Transcoder, TranscoderSet, active_features
 
-__all__ = ["ERROR", "FEATURE", "SKIP", "TranscoderUnits", "active_features"]
+__all__ = ["ERROR", "FEATURE", "SKIP", "FeatureSite", "TranscoderUnits", "active_features"]
 
 class TranscoderUnits:
     """The engine's side of a feature graph: each featured layer's chosen features (factored, rows
@@ -102,3 +106,46 @@ class TranscoderUnits:
 
 
 MLP_ENGINES["transcoders"] = TranscoderUnits
+
+
+class FeatureSite(MLPSite):
+    """A transcoder feature in the plain forward (`acdc.sites`): its activation is edited (the MLP's output moves
+    by the change times its decoder row; the error node, MLP minus reconstruction, stays) and is what it fires as;
+    it writes along its decoder row. Needs its layer's transcoder."""
+
+    kind = FEATURE
+    mlp_order = 1
+    measure = "the feature's transcoder activation"
+    unit = True
+
+    def check(self, node: Node, ctx: SiteContext) -> None:
+        super().check(node, ctx)
+        tc = ctx.transcoders.get(node.layer)
+        if tc is None:
+            raise ValueError(f"{node.name}: a feature needs a transcoder for layer {node.layer}; {ctx.no_transcoder}")
+        if not 0 <= node.head < tc.n_features:
+            raise ValueError(f"{node.name}: feature {node.head} does not exist; layer {node.layer}'s transcoder has "
+                             f"features 0-{tc.n_features - 1}")
+
+    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor, items: Sequence[tuple[Node, object]]) -> Tensor:
+        tf, tc = run.tf, run.transcoders[layer]
+        acts = tc.encode(xn.to(tc.W_enc.dtype))
+        new = acts.clone()
+        for node, it in items:
+            i = node.head
+            new[..., i] = run.apply(new[..., i], it, lambda c, i=i: tc.encode(
+                tf.mlp_input(layer, c.resid_mid[layer]).to(tc.W_enc.dtype))[..., i])
+        return out + ((new - acts) @ tc.W_dec).to(out.dtype)
+
+    def read(self, tf: Transformer, node: Node, before: Tensor, mlp_in: Tensor, mlp_out: Tensor, mask: Tensor,
+             cache: dict[str, Tensor], transcoders: Mapping[int, Transcoder]) -> Reading:
+        if "features" not in cache:  # one encoder pass for every feature of the layer
+            cache["features"] = transcoders[node.layer].encode(tf.mlp_input(node.layer, mlp_in).float())
+        act = cache["features"][..., node.head]
+        return Reading(act, act.masked_fill(~mask, -math.inf))
+
+    def direction(self, tf: Transformer, node: Node, outs: list[Tensor], transcoders: Mapping[int, Transcoder]) -> Tensor:
+        return transcoders[node.layer].W_dec[node.head].float()
+
+
+SITES[FEATURE] = FeatureSite()

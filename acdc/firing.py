@@ -31,21 +31,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .graph import Node
+from .graph import parse_node as graph_parse_node
 from .inputs import token_texts
-from .interventions import parse_node
 from .model import Transformer
-from .transcoders import TranscoderSet
+from .sites import Site, SiteContext, site_of
+from .transcoders import Transcoder, TranscoderSet
 
 __all__ = ["ComponentActivity", "component_activity"]
-
-MEASURES = {
-    "head": "norm of the head's output (before b_O) at the query position; contexts are query-key pairs ranked by "
-            "attention probability x |value through W_O|",
-    "mlp": "norm of the MLP's output",
-    "neuron": "the neuron's hidden activation (what multiplies its row of W_out)",
-    "feature": "the feature's transcoder activation",
-}
-
 
 @dataclass
 class ComponentActivity:
@@ -73,31 +66,23 @@ class ComponentActivity:
         return asdict(self)
 
 
-def _parse(name: Any, tf: Transformer, transcoders: TranscoderSet | None) -> tuple[str, int, int]:
-    """(kind, layer, index) of a node to scan, checked against the model; a one-line ValueError otherwise."""
+def _parse(name: Any, tf: Transformer, transcoders: TranscoderSet | None) -> tuple[Node, Site]:
+    """The node to scan and its kind's site (`acdc.sites`), checked against the model; a one-line ValueError otherwise."""
     try:
-        kind, layer, index = parse_node(name)  # the intervention names: one grammar of node names
+        node = graph_parse_node(name)
+        site = site_of(node)
     except ValueError:
-        kind, layer, index = "input", -1, -1
-    if kind == "input":
+        node, site = None, None
+    if node is None or site is None or site.measure is None:
         raise ValueError(f"{name!r} has no activation to scan; give a head (a1.h2), an MLP (m3), a neuron (m3.n17) "
                          "or a feature (m3.f17, with transcoders=)")
-    a = tf.arch
-    if not 0 <= layer < a.n_layers:
-        raise ValueError(f"{name}: layer {layer} does not exist; the model has layers 0..{a.n_layers - 1}")
-    if kind != "head" and a.attn_only:
-        raise ValueError(f"{name}: an attention-only model has no MLPs")
-    if kind == "head" and not index < a.n_heads:
-        raise ValueError(f"{name}: head {index} does not exist; layers have {a.n_heads} heads")
-    if kind == "neuron" and not index < a.d_mlp:
-        raise ValueError(f"{name}: neuron {index} does not exist; MLPs have {a.d_mlp} neurons")
-    if kind == "feature":
-        if transcoders is None or layer not in transcoders.layers:
-            have = "no transcoders were given" if transcoders is None else f"the transcoders have layers {transcoders.layers}"
-            raise ValueError(f"{name}: a feature needs a transcoder for layer {layer}; {have}")
-        if not index < transcoders[layer].n_features:
-            raise ValueError(f"{name}: feature {index} does not exist; layer {layer}'s transcoder has {transcoders[layer].n_features}")
-    return kind, layer, index
+    have = "no transcoders were given" if transcoders is None else f"the transcoders have layers {transcoders.layers}"
+    site.check(node, SiteContext(tf, _by_layer(transcoders), have))
+    return node, site
+
+
+def _by_layer(transcoders: TranscoderSet | None) -> dict[int, Transcoder]:
+    return {} if transcoders is None else {layer: transcoders[layer] for layer in transcoders.layers}
 
 
 @torch.no_grad()
@@ -135,77 +120,47 @@ def component_activity(model: Any, nodes: Sequence[str], tokens: Tensor, *, mask
     values: list[list[Tensor]] = [[] for _ in parsed]
     best: list[list[tuple[float, int, int, int, float, Tensor | None]]] = [[] for _ in parsed]
     by_layer: dict[int, list[int]] = {}
-    for j, (_, layer, _) in enumerate(parsed):
-        by_layer.setdefault(layer, []).append(j)
+    for j, (node, _) in enumerate(parsed):
+        by_layer.setdefault(node.layer, []).append(j)
+    tcs = _by_layer(transcoders)
     for s in range(0, tokens.shape[0], batch):
         toks = tokens[s : s + batch].to(tf.device)
         m = mask[s : s + batch].to(tf.device)
         S = toks.shape[1]
-        causal = torch.ones(S, S, dtype=torch.bool, device=tf.device).tril()
         for layer, before, mlp_in, mlp_out in tf.residuals(toks, max(by_layer)):  # stops at the last layer asked about
-            hidden: dict[str, Tensor] = {}
+            cache: dict[str, Tensor] = {}  # what the layer's nodes share (its hidden activations)
             for j in by_layer.get(layer, []):
-                kind, _, index = parsed[j]
-                out: Tensor | None = None
-                p: Tensor | None = None
-                if kind == "head":
-                    heads = torch.tensor([index], device=tf.device)
-                    ln = tf.ln(before, "ln1", layer)  # normed once for the three projections
-                    p = tf.pattern(tf.project_normed(layer, heads, ln, "Q"), tf.project_normed(layer, heads, ln, "K"))  # [1, b, q, k]
-                    vm = tf.project_normed(layer, heads, ln, "V")  # [1, b, k, dh]
-                    out = tf.mix(layer, heads, p, vm)[0]  # [b, q, d]: the head's output, before b_O
-                    p = p[0]
-                    write = (vm[0] @ tf.head_weights(layer, "O")[0][index]).norm(dim=-1)  # [b, k]
-                    act = out.norm(dim=-1)
-                    rank = (p * write[:, None, :]).masked_fill(~(m[:, :, None] & m[:, None, :] & causal), -math.inf)
-                elif kind == "mlp":
-                    out = mlp_out
-                    act = out.norm(dim=-1)
-                    rank = act.masked_fill(~m, -math.inf)
-                else:
-                    if kind not in hidden:
-                        if kind == "neuron":
-                            hidden[kind] = tf.mlp_hidden(layer, mlp_in)
-                        else:
-                            assert transcoders is not None
-                            hidden[kind] = transcoders[layer].encode(tf.mlp_input(layer, mlp_in).float())
-                    act = hidden[kind][..., index]
-                    rank = act.masked_fill(~m, -math.inf)
-                values[j].append(act[m].float().cpu())
-                flat = rank.reshape(-1)
+                node, site = parsed[j]
+                r = site.read(tf, node, before, mlp_in, mlp_out, m, cache, tcs)
+                values[j].append(r.act[m].float().cpu())
+                flat = r.rank.reshape(-1)
                 vals, idx = flat.topk(min(top, flat.numel()))
                 for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
                     if v == -math.inf:
                         break
-                    if kind == "head":
-                        assert p is not None and out is not None
+                    if r.pattern is not None:  # query-key pairs
+                        assert r.out is not None
                         b, q, k = i // (S * S), (i // S) % S, i % S
-                        best[j].append((v, s + b, q, k, float(p[b, q, k]), out[b, q].float().cpu()))
+                        best[j].append((v, s + b, q, k, float(r.pattern[b, q, k]), r.out[b, q].float().cpu()))
                     else:
                         b, q = i // S, i % S
-                        best[j].append((v, s + b, q, -1, math.nan, None if out is None else out[b, q].float().cpu()))
+                        best[j].append((v, s + b, q, -1, math.nan, None if r.out is None else r.out[b, q].float().cpu()))
     w_u = tf.unembedding.float()
     result = []
-    for j, (kind, layer, index) in enumerate(parsed):
+    for j, (node, site) in enumerate(parsed):
         vals = torch.cat(values[j])
         lo, hi = float(vals.min()), float(vals.max())
         counts, edges = torch.histogram(vals, bins=bins, range=(lo, hi if hi > lo else lo + 1.0))
         top_j = sorted(best[j], key=lambda c: (c[0], -c[1], -c[2], -c[3]), reverse=True)[:top]
         contexts = [_context(tokens[seq].tolist(), v, seq, pos, key, prob, window, tokenizer) for v, seq, pos, key, prob, _ in top_j]
-        if kind == "neuron":
-            direction = tf.mlp_out_rows(layer)[index].float()
-        elif kind == "feature":
-            assert transcoders is not None
-            direction = transcoders[layer].W_dec[index].float().to(w_u.device)
-        else:
-            outs = [o for *_, o in top_j if o is not None]
-            direction = torch.stack(outs).mean(0).to(w_u.device) if outs else torch.zeros(w_u.shape[0], device=w_u.device)
+        direction = site.direction(tf, node, [o for *_, o in top_j if o is not None], tcs).to(w_u.device)
         logit = (direction @ w_u).cpu()
         k = min(top, logit.numel())
         up, down = logit.topk(k), (-logit).topk(k)
+        assert site.measure is not None
         result.append(ComponentActivity(
-            node=str(nodes[j]), kind=kind, measure=MEASURES[kind], positions=int(vals.numel()), mean=float(vals.mean()),
-            minimum=lo, maximum=hi, active=float((vals > 0).float().mean()) if kind in ("neuron", "feature") else None,
+            node=str(nodes[j]), kind=str(node.kind), measure=site.measure, positions=int(vals.numel()), mean=float(vals.mean()),
+            minimum=lo, maximum=hi, active=float((vals > 0).float().mean()) if site.unit else None,
             histogram={"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts]}, contexts=contexts,
             promotes=list(zip(token_texts(tokenizer, up.indices.tolist()), [round(v, 6) for v in up.values.tolist()], strict=True)),
             suppresses=list(zip(token_texts(tokenizer, down.indices.tolist()), [round(-v, 6) for v in down.values.tolist()], strict=True)),

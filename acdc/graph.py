@@ -53,6 +53,9 @@ class NodeKind(str):
                     (a head's queries, an MLP; every slot of the logits).
         shape, rounded: how it is drawn (graphviz shape; rounded corners).
         pattern:    its node's name, from ``layer`` and ``index`` ("a{layer}.h{index}").
+        unit:       one activation per token (a neuron, a feature): it can be clamped to a value.
+        editable:   interventions may edit its output (the input node, heads, MLPs and their units;
+                    how is its site's, `acdc.sites`).
     """
 
     slots: tuple[str | None, ...]
@@ -63,11 +66,14 @@ class NodeKind(str):
     shape: str
     rounded: bool
     pattern: str
+    unit: bool
+    editable: bool
 
     def __new__(cls, name: str, *, slots: tuple[str | None, ...], component: bool, attends: bool = False, order: int = 0,
                 answer_slots: tuple[str | None, ...] = (), shape: str = "box", rounded: bool = False,
-                pattern: str | None = None) -> NodeKind:
+                pattern: str | None = None, unit: bool = False, editable: bool = False) -> NodeKind:
         kind = super().__new__(cls, name)
+        kind.unit, kind.editable = unit, editable
         kind.slots, kind.component, kind.attends, kind.order = slots, component, attends, order
         kind.answer_slots, kind.shape, kind.rounded = answer_slots, shape, rounded
         kind.pattern = name if pattern is None else pattern
@@ -91,13 +97,15 @@ class NodeKind(str):
         return int(got.get("layer") or -1), int(got.get("index") or -1)
 
 
-INPUT = NodeKind("input", slots=(), component=False, shape="invhouse")
-HEAD = NodeKind("head", slots=("q", "k", "v"), component=True, attends=True, order=0, answer_slots=("q",),
+INPUT = NodeKind("input", slots=(), component=False, shape="invhouse", editable=True)
+HEAD = NodeKind("head", slots=("q", "k", "v"), component=True, attends=True, order=0, answer_slots=("q",), editable=True,
                 shape="box", rounded=True, pattern="a{layer}.h{index}")
-MLP = NodeKind("mlp", slots=(None,), component=True, order=1, answer_slots=(None,), shape="ellipse", pattern="m{layer}")
+MLP = NodeKind("mlp", slots=(None,), component=True, order=1, answer_slots=(None,), shape="ellipse", pattern="m{layer}",
+               editable=True)
 LOGITS = NodeKind("logits", slots=(None,), component=False, answer_slots=(None,), shape="house")
 # A feature graph's nodes (`acdc.feature_nodes`): a transcoder feature, the transcoder's error, its skip path.
-FEATURE = NodeKind("feature", slots=(), component=True, order=1, shape="ellipse", pattern="m{layer}.f{index}")
+FEATURE = NodeKind("feature", slots=(), component=True, order=1, shape="ellipse", pattern="m{layer}.f{index}", unit=True,
+                   editable=True)
 ERROR = NodeKind("error", slots=(), component=True, order=1, shape="diamond", pattern="m{layer}.err")
 SKIP = NodeKind("skip", slots=(), component=True, order=1, shape="octagon", pattern="m{layer}.skip")
 KINDS: dict[str, NodeKind] = {k: k for k in (INPUT, HEAD, MLP, LOGITS, FEATURE, ERROR, SKIP)}

@@ -20,24 +20,29 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .graph import Node
 from .graph import parse_node as graph_parse_node
 
-__all__ = ["OPS", "Intervention", "check_interventions", "parse_node"]
+__all__ = ["OPS", "Intervention", "check_interventions", "node_of", "parse_node"]
 
 OPS = ("ablate", "scale", "clamp")
-INTERVENABLE = ("input", "head", "mlp", "neuron", "feature")
-
-
-def parse_node(name: str) -> tuple[str, int, int]:
-    """(kind, layer, index) of a node name, by the graph's one grammar (`acdc.graph.parse_node`): ("input", -1, -1),
-    ("head", L, H), ("mlp", L, -1), ("neuron", L, i), ("feature", L, i)."""
+def node_of(name: str) -> Node:
+    """The node an intervention names, by the graph's one grammar (`acdc.graph.parse_node`); a one-line ValueError
+    for a name that is not a node or a node whose kind cannot be edited (`NodeKind.editable`)."""
     try:
         node = graph_parse_node(name)
     except ValueError:
         node = None
-    if node is None or node.kind not in INTERVENABLE:
+    if node is None or not node.kind.editable:
         raise ValueError(f"{name!r} is not a node to intervene on; use input, a head (a1.h2), an MLP (m3), a neuron (m3.n17) "
                          "or a transcoder feature (m3.f17)")
+    return node
+
+
+def parse_node(name: str) -> tuple[str, int, int]:
+    """(kind, layer, index) of a node an intervention names (`node_of`): ("input", -1, -1), ("head", L, H), ("mlp", L,
+    -1), ("neuron", L, i), ("feature", L, i)."""
+    node = node_of(name)
     return str(node.kind), node.layer, node.head
 
 
@@ -52,10 +57,10 @@ class Intervention:
     positions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        kind = parse_node(self.node)[0]
+        kind = node_of(self.node).kind
         if self.op not in OPS:
             raise ValueError(f"op must be one of {', '.join(OPS)}, got {self.op!r}")
-        if self.op == "clamp" and kind not in ("neuron", "feature"):
+        if self.op == "clamp" and not kind.unit:
             raise ValueError(f"clamp sets a neuron's or a feature's activation (m3.n17, m3.f17); for {self.node} use ablate or scale")
         if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
             raise ValueError(f"value must be a finite number, got {self.value!r}")

@@ -15,20 +15,27 @@ attention's ``b_O`` it is never ablated.
 Neurons are stored *factored*: an activation per token, times a weight row the model already
 has, never a [batch, pos, d_model] tensor per neuron, so a GPT-2-small graph with all 36,864
 neurons fits in a few hundred MB. This file is the whole of the node kind: the kind, how a layer's
-MLP becomes neurons in the graph, and how the engine runs them; importing it registers them.
+MLP becomes neurons in the graph, how the engine runs them, and how a plain forward edits and scans
+one (`NeuronSite`); importing it registers them.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
 from .blocks import MLP_ENGINES
 from .graph import KINDS, MLP, MLP_UNITS, Destination, Graph, Node, NodeKind
 from .model import Transformer
+from .sites import SITES, Edits, MLPSite, Reading, SiteContext
+from .transcoders import Transcoder
 
-__all__ = ["NEURON", "Neurons"]
+__all__ = ["NEURON", "NeuronSite", "Neurons"]
 
-NEURON = NodeKind("neuron", slots=(), component=True, order=1, shape="circle", pattern="m{layer}.n{index}")
+NEURON = NodeKind("neuron", slots=(), component=True, order=1, shape="circle", pattern="m{layer}.n{index}", unit=True,
+                  editable=True)
 
 
 def _neuron_units(graph: Graph, layer: int) -> tuple[list[Node], list[Destination]]:
@@ -67,3 +74,40 @@ class Neurons:
 KINDS["neuron"] = NEURON
 MLP_UNITS["neurons"] = _neuron_units
 MLP_ENGINES["neurons"] = lambda graph, tf: Neurons(int(graph.d_mlp or 0))
+
+
+class NeuronSite(MLPSite):
+    """A neuron in the plain forward (`acdc.sites`): its hidden activation is edited (the MLP's output moves by
+    the change times its row of W_out) and is what it fires as; it writes along its row of W_out."""
+
+    kind = NEURON
+    mlp_order = 0
+    measure = "the neuron's hidden activation (what multiplies its row of W_out)"
+    unit = True
+
+    def check(self, node: Node, ctx: SiteContext) -> None:
+        super().check(node, ctx)
+        if not 0 <= node.head < ctx.tf.arch.d_mlp:
+            raise ValueError(f"{node.name}: neuron {node.head} does not exist; MLPs have neurons 0-{ctx.tf.arch.d_mlp - 1}")
+
+    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor, items: Sequence[tuple[Node, object]]) -> Tensor:
+        tf = run.tf
+        hidden = tf.mlp_hidden_normed(layer, xn)
+        new = hidden.clone()
+        for node, it in items:
+            i = node.head
+            new[..., i] = run.apply(new[..., i], it, lambda c, i=i: tf.mlp_hidden(layer, c.resid_mid[layer])[..., i])
+        return out + (new - hidden) @ tf.mlp_out_rows(layer)
+
+    def read(self, tf: Transformer, node: Node, before: Tensor, mlp_in: Tensor, mlp_out: Tensor, mask: Tensor,
+             cache: dict[str, Tensor], transcoders: Mapping[int, Transcoder]) -> Reading:
+        if "neurons" not in cache:  # one hidden computation for every neuron of the layer
+            cache["neurons"] = tf.mlp_hidden(node.layer, mlp_in)
+        act = cache["neurons"][..., node.head]
+        return Reading(act, act.masked_fill(~mask, -math.inf))
+
+    def direction(self, tf: Transformer, node: Node, outs: list[Tensor], transcoders: Mapping[int, Transcoder]) -> Tensor:
+        return tf.mlp_out_rows(node.layer)[node.head].float()
+
+
+SITES[NEURON] = NeuronSite()

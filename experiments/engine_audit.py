@@ -16,6 +16,10 @@ so two versions are measured by the same rule:
   with a string literal, and ``startswith``/``endswith`` of a node-name prefix (``"a"``, ``"m"``,
   ``"input"``, ``"logits"``), in any module but ``acdc/graph.py``, ``acdc/neurons.py`` and
   ``acdc/feature_nodes.py`` (the kinds' own homes).
+- **kind names tested as strings** (added 2026-12-06, after the first count missed them): comparisons
+  (``==``, ``!=``, ``in``) of something named ``kind`` with a literal that names an acdc kind of node
+  (``"head"``, ``"mlp"``, ``"neuron"``, ``"feature"``, ``"input"``, ``"error"``, ``"skip"``), as code that
+  dispatches on ``str(node.kind)`` does, outside the kinds' homes.
 - **private names read across modules**: ``obj._name`` where ``obj`` is not ``self``/``cls``, and
   ``from .x import _name``, in the package.
 """
@@ -31,6 +35,7 @@ KIND_HOMES = {"graph.py", "neurons.py", "features.py", "feature_nodes.py"}
 ATTENTION_PIECES = {"attention", "attend", "mix", "project", "project_normed", "pattern", "head_weights", "attn_bias"}
 ATTENTION_WEIGHTS = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"}
 NAME_PREFIXES = {"a", "m", "input", "logits", "m{", "a{"}
+KIND_NAMES = {"head", "mlp", "neuron", "feature", "input", "error", "skip"}
 
 
 def _calls(node: ast.AST) -> set[str]:
@@ -48,7 +53,7 @@ def _computes_a_layer(loop: ast.For) -> bool:
 
 
 def audit(root: Path) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"forwards": [], "weight_reads": [], "kind_tests": [], "private_reads": []}
+    out: dict[str, list[str]] = {"forwards": [], "weight_reads": [], "kind_tests": [], "kind_name_tests": [], "private_reads": []}
     for path in sorted((root / "acdc").rglob("*.py")):
         rel = str(path.relative_to(root))
         tree = ast.parse(path.read_text())
@@ -69,6 +74,12 @@ def audit(root: Path) -> dict[str, list[str]]:
                     if "mlp_units" in text or ".name" in text and any(
                             f"'{s}'" in text or f'"{s}"' in text for s in ("logits", "input", "m", "a")):
                         out["kind_tests"].append(f"{where} {text[:60]}")
+                if isinstance(node, ast.Compare) and "kind" in ast.unparse(node) and any(
+                        isinstance(c, ast.Constant) and c.value in KIND_NAMES
+                        or isinstance(c, (ast.Tuple, ast.List, ast.Set)) and any(
+                            isinstance(e, ast.Constant) and e.value in KIND_NAMES for e in c.elts)
+                        for c in [node.left, *node.comparators]):
+                    out["kind_name_tests"].append(f"{where} {ast.unparse(node)[:60]}")
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                         and node.func.attr in ("startswith", "endswith") and node.args \
                         and isinstance(node.args[0], ast.Constant) and node.args[0].value in NAME_PREFIXES:

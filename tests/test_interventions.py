@@ -160,7 +160,7 @@ def test_feature_edits_equal_hugging_face_hooks(gpt2_model, ablation):
     assert (got - plain).abs().max() > 1e-2  # the edits move the answer
     with pytest.raises(ValueError, match="features 0-11"):
         intervened_logits(p, [Intervention("m1.f12")])
-    with pytest.raises(ValueError, match="a feature needs a feature graph"):
+    with pytest.raises(ValueError, match="a feature needs a transcoder for layer 1; the patcher's graph is not a feature graph"):
         intervened_logits(Patcher(gpt2_model, clean, corrupt), [Intervention("m1.f1")])
 
 

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("task data", ("acdc.tasks",)),
     ("result data", ("acdc.interventions", "acdc.circuit", "acdc.scores", "acdc.known", "acdc.attribution_graphs")),
     ("planted models", ("acdc.zoo",)),
-    ("engine", ("acdc.edits", "acdc.blocks", "acdc.sources", "acdc.patching", "acdc.neurons", "acdc.feature_nodes", "acdc.linearised", "acdc.mixing", "acdc.firing")),
+    ("engine", ("acdc.sites", "acdc.edits", "acdc.blocks", "acdc.sources", "acdc.patching", "acdc.neurons", "acdc.feature_nodes", "acdc.linearised", "acdc.mixing", "acdc.firing")),
     ("algorithms", ("acdc.algorithms",)),
     ("evaluation", ("acdc.evaluation", "acdc.faithfulness_math")),
     ("rendering", ("acdc.render",)),

@@ -157,7 +157,7 @@ def attribution_scores(
     positional = g.positions is not None and g.n_positions > 1
     shape = g.state_shape if positional else tuple(g.upstream.shape)  # one position covering every token: plain
     dense = torch.zeros(*shape, dtype=torch.float64, device=tf.device)
-    points = list(_points(method, steps, tf.arch.n_layers, grid, patcher.graph.attn_only))
+    points = list(_points(patcher, method, steps, grid))
     for override in bar(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
         dense += _pass(patcher, metric, batch, shape, override)
     dense /= len(points)
@@ -166,38 +166,23 @@ def attribution_scores(
     return g.sparse(dense).cpu()
 
 
-def _points(
-    method: str, steps: int, n_layers: int, grid: str, attn_only: bool = False
-) -> Iterator[tuple[str, int, float] | None]:
-    """Where each gradient is taken: None (the clean run) or (group, layer, alpha)."""
+def _points(patcher: Patcher, method: str, steps: int, grid: str) -> Iterator[tuple[range, float] | None]:
+    """Where each gradient is taken: None (the clean run), or (the sources interpolated, alpha): the input node's
+    for EAP-IG-inputs; for EAP-IG-activations, each node group in turn: the input node, then each block of the
+    model's layer loop (a layer's heads, its MLP or its MLP's units; `Patcher.blocks`)."""
     first = 1 if grid == "right" else 0
     alphas = [k / steps for k in range(first, first + steps)]
     if method == "eap":
         yield None
-    elif method == "eap-ig-inputs":
+        return
+    groups = [range(0, 1)] + ([] if method == "eap-ig-inputs" else [block.sources for block in patcher.blocks])
+    for sources in groups:
         for a in alphas:
-            yield ("input", -1, a)
-    else:
-        groups = [("input", -1)] + [(kind, layer) for layer in range(n_layers) for kind in ("attn", "mlp")
-                                    if not (attn_only and kind == "mlp")]
-        for kind, layer in groups:
-            for a in alphas:
-                yield (kind, layer, a)
+            yield (sources, a)
 
 
-def _group(patcher: Patcher, kind: str, layer: int) -> range:
-    """The sources of an EAP-IG node group: the input node, a layer's heads, or its MLP."""
-    g = patcher.graph
-    if kind == "input":
-        return range(0, 1)
-    if kind == "attn":
-        return range(g.head_src(layer), g.head_src(layer) + g.n_heads)
-    return g.mlp_sources(layer)
-
-
-def _pass(patcher: Patcher, metric: Metric, batch: Batch, shape: tuple[int, ...], override: tuple[str, int, float] | None) -> Tensor:
+def _pass(patcher: Patcher, metric: Metric, batch: Batch, shape: tuple[int, ...], at: tuple[range, float] | None) -> Tensor:
     """One forward and backward (the engine's gradient pass); returns the [n_dst, n_src] sums of delta . gradient."""
-    at = None if override is None else (_group(patcher, override[0], override[1]), override[2])
     dense = torch.zeros(*shape, dtype=torch.float64, device=patcher.tf.device)
     values = patcher.source_values
     for rows, upto, grads in patcher.input_gradients(lambda logits: metric.loss_tensor(logits, batch), at):
