@@ -32,7 +32,6 @@ module registers the engine (`acdc` does it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -41,7 +40,7 @@ from torch import Tensor
 from .blocks import MLP_ENGINES
 from .graph import ERROR, FEATURE, SKIP, Graph, Node
 from .model import Transformer
-from .sites import SITES, Edits, MLPSite, Reading, SiteContext
+from .sites import SITES, Edits, SiteContext, UnitSite
 from .transcoders import Transcoder, TranscoderSet, active_features
 
 __all__ = ["ERROR", "FEATURE", "SKIP", "FeatureSite", "TranscoderUnits", "active_features"]
@@ -108,7 +107,7 @@ class TranscoderUnits:
 MLP_ENGINES["transcoders"] = TranscoderUnits
 
 
-class FeatureSite(MLPSite):
+class FeatureSite(UnitSite):
     """A transcoder feature in the plain forward (`acdc.sites`): its activation is edited (the MLP's output moves
     by the change times its decoder row; the error node, MLP minus reconstruction, stays) and is what it fires as;
     it writes along its decoder row. Needs its layer's transcoder."""
@@ -116,7 +115,6 @@ class FeatureSite(MLPSite):
     kind = FEATURE
     mlp_order = 1
     measure = "the feature's transcoder activation"
-    unit = True
 
     def check(self, node: Node, ctx: SiteContext) -> None:
         super().check(node, ctx)
@@ -137,12 +135,8 @@ class FeatureSite(MLPSite):
                 tf.mlp_input(layer, c.resid_mid[layer]).to(tc.W_enc.dtype))[..., i])
         return out + ((new - acts) @ tc.W_dec).to(out.dtype)
 
-    def read(self, tf: Transformer, node: Node, before: Tensor, mlp_in: Tensor, mlp_out: Tensor, mask: Tensor,
-             cache: dict[str, Tensor], transcoders: Mapping[int, Transcoder]) -> Reading:
-        if "features" not in cache:  # one encoder pass for every feature of the layer
-            cache["features"] = transcoders[node.layer].encode(tf.mlp_input(node.layer, mlp_in).float())
-        act = cache["features"][..., node.head]
-        return Reading(act, act.masked_fill(~mask, -math.inf))
+    def layer_activations(self, tf: Transformer, layer: int, mlp_in: Tensor, transcoders: Mapping[int, Transcoder]) -> Tensor:
+        return transcoders[layer].encode(tf.mlp_input(layer, mlp_in).float())
 
     def direction(self, tf: Transformer, node: Node, outs: list[Tensor], transcoders: Mapping[int, Transcoder]) -> Tensor:
         return transcoders[node.layer].W_dec[node.head].float()

@@ -21,7 +21,6 @@ one (`NeuronSite`); importing it registers them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor
@@ -29,7 +28,7 @@ from torch import Tensor
 from .blocks import MLP_ENGINES
 from .graph import KINDS, MLP, MLP_UNITS, Destination, Graph, Node, NodeKind
 from .model import Transformer
-from .sites import SITES, Edits, MLPSite, Reading, SiteContext
+from .sites import SITES, Edits, SiteContext, UnitSite
 from .transcoders import Transcoder
 
 __all__ = ["NEURON", "NeuronSite", "Neurons"]
@@ -76,14 +75,13 @@ MLP_UNITS["neurons"] = _neuron_units
 MLP_ENGINES["neurons"] = lambda graph, tf: Neurons(int(graph.d_mlp or 0))
 
 
-class NeuronSite(MLPSite):
+class NeuronSite(UnitSite):
     """A neuron in the plain forward (`acdc.sites`): its hidden activation is edited (the MLP's output moves by
     the change times its row of W_out) and is what it fires as; it writes along its row of W_out."""
 
     kind = NEURON
     mlp_order = 0
     measure = "the neuron's hidden activation (what multiplies its row of W_out)"
-    unit = True
 
     def check(self, node: Node, ctx: SiteContext) -> None:
         super().check(node, ctx)
@@ -99,12 +97,8 @@ class NeuronSite(MLPSite):
             new[..., i] = run.apply(new[..., i], it, lambda c, i=i: tf.mlp_hidden(layer, c.resid_mid[layer])[..., i])
         return out + (new - hidden) @ tf.mlp_out_rows(layer)
 
-    def read(self, tf: Transformer, node: Node, before: Tensor, mlp_in: Tensor, mlp_out: Tensor, mask: Tensor,
-             cache: dict[str, Tensor], transcoders: Mapping[int, Transcoder]) -> Reading:
-        if "neurons" not in cache:  # one hidden computation for every neuron of the layer
-            cache["neurons"] = tf.mlp_hidden(node.layer, mlp_in)
-        act = cache["neurons"][..., node.head]
-        return Reading(act, act.masked_fill(~mask, -math.inf))
+    def layer_activations(self, tf: Transformer, layer: int, mlp_in: Tensor, transcoders: Mapping[int, Transcoder]) -> Tensor:
+        return tf.mlp_hidden(layer, mlp_in)
 
     def direction(self, tf: Transformer, node: Node, outs: list[Tensor], transcoders: Mapping[int, Transcoder]) -> Tensor:
         return tf.mlp_out_rows(node.layer)[node.head].float()

@@ -30,7 +30,7 @@ from .graph import HEAD, INPUT, MLP, Node, NodeKind, layer_offset
 from .model import ForwardCache, Transformer
 from .transcoders import Transcoder
 
-__all__ = ["SITES", "Edits", "Reading", "Site", "SiteContext", "site_of"]
+__all__ = ["SITES", "Edits", "Reading", "Site", "SiteContext", "UnitSite", "site_of"]
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,25 @@ class MLPSite(Site):
              cache: dict[str, Tensor], transcoders: Mapping[int, Transcoder]) -> Reading:
         act = mlp_out.norm(dim=-1)
         return Reading(act, act.masked_fill(~mask, -math.inf), mlp_out)
+
+
+class UnitSite(MLPSite):
+    """A unit of an MLP with one activation per token (a neuron, a feature): what it fires as is that activation,
+    computed for the whole layer once per batch (`layer_activations`) and shared by the layer's units."""
+
+    unit = True
+
+    def layer_activations(self, tf: Transformer, layer: int, mlp_in: Tensor, transcoders: Mapping[int, Transcoder]) -> Tensor:
+        """[b, S, n_units] every unit's activation on the MLP input stream ``mlp_in`` [b, S, d]."""
+        raise NotImplementedError
+
+    def read(self, tf: Transformer, node: Node, before: Tensor, mlp_in: Tensor, mlp_out: Tensor, mask: Tensor,
+             cache: dict[str, Tensor], transcoders: Mapping[int, Transcoder]) -> Reading:
+        key = str(self.kind)
+        if key not in cache:
+            cache[key] = self.layer_activations(tf, node.layer, mlp_in, transcoders)
+        act = cache[key][..., node.head]
+        return Reading(act, act.masked_fill(~mask, -math.inf))
 
 
 for _site in (InputSite(), HeadSite(), MLPSite()):
