@@ -193,6 +193,44 @@ def test_prune_matches_circuit_tracers_definitions_on_a_hand_built_graph():
         prune(g, node_threshold=1.5)
 
 
+def _asymmetric_graph() -> AttributionGraph:
+    """5 nodes (f0, f1 | err@0 | token@0 | logit) whose sources and targets carry clearly different influence;
+    every number below is a dyadic fraction, exact in float32, so a cut that lands exactly on a cumulative
+    share is pinned too."""
+    A = torch.zeros(5, 5)
+    A[4, 0], A[4, 1] = 3.0, 1.0  # logit <- f0, f1: row-normalised 0.75, 0.25
+    A[0, 3] = 1.0  # f0 <- token: 1
+    A[1, 3], A[1, 2] = 1.0, 1.0  # f1 <- token, err: 0.5, 0.5
+    return AttributionGraph(torch.tensor([5]), ["x"], torch.tensor([[0, 0, 7], [0, 0, 9]]), torch.tensor([1.0, 2.0]),
+                            torch.tensor([11]), torch.tensor([1.0]), A, n_layers=1)
+
+
+TWO_EDGES = [(0, 3), (4, 0)]  # f0 <- token, logit <- f0
+EVERY_EDGE = [(0, 3), (1, 2), (1, 3), (4, 0), (4, 1)]
+
+
+@pytest.mark.parametrize(("edge_threshold", "edges", "nodes"), [
+    # By hand: influence (the logit's weight 1 pushed back through the row-normalised |A|): f0 0.75, f1 0.25,
+    # err 0.25 * 0.5 = 0.125, token 0.75 + 0.125 = 0.875. An edge scores its normalised weight times its
+    # TARGET's influence plus the target's logit weight: logit<-f0 0.75 x 1, logit<-f1 0.25 x 1, f0<-token
+    # 1 x 0.75, f1<-token 0.5 x 0.25 = 0.125, f1<-err 0.125; total 2, sorted cumulative 0.375, 0.75, 0.875,
+    # 0.9375, 1. The cut is the score at which the sorted scores first hold the threshold.
+    (0.5, TWO_EDGES, [True, False, False, True, True]),  # cut 0.75: the two 0.75 edges; f1 and err then dangle
+    # exactly 0.875: cut 0.25 (not one score further): logit<-f1 is kept, but f1 has no incoming edge, so it goes
+    (0.875, TWO_EDGES, [True, False, False, True, True]),
+    (0.9, EVERY_EDGE, [True] * 5),  # cut 0.125: every edge, every node
+    # Scored by the SOURCE's influence instead (f0<-token 0.875, logit<-f0 0.5625, f1<-token 0.4375,
+    # logit<-f1 0.0625, f1<-err 0.0625), 0.9 would cut at 0.4375 and end with the two edges; a cut one score
+    # further at 0.875 would keep every edge.
+])
+def test_edges_are_pruned_by_their_targets_influence(edge_threshold, edges, nodes):
+    g = _asymmetric_graph()
+    assert g.influence().tolist() == [0.75, 0.25, 0.125, 0.875, 0.0]
+    p = prune(g, node_threshold=1.0, edge_threshold=edge_threshold)
+    assert [tuple(e) for e in p.edge_mask.nonzero().tolist()] == edges
+    assert p.node_mask.tolist() == nodes
+
+
 def test_files_load_back(chain, tmp_path):
     g = acdc.attribution_graph(chain.model, chain.task.clean[1], transcoders=chain.transcoders)
     back = AttributionGraph.load(g.save(tmp_path / "g"))

@@ -244,3 +244,18 @@ def test_positional_edge_pruning_on_the_planted_feature_chain():
         best[e.base_name] = max(best.get(e.base_name, 0.0), score)
     planted = set(chain.truth.edges)
     assert min(best[e] for e in planted) > max(v for e, v in best.items() if e not in planted)
+
+
+def test_the_kl_loss_runs_from_the_full_model_to_the_mixed_run():
+    """KL(full || mixed) by hand: p = (0.5, 0.5), q = (0.9, 0.1): 0.5 ln(0.5 / 0.9) + 0.5 ln(0.5 / 0.1) = 0.5108;
+    the reverse, KL(q || p) = 0.9 ln 1.8 + 0.1 ln 0.2 = 0.3681. Rows are averaged; equal distributions give 0."""
+    import math
+
+    from acdc.algorithms.edge_pruning import kl_from_reference
+
+    p, q = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])
+    got = kl_from_reference(p.log(), q.log() + 3.0)  # logits: any shift of the log-probabilities
+    want = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert float(got) == pytest.approx(want, abs=1e-6) and abs(want - 0.3681) > 0.1
+    two = kl_from_reference(torch.cat([p, q]).log(), torch.cat([q, q]).log())
+    assert float(two) == pytest.approx(want / 2, abs=1e-6)  # the second row is 0: the mean over rows

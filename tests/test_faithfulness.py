@@ -90,6 +90,22 @@ def test_mib_example_curve():
     assert 0 < curve.cpr_log < curve.cpr and curve.cmd_log > curve.cmd  # small circuits weigh more on a log axis
 
 
+def test_cmd_counts_overshoot_as_distance_on_a_curve_that_crosses_1():
+    """A curve above 1 in the middle (a circuit that drops parts working against the answer): CMD is the
+    area under |1 - f|, so the overshoot adds distance, not credit. By hand (trapezoids over the fractions
+    0.1, 0.2, 0.4 with values 0.5, 1.5, 1.0): |1 - f| = 0.5, 0.5, 0 -> 0.1 * 0.5 + 0.2 * 0.25 = 0.1 (the
+    signed 1 - f would give -0.05, the absolute value of its area 0.05); CPR 0.1 * 1.0 + 0.2 * 1.25 = 0.35.
+    On the log axis the two steps are equally wide (log10 2), so the areas are the mean heights: CMD (0.5 +
+    0.25) / 2 = 0.375, CPR (1.0 + 1.25) / 2 = 1.125."""
+    curve = FaithfulnessCurve.from_values([0.4, 0.1, 0.2], [1.0, 0.5, 1.5])  # given out of order: sorted by fraction
+    assert curve.points == [(0.1, 0.5), (0.2, 1.5), (0.4, 1.0)]
+    assert curve.cmd == pytest.approx(0.1, abs=1e-12) and curve.cpr == pytest.approx(0.35, abs=1e-12)
+    assert curve.cmd_log == pytest.approx(0.375, abs=1e-12) and curve.cpr_log == pytest.approx(1.125, abs=1e-12)
+    # a curve that stays at 1 has CMD 0; one mirrored below 1 (0.5, 0.5, 1.0) has the same CMD as the overshoot
+    assert FaithfulnessCurve.from_values([0.1, 0.2, 0.4], [1.0, 1.0, 1.0]).cmd == 0.0
+    assert FaithfulnessCurve.from_values([0.1, 0.2, 0.4], [0.5, 0.5, 1.0]).cmd == pytest.approx(curve.cmd, abs=1e-12)
+
+
 def test_faithfulness_curve_runs_the_circuits(setup):
     model, task, g, _ = setup
     scores = acdc.attribute(model, task, method="eap")

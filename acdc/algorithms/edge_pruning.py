@@ -69,6 +69,13 @@ class EdgePruningOptions:
             raise ValueError(f"loss must be 'kl' or 'metric', got {self.loss!r}")
 
 
+def kl_from_reference(ref: Tensor, logits: Tensor) -> Tensor:
+    """Edge Pruning's KL loss: KL(full model || mixed run), the mean over rows of ``sum p_full (log p_full -
+    log p_mixed)``; ``ref`` [rows, vocab] the full model's log-probabilities, ``logits`` [rows, vocab] the mixed
+    run's. (The reverse, KL(mixed || full), would let the circuit drop tokens the model gives mass.)"""
+    return (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1).mean()
+
+
 def _gates(log_alpha: Tensor, gen: torch.Generator | None) -> Tensor:
     """Hard-concrete samples (``gen`` given) or the deterministic gates (None), in [0, 1]."""
     if gen is None:
@@ -105,9 +112,7 @@ def edge_pruning(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bo
         return w.index_put(coords, z)
 
     def task_loss(logits: Tensor) -> Tensor:
-        if opts.loss == "kl":
-            return (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1).mean()
-        return metric.loss_tensor(logits, batch)
+        return kl_from_reference(ref, logits) if opts.loss == "kl" else metric.loss_tensor(logits, batch)
 
     with torch.enable_grad():
         for step in bar(range(opts.steps), desc="edge pruning", disable=not progress):
