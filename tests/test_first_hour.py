@@ -405,3 +405,46 @@ def test_cache_key_is_the_content(tmp_path):
     b.write_bytes(b"GGUF" + bytes(5000))
     c.write_bytes(b"GGUF" + bytes(4999) + b"\x01")
     assert content_key(a) == content_key(b) != content_key(c) and len(content_key(a)) == 12
+
+
+def _missing_cuda() -> str:
+    """A CUDA device this machine lacks (cuda here; past the last GPU where there are GPUs)."""
+    return "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+
+
+def test_a_device_that_is_not_there_is_one_line_everywhere(capsys, monkeypatch):
+    from acdc import zoo
+    from acdc.loading import check_device
+
+    dev = _missing_cuda()
+    with pytest.raises(ValueError, match=rf"^device '{dev}' is not available here \(.+\); pass device='cpu' \(CLI: --device cpu\)"):
+        check_device(dev)
+    with pytest.raises(ValueError, match=r"^'gpu0' is not a torch device; use cpu, cuda, cuda:1 or mps$"):
+        check_device("gpu0")
+    assert check_device(None) is None and check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=rf"^device '{dev}' is not available here"):
+        acdc.load_model("smollm2-135m-instruct", device=dev)  # refused before anything loads
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    for argv in (["discover", "--model", "zoo:ioi", "--threshold", "0.1", "--device", dev],
+                 ["discover", "--model", "smollm2-135m-instruct", "--task", "ioi", "--threshold", "0.1", "--device", dev],
+                 ["attribute", "--model", "zoo:ioi", "--device", "gpu0"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"acdc {argv[0]}: error: ") and "\n" not in err and ("not available here" in err or "not a torch device" in err)
+
+
+def test_a_zoo_model_is_moved_to_the_device_asked_for(monkeypatch):
+    """--device with a zoo model moves it (and a feature plant's transcoders) there; it used to run on the CPU
+    whatever was asked."""
+    from acdc.cli import _parser, common
+
+    entry = acdc.zoo.load("feature-chain")
+    moved = []
+    monkeypatch.setattr(entry.model, "to", lambda d: moved.append(("model", d)) or entry.model)
+    monkeypatch.setattr(entry.transcoders, "to", lambda d: moved.append(("transcoders", d)) or entry.transcoders)
+    monkeypatch.setattr(common, "zoo_entry", lambda *a, **k: entry)
+    common.setup_run(_parser().parse_args(["attribute", "--model", "zoo:feature-chain", "--device", "cpu"]))
+    assert moved == [("model", "cpu"), ("transcoders", "cpu")]
+    moved.clear()
+    common.setup_run(_parser().parse_args(["attribute", "--model", "zoo:feature-chain"]))
+    assert moved == []  # no --device: where the model is

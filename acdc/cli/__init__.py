@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return 2
     try:
+        if getattr(args, "device", None) is not None:
+            from ..loading import check_device
+
+            check_device(args.device)  # a device this machine lacks: one line, before any model loads
         return int(args.run(args) or 0)
     except Exception as err:
         from ..render import DotNotFoundError

