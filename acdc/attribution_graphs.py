@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .files import claim, claim_folder
+
 __all__ = ["AttributionGraph", "Pruned", "prune"]
 
 
@@ -164,13 +166,13 @@ class AttributionGraph:
 
     # ------------------------------------------------------------------ files
     def to_json(self, path: str | Path, *, slug: str | None = None, node_threshold: float = 0.8,
-                edge_threshold: float = 0.98, scan: str | None = None) -> Path:
+                edge_threshold: float = 0.98, scan: str | None = None, overwrite: bool = False) -> Path:
         """circuit-tracer's graph file, the schema its frontend serves (its pydantic
         `circuit_tracer.frontend.graph_models.Model` reads ours: experiments/peers/check_attribution_graph.sh):
-        the nodes and edges kept by `prune`, with their influence and activations."""
-        path = Path(path)
+        the nodes and edges kept by `prune`, with their influence and activations. An existing file is refused
+        unless ``overwrite``."""
+        path = claim(path, overwrite)
         doc = self.to_dict(slug=slug or path.stem, node_threshold=node_threshold, edge_threshold=edge_threshold, scan=scan)
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1))
         return path
 
@@ -231,12 +233,12 @@ class AttributionGraph:
                 "jsNodeId": f"L_{tok}-{self.n_pos - 1}",
                 "clerp": self.labels.get(self.node_name(i)) or f'Output "{text}" (p={p:.3f})'}
 
-    def save(self, path: str | Path) -> Path:
-        """The whole graph (every node and edge) as safetensors + JSON metadata, for `load`."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """The whole graph (every node and edge) as safetensors + JSON metadata in the folder ``path``, for
+        `load`; a folder already holding a graph is refused unless ``overwrite``."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        path = claim_folder(path, ("graph.safetensors", "graph.json"), overwrite)
         save_file({"tokens": self.tokens.contiguous(), "features": self.features.contiguous(),
                    "activations": self.activations.contiguous(), "logit_tokens": self.logit_tokens.contiguous(),
                    "logit_probs": self.logit_probs.contiguous(), "adjacency": self.adjacency.contiguous()},

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .files import claim
 from .graph import Graph
 from .interventions import check_interventions
 
@@ -213,12 +214,12 @@ class Circuit:
                 e["score"] = score
         return out
 
-    def to_graphml(self, path: str | Path, *, classes: Any = None) -> Path:
-        """Write the kept edges as GraphML (the `to_networkx` DiGraph and its attributes)."""
+    def to_graphml(self, path: str | Path, *, classes: Any = None, overwrite: bool = False) -> Path:
+        """Write the kept edges as GraphML (the `to_networkx` DiGraph and its attributes); an existing file is
+        refused unless ``overwrite``."""
         import networkx as nx
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = claim(path, overwrite)
         nx.write_graphml(self.to_networkx(classes=classes), path)
         return path
 
@@ -253,9 +254,10 @@ class Circuit:
         return cls(graph, in_graph, scores, list(extra.get("metric_trace", [])), dict(extra.get("settings", {})),
                    dict(extra.get("notes", {})), list(extra.get("interventions", [])))
 
-    def to_json(self, path: str | Path) -> Path:
-        """Write the circuit as JSON (EAP-IG/MIB format); returns the path."""
-        return write_json(self.to_dict(), path)
+    def to_json(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the circuit as JSON (EAP-IG/MIB format); returns the path. An existing file is refused unless
+        ``overwrite`` (`acdc.files.claim`)."""
+        return write_json(self.to_dict(), claim(path, overwrite))
 
     @classmethod
     def from_json(cls, path: str | Path) -> Circuit:

@@ -38,6 +38,7 @@ from .api.sweeps import circuit_from_record, circuit_record, given, portable
 from .circuit import Circuit
 from .executors import SweepOptions, resolve_executor, run_sweep
 from .faithfulness_math import MIB_FRACTIONS, FaithfulnessCurve
+from .files import claim
 from .graph import Graph
 from .loading import ModelLike, load_model
 from .metrics import Batch, Metric
@@ -125,10 +126,9 @@ class Comparison:
                          f"{cell(r, 'cmd', '.3f')} | {cell(r, 'seconds', '.1f')} |")
         return "\n".join(lines)
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Every row (not the summary) as CSV."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def to_csv(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Every row (not the summary) as CSV; an existing file is refused unless ``overwrite``."""
+        path = claim(path, overwrite)
         keys = ["task", "seed", "method", "edges", "faithfulness", "held_out", "cpr", "cmd", "seconds"]
         with path.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")

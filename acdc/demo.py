@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"threshold sweep ({len(sweep.params)} thresholds, {sweep.seconds:.1f}s): {sweep!r}; "
           f"exact recovery at {len(sweep.exact())} thresholds")
     out = Path(args.out)
-    path = circuit.to_json(out / "circuit.json")
+    earlier = (out / "circuit.json").exists()
+    path = circuit.to_json(out / "circuit.json", overwrite=True)  # the demo's own folder: a rerun replaces it, and says so
+    if earlier:
+        print(f"(replaced the earlier demo's files in {out}/)")
     assert Circuit.from_json(path) == circuit
     print(f"saved {path} (EAP-IG/MIB graph JSON; reloads identically)")
     try:

@@ -181,12 +181,13 @@ class FaithfulnessGrid:
             lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
         return "\n".join(lines) + "\n"
 
-    def to_csv(self, path: str | Any) -> Any:
+    def to_csv(self, path: str | Any, *, overwrite: bool = False) -> Any:
+        """Every setting's row as CSV; an existing file is refused unless ``overwrite``."""
         import csv
-        from pathlib import Path
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from .files import claim
+
+        path = claim(path, overwrite)
         rows = self.table()
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .circuit import Circuit, graph_json, read_graph_json, read_json, same_values, write_json
+from .files import claim
 from .graph import Graph
 
 __all__ = ["Scores"]
@@ -62,9 +63,11 @@ class Scores:
             )
         return Circuit(self.graph, self.selected, self.values.clone(), list(self.trace), dict(self.settings))
 
-    def to_json(self, path: str | Path) -> Path:
+    def to_json(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save as graph JSON (the format of `Circuit.to_json`: EAP-IG reads the scores; ``in_graph``
-        is the method's own selection, or no edge); `Scores.from_json` loads it back."""
+        is the method's own selection, or no edge); `Scores.from_json` loads it back. An existing file is
+        refused unless ``overwrite``."""
+        path = claim(path, overwrite)
         in_graph = self.selected if self.selected is not None else torch.zeros(self.graph.n_edges, dtype=torch.bool)
         extra = {"kind": "scores", "settings": self.settings, "metric_trace": [float(x) for x in self.trace],
                  "has_selection": self.selected is not None}

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     stem = f"smollm2_edge_pruning_t{args.target:g}_s{args.steps}"
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    scores.to_json(args.out / "runs" / f"{stem}.scores.json")
+    scores.to_json(args.out / "runs" / f"{stem}.scores.json", overwrite=True)  # this script regenerates its results
     n_top = max(1, round(args.target * scores.graph.n_edges))
     rows = []
     for how, circuit in (("learned mask (gate > 0.5)", scores.selection()), (f"top {n_top} by score", scores.top(n_top))):

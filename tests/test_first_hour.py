@@ -448,3 +448,79 @@ def test_a_zoo_model_is_moved_to_the_device_asked_for(monkeypatch):
     moved.clear()
     common.setup_run(_parser().parse_args(["attribute", "--model", "zoo:feature-chain"]))
     assert moved == []  # no --device: where the model is
+
+
+def test_python_writers_never_overwrite_silently(tmp_path):
+    """Circuit, Scores, AttributionGraph and TranscoderSet writers refuse an existing target unless overwrite=True."""
+    from acdc.files import claim, claim_folder
+
+    e = acdc.zoo.load("feature-chain")
+    c = acdc.discover(e.model, e.task, threshold=0.1, graph=e.graph, progress=False)
+    path = c.to_json(tmp_path / "c.json")
+    with pytest.raises(FileExistsError, match=r"c\.json exists; pass overwrite=True to replace it \(CLI: --force\)"):
+        c.to_json(path)
+    assert c.to_json(path, overwrite=True) == path and acdc.Circuit.from_json(path) == c
+    s = acdc.attribute(e.model, e.task, graph=e.graph, progress=False)
+    s.to_json(tmp_path / "s.json")
+    with pytest.raises(FileExistsError, match="s.json exists"):
+        s.to_json(tmp_path / "s.json")
+    e.transcoders.save(tmp_path / "tc")
+    with pytest.raises(FileExistsError, match=r"tc/ already holds config\.json, transcoders\.safetensors; pass overwrite=True"):
+        e.transcoders.save(tmp_path / "tc")
+    e.transcoders.save(tmp_path / "tc", overwrite=True)
+    g = acdc.attribution_graph(e.model, e.task.clean[1], transcoders=e.transcoders)
+    g.save(tmp_path / "g")
+    with pytest.raises(FileExistsError, match="already holds graph.safetensors, graph.json"):
+        g.save(tmp_path / "g")
+    g.to_json(tmp_path / "g.json")
+    with pytest.raises(FileExistsError, match="g.json exists"):
+        g.to_json(tmp_path / "g.json")
+    with pytest.raises(FileExistsError, match="is a folder; give a file path"):
+        claim(tmp_path / "g", overwrite=True)
+    with pytest.raises(FileExistsError, match="is a file; give a folder"):
+        claim_folder(path, ("x",), overwrite=True)
+
+
+def test_the_cli_refuses_to_overwrite_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """Earlier results in -o (or an -o that is a file) stop a command before any model loads; --force replaces."""
+    from acdc import zoo
+
+    out = tmp_path / "out"
+    assert main(["discover", "--model", "zoo:induction", "--threshold", "0.05", "-o", str(out), "--no-progress"]) == 0
+    before = (out / "circuit.json").read_text()
+    capsys.readouterr()
+    real_load = zoo.load
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["discover", "--model", "zoo:induction", "--threshold", "0.5", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"acdc discover: error: {out / 'circuit.json'}, ") and "already exist (from an earlier run?); pass --force" in err
+    assert "nothing was run" in err and "\n" not in err and (out / "circuit.json").read_text() == before
+    keep = tmp_path / "keep.png"
+    keep.write_bytes(b"an image")
+    assert main(["discover", "--model", "zoo:induction", "--threshold", "0.5", "-o", str(keep)]) == 1
+    assert capsys.readouterr().err.strip() == (f"acdc discover: error: -o {keep} is a file; -o takes a folder (this command "
+                                               "writes circuit.json, circuit.png, comparison.png, summary.txt there)")
+    assert keep.read_bytes() == b"an image"
+    assert main(["render", str(out / "circuit.json"), "-o", str(keep)]) == 1
+    assert "keep.png already exists" in capsys.readouterr().err
+    monkeypatch.setattr(zoo, "load", real_load)
+    assert main(["discover", "--model", "zoo:induction", "--threshold", "0.5", "-o", str(out), "--force", "--no-progress"]) == 0
+    assert (out / "circuit.json").read_text() != before  # replaced, as asked
+
+
+def test_training_over_a_transcoder_set_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import acdc.transcoders as tcs
+
+    monkeypatch.chdir(tmp_path)  # where a default output folder would land
+    tc = tmp_path / "tc"
+    argv = ["transcoders", "train", "--model", "zoo:dictionary", "--layers", "0", "--tokens", "2000", "-o", str(tc), "--no-progress"]
+    assert main(argv) == 0
+    saved = (tc / "transcoders.safetensors").read_bytes()
+    monkeypatch.setattr(tcs, "train_transcoders", lambda *a, **k: pytest.fail("training started"))
+    assert main(argv[:-1] + ["--layers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "config.json" in err and "already exist" in err and "--force" in err
+    assert (tc / "transcoders.safetensors").read_bytes() == saved
+    monkeypatch.setattr(tcs, "train_transcoders", acdc.train_transcoders)
+    assert main(["transcoders", "fidelity", str(tc), "--model", "zoo:dictionary", "--sequences", "8", "--no-progress"]) == 0
+    assert (tc / "fidelity.md").exists() and not (tmp_path / "transcoders").exists()  # beside the set, not ./transcoders/

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "acdc"
 
 # Bottom to top. A module may import modules of its own layer or below, never above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("facts", ("acdc._version", "acdc.inputs", "acdc.positions", "acdc.graph", "acdc.families", "acdc.model", "acdc.loading", "acdc.metrics", "acdc.progress", "acdc.plots", "acdc.executors")),
+    ("facts", ("acdc._version", "acdc.files", "acdc.inputs", "acdc.positions", "acdc.graph", "acdc.families", "acdc.model", "acdc.loading", "acdc.metrics", "acdc.progress", "acdc.plots", "acdc.executors")),
     ("transcoders", ("acdc.transcoders",)),
     ("task data", ("acdc.tasks",)),
     ("result data", ("acdc.interventions", "acdc.circuit", "acdc.scores", "acdc.known", "acdc.attribution_graphs")),

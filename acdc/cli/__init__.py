@@ -26,7 +26,7 @@ import argparse
 import sys
 
 from . import demo, discovery, graphs, scoring, transcoders, viewing
-from .common import CLIError, Parser
+from .common import CLIError, Parser, guard_outputs
 
 __all__ = ["main"]
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..loading import check_device
 
             check_device(args.device)  # a device this machine lacks: one line, before any model loads
+        guard_outputs(args)  # earlier results in -o: refused before anything runs (--force replaces them)
         return int(args.run(args) or 0)
     except Exception as err:
         from ..render import DotNotFoundError

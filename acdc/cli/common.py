@@ -63,6 +63,7 @@ def transcoder_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=positive, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
     p.add_argument("-o", "--out", type=Path, default=Path("transcoders"), help="output folder (default: transcoders/)")
+    force_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -102,6 +103,31 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the address")
 
 
+def force_flag(p: argparse.ArgumentParser) -> None:
+    """--force: replace what -o already holds (without it, a command that would overwrite earlier results stops
+    before any model loads)."""
+    p.add_argument("--force", action="store_true", help="replace files -o already holds (default: refuse, before any run)")
+
+
+def guard_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, a command whose -o would overwrite earlier results, or an -o that is a file
+    where a folder is meant. ``writes`` (set by each command): the names it writes under -o, or a function of
+    the arguments giving them ("" for -o itself, where -o names the file). --force lets it replace them."""
+    writes = getattr(args, "writes", None)
+    out: Path | None = getattr(args, "out", None)
+    if out is None and callable(getattr(args, "default_out", None)):
+        out = args.out = args.default_out(args)  # a default that depends on the other arguments
+    if out is None or writes is None:
+        return
+    names: tuple[str, ...] = tuple(writes(args) if callable(writes) else writes)  # type: ignore[arg-type]
+    if any(names) and out.exists() and not out.is_dir():
+        raise CLIError(f"-o {out} is a file; -o takes a folder (this command writes {', '.join(n for n in names if n)} there)")
+    held = [str(out / n) for n in names if (out / n).exists()]
+    if held and not getattr(args, "force", False):
+        raise CLIError(f"{', '.join(held)} already exist{'s' if len(held) == 1 else ''} (from an earlier run?); pass --force "
+                       "to replace, or -o somewhere else; nothing was run")
+
+
 def sweep_flags(p: argparse.ArgumentParser) -> None:
     """Where a sweep's items run (`acdc.executors.SweepOptions`), and where finished items are kept for a restart."""
     from ..executors import SweepOptions
@@ -132,6 +158,7 @@ def run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
     if default_out is None:
         return
     p.add_argument("-o", "--out", type=Path, default=Path(default_out), help=f"output folder (default: {default_out}/)")
+    force_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -255,7 +282,7 @@ def finish(out: Path, circuit: Any, truth: Any, classes: Any, lines: list[str]) 
     if truth is not None:
         lines.append(f"score vs {getattr(truth, 'name', 'truth')}: {recovery_text(circuit, truth)}")
     out.mkdir(parents=True, exist_ok=True)
-    lines.append(f"wrote {circuit.to_json(out / 'circuit.json')}")
+    lines.append(f"wrote {circuit.to_json(out / 'circuit.json', overwrite=True)}")  # guard_outputs checked
     for what, fn in (("circuit.png", lambda p: render(circuit, p, classes=classes)),
                      ("comparison.png", (lambda p: render_comparison(circuit, truth, p)) if truth is not None else None)):
         if fn is None:

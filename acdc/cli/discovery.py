@@ -14,6 +14,7 @@ from .common import (
     TASKS,
     CLIError,
     finish,
+    force_flag,
     hub_model,
     option_flags,
     options_from,
@@ -38,7 +39,7 @@ def add_discover(sub: Any) -> None:
                    help="edges at token positions: the task's named roles (IOI: IO, S1, S1+1, S2, END) or token indices")
     d.add_argument("--truth", default=None, help="score against a known circuit (ioi, greater-than, docstring), "
                    "zoo:NAME or a circuit JSON (zoo models: their planted circuit by default)")
-    d.set_defaults(run=_discover)
+    d.set_defaults(run=_discover, writes=("circuit.json", "circuit.png", "comparison.png", "summary.txt"))
 
 
 def add_attribute(sub: Any) -> None:
@@ -52,7 +53,7 @@ def add_attribute(sub: Any) -> None:
     a.add_argument("--positions", default=None, choices=("named", "tokens"),
                    help="edges at token positions: the task's named roles or token indices")
     a.add_argument("--truth", default=None, help="known circuit, zoo:NAME or circuit JSON to score against")
-    a.set_defaults(run=_attribute)
+    a.set_defaults(run=_attribute, writes=("scores.json", "circuit.json", "circuit.png", "comparison.png", "summary.txt"))
 
 
 def add_roc(sub: Any) -> None:
@@ -63,7 +64,7 @@ def add_roc(sub: Any) -> None:
     o.add_argument("--truth", default=None, help="known circuit, zoo:NAME or circuit JSON (zoo models: their own)")
     o.add_argument("--n-thresholds", type=positive, default=22, help="thresholds in the log-spaced grid (default 22)")
     sweep_flags(o)
-    o.set_defaults(run=_roc)
+    o.set_defaults(run=_roc, writes=("roc.json", "summary.txt"))
 
 
 def add_compare(sub: Any) -> None:
@@ -89,9 +90,10 @@ def add_compare(sub: Any) -> None:
     c.add_argument("--ablation", default=None, help="default: resample (zoo models: the entry's)")
     c.add_argument("--device", default=None, help="torch device (default: the model's)")
     c.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (default: out/)")
+    force_flag(c)
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep_flags(c)
-    c.set_defaults(run=_compare)
+    c.set_defaults(run=_compare, writes=("comparison.md", "comparison.json", "comparison.csv"))
 
 
 def _discover(args: argparse.Namespace) -> int:
@@ -119,7 +121,7 @@ def _attribute(args: argparse.Namespace) -> int:
                        progress=not args.no_progress, positions=args.positions, graph=graph)
     circuit = scores.top(min(args.top, scores.graph.n_edges))
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [repr(scores), f"wrote {scores.to_json(args.out / 'scores.json')}", circuit.summary(max_edges=40)]
+    lines = [repr(scores), f"wrote {scores.to_json(args.out / 'scores.json', overwrite=True)}", circuit.summary(max_edges=40)]
     finish(args.out, circuit, truth, classes, lines)
     return 0
 
@@ -195,7 +197,7 @@ def _compare(args: argparse.Namespace) -> int:
     text = table.to_markdown()
     (out / "comparison.md").write_text(text + "\n")
     (out / "comparison.json").write_text(json.dumps(table.to_dict(), indent=1))
-    table.to_csv(out / "comparison.csv")
+    table.to_csv(out / "comparison.csv", overwrite=True)
     print(text)
     print(f"wrote {out / 'comparison.md'}, comparison.csv, comparison.json")
     return 0

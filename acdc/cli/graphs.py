@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import TASKS, CLIError, make_task, positive, serve_flags, zoo_entry
+from .common import TASKS, CLIError, force_flag, make_task, positive, serve_flags, zoo_entry
 
 
 def add_attribution_graph(sub: Any) -> None:
@@ -27,8 +27,9 @@ def add_attribution_graph(sub: Any) -> None:
     ag.add_argument("--batch-size", type=positive, default=64, help="targets per backward pass (default 64)")
     ag.add_argument("--device", default=None, help="torch device (default: the model's)")
     ag.add_argument("-o", "--out", type=Path, default=Path("attribution-graph"), help="output folder (default: attribution-graph/)")
+    force_flag(ag)
     ag.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ag.set_defaults(run=_attribution_graph)
+    ag.set_defaults(run=_attribution_graph, writes=("graph", "graph.json"))
 
 
 def add_explore_graph(sub: Any) -> None:
@@ -82,8 +83,8 @@ def _attribution_graph(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     kept = graph.prune(args.node_threshold, args.edge_threshold)
     out: Path = args.out
-    saved = graph.save(out / "graph")
-    path = graph.to_json(out / "graph.json", node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
+    saved = graph.save(out / "graph", overwrite=True)
+    path = graph.to_json(out / "graph.json", node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, overwrite=True)
     print(f"acdc attribution-graph: {''.join(graph.token_strs)!r}: {graph.n_features} active features, {graph.n_nodes} nodes "
           f"in {seconds:.1f} s; replacement {graph.replacement_score:.3f}, completeness {graph.completeness_score:.3f}; "
           f"pruned to {kept.n_nodes} nodes, {kept.n_edges} edges")

@@ -38,7 +38,9 @@ def add_faithfulness(sub: Any) -> None:
     f.add_argument("--grid", action="store_true", help="the default grid of settings (one axis varied at a time)")
     f.add_argument("--reference-sizes", type=positive, nargs="*", default=[], help="with --grid: mean ablation over k prompts")
     sweep_flags(f)
-    f.set_defaults(run=_faithfulness)
+    f.set_defaults(run=_faithfulness, writes=lambda a: (
+        ("faithfulness_grid.md", "faithfulness_grid.csv", "faithfulness_grid.png", "faithfulness_reference_sizes.png") if a.grid
+        else ("faithfulness.json", "faithfulness.md")))
 
 
 def add_recovery(sub: Any) -> None:
@@ -70,7 +72,7 @@ def _faithfulness(args: argparse.Namespace) -> int:
                                  metric=args.metric, ablation=ablation, executor=args.executor, results=args.results,
                                  workers=args.workers)
         text = grid.to_markdown()
-        paths = [grid.to_csv(out / "faithfulness_grid.csv")]
+        paths = [grid.to_csv(out / "faithfulness_grid.csv", overwrite=True)]
         try:
             paths.append(grid.plot(out / "faithfulness_grid.png"))
         except ImportError as err:

@@ -32,8 +32,10 @@ def add_transcoders(sub: Any) -> None:
     tt.add_argument("--layers", type=int, nargs="+", default=None, help="layers to train (default: all)")
     tt.add_argument("--checkpoint", type=Path, default=None, help="folder for the training state (resumes from it)")
     option_flags(tt, TrainOptions, only=tuple(f.name for f in dataclasses.fields(TrainOptions) if f.name != "skip_first"))
-    tt.set_defaults(run=_transcoders_train)
-    tf = tsub.add_parser("fidelity", help="FVU, L0, dead features, CE/KL spliced in, loss recovered")
+    tt.set_defaults(run=_transcoders_train, writes=("config.json", "transcoders.safetensors"))
+    tf = tsub.add_parser("fidelity", help="FVU, L0, dead features, CE/KL spliced in, loss recovered",
+                         description="Fidelity of a transcoder set; writes fidelity.md, .json and .png beside the set (a "
+                         "local folder) or to -o (default for a hub name: fidelity/).")
     tf.add_argument("transcoders", help="a transcoder set folder, a sparsify, SAELens or circuit-tracer folder, or a hub name")
     transcoder_flags(tf)
     tf.add_argument("--sequences", type=positive, default=64, help="sequences to measure on (default 64)")
@@ -42,7 +44,8 @@ def add_transcoders(sub: Any) -> None:
     tf.add_argument("--massive", type=float_or_none, default=100.0, help="leave positions whose MLP output norm is over this "
                     "many times the median to the MLPs (default 100; none: splice them too)")
     tf.add_argument("--splice-first", action="store_true", help="splice and measure each sequence's first position too")
-    tf.set_defaults(run=_transcoders_fidelity)
+    tf.set_defaults(run=_transcoders_fidelity, out=None, writes=("fidelity.md", "fidelity.json", "fidelity.png"),
+                    default_out=lambda a: Path(a.transcoders) if Path(a.transcoders).is_dir() else Path("fidelity"))
     tp = tsub.add_parser("pages", help="one HTML page of features: top contexts, density, tokens promoted and exciting")
     tp.add_argument("transcoders", help="a transcoder set folder, a sparsify, SAELens or circuit-tracer folder, or a hub name")
     transcoder_flags(tp)
@@ -54,7 +57,7 @@ def add_transcoders(sub: Any) -> None:
     tp.add_argument("--chunk", type=positive, default=256, help="sequences per piece of the corpus pass (each piece one "
                     "sweep item: a Ray task, a results file; default 256)")
     sweep_flags(tp)
-    tp.set_defaults(run=_transcoders_pages)
+    tp.set_defaults(run=_transcoders_pages, writes=lambda a: (f"features-m{a.layer}.html",))
 
 
 def _transcoders_train(args: argparse.Namespace) -> int:
@@ -79,7 +82,7 @@ def _transcoders_train(args: argparse.Namespace) -> int:
         ts = train_transcoders(model, corpus, layers=args.layers, options=options, checkpoint=args.checkpoint,
                                progress=not args.no_progress, model_name=args.model)
         if dist is None or dist.get_rank() == 0:
-            ts.save(args.out)
+            ts.save(args.out, overwrite=True)  # guard_outputs refused an existing set unless --force
             info = ts.info
             print(f"acdc transcoders train: {ts!r}: {info['tokens']:,} tokens, {info['tokens_per_second']:,.0f} tokens/s; "
                   f"saved to {args.out}")

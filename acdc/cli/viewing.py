@@ -9,6 +9,7 @@ from typing import Any
 from .common import (
     CLIError,
     check_circuit_fits,
+    force_flag,
     load_circuit,
     load_classes,
     load_truth,
@@ -30,7 +31,8 @@ def add_render(sub: Any) -> None:
     r.add_argument("--truth", default=None, help="draw a comparison with this truth instead (true/false positives, missed)")
     r.add_argument("--no-scores", action="store_true", help="no score labels on edges")
     r.add_argument("--show-all", action="store_true", help="also draw edges with no path from input to logits")
-    r.set_defaults(run=_render)
+    force_flag(r)
+    r.set_defaults(run=_render, writes=lambda a: ("",) if a.out.suffix and not a.out.is_dir() else (f"{a.circuit.stem}.png",))
 
 
 def add_explore(sub: Any) -> None:
@@ -55,7 +57,8 @@ def add_export_html(sub: Any) -> None:
                        description="One HTML file with the circuit drawn (node table, notes; no model, so no live ablation).")
     h.add_argument("circuit", type=Path, help="circuit JSON")
     h.add_argument("-o", "--out", type=Path, required=True, help="the .html file to write")
-    h.set_defaults(run=_export_html)
+    force_flag(h)
+    h.set_defaults(run=_export_html, writes=("",))
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..files import claim_folder
 from ..model import Transformer
 
 __all__ = ["ACTIVATIONS", "FORMAT", "ModelInfo", "Transcoder", "TranscoderConfig", "TranscoderSet"]
@@ -214,12 +215,12 @@ class TranscoderSet:
         return self
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path) -> Path:
-        """A folder with ``config.json`` (format, model, per-layer configs, info) and ``transcoders.safetensors``."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """A folder with ``config.json`` (format, model, per-layer configs, info) and ``transcoders.safetensors``;
+        a folder already holding a set is refused unless ``overwrite`` (a set is never replaced silently)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        path = claim_folder(path, ("config.json", "transcoders.safetensors"), overwrite)
         tensors = {f"layers.{layer}.{name}": p.detach().to("cpu").contiguous()
                    for layer, t in self.transcoders.items() for name, p in t.named_parameters()}
         save_file(tensors, str(path / "transcoders.safetensors"))
