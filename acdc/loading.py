@@ -225,9 +225,13 @@ def _check_hub(name: str, timeout: float = 3.0) -> None:
             return
         except OSError:
             pass
+    import difflib
+
+    close = difflib.get_close_matches(name, list(KNOWN_FILES), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r} (shipped, offline)? " if close else ""
     raise OSError(
         f"model {name!r} is not in the local Hugging Face cache and the hub cannot be reached "
-        "(offline, or HF_HUB_OFFLINE is set); download it once with internet, or load a local folder or "
+        f"(offline, or HF_HUB_OFFLINE is set); {hint}download it once with internet, or load a local folder or "
         "GGUF file: acdc.load_model('path/to/folder')"
     )
 

@@ -360,3 +360,30 @@ def test_acdc_on_answer_columns_decides_as_on_the_whole_vocabulary(case):
     tested = ~full.scores.isnan()
     assert torch.equal(tested, ~fast.scores.isnan())
     assert torch.allclose(fast.scores[tested], full.scores[tested], atol=1e-5, rtol=1e-5)
+
+
+def test_a_long_run_says_how_to_shorten_it_and_checkpoints(tmp_path):
+    """Past the long-run estimate, one LongRunWarning with what shortens the run; with checkpoint_if_long it starts
+    checkpointing there, and the same call again resumes from the file. Below the estimate, nothing."""
+    import warnings
+
+    from acdc.algorithms.acdc import LongRunWarning, run_acdc
+    from acdc.api import prepare
+
+    e = acdc.zoo.load("ioi")
+    p, m, b = prepare(e.model, e.task, ablation=e.ablation)
+    path = tmp_path / "run.checkpoint.json"
+    with pytest.warns(LongRunWarning, match=r"^ACDC will take about 0 min more \([\d,]+ edges left to visit\); to shorten it: "
+                      r"prefilter=0\.01 .*; checkpointing to .*run\.checkpoint\.json: run the same call again to resume$") as got:
+        first = run_acdc(p, m, b, threshold=0.05, checkpoint_if_long=path, long_run_seconds=0.0)
+    assert len([w for w in got if issubclass(w.category, LongRunWarning)]) == 1  # said once
+    saved = json.loads(path.read_text())
+    assert saved["done"] is True and saved["n_tested"] == int((~first.values.isnan()).sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LongRunWarning)
+        again = run_acdc(p, m, b, threshold=0.05, checkpoint_if_long=path, long_run_seconds=0.0)  # resumes the file
+        assert torch.equal(again.selected, first.selected)
+        plain = run_acdc(p, m, b, threshold=0.05)  # estimated well under 10 minutes: no warning, no file
+        assert torch.equal(plain.selected, first.selected)
+    with pytest.warns(LongRunWarning, match="pass checkpoint=PATH"):
+        run_acdc(p, m, b, threshold=0.05, long_run_seconds=0.0)

@@ -4,6 +4,7 @@ by default with an honest ETA, warnings where scores vanish, plots, what setup i
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import warnings
 from pathlib import Path
@@ -524,3 +525,43 @@ def test_training_over_a_transcoder_set_is_refused_before_training(tmp_path, cap
     monkeypatch.setattr(tcs, "train_transcoders", acdc.train_transcoders)
     assert main(["transcoders", "fidelity", str(tc), "--model", "zoo:dictionary", "--sequences", "8", "--no-progress"]) == 0
     assert (tc / "fidelity.md").exists() and not (tmp_path / "transcoders").exists()  # beside the set, not ./transcoders/
+
+
+def test_the_smaller_first_hour_items_are_one_line(capsys, tmp_path):
+    """A close model name is suggested; an empty prompt is refused; a missing corpus is named before the
+    tokenizer is questioned; greater-than's digit variant is a --task; loss recovered is not reported where
+    zero-ablation lowers the loss."""
+    import math
+
+    from acdc.transcoders import text_stream
+    from acdc.transcoders.fidelity import Fidelity
+
+    assert main(["discover", "--model", "smollm2-135m", "--task", "ioi", "--threshold", "0.1"]) == 1
+    assert capsys.readouterr().err.strip() == ("acdc discover: error: could not load 'smollm2-135m': no such shipped model, "
+                                               "and not a cached hub model; did you mean --model smollm2-135m-instruct?")
+    assert main(["attribution-graph", "--model", "zoo:feature-chain", "--prompt", "  ", "-o", str(tmp_path / "g")]) == 1
+    assert "--prompt is empty" in capsys.readouterr().err and not (tmp_path / "g").exists()
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        acdc.attribution_graph(acdc.zoo.load("feature-chain").model, "", transcoders=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"corpus 'nope\.txt' does not exist"):
+        text_stream("nope.txt", object(), context=4)  # not a tokenizer, but the missing file is said first
+    from acdc.cli import _parser
+
+    args = _parser().parse_args(["discover", "--model", "smollm2-135m-instruct", "--task", "greater-than-digits", "--threshold", "1"])
+    assert args.task == "greater-than-digits"
+    worse = Fidelity({}, ce_clean=3.0, ce_all=2.9, kl_all=0.0, ce_zero=2.8, tokens=10)
+    assert math.isnan(worse.loss_recovered) and "no loss recovered to report" in worse.table()
+    better = Fidelity({}, ce_clean=3.0, ce_all=3.5, kl_all=0.0, ce_zero=5.0, tokens=10)
+    assert better.loss_recovered == pytest.approx(0.75) and "loss recovered 75.0%" in better.table()
+
+
+def test_a_long_cli_run_says_so_in_one_line_and_checkpoints_in_its_folder(tmp_path, capsys, monkeypatch):
+    import acdc.algorithms.acdc as acdc_module
+
+    monkeypatch.setattr(acdc_module, "LONG_RUN_SECONDS", 0.0)  # every run is "long"
+    out = tmp_path / "out"
+    assert main(["discover", "--model", "zoo:ioi", "--threshold", "0.05", "-o", str(out), "--no-progress"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "LongRunWarning" in line]
+    assert len(notes) == 1 and notes[0].startswith("acdc discover: LongRunWarning: ACDC will take about 0 min more")
+    assert "--prefilter 0.01" in notes[0] and f"checkpointing to {out / 'acdc.checkpoint.json'}" in notes[0]
+    assert json.loads((out / "acdc.checkpoint.json").read_text())["done"] is True

@@ -294,9 +294,12 @@ def test_fidelity_equals_hooked_hugging_face_runs(skip_first, massive):
     every, _ = run({layer: "tc" for layer in ts})
     zero, _ = run({layer: "zero" for layer in ts})
     assert fid.ce_all == pytest.approx(ce(every), rel=1e-4) and fid.ce_zero == pytest.approx(ce(zero), rel=1e-4)
-    want = (ce(zero) - ce(every)) / (ce(zero) - ce(clean))
-    assert fid.loss_recovered == pytest.approx(want, rel=1e-3)
-    assert "loss recovered" in fid.table()
+    if ce(zero) > ce(clean):
+        want = (ce(zero) - ce(every)) / (ce(zero) - ce(clean))
+        assert fid.loss_recovered == pytest.approx(want, rel=1e-3)
+        assert "loss recovered" in fid.table()
+    else:  # zero-ablating the MLPs lowers the loss of this random model: nothing to recover, nothing reported
+        assert math.isnan(fid.loss_recovered) and "no loss recovered to report" in fid.table()
     quick = acdc.transcoder_fidelity(model, ts, stream, sequences=6, batch=6, skip_first=skip_first, massive=massive, per_layer=False)
     assert quick.ce_all == pytest.approx(fid.ce_all, rel=1e-6) and math.isnan(quick.layers[0]["ce"])
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -71,6 +72,24 @@ class ACDCOptions:
         return tuple(f.name for f in fields(cls))
 
 
+LONG_RUN_SECONDS = 600.0  # past this estimate a run says how to shorten it, and checkpoints where it can
+
+
+class LongRunWarning(UserWarning):
+    """An ACDC run estimated to take long: what shortens it, and where it checkpoints."""
+
+
+def _long_run_note(seconds: float, edges_left: int, prefilter: float | None, checkpoint: str | Path | None) -> str:
+    h, rest = divmod(int(seconds), 3600)
+    when = f"{h} h {rest // 60} min" if h else f"{rest // 60} min"
+    shorter = ("fewer prompts, or a larger threshold" if prefilter is not None else
+               "prefilter=0.01 (CLI --prefilter 0.01: APPROXIMATE, tests only the top 1% of edges by EAP-IG, minutes "
+               "instead of hours), fewer prompts, or a larger threshold")
+    where = (f"checkpointing to {checkpoint}: run the same call again to resume" if checkpoint is not None else
+             "pass checkpoint=PATH (CLI --checkpoint) to be able to resume a killed run")
+    return f"ACDC will take about {when} more ({edges_left:,} edges left to visit); to shorten it: {shorter}; {where}"
+
+
 def run_acdc(
     patcher: Patcher,
     metric: Metric,
@@ -81,6 +100,8 @@ def run_acdc(
     callback: Callable[[int, float, bool], bool | None] | None = None,
     prefilter_scores: Tensor | None = None,
     leave: bool = True,
+    checkpoint_if_long: str | Path | None = None,
+    long_run_seconds: float | None = None,
     **fields_: Any,
 ) -> Scores:
     """Run ACDC on ``patcher``'s graph and batch; ``.selection()`` of the result is the circuit.
@@ -109,6 +130,11 @@ def run_acdc(
     resumes there and ends with the circuit an uninterrupted run gives: the same decisions, and
     the same scores up to float rounding (the resumed reference state is recomputed in one pass).
     Different arguments are refused with a one-line error; delete the file to start over.
+
+    A run whose estimate (from the edge tests measured so far, weighed by layer) passes ``long_run_seconds``
+    (default `LONG_RUN_SECONDS`, 10 minutes) says so once, with what shortens it (a `LongRunWarning`), and, without a checkpoint, starts
+    checkpointing to ``checkpoint_if_long`` if given (the CLI's ``-o`` folder): a file there from an earlier
+    run of the same call is resumed.
     """
     if options is None:
         unknown = sorted(set(fields_) - set(ACDCOptions.names()))
@@ -120,6 +146,9 @@ def run_acdc(
     threshold, abs_value, speculate = options.threshold, options.abs_value, options.speculate
     prefilter, prefilter_method = options.prefilter, options.prefilter_method
     checkpoint, checkpoint_every = options.checkpoint, options.checkpoint_every
+    if checkpoint is None and checkpoint_if_long is not None and Path(checkpoint_if_long).exists():
+        checkpoint = checkpoint_if_long  # an earlier long run of this call left it: resume there
+    warned_long = checkpoint is not None and checkpoint == checkpoint_if_long
     g = patcher.graph
     positional = g.positions is not None
     if speculate is None:
@@ -228,8 +257,14 @@ def run_acdc(
             if callback is not None and callback(edge, delta, removed):
                 stopped = True
             if n_tested % 64 == 0:
-                bar.set_eta(times.seconds_left())
+                left = times.seconds_left()
+                bar.set_eta(left)
                 bar.status(status())
+                if not warned_long and left is not None and left > (LONG_RUN_SECONDS if long_run_seconds is None else long_run_seconds):
+                    warned_long = True
+                    if checkpoint is None and checkpoint_if_long is not None:
+                        checkpoint = checkpoint_if_long
+                    warnings.warn(LongRunWarning(_long_run_note(left, e + 1, prefilter, checkpoint)), stacklevel=2)
             if stopped or not removed:
                 break
         times.record(layer_of[e], t_test, min(len(block), accepted + 1))  # the block's edges tested now

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -40,6 +41,7 @@ def discover(
     threshold: float,
     progress: bool = True,
     prefilter_scores: Tensor | Scores | None = None,
+    checkpoint_if_long: str | Path | None = None,
     **options: Unpack[DiscoverOptions],
 ) -> Circuit:
     """Find the circuit of ``model`` on a task with ACDC.
@@ -52,6 +54,9 @@ def discover(
         progress: show a progress bar.
         prefilter_scores: with ``prefilter``, attribution scores computed before (a `Scores` or
             [n_edges]) instead of computing them again.
+        checkpoint_if_long: where to checkpoint if the run turns out long (estimated over 10 minutes,
+            which a `LongRunWarning` says with what shortens it) and no ``checkpoint`` is given; a file there
+            from an earlier run of the same call is resumed.
         options: ACDC's (`acdc.algorithms.acdc.ACDCOptions`, where each is described):
             abs_value, speculate (K edges per batched pass, exact), prefilter (APPROXIMATE: test
             only the top fraction of edges by attribution; the circuit's settings say
@@ -76,9 +81,9 @@ def discover(
     acdc_kw, inputs = take("discover", options, names_of(ACDCOptions, but=("threshold",)), names_of(Inputs))
     acdc_options = ACDCOptions(threshold=threshold, **acdc_kw)
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
-    scores = run_acdc(patcher, m, batch, acdc_options, progress=progress,
+    scores = run_acdc(patcher, m, batch, acdc_options, progress=progress, checkpoint_if_long=checkpoint_if_long,
                       prefilter_scores=prefilter_scores.values if isinstance(prefilter_scores, Scores) else prefilter_scores)
-    return _with_position_labels(scores, patcher).selection()
+    return _recorded(_with_position_labels(scores, patcher), clean).selection()
 
 
 def attribute(
@@ -111,7 +116,8 @@ def attribute(
     chosen = AttributionOptions(**attr_kw)  # checked before any run
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
     algorithm = get_algorithm(chosen.method)
-    return _with_position_labels(algorithm(patcher, m, batch, progress=progress, **chosen.algorithm_options()), patcher)
+    return _recorded(_with_position_labels(algorithm(patcher, m, batch, progress=progress, **chosen.algorithm_options()), patcher),
+                     clean)
 
 
 def prune_edges(
@@ -137,7 +143,16 @@ def prune_edges(
     prune_kw, inputs = take("prune_edges", options, names_of(EdgePruningOptions), names_of(Inputs))
     chosen = EdgePruningOptions(**prune_kw)  # checked before any run
     patcher, m, batch = prepare(model, clean, corrupt, **inputs)
-    return get_algorithm("edge-pruning")(patcher, m, batch, progress=progress, **dataclasses.asdict(chosen)).selection()
+    return _recorded(get_algorithm("edge-pruning")(patcher, m, batch, progress=progress, **dataclasses.asdict(chosen)),
+                     clean).selection()
+
+
+def _recorded(scores: Scores, clean: Any) -> Scores:
+    """Record the task the scores were found on (`Task.record`: name, prompt count, fingerprint, recipe), so that
+    a circuit's file says which prompts it was found on and the CLI and explorer score it on the same ones."""
+    if isinstance(clean, Task):
+        scores.settings["task"] = clean.record()
+    return scores
 
 
 def _with_position_labels(scores: Scores, patcher: Patcher) -> Scores:

@@ -39,6 +39,8 @@ def attribution_graph(
     ``.to_json(path)`` (circuit-tracer's graph file), ``.save`` / ``AttributionGraph.load``.
     """
     tf = Transformer.of(model)
+    if isinstance(prompt, str) and not prompt.strip():
+        raise ValueError("the prompt is empty: give the text whose next token the graph explains")
     tokens = as_tokens(prompt, model, "prompt") if isinstance(prompt, str) else torch.as_tensor(prompt)
     if tokens.dim() == 2 and tokens.shape[0] != 1:
         raise ValueError(f"an attribution graph explains one prompt; got {tokens.shape[0]}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from . import demo, discovery, graphs, scoring, transcoders, viewing
 from .common import CLIError, Parser, guard_outputs
@@ -42,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         ap.print_help()
         return 2
+    with warnings.catch_warnings():  # the library's warnings as one line each, named for the command
+        warnings.filterwarnings("default", module=r"acdc(\.|$)")  # acdc's own are always shown, once each
+        warnings.showwarning = lambda message, category, *_, **__: print(
+            f"acdc {args.command}: {category.__name__}: {message}", file=sys.stderr)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "device", None) is not None:
             from ..loading import check_device

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-TASKS = ("ioi", "greater-than", "induction", "docstring")
+TASKS = ("ioi", "greater-than", "greater-than-digits", "induction", "docstring")  # -digits: tokenizers that split years into digits
 
 
 class Parser(argparse.ArgumentParser):
@@ -147,7 +147,8 @@ def run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
                    "folder or .gguf file, or a hub name (e.g. gpt2; needs internet once)")
     p.add_argument("--task", choices=TASKS, help="task to run (default for zoo models: the entry's own task)")
     p.add_argument("--n-prompts", type=positive, default=None, help="number of prompts (default: the task's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prompts (zoo models: of their weights too)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the prompts (zoo models: of their weights too; default 0, "
+                   "or for a circuit the seed it was found with)")
     p.add_argument("--metric", default=None, choices=tuple(METRICS), help="default: the task's")
     p.add_argument("--ablation", default=None, choices=ABLATIONS, help="default: resample")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
@@ -192,6 +193,14 @@ def hub_model(args: argparse.Namespace) -> Any:
     try:
         return load_model(args.model, device=args.device)
     except OSError as err:
+        import difflib
+
+        from ..loading import KNOWN_FILES
+
+        close = difflib.get_close_matches(args.model, list(KNOWN_FILES), n=1, cutoff=0.6)
+        if close:
+            raise CLIError(f"could not load {args.model!r}: no such shipped model, and not a cached hub model; "
+                           f"did you mean --model {close[0]}?") from None
         raise CLIError(f"could not load {args.model!r} ({str(err).splitlines()[0]}); hub models need internet "
                        "the first time, or try --model zoo:ioi offline") from None
 
@@ -233,7 +242,7 @@ def setup_run(args: argparse.Namespace) -> Setup:
     if args.model.startswith("zoo:"):
         if args.task is not None:
             raise CLIError(f"zoo models come with their own task; drop --task {args.task}")
-        entry = zoo_entry(args.model, n_prompts=args.n_prompts, seed=args.seed)
+        entry = zoo_entry(args.model, n_prompts=args.n_prompts, seed=args.seed or 0)
         model, task, tokenizer = entry.model, entry.task, entry.tokenizer
         if getattr(args, "device", None) is not None:  # a zoo model runs where it was asked to, not silently on the CPU
             model = model.to(args.device)
@@ -248,7 +257,14 @@ def setup_run(args: argparse.Namespace) -> Setup:
         if args.task is None:
             raise CLIError(f"--task is needed for hub models (one of {', '.join(TASKS)})")
         model = hub_model(args)
-        task = make_task(args.task, model, args.n_prompts, args.seed)
+        recipe = getattr(args, "recipe", None)
+        if recipe is not None:  # the circuit's own prompts (`use_recorded_task`), with any flag given changing them
+            from ..tasks import remake
+
+            changes = {k: v for k, v in (("n_prompts", args.n_prompts), ("seed", args.seed)) if v is not None}
+            task = remake(recipe, model, **changes)
+        else:
+            task = make_task(args.task, model, args.n_prompts, args.seed or 0)
         tokenizer = getattr(model, "tokenizer", None)
         ablation = args.ablation or "resample"
         if args.task in known.available():
@@ -258,6 +274,32 @@ def setup_run(args: argparse.Namespace) -> Setup:
     if getattr(args, "transcoders", None) is not None:
         graph = feature_graph(model, task, args.transcoders, args.features)
     return Setup(model, task, truth, classes, ablation, tokenizer, graph)
+
+
+def use_recorded_task(args: argparse.Namespace, circuit: Any) -> None:
+    """Score a circuit on the prompts it was found on by default: the task its file records (``settings["task"]``,
+    `Task.record`) fills --task, --n-prompts and --seed where they were not given (a flag given changes that much)."""
+    rec = circuit.settings.get("task")
+    if not isinstance(rec, dict) or not rec.get("task"):
+        return
+    name = str(rec["task"])
+    if name.startswith("zoo:"):
+        if args.model == name:
+            args.n_prompts = args.n_prompts if args.n_prompts is not None else rec.get("n_prompts")
+            args.seed = args.seed if args.seed is not None else rec.get("seed")
+        return
+    if args.model.startswith("zoo:") or (args.task is not None and args.task != name) or name not in TASKS:
+        return
+    args.task = name
+    if rec.get("remakeable") is not False:
+        args.recipe = rec
+
+
+def scoring_note(task: Any, circuit: Any) -> str:
+    """Which prompts a circuit is scored on, and whether they are the ones it was found on."""
+    from ..tasks.base import scoring_note as note
+
+    return note(task, circuit.settings.get("task"))
 
 
 def feature_graph(model: Any, task: Any, where: str, which: str) -> Any:
@@ -311,11 +353,17 @@ def make_task(name: str, model: Any, n_prompts: int | None, seed: int) -> Any:
 
     if getattr(model, "tokenizer", None) is None and name != "induction":
         raise CLIError(f"task {name!r} needs the model's tokenizer, and this model has none")
-    make = {"ioi": tasks.ioi, "greater-than": tasks.greater_than, "induction": tasks.induction, "docstring": tasks.docstring}
+    make = {"ioi": tasks.ioi, "greater-than": tasks.greater_than, "induction": tasks.induction, "docstring": tasks.docstring,
+            "greater-than-digits": lambda m, **kw: tasks.greater_than(m, digits=True, **kw)}
     kwargs: dict[str, Any] = {"seed": seed}
     if n_prompts is not None:
         kwargs["n_prompts"] = n_prompts
-    return make[name](model, **kwargs)
+    try:
+        return make[name](model, **kwargs)
+    except ValueError as err:
+        if "digits=True" in str(err):  # the library's advice, in the CLI's words
+            raise CLIError(str(err).replace("pass digits=True", "use --task greater-than-digits")) from None
+        raise
 
 
 def load_truth(spec: str, view: str | None = None) -> Any:

@@ -104,7 +104,8 @@ def _discover(args: argparse.Namespace) -> int:
     print(f"acdc discover: {args.model}, {task}, threshold {args.threshold}, {ablation} ablation")
     t0 = time.perf_counter()
     circuit = discover(model, task, metric=args.metric, ablation=ablation, progress=not args.no_progress,
-                       positions=args.positions, graph=graph, **dataclasses.asdict(options))
+                       positions=args.positions, graph=graph, checkpoint_if_long=args.out / "acdc.checkpoint.json",
+                       **dataclasses.asdict(options))
     lines = [circuit.summary(max_edges=40), f"ACDC took {time.perf_counter() - t0:.1f} s"]
     finish(args.out, circuit, truth, classes, lines)
     return 0

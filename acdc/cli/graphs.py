@@ -70,6 +70,8 @@ def _attribution_graph(args: argparse.Namespace) -> int:
     if ts is None:
         raise CLIError("an attribution graph needs transcoders: pass --transcoders DIR (a zoo entry with its own: zoo:feature-chain)")
     if args.prompt is not None:
+        if not args.prompt.strip():
+            raise CLIError("--prompt is empty: give the text whose next token the graph explains")
         prompt: Any = args.prompt
     elif task is not None:
         if not 0 <= args.prompt_index < task.clean.shape[0]:

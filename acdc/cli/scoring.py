@@ -15,8 +15,10 @@ from .common import (
     positive,
     recovery_text,
     run_flags,
+    scoring_note,
     setup_run,
     sweep_flags,
+    use_recorded_task,
 )
 
 
@@ -59,9 +61,11 @@ def _faithfulness(args: argparse.Namespace) -> int:
     from ..api import faithfulness, faithfulness_grid
 
     circuit = load_circuit(args.circuit)
+    use_recorded_task(args, circuit)
     s = setup_run(args)
     model, task, ablation = s.model, s.task, s.ablation
     circuit = check_circuit_fits(circuit, s, args)
+    print(scoring_note(task, circuit))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.grid:

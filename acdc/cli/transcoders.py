@@ -119,7 +119,8 @@ def _transcoders_fidelity(args: argparse.Namespace) -> int:
                               massive=args.massive, progress=not args.no_progress)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fidelity.md").write_text(fid.table() + "\n")
-    (args.out / "fidelity.json").write_text(json.dumps(dataclasses.asdict(fid) | {"loss_recovered": fid.loss_recovered}, indent=1))
+    recovered = None if fid.loss_recovered != fid.loss_recovered else fid.loss_recovered  # NaN (nothing to recover): null
+    (args.out / "fidelity.json").write_text(json.dumps(dataclasses.asdict(fid) | {"loss_recovered": recovered}, indent=1))
     try:
         fid.plot(args.out / "fidelity.png")
     except ImportError:

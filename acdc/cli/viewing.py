@@ -15,8 +15,10 @@ from .common import (
     load_truth,
     positive,
     run_flags,
+    scoring_note,
     serve_flags,
     setup_run,
+    use_recorded_task,
 )
 
 
@@ -80,10 +82,11 @@ def _explore(args: argparse.Namespace) -> int:
     from ..explorer import Explorer, serve
 
     circuit = load_circuit(args.circuit)
+    use_recorded_task(args, circuit)
     s = setup_run(args)
     circuit = check_circuit_fits(circuit, s, args)
     ablation = args.ablation or circuit.settings.get("ablation") or s.ablation
-    print(f"acdc explore: {args.circuit} ({circuit.n_edges} edges) on {args.model}, {s.task}, {ablation} ablation")
+    print(f"acdc explore: {args.circuit} ({circuit.n_edges} edges) on {args.model}, {ablation} ablation; {scoring_note(s.task, circuit)}")
     corpus = None
     if args.corpus is not None:
         from ..transcoders import text_stream

@@ -30,6 +30,8 @@ from ..loading import load_model
 from ..metrics import per_prompt
 from ..model import ForwardCache
 from ..render import circuit_title, layout
+from ..tasks import Task
+from ..tasks.base import scoring_note
 from ..transcoders import TranscoderSet
 from .qk import attention_why
 from .why import WhyAnswers
@@ -110,6 +112,9 @@ class Explorer:
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         p, g = self.patcher, self.graph
         self.n_prompts, self.n_scored = (int(x) for x in p.answer_pos.shape)
+        # which prompts the page scores, and whether they are those the circuit was found on (its file records them)
+        self.scoring = scoring_note(task, circuit.settings.get("task")) if isinstance(task, Task) else \
+            f"scoring {self.n_prompts} prompts given by hand"
         self.full_logits = p.clean.logits
         self.empty_logits = p.masked_logits(torch.ones(g.n_edges, dtype=torch.bool))
         self.model_metric, self.empty_metric = self.metric(self.full_logits, self.batch), self.metric(self.empty_logits, self.batch)
@@ -130,6 +135,7 @@ class Explorer:
                          "model": _num(self.model_metric), "empty": _num(self.empty_metric), "ablation": self.patcher.ablation,
                          "per_prompt_model": _floats(self.per_prompt_model)}
         out["prompts"] = [self._prompt(i) for i in range(self.n_prompts)]
+        out["scoring"] = self.scoring
         return out
 
     def evaluate(self, *, ablated: Any = None, kept: Any = None, removed: Any = None, prompt: Any = 0,

@@ -5,10 +5,29 @@ random tokens), `docstring` (Heimersheim & Janiak 2023); your own with `Task.fro
 or `Task.from_tokens` (ids).
 """
 
+from typing import Any
+
 from .base import Task
 from .docstring import docstring
 from .greater_than import greater_than
 from .induction import induction
 from .ioi import ioi
 
-__all__ = ["Task", "docstring", "greater_than", "induction", "ioi"]
+__all__ = ["GENERATORS", "Task", "docstring", "greater_than", "induction", "ioi", "remake"]
+
+GENERATORS = {"ioi": ioi, "greater-than": greater_than, "induction": induction, "docstring": docstring}
+
+
+def remake(recipe: dict[str, Any], model: Any, **changes: Any) -> Task:
+    """The task a `Task.recipe` describes, made again for ``model`` (its tokenizer), with ``changes`` to its
+    arguments (``n_prompts=``, ``seed=``, ``split=``). A one-line ValueError for a recipe that cannot be remade."""
+    name = recipe.get("task")
+    if name not in GENERATORS:
+        raise ValueError(f"no generator makes task {name!r} again; one of {', '.join(GENERATORS)}")
+    if recipe.get("remakeable") is False:
+        raise ValueError(f"this {name} task was made with arguments that were not recorded (tensors or objects); "
+                         "make it again by hand")
+    kwargs = {k: v for k, v in recipe.items() if k not in ("task", "name", "n_prompts", "prompts", "remakeable")}
+    kwargs.update(changes)
+    n = kwargs.pop("n_prompts", recipe.get("n_prompts"))
+    return GENERATORS[name](model, n, **kwargs) if n is not None else GENERATORS[name](model, **kwargs)

@@ -37,6 +37,9 @@ class Task:
     template:           [batch] template id of each prompt (IOI), or None; mean ablation per template uses it.
     positions:          the named position of every token (`acdc.Positions`: IO, S1, S2, END, ...),
                         or None; positional graphs (``discover(..., positions="named")``) use it.
+    recipe:             how to make these prompts again: the generator and its arguments (``{"task": "ioi",
+                        "n_prompts": 20, "seed": 0, "split": "discovery", ...}``; `acdc.tasks.remake`), or None
+                        for prompts given by hand. A circuit found on the task records it (``settings["task"]``).
     """
 
     clean: Tensor
@@ -50,6 +53,7 @@ class Task:
     notes: str = ""
     template: Tensor | None = None
     positions: Positions | None = None
+    recipe: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         c, k = self.clean, self.corrupt
@@ -178,6 +182,21 @@ class Task:
     def n_prompts(self) -> int:
         return int(self.clean.shape[0])
 
+    def fingerprint(self) -> str:
+        """12 hex digits that tell these prompts apart (a SHA-256 of the clean and corrupt token ids)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for t in (self.clean, self.corrupt):
+            h.update(repr(tuple(t.shape)).encode())
+            h.update(t.to("cpu", torch.long).contiguous().numpy().tobytes())
+        return h.hexdigest()[:12]
+
+    def record(self) -> dict[str, Any]:
+        """What a circuit found on this task keeps of it: its name, prompt count and fingerprint, and its
+        `recipe` (the generator and arguments that make the same prompts again) where it has one."""
+        return {**(self.recipe or {}), "name": self.name, "n_prompts": self.n_prompts, "prompts": self.fingerprint()}
+
     def __repr__(self) -> str:
         return f"Task({self.name!r}, {self.n_prompts} prompts x {self.clean.shape[1]} tokens, metric={self.metric!r})"
 
@@ -220,3 +239,56 @@ def pair_batch(
         clean_t, corrupt_t, correct=answers[0], incorrect=answers[1], answer_pos=last, metric=metric,
         name=name, vocab_size=vocab_size_of(tok),
     )
+
+
+def describe_record(rec: dict[str, Any]) -> str:
+    """A task record (`Task.record`) in words: "20 prompts of ioi (seed 0, split discovery)"."""
+    extras = [f"{k} {rec[k]}" for k in ("seed", "split", "corrupt", "order") if k in rec]
+    name = rec.get("task") or rec.get("name", "a task")
+    return f"{rec.get('n_prompts', '?')} prompts of {name}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+def scoring_note(task: Task, found: Any) -> str:
+    """Which prompts a circuit is scored on (``task``), and whether they are those it was found on (``found``: the
+    circuit's ``settings["task"]``, `Task.record`, or None)."""
+    now = task.record()
+    text = f"scoring {describe_record(now)}"
+    if not isinstance(found, dict):
+        return text + " (the circuit's file does not say which prompts it was found on)"
+    if found.get("prompts") == now["prompts"]:
+        return text + ": the prompts the circuit was found on"
+    return text + f"; the circuit was found on {describe_record(found)}"
+
+
+def recorded(generator: str) -> Any:
+    """Decorate a task generator ``f(model_or_tokenizer, n_prompts, *, seed, ...)`` so that its tasks carry their
+    `Task.recipe`: the generator's name and every argument but the model that is a plain JSON value (a
+    tensor or other object among them makes the recipe not remakeable: ``"remakeable": False``)."""
+    import functools
+    import inspect
+    import json
+
+    def wrap(fn: Any) -> Any:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def made(*args: Any, **kwargs: Any) -> Task:
+            task = fn(*args, **kwargs)
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            recipe: dict[str, Any] = {"task": generator}
+            for k, v in list(bound.arguments.items())[1:]:
+                v = list(v) if isinstance(v, tuple) else v
+                try:
+                    json.dumps(v)
+                except TypeError:
+                    if v is not None and v is not sig.parameters[k].default:
+                        recipe["remakeable"] = False
+                    continue
+                if v != (list(sig.parameters[k].default) if isinstance(sig.parameters[k].default, tuple)
+                         else sig.parameters[k].default) or k in ("n_prompts", "seed"):
+                    recipe[k] = v
+            return replace(task, recipe=recipe)
+        return made
+    return wrap
+

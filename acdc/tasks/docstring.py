@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-from .base import Task
+from .base import Task, recorded
 from .text import named_positions, single_token_id, single_tokens, tokenize_pairs, tokenizer_of, vocab_size_of
 
 __all__ = ["docstring", "CORRUPTIONS", "WORDS"]
@@ -62,6 +62,7 @@ WORDS = list(dict.fromkeys([
 N_DEF_PREFIX, N_MATCHING, N_DEF_SUFFIX, DESC_LEN, ARG_DESC_LEN = 2, 3, 1, 3, 2
 
 
+@recorded("docstring")
 def docstring(
     model_or_tokenizer: Any,
     n_prompts: int = 50,

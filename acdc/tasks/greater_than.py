@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .base import Task
+from .base import Task, recorded
 from .text import encode, named_positions, single_tokens, tokenize_pairs, tokenizer_of, try_encode, vocab_size_of
 
 __all__ = ["greater_than", "NOUNS", "TEMPLATE"]
@@ -56,6 +56,7 @@ NOUNS = [
 ]
 
 
+@recorded("greater-than")
 def greater_than(
     model_or_tokenizer: Any,
     n_prompts: int = 100,

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 
 from ..positions import REST, Positions
-from .base import Task
+from .base import Task, recorded
 
 __all__ = ["induction"]
 
 
+@recorded("induction")
 def induction(
     model_or_vocab: Any,
     n_prompts: int = 50,

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from ..positions import REST, Positions
-from .base import Task, pair_batch
+from .base import Task, pair_batch, recorded
 from .text import example_labels, single_tokens, token_index, tokenizer_of
 
 __all__ = ["ioi", "CORRUPTIONS", "SPLITS", "TEMPLATES", "NAMES", "PLACES", "OBJECTS", "POSITIONS"]
@@ -66,6 +66,7 @@ PLACES = ["store", "garden", "restaurant", "school", "hospital", "office", "hous
 OBJECTS = ["ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack"]
 
 
+@recorded("ioi")
 def ioi(
     model_or_tokenizer: Any,
     n_prompts: int = 100,

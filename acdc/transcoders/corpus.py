@@ -178,13 +178,13 @@ def as_token_stream(corpus: TokenStream | str | Path | Iterable[str], model: Any
 
 def text_stream(source: str | Path | Iterable[str], tokenizer: Any, context: int, *, seed: int = 0) -> TextStream:
     """A `TextStream` of a text source tokenized with ``tokenizer`` (a Hugging Face tokenizer)."""
+    docs, name = _documents(source)  # a source that is not there is said first, whatever the tokenizer
     if tokenizer is None:
         raise ValueError("a text corpus needs the model's tokenizer, and this model has none; pass token ids instead")
     if not callable(tokenizer):  # a Hugging Face tokenizer is called on text
         raise ValueError(f"a text corpus needs a Hugging Face tokenizer; this model's ({type(tokenizer).__name__}) is not one, "
                          "so pass token ids instead")
     tokenize: Any = tokenizer
-    docs, name = _documents(source)
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
         bos = getattr(tokenizer, "eos_token_id", None)

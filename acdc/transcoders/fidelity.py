@@ -44,9 +44,10 @@ class Fidelity:
 
     @property
     def loss_recovered(self) -> float:
-        """(CE with those MLPs zero-ablated - CE spliced) / (CE zero-ablated - CE clean)."""
+        """(CE with those MLPs zero-ablated - CE spliced) / (CE zero-ablated - CE clean); NaN where zero-ablating
+        the MLPs does not raise the loss (there is no loss to recover, and the ratio would mean nothing)."""
         gap = self.ce_zero - self.ce_clean
-        return float("nan") if gap == 0 else (self.ce_zero - self.ce_all) / gap
+        return float("nan") if not gap > 0 else (self.ce_zero - self.ce_all) / gap
 
     def table(self) -> str:
         """A markdown table: one row per layer, then all layers spliced."""
@@ -54,8 +55,9 @@ class Fidelity:
         for layer, v in sorted(self.layers.items()):
             rows.append(f"| {layer} | {v['fvu']:.4f} | {v['l0']:.1f} | {v['dead']:.1%} | {v['ce']:.4f} | {v['kl']:.4f} |")
         rows.append(f"| all | | | | {self.ce_all:.4f} | {self.kl_all:.4f} |")
-        rows.append(f"\nclean CE {self.ce_clean:.4f}, those MLPs zero-ablated {self.ce_zero:.4f}, "
-                    f"loss recovered {self.loss_recovered:.1%} ({self.tokens:,} tokens)")
+        recovered = (f"loss recovered {self.loss_recovered:.1%}" if self.ce_zero > self.ce_clean else
+                     "no loss recovered to report: zero-ablating those MLPs does not raise the loss here")
+        rows.append(f"\nclean CE {self.ce_clean:.4f}, those MLPs zero-ablated {self.ce_zero:.4f}, {recovered} ({self.tokens:,} tokens)")
         ex = self.extra
         if ex.get("skip_first") or ex.get("massive") is not None:
             left = ["each sequence's first position"] if ex.get("skip_first") else []

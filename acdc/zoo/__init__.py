@@ -20,6 +20,7 @@ fixed template words) carry nothing, so their edges are not true edges even when
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,4 +84,6 @@ def load(name: str, *, n_prompts: int | None = None, seed: int = 0) -> ZooEntry:
         if n_prompts < 1:
             raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
         kwargs["n_prompts"] = n_prompts
-    return builders[name](**kwargs)
+    entry = builders[name](**kwargs)
+    recipe = {"task": f"zoo:{name}", "n_prompts": entry.task.n_prompts, "seed": seed}  # what remakes these prompts
+    return dataclasses.replace(entry, task=dataclasses.replace(entry.task, recipe=recipe))
