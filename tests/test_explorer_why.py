@@ -77,6 +77,7 @@ def test_other_tokens_totals_and_errors(ioi):
     assert swapped["logit_diff"] == pytest.approx(-r["logit_diff"], abs=1e-5)
     assert {n["name"]: -n["direct"] for n in swapped["nodes"]} == pytest.approx({n["name"]: n["direct"] for n in r["nodes"]}, abs=1e-5)
     for kwargs, match in (({"a": "two words"}, "tokens here"), ({"a": 10**6}, "token id in"), ({"totals": -1}, "totals"),
+                          ({"a": "1000000"}, r"^a must be a token id in \[0, \d+\) or a single-token text, got 1000000$"),
                           ({"b": 1.5}, "token id or a single-token text"), ({"prompt": 99}, "prompt must be")):
         with pytest.raises(ExplorerError, match=match):
             ex.why(**kwargs)

@@ -354,6 +354,8 @@ class Explorer:
             except (ValueError, KeyError):
                 ids = []
             if len(ids) != 1:
+                if x.strip().isdigit():  # a token id sent as text (a query string): say what is wrong with the id
+                    raise ExplorerError(f"{label} must be a token id in [0, {vocab}) or a single-token text, got {x}")
                 raise ExplorerError(f"{label} {x!r} is {len(ids)} tokens here; pass a single token (or its id)")
             return int(ids[0])
         raise ExplorerError(f"{label} must be a token id or a single-token text, got {x!r}")
