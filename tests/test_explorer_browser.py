@@ -315,6 +315,26 @@ def test_a_thousand_edge_circuit_renders(driver, tmp_path):
     assert Path(tmp_path / "big.html").stat().st_size < 2_000_000
 
 
+def test_a_deep_circuit_is_drawn_across_the_pane_with_readable_labels(driver, tmp_path):
+    """A SmolLM2-shaped circuit (30 layers, 9 heads) of 100 edges fills the pane's width (the height scrolls); fitting
+    the height too drew it in a column ~130 px wide with ~6 px labels. The page says it is loading until it is not."""
+    g = acdc.Graph(30, 9)
+    gen = torch.Generator().manual_seed(0)
+    keep = torch.zeros(g.n_edges, dtype=torch.bool)
+    keep[torch.randperm(g.n_edges, generator=gen)[:100]] = True
+    c = Circuit(g, keep, torch.randn(g.n_edges, generator=gen, dtype=torch.float64))
+    page = export_html(c, tmp_path / "deep.html")
+    assert "loading the circuit" in page.read_text()  # what the header says before the page has drawn
+    _open(driver, page.as_uri())
+    width, pane = driver.execute_script("return [document.getElementById('graph').getBoundingClientRect().width, "
+                                        "document.getElementById('graph-pane').clientWidth]")
+    assert width >= 0.6 * pane, (width, pane)
+    label = driver.execute_script("return Math.min(...[...document.querySelectorAll('text.rowlabel')]"
+                                  ".map(t => t.getBoundingClientRect().height))")
+    assert label >= 8, label
+    assert "loading" not in driver.find_element("id", "title").text
+
+
 def test_selecting_a_node_traces_its_paths(driver, mini_ioi):
     import networkx as nx
 

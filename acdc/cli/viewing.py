@@ -104,7 +104,7 @@ def _explore(args: argparse.Namespace) -> int:
 def _export_html(args: argparse.Namespace) -> int:
     from ..explorer import export_html
 
-    print(f"wrote {export_html(load_circuit(args.circuit), args.out)}")
+    print(f"wrote {export_html(load_circuit(args.circuit), args.out, overwrite=True)}")  # guard_outputs checked it
     return 0
 
 

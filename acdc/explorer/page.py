@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..circuit import Circuit
+from ..files import claim
 from .session import view_data
 
 __all__ = ["attribution_page_html", "export_html", "page_html"]
@@ -35,11 +36,12 @@ def attribution_page_html() -> str:
     return files("acdc.explorer").joinpath("attribution.html").read_text(encoding="utf-8")
 
 
-def export_html(circuit: Circuit, path: str | Path) -> Path:
-    """Write ``circuit`` as one self-contained HTML page (graph, node table, notes; no live ablation)."""
+def export_html(circuit: Circuit, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``circuit`` as one self-contained HTML page (graph, node table, notes; no live ablation); an existing
+    file is refused unless ``overwrite``."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"export to an .html file, got {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = claim(path, overwrite)
     path.write_text(page_html(view_data(circuit)), encoding="utf-8")
     return path
