@@ -109,6 +109,24 @@ class Faithfulness:
         """(m(C) - m({})) / (m(M) - m({})) (MIB's faithfulness)."""
         return _div(self.circuit_metric - self.empty_metric, self.model_metric - self.empty_metric)
 
+    def interval(self, which: str = "normalized", *, level: float = 0.95, resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
+        """A percentile bootstrap interval over prompts of ``which`` ("normalized" or "ratio_of_means"): prompts
+        drawn with replacement, the same draw for m(M), m(C) and m({}) (each prompt's three values stay together),
+        the statistic recomputed from the drawn prompts' means; its ``(1 - level) / 2`` and ``(1 + level) / 2``
+        quantiles. What a number measured on a few dozen prompts should be reported with."""
+        if which not in ("normalized", "ratio_of_means"):
+            raise ValueError(f"which must be 'normalized' or 'ratio_of_means', got {which!r}")
+        if not 0 < level < 1:
+            raise ValueError(f"level must lie in (0, 1), got {level!r}")
+        gen = torch.Generator().manual_seed(seed)
+        n = len(self.per_prompt_model)
+        draw = torch.randint(0, n, (resamples, n), generator=gen)
+        m, c = self.per_prompt_model.double()[draw].mean(1), self.per_prompt_circuit.double()[draw].mean(1)
+        stat = c / m if which == "ratio_of_means" else (c - (e := self.per_prompt_empty.double()[draw].mean(1))) / (m - e)
+        lo, hi = torch.quantile(stat, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+        return float(lo), float(hi)
+
     @property
     def summary(self) -> Spread:
         """The spread of the per-prompt ratios."""
@@ -126,6 +144,7 @@ class Faithfulness:
             "settings": self.settings, "model_metric": self.model_metric, "circuit_metric": self.circuit_metric,
             "empty_metric": self.empty_metric, "ratio": self.ratio, "ratio_of_means": self.ratio_of_means,
             "mean_of_ratios": self.mean_of_ratios, "normalized": self.normalized,
+            "normalized_ci95": list(self.interval()),
             "per_prompt": self.per_prompt.tolist(), "small_prompts": self.small_prompts,
             "summary": {"mean": s.mean, "median": s.median, "iqr": s.iqr, "min": s.min, "max": s.max,
                         "ci95": list(s.ci95), "within_20pct": s.within_20pct},
@@ -144,7 +163,9 @@ class Faithfulness:
 
     def __repr__(self) -> str:
         s = self.summary
-        return (f"Faithfulness(ratio {self.ratio:.3f}, normalized {self.normalized:.3f}; per prompt median "
+        lo, hi = self.interval()
+        return (f"Faithfulness(ratio {self.ratio:.3f}, normalized {self.normalized:.3f} [95% over prompts {lo:.3f}, {hi:.3f}]; "
+                f"per prompt median "
                 f"{s.median:.3f}, IQR {s.iqr:.3f}, {s.within_20pct:.0%} within 20%; {self.settings})")
 
 

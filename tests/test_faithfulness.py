@@ -237,3 +237,23 @@ def test_miller_checks_read_the_rows(setup, tmp_path):
     ks = [k for k, _ in grid.by_reference_size()]
     assert ks == [1, 2, 4] and "rises with the reference-set size" in checks
     assert grid.plot_reference_sizes(tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_bootstrap_interval_over_prompts_by_hand():
+    """Two prompts: m(M) = (2, 4), m(C) = (1, 4), m({}) = (0, 0). A resample is (a, a), (a, b), (b, a) or (b, b), each
+    with chance 1/4; normalized faithfulness is 1/2, (1 + 4) / (2 + 4) = 5/6 twice, and 1: the 95% interval is
+    [1/2, 1] (the 2.5% and 97.5% quantiles fall inside the two quarter-masses at the ends). The prompts stay paired:
+    resampling m(C) apart from m(M) could give (4 + 4) / (2 + 2) = 2. One prompt repeated: no spread at all."""
+    from acdc.faithfulness_math import Faithfulness
+
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    f = Faithfulness(3.0, 2.5, 0.0, t(2.0, 4.0), t(1.0, 4.0), t(0.0, 0.0))
+    assert f.normalized == pytest.approx(5 / 6)
+    assert f.interval() == (0.5, 1.0)
+    assert f.interval("ratio_of_means") == (0.5, 1.0)
+    assert f.interval(seed=1) == (0.5, 1.0) and f.to_dict()["normalized_ci95"] == [0.5, 1.0]
+    same = Faithfulness(2.0, 1.0, 0.5, t(2.0, 2.0, 2.0), t(1.0, 1.0, 1.0), t(0.5, 0.5, 0.5))
+    assert same.interval() == pytest.approx((1 / 3, 1 / 3))
+    with pytest.raises(ValueError, match="level must lie in"):
+        f.interval(level=1.0)
+    assert "[95% over prompts 0.500, 1.000]" in repr(f)
