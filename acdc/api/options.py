@@ -29,7 +29,7 @@ from ..inputs import Answers
 from ..metrics import MetricLike
 from ..positions import Positions
 
-__all__ = ["AttributeOptions", "DiscoverOptions", "FaithfulnessOptions", "GridOptions", "Inputs", "PruneOptions", "ROCOptions",
+__all__ = ["AttributeOptions", "DiscoverOptions", "FaithfulnessOptions", "Inputs", "PruneOptions", "ROCOptions",
            "SweepInputs", "names_of", "take"]
 
 # where a keyword that an entry point does not take belongs (the usual mix-ups)
@@ -121,8 +121,6 @@ class SweepInputs(Inputs, total=False):
     workers: int | None
     threads: int | None
 
-
-GridOptions = SweepInputs
 
 
 class ROCOptions(SweepInputs, total=False):
