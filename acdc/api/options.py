@@ -122,7 +122,6 @@ class SweepInputs(Inputs, total=False):
     threads: int | None
 
 
-
 class ROCOptions(SweepInputs, total=False):
     """`roc`'s keywords: a sweep's, and the `ACDCOptions` every threshold shares."""
 
