@@ -102,9 +102,10 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
 
     def mlp_fn(layer: int) -> Callable[[Tensor], Tensor]:
         def fn(xn: Tensor) -> Tensor:  # the MLP's normed input -> its output
-            out = tf.mlp_normed(layer, xn)
+            out: Tensor | None = None  # the first site computes the MLP's output (a neuron edit: from its hidden units)
             for site, its in sorted(by_stage[("mlp", layer)].items(), key=lambda kv: kv[0].mlp_order):
                 out = site.edit_mlp(run, layer, xn, out, its)
+            assert out is not None
             return out
         return fn
 

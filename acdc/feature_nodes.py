@@ -125,8 +125,9 @@ class FeatureSite(UnitSite):
             raise ValueError(f"{node.name}: feature {node.head} does not exist; layer {node.layer}'s transcoder has "
                              f"features 0-{tc.n_features - 1}")
 
-    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor, items: Sequence[tuple[Node, object]]) -> Tensor:
+    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor | None, items: Sequence[tuple[Node, object]]) -> Tensor:
         tf, tc = run.tf, run.transcoders[layer]
+        out = self.unedited(run, layer, xn, out)
         acts = tc.encode(xn.to(tc.W_enc.dtype))
         new = acts.clone()
         for node, it in items:

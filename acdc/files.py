@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["claim", "claim_folder"]
+__all__ = ["claim", "claim_folder", "held"]
 
 
 def claim(path: str | Path, overwrite: bool = False) -> Path:
@@ -22,15 +22,21 @@ def claim(path: str | Path, overwrite: bool = False) -> Path:
     return p
 
 
+def held(path: str | Path, names: Sequence[str]) -> list[Path]:
+    """Which of ``names`` (files or folders; "" for ``path`` itself) already exist under the folder ``path``."""
+    p = Path(path)
+    return [p / n for n in names if (p / n).exists()]
+
+
 def claim_folder(path: str | Path, names: Sequence[str], overwrite: bool = False) -> Path:
     """``path`` ready to hold the files ``names``: made if missing; refused (a one-line FileExistsError) if it is
     a file, or, unless ``overwrite``, if it already holds any of them (files from an earlier run)."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise FileExistsError(f"{p} is a file; give a folder (it would hold {', '.join(names)})")
-    held = [n for n in names if (p / n).exists()]
-    if held and not overwrite:
-        raise FileExistsError(f"{p}/ already holds {', '.join(held)}; pass overwrite=True to replace (CLI: --force), "
-                              "or write to another folder")
+    there = held(p, names)
+    if there and not overwrite:
+        raise FileExistsError(f"{p}/ already holds {', '.join(h.name for h in there)}; pass overwrite=True to replace "
+                              "(CLI: --force), or write to another folder")
     p.mkdir(parents=True, exist_ok=True)
     return p

@@ -175,16 +175,17 @@ class _Transpose:
     def __init__(self, fr: FrozenRun, readers: Readers, S: int, at_mlp: Tensor):
         self.fr, self.readers, self.S, self.at_mlp = fr, readers, S, at_mlp
 
-    def mlp(self, part: MLPPart, g: Tensor) -> Tensor:
+    def mlp(self, part: MLPPart, g: Tensor) -> Tensor | None:
+        """The skip path's transpose and the readers' directions at the MLP's input; None where it has neither
+        (a frozen MLP output is a constant: nothing flows back through it)."""
         fr, layer, S = self.fr, part.layer, self.S
         self.at_mlp[layer] = g
         w = fr.tf.norm_params("ln2", layer)[0]
-        sent = torch.zeros_like(g)
-        if layer in fr.skip:
-            sent = sent + fr.norm_vjp(g @ fr.skip[layer].T, w, fr.scale2[layer, :S])
+        sent = fr.norm_vjp(g @ fr.skip[layer].T, w, fr.scale2[layer, :S]) if layer in fr.skip else None
         if layer in self.readers.mid:
             rows, pos, dirs = self.readers.mid[layer]
-            sent = sent.index_put((rows, pos), fr.norm_vjp(dirs, w, fr.scale2[layer, :S][pos]), accumulate=True)
+            sent = (torch.zeros_like(g) if sent is None else sent).index_put(
+                (rows, pos), fr.norm_vjp(dirs, w, fr.scale2[layer, :S][pos]), accumulate=True)
         return sent
 
     def heads(self, part: HeadsPart, g: Tensor) -> Tensor:

@@ -99,11 +99,12 @@ class LayerPass(Protocol):
     """A computation over the model's layer loop (`Transformer.walk`, `Transformer.walk_back`): one method
     per kind of part, each mapping the tensor at the part's input to the one at its output [..., d_model]
     (forward: the stream it reads -> what it adds to the stream; transpose: the cotangent after it -> the
-    cotangent it sends to the stream it read). A new kind of part adds a method to every pass."""
+    cotangent it sends to the stream it read, or None when it sends nothing). A new kind of part adds a method
+    to every pass."""
 
-    def heads(self, part: HeadsPart, x: Tensor, /) -> Tensor: ...
+    def heads(self, part: HeadsPart, x: Tensor, /) -> Tensor | None: ...
 
-    def mlp(self, part: MLPPart, x: Tensor, /) -> Tensor: ...
+    def mlp(self, part: MLPPart, x: Tensor, /) -> Tensor | None: ...
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,8 @@ class Part:
     layer: int
     stream: int
 
-    def through(self, p: LayerPass, x: Tensor) -> Tensor:
-        """This part's step of pass ``p`` on x [..., d_model]."""
+    def through(self, p: LayerPass, x: Tensor) -> Tensor | None:
+        """This part's step of pass ``p`` on x [..., d_model] (None: nothing, in a transpose)."""
         raise NotImplementedError
 
 
@@ -126,7 +127,7 @@ class Part:
 class HeadsPart(Part):
     """A layer's attention heads (their summed outputs plus b_O are what it adds)."""
 
-    def through(self, p: LayerPass, x: Tensor) -> Tensor:
+    def through(self, p: LayerPass, x: Tensor) -> Tensor | None:
         return p.heads(self, x)
 
 
@@ -134,7 +135,7 @@ class HeadsPart(Part):
 class MLPPart(Part):
     """A layer's MLP (norm, matrices, activation; its output is what it adds)."""
 
-    def through(self, p: LayerPass, x: Tensor) -> Tensor:
+    def through(self, p: LayerPass, x: Tensor) -> Tensor | None:
         return p.mlp(self, x)
 
 
@@ -605,13 +606,14 @@ class Transformer:
             for old in [k for k in streams if k < part.stream]:
                 del streams[old]  # read by no later part
             out = part.through(p, read)
+            assert out is not None, "a forward pass adds a tensor at every part"
             x = x + out
             yield part, read, out, x
 
     def walk_back(self, g: Tensor, p: LayerPass, last: int | None = None) -> Tensor:
         """The transpose of a linear `walk`: g [..., d_model] the cotangent after layer ``last`` (default:
         the final stream); each part, last first, sends ``part.through(p, the cotangent after it)`` to the
-        stream it read. Returns the cotangent at the input stream."""
+        stream it read (None: nothing). Returns the cotangent at the input stream."""
         parts = [q for q in self.parts if last is None or q.layer <= last]
         first: dict[int, int] = {}
         for i, q in enumerate(parts):
@@ -620,7 +622,8 @@ class Transformer:
         for i in range(len(parts) - 1, -1, -1):
             sent = parts[i].through(p, g)
             j = first[parts[i].stream]
-            owed[j] = sent if j not in owed else owed[j] + sent
+            if sent is not None:
+                owed[j] = sent if j not in owed else owed[j] + sent
             if i in owed:
                 g = g + owed.pop(i)
         return g

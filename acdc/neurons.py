@@ -88,13 +88,15 @@ class NeuronSite(UnitSite):
         if not 0 <= node.head < ctx.tf.arch.d_mlp:
             raise ValueError(f"{node.name}: neuron {node.head} does not exist; MLPs have neurons 0-{ctx.tf.arch.d_mlp - 1}")
 
-    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor, items: Sequence[tuple[Node, object]]) -> Tensor:
+    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor | None, items: Sequence[tuple[Node, object]]) -> Tensor:
         tf = run.tf
         hidden = tf.mlp_hidden_normed(layer, xn)
         new = hidden.clone()
         for node, it in items:
             i = node.head
             new[..., i] = run.apply(new[..., i], it, lambda c, i=i: tf.mlp_hidden(layer, c.resid_mid[layer])[..., i])
+        if out is None:  # the first edit of the layer: the MLP's output from the edited hidden units, computed once
+            return new @ tf.mlp_out_rows(layer) + tf.mlp_bias(layer)
         return out + (new - hidden) @ tf.mlp_out_rows(layer)
 
     def layer_activations(self, tf: Transformer, layer: int, mlp_in: Tensor, transcoders: Mapping[int, Transcoder]) -> Tensor:

@@ -94,8 +94,15 @@ class Site:
     def edit_heads(self, run: Edits, layer: int, out: Tensor, items: Sequence[tuple[Node, object]]) -> Tensor:
         raise NotImplementedError
 
-    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor, items: Sequence[tuple[Node, object]]) -> Tensor:
+    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor | None, items: Sequence[tuple[Node, object]]) -> Tensor:
+        """The layer's MLP output with these edits, given its normed input ``xn`` and its output so far (None: no
+        edit of the layer has run yet; `unedited` computes it)."""
         raise NotImplementedError
+
+    @staticmethod
+    def unedited(run: Edits, layer: int, xn: Tensor, out: Tensor | None) -> Tensor:
+        """The MLP's output so far: ``out``, or the plain MLP on ``xn`` when no edit has produced one."""
+        return run.tf.mlp_normed(layer, xn) if out is None else out
 
     # ---------------------------------------------------------------- firing scans
     def read(self, tf: Transformer, node: Node, before: Tensor, mlp_in: Tensor, mlp_out: Tensor, mask: Tensor,
@@ -187,8 +194,9 @@ class MLPSite(Site):
         if ctx.tf.arch.attn_only:
             raise ValueError(f"{node.name}: an attention-only model has no MLPs")
 
-    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor, items: Sequence[tuple[Node, object]]) -> Tensor:
+    def edit_mlp(self, run: Edits, layer: int, xn: Tensor, out: Tensor | None, items: Sequence[tuple[Node, object]]) -> Tensor:
         src = layer_offset(layer, run.tf.arch.n_heads) + run.tf.arch.n_heads
+        out = self.unedited(run, layer, xn, out)
         for _, it in items:
             out = run.apply(out, it, lambda c: c.sources[src])
         return out

@@ -46,8 +46,7 @@ def names_of(group: type | Sequence[str], but: Sequence[str] = ()) -> tuple[str,
     if isinstance(group, type) and dataclasses.is_dataclass(group):
         got = tuple(f.name for f in dataclasses.fields(group))
     elif isinstance(group, type):
-        got = tuple(group.__annotations__) + tuple(k for b in group.__mro__[1:] for k in getattr(b, "__annotations__", {}))
-        got = tuple(dict.fromkeys(got))
+        got = tuple(group.__annotations__)  # a TypedDict's keys, its bases' included
     else:
         got = tuple(group)
     return tuple(n for n in got if n not in but)

@@ -122,10 +122,12 @@ def guard_outputs(args: argparse.Namespace) -> None:
     names: tuple[str, ...] = tuple(writes(args) if callable(writes) else writes)  # type: ignore[arg-type]
     if any(names) and out.exists() and not out.is_dir():
         raise CLIError(f"-o {out} is a file; -o takes a folder (this command writes {', '.join(n for n in names if n)} there)")
-    held = [str(out / n) for n in names if (out / n).exists()]
-    if held and not getattr(args, "force", False):
-        raise CLIError(f"{', '.join(held)} already exist{'s' if len(held) == 1 else ''} (from an earlier run?); pass --force "
-                       "to replace, or -o somewhere else; nothing was run")
+    from ..files import held
+
+    there = held(out, names)  # the library writers' rule (acdc.files), checked before anything runs
+    if there and not getattr(args, "force", False):
+        raise CLIError(f"{', '.join(map(str, there))} already exist{'s' if len(there) == 1 else ''} (from an earlier run?); "
+                       "pass --force to replace, or -o somewhere else; nothing was run")
 
 
 def sweep_flags(p: argparse.ArgumentParser) -> None:
