@@ -30,6 +30,7 @@ from torch import Tensor
 from .graph import Graph
 from .inputs import Ablation
 from .model import HeadsPart, MLPPart, Part, Transformer
+from .transcoders import TranscoderSet
 
 __all__ = ["MLP_ENGINES", "Block", "FullRun", "GradPass", "HeadsBlock", "Job", "MLPBlock", "MLPUnits", "UnitsBlock", "blocks_of",
            "units_of", "weighted_rows"]
@@ -71,17 +72,18 @@ class MLPUnits(Protocol):
         ...
 
 
-MLP_ENGINES: dict[str, Callable[[Graph, Transformer], MLPUnits]] = {}
+MLP_ENGINES: dict[str, Callable[[Graph, Transformer, TranscoderSet | None], MLPUnits]] = {}
 
 
-def units_of(g: Graph, tf: Transformer) -> MLPUnits | None:
-    """The engine of the graph's factored MLP units (None: every MLP is whole)."""
+def units_of(g: Graph, tf: Transformer, transcoders: TranscoderSet | None = None) -> MLPUnits | None:
+    """The engine of the graph's factored MLP units (None: every MLP is whole); ``transcoders``: the
+    dictionary that computes a feature graph's features (the graph holds their layout only)."""
     if not g.split_mlps:
         return None
     make = MLP_ENGINES.get(g.mlp_units)
     if make is None:
         raise ValueError(f"no engine for MLP units {g.mlp_units!r}; import the module that registers it")
-    return make(g, tf)
+    return make(g, tf, transcoders)
 
 
 def weighted_rows(rows: Tensor, weights: Tensor, values: Tensor) -> Tensor:

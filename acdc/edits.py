@@ -75,9 +75,9 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
     Each edited node's kind says where and how (`acdc.sites`). ``corrupt_run``: ``patcher.tf.run(patcher.corrupt_tokens)``
     computed before (the ablation values' source), so many calls run it once."""
     tf = patcher.tf
-    ts = patcher.graph.transcoders
-    transcoders = {layer: ts[layer] for layer in ts.layers} if isinstance(ts, TranscoderSet) else {}
-    ctx = SiteContext(tf, transcoders, "the patcher's graph is not a feature graph with one (Graph.from_model(model, transcoders=ts))")
+    ts = patcher.transcoders
+    transcoders = {} if ts is None else {layer: ts[layer] for layer in ts.layers}
+    ctx = SiteContext(tf, transcoders, "the patcher has no transcoders (Patcher(..., graph=feature_graph, transcoders=ts))")
     S = int(patcher.clean_tokens.shape[1])
     items = [Intervention.from_dict(x) for x in interventions]
     placed: list[tuple[Node, Site, Intervention]] = []

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .blocks import MLP_ENGINES
-from .graph import ERROR, FEATURE, SKIP, Graph, Node
+from .graph import ERROR, FEATURE, SKIP, Graph, Node, check_layout
 from .model import Transformer
 from .sites import SITES, Edits, SiteContext, UnitSite
 from .transcoders import Transcoder, TranscoderSet, active_features
@@ -47,15 +47,17 @@ __all__ = ["ERROR", "FEATURE", "SKIP", "FeatureSite", "TranscoderUnits", "active
 
 class TranscoderUnits:
     """The engine's side of a feature graph: each featured layer's chosen features (factored, rows
-    of ``W_dec``) and its dense extras (error, skip), computed from the transcoders attached to the graph."""
+    of ``W_dec``) and its dense extras (error, skip), computed from ``ts``, the transcoders the graph's
+    layout was made from (the graph holds the layout, the engine the weights)."""
 
-    def __init__(self, graph: Graph, tf: Transformer):
-        ts = graph.transcoders
+    def __init__(self, graph: Graph, tf: Transformer, ts: TranscoderSet | None):
         if graph.features is None:
             raise ValueError("TranscoderUnits needs a feature graph (Graph.from_model(model, transcoders=ts))")
-        if not isinstance(ts, TranscoderSet):
-            raise ValueError("this feature graph has no transcoders attached (a graph read from JSON keeps only their "
-                             "description): graph.with_transcoders(acdc.load_transcoders(...))")
+        if ts is None:
+            what = graph.features.info.get("source") or "the set it was built from"
+            raise ValueError(f"this feature graph's features are computed by transcoders ({what}); the graph keeps their "
+                             "layout only: pass transcoders=ts (acdc.load_transcoders(...)) where you run it")
+        check_layout(graph.features, ts)
         ts.check_model(tf)
         self.tf = tf
         self._layers: dict[int, tuple[Transcoder, Tensor, Tensor]] = {}

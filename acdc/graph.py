@@ -364,7 +364,6 @@ class Graph:
         mlp_units: str = "whole",
         d_mlp: int | None = None,
         features: FeatureLayout | None = None,
-        transcoders: FeatureSet | None = None,
     ):
         if n_layers < 1 or n_heads < 1:
             raise ValueError(f"a graph needs n_layers >= 1 and n_heads >= 1, got {n_layers}, {n_heads}")
@@ -375,8 +374,9 @@ class Graph:
                 raise ValueError(f"transcoder features for layers {bad or 'any'} do not fit {n_layers} layers with MLPs")
         elif mlp_units == "transcoders":
             raise ValueError("a transcoder graph needs its features: Graph.from_model(model, transcoders=ts)")
-        # feature graphs: which features are nodes, and the weights that compute them (the engine's)
-        self.features, self.transcoders = features, transcoders
+        # feature graphs: which features are nodes (the weights that compute them are the engine's:
+        # each entry point takes transcoders=)
+        self.features = features
         if mlp_units not in MLP_UNITS:
             raise ValueError(f"unknown mlp_units {mlp_units!r}; one of {', '.join(MLP_UNITS)}")
         if mlp_units not in ("whole", "transcoders") and (attn_only or d_mlp is None):
@@ -465,7 +465,9 @@ class Graph:
         ``transcoders=ts`` (an `acdc.TranscoderSet`) makes a *feature graph*: each MLP with a
         transcoder becomes its features ``m{L}.f{i}``, an error node ``m{L}.err`` and, with a skip
         path, ``m{L}.skip`` (`acdc.feature_nodes`); ``features`` picks which features enter, layer ->
-        indices (default: every feature; `acdc.active_features` picks those a task uses).
+        indices (default: every feature; `acdc.active_features` picks those a task uses). The graph
+        keeps the layout only: pass the same set as ``transcoders=`` to whatever runs it (`discover`,
+        `attribute`, `acdc.Patcher`, ...), which checks that it covers the graph's features.
         """
         cfg = model.cfg if hasattr(model, "cfg") else model.arch
         layout = None
@@ -485,7 +487,6 @@ class Graph:
             mlp_units=mlp_units,
             d_mlp=getattr(cfg, "d_mlp", None) if mlp_units != "whole" else None,
             features=layout,
-            transcoders=transcoders,
         )
 
     @classmethod
@@ -513,19 +514,7 @@ class Graph:
         return Graph(
             self.n_layers, self.n_heads, parallel_attn_mlp=self.parallel_attn_mlp, split_qkv=self.split_qkv,
             attn_only=self.attn_only, d_model=self.d_model, n_kv_heads=self.n_kv_heads, positions=positions,
-            mlp_units=self.mlp_units, d_mlp=self.d_mlp, features=self.features, transcoders=self.transcoders,
-        )
-
-    def with_transcoders(self, transcoders: FeatureSet) -> Graph:
-        """This feature graph with the transcoders that compute its features attached (a graph read
-        from JSON has only their description); checked to cover its layers and features."""
-        if self.features is None:
-            raise ValueError("with_transcoders: this graph has no transcoder features")
-        check_layout(self.features, transcoders)
-        return Graph(
-            self.n_layers, self.n_heads, parallel_attn_mlp=self.parallel_attn_mlp, split_qkv=self.split_qkv,
-            attn_only=self.attn_only, d_model=self.d_model, n_kv_heads=self.n_kv_heads, positions=self.positions,
-            features=self.features, transcoders=transcoders,
+            mlp_units=self.mlp_units, d_mlp=self.d_mlp, features=self.features,
         )
 
     @property

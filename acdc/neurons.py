@@ -72,7 +72,7 @@ class Neurons:
 
 KINDS["neuron"] = NEURON
 MLP_UNITS["neurons"] = _neuron_units
-MLP_ENGINES["neurons"] = lambda graph, tf: Neurons(int(graph.d_mlp or 0))
+MLP_ENGINES["neurons"] = lambda graph, tf, transcoders: Neurons(int(graph.d_mlp or 0))
 
 
 class NeuronSite(UnitSite):

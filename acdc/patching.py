@@ -41,6 +41,7 @@ from .model import ForwardCache, Transformer
 from .positions import Positions, token_names
 from .sources import FactoredLayer, SourceValues
 from .tasks import Task
+from .transcoders import TranscoderSet
 
 __all__ = ["MLP_ENGINES", "MLPUnits", "Patcher", "PatchState", "Proposal"]
 
@@ -166,8 +167,10 @@ class Patcher:
             subset, or over the prompts of its own template. Default: the mean over the batch.
         positions: which position each token belongs to (`acdc.Positions`), needed with a
             positional graph (default: the task's); its names must be the graph's.
+        transcoders: with a feature graph, the `acdc.TranscoderSet` that computes its features (the
+            graph holds their layout only; the set must cover it).
 
-    Attributes other code reads: ``tf`` (the engine's model), ``graph``, ``ablation``,
+    Attributes other code reads: ``tf`` (the engine's model), ``graph``, ``transcoders``, ``ablation``,
     ``clean`` (the clean run's `ForwardCache`), ``abl`` (ablation value of every source,
     [n_src, batch, pos, d] for resample, [n_src, 1, pos, d] for mean, None for zero),
     ``upstream`` ([n_dst, n_src] bool on the model's device), ``answer_pos`` ([batch, P]),
@@ -186,6 +189,7 @@ class Patcher:
         cache_bytes: int = 512 * 2**20,
         mean_weights: Tensor | None = None,
         positions: Positions | None = None,
+        transcoders: TranscoderSet | None = None,
     ):
         self.ablation: Ablation = check_ablation(ablation)
         tf = Transformer.of(model)
@@ -232,7 +236,9 @@ class Patcher:
         # in a positional graph, each token's position [B, S] (the incremental engine weighs edges per token)
         self.token_position: Tensor | None = None if self.positions is None else self.positions.index.to(tf.device)
 
-        self._units: MLPUnits | None = units_of(g, tf)
+        # the dictionary a feature graph's features are computed by (the graph holds their layout only)
+        self.transcoders: TranscoderSet | None = transcoders
+        self._units: MLPUnits | None = units_of(g, tf, transcoders)
         self._blocks: list[Block] = blocks_of(g, self.tf.parts, self._units)  # the layer loop every pass walks
         self._n_units: dict[int, int] = {}  # layer -> how many of its MLP sources are factored units
         self._dense_cols: Tensor | None = None

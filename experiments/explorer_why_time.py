@@ -79,9 +79,9 @@ def main() -> None:
     if args.transcoders:
         ts = acdc.load_transcoders(args.transcoders, model)
         g = acdc.Graph.from_model(model, transcoders=ts, features=acdc.active_features(model, ts, task, top=args.top))
-        scores = acdc.attribute(model, task, method="eap", graph=g, progress=False)
+        scores = acdc.attribute(model, task, method="eap", graph=g, transcoders=ts, progress=False)
         fc = scores.greedy(1000)
-        fex, fsetup_s = timed(lambda: Explorer(model, task, fc, corpus=corpus))
+        fex, fsetup_s = timed(lambda: Explorer(model, task, fc, corpus=corpus, transcoders=ts))
         by_src = torch.zeros(len(g.sources)).index_add_(0, g.edge_src, scores.values.abs().float())
         name = max((s.name for s in g.sources if ".f" in s.name), key=lambda n: float(by_src[g.src_index[n]]))  # its largest |EAP|
         fex.intervene([{"node": name}])  # the first call also runs the corrupt prompts once

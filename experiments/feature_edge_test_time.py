@@ -21,6 +21,7 @@ public surface that older versions have too, so a clean clone of an older commit
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         ts = random_transcoders(tf, args.activation, 8 * a.d_model, 32)
         chosen = acdc.active_features(model, ts, task, top=args.top)
         feats = acdc.Graph.from_model(model, transcoders=ts, features=chosen)
-        fp, _, _ = prepare(model, task, metric="logit_diff", graph=feats)
+        # the dictionary goes to the engine (older versions read it off the graph and take no transcoders=)
+        given = {"transcoders": ts} if "transcoders" in inspect.signature(prepare).parameters else {}
+        fp, _, _ = prepare(model, task, metric="logit_diff", graph=feats, **given)
     else:
         chosen = {}
         feats = acdc.Graph.from_model(model, positions=[str(i) for i in range(n_tok)])

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         build = time.perf_counter() - t0
         r = acdc.roc(
             entry.model, entry.task, truth=entry.truth, ablation=entry.ablation, n_thresholds=args.n_thresholds,
-            progress=False, **({} if entry.graph is None else {"graph": entry.graph}),  # feature-chain: its feature graph
+            progress=False, **({} if entry.graph is None else {"graph": entry.graph, "transcoders": entry.transcoders}),  # feature-chain: its graph, transcoders
         )
         rows.append(sweep_row(name, r, build))
     extra = {"machine": platform.platform(), "threads": args.threads, "seed": args.seed, "torch": torch.__version__}

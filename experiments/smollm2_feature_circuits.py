@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     chosen = acdc.active_features(model, ts, task, top=args.top)
     graph = acdc.Graph.from_model(model, transcoders=ts, features=chosen)
     t0 = time.perf_counter()
-    scores = acdc.attribute(model, task, method="eap-ig-inputs", graph=graph, progress=False)
+    scores = acdc.attribute(model, task, method="eap-ig-inputs", graph=graph, transcoders=ts, progress=False)
     eap_s = time.perf_counter() - t0
     circuit_rows = []
     for k in (100, 300, 1000, 3000):
         c = scores.top(k)
-        f = acdc.faithfulness(model, task, c)
+        f = acdc.faithfulness(model, task, c, transcoders=ts)
         kinds = {"feature": 0, "error": 0, "skip": 0, "head": 0, "input": 0, "mlp": 0}
         for e in c.edges:
             kinds[str(graph.sources[graph.src_index[e.split("->")[0]]].kind)] += 1

@@ -346,7 +346,7 @@ def test_acdc_on_answer_columns_decides_as_on_the_whole_vocabulary(case):
     elif case == "features":
         e = acdc.zoo.load("feature-chain")
         model, args = e.model, (e.task,)
-        kw.update(threshold=0.05, graph=e.graph)
+        kw.update(threshold=0.05, graph=e.graph, transcoders=e.transcoders)
     else:
         model = tiny_gpt2(n_layer=3, n_head=2, d=16, seed=4)
         clean, corrupt = random_tokens(batch=5, pos=6)

@@ -133,18 +133,18 @@ def test_edge_pruning_options_are_checked_before_any_run():
 
 # ---------------------------------------------------------------- every kind of graph: neurons, features, positions
 def _kinds(model):
-    """(name, graph, positions, split kwargs for the hooked oracle) of each kind of graph the mixed run takes."""
+    """(name, graph, positions, split kwargs for the hooked oracle, transcoders) of each kind of graph the mixed run takes."""
     from test_features import feature_split, random_set
 
     ts = random_set(model, (0, 1), "relu", True, n=10)
     feats = acdc.Graph.from_model(model, transcoders=ts, features={0: [0, 2, 3, 5, 7], 1: [1, 4, 6, 8, 9]})
     positions = Positions.named({"A": [1, 2, 1, 2], "B": [3, 4, 2, 4], "END": [5, 5, 4, 5]}, 4, 6)
     return [
-        ("neurons", acdc.Graph.from_model(model, mlp_units="neurons"), None, None),
-        ("features", feats, None, feature_split(model, feats, ts)),
-        ("positions", acdc.Graph.from_model(model, positions=positions.names), positions, {}),
+        ("neurons", acdc.Graph.from_model(model, mlp_units="neurons"), None, None, None),
+        ("features", feats, None, feature_split(model, feats, ts), ts),
+        ("positions", acdc.Graph.from_model(model, positions=positions.names), positions, {}, None),
         ("positional features", acdc.Graph.from_model(model, transcoders=ts, features=dict(feats.features.features),
-                                                      positions=positions.names), positions, feature_split(model, feats, ts)),
+                                                      positions=positions.names), positions, feature_split(model, feats, ts), ts),
     ]
 
 
@@ -157,8 +157,8 @@ def _dense_weights(g, w_edges: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
 def test_mixed_run_on_every_kind_of_graph_at_zero_one_weights_is_the_patched_run(model, ablation):
     clean, corrupt = random_tokens()
-    for name, g, positions, _ in _kinds(model):
-        p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation, positions=positions)
+    for name, g, positions, _, ts in _kinds(model):
+        p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation, positions=positions, transcoders=ts)
         for seed in (0, 1):
             keep = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(seed)) < 0.6
             got = mixed_logits(p, _dense_weights(g, keep.float()))
@@ -177,10 +177,10 @@ def test_mixed_run_on_every_kind_of_graph_at_fractional_weights_is_the_hooked_mi
     from acdc.neurons import NEURON
 
     clean, corrupt = random_tokens()
-    for name, g, positions, split in _kinds(model):
+    for name, g, positions, split, ts in _kinds(model):
         if split is None:  # neurons: each one's output a_i W_out[i], b_out outside them
             split = _neuron_split(model, g)
-        p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation, positions=positions)
+        p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation, positions=positions, transcoders=ts)
         w = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(3))
         got = mixed_logits(p, _dense_weights(g, w))
         mix: dict[str, torch.Tensor] = {}
@@ -210,11 +210,10 @@ def test_mixed_run_gradient_on_a_feature_graph_is_the_finite_difference(model):
     """The gradient reaches edges out of features and error nodes through the transcoders' activations
     (frozen: nothing reaches their parameters)."""
     clean, corrupt = random_tokens()
-    _, g, _, _ = _kinds(model)[1]
-    grad = _gradient_is_the_finite_difference(acdc.Patcher(model, clean, corrupt, graph=g))
+    _, g, _, _, ts = _kinds(model)[1]
+    grad = _gradient_is_the_finite_difference(acdc.Patcher(model, clean, corrupt, graph=g, transcoders=ts))
     feature_edges = torch.tensor([e.src.name.startswith("m0.f") for e in g.edges])
     assert float(grad[feature_edges].abs().max()) > 0
-    ts = g.transcoders
     assert all(prm.grad is None for layer in ts.layers for prm in ts[layer].parameters())
 
 
@@ -223,10 +222,10 @@ def test_edge_pruning_recovers_the_planted_feature_chain():
     feature edges first, at edge and node level (AUC 1.0), as ACDC and attribution do."""
     chain = acdc.zoo.load("feature-chain")
     truth = len(chain.truth.edges) / chain.graph.n_edges
-    c = acdc.prune_edges(chain.model, chain.task, graph=chain.graph, target=truth, steps=300, progress=False)
+    c = acdc.prune_edges(chain.model, chain.task, graph=chain.graph, transcoders=chain.transcoders, target=truth, steps=300, progress=False)
     for level in ("edge", "node"):
         assert acdc.ROC.from_scores(c, chain.truth, level=level).auc == 1.0, level
-    assert acdc.faithfulness(chain.model, chain.task, c).normalized > 0.8
+    assert acdc.faithfulness(chain.model, chain.task, c, transcoders=chain.transcoders).normalized > 0.8
 
 
 def test_positional_edge_pruning_on_the_planted_feature_chain():
@@ -235,7 +234,7 @@ def test_positional_edge_pruning_on_the_planted_feature_chain():
     chain = acdc.zoo.load("feature-chain")
     n_pos = int(chain.task.clean.shape[1])
     truth = len(chain.truth.edges) / (chain.graph.n_edges * n_pos)
-    c = acdc.prune_edges(chain.model, chain.task, graph=chain.graph, positions="tokens", target=truth, steps=300,
+    c = acdc.prune_edges(chain.model, chain.task, graph=chain.graph, transcoders=chain.transcoders, positions="tokens", target=truth, steps=300,
                          progress=False)
     assert c.graph.positions == tuple(str(i) for i in range(n_pos))
     assert {e.split("@")[0] for e in c.edges} >= set(chain.truth.edges)

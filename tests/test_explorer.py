@@ -227,8 +227,8 @@ def test_fire_and_intervene_on_planted_features():
     from the Hugging Face module); the error node has none to scan; the planted features fire and matter
     where the zoo planted them."""
     chain = acdc.zoo.load("feature-chain")
-    c = acdc.discover(chain.model, chain.task, threshold=0.01, graph=chain.graph, progress=False)
-    ex = Explorer(chain.model, chain.task, c, tokenizer=chain.tokenizer)
+    c = acdc.discover(chain.model, chain.task, threshold=0.01, graph=chain.graph, transcoders=chain.transcoders, progress=False)
+    ex = Explorer(chain.model, chain.task, c, tokenizer=chain.tokenizer, transcoders=chain.transcoders)
     name = next(n for n in (s.name for s in ex.graph.sources) if ".f" in n)
     layer, index = int(name[1 : name.index(".")]), int(name.split(".f")[1])
     r = ex.fire(name, top=3)
@@ -240,7 +240,7 @@ def test_fire_and_intervene_on_planted_features():
         with torch.no_grad():
             for tokens in (chain.task.clean, chain.task.corrupt):
                 hf(tokens)
-                acts = chain.graph.transcoders[layer].encode(got["xn"])[..., index]
+                acts = chain.transcoders[layer].encode(got["xn"])[..., index]
                 got.setdefault("acts", []).append(acts)
     finally:
         handle.remove()

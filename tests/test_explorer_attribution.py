@@ -168,11 +168,11 @@ def test_a_feature_circuit_opens_in_the_circuit_explorer(tmp_path):
     from acdc.explorer import Explorer
 
     entry = acdc.zoo.load("feature-chain")
-    circuit = acdc.discover(entry.model, entry.task, graph=entry.graph, threshold=0.01, progress=False)
-    ex = Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer)
+    circuit = acdc.discover(entry.model, entry.task, graph=entry.graph, transcoders=entry.transcoders, threshold=0.01, progress=False)
+    ex = Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer, transcoders=entry.transcoders)
     drawn = {n["name"] for n in ex.view()["nodes"]}
     assert {"m0.f0", "m1.f0", "a1.h0"} <= drawn
-    p, m, batch = prepare(entry.model, entry.task, graph=entry.graph)
+    p, m, batch = prepare(entry.model, entry.task, graph=entry.graph, transcoders=entry.transcoders)
     for removed in ([], ["m0.f0->a1.h0<v>"], ["a1.h0->m1", "m1.f2->logits"]):
         r = ex.evaluate(removed=removed)
         keep = circuit.in_graph & ~entry.graph.edge_mask(removed)

@@ -46,8 +46,8 @@ def mini_ioi(tmp_path_factory):
     server.server_close()
 
 
-def _engine_metric(entry, kept: list[str], graph=None) -> float:
-    p, m, batch = prepare(entry.model, entry.task, graph=graph)
+def _engine_metric(entry, kept: list[str], graph=None, transcoders=None) -> float:
+    p, m, batch = prepare(entry.model, entry.task, graph=graph, transcoders=transcoders)
     return m(p.logits(~p.graph.edge_mask(kept)), batch)
 
 
@@ -479,17 +479,17 @@ def test_pinning_grouping_and_suggested_groups_on_the_page(driver, attribution):
 def test_a_feature_circuit_page(driver):
     """The zoo's feature circuit in the live page: its features drawn, an edge click re-measured by the engine."""
     entry = acdc.zoo.load("feature-chain")
-    circuit = acdc.discover(entry.model, entry.task, graph=entry.graph, threshold=0.01, progress=False)
-    server = start(Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer))
+    circuit = acdc.discover(entry.model, entry.task, graph=entry.graph, transcoders=entry.transcoders, threshold=0.01, progress=False)
+    server = start(Explorer(entry.model, entry.task, circuit, tokenizer=entry.tokenizer, transcoders=entry.transcoders))
     try:
         shown = _fresh(driver, server)
-        assert shown == pytest.approx(_engine_metric(entry, circuit.edges, graph=entry.graph), abs=1e-9)
+        assert shown == pytest.approx(_engine_metric(entry, circuit.edges, graph=entry.graph, transcoders=entry.transcoders), abs=1e-9)
         nodes = driver.execute_script("return [...document.querySelectorAll('g.node')].map(g => g.dataset.node)")
         assert {"m0.f0", "m1.f0", "a1.h0"} <= set(nodes)
         click_edge(driver, "m0.f0->a1.h0<v>")
         after = _settled(driver, 2)
         kept = [e for e in circuit.edges if e != "m0.f0->a1.h0<v>"]
-        assert after == pytest.approx(_engine_metric(entry, kept, graph=entry.graph), abs=1e-9) and after != shown
+        assert after == pytest.approx(_engine_metric(entry, kept, graph=entry.graph, transcoders=entry.transcoders), abs=1e-9) and after != shown
         # what makes m1.f0 fire: the planted class-0 reader fires at "is" and promotes the class's answer
         driver.find_element("id", "mode-inspect").click()
         driver.find_element("css selector", '[data-node="m1.f0"] .shape').click()

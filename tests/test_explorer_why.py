@@ -96,8 +96,8 @@ def test_positional_and_feature_graphs_answer(ioi):
         assert got[name]["direct"] == pytest.approx(want[name]["direct"], abs=1e-3)
         assert got[name]["total"] == pytest.approx(want[name]["total"], abs=1e-3)
     chain = acdc.zoo.load("feature-chain")
-    c = acdc.discover(chain.model, chain.task, threshold=0.01, graph=chain.graph, progress=False)
-    fx = Explorer(chain.model, chain.task, c, tokenizer=chain.tokenizer)
+    c = acdc.discover(chain.model, chain.task, threshold=0.01, graph=chain.graph, transcoders=chain.transcoders, progress=False)
+    fx = Explorer(chain.model, chain.task, c, tokenizer=chain.tokenizer, transcoders=chain.transcoders)
     r = fx.why(0, a=0, b=1)
     kinds = {n["kind"] for n in r["nodes"]}
     assert "feature" in kinds and "error" in kinds

@@ -122,15 +122,18 @@ def test_feature_graph_names_counts_and_json(model, tmp_path):
     assert g.mlp_src(0) == names.index("m0")
     with pytest.raises(ValueError, match="no whole-MLP source in layer 1"):
         g.mlp_src(1)
-    # the JSON records the transcoders; read back, the graph has their description but not their weights
+    # the graph is topology: the JSON records the transcoders' description, and whatever runs it is given their weights
+    assert not any(isinstance(v, acdc.TranscoderSet) for v in vars(g).values())
     circuit = acdc.Circuit(g, torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges))
     back = acdc.Circuit.from_json(circuit.to_json(tmp_path / "c.json"))
     assert back.graph.shape() == g.shape() and back.graph.config()["transcoders"]["source"] == "random (tests)"
-    assert back.graph.config()["features"] == {"1": [2, 5, 9]} and back.graph.transcoders is None
+    assert back.graph.config()["features"] == {"1": [2, 5, 9]}
     clean, corrupt = random_tokens(vocab=50)
-    with pytest.raises(ValueError, match="no transcoders attached.*with_transcoders"):
+    with pytest.raises(ValueError, match=r"computed by transcoders \(random \(tests\)\).*pass transcoders=ts"):
         acdc.Patcher(model, clean, corrupt, graph=back.graph)
-    again = acdc.Patcher(model, clean, corrupt, graph=back.graph.with_transcoders(ts))
+    with pytest.raises(ValueError, match="the transcoders cover layers \\[0\\]"):  # a set that does not cover the graph
+        acdc.Patcher(model, clean, corrupt, graph=back.graph, transcoders=random_set(model, (0,), "relu", True))
+    again = acdc.Patcher(model, clean, corrupt, graph=back.graph, transcoders=ts)
     assert again.graph.n_edges == g.n_edges
     with pytest.raises(ValueError, match=r"feature indices must lie in \[0, 12\)"):
         acdc.Graph.from_model(model, transcoders=ts, features={1: [12]})
@@ -144,7 +147,7 @@ def test_the_unablated_feature_graph_is_the_model(model, layers, activation, ski
     transcoders (random here), and the hooked split agrees with the engine's."""
     ts, g = _graph(model, layers, activation, skip, chosen)
     clean, corrupt = random_tokens(vocab=50)
-    p = acdc.Patcher(model, clean, corrupt, graph=g)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=ts)
     want = model(clean)[:, -1]
     assert torch.allclose(p.logits([]), want, atol=1e-5)
     logits, out = hooked(model, g, ts, clean)
@@ -158,7 +161,7 @@ def test_the_unablated_feature_graph_is_the_model(model, layers, activation, ski
 def test_feature_edges_ablated_equal_the_hooked_forward(model, layers, activation, skip, chosen, ablation):
     ts, g = _graph(model, layers, activation, skip, chosen)
     clean, corrupt = random_tokens(vocab=50)
-    p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=ts, ablation=ablation)
     abl = ablation_values(model, g, ts, corrupt, ablation, clean.shape[0])
     gen = torch.Generator().manual_seed(7)
     kinds = {FEATURE: [], ERROR: [], SKIP: []}
@@ -185,7 +188,7 @@ def test_feature_eap_equals_the_gradient_formula_by_hand(model, ablation):
     ts, g = _graph(model, (0, 1), "relu", True, None)
     clean, corrupt = random_tokens(vocab=50)
     s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=random_answers(),
-                       ablation=ablation, graph=g)
+                       ablation=ablation, graph=g, transcoders=ts)
     clean_out = hooked(model, g, ts, clean)[1]
     abl = ablation_values(model, g, ts, corrupt, ablation, clean.shape[0])
     grads = destination_grads(model, g, clean, logit_diff_loss)
@@ -222,7 +225,7 @@ def test_acdc_on_a_feature_graph_equals_plain_sequential(model, ablation):
     else:
         pytest.fail("no threshold gives a clear, non-trivial decision")
     assert any(g.sources[g.src_index[n.split("->")[0]]].kind is FEATURE for n in kept)
-    c = acdc.discover(model, clean, corrupt, graph=g, threshold=threshold, ablation=ablation, progress=False)
+    c = acdc.discover(model, clean, corrupt, graph=g, transcoders=ts, threshold=threshold, ablation=ablation, progress=False)
     assert set(c.edges) == kept
     tested = {e.name: c.edge_score(e.name) for e in g.edges if not math.isnan(c.edge_score(e.name))}
     assert tested.keys() == deltas.keys()
@@ -248,7 +251,7 @@ def test_active_features_are_the_planted_neurons_that_fire(chain):
 
 @pytest.mark.parametrize("method, metric", [("eap-ig-inputs", "kl"), ("eap", "logit_diff"), ("eap-ig-inputs", "logit_diff")])
 def test_attribution_ranks_the_planted_feature_circuit_first(chain, method, metric):
-    s = acdc.attribute(chain.model, chain.task, method=method, metric=metric, graph=chain.graph, progress=False)
+    s = acdc.attribute(chain.model, chain.task, method=method, metric=metric, graph=chain.graph, transcoders=chain.transcoders, progress=False)
     for level in ("edge", "node"):
         assert acdc.ROC.from_scores(s, chain.truth, level=level).auc == 1.0, level
 
@@ -257,20 +260,22 @@ def test_faithfulness_of_a_feature_circuit_runs_on_its_graph(chain):
     """The planted feature circuit keeps the behaviour (normalized faithfulness 1 up to the distractors'
     leak); cutting one class feature's edge loses part of it."""
     truth = chain.truth.as_circuit(chain.graph)
-    f = acdc.faithfulness(chain.model, chain.task, truth)
+    with pytest.raises(ValueError, match="pass transcoders=ts"):
+        acdc.faithfulness(chain.model, chain.task, truth)
+    f = acdc.faithfulness(chain.model, chain.task, truth, transcoders=chain.transcoders)
     assert f.normalized == pytest.approx(1.0, abs=0.02)
     fewer = acdc.Circuit(chain.graph, truth.in_graph & ~chain.graph.edge_mask(["m0.f0->a1.h0<v>"]), truth.scores)
-    assert acdc.faithfulness(chain.model, chain.task, fewer).normalized < 0.95
+    assert acdc.faithfulness(chain.model, chain.task, fewer, transcoders=chain.transcoders).normalized < 0.95
 
 
 def test_feature_scores_carry_no_autograd_graph(chain):
     """Stored activations and scores are plain tensors (a transcoder's parameters require grad; an
     activation that kept its graph would hold memory for every score)."""
-    p = acdc.Patcher(chain.model, chain.task, graph=chain.graph)
+    p = acdc.Patcher(chain.model, chain.task, graph=chain.graph, transcoders=chain.transcoders)
     values = p.source_values
     assert not any(f.clean.requires_grad or (f.abl is not None and f.abl.requires_grad) for f in values.factored.values())
     assert not values.dense_clean.requires_grad
-    s = acdc.attribute(chain.model, chain.task, method="eap-ig-inputs", graph=chain.graph, progress=False)
+    s = acdc.attribute(chain.model, chain.task, method="eap-ig-inputs", graph=chain.graph, transcoders=chain.transcoders, progress=False)
     assert not s.values.requires_grad
 
 
@@ -287,7 +292,7 @@ def test_positional_feature_edges_equal_per_position_swaps(model, ablation):
     positions = _named_positions()
     g = g0.with_positions(positions.names)
     clean, corrupt = random_tokens(vocab=50)
-    p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation, positions=positions)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=ts, ablation=ablation, positions=positions)
     split = feature_split(model, g0, ts)
     for frac, seed in [(0.05, 0), (0.3, 1), (0.8, 2)]:
         mask = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(seed)) < frac
@@ -308,7 +313,7 @@ def test_positional_feature_eap_equals_the_gradient_formula(model, ablation):
     clean, corrupt = random_tokens(vocab=50)
     answers = random_answers()
     s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=answers, ablation=ablation,
-                       graph=g, positions=positions)
+                       graph=g, transcoders=ts, positions=positions)
     want = eap_reference(model, g, clean, corrupt, ablation, logit_diff_loss, positions, **feature_split(model, g0, ts))
     values = torch.tensor([want[e.name] for e in g.edges], dtype=torch.float64)
     scale = float(values.abs().max())
@@ -331,7 +336,7 @@ def test_feature_eap_ig_activations_sum_to_the_whole_mlps(model, ablation, posit
     clean, corrupt = random_tokens(vocab=50)
     kw = dict(method="eap-ig-activations", steps=2, metric="logit_diff", answers=random_answers(), ablation=ablation,
               positions=positions)
-    split = acdc.attribute(model, clean, corrupt, graph=g, **kw)
+    split = acdc.attribute(model, clean, corrupt, graph=g, transcoders=ts, **kw)
     whole = acdc.attribute(model, clean, corrupt, graph=plain, **kw)
     at = "" if positions is None else "@B"
     for e in whole.graph.edges:
@@ -351,9 +356,9 @@ def test_positional_acdc_on_the_planted_feature_chain(chain):
     """ACDC on the feature-chain graph at token positions keeps the planted feature edges, each at
     the positions that carry it, and a positional circuit's faithfulness runs on its graph."""
     n = int(chain.task.clean.shape[1])
-    c = acdc.discover(chain.model, chain.task, graph=chain.graph, positions="tokens", threshold=1e-3, progress=False)
+    c = acdc.discover(chain.model, chain.task, graph=chain.graph, transcoders=chain.transcoders, positions="tokens", threshold=1e-3, progress=False)
     assert c.graph.positions == tuple(str(i) for i in range(n)) and c.graph.features == chain.graph.features
     kept = {e.split("@")[0] for e in c.edges}
     assert kept == set(chain.truth.edges)
     assert 0 < len(c.edges) < 3 * len(kept)
-    assert acdc.faithfulness(chain.model, chain.task, c).normalized == pytest.approx(1.0, abs=0.05)
+    assert acdc.faithfulness(chain.model, chain.task, c, transcoders=chain.transcoders).normalized == pytest.approx(1.0, abs=0.05)

@@ -456,12 +456,12 @@ def test_python_writers_never_overwrite_silently(tmp_path):
     from acdc.files import claim, claim_folder
 
     e = acdc.zoo.load("feature-chain")
-    c = acdc.discover(e.model, e.task, threshold=0.1, graph=e.graph, progress=False)
+    c = acdc.discover(e.model, e.task, threshold=0.1, graph=e.graph, transcoders=e.transcoders, progress=False)
     path = c.to_json(tmp_path / "c.json")
     with pytest.raises(FileExistsError, match=r"c\.json exists; pass overwrite=True to replace it \(CLI: --force\)"):
         c.to_json(path)
     assert c.to_json(path, overwrite=True) == path and acdc.Circuit.from_json(path) == c
-    s = acdc.attribute(e.model, e.task, graph=e.graph, progress=False)
+    s = acdc.attribute(e.model, e.task, graph=e.graph, transcoders=e.transcoders, progress=False)
     s.to_json(tmp_path / "s.json")
     with pytest.raises(FileExistsError, match="s.json exists"):
         s.to_json(tmp_path / "s.json")

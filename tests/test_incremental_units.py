@@ -29,14 +29,15 @@ def model(request):
     return m
 
 
-def _graph(model, kind: str) -> acdc.Graph:
+def _graph(model, kind: str) -> tuple[acdc.Graph, acdc.TranscoderSet | None]:
+    """The graph of ``kind`` and the transcoders that compute its features (None: no features)."""
     if kind == "neurons":
-        return acdc.Graph.from_model(model, mlp_units="neurons")
+        return acdc.Graph.from_model(model, mlp_units="neurons"), None
     if kind == "features":  # layers 0 and 2 featured (with a skip path), layer 1 a whole MLP
         ts = random_set(model, (0, 2), "relu", True, n=10)
-        return acdc.Graph.from_model(model, transcoders=ts, features={0: [0, 2, 3, 5, 7], 2: [1, 4, 6, 8, 9]})
+        return acdc.Graph.from_model(model, transcoders=ts, features={0: [0, 2, 3, 5, 7], 2: [1, 4, 6, 8, 9]}), ts
     ts = random_set(model, (0, 1, 2), "topk", False, n=8)
-    return acdc.Graph.from_model(model, transcoders=ts)
+    return acdc.Graph.from_model(model, transcoders=ts), ts
 
 
 ANSWERS = {
@@ -52,9 +53,9 @@ ANSWERS = {
 def test_commits_on_factored_graphs_stay_exact(model, kind, ablation, answers):
     """ACDC's order (every edge, destinations and sources reversed), most removals committed: each
     candidate and the state after each commit equal a run from scratch."""
-    g = _graph(model, kind)
+    g, ts = _graph(model, kind)
     clean, corrupt = random_tokens(batch=4, pos=6)
-    p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation, answer_pos=ANSWERS[answers], cache_bytes=2**14)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=ts, ablation=ablation, answer_pos=ANSWERS[answers], cache_bytes=2**14)
     assert isinstance(p.reference_state(), acdc.patching.PatchState)
     step = max(1, g.n_edges // 80)  # a spread of edges into every layer (the tiny neuron graph has ~1,300)
     seen: list[bool] = []
@@ -67,9 +68,9 @@ def test_commits_on_factored_graphs_stay_exact(model, kind, ablation, answers):
 @pytest.mark.parametrize("kind", ["neurons", "features"])
 def test_batched_candidates_on_factored_graphs(model, kind):
     """Several candidates in one propagation (ACDC's speculation) equal each one alone, and a run from scratch."""
-    g = _graph(model, kind)
+    g, ts = _graph(model, kind)
     clean, corrupt = random_tokens(batch=4, pos=6)
-    p = acdc.Patcher(model, clean, corrupt, graph=g)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=ts)
     st = p.state()
     gen = torch.Generator().manual_seed(2)
     cands = torch.stack([st.keep & (torch.rand(st.keep.shape, generator=gen) > f) for f in (0.05, 0.3, 0.8)])
@@ -88,9 +89,9 @@ def test_cutting_units_then_changing_their_input_stays_exact(model):
     """Cutting every outgoing edge of some neurons (they are not updated again: their stale values cancel
     out of every input, being on the ablated side of each) and then changing their MLP's input keeps every
     later evaluation exact."""
-    g = _graph(model, "neurons")
+    g, ts = _graph(model, "neurons")
     clean, corrupt = random_tokens(batch=4, pos=6)
-    p = acdc.Patcher(model, clean, corrupt, graph=g)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=ts)
     st = p.state()
     units = g.mlp_sources(0)[:7]
     cand = st.keep.clone()
@@ -111,9 +112,9 @@ def test_a_split_mlp_reads_its_inputs_where_its_units_are_read(model):
     """Rows read, by hand: logits <- a1.h0 <k- m0.f0 <- (m0's input) a0.h1. The logits read a1.h0 at the
     answer rows; a key input reads every row of what it keeps, so m0.f0 is read everywhere, and so is
     a0.h1, which the split MLP m0 reads (its output being read where any of its units is)."""
-    g = _graph(model, "features")
+    g, ts = _graph(model, "features")
     clean, corrupt = random_tokens(batch=4, pos=6)
-    p = acdc.Patcher(model, clean, corrupt, graph=g)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=ts)
     keep = torch.zeros_like(p.upstream)
     s = g.src_index
     keep[g.logits_row, s["a1.h0"]] = True
@@ -143,13 +144,13 @@ def test_commits_on_positional_graphs_stay_exact(model, kind, ablation, answers)
     swaps in the hooked forward, test_positional.py)."""
     positions = _named_positions()
     if kind == "heads and whole MLPs":
-        g = acdc.Graph.from_model(model, positions=positions.names)
+        g, ts = acdc.Graph.from_model(model, positions=positions.names), None
     else:
-        base = _graph(model, kind)
+        base, ts = _graph(model, kind)
         g = acdc.Graph.from_model(model, positions=positions.names, mlp_units=base.mlp_units,
-                                  transcoders=base.transcoders, features=None if base.features is None else dict(base.features.features))
+                                  transcoders=ts, features=None if base.features is None else dict(base.features.features))
     clean, corrupt = random_tokens(batch=4, pos=6)
-    p = acdc.Patcher(model, clean, corrupt, graph=g, ablation=ablation, answer_pos=ANSWERS[answers], positions=positions)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=ts, ablation=ablation, answer_pos=ANSWERS[answers], positions=positions)
     assert isinstance(p.reference_state(), acdc.patching.PatchState) and p.state().keep.dim() == 3
     step = max(1, g.n_edges // 70)
     tested = removals_stay_exact(p, reversed(range(0, g.n_edges, step)), commit=0.85)

@@ -102,7 +102,7 @@ def test_feature_edits_equal_hugging_face_hooks(gpt2_model, ablation):
     ts = random_set(gpt2_model, layers=(0, 1), activation="relu")
     g = acdc.Graph.from_model(gpt2_model, transcoders=ts, features=None)
     clean, corrupt = random_tokens(batch=4, pos=6)
-    p = Patcher(gpt2_model, clean, corrupt, ablation=ablation, graph=g)
+    p = Patcher(gpt2_model, clean, corrupt, ablation=ablation, graph=g, transcoders=ts)
     edits = [Intervention("m0.f3", "ablate", positions=(2, 5)), Intervention("m1.f5", "clamp", 2.0, positions=(4,)),
              Intervention("m1.f1", "scale", 3.0), Intervention("m1.f7", "ablate")]
     got = intervened_logits(p, edits)
@@ -160,7 +160,7 @@ def test_feature_edits_equal_hugging_face_hooks(gpt2_model, ablation):
     assert (got - plain).abs().max() > 1e-2  # the edits move the answer
     with pytest.raises(ValueError, match="features 0-11"):
         intervened_logits(p, [Intervention("m1.f12")])
-    with pytest.raises(ValueError, match="a feature needs a transcoder for layer 1; the patcher's graph is not a feature graph"):
+    with pytest.raises(ValueError, match="a feature needs a transcoder for layer 1; the patcher has no transcoders"):
         intervened_logits(Patcher(gpt2_model, clean, corrupt), [Intervention("m1.f1")])
 
 

@@ -65,7 +65,7 @@ def registered():
     runs it), and taken out again."""
     KINDS["direction"] = DIRECTION
     MLP_UNITS["directions"] = _direction_units
-    MLP_ENGINES["directions"] = lambda graph, tf: Directions(tf.arch.d_model)
+    MLP_ENGINES["directions"] = lambda graph, tf, dictionary: Directions(tf.arch.d_model)
     yield
     del KINDS["direction"], MLP_UNITS["directions"], MLP_ENGINES["directions"]
 

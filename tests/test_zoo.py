@@ -31,8 +31,8 @@ def setup(entry):
 
 
 def _graph(entry) -> dict:
-    """The entry's own graph where its truth is named in one (feature-chain's feature graph)."""
-    return {} if entry.graph is None else {"graph": entry.graph}
+    """The entry's own graph where its truth is named in one (feature-chain's feature graph, with its transcoders)."""
+    return {} if entry.graph is None else {"graph": entry.graph, "transcoders": entry.transcoders}
 
 
 def test_registry():
@@ -75,7 +75,7 @@ def test_acdc_recovers_the_plant(entry):
     assert r.exact(), f"no threshold gives exactly the planted edges: {list(zip(r.params, r.fpr, r.tpr))}"
     found = r.circuits[r.exact()[0]]
     assert set(found.edges) == set(entry.truth.edges)
-    if entry.graph is not None:  # the circuits keep the sweep's own graph (a feature graph's transcoders with it)
+    if entry.graph is not None:  # the circuits keep the sweep's own graph
         assert all(c.graph is entry.graph for c in r.circuits)
     assert r.at_level("node").auc >= 0.99
 

@@ -176,7 +176,8 @@ class _FaithfulnessRuns:
             weights = mean_weights_for(self.task, mean_over, self.seed, ablation)
             clean, corrupt = (base.corrupt_tokens, base.clean_tokens) if swapped else (base.clean_tokens, base.corrupt_tokens)
             self.patchers[key] = Patcher(base.tf, clean, corrupt, graph=self.graph, ablation=ablation,  # type: ignore[arg-type]
-                                          answer_pos=base.answer_pos, mean_weights=weights, positions=base.positions)
+                                          answer_pos=base.answer_pos, mean_weights=weights, positions=base.positions,
+                                          transcoders=base.transcoders)
         return self.patchers[key]
 
     def measure(self, setting: FaithfulnessSetting, progress: bool = False) -> Faithfulness:

@@ -14,6 +14,7 @@ from ..metrics import Batch, Metric, MetricLike, resolve_metric, scored_rows
 from ..patching import Patcher
 from ..positions import Positions
 from ..tasks import Task
+from ..transcoders import TranscoderSet
 from .options import DiscoverOptions, Inputs
 
 __all__ = ["DiscoverOptions", "Inputs", "make_batch", "prepare", "resolve_positions"]
@@ -32,11 +33,13 @@ def prepare(
     graph: Graph | None = None,
     mean_weights: Tensor | None = None,
     positions: str | Positions | None = None,
+    transcoders: TranscoderSet | None = None,
 ) -> tuple[Patcher, Metric, Batch]:
     """Build the patcher, metric and batch an algorithm runs on, from the inputs of `discover`.
 
     ``clean`` may be an `acdc.tasks.Task`; its answers, positions and metric fill whatever
-    is not passed explicitly.
+    is not passed explicitly. ``transcoders``: with a feature ``graph``, the set that computes its
+    features (the graph holds their layout only).
     """
     task: Task | None = None
     if isinstance(clean, Task):
@@ -66,7 +69,7 @@ def prepare(
     else:  # a graph without positions (a feature graph, say) asked for at positions gets them
         g = graph.with_positions(pos.names) if pos is not None and graph.positions is None else graph
     patcher = Patcher(bridge, clean_t, corrupt_t, graph=g, ablation=ablation, answer_pos=answer_pos,  # type: ignore[arg-type]
-                      mean_weights=mean_weights, positions=pos)
+                      mean_weights=mean_weights, positions=pos, transcoders=transcoders)
     return patcher, m, make_batch(patcher, parsed, bridge)
 
 

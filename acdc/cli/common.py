@@ -231,6 +231,7 @@ class Setup(NamedTuple):
     ablation: str
     tokenizer: Any
     graph: Any  # a feature graph (--transcoders, or a zoo entry's own), else None: the model's plain graph
+    transcoders: Any  # the set that computes the feature graph's features (None with a plain graph)
 
 
 def setup_run(args: argparse.Namespace) -> Setup:
@@ -241,6 +242,7 @@ def setup_run(args: argparse.Namespace) -> Setup:
     classes: Any = None
     tokenizer: Any = None
     graph: Any = None
+    ts: Any = None
     if args.model.startswith("zoo:"):
         if args.task is not None:
             raise CLIError(f"zoo models come with their own task; drop --task {args.task}")
@@ -249,9 +251,9 @@ def setup_run(args: argparse.Namespace) -> Setup:
         if getattr(args, "device", None) is not None:  # a zoo model runs where it was asked to, not silently on the CPU
             model = model.to(args.device)
         truth = classes = entry.truth
-        graph = entry.graph
-        if graph is not None and getattr(args, "device", None) is not None and entry.transcoders is not None:
-            graph = graph.with_transcoders(entry.transcoders.to(args.device))  # beside the model
+        graph, ts = entry.graph, entry.transcoders
+        if ts is not None and getattr(args, "device", None) is not None:
+            ts = ts.to(args.device)  # beside the model
         if getattr(args, "positions", None) == "named":  # positional circuits score against the positional truth
             truth = entry.positional_truth
         ablation = args.ablation or entry.ablation
@@ -274,8 +276,8 @@ def setup_run(args: argparse.Namespace) -> Setup:
     if getattr(args, "truth", None) is not None:
         truth = classes = load_truth(args.truth)
     if getattr(args, "transcoders", None) is not None:
-        graph = feature_graph(model, task, args.transcoders, args.features)
-    return Setup(model, task, truth, classes, ablation, tokenizer, graph)
+        graph, ts = feature_graph(model, task, args.transcoders, args.features)
+    return Setup(model, task, truth, classes, ablation, tokenizer, graph, ts)
 
 
 def use_recorded_task(args: argparse.Namespace, circuit: Any) -> None:
@@ -304,8 +306,8 @@ def scoring_note(task: Any, circuit: Any) -> str:
     return note(task, circuit.settings.get("task"))
 
 
-def feature_graph(model: Any, task: Any, where: str, which: str) -> Any:
-    """The feature graph of --transcoders: their active features on the task's prompts, or all."""
+def feature_graph(model: Any, task: Any, where: str, which: str) -> tuple[Any, Any]:
+    """The feature graph of --transcoders (their active features on the task's prompts, or all) and the set."""
     from ..graph import Graph
     from ..transcoders import active_features, load_transcoders
 
@@ -316,7 +318,7 @@ def feature_graph(model: Any, task: Any, where: str, which: str) -> Any:
     chosen = active_features(model, ts, task) if which == "active" else None
     g = Graph.from_model(model, transcoders=ts, features=chosen)
     print(f"feature graph: {g.describe()} ({which} features), {g.n_edges} edges")
-    return g
+    return g, ts
 
 
 def finish(out: Path, circuit: Any, truth: Any, classes: Any, lines: list[str]) -> None:
@@ -399,26 +401,24 @@ def load_circuit(path: Path) -> Any:
 
 
 def check_circuit_fits(circuit: Any, s: Setup, args: argparse.Namespace) -> Any:
-    """The circuit, ready to run on --model: one line when it was found on a model of another shape;
-    a feature circuit gets the transcoders of --transcoders (or of a zoo entry) attached."""
-    from ..circuit import Circuit
-    from ..graph import Graph
+    """The circuit, checked to run on --model: one line when it was found on a model of another shape, or
+    (a feature circuit) when --transcoders (or a zoo entry's own) do not cover its features; they run beside it."""
+    from ..graph import Graph, check_layout
 
     theirs = circuit.graph
     if theirs.features is not None:
-        ts = None if s.graph is None else s.graph.transcoders
+        ts = s.transcoders
         if ts is None:
             raise CLIError(f"{args.circuit} is a circuit of transcoder features: pass --transcoders DIR, the set it was found with")
         try:
-            graph = theirs.with_transcoders(ts)
+            check_layout(theirs.features, ts)
         except ValueError as err:
             raise CLIError(f"--transcoders {args.transcoders}: {str(err).splitlines()[0]}") from None
         ours = Graph.from_model(s.model, transcoders=ts, features=dict(theirs.features.features))
         if ours.shape() != theirs.shape():
             raise CLIError(f"{args.circuit} is a circuit of {theirs.describe()}, but --model {args.model} is "
                            f"{ours.describe()}; pass the model the circuit was found on")
-        return Circuit(graph, circuit.in_graph, circuit.scores, circuit.metric_trace, circuit.settings, circuit.notes,
-                       circuit.interventions)
+        return circuit
     ours = Graph.from_model(s.model)
     if ours.shape() != theirs.shape():
         raise CLIError(f"{args.circuit} is a circuit of {theirs.describe()}, but --model {args.model} is "

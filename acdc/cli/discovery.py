@@ -100,11 +100,12 @@ def _discover(args: argparse.Namespace) -> int:
     from ..api import discover
 
     options = options_from(args, ACDCOptions)  # checked before the model loads
-    model, task, truth, classes, ablation, _, graph = setup_run(args)
+    s = setup_run(args)
+    model, task, truth, classes, ablation, graph = s.model, s.task, s.truth, s.classes, s.ablation, s.graph
     print(f"acdc discover: {args.model}, {task}, threshold {args.threshold}, {ablation} ablation")
     t0 = time.perf_counter()
     circuit = discover(model, task, metric=args.metric, ablation=ablation, progress=not args.no_progress,
-                       positions=args.positions, graph=graph, checkpoint_if_long=args.out / "acdc.checkpoint.json",
+                       positions=args.positions, graph=graph, transcoders=s.transcoders, checkpoint_if_long=args.out / "acdc.checkpoint.json",
                        **dataclasses.asdict(options))
     lines = [circuit.summary(max_edges=40), f"ACDC took {time.perf_counter() - t0:.1f} s"]
     finish(args.out, circuit, truth, classes, lines)
@@ -116,10 +117,11 @@ def _attribute(args: argparse.Namespace) -> int:
 
     AttributionOptions(method=args.method, steps=args.steps)  # checked before the model loads
 
-    model, task, truth, classes, ablation, _, graph = setup_run(args)
+    s = setup_run(args)
+    model, task, truth, classes, ablation, graph = s.model, s.task, s.truth, s.classes, s.ablation, s.graph
     print(f"acdc attribute: {args.model}, {task}, {args.method}, {ablation} ablation")
     scores = attribute(model, task, method=args.method, steps=args.steps, metric=args.metric, ablation=ablation,
-                       progress=not args.no_progress, positions=args.positions, graph=graph)
+                       progress=not args.no_progress, positions=args.positions, graph=graph, transcoders=s.transcoders)
     circuit = scores.top(min(args.top, scores.graph.n_edges))
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [repr(scores), f"wrote {scores.to_json(args.out / 'scores.json', overwrite=True)}", circuit.summary(max_edges=40)]
@@ -132,11 +134,12 @@ def _roc(args: argparse.Namespace) -> int:
 
     from ..api import roc
 
-    model, task, truth, _, ablation, _, graph = setup_run(args)
+    s = setup_run(args)
+    model, task, truth, ablation = s.model, s.task, s.truth, s.ablation
     if truth is None:
         raise CLIError("a ROC needs a truth: pass --truth (a known circuit, zoo:NAME or a circuit JSON)")
     curve = roc(model, task, truth=truth, metric=args.metric, ablation=ablation, n_thresholds=args.n_thresholds,
-                progress=not args.no_progress, graph=graph, executor=args.executor, results=args.results,
+                progress=not args.no_progress, graph=s.graph, transcoders=s.transcoders, executor=args.executor, results=args.results,
                 workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "roc.json"
@@ -183,7 +186,7 @@ def _compare(args: argparse.Namespace) -> int:
         tasks: dict[str, Any] = {name: partial(zoo_pair, name, args.n_prompts)}
         inputs["ablation"] = args.ablation or entry.ablation
         if entry.graph is not None:
-            inputs["graph"] = entry.graph
+            inputs["graph"], inputs["transcoders"] = entry.graph, entry.transcoders
     else:
         if not args.tasks:
             raise CLIError(f"--tasks is needed for hub models (some of {', '.join(TASKS)})")

@@ -73,7 +73,7 @@ def _faithfulness(args: argparse.Namespace) -> int:
 
         settings = [*DEFAULT_GRID, {"at": "all"}] if circuit.graph.positions is not None else list(DEFAULT_GRID)
         grid = faithfulness_grid(model, task, circuit, grid=settings, reference_sizes=args.reference_sizes,
-                                 metric=args.metric, ablation=ablation, executor=args.executor, results=args.results,
+                                 metric=args.metric, ablation=ablation, transcoders=s.transcoders, executor=args.executor, results=args.results,
                                  workers=args.workers)
         text = grid.to_markdown()
         paths = [grid.to_csv(out / "faithfulness_grid.csv", overwrite=True)]
@@ -93,7 +93,7 @@ def _faithfulness(args: argparse.Namespace) -> int:
         print(text + "\n".join(f"wrote {p}" for p in [out / "faithfulness_grid.md", *paths]))
         return 0
     f = faithfulness(model, task, circuit, level=args.level, direction=args.direction, average=args.average,
-                     metric=args.metric, ablation=ablation, at=args.at)
+                     metric=args.metric, ablation=ablation, at=args.at, transcoders=s.transcoders)
     (out / "faithfulness.json").write_text(json.dumps(f.to_dict(), indent=1))
     s = f.summary
     text = (f"{f!r}\nm(M) {f.model_metric:.4g}, m(C) {f.circuit_metric:.4g}, m(empty) {f.empty_metric:.4g}; "

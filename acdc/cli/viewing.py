@@ -96,7 +96,7 @@ def _explore(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             raise CLIError(f"--corpus {args.corpus}: {err}") from None
     explorer = Explorer(s.model, s.task, circuit, ablation=ablation, metric=args.metric, tokenizer=s.tokenizer,
-                        path=args.circuit, corpus=corpus)
+                        path=args.circuit, corpus=corpus, transcoders=s.transcoders)
     serve(explorer, args.port, open_browser=not args.no_browser)
     return 0
 

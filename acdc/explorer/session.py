@@ -93,11 +93,12 @@ class Explorer:
         path: the circuit's JSON file, where `save_notes` writes labels and notes (None: not saved).
         corpus: [n, pos] token ids that `fire` scans for what makes a component fire (default: the
             task's clean and corrupt prompts, each up to its last scored token).
+        transcoders: for a circuit of transcoder features, the `acdc.TranscoderSet` that computes them.
     """
 
     def __init__(self, model: Any, task: Any, circuit: Circuit, *, ablation: str | None = None,
                  metric: str | None = None, tokenizer: Any = None, path: str | Path | None = None,
-                 corpus: Tensor | None = None):
+                 corpus: Tensor | None = None, transcoders: TranscoderSet | None = None):
         if corpus is not None and (not isinstance(corpus, Tensor) or corpus.dim() != 2 or corpus.is_floating_point()):
             raise ValueError("corpus must be a [n, pos] tensor of token ids")
         self.corpus = corpus
@@ -107,7 +108,8 @@ class Explorer:
         ablation = ablation or str(circuit.settings.get("ablation") or "resample")
         if circuit.graph.features is None:  # a feature circuit's fit is checked by its transcoders
             Graph.from_model(load_model(model)).check_fits(circuit.graph, "this circuit", qkv=False, positions=False)
-        self.patcher, self.metric, self.batch = prepare(model, task, graph=circuit.graph, ablation=ablation, metric=metric)
+        self.patcher, self.metric, self.batch = prepare(model, task, graph=circuit.graph, ablation=ablation, metric=metric,
+                                                        transcoders=transcoders)
         self.graph = self.patcher.graph
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         p, g = self.patcher, self.graph
@@ -316,9 +318,8 @@ class Explorer:
                 names = [f"clean {i}" for i in range(self.n_prompts)] + [f"corrupt {i}" for i in range(self.n_prompts)]
             else:
                 tokens, mask, names = self.corpus, None, [f"corpus {i}" for i in range(self.corpus.shape[0])]
-            ts = self.graph.transcoders if isinstance(self.graph.transcoders, TranscoderSet) else None
             try:
-                (act,) = component_activity(p.tf, [node], tokens, mask=mask, transcoders=ts,
+                (act,) = component_activity(p.tf, [node], tokens, mask=mask, transcoders=p.transcoders,
                                             top=k, tokenizer=self.tokenizer)
             except ValueError as err:
                 raise ExplorerError(str(err)) from None

@@ -49,7 +49,8 @@ class WhyAnswers:
             pos = p.positions
             sub = None if pos is None else Positions(pos.names, pos.index[i : i + 1], pos.example)
             self._one = {i: Patcher(p.tf, p.clean_tokens[i : i + 1], p.corrupt_tokens[i : i + 1], graph=self.graph,
-                                    ablation=p.ablation, answer_pos=p.answer_pos[i : i + 1], positions=sub)}
+                                    ablation=p.ablation, answer_pos=p.answer_pos[i : i + 1], positions=sub,
+                                    transcoders=p.transcoders)}
         return self._one[i], n_scored - 1
 
     def differences(self, i: int, a: int, b: int, ablated: list[Tensor]) -> tuple[float, list[float]]:

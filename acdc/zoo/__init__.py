@@ -45,7 +45,7 @@ class ZooEntry:
     ablation:  the ablation the plant was built for.
     positional_truth: the planted edges at the task's named positions, where the entry has them (ioi).
     transcoders, graph: for a feature-level plant (feature-chain), its transcoders and the feature
-                      graph its truth is named in (pass ``graph=entry.graph`` to discover / attribute).
+                      graph its truth is named in (pass ``graph=entry.graph, transcoders=entry.transcoders`` to discover / attribute).
     """
 
     name: str
