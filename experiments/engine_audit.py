@@ -20,6 +20,8 @@ so two versions are measured by the same rule:
   (``==``, ``!=``, ``in``) of something named ``kind`` with a literal that names an acdc kind of node
   (``"head"``, ``"mlp"``, ``"neuron"``, ``"feature"``, ``"input"``, ``"error"``, ``"skip"``), as code that
   dispatches on ``str(node.kind)`` does, outside the kinds' homes.
+- **weights read off a graph** (added 2026-12-06 with the topology-only graph): reads of ``.transcoders``
+  on something named ``graph`` or ``g`` (``graph.transcoders``, ``self.graph.transcoders``), in the package.
 - **private names read across modules**: ``obj._name`` where ``obj`` is not ``self``/``cls``, and
   ``from .x import _name``, in the package.
 """
@@ -53,7 +55,8 @@ def _computes_a_layer(loop: ast.For) -> bool:
 
 
 def audit(root: Path) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"forwards": [], "weight_reads": [], "kind_tests": [], "kind_name_tests": [], "private_reads": []}
+    out: dict[str, list[str]] = {"forwards": [], "weight_reads": [], "kind_tests": [], "kind_name_tests": [], "graph_weights": [],
+                                 "private_reads": []}
     for path in sorted((root / "acdc").rglob("*.py")):
         rel = str(path.relative_to(root))
         tree = ast.parse(path.read_text())
@@ -65,6 +68,9 @@ def audit(root: Path) -> dict[str, list[str]]:
                         break
         for node in ast.walk(tree):
             where = f"{rel}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Attribute) and node.attr == "transcoders" \
+                    and ast.unparse(node.value).split(".")[-1] in ("graph", "g"):
+                out["graph_weights"].append(f"{where} {ast.unparse(node)}")
             if isinstance(node, ast.Attribute) and node.attr == "w" and rel != "acdc/model.py":
                 out["weight_reads"].append(f"{where} {ast.unparse(node)}")
             if path.name not in KIND_HOMES:
