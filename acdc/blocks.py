@@ -295,10 +295,11 @@ class HeadsBlock(Block):
         tf, layer = gp.p.tf, self.layer
         heads = torch.arange(len(self.sources), device=tf.device)
         ln = tf.ln(x, "ln1", layer)  # one LayerNorm for q, k and v (less to keep for backward)
-        proj = [tf.project_normed(layer, heads, ln, w) for w in "QKV"]
+        proj = [tf.project_linear(layer, heads, ln, w) for w in "QKV"]  # `project_grad` is their backward
         for t in proj:
             t.retain_grad()
-        out = gp.replaced(self.sources, tf.attend(layer, heads, *proj))
+        q, k, v = (tf.qk_normed(layer, heads, t, w) for t, w in zip(proj, "QKV", strict=True))
+        out = gp.replaced(self.sources, tf.attend(layer, heads, q, k, v))
         gp.heads[self.layer] = (x, proj)
         return out.sum(0) + tf.attn_bias(layer)
 

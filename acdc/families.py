@@ -41,6 +41,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("neox", ("GPTNeoXForCausalLM",)),
     Family("llama", ("LlamaForCausalLM", "MistralForCausalLM")),  # SmolLM, Llama 2/3, Mistral
     Family("qwen2", ("Qwen2ForCausalLM",)),  # q/k/v biases
+    Family("qwen3", ("Qwen3ForCausalLM",)),  # QK norm per head (Architecture.qk_norm, read off the bridge)
+    Family("phi3", ("Phi3ForCausalLM",)),  # fused q/k/v and gate/up projections: the bridge splits them
+    Family("qwen3_moe", ("Qwen3MoeForCausalLM",)),  # QK norm per head; a mixture-of-experts MLP (one MLP node)
     Family("gemma", ("GemmaForCausalLM",), norm_offset=1.0, embed_scale=True),
     Family(
         "gemma2", ("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"),

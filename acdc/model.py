@@ -77,6 +77,11 @@ class Architecture:
     rotary_scale: float = 1.0  # Hugging Face's attention_scaling of cos and sin (YaRN and the like)
     family: str = "gpt2"
     attn_only: bool = False  # no MLPs (and no MLP nodes in the graph)
+    qk_norm: bool = False  # queries and keys RMS-normed per head before the rotary embedding (Qwen3, Gemma 3)
+    qk_eps: float = 1e-6
+    n_experts: int = 0  # a mixture-of-experts MLP (0: a dense one); d_mlp is then each expert's width
+    experts_per_token: int = 0
+    norm_topk_prob: bool = False  # the chosen experts' router probabilities renormalised to sum to 1
 
 
 @dataclass
@@ -241,12 +246,16 @@ class Transformer:
             rotary_dim = cfg.rotary_dim or int(cfg.d_head * (frac or 1.0))
         rotary_emb = getattr(getattr(hf, "model", None), "rotary_emb", None) or getattr(getattr(hf, "gpt_neox", None), "rotary_emb", None)
         nkv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+        q_norm = getattr(bridge.blocks[0].attn, "q_norm", None) if len(bridge.blocks) else None  # Qwen3, Gemma 3
+        experts = _experts_of(hf, int(getattr(cfg, "num_experts", 0) or 0), str(arch_name))
+        if q_norm is not None and getattr(cfg, "qk_norm_after_rope", False):
+            raise NotImplementedError(f"acdc's engine does not support a QK norm after the rotary embedding ({arch_name})")
         arch = Architecture(
             n_layers=cfg.n_layers,
             n_heads=cfg.n_heads,
             d_model=cfg.d_model,
             d_head=cfg.d_head,
-            d_mlp=cfg.d_mlp,
+            d_mlp=cfg.d_mlp if not experts else int(experts[0].down_proj.shape[-1]),
             d_vocab=cfg.d_vocab_out,
             parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
             position_embedding=cfg.positional_embedding_type,
@@ -260,8 +269,19 @@ class Transformer:
             embed_scale=float(cfg.d_model) ** 0.5 if fam.embed_scale else 1.0,
             rotary_scale=float(getattr(rotary_emb, "attention_scaling", 1.0) or 1.0),
             family=fam.name,
+            qk_norm=q_norm is not None,
+            qk_eps=float(getattr(q_norm, "variance_epsilon", None) or getattr(q_norm, "eps", None) or cfg.eps),
+            n_experts=len(experts[0].down_proj) if experts else 0,
+            experts_per_token=int(getattr(cfg, "experts_per_token", 0) or 0),
+            norm_topk_prob=bool(getattr(hf_cfg, "norm_topk_prob", False)),
         )
         w = _read_weights(bridge, arch, norm_offset=fam.norm_offset)
+        if experts:  # the router [E, d] and the experts' stacked projections: [E, 2 d_mlp, d] (gate; up), [E, d, d_mlp]
+            assert hf is not None  # `_experts_of` found them in it
+            routers = [layer.mlp.gate for layer in hf.get_decoder().layers]
+            w["W_router"] = [r.weight.detach() for r in routers]
+            w["W_gate_up"] = [e.gate_up_proj.detach() for e in experts]
+            w["W_down"] = [e.down_proj.detach() for e in experts]
         inv_freq = getattr(rotary_emb, "inv_freq", None)
         if arch.position_embedding == "rotary":  # Hugging Face's own frequencies carry its rope scalings
             w["inv_freq"] = (
@@ -464,7 +484,27 @@ class Transformer:
         return self.project_normed(layer, heads, self.ln(x, "ln1", layer), which)
 
     def project_normed(self, layer: int, heads: Tensor, ln: Tensor, which: str) -> Tensor:
-        """Per-head projection ("Q", "K" or "V") of LN1's output ln [n, p, d] or [h, n, p, d]."""
+        """Per-head projection ("Q", "K" or "V") of LN1's output ln [n, p, d] or [h, n, p, d] -> [h, n, p, d_head],
+        queries and keys through the family's QK norm (`qk_normed`)."""
+        return self.qk_normed(layer, heads, self.project_linear(layer, heads, ln, which), which)
+
+    def qk_normed(self, layer: int, heads: Tensor, y: Tensor, which: str) -> Tensor:
+        """The QK norm of projected queries or keys y [h, n, p, d_head] (Qwen3, Gemma 3: RMSNorm over each
+        head's d_head, its own scale per layer); y itself for values and for families without one."""
+        if not self.arch.qk_norm or which == "V":
+            return y
+        return y * self.qk_norm_factor(layer, which, y)
+
+    def qk_norm_factor(self, layer: int, which: str, y: Tensor) -> Tensor:
+        """[..., d_head] what the QK norm multiplies projected queries or keys y [..., d_head] by (its scale
+        over y's RMS, in y's dtype); ones without a QK norm. Frozen at a run, it makes the norm linear."""
+        if not self.arch.qk_norm or which == "V":
+            return torch.ones_like(y)
+        w = self.w[f"{which.lower()}_norm"][layer].to(y.dtype)  # [d_head]
+        return (y.pow(2).mean(-1, keepdim=True) + self.arch.qk_eps).rsqrt() * w
+
+    def project_linear(self, layer: int, heads: Tensor, ln: Tensor, which: str) -> Tensor:
+        """The linear part of `project_normed`: ln @ W + b per head -> [h, n, p, d_head] (before any QK norm)."""
         a = self.arch
         h = heads.numel()
         weight = self.w[f"W_{which}"][layer]
@@ -483,8 +523,8 @@ class Transformer:
         return self.w["b_O"][layer]
 
     def project_grad(self, layer: int, which: str, grad: Tensor) -> Tensor:
-        """Gradient at LN1's output [h, n, p, d_model] from the gradient at the heads' projections
-        ``which`` ("Q", "K", "V") [h, n, p, d_head]: the backward of `project_normed`'s weights."""
+        """Gradient at LN1's output [h, n, p, d_model] from the gradient at the heads' linear projections
+        ``which`` ("Q", "K", "V") [h, n, p, d_head]: the backward of `project_linear`'s weights."""
         return torch.einsum("hnpe,hde->hnpd", grad, self.w[f"W_{which}"][layer])
 
     def mlp(self, layer: int, x: Tensor) -> Tensor:
@@ -493,6 +533,8 @@ class Transformer:
 
     def mlp_normed(self, layer: int, ln: Tensor) -> Tensor:
         """Output of MLP `layer` (b_out included) from its normed input ln [..., d_model] (`mlp_input`'s output)."""
+        if self.arch.n_experts:
+            return self._experts(layer, ln)
         hidden = self._hidden(layer, ln).reshape(-1, self.arch.d_mlp)
         out = torch.addmm(self.w["b_out"][layer], hidden, self.w["W_out"][layer])
         return out.view(*ln.shape)
@@ -509,7 +551,35 @@ class Transformer:
         """The MLP's hidden activations from its normed input ln [..., d_model] (`mlp_input`'s output) -> [..., d_mlp]."""
         return self._hidden(layer, ln)
 
+    def _experts(self, layer: int, ln: Tensor) -> Tensor:
+        """A mixture-of-experts MLP on ln [..., d_model]: the router's softmax over experts (in float32), its
+        top ``experts_per_token`` (renormalised with ``norm_topk_prob``), each chosen expert's gated MLP
+        weighted by its probability and summed (Qwen3-MoE, OLMoE). Differentiable in ln as the model is."""
+        a, w = self.arch, self.w
+        flat = ln.reshape(-1, ln.shape[-1])
+        probs = (flat @ w["W_router"][layer].T).softmax(-1, dtype=torch.float32)  # [T, E]
+        top, idx = probs.topk(a.experts_per_token, dim=-1)
+        if a.norm_topk_prob:
+            top = top / top.sum(-1, keepdim=True)
+        top = top.to(flat.dtype)
+        out = torch.zeros_like(flat)
+        for e in range(a.n_experts):
+            tok, slot = torch.where(idx == e)
+            if tok.numel() == 0:
+                continue
+            gate, up = (flat[tok] @ w["W_gate_up"][layer][e].T).chunk(2, dim=-1)
+            y = (self.act(gate) * up) @ w["W_down"][layer][e].T
+            out = out.index_add(0, tok, y * top[tok, slot, None])
+        return out.view(*ln.shape)
+
+    def require_neurons(self) -> None:
+        """A one-line error where the MLP has no single set of neurons (a mixture of experts)."""
+        if self.arch.n_experts:
+            raise NotImplementedError("a mixture-of-experts MLP has no single set of neurons: it runs as one MLP node "
+                                      "(mlp_units='whole') or with transcoders")
+
     def _hidden(self, layer: int, ln: Tensor) -> Tensor:
+        self.require_neurons()
         w = self.w
         flat = ln.reshape(-1, ln.shape[-1])
         if self.arch.gated_mlp:  # act(x W_gate) * (x W_in)
@@ -520,6 +590,7 @@ class Transformer:
 
     def mlp_out_rows(self, layer: int) -> Tensor:
         """[d_mlp, d_model] what each neuron of MLP ``layer`` writes per unit of activation (W_out)."""
+        self.require_neurons()
         return self.w["W_out"][layer]
 
     def mlp_bias(self, layer: int) -> Tensor:
@@ -554,6 +625,8 @@ class Transformer:
     def mlp_weights(self, layer: int) -> dict[str, Tensor]:
         """MLP ``layer``'s matrices: ``W_in`` [d_model, d_mlp], ``b_in`` [d_mlp], ``W_out`` [d_mlp, d_model],
         ``b_out`` [d_model], and ``W_gate`` [d_model, d_mlp] for a gated MLP."""
+        if self.arch.n_experts:
+            raise NotImplementedError("a mixture-of-experts MLP has no single W_in / W_out (its experts are stacked)")
         keys = ("W_in", "b_in", "W_out", "b_out") + (("W_gate",) if self.arch.gated_mlp else ())
         return {k: self.w[k][layer] for k in keys}
 
@@ -582,7 +655,8 @@ class Transformer:
         a = self.arch
         h = hashlib.sha256(repr((a.family, a.n_layers, a.n_heads, a.d_model, a.d_mlp, a.d_vocab)).encode())
         picks = [self.w["W_E"][:8]] + [self.w[k][layer].reshape(-1)[:64] for layer in range(a.n_layers)
-                                        for k in ("W_Q", "W_in") if k in self.w and not (k == "W_in" and a.attn_only)]
+                                        for k in ("W_Q", "W_router" if a.n_experts else "W_in")
+                                        if k in self.w and not (k == "W_in" and a.attn_only)]
         for t in picks:
             h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()[:12]
@@ -740,6 +814,27 @@ class Transformer:
 _ENGINES: weakref.WeakKeyDictionary[Any, tuple[Transformer, tuple[Any, ...]]] = weakref.WeakKeyDictionary()
 
 
+def _experts_of(hf: Any, n_experts: int, arch_name: str) -> list[Any]:
+    """Each layer's experts module (stacked ``gate_up_proj`` [E, 2 m, d], ``down_proj`` [E, d, m]) of a
+    mixture-of-experts model; [] for a dense one. A one-line error where acdc cannot read them exactly."""
+    if not n_experts:
+        return []
+    cfg = getattr(hf, "config", None)
+    if getattr(cfg, "mlp_only_layers", None) or int(getattr(cfg, "decoder_sparse_step", 1) or 1) != 1:
+        raise NotImplementedError(f"acdc's engine does not support dense MLP layers among mixture-of-experts ones ({arch_name})")
+    if getattr(cfg, "shared_expert_intermediate_size", 0):
+        raise NotImplementedError(f"acdc's engine does not support shared experts ({arch_name})")
+    try:
+        experts = [layer.mlp.experts for layer in hf.get_decoder().layers]
+        for e in experts:
+            if not (isinstance(e.gate_up_proj, Tensor) and isinstance(e.down_proj, Tensor)):
+                raise AttributeError
+    except AttributeError:
+        raise NotImplementedError(f"acdc reads experts stored as stacked gate_up_proj / down_proj tensors (transformers 5); "
+                                  f"{arch_name} keeps them otherwise here") from None
+    return experts
+
+
 def _weights_key(bridge: Any) -> tuple[Any, ...]:
     """Where a bridge's weights are and which version of them: (storage, device, dtype, shape, version) of
     every parameter. It changes with ``.to``, a new dtype, a replaced weight and an in-place edit (torch's
@@ -773,8 +868,9 @@ def _read_weights(bridge: Bridge, arch: Architecture, norm_offset: float = 0.0) 
         "W_Q": (H, d, dh), "W_K": (kv, d, dh), "W_V": (kv, d, dh), "W_O": (H, dh, d),
         "b_Q": (H, dh), "b_K": (kv, dh), "b_V": (kv, dh), "b_O": (d,),
     }
-    mlp_shapes = {"W_in": (d, m), "b_in": (m,), "W_out": (m, d), "b_out": (d,)}
-    if a.gated_mlp:
+    mlp_shapes: dict[str, tuple[int, ...]] = {"b_out": (d,)} if a.n_experts else {
+        "W_in": (d, m), "b_in": (m,), "W_out": (m, d), "b_out": (d,)}
+    if a.gated_mlp and not a.n_experts:
         mlp_shapes["W_gate"] = (d, m)
     w: dict[str, Any] = {k: [] for k in [*shapes, *mlp_shapes, "ln1_w", "ln1_b", "ln2_w", "ln2_b"]}
 
@@ -792,6 +888,9 @@ def _read_weights(bridge: Bridge, arch: Architecture, norm_offset: float = 0.0) 
         for ln in ("ln1", "ln2"):
             w[f"{ln}_w"].append(norm_w(get(getattr(blk, ln), "w", (d,))))
             w[f"{ln}_b"].append(get(getattr(blk, ln), "b", (d,)))
+    if a.qk_norm:  # one [d_head] scale per layer for queries, one for keys (shared by every head)
+        for which in ("q", "k"):
+            w[f"{which}_norm"] = [norm_w(get(getattr(blk.attn, f"{which}_norm"), "w", (dh,))) for blk in bridge.blocks]
     w["W_E"] = get(bridge, "W_E", (a.d_vocab, d))
     w["W_U"] = get(bridge, "W_U", (d, a.d_vocab))
     w["b_U"] = get(bridge, "b_U", (a.d_vocab,))

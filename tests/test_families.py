@@ -25,6 +25,10 @@ def _tiny(family: str, n_kv: int, seed: int = 0):
         "mistral": (tr.MistralConfig, tr.MistralForCausalLM, {}),
         "qwen2": (tr.Qwen2Config, tr.Qwen2ForCausalLM, {}),
         "gemma": (tr.GemmaConfig, tr.GemmaForCausalLM, {"head_dim": 8}),
+        "qwen3": (tr.Qwen3Config, tr.Qwen3ForCausalLM, {"head_dim": 8}),  # QK norm per head
+        "phi3": (tr.Phi3Config, tr.Phi3ForCausalLM, {}),  # fused q/k/v and gate/up projections
+        "qwen3-moe": (tr.Qwen3MoeConfig, tr.Qwen3MoeForCausalLM, {  # 4 experts, 2 per token, as one MLP node
+            "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "norm_topk_prob": True}),
         "llama3-rope": (tr.LlamaConfig, tr.LlamaForCausalLM, {"rope_scaling": {
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8}}),
@@ -51,15 +55,22 @@ def _mha_twin(hf):
     twin = type(hf)(cfg).eval()
     state = {}
     d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    def repeat(v):
+        return v.view(-1, d_head, *v.shape[1:]).repeat_interleave(group, 0).reshape(-1, *v.shape[1:])
+
+    n_q = cfg.num_attention_heads * d_head
     for k, v in hf.state_dict().items():
-        if k.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
-            v = v.view(-1, d_head, *v.shape[1:]).repeat_interleave(group, 0).reshape(-1, *v.shape[1:])
+        if k.endswith("qkv_proj.weight"):  # Phi-3's fused projection: [q; k; v] rows
+            q, kv = v[:n_q], v[n_q:]
+            v = torch.cat([q, *(repeat(t) for t in kv.chunk(2))])
+        elif k.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
+            v = repeat(v)
         state[k] = v
     twin.load_state_dict(state)
     return twin
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma", "llama3-rope"]
+FAMILIES = ["llama", "mistral", "qwen2", "gemma", "llama3-rope", "qwen3", "phi3", "qwen3-moe"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -114,6 +125,17 @@ def test_eap_equals_gradient_formula(family):
     scale = max(abs(v) for v in ref.values())
     for e in g.edges:
         assert s[e.name] == pytest.approx(ref[e.name], abs=1e-4 * scale, rel=1e-3), (name, e.name)
+
+
+def test_a_mixture_of_experts_is_one_mlp_node():
+    """Qwen3-MoE's MLP is its router and experts, one node (`test_patched_logits_equal_hooked_forward` checks it);
+    it has no single set of neurons, so a neuron graph is one line, before any run."""
+    model = acdc.load_model(_tiny("qwen3-moe", n_kv=2))
+    clean, corrupt = random_tokens(batch=2, pos=5)
+    g = Graph.from_model(model)
+    assert [s.name for s in g.sources if s.layer == 1 and s.kind is acdc.graph.MLP] == ["m1"]
+    with pytest.raises(NotImplementedError, match="a mixture-of-experts MLP has no single set of neurons"):
+        Patcher(model, clean, corrupt, graph=Graph.from_model(model, mlp_units="neurons"))
 
 
 def test_unsupported_families_say_why():

@@ -3,7 +3,7 @@
 For head H of layer L, a query position q and a key position T of one prompt (clean run):
 
 - **the split** (exact under frozen norms: each norm's scale taken from the clean run, so the norm is
-  affine in its input): the head's input at a position is the sum of its upstream sources' outputs
+  affine in its input; a QK norm's too): the head's input at a position is the sum of its upstream sources' outputs
   plus the biases that belong to no node; normed and projected, each part gives a piece of the query
   (at q) and of the key (at T), rotated where the model is rotary. The score q·k/√d splits **through
   the query** into (piece i of the query)·k/√d, one per upstream node, plus a bias term (the norm's
@@ -57,7 +57,7 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     normed = centred * rstd * w  # [n + 1, S, d] each part's share of ln1(x), without the norm's offset
     offset = torch.zeros_like(x) if rms else ln_b.double().expand_as(x)
 
-    def project(v: Tensor, which: str, with_bias: bool) -> Tensor:  # [..., S, d] -> [..., S, d_head], rotated
+    def project(v: Tensor, which: str, with_bias: bool) -> Tensor:  # [..., S, d] -> [..., S, d_head], before any QK norm
         W, b = tf.head_weights(layer, which)
         assert b is not None
         return v @ W[h].double() + (b[h].double() if with_bias else 0.0)
@@ -65,10 +65,13 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     def at(y: Tensor, p: int) -> Tensor:  # pieces [m, d_head] of a query or key at position p, rotated there
         return tf.rotate(y[:, None], torch.tensor([[p]], device=y.device).expand(y.shape[0], 1))[:, 0]
 
-    q_parts = at(project(normed[:, query], "Q", False), query)
-    k_parts = at(project(normed[:, key], "K", False), key)
-    q_bias = at(project(offset[query][None], "Q", True), query)[0]
-    k_bias = at(project(offset[key][None], "K", True), key)[0]
+    def pieces(pos: int, which: str) -> tuple[Tensor, Tensor]:  # the nodes' pieces [n + 1, d_head] and the bias's [d_head]
+        parts, bias = project(normed[:, pos], which, False), project(offset[pos][None], which, True)[0]
+        factor = tf.qk_norm_factor(layer, which, parts.sum(0) + bias)  # the QK norm, frozen as the other norms
+        return at(parts * factor, pos), at((bias * factor)[None], pos)[0]
+
+    q_parts, q_bias = pieces(query, "Q")
+    k_parts, k_bias = pieces(key, "K")
     q_full, k_full = q_parts.sum(0) + q_bias, k_parts.sum(0) + k_bias
     scale = tf.arch.d_head ** 0.5
     through_q = (q_parts @ k_full / scale).tolist()  # the nodes, then the biases of no node
