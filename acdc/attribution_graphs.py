@@ -296,7 +296,8 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
     """Keep the nodes that carry ``node_threshold`` of the influence on the logits (tokens and logits
     always), then the edges that carry ``edge_threshold`` of it among those, then drop features and
     error nodes left without an outgoing edge and features without an incoming one, until nothing
-    changes (circuit-tracer's `prune_graph`, the same definitions)."""
+    changes (circuit-tracer's `prune_graph`, the same definitions; the edge mask holds only nonzero entries
+    between kept nodes)."""
     for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {t}")
@@ -332,6 +333,9 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
         edge_mask[~node_mask] = False
         edge_mask[:, ~node_mask] = False
         drop_dangling()
+    # an edge is a nonzero entry between kept nodes: at a zero cut every pair passes (circuit-tracer's mask then
+    # also holds zero entries and edges of dropped nodes, which its file writer filters out; ours holds neither)
+    edge_mask &= (A != 0) & node_mask[:, None] & node_mask[None, :]
     order = influence.sort(descending=True)
     cumulative = torch.zeros_like(influence)
     cumulative[order.indices] = order.values.cumsum(0) / order.values.sum()

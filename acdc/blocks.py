@@ -130,6 +130,8 @@ class Engine(Protocol):
 
     def stream_base(self, stream: int) -> Tensor: ...
 
+    def head_ablation(self, layer: int) -> Tensor: ...
+
     def dense_slots(self, cols: Tensor) -> Tensor: ...
 
     def unit_rows(self, layer: int) -> Tensor: ...
@@ -301,7 +303,10 @@ class HeadsBlock(Block):
         q, k, v = (tf.qk_normed(layer, heads, t, w) for t, w in zip(proj, "QKV", strict=True))
         out = gp.replaced(self.sources, tf.attend(layer, heads, q, k, v))
         gp.heads[self.layer] = (x, proj)
-        return out.sum(0) + tf.attn_bias(layer)
+        y = out.sum(0) + tf.attn_bias(layer)
+        if tf.arch.post_norms:  # where this pass linearises the layer's norm after attention (`SourceValues.dot`)
+            gp.head_sums[layer] = y.detach()
+        return tf.post_attn(layer, y)
 
     def grad_inputs(self, gp: GradPass) -> Iterator[tuple[Tensor, int, Tensor]]:
         tf, layer = gp.p.tf, self.layer
@@ -485,6 +490,7 @@ class FullRun:
         self.used = any_pos.any(0).tolist()
         self.fed = any_pos.any(1).tolist()
         self.skip_unfed = p.ablation == "resample"
+        self.post_norms = tf.arch.post_norms  # heads reach a destination through their layer's norm (Gemma 2/3)
 
     def slot(self, idx: slice | Tensor) -> slice | Tensor:
         """Rows of X of graph sources ``idx`` (the same indices unless some sources are factored)."""
@@ -521,6 +527,8 @@ class FullRun:
         """
         if self.units is not None:
             return self.factored_gather(rows, upto, base), None
+        if self.post_norms:
+            return self.post_norm_gather(rows, upto, base), None
         B, S, d, groups = self.B, self.S, self.d, self.groups
         W = self.keep[rows, :upto].to(self.dtype).reshape(len(rows), -1)
         uniq, inv = torch.unique(W, dim=0, return_inverse=True)
@@ -538,6 +546,38 @@ class FullRun:
             out[:, idx] = flat_base[idx] if not bool(Wp.any()) else (
                 self.product(Wp, upto, idx).view(len(U), -1, d) + flat_base[idx])
         return out.view(len(U), B, S, d), inv
+
+    def post_norm_gather(self, rows: list[int], upto: int, base: Tensor) -> Tensor:
+        """Inputs [R, B, S, d] of the rows in a post-norm family: the linear sources' product (the input, the
+        MLPs, each normed inside its node) on ``base`` (their all-ablated sum), plus, for each upstream layer,
+        its norm after attention applied to the row's own mix of that layer's heads (every ablated head at its
+        ablation value, every kept one at its output: `Patcher.head_ablation` plus the kept (O - A))."""
+        p, g = self.p, self.p.graph
+        tf = p.tf
+        B, S, d, T = self.B, self.S, self.d, self.B * self.S
+        R = len(rows)
+        W = self.keep[rows, :upto].to(self.dtype)
+        W = W if W.dim() == 3 else W[..., None]  # [R, upto, positions]
+        X = self.X[:upto].reshape(upto, T, d)
+        groups = [torch.arange(T, device=X.device) if idx is None else idx for idx in self.groups]
+        heads = [range(g.head_src(layer), g.head_src(layer) + g.n_heads) for layer in range(g.n_layers)]
+        heads = [r for r in heads if r.stop <= upto]
+        lin = torch.ones(upto, dtype=torch.bool, device=X.device)
+        for r in heads:
+            lin[r.start : r.stop] = False
+
+        def mix(cols: Tensor | range, start: Tensor) -> Tensor:  # start [R, T, d] + each row's weights on cols' X
+            for q, idx in enumerate(groups):
+                w = W[:, cols, q]
+                if bool(w.any()):
+                    start[:, idx] += (w @ X[cols].index_select(1, idx).reshape(w.shape[1], -1)).view(R, -1, d)
+            return start
+
+        out = mix(lin.nonzero().squeeze(1), base.expand(B, S, d).reshape(1, T, d).repeat(R, 1, 1))
+        for layer, r in enumerate(heads):
+            y = mix(r, p.head_ablation(layer).expand(B, S, d).reshape(1, T, d).repeat(R, 1, 1))
+            out += tf.post_attn(layer, y)
+        return out.view(R, B, S, d)
 
     def factored_gather(self, rows: list[int], upto: int, base: Tensor) -> Tensor:
         """Inputs [R, B, S, d] of the rows when some sources are factored: the dense sources' product,
@@ -880,6 +920,7 @@ class GradPass:
         self.replace = replace
         self.heads: dict[int, tuple[Tensor, list[Tensor]]] = {}  # layer -> its input stream, its [q, k, v] projections
         self.probes: dict[int, Tensor] = {}  # layer -> a zero added to its MLP's input (its gradient is the input's)
+        self.head_sums: dict[int, Tensor] = {}  # post-norm families: layer -> its heads' sum before its norm, this pass
 
     def replaced(self, sources: range, computed: Tensor) -> Tensor:
         """``computed`` [n, ...] forward, or the replacement values of these sources with its gradient."""

@@ -45,11 +45,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("phi3", ("Phi3ForCausalLM",)),  # fused q/k/v and gate/up projections: the bridge splits them
     Family("qwen3_moe", ("Qwen3MoeForCausalLM",)),  # QK norm per head; a mixture-of-experts MLP (one MLP node)
     Family("gemma", ("GemmaForCausalLM",), norm_offset=1.0, embed_scale=True),
-    Family(
-        "gemma2", ("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"),
-        unsupported="Gemma 2/3 normalize each attention and MLP output before adding it to the residual "
-        "stream, so the stream is not a sum of head and MLP outputs and edge patching is not exact there",
-    ),
+    # Gemma 2: a norm after the attention and after the MLP (Architecture.post_norms: a destination reads each
+    # upstream layer's norm of its own mix of that layer's heads, MIB's rule), soft caps, sliding-window layers
+    Family("gemma2", ("Gemma2ForCausalLM",), norm_offset=1.0, embed_scale=True),
+    # Gemma 3 (text): as Gemma 2 with a QK norm, a rotary base per kind of layer and no soft caps
+    Family("gemma3", ("Gemma3ForCausalLM",), norm_offset=1.0, embed_scale=True),
 )
 
 _BY_ARCH = {arch: f for f in FAMILIES for arch in f.architectures}

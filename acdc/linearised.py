@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .graph import layer_offset
 from .model import HeadsPart, MLPPart, Transformer
 
 __all__ = ["FrozenRun", "Readers"]
@@ -46,7 +47,9 @@ class FrozenRun:
 
     tokens: [S]; resid_pre [L + 1, S, d] (the last: the final stream), resid_mid [L, S, d];
     patterns [L, H, S, S]; scale1, scale2 [L, S, 1], scale_f [S, 1] the norms' denominators;
-    mlp_out [L, S, d]; skip: layer -> W_skip [d, d] of the layers whose MLP keeps a linear skip path.
+    mlp_out [L, S, d]; skip: layer -> W_skip [d, d] of the layers whose MLP keeps a linear skip path;
+    scale_post [L, S, 1]: a post-norm family's (Gemma 2/3) denominators of the norm after attention (frozen as
+    the others; None elsewhere). The MLP's own post-norm is inside its frozen output.
     """
 
     tf: Transformer
@@ -59,6 +62,7 @@ class FrozenRun:
     scale_f: Tensor
     mlp_out: Tensor
     skip: dict[int, Tensor]
+    scale_post: Tensor | None = None
 
     @classmethod
     @torch.no_grad()
@@ -74,12 +78,18 @@ class FrozenRun:
         pre, mid = run.resid_pre[:, 0], run.resid_mid[:, 0]
         heads = torch.arange(a.n_heads, device=tf.device)
         patterns = torch.stack([
-            tf.pattern(tf.project(layer, heads, pre[layer][None], "Q"), tf.project(layer, heads, pre[layer][None], "K"))[:, 0]
+            tf.pattern(layer, tf.project(layer, heads, pre[layer][None], "Q"), tf.project(layer, heads, pre[layer][None], "K"))[:, 0]
             for layer in range(a.n_layers)
         ])
         mlp_out = torch.stack([tf.mlp(layer, mid[layer]) for layer in range(a.n_layers)])
+        post = None
+        if a.post_norms:  # each layer's heads' sum before its norm after attention
+            H = a.n_heads
+            firsts = [layer_offset(layer, H) for layer in range(a.n_layers)]
+            sums = torch.stack([run.sources[f : f + H, 0].sum(0) + tf.attn_bias(layer) for layer, f in enumerate(firsts)])
+            post = _scale(tf, sums)
         return cls(tf, tokens, pre, mid, patterns, _scale(tf, pre[:-1]), _scale(tf, mid), _scale(tf, pre[-1]), mlp_out,
-                   {k: v.to(device=tf.device, dtype=tf.dtype) for k, v in (skip or {}).items()})
+                   {k: v.to(device=tf.device, dtype=tf.dtype) for k, v in (skip or {}).items()}, post)
 
     def __post_init__(self) -> None:
         tf, a = self.tf, self.tf.arch
@@ -156,7 +166,10 @@ class _Frozen:
         W_V, b_V = tf.head_weights(layer, "V")
         assert b_V is not None
         v = torch.einsum("sd,hde->hse", ln, W_V) + b_V[:, None]
-        return torch.einsum("hqk,hke,hed->qd", fr.patterns[layer], v, tf.head_weights(layer, "O")[0]) + tf.attn_bias(layer)
+        out = torch.einsum("hqk,hke,hed->qd", fr.patterns[layer], v, tf.head_weights(layer, "O")[0]) + tf.attn_bias(layer)
+        if fr.scale_post is None:
+            return out
+        return fr.norm(out, tf.norm_params("ln1_post", layer)[0], torch.zeros(()), fr.scale_post[layer])
 
     def mlp(self, part: MLPPart, x: Tensor) -> Tensor:
         fr, layer = self.fr, part.layer
@@ -193,6 +206,8 @@ class _Transpose:
         # over all heads at once and one batched over heads
         fr, layer, S = self.fr, part.layer, self.S
         a = fr.tf.arch
+        if fr.scale_post is not None:  # the frozen norm after attention, transposed first
+            g = fr.norm_vjp(g, fr.tf.norm_params("ln1_post", layer)[0], fr.scale_post[layer, :S])
         n, H, dh, d = g.shape[0], fr.patterns.shape[1], a.d_head, a.d_model
         z = (g.reshape(-1, d) @ fr.w_o_rows[layer]).view(n, S, H, dh).permute(2, 1, 0, 3).reshape(H, S, n * dh)
         zk = torch.bmm(fr.patterns[layer, :, :S, :S].transpose(1, 2), z).view(H, S, n, dh).permute(2, 1, 0, 3).reshape(n * S, H * dh)

@@ -130,6 +130,8 @@ class MixedRun:
             cols = self.dense_cols[self.dense_cols < upto]
             n_dense, Wd = len(cols), Wr[:, cols]
         used = [c for c, first in zip(self.chunks, self.starts, strict=True) if first < n_dense]
+        if p.tf.arch.post_norms:
+            return self._post_norm_inputs(Wd, used, base, len(rows), upto)
         if self.groups is None:
             out = base + self._dense(Wd, used, None)
         else:
@@ -147,6 +149,30 @@ class MixedRun:
                 Wu = Wu[..., None]
             rows_l = p.unit_rows(layer)
             out = out + ((Wu * values[None]).transpose(1, 2) @ rows_l).view(len(rows), B, S, d)
+        return out
+
+    def _post_norm_inputs(self, Wd: Tensor, used: list[Tensor], base: Tensor, R: int, upto: int) -> Tensor:
+        """A post-norm family's mixed inputs (`FullRun.post_norm_gather`'s rule, differentiable in the weights):
+        the linear sources' mix on ``base``, plus per upstream layer its norm of the row's mix of its heads."""
+        p, g = self.p, self.p.graph
+        B, S, d = self.shape
+
+        def over(cols: Tensor) -> Tensor:  # [R, B, S, d] the mix of the dense columns ``cols``
+            if self.groups is None:
+                return _Mix.apply(Wd.index_select(1, cols), self.buffer, cols, None, *used)
+            parts = [_Mix.apply(Wd[..., q].index_select(1, cols), self.buffer, cols, idx, *used)
+                     for q, idx in enumerate(self.groups)]
+            return torch.cat(parts, 1).index_select(1, self.order).view(R, B, S, d)
+
+        lin = torch.ones(upto, dtype=torch.bool, device=Wd.device)
+        heads = [range(g.head_src(layer), g.head_src(layer) + g.n_heads) for layer in range(g.n_layers)]
+        heads = [r for r in heads if r.stop <= upto]
+        for r in heads:
+            lin[r.start : r.stop] = False
+        out = base + over(lin.nonzero().squeeze(1)) if used else base.expand(R, B, S, d) + 0 * Wd.sum()
+        for layer, r in enumerate(heads):
+            cols = torch.arange(r.start, r.stop, device=Wd.device)
+            out = out + p.tf.post_attn(layer, p.head_ablation(layer) + over(cols))
         return out
 
     def _dense(self, Wd: Tensor, used: list[Tensor], tokens: Tensor | None) -> Tensor:

@@ -82,6 +82,11 @@ class Architecture:
     n_experts: int = 0  # a mixture-of-experts MLP (0: a dense one); d_mlp is then each expert's width
     experts_per_token: int = 0
     norm_topk_prob: bool = False  # the chosen experts' router probabilities renormalised to sum to 1
+    post_norms: bool = False  # Gemma 2/3: an RMSNorm after the attention and after the MLP, before the residual add
+    attn_scale: float = 0.0  # the attention scores' factor (0: 1 / sqrt(d_head)); Gemma 2's query_pre_attn_scalar ** -0.5
+    attn_softcap: float = 0.0  # scores -> cap * tanh(scores / cap) before the mask (Gemma 2); 0: none
+    final_softcap: float = 0.0  # logits -> cap * tanh(logits / cap) (Gemma 2); 0: none
+    windows: tuple[int, ...] = ()  # per layer, a sliding window's width (0: global attention); () every layer global
 
 
 @dataclass
@@ -172,7 +177,7 @@ class _Plain:
         edit = self.edit_heads.get(layer)
         if edit is not None:
             out = edit(out)
-        return out.sum(0) + tf.attn_bias(layer)
+        return tf.post_attn(layer, out.sum(0) + tf.attn_bias(layer))
 
     def mlp(self, part: MLPPart, x: Tensor) -> Tensor:
         fn = self.replace.get(part.layer)
@@ -248,6 +253,7 @@ class Transformer:
         nkv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
         q_norm = getattr(bridge.blocks[0].attn, "q_norm", None) if len(bridge.blocks) else None  # Qwen3, Gemma 3
         experts = _experts_of(hf, int(getattr(cfg, "num_experts", 0) or 0), str(arch_name))
+        post_norms = len(bridge.blocks) > 0 and getattr(bridge.blocks[0], "ln1_post", None) is not None  # Gemma 2/3
         if q_norm is not None and getattr(cfg, "qk_norm_after_rope", False):
             raise NotImplementedError(f"acdc's engine does not support a QK norm after the rotary embedding ({arch_name})")
         arch = Architecture(
@@ -274,6 +280,11 @@ class Transformer:
             n_experts=len(experts[0].down_proj) if experts else 0,
             experts_per_token=int(getattr(cfg, "experts_per_token", 0) or 0),
             norm_topk_prob=bool(getattr(hf_cfg, "norm_topk_prob", False)),
+            post_norms=post_norms,
+            attn_scale=float(getattr(hf_cfg, "query_pre_attn_scalar", None) or cfg.d_head) ** -0.5,
+            attn_softcap=float(getattr(hf_cfg, "attn_logit_softcapping", None) or 0.0),
+            final_softcap=float(getattr(hf_cfg, "final_logit_softcapping", None) or 0.0),
+            windows=_windows_of(hf_cfg, cfg.n_layers),
         )
         w = _read_weights(bridge, arch, norm_offset=fam.norm_offset)
         if experts:  # the router [E, d] and the experts' stacked projections: [E, 2 d_mlp, d] (gate; up), [E, d, d_mlp]
@@ -288,6 +299,9 @@ class Transformer:
                 inv_freq.detach().float().to(w["W_E"].device) if isinstance(inv_freq, Tensor) and inv_freq.numel() * 2 == rotary_dim
                 else 1.0 / (rotary_base ** (torch.arange(0, rotary_dim, 2, device=w["W_E"].device, dtype=torch.float32) / rotary_dim))
             )
+            per_type = _rotary_by_layer(rotary_emb, hf_cfg, rotary_dim, str(arch_name))  # Gemma 3: local and global bases
+            if per_type is not None:
+                w["inv_freq_by_layer"] = [t.to(w["W_E"].device) for t in per_type]
         model = cls(arch, w)
         if check:
             model.check_against(bridge)
@@ -402,15 +416,18 @@ class Transformer:
         gw.addcmul_(xhat.expand_as(gw), proj, value=-1.0 / x.shape[-1])
         return gw.mul_(rstd)
 
-    def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
-        """Rotary embedding of projected queries or keys x [..., n, p, d_head] at positions pos [n, p]
+    def rotate(self, x: Tensor, pos: Tensor, layer: int) -> Tensor:
+        """Rotary embedding of ``layer``'s projected queries or keys x [..., n, p, d_head] at positions pos [n, p]
         (x itself for a model without rotary embeddings): what `pattern` applies before q·k."""
-        return self._rotate(x, pos) if self.arch.position_embedding == "rotary" else x
+        return self._rotate(x, pos, layer) if self.arch.position_embedding == "rotary" else x
 
-    def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
-        """Rotary embedding (GPT-NeoX convention) of x [..., n, p, d_head] at positions pos."""
+    def _rotate(self, x: Tensor, pos: Tensor, layer: int) -> Tensor:
+        """Rotary embedding (GPT-NeoX convention) of x [..., n, p, d_head] at positions pos (a family with a base
+        per kind of layer, Gemma 3's local and global ones, reads ``layer``'s)."""
         rd = self.arch.rotary_dim
-        ang = pos.to(torch.float32)[..., None] * self.w["inv_freq"]  # [..., p, rd/2]
+        by_layer = self.w.get("inv_freq_by_layer")
+        inv_freq = self.w["inv_freq"] if by_layer is None else by_layer[layer]
+        ang = pos.to(torch.float32)[..., None] * inv_freq  # [..., p, rd/2]
         ang = torch.cat([ang, ang], dim=-1)
         scale = self.arch.rotary_scale
         cos, sin = (ang.cos() * scale).to(x.dtype), (ang.sin() * scale).to(x.dtype)
@@ -446,7 +463,7 @@ class Transformer:
         self, layer: int, heads: Tensor, qm: Tensor, km: Tensor, vm: Tensor, q_pos: Tensor | None = None
     ) -> Tensor:
         """Attention from projected queries, keys, values [h, n, p|pos, d_head] -> [h, n, p, d_model]."""
-        return self.mix(layer, heads, self.pattern(qm, km, q_pos), vm)
+        return self.mix(layer, heads, self.pattern(layer, qm, km, q_pos), vm)
 
     def mix(self, layer: int, heads: Tensor, pattern: Tensor, vm: Tensor) -> Tensor:
         """Heads' outputs from their pattern [h, n, p, pos] and projected values [h, n, pos, d_head] -> [h, n, p, d_model]."""
@@ -455,18 +472,25 @@ class Transformer:
         out = torch.bmm(z.reshape(h, n * p, dh), self.w["W_O"][layer][heads])
         return out.view(h, n, p, self.arch.d_model)
 
-    def pattern(self, qm: Tensor, km: Tensor, q_pos: Tensor | None = None) -> Tensor:
-        """Attention probabilities [h, n, p, pos] from projected queries and keys [h, n, p|pos, d_head]."""
+    def pattern(self, layer: int, qm: Tensor, km: Tensor, q_pos: Tensor | None = None) -> Tensor:
+        """Attention probabilities [h, n, p, pos] of ``layer``'s heads from projected queries and keys [h, n, p|pos,
+        d_head]: rotary, scaled scores (soft-capped where the family caps them), causal (and, in a sliding-window
+        layer, only the window's last keys)."""
         a = self.arch
         n_pos = km.shape[-2]
         key_pos = torch.arange(n_pos, device=km.device)
         if q_pos is None:
             q_pos = key_pos.expand(km.shape[1], n_pos)
         if a.position_embedding == "rotary":
-            qm = self._rotate(qm, q_pos)
-            km = self._rotate(km, key_pos.expand(km.shape[1], n_pos))
-        scores = torch.matmul(qm, km.transpose(-1, -2)) / (a.d_head**0.5)  # [h, n, p, pos]
+            qm = self._rotate(qm, q_pos, layer)
+            km = self._rotate(km, key_pos.expand(km.shape[1], n_pos), layer)
+        scores = torch.matmul(qm, km.transpose(-1, -2)) * (a.attn_scale or a.d_head**-0.5)  # [h, n, p, pos]
+        if a.attn_softcap:
+            scores = torch.tanh(scores / a.attn_softcap) * a.attn_softcap
         allowed = key_pos <= q_pos[..., None]  # [n, p, pos]
+        window = a.windows[layer] if a.windows else 0
+        if window:
+            allowed = allowed & (key_pos > q_pos[..., None] - window)
         return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min).softmax(-1)
 
     @torch.no_grad()
@@ -475,7 +499,7 @@ class Transformer:
         resid_pre = self.run(tokens).resid_pre
         heads = torch.arange(self.arch.n_heads, device=self.device)
         return torch.stack([
-            self.pattern(self.project(layer, heads, resid_pre[layer], "Q"), self.project(layer, heads, resid_pre[layer], "K"))
+            self.pattern(layer, self.project(layer, heads, resid_pre[layer], "Q"), self.project(layer, heads, resid_pre[layer], "K"))
             for layer in range(self.arch.n_layers)
         ])
 
@@ -518,6 +542,22 @@ class Transformer:
         y = torch.baddbmm(bias[:, None, :], ln.reshape(h, n * p, d), weight)
         return y.view(h, n, p, a.d_head)
 
+    def post_attn(self, layer: int, y: Tensor) -> Tensor:
+        """What the attention adds to the stream from its heads' summed output y [..., d_model] (b_O included):
+        y itself, or (Gemma 2/3) y through the layer's post-attention RMSNorm."""
+        return self.ln(y, "ln1_post", layer) if self.arch.post_norms else y
+
+    def post_attn_jvp(self, layer: int, y: Tensor, delta: Tensor) -> Tensor:
+        """The derivative of `post_attn` at the heads' sum y [..., d_model] applied to changes delta [..., d_model]
+        (broadcasting): for RMSNorm w * r * (delta - y r^2 mean(y delta)), r = (mean(y^2) + eps)^-1/2; delta
+        itself where there is no norm after attention."""
+        if not self.arch.post_norms:
+            return delta
+        assert self.arch.norm == "RMS", "a norm after attention is an RMSNorm (Gemma 2/3)"
+        w = self.w["ln1_post_w"][layer]
+        r = (y.pow(2).mean(-1, keepdim=True) + self.arch.eps).rsqrt()
+        return w * r * (delta - y * r.pow(2) * (y * delta).mean(-1, keepdim=True))
+
     def attn_bias(self, layer: int) -> Tensor:
         """[d_model] the attention output bias b_O of ``layer`` (outside every head's output)."""
         return self.w["b_O"][layer]
@@ -534,10 +574,11 @@ class Transformer:
     def mlp_normed(self, layer: int, ln: Tensor) -> Tensor:
         """Output of MLP `layer` (b_out included) from its normed input ln [..., d_model] (`mlp_input`'s output)."""
         if self.arch.n_experts:
-            return self._experts(layer, ln)
-        hidden = self._hidden(layer, ln).reshape(-1, self.arch.d_mlp)
-        out = torch.addmm(self.w["b_out"][layer], hidden, self.w["W_out"][layer])
-        return out.view(*ln.shape)
+            out = self._experts(layer, ln)
+        else:
+            hidden = self._dense_hidden(layer, ln).reshape(-1, self.arch.d_mlp)
+            out = torch.addmm(self.w["b_out"][layer], hidden, self.w["W_out"][layer]).view(*ln.shape)
+        return self.ln(out, "ln2_post", layer) if self.arch.post_norms else out  # Gemma 2/3: the norm after the MLP
 
     def mlp_hidden(self, layer: int, x: Tensor) -> Tensor:
         """The MLP's hidden activations (its neurons) for input x [..., d_model] -> [..., d_mlp].
@@ -573,13 +614,19 @@ class Transformer:
         return out.view(*ln.shape)
 
     def require_neurons(self) -> None:
-        """A one-line error where the MLP has no single set of neurons (a mixture of experts)."""
+        """A one-line error where the MLP's output is not its neurons' sum (a mixture of experts; a norm after the MLP)."""
         if self.arch.n_experts:
             raise NotImplementedError("a mixture-of-experts MLP has no single set of neurons: it runs as one MLP node "
                                       "(mlp_units='whole') or with transcoders")
+        if self.arch.post_norms:
+            raise NotImplementedError("this family normalizes the MLP's output after its neurons, so the output is not "
+                                      "their sum: the MLP runs as one node (mlp_units='whole') or with transcoders")
 
     def _hidden(self, layer: int, ln: Tensor) -> Tensor:
         self.require_neurons()
+        return self._dense_hidden(layer, ln)
+
+    def _dense_hidden(self, layer: int, ln: Tensor) -> Tensor:
         w = self.w
         flat = ln.reshape(-1, ln.shape[-1])
         if self.arch.gated_mlp:  # act(x W_gate) * (x W_in)
@@ -635,7 +682,9 @@ class Transformer:
         ``vocab`` [k] -> [..., k] (a metric that reads a few tokens' logits: the same numbers, k of them)."""
         ln = self.ln(x, "lnf")
         W, b = (self.w["W_U"], self.w["b_U"]) if vocab is None else self._unembed_columns(vocab)
-        return (ln.reshape(-1, ln.shape[-1]) @ W + b).view(*x.shape[:-1], -1)
+        logits = (ln.reshape(-1, ln.shape[-1]) @ W + b).view(*x.shape[:-1], -1)
+        cap = self.arch.final_softcap
+        return logits if not cap else torch.tanh(logits / cap) * cap
 
     def _unembed_columns(self, vocab: Tensor) -> tuple[Tensor, Tensor]:
         """W_U's and b_U's columns ``vocab``, gathered once per column set (W_U is often a transposed
@@ -814,6 +863,34 @@ class Transformer:
 _ENGINES: weakref.WeakKeyDictionary[Any, tuple[Transformer, tuple[Any, ...]]] = weakref.WeakKeyDictionary()
 
 
+def _rotary_by_layer(rotary_emb: Any, hf_cfg: Any, rotary_dim: int, arch_name: str) -> list[Tensor] | None:
+    """Each layer's rotary frequencies where Hugging Face keeps one set per kind of layer (Gemma 3:
+    ``sliding_attention_inv_freq``, ``full_attention_inv_freq``); None where it keeps one for all."""
+    types = getattr(hf_cfg, "layer_types", None) or []
+    got = {t: getattr(rotary_emb, f"{t}_inv_freq", None) for t in set(types)}
+    if not types or not all(isinstance(v, Tensor) for v in got.values()):
+        return None
+    scales = {float(getattr(rotary_emb, f"{t}_attention_scaling", 1.0) or 1.0) for t in got}
+    if scales != {float(getattr(rotary_emb, "attention_scaling", 1.0) or 1.0)} and scales != {1.0}:
+        raise NotImplementedError(f"acdc's engine does not support a rotary attention scaling per kind of layer ({arch_name})")
+    out = [got[t].detach().float() for t in types]  # type: ignore[union-attr]
+    if any(f.numel() * 2 != rotary_dim for f in out):
+        raise NotImplementedError(f"acdc's engine does not support these rotary frequencies ({arch_name})")
+    return out
+
+
+def _windows_of(hf_cfg: Any, n_layers: int) -> tuple[int, ...]:
+    """Each layer's sliding-window width (0: global attention) from Hugging Face's ``layer_types`` and
+    ``sliding_window``; () when every layer attends globally."""
+    types = getattr(hf_cfg, "layer_types", None)
+    window = int(getattr(hf_cfg, "sliding_window", None) or 0)
+    if not types or not window or "sliding_attention" not in types:
+        return ()
+    if len(types) != n_layers:
+        raise NotImplementedError(f"layer_types names {len(types)} layers, the model has {n_layers}")
+    return tuple(window if t == "sliding_attention" else 0 for t in types)
+
+
 def _experts_of(hf: Any, n_experts: int, arch_name: str) -> list[Any]:
     """Each layer's experts module (stacked ``gate_up_proj`` [E, 2 m, d], ``down_proj`` [E, d, m]) of a
     mixture-of-experts model; [] for a dense one. A one-line error where acdc cannot read them exactly."""
@@ -888,6 +965,10 @@ def _read_weights(bridge: Bridge, arch: Architecture, norm_offset: float = 0.0) 
         for ln in ("ln1", "ln2"):
             w[f"{ln}_w"].append(norm_w(get(getattr(blk, ln), "w", (d,))))
             w[f"{ln}_b"].append(get(getattr(blk, ln), "b", (d,)))
+    if a.post_norms:  # Gemma 2/3: the norms after the attention and after the MLP
+        for ln in ("ln1_post", "ln2_post"):
+            w[f"{ln}_w"] = [norm_w(get(getattr(blk, ln), "w", (d,))) for blk in bridge.blocks]
+            w[f"{ln}_b"] = [torch.zeros(d, dtype=ref.dtype, device=ref.device) for _ in bridge.blocks]
     if a.qk_norm:  # one [d_head] scale per layer for queries, one for keys (shared by every head)
         for which in ("q", "k"):
             w[f"{which}_norm"] = [norm_w(get(getattr(blk.attn, f"{which}_norm"), "w", (dh,))) for blk in bridge.blocks]

@@ -277,6 +277,9 @@ class Patcher:
             mid = cum[:-1] + b_o if not a.parallel_attn_mlp else cum[:-1]
             self._base_mid = mid[:, None, None, :]
         del corrupt_run
+        self._head_abl: Tensor | None = None  # post-norm families: [L, B|1, S, d] each layer's ablated heads' sum
+        if a.post_norms:
+            self._post_norm_bases()
         # one ablation value for the whole batch (plain mean ablation), else one per prompt (or none: zero)
         self.shared_ablation = self.abl is not None and self.abl.shape[1] == 1
         self.factored_layers: dict[int, range] = {layer: g.mlp_sources(layer)[:n] for layer, n in self._n_units.items()}
@@ -287,6 +290,33 @@ class Patcher:
             for r in self.factored_layers.values():
                 self.unit_mask[r.start : r.stop] = True
         self._layout()
+
+    def _post_norm_bases(self) -> None:
+        """Post-norm families (Gemma 2/3): a layer's heads reach the stream through their layer's norm, so the
+        all-ablated streams hold the linear sources only (the input and the MLPs, each MLP's norm inside its
+        node), and each layer's ablated heads are kept apart (`head_ablation`): a destination reads, from each
+        upstream layer, the norm of its own mix of that layer's heads (MIB's rule for Gemma 2)."""
+        g, tf = self.graph, self.tf
+        if self._units is not None:
+            raise NotImplementedError("feature and neuron graphs of a family with norms after each sublayer (Gemma 2/3) "
+                                      "are not supported yet: use the plain graph")
+        L, H = g.n_layers, g.n_heads
+        abl = self.abl  # [n_src, B|1, S, d]; None: zero ablation
+        zero = self.clean.sources.new_zeros(1, 1, tf.arch.d_model) if abl is None else torch.zeros_like(abl[0])
+        heads, lin = [], [zero if abl is None else abl[0]]  # lin[l]: the input's and MLPs 0..l-1's ablation values
+        for layer in range(L):
+            h0 = g.head_src(layer)
+            heads.append(zero + tf.attn_bias(layer) + (0 if abl is None else abl[h0 : h0 + H].sum(0)))
+            lin.append(lin[-1] + (0 if abl is None or g.attn_only else abl[g.mlp_src(layer)]))
+        self._head_abl = torch.stack(heads)
+        base = torch.stack(lin)
+        self._base_pre, self._base_mid = base, base[:-1]
+
+    def head_ablation(self, layer: int) -> Tensor:
+        """[B|1, S, d] what ``layer``'s heads sum to with every one ablated (b_O included), before the layer's
+        norm after attention: post-norm families only (`Patcher._post_norm_bases`)."""
+        assert self._head_abl is not None, "head_ablation is a post-norm family's"
+        return self._head_abl[layer]
 
     @property
     def blocks(self) -> list[Block]:
@@ -614,6 +644,8 @@ class Patcher:
         keep = keep & (self.upstream if keep.dim() == 3 else self.upstream[:, :, None])
         K = keep.shape[0]
         a = self.tf.arch
+        if a.post_norms:  # a destination's input is not linear in its edges: each candidate runs from scratch
+            return self._propagate_from_scratch(st, keep)
         L = a.n_layers
         changed_rows = (keep != st.keep[None]).reshape(K, keep.shape[1], -1).any(-1).any(0)
         if not bool(changed_rows.any()):
@@ -632,8 +664,22 @@ class Patcher:
         runs = {k: v for k, v in job.runs.items() if v is not None}
         return Proposal(keep, logits, job.delta, job.new_inp, runs, job.dropped, job.act_delta)
 
+    def _propagate_from_scratch(self, st: PatchState, keep: Tensor) -> Proposal:
+        """`propagate` where a destination's input is not a sum over its edges (post-norm families): each candidate's
+        logits from a patched run from scratch, exact; nothing incremental to commit but the kept edges and logits."""
+        changed = (keep != st.keep[None]).reshape(keep.shape[0], -1).any(-1)
+        rows = []
+        for k in range(keep.shape[0]):
+            if not bool(changed[k]):
+                rows.append(st.logits)
+                continue
+            logits = self.forward(keep[k])[0]
+            rows.append(logits if st.vocab is None else logits.index_select(-1, st.vocab))
+        return Proposal(keep, torch.stack(rows), {}, {}, {}, [])
+
     def input_gradients(
-        self, loss: Callable[[Tensor], Tensor], interpolate: tuple[range, float] | None = None
+        self, loss: Callable[[Tensor], Tensor], interpolate: tuple[range, float] | None = None,
+        head_sums: dict[int, Tensor] | None = None,
     ) -> Iterator[tuple[Tensor, int, Tensor]]:
         """The gradient of ``loss(logits [rows, d_vocab])`` at every destination's input on the clean run.
 
@@ -642,7 +688,9 @@ class Patcher:
         sources upstream of them (``[0, upto)``) and the gradient at each row's input.
         ``interpolate=(sources, alpha)``: those sources (the input node, a layer's heads, an MLP)
         output A + alpha (O - A) instead, with gradients through their computation (EAP-IG's
-        interpolated node group).
+        interpolated node group). ``head_sums``: a dict filled, before the first yield, with each layer's heads'
+        summed output [B, S, d] before its norm in this pass (post-norm families: where `SourceValues.dot` takes
+        the norm's derivative).
         """
         g, a = self.graph, self.tf.arch
         replace = None
@@ -659,6 +707,8 @@ class Patcher:
             final_probe = torch.zeros_like(cur, requires_grad=True)
             logits = self.tf.unembed(self.at_answers(cur + final_probe)).reshape(-1, a.d_vocab)
             loss(logits).backward()
+        if head_sums is not None:
+            head_sums.update(gp.head_sums)
         for block in self._blocks:
             yield from block.grad_inputs(gp)
         grad = final_probe.grad if final_probe.grad is not None else torch.zeros_like(final_probe)

@@ -105,11 +105,40 @@ class SourceValues:
         first = cols.index(sources.start)
         return slice(first, first + len(sources))
 
-    def dot(self, grads: Tensor, upto: int) -> Tensor:
+    def dot(self, grads: Tensor, upto: int, head_sums: dict[int, Tensor] | None = None) -> Tensor:
         """[R, upto(, n_positions)] float64: sum over batch, positions, features of grads [R, B, S, d] * (A - O)
-        for the sources [0, upto) (per position, over that position's tokens, in a positional graph)."""
-        if self.groups is not None:
-            return self._dot_at_positions(grads, upto)
+        for the sources [0, upto) (per position, over that position's tokens, in a positional graph).
+
+        ``head_sums`` (post-norm families; `Patcher.input_gradients`): layer -> its heads' sum before its norm
+        in the pass that gave ``grads``; a head's (A - O) then reaches its destinations through the norm's
+        derivative there (EAP through the norm, as MIB's EAP-IG does for Gemma 2)."""
+        out = self._dot_at_positions(grads, upto) if self.groups is not None else self._dot(grads, upto)
+        if head_sums and self.tf.arch.post_norms:
+            self._through_norms(out, grads, upto, head_sums)
+        return out
+
+    def _through_norms(self, out: Tensor, grads: Tensor, upto: int, head_sums: dict[int, Tensor]) -> None:
+        """Overwrite the heads' columns of ``out`` with grads . J_layer (A - O), J the norm's derivative at the pass."""
+        g = self.graph
+        if self.dense_cols is not None:
+            raise NotImplementedError("EAP through a norm after attention runs on graphs of whole MLPs")
+        R = grads.shape[0]
+        flat = grads.reshape(R, -1, grads.shape[-1])  # [R, T, d]
+        for layer, y in head_sums.items():
+            r = range(g.head_src(layer), g.head_src(layer) + g.n_heads)
+            if r.stop > upto:
+                continue
+            clean = self.dense_clean[r.start : r.stop]
+            abl = torch.zeros_like(clean) if self.dense_abl is None else self.dense_abl[r.start : r.stop].expand_as(clean)
+            diff = self.tf.post_attn_jvp(layer, y, abl - clean).reshape(len(r), -1, grads.shape[-1])  # [H, T, d]
+            if self.groups is None:
+                out[:, r.start : r.stop] = (flat.reshape(R, -1) @ diff.reshape(len(r), -1).T).double()
+            else:
+                for p, idx in enumerate(self.groups):
+                    at = flat.index_select(1, idx).reshape(R, -1)
+                    out[:, r.start : r.stop, p] = (at @ diff.index_select(1, idx).reshape(len(r), -1).T).double()
+
+    def _dot(self, grads: Tensor, upto: int) -> Tensor:
         R = grads.shape[0]
         if self.dense_cols is None:
             return self._dense_dot(grads, upto)

@@ -23,14 +23,17 @@ MLPSplit = Callable[[int, Tensor, Tensor, Tensor], "dict[str, Tensor] | None"]
 def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None = None,
                   mlp_bias: list[Tensor] | None = None, ablated: dict[str, Tensor] | None = None,
                   abl: dict[str, Tensor] | None = None,
-                  patterns: dict[int, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                  patterns: dict[int, Tensor] | None = None,
+                  post_attn: list[Callable[[Tensor], Tensor]] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The hooked forward: logits [B, S, vocab] and every source's output in this run, by name.
 
     Every destination's input is rebuilt as the sum of its sources (an edge in ``ablated``, a dict
     from edge name to a [B, S] bool mask, takes ``abl[src]`` at those tokens; a float mask m mixes
     ``(1 - m) O + m A``), plus the biases of
     no node: each layer's b_O and, where ``split`` splits an MLP into parts, ``mlp_bias[layer]``
-    (neurons: b_out; a transcoder: b_dec).
+    (neurons: b_out; a transcoder: b_dec). ``post_attn`` (a family with a norm after attention, Gemma 2):
+    each layer's norm module; a destination then reads, per upstream layer, that norm of the layer's b_O
+    plus its own mix of the layer's heads (MIB's per-destination rule), the rest summed as above.
     """
     model.set_use_split_qkv_input(True)
     model.set_use_attn_result(True)
@@ -50,18 +53,25 @@ def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None
         sources_of.setdefault(e.dst.name, {})[e.src.name] = None
 
     def rebuilt(dst_name: str, attn_layers: int, mlp_layers: int) -> Tensor:
-        total = b_o[:attn_layers].sum(0) + b_m[:mlp_layers].sum(0)
+        total = b_m[:mlp_layers].sum(0) + (0 if post_attn is not None else b_o[:attn_layers].sum(0))
+        per_layer: dict[int, Tensor] = {}  # post-norm: each upstream layer's b_O + mix of heads, normed below
         for src in sources_of[dst_name]:
             edge = f"{src}->{dst_name}"
+            value = current[src]
             if edge in ablated:
                 assert abl is not None
                 m = ablated[edge]
                 if m.dtype == torch.bool:
-                    total = total + torch.where(m[..., None], abl[src], current[src])
+                    value = torch.where(m[..., None], abl[src], current[src])
                 else:  # a weight of ablation in [0, 1]: mixed, (1 - m) O + m A
-                    total = total + current[src] + m[..., None] * (abl[src] - current[src])
+                    value = current[src] + m[..., None] * (abl[src] - current[src])
+            if post_attn is not None and src.startswith("a"):
+                layer = int(src[1:].split(".")[0])
+                per_layer[layer] = per_layer.get(layer, b_o[layer]) + value
             else:
-                total = total + current[src]
+                total = total + value
+        for layer, y in per_layer.items():
+            total = total + post_attn[layer](y)  # type: ignore[index]
         return total
 
     def record_input(x, hook):

@@ -36,6 +36,8 @@ def _by_name(view):
 def test_the_live_view_is_the_pruned_graph(graph, nt, et):
     v = AttributionExplorer(graph).view(nt, et)
     kept = graph.prune(nt, et)
+    nodes = kept.node_mask
+    assert bool((kept.edge_mask <= (graph.adjacency != 0) & nodes[:, None] & nodes[None, :]).all())  # real edges of kept nodes
     want = {graph.node_name(i) for i in kept.node_mask.nonzero().squeeze(1).tolist()}
     assert set(_by_name(v)) == want and v["counts"]["nodes"] == len(want) and v["counts"]["all_nodes"] == graph.n_nodes
     assert v["counts"]["links"] == kept.n_edges == len(v["links"]) and v["thresholds"]["exact"]

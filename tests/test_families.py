@@ -27,6 +27,11 @@ def _tiny(family: str, n_kv: int, seed: int = 0):
         "gemma": (tr.GemmaConfig, tr.GemmaForCausalLM, {"head_dim": 8}),
         "qwen3": (tr.Qwen3Config, tr.Qwen3ForCausalLM, {"head_dim": 8}),  # QK norm per head
         "phi3": (tr.Phi3Config, tr.Phi3ForCausalLM, {}),  # fused q/k/v and gate/up projections
+        "gemma2": (tr.Gemma2Config, tr.Gemma2ForCausalLM, {  # norms after each sublayer, soft caps, a 4-token window
+            "head_dim": 8, "sliding_window": 4, "query_pre_attn_scalar": 16, "attn_logit_softcapping": 5.0,
+            "final_logit_softcapping": 3.0}),
+        "gemma3": (tr.Gemma3TextConfig, tr.Gemma3ForCausalLM, {  # Gemma 2's norms, QK norm, local/global rotary bases
+            "head_dim": 8, "sliding_window": 4, "query_pre_attn_scalar": 16, "sliding_window_pattern": 2}),
         "qwen3-moe": (tr.Qwen3MoeConfig, tr.Qwen3MoeForCausalLM, {  # 4 experts, 2 per token, as one MLP node
             "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "norm_topk_prob": True}),
         "llama3-rope": (tr.LlamaConfig, tr.LlamaForCausalLM, {"rope_scaling": {
@@ -127,6 +132,94 @@ def test_eap_equals_gradient_formula(family):
         assert s[e.name] == pytest.approx(ref[e.name], abs=1e-4 * scale, rel=1e-3), (name, e.name)
 
 
+@pytest.fixture(scope="module", params=["gemma2", "gemma3"])
+def gemma2(request):
+    """Gemma 2 and Gemma 3 (text), the families with a norm after each sublayer."""
+    gqa = _tiny(request.param, n_kv=2)
+    twin = _mha_twin(gqa)
+    norms = [layer.post_attention_layernorm for layer in twin.model.layers]  # Hugging Face's own modules
+    return acdc.load_model(gqa), acdc.load_model(twin), norms
+
+
+@pytest.mark.parametrize("split_qkv", [True, False])
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_gemma2_patched_logits_equal_the_hooked_forward_with_a_norm_per_destination(gemma2, split_qkv, ablation):
+    """Gemma 2 normalizes each attention output before the residual add, so a destination reads, from each
+    upstream layer, the norm of its own mix of that layer's heads (MIB's rule): random edge sets against the
+    hooked forward that rebuilds every destination's input that way, Hugging Face's norm modules doing the norm;
+    ACDC's state (candidates run from scratch here) agrees."""
+    model, twin, norms = gemma2
+    clean, corrupt = random_tokens(batch=3, pos=7)  # longer than the 4-token sliding window
+    g = Graph.from_model(model, split_qkv=split_qkv)
+    p = Patcher(model, clean, corrupt, graph=g, ablation=ablation)
+    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits, atol=1e-5)
+    for frac, seed in ((0.3, 0), (0.7, 1)):
+        mask = _random_mask(g, frac, seed)
+        ablated = {e.name for e, m in zip(g.edges, mask.tolist()) if m}
+        ref = patched_logits(twin, g, clean, corrupt, ablated, ablation, post_attn=norms)[:, -1]
+        got = p.logits(mask)
+        assert torch.allclose(got, ref, atol=1e-4), float((got - ref).abs().max())
+        keep = g.dense(~mask) & p.upstream
+        assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
+
+
+@pytest.mark.parametrize("ablation", ["resample", "zero"])
+def test_gemma2_eap_is_the_first_order_effect_of_each_edge_through_the_norm(gemma2, ablation):
+    """EAP on Gemma 2 is d loss / d m_e at m_e = 0, where edge e feeds its destination (1 - m_e) O + m_e A through
+    the norm of its layer (MIB's rule): central finite differences of the hooked forward, edge by edge."""
+    from oracle import ablation_values, split_forward
+
+    model, twin, norms = gemma2
+    clean, corrupt = random_tokens(batch=3, pos=6)
+    answers = (torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
+    g = Graph.from_model(model)
+    rows = torch.arange(3)
+
+    def loss(logits):
+        last = logits[:, -1]
+        return -(last[rows, answers[0]] - last[rows, answers[1]]).mean()
+
+    s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=answers, graph=g,
+                       ablation=ablation, progress=False)
+    abl = ablation_values(twin, g, corrupt, ablation, 3, post_attn=norms)
+    eps = 1e-2
+    scale = 0.0
+    refs = {}
+    for e in g.edges:
+        def at(m: float, e=e) -> float:
+            mix = {e.name: torch.full(clean.shape, m)}
+            return float(loss(split_forward(twin, g, clean, ablated=mix, abl=abl, post_attn=norms)[0]))
+        refs[e.name] = (at(eps) - at(-eps)) / (2 * eps)
+        scale = max(scale, abs(refs[e.name]))
+    for name, ref in refs.items():
+        assert s[name] == pytest.approx(ref, abs=2e-3 * scale, rel=1e-2), name
+    assert sum(abs(refs[e.name]) > 0.05 * scale for e in g.edges if e.src.kind is acdc.graph.HEAD) > 5  # heads' edges count
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean"])
+def test_gemma2_mixed_run_is_the_hooked_mix_through_the_norm(gemma2, ablation):
+    """Edge Pruning's mixed run on Gemma 2: at 0/1 weights the patched run; at fractional weights each destination
+    reads (1 - w) A + w O of each source, the heads of a layer mixed before its norm (the hooked forward's rule)."""
+    from oracle import ablation_values, split_forward
+
+    from acdc.mixing import mixed_logits
+
+    model, twin, norms = gemma2
+    clean, corrupt = random_tokens(batch=3, pos=6)
+    g = Graph.from_model(model)
+    p = Patcher(model, clean, corrupt, graph=g, ablation=ablation)
+    keep = ~_random_mask(g, 0.4, 3)
+    dense = torch.zeros(g.state_shape)
+    dense[g.edge_dst, g.edge_src] = keep.float()
+    assert torch.allclose(mixed_logits(p, dense), p.logits(~keep), atol=1e-5)
+    w = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(4))
+    dense[g.edge_dst, g.edge_src] = w
+    mix = {e.name: torch.full(clean.shape, 1.0 - float(w[i])) for i, e in enumerate(g.edges)}
+    abl = ablation_values(twin, g, corrupt, ablation, 3, post_attn=norms)
+    want = split_forward(twin, g, clean, ablated=mix, abl=abl, post_attn=norms)[0][:, -1]
+    assert torch.allclose(mixed_logits(p, dense), want, atol=1e-4)
+
+
 def test_a_mixture_of_experts_is_one_mlp_node():
     """Qwen3-MoE's MLP is its router and experts, one node (`test_patched_logits_equal_hooked_forward` checks it);
     it has no single set of neurons, so a neuron graph is one line, before any run."""
@@ -141,8 +234,7 @@ def test_a_mixture_of_experts_is_one_mlp_node():
 def test_unsupported_families_say_why():
     from acdc.families import family_of
 
-    with pytest.raises(NotImplementedError, match="Gemma 2/3 normalize each attention and MLP output"):
-        family_of("Gemma2ForCausalLM")
+    assert family_of("Gemma2ForCausalLM").name == "gemma2" and family_of("Gemma3ForCausalLM").name == "gemma3"
     with pytest.raises(NotImplementedError, match="does not know the FalconForCausalLM family yet; supported: GPT2"):
         family_of("FalconForCausalLM")
 

@@ -19,13 +19,15 @@ def test_engine_forward_matches_bridge(make):
 
 
 def test_unsupported_architecture_is_named():
-    """Gemma 2 normalizes each block output before adding it: not a sum of node outputs, refused."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM
+    """A model acdc cannot run exactly is one line naming what it lacks: here dense MLP layers among
+    mixture-of-experts ones (Qwen3-MoE's ``mlp_only_layers``)."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    hf = Gemma2ForCausalLM(Gemma2Config(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                                        hidden_size=16, intermediate_size=32, vocab_size=50))
+    hf = Qwen3MoeForCausalLM(Qwen3MoeConfig(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                            hidden_size=16, intermediate_size=32, moe_intermediate_size=8, num_experts=4,
+                                            num_experts_per_tok=2, vocab_size=50, mlp_only_layers=[0]))
     model = acdc.load_model(hf)
-    with pytest.raises(NotImplementedError, match="Gemma2ForCausalLM exactly: Gemma 2/3 normalize"):
+    with pytest.raises(NotImplementedError, match=r"dense MLP layers among mixture-of-experts ones \(Qwen3MoeForCausalLM\)"):
         Transformer.from_bridge(model)
 
 

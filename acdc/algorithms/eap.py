@@ -185,6 +185,7 @@ def _pass(patcher: Patcher, metric: Metric, batch: Batch, shape: tuple[int, ...]
     """One forward and backward (the engine's gradient pass); returns the [n_dst, n_src] sums of delta . gradient."""
     dense = torch.zeros(*shape, dtype=torch.float64, device=patcher.tf.device)
     values = patcher.source_values
-    for rows, upto, grads in patcher.input_gradients(lambda logits: metric.loss_tensor(logits, batch), at):
-        dense[rows, :upto] = values.dot(grads, upto)
+    head_sums: dict[int, Tensor] = {}  # post-norm families: where this pass linearises each layer's norm
+    for rows, upto, grads in patcher.input_gradients(lambda logits: metric.loss_tensor(logits, batch), at, head_sums):
+        dense[rows, :upto] = values.dot(grads, upto, head_sums)
     return dense

@@ -8,7 +8,7 @@ For head H of layer L, a query position q and a key position T of one prompt (cl
   (at q) and of the key (at T), rotated where the model is rotary. The score q·k/√d splits **through
   the query** into (piece i of the query)·k/√d, one per upstream node, plus a bias term (the norm's
   offset, b_Q, the nodes' biases), and **through the key** into q·(piece j of the key)/√d likewise;
-  each list sums to the score.
+  each list sums to the score (a soft-capped score, Gemma 2's: the cap's ratio cap(s) / s frozen too).
 - **the ablations** (exact, norms live): the attention probability of q on T when the edge from one
   upstream node into H's query is ablated (its output at q swapped for its ablation value), and when
   its edge into H's key is ablated (at every key position). Nothing else changes when only an edge
@@ -19,6 +19,7 @@ Graphs of whole MLPs only (a neuron or feature graph's units have no per-node ou
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -27,6 +28,38 @@ from torch import Tensor
 from ..patching import Patcher
 
 __all__ = ["attention_why"]
+
+
+class _PostNorms:
+    """A post-norm family's heads (Gemma 2/3) as one prompt's head input sees them: through their layer's norm."""
+
+    def __init__(self, patcher: Patcher, i: int):
+        self.p, self.i, g, tf = patcher, i, patcher.graph, patcher.tf
+        H = g.n_heads
+        self.first = [g.head_src(layer) for layer in range(g.n_layers)]
+        self.sums = [patcher.clean_outputs[f : f + H, i].double().sum(0) + tf.attn_bias(layer).double()
+                     for layer, f in enumerate(self.first)]  # [S, d] each layer's heads' sum before its norm
+
+    def layer_of(self, s: int) -> int | None:
+        H = self.p.graph.n_heads
+        return next((layer for layer, f in enumerate(self.first) if f <= s < f + H), None)
+
+    def share(self, s: int, out: Tensor) -> Tensor:
+        """[S, d] source ``s``'s part of the stream: a head's output through its layer's norm at its frozen scale."""
+        layer = self.layer_of(s)
+        if layer is None:
+            return out
+        y = self.sums[layer]
+        w = self.p.tf.norm_params("ln1_post", layer)[0].double()
+        return out * w * (y.pow(2).mean(-1, keepdim=True) + self.p.tf.arch.eps).rsqrt()
+
+    def change(self, s: int, a: Tensor, where: slice) -> Tensor:
+        """[k, d] how the stream changes at ``where`` when head ``s``'s output is swapped for ``a`` (norm live)."""
+        layer = self.layer_of(s)
+        assert layer is not None
+        tf, y = self.p.tf, self.sums[layer][where]
+        swapped = y - self.p.clean_outputs[s, self.i, where].double() + a.double()
+        return tf.post_attn(layer, swapped.to(tf.dtype)).double() - tf.post_attn(layer, y.to(tf.dtype)).double()
 
 
 @torch.no_grad()
@@ -44,6 +77,9 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     srcs = sorted({int(s) for s in g.edge_src[(g.edge_dst == q_row) | (g.edge_dst == k_row)].tolist()})
     names = [g.sources[s].name for s in srcs]
     outs = patcher.clean_outputs[srcs, i].double()  # [n, S, d]
+    post = _PostNorms(patcher, i) if tf.arch.post_norms else None
+    if post is not None:  # a head's share of its layer's normed output, the norm's scale frozen as the others
+        outs = torch.stack([post.share(s, o) for s, o in zip(srcs, outs, strict=True)])
     x = patcher.clean.resid_pre[layer][i].double()  # [S, d] the head's input on the clean run (the patcher's own)
     parts = torch.cat([outs, (x - outs.sum(0))[None]])  # the nodes, then the biases of no node
 
@@ -63,7 +99,7 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
         return v @ W[h].double() + (b[h].double() if with_bias else 0.0)
 
     def at(y: Tensor, p: int) -> Tensor:  # pieces [m, d_head] of a query or key at position p, rotated there
-        return tf.rotate(y[:, None], torch.tensor([[p]], device=y.device).expand(y.shape[0], 1))[:, 0]
+        return tf.rotate(y[:, None], torch.tensor([[p]], device=y.device).expand(y.shape[0], 1), layer)[:, 0]
 
     def pieces(pos: int, which: str) -> tuple[Tensor, Tensor]:  # the nodes' pieces [n + 1, d_head] and the bias's [d_head]
         parts, bias = project(normed[:, pos], which, False), project(offset[pos][None], which, True)[0]
@@ -73,7 +109,11 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     q_parts, q_bias = pieces(query, "Q")
     k_parts, k_bias = pieces(key, "K")
     q_full, k_full = q_parts.sum(0) + q_bias, k_parts.sum(0) + k_bias
-    scale = tf.arch.d_head ** 0.5
+    raw = float(q_full @ k_full) * (tf.arch.attn_scale or tf.arch.d_head**-0.5)  # the score before any soft cap
+    cap = tf.arch.attn_softcap
+    score = cap * math.tanh(raw / cap) if cap else raw
+    # q.k times this is the score; a soft cap's ratio cap(raw) / raw is frozen at the clean run, as the norms are
+    scale = 1 / ((tf.arch.attn_scale or tf.arch.d_head**-0.5) * (score / raw if cap and raw else 1.0))
     through_q = (q_parts @ k_full / scale).tolist()  # the nodes, then the biases of no node
     through_k = (k_parts @ q_full / scale).tolist()
     bias_q, bias_k = float(q_bias @ k_full / scale) + through_q.pop(), float(q_full @ k_bias / scale) + through_k.pop()
@@ -83,19 +123,20 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     abl = patcher.ablation_values
     def swapped(s: int, where: slice) -> Tensor:
         a = torch.zeros_like(xs[where]) if abl is None else abl[s, min(i, abl.shape[1] - 1), where]
+        if post is not None and post.layer_of(s) is not None:  # through the layer's live norm
+            return xs[where] + post.change(s, a, where).to(xs.dtype)
         return xs[where] - patcher.clean_outputs[s, i, where] + a
 
     q_pos = torch.tensor([[query]], device=tf.device)
     k_full_m = tf.project(layer, heads, xs[None], "K")
     q_full_m = tf.project(layer, heads, xs[None, query : query + 1], "Q")
-    row = tf.pattern(q_full_m, k_full_m, q_pos)[0, 0, 0]  # [S] the unedited pattern row
+    row = tf.pattern(layer, q_full_m, k_full_m, q_pos)[0, 0, 0]  # [S] the unedited pattern row
     abl_q, abl_k = [], []
     for s in srcs:
-        pq = tf.pattern(tf.project(layer, heads, swapped(s, slice(query, query + 1))[None], "Q"), k_full_m, q_pos)[0, 0, 0]
-        pk = tf.pattern(q_full_m, tf.project(layer, heads, swapped(s, slice(0, n_tok))[None], "K"), q_pos)[0, 0, 0]
+        pq = tf.pattern(layer, tf.project(layer, heads, swapped(s, slice(query, query + 1))[None], "Q"), k_full_m, q_pos)[0, 0, 0]
+        pk = tf.pattern(layer, q_full_m, tf.project(layer, heads, swapped(s, slice(0, n_tok))[None], "K"), q_pos)[0, 0, 0]
         abl_q.append(float(pq[key]))
         abl_k.append(float(pk[key]))
-    score = float(q_full @ k_full / scale)
     nodes = [{"name": n, "query": float(a), "key": float(b), "prob_query_ablated": pq, "prob_key_ablated": pk}
              for n, a, b, pq, pk in zip(names, through_q, through_k, abl_q, abl_k, strict=True)]
     nodes.append({"name": "bias", "query": bias_q, "key": bias_k,
