@@ -525,10 +525,10 @@ class FullRun:
         all-ablated stream itself. Index None: the rows themselves, in order. Per position
         group, the product runs over that position's tokens (a plain graph: one group).
         """
-        if self.units is not None:
-            return self.factored_gather(rows, upto, base), None
         if self.post_norms:
             return self.post_norm_gather(rows, upto, base), None
+        if self.units is not None:
+            return self.factored_gather(rows, upto, base), None
         B, S, d, groups = self.B, self.S, self.d, self.groups
         W = self.keep[rows, :upto].to(self.dtype).reshape(len(rows), -1)
         uniq, inv = torch.unique(W, dim=0, return_inverse=True)
@@ -548,34 +548,44 @@ class FullRun:
         return out.view(len(U), B, S, d), inv
 
     def post_norm_gather(self, rows: list[int], upto: int, base: Tensor) -> Tensor:
-        """Inputs [R, B, S, d] of the rows in a post-norm family: the linear sources' product (the input, the
-        MLPs, each normed inside its node) on ``base`` (their all-ablated sum), plus, for each upstream layer,
-        its norm after attention applied to the row's own mix of that layer's heads (every ablated head at its
-        ablation value, every kept one at its output: `Patcher.head_ablation` plus the kept (O - A))."""
+        """Inputs [R, B, S, d] of the rows in a post-norm family: the linear sources' sum (the input, the MLPs
+        (each normed inside its node) or their units and extras) on ``base``, their all-ablated sum, plus, for each
+        upstream layer, its norm after attention applied to the row's own mix of that layer's heads (every
+        ablated head at its ablation value, every kept one at its output: `Patcher.head_ablation` plus the
+        kept (O - A))."""
         p, g = self.p, self.p.graph
         tf = p.tf
         B, S, d, T = self.B, self.S, self.d, self.B * self.S
         R = len(rows)
         W = self.keep[rows, :upto].to(self.dtype)
         W = W if W.dim() == 3 else W[..., None]  # [R, upto, positions]
-        X = self.X[:upto].reshape(upto, T, d)
-        groups = [torch.arange(T, device=X.device) if idx is None else idx for idx in self.groups]
         heads = [range(g.head_src(layer), g.head_src(layer) + g.n_heads) for layer in range(g.n_layers)]
         heads = [r for r in heads if r.stop <= upto]
-        lin = torch.ones(upto, dtype=torch.bool, device=X.device)
+        lin = W.clone()
         for r in heads:
-            lin[r.start : r.stop] = False
-
-        def mix(cols: Tensor | range, start: Tensor) -> Tensor:  # start [R, T, d] + each row's weights on cols' X
-            for q, idx in enumerate(groups):
-                w = W[:, cols, q]
-                if bool(w.any()):
-                    start[:, idx] += (w @ X[cols].index_select(1, idx).reshape(w.shape[1], -1)).view(R, -1, d)
-            return start
-
-        out = mix(lin.nonzero().squeeze(1), base.expand(B, S, d).reshape(1, T, d).repeat(R, 1, 1))
+            lin[:, r.start : r.stop] = 0
+        flat_base = base.expand(B, S, d).reshape(T, d)
+        X = self.X.reshape(len(self.X), T, d)
+        out = torch.empty(R, T, d, dtype=self.X.dtype, device=self.X.device)
+        for q, idx in enumerate(self.groups):
+            at = flat_base if idx is None else flat_base[idx]
+            if self.units is not None:  # the dense linear sources and the factored units, over this position's tokens
+                part = self._factored_part(lin[:, :, q], upto, idx, at.expand(R, *at.shape))
+            else:
+                cols = lin[:, :, q].any(0).nonzero().squeeze(1)
+                src = X.index_select(0, cols) if idx is None else X.index_select(0, cols).index_select(1, idx)
+                part = at.expand(R, *at.shape) if not len(cols) else \
+                    at + (lin[:, cols, q] @ src.reshape(len(cols), at.numel())).view(R, -1, d)
+            out[:, slice(None) if idx is None else idx] = part.reshape(R, -1, d)
         for layer, r in enumerate(heads):
-            y = mix(r, p.head_ablation(layer).expand(B, S, d).reshape(1, T, d).repeat(R, 1, 1))
+            slots = torch.arange(r.start, r.stop, device=X.device)
+            slots = slots if self.dslot is None else self.dslot[slots]
+            y = p.head_ablation(layer).expand(B, S, d).reshape(1, T, d).repeat(R, 1, 1)
+            for q, idx in enumerate(self.groups):
+                w = W[:, r.start : r.stop, q]
+                if bool(w.any()):
+                    src = X.index_select(0, slots) if idx is None else X.index_select(0, slots).index_select(1, idx)
+                    y[:, slice(None) if idx is None else idx] += (w @ src.reshape(len(r), -1)).view(R, -1, d)
             out += tf.post_attn(layer, y)
         return out.view(R, B, S, d)
 

@@ -131,8 +131,8 @@ class MixedRun:
             n_dense, Wd = len(cols), Wr[:, cols]
         used = [c for c, first in zip(self.chunks, self.starts, strict=True) if first < n_dense]
         if p.tf.arch.post_norms:
-            return self._post_norm_inputs(Wd, used, base, len(rows), upto)
-        if self.groups is None:
+            out = self._post_norm_inputs(Wd, used, base, len(rows), upto)
+        elif self.groups is None:
             out = base + self._dense(Wd, used, None)
         else:
             parts = [self._dense(Wd[..., q], used, idx) for q, idx in enumerate(self.groups)]
@@ -164,15 +164,14 @@ class MixedRun:
                      for q, idx in enumerate(self.groups)]
             return torch.cat(parts, 1).index_select(1, self.order).view(R, B, S, d)
 
-        lin = torch.ones(upto, dtype=torch.bool, device=Wd.device)
+        lin = torch.ones(Wd.shape[1], dtype=torch.bool, device=Wd.device)  # Wd's columns: the dense sources, slot order
         heads = [range(g.head_src(layer), g.head_src(layer) + g.n_heads) for layer in range(g.n_layers)]
-        heads = [r for r in heads if r.stop <= upto]
-        for r in heads:
-            lin[r.start : r.stop] = False
+        heads = [p.dense_slots(torch.arange(r.start, r.stop, device=Wd.device)) for r in heads if r.stop <= upto]
+        for slots in heads:
+            lin[slots] = False
         out = base + over(lin.nonzero().squeeze(1)) if used else base.expand(R, B, S, d) + 0 * Wd.sum()
-        for layer, r in enumerate(heads):
-            cols = torch.arange(r.start, r.stop, device=Wd.device)
-            out = out + p.tf.post_attn(layer, p.head_ablation(layer) + over(cols))
+        for layer, slots in enumerate(heads):
+            out = out + p.tf.post_attn(layer, p.head_ablation(layer) + over(slots))
         return out
 
     def _dense(self, Wd: Tensor, used: list[Tensor], tokens: Tensor | None) -> Tensor:

@@ -276,10 +276,10 @@ class Patcher:
             self._base_pre = cum[:, None, None, :]
             mid = cum[:-1] + b_o if not a.parallel_attn_mlp else cum[:-1]
             self._base_mid = mid[:, None, None, :]
-        del corrupt_run
         self._head_abl: Tensor | None = None  # post-norm families: [L, B|1, S, d] each layer's ablated heads' sum
         if a.post_norms:
-            self._post_norm_bases()
+            self._post_norm_bases(corrupt_run, mean_weights)
+        del corrupt_run
         # one ablation value for the whole batch (plain mean ablation), else one per prompt (or none: zero)
         self.shared_ablation = self.abl is not None and self.abl.shape[1] == 1
         self.factored_layers: dict[int, range] = {layer: g.mlp_sources(layer)[:n] for layer, n in self._n_units.items()}
@@ -291,25 +291,38 @@ class Patcher:
                 self.unit_mask[r.start : r.stop] = True
         self._layout()
 
-    def _post_norm_bases(self) -> None:
+    def _post_norm_bases(self, corrupt: ForwardCache, mean_weights: Tensor | None) -> None:
         """Post-norm families (Gemma 2/3): a layer's heads reach the stream through their layer's norm, so the
-        all-ablated streams hold the linear sources only (the input and the MLPs, each MLP's norm inside its
-        node), and each layer's ablated heads are kept apart (`head_ablation`): a destination reads, from each
-        upstream layer, the norm of its own mix of that layer's heads (MIB's rule for Gemma 2)."""
+        all-ablated streams hold the linear sources only (the input and each MLP, whose norm is inside its node,
+        or its units and extras: a transcoder writes the normed output), and each layer's ablated heads are kept
+        apart (`head_ablation`): a destination reads, from each upstream layer, the norm of its own mix of that
+        layer's heads (MIB's rule for Gemma 2). ``corrupt``: the corrupt run (in the dense layout)."""
         g, tf = self.graph, self.tf
-        if self._units is not None:
-            raise NotImplementedError("feature and neuron graphs of a family with norms after each sublayer (Gemma 2/3) "
-                                      "are not supported yet: use the plain graph")
         L, H = g.n_layers, g.n_heads
-        abl = self.abl  # [n_src, B|1, S, d]; None: zero ablation
-        zero = self.clean.sources.new_zeros(1, 1, tf.arch.d_model) if abl is None else torch.zeros_like(abl[0])
-        heads, lin = [], [zero if abl is None else abl[0]]  # lin[l]: the input's and MLPs 0..l-1's ablation values
+        abl = self.abl  # [n_dense, B|1, S, d] in slot order; None: zero ablation
+
+        def ablated(t: Tensor) -> Tensor:  # [B, S, d] on the corrupt run -> its ablation value [B|1, S, d]
+            if self.ablation == "resample":
+                return t
+            if mean_weights is not None:
+                return torch.einsum("ij,j...->i...", _check_weights(mean_weights, t.shape[0]).to(t), t)
+            return t.mean(0, keepdim=True)
+
+        zero = self.clean.sources.new_zeros(1, 1, tf.arch.d_model)
+        heads, lin = [], [zero if abl is None else ablated(corrupt.resid_pre[0])]  # lin[l]: input, MLPs 0..l-1
         for layer in range(L):
-            h0 = g.head_src(layer)
-            heads.append(zero + tf.attn_bias(layer) + (0 if abl is None else abl[h0 : h0 + H].sum(0)))
-            lin.append(lin[-1] + (0 if abl is None or g.attn_only else abl[g.mlp_src(layer)]))
-        self._head_abl = torch.stack(heads)
-        base = torch.stack(lin)
+            slots = self.dense_slots(torch.arange(g.head_src(layer), g.head_src(layer) + H, device=tf.device))
+            heads.append(zero + tf.attn_bias(layer) + (0 if abl is None else abl[slots].sum(0)))
+            if g.attn_only:
+                mlp = zero
+            elif abl is None:  # zero ablation: what the MLP adds outside its nodes (a transcoder's b_dec)
+                bias = None if self._units is None or layer not in self._n_units else self._units.bias(tf, layer)
+                mlp = zero if bias is None else zero + bias
+            else:  # every source of the MLP ablated adds up to its output's ablation value (exact transcoder graphs)
+                mlp = ablated(corrupt.resid_pre[layer + 1] - corrupt.resid_mid[layer])
+            lin.append(lin[-1] + mlp)
+        self._head_abl = torch.stack(torch.broadcast_tensors(*heads))
+        base = torch.stack(torch.broadcast_tensors(*lin))
         self._base_pre, self._base_mid = base, base[:-1]
 
     def head_ablation(self, layer: int) -> Tensor:

@@ -120,16 +120,15 @@ class SourceValues:
     def _through_norms(self, out: Tensor, grads: Tensor, upto: int, head_sums: dict[int, Tensor]) -> None:
         """Overwrite the heads' columns of ``out`` with grads . J_layer (A - O), J the norm's derivative at the pass."""
         g = self.graph
-        if self.dense_cols is not None:
-            raise NotImplementedError("EAP through a norm after attention runs on graphs of whole MLPs")
         R = grads.shape[0]
         flat = grads.reshape(R, -1, grads.shape[-1])  # [R, T, d]
         for layer, y in head_sums.items():
             r = range(g.head_src(layer), g.head_src(layer) + g.n_heads)
             if r.stop > upto:
                 continue
-            clean = self.dense_clean[r.start : r.stop]
-            abl = torch.zeros_like(clean) if self.dense_abl is None else self.dense_abl[r.start : r.stop].expand_as(clean)
+            rows = self._dense_rows(r)  # heads are dense: their rows of dense_clean
+            clean = self.dense_clean[rows]
+            abl = torch.zeros_like(clean) if self.dense_abl is None else self.dense_abl[rows].expand_as(clean)
             diff = self.tf.post_attn_jvp(layer, y, abl - clean).reshape(len(r), -1, grads.shape[-1])  # [H, T, d]
             if self.groups is None:
                 out[:, r.start : r.stop] = (flat.reshape(R, -1) @ diff.reshape(len(r), -1).T).double()

@@ -163,6 +163,56 @@ def test_gemma2_patched_logits_equal_the_hooked_forward_with_a_norm_per_destinat
         assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
 
 
+@pytest.mark.parametrize("ablation", ["resample", "mean"])
+def test_gemma2_positional_patched_logits_equal_the_hooked_forward(gemma2, ablation):
+    """At token positions each edge is ablated at its own position's tokens; each token's destination input is
+    still normed per upstream layer (the per-position weights meet before the norm)."""
+    from oracle import per_position_masks
+
+    from acdc.positions import Positions
+
+    model, twin, norms = gemma2
+    clean, corrupt = random_tokens(batch=3, pos=6)
+    positions = Positions.tokens(3, 6)
+    g = Graph.from_model(model, positions=positions.names)
+    p = Patcher(model, clean, corrupt, graph=g, ablation=ablation, positions=positions)
+    mask = _random_mask(g, 0.4, 5)
+    ref = patched_logits(twin, g.plain, clean, corrupt, per_position_masks(g, mask, positions), ablation,
+                         post_attn=norms)[:, -1]
+    got = p.logits(mask)
+    assert torch.allclose(got, ref, atol=1e-4), float((got - ref).abs().max())
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_gemma2_feature_graph_equals_the_hooked_forward(gemma2, ablation):
+    """Transcoders on Gemma 2/3 read the MLP's normed input and write its output after the norm that follows it
+    (GemmaScope's and circuit-tracer's hook_mlp_out), so features, error and skip nodes add linearly while the heads
+    still reach each destination through their layer's norm: patched runs, ACDC's state and EAP against the hooked
+    forward with the MLPs split by hand (`test_features.feature_split`)."""
+    from test_features import feature_split, random_set
+
+    from acdc.mixing import mixed_logits
+
+    model, twin, norms = gemma2
+    ts = random_set(model, (0, 1), "relu", True, n=10)
+    g = Graph.from_model(model, transcoders=ts, features={0: [0, 2, 3, 5, 7], 1: [1, 4, 6, 8, 9]})
+    clean, corrupt = random_tokens(batch=3, pos=6)
+    p = Patcher(model, clean, corrupt, graph=g, ablation=ablation, transcoders=ts)
+    split = {**feature_split(twin, g, ts), "post_attn": norms}
+    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits, atol=1e-5)
+    for frac, seed in ((0.3, 0), (0.7, 1)):
+        mask = _random_mask(g, frac, seed)
+        ablated = {e.name for e, m in zip(g.edges, mask.tolist()) if m}
+        ref = patched_logits(twin, g, clean, corrupt, ablated, ablation, **split)[:, -1]
+        got = p.logits(mask)
+        assert torch.allclose(got, ref, atol=1e-4), float((got - ref).abs().max())
+        keep = g.dense(~mask) & p.upstream
+        assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
+        weights = torch.zeros(g.state_shape)
+        weights[g.edge_dst, g.edge_src] = (~mask).float()
+        assert torch.allclose(mixed_logits(p, weights), got, atol=1e-4)  # Edge Pruning's mixed run at 0/1 weights
+
+
 @pytest.mark.parametrize("ablation", ["resample", "zero"])
 def test_gemma2_eap_is_the_first_order_effect_of_each_edge_through_the_norm(gemma2, ablation):
     """EAP on Gemma 2 is d loss / d m_e at m_e = 0, where edge e feeds its destination (1 - m_e) O + m_e A through

@@ -43,7 +43,10 @@ def _ln2(model, layer: int):
     hf = model.original_model
     if hasattr(hf, "transformer"):
         return hf.transformer.h[layer].ln_2
-    return hf.gpt_neox.layers[layer].post_attention_layernorm
+    if hasattr(hf, "gpt_neox"):
+        return hf.gpt_neox.layers[layer].post_attention_layernorm
+    block = hf.model.layers[layer]  # Llama-like; Gemma 2/3 norm the MLP's input with pre_feedforward_layernorm
+    return getattr(block, "pre_feedforward_layernorm", None) or block.post_attention_layernorm
 
 
 def feature_split(model, graph, ts: TranscoderSet) -> dict:
