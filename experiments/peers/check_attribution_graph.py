@@ -25,6 +25,7 @@ import acdc
 ap = argparse.ArgumentParser()
 ap.add_argument("out", type=Path)
 ap.add_argument("--smollm2", action="store_true", help="the SmolLM2 side-by-side (another description and results file)")
+ap.add_argument("--gemma2", action="store_true", help="the tiny Gemma 2 of circuit_tracer_graph.py --gemma2")
 args = ap.parse_args()
 out = args.out
 torch.set_num_threads(2)
@@ -56,6 +57,14 @@ if args.smollm2:
     speed = [f"| seconds | {seconds:.1f} | {ct_seconds:.1f} |",
              f"| peak resident memory of the process, GB (acdc: {before:.2f} before the graph) | {peak:.2f} | {float(ct_time[1]):.2f} |"]
     results = "circuit_tracer_graph_smollm2.md"
+elif args.gemma2:
+    about = (f"Same tiny random Gemma 2 (2 layers, d_model 32, 4 heads and 2 key/value heads, norms after attention and after the "
+             f"MLP, soft caps, a 4-token sliding window), same JumpReLU skip transcoders reading the MLP's normed input and "
+             f"writing its output after its norm (`hook_mlp_out`, as GemmaScope's are hooked), same prompt of {len(tokens)} tokens; "
+             f"{version}, which freezes each norm's scale (those after attention and after the MLP too), as acdc does. "
+             "Command: `bash experiments/peers/check_attribution_graph.sh --gemma2`.")
+    speed = [f"| seconds (2 threads; a toy size, so overheads only) | {seconds:.3f} | {ct_seconds:.3f} |"]
+    results = "circuit_tracer_graph_gemma2.md"
 else:
     about = (f"Same random GPT-2 (4 layers, d_model 32), same JumpReLU skip transcoders in circuit-tracer's layout (4 x 64 "
              f"features), same prompt of {len(tokens)} tokens; {version}. Command: `bash experiments/peers/check_attribution_graph.sh`.")

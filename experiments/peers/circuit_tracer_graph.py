@@ -5,6 +5,12 @@ Runs inside a venv with circuit-tracer (made by ``bash experiments/peers/check_a
 
     /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_graph.py OUT_DIR            # make and attribute
     /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_graph.py OUT_DIR FILE.json  # read acdc's graph file
+    /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_graph.py OUT_DIR --gemma2   # a tiny random Gemma 2
+
+``--gemma2``: a tiny random Gemma 2 (2 layers, norms after attention and after the MLP, soft caps, a 4-token
+sliding window) instead of the GPT-2; its transcoders read ``mlp.hook_in`` (the MLP's normed input) and write
+``hook_mlp_out`` (the MLP's output after its norm, as GemmaScope's are hooked in circuit-tracer), and circuit-tracer
+freezes the norms after attention and after the MLP as it freezes every norm's scale.
 
 The first form writes ``OUT_DIR/model`` (the Hugging Face GPT-2, ``save_pretrained``), ``OUT_DIR/transcoders``
 (circuit-tracer's own layout: ``layer_N.safetensors`` by `TranscoderSet.to_safetensors` and ``config.yaml``),
@@ -38,15 +44,33 @@ from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_wei
 from transformers import GPT2Config, GPT2LMHeadModel
 
 out = Path(sys.argv[1])
+GEMMA2 = "--gemma2" in sys.argv
 
 
-N_LAYERS, D, HEADS, VOCAB, N_FEATURES = 4, 32, 4, 60, 64
+N_LAYERS, D, HEADS, VOCAB, N_FEATURES = (2 if GEMMA2 else 4), 32, 4, 60, 64
 TOKENS = torch.tensor([0, 5, 9, 3, 7, 2, 8, 11, 4, 6])
-cfg = HookedTransformerConfig(n_layers=N_LAYERS, d_model=D, n_ctx=32, d_head=D // HEADS, n_heads=HEADS, d_mlp=4 * D, d_vocab=VOCAB,
-                              act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard", eps=1e-5,
-                              original_architecture="GPT2LMHeadModel", device="cpu", model_name="tiny-gpt2")
+HOOK_OUT = "hook_mlp_out" if GEMMA2 else "mlp.hook_out"
+if GEMMA2:
+    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
-if len(sys.argv) > 2:  # read acdc's graph file; prune circuit-tracer's own graph and compare what each keeps
+    hf_cfg = Gemma2Config(num_hidden_layers=N_LAYERS, num_attention_heads=HEADS, num_key_value_heads=2, head_dim=8, hidden_size=D,
+                          intermediate_size=48, vocab_size=VOCAB, max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
+                          pad_token_id=0, sliding_window=4, query_pre_attn_scalar=16, attn_logit_softcapping=5.0,
+                          final_logit_softcapping=3.0, attn_implementation="eager")
+    cfg = HookedTransformerConfig(
+        d_model=D, d_head=8, n_heads=HEADS, d_mlp=48, n_layers=N_LAYERS, n_ctx=32, eps=hf_cfg.rms_norm_eps, d_vocab=VOCAB,
+        act_fn="gelu_pytorch_tanh", normalization_type="RMS", rotary_base=hf_cfg.rope_theta, rotary_dim=8,
+        positional_embedding_type="rotary", use_attn_scale=True, attn_scale=4.0, n_key_value_heads=2, window_size=4,
+        use_local_attn=True, attn_types=["local", "global"], attn_scores_soft_cap=5.0, output_logits_soft_cap=3.0,
+        gated_mlp=True, final_rms=True, use_normalization_before_and_after=True, original_architecture="Gemma2ForCausalLM",
+        device="cpu", model_name="tiny-gemma2")
+else:
+    cfg = HookedTransformerConfig(n_layers=N_LAYERS, d_model=D, n_ctx=32, d_head=D // HEADS, n_heads=HEADS, d_mlp=4 * D, d_vocab=VOCAB,
+                                  act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard", eps=1e-5,
+                                  original_architecture="GPT2LMHeadModel", device="cpu", model_name="tiny-gpt2")
+
+if len(sys.argv) > 2 and not sys.argv[2].startswith("--"):  # read acdc's graph file; prune circuit-tracer's own graph and compare what each keeps
     theirs = Model.model_validate_json(Path(sys.argv[2]).read_text())
     kinds = sorted({n.feature_type for n in theirs.nodes})
     t = load_file(str(out / "ct_graph.safetensors"))
@@ -66,8 +90,14 @@ if len(sys.argv) > 2:  # read acdc's graph file; prune circuit-tracer's own grap
 
 out.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(0)
-hf = GPT2LMHeadModel(GPT2Config(n_layer=N_LAYERS, n_head=HEADS, n_embd=D, vocab_size=VOCAB, n_positions=32,
-                                initializer_range=0.2, bos_token_id=0, eos_token_id=0)).eval()
+if GEMMA2:
+    hf = Gemma2ForCausalLM(hf_cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():  # weights large enough that every edge matters
+            p.normal_(0, 0.25)
+else:
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=N_LAYERS, n_head=HEADS, n_embd=D, vocab_size=VOCAB, n_positions=32,
+                                    initializer_range=0.2, bos_token_id=0, eos_token_id=0)).eval()
 hf.save_pretrained(out / "model")
 
 built = {}
@@ -80,11 +110,11 @@ for layer in range(N_LAYERS):
                 p.copy_(torch.randn(p.shape) * 0.4)
     built[layer] = tc
 tdir = out / "transcoders"
-TranscoderSet(built, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out", scan="acdc-check").to_safetensors(str(tdir))
-(tdir / "config.yaml").write_text(yaml.dump({"model_kind": "transcoder_set", "model_name": "tiny-gpt2", "feature_input_hook": "mlp.hook_in",
-                                             "feature_output_hook": "mlp.hook_out", "scan": "acdc-check"}))
+TranscoderSet(built, feature_input_hook="mlp.hook_in", feature_output_hook=HOOK_OUT, scan="acdc-check").to_safetensors(str(tdir))
+(tdir / "config.yaml").write_text(yaml.dump({"model_kind": "transcoder_set", "model_name": cfg.model_name, "feature_input_hook": "mlp.hook_in",
+                                             "feature_output_hook": HOOK_OUT, "scan": "acdc-check"}))
 transcoders = load_transcoder_set({i: str(tdir / f"layer_{i}.safetensors") for i in built}, scan="acdc-check",
-                                  feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
+                                  feature_input_hook="mlp.hook_in", feature_output_hook=HOOK_OUT,
                                   device=torch.device("cpu"), lazy_encoder=False, lazy_decoder=False)
 
 
@@ -101,8 +131,8 @@ class Tokens:
 
 
 model = TransformerLensReplacementModel(cfg)
-missing = model.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
-assert not [k for k in missing.missing_keys if not k.endswith(("IGNORE", "mask", "b_U"))], missing.missing_keys  # GPT-2 has no unembedding bias: zeros
+missing = model.load_state_dict((convert_gemma_weights if GEMMA2 else convert_gpt2_weights)(hf, cfg), strict=False)
+assert not [k for k in missing.missing_keys if not k.endswith(("IGNORE", "mask", "b_U", "rotary_sin", "rotary_cos"))], missing.missing_keys  # buffers; GPT-2 has no unembedding bias: zeros
 model.tokenizer = Tokens()
 model._configure_replacement_model(transcoders)
 with torch.no_grad():
