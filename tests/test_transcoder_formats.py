@@ -196,3 +196,42 @@ def test_circuit_tracer_refusals_are_one_line(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match=msg) as err:
             acdc.load_transcoders(tmp_path / name)
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gpt2"])
+def test_files_hooked_before_the_norms_scale_are_folded_with_the_model(tmp_path, family):
+    """``ln2.hook_normalized`` is the norm's output before its scale and bias (``x / rms(x)`` for Gemma's RMSNorm,
+    ``(x - mean) / std`` for LayerNorm); acdc's transcoders read the norm's output. Read with the model, the scale
+    and bias are folded in: on the MLP's normed input the set gives the publisher's forward on x_hat (computed here
+    by hand), encoder and skip path both. Read without one, every model refuses it in one line."""
+    from conftest import tiny_gpt2
+    from test_families import _tiny
+
+    from acdc.model import Transformer
+
+    gen = torch.Generator().manual_seed(7)
+    model = acdc.load_model(_tiny("gemma2", n_kv=2)) if family == "gemma2" else tiny_gpt2(n_layer=2, n_head=4)
+    if family == "gpt2":  # LayerNorm with a scale and a bias of its own (a fresh GPT-2's are 1 and 0)
+        with torch.no_grad():
+            for block in model.original_model.transformer.h:
+                block.ln_2.weight.copy_(1 + 0.5 * torch.randn(block.ln_2.weight.shape, generator=gen))
+                block.ln_2.bias.copy_(0.3 * torch.randn(block.ln_2.bias.shape, generator=gen))
+    tf = Transformer.of(model)
+    d = tf.arch.d_model
+    written = {0: _weights(gen, d=d, skip=True), 1: _weights(gen, d=d, skip=True, jump=True)}
+    _write_circuit_tracer(tmp_path / "ct", written, feature_input_hook="ln2.hook_normalized", feature_output_hook="hook_mlp_out")
+    x = torch.randn(5, d, generator=gen)  # a residual stream, at the MLP's input
+    for layer, w in written.items():
+        z = tf.mlp_input(layer, x)  # what acdc's transcoders read
+        if tf.arch.norm == "RMS":
+            x_hat = x / (x.pow(2).mean(-1, keepdim=True) + tf.arch.eps).sqrt()
+        else:
+            x_hat = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + tf.arch.eps).sqrt()
+        assert not torch.allclose(z, x_hat, atol=1e-2)  # the scale matters here
+        ts = acdc.load_transcoders(tmp_path / "ct", tf)
+        acts, out = _forward(w, x_hat)
+        assert torch.allclose(ts[layer].encode(z), acts, atol=1e-4)
+        assert torch.allclose(ts[layer](z), out, atol=1e-4)
+    unfolded = acdc.load_transcoders(tmp_path / "ct")
+    with pytest.raises(ValueError, match=r"before its norm's scale \(ln2.hook_normalized\) in layers \[0, 1\].*load_transcoders\(path, model\)"):
+        unfolded.check_model(tf)

@@ -23,7 +23,11 @@
 Every layout must read the normed MLP input (TransformerLens ``blocks.N.ln2.hook_normalized`` or
 ``blocks.N.mlp.hook_in``) and write the MLP output; a file that reads the stream before the norm
 (``hook_resid_mid``, ``hook_mlp_in``) is refused in one line, since acdc's transcoders sit
-where the MLP's matrices sit. Decoder rows keep the norms the file has, so feature activations
+where the MLP's matrices sit. ``ln2.hook_normalized`` is the norm's output *before* its scale and bias
+(TransformerLens's hook, and circuit-tracer's for Gemma: ``x / rms(x)``), while acdc's transcoders read the
+norm's output (``mlp_input``, the MLP's own input); so a file hooked there is read with the model
+(``load_transcoders(path, model)``), which folds the norm's scale and bias into the encoder and the skip
+path (``x_hat = (z - b) / w``), and is refused by any model it was not folded for. Decoder rows keep the norms the file has, so feature activations
 equal the publisher's (acdc's own training keeps them at unit norm).
 """
 
@@ -115,6 +119,33 @@ def _foreign(transcoders: dict[int, Transcoder], tf: Transformer | None, path: P
     return TranscoderSet(transcoders, model, source, info or {})
 
 
+def _before_scale(hook_in: str | None) -> bool:
+    """Whether a file's input hook is the norm's output before its scale and bias (TransformerLens's hook_normalized)."""
+    return bool(hook_in) and str(hook_in).endswith("ln2.hook_normalized")
+
+
+def _fold_norm(transcoders: dict[int, Transcoder], layers: list[int], tf: Transformer | None, where: str) -> list[int]:
+    """Fold each layer's MLP-input norm (scale w, bias b) into transcoders that read ``x_hat = (z - b) / w`` so they
+    read ``z``, acdc's `mlp_input`: W_enc / w, b_enc - (b / w) W_enc; W_skip / w and its constant into b_dec.
+    Without a model, nothing is folded: the layers are returned (the set then refuses every model)."""
+    if tf is None:
+        return layers
+    for layer in layers:
+        w, b = (t.detach().float() for t in tf.norm_params("ln2", layer))
+        if bool((w.abs() < 1e-8).any()):
+            raise ValueError(f"{where}: layer {layer}'s norm has a zero scale; its normalized input cannot be recovered")
+        tc = transcoders[layer]
+        with torch.no_grad():
+            w, b = w.to(tc.W_enc.device), b.to(tc.W_enc.device)
+            shift = b / w
+            tc.b_enc.sub_(shift @ tc.W_enc)
+            tc.W_enc.div_(w[:, None])
+            if tc.W_skip is not None:
+                tc.b_dec.sub_(shift @ tc.W_skip)
+                tc.W_skip.div_(w[:, None])
+    return []
+
+
 def _check_hooks(where: str, hook_in: str | None, hook_out: str | None, layer: int | None = None) -> int | None:
     """The layer the hooks name (None when they name none); a hook off the MLP's normed input or output is refused."""
     m_in = _NORMED_IN.match(hook_in or "")
@@ -171,6 +202,7 @@ def read_saelens(path: str | Path, tf: Transformer | None = None, *, device: tor
         raise ValueError(f"{path} has no SAELens folders (cfg.json + sae_weights.safetensors)")
     transcoders: dict[int, Transcoder] = {}
     model_name = None
+    before_scale: list[int] = []  # layers whose file reads the norm's output before its scale (folded with the model)
     for sub in folders:
         cfg = json.loads((sub / "cfg.json").read_text())
         arch = cfg.get("architecture", "standard")
@@ -184,6 +216,8 @@ def read_saelens(path: str | Path, tf: Transformer | None = None, *, device: tor
                              meta.get("hook_layer", cfg.get("hook_layer")))
         if layer is None:
             raise ValueError(f"{sub}: cfg.json names no layer (metadata.hook_name like blocks.N.ln2.hook_normalized)")
+        if _before_scale(meta.get("hook_name", cfg.get("hook_name"))):
+            before_scale.append(layer)
         act, _ = _SAELENS_ARCH[arch]
         w = load_file(str(sub / "sae_weights.safetensors"), device="cpu")
         skip = w.get("W_skip")
@@ -191,7 +225,9 @@ def read_saelens(path: str | Path, tf: Transformer | None = None, *, device: tor
             w["threshold"] = w["threshold"].clamp_min(0)
         transcoders[layer] = _transcoder(device, W_enc=w["W_enc"], b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"], activation=act,
                                          W_skip=None if skip is None else skip.T, threshold=w.get("threshold"), where=str(sub))
-    return _foreign(transcoders, tf, path, source or f"SAELens: {path}", {"model_name": model_name})
+    unfolded = _fold_norm(transcoders, before_scale, tf, str(path))
+    return _foreign(transcoders, tf, path, source or f"SAELens: {path}",
+                    {"model_name": model_name, **({"unfolded_norm_input": unfolded} if unfolded else {})})
 
 
 def read_circuit_tracer(path: str | Path, tf: Transformer | None = None, *, device: torch.device | str = "cpu",
@@ -221,8 +257,10 @@ def read_circuit_tracer(path: str | Path, tf: Transformer | None = None, *, devi
         transcoders[layer] = _transcoder(device, W_enc=w["W_enc"].T, b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
                                          activation="relu" if thr is None else "jumprelu", W_skip=None if skip is None else skip.T,
                                          threshold=thr, where=str(f))
+    unfolded = _fold_norm(transcoders, sorted(transcoders) if _before_scale(config.get("feature_input_hook")) else [], tf, str(path))
     return _foreign(transcoders, tf, path, source or f"circuit-tracer: {path}",
-                    {"model_name": config.get("model_name"), "scan": config.get("scan")})
+                    {"model_name": config.get("model_name"), "scan": config.get("scan"),
+                     **({"unfolded_norm_input": unfolded} if unfolded else {})})
 
 
 def _local(ref: str, folder: Path) -> Path:

@@ -195,6 +195,11 @@ class TranscoderSet:
     def check_model(self, tf: Transformer, what: str = "these transcoders") -> None:
         """A one-line ValueError unless ``tf`` is the model this set was made for."""
         a = tf.arch
+        unfolded = self.info.get("unfolded_norm_input")
+        if unfolded:
+            raise ValueError(f"{what} read the MLP input before its norm's scale (ln2.hook_normalized) in layers {unfolded}, "
+                             "acdc's transcoders after it: load them with the model, acdc.load_transcoders(path, model), "
+                             "which folds the scale in")
         if (a.n_layers, a.d_model) != (self.model.n_layers, self.model.d_model) or max(self.layers, default=0) >= a.n_layers:
             raise ValueError(f"{what} are for {self.model.name} ({self.model.n_layers} layers, d_model {self.model.d_model}), "
                              f"not this model ({a.n_layers} layers, d_model {a.d_model})")
