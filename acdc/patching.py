@@ -73,6 +73,9 @@ class PatchState:
     vocab: Tensor | None = None
     acts: dict[int, Tensor] = field(default_factory=dict)
     _shared: bool = True  # tensors still belong to the clean run (copied at the first commit)
+    # post-norm families (candidates run from scratch): X of this circuit (`Patcher.forward`), so a candidate
+    # recomputes only the layers at or after its first changed one; None until the first propagate
+    _x: Tensor | None = None
     _read: tuple[list[bool], list[bool]] | None = None  # `rows_read` of keep, until keep changes
 
     def rows_read(self) -> tuple[list[bool], list[bool]]:
@@ -90,6 +93,8 @@ class PatchState:
         """Make candidate ``k`` of ``proposal`` (computed from this state) the reference."""
         if bool((proposal.keep[k] & ~self.keep).any()):
             raise ValueError("a commit may only remove edges from the reference circuit")
+        if proposal.xs:  # a from-scratch proposal: its X is the new circuit's
+            self._x = proposal.xs[k]
         if self._shared:  # copy-on-write: the first commit detaches the state from the clean run
             self.out, self.resid_pre, self.resid_mid = self.out.clone(), self.resid_pre.clone(), self.resid_mid.clone()
             self.acts = {layer: a.clone() for layer, a in self.acts.items()}
@@ -146,6 +151,7 @@ class Proposal:
     runs: dict[int, Tensor]  # stream -> [K, batch, p, d_model] change of the unpatched stream
     dropped: list[int]  # destinations whose cached input went stale
     unit_deltas: dict[int, Tensor] = field(default_factory=dict)  # factored layer -> [K, n_units, batch, p]
+    xs: list[Tensor | None] = field(default_factory=list)  # from-scratch candidates: each one's X (`Patcher.forward`)
 
 
 class Patcher:
@@ -680,15 +686,23 @@ class Patcher:
     def _propagate_from_scratch(self, st: PatchState, keep: Tensor) -> Proposal:
         """`propagate` where a destination's input is not a sum over its edges (post-norm families): each candidate's
         logits from a patched run from scratch, exact; nothing incremental to commit but the kept edges and logits."""
-        changed = (keep != st.keep[None]).reshape(keep.shape[0], -1).any(-1)
-        rows = []
+        g = self.graph
+        reusable = self._units is None  # X holds every source of a graph of whole MLPs
+        if reusable and st._x is None:
+            st._x = self.forward(st.keep)[1]
+        rows, xs = [], []
         for k in range(keep.shape[0]):
-            if not bool(changed[k]):
+            changed = (keep[k] != st.keep).reshape(keep.shape[1], -1).any(-1)
+            if not bool(changed.any()):
                 rows.append(st.logits)
+                xs.append(st._x)
                 continue
-            logits = self.forward(keep[k])[0]
+            # the sources before the first changed destination's layer keep their outputs: reused, not recomputed
+            start = int(g.dst_layer[changed.cpu()].min())
+            logits, x = self.forward(keep[k], reuse=None if st._x is None else (st._x, start))
             rows.append(logits if st.vocab is None else logits.index_select(-1, st.vocab))
-        return Proposal(keep, torch.stack(rows), {}, {}, {}, [])
+            xs.append(x if reusable else None)
+        return Proposal(keep, torch.stack(rows), {}, {}, {}, [], xs=xs)
 
     def input_gradients(
         self, loss: Callable[[Tensor], Tensor], interpolate: tuple[range, float] | None = None,

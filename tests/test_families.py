@@ -163,6 +163,20 @@ def test_gemma2_patched_logits_equal_the_hooked_forward_with_a_norm_per_destinat
         assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
 
 
+@pytest.mark.parametrize("ablation", ["resample", "zero"])
+def test_gemma2_acdc_removals_stay_exact_reusing_the_unchanged_layers(gemma2, ablation):
+    """ACDC's state on Gemma 2 runs each candidate from scratch from its first changed layer on (the earlier sources'
+    outputs reused from the reference circuit): a spread of edges removed in ACDC's order, most committed, every
+    candidate and the state after each commit equal to a patched run of the whole model."""
+    from oracle import removals_stay_exact
+
+    model, _, _ = gemma2
+    clean, corrupt = random_tokens(batch=3, pos=6)
+    g = Graph.from_model(model)
+    p = Patcher(model, clean, corrupt, graph=g, ablation=ablation)
+    assert removals_stay_exact(p, reversed(range(0, g.n_edges, 3)), commit=0.8) > 30
+
+
 @pytest.mark.parametrize("ablation", ["resample", "mean"])
 def test_gemma2_positional_patched_logits_equal_the_hooked_forward(gemma2, ablation):
     """At token positions each edge is ablated at its own position's tokens; each token's destination input is
