@@ -300,9 +300,18 @@ class HeadsBlock(Block):
         proj = [tf.project_linear(layer, heads, ln, w) for w in "QKV"]  # `project_grad` is their backward
         for t in proj:
             t.retain_grad()
-        q, k, v = (tf.qk_normed(layer, heads, t, w) for t, w in zip(proj, "QKV", strict=True))
+        full: list[Tensor] = []
+        if tf.arch.qk_norm_all:  # each head's own copy of every head's projection, so its RMS's gradient is its own
+            for w in "QK":
+                f = tf.qk_full(layer, w, ln)  # [B, S, H, dh]
+                full.append(f[None].expand(len(heads), *f.shape))
+                full[-1].retain_grad()
+            q, k = (t * tf.qk_all_scale(layer, w, f, heads) for t, f, w in zip(proj, full, "QK", strict=False))
+            v = proj[2]
+        else:
+            q, k, v = (tf.qk_normed(layer, heads, t, w, ln) for t, w in zip(proj, "QKV", strict=True))
         out = gp.replaced(self.sources, tf.attend(layer, heads, q, k, v))
-        gp.heads[self.layer] = (x, proj)
+        gp.heads[self.layer] = (x, proj, full)
         y = out.sum(0) + tf.attn_bias(layer)
         if tf.arch.post_norms:  # where this pass linearises the layer's norm after attention (`SourceValues.dot`)
             gp.head_sums[layer] = y.detach()
@@ -310,11 +319,14 @@ class HeadsBlock(Block):
 
     def grad_inputs(self, gp: GradPass) -> Iterator[tuple[Tensor, int, Tensor]]:
         tf, layer = gp.p.tf, self.layer
-        x, proj = gp.heads.pop(layer)
+        x, proj, full = gp.heads.pop(layer)
         rows = torch.tensor(self.trios)  # [H, 3] destination rows (q, k, v)
         unsplit = None
         for j, (t, w) in enumerate(zip(proj, "QKV", strict=True)):
-            dx = tf.ln_vjp(x.detach(), tf.project_grad(layer, w, _grad(t)), "ln1", layer)  # [H, B, S, d]
+            g = tf.project_grad(layer, w, _grad(t))
+            if j < len(full):  # a QK norm over the whole projection: its RMS's share, through every head's weights
+                g = g + tf.project_grad_all(layer, w, _grad(full[j]))
+            dx = tf.ln_vjp(x.detach(), g, "ln1", layer)  # [H, B, S, d]
             if gp.p.graph.split_qkv:
                 yield rows[:, j], self.upto, dx
             else:
@@ -928,7 +940,8 @@ class GradPass:
     def __init__(self, p: Engine, replace: tuple[range, Tensor] | None):
         self.p = p
         self.replace = replace
-        self.heads: dict[int, tuple[Tensor, list[Tensor]]] = {}  # layer -> its input stream, its [q, k, v] projections
+        # layer -> its input stream, its [q, k, v] projections and (a QK norm over the whole projection) each head's copy of it
+        self.heads: dict[int, tuple[Tensor, list[Tensor], list[Tensor]]] = {}
         self.probes: dict[int, Tensor] = {}  # layer -> a zero added to its MLP's input (its gradient is the input's)
         self.head_sums: dict[int, Tensor] = {}  # post-norm families: layer -> its heads' sum before its norm, this pass
 

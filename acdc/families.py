@@ -9,6 +9,8 @@ plus a tiny random config in ``tests/test_families.py`` (where an oracle checks 
 - ``norm_offset``: RMSNorm scales by ``offset + w`` (Gemma stores ``w`` and multiplies by ``1 + w``).
 - ``embed_scale``: the embedding is multiplied by ``sqrt(d_model)`` (Gemma).
 - ``unsupported``: why the engine cannot model the family exactly (one line for the user).
+- ``norm_topk_prob``: a mixture of experts renormalises its chosen experts' probabilities (Mixtral always;
+  None: as the model's config says, Qwen3-MoE's and OLMoE's ``norm_topk_prob``).
 
 Grouped-query attention (Llama, Mistral, SmolLM, Qwen2, Gemma): the graph keeps one q, one k and
 one v input per *query* head (``a3.h5<k>``, the naming of EAP-IG and MIB), so an edge into
@@ -34,6 +36,7 @@ class Family:
     norm_offset: float = 0.0
     embed_scale: bool = False
     unsupported: str = ""
+    norm_topk_prob: bool | None = None  # a mixture of experts' chosen probabilities renormalised (None: as its config says)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -43,6 +46,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen2", ("Qwen2ForCausalLM",)),  # q/k/v biases
     Family("qwen3", ("Qwen3ForCausalLM",)),  # QK norm per head (Architecture.qk_norm, read off the bridge)
     Family("phi3", ("Phi3ForCausalLM",)),  # fused q/k/v and gate/up projections: the bridge splits them
+    Family("olmo2", ("Olmo2ForCausalLM",)),  # norms only after each sublayer; a QK norm over the whole projection
+    Family("olmoe", ("OlmoeForCausalLM",)),  # a QK norm over the whole projection; a mixture-of-experts MLP
+    Family("mixtral", ("MixtralForCausalLM",), norm_topk_prob=True),  # Mistral with a mixture of experts (always renormalised)
     Family("qwen3_moe", ("Qwen3MoeForCausalLM",)),  # QK norm per head; a mixture-of-experts MLP (one MLP node)
     Family("gemma", ("GemmaForCausalLM",), norm_offset=1.0, embed_scale=True),
     # Gemma 2: a norm after the attention and after the MLP (Architecture.post_norms: a destination reads each

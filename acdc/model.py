@@ -79,6 +79,8 @@ class Architecture:
     attn_only: bool = False  # no MLPs (and no MLP nodes in the graph)
     qk_norm: bool = False  # queries and keys RMS-normed per head before the rotary embedding (Qwen3, Gemma 3)
     qk_eps: float = 1e-6
+    qk_norm_all: bool = False  # with qk_norm: the RMS is over every head's projection (OLMo-2, OLMoE), see `qk_norm_factor`
+    pre_norms: bool = True  # a norm before the attention and before the MLP (OLMo-2 has none: only the ones after)
     n_experts: int = 0  # a mixture-of-experts MLP (0: a dense one); d_mlp is then each expert's width
     experts_per_token: int = 0
     norm_topk_prob: bool = False  # the chosen experts' router probabilities renormalised to sum to 1
@@ -251,7 +253,10 @@ class Transformer:
             rotary_dim = cfg.rotary_dim or int(cfg.d_head * (frac or 1.0))
         rotary_emb = getattr(getattr(hf, "model", None), "rotary_emb", None) or getattr(getattr(hf, "gpt_neox", None), "rotary_emb", None)
         nkv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
-        q_norm = getattr(bridge.blocks[0].attn, "q_norm", None) if len(bridge.blocks) else None  # Qwen3, Gemma 3
+        q_norm = getattr(bridge.blocks[0].attn, "q_norm", None) if len(bridge.blocks) else None  # Qwen3, Gemma 3, OLMo-2
+        q_norm_w = getattr(q_norm, "w", None)
+        qk_all = isinstance(q_norm_w, Tensor) and q_norm_w.numel() == cfg.n_heads * cfg.d_head != cfg.d_head
+        pre_norms = not len(bridge.blocks) or getattr(bridge.blocks[0], "ln1", None) is not None
         experts = _experts_of(hf, int(getattr(cfg, "num_experts", 0) or 0), str(arch_name))
         post_norms = len(bridge.blocks) > 0 and getattr(bridge.blocks[0], "ln1_post", None) is not None  # Gemma 2/3
         if q_norm is not None and getattr(cfg, "qk_norm_after_rope", False):
@@ -276,10 +281,12 @@ class Transformer:
             rotary_scale=float(getattr(rotary_emb, "attention_scaling", 1.0) or 1.0),
             family=fam.name,
             qk_norm=q_norm is not None,
+            qk_norm_all=qk_all,
+            pre_norms=pre_norms,
             qk_eps=float(getattr(q_norm, "variance_epsilon", None) or getattr(q_norm, "eps", None) or cfg.eps),
             n_experts=len(experts[0].down_proj) if experts else 0,
             experts_per_token=int(getattr(cfg, "experts_per_token", 0) or 0),
-            norm_topk_prob=bool(getattr(hf_cfg, "norm_topk_prob", False)),
+            norm_topk_prob=bool(getattr(hf_cfg, "norm_topk_prob", False)) if fam.norm_topk_prob is None else fam.norm_topk_prob,
             post_norms=post_norms,
             attn_scale=float(getattr(hf_cfg, "query_pre_attn_scalar", None) or cfg.d_head) ** -0.5,
             attn_softcap=float(getattr(hf_cfg, "attn_logit_softcapping", None) or 0.0),
@@ -388,7 +395,10 @@ class Transformer:
         return x
 
     def ln(self, x: Tensor, name: str, layer: int | None = None) -> Tensor:
-        """Norm ``name`` ("ln1", "ln2" per layer, or "lnf") of x [..., d_model]: LayerNorm or RMSNorm."""
+        """Norm ``name`` ("ln1", "ln2" per layer, or "lnf") of x [..., d_model]: LayerNorm or RMSNorm (x itself
+        for "ln1" and "ln2" in a family without norms before its sublayers, OLMo-2)."""
+        if not self.arch.pre_norms and name in ("ln1", "ln2"):
+            return x
         w, b = self.w[f"{name}_w"], self.w[f"{name}_b"]
         if layer is not None:
             w, b = w[layer], b[layer]
@@ -402,6 +412,8 @@ class Transformer:
         grad may carry extra leading dims (e.g. one per head) that broadcast against x. This is
         LayerNorm's backward pass written out, so one forward can serve many output gradients.
         """
+        if not self.arch.pre_norms and name in ("ln1", "ln2"):
+            return grad.expand(*torch.broadcast_shapes(grad.shape, x.shape)).clone()
         w = self.w[f"{name}_w"] if layer is None else self.w[f"{name}_w"][layer]
         rms = self.arch.norm == "RMS"
         mu = 0.0 if rms else x.mean(-1, keepdim=True)
@@ -510,22 +522,54 @@ class Transformer:
     def project_normed(self, layer: int, heads: Tensor, ln: Tensor, which: str) -> Tensor:
         """Per-head projection ("Q", "K" or "V") of LN1's output ln [n, p, d] or [h, n, p, d] -> [h, n, p, d_head],
         queries and keys through the family's QK norm (`qk_normed`)."""
-        return self.qk_normed(layer, heads, self.project_linear(layer, heads, ln, which), which)
+        return self.qk_normed(layer, heads, self.project_linear(layer, heads, ln, which), which, ln)
 
-    def qk_normed(self, layer: int, heads: Tensor, y: Tensor, which: str) -> Tensor:
-        """The QK norm of projected queries or keys y [h, n, p, d_head] (Qwen3, Gemma 3: RMSNorm over each
-        head's d_head, its own scale per layer); y itself for values and for families without one."""
+    def qk_normed(self, layer: int, heads: Tensor, y: Tensor, which: str, ln: Tensor | None = None) -> Tensor:
+        """The QK norm of projected queries or keys y [h, n, p, d_head] of heads ``heads`` [h] (Qwen3, Gemma 3:
+        RMSNorm over each head's d_head; OLMo-2, OLMoE: over every head's projection of the same input ``ln``,
+        [n, p, d] or [h, n, p, d], each head then taking its own slice and scale); y itself for values and for
+        families without one."""
         if not self.arch.qk_norm or which == "V":
             return y
-        return y * self.qk_norm_factor(layer, which, y)
+        return y * self.qk_norm_factor(layer, which, y, ln, heads)
 
-    def qk_norm_factor(self, layer: int, which: str, y: Tensor) -> Tensor:
+    def qk_norm_factor(self, layer: int, which: str, y: Tensor, ln: Tensor | None = None,
+                       heads: Tensor | None = None) -> Tensor:
         """[..., d_head] what the QK norm multiplies projected queries or keys y [..., d_head] by (its scale
-        over y's RMS, in y's dtype); ones without a QK norm. Frozen at a run, it makes the norm linear."""
+        over the RMS, in y's dtype); ones without a QK norm. Frozen at a run, it makes the norm linear.
+
+        Per head (Qwen3): the RMS of y itself. Over the whole projection (OLMo-2): the RMS of every head's
+        projection of the input ``ln`` that gave y (a head's own copy of its input: an edge into one head's
+        query changes that head's query only, as a grouped key/value head is each query head's own copy), and
+        y's heads ``heads`` (None: every head, in order) take their slices of the scale [n_heads, d_head]."""
         if not self.arch.qk_norm or which == "V":
             return torch.ones_like(y)
-        w = self.w[f"{which.lower()}_norm"][layer].to(y.dtype)  # [d_head]
-        return (y.pow(2).mean(-1, keepdim=True) + self.arch.qk_eps).rsqrt() * w
+        w = self.w[f"{which.lower()}_norm"][layer].to(y.dtype)  # [d_head], or [n_heads, d_head] over the whole projection
+        if not self.arch.qk_norm_all:
+            return (y.pow(2).mean(-1, keepdim=True) + self.arch.qk_eps).rsqrt() * w
+        if ln is None:
+            raise ValueError("a QK norm over the whole projection needs the input the heads projected (ln)")
+        full = self.qk_full(layer, which, ln)
+        if ln.dim() == 3 and y.dim() == 4:  # [n, p, d] shared by every head
+            full = full[None]
+        return self.qk_all_scale(layer, which, full, heads)
+
+    def qk_full(self, layer: int, which: str, ln: Tensor) -> Tensor:
+        """[..., H, d_head] every head's projection ("Q" or "K") of the input ln [..., d]: what a QK norm over
+        the whole projection takes its RMS over (key heads repeated to one per query head: the same mean)."""
+        W, b = self.w[f"W_{which}"][layer], self.w[f"b_{which}"][layer]  # [H, d, dh], [H, dh]
+        return torch.einsum("...d,hde->...he", ln, W) + b
+
+    def qk_all_scale(self, layer: int, which: str, full: Tensor, heads: Tensor | None = None) -> Tensor:
+        """What a QK norm over the whole projection multiplies a head's projection by: full [h|1, ..., H, d_head]
+        (`qk_full` of each head's own input, or one shared) -> [h, ..., d_head], the heads ``heads`` (None: all)
+        each with their slice of the scale; full [..., H, d_head] without a head axis -> [..., d_head] for one head."""
+        w = self.w[f"{which.lower()}_norm"][layer].to(full.dtype)  # [n_heads, d_head]
+        rstd = (full.pow(2).mean((-1, -2)) + self.arch.qk_eps).rsqrt()[..., None]
+        sel = w if heads is None else w[heads]
+        if full.dim() == 5:  # [h|1, n, p, H, dh]
+            return rstd * sel[:, None, None, :]
+        return rstd * sel
 
     def project_linear(self, layer: int, heads: Tensor, ln: Tensor, which: str) -> Tensor:
         """The linear part of `project_normed`: ln @ W + b per head -> [h, n, p, d_head] (before any QK norm)."""
@@ -566,6 +610,11 @@ class Transformer:
         """Gradient at LN1's output [h, n, p, d_model] from the gradient at the heads' linear projections
         ``which`` ("Q", "K", "V") [h, n, p, d_head]: the backward of `project_linear`'s weights."""
         return torch.einsum("hnpe,hde->hnpd", grad, self.w[f"W_{which}"][layer])
+
+    def project_grad_all(self, layer: int, which: str, grad: Tensor) -> Tensor:
+        """Gradient at each head's input [h, n, p, d_model] from the gradient at its copy of every head's projection
+        ``which`` [h, n, p, H, d_head] (`qk_full`'s backward: a QK norm over the whole projection)."""
+        return torch.einsum("hnpje,jde->hnpd", grad, self.w[f"W_{which}"][layer])
 
     def mlp(self, layer: int, x: Tensor) -> Tensor:
         """Output of MLP `layer` (b_out included) for input x [..., d_model]."""
@@ -963,13 +1012,21 @@ def _read_weights(bridge: Bridge, arch: Architecture, norm_offset: float = 0.0) 
         for k, shape in mlp_shapes.items():
             w[k].append(get(blk.mlp, k, shape))
         for ln in ("ln1", "ln2"):
+            if not a.pre_norms:  # no norm there (OLMo-2): `Transformer.ln` passes the stream through
+                w[f"{ln}_w"].append(torch.ones(d, dtype=ref.dtype, device=ref.device))
+                w[f"{ln}_b"].append(torch.zeros(d, dtype=ref.dtype, device=ref.device))
+                continue
             w[f"{ln}_w"].append(norm_w(get(getattr(blk, ln), "w", (d,))))
             w[f"{ln}_b"].append(get(getattr(blk, ln), "b", (d,)))
     if a.post_norms:  # Gemma 2/3: the norms after the attention and after the MLP
         for ln in ("ln1_post", "ln2_post"):
             w[f"{ln}_w"] = [norm_w(get(getattr(blk, ln), "w", (d,))) for blk in bridge.blocks]
             w[f"{ln}_b"] = [torch.zeros(d, dtype=ref.dtype, device=ref.device) for _ in bridge.blocks]
-    if a.qk_norm:  # one [d_head] scale per layer for queries, one for keys (shared by every head)
+    if a.qk_norm and a.qk_norm_all:  # one scale over the whole projection: [n_heads, d_head] (key heads repeated)
+        for which, n in (("q", H), ("k", kv)):
+            scales = [norm_w(get(getattr(blk.attn, f"{which}_norm"), "w", (n * dh,))).view(n, dh) for blk in bridge.blocks]
+            w[f"{which}_norm"] = [t.repeat_interleave(H // n, dim=0) for t in scales]
+    elif a.qk_norm:  # one [d_head] scale per layer for queries, one for keys (shared by every head)
         for which in ("q", "k"):
             w[f"{which}_norm"] = [norm_w(get(getattr(blk.attn, f"{which}_norm"), "w", (dh,))) for blk in bridge.blocks]
     w["W_E"] = get(bridge, "W_E", (a.d_vocab, d))

@@ -24,7 +24,8 @@ def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None
                   mlp_bias: list[Tensor] | None = None, ablated: dict[str, Tensor] | None = None,
                   abl: dict[str, Tensor] | None = None,
                   patterns: dict[int, Tensor] | None = None,
-                  post_attn: list[Callable[[Tensor], Tensor]] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                  post_attn: list[Callable[[Tensor], Tensor]] | None = None,
+                  qk_copies: list | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The hooked forward: logits [B, S, vocab] and every source's output in this run, by name.
 
     Every destination's input is rebuilt as the sum of its sources (an edge in ``ablated``, a dict
@@ -34,6 +35,10 @@ def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None
     (neurons: b_out; a transcoder: b_dec). ``post_attn`` (a family with a norm after attention, Gemma 2):
     each layer's norm module; a destination then reads, per upstream layer, that norm of the layer's b_O
     plus its own mix of the layer's heads (MIB's per-destination rule), the rest summed as above.
+    ``qk_copies`` (a QK norm over the whole projection, OLMo-2): each layer's Hugging Face attention module and
+    the norm before it (None: none); head h's query (key) is then q_norm(q_proj(norm(x_h))) sliced at h, from h's
+    own input x_h (each
+    head its own copy of the norm), replacing the bridge's normed projection of every head's input together.
     """
     model.set_use_split_qkv_input(True)
     model.set_use_attn_result(True)
@@ -78,13 +83,27 @@ def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None
         current["input"] = x
         return x
 
+    head_inputs: dict[tuple[int, str], Tensor] = {}
+
     def make_qkv(layer: int, letter: str):
         def fn(x, hook):
             x = x.clone()
             for h in range(cfg.n_heads):
                 dst = f"a{layer}.h{h}<{letter}>" if graph.split_qkv else f"a{layer}.h{h}"
                 x[:, :, h] = rebuilt(dst, layer, layer)
+            head_inputs[(layer, letter)] = x
             return x
+        return fn
+
+    def make_qk_copy(layer: int, letter: str):
+        def fn(y, hook):
+            attn, pre = qk_copies[layer]  # type: ignore[index]
+            proj, norm = getattr(attn, f"{letter}_proj"), getattr(attn, f"{letter}_norm")
+            x = head_inputs[(layer, letter)]  # [B, S, H, d] each head's own input (the stream, before the block's norm)
+            x = x if pre is None else pre(x)
+            dh = y.shape[-1] // cfg.n_heads
+            out = torch.stack([norm(proj(x[:, :, h]))[..., h * dh : (h + 1) * dh] for h in range(cfg.n_heads)], 2)
+            return out.reshape(y.shape)
         return fn
 
     def make_result(layer: int):
@@ -124,6 +143,8 @@ def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None
         for letter in "qkv":
             hooks.append((f"blocks.{layer}.hook_{letter}_input", make_qkv(layer, letter)))
         hooks.append((f"blocks.{layer}.attn.hook_result", make_result(layer)))
+        if qk_copies is not None:
+            hooks += [(f"blocks.{layer}.attn.hook_{letter}_normed", make_qk_copy(layer, letter)) for letter in "qk"]
         hooks.append((f"blocks.{layer}.hook_mlp_in", make_mlp_in(layer)))
         hooks.append((f"blocks.{layer}.mlp.hook_post", make_post(layer)))
         hooks.append((f"blocks.{layer}.hook_mlp_out", make_mlp_out(layer)))
@@ -171,12 +192,13 @@ def per_position_masks(graph: Graph, mask: Tensor, positions) -> dict[str, Tenso
     return out
 
 
-def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn) -> dict[str, Tensor]:
+def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn, qk_copies: list | None = None) -> dict[str, Tensor]:
     """d loss / d (input of each destination), [batch, pos, d_model] each, by TransformerLens hooks.
 
     Each destination's input gets a zero tensor added at its own hook (a head's q/k/v input
     slice, an MLP input, the final residual); the gradient of the loss w.r.t. that zero tensor
     is the gradient w.r.t. that destination's input alone. ``loss_fn(logits [batch, pos, vocab])``.
+    ``qk_copies``: as `split_forward`'s (each head's query and key normed from its own input).
     """
     model.set_use_split_qkv_input(True)
     model.set_use_hook_mlp_in(True)
@@ -184,19 +206,34 @@ def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn) -> dict[str,
     B, S = tokens.shape
     probes = {d.name: torch.zeros(B, S, cfg.d_model, requires_grad=True) for d in graph.destinations}
 
+    head_inputs: dict[tuple[int, str], Tensor] = {}
+
     def qkv(layer: int, letter: str):
         def fn(x, hook):
             parts = []
             for h in range(cfg.n_heads):
                 name = f"a{layer}.h{h}<{letter}>" if graph.split_qkv else f"a{layer}.h{h}"
                 parts.append(x[:, :, h] + probes[name])
-            return torch.stack(parts, 2)
+            head_inputs[(layer, letter)] = torch.stack(parts, 2)
+            return head_inputs[(layer, letter)]
+        return fn
+
+    def qk_copy(layer: int, letter: str):
+        def fn(y, hook):
+            attn, pre = qk_copies[layer]  # type: ignore[index]
+            proj, norm = getattr(attn, f"{letter}_proj"), getattr(attn, f"{letter}_norm")
+            x = head_inputs[(layer, letter)]
+            x = x if pre is None else pre(x)
+            dh = y.shape[-1] // cfg.n_heads
+            return torch.stack([norm(proj(x[:, :, h]))[..., h * dh : (h + 1) * dh] for h in range(cfg.n_heads)], 2).reshape(y.shape)
         return fn
 
     hooks = []
     for layer in range(cfg.n_layers):
         for letter in "qkv":
             hooks.append((f"blocks.{layer}.hook_{letter}_input", qkv(layer, letter)))
+        if qk_copies is not None:
+            hooks += [(f"blocks.{layer}.attn.hook_{letter}_normed", qk_copy(layer, letter)) for letter in "qk"]
         hooks.append((f"blocks.{layer}.hook_mlp_in", lambda x, hook, n=f"m{layer}": x + probes[n]))
     hooks.append(("ln_final.hook_in", lambda x, hook: x + probes["logits"]))
     logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
@@ -213,7 +250,7 @@ def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation:
     """
     clean_out = split_forward(model, graph, clean, **split)[1]
     corrupt_out = split_forward(model, graph, corrupt, **split)[1]
-    grads = destination_grads(model, graph, clean, loss_fn)
+    grads = destination_grads(model, graph, clean, loss_fn, split.get("qk_copies"))
     out = {}
     for e in graph.edges:
         src = e.src.name

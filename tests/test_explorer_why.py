@@ -141,18 +141,18 @@ def test_why_is_exact_for_a_one_prompt_patcher_and_the_batch(ioi):
 
 
 # ---------------------------------------------------------------------- why does head H attend to T
-def _hooked_pattern(model, graph, clean, corrupt, ablated_edge, ablation, layer, post_attn=None):
+def _hooked_pattern(model, graph, clean, corrupt, ablated_edge, ablation, layer, **opts):
     """[B, heads, q, k] attention of ``layer`` in the hooked forward with one edge ablated (None: none)."""
     from oracle import ablation_values, split_forward
 
     patterns: dict = {}
-    abl = ablation_values(model, graph, corrupt, ablation, clean.shape[0], post_attn=post_attn)
+    abl = ablation_values(model, graph, corrupt, ablation, clean.shape[0], **opts)
     ablated = {} if ablated_edge is None else {ablated_edge: torch.ones(clean.shape, dtype=torch.bool)}
-    split_forward(model, graph, clean, ablated=ablated, abl=abl, patterns=patterns, post_attn=post_attn)
+    split_forward(model, graph, clean, ablated=ablated, abl=abl, patterns=patterns, **opts)
     return patterns[layer]
 
 
-def _check_attention(model, twin, clean, corrupt, head, i, q, k, ablation="resample", post_attn=None):
+def _check_attention(model, twin, clean, corrupt, head, i, q, k, ablation="resample", **opts):
     from acdc.explorer.qk import attention_why
     from acdc.patching import Patcher
 
@@ -173,7 +173,7 @@ def _check_attention(model, twin, clean, corrupt, head, i, q, k, ablation="resam
     for n in big + [rows["input"]]:
         for letter, field in (("q", "prob_query_ablated"), ("k", "prob_key_ablated")):
             edge = f"{n['name']}->{head}<{letter}>"
-            hooked = _hooked_pattern(twin, g, clean, corrupt, edge, ablation, node.layer, post_attn)[i, node.head, q, k]
+            hooked = _hooked_pattern(twin, g, clean, corrupt, edge, ablation, node.layer, **opts)[i, node.head, q, k]
             assert n[field] == pytest.approx(float(hooked), abs=1e-4), (edge, n[field], float(hooked))
     return r
 
@@ -187,7 +187,7 @@ def test_attention_split_and_ablations_equal_the_hooked_forward(ioi):
     _check_attention(entry.model, entry.model, t.clean, t.corrupt, "a1.h0", 5, q, 1, ablation="mean")
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "phi3", "qwen3-moe", "gemma2", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "phi3", "qwen3-moe", "gemma2", "gemma3", "olmo2", "olmoe"])
 def test_attention_split_on_rotary_rms_models(family):
     """RMSNorm, rotary positions, grouped key/value heads: the split still sums to the hooked score."""
     from conftest import random_tokens
@@ -196,11 +196,15 @@ def test_attention_split_on_rotary_rms_models(family):
     gqa = _tiny(family, n_kv=2)
     twin_hf = _mha_twin(gqa)  # before load_model wraps gqa in place
     # Gemma 2: a head's edge reaches the stream through its layer's norm (Hugging Face's modules in the oracle)
-    norms = [layer.post_attention_layernorm for layer in twin_hf.model.layers] if family in ("gemma2", "gemma3") else None
+    opts: dict = {}
+    if family in ("gemma2", "gemma3", "olmo2"):
+        opts["post_attn"] = [layer.post_attention_layernorm for layer in twin_hf.model.layers]
+    if family in ("olmo2", "olmoe"):  # a QK norm over the whole projection: each head its own copy (oracle.split_forward)
+        opts["qk_copies"] = [(layer.self_attn, getattr(layer, "input_layernorm", None)) for layer in twin_hf.model.layers]
     model, twin = acdc.load_model(gqa), acdc.load_model(twin_hf)
     clean, corrupt = random_tokens(batch=3, pos=6)
-    _check_attention(model, twin, clean, corrupt, "a1.h3", 1, 5, 2, post_attn=norms)
-    _check_attention(model, twin, clean, corrupt, "a0.h1", 2, 4, 4, ablation="zero", post_attn=norms)
+    _check_attention(model, twin, clean, corrupt, "a1.h3", 1, 5, 2, **opts)
+    _check_attention(model, twin, clean, corrupt, "a0.h1", 2, 4, 4, ablation="zero", **opts)
 
 
 def test_explorer_attend_and_its_errors(ioi):

@@ -32,6 +32,9 @@ def _tiny(family: str, n_kv: int, seed: int = 0):
             "final_logit_softcapping": 3.0}),
         "gemma3": (tr.Gemma3TextConfig, tr.Gemma3ForCausalLM, {  # Gemma 2's norms, QK norm, local/global rotary bases
             "head_dim": 8, "sliding_window": 4, "query_pre_attn_scalar": 16, "sliding_window_pattern": 2}),
+        "olmo2": (tr.Olmo2Config, tr.Olmo2ForCausalLM, {}),  # norms only after each sublayer, QK norm over the projection
+        "olmoe": (tr.OlmoeConfig, tr.OlmoeForCausalLM, {"num_experts": 4, "num_experts_per_tok": 2}),  # and experts
+        "mixtral": (tr.MixtralConfig, tr.MixtralForCausalLM, {"num_local_experts": 4, "num_experts_per_tok": 2}),
         "qwen3-moe": (tr.Qwen3MoeConfig, tr.Qwen3MoeForCausalLM, {  # 4 experts, 2 per token, as one MLP node
             "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "norm_topk_prob": True}),
         "llama3-rope": (tr.LlamaConfig, tr.LlamaForCausalLM, {"rope_scaling": {
@@ -70,20 +73,25 @@ def _mha_twin(hf):
             v = torch.cat([q, *(repeat(t) for t in kv.chunk(2))])
         elif k.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
             v = repeat(v)
+        elif k.endswith("k_norm.weight") and v.numel() != d_head:  # a key norm over the whole projection (OLMo-2)
+            v = repeat(v)
         state[k] = v
     twin.load_state_dict(state)
     return twin
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma", "llama3-rope", "qwen3", "phi3", "qwen3-moe"]
+FAMILIES = ["llama", "mistral", "qwen2", "gemma", "llama3-rope", "qwen3", "phi3", "qwen3-moe", "olmoe", "mixtral"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request):
+    """(name, the model, its multi-head twin, the oracle's options): a QK norm over the whole projection (OLMoE)
+    norms each head's query and key from its own input in the oracle too (`oracle.split_forward`'s qk_copies)."""
     name = request.param
     gqa = _tiny(name, n_kv=2)
     twin = _mha_twin(gqa)
-    return name, acdc.load_model(gqa), acdc.load_model(twin)
+    opts = {"qk_copies": [(layer.self_attn, layer.input_layernorm) for layer in twin.model.layers]} if name == "olmoe" else {}
+    return name, acdc.load_model(gqa), acdc.load_model(twin), opts
 
 
 def _random_mask(g: Graph, frac: float, seed: int) -> torch.Tensor:
@@ -94,7 +102,7 @@ def _random_mask(g: Graph, frac: float, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("split_qkv", [True, False])
 @pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
 def test_patched_logits_equal_hooked_forward(family, split_qkv, ablation):
-    name, model, twin = family
+    name, model, twin, opts = family
     clean, corrupt = random_tokens(batch=3, pos=6)
     with torch.no_grad():
         assert torch.allclose(model(clean, return_type="logits"), twin(clean, return_type="logits"), atol=1e-4)
@@ -105,7 +113,7 @@ def test_patched_logits_equal_hooked_forward(family, split_qkv, ablation):
     for frac, seed in ((0.3, 0), (0.7, 1)):
         mask = _random_mask(g, frac, seed)
         ablated = {e.name for e, m in zip(g.edges, mask.tolist()) if m}
-        ref = patched_logits(twin, g, clean, corrupt, ablated, ablation)[:, -1]
+        ref = patched_logits(twin, g, clean, corrupt, ablated, ablation, **opts)[:, -1]
         got = p.logits(mask)
         scale = float(ref.abs().max())
         assert torch.allclose(got, ref, atol=1e-4 * max(scale, 1.0)), (name, float((got - ref).abs().max()))
@@ -115,7 +123,7 @@ def test_patched_logits_equal_hooked_forward(family, split_qkv, ablation):
 
 
 def test_eap_equals_gradient_formula(family):
-    name, model, twin = family
+    name, model, twin, opts = family
     clean, corrupt = random_tokens(batch=3, pos=6)
     g = Graph.from_model(model)
     answers = (torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
@@ -126,19 +134,23 @@ def test_eap_equals_gradient_formula(family):
         return -(last[rows, answers[0]] - last[rows, answers[1]]).mean()
 
     s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=answers, graph=g)
-    ref = eap_reference(twin, g, clean, corrupt, "resample", loss)
+    ref = eap_reference(twin, g, clean, corrupt, "resample", loss, **opts)
     scale = max(abs(v) for v in ref.values())
     for e in g.edges:
         assert s[e.name] == pytest.approx(ref[e.name], abs=1e-4 * scale, rel=1e-3), (name, e.name)
 
 
-@pytest.fixture(scope="module", params=["gemma2", "gemma3"])
+@pytest.fixture(scope="module", params=["gemma2", "gemma3", "olmo2"])
 def gemma2(request):
-    """Gemma 2 and Gemma 3 (text), the families with a norm after each sublayer."""
+    """Gemma 2, Gemma 3 (text) and OLMo-2, the families with a norm after each sublayer: (model, its multi-head
+    twin, the oracle's options: the norms after attention, Hugging Face's own modules, and for OLMo-2's QK norm
+    over the whole projection each head's own copy of it)."""
     gqa = _tiny(request.param, n_kv=2)
     twin = _mha_twin(gqa)
-    norms = [layer.post_attention_layernorm for layer in twin.model.layers]  # Hugging Face's own modules
-    return acdc.load_model(gqa), acdc.load_model(twin), norms
+    opts: dict = {"post_attn": [layer.post_attention_layernorm for layer in twin.model.layers]}
+    if request.param == "olmo2":  # no norm before attention
+        opts["qk_copies"] = [(layer.self_attn, None) for layer in twin.model.layers]
+    return acdc.load_model(gqa), acdc.load_model(twin), opts
 
 
 @pytest.mark.parametrize("split_qkv", [True, False])
@@ -148,7 +160,7 @@ def test_gemma2_patched_logits_equal_the_hooked_forward_with_a_norm_per_destinat
     upstream layer, the norm of its own mix of that layer's heads (MIB's rule): random edge sets against the
     hooked forward that rebuilds every destination's input that way, Hugging Face's norm modules doing the norm;
     ACDC's state (candidates run from scratch here) agrees."""
-    model, twin, norms = gemma2
+    model, twin, opts = gemma2
     clean, corrupt = random_tokens(batch=3, pos=7)  # longer than the 4-token sliding window
     g = Graph.from_model(model, split_qkv=split_qkv)
     p = Patcher(model, clean, corrupt, graph=g, ablation=ablation)
@@ -156,7 +168,7 @@ def test_gemma2_patched_logits_equal_the_hooked_forward_with_a_norm_per_destinat
     for frac, seed in ((0.3, 0), (0.7, 1)):
         mask = _random_mask(g, frac, seed)
         ablated = {e.name for e, m in zip(g.edges, mask.tolist()) if m}
-        ref = patched_logits(twin, g, clean, corrupt, ablated, ablation, post_attn=norms)[:, -1]
+        ref = patched_logits(twin, g, clean, corrupt, ablated, ablation, **opts)[:, -1]
         got = p.logits(mask)
         assert torch.allclose(got, ref, atol=1e-4), float((got - ref).abs().max())
         keep = g.dense(~mask) & p.upstream
@@ -185,14 +197,14 @@ def test_gemma2_positional_patched_logits_equal_the_hooked_forward(gemma2, ablat
 
     from acdc.positions import Positions
 
-    model, twin, norms = gemma2
+    model, twin, opts = gemma2
     clean, corrupt = random_tokens(batch=3, pos=6)
     positions = Positions.tokens(3, 6)
     g = Graph.from_model(model, positions=positions.names)
     p = Patcher(model, clean, corrupt, graph=g, ablation=ablation, positions=positions)
     mask = _random_mask(g, 0.4, 5)
     ref = patched_logits(twin, g.plain, clean, corrupt, per_position_masks(g, mask, positions), ablation,
-                         post_attn=norms)[:, -1]
+                         **opts)[:, -1]
     got = p.logits(mask)
     assert torch.allclose(got, ref, atol=1e-4), float((got - ref).abs().max())
 
@@ -207,12 +219,12 @@ def test_gemma2_feature_graph_equals_the_hooked_forward(gemma2, ablation):
 
     from acdc.mixing import mixed_logits
 
-    model, twin, norms = gemma2
+    model, twin, opts = gemma2
     ts = random_set(model, (0, 1), "relu", True, n=10)
     g = Graph.from_model(model, transcoders=ts, features={0: [0, 2, 3, 5, 7], 1: [1, 4, 6, 8, 9]})
     clean, corrupt = random_tokens(batch=3, pos=6)
     p = Patcher(model, clean, corrupt, graph=g, ablation=ablation, transcoders=ts)
-    split = {**feature_split(twin, g, ts), "post_attn": norms}
+    split = {**feature_split(twin, g, ts), **opts}
     assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits, atol=1e-5)
     for frac, seed in ((0.3, 0), (0.7, 1)):
         mask = _random_mask(g, frac, seed)
@@ -233,7 +245,7 @@ def test_gemma2_eap_is_the_first_order_effect_of_each_edge_through_the_norm(gemm
     the norm of its layer (MIB's rule): central finite differences of the hooked forward, edge by edge."""
     from oracle import ablation_values, split_forward
 
-    model, twin, norms = gemma2
+    model, twin, opts = gemma2
     clean, corrupt = random_tokens(batch=3, pos=6)
     answers = (torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
     g = Graph.from_model(model)
@@ -245,14 +257,14 @@ def test_gemma2_eap_is_the_first_order_effect_of_each_edge_through_the_norm(gemm
 
     s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=answers, graph=g,
                        ablation=ablation, progress=False)
-    abl = ablation_values(twin, g, corrupt, ablation, 3, post_attn=norms)
+    abl = ablation_values(twin, g, corrupt, ablation, 3, **opts)
     eps = 1e-2
     scale = 0.0
     refs = {}
     for e in g.edges:
         def at(m: float, e=e) -> float:
             mix = {e.name: torch.full(clean.shape, m)}
-            return float(loss(split_forward(twin, g, clean, ablated=mix, abl=abl, post_attn=norms)[0]))
+            return float(loss(split_forward(twin, g, clean, ablated=mix, abl=abl, **opts)[0]))
         refs[e.name] = (at(eps) - at(-eps)) / (2 * eps)
         scale = max(scale, abs(refs[e.name]))
     for name, ref in refs.items():
@@ -268,7 +280,7 @@ def test_gemma2_mixed_run_is_the_hooked_mix_through_the_norm(gemma2, ablation):
 
     from acdc.mixing import mixed_logits
 
-    model, twin, norms = gemma2
+    model, twin, opts = gemma2
     clean, corrupt = random_tokens(batch=3, pos=6)
     g = Graph.from_model(model)
     p = Patcher(model, clean, corrupt, graph=g, ablation=ablation)
@@ -279,8 +291,8 @@ def test_gemma2_mixed_run_is_the_hooked_mix_through_the_norm(gemma2, ablation):
     w = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(4))
     dense[g.edge_dst, g.edge_src] = w
     mix = {e.name: torch.full(clean.shape, 1.0 - float(w[i])) for i, e in enumerate(g.edges)}
-    abl = ablation_values(twin, g, corrupt, ablation, 3, post_attn=norms)
-    want = split_forward(twin, g, clean, ablated=mix, abl=abl, post_attn=norms)[0][:, -1]
+    abl = ablation_values(twin, g, corrupt, ablation, 3, **opts)
+    want = split_forward(twin, g, clean, ablated=mix, abl=abl, **opts)[0][:, -1]
     assert torch.allclose(mixed_logits(p, dense), want, atol=1e-4)
 
 
@@ -306,7 +318,7 @@ def test_unsupported_families_say_why():
 def test_attention_patterns_equal_the_bridges(family):
     from acdc.model import Transformer
 
-    name, model, _ = family
+    name, model, _, _ = family
     clean, _ = random_tokens(batch=2, pos=6)
     _, cache = model.run_with_cache(clean)
     ours = Transformer.from_bridge(model).attention_patterns(clean)  # [L, H, B, S, S]

@@ -46,6 +46,8 @@ def _ln2(model, layer: int):
     if hasattr(hf, "gpt_neox"):
         return hf.gpt_neox.layers[layer].post_attention_layernorm
     block = hf.model.layers[layer]  # Llama-like; Gemma 2/3 norm the MLP's input with pre_feedforward_layernorm
+    if hasattr(block, "post_feedforward_layernorm") and not hasattr(block, "pre_feedforward_layernorm"):
+        return lambda x: x  # OLMo-2: no norm before the MLP
     return getattr(block, "pre_feedforward_layernorm", None) or block.post_attention_layernorm
 
 

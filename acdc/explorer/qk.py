@@ -103,7 +103,8 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
 
     def pieces(pos: int, which: str) -> tuple[Tensor, Tensor]:  # the nodes' pieces [n + 1, d_head] and the bias's [d_head]
         parts, bias = project(normed[:, pos], which, False), project(offset[pos][None], which, True)[0]
-        factor = tf.qk_norm_factor(layer, which, parts.sum(0) + bias)  # the QK norm, frozen as the other norms
+        ln = (normed[:, pos].sum(0) + offset[pos]).to(tf.dtype)  # the head's input at pos (a norm over every head reads it)
+        factor = tf.qk_norm_factor(layer, which, (parts.sum(0) + bias).to(tf.dtype), ln, heads).double().reshape(-1)  # frozen
         return at(parts * factor, pos), at((bias * factor)[None], pos)[0]
 
     q_parts, q_bias = pieces(query, "Q")
