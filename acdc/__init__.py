@@ -40,6 +40,7 @@ from .api import (
 from .attribution_graphs import AttributionGraph
 from .circuit import Circuit
 from .comparison import Comparison, Method, compare
+from .edits import Generated, generate
 from .evaluation import ROC, Confusion, Recovery, recovery
 from .faithfulness_math import Completeness, Faithfulness, FaithfulnessCurve, FaithfulnessGrid, Minimality
 from .feature_nodes import active_features
@@ -77,6 +78,7 @@ __all__ = [
     "Fidelity",
     "FaithfulnessCurve",
     "FaithfulnessGrid",
+    "Generated",
     "Graph",
     "KnownCircuit",
     "Method",
@@ -100,6 +102,7 @@ __all__ = [
     "faithfulness",
     "faithfulness_curve",
     "faithfulness_grid",
+    "generate",
     "known",
     "load_model",
     "load_transcoders",

@@ -2,7 +2,9 @@
 
 - `intervened_logits(patcher, interventions)`: node edits on a patcher's clean prompts (the explorer's);
 - `intervene(model, transcoders, tokens, edits)`: feature clamps in the replacement model of one prompt
-  (what attribution graphs' edges are checked against).
+  (what attribution graphs' edges are checked against);
+- `generate(model, prompt, transcoders=ts, interventions=[...])`: a continuation with features clamped, scaled
+  or ablated at every step (what a feature does to what the model says).
 
 `intervened_logits(patcher, interventions)` is one plain forward of the patcher's model on its
 clean prompts (`Transformer.logits_with_edits`) with each edited node's output (a neuron's or a
@@ -25,14 +27,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .graph import Node
+from .graph import FEATURE, Node
 from .interventions import Intervention, node_of
 from .model import ForwardCache, Transformer
 from .patching import Patcher
 from .sites import Site, SiteContext, site_of
 from .transcoders import Transcoder, TranscoderSet
 
-__all__ = ["Intervened", "intervene", "intervened_logits"]
+__all__ = ["Generated", "Intervened", "generate", "intervene", "intervened_logits"]
 
 
 class _EditRun:
@@ -180,3 +182,84 @@ def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Map
     patterns = tf.attention_patterns(tokens) if freeze_attention else None
     logits = tf.logits_with_mlps(tokens, {layer: replaced(layer) for layer in layers}, patterns)[0]
     return Intervened(pre, acts, logits)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A continuation of a prompt: ``tokens`` [S + n] the prompt and what followed, ``new`` [n] what followed,
+    ``text`` its decoding (None without a tokenizer)."""
+
+    tokens: Tensor
+    new: Tensor
+    text: str | None
+
+
+@torch.no_grad()
+def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | None = None,
+             interventions: Sequence[Intervention | Mapping[str, Any]] = (), max_new_tokens: int = 20,
+             temperature: float = 0.0, seed: int = 0, tokenizer: Any = None) -> Generated:
+    """Continue ``prompt`` (text, or token ids [S]) with transcoder features edited at every step: what a
+    feature does to what the model says (circuit-tracer's ``feature_intervention_generate``).
+
+    Each intervention names a feature (``m3.f17``, of ``transcoders``' layer 3) and an ``op``: "clamp" sets its
+    activation to ``value``, "scale" multiplies it, "ablate" sets it to zero; at ``positions`` of the prompt
+    (None: every position, the generated ones included). The model runs whole (attention, norms, MLPs live);
+    an edited feature's MLP output moves by (new - old activation) times its decoder row, the feature's
+    activation read from the MLP's live input at every step. Greedy with ``temperature`` 0, else sampled
+    (``seed``). No interventions: the model's own greedy continuation.
+    """
+    tf = Transformer.of(model)
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if isinstance(prompt, str):
+        if tok is None:
+            raise ValueError("a text prompt needs a tokenizer: pass tokenizer= or token ids")
+        ids = torch.tensor(tok.encode(prompt), dtype=torch.long)
+    else:
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
+    if ids.numel() == 0:
+        raise ValueError("the prompt is empty: give the text (or token ids) to continue")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    items = [Intervention.from_dict(x) for x in interventions]
+    by_layer: dict[int, list[tuple[int, Intervention]]] = {}
+    for it in items:
+        node = node_of(it.node)
+        if node.kind is not FEATURE or transcoders is None or node.layer not in transcoders.layers:
+            have = "no transcoders were given" if transcoders is None else f"the transcoders cover layers {transcoders.layers}"
+            raise ValueError(f"{it.node}: generate edits transcoder features (m{{L}}.f{{i}}) of the given transcoders; {have}")
+        if not 0 <= node.head < transcoders[node.layer].n_features:
+            raise ValueError(f"{it.node}: layer {node.layer}'s transcoder has features 0-{transcoders[node.layer].n_features - 1}")
+        by_layer.setdefault(node.layer, []).append((node.head, it))
+    if transcoders is not None:
+        transcoders.check_model(tf)
+    S = int(ids.numel())
+
+    def edited(layer: int) -> Callable[[Tensor], Tensor]:
+        t = transcoders[layer]  # type: ignore[index]
+        feats = torch.tensor([f for f, _ in by_layer[layer]], device=tf.device)
+
+        def fn(xn: Tensor) -> Tensor:  # [1, P, d] the MLP's normed input -> its output with the edits
+            out = tf.mlp_normed(layer, xn)
+            acts = t.encode_features(xn.to(t.W_enc.dtype), feats.to(t.W_enc.device)).to(xn.dtype)  # [1, P, k]
+            new = acts.clone()
+            for j, (_, it) in enumerate(by_layer[layer]):
+                at = slice(None) if it.positions is None else [p for p in it.positions if p < min(S, xn.shape[1])]
+                value = 0.0 if it.op == "ablate" else it.value
+                new[0, at, j] = value if it.op != "scale" else acts[0, at, j] * value
+            rows = t.W_dec.detach().index_select(0, feats.to(t.W_dec.device)).to(device=out.device, dtype=out.dtype)
+            return out + (new - acts) @ rows
+        return fn
+
+    gen = torch.Generator().manual_seed(seed)
+    seq = ids.to(tf.device)
+    for _ in range(max_new_tokens):
+        logits = tf.logits_with_edits(seq[None], mlps={layer: edited(layer) for layer in by_layer},
+                                      rows=torch.tensor([[seq.numel() - 1]], device=tf.device))[0].float().cpu()
+        if temperature > 0:
+            nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=gen)[0]
+        else:
+            nxt = logits.argmax()
+        seq = torch.cat([seq, nxt.reshape(1).to(seq.device)])
+    out = seq.cpu()
+    new = out[S:]
+    return Generated(out, new, None if tok is None else tok.decode(new.tolist()))

@@ -216,3 +216,69 @@ def test_explorer_intervenes_saves_and_replays(ioi, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------- generation with features edited
+def _hf_greedy(model, ts, prompt: torch.Tensor, n: int, edits: dict) -> torch.Tensor:
+    """Greedy continuation by Hugging Face's GPT-2 with hooks: MLP L's output gets (new - a_f) W_dec[f] for each
+    edited feature f of layer L, a_f the transcoder's activation on ln_2's output, at every position or the
+    listed ones (edits: (layer, feature) -> (op, value, positions))."""
+    hf = model.original_model
+    seen: dict[int, torch.Tensor] = {}
+    handles = []
+    for layer in {la for la, _ in edits}:
+        block = hf.transformer.h[layer]
+        handles.append(block.ln_2.register_forward_hook(lambda m, i, o, la=layer: seen.__setitem__(la, o)))
+
+        def add(m, i, out, la=layer):
+            t = ts[la]
+            acts = t.encode(seen[la])  # [1, P, n]
+            out = out.clone()
+            for (lay, f), (op, value, positions) in edits.items():
+                if lay != la:
+                    continue
+                a = acts[0, :, f]
+                new = torch.zeros_like(a) if op == "ablate" else a * value if op == "scale" else torch.full_like(a, value)
+                keep = torch.zeros_like(a, dtype=torch.bool)
+                keep[list(range(len(a))) if positions is None else [p for p in positions if p < len(a)]] = True
+                out[0] += torch.where(keep, new - a, torch.zeros_like(a))[:, None] * t.W_dec[f]
+            return out
+        handles.append(block.mlp.register_forward_hook(add))
+    seq = prompt.clone()
+    try:
+        with torch.no_grad():
+            for _ in range(n):
+                seq = torch.cat([seq, hf(seq[None]).logits[0, -1].argmax().reshape(1)])
+    finally:
+        for h in handles:
+            h.remove()
+    return seq
+
+
+def test_generation_with_features_edited_equals_hugging_face_with_hooks(gpt2_model):
+    """`acdc.generate` continues a prompt with features clamped, scaled or ablated at every step (or at prompt
+    positions only): the same tokens as Hugging Face's GPT-2 greedy, its MLP outputs moved by hand by the
+    feature's (new - old) activation times its decoder row; with no edits, the model's own continuation."""
+    ts = random_set(gpt2_model, layers=(0, 1), activation="relu")
+    prompt = torch.tensor([3, 17, 8, 41, 5])
+    plain = acdc.generate(gpt2_model, prompt, transcoders=ts, max_new_tokens=8)
+    assert torch.equal(plain.tokens, _hf_greedy(gpt2_model, ts, prompt, 8, {})) and torch.equal(plain.tokens[:5], prompt)
+    assert plain.new.numel() == 8 and plain.text is None
+    cases = [
+        ([{"node": "m0.f3", "op": "clamp", "value": 6.0}], {(0, 3): ("clamp", 6.0, None)}),
+        ([{"node": "m1.f5", "op": "scale", "value": -4.0}, {"node": "m0.f1", "op": "ablate"}],
+         {(1, 5): ("scale", -4.0, None), (0, 1): ("ablate", 0.0, None)}),
+        ([{"node": "m1.f2", "op": "clamp", "value": 8.0, "positions": [1, 3]}], {(1, 2): ("clamp", 8.0, (1, 3))}),
+    ]
+    moved = 0
+    for interventions, edits in cases:
+        got = acdc.generate(gpt2_model, prompt, transcoders=ts, interventions=interventions, max_new_tokens=8)
+        assert torch.equal(got.tokens, _hf_greedy(gpt2_model, ts, prompt, 8, edits)), interventions
+        moved += not torch.equal(got.tokens, plain.tokens)
+    assert moved >= 2  # the edits change what the model says
+    with pytest.raises(ValueError, match="generate edits transcoder features"):
+        acdc.generate(gpt2_model, prompt, transcoders=ts, interventions=[{"node": "m1.n3", "op": "clamp", "value": 1.0}])
+    with pytest.raises(ValueError, match="features 0-11"):
+        acdc.generate(gpt2_model, prompt, transcoders=ts, interventions=[{"node": "m1.f12", "op": "clamp", "value": 1.0}])
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        acdc.generate(gpt2_model, torch.tensor([], dtype=torch.long))
