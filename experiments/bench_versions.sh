@@ -22,15 +22,14 @@ for rep in $(seq 0 $((reps - 1))); do
   for what in eap acdc sweep edge-pruning; do
     if [ $((rep % 2)) = 0 ]; then order="before after"; else order="after before"; fi
     for side in $order; do
-      line=$(cd "$root/$side" && PYTHONPATH="$root/$side" "$py" experiments/bench.py --side --data "$data" --what $what \
+      (cd "$root/$side" && PYTHONPATH="$root/$side" "$py" experiments/bench.py --side --data "$data" --what $what \
         --model gpt2small --threads 2 --ep-steps 5 --layers 11 6 0 --edges 10 \
-        --sizes 50 100 200 500 1000 2000 5000 10000 20000 32491 2>/dev/null | grep '^RESULT ')
-      "$py" -c "
+        --sizes 50 100 200 500 1000 2000 5000 10000 20000 32491 2>/dev/null) | grep '^RESULT ' | "$py" -c "
 import json, sys
-r = json.loads(sys.argv[1][len('RESULT '):]); r.pop('scores', None)
+r = json.loads(sys.stdin.read()[len('RESULT '):]); r.pop('scores', None)
 keep = {k: round(v, 3) for k, v in r.items() if isinstance(v, float)}
 keep.update({k: round(v['edges_per_s'], 2) for k, v in r.items() if isinstance(v, dict) and 'edges_per_s' in v})
-print(sys.argv[2], sys.argv[3], sys.argv[4], keep)" "$line" "$rep" "$what" "$side"
+print(sys.argv[1], sys.argv[2], sys.argv[3], keep)" "$rep" "$what" "$side"
     done
   done
 done
