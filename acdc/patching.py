@@ -170,7 +170,10 @@ class Patcher:
         cache_bytes: budget for cached destination inputs (speed only, never results).
         mean_weights: with ``ablation="mean"``, a [batch, batch] row-stochastic matrix: prompt i's
             ablation value is sum_j W[i, j] * (corrupt run j), e.g. the mean over a reference
-            subset, or over the prompts of its own template. Default: the mean over the batch.
+            subset, or over the prompts of its own template; or a [batch * pos, batch * pos] one over
+            tokens (prompt-major): token (i, t)'s value is sum over tokens (j, u) of W[(i, t), (j, u)] times
+            the corrupt run at (j, u), e.g. the mean over the tokens of the same role in every prompt
+            (`acdc.api.faithfulness.mean_weights_for(task, "role")`). Default: the mean over the batch.
         positions: which position each token belongs to (`acdc.Positions`), needed with a
             positional graph (default: the task's); its names must be the graph's.
         transcoders: with a feature graph, the `acdc.TranscoderSet` that computes its features (the
@@ -261,11 +264,11 @@ class Patcher:
         if self.ablation == "resample":
             self.abl: Tensor | None = corrupt_run.sources
             self._base_pre, self._base_mid = corrupt_run.resid_pre, corrupt_run.resid_mid
-        elif self.ablation == "mean" and mean_weights is not None:  # each prompt its own weighted mean
-            W = _check_weights(mean_weights, B).to(device=tf.device, dtype=tf.dtype)
-            self.abl = torch.einsum("ij,nj...->ni...", W, corrupt_run.sources)
-            self._base_pre = torch.einsum("ij,nj...->ni...", W, corrupt_run.resid_pre)
-            self._base_mid = torch.einsum("ij,nj...->ni...", W, corrupt_run.resid_mid)
+        elif self.ablation == "mean" and mean_weights is not None:  # each prompt (or token) its own weighted mean
+            W = _check_weights(mean_weights, B, S).to(device=tf.device, dtype=tf.dtype)
+            self.abl = _weighted(W, corrupt_run.sources, 1)
+            self._base_pre = _weighted(W, corrupt_run.resid_pre, 1)
+            self._base_mid = _weighted(W, corrupt_run.resid_mid, 1)
         elif self.ablation == "mean":
             self.abl = corrupt_run.sources.mean(1, keepdim=True)
             self._base_pre = corrupt_run.resid_pre.mean(1, keepdim=True)
@@ -311,7 +314,7 @@ class Patcher:
             if self.ablation == "resample":
                 return t
             if mean_weights is not None:
-                return torch.einsum("ij,j...->i...", _check_weights(mean_weights, t.shape[0]).to(t), t)
+                return _weighted(_check_weights(mean_weights, t.shape[0], t.shape[1]).to(t), t, 0)
             return t.mean(0, keepdim=True)
 
         zero = self.clean.sources.new_zeros(1, 1, tf.arch.d_model)
@@ -384,7 +387,7 @@ class Patcher:
             acts = units.activations(tf, layer, corrupt.resid_mid[layer])  # [B, S, n]
             if self.ablation == "mean":
                 acts = (acts.mean(0, keepdim=True) if mean_weights is None else
-                        torch.einsum("ij,j...->i...", _check_weights(mean_weights, acts.shape[0]).to(acts), acts))
+                        _weighted(_check_weights(mean_weights, acts.shape[0], acts.shape[1]).to(acts), acts, 0))
             abl_units[layer] = None if self.ablation == "zero" else acts.movedim(-1, 0)  # [n, B|1, S]
         self._abl_units = abl_units
         return ForwardCache(self._dense_layout(corrupt), corrupt.resid_pre, corrupt.resid_mid, corrupt.logits)
@@ -744,9 +747,22 @@ class Patcher:
     # ------------------------------------------------------------------ commit
 
 
-def _check_weights(w: Tensor, batch: int) -> Tensor:
-    """A [batch, batch] matrix of non-negative weights whose rows sum to 1; a one-line error otherwise."""
+def _check_weights(w: Tensor, batch: int, pos: int) -> Tensor:
+    """A [batch, batch] (over prompts) or [batch * pos, batch * pos] (over tokens) matrix of non-negative weights
+    whose rows sum to 1; a one-line error otherwise."""
     w = torch.as_tensor(w, dtype=torch.float64)
-    if w.shape != (batch, batch) or bool((w < 0).any()) or not torch.allclose(w.sum(1), torch.ones(batch, dtype=w.dtype)):
-        raise ValueError(f"mean_weights must be a [{batch}, {batch}] matrix of non-negative weights whose rows sum to 1")
+    n = w.shape[0] if w.dim() == 2 else -1
+    if n not in (batch, batch * pos) or w.shape != (n, n) or bool((w < 0).any()) \
+            or not torch.allclose(w.sum(1), torch.ones(n, dtype=w.dtype)):
+        raise ValueError(f"mean_weights must be a [{batch}, {batch}] (prompts) or [{batch * pos}, {batch * pos}] (tokens) "
+                         "matrix of non-negative weights whose rows sum to 1")
     return w
+
+
+def _weighted(W: Tensor, x: Tensor, dim: int) -> Tensor:
+    """x [..., B, S, ...] (B at ``dim``) with its prompts mixed by W [B, B], or its tokens by W [B * S, B * S]."""
+    B, S = x.shape[dim], x.shape[dim + 1]
+    if W.shape[0] == B:
+        return torch.einsum("ij,...j->...i", W, x.movedim(dim, -1)).movedim(-1, dim)
+    flat = x.flatten(dim, dim + 1).movedim(dim, -1)  # [..., rest..., B * S]
+    return torch.einsum("ij,...j->...i", W, flat).movedim(-1, dim).unflatten(dim, (B, S))

@@ -257,3 +257,37 @@ def test_the_bootstrap_interval_over_prompts_by_hand():
     with pytest.raises(ValueError, match="level must lie in"):
         f.interval(level=1.0)
     assert "[95% over prompts 0.500, 1.000]" in repr(f)
+
+
+def test_mean_ablation_aligned_by_role_equals_the_hooked_computation(setup):
+    """mean_over="role": each token's ablation value is the corrupt run's mean over every prompt's tokens of the same
+    named position (up to each prompt's scored token), not over the same absolute position; by hand in the hooked
+    forward, per source and token. Prompts whose roles sit at different places make the two differ."""
+    from dataclasses import replace
+
+    from oracle import split_forward
+
+    from acdc.positions import Positions
+
+    model, task, g, circuit = setup
+    ends = [5, 5, 4, 5]
+    positions = Positions.named({"A": [1, 2, 1, 2], "B": [3, 4, 2, 4], "END": ends}, 4, 6)
+    task = replace(task, positions=positions, answer_pos=torch.tensor(ends))
+    f = acdc.faithfulness(model, task, circuit, ablation="mean", mean_over="role")
+    corrupt_out = split_forward(model, g, task.corrupt)[1]
+    role = positions.index
+    live = torch.arange(6)[None, :] <= torch.tensor(ends)[:, None]
+    abl = {}
+    for src, out in corrupt_out.items():  # [B, S, d]: each token's mean over the live tokens of its role
+        means = torch.stack([out[(role == r) & live].mean(0) for r in range(len(positions.names))])
+        abl[src] = means[role]
+    ablated = {e: torch.ones(task.clean.shape, dtype=torch.bool) for e in _names(g, ~circuit.in_graph)}
+    logits = split_forward(model, g, task.clean, ablated=ablated, abl=abl)[0]
+    rows = torch.arange(4)
+    want = logits[rows, torch.tensor(ends)]
+    want = (want[rows, CORRECT] - want[rows, INCORRECT]).double()
+    assert torch.allclose(f.per_prompt_circuit.double(), want, atol=1e-4)
+    by_index = acdc.faithfulness(model, task, circuit, ablation="mean")  # the batch mean at each absolute position
+    assert not torch.allclose(by_index.per_prompt_circuit.double(), want, atol=1e-3)
+    with pytest.raises(ValueError, match="mean_over='role' needs a task with named positions"):
+        acdc.faithfulness(model, replace(task, positions=None), circuit, ablation="mean", mean_over="role")

@@ -65,7 +65,7 @@ class FaithfulnessSetting:
     at: str = field(default="circuit", metadata={
         "help": "positional circuits: keep its edges only at its positions, or at every position", "choices": POSITION_MODES})
     mean_over: str | int = field(default="batch", metadata={
-        "help": "with mean ablation: the reference set averaged (batch, template, or a number of prompts)"})
+        "help": "with mean ablation: the reference set averaged (batch, template, role, or a number of prompts)"})
     ablation: str | None = field(default=None, metadata={"help": "default: the run's"})
     metric: MetricLike | None = field(default=None, metadata={"help": "default: the task's"})
 
@@ -115,7 +115,9 @@ def faithfulness(
             paper's) or "mean-of-ratios" (the mean of each prompt's ratio); both are reported.
         mean_over: with ``ablation="mean"``, the reference set averaged: "batch" (every corrupt
             prompt), "template" (the prompts of each prompt's own template, as the IOI paper;
-            needs ``task.template``), or an int k (k corrupt prompts drawn with ``seed``).
+            needs ``task.template``), "role" (each token the mean over every prompt's tokens of the same
+            named position, IO, S1, END, ...: prompts of different templates aligned by role, not by
+            absolute position; needs ``task.positions``), or an int k (k corrupt prompts drawn with ``seed``).
         at: for a positional circuit (edges at token positions), where its edges are kept:
             "circuit" (only at its positions; every other edge x position is ablated) or "all"
             (an edge kept at any position is kept at every position, as a plain circuit; only
@@ -397,6 +399,8 @@ def mean_weights_for(task: Any, mean_over: str | int, seed: int, ablation: str) 
     if ablation != "mean":
         raise ValueError(f"mean_over={mean_over!r} needs ablation='mean'")
     n = task.n_prompts
+    if mean_over == "role":
+        return role_weights(task)
     if mean_over == "template":
         if getattr(task, "template", None) is None:
             raise ValueError("mean_over='template' needs a task with template ids (e.g. acdc.tasks.ioi)")
@@ -407,7 +411,25 @@ def mean_weights_for(task: Any, mean_over: str | int, seed: int, ablation: str) 
         w = torch.zeros(n, n, dtype=torch.float64)
         w[:, pick] = 1.0 / mean_over
         return w
-    raise ValueError(f"mean_over must be 'batch', 'template' or a number of prompts in [1, {n}], got {mean_over!r}")
+    raise ValueError(f"mean_over must be 'batch', 'template', 'role' or a number of prompts in [1, {n}], got {mean_over!r}")
+
+
+def role_weights(task: Any) -> Tensor:
+    """[B * S, B * S] token weights of mean ablation aligned by role: token (i, t) of named position r takes the
+    mean of the corrupt run over every prompt's tokens of position r, those at or before each prompt's last scored
+    token (the padding after it reads nothing scored); prompt-major, as `Patcher`'s ``mean_weights`` takes them."""
+    positions = getattr(task, "positions", None)
+    if positions is None:
+        raise ValueError("mean_over='role' needs a task with named positions (task.positions, e.g. acdc.tasks.ioi)")
+    role = positions.index.reshape(-1)  # [B * S]
+    B, S = positions.index.shape
+    last = torch.as_tensor(task.answer_pos).reshape(B, -1).max(1).values.cpu()
+    live = (torch.arange(S)[None, :] <= last[:, None]).reshape(-1)
+    same = (role[:, None] == role[None, :]).double()
+    w = same * live[None, :].double()
+    empty = w.sum(1) == 0  # a role with no live token anywhere: its mean over every token of it
+    w[empty] = same[empty]
+    return w / w.sum(1, keepdim=True)
 
 
 def full_and_empty(patcher: Patcher, metric: Metric, batch: Batch) -> tuple[float, float]:
