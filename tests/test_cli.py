@@ -158,7 +158,8 @@ def test_faithfulness_command(discovered, tmp_path, capsys):
     assert main(["faithfulness", str(discovered / "circuit.json"), "--model", "zoo:ioi", "--grid",
                  "--reference-sizes", "4", "-o", str(out)]) == 0
     report = (out / "faithfulness_grid.md").read_text()
-    assert report.count("| edge |") + report.count("| node |") == 11
+    assert report.count("| edge |") + report.count("| node |") == 12  # the default 10, role-aligned mean, k = 4
+    assert "| edge | mean | role |" in report and "\nVerdict: " in report
     assert "Miller et al.'s findings here" in report and "- resample below mean ablation:" in report
 
 

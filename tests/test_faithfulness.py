@@ -291,3 +291,30 @@ def test_mean_ablation_aligned_by_role_equals_the_hooked_computation(setup):
     assert not torch.allclose(by_index.per_prompt_circuit.double(), want, atol=1e-3)
     with pytest.raises(ValueError, match="mean_over='role' needs a task with named positions"):
         acdc.faithfulness(model, replace(task, positions=None), circuit, ablation="mean", mean_over="role")
+
+
+def test_the_verdict_names_the_settings_a_circuit_fails_under(setup):
+    """|1 - normalized| <= within holds or fails per setting (overshooting fails as falling short does), edges pinned
+    by hand: 0.8 and 1.2 hold at 0.2, 0.79 and 1.21 do not, NaN does not; a task with named positions adds mean
+    ablation aligned by role to the default grid."""
+    from dataclasses import replace
+
+    from acdc.faithfulness_math import FaithfulnessGrid
+    from acdc.positions import Positions
+
+    def row(normalized: float, **settings) -> acdc.Faithfulness:  # m(M) = 1, m({}) = 0: normalized = m(C)
+        one = torch.ones(2)
+        return acdc.Faithfulness(1.0, normalized, 0.0, one, one * normalized, one * 0, {"level": "edge", **settings})
+
+    ok = FaithfulnessGrid((row(0.8), row(1.2, ablation="mean"), row(1.0, ablation="zero")))
+    assert ok.verdict(0.2) == "holds under all 3 settings (|1 - normalized| <= 0.2)"
+    bad = FaithfulnessGrid((row(1.0), row(0.79, ablation="mean"), row(1.21, ablation="zero"), row(float("nan"), level="node")))
+    assert bad.verdict(0.2) == ("fails under 3 of 4 settings (|1 - normalized| > 0.2): mean (0.790); zero (1.210); "
+                                "node (nan)")
+    with pytest.raises(ValueError, match="within must lie in"):
+        ok.verdict(1.5)
+    model, task, g, circuit = setup
+    named = replace(task, positions=Positions.named({"A": [1, 2, 1, 2], "END": [5, 5, 5, 5]}, 4, 6))
+    grid = acdc.faithfulness_grid(model, named, circuit, progress=False)
+    assert len(grid.rows) == len(acdc.api.DEFAULT_GRID) + 1 and grid.rows[-1].settings["mean_over"] == "role"
+    assert len(acdc.faithfulness_grid(model, task, circuit, progress=False).rows) == len(acdc.api.DEFAULT_GRID)

@@ -323,7 +323,8 @@ def faithfulness_grid(
 
     grid: settings, each a `FaithfulnessSetting` or a dict of its fields (level, ablation,
         direction, average, metric, mean_over, at); missing ones take their defaults. The default grid varies one axis at
-        a time from the usual setting (10 settings).
+        a time from the usual setting (10 settings; 11 with mean ablation aligned by role for a task with named
+        positions). `FaithfulnessGrid.verdict` says under which settings the circuit holds.
     reference_sizes: also mean ablation over k drawn prompts for each k here (faithfulness
         against the reference-set size).
     progress: a bar over the settings.
@@ -334,6 +335,8 @@ def faithfulness_grid(
     sweep_kw, inputs = take("faithfulness_grid", options, names_of(SweepOptions), names_of(Inputs))
     sweep = SweepOptions(**sweep_kw)
     settings = [x if isinstance(x, FaithfulnessSetting) else FaithfulnessSetting.from_dict(x) for x in grid]
+    if grid is DEFAULT_GRID and getattr(task, "positions", None) is not None:  # prompts aligned by role, where named
+        settings.append(FaithfulnessSetting(ablation="mean", mean_over="role"))
     settings += [FaithfulnessSetting(ablation="mean", mean_over=int(k)) for k in reference_sizes]
     runs = _FaithfulnessRuns(model, task, circuit, seed=seed, inputs=take("minimality", inputs, names_of(Inputs))[0])  # type: ignore[arg-type]  # type: ignore[arg-type]
     serial = resolve_executor(sweep.executor)[0] == "serial"

@@ -72,10 +72,12 @@ def _faithfulness(args: argparse.Namespace) -> int:
         from ..api import DEFAULT_GRID
 
         settings = [*DEFAULT_GRID, {"at": "all"}] if circuit.graph.positions is not None else list(DEFAULT_GRID)
+        if getattr(task, "positions", None) is not None:  # prompts aligned by role (as faithfulness_grid's default)
+            settings.append({"ablation": "mean", "mean_over": "role"})
         grid = faithfulness_grid(model, task, circuit, grid=settings, reference_sizes=args.reference_sizes,
                                  metric=args.metric, ablation=ablation, transcoders=s.transcoders, executor=args.executor, results=args.results,
                                  workers=args.workers)
-        text = grid.to_markdown()
+        text = grid.to_markdown() + f"\nVerdict: {grid.verdict()}\n"
         paths = [grid.to_csv(out / "faithfulness_grid.csv", overwrite=True)]
         try:
             paths.append(grid.plot(out / "faithfulness_grid.png"))
