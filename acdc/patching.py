@@ -61,6 +61,9 @@ class PatchState:
     vocab:     the vocabulary columns of the logits [k] (None: all of them; `Metric.narrow`).
     acts:      factored layer -> [n_units, batch, pos] its units' activations (neurons, features); with
                factored units ``out`` holds the dense sources only, in `Patcher.dense_slots` order.
+    x_full:    a post-norm family's (Gemma 2/3, OLMo-2) X of this circuit (`Patcher.forward`: each dense
+               source's output minus its ablation value), from which a candidate reruns only the layers at or
+               after its first changed one; None until the first propagate (other families: always None).
     """
 
     keep: Tensor
@@ -73,9 +76,7 @@ class PatchState:
     vocab: Tensor | None = None
     acts: dict[int, Tensor] = field(default_factory=dict)
     _shared: bool = True  # tensors still belong to the clean run (copied at the first commit)
-    # post-norm families (candidates run from scratch): X of this circuit (`Patcher.forward`), so a candidate
-    # recomputes only the layers at or after its first changed one; None until the first propagate
-    _x: Tensor | None = None
+    x_full: Tensor | None = None
     _read: tuple[list[bool], list[bool]] | None = None  # `rows_read` of keep, until keep changes
 
     def rows_read(self) -> tuple[list[bool], list[bool]]:
@@ -94,7 +95,7 @@ class PatchState:
         if bool((proposal.keep[k] & ~self.keep).any()):
             raise ValueError("a commit may only remove edges from the reference circuit")
         if proposal.xs:  # a from-scratch proposal: its X is the new circuit's
-            self._x = proposal.xs[k]
+            self.x_full = proposal.xs[k]
         if self._shared:  # copy-on-write: the first commit detaches the state from the clean run
             self.out, self.resid_pre, self.resid_mid = self.out.clone(), self.resid_pre.clone(), self.resid_mid.clone()
             self.acts = {layer: a.clone() for layer, a in self.acts.items()}
@@ -319,9 +320,10 @@ class Patcher:
 
         zero = self.clean.sources.new_zeros(1, 1, tf.arch.d_model)
         heads, lin = [], [zero if abl is None else ablated(corrupt.resid_pre[0])]  # lin[l]: input, MLPs 0..l-1
+        b_o = [tf.attn_bias(layer) for layer in range(L)]  # outside every head, inside each layer's norm
         for layer in range(L):
             slots = self.dense_slots(torch.arange(g.head_src(layer), g.head_src(layer) + H, device=tf.device))
-            heads.append(zero + tf.attn_bias(layer) + (0 if abl is None else abl[slots].sum(0)))
+            heads.append(zero + b_o[layer] + (0 if abl is None else abl[slots].sum(0)))
             if g.attn_only:
                 mlp = zero
             elif abl is None:  # zero ablation: what the MLP adds outside its nodes (a transcoder's b_dec)
@@ -691,18 +693,18 @@ class Patcher:
         logits from a patched run from scratch, exact; nothing incremental to commit but the kept edges and logits."""
         g = self.graph
         reusable = self._units is None  # X holds every source of a graph of whole MLPs
-        if reusable and st._x is None:
-            st._x = self.forward(st.keep)[1]
+        if reusable and st.x_full is None:
+            st.x_full = self.forward(st.keep)[1]
         rows, xs = [], []
         for k in range(keep.shape[0]):
             changed = (keep[k] != st.keep).reshape(keep.shape[1], -1).any(-1)
             if not bool(changed.any()):
                 rows.append(st.logits)
-                xs.append(st._x)
+                xs.append(st.x_full)
                 continue
             # the sources before the first changed destination's layer keep their outputs: reused, not recomputed
             start = int(g.dst_layer[changed.cpu()].min())
-            logits, x = self.forward(keep[k], reuse=None if st._x is None else (st._x, start))
+            logits, x = self.forward(keep[k], reuse=None if st.x_full is None else (st.x_full, start))
             rows.append(logits if st.vocab is None else logits.index_select(-1, st.vocab))
             xs.append(x if reusable else None)
         return Proposal(keep, torch.stack(rows), {}, {}, {}, [], xs=xs)
