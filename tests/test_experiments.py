@@ -123,7 +123,9 @@ def test_faithfulness_report_zoo(tmp_path):
 
     faithfulness_report.main(["--no-smollm2", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "faithfulness_report.json").read_text())
-    assert [r["name"] for r in data] == ["zoo-ioi"] and len(data[0]["grid"]) == 16
+    # the default 10 settings, mean ablation aligned by role (the zoo's IOI task names its positions), 6 reference sizes
+    assert [r["name"] for r in data] == ["zoo-ioi"] and len(data[0]["grid"]) == 17
+    assert [r["mean_over"] for r in data[0]["grid"]].count("role") == 1
     assert set(data[0]["checks"]) == {"resample below mean ablation", "mean of ratios above ratio of means",
                                       "rises with the reference-set size"}
     assert "Miller et al.'s findings here" in (tmp_path / "faithfulness_report.md").read_text()
