@@ -88,7 +88,9 @@ class FrozenRun:
             firsts = [layer_offset(layer, H) for layer in range(a.n_layers)]
             sums = torch.stack([run.sources[f : f + H, 0].sum(0) + tf.attn_bias(layer) for layer, f in enumerate(firsts)])
             post = _scale(tf, sums)
-        scale1, scale2 = (_scale(tf, pre[:-1]), _scale(tf, mid)) if a.pre_norms else (pre[:-1, :, :1] * 0 + 1, mid[..., :1] * 0 + 1)
+        # no norm before a sublayer (OLMo-2): a scale of 1
+        scale1, scale2 = (_scale(tf, pre[:-1]), _scale(tf, mid)) if a.pre_norms else \
+            (torch.ones_like(pre[:-1, :, :1]), torch.ones_like(mid[..., :1]))
         return cls(tf, tokens, pre, mid, patterns, scale1, scale2, _scale(tf, pre[-1]), mlp_out,
                    {k: v.to(device=tf.device, dtype=tf.dtype) for k, v in (skip or {}).items()}, post)
 

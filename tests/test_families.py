@@ -140,6 +140,24 @@ def test_eap_equals_gradient_formula(family):
         assert s[e.name] == pytest.approx(ref[e.name], abs=1e-4 * scale, rel=1e-3), (name, e.name)
 
 
+def _random_edge_sets_equal_the_oracle(p, twin, clean, corrupt, ablation: str, opts: dict) -> list:
+    """Nothing ablated is the clean run; for two random edge sets (30%, 70% ablated) the patched logits equal the
+    hooked forward with ``opts`` (`oracle.split_forward`'s), and ACDC's state agrees. Returns (mask, logits) of each."""
+    g = p.graph
+    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits, atol=1e-5)
+    out = []
+    for frac, seed in ((0.3, 0), (0.7, 1)):
+        mask = _random_mask(g, frac, seed)
+        ablated = {e.name for e, m in zip(g.edges, mask.tolist()) if m}
+        ref = patched_logits(twin, g, clean, corrupt, ablated, ablation, **opts)[:, -1]
+        got = p.logits(mask)
+        assert torch.allclose(got, ref, atol=1e-4), float((got - ref).abs().max())
+        keep = g.dense(~mask) & p.upstream
+        assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
+        out.append((mask, got))
+    return out
+
+
 @pytest.fixture(scope="module", params=["gemma2", "gemma3", "olmo2"])
 def gemma2(request):
     """Gemma 2, Gemma 3 (text) and OLMo-2, the families with a norm after each sublayer: (model, its multi-head
@@ -164,15 +182,7 @@ def test_gemma2_patched_logits_equal_the_hooked_forward_with_a_norm_per_destinat
     clean, corrupt = random_tokens(batch=3, pos=7)  # longer than the 4-token sliding window
     g = Graph.from_model(model, split_qkv=split_qkv)
     p = Patcher(model, clean, corrupt, graph=g, ablation=ablation)
-    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits, atol=1e-5)
-    for frac, seed in ((0.3, 0), (0.7, 1)):
-        mask = _random_mask(g, frac, seed)
-        ablated = {e.name for e, m in zip(g.edges, mask.tolist()) if m}
-        ref = patched_logits(twin, g, clean, corrupt, ablated, ablation, **opts)[:, -1]
-        got = p.logits(mask)
-        assert torch.allclose(got, ref, atol=1e-4), float((got - ref).abs().max())
-        keep = g.dense(~mask) & p.upstream
-        assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
+    _random_edge_sets_equal_the_oracle(p, twin, clean, corrupt, ablation, opts)
 
 
 @pytest.mark.parametrize("ablation", ["resample", "zero"])
@@ -225,15 +235,7 @@ def test_gemma2_feature_graph_equals_the_hooked_forward(gemma2, ablation):
     clean, corrupt = random_tokens(batch=3, pos=6)
     p = Patcher(model, clean, corrupt, graph=g, ablation=ablation, transcoders=ts)
     split = {**feature_split(twin, g, ts), **opts}
-    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), p.clean.logits, atol=1e-5)
-    for frac, seed in ((0.3, 0), (0.7, 1)):
-        mask = _random_mask(g, frac, seed)
-        ablated = {e.name for e, m in zip(g.edges, mask.tolist()) if m}
-        ref = patched_logits(twin, g, clean, corrupt, ablated, ablation, **split)[:, -1]
-        got = p.logits(mask)
-        assert torch.allclose(got, ref, atol=1e-4), float((got - ref).abs().max())
-        keep = g.dense(~mask) & p.upstream
-        assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
+    for mask, got in _random_edge_sets_equal_the_oracle(p, twin, clean, corrupt, ablation, split):
         weights = torch.zeros(g.state_shape)
         weights[g.edge_dst, g.edge_src] = (~mask).float()
         assert torch.allclose(mixed_logits(p, weights), got, atol=1e-4)  # Edge Pruning's mixed run at 0/1 weights
