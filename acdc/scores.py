@@ -63,15 +63,15 @@ class Scores:
             )
         return Circuit(self.graph, self.selected, self.values.clone(), list(self.trace), dict(self.settings))
 
-    def to_json(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Save as graph JSON (the format of `Circuit.to_json`: EAP-IG reads the scores; ``in_graph``
-        is the method's own selection, or no edge); `Scores.from_json` loads it back. An existing file is
-        refused unless ``overwrite``."""
+    def to_json(self, path: str | Path, *, overwrite: bool = False, every_edge: bool = False) -> Path:
+        """Save as graph JSON (the format of `Circuit.to_json`; ``in_graph`` is the method's own selection, or no
+        edge); `Scores.from_json` loads it back. Compact unless ``every_edge``, which writes every edge's score
+        where EAP-IG and MIB's evaluation read them. An existing file is refused unless ``overwrite``."""
         path = claim(path, overwrite)
         in_graph = self.selected if self.selected is not None else torch.zeros(self.graph.n_edges, dtype=torch.bool)
         extra = {"kind": "scores", "settings": self.settings, "metric_trace": [float(x) for x in self.trace],
                  "has_selection": self.selected is not None}
-        return write_json(graph_json(self.graph, in_graph, self.values, extra), path)
+        return write_json(graph_json(self.graph, in_graph, self.values, extra, every_edge=every_edge), path)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Scores:

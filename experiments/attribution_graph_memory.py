@@ -3,18 +3,18 @@ building it, pruning it, its two scores, writing circuit-tracer's file.
 
     python experiments/attribution_graph_memory.py [--transcoders DIR]
 
-Prints the process's peak resident memory after each step (GB; Linux's ru_maxrss) and its seconds.
+Prints the process's peak resident memory after each step (GB; its own VmHWM: `peak_memory`) and its seconds.
 Needs the transcoders of experiments/smollm2_transcoders.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
 
+from peak_memory import peak_kib
 from smollm2_common import load
 
 import acdc
@@ -22,7 +22,7 @@ from acdc.loading import cache_dir
 
 
 def peak_gb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
+    return round(peak_kib() / 1e6, 2)
 
 
 def main() -> None:

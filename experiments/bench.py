@@ -31,7 +31,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
+from peak_memory import peak_kib  # noqa: E402
+
 import acdc  # noqa: E402
 
 PEER_VENV = ROOT / "experiments" / ".venv-autocircuit"
@@ -56,7 +57,7 @@ SIZES = [50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 32491]
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return peak_kib() / 2**20
 
 
 # ---------------------------------------------------------------------- shared inputs

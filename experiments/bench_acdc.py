@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from peak_memory import peak_kib  # noqa: E402
 
 import acdc  # noqa: E402
 from acdc.api import make_batch  # noqa: E402
@@ -47,7 +49,7 @@ def gpt2_small_random(seed: int = 0):
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    return peak_kib() / 2**20
 
 
 def time_edges(patcher, metric, batch, layer: int, n_edges: int, narrow: bool = False) -> tuple[float, int]:

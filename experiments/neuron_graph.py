@@ -6,14 +6,13 @@
 GPT-2 small's shape with random weights (seed 0): 12 layers x 3,072 neurons = 36,864 neuron
 sources. Times the graph's construction, the Patcher's (clean and corrupt runs), and one
 `Patcher.logits` of a random edge set (each edge ablated with probability ``--fraction``), and
-reports the process's peak memory (ru_maxrss) after loading the model and at the end. Writes
+reports the process's peak memory (its own VmHWM: `peak_memory`) after loading the model and at the end. Writes
 experiments/results/neuron_graph.md and .json.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -23,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 from gpt2_shape import workload  # noqa: E402
+from peak_memory import peak_kib  # noqa: E402
 
 import acdc  # noqa: E402
 
 
 def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return peak_kib() / 2**20
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,10 +22,10 @@ of the edges.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
 
+from peak_memory import peak_kib
 from smollm2_common import ROOT, load, write
 
 import acdc
@@ -47,13 +47,13 @@ def main(argv: list[str] | None = None) -> None:
     model, _ = load(args.threads)
     task = acdc.tasks.ioi(model, args.n_prompts, seed=0, split="discovery")
     held_out = acdc.tasks.ioi(model, args.n_prompts, seed=1, split="held-out")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    base = peak_kib() / 1e6
     t0 = time.perf_counter()
     patcher, metric, batch = prepare(model, task, metric="logit_diff")
     scores = edge_pruning(patcher, metric, batch, progress=True, target=args.target, steps=args.steps, lr=args.lr,
                           lagrangian_lr=args.lagrangian_lr, warmup=args.warmup)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peak = peak_kib() / 1e6
     stem = f"smollm2_edge_pruning_t{args.target:g}_s{args.steps}"
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     scores.to_json(args.out / "runs" / f"{stem}.scores.json", overwrite=True)  # this script regenerates its results

@@ -20,10 +20,10 @@ smollm2_attribution_features.html (feature pages) and the pruned graphs in circu
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
 
+from peak_memory import peak_kib
 from smollm2_common import ROOT, load, write
 
 import acdc
@@ -33,7 +33,7 @@ from acdc.transcoders import feature_pages, feature_report, text_stream
 
 def rss_gb() -> float:
     """The process's peak resident memory so far, GB (Linux reports kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return peak_kib() / 1e6
 
 
 def top_features(g: acdc.AttributionGraph, k: int) -> list[tuple[str, float]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from typing import Any
 
 FLAGS = (
@@ -36,16 +37,20 @@ def missing() -> str | None:
 
 
 def chromium(width: int = 1500, height: int = 950) -> Any:
-    """A headless Chromium driven by Selenium, with a fresh profile and no background network traffic."""
+    """A headless Chromium driven by Selenium, with a fresh profile (removed when the driver is collected or the
+    interpreter exits) and no background network traffic."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     browser, driver = _paths()
     options = webdriver.ChromeOptions()
     options.binary_location = str(browser)
-    for flag in (*FLAGS, f"--window-size={width},{height}", f"--user-data-dir={tempfile.mkdtemp(prefix='acdc-chromium-')}"):
+    profile = tempfile.mkdtemp(prefix="acdc-chromium-")
+    for flag in (*FLAGS, f"--window-size={width},{height}", f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(str(driver)), options=options)
+    chrome = webdriver.Chrome(service=Service(str(driver)), options=options)
+    weakref.finalize(chrome, shutil.rmtree, profile, True)
+    return chrome
 
 
 _FREE_POINT = """

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import acdc
 from acdc.circuit import Circuit
@@ -74,6 +75,15 @@ def test_one_set_of_flags(tmp_path, capsys):
     top9 = Circuit.from_json(a / "circuit.json")
     assert scores.settings["method"] == "eap-ig-inputs" and top9.n_edges == 9
     assert top9.edges == scores.top(9).edges and "score vs zoo-ioi" in (a / "summary.txt").read_text()
+    assert len(json.loads((a / "circuit.json").read_text())["edges"]) == 9  # compact: the circuit's edges only
+    e = tmp_path / "e"
+    assert main(["attribute", "--model", "zoo:ioi", "--method", "eap-ig-inputs", "--top", "9", "-o", str(e),
+                 "--no-progress", "--every-edge"]) == 0
+    for name in ("scores.json", "circuit.json"):  # every edge with its score, as EAP-IG writes it
+        edges = json.loads((e / name).read_text())["edges"]
+        assert len(edges) == scores.graph.n_edges and all(v["score"] == scores[k] for k, v in edges.items())
+    again = acdc.Scores.from_json(e / "scores.json")  # a second run: the same values (its settings time it)
+    assert torch.equal(again.values, scores.values) and Circuit.from_json(e / "circuit.json").edges == top9.edges
     r = tmp_path / "r"
     assert main(["roc", "--model", "zoo:induction", "--n-thresholds", "4", "-o", str(r), "--no-progress"]) == 0
     data = json.loads((r / "roc.json").read_text())

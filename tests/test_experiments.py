@@ -129,3 +129,20 @@ def test_faithfulness_report_zoo(tmp_path):
     assert set(data[0]["checks"]) == {"resample below mean ablation", "mean of ratios above ratio of means",
                                       "rises with the reference-set size"}
     assert "Miller et al.'s findings here" in (tmp_path / "faithfulness_report.md").read_text()
+
+
+def test_peak_memory_is_the_scripts_own_not_its_parents():
+    """A script started from a big process (pytest, a sweep) reports its own peak: ru_maxrss would report the
+    parent's (Linux keeps it across fork and exec), which failed the 2 GB neuron-graph test inside the suite."""
+    import subprocess
+
+    from peak_memory import peak_kib
+
+    ballast = bytearray(600 * 2**20)
+    ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])  # touch every page: 600 MB resident here
+    assert peak_kib() > 600 * 1024
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from peak_memory import peak_kib; print(peak_kib())"
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1] / "experiments")],
+                         capture_output=True, text=True, check=True).stdout
+    assert int(out) < 100 * 1024, out  # a bare interpreter: tens of MB
+    del ballast

@@ -75,9 +75,18 @@ def found(gpt2_model):
     return acdc.discover(gpt2_model, clean, corrupt, threshold=0.02, progress=False)
 
 
+def eapig_load(d: dict) -> tuple[dict[str, float], dict[str, bool]]:
+    """The scores and in_graph EAP-IG's ``Graph.from_json`` ends with: its graph starts with every edge out of
+    the circuit at score 0 (``Graph.from_model``), then each listed edge is set."""
+    scores, in_graph = eapig_read(d)
+    names = eapig_edge_names(d["cfg"])
+    return {n: scores.get(n, 0.0) for n in names}, {n: in_graph.get(n, False) for n in names}
+
+
 def test_acdc_json_reads_in_eapig(found, tmp_path):
+    """Every-edge layout: every edge with its score, as EAP-IG writes it."""
     assert found.scores.isnan().any(), "ACDC leaves untested edges (dead destinations)"
-    text = found.to_json(tmp_path / "c.json").read_text()
+    text = found.to_json(tmp_path / "c.json", every_edge=True).read_text()
     assert "NaN" not in text and "null" not in text  # strict JSON, numbers only
     d = json.loads(text)
     assert d["cfg"]["d_model"] == 32 and d["edges"].keys() == eapig_edge_names(d["cfg"])
@@ -93,6 +102,40 @@ def test_acdc_json_reads_in_eapig(found, tmp_path):
     assert nodes == set(found.nodes)
 
 
+def test_compact_json_is_the_same_circuit_in_eapig_and_acdc(found, tmp_path):
+    """Compact layout (the default): the circuit's edges and nodes only, every score (NaN included) exactly in
+    ``acdc.scores``; EAP-IG loads the same circuit, acdc the same object."""
+    text = found.to_json(tmp_path / "c.json").read_text()
+    assert "NaN" not in text and "null" not in text
+    d = json.loads(text)
+    assert set(d["edges"]) == set(found.edges) and set(d["nodes"]) == set(found.nodes)
+    scores, in_graph = eapig_load(d)
+    for i, e in enumerate(found.graph.edges):
+        assert in_graph[e.name] == bool(found.in_graph[i]), e.name
+        if found.in_graph[i]:
+            assert scores[e.name] == float(found.scores[i])
+    back = Circuit.from_json(tmp_path / "c.json")
+    assert back == found and back.scores.isnan().sum() == found.scores.isnan().sum() > 0
+    # the file's scores must fit its graph
+    small = Graph(1, 1)
+    d["acdc"]["scores"] = Circuit(small, torch.zeros(small.n_edges, dtype=torch.bool), torch.zeros(small.n_edges)).to_dict()["acdc"]["scores"]
+    with pytest.raises(ValueError, match=f"the file's scores have {small.n_edges} entries but its graph has {found.graph.n_edges} edges"):
+        Circuit.from_dict(d)
+
+
+def test_compact_json_of_a_small_circuit_in_a_big_graph_is_small(tmp_path):
+    """Issue 41: a 100-edge circuit of SmolLM2-135M's graph (123,211 edges) was a 9 MB file; compact, its random
+    float64 scores (which zlib barely shrinks) take ~10.3 bytes an edge (base64 of 8)."""
+    g = Graph(30, 9, d_model=576, n_kv_heads=3)
+    gen = torch.Generator().manual_seed(0)
+    keep = torch.zeros(g.n_edges, dtype=torch.bool)
+    keep[torch.randperm(g.n_edges, generator=gen)[:100]] = True
+    c = Circuit(g, keep, torch.randn(g.n_edges, generator=gen, dtype=torch.float64))
+    compact = c.to_json(tmp_path / "c.json").stat().st_size
+    every = c.to_json(tmp_path / "e.json", every_edge=True).stat().st_size
+    assert compact < min(every / 6, 11 * g.n_edges) and Circuit.from_json(tmp_path / "c.json") == c == Circuit.from_json(tmp_path / "e.json")
+
+
 def test_eapig_json_reads_in_acdc(tmp_path):
     cfg = {"n_layers": 2, "n_heads": 3, "parallel_attn_mlp": False, "d_model": 16}
     names = sorted(eapig_edge_names(cfg))
@@ -105,9 +148,11 @@ def test_eapig_json_reads_in_acdc(tmp_path):
     assert c.graph.shape() == (2, 3, False, False) and c.graph.d_model == 16
     for name, v, k in zip(names, values, keep):
         assert c.edge_score(name) == pytest.approx(v) and (name in c) == k
-    # and back: what acdc writes, EAP-IG reads with the same values
-    scores, in_graph = eapig_read(c.to_dict())
+    # and back: what acdc writes, EAP-IG reads with the same values (every one; compact: the kept edges')
+    scores, in_graph = eapig_read(c.to_dict(every_edge=True))
     assert all(scores[n] == pytest.approx(v) and in_graph[n] == k for n, v, k in zip(names, values, keep))
+    scores, in_graph = eapig_load(c.to_dict())
+    assert all(in_graph[n] == k and (not k or scores[n] == pytest.approx(v)) for n, v, k in zip(names, values, keep))
 
 
 def test_older_format_still_loads():
@@ -131,7 +176,9 @@ def test_scores_save_and_load(tmp_path, gpt2_model):
     s = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-inputs", steps=2)
     back = Scores.from_json(s.to_json(tmp_path / "s.json"))
     assert back == s and back.selected is None and back.settings["method"] == "eap-ig-inputs"
-    eapig_read(json.loads((tmp_path / "s.json").read_text()))
+    assert Scores.from_json(s.to_json(tmp_path / "every.json", every_edge=True)) == s
+    scores, in_graph = eapig_read(json.loads((tmp_path / "every.json").read_text()))  # EAP-IG reads every score
+    assert scores == {e: s[e] for e in scores} and len(scores) == s.graph.n_edges and not any(in_graph.values())
     # ACDC's scores keep their selection and NaNs
     from acdc.algorithms import ALGORITHMS
     from acdc.api import prepare

@@ -165,6 +165,12 @@ def run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def every_edge_flag(p: argparse.ArgumentParser) -> None:
+    """--every-edge, for the commands that write a circuit or scores JSON."""
+    p.add_argument("--every-edge", action="store_true", help="write every edge's score in EAP-IG's per-edge layout "
+                   "(what EAP-IG's selection and MIB's evaluation read; ~70 bytes an edge) instead of the compact file")
+
+
 # ---------------------------------------------------------------------- commands
 def model_and_corpus(args: argparse.Namespace, seed: int) -> tuple[Any, Any, Any]:
     """The model, token stream and tokenizer of the transcoder commands."""
@@ -321,14 +327,15 @@ def feature_graph(model: Any, task: Any, where: str, which: str) -> tuple[Any, A
     return g, ts
 
 
-def finish(out: Path, circuit: Any, truth: Any, classes: Any, lines: list[str]) -> None:
-    """Score (if there is a truth), write circuit.json, the images and summary.txt, print the summary."""
+def finish(out: Path, circuit: Any, truth: Any, classes: Any, lines: list[str], *, every_edge: bool = False) -> None:
+    """Score (if there is a truth), write circuit.json (``every_edge``: EAP-IG's layout of every edge), the images
+    and summary.txt, print the summary."""
     from ..render import render, render_comparison
 
     if truth is not None:
         lines.append(f"score vs {getattr(truth, 'name', 'truth')}: {recovery_text(circuit, truth)}")
     out.mkdir(parents=True, exist_ok=True)
-    lines.append(f"wrote {circuit.to_json(out / 'circuit.json', overwrite=True)}")  # guard_outputs checked
+    lines.append(f"wrote {circuit.to_json(out / 'circuit.json', overwrite=True, every_edge=every_edge)}")  # guard_outputs checked
     for what, fn in (("circuit.png", lambda p: render(circuit, p, classes=classes)),
                      ("comparison.png", (lambda p: render_comparison(circuit, truth, p)) if truth is not None else None)):
         if fn is None:

@@ -13,6 +13,7 @@ from ..algorithms.eap import AttributionOptions
 from .common import (
     TASKS,
     CLIError,
+    every_edge_flag,
     finish,
     force_flag,
     hub_model,
@@ -34,6 +35,7 @@ def add_discover(sub: Any) -> None:
                        description="Find a circuit with ACDC and write circuit.json (EAP-IG/MIB format), "
                        "circuit.png and summary.txt to the output folder.")
     run_flags(d, default_out="out")
+    every_edge_flag(d)
     option_flags(d, ACDCOptions)
     d.add_argument("--positions", default=None, choices=("named", "tokens"),
                    help="edges at token positions: the task's named roles (IOI: IO, S1, S1+1, S2, END) or token indices")
@@ -48,6 +50,7 @@ def add_attribute(sub: Any) -> None:
                        description="Attribution patching: one score per edge (scores.json), and the circuit of the "
                        "--top edges (circuit.json, circuit.png).")
     run_flags(a, default_out="out")
+    every_edge_flag(a)
     option_flags(a, AttributionOptions, only=("method", "steps"), defaults={"method": "eap-ig-inputs"})
     a.add_argument("--top", type=positive, default=50, help="edges in the circuit written (largest |score|; default 50)")
     a.add_argument("--positions", default=None, choices=("named", "tokens"),
@@ -108,7 +111,7 @@ def _discover(args: argparse.Namespace) -> int:
                        positions=args.positions, graph=graph, transcoders=s.transcoders, checkpoint_if_long=args.out / "acdc.checkpoint.json",
                        **dataclasses.asdict(options))
     lines = [circuit.summary(max_edges=40), f"ACDC took {time.perf_counter() - t0:.1f} s"]
-    finish(args.out, circuit, truth, classes, lines)
+    finish(args.out, circuit, truth, classes, lines, every_edge=args.every_edge)
     return 0
 
 
@@ -124,8 +127,8 @@ def _attribute(args: argparse.Namespace) -> int:
                        progress=not args.no_progress, positions=args.positions, graph=graph, transcoders=s.transcoders)
     circuit = scores.top(min(args.top, scores.graph.n_edges))
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [repr(scores), f"wrote {scores.to_json(args.out / 'scores.json', overwrite=True)}", circuit.summary(max_edges=40)]
-    finish(args.out, circuit, truth, classes, lines)
+    lines = [repr(scores), f"wrote {scores.to_json(args.out / 'scores.json', overwrite=True, every_edge=args.every_edge)}", circuit.summary(max_edges=40)]
+    finish(args.out, circuit, truth, classes, lines, every_edge=args.every_edge)
     return 0
 
 
