@@ -20,10 +20,10 @@ from acdc.transcoders import text_stream, train_transcoders
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: list[tuple[str, dict[str, object]]] = [
-    ("init random, lr 1e-3 (the first SmolLM2 run)", {"lr": 1e-3}),
-    ("init random, lr 1e-3, dead after 5k tokens (AuxK sooner)", {"lr": 1e-3, "dead_tokens": 5000}),
-    ("init random, lr 1e-2", {"lr": 1e-2}),
-    ("init random, lr 3e-3, minibatches of 254 tokens", {"lr": 3e-3, "batch_tokens": 254}),
+    ("init random, lr 1e-3 (the first SmolLM2 run)", {"lr": 1e-3, "init": "random"}),
+    ("init random, lr 1e-3, dead after 5k tokens (AuxK sooner)", {"lr": 1e-3, "init": "random", "dead_tokens": 5000}),
+    ("init random, lr 1e-2", {"lr": 1e-2, "init": "random"}),
+    ("init random, lr 3e-3, minibatches of 254 tokens", {"lr": 3e-3, "init": "random", "batch_tokens": 254}),
     ("init data, lr 3e-3", {"lr": 3e-3, "init": "data"}),
     ("init data, lr 1e-2", {"lr": 1e-2, "init": "data"}),
     ("init data, lr 3e-3, skip path", {"lr": 3e-3, "init": "data", "skip": True}),

@@ -65,8 +65,8 @@ def test_training_recovers_the_planted_features(planted, activation, tokens, ini
 
 
 def test_an_untrained_transcoder_recovers_nothing(planted):
-    """The recovery measure can fail: the initialisation alone is far from the planted directions."""
-    ts = train_transcoders(planted.model, _stream(planted), layers=[0], progress=False, n_features=32, k=4, tokens=256,
+    """The recovery measure can fail: a random initialisation alone is far from the planted directions."""
+    ts = train_transcoders(planted.model, _stream(planted), layers=[0], progress=False, n_features=32, k=4, tokens=256, init="random",
                            batch_tokens=256, sequences=16, buffer=1)
     assert float((recovered(planted, ts[0]) >= 0.9).float().mean()) < 0.1
 
@@ -160,10 +160,11 @@ def test_resume_ends_where_an_uninterrupted_run_ends(planted, tmp_path, monkeypa
 
 def test_a_checkpoint_older_than_an_option_resumes_with_its_old_behaviour(planted, tmp_path):
     """A checkpoint written before ``massive`` and ``init`` existed resumes with massive=None, init="random"
-    (what it did then), and is refused, naming the option, with the new default."""
+    (what it did then), and is refused, naming the option, with the new defaults (massive=100, init="data")."""
     import json
 
-    kw = dict(layers=[0], progress=False, n_features=16, k=3, tokens=3000, batch_tokens=500, sequences=10, buffer=2, massive=None)
+    kw = dict(layers=[0], progress=False, n_features=16, k=3, tokens=3000, batch_tokens=500, sequences=10, buffer=2, massive=None,
+              init="random")
     ckpt = tmp_path / "old"
     first = train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **kw)
     state = json.loads((ckpt / "state.json").read_text())
@@ -173,6 +174,8 @@ def test_a_checkpoint_older_than_an_option_resumes_with_its_old_behaviour(plante
     assert torch.equal(again[0].W_enc, first[0].W_enc) and again.info["tokens"] == 3000
     with pytest.raises(ValueError, match=r"other settings \(massive\)"):
         train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **{**kw, "massive": 100.0})
+    with pytest.raises(ValueError, match=r"other settings \(init\)"):
+        train_transcoders(planted.model, _stream(planted), checkpoint=ckpt, **{k: v for k, v in kw.items() if k != "init"})
 
 
 def _random_set(tf: Transformer, activation: str = "topk", skip: bool = False, seed: int = 0) -> TranscoderSet:
