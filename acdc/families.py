@@ -10,7 +10,10 @@ plus a tiny random config in ``tests/test_families.py`` (where an oracle checks 
 - ``embed_scale``: the embedding is multiplied by ``sqrt(d_model)`` (Gemma).
 - ``unsupported``: why the engine cannot model the family exactly (one line for the user).
 - ``norm_topk_prob``: a mixture of experts renormalises its chosen experts' probabilities (Mixtral always;
-  None: as the model's config says, Qwen3-MoE's and OLMoE's ``norm_topk_prob``).
+  GPT-OSS, whose softmax over the chosen experts' logits is the same; None: as the model's config says,
+  Qwen3-MoE's and OLMoE's ``norm_topk_prob``).
+- ``gate_up_interleaved``: an expert's fused gate/up projection alternates gate and up columns (GPT-OSS)
+  rather than stacking the gate half on the up half.
 
 Grouped-query attention (Llama, Mistral, SmolLM, Qwen2, Gemma): the graph keeps one q, one k and
 one v input per *query* head (``a3.h5<k>``, the naming of EAP-IG and MIB), so an edge into
@@ -37,6 +40,7 @@ class Family:
     embed_scale: bool = False
     unsupported: str = ""
     norm_topk_prob: bool | None = None  # a mixture of experts' chosen probabilities renormalised (None: as its config says)
+    gate_up_interleaved: bool = False  # an expert's gate and up columns alternate (GPT-OSS)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -50,6 +54,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("olmoe", ("OlmoeForCausalLM",)),  # a QK norm over the whole projection; a mixture-of-experts MLP
     Family("mixtral", ("MixtralForCausalLM",), norm_topk_prob=True),  # Mistral with a mixture of experts (always renormalised)
     Family("qwen3_moe", ("Qwen3MoeForCausalLM",)),  # QK norm per head; a mixture-of-experts MLP (one MLP node)
+    # GPT-OSS: attention sinks (a learned logit per head beside the keys), biases on q/k/v/o, sliding-window layers,
+    # YaRN rotary; a mixture of experts with a router bias, biased experts and a clamped SwiGLU (one MLP node)
+    Family("gpt_oss", ("GptOssForCausalLM",), norm_topk_prob=True, gate_up_interleaved=True),
     Family("gemma", ("GemmaForCausalLM",), norm_offset=1.0, embed_scale=True),
     # Gemma 2: a norm after the attention and after the MLP (Architecture.post_norms: a destination reads each
     # upstream layer's norm of its own mix of that layer's heads, MIB's rule), soft caps, sliding-window layers

@@ -78,7 +78,8 @@ class FrozenRun:
         pre, mid = run.resid_pre[:, 0], run.resid_mid[:, 0]
         heads = torch.arange(a.n_heads, device=tf.device)
         patterns = torch.stack([
-            tf.pattern(layer, tf.project(layer, heads, pre[layer][None], "Q"), tf.project(layer, heads, pre[layer][None], "K"))[:, 0]
+            tf.pattern(layer, tf.project(layer, heads, pre[layer][None], "Q"), tf.project(layer, heads, pre[layer][None], "K"),
+                       heads=heads)[:, 0]
             for layer in range(a.n_layers)
         ])
         mlp_out = torch.stack([tf.mlp(layer, mid[layer]) for layer in range(a.n_layers)])

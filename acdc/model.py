@@ -84,6 +84,9 @@ class Architecture:
     n_experts: int = 0  # a mixture-of-experts MLP (0: a dense one); d_mlp is then each expert's width
     experts_per_token: int = 0
     norm_topk_prob: bool = False  # the chosen experts' router probabilities renormalised to sum to 1
+    swiglu_limit: float = 0.0  # GPT-OSS's experts: gate <= limit, |up| <= limit, (up + 1) * gate * sigmoid(alpha gate); 0: act(gate) * up
+    swiglu_alpha: float = 0.0
+    attn_sinks: bool = False  # GPT-OSS: a learned logit per head joins each query's softmax (and takes its share)
     post_norms: bool = False  # Gemma 2/3: an RMSNorm after the attention and after the MLP, before the residual add
     attn_scale: float = 0.0  # the attention scores' factor (0: 1 / sqrt(d_head)); Gemma 2's query_pre_attn_scalar ** -0.5
     attn_softcap: float = 0.0  # scores -> cap * tanh(scores / cap) before the mask (Gemma 2); 0: none
@@ -258,6 +261,8 @@ class Transformer:
         qk_all = isinstance(q_norm_w, Tensor) and q_norm_w.numel() == cfg.n_heads * cfg.d_head != cfg.d_head
         pre_norms = not len(bridge.blocks) or getattr(bridge.blocks[0], "ln1", None) is not None
         experts = _experts_of(hf, int(getattr(cfg, "num_experts", 0) or 0), str(arch_name))
+        hf_layers = getattr(hf.get_decoder(), "layers", None) if hf is not None and hasattr(hf, "get_decoder") else None
+        sinks = [layer.self_attn.sinks for layer in hf_layers or () if isinstance(getattr(getattr(layer, "self_attn", None), "sinks", None), Tensor)]
         post_norms = len(bridge.blocks) > 0 and getattr(bridge.blocks[0], "ln1_post", None) is not None  # Gemma 2/3
         if q_norm is not None and getattr(cfg, "qk_norm_after_rope", False):
             raise NotImplementedError(f"acdc's engine does not support a QK norm after the rotary embedding ({arch_name})")
@@ -266,7 +271,7 @@ class Transformer:
             n_heads=cfg.n_heads,
             d_model=cfg.d_model,
             d_head=cfg.d_head,
-            d_mlp=cfg.d_mlp if not experts else int(experts[0].down_proj.shape[-1]),
+            d_mlp=cfg.d_mlp if not experts else _expert_width(experts[0]),
             d_vocab=cfg.d_vocab_out,
             parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
             position_embedding=cfg.positional_embedding_type,
@@ -287,6 +292,9 @@ class Transformer:
             n_experts=len(experts[0].down_proj) if experts else 0,
             experts_per_token=int(getattr(cfg, "experts_per_token", 0) or 0),
             norm_topk_prob=bool(getattr(hf_cfg, "norm_topk_prob", False)) if fam.norm_topk_prob is None else fam.norm_topk_prob,
+            swiglu_limit=float(getattr(experts[0], "limit", 0.0) or 0.0) if experts else 0.0,
+            swiglu_alpha=float(getattr(experts[0], "alpha", 0.0) or 0.0) if experts else 0.0,
+            attn_sinks=bool(sinks),
             post_norms=post_norms,
             attn_scale=float(getattr(hf_cfg, "query_pre_attn_scalar", None) or cfg.d_head) ** -0.5,
             attn_softcap=float(getattr(hf_cfg, "attn_logit_softcapping", None) or 0.0),
@@ -296,10 +304,11 @@ class Transformer:
         w = _read_weights(bridge, arch, norm_offset=fam.norm_offset)
         if experts:  # the router [E, d] and the experts' stacked projections: [E, 2 d_mlp, d] (gate; up), [E, d, d_mlp]
             assert hf is not None  # `_experts_of` found them in it
-            routers = [layer.mlp.gate for layer in hf.get_decoder().layers]
-            w["W_router"] = [r.weight.detach() for r in routers]
-            w["W_gate_up"] = [e.gate_up_proj.detach() for e in experts]
-            w["W_down"] = [e.down_proj.detach() for e in experts]
+            w.update(_expert_weights(hf, experts, fam.gate_up_interleaved))
+        if sinks:  # [n_heads] per layer
+            if len(sinks) != arch.n_layers:
+                raise NotImplementedError(f"attention sinks in {len(sinks)} of {arch.n_layers} layers ({arch_name})")
+            w["sinks"] = [t.detach() for t in sinks]
         inv_freq = getattr(rotary_emb, "inv_freq", None)
         if arch.position_embedding == "rotary":  # Hugging Face's own frequencies carry its rope scalings
             w["inv_freq"] = (
@@ -475,7 +484,7 @@ class Transformer:
         self, layer: int, heads: Tensor, qm: Tensor, km: Tensor, vm: Tensor, q_pos: Tensor | None = None
     ) -> Tensor:
         """Attention from projected queries, keys, values [h, n, p|pos, d_head] -> [h, n, p, d_model]."""
-        return self.mix(layer, heads, self.pattern(layer, qm, km, q_pos), vm)
+        return self.mix(layer, heads, self.pattern(layer, qm, km, q_pos, heads), vm)
 
     def mix(self, layer: int, heads: Tensor, pattern: Tensor, vm: Tensor) -> Tensor:
         """Heads' outputs from their pattern [h, n, p, pos] and projected values [h, n, pos, d_head] -> [h, n, p, d_model]."""
@@ -484,10 +493,11 @@ class Transformer:
         out = torch.bmm(z.reshape(h, n * p, dh), self.w["W_O"][layer][heads])
         return out.view(h, n, p, self.arch.d_model)
 
-    def pattern(self, layer: int, qm: Tensor, km: Tensor, q_pos: Tensor | None = None) -> Tensor:
-        """Attention probabilities [h, n, p, pos] of ``layer``'s heads from projected queries and keys [h, n, p|pos,
-        d_head]: rotary, scaled scores (soft-capped where the family caps them), causal (and, in a sliding-window
-        layer, only the window's last keys)."""
+    def pattern(self, layer: int, qm: Tensor, km: Tensor, q_pos: Tensor | None = None, heads: Tensor | None = None) -> Tensor:
+        """Attention probabilities [h, n, p, pos] of ``layer``'s heads ``heads`` [h] (None: every head, in order) from
+        projected queries and keys [h, n, p|pos, d_head]: rotary, scaled scores (soft-capped where the family caps
+        them), causal (and, in a sliding-window layer, only the window's last keys); with attention sinks (GPT-OSS)
+        each head's sink logit joins the softmax and its share is dropped, so a row sums to less than 1."""
         a = self.arch
         n_pos = km.shape[-2]
         key_pos = torch.arange(n_pos, device=km.device)
@@ -503,7 +513,12 @@ class Transformer:
         window = a.windows[layer] if a.windows else 0
         if window:
             allowed = allowed & (key_pos > q_pos[..., None] - window)
-        return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min).softmax(-1)
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        if not a.attn_sinks:
+            return scores.softmax(-1)
+        sink = self.w["sinks"][layer] if heads is None else self.w["sinks"][layer][heads]  # [h]
+        sink = sink.to(scores.dtype).view(-1, 1, 1, 1).expand(*scores.shape[:-1], 1)
+        return torch.cat([scores, sink], -1).softmax(-1)[..., :-1]
 
     @torch.no_grad()
     def attention_patterns(self, tokens: Tensor) -> Tensor:
@@ -511,7 +526,8 @@ class Transformer:
         resid_pre = self.run(tokens).resid_pre
         heads = torch.arange(self.arch.n_heads, device=self.device)
         return torch.stack([
-            self.pattern(layer, self.project(layer, heads, resid_pre[layer], "Q"), self.project(layer, heads, resid_pre[layer], "K"))
+            self.pattern(layer, self.project(layer, heads, resid_pre[layer], "Q"), self.project(layer, heads, resid_pre[layer], "K"),
+                         heads=heads)
             for layer in range(self.arch.n_layers)
         ])
 
@@ -642,12 +658,13 @@ class Transformer:
         return self._hidden(layer, ln)
 
     def _experts(self, layer: int, ln: Tensor) -> Tensor:
-        """A mixture-of-experts MLP on ln [..., d_model]: the router's softmax over experts (in float32), its
-        top ``experts_per_token`` (renormalised with ``norm_topk_prob``), each chosen expert's gated MLP
-        weighted by its probability and summed (Qwen3-MoE, OLMoE). Differentiable in ln as the model is."""
+        """A mixture-of-experts MLP on ln [..., d_model]: the router's softmax over experts (in float32; its bias
+        where it has one), its top ``experts_per_token`` (renormalised with ``norm_topk_prob``), each chosen
+        expert's gated MLP (biases where it has them; GPT-OSS's clamped SwiGLU) weighted by its probability and
+        summed (Qwen3-MoE, OLMoE, Mixtral, GPT-OSS). Differentiable in ln as the model is."""
         a, w = self.arch, self.w
         flat = ln.reshape(-1, ln.shape[-1])
-        probs = (flat @ w["W_router"][layer].T).softmax(-1, dtype=torch.float32)  # [T, E]
+        probs = torch.addmm(w["b_router"][layer], flat, w["W_router"][layer].T).softmax(-1, dtype=torch.float32)  # [T, E]
         top, idx = probs.topk(a.experts_per_token, dim=-1)
         if a.norm_topk_prob:
             top = top / top.sum(-1, keepdim=True)
@@ -657,8 +674,13 @@ class Transformer:
             tok, slot = torch.where(idx == e)
             if tok.numel() == 0:
                 continue
-            gate, up = (flat[tok] @ w["W_gate_up"][layer][e].T).chunk(2, dim=-1)
-            y = (self.act(gate) * up) @ w["W_down"][layer][e].T
+            gate, up = torch.addmm(w["b_gate_up"][layer][e], flat[tok], w["W_gate_up"][layer][e].T).chunk(2, dim=-1)
+            if a.swiglu_limit:  # GPT-OSS's clamped SwiGLU
+                gate, up = gate.clamp(max=a.swiglu_limit), up.clamp(-a.swiglu_limit, a.swiglu_limit)
+                hidden = (up + 1) * gate * torch.sigmoid(gate * a.swiglu_alpha)
+            else:
+                hidden = self.act(gate) * up
+            y = torch.addmm(w["b_down"][layer][e], hidden, w["W_down"][layer][e].T)
             out = out.index_add(0, tok, y * top[tok, slot, None])
         return out.view(*ln.shape)
 
@@ -959,6 +981,41 @@ def _experts_of(hf: Any, n_experts: int, arch_name: str) -> list[Any]:
         raise NotImplementedError(f"acdc reads experts stored as stacked gate_up_proj / down_proj tensors (transformers 5); "
                                   f"{arch_name} keeps them otherwise here") from None
     return experts
+
+
+def _expert_width(experts: Any) -> int:
+    """Each expert's hidden width m: ``down_proj`` is [E, d, m], or [E, m, d] where the module stores its
+    projections transposed (``is_transposed``, GPT-OSS)."""
+    return int(experts.down_proj.shape[1] if getattr(experts, "is_transposed", False) else experts.down_proj.shape[-1])
+
+
+def _expert_weights(hf: Any, experts: list[Any], interleaved: bool) -> dict[str, list[Tensor]]:
+    """The router and experts of every layer in one layout: ``W_router`` [E, d], ``b_router`` [E], ``W_gate_up``
+    [E, 2 m, d] (the gate rows, then the up rows), ``b_gate_up`` [E, 2 m], ``W_down`` [E, d, m], ``b_down`` [E, d]
+    (zeros where the model has no such bias). Transposed storage (GPT-OSS: [E, d, 2 m] and [E, m, d]) and
+    alternating gate/up columns (``interleaved``) are rearranged once here."""
+    out: dict[str, list[Tensor]] = {k: [] for k in ("W_router", "b_router", "W_gate_up", "b_gate_up", "W_down", "b_down")}
+    for layer, e in zip(hf.get_decoder().layers, experts, strict=True):
+        router = getattr(layer.mlp, "gate", None) or layer.mlp.router
+        W = router.weight.detach()
+        bias = getattr(router, "bias", None)
+        out["W_router"].append(W)
+        out["b_router"].append(bias.detach() if isinstance(bias, Tensor) else torch.zeros(W.shape[0], dtype=W.dtype, device=W.device))
+        gu, down = e.gate_up_proj.detach(), e.down_proj.detach()
+        if getattr(e, "is_transposed", False):
+            gu, down = gu.transpose(1, 2), down.transpose(1, 2)
+        n_e, two_m, d = gu.shape
+        b_gu = getattr(e, "gate_up_proj_bias", None)
+        b_gu = b_gu.detach() if isinstance(b_gu, Tensor) else torch.zeros(n_e, two_m, dtype=gu.dtype, device=gu.device)
+        if interleaved:  # columns g0 u0 g1 u1 ... -> g0 g1 ... u0 u1 ...
+            order = torch.cat([torch.arange(0, two_m, 2), torch.arange(1, two_m, 2)]).to(gu.device)
+            gu, b_gu = gu[:, order], b_gu[:, order]
+        b_down = getattr(e, "down_proj_bias", None)
+        out["W_gate_up"].append(gu.contiguous())
+        out["b_gate_up"].append(b_gu)
+        out["W_down"].append(down.contiguous())
+        out["b_down"].append(b_down.detach() if isinstance(b_down, Tensor) else torch.zeros(n_e, d, dtype=gu.dtype, device=gu.device))
+    return out
 
 
 def _weights_key(bridge: Any) -> tuple[Any, ...]:

@@ -171,7 +171,7 @@ class HeadSite(Site):
              cache: dict[str, Tensor], transcoders: Mapping[int, Transcoder]) -> Reading:
         layer, heads = node.layer, torch.tensor([node.head], device=tf.device)
         ln = tf.ln(before, "ln1", layer)  # normed once for the three projections
-        p = tf.pattern(layer, tf.project_normed(layer, heads, ln, "Q"), tf.project_normed(layer, heads, ln, "K"))  # [1, b, q, k]
+        p = tf.pattern(layer, tf.project_normed(layer, heads, ln, "Q"), tf.project_normed(layer, heads, ln, "K"), heads=heads)  # [1, b, q, k]
         vm = tf.project_normed(layer, heads, ln, "V")  # [1, b, k, dh]
         out = tf.mix(layer, heads, p, vm)[0]  # [b, q, d]: the head's output, before b_O
         write = (vm[0] @ tf.head_weights(layer, "O")[0][node.head]).norm(dim=-1)  # [b, k]

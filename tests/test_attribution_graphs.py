@@ -243,7 +243,7 @@ def test_files_load_back(chain, tmp_path):
     assert f"0_{k}_1" in ids and f"1_{k}_2" in ids and any(n["feature_type"] == "logit" and n["is_target_logit"] for n in doc["nodes"])
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "phi3", "qwen3-moe", "gemma2", "gemma3", "olmo2", "olmoe"])
+@pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "phi3", "qwen3-moe", "gemma2", "gemma3", "olmo2", "olmoe", "gpt-oss"])
 def test_rms_models_backward_is_the_frozen_forwards_transpose(family):
     """RMSNorm families (grouped-query attention, Gemma's scaled embedding): every edge equals the change
     of its target in `FrozenRun.forward` (the frozen model run forward) when the source's vector is taken out."""

@@ -187,7 +187,7 @@ def test_attention_split_and_ablations_equal_the_hooked_forward(ioi):
     _check_attention(entry.model, entry.model, t.clean, t.corrupt, "a1.h0", 5, q, 1, ablation="mean")
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "phi3", "qwen3-moe", "gemma2", "gemma3", "olmo2", "olmoe"])
+@pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "phi3", "qwen3-moe", "gemma2", "gemma3", "olmo2", "olmoe", "gpt-oss"])
 def test_attention_split_on_rotary_rms_models(family):
     """RMSNorm, rotary positions, grouped key/value heads: the split still sums to the hooked score."""
     from conftest import random_tokens

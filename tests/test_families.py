@@ -37,6 +37,10 @@ def _tiny(family: str, n_kv: int, seed: int = 0):
         "mixtral": (tr.MixtralConfig, tr.MixtralForCausalLM, {"num_local_experts": 4, "num_experts_per_tok": 2}),
         "qwen3-moe": (tr.Qwen3MoeConfig, tr.Qwen3MoeForCausalLM, {  # 4 experts, 2 per token, as one MLP node
             "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "norm_topk_prob": True}),
+        "gpt-oss": (tr.GptOssConfig, tr.GptOssForCausalLM, {  # sinks, biases, a 4-token window, YaRN; clamped experts
+            "head_dim": 8, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 4, "swiglu_limit": 0.5,
+            "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                                "original_max_position_embeddings": 8, "rope_theta": 150000.0}}),
         "llama3-rope": (tr.LlamaConfig, tr.LlamaForCausalLM, {"rope_scaling": {
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8}}),
@@ -80,7 +84,7 @@ def _mha_twin(hf):
     return twin
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma", "llama3-rope", "qwen3", "phi3", "qwen3-moe", "olmoe", "mixtral"]
+FAMILIES = ["llama", "mistral", "qwen2", "gemma", "llama3-rope", "qwen3", "phi3", "qwen3-moe", "olmoe", "mixtral", "gpt-oss"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -131,11 +131,11 @@ def attention_why(patcher: Patcher, head: str, i: int, query: int, key: int) -> 
     q_pos = torch.tensor([[query]], device=tf.device)
     k_full_m = tf.project(layer, heads, xs[None], "K")
     q_full_m = tf.project(layer, heads, xs[None, query : query + 1], "Q")
-    row = tf.pattern(layer, q_full_m, k_full_m, q_pos)[0, 0, 0]  # [S] the unedited pattern row
+    row = tf.pattern(layer, q_full_m, k_full_m, q_pos, heads)[0, 0, 0]  # [S] the unedited pattern row
     abl_q, abl_k = [], []
     for s in srcs:
-        pq = tf.pattern(layer, tf.project(layer, heads, swapped(s, slice(query, query + 1))[None], "Q"), k_full_m, q_pos)[0, 0, 0]
-        pk = tf.pattern(layer, q_full_m, tf.project(layer, heads, swapped(s, slice(0, n_tok))[None], "K"), q_pos)[0, 0, 0]
+        pq = tf.pattern(layer, tf.project(layer, heads, swapped(s, slice(query, query + 1))[None], "Q"), k_full_m, q_pos, heads)[0, 0, 0]
+        pk = tf.pattern(layer, q_full_m, tf.project(layer, heads, swapped(s, slice(0, n_tok))[None], "K"), q_pos, heads)[0, 0, 0]
         abl_q.append(float(pq[key]))
         abl_k.append(float(pk[key]))
     nodes = [{"name": n, "query": float(a), "key": float(b), "prob_query_ablated": pq, "prob_key_ablated": pk}
