@@ -184,6 +184,35 @@ def test_circuit_tracer_folder_equals_its_outputs(tmp_path):
             assert torch.allclose(ts[layer](x), out, atol=1e-5)
 
 
+def test_gemma_scope_files_in_a_circuit_tracer_set_equal_their_outputs(tmp_path):
+    """circuit-tracer's Gemma presets list Gemma Scope ``params.npz`` files (W_enc [d, n], JumpReLU ``threshold``) and
+    Gemma Scope 2 safetensors (lowercase ``w_enc`` [d, n], ``affine_skip_connection`` applied as ``x @ A``); a set
+    may mix them with its own files. Each reads to the publisher's forward (the peer's loaders themselves:
+    experiments/peers/check_transcoder_readers.sh)."""
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(8)
+    written = {0: _weights(gen, jump=True), 1: _weights(gen, jump=True, skip=True), 2: _weights(gen, jump=True)}
+    folder = tmp_path / "gs"
+    folder.mkdir()
+    np.savez(folder / "params.npz", **{k: v.numpy() for k, v in written[0].items()})
+    save_file({"w_enc": written[1]["W_enc"], "w_dec": written[1]["W_dec"], "b_enc": written[1]["b_enc"], "b_dec": written[1]["b_dec"],
+               "threshold": written[1]["threshold"], "affine_skip_connection": written[1]["W_skip"]}, str(folder / "gs2.safetensors"))
+    _write_circuit_tracer(tmp_path / "own", {2: written[2]})
+    cfg = {"model_kind": "transcoder_set", "feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out",
+           "transcoders": ["params.npz", "gs2.safetensors", str(tmp_path / "own" / "layer_2.safetensors")]}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    ts = acdc.load_transcoders(folder)
+    assert ts.layers == [0, 1, 2] and [ts[i].cfg.skip for i in ts.layers] == [False, True, False]
+    x = torch.randn(12, 16, generator=gen)
+    for layer, w in written.items():
+        acts, out = _forward(w, x)
+        assert torch.allclose(ts[layer].encode(x), acts, atol=1e-5) and torch.allclose(ts[layer](x), out, atol=1e-5), layer
+    np.savez(folder / "params.npz", W_enc=written[0]["W_enc"].numpy())  # not Gemma Scope's: one line naming what is missing
+    with pytest.raises(ValueError, match=r"params.npz lacks W_dec, b_dec, b_enc, threshold"):
+        acdc.load_transcoders(folder)
+
+
 def test_circuit_tracer_refusals_are_one_line(tmp_path, monkeypatch):
     gen = torch.Generator().manual_seed(6)
     _write_circuit_tracer(tmp_path / "clt", {0: _weights(gen)}, model_kind="cross_layer_transcoder")

@@ -16,7 +16,11 @@
   ``feature_input_hook``, ``feature_output_hook``, and ``transcoders``: a list of files or ``hf://``
   addresses, or else ``layer_{i}.safetensors`` beside it) whose files hold ``W_enc`` [n, d],
   ``b_enc``, ``W_dec`` [n, d], ``b_dec``, ``W_skip`` [d, d] (``x @ W_skip.T``) and, for JumpReLU,
-  ``activation_function.threshold`` [n];
+  ``activation_function.threshold`` [n]; or, as circuit-tracer's Gemma presets list them, **Gemma Scope**
+  ``params.npz`` files (``W_enc`` [d, n], ``W_dec`` [n, d], ``b_enc``, ``b_dec``, ``threshold``: JumpReLU;
+  circuit-tracer's ``load_gemma_scope_transcoder``) and **Gemma Scope 2** safetensors (``w_enc`` [d, n],
+  ``w_dec`` [n, d], ``b_enc``, ``b_dec``, ``threshold``, optional ``affine_skip_connection`` [d, d] applied
+  as ``x @ A``; its ``load_gemma_scope_2_transcoder``), told apart by suffix and keys;
 - a Hugging Face hub name (e.g. ``EleutherAI/skip-transcoder-SmolLM2-135M-128x``), downloaded
   with ``huggingface_hub`` where the network allows, then read as above.
 
@@ -232,9 +236,9 @@ def read_saelens(path: str | Path, tf: Transformer | None = None, *, device: tor
 
 def read_circuit_tracer(path: str | Path, tf: Transformer | None = None, *, device: torch.device | str = "cpu",
                         source: str | None = None) -> TranscoderSet:
-    """A circuit-tracer transcoder set: ``config.yaml`` plus one safetensors file per layer."""
+    """A circuit-tracer transcoder set: ``config.yaml`` plus one file per layer (its safetensors, Gemma Scope's
+    .npz or Gemma Scope 2's safetensors)."""
     import yaml
-    from safetensors.torch import load_file
 
     path = Path(path)
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
@@ -248,19 +252,37 @@ def read_circuit_tracer(path: str | Path, tf: Transformer | None = None, *, devi
         files = {int(f.stem.split("_")[1]): f for f in path.glob("layer_*.safetensors")}
     if not files:
         raise ValueError(f"{path}: config.yaml lists no transcoders and there are no layer_N.safetensors files")
-    transcoders: dict[int, Transcoder] = {}
-    for layer, f in sorted(files.items()):
-        if f.suffix != ".safetensors":
-            raise ValueError(f"{f}: only safetensors transcoder files are read (Gemma Scope's .npz files are not)")
-        w = load_file(str(f), device="cpu")
-        skip, thr = w.get("W_skip"), w.get("activation_function.threshold")
-        transcoders[layer] = _transcoder(device, W_enc=w["W_enc"].T, b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
-                                         activation="relu" if thr is None else "jumprelu", W_skip=None if skip is None else skip.T,
-                                         threshold=thr, where=str(f))
+    transcoders = {layer: _circuit_tracer_file(f, device) for layer, f in sorted(files.items())}
     unfolded = _fold_norm(transcoders, sorted(transcoders) if _before_scale(config.get("feature_input_hook")) else [], tf, str(path))
     return _foreign(transcoders, tf, path, source or f"circuit-tracer: {path}",
                     {"model_name": config.get("model_name"), "scan": config.get("scan"),
                      **({"unfolded_norm_input": unfolded} if unfolded else {})})
+
+
+def _circuit_tracer_file(f: Path, device: torch.device | str) -> Transcoder:
+    """One transcoder file of a circuit-tracer set, in whichever of its three layouts (module docstring)."""
+    if f.suffix == ".npz":  # Gemma Scope: numpy arrays, W_enc [d, n]
+        import numpy as np
+
+        with np.load(f) as z:
+            w = {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in z.files}
+        missing = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"} - w.keys()
+        if missing:
+            raise ValueError(f"{f}: not a Gemma Scope transcoder (params.npz lacks {', '.join(sorted(missing))})")
+        return _transcoder(device, W_enc=w["W_enc"], b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
+                           activation="jumprelu", threshold=w["threshold"], where=str(f))
+    if f.suffix != ".safetensors":
+        raise ValueError(f"{f}: circuit-tracer transcoder files are .safetensors (or Gemma Scope's .npz)")
+    from safetensors.torch import load_file
+
+    w = load_file(str(f), device="cpu")
+    if "w_enc" in w:  # Gemma Scope 2: W_enc [d, n], the skip path x @ affine_skip_connection
+        return _transcoder(device, W_enc=w["w_enc"], b_enc=w["b_enc"], W_dec=w["w_dec"], b_dec=w["b_dec"], activation="jumprelu",
+                           W_skip=w.get("affine_skip_connection"), threshold=w["threshold"], where=str(f))
+    skip, thr = w.get("W_skip"), w.get("activation_function.threshold")
+    return _transcoder(device, W_enc=w["W_enc"].T, b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
+                       activation="relu" if thr is None else "jumprelu", W_skip=None if skip is None else skip.T,
+                       threshold=thr, where=str(f))
 
 
 def _local(ref: str, folder: Path) -> Path:

@@ -20,4 +20,8 @@ for p in $projects; do
   "$venv/bin/python" "experiments/peers/$script" "$out"
   "$venv/bin/pip" show "${pkg%%==*}" | awk -v n="$name" '/^Version:/ {print n, $2}' > "$out/version.txt"
   .venv/bin/python experiments/peers/check_transcoder_reader.py "$name" "$out"
+  if [ "$p" = circuit-tracer ]; then  # its Gemma presets' files: Gemma Scope .npz and Gemma Scope 2 safetensors
+    cp "$out/version.txt" "$out/gemma-scope/version.txt"
+    .venv/bin/python experiments/peers/check_transcoder_reader.py "$name" "$out/gemma-scope" circuit_tracer_gemma_scope
+  fi
 done
