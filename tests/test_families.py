@@ -331,3 +331,62 @@ def test_attention_patterns_equal_the_bridges(family):
     for layer in range(model.cfg.n_layers):
         ref = cache[f"blocks.{layer}.attn.hook_pattern"]  # [B, H, S, S]
         assert torch.allclose(ours[layer].transpose(0, 1), ref, atol=1e-5), (name, layer)
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "gemma2", "gemma3", "olmo2"])
+def test_node_ablations_equal_a_spliced_hugging_face_forward(name):
+    """Ablating a node (every edge out of it, resample) equals Hugging Face's own forward with the corrupt run's
+    per-head slice spliced into the output projection's input (a head) or the corrupt MLP block's output (an MLP,
+    experts and all), everything downstream recomputed: the norms after sublayers (Gemma 2/3, OLMo-2), sinks,
+    soft caps and windows included. An oracle of forward hooks on the model's own modules, no TransformerLens."""
+    import copy
+
+    hf = _tiny(name, n_kv=2)
+    ref = copy.deepcopy(hf)  # load_model wraps hf's modules; the oracle hooks an untouched copy
+    model = acdc.load_model(hf)
+    clean, corrupt = random_tokens(batch=3, pos=6)
+    layers = ref.model.layers
+    d_head = ref.config.head_dim if getattr(ref.config, "head_dim", None) else ref.config.hidden_size // ref.config.num_attention_heads
+    nodes = {"a0.h1": (0, 1), "a1.h3": (1, 3), "a1.h0": (1, 0), "m0": (0, None)}
+    store: dict[tuple[str, int], torch.Tensor] = {}
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    def run(tokens, splice: bool) -> torch.Tensor:
+        hooks = []
+        for i, layer in enumerate(layers):
+            def o_in(mod, args, i=i):
+                z = args[0]
+                if not splice:
+                    store["o", i] = z.detach().clone()
+                    return None
+                z = z.clone()
+                for layer_i, head in nodes.values():
+                    if layer_i == i and head is not None:
+                        z[..., head * d_head : (head + 1) * d_head] = store["o", i][..., head * d_head : (head + 1) * d_head]
+                return (z, *args[1:])
+
+            def mlp_out(mod, args, out, i=i):
+                if not splice:
+                    store["m", i] = first(out).detach().clone()
+                    return None
+                if ("m", i) in {("m", li) for li, h in nodes.values() if h is None}:
+                    return (store["m", i], *out[1:]) if isinstance(out, tuple) else store["m", i]
+                return None
+
+            hooks += [layer.self_attn.o_proj.register_forward_pre_hook(o_in), layer.mlp.register_forward_hook(mlp_out)]
+        try:
+            with torch.no_grad():
+                return ref(tokens).logits[:, -1]
+        finally:
+            for h in hooks:
+                h.remove()
+
+    run(corrupt, splice=False)
+    want = run(clean, splice=True)
+    g = Graph.from_model(model)
+    got = Patcher(model, clean, corrupt, graph=g, ablation="resample").logits(g.edges_out_of(nodes))
+    unspliced = run(clean, splice=False)
+    assert not torch.allclose(want, unspliced, atol=1e-3)  # the splice changes the answer
+    assert torch.allclose(got, want, atol=1e-4 * max(float(want.abs().max()), 1.0)), (name, float((got - want).abs().max()))
