@@ -54,9 +54,11 @@ from .render import DotNotFoundError, render, render_comparison
 from .scores import Scores
 from .tasks import Task
 from .transcoders import (
+    CrossLayerTranscoder,
     Fidelity,
     TrainOptions,
     TranscoderSet,
+    load_clt,
     load_transcoders,
     train_transcoders,
     transcoder_fidelity,
@@ -91,6 +93,7 @@ __all__ = [
     "Task",
     "TrainOptions",
     "TranscoderSet",
+    "CrossLayerTranscoder",
     "active_features",
     "AttributionGraph",
     "attribute",
@@ -104,6 +107,7 @@ __all__ = [
     "faithfulness_grid",
     "generate",
     "known",
+    "load_clt",
     "load_model",
     "load_transcoders",
     "minimality",

@@ -777,6 +777,9 @@ class Graph:
 def _layout_of(ts: FeatureSet, chosen: Mapping[int, Iterable[int]] | None) -> FeatureLayout:
     """The layout of a feature graph over ``ts``: the chosen features (default all) of its layers."""
     info = ts.graph_info()
+    if info.get("cross_layer"):
+        raise NotImplementedError("feature graphs are built from per-layer transcoders; a cross-layer transcoder's features "
+                                  "(each writing into every later MLP) are not graph nodes yet")
     per = {int(k): v for k, v in info["layers"].items()}
     if chosen is None:
         chosen = {layer: range(per[layer]["n_features"]) for layer in ts.layers}

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from ..model import Transformer
+from .clt import CLT_FORMAT
 from .transcoder import FORMAT, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
 __all__ = ["load_transcoders", "read_circuit_tracer", "read_saelens", "read_sparsify"]
@@ -75,7 +76,10 @@ def load_transcoders(spec: str | Path, model: Any = None, *, device: torch.devic
         else:
             raise ValueError(f"transcoders {str(spec)!r} not found: give a folder saved by TranscoderSet.save, a sparsify, "
                              "SAELens or circuit-tracer folder, or a hub name like owner/name")
-    if (path / "config.json").exists() and json.loads((path / "config.json").read_text()).get("format") == FORMAT:
+    fmt = json.loads((path / "config.json").read_text()).get("format") if (path / "config.json").exists() else None
+    if fmt == CLT_FORMAT or (path / "W_enc_0.safetensors").exists():
+        raise ValueError(f"{path} is a cross-layer transcoder: load it with acdc.load_clt(path, model)")
+    if fmt == FORMAT:
         ts = TranscoderSet.load(path, device=dev)
     elif (path / "config.yaml").exists():
         ts = read_circuit_tracer(path, tf, device=dev, source=f"circuit-tracer: {source}")
@@ -243,6 +247,9 @@ def read_circuit_tracer(path: str | Path, tf: Transformer | None = None, *, devi
     path = Path(path)
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     kind = config.get("model_kind")
+    if kind == "cross_layer_transcoder":
+        raise ValueError(f"{path}: circuit-tracer model_kind {kind!r} is not supported here: a cross-layer transcoder loads with "
+                         "acdc.load_clt(path, model)")
     if kind != "transcoder_set":
         raise ValueError(f"{path}: circuit-tracer model_kind {kind!r} is not supported (acdc reads per-layer transcoder_set files)")
     _check_hooks(str(path), config.get("feature_input_hook"), config.get("feature_output_hook"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from ..files import claim_folder
 from ..model import Transformer
 
-__all__ = ["ACTIVATIONS", "FORMAT", "ModelInfo", "Transcoder", "TranscoderConfig", "TranscoderSet"]
+__all__ = ["ACTIVATIONS", "FORMAT", "ModelInfo", "Transcoder", "TranscoderConfig", "TranscoderSet", "check_model_info",
+           "activate", "read_config", "write_folder"]
 
 Activation = Literal["relu", "topk", "jumprelu"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "topk", "jumprelu")
@@ -56,6 +57,19 @@ class TranscoderConfig:
             raise ValueError(f"a TopK transcoder needs k in 1..{self.n_features}, got {self.k!r}")
         if self.n_features < 1 or self.d_model < 1:
             raise ValueError(f"d_model and n_features must be positive, got {self.d_model} and {self.n_features}")
+
+
+def activate(pre: Tensor, activation: str, k: int | None = None, log_threshold: Tensor | None = None) -> Tensor:
+    """[..., n] activations from pre-activations [..., n]: ReLU; TopK (the k largest, ReLU'd); JumpReLU (pre where
+    pre > exp(log_threshold) [n])."""
+    if activation == "relu":
+        return torch.relu(pre)
+    if activation == "topk":
+        assert k is not None
+        top = pre.topk(k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    assert log_threshold is not None
+    return pre * (pre > log_threshold.exp())
 
 
 class Transcoder(nn.Module):
@@ -84,15 +98,7 @@ class Transcoder(nn.Module):
 
     def activate(self, pre: Tensor) -> Tensor:
         """[..., n] the features' activations from their pre-activations."""
-        act = self.cfg.activation
-        if act == "relu":
-            return torch.relu(pre)
-        if act == "topk":
-            assert self.cfg.k is not None
-            top = pre.topk(self.cfg.k, dim=-1)
-            return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
-        assert self.log_threshold is not None
-        return pre * (pre > self.log_threshold.exp())
+        return activate(pre, self.cfg.activation, self.cfg.k, self.log_threshold)
 
     def encode(self, x: Tensor) -> Tensor:
         """[..., n] feature activations on the normed MLP input x [..., d_model]."""
@@ -157,6 +163,41 @@ class ModelInfo:
         return cls(name or tf.arch.family, tf.arch.n_layers, tf.arch.d_model, tf.fingerprint())
 
 
+def write_folder(path: str | Path, weights: str, tensors: Mapping[str, Tensor], config: dict[str, Any], overwrite: bool) -> Path:
+    """A folder of ``config.json`` and the safetensors file ``weights`` (``tensors``, moved to the CPU); a folder already
+    holding either is refused unless ``overwrite`` (`acdc.files.claim_folder`)."""
+    from safetensors.torch import save_file
+
+    path = claim_folder(path, ("config.json", weights), overwrite)
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path / weights))
+    (path / "config.json").write_text(json.dumps(config, indent=1))
+    return path
+
+
+def read_config(path: Path, fmt: str, what: str) -> dict[str, Any]:
+    """``path/config.json`` of a folder saved by acdc in format ``fmt``; a one-line ValueError otherwise."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a saved {what} (config.json: {err})") from None
+    if config.get("format") != fmt:
+        raise ValueError(f"{path}/config.json is not an acdc {what} (format {config.get('format')!r}, expected {fmt!r}); "
+                         "acdc.load_transcoders and acdc.load_clt read the other layouts")
+    return config
+
+
+def check_model_info(model: ModelInfo, last_layer: int, tf: Transformer, what: str) -> None:
+    """A one-line ValueError unless ``tf`` is the model ``model`` describes (its shape, a layer ``last_layer``, and
+    its fingerprint where one is known)."""
+    a = tf.arch
+    if (a.n_layers, a.d_model) != (model.n_layers, model.d_model) or last_layer >= a.n_layers:
+        raise ValueError(f"{what} are for {model.name} ({model.n_layers} layers, d_model {model.d_model}), "
+                         f"not this model ({a.n_layers} layers, d_model {a.d_model})")
+    if model.fingerprint is not None and model.fingerprint != tf.fingerprint():
+        raise ValueError(f"{what} were made for another model with this shape ({model.name}, fingerprint "
+                         f"{model.fingerprint}; this model's is {tf.fingerprint()}); train or load transcoders for it")
+
+
 @dataclass
 class TranscoderSet:
     """Transcoders by layer, for one model.
@@ -194,18 +235,12 @@ class TranscoderSet:
 
     def check_model(self, tf: Transformer, what: str = "these transcoders") -> None:
         """A one-line ValueError unless ``tf`` is the model this set was made for."""
-        a = tf.arch
         unfolded = self.info.get("unfolded_norm_input")
         if unfolded:
             raise ValueError(f"{what} read the MLP input before its norm's scale (ln2.hook_normalized) in layers {unfolded}, "
                              "acdc's transcoders after it: load them with the model, acdc.load_transcoders(path, model), "
                              "which folds the scale in")
-        if (a.n_layers, a.d_model) != (self.model.n_layers, self.model.d_model) or max(self.layers, default=0) >= a.n_layers:
-            raise ValueError(f"{what} are for {self.model.name} ({self.model.n_layers} layers, d_model {self.model.d_model}), "
-                             f"not this model ({a.n_layers} layers, d_model {a.d_model})")
-        if self.model.fingerprint is not None and self.model.fingerprint != tf.fingerprint():
-            raise ValueError(f"{what} were made for another model with this shape ({self.model.name}, fingerprint "
-                             f"{self.model.fingerprint}; this model's is {tf.fingerprint()}); train or load transcoders for it")
+        check_model_info(self.model, max(self.layers, default=0), tf, what)
 
     def graph_info(self) -> dict[str, Any]:
         """What a feature graph records of these transcoders (`acdc.Graph.from_model(model, transcoders=ts)`):
@@ -223,16 +258,10 @@ class TranscoderSet:
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """A folder with ``config.json`` (format, model, per-layer configs, info) and ``transcoders.safetensors``;
         a folder already holding a set is refused unless ``overwrite`` (a set is never replaced silently)."""
-        from safetensors.torch import save_file
-
-        path = claim_folder(path, ("config.json", "transcoders.safetensors"), overwrite)
-        tensors = {f"layers.{layer}.{name}": p.detach().to("cpu").contiguous()
-                   for layer, t in self.transcoders.items() for name, p in t.named_parameters()}
-        save_file(tensors, str(path / "transcoders.safetensors"))
+        tensors = {f"layers.{layer}.{name}": p for layer, t in self.transcoders.items() for name, p in t.named_parameters()}
         config = {"format": FORMAT, "model": asdict(self.model), "source": self.source, "info": self.info,
                   "layers": {str(layer): asdict(t.cfg) for layer, t in sorted(self.transcoders.items())}}
-        (path / "config.json").write_text(json.dumps(config, indent=1))
-        return path
+        return write_folder(path, "transcoders.safetensors", tensors, config, overwrite)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TranscoderSet:
@@ -240,13 +269,7 @@ class TranscoderSet:
         from safetensors.torch import load_file
 
         path = Path(path)
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a saved transcoder set (config.json: {err})") from None
-        if config.get("format") != FORMAT:
-            raise ValueError(f"{path}/config.json is not an acdc transcoder set (format {config.get('format')!r}, "
-                             f"expected {FORMAT!r}); acdc.load_transcoders reads the other layouts")
+        config = read_config(path, FORMAT, "transcoder set")
         tensors = load_file(str(path / "transcoders.safetensors"), device=str(device))
         transcoders = {}
         for layer_s, cfg in config["layers"].items():

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # acdc's transcoder readers against files and outputs made by sparsify, SAELens and circuit-tracer's own code,
-# each in its own venv (made here if missing). Writes experiments/results/{sparsify,saelens,circuit_tracer}_reader.md.
+# each in its own venv (made here if missing). Writes experiments/results/{sparsify,saelens,circuit_tracer}_reader.md
+# (circuit-tracer also circuit_tracer_gemma_scope_reader.md and circuit_tracer_clt_reader.md).
 #   bash experiments/peers/check_transcoder_readers.sh [PROJECT...]     (run from the repository root, after make setup)
 set -euo pipefail
 projects=${*:-sparsify saelens circuit-tracer}
@@ -23,5 +24,9 @@ for p in $projects; do
   if [ "$p" = circuit-tracer ]; then  # its Gemma presets' files: Gemma Scope .npz and Gemma Scope 2 safetensors
     cp "$out/version.txt" "$out/gemma-scope/version.txt"
     .venv/bin/python experiments/peers/check_transcoder_reader.py "$name" "$out/gemma-scope" circuit_tracer_gemma_scope
+    clt=$(mktemp -d)  # and its cross-layer transcoders
+    "$venv/bin/python" experiments/peers/circuit_tracer_clt.py "$clt"
+    cp "$out/version.txt" "$clt/version.txt"
+    .venv/bin/python experiments/peers/check_clt_reader.py "$clt"
   fi
 done

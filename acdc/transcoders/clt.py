@@ -1,0 +1,229 @@
+"""Cross-layer transcoders (CLTs; Ameisen et al. 2025): each feature reads one layer and writes into the MLP
+output of that layer and of every later one.
+
+For a model of L layers, layer l's features read ``x_l`` (what they read: ``reads``, below) and layer j's
+MLP output is stood in for by every feature of the layers up to j::
+
+    acts_l = act_l(x_l @ W_enc[l] + b_enc[l])                         [..., n]     per layer, as a per-layer transcoder
+    out_j  = sum_{l <= j} acts_l @ W_dec[l][:, j - l] + b_dec[j]      [..., d]     (+ x_j @ W_skip[j] with a skip path)
+
+``W_dec[l]`` is [n, L - l, d]: feature i of layer l writes ``W_dec[l][i, j - l]`` into layer j's MLP output.
+So what a feature has written by the time the stream reaches layer k is its activation times the sum of
+its decoders for layers l..k-1 (`written`), which is what a feature graph's destination at layer k reads.
+
+``reads``: "normed", the MLP's normed input (`Transformer.mlp_input`, where acdc's per-layer transcoders
+read), or "stream", the residual stream before that norm (TransformerLens ``hook_resid_mid``: circuit-tracer's
+CLTs read there). Saved as ``config.json`` (format ``acdc-clt/1``) + ``clt.safetensors``; never pickled.
+`read_circuit_tracer_clt` reads circuit-tracer's layout (``W_enc_{l}.safetensors`` with ``W_enc_{l}`` [n, d],
+``b_enc_{l}``, ``b_dec_{l}``, ``threshold_{l}``; ``W_dec_{l}.safetensors`` with ``W_dec_{l}`` [n, L - l, d]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..model import Transformer
+from .transcoder import ACTIVATIONS, ModelInfo, activate, check_model_info, read_config, write_folder
+
+__all__ = ["CLT_FORMAT", "CLTConfig", "CrossLayerTranscoder", "load_clt", "read_circuit_tracer_clt"]
+
+CLT_FORMAT = "acdc-clt/1"
+READS = ("normed", "stream")
+
+
+@dataclass(frozen=True)
+class CLTConfig:
+    """The shape and activation of a cross-layer transcoder: ``n_features`` per layer, over ``n_layers`` layers."""
+
+    n_layers: int
+    d_model: int
+    n_features: int
+    activation: str = "relu"
+    k: int | None = None  # TopK: features active per token, in each layer
+    skip: bool = False  # a linear skip path per layer, x_j @ W_skip[j]
+    reads: str = "normed"  # "normed": the MLP's normed input; "stream": the residual stream before that norm
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown transcoder activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if min(self.n_layers, self.d_model, self.n_features) < 1:
+            raise ValueError(f"n_layers, d_model and n_features must be positive, got {self.n_layers}, {self.d_model}, "
+                             f"{self.n_features}")
+        if self.activation == "topk" and not (isinstance(self.k, int) and 0 < self.k <= self.n_features):
+            raise ValueError(f"a TopK transcoder needs k in 1..{self.n_features}, got {self.k!r}")
+        if self.reads not in READS:
+            raise ValueError(f"reads must be one of {', '.join(READS)}, got {self.reads!r}")
+
+
+class CrossLayerTranscoder(nn.Module):
+    """A CLT (module docstring). Parameters: W_enc [L, d, n], b_enc [L, n], W_dec (one [n, L - l, d] per source
+    layer l), b_dec [L, d], W_skip [L, d, d] (with ``skip``), log_threshold [L, n] (JumpReLU). ``model``,
+    ``source`` and ``info`` say which model it is for, where it comes from, and anything else worth keeping."""
+
+    def __init__(self, cfg: CLTConfig, model: ModelInfo | None = None, source: str = "acdc", info: dict[str, Any] | None = None, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model if model is not None else ModelInfo("unknown", cfg.n_layers, cfg.d_model)
+        self.source = source
+        self.info: dict[str, Any] = dict(info or {})
+        L, d, n = cfg.n_layers, cfg.d_model, cfg.n_features
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.W_enc = nn.Parameter(torch.zeros(L, d, n, **kw))
+        self.b_enc = nn.Parameter(torch.zeros(L, n, **kw))
+        self.W_dec = nn.ParameterList([nn.Parameter(torch.zeros(n, L - layer, d, **kw)) for layer in range(L)])
+        self.b_dec = nn.Parameter(torch.zeros(L, d, **kw))
+        self.W_skip = nn.Parameter(torch.zeros(L, d, d, **kw)) if cfg.skip else None
+        self.log_threshold = nn.Parameter(torch.zeros(L, n, **kw)) if cfg.activation == "jumprelu" else None
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        act = f"{c.activation}{f', k={c.k}' if c.k else ''}{', skip' if c.skip else ''}"
+        return (f"CrossLayerTranscoder({c.n_layers} layers x {c.n_features} features ({act}), reads the {c.reads} MLP input; "
+                f"for {self.model.name}; {self.source})")
+
+    # ------------------------------------------------------------------ the maths
+    def encode(self, layer: int, x: Tensor) -> Tensor:
+        """[..., n] layer ``layer``'s feature activations on what they read there, x [..., d_model]."""
+        pre = x @ self.W_enc[layer] + self.b_enc[layer]
+        return activate(pre, self.cfg.activation, self.cfg.k, None if self.log_threshold is None else self.log_threshold[layer])
+
+    def decoder(self, source: int, target: int) -> Tensor:
+        """[n, d_model] what each feature of layer ``source`` writes into layer ``target``'s MLP output (source <= target)."""
+        if not 0 <= source <= target < self.cfg.n_layers:
+            raise ValueError(f"a feature of layer {source} writes into layers {source}..{self.cfg.n_layers - 1}, not {target}")
+        return self.W_dec[source][:, target - source]
+
+    def written(self, source: int, upto: int) -> Tensor:
+        """[n, d_model] what each feature of layer ``source`` has written into the stream, per unit of activation,
+        once the MLPs of layers source..upto-1 have run: the sum of those decoders (zeros when upto <= source)."""
+        if upto <= source:
+            return torch.zeros_like(self.W_dec[source][:, 0])
+        return self.W_dec[source][:, : upto - source].sum(1)
+
+    def decode(self, acts: list[Tensor], xs: Tensor | None = None) -> Tensor:
+        """[L, ..., d_model] every layer's MLP output from every layer's activations ``acts`` (L tensors [..., n]), plus
+        the skip paths of what each layer read, xs [L, ..., d_model], where there are some."""
+        L = self.cfg.n_layers
+        out = torch.stack([sum((acts[src] @ self.decoder(src, j) for src in range(j + 1)), self.b_dec[j]) for j in range(L)])
+        if self.W_skip is not None:
+            if xs is None:
+                raise ValueError("this CLT has skip paths: decode(acts, xs) needs what each layer read")
+            out = out + torch.stack([xs[j] @ self.W_skip[j] for j in range(L)])
+        return out
+
+    def forward(self, xs: Tensor) -> Tensor:
+        """[L, ..., d_model] the CLT's stand-in for every MLP's output from what every layer reads, xs [L, ..., d_model]."""
+        return self.decode([self.encode(layer, xs[layer]) for layer in range(self.cfg.n_layers)], xs)
+
+    def check_model(self, tf: Transformer, what: str = "this cross-layer transcoder") -> None:
+        """A one-line ValueError unless ``tf`` is the model this CLT was made for (every layer, its width)."""
+        if tf.arch.n_layers != self.cfg.n_layers:
+            raise ValueError(f"{what} spans {self.cfg.n_layers} layers; this model has {tf.arch.n_layers}")
+        check_model_info(self.model, self.cfg.n_layers - 1, tf, what)
+
+    @property
+    def layers(self) -> list[int]:
+        """The layers whose features it holds: every layer of the model."""
+        return list(range(self.cfg.n_layers))
+
+    def graph_info(self) -> dict[str, Any]:
+        """What a feature graph would record of it (`acdc.graph.FeatureSet`); ``cross_layer`` marks it."""
+        c = self.cfg
+        return {"source": self.source, "model": self.model.name, "fingerprint": self.model.fingerprint, "cross_layer": True,
+                "layers": {str(layer): {"n_features": c.n_features, "activation": c.activation, "k": c.k, "skip": c.skip}
+                           for layer in self.layers}}
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """A folder with ``config.json`` (format, config, model, source, info) and ``clt.safetensors``; a folder
+        already holding one is refused unless ``overwrite``."""
+        config = {"format": CLT_FORMAT, "config": asdict(self.cfg), "model": asdict(self.model), "source": self.source, "info": self.info}
+        return write_folder(path, "clt.safetensors", self.state_dict(), config, overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> CrossLayerTranscoder:
+        """A CLT saved by `save`."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config = read_config(path, CLT_FORMAT, "cross-layer transcoder")
+        clt = cls(CLTConfig(**config["config"]), ModelInfo(**config["model"]), config.get("source", str(path)),
+                  config.get("info", {}), device=device)
+        clt.load_state_dict(load_file(str(path / "clt.safetensors"), device=str(device)))
+        return clt
+
+
+def read_circuit_tracer_clt(path: str | Path, tf: Transformer | None = None, *, device: torch.device | str = "cpu",
+                            reads: str | None = None) -> CrossLayerTranscoder:
+    """circuit-tracer's CLT folder (`CrossLayerTranscoder.to_safetensors`, the module docstring's layout), with its
+    ``config.yaml`` where there is one (``feature_input_hook``: ``hook_resid_mid``, circuit-tracer's default, reads
+    the stream; ``mlp.hook_in`` the normed input). ``reads`` overrides the hook. Its files hold no skip path."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    n = len(list(path.glob("W_enc_*.safetensors")))
+    if n == 0:
+        raise ValueError(f"{path}: no W_enc_0.safetensors; not a circuit-tracer cross-layer transcoder folder")
+    encs: list[dict[str, Tensor]] = []
+    decs: list[Tensor] = []
+    for layer in range(n):
+        try:
+            encs.append(load_file(str(path / f"W_enc_{layer}.safetensors")))
+            decs.append(load_file(str(path / f"W_dec_{layer}.safetensors"))[f"W_dec_{layer}"])
+        except (OSError, KeyError) as err:
+            raise ValueError(f"{path}: layer {layer} of {n} is incomplete ({type(err).__name__}: {err})") from None
+    hook = None
+    if (path / "config.yaml").exists():
+        import yaml
+
+        hook = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("feature_input_hook")
+    if reads is None:
+        reads = {None: "stream", "hook_resid_mid": "stream", "mlp.hook_in": "normed"}.get(hook)
+        if reads is None:
+            raise ValueError(f"{path}: feature_input_hook {hook!r}; acdc's CLTs read hook_resid_mid (the stream) or mlp.hook_in "
+                             "(the normed MLP input)")
+    d_features, d_model = encs[0]["W_enc_0"].shape
+    jump = "threshold_0" in encs[0]
+    cfg = CLTConfig(n, int(d_model), int(d_features), "jumprelu" if jump else "relu", reads=reads)
+    model = ModelInfo(tf.arch.family if tf is not None else path.name, n, int(d_model))
+    clt = CrossLayerTranscoder(cfg, model, f"circuit-tracer: {path}", {"feature_input_hook": hook}, device=device)
+    with torch.no_grad():
+        for layer, (enc, dec) in enumerate(zip(encs, decs, strict=True)):
+            if dec.shape != (d_features, n - layer, d_model):
+                raise ValueError(f"{path}: W_dec_{layer} is {tuple(dec.shape)}, expected {(int(d_features), n - layer, int(d_model))}")
+            clt.W_enc[layer].copy_(enc[f"W_enc_{layer}"].T.float())
+            clt.b_enc[layer].copy_(enc[f"b_enc_{layer}"].float())
+            clt.b_dec[layer].copy_(enc[f"b_dec_{layer}"].float())
+            clt.W_dec[layer].copy_(dec.float())
+            if clt.log_threshold is not None:
+                t = enc[f"threshold_{layer}"].float()
+                if bool((t < 0).any()):
+                    raise ValueError(f"{path}: {int((t < 0).sum())} negative JumpReLU thresholds in layer {layer}; acdc reads thresholds >= 0")
+                clt.log_threshold[layer].copy_(t.log())
+    if tf is not None:
+        clt.check_model(tf, f"cross-layer transcoder {path}")
+    return clt
+
+
+def load_clt(path: str | Path, model: Any = None, *, device: torch.device | str | None = None) -> CrossLayerTranscoder:
+    """A cross-layer transcoder from a folder saved by `CrossLayerTranscoder.save` or circuit-tracer's CLT folder;
+    with ``model``, checked against it and moved to its device."""
+    tf = None if model is None else Transformer.of(model)
+    dev = device if device is not None else (tf.device if tf is not None else "cpu")
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"cross-layer transcoder {str(path)!r} not found: give a folder saved by CrossLayerTranscoder.save "
+                         "or a circuit-tracer CLT folder (W_enc_0.safetensors, ...)")
+    if (path / "config.json").exists():
+        clt = CrossLayerTranscoder.load(path, device=dev)
+    else:
+        clt = read_circuit_tracer_clt(path, tf, device=dev)
+    if tf is not None:
+        clt.check_model(tf, f"cross-layer transcoder {path}")
+    return clt
