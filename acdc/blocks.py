@@ -21,7 +21,7 @@ from the graph's ``mlp_units``: `MLP_ENGINES` holds the factored kinds).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import torch
@@ -30,10 +30,10 @@ from torch import Tensor
 from .graph import Graph
 from .inputs import Ablation
 from .model import HeadsPart, MLPPart, Part, Transformer
-from .transcoders import TranscoderSet
+from .transcoders import FeatureDictionary
 
 __all__ = ["MLP_ENGINES", "Block", "FullRun", "GradPass", "HeadsBlock", "Job", "MLPBlock", "MLPUnits", "UnitsBlock", "blocks_of",
-           "units_of", "weighted_rows"]
+           "extras_of", "is_cross_layer", "rows_of", "units_of", "weighted_rows"]
 
 
 class MLPUnits(Protocol):
@@ -46,6 +46,12 @@ class MLPUnits(Protocol):
     ``sum_i w_i (a_i - A_i) row_i`` over its `rows` (`weighted_rows`). A layer's sources are its
     factored units first (`layer_units` of them), then dense *extras* computed with them (a
     transcoder's error and skip nodes; `extras`).
+
+    Cross-layer units (a cross-layer transcoder's features, `acdc.feature_nodes.CrossLayerUnits`) write into
+    their own layer's MLP output and every later one's; they say so with ``cross_layer = True`` (optional: a kind
+    without it is per-layer). What a destination reads from one depends on the destination's layer, so their
+    `rows` take ``at``, the reader's layer; and a layer's extras depend on the earlier layers' activations in the
+    same run, so their `extras` take ``earlier`` (`rows_of` and `extras_of` call either kind).
     """
 
     def layer_units(self, layer: int) -> int | None:
@@ -54,7 +60,8 @@ class MLPUnits(Protocol):
 
     def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor) -> Tensor | None:
         """[n_extra, ..., d_model] the outputs of the layer's dense extras on MLP input stream x
-        [..., d_model], given its units' activations ``acts`` [..., n_units]; None: it has none."""
+        [..., d_model], given its units' activations ``acts`` [..., n_units]; None: it has none (cross-layer units
+        also take ``earlier``: each earlier factored layer's activations [..., n] in the same run)."""
         ...
 
     def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
@@ -64,7 +71,8 @@ class MLPUnits(Protocol):
     def rows(self, tf: Transformer, layer: int) -> Tensor:
         """[n_units, d_model] what each unit writes per unit of activation (a neuron's W_out row, a
         feature's decoder row): every pass sums activations against them, and attribution reads gradients
-        through them."""
+        through them (cross-layer units take ``at``: what each has written once the MLPs before layer ``at`` have
+        run, for a destination of layer ``at``; ``n_layers`` for the logits)."""
         ...
 
     def bias(self, tf: Transformer, layer: int) -> Tensor | None:
@@ -72,10 +80,10 @@ class MLPUnits(Protocol):
         ...
 
 
-MLP_ENGINES: dict[str, Callable[[Graph, Transformer, TranscoderSet | None], MLPUnits]] = {}
+MLP_ENGINES: dict[str, Callable[[Graph, Transformer, FeatureDictionary | None], MLPUnits]] = {}
 
 
-def units_of(g: Graph, tf: Transformer, transcoders: TranscoderSet | None = None) -> MLPUnits | None:
+def units_of(g: Graph, tf: Transformer, transcoders: FeatureDictionary | None = None) -> MLPUnits | None:
     """The engine of the graph's factored MLP units (None: every MLP is whole); ``transcoders``: the
     dictionary that computes a feature graph's features (the graph holds their layout only)."""
     if not g.split_mlps:
@@ -84,6 +92,23 @@ def units_of(g: Graph, tf: Transformer, transcoders: TranscoderSet | None = None
     if make is None:
         raise ValueError(f"no engine for MLP units {g.mlp_units!r}; import the module that registers it")
     return make(g, tf, transcoders)
+
+
+def is_cross_layer(units: MLPUnits | None) -> bool:
+    """Whether ``units`` write into later layers too (their optional ``cross_layer``; see `MLPUnits`)."""
+    return bool(getattr(units, "cross_layer", False))
+
+
+def rows_of(units: MLPUnits, tf: Transformer, layer: int, at: int) -> Tensor:
+    """[n, d] what layer's units write, as a destination of layer ``at`` reads it (per-layer units: their rows)."""
+    return units.rows(tf, layer, at) if is_cross_layer(units) else units.rows(tf, layer)  # type: ignore[call-arg]
+
+
+def extras_of(units: MLPUnits, tf: Transformer, layer: int, x: Tensor, acts: Tensor, earlier: Mapping[int, Tensor]) -> Tensor | None:
+    """The layer's extras (`MLPUnits.extras`), cross-layer units also given the earlier layers' activations."""
+    if is_cross_layer(units):
+        return units.extras(tf, layer, x, acts, earlier)  # type: ignore[call-arg]
+    return units.extras(tf, layer, x, acts)
 
 
 def weighted_rows(rows: Tensor, weights: Tensor, values: Tensor) -> Tensor:
@@ -134,7 +159,7 @@ class Engine(Protocol):
 
     def dense_slots(self, cols: Tensor) -> Tensor: ...
 
-    def unit_rows(self, layer: int) -> Tensor: ...
+    def unit_rows(self, layer: int, at: int = -1) -> Tensor: ...
 
 
 class RefState(Protocol):
@@ -403,15 +428,18 @@ class UnitsBlock(MLPBlock):
 
     def full(self, run: FullRun) -> None:
         r, row, extra = self.sources, self.row, self.extra
-        if any(run.used[r.start : r.stop]) and not (run.skip_unfed and not run.fed[row]):
+        cross = is_cross_layer(self.units)  # later layers' extras read this layer's activations: always computed
+        if cross or (any(run.used[r.start : r.stop]) and not (run.skip_unfed and not run.fed[row])):
             tf = run.p.tf
             m_in = run.gather([row], self.upto, run.p.stream_base(self.stream))[0][0]
             acts = self.units.activations(tf, self.layer, m_in)  # [B, S, n]
             abl = run.abl_units[self.layer]
             a = acts.movedim(-1, 0)
             run.F[self.layer] = (a if abl is None else a - abl).reshape(len(self.factored), -1)
+            if cross:
+                run.acts[self.layer] = acts
             if len(extra):
-                out = self.units.extras(tf, self.layer, m_in, acts)
+                out = extras_of(self.units, tf, self.layer, m_in, acts, run.acts)
                 assert out is not None and len(out) == len(extra)
                 run.put(slice(extra.start, extra.stop), out)
         else:
@@ -419,7 +447,13 @@ class UnitsBlock(MLPBlock):
             if len(extra):
                 run.X[run.slot(slice(extra.start, extra.stop))] = 0
 
+    def _whole_run_only(self, what: str) -> None:
+        if is_cross_layer(self.units):
+            raise NotImplementedError(f"{what} does not run graphs of cross-layer transcoder features yet; patched runs "
+                                      "from scratch do (Patcher.logits, faithfulness, ACDC, EAP)")
+
     def mixed(self, mix: Mixing) -> None:
+        self._whole_run_only("Edge Pruning's mixed forward")
         m_in = mix.inputs([self.row], self.upto, self.stream)[0]
         tf = mix.p.tf
         acts = self.units.activations(tf, self.layer, m_in)  # [B, S, n], differentiable in m_in
@@ -434,6 +468,7 @@ class UnitsBlock(MLPBlock):
 
         A unit or extra with no kept outgoing edge keeps its stale value (it is on the ablated side of
         every destination, as a dense source that is not recomputed)."""
+        self._whole_run_only("the incremental engine")
         r, row = self.sources, self.row
         if not job.affected_many([row])[0]:
             return
@@ -496,6 +531,7 @@ class FullRun:
         n_dense = len(g.sources) if dense_cols is None else len(dense_cols)
         self.X = torch.empty(n_dense, B, S, self.d, dtype=tf.dtype, device=tf.device)
         self.F: dict[int, Tensor] = {}
+        self.acts: dict[int, Tensor] = {}  # cross-layer units: each factored layer's activations [B, S, n] in this run
         self.units, self.dense_cols, self.dslot, self.abl_units = units, dense_cols, dslot, abl_units or []
         self.groups: list[Tensor | None] = list(groups) if groups is not None else [None]  # plain: one group, every token
         any_pos = keep.any(-1) if positional else keep
@@ -627,12 +663,13 @@ class FullRun:
             if idx is not None:
                 X = X.reshape(len(cols), self.B * self.S, d).index_select(1, idx)
             out = (Wd @ X.reshape(len(cols), -1)).view(base.shape) + base
+        at = g.mlps_before(upto)  # the readers' layer: what cross-layer units have written by then
         for layer_u, values in self.F.items():
             start = g.mlp_sources(layer_u).start
             Ws = W[:, start : start + len(values)]  # empty when the layer is not upstream (W ends at upto)
             if bool(Ws.any()):
                 v = values if idx is None else values.index_select(1, idx)
-                out = out + weighted_rows(self.p.unit_rows(layer_u), Ws, v).view(base.shape)
+                out = out + weighted_rows(self.p.unit_rows(layer_u, at), Ws, v).view(base.shape)
         return out
 
 

@@ -32,7 +32,7 @@ from .interventions import Intervention, node_of
 from .model import ForwardCache, Transformer
 from .patching import Patcher
 from .sites import Site, SiteContext, site_of
-from .transcoders import Transcoder, TranscoderSet
+from .transcoders import CrossLayerTranscoder, Transcoder, TranscoderSet
 
 __all__ = ["Generated", "Intervened", "generate", "intervene", "intervened_logits"]
 
@@ -78,6 +78,9 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
     computed before (the ablation values' source), so many calls run it once."""
     tf = patcher.tf
     ts = patcher.transcoders
+    if isinstance(ts, CrossLayerTranscoder):
+        raise NotImplementedError("interventions on cross-layer transcoder features are not supported yet; per-layer "
+                                  "transcoders' features, heads, MLPs and neurons are")
     transcoders = {} if ts is None else {layer: ts[layer] for layer in ts.layers}
     ctx = SiteContext(tf, transcoders, "the patcher has no transcoders (Patcher(..., graph=feature_graph, transcoders=ts))")
     S = int(patcher.clean_tokens.shape[1])

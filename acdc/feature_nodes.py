@@ -37,13 +37,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .blocks import MLP_ENGINES
+from .blocks import MLP_ENGINES, MLPUnits
 from .graph import ERROR, FEATURE, SKIP, Graph, Node, check_layout
 from .model import Transformer
 from .sites import SITES, Edits, SiteContext, UnitSite
-from .transcoders import Transcoder, TranscoderSet, active_features
+from .transcoders import CrossLayerTranscoder, FeatureDictionary, Transcoder, TranscoderSet, active_features
 
-__all__ = ["ERROR", "FEATURE", "SKIP", "FeatureSite", "TranscoderUnits", "active_features"]
+__all__ = ["ERROR", "FEATURE", "SKIP", "CrossLayerUnits", "FeatureSite", "TranscoderUnits", "active_features"]
 
 class TranscoderUnits:
     """The engine's side of a feature graph: each featured layer's chosen features (factored, rows
@@ -106,7 +106,78 @@ class TranscoderUnits:
         return None if got is None else got[0].b_dec.detach().to(device=tf.device, dtype=tf.dtype)
 
 
-MLP_ENGINES["transcoders"] = TranscoderUnits
+class CrossLayerUnits:
+    """The engine's side of a feature graph over a cross-layer transcoder: each layer's chosen features (factored),
+    what they have written by each later layer (`rows`' ``at``: the sum of their decoders into the MLPs before it),
+    and each layer's error and skip nodes. Layer j's error is its MLP's output on its input in the current run minus
+    the CLT's reconstruction there from every layer's chosen features up to j, each on *its* input in the same run
+    (``earlier``), b_dec[j] and the skip path: so with every edge kept the graph is the model, and an edge into an
+    earlier layer's features moves layer j's error by exactly what it moves their writes into layer j."""
+
+    cross_layer = True
+
+    def __init__(self, graph: Graph, tf: Transformer, clt: CrossLayerTranscoder):
+        assert graph.features is not None  # `units_of` builds units for feature graphs only
+        check_layout(graph.features, clt)
+        clt.check_model(tf)
+        self.tf, self.clt = tf, clt
+        self._idx = {layer: torch.tensor(chosen, dtype=torch.long, device=tf.device) for layer, chosen in graph.features.features}
+        self._rows: dict[tuple[int, int], Tensor] = {}
+
+    def layer_units(self, layer: int) -> int | None:
+        idx = self._idx.get(layer)
+        return None if idx is None else len(idx)
+
+    def _read(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
+        """What layer's features read from its MLP input stream x: its norm, or the stream itself (``reads``)."""
+        xn = tf.mlp_input(layer, x) if self.clt.cfg.reads == "normed" else x
+        return xn.to(self.clt.W_enc.dtype)
+
+    def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
+        """[..., n] the chosen features' activations on MLP input stream x [..., d_model] (TopK: every feature encoded)."""
+        with torch.no_grad():
+            acts = self.clt.encode(layer, self._read(tf, layer, x))
+        return acts.index_select(-1, self._idx[layer].to(acts.device)).to(tf.dtype)
+
+    def _dec(self, source: int, target: int) -> Tensor:
+        """[n, d] the chosen features of ``source``: their decoders into ``target``'s MLP output."""
+        return self.clt.decoder(source, target).detach().index_select(0, self._idx[source]).to(self.tf.dtype)
+
+    def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor, earlier: Mapping[int, Tensor] | None = None) -> Tensor:
+        """[1 | 2, ..., d_model] layer's error node (then its skip node) on its input stream x, given its chosen
+        features' activations ``acts`` and every earlier featured layer's in the same run (``earlier``)."""
+        c = self.clt
+        recon = acts @ self._dec(layer, layer) + c.b_dec[layer].detach().to(tf.dtype)
+        for src, a in (earlier or {}).items():
+            if src < layer:
+                recon = recon + a @ self._dec(src, layer)
+        skip = None if c.W_skip is None else self._read(tf, layer, x) @ c.W_skip[layer].detach().to(tf.dtype)
+        if skip is not None:
+            recon = recon + skip
+        err = tf.mlp(layer, x) - recon
+        return torch.stack([err] if skip is None else [err, skip])
+
+    def rows(self, tf: Transformer, layer: int, at: int = -1) -> Tensor:
+        """[n, d_model] what layer's chosen features have written per unit of activation once the MLPs before layer
+        ``at`` have run (`CrossLayerTranscoder.written`)."""
+        if at < 0:
+            raise ValueError("a cross-layer feature's output depends on who reads it: rows(tf, layer, at) needs the reader's layer")
+        key = (layer, at)
+        if key not in self._rows:
+            self._rows[key] = self.clt.written(layer, at).detach().index_select(0, self._idx[layer]).to(tf.dtype)
+        return self._rows[key]
+
+    def bias(self, tf: Transformer, layer: int) -> Tensor | None:
+        """[d_model] ``b_dec`` of layer ``layer`` (outside every node)."""
+        return self.clt.b_dec[layer].detach().to(device=tf.device, dtype=tf.dtype) if layer in self._idx else None
+
+
+def _feature_units(graph: Graph, tf: Transformer, ts: FeatureDictionary | None) -> MLPUnits:
+    """The feature graph's engine: per-layer transcoders' or a cross-layer transcoder's."""
+    return CrossLayerUnits(graph, tf, ts) if isinstance(ts, CrossLayerTranscoder) else TranscoderUnits(graph, tf, ts)
+
+
+MLP_ENGINES["transcoders"] = _feature_units
 
 
 class FeatureSite(UnitSite):

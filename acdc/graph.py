@@ -613,6 +613,13 @@ class Graph:
         """Source indices of the MLP units of ``layer`` (the one MLP node, or its neurons)."""
         return self._mlp_sources[layer]
 
+    def mlps_before(self, upto: int) -> int:
+        """How many layers' MLPs lie wholly among the sources [0, upto): the layer a destination reading those
+        sources belongs to (``n_layers`` for the logits), i.e. how far a cross-layer feature has written by then."""
+        if self.attn_only:
+            return 0
+        return sum(1 for r in self._mlp_sources if r.stop <= upto)
+
     def head_rows(self, layer: int) -> list[tuple[int, int, int]]:
         """Destination rows (q, k, v) of each head of ``layer``; one row thrice if q/k/v are not split."""
         return self._head_rows[layer]
@@ -777,9 +784,6 @@ class Graph:
 def _layout_of(ts: FeatureSet, chosen: Mapping[int, Iterable[int]] | None) -> FeatureLayout:
     """The layout of a feature graph over ``ts``: the chosen features (default all) of its layers."""
     info = ts.graph_info()
-    if info.get("cross_layer"):
-        raise NotImplementedError("feature graphs are built from per-layer transcoders; a cross-layer transcoder's features "
-                                  "(each writing into every later MLP) are not graph nodes yet")
     per = {int(k): v for k, v in info["layers"].items()}
     if chosen is None:
         chosen = {layer: range(per[layer]["n_features"]) for layer in ts.layers}

@@ -147,7 +147,7 @@ class MixedRun:
                 Wu = Wu.index_select(-1, self.token_position)  # [R, n, B * S]: each token its position's weight
             else:
                 Wu = Wu[..., None]
-            rows_l = p.unit_rows(layer)
+            rows_l = p.unit_rows(layer)  # per-layer units (cross-layer ones are refused by their block)
             out = out + ((Wu * values[None]).transpose(1, 2) @ rows_l).view(len(rows), B, S, d)
         return out
 

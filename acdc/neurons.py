@@ -29,7 +29,7 @@ from .blocks import MLP_ENGINES
 from .graph import KINDS, MLP, MLP_UNITS, Destination, Graph, Node, NodeKind
 from .model import Transformer
 from .sites import SITES, Edits, SiteContext, UnitSite
-from .transcoders import Transcoder, TranscoderSet
+from .transcoders import FeatureDictionary, Transcoder
 
 __all__ = ["NEURON", "NeuronSite", "Neurons"]
 
@@ -72,7 +72,7 @@ class Neurons:
 
 KINDS["neuron"] = NEURON
 MLP_UNITS["neurons"] = _neuron_units
-def _neurons_of(graph: Graph, tf: Transformer, transcoders: TranscoderSet | None) -> Neurons:
+def _neurons_of(graph: Graph, tf: Transformer, transcoders: FeatureDictionary | None) -> Neurons:
     tf.require_neurons()  # a mixture of experts has none: one line before any run
     return Neurons(int(graph.d_mlp or 0))
 

@@ -33,7 +33,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .blocks import MLP_ENGINES, Block, FullRun, GradPass, Job, MLPUnits, blocks_of, units_of
+from .blocks import (
+    MLP_ENGINES,
+    Block,
+    FullRun,
+    GradPass,
+    Job,
+    MLPUnits,
+    blocks_of,
+    extras_of,
+    is_cross_layer,
+    rows_of,
+    units_of,
+)
 from .circuit import Circuit
 from .graph import Graph
 from .inputs import Ablation, answer_positions, as_tokens, check_ablation
@@ -41,7 +53,7 @@ from .model import ForwardCache, Transformer
 from .positions import Positions, token_names
 from .sources import FactoredLayer, SourceValues
 from .tasks import Task
-from .transcoders import TranscoderSet
+from .transcoders import FeatureDictionary
 
 __all__ = ["MLP_ENGINES", "MLPUnits", "Patcher", "PatchState", "Proposal"]
 
@@ -199,7 +211,7 @@ class Patcher:
         cache_bytes: int = 512 * 2**20,
         mean_weights: Tensor | None = None,
         positions: Positions | None = None,
-        transcoders: TranscoderSet | None = None,
+        transcoders: FeatureDictionary | None = None,
     ):
         self.ablation: Ablation = check_ablation(ablation)
         tf = Transformer.of(model)
@@ -247,14 +259,14 @@ class Patcher:
         self.token_position: Tensor | None = None if self.positions is None else self.positions.index.to(tf.device)
 
         # the dictionary a feature graph's features are computed by (the graph holds their layout only)
-        self.transcoders: TranscoderSet | None = transcoders
+        self.transcoders: FeatureDictionary | None = transcoders
         self._units: MLPUnits | None = units_of(g, tf, transcoders)
         self._blocks: list[Block] = blocks_of(g, self.tf.parts, self._units)  # the layer loop every pass walks
         self._n_units: dict[int, int] = {}  # layer -> how many of its MLP sources are factored units
         self._dense_cols: Tensor | None = None
         self._dslot: Tensor | None = None
         self._abl_units: list[Tensor | None] | None = None
-        self._unit_rows: dict[int, Tensor] = {}
+        self._unit_rows: dict[tuple[int, int], Tensor] = {}
         self._source_values: SourceValues | None = None
         self.clean = tf.run(clean_t, self.answer_pos)
         corrupt_run = tf.run(corrupt_t, self.answer_pos)
@@ -357,13 +369,15 @@ class Patcher:
         (the same indices when no source is factored)."""
         return cols if self._dslot is None else self._dslot[cols]
 
-    def unit_rows(self, layer: int) -> Tensor:
-        """[n_units, d_model] what each factored unit of ``layer`` writes per unit of activation."""
-        rows = self._unit_rows.get(layer)
+    def unit_rows(self, layer: int, at: int = -1) -> Tensor:
+        """[n_units, d_model] what each factored unit of ``layer`` writes per unit of activation (cross-layer units:
+        what each has written by the time the stream reaches layer ``at``, `acdc.blocks.rows_of`)."""
+        assert self._units is not None
+        key = (layer, at if is_cross_layer(self._units) else -1)
+        rows = self._unit_rows.get(key)
         if rows is None:
-            assert self._units is not None
-            rows = self._units.rows(self.tf, layer).to(device=self.tf.device, dtype=self.tf.dtype)
-            self._unit_rows[layer] = rows
+            rows = rows_of(self._units, self.tf, layer, at).to(device=self.tf.device, dtype=self.tf.dtype)
+            self._unit_rows[key] = rows
         return rows
 
     def _factor(self, corrupt: ForwardCache, mean_weights: Tensor | None) -> ForwardCache:
@@ -400,11 +414,13 @@ class Patcher:
         g, tf, units = self.graph, self.tf, self._units
         assert units is not None and self._dslot is not None
         out = run.sources.index_select(0, self._plain_rows.clamp_min(0))
-        for layer, n in self._n_units.items():
+        acts: dict[int, Tensor] = {}  # cross-layer units: the earlier layers' activations, for each layer's extras
+        for layer, n in sorted(self._n_units.items()):
             src = g.mlp_sources(layer)
+            x = run.resid_mid[layer]
+            acts[layer] = units.activations(tf, layer, x)
             if len(src) > n:
-                x = run.resid_mid[layer]
-                extra = units.extras(tf, layer, x, units.activations(tf, layer, x))
+                extra = extras_of(units, tf, layer, x, acts[layer], acts)
                 assert extra is not None
                 out[self._dslot[src.start + n : src.stop]] = extra
         return out
@@ -668,7 +684,9 @@ class Patcher:
         keep = keep & (self.upstream if keep.dim() == 3 else self.upstream[:, :, None])
         K = keep.shape[0]
         a = self.tf.arch
-        if a.post_norms:  # a destination's input is not linear in its edges: each candidate runs from scratch
+        if a.post_norms or is_cross_layer(self._units):
+            # a destination's input is not linear in its edges (post-norm families), or a layer's error node reads every
+            # earlier layer's cross-layer features: each candidate runs from scratch
             return self._propagate_from_scratch(st, keep)
         L = a.n_layers
         changed_rows = (keep != st.keep[None]).reshape(K, keep.shape[1], -1).any(-1).any(0)
@@ -689,8 +707,9 @@ class Patcher:
         return Proposal(keep, logits, job.delta, job.new_inp, runs, job.dropped, job.act_delta)
 
     def _propagate_from_scratch(self, st: PatchState, keep: Tensor) -> Proposal:
-        """`propagate` where a destination's input is not a sum over its edges (post-norm families): each candidate's
-        logits from a patched run from scratch, exact; nothing incremental to commit but the kept edges and logits."""
+        """`propagate` where a destination's input is not a sum over its edges (post-norm families) or a cross-layer
+        transcoder's features feed later layers' error nodes: each candidate's logits from a patched run from scratch,
+        exact; nothing incremental to commit but the kept edges and logits."""
         g = self.graph
         reusable = self._units is None  # X holds every source of a graph of whole MLPs
         if reusable and st.x_full is None:

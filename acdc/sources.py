@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .blocks import MLPUnits, weighted_rows
+from .blocks import MLPUnits, is_cross_layer, rows_of, weighted_rows
 from .graph import Graph
 from .model import Transformer
 
@@ -81,6 +81,9 @@ class SourceValues:
             raise ValueError(f"EAP-IG interpolates a factored layer's sources as one group, its MLP: {self.graph.mlp_sources(layer)}")
         units = self.units
         assert units is not None
+        if is_cross_layer(units):
+            raise NotImplementedError("EAP-IG interpolates each MLP's output, and a cross-layer transcoder's features write into "
+                                      "every later MLP: use method='eap' on cross-layer transcoder graphs")
         B, S, d = self.dense_clean.shape[1:]
         abl = torch.zeros_like(f.clean) if f.abl is None else f.abl.expand_as(f.clean)
         acts = (abl + alpha * (f.clean - abl)).reshape(len(f.clean), -1)  # [n, B * S]
@@ -150,7 +153,7 @@ class SourceValues:
         for layer, f in self.factored.items():
             if f.sources.stop > upto:
                 continue
-            read = flat @ units.rows(self.tf, layer).T.to(flat.dtype)  # [R, T, n]: G . w_u per token
+            read = flat @ self._rows(layer, upto).T.to(flat.dtype)  # [R, T, n]: G . w_u per token
             out[:, f.sources.start : f.sources.stop] = torch.einsum("rtn,nt->rn", read, self._unit_diff(f)).double()
         return out
 
@@ -187,9 +190,15 @@ class SourceValues:
                     continue
                 assert self.units is not None
                 diff = self._unit_diff(f).index_select(1, idx)  # [n, tokens]
-                read = at @ self.units.rows(self.tf, layer).T.to(at.dtype)  # [R, tokens, n]
+                read = at @ self._rows(layer, upto).T.to(at.dtype)  # [R, tokens, n]
                 out[:, f.sources.start : f.sources.stop, p] = torch.einsum("rtn,nt->rn", read, diff).double()
         return out
+
+    def _rows(self, layer: int, upto: int) -> Tensor:
+        """[n, d] what layer's units write as read by destinations of the sources [0, upto) (cross-layer units: up to
+        their layer, `acdc.blocks.MLPUnits.rows`)."""
+        assert self.units is not None
+        return rows_of(self.units, self.tf, layer, self.graph.mlps_before(upto))
 
     @staticmethod
     def _unit_diff(f: FactoredLayer) -> Tensor:

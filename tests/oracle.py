@@ -17,7 +17,14 @@ from acdc.graph import Graph
 
 MLPSplit = Callable[[int, Tensor, Tensor, Tensor], "dict[str, Tensor] | None"]
 """(layer, MLP input stream x, the MLP's activations hook_post, its output y) -> the outputs
-[B, S, d] of the graph's sources in that layer, by name (None: the MLP is one node ``m{layer}``)."""
+[B, S, d] of the graph's sources in that layer, by name (None: the MLP is one node ``m{layer}``). A source whose
+output depends on the reader (a cross-layer transcoder's feature: what it has written by the reader's layer)
+gives [n_layers + 1, B, S, d], read at the number of MLPs before the destination (the destination's layer)."""
+
+
+def at_reader(value: Tensor, mlp_layers: int) -> Tensor:
+    """A source's output as a destination after ``mlp_layers`` MLPs reads it (`MLPSplit`)."""
+    return value[mlp_layers] if value.dim() == 4 else value
 
 
 def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None = None,
@@ -62,14 +69,14 @@ def split_forward(model, graph: Graph, tokens: Tensor, *, split: MLPSplit | None
         per_layer: dict[int, Tensor] = {}  # post-norm: each upstream layer's b_O + mix of heads, normed below
         for src in sources_of[dst_name]:
             edge = f"{src}->{dst_name}"
-            value = current[src]
+            value = at_reader(current[src], mlp_layers)
             if edge in ablated:
                 assert abl is not None
-                m = ablated[edge]
+                m, a = ablated[edge], at_reader(abl[src], mlp_layers)
                 if m.dtype == torch.bool:
-                    value = torch.where(m[..., None], abl[src], current[src])
+                    value = torch.where(m[..., None], a, value)
                 else:  # a weight of ablation in [0, 1]: mixed, (1 - m) O + m A
-                    value = current[src] + m[..., None] * (abl[src] - current[src])
+                    value = value + m[..., None] * (a - value)
             if post_attn is not None and src.startswith("a"):
                 layer = int(src[1:].split(".")[0])
                 per_layer[layer] = per_layer.get(layer, b_o[layer]) + value
@@ -163,8 +170,8 @@ def ablation_values(model, graph: Graph, corrupt: Tensor, ablation: str, batch: 
     out = split_forward(model, graph, corrupt, **split)[1]
     if ablation == "resample":
         return out
-    if ablation == "mean":
-        return {k: v.mean(0, keepdim=True).expand(batch, *v.shape[1:]) for k, v in out.items()}
+    if ablation == "mean":  # over the prompts (a reader-dependent output's second axis)
+        return {k: v.mean(v.dim() - 3, keepdim=True).expand(*v.shape[: v.dim() - 3], batch, *v.shape[-2:]) for k, v in out.items()}
     return {k: torch.zeros_like(v) for k, v in out.items()}
 
 
@@ -255,13 +262,14 @@ def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation:
     for e in graph.edges:
         src = e.src.name
         at = torch.ones(clean.shape, dtype=torch.bool) if e.pos is None else positions.mask(e.pos)
+        o = at_reader(clean_out[src], e.dst.node.layer)  # the destination's layer: the MLPs before it
         if ablation == "resample":
-            a = corrupt_out[src]
+            a = at_reader(corrupt_out[src], e.dst.node.layer)
         elif ablation == "mean":
-            a = corrupt_out[src].mean(0, keepdim=True)
+            a = at_reader(corrupt_out[src], e.dst.node.layer).mean(0, keepdim=True)
         else:
-            a = torch.zeros_like(clean_out[src])
-        out[e.name] = float(((a - clean_out[src]) * grads[e.dst.name] * at[..., None]).sum())
+            a = torch.zeros_like(o)
+        out[e.name] = float(((a - o) * grads[e.dst.name] * at[..., None]).sum())
     return out
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_gpt2
+from conftest import tiny_gpt2, tiny_neox
 from safetensors.torch import save_file
 
 import acdc
@@ -126,5 +126,135 @@ def test_clt_refusals_are_one_line(tmp_path):
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="spans 3 layers; this model has 2"):
         acdc.load_clt(tmp_path / "three", model)
-    with pytest.raises(NotImplementedError, match="not graph nodes yet"):
-        acdc.Graph.from_model(model, transcoders=_random_clt())
+
+
+# ---------------------------------------------------------------------- CLT features as graph nodes
+def _model_and_clt(activation: str = "relu", skip: bool = False, reads: str = "normed", family: str = "gpt2"):
+    """A tiny random model (random biases: b_dec and b_O sit outside every node) and a random CLT over its layers."""
+    from acdc.model import Transformer
+    from acdc.transcoders import ModelInfo
+
+    model = tiny_gpt2(n_layer=3, n_head=2, d=16) if family == "gpt2" else tiny_neox(n_layer=3, n_head=2, d=16)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.original_model.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(0.3 * torch.randn(param.shape, generator=gen))
+    tf = Transformer.from_bridge(model)
+    clt = CrossLayerTranscoder(CLTConfig(3, 16, 10, activation, k=3 if activation == "topk" else None, skip=skip, reads=reads),
+                               ModelInfo.of(tf, "tiny"), "random (tests)")
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(0.4 * torch.randn(p.shape, generator=gen))
+        if clt.log_threshold is not None:
+            clt.log_threshold.fill_(math.log(0.3))
+    return model, clt
+
+
+def clt_split(model, graph, clt: CrossLayerTranscoder) -> dict:
+    """`oracle.split_forward`'s split of a CLT feature graph, by hand: feature i of layer l outputs, to a reader after
+    k MLPs, a_i(x_l) times the sum of its decoders into layers l..k-1 ([L + 1, B, S, d], `oracle.MLPSplit`); layer
+    j's error is its MLP's output minus sum_{l <= j} a_l W_dec[l][:, j - l] over the graph's features, b_dec[j] and
+    the skip path, every a_l from its own layer's input in the same run."""
+    from test_features import _ln2
+
+    L = clt.cfg.n_layers
+    featured = dict(graph.features.features)
+    acts_of: dict[int, torch.Tensor] = {}  # this run's activations, layer by layer (the forward visits them in order)
+
+    def split(layer, x, post, y):
+        xin = _ln2(model, layer)(x) if clt.cfg.reads == "normed" else x
+        acts_of[layer] = clt.encode(layer, xin).detach()
+        parts, recon = {}, clt.b_dec[layer].detach().expand_as(y).clone()
+        for src in range(layer + 1):
+            for i in featured[src]:
+                recon = recon + acts_of[src][..., i, None] * clt.W_dec[src][i, layer - src].detach()
+        for i in featured[layer]:
+            by_reader = [sum((clt.W_dec[layer][i, j - layer].detach() for j in range(layer, k)), torch.zeros(y.shape[-1]))
+                         for k in range(L + 1)]
+            parts[f"m{layer}.f{i}"] = torch.stack([acts_of[layer][..., i, None] * w for w in by_reader])
+        if clt.W_skip is not None:
+            parts[f"m{layer}.skip"] = xin @ clt.W_skip[layer].detach()
+            recon = recon + parts[f"m{layer}.skip"]
+        parts[f"m{layer}.err"] = y - recon
+        return parts
+
+    return {"split": split, "mlp_bias": [clt.b_dec[layer].detach() for layer in range(L)]}
+
+
+CLT_GRAPHS = [("relu", False, "normed", "gpt2", None), ("jumprelu", True, "stream", "gpt2", {0: [1, 4, 7], 1: [0, 2], 2: [3, 5, 9]}),
+              ("topk", False, "normed", "neox", None)]
+
+
+@pytest.mark.parametrize("activation, skip, reads, family, chosen", CLT_GRAPHS)
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_clt_feature_graph_patched_logits_equal_the_hooked_forward(activation, skip, reads, family, chosen, ablation):
+    """Every edge kept: the model. Random edge sets: the hooked forward with every MLP replaced by the CLT's
+    reconstruction from the graph's features plus that layer's error, each destination reading what each feature
+    has written by its layer. ACDC's propagation (from scratch here) agrees."""
+    from oracle import patched_logits
+
+    model, clt = _model_and_clt(activation, skip, reads, family)
+    g = acdc.Graph.from_model(model, transcoders=clt, features=chosen)
+    assert g.features is not None and g.features.info["cross_layer"] and "m2.f3" in {s.name for s in g.sources}
+    clean, corrupt = (torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt, ablation=ablation)
+    with torch.no_grad():
+        full = model(clean, return_type="logits")[:, -1]
+    assert torch.allclose(p.logits(torch.zeros(g.n_edges, dtype=torch.bool)), full, atol=1e-4)
+    split = clt_split(model, g, clt)
+    gen = torch.Generator().manual_seed(0)
+    for frac in (0.3, 0.7):
+        mask = torch.rand(g.n_edges, generator=gen) < frac
+        ref = patched_logits(model, g, clean, corrupt, [e.name for e, m in zip(g.edges, mask.tolist()) if m], ablation, **split)[:, -1]
+        got = p.logits(mask)
+        assert torch.allclose(got, ref, atol=1e-4), float((got - ref).abs().max())
+        keep = g.dense(~mask) & p.upstream
+        assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
+
+
+def test_clt_feature_graph_eap_equals_the_gradient_formula():
+    """EAP on a CLT graph: (ablated - clean output as the destination reads it) . the gradient at its input."""
+    from oracle import eap_reference
+
+    model, clt = _model_and_clt("relu", True)
+    g = acdc.Graph.from_model(model, transcoders=clt)
+    clean, corrupt = (torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    answers = (torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
+    s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=answers, graph=g, transcoders=clt)
+
+    def loss(logits):
+        last = logits[:, -1]
+        return -(last[torch.arange(3), answers[0]] - last[torch.arange(3), answers[1]]).mean()
+
+    ref = eap_reference(model, g, clean, corrupt, "resample", loss, **clt_split(model, g, clt))
+    scale = max(abs(v) for v in ref.values())
+    assert any(abs(ref[f"m0.f{i}->logits"]) > 1e-3 * scale for i in range(10))  # layer 0's features reach the logits
+    for e in g.edges:
+        assert s[e.name] == pytest.approx(ref[e.name], abs=1e-4 * scale, rel=1e-3), e.name
+
+
+def test_what_clt_graphs_do_not_run_yet_is_one_line():
+    model, clt = _model_and_clt()
+    g = acdc.Graph.from_model(model, transcoders=clt)
+    clean, corrupt = (torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    with pytest.raises(NotImplementedError, match="method='eap' on cross-layer transcoder graphs"):
+        acdc.attribute(model, clean, corrupt, method="eap-ig-activations", graph=g, transcoders=clt, steps=2)
+    with pytest.raises(NotImplementedError, match="Edge Pruning's mixed forward does not run graphs of cross-layer"):
+        acdc.prune_edges(model, clean, corrupt, graph=g, transcoders=clt, steps=1)
+
+
+def test_acdc_on_a_clt_graph_keeps_what_its_trace_says():
+    """Exact ACDC on a CLT graph (each candidate from scratch): the circuit it returns, patched, gives the metric its
+    trace ends with, and faithfulness reads the same circuit through the same engine."""
+    model, clt = _model_and_clt("relu", False)
+    g = acdc.Graph.from_model(model, transcoders=clt, features={0: [0, 1, 2], 1: [3, 4], 2: [5, 6]})
+    clean, corrupt = (torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    c = acdc.discover(model, clean, corrupt, graph=g, transcoders=clt, threshold=0.05, metric="kl", progress=False)
+    assert 0 < c.n_edges < g.n_edges
+    from acdc.api import make_batch
+    from acdc.metrics import resolve_metric
+
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt)
+    kl = resolve_metric("kl")(p.logits(c), make_batch(p))
+    assert kl == pytest.approx(c.metric_trace[-1], abs=1e-5)

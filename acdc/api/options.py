@@ -28,7 +28,7 @@ from ..graph import Graph
 from ..inputs import Answers
 from ..metrics import MetricLike
 from ..positions import Positions
-from ..transcoders import TranscoderSet
+from ..transcoders import FeatureDictionary
 
 __all__ = ["AttributeOptions", "DiscoverOptions", "FaithfulnessOptions", "Inputs", "PruneOptions", "ROCOptions",
            "SweepInputs", "names_of", "take"]
@@ -77,7 +77,7 @@ class Inputs(TypedDict, total=False):
     answer_pos: int | Sequence[int] | Tensor | None
     split_qkv: bool
     graph: Graph | None
-    transcoders: TranscoderSet | None
+    transcoders: FeatureDictionary | None
     mean_weights: Tensor | None
     positions: str | Positions | None
 

@@ -14,7 +14,7 @@ from ..metrics import Batch, Metric, MetricLike, resolve_metric, scored_rows
 from ..patching import Patcher
 from ..positions import Positions
 from ..tasks import Task
-from ..transcoders import TranscoderSet
+from ..transcoders import FeatureDictionary
 from .options import DiscoverOptions, Inputs
 
 __all__ = ["DiscoverOptions", "Inputs", "make_batch", "prepare", "resolve_positions"]
@@ -33,7 +33,7 @@ def prepare(
     graph: Graph | None = None,
     mean_weights: Tensor | None = None,
     positions: str | Positions | None = None,
-    transcoders: TranscoderSet | None = None,
+    transcoders: FeatureDictionary | None = None,
 ) -> tuple[Patcher, Metric, Batch]:
     """Build the patcher, metric and batch an algorithm runs on, from the inputs of `discover`.
 

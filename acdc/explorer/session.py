@@ -32,7 +32,7 @@ from ..model import ForwardCache
 from ..render import circuit_title, layout
 from ..tasks import Task
 from ..tasks.base import scoring_note
-from ..transcoders import TranscoderSet
+from ..transcoders import CrossLayerTranscoder, TranscoderSet
 from .qk import attention_why
 from .why import WhyAnswers
 
@@ -318,6 +318,8 @@ class Explorer:
                 names = [f"clean {i}" for i in range(self.n_prompts)] + [f"corrupt {i}" for i in range(self.n_prompts)]
             else:
                 tokens, mask, names = self.corpus, None, [f"corpus {i}" for i in range(self.corpus.shape[0])]
+            if isinstance(p.transcoders, CrossLayerTranscoder):
+                raise ExplorerError("firing scans of cross-layer transcoder features are not supported yet")
             try:
                 (act,) = component_activity(p.tf, [node], tokens, mask=mask, transcoders=p.transcoders,
                                             top=k, tokenizer=self.tokenizer)

@@ -8,7 +8,7 @@ See `transcoder` (the object and its file format), `training`, `corpus` (token s
 `formats` (published layouts), `clt` (cross-layer transcoders), `fidelity` and `pages` (pages of top contexts and logit effects).
 """
 
-from .clt import CLTConfig, CrossLayerTranscoder, load_clt, read_circuit_tracer_clt
+from .clt import CLTConfig, CrossLayerTranscoder, FeatureDictionary, load_clt, read_circuit_tracer_clt
 from .corpus import CorpusWarning, GeneratedStream, TextStream, TokenStream, as_token_stream, text_stream
 from .fidelity import Fidelity, transcoder_fidelity
 from .formats import load_transcoders, read_circuit_tracer, read_saelens, read_sparsify
@@ -19,7 +19,7 @@ from .transcoder import ACTIVATIONS, ModelInfo, Transcoder, TranscoderConfig, Tr
 __all__ = [
     "CorpusWarning", "as_token_stream",
     "active_features",
-    "ACTIVATIONS", "CLTConfig", "CrossLayerTranscoder", "FeatureInfo", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
+    "ACTIVATIONS", "CLTConfig", "CrossLayerTranscoder", "FeatureDictionary", "FeatureInfo", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
     "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_clt", "load_transcoders", "read_circuit_tracer", "read_circuit_tracer_clt", "read_saelens", "read_sparsify", "text_stream", "train_transcoders",
     "transcoder_fidelity",
 ]

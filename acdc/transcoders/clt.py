@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from ..model import Transformer
-from .transcoder import ACTIVATIONS, ModelInfo, activate, check_model_info, read_config, write_folder
+from .transcoder import ACTIVATIONS, ModelInfo, TranscoderSet, activate, check_model_info, read_config, write_folder
 
-__all__ = ["CLT_FORMAT", "CLTConfig", "CrossLayerTranscoder", "load_clt", "read_circuit_tracer_clt"]
+__all__ = ["CLT_FORMAT", "CLTConfig", "CrossLayerTranscoder", "FeatureDictionary", "load_clt", "read_circuit_tracer_clt"]
 
 CLT_FORMAT = "acdc-clt/1"
 READS = ("normed", "stream")
@@ -227,3 +227,7 @@ def load_clt(path: str | Path, model: Any = None, *, device: torch.device | str 
     if tf is not None:
         clt.check_model(tf, f"cross-layer transcoder {path}")
     return clt
+
+
+FeatureDictionary = TranscoderSet | CrossLayerTranscoder
+"""What a feature graph's features are computed by: per-layer transcoders or one cross-layer transcoder."""
