@@ -193,6 +193,11 @@ class Mixing(Protocol):
         """A factored layer's unit activations [B, S, n_units], carrying their autograd graphs."""
         ...
 
+    @property
+    def unit_acts(self) -> dict[int, Tensor]:
+        """The factored layers' activations pushed so far, layer -> [B, S, n] (cross-layer units' extras read them)."""
+        ...
+
 
 # ---------------------------------------------------------------------- blocks
 class Block:
@@ -450,16 +455,15 @@ class UnitsBlock(MLPBlock):
     def _whole_run_only(self, what: str) -> None:
         if is_cross_layer(self.units):
             raise NotImplementedError(f"{what} does not run graphs of cross-layer transcoder features yet; patched runs "
-                                      "from scratch do (Patcher.logits, faithfulness, ACDC, EAP)")
+                                      "from scratch do (Patcher.logits, faithfulness, ACDC, EAP, Edge Pruning)")
 
     def mixed(self, mix: Mixing) -> None:
-        self._whole_run_only("Edge Pruning's mixed forward")
         m_in = mix.inputs([self.row], self.upto, self.stream)[0]
         tf = mix.p.tf
         acts = self.units.activations(tf, self.layer, m_in)  # [B, S, n], differentiable in m_in
         mix.push_units(self.layer, acts)
         if len(self.extra):
-            out = self.units.extras(tf, self.layer, m_in, acts)
+            out = extras_of(self.units, tf, self.layer, m_in, acts, mix.unit_acts)
             assert out is not None
             mix.push(self.extra, out)
 

@@ -42,6 +42,7 @@ from .graph import ERROR, FEATURE, SKIP, Graph, Node, check_layout
 from .model import Transformer
 from .sites import SITES, Edits, SiteContext, UnitSite
 from .transcoders import CrossLayerTranscoder, FeatureDictionary, Transcoder, TranscoderSet, active_features
+from .transcoders.transcoder import activate
 
 __all__ = ["ERROR", "FEATURE", "SKIP", "CrossLayerUnits", "FeatureSite", "TranscoderUnits", "active_features"]
 
@@ -134,9 +135,12 @@ class CrossLayerUnits:
         return xn.to(self.clt.W_enc.dtype)
 
     def activations(self, tf: Transformer, layer: int, x: Tensor) -> Tensor:
-        """[..., n] the chosen features' activations on MLP input stream x [..., d_model] (TopK: every feature encoded)."""
-        with torch.no_grad():
-            acts = self.clt.encode(layer, self._read(tf, layer, x))
+        """[..., n] the chosen features' activations on MLP input stream x [..., d_model] (TopK: every feature encoded);
+        differentiable in x (Edge Pruning's mixed run), never in the CLT's parameters."""
+        c = self.clt
+        pre = self._read(tf, layer, x) @ c.W_enc[layer].detach() + c.b_enc[layer].detach()
+        thr = None if c.log_threshold is None else c.log_threshold[layer].detach()
+        acts = activate(pre, c.cfg.activation, c.cfg.k, thr)
         return acts.index_select(-1, self._idx[layer].to(acts.device)).to(tf.dtype)
 
     def _dec(self, source: int, target: int) -> Tensor:

@@ -93,6 +93,7 @@ class MixedRun:
         self.chunks: list[Tensor] = []
         self.starts: list[int] = []  # each chunk's first slot
         self.units: dict[int, Tensor] = {}
+        self.unit_acts: dict[int, Tensor] = {}  # each factored layer's activations [B, S, n] (cross-layer units' extras read them)
         # graph columns of the dense sources (in slot order) and, per position, its flat token indices
         self.dense_cols = None if patcher.unit_mask is None else (~patcher.unit_mask).nonzero().squeeze(1)
         self.groups = patcher.position_groups if g.positions is not None and g.n_positions > 1 else None
@@ -115,6 +116,7 @@ class MixedRun:
 
     def push_units(self, layer: int, acts: Tensor) -> None:
         """A factored layer's activations [B, S, n_units] in this run."""
+        self.unit_acts[layer] = acts
         a = acts.movedim(-1, 0)
         abl = self.p.unit_ablation[layer]
         self.units[layer] = (a if abl is None else a - abl).reshape(a.shape[0], -1)
@@ -147,7 +149,7 @@ class MixedRun:
                 Wu = Wu.index_select(-1, self.token_position)  # [R, n, B * S]: each token its position's weight
             else:
                 Wu = Wu[..., None]
-            rows_l = p.unit_rows(layer)  # per-layer units (cross-layer ones are refused by their block)
+            rows_l = p.unit_rows(layer, p.graph.mlps_before(upto))  # cross-layer units: what they wrote by this layer
             out = out + ((Wu * values[None]).transpose(1, 2) @ rows_l).view(len(rows), B, S, d)
         return out
 

@@ -240,8 +240,7 @@ def test_what_clt_graphs_do_not_run_yet_is_one_line():
     clean, corrupt = (torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
     with pytest.raises(NotImplementedError, match="method='eap' on cross-layer transcoder graphs"):
         acdc.attribute(model, clean, corrupt, method="eap-ig-activations", graph=g, transcoders=clt, steps=2)
-    with pytest.raises(NotImplementedError, match="Edge Pruning's mixed forward does not run graphs of cross-layer"):
-        acdc.prune_edges(model, clean, corrupt, graph=g, transcoders=clt, steps=1)
+
 
 
 def test_acdc_on_a_clt_graph_keeps_what_its_trace_says():
@@ -258,3 +257,36 @@ def test_acdc_on_a_clt_graph_keeps_what_its_trace_says():
     p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt)
     kl = resolve_metric("kl")(p.logits(c), make_batch(p))
     assert kl == pytest.approx(c.metric_trace[-1], abs=1e-5)
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_clt_graph_mixed_run_is_the_patched_run_at_zero_one_and_the_hooked_mix_between(ablation):
+    """Edge Pruning's mixed forward on a CLT graph: at 0/1 weights `Patcher.logits`; at fractional weights the hooked
+    forward where each destination reads w O + (1 - w) A of what each feature has written by its layer; the gradient
+    reaches edges out of layer 0's features, nothing reaches the CLT's parameters."""
+    from oracle import ablation_values, split_forward
+
+    from acdc.mixing import mixed_logits
+
+    model, clt = _model_and_clt("jumprelu", True)
+    g = acdc.Graph.from_model(model, transcoders=clt, features={0: [1, 4, 7], 1: [0, 2], 2: [3, 5, 9]})
+    clean, corrupt = (torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt, ablation=ablation)
+
+    def weights(w_edges):
+        w = torch.zeros(g.state_shape, dtype=w_edges.dtype)
+        w[g.edge_dst, g.edge_src] = w_edges
+        return w
+
+    keep = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(0)) < 0.6
+    assert torch.allclose(mixed_logits(p, weights(keep.float())), p.logits(~keep), atol=1e-5)
+    w = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(3))
+    got = mixed_logits(p, weights(w))
+    split = clt_split(model, g, clt)
+    mix = {e.name: torch.full(clean.shape, 1.0 - float(w[i])) for i, e in enumerate(g.edges)}
+    want = split_forward(model, g, clean, ablated=mix, abl=ablation_values(model, g, corrupt, ablation, 3, **split), **split)[0][:, -1]
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    wr = w.clone().requires_grad_(True)
+    mixed_logits(p, weights(wr)).sum().backward()
+    assert wr.grad is not None and float(wr.grad[g.edges_out_of(["m0.f1", "m0.f4", "m0.f7"])].abs().max()) > 0
+    assert all(prm.grad is None for prm in clt.parameters())
