@@ -39,6 +39,7 @@ class Readers:
     n: int
     mid: dict[int, tuple[Tensor, Tensor, Tensor]]
     final: tuple[Tensor, Tensor, Tensor] | None = None
+    raw: bool = False  # ``mid``'s directions read the stream itself, not its norm (a cross-layer transcoder's "stream")
 
 
 @dataclass
@@ -201,8 +202,8 @@ class _Transpose:
         sent = fr.norm_vjp(g @ fr.skip[layer].T, w, fr.scale2[layer, :S]) if layer in fr.skip else None
         if layer in self.readers.mid:
             rows, pos, dirs = self.readers.mid[layer]
-            sent = (torch.zeros_like(g) if sent is None else sent).index_put(
-                (rows, pos), fr.norm_vjp(dirs, w, fr.scale2[layer, :S][pos]), accumulate=True)
+            back = dirs if self.readers.raw else fr.norm_vjp(dirs, w, fr.scale2[layer, :S][pos])
+            sent = (torch.zeros_like(g) if sent is None else sent).index_put((rows, pos), back, accumulate=True)
         return sent
 
     def heads(self, part: HeadsPart, g: Tensor) -> Tensor:

@@ -22,17 +22,35 @@ def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_fi
     hand from the Hugging Face GPT-2's modules (attention patterns and LayerNorm denominators fixed
     at their clean values, each MLP's output fixed except its transcoder's skip path), once with
     every node and once per source with that source's vector taken out of the stream; a target's
-    value is its encoder pre-activation (a feature) or its demeaned logit (a logit node)."""
+    value is its encoder pre-activation (a feature) or its demeaned logit (a logit node). ``ts``: per-layer
+    transcoders, or a cross-layer transcoder (a feature's vectors are then its writes into its layer's MLP
+    output and every later one's; layer j's error is its MLP minus the CLT's reconstruction there)."""
+    from acdc.transcoders import CrossLayerTranscoder
+
     hf = model.original_model
     blocks, S, H = hf.transformer.h, len(tokens), model.cfg.n_heads
     d = model.cfg.d_model
     dh = d // H
+    cross = isinstance(ts, CrossLayerTranscoder)
+    raw = cross and ts.cfg.reads == "stream"
 
     def ln(x, mod, scale):
         return (x - x.mean(-1, keepdim=True)) / scale * mod.weight + mod.bias
 
     def scale_of(x, mod):
         return (x.var(-1, unbiased=False, keepdim=True) + mod.eps).sqrt()
+
+    def read(layer, xn, x_mid):  # what layer's features read
+        return x_mid if raw else xn
+
+    def encode(layer, x):
+        return ts.encode(layer, x) if cross else ts[layer].encode(x)
+
+    def w_skip(layer):
+        if cross:
+            return None if ts.W_skip is None else ts.W_skip[layer]
+        t = ts.transcoders.get(layer)
+        return None if t is None else t.W_skip
 
     with torch.no_grad():  # the clean run: what gets frozen
         x = hf.transformer.wte.weight[tokens] + hf.transformer.wpe.weight[:S]
@@ -48,42 +66,51 @@ def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_fi
             s2 = scale_of(x_mid, b.ln_2)
             xn = ln(x_mid, b.ln_2, s2)
             out = b.mlp(xn)
-            frozen.append((s1, att, s2, out, xn))
+            frozen.append((s1, att, s2, out, xn, x_mid))
             x = x_mid + out
         sf = scale_of(x, hf.transformer.ln_f)
+        clean_acts = {layer: encode(layer, read(layer, f[4], f[5])) for layer, f in enumerate(frozen)} if cross else {}
 
     names = g.node_names()
 
-    def vector_of(name: str) -> tuple[str, int, int, torch.Tensor]:
-        """(where it writes: "mlp"/"embed", layer, position, its vector)."""
+    def vectors_of(name: str) -> list[tuple[str, int, int, torch.Tensor]]:
+        """Where it writes ("mlp"/"embed", layer, position) and its vector there, for each place it writes."""
         kind, pos = name.split("@")
         pos = int(pos)
         if kind == "input":
-            return "embed", -1, pos, hf.transformer.wte.weight[tokens[pos]]
+            return [("embed", -1, pos, hf.transformer.wte.weight[tokens[pos]])]
         layer_s, unit = kind[1:].split(".")
         layer = int(layer_s)
-        s1, att, s2, out, xn = frozen[layer]
+        s1, att, s2, out, xn, x_mid = frozen[layer]
         if unit == "err":
             if skip_first and pos == 0:
-                return "mlp", layer, pos, torch.zeros(d)
+                return [("mlp", layer, pos, torch.zeros(d))]
+            if cross:
+                recon = ts.b_dec[layer] + sum(clean_acts[src][pos] @ ts.decoder(src, layer) for src in range(layer + 1))
+                ws = w_skip(layer)
+                return [("mlp", layer, pos, out[pos] - recon - (0 if ws is None else xn[pos] @ ws))]
             if layer not in ts.transcoders:
-                return "mlp", layer, pos, out[pos]
-            return "mlp", layer, pos, out[pos] - ts[layer](xn[pos])
+                return [("mlp", layer, pos, out[pos])]
+            return [("mlp", layer, pos, out[pos] - ts[layer](xn[pos]))]
         f = int(unit[1:])
+        if cross:
+            a = clean_acts[layer][pos, f]
+            return [("mlp", j, pos, a * ts.decoder(layer, j)[f]) for j in range(layer, len(blocks))]
         a = ts[layer].encode(xn[pos])[f]
-        return "mlp", layer, pos, a * ts[layer].W_dec[f]
+        return [("mlp", layer, pos, a * ts[layer].W_dec[f])]
 
     def run(removed: str | None) -> torch.Tensor:
-        """Every target's value, with ``removed``'s vector out of the stream."""
-        where, at_layer, at_pos, vec = vector_of(removed) if removed is not None else ("", -2, 0, None)
+        """Every target's value, with ``removed``'s vectors out of the stream."""
+        taken = vectors_of(removed) if removed is not None else []
         with torch.no_grad():
             x = hf.transformer.wte.weight[tokens] + hf.transformer.wpe.weight[:S]
-            if where == "embed":
-                x = x.clone()
-                x[at_pos] -= vec
+            for where, _, at_pos, vec in taken:
+                if where == "embed":
+                    x = x.clone()
+                    x[at_pos] -= vec
             values = torch.zeros(g.n_nodes)
             for layer, b in enumerate(blocks):
-                s1, att, s2, out, xn_clean = frozen[layer]
+                s1, att, s2, out, xn_clean, _ = frozen[layer]
                 _, _, v = (ln(x, b.ln_1, s1) @ b.attn.c_attn.weight + b.attn.c_attn.bias).split(d, -1)
                 v = v.view(S, H, dh).transpose(0, 1)
                 x_mid = x + (att @ v).transpose(0, 1).reshape(S, d) @ b.attn.c_proj.weight + b.attn.c_proj.bias
@@ -91,13 +118,15 @@ def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_fi
                 for i in range(g.n_features):
                     fl, fp, ff = g.features[i].tolist()
                     if fl == layer:
-                        values[i] = ts[layer].W_enc[:, ff] @ xn[fp]
+                        enc = ts.W_enc[layer][:, ff] if cross else ts[layer].W_enc[:, ff]
+                        values[i] = enc @ read(layer, xn, x_mid)[fp]
                 mlp = out.clone()
-                t = ts.transcoders.get(layer)
-                if t is not None and t.W_skip is not None:  # the skip path stays live
-                    mlp = mlp - xn_clean @ t.W_skip + xn @ t.W_skip
-                if where == "mlp" and at_layer == layer:
-                    mlp[at_pos] -= vec
+                ws = w_skip(layer)
+                if ws is not None:  # the skip path stays live
+                    mlp = mlp - xn_clean @ ws + xn @ ws
+                for where, at_layer, at_pos, vec in taken:
+                    if where == "mlp" and at_layer == layer:
+                        mlp[at_pos] -= vec
                 x = x_mid + mlp
             final = ln(x, hf.transformer.ln_f, sf)[-1]
             W_U = hf.lm_head.weight.T

@@ -290,3 +290,53 @@ def test_clt_graph_mixed_run_is_the_patched_run_at_zero_one_and_the_hooked_mix_b
     mixed_logits(p, weights(wr)).sum().backward()
     assert wr.grad is not None and float(wr.grad[g.edges_out_of(["m0.f1", "m0.f4", "m0.f7"])].abs().max()) > 0
     assert all(prm.grad is None for prm in clt.parameters())
+
+
+@pytest.mark.parametrize("activation, skip, reads", [("relu", True, "normed"), ("jumprelu", False, "stream"), ("topk", False, "normed")])
+def test_clt_attribution_graph_edges_are_the_measured_direct_effects(activation, skip, reads):
+    """Every edge of a CLT's attribution graph equals the change of its target in the local replacement model run
+    forward by hand when the source's vectors (a feature's: its writes into every later MLP) leave the stream."""
+    from test_attribution_graphs import _frozen_oracle
+
+    from acdc.algorithms.attribution_graph import build_attribution_graph
+    from acdc.model import Transformer
+
+    model, clt = _model_and_clt(activation, skip, reads)
+    tokens = torch.tensor([3, 7, 1, 9, 4, 4])
+    g = build_attribution_graph(Transformer.from_bridge(model), tokens, clt, batch_size=5)
+    want = _frozen_oracle(model, clt, tokens, g)
+    layer0 = [i for i in range(g.n_features) if int(g.features[i, 0]) == 0]
+    assert len(layer0) and float(want[g.logit_start :, layer0].abs().max()) > 1e-2  # layer 0's features reach the logits
+    assert torch.allclose(g.adjacency, want, atol=2e-4, rtol=1e-4), float((g.adjacency - want).abs().max())
+
+
+def test_active_features_and_the_cli_take_a_clt(tmp_path, capsys):
+    """`active_features` reads each layer's activations from what its features read; the CLI's --transcoders takes
+    a CLT's folder (acdc.load_dictionary) for feature graphs and attribution graphs."""
+    from acdc.cli import main
+    from acdc.model import Transformer
+    from acdc.transcoders import ModelInfo, active_features
+
+    entry = acdc.zoo.load("feature-chain")
+    tf = Transformer.of(entry.model)
+    clt = CrossLayerTranscoder(CLTConfig(tf.arch.n_layers, tf.arch.d_model, 12, "relu", reads="stream"), ModelInfo.of(tf, "zoo"))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+        clt.b_enc[:, :4] -= 1e4  # never active
+    active = active_features(entry.model, clt, entry.task)
+    mids = [tf.run(t).resid_mid for t in (entry.task.clean, entry.task.corrupt)]
+    for layer in clt.layers:
+        best = torch.stack([clt.encode(layer, m[layer]).reshape(-1, 12).amax(0) for m in mids]).amax(0)
+        assert active[layer] == (best > 0).nonzero().squeeze(1).tolist() and 0 < len(active[layer]) and min(active[layer]) >= 4
+    clt.save(tmp_path / "clt")
+    assert main(["attribution-graph", "--model", "zoo:feature-chain", "--transcoders", str(tmp_path / "clt"), "-o", str(tmp_path / "ag"),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "ag" / "graph.json").is_file()
+    assert main(["discover", "--model", "zoo:feature-chain", "--transcoders", str(tmp_path / "clt"), "--threshold", "0.05",
+                 "-o", str(tmp_path / "d"), "--no-progress"]) == 0
+    c = acdc.Circuit.from_json(tmp_path / "d" / "circuit.json")
+    out = capsys.readouterr().out
+    assert c.graph.features is not None and c.graph.features.info["cross_layer"] and "feature graph" in out
+    assert "planted circuit names features these transcoders' graph does not have: no score" in out

@@ -7,6 +7,10 @@ MLP's normed input, a logit's demeaned unembedding column at the final norm's ou
 down the frozen model together, and the gradient left at each MLP's output and at the embedding
 is dotted with every source's vector there (a feature's activation times its decoder row; an error
 node's error; a token's embedding). The frozen model is linear, so this is the exact direct effect.
+
+With a cross-layer transcoder a feature of layer l writes a vector into every MLP output j >= l (its
+activation times its decoder into j), so its direct effect on a target is the sum over those layers; layer
+j's error is its MLP's output minus the CLT's reconstruction there from every layer's features up to j.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ..attribution_graphs import AttributionGraph
 from ..linearised import FrozenRun, Readers
 from ..model import Transformer
 from ..progress import bar as progress_bar
-from ..transcoders import TranscoderSet
+from ..transcoders import CrossLayerTranscoder, FeatureDictionary
 
 __all__ = ["build_attribution_graph"]
 
@@ -30,7 +34,7 @@ __all__ = ["build_attribution_graph"]
 def build_attribution_graph(
     tf: Transformer,
     tokens: Tensor,
-    transcoders: TranscoderSet,
+    transcoders: FeatureDictionary,
     *,
     max_logits: int = 10,
     logit_prob: float = 0.95,
@@ -55,31 +59,62 @@ def build_attribution_graph(
     transcoders.check_model(tf)
     a = tf.arch
     tokens = tokens.reshape(-1).to(tf.device)
-    skip = {layer: w.detach() for layer in transcoders.layers if (w := transcoders[layer].W_skip) is not None}
+    cross = isinstance(transcoders, CrossLayerTranscoder)
+    if cross:
+        if transcoders.W_skip is not None and transcoders.cfg.reads == "stream":
+            raise NotImplementedError("attribution graphs keep a skip path live from the MLP's normed input; this CLT's "
+                                      "skip paths read the stream")
+        skip = {} if transcoders.W_skip is None else {layer: transcoders.W_skip[layer].detach() for layer in transcoders.layers}
+    else:
+        skip = {layer: w.detach() for layer in transcoders.layers if (w := transcoders[layer].W_skip) is not None}
     fr = FrozenRun.of(tf, tokens, skip)
     S, L, d = fr.n_pos, a.n_layers, a.d_model
+    raw = cross and transcoders.cfg.reads == "stream"  # features read the stream itself, not its norm
 
-    # nodes: features (layer, pos, feature) in order, their decoder and encoder vectors; error vectors
+    # nodes: features (layer, pos, feature) in order, their encoder vectors and what they write into each MLP output
+    # (``writes[j]``: (feature rows, vectors)); error vectors
     errors = fr.mlp_out.clone()  # [L, S, d]: a layer without a transcoder is all error
-    found, values, dec, enc = [], [], [], []
+    found, values, enc = [], [], []
+    writes: dict[int, list[tuple[Tensor, Tensor]]] = {}
+    acts_of: dict[int, Tensor] = {}
+    first = 0
     for layer in transcoders.layers:
-        t = transcoders[layer]
-        xn = tf.mlp_input(layer, fr.resid_mid[layer]).to(t.W_enc.dtype)
-        acts = t.encode(xn)  # [S, n]
+        xn = tf.mlp_input(layer, fr.resid_mid[layer])
+        if cross:
+            acts = transcoders.encode(layer, (fr.resid_mid[layer] if raw else xn).to(transcoders.W_enc.dtype))
+            w_enc = transcoders.W_enc[layer].detach()
+        else:
+            t = transcoders[layer]
+            acts = t.encode(xn.to(t.W_enc.dtype))  # [S, n]
+            w_enc = t.W_enc.detach()
         if skip_first:
             acts[0] = 0
-        errors[layer] = fr.mlp_out[layer] - t.decode(acts, xn).to(tf.dtype)
+        acts_of[layer] = acts
         nz = acts.nonzero()  # row-major: by position, then feature
         found.append(torch.cat([torch.full((len(nz), 1), layer, device=nz.device), nz], 1))
         v = acts[nz[:, 0], nz[:, 1]]
         values.append(v)
-        dec.append((v[:, None] * t.W_dec.detach()[nz[:, 1]]).to(tf.dtype))
-        enc.append(t.W_enc.detach()[:, nz[:, 1]].T.to(tf.dtype))
+        enc.append(w_enc[:, nz[:, 1]].T.to(tf.dtype))
+        rows = torch.arange(first, first + len(nz))
+        first += len(nz)
+        if cross:
+            for j in range(layer, L):
+                writes.setdefault(j, []).append((rows, (v[:, None] * transcoders.decoder(layer, j).detach()[nz[:, 1]]).to(tf.dtype)))
+        else:
+            t = transcoders[layer]
+            writes.setdefault(layer, []).append((rows, (v[:, None] * t.W_dec.detach()[nz[:, 1]]).to(tf.dtype)))
+            errors[layer] = fr.mlp_out[layer] - t.decode(acts, xn.to(t.W_enc.dtype)).to(tf.dtype)
+    if cross:
+        c = transcoders
+        for j in range(L):  # layer j's error: its MLP minus the CLT's reconstruction from every layer's features up to j
+            recon = c.b_dec[j].detach() + sum(acts_of[src] @ c.decoder(src, j).detach() for src in range(j + 1))
+            if c.W_skip is not None:
+                recon = recon + tf.mlp_input(j, fr.resid_mid[j]).to(c.W_enc.dtype) @ c.W_skip[j].detach()
+            errors[j] = fr.mlp_out[j] - recon.to(tf.dtype)
     if skip_first:
         errors[:, 0] = 0
     features = torch.cat(found) if found else torch.zeros(0, 3, dtype=torch.long)
     acts_all = torch.cat(values) if values else torch.zeros(0)
-    dec_vecs = torch.cat(dec) if dec else torch.zeros(0, d)
     enc_vecs = torch.cat(enc) if enc else torch.zeros(0, d)
     n_f = len(features)
 
@@ -96,19 +131,23 @@ def build_attribution_graph(
     n = n_f + (L + 1) * S + n_l
     A = torch.zeros(n, n, dtype=torch.float32)
     tok_vecs = fr.token_vectors()
-    # per layer, its features grouped by position, padded: decoder vectors [S, k, d] and their columns [S, k] (-1: padding)
+    # per MLP output, the features writing into it grouped by position, padded: their vectors [S, k, d] and columns
+    # [S, k] (-1: padding)
     groups: dict[int, tuple[Tensor, Tensor]] = {}
-    for layer in range(L):
-        idx = (features[:, 0] == layer).nonzero().squeeze(1)
+    for layer, parts in writes.items():
+        idx = torch.cat([r for r, _ in parts])
+        vecs = torch.cat([x for _, x in parts])
         if len(idx) == 0:
             continue
+        order = features[idx, 1].argsort(stable=True)  # by position (several layers' features write into a CLT's MLP)
+        idx, vecs = idx[order], vecs[order.to(vecs.device)]
         pos = features[idx, 1]
         counts = torch.bincount(pos, minlength=S)
         k = int(counts.max())
         slot = torch.arange(len(idx)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         D = torch.zeros(S, k, d, dtype=tf.dtype, device=tf.device)
         cols = torch.full((S, k), -1, dtype=torch.long)
-        D[pos, slot] = dec_vecs[idx.to(tf.device)]
+        D[pos, slot] = vecs
         cols[pos, slot] = idx
         groups[layer] = (D, cols)
     err_cols = n_f + torch.arange(L)[:, None] * S + torch.arange(S)  # [L, S]
@@ -124,7 +163,7 @@ def build_attribution_graph(
                 got = torch.bmm(out[layer].transpose(0, 1), D[:s_eff].transpose(1, 2))  # [s_eff, n, k]
                 c = cols[:s_eff]
                 ok = c >= 0
-                block[:, c[ok]] = got.permute(1, 0, 2)[:, ok].float().cpu()
+                block[:, c[ok]] += got.permute(1, 0, 2)[:, ok].float().cpu()  # a cross-layer feature: summed over its layers
         err = torch.einsum("lnsd,lsd->nls", out, errors[: out.shape[0], :s_eff])
         block[:, err_cols[: out.shape[0], :s_eff].reshape(-1)] = err.reshape(len(rows), -1).float().cpu()
         block[:, tok_cols[:s_eff]] = torch.einsum("nsd,sd->ns", emb, tok_vecs[:s_eff]).float().cpu()
@@ -148,7 +187,7 @@ def build_attribution_graph(
             m = (layers == layer).nonzero().squeeze(1)
             mid[layer] = (m, pos[m], enc_vecs[idx[m]])
         top = int(layers.max())
-        out, emb = fr.backward(Readers(len(chunk), mid), upto=top, n_pos=s_eff)
+        out, emb = fr.backward(Readers(len(chunk), mid, raw=raw), upto=top, n_pos=s_eff)
         fill(idx.cpu(), out[:top], emb, s_eff)  # MLP ``top``'s output is after every target here
         bar.update(len(chunk))
     bar.close()

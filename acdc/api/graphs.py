@@ -12,14 +12,14 @@ from ..algorithms.attribution_graph import build_attribution_graph
 from ..attribution_graphs import AttributionGraph
 from ..inputs import as_tokens
 from ..model import Transformer
-from ..transcoders import TranscoderSet
+from ..transcoders import FeatureDictionary
 
 
 def attribution_graph(
     model: Any,
     prompt: str | Tensor | Sequence[int],
     *,
-    transcoders: TranscoderSet,
+    transcoders: FeatureDictionary,
     max_logits: int = 10,
     logit_prob: float = 0.95,
     batch_size: int = 64,
@@ -31,7 +31,8 @@ def attribution_graph(
     top logits in the local replacement model (attention patterns and norm scales frozen).
 
     prompt: text (tokenized as the model does, BOS included) or token ids [S];
-    transcoders: an `acdc.TranscoderSet` (any subset of layers: an MLP without one is all error);
+    transcoders: an `acdc.TranscoderSet` (any subset of layers: an MLP without one is all error) or an
+        `acdc.CrossLayerTranscoder` (each feature writing into its layer's MLP output and every later one's);
     max_logits, logit_prob: the logit nodes (the most probable tokens until ``logit_prob``, at most
         ``max_logits``); batch_size: targets per backward pass; skip_first: no features at
         position 0 (circuit-tracer's convention).

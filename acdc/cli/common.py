@@ -155,7 +155,8 @@ def run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
     p.add_argument("--ablation", default=None, choices=ABLATIONS, help="default: resample")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
     p.add_argument("--transcoders", default=None, help="a feature graph: each MLP with a transcoder in this folder "
-                   "(or hub name; acdc.load_transcoders) becomes its features and an error node")
+                   "(or hub name; acdc.load_transcoders; a cross-layer transcoder's folder: acdc.load_clt) becomes its "
+                   "features and an error node")
     p.add_argument("--features", default="active", choices=("active", "all"),
                    help="with --transcoders: the features active on the task's prompts (default) or all of them")
     if default_out is None:
@@ -279,10 +280,17 @@ def setup_run(args: argparse.Namespace) -> Setup:
         ablation = args.ablation or "resample"
         if args.task in known.available():
             classes = known.load(args.task)
-    if getattr(args, "truth", None) is not None:
-        truth = classes = load_truth(args.truth)
     if getattr(args, "transcoders", None) is not None:
         graph, ts = feature_graph(model, task, args.transcoders, args.features)
+        if truth is not None and getattr(args, "truth", None) is None and hasattr(truth, "mask"):
+            try:  # the zoo's planted circuit names its own transcoders' features: other transcoders have other ones
+                truth.mask(graph)
+            except ValueError:
+                print(f"{args.model}'s planted circuit names features these transcoders' graph does not have: no score "
+                      "(--truth to give one)")
+                truth = classes = None
+    if getattr(args, "truth", None) is not None:
+        truth = classes = load_truth(args.truth)
     return Setup(model, task, truth, classes, ablation, tokenizer, graph, ts)
 
 
@@ -315,10 +323,10 @@ def scoring_note(task: Any, circuit: Any) -> str:
 def feature_graph(model: Any, task: Any, where: str, which: str) -> tuple[Any, Any]:
     """The feature graph of --transcoders (their active features on the task's prompts, or all) and the set."""
     from ..graph import Graph
-    from ..transcoders import active_features, load_transcoders
+    from ..transcoders import active_features, load_dictionary
 
     try:
-        ts = load_transcoders(where, model)
+        ts = load_dictionary(where, model)
     except (OSError, ValueError) as err:
         raise CLIError(f"--transcoders {where}: {str(err).splitlines()[0]}") from None
     chosen = active_features(model, ts, task) if which == "active" else None

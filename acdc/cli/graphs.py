@@ -46,7 +46,7 @@ def add_explore_graph(sub: Any) -> None:
 def _attribution_graph(args: argparse.Namespace) -> int:
 
     from ..api import attribution_graph
-    from ..transcoders import load_transcoders
+    from ..transcoders import load_dictionary
 
     ts: Any = None
     if args.model.startswith("zoo:"):
@@ -64,7 +64,7 @@ def _attribution_graph(args: argparse.Namespace) -> int:
         task = None if args.task is None else make_task(args.task, model, None, 0)
     if args.transcoders is not None:
         try:
-            ts = load_transcoders(args.transcoders, model)
+            ts = load_dictionary(args.transcoders, model)
         except (OSError, ValueError) as err:
             raise CLIError(f"--transcoders {args.transcoders}: {str(err).splitlines()[0]}") from None
     if ts is None:

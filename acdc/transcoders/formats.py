@@ -46,10 +46,10 @@ import torch
 from torch import Tensor
 
 from ..model import Transformer
-from .clt import CLT_FORMAT
+from .clt import CLT_FORMAT, CrossLayerTranscoder, load_clt
 from .transcoder import FORMAT, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
-__all__ = ["load_transcoders", "read_circuit_tracer", "read_saelens", "read_sparsify"]
+__all__ = ["load_dictionary", "load_transcoders", "read_circuit_tracer", "read_saelens", "read_sparsify"]
 
 _SPARSIFY_HOOK = re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp$")
 _NORMED_IN = re.compile(r"^(?:blocks\.(\d+)\.)?(?:ln2\.hook_normalized|mlp\.hook_in)$")
@@ -93,6 +93,16 @@ def load_transcoders(spec: str | Path, model: Any = None, *, device: torch.devic
     if tf is not None:
         ts.check_model(tf, f"transcoders {source}")
     return ts
+
+
+def load_dictionary(spec: str | Path, model: Any = None) -> TranscoderSet | CrossLayerTranscoder:
+    """A folder's transcoders, whichever kind it holds: a cross-layer transcoder (`load_clt`: acdc's CLT folder or
+    circuit-tracer's) or per-layer ones (`load_transcoders`: every other layout and hub names)."""
+    path = Path(spec)
+    config = path / "config.json"
+    clt = path.is_dir() and ((path / "W_enc_0.safetensors").exists() or
+                             (config.exists() and json.loads(config.read_text()).get("format") == CLT_FORMAT))
+    return load_clt(path, model) if clt else load_transcoders(spec, model)
 
 
 def _transcoder(device: torch.device | str, *, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,

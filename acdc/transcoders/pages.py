@@ -34,6 +34,7 @@ from typing_extensions import Unpack
 from ..executors import Sweep, SweepOptions, resolve_executor, run_sweep
 from ..inputs import token_texts
 from ..model import Transformer
+from .clt import CrossLayerTranscoder, FeatureDictionary
 from .corpus import TokenStream
 from .transcoder import TranscoderSet
 
@@ -217,10 +218,11 @@ def feature_pages(report: list[FeatureInfo], path: str | Path, *, title: str = "
 
 
 @torch.no_grad()
-def active_features(model: Any, transcoders: TranscoderSet, tokens: Tensor | Iterable[Tensor] | object,
+def active_features(model: Any, transcoders: FeatureDictionary, tokens: Tensor | Iterable[Tensor] | object,
                     *, min_activation: float = 0.0, top: int | None = None) -> dict[int, list[int]]:
-    """The features of each transcoder that fire on some token of ``tokens`` (a [batch, pos] tensor,
-    several, or an `acdc.Task`: its clean and corrupt prompts): activation > ``min_activation``.
+    """The features of each transcoder (or each layer of a cross-layer transcoder) that fire on some token of
+    ``tokens`` (a [batch, pos] tensor, several, or an `acdc.Task`: its clean and corrupt prompts): activation >
+    ``min_activation``.
 
     These are the features a task's clean and corrupt runs use, so a graph of them and their error
     nodes is exact on both runs; ``top`` keeps the ``top`` per layer with the largest maximum activation.
@@ -236,8 +238,15 @@ def active_features(model: Any, transcoders: TranscoderSet, tokens: Tensor | Ite
     best: dict[int, Tensor] = {}
     for batch in batches:
         b = torch.as_tensor(batch).to(tf.device)
-        for layer, (xn, _) in tf.mlp_io(b, transcoders.layers).items():
-            acts = transcoders[layer].encode(xn.to(transcoders[layer].W_enc.dtype))
+        if isinstance(transcoders, CrossLayerTranscoder):
+            mids = tf.run(b).resid_mid
+            per = {layer: transcoders.encode(layer, (mids[layer] if transcoders.cfg.reads == "stream" else
+                                                     tf.mlp_input(layer, mids[layer])).to(transcoders.W_enc.dtype))
+                   for layer in transcoders.layers}
+        else:
+            per = {layer: transcoders[layer].encode(xn.to(transcoders[layer].W_enc.dtype))
+                   for layer, (xn, _) in tf.mlp_io(b, transcoders.layers).items()}
+        for layer, acts in per.items():
             m = acts.reshape(-1, acts.shape[-1]).amax(0)
             best[layer] = m if layer not in best else torch.maximum(best[layer], m)
     out: dict[int, list[int]] = {}
