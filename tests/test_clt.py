@@ -340,3 +340,19 @@ def test_active_features_and_the_cli_take_a_clt(tmp_path, capsys):
     out = capsys.readouterr().out
     assert c.graph.features is not None and c.graph.features.info["cross_layer"] and "feature graph" in out
     assert "planted circuit names features these transcoders' graph does not have: no score" in out
+
+
+@pytest.mark.parametrize("activation, reads", [("relu", "normed"), ("jumprelu", "stream")])
+def test_a_clt_written_in_circuit_tracers_layout_reads_back_equal(tmp_path, activation, reads):
+    """`to_circuit_tracer` writes what circuit-tracer's `load_clt` reads (its own code reads it in
+    experiments/peers/check_transcoder_readers.sh); acdc's reader of that layout gives the same CLT back."""
+    clt = _random_clt(activation, reads=reads, seed=9)
+    clt.to_circuit_tracer(tmp_path / "ct")
+    back = acdc.load_clt(tmp_path / "ct")
+    assert back.cfg == clt.cfg
+    assert all(torch.allclose(a, b) for a, b in zip(clt.state_dict().values(), back.state_dict().values(), strict=True))
+    with pytest.raises(FileExistsError):
+        clt.to_circuit_tracer(tmp_path / "ct")
+    for bad in (_random_clt("topk"), _random_clt("relu", skip=True)):
+        with pytest.raises(ValueError, match="circuit-tracer's cross-layer transcoders are ReLU or JumpReLU without skip paths"):
+            bad.to_circuit_tracer(tmp_path / "bad")

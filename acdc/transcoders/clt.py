@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..files import claim_folder
 from ..model import Transformer
 from .transcoder import ACTIVATIONS, ModelInfo, TranscoderSet, activate, check_model_info, read_config, write_folder
 
@@ -145,6 +146,29 @@ class CrossLayerTranscoder(nn.Module):
         already holding one is refused unless ``overwrite``."""
         config = {"format": CLT_FORMAT, "config": asdict(self.cfg), "model": asdict(self.model), "source": self.source, "info": self.info}
         return write_folder(path, "clt.safetensors", self.state_dict(), config, overwrite)
+
+    def to_circuit_tracer(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """The folder circuit-tracer's ``load_clt`` reads (`read_circuit_tracer_clt`'s layout, with its ``config.yaml``:
+        ``model_kind: cross_layer_transcoder``, the input hook ``hook_resid_mid`` for ``reads="stream"``, ``mlp.hook_in``
+        for "normed"). circuit-tracer's CLTs are ReLU or JumpReLU without skip paths: others are refused in one line."""
+        from safetensors.torch import save_file
+
+        c = self.cfg
+        if c.activation == "topk" or c.skip:
+            raise ValueError("circuit-tracer's cross-layer transcoders are ReLU or JumpReLU without skip paths; this one is "
+                             f"{c.activation}{' with skip paths' if c.skip else ''}")
+        names = [f"W_{w}_{layer}.safetensors" for layer in self.layers for w in ("enc", "dec")]
+        path = claim_folder(path, ("config.yaml", *names), overwrite)
+        for layer in self.layers:
+            enc = {f"W_enc_{layer}": self.W_enc[layer].T, f"b_enc_{layer}": self.b_enc[layer], f"b_dec_{layer}": self.b_dec[layer]}
+            if self.log_threshold is not None:
+                enc[f"threshold_{layer}"] = self.log_threshold[layer].exp()
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in enc.items()}, str(path / f"W_enc_{layer}.safetensors"))
+            save_file({f"W_dec_{layer}": self.W_dec[layer].detach().to("cpu").contiguous()}, str(path / f"W_dec_{layer}.safetensors"))
+        hook = "hook_resid_mid" if c.reads == "stream" else "mlp.hook_in"
+        (path / "config.yaml").write_text(f"model_kind: cross_layer_transcoder\nmodel_name: {self.model.name}\n"
+                                          f"feature_input_hook: {hook}\nfeature_output_hook: hook_mlp_out\n")
+        return path
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> CrossLayerTranscoder:

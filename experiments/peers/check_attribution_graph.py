@@ -26,12 +26,13 @@ ap = argparse.ArgumentParser()
 ap.add_argument("out", type=Path)
 ap.add_argument("--smollm2", action="store_true", help="the SmolLM2 side-by-side (another description and results file)")
 ap.add_argument("--gemma2", action="store_true", help="the tiny Gemma 2 of circuit_tracer_graph.py --gemma2")
+ap.add_argument("--clt", action="store_true", help="the cross-layer transcoder of circuit_tracer_graph.py --clt")
 args = ap.parse_args()
 out = args.out
 torch.set_num_threads(2)
 ct = load_file(str(out / "ct_graph.safetensors"))
 model = acdc.load_model(str(out / "model"))
-ts = acdc.load_transcoders(out / "transcoders", model)
+ts = acdc.load_clt(out / "transcoders", model) if args.clt else acdc.load_transcoders(out / "transcoders", model)
 tokens = ct["tokens"]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 t0 = time.perf_counter()
@@ -65,6 +66,13 @@ elif args.gemma2:
              "Command: `bash experiments/peers/check_attribution_graph.sh --gemma2`.")
     speed = [f"| seconds (2 threads; a toy size, so overheads only) | {seconds:.3f} | {ct_seconds:.3f} |"]
     results = "circuit_tracer_graph_gemma2.md"
+elif args.clt:
+    about = (f"Same random GPT-2 (4 layers, d_model 32), the same JumpReLU cross-layer transcoder (64 features per layer, each "
+             f"reading the stream before its layer's MLP norm, `hook_resid_mid`, and writing into that MLP's output and every "
+             f"later one's), saved by circuit-tracer's `CrossLayerTranscoder.to_safetensors` and read by `acdc.load_clt`, same "
+             f"prompt of {len(tokens)} tokens; {version}. Command: `bash experiments/peers/check_attribution_graph.sh --clt`.")
+    speed = [f"| seconds (2 threads; a toy size, so overheads only) | {seconds:.3f} | {ct_seconds:.3f} |"]
+    results = "circuit_tracer_graph_clt.md"
 else:
     about = (f"Same random GPT-2 (4 layers, d_model 32), same JumpReLU skip transcoders in circuit-tracer's layout (4 x 64 "
              f"features), same prompt of {len(tokens)} tokens; {version}. Command: `bash experiments/peers/check_attribution_graph.sh`.")

@@ -26,6 +26,8 @@ for p in $projects; do
     .venv/bin/python experiments/peers/check_transcoder_reader.py "$name" "$out/gemma-scope" circuit_tracer_gemma_scope
     clt=$(mktemp -d)  # and its cross-layer transcoders
     "$venv/bin/python" experiments/peers/circuit_tracer_clt.py "$clt"
+    .venv/bin/python experiments/peers/check_clt_reader.py "$clt" --write  # and acdc's CLT files, read by circuit-tracer
+    "$venv/bin/python" experiments/peers/circuit_tracer_clt.py "$clt" --read
     cp "$out/version.txt" "$clt/version.txt"
     .venv/bin/python experiments/peers/check_clt_reader.py "$clt"
   fi

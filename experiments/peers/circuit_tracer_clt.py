@@ -3,7 +3,8 @@
 
 Runs inside a venv with circuit-tracer (made by ``bash experiments/peers/check_transcoder_readers.sh circuit-tracer``):
 
-    /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_clt.py OUT_DIR
+    /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_clt.py OUT_DIR          # write and run circuit-tracer's CLTs
+    /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_clt.py OUT_DIR --read   # read and run acdc's (OUT_DIR/acdc-*)
 
 Writes OUT_DIR/relu and OUT_DIR/jumprelu: a 3-layer CLT (d_model 16, 24 features per layer) with random weights
 from a fixed seed, saved by circuit-tracer's `CrossLayerTranscoder.to_safetensors` with the ``config.yaml`` of its
@@ -24,6 +25,17 @@ from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscode
 from safetensors.torch import save_file
 
 out = Path(sys.argv[1])
+if "--read" in sys.argv:  # acdc's CLTs in circuit-tracer's layout: circuit-tracer's loader and forward
+    from safetensors.torch import load_file
+
+    for kind in ("relu", "jumprelu"):
+        folder = out / f"acdc-{kind}"
+        loaded = load_clt(str(folder), device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False)
+        x = load_file(str(folder / "x.safetensors"))["x"]
+        with torch.no_grad():
+            save_file({"x": x, "out": loaded(x).contiguous()}, str(folder / "ct_forward.safetensors"))
+        print(f"circuit-tracer read {folder}")
+    raise SystemExit(0)
 torch.manual_seed(0)
 L, n, d = 3, 24, 16
 cpu = torch.device("cpu")

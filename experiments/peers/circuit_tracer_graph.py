@@ -6,6 +6,11 @@ Runs inside a venv with circuit-tracer (made by ``bash experiments/peers/check_a
     /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_graph.py OUT_DIR            # make and attribute
     /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_graph.py OUT_DIR FILE.json  # read acdc's graph file
     /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_graph.py OUT_DIR --gemma2   # a tiny random Gemma 2
+    /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_graph.py OUT_DIR --clt      # a cross-layer transcoder
+
+``--clt``: the GPT-2 with one random JumpReLU cross-layer transcoder (circuit-tracer's `CrossLayerTranscoder`, its
+features reading ``hook_resid_mid``, the stream before the MLP's norm, and writing into every later ``hook_mlp_out``),
+saved by its ``to_safetensors`` with the ``config.yaml`` of circuit-tracer's cache in ``OUT_DIR/transcoders``.
 
 ``--gemma2``: a tiny random Gemma 2 (2 layers, norms after attention and after the MLP, soft caps, a 4-token
 sliding window) instead of the GPT-2; its transcoders read ``mlp.hook_in`` (the MLP's normed input) and write
@@ -45,11 +50,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 out = Path(sys.argv[1])
 GEMMA2 = "--gemma2" in sys.argv
+CLT = "--clt" in sys.argv
 
 
 N_LAYERS, D, HEADS, VOCAB, N_FEATURES = (2 if GEMMA2 else 4), 32, 4, 60, 64
 TOKENS = torch.tensor([0, 5, 9, 3, 7, 2, 8, 11, 4, 6])
-HOOK_OUT = "hook_mlp_out" if GEMMA2 else "mlp.hook_out"
+HOOK_OUT = "hook_mlp_out" if GEMMA2 or CLT else "mlp.hook_out"
 if GEMMA2:
     from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
     from transformers import Gemma2Config, Gemma2ForCausalLM
@@ -101,7 +107,7 @@ else:
 hf.save_pretrained(out / "model")
 
 built = {}
-for layer in range(N_LAYERS):
+for layer in range(0 if CLT else N_LAYERS):
     tc = SingleLayerTranscoder(D, N_FEATURES, JumpReLU(torch.rand(N_FEATURES) * 0.5 + 0.2, 0.1), layer, skip_connection=True,
                                device=torch.device("cpu"), dtype=torch.float32)
     with torch.no_grad():
@@ -110,12 +116,28 @@ for layer in range(N_LAYERS):
                 p.copy_(torch.randn(p.shape) * 0.4)
     built[layer] = tc
 tdir = out / "transcoders"
-TranscoderSet(built, feature_input_hook="mlp.hook_in", feature_output_hook=HOOK_OUT, scan="acdc-check").to_safetensors(str(tdir))
-(tdir / "config.yaml").write_text(yaml.dump({"model_kind": "transcoder_set", "model_name": cfg.model_name, "feature_input_hook": "mlp.hook_in",
-                                             "feature_output_hook": HOOK_OUT, "scan": "acdc-check"}))
-transcoders = load_transcoder_set({i: str(tdir / f"layer_{i}.safetensors") for i in built}, scan="acdc-check",
-                                  feature_input_hook="mlp.hook_in", feature_output_hook=HOOK_OUT,
-                                  device=torch.device("cpu"), lazy_encoder=False, lazy_decoder=False)
+if CLT:  # one cross-layer transcoder: each feature reads the stream before its layer's MLP norm, writes into every later MLP
+    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder, load_clt
+
+    clt = CrossLayerTranscoder(N_LAYERS, N_FEATURES, D, activation_function="jump_relu", lazy_decoder=False,
+                               feature_input_hook="hook_resid_mid", feature_output_hook=HOOK_OUT, device=torch.device("cpu"),
+                               dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in clt.named_parameters():
+            p.copy_(torch.rand(p.shape) * 0.5 + 0.2 if "threshold" in name else torch.randn(p.shape) * 0.3)
+    clt.to_safetensors(str(tdir))
+    (tdir / "config.yaml").write_text(yaml.dump({"model_kind": "cross_layer_transcoder", "model_name": cfg.model_name,
+                                                 "feature_input_hook": "hook_resid_mid", "feature_output_hook": HOOK_OUT,
+                                                 "scan": "acdc-check"}))
+    transcoders = load_clt(str(tdir), feature_input_hook="hook_resid_mid", feature_output_hook=HOOK_OUT, scan="acdc-check",
+                           device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False)
+else:
+    TranscoderSet(built, feature_input_hook="mlp.hook_in", feature_output_hook=HOOK_OUT, scan="acdc-check").to_safetensors(str(tdir))
+    (tdir / "config.yaml").write_text(yaml.dump({"model_kind": "transcoder_set", "model_name": cfg.model_name, "feature_input_hook": "mlp.hook_in",
+                                                 "feature_output_hook": HOOK_OUT, "scan": "acdc-check"}))
+    transcoders = load_transcoder_set({i: str(tdir / f"layer_{i}.safetensors") for i in built}, scan="acdc-check",
+                                      feature_input_hook="mlp.hook_in", feature_output_hook=HOOK_OUT,
+                                      device=torch.device("cpu"), lazy_encoder=False, lazy_decoder=False)
 
 
 class Tokens:
