@@ -440,7 +440,7 @@ class UnitsBlock(MLPBlock):
             acts = self.units.activations(tf, self.layer, m_in)  # [B, S, n]
             abl = run.abl_units[self.layer]
             a = acts.movedim(-1, 0)
-            run.F[self.layer] = (a if abl is None else a - abl).reshape(len(self.factored), -1)
+            run.F[self.layer] = (a if abl is None else a - abl).flatten(1)  # [n, B * S] (n may be 0: a layer with no chosen feature)
             if cross:
                 run.acts[self.layer] = acts
             if len(extra):

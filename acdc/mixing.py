@@ -119,7 +119,7 @@ class MixedRun:
         self.unit_acts[layer] = acts
         a = acts.movedim(-1, 0)
         abl = self.p.unit_ablation[layer]
-        self.units[layer] = (a if abl is None else a - abl).reshape(a.shape[0], -1)
+        self.units[layer] = (a if abl is None else a - abl).flatten(1)
 
     def inputs(self, rows: list[int], upto: int, stream: int) -> Tensor:
         """[len(rows), B, S, d] each row's mixed input from the sources [0, upto)."""

@@ -86,7 +86,7 @@ class SourceValues:
                                       "every later MLP: use method='eap' on cross-layer transcoder graphs")
         B, S, d = self.dense_clean.shape[1:]
         abl = torch.zeros_like(f.clean) if f.abl is None else f.abl.expand_as(f.clean)
-        acts = (abl + alpha * (f.clean - abl)).reshape(len(f.clean), -1)  # [n, B * S]
+        acts = (abl + alpha * (f.clean - abl)).flatten(1)  # [n, B * S]
         ones = torch.ones(1, len(acts), dtype=acts.dtype, device=acts.device)
         out = weighted_rows(units.rows(self.tf, layer), ones, acts).view(1, B, S, d)
         bias = units.bias(self.tf, layer)
@@ -204,4 +204,4 @@ class SourceValues:
     def _unit_diff(f: FactoredLayer) -> Tensor:
         """[n, B * S] A_u - a_u of a factored layer's units."""
         diff = (torch.zeros_like(f.clean) if f.abl is None else f.abl.expand_as(f.clean)) - f.clean
-        return diff.reshape(len(diff), -1)
+        return diff.flatten(1)

@@ -356,3 +356,19 @@ def test_a_clt_written_in_circuit_tracers_layout_reads_back_equal(tmp_path, acti
     for bad in (_random_clt("topk"), _random_clt("relu", skip=True)):
         with pytest.raises(ValueError, match="circuit-tracer's cross-layer transcoders are ReLU or JumpReLU without skip paths"):
             bad.to_circuit_tracer(tmp_path / "bad")
+
+
+def test_the_planted_cross_layer_feature_is_the_pruned_attribution_graph():
+    """clt-chain: the prompt's class feature of layer 0 writes into m0 and m1, and a2.h0 moves m1's write to the answer:
+    the attribution graph's pruning keeps input -> m0.f{k}@1 -> the answer's logit, one feature (per-layer transcoders
+    would need two, m0's and m1's); the error nodes carry little."""
+    entry = acdc.zoo.load("clt-chain")
+    tokens = entry.task.clean[0]
+    g = acdc.attribution_graph(entry.model, tokens, transcoders=entry.transcoders, progress=False)
+    k = (int(tokens[1]) - 2) % 4  # item id -> its class
+    feature, logit = f"m0.f{k}@1", f"logit@{int(entry.task.correct[0])}"
+    assert g.edge("input@1", feature) > 1.0 and g.edge(feature, logit) > 1.0
+    kept = g.prune()
+    names = [g.node_name(i) for i in kept.node_mask.nonzero().squeeze(1).tolist()]
+    assert [n for n in names if ".f" in n] == [feature], names
+    assert g.replacement_score > 0.97  # 0.98: m1's error node holds the ratio's misfit and the distractors' leak

@@ -18,7 +18,7 @@ def test_roc_zoo_script(tmp_path):
 
     roc_zoo.main(["--out", str(tmp_path), "--n-thresholds", "8"])
     data = json.loads((tmp_path / "roc_zoo.json").read_text())
-    assert {r["name"] for r in data["rows"]} == {"induction", "ioi", "modular-sum", "feature-chain"}
+    assert {r["name"] for r in data["rows"]} == {"induction", "ioi", "modular-sum", "feature-chain", "clt-chain"}
     assert all(r["edge_auc"] >= 0.99 and r["exact_thresholds"] for r in data["rows"])
     assert (tmp_path / "roc_zoo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| ioi |" in (tmp_path / "roc_zoo.md").read_text()

@@ -145,7 +145,7 @@ def run_flags(p: argparse.ArgumentParser, default_out: str | None) -> None:
 
     shipped = ", ".join(KNOWN_FILES)
     p.add_argument("--model", required=True, help=f"{shipped} (the real model, offline: setup installs it), zoo:NAME "
-                   "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum, zoo:feature-chain), a local Hugging Face "
+                   "(offline planted-circuit models: zoo:ioi, zoo:induction, zoo:modular-sum, zoo:feature-chain, zoo:clt-chain), a local Hugging Face "
                    "folder or .gguf file, or a hub name (e.g. gpt2; needs internet once)")
     p.add_argument("--task", choices=TASKS, help="task to run (default for zoo models: the entry's own task)")
     p.add_argument("--n-prompts", type=positive, default=None, help="number of prompts (default: the task's)")

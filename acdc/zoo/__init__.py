@@ -28,7 +28,7 @@ from typing import Any
 from ..graph import Graph
 from ..known import KnownCircuit
 from ..tasks import Task
-from ..transcoders import TranscoderSet
+from ..transcoders import FeatureDictionary
 from .builder import PlantedGPT2, Residual, WordTokenizer
 
 __all__ = ["ZooEntry", "available", "load", "PlantedGPT2", "Residual", "WordTokenizer"]
@@ -44,7 +44,7 @@ class ZooEntry:
     tokenizer: word-level tokenizer of the toy vocabulary (decode prompts for reading).
     ablation:  the ablation the plant was built for.
     positional_truth: the planted edges at the task's named positions, where the entry has them (ioi).
-    transcoders, graph: for a feature-level plant (feature-chain), its transcoders and the feature
+    transcoders, graph: for a feature-level plant (feature-chain; clt-chain: a cross-layer transcoder), its transcoders and the feature
                       graph its truth is named in (pass ``graph=entry.graph, transcoders=entry.transcoders`` to discover / attribute).
     """
 
@@ -56,7 +56,7 @@ class ZooEntry:
     tokenizer: WordTokenizer
     ablation: str = "resample"
     positional_truth: KnownCircuit | None = None
-    transcoders: TranscoderSet | None = None
+    transcoders: FeatureDictionary | None = None
     graph: Graph | None = None
 
     def __repr__(self) -> str:
@@ -64,9 +64,10 @@ class ZooEntry:
 
 
 def _builders() -> dict[str, Callable[..., ZooEntry]]:
-    from . import feature_chain, induction, ioi, modular_sum
+    from . import clt_chain, feature_chain, induction, ioi, modular_sum
 
-    return {"induction": induction.build, "ioi": ioi.build, "modular-sum": modular_sum.build, "feature-chain": feature_chain.build}
+    return {"induction": induction.build, "ioi": ioi.build, "modular-sum": modular_sum.build, "feature-chain": feature_chain.build,
+            "clt-chain": clt_chain.build}
 
 
 def available() -> list[str]:

@@ -88,6 +88,14 @@ class PlantedGPT2:
         self.W_U = torch.zeros(self.d_model, self.vocab_size)
 
     # ------------------------------------------------------------------ components
+    def one_hot_inputs(self) -> tuple[Tensor, Tensor]:
+        """Token and position embeddings as one-hot features (the first two allocated, ``vocab_size`` and ``n_ctx``
+        directions): sets W_E and W_pos; returns (token directions [vocab, d], position directions [n_ctx, d])."""
+        t, pos = self.resid.alloc("token", self.vocab_size), self.resid.alloc("position", self.n_ctx)
+        self.W_E[:] = t
+        self.W_pos[:] = pos
+        return t, pos
+
     def head(
         self,
         layer: int,

@@ -17,6 +17,7 @@ input->m0, m0.f{k}->a1.h0<v> for every class k, a1.h0->m1, m1.f{k}->logits for e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,23 +39,12 @@ GAIN = 8.0  # pre-activation scale of the planted neurons
 def build(*, n_prompts: int = 32, seed: int = 0):
     from . import ZooEntry
 
-    items = [f"item{i}" for i in range(2 * CLASSES)]
-    answers = [f"class{k}" for k in range(CLASSES)]
-    words = ["<bos>", "is", *items, *answers]
-    tok = WordTokenizer(words)
-    item_ids = torch.tensor([tok.index[w] for w in items])
-    answer_ids = torch.tensor([tok.index[w] for w in answers])
-    p = PlantedGPT2(n_layers=2, n_heads=4, d_model=64, d_mlp=16, vocab_size=len(words), n_ctx=3, seed=seed, act="relu")
-    r = p.resid
-    t, pos = r.alloc("token", len(words)), r.alloc("position", 3)
-    cls, moved, out = r.alloc("class", CLASSES), r.alloc("moved", CLASSES), r.alloc("answer", CLASSES)
-    junk = r.junk()
-    p.W_E[:] = t
-    p.W_pos[:] = pos
-    p.W_U[:, answer_ids] = GAMMA * out.T
-    item_class = torch.arange(2 * CLASSES) % CLASSES
+    c = ClassPlant.make(n_layers=2, d_mlp=16, seed=seed, middle="moved")
+    p, tok, item_ids, answer_ids, t, pos, cls, moved, out = c.p, c.tok, c.item_ids, c.answer_ids, c.t, c.pos, c.cls, c.mid, c.out
+    words = tok.vocab
+    junk = p.resid.junk()
     # m0: a neuron per class over its items, and two distractors on <bos> and "is" writing junk
-    reads = torch.stack([t[item_ids[item_class == k]].sum(0) for k in range(CLASSES)] + [t[0], t[1]])  # [6, d]
+    reads = torch.cat([c.class_reads(), t[:2]])  # [6, d]
     writes = torch.cat([cls, junk[:2]])
     p.mlp(0, GAIN * reads.T, torch.full((CLASSES + 2,), -0.5 * GAIN), writes / (0.5 * GAIN))
     p.head(1, 0, query_bias=[(pos[1:2], BETA)], ov=[(cls, moved)])
@@ -62,18 +52,7 @@ def build(*, n_prompts: int = 32, seed: int = 0):
     model = load_model(p.build())
     transcoders = _exact_transcoders(model)
 
-    gen = torch.Generator().manual_seed(1000 + seed)
-    n_items = len(items)
-    x = torch.randint(0, n_items, (n_prompts,), generator=gen)
-    y = (x + torch.randint(1, CLASSES, (n_prompts,), generator=gen)) % CLASSES + CLASSES * torch.randint(0, 2, (n_prompts,), generator=gen)
-
-    def prompts(i: torch.Tensor) -> torch.Tensor:
-        n = len(i)
-        return torch.stack([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long), item_ids[i]], 1)[:, [0, 2, 1]]
-
-    clean, corrupt = prompts(x), prompts(y)
-    task = Task.from_tokens(clean, corrupt, correct=answer_ids[item_class[x]], incorrect=answer_ids[item_class[y]],
-                            metric="kl", name="zoo-feature-chain", vocab_size=len(words))
+    task = class_task(item_ids, answer_ids, n_prompts, seed, "zoo-feature-chain", len(words))
     chosen = active_features(model, transcoders, task)
     graph = Graph.from_model(model, transcoders=transcoders, features=chosen)
     truth = from_spec({
@@ -90,6 +69,61 @@ def build(*, n_prompts: int = 32, seed: int = 0):
     })
     return ZooEntry("feature-chain", (__doc__ or "").strip().splitlines()[0], model, task, truth, tok,
                     transcoders=transcoders, graph=graph)
+
+
+@dataclass
+class ClassPlant:
+    """A GPT-2 plant for ``<bos> X is`` prompts: one-hot tokens and positions, then the features ``class`` (what
+    X's class is), a middle one (``mid``) and ``answer`` (read by the unembedding for each class word, times GAMMA)."""
+
+    p: PlantedGPT2
+    tok: WordTokenizer
+    item_ids: torch.Tensor
+    answer_ids: torch.Tensor
+    t: torch.Tensor
+    pos: torch.Tensor
+    cls: torch.Tensor
+    mid: torch.Tensor
+    out: torch.Tensor
+
+    @classmethod
+    def make(cls, *, n_layers: int, d_mlp: int, seed: int, middle: str) -> ClassPlant:
+        """The plant of ``n_layers`` layers with MLPs ``d_mlp`` wide, its middle feature named ``middle``."""
+        tok, item_ids, answer_ids = class_words()
+        p = PlantedGPT2(n_layers=n_layers, n_heads=4, d_model=64, d_mlp=d_mlp, vocab_size=len(tok), n_ctx=3, seed=seed, act="relu")
+        t, pos = p.one_hot_inputs()
+        r = p.resid
+        c, mid, out = r.alloc("class", CLASSES), r.alloc(middle, CLASSES), r.alloc("answer", CLASSES)
+        p.W_U[:, answer_ids] = GAMMA * out.T
+        return cls(p, tok, item_ids, answer_ids, t, pos, c, mid, out)
+
+    def class_reads(self) -> torch.Tensor:
+        """[4, d] what class k's neuron reads: the token directions of its two items (item i is of class i % 4)."""
+        item_class = torch.arange(2 * CLASSES) % CLASSES
+        return torch.stack([self.t[self.item_ids[item_class == k]].sum(0) for k in range(CLASSES)])
+
+
+def class_words() -> tuple[WordTokenizer, torch.Tensor, torch.Tensor]:
+    """The vocabulary of ``<bos> X is`` prompts: (tokenizer, the 8 item ids (class = index % 4), the 4 answer ids)."""
+    items = [f"item{i}" for i in range(2 * CLASSES)]
+    answers = [f"class{k}" for k in range(CLASSES)]
+    tok = WordTokenizer(["<bos>", "is", *items, *answers])
+    return tok, torch.tensor([tok.index[w] for w in items]), torch.tensor([tok.index[w] for w in answers])
+
+
+def class_task(item_ids: torch.Tensor, answer_ids: torch.Tensor, n_prompts: int, seed: int, name: str, vocab_size: int) -> Task:
+    """``<bos> X is`` prompts (seeded): the answer is X's class word; each corrupt prompt has an item of another class."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    item_class = torch.arange(2 * CLASSES) % CLASSES
+    x = torch.randint(0, len(item_ids), (n_prompts,), generator=gen)
+    y = (x + torch.randint(1, CLASSES, (n_prompts,), generator=gen)) % CLASSES + CLASSES * torch.randint(0, 2, (n_prompts,), generator=gen)
+
+    def prompts(i: torch.Tensor) -> torch.Tensor:
+        n = len(i)
+        return torch.stack([torch.zeros(n, dtype=torch.long), item_ids[i], torch.ones(n, dtype=torch.long)], 1)
+
+    return Task.from_tokens(prompts(x), prompts(y), correct=answer_ids[item_class[x]], incorrect=answer_ids[item_class[y]],
+                            metric="kl", name=name, vocab_size=vocab_size)
 
 
 def _exact_transcoders(model: Any) -> TranscoderSet:

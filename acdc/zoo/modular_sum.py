@@ -34,10 +34,8 @@ def build(*, n_prompts: int = 32, modulus: int = 5, seed: int = 0):
     digits = torch.arange(1, m + 1)
     p = PlantedGPT2(n_layers=2, n_heads=4, d_model=64, d_mlp=128, vocab_size=len(words), n_ctx=5, seed=seed)
     r = p.resid
-    t, pos = r.alloc("token", len(words)), r.alloc("position", 5)
+    t, pos = p.one_hot_inputs()
     x_feat, y_feat, out = r.alloc("x", m), r.alloc("y", m), r.alloc("output", m)
-    p.W_E[:] = t
-    p.W_pos[:] = pos
     p.W_U[:, digits] = GAMMA * out.T
     p.head(0, 0, query_bias=[(pos[1:2], BETA)], ov=[(t[digits], x_feat)])
     p.head(0, 1, query_bias=[(pos[3:4], BETA)], ov=[(t[digits], y_feat)])
