@@ -387,3 +387,22 @@ def test_a_long_run_says_how_to_shorten_it_and_checkpoints(tmp_path):
         assert torch.equal(plain.selected, first.selected)
     with pytest.warns(LongRunWarning, match="pass checkpoint=PATH"):
         run_acdc(p, m, b, threshold=0.05, long_run_seconds=0.0)
+
+
+def test_faithful_within_keeps_the_circuit_near_one_at_every_step():
+    """Issue 40's |1 - F|: at threshold 0.3 plain ACDC removes nearly everything (F = 0); with faithful_within it refuses
+    each removal that would take |1 - F| past the bound, so the circuit ends within it (F measured independently)."""
+    from conftest import random_answers, random_tokens, tiny_gpt2
+
+    model = tiny_gpt2(n_layer=3, n_head=4)
+    clean, corrupt = random_tokens()
+    correct, incorrect = random_answers()
+    task = acdc.Task.from_tokens(clean, corrupt, correct=correct, incorrect=incorrect, metric="logit_diff")
+    plain = acdc.discover(model, task, threshold=0.3, progress=False)
+    assert abs(1 - acdc.faithfulness(model, task, plain, progress=False).normalized) > 0.5
+    for within in (0.2, 0.05):
+        c = acdc.discover(model, task, threshold=0.3, faithful_within=within, progress=False)
+        f = acdc.faithfulness(model, task, c, progress=False).normalized
+        assert abs(1 - f) <= within and c.settings["faithful_within"] == within and c.n_edges > plain.n_edges, (within, f)
+    with pytest.raises(ValueError, match="faithful_within must be a number >= 0"):
+        acdc.discover(model, task, threshold=0.3, faithful_within=-0.1, progress=False)

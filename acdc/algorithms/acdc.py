@@ -58,9 +58,16 @@ class ACDCOptions:
     checkpoint: str | Path | None = field(default=None, metadata={
         "help": "save progress to this JSON file; run the same call again to resume"})
     checkpoint_every: float = field(default=60.0, metadata={"help": "seconds between checkpoint saves"})
+    faithful_within: float | None = field(default=None, metadata={
+        "help": "keep the circuit's normalized faithfulness F within this of 1 at every step: a removal that would take "
+                "|1 - F| past it is refused (F = (L_empty - L) / (L_empty - L_full), L the metric as a loss), so the "
+                "circuit does not overshoot"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", check_threshold(self.threshold))
+        w = self.faithful_within
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0):
+            raise ValueError(f"faithful_within must be a number >= 0 (|1 - F| allowed), got {w!r}")
         check_options(speculate=self.speculate, prefilter=self.prefilter, prefilter_method=self.prefilter_method)
         if not isinstance(self.checkpoint_every, (int, float)) or isinstance(self.checkpoint_every, bool) \
                 or not self.checkpoint_every >= 0:
@@ -143,7 +150,7 @@ def run_acdc(
         options = ACDCOptions(**fields_)
     elif fields_:
         raise TypeError("pass ACDC's options either as an ACDCOptions or as keywords, not both")
-    threshold, abs_value, speculate = options.threshold, options.abs_value, options.speculate
+    threshold, abs_value, speculate, within = options.threshold, options.abs_value, options.speculate, options.faithful_within
     prefilter, prefilter_method = options.prefilter, options.prefilter_method
     checkpoint, checkpoint_every = options.checkpoint, options.checkpoint_every
     if checkpoint is None and checkpoint_if_long is not None and Path(checkpoint_if_long).exists():
@@ -154,7 +161,8 @@ def run_acdc(
     if speculate is None:
         speculate = 8 if patcher.tf.device.type != "cpu" else 1
     info: dict[str, Any] = {}
-    fingerprint = run_fingerprint(patcher, metric, batch, threshold, abs_value, prefilter, prefilter_method)
+    fingerprint = run_fingerprint(patcher, metric, batch, threshold, abs_value, prefilter, prefilter_method,
+                                  *([] if within is None else [within]))
     saved = _load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
     if saved is not None:
         skipped = torch.zeros(g.n_edges, dtype=torch.bool)
@@ -167,6 +175,14 @@ def run_acdc(
         skipped = torch.zeros(g.n_edges, dtype=torch.bool)
     vocab, batch = metric.narrow(batch)  # a metric of a few tokens' logits: unembed those columns only
     state = patcher.reference_state(vocab)
+    loss_empty = span = 0.0
+    if within is not None:  # the ends F is normalized by: the full model (F = 1) and every edge ablated (F = 0)
+        loss_full = metric.loss(state.logits, batch)
+        loss_empty = metric.loss(state.propagate(torch.zeros_like(state.keep)).logits[0], batch)
+        span = loss_empty - loss_full
+        if span == 0:
+            raise ValueError("faithful_within needs the full model and the empty circuit to differ on the metric; they do not")
+        info["faithful_within"] = float(within)
     removed_up_front = skipped.clone()
     if saved is not None:
         removed_up_front[saved["removed"]] = True
@@ -249,6 +265,8 @@ def run_acdc(
             scores[edge] = delta
             n_tested += 1
             removed = (abs(delta) if abs_value else delta) < threshold
+            if removed and within is not None and abs(1 - (loss_empty - new) / span) > within:
+                removed = False  # the circuit would leave |1 - F| <= within: the edge stays
             if removed:
                 current = new
                 accepted = j + 1

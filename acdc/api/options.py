@@ -91,6 +91,7 @@ class DiscoverOptions(Inputs, total=False):
     prefilter_method: str
     checkpoint: str | Path | None
     checkpoint_every: float
+    faithful_within: float | None
 
 
 class AttributeOptions(Inputs, total=False):
