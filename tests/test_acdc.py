@@ -404,5 +404,7 @@ def test_faithful_within_keeps_the_circuit_near_one_at_every_step():
         c = acdc.discover(model, task, threshold=0.3, faithful_within=within, progress=False)
         f = acdc.faithfulness(model, task, c, progress=False).normalized
         assert abs(1 - f) <= within and c.settings["faithful_within"] == within and c.n_edges > plain.n_edges, (within, f)
+    swept = acdc.roc(model, task, truth=c, thresholds=[0.3], faithful_within=0.05, progress=False).circuits[0]
+    assert swept.edges == c.edges and swept.settings["faithful_within"] == 0.05  # a ROC sweep passes it to every threshold
     with pytest.raises(ValueError, match="faithful_within must be a number >= 0"):
         acdc.discover(model, task, threshold=0.3, faithful_within=-0.1, progress=False)

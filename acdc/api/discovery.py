@@ -215,8 +215,11 @@ def roc(
         _acdc_setup, *portable(model, clean, corrupt, inputs), ranking)
     items = [(f"threshold={t!r}", {"threshold": t, "abs_value": shared.abs_value, "prefilter": shared.prefilter,
                                    "prefilter_method": shared.prefilter_method,
-                                   # speculate changes no result: in the payload (which a resumed sweep compares) only when set
-                                   **({} if shared.speculate is None else {"speculate": shared.speculate})}) for t in thresholds]
+                                   # speculate changes no result: in the payload (which a resumed sweep compares) only when set;
+                                   # faithful_within, only when set (a sweep's results folder from before it stays valid)
+                                   **({} if shared.speculate is None else {"speculate": shared.speculate}),
+                                   **({} if shared.faithful_within is None else {"faithful_within": shared.faithful_within})})
+             for t in thresholds]
     done = run_sweep(setup, _acdc_item, items, **sweep.run_sweep_options(),
                      fingerprint=run_fingerprint(patcher, metric, batch, patcher.tf.fingerprint()), progress=progress, desc="ACDC thresholds")
     seconds = time.perf_counter() - t0
@@ -244,7 +247,7 @@ def _acdc_item(state: _ACDCSweep, item: dict[str, Any]) -> dict[str, Any]:
     """One threshold of an ACDC sweep: the circuit as its JSON dict."""
     found = run_acdc(state.patcher, state.metric, state.batch, threshold=item["threshold"], abs_value=item["abs_value"],
                      prefilter=item["prefilter"], prefilter_method=item["prefilter_method"], speculate=item.get("speculate"),
-                     prefilter_scores=state.ranking,
+                     faithful_within=item.get("faithful_within"), prefilter_scores=state.ranking,
                      progress=state.progress, leave=False).selection()
     return circuit_record(found)
 

@@ -131,6 +131,7 @@ class ROCOptions(SweepInputs, total=False):
     speculate: int | None
     prefilter: float | None
     prefilter_method: str
+    faithful_within: float | None
 
 
 class FaithfulnessOptions(Inputs, total=False):
