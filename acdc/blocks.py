@@ -667,7 +667,7 @@ class FullRun:
             if idx is not None:
                 X = X.reshape(len(cols), self.B * self.S, d).index_select(1, idx)
             out = (Wd @ X.reshape(len(cols), -1)).view(base.shape) + base
-        at = g.mlps_before(upto)  # the readers' layer: what cross-layer units have written by then
+        at = g.mlps_before(upto) if is_cross_layer(self.units) else -1  # cross-layer units: the readers' layer
         for layer_u, values in self.F.items():
             start = g.mlp_sources(layer_u).start
             Ws = W[:, start : start + len(values)]  # empty when the layer is not upstream (W ends at upto)

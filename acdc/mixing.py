@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .blocks import is_cross_layer
 from .patching import Patcher
 
 __all__ = ["MixedRun", "mixed_logits"]
@@ -140,6 +141,7 @@ class MixedRun:
             parts = [self._dense(Wd[..., q], used, idx) for q, idx in enumerate(self.groups)]
             mixed = torch.cat(parts, 1).index_select(1, self.order).view(len(rows), B, S, d)
             out = base + mixed
+        at = p.graph.mlps_before(upto) if is_cross_layer(p.units) else -1  # cross-layer units: what they wrote by this layer
         for layer, values in self.units.items():
             r = p.factored_layers[layer]
             if r.start >= upto:
@@ -149,7 +151,7 @@ class MixedRun:
                 Wu = Wu.index_select(-1, self.token_position)  # [R, n, B * S]: each token its position's weight
             else:
                 Wu = Wu[..., None]
-            rows_l = p.unit_rows(layer, p.graph.mlps_before(upto))  # cross-layer units: what they wrote by this layer
+            rows_l = p.unit_rows(layer, at)
             out = out + ((Wu * values[None]).transpose(1, 2) @ rows_l).view(len(rows), B, S, d)
         return out
 

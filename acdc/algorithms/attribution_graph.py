@@ -104,13 +104,10 @@ def build_attribution_graph(
             t = transcoders[layer]
             writes.setdefault(layer, []).append((rows, (v[:, None] * t.W_dec.detach()[nz[:, 1]]).to(tf.dtype)))
             errors[layer] = fr.mlp_out[layer] - t.decode(acts, xn.to(t.W_enc.dtype)).to(tf.dtype)
-    if cross:
-        c = transcoders
-        for j in range(L):  # layer j's error: its MLP minus the CLT's reconstruction from every layer's features up to j
-            recon = c.b_dec[j].detach() + sum(acts_of[src] @ c.decoder(src, j).detach() for src in range(j + 1))
-            if c.W_skip is not None:
-                recon = recon + tf.mlp_input(j, fr.resid_mid[j]).to(c.W_enc.dtype) @ c.W_skip[j].detach()
-            errors[j] = fr.mlp_out[j] - recon.to(tf.dtype)
+    if cross:  # layer j's error: its MLP minus the CLT's reconstruction there from every layer's features up to j
+        xs = None if transcoders.W_skip is None else torch.stack(
+            [tf.mlp_input(j, fr.resid_mid[j]) for j in range(L)]).to(transcoders.W_enc.dtype)  # skip paths read the normed input
+        errors = fr.mlp_out - transcoders.decode([acts_of[j] for j in range(L)], xs).detach().to(tf.dtype)
     if skip_first:
         errors[:, 0] = 0
     features = torch.cat(found) if found else torch.zeros(0, 3, dtype=torch.long)

@@ -244,10 +244,9 @@ def load_clt(path: str | Path, model: Any = None, *, device: torch.device | str 
     if not path.is_dir():
         raise ValueError(f"cross-layer transcoder {str(path)!r} not found: give a folder saved by CrossLayerTranscoder.save "
                          "or a circuit-tracer CLT folder (W_enc_0.safetensors, ...)")
-    if (path / "config.json").exists():
-        clt = CrossLayerTranscoder.load(path, device=dev)
-    else:
-        clt = read_circuit_tracer_clt(path, tf, device=dev)
+    if not (path / "config.json").exists():
+        return read_circuit_tracer_clt(path, tf, device=dev)  # checked against tf there
+    clt = CrossLayerTranscoder.load(path, device=dev)
     if tf is not None:
         clt.check_model(tf, f"cross-layer transcoder {path}")
     return clt
