@@ -115,9 +115,14 @@ class Transcoder(nn.Module):
     def encode_features(self, x: Tensor, idx: Tensor) -> Tensor:
         """[..., k] the activations of features ``idx`` [k] only, on x [..., d_model]: equal to
         ``encode(x)[..., idx]``. ReLU and JumpReLU features depend on their own encoder column alone, so
-        only those columns are computed; TopK compares every feature, so it encodes them all."""
+        only those columns are computed; TopK compares every feature, so it encodes them all (and keeps
+        only the k-th largest pre-activation of each row, the threshold a chosen feature must reach)."""
         if self.cfg.activation == "topk":
-            return self.encode(x).index_select(-1, idx)
+            assert self.cfg.k is not None
+            pre = self.pre_acts(x)
+            kth = pre.topk(self.cfg.k, dim=-1).values[..., -1:]
+            chosen = pre.index_select(-1, idx)
+            return torch.relu(chosen) * (chosen >= kth)
         pre = x @ self.W_enc.index_select(1, idx) + self.b_enc.index_select(0, idx)
         if self.log_threshold is None:
             return torch.relu(pre)
