@@ -60,6 +60,7 @@ from .transcoders import (
     TranscoderSet,
     load_clt,
     load_transcoders,
+    train_clt,
     train_transcoders,
     transcoder_fidelity,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "render_comparison",
     "roc",
     "tasks",
+    "train_clt",
     "train_transcoders",
     "transcoder_fidelity",
     "transcoders",

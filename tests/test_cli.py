@@ -213,6 +213,22 @@ def test_transcoders_train_and_fidelity(tmp_path, capsys):
     assert len(list((tmp_path / "pieces").glob("sequences_*.json"))) == 1
 
 
+def test_a_cross_layer_transcoder_from_the_command_line(tmp_path, capsys):
+    """--cross-layer trains one CLT over every layer (acdc's CLT folder), and fidelity measures it per target layer."""
+    out = tmp_path / "clt"
+    assert main(["transcoders", "train", "--model", "zoo:dictionary", "--cross-layer", "--tokens", "2000", "--n-features", "16",
+                 "--k", "4", "--batch-tokens", "500", "--no-progress", "-o", str(out)]) == 0
+    assert "2,000 tokens" in capsys.readouterr().out and (out / "clt.safetensors").exists()
+    clt = acdc.load_clt(out)
+    assert clt.cfg.n_layers == 2 and clt.cfg.n_features == 16 and clt.info["options"]["tokens"] == 2000
+    assert main(["transcoders", "fidelity", str(out), "--model", "zoo:dictionary", "--sequences", "8", "--no-progress",
+                 "-o", str(tmp_path / "fid")]) == 0
+    data = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert sorted(data["layers"]) == ["0", "1"] and all(0 < v["fvu"] < 1.5 for v in data["layers"].values())
+    assert main(["transcoders", "train", "--model", "zoo:dictionary", "--cross-layer", "--layers", "0"]) == 1
+    assert "leave out --layers" in capsys.readouterr().err
+
+
 def test_transcoders_bad_options_are_one_line(capsys):
     assert main(["transcoders", "train", "--model", "zoo:dictionary", "--tokens", "0"]) == 1
     err = capsys.readouterr().err

@@ -372,3 +372,172 @@ def test_the_planted_cross_layer_feature_is_the_pruned_attribution_graph():
     names = [g.node_name(i) for i in kept.node_mask.nonzero().squeeze(1).tolist()]
     assert [n for n in names if ".f" in n] == [feature], names
     assert g.replacement_score > 0.97  # 0.98: m1's error node holds the ratio's misfit and the distractors' leak
+
+
+# ---------------------------------------------------------------------- training (acdc.train_clt)
+def _token_stream(vocab: int = 50, context: int = 12, seed: int = 0):
+    from acdc.transcoders import GeneratedStream
+
+    def sample(i: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, vocab, (context,), generator=gen)
+
+    return GeneratedStream(sample, context, seed=seed, name="random tokens")
+
+
+@pytest.mark.parametrize("activation, skip", [("topk", True), ("relu", False), ("jumprelu", False)])
+def test_a_training_step_is_the_loss_written_out_on_the_dense_forward(activation, skip):
+    """The CLT trainer's step (sparse TopK decoding, per-target FVU, sparsity, AuxK for dead features) backs up the
+    gradient of the loss written out on `CrossLayerTranscoder.forward`, term by term, for every parameter."""
+    from acdc.transcoders.clt_training import _CrossLayer
+    from acdc.transcoders.training import TrainOptions, World, jump
+
+    clt = _random_clt(activation, skip)
+    gen = torch.Generator().manual_seed(5)
+    T = 16
+    X = {j: torch.randn(T, D, generator=gen) for j in range(L)}
+    Y = {j: torch.randn(T, D, generator=gen) for j in range(L)}
+    idx = torch.arange(T)
+    dead = {j: torch.arange(N) % 3 == j % 3 for j in range(L)}  # some dead features in every layer (AuxK runs)
+    opts = TrainOptions(activation=activation, k=2, l1=0.3, l0=0.2, aux_coef=0.5)
+    out = _CrossLayer(clt).step(X, Y, idx, idx, dead, opts, World())
+    got = {name: p.grad.clone() for name, p in clt.named_parameters()}
+    clt.zero_grad()
+    xs = torch.stack([X[j] for j in range(L)])
+    pres = [X[src] @ clt.W_enc[src] + clt.b_enc[src] for src in range(L)]
+    if activation == "jumprelu":  # straight-through threshold gradients (the per-layer trainer's `jump`)
+        acts_all = [jump(pres[src], clt.log_threshold[src].exp(), opts.bandwidth, False) for src in range(L)]
+    else:
+        acts_all = [clt.encode(src, X[src]) for src in range(L)]
+        assert torch.allclose(clt.decode(acts_all, xs), clt(xs))
+    y_hat = clt.decode(acts_all, xs)
+    var = [(Y[j] - Y[j].mean(0)).pow(2).sum() for j in range(L)]
+    loss = sum((Y[j] - y_hat[j]).pow(2).sum() / var[j] for j in range(L))
+    rms = (sum(var) / (T * L)).sqrt()
+    for src in range(L):
+        pre, acts = pres[src], acts_all[src]
+        if activation == "relu":
+            loss = loss + opts.l1 * (acts * clt.W_dec[src].flatten(1).norm(dim=1)).sum() / T / rms
+        if activation == "jumprelu":
+            loss = loss + opts.l0 * jump(pre, clt.log_threshold[src].exp(), opts.bandwidth, True).sum() / T
+        k_aux = min(D // 2, int(dead[src].sum()))
+        top = torch.where(dead[src], pre, torch.full_like(pre, -torch.inf)).topk(k_aux, dim=-1)
+        aux = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        for t in range(src, L):
+            e = (Y[t] - y_hat[t]).detach()
+            loss = loss + opts.aux_coef * min(int(dead[src].sum()) / k_aux, 1.0) * (aux @ clt.decoder(src, t) - e).pow(2).sum() / sum(var[src:])
+    loss.backward()
+    for name, p in clt.named_parameters():
+        assert torch.allclose(got[name], p.grad, rtol=1e-4, atol=1e-5), name
+    for j in range(L):
+        assert math.isclose(float(out[j]["sq"]), float((Y[j] - y_hat[j]).pow(2).sum()), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("activation, init", [("topk", "data"), ("relu", "random"), ("jumprelu", "data")])
+def test_a_cross_layer_transcoder_of_a_one_layer_model_trains_as_a_transcoder(activation, init):
+    """With one layer a CLT is a per-layer transcoder: trained from the same seed and options, it ends with the same
+    weights as `train_transcoders`' (the same start, loss, AuxK and decoder norm; only the decoding's rounding differs)."""
+    model = tiny_gpt2(n_layer=1)
+    kw = dict(progress=False, n_features=16, activation=activation, k=3, l1=0.05, tokens=1200, batch_tokens=100, sequences=8,
+              buffer=2, dead_tokens=300, seed=4, init=init, massive=None)
+    tcs = acdc.train_transcoders(model, _token_stream(), context=12, **kw)
+    clt = acdc.train_clt(model, _token_stream(), context=12, **kw)
+    tc = tcs[0]
+    for mine, theirs in [(clt.W_enc[0], tc.W_enc), (clt.b_enc[0], tc.b_enc), (clt.W_dec[0][:, 0], tc.W_dec), (clt.b_dec[0], tc.b_dec)]:
+        assert torch.allclose(mine, theirs, atol=2e-4), float((mine - theirs).abs().max())
+    assert clt.info["tokens"] == tcs.info["tokens"] == 1200
+    assert clt.info["layers"]["0"]["fvu"] == pytest.approx(tcs.info["layers"]["0"]["fvu"], rel=1e-3)
+
+
+def test_clt_training_resumes_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+    """Killed after a few model forwards and restarted with the same arguments: bit-for-bit the same CLT; the
+    checkpoint refuses other settings."""
+    from acdc.model import Transformer
+
+    model = tiny_gpt2(n_layer=2)
+    kw = dict(progress=False, n_features=12, activation="topk", k=3, tokens=2400, batch_tokens=200, sequences=8, buffer=2,
+              checkpoint_every=1, dead_tokens=500, seed=2)
+    whole = acdc.train_clt(model, _token_stream(), context=12, **kw)
+    calls = {"n": 0}
+    real = Transformer.mlp_io
+
+    class Killed(Exception):
+        pass
+
+    def dying(self, tokens, layers):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Killed
+        return real(self, tokens, layers)
+
+    monkeypatch.setattr(Transformer, "mlp_io", dying)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Killed):
+        acdc.train_clt(model, _token_stream(), context=12, checkpoint=ckpt, **kw)
+    assert (ckpt / "state.json").exists()
+    monkeypatch.setattr(Transformer, "mlp_io", real)
+    resumed = acdc.train_clt(model, _token_stream(), context=12, checkpoint=ckpt, **kw)
+    for (name, p), q in zip(whole.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert resumed.info["tokens"] == 2400
+    with pytest.raises(ValueError, match="other settings.*k"):
+        acdc.train_clt(model, _token_stream(), context=12, checkpoint=ckpt, **{**kw, "k": 4})
+
+
+@pytest.mark.parametrize("skip_first", [True, False])
+def test_clt_fidelity_equals_hooked_hugging_face_runs(skip_first):
+    """A CLT's fidelity against the Hugging Face model with its MLP modules swapped by forward hooks: FVU per target
+    layer from the clean run's features, one layer spliced (the earlier layers' features from the clean run), every
+    layer spliced (each hook encodes what its MLP sees in that run and adds the earlier hooks' features)."""
+    import torch.nn.functional as F
+
+    from acdc.transcoders import GeneratedStream
+
+    model = tiny_gpt2(n_layer=3, vocab=50, d=32)
+    hf = model.original_model
+    gen = torch.Generator().manual_seed(2)
+    clt = CrossLayerTranscoder(CLTConfig(3, 32, 10, "relu", skip=True))
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    stream = GeneratedStream(lambda i, g: torch.randint(0, 50, (9,), generator=g), 9, seed=4)
+    fid = acdc.transcoder_fidelity(model, clt, stream, sequences=5, batch=5, skip_first=skip_first, massive=None)
+    toks = stream.batch(0, 5)
+    keep = torch.ones(5, 9, dtype=torch.bool)
+    keep[:, 0] = not skip_first
+
+    def run(swap: set[int], clean_acts: dict[int, torch.Tensor] | None = None):
+        seen, acts, handles = {}, {}, []
+        for layer, block in enumerate(hf.transformer.h):
+            def hook(module, args, output, layer=layer):
+                seen[layer] = (args[0], output)
+                acts[layer] = clt.encode(layer, args[0])
+                if layer not in swap:
+                    return output
+                have = {**(acts if clean_acts is None else clean_acts), layer: acts[layer]}
+                new = sum((have[s] @ clt.decoder(s, layer) for s in range(layer + 1)), clt.b_dec[layer]) + args[0] @ clt.W_skip[layer]
+                return torch.where(keep[..., None], new, output)
+            handles.append(block.mlp.register_forward_hook(hook))
+        with torch.no_grad():
+            logits = hf(toks).logits
+        for h in handles:
+            h.remove()
+        return logits, seen, acts
+
+    def ce(logits):
+        return float(F.cross_entropy(logits[:, :-1].reshape(-1, 50), toks[:, 1:].reshape(-1)))
+
+    with torch.no_grad():
+        clean, seen, clean_acts = run(set())
+        assert fid.ce_clean == pytest.approx(ce(clean), rel=1e-4)
+        recon = clt(torch.stack([seen[j][0] for j in range(3)]))
+        for j in range(3):
+            y, y_hat = seen[j][1][keep], recon[j][keep]
+            assert fid.layers[j]["fvu"] == pytest.approx(float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()), rel=1e-4)
+            assert fid.layers[j]["l0"] == pytest.approx(float((clean_acts[j][keep] > 0).sum(-1).float().mean()), rel=1e-5)
+            one, _, _ = run({j}, clean_acts)
+            assert fid.layers[j]["ce"] == pytest.approx(ce(one), rel=1e-4)
+        every, _, _ = run({0, 1, 2})
+        assert fid.ce_all == pytest.approx(ce(every), rel=1e-4)
+        assert abs(ce(every) - ce(run({2}, clean_acts)[0])) > 1e-3  # the replacement model differs from splicing the last alone
+    with pytest.raises(ValueError, match="reads the residual stream"):
+        acdc.transcoder_fidelity(model, CrossLayerTranscoder(CLTConfig(3, 32, 4, reads="stream")), stream, sequences=2)

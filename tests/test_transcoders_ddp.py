@@ -16,17 +16,29 @@ ARGS = ["transcoders", "train", "--model", "zoo:dictionary", "--layers", "0", "1
         "--buffer", "2", "--k", "3", "--n-features", "16", "--dead-tokens", "1500", "--seed", "5", "--activation", "relu"]
 
 
-def _run(tmp_path, nproc: int, name: str):
+def _run(tmp_path, nproc: int, name: str, args: list[str] = ARGS, load=acdc.load_transcoders):
     out = tmp_path / name
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if nproc == 1:
-        cmd = [sys.executable, "-m", "acdc", *ARGS, "--out", str(out)]
+        cmd = [sys.executable, "-m", "acdc", *args, "--out", str(out)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),  # a free port
-               "-m", "acdc", *ARGS, "--out", str(out)]
+               "-m", "acdc", *args, "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return acdc.load_transcoders(out)
+    return load(out)
+
+
+@pytest.mark.slow
+def test_a_cross_layer_transcoder_trained_on_two_processes_equals_one(tmp_path):
+    """The CLT trainer shares the loop: its loss shares and gradients sum across processes the same way."""
+    args = [a for a in ARGS if a not in ("--layers", "0", "1")] + ["--cross-layer", "--activation", "topk"]
+    one = _run(tmp_path, 1, "one", args, acdc.load_clt)
+    two = _run(tmp_path, 2, "two", args, acdc.load_clt)
+    for (name, p), q in zip(one.named_parameters(), two.parameters(), strict=True):
+        scale = float(p.abs().max())
+        assert torch.allclose(p, q, atol=1e-4 * scale, rtol=1e-4), (name, float((p - q).abs().max()))
+    assert one.info["tokens"] == two.info["tokens"] == 6000 and one.cfg.activation == "topk"
 
 
 @pytest.mark.slow

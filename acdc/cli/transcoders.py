@@ -31,12 +31,16 @@ def add_transcoders(sub: Any) -> None:
     transcoder_flags(tt)
     tt.add_argument("--layers", type=int, nargs="+", default=None, help="layers to train (default: all)")
     tt.add_argument("--checkpoint", type=Path, default=None, help="folder for the training state (resumes from it)")
+    tt.add_argument("--cross-layer", action="store_true", help="train one cross-layer transcoder over every layer (each "
+                    "feature writes into its layer's MLP output and every later one; config.json + clt.safetensors)")
     option_flags(tt, TrainOptions, only=tuple(f.name for f in dataclasses.fields(TrainOptions) if f.name != "skip_first"))
-    tt.set_defaults(run=_transcoders_train, writes=("config.json", "transcoders.safetensors"))
+    tt.set_defaults(run=_transcoders_train,
+                    writes=lambda a: ("config.json", "clt.safetensors" if a.cross_layer else "transcoders.safetensors"))
     tf = tsub.add_parser("fidelity", help="FVU, L0, dead features, CE/KL spliced in, loss recovered",
                          description="Fidelity of a transcoder set; writes fidelity.md, .json and .png beside the set (a "
                          "local folder) or to -o (default for a hub name: fidelity/).")
-    tf.add_argument("transcoders", help="a transcoder set folder, a sparsify, SAELens or circuit-tracer folder, or a hub name")
+    tf.add_argument("transcoders", help="a transcoder set folder, a cross-layer transcoder folder (acdc's or circuit-tracer's), "
+                    "a sparsify, SAELens or circuit-tracer folder, or a hub name")
     transcoder_flags(tf)
     tf.add_argument("--sequences", type=positive, default=64, help="sequences to measure on (default 64)")
     tf.add_argument("--start", type=int, default=1_000_000, help="first sequence index (default 1000000: "
@@ -63,9 +67,12 @@ def add_transcoders(sub: Any) -> None:
 def _transcoders_train(args: argparse.Namespace) -> int:
     import os
 
-    from ..transcoders import TrainOptions, train_transcoders
+    from ..transcoders import TrainOptions, train_clt, train_transcoders
+    from .common import CLIError
 
     options = options_from(args, TrainOptions)  # checked before the model loads
+    if args.cross_layer and args.layers is not None:
+        raise CLIError("--cross-layer trains one transcoder over every layer; leave out --layers")
     dist = None
     if "RANK" in os.environ:  # under torchrun: join the process group
         import torch
@@ -79,8 +86,12 @@ def _transcoders_train(args: argparse.Namespace) -> int:
         dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
     try:
         model, corpus, _ = model_and_corpus(args, options.seed)
-        ts = train_transcoders(model, corpus, layers=args.layers, options=options, checkpoint=args.checkpoint,
-                               progress=not args.no_progress, model_name=args.model)
+        if args.cross_layer:
+            ts = train_clt(model, corpus, options=options, checkpoint=args.checkpoint, progress=not args.no_progress,
+                           model_name=args.model)
+        else:
+            ts = train_transcoders(model, corpus, layers=args.layers, options=options, checkpoint=args.checkpoint,
+                                   progress=not args.no_progress, model_name=args.model)
         if dist is None or dist.get_rank() == 0:
             ts.save(args.out, overwrite=True)  # guard_outputs refused an existing set unless --force
             info = ts.info
@@ -111,10 +122,10 @@ def _transcoders_pages(args: argparse.Namespace) -> int:
 def _transcoders_fidelity(args: argparse.Namespace) -> int:
     import json
 
-    from ..transcoders import load_transcoders, transcoder_fidelity
+    from ..transcoders import load_dictionary, transcoder_fidelity
 
     model, corpus, _ = model_and_corpus(args, 0)
-    ts = load_transcoders(args.transcoders, model)
+    ts = load_dictionary(args.transcoders, model)
     fid = transcoder_fidelity(model, ts, corpus, sequences=args.sequences, start=args.start, skip_first=not args.splice_first,
                               massive=args.massive, progress=not args.no_progress)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ See `transcoder` (the object and its file format), `training`, `corpus` (token s
 """
 
 from .clt import CLTConfig, CrossLayerTranscoder, FeatureDictionary, load_clt, read_circuit_tracer_clt
+from .clt_training import train_clt
 from .corpus import CorpusWarning, GeneratedStream, TextStream, TokenStream, as_token_stream, text_stream
 from .fidelity import Fidelity, transcoder_fidelity
 from .formats import load_dictionary, load_transcoders, read_circuit_tracer, read_saelens, read_sparsify
@@ -20,6 +21,6 @@ __all__ = [
     "CorpusWarning", "as_token_stream",
     "active_features",
     "ACTIVATIONS", "CLTConfig", "CrossLayerTranscoder", "FeatureDictionary", "FeatureInfo", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
-    "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_clt", "load_dictionary", "load_transcoders", "read_circuit_tracer", "read_circuit_tracer_clt", "read_saelens", "read_sparsify", "text_stream", "train_transcoders",
+    "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_clt", "load_dictionary", "load_transcoders", "read_circuit_tracer", "read_circuit_tracer_clt", "read_saelens", "read_sparsify", "text_stream", "train_clt", "train_transcoders",
     "transcoder_fidelity",
 ]

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..model import Transformer
 from ..progress import bar
+from .clt import CrossLayerTranscoder
 from .corpus import CorpusWarning, TokenStream, as_token_stream
 from .transcoder import Transcoder, TranscoderSet
 
@@ -95,7 +96,7 @@ def _kl(clean: Tensor, other: Tensor) -> Tensor:
 
 @torch.no_grad()
 def transcoder_fidelity(
-    model: Any, transcoders: TranscoderSet, corpus: TokenStream | str | Path | Iterable[str], *, context: int = 128,
+    model: Any, transcoders: TranscoderSet | CrossLayerTranscoder, corpus: TokenStream | str | Path | Iterable[str], *, context: int = 128,
     sequences: int = 64, batch: int = 8,
     start: int = 0, skip_first: bool = True, massive: float | None = 100.0, per_layer: bool = True, progress: bool = False,
 ) -> Fidelity:
@@ -115,9 +116,17 @@ def transcoder_fidelity(
     ``corpus``: a `TokenStream`, or text as `train_transcoders` takes it (``"sotu-heldout"``: text the shipped
     training corpus does not contain). Measured on the corpus the transcoders were trained on, a `CorpusWarning`
     says so: held-out text gives the honest number.
+
+    A `CrossLayerTranscoder`: FVU per target layer (its reconstruction there from every earlier layer's features,
+    each on the clean run's input), L0 and dead fraction per source layer; one layer spliced: that layer's MLP
+    replaced by the reconstruction (the earlier layers' features read the clean run); all spliced: every MLP
+    replaced at once, each layer's features reading the spliced run (the replacement model).
     """
     tf = Transformer.of(model)
     transcoders.check_model(tf)
+    if isinstance(transcoders, CrossLayerTranscoder) and transcoders.cfg.reads != "normed":
+        raise ValueError("fidelity runs cross-layer transcoders that read the normed MLP input (reads='normed'); this one "
+                         "reads the residual stream before the norm")
     corpus = as_token_stream(corpus, model, context=context)
     trained_on = (transcoders.info or {}).get("corpus")
     if trained_on is not None and trained_on == corpus.describe():
@@ -145,10 +154,23 @@ def transcoder_fidelity(
                 n_massive += int((big & keep).sum())
                 keep &= ~big
             modeled[layer] = keep
-            tc = transcoders[layer]
-            xk, yf = x[keep].float(), y[keep].float()
-            acts = tc.encode(xk)
-            y_hat = tc.decode(acts, xk)
+        clean_acts: dict[int, Tensor] = {}
+        recon = None
+        if isinstance(transcoders, CrossLayerTranscoder):
+            clean_acts = {layer: transcoders.encode(layer, io[layer][0].float()) for layer in layers}
+            recon = transcoders.decode([clean_acts[layer] for layer in layers], torch.stack([io[layer][0].float() for layer in layers]))
+        for layer in layers:
+            x, y = io[layer]
+            keep = modeled[layer]
+            yf = y[keep].float()
+            if recon is not None:
+                acts, y_hat = clean_acts[layer][keep], recon[layer][keep]
+            else:
+                assert isinstance(transcoders, TranscoderSet)
+                tc = transcoders[layer]
+                xk = x[keep].float()
+                acts = tc.encode(xk)
+                y_hat = tc.decode(acts, xk)
             d = sums[layer]
             d["err"] += float((yf - y_hat).pow(2).sum())
             d["y2"] += float(yf.pow(2).sum())
@@ -161,10 +183,15 @@ def transcoder_fidelity(
         ce_clean += float(_ce(clean, toks))
         n_pred += toks.shape[0] * (toks.shape[1] - 1)
         n_all += toks.numel()
-        splice = {layer: _spliced(tf, layer, modeled[layer], transcoders[layer]) for layer in layers}
+        if isinstance(transcoders, CrossLayerTranscoder):
+            splice = _clt_spliced(tf, transcoders, modeled)
+            one_layer = {layer: _clt_spliced(tf, transcoders, modeled, clean_acts, only=layer)[layer] for layer in layers}
+        else:
+            splice = {layer: _spliced(tf, layer, modeled[layer], transcoders[layer]) for layer in layers}
+            one_layer = splice
         if per_layer:
             for layer in layers:
-                one = tf.logits_with_mlps(toks, {layer: splice[layer]})
+                one = tf.logits_with_mlps(toks, {layer: one_layer[layer]})
                 sums[layer]["ce"] += float(_ce(one, toks))
                 sums[layer]["kl"] += float(_kl(clean, one))
         every = tf.logits_with_mlps(toks, splice)
@@ -184,6 +211,30 @@ def transcoder_fidelity(
                       "ce": d["ce"] / n_pred if per_layer else nan, "kl": d["kl"] / n_all if per_layer else nan}
     return Fidelity(out, ce_clean / n_pred, ce_all / n_pred, kl_all / n_all, ce_zero / n_pred, n_all,
                     {"skip_first": skip_first, "massive": massive, "massive_positions": n_massive})
+
+
+def _clt_spliced(tf: Transformer, clt: CrossLayerTranscoder, modeled: dict[int, Tensor], clean: dict[int, Tensor] | None = None,
+                 only: int | None = None) -> dict[int, Callable[[Tensor], Tensor]]:
+    """Every layer's MLP stand-in for a run with a CLT spliced in (at the ``modeled`` positions; the MLP's own output
+    elsewhere): layer j writes the CLT's reconstruction from the features of layers <= j, each encoded on the input it
+    sees in this run as it goes (the callbacks run in layer order and share what they encoded). With ``only``, that
+    layer alone is spliced and the earlier layers' features are the ``clean`` run's activations."""
+    acts: dict[int, Tensor] = {}
+
+    def at(layer: int) -> Callable[[Tensor], Tensor]:
+        def fn(ln: Tensor) -> Tensor:
+            x = ln.float()
+            acts[layer] = clt.encode(layer, x)
+            got = {**(clean or {}), layer: acts[layer]} if only is not None else acts
+            new = sum((got[src] @ clt.decoder(src, layer) for src in range(layer + 1)), clt.b_dec[layer])
+            if clt.W_skip is not None:
+                new = new + x @ clt.W_skip[layer]
+            new = new.to(ln.dtype)
+            keep = modeled[layer]
+            return new if bool(keep.all()) else torch.where(keep[..., None], new, tf.mlp_normed(layer, ln))
+        return fn
+
+    return {layer: at(layer) for layer in (clt.layers if only is None else [only])}
 
 
 def _spliced(tf: Transformer, layer: int, keep: Tensor, tc: Transcoder | None) -> Callable[[Tensor], Tensor]:

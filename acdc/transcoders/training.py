@@ -51,14 +51,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..model import Transformer
 from ..progress import bar
 from .corpus import CorpusWarning, TokenStream, as_token_stream
 from .transcoder import ACTIVATIONS, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
-__all__ = ["TrainOptions", "train_transcoders"]
+__all__ = ["Learner", "TrainOptions", "World", "jump", "run_training", "train_transcoders", "trainable_layers", "training_options"]
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
@@ -140,6 +140,13 @@ class _Jump(torch.autograd.Function):
         return g_pre, g_t.reshape(-1, g_t.shape[-1]).sum(0), None, None
 
 
+def jump(pre: Tensor, threshold: Tensor, bandwidth: float, count: bool) -> Tensor:
+    """JumpReLU with straight-through threshold gradients (`_Jump`): ``pre * H(pre - t)``, or the step with ``count``."""
+    out = _Jump.apply(pre, threshold, bandwidth, count)
+    assert isinstance(out, Tensor)
+    return out
+
+
 @dataclass
 class _LayerStats:
     fvu: float = float("nan")
@@ -203,7 +210,7 @@ def _loss(tc: Transcoder, x: Tensor, y: Tensor, opts: TrainOptions, dead: Tensor
     if tc.cfg.activation == "jumprelu":
         assert tc.log_threshold is not None
         threshold = tc.log_threshold.exp()
-        acts = _Jump.apply(pre, threshold, opts.bandwidth, False)
+        acts = jump(pre, threshold, opts.bandwidth, False)
     else:
         acts = tc.activate(pre)
     assert isinstance(acts, Tensor)
@@ -216,8 +223,7 @@ def _loss(tc: Transcoder, x: Tensor, y: Tensor, opts: TrainOptions, dead: Tensor
         loss = loss + opts.l1 * (acts * tc.W_dec.norm(dim=1)).sum() / n / rms
     elif tc.cfg.activation == "jumprelu":
         assert tc.log_threshold is not None
-        count = _Jump.apply(pre, tc.log_threshold.exp(), opts.bandwidth, True)
-        assert isinstance(count, Tensor)
+        count = jump(pre, tc.log_threshold.exp(), opts.bandwidth, True)
         loss = loss + opts.l0 * count.sum() / n
     n_dead = int(dead.sum())
     if n_dead and opts.aux_coef > 0:
@@ -231,7 +237,7 @@ def _loss(tc: Transcoder, x: Tensor, y: Tensor, opts: TrainOptions, dead: Tensor
     return loss, {"sq": sq.detach(), "fired": (acts > 0).any(0), "active": (acts > 0).sum().float()}
 
 
-class _World:
+class World:
     """This process's place in a data-parallel run (torch.distributed, e.g. under torchrun), or alone."""
 
     def __init__(self) -> None:
@@ -276,6 +282,74 @@ def _remove_parallel_grads(tc: Transcoder) -> None:
         g.sub_((g * w).sum(1, keepdim=True) * w)
 
 
+class Learner:
+    """What one training run fits, seen by `run_training`'s loop (streaming, buffers, checkpoints, progress):
+    per-layer transcoders (`_PerLayer`) or a cross-layer transcoder (`acdc.transcoders.clt_training`).
+    ``layers``: the layers whose MLP input and output it reads; ``fired`` per layer: features that fired."""
+
+    layers: list[int]
+    n_features: int
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Its modules by checkpoint name (a per-layer transcoder's: its layer)."""
+        raise NotImplementedError
+
+    def first_buffer(self, X: dict[int, Tensor], Y: dict[int, Tensor], gen: torch.Generator, opts: TrainOptions) -> None:
+        """Start b_dec at the targets' mean and, with ``init="data"``, the features at tokens of X, Y [T, d] per layer."""
+        raise NotImplementedError
+
+    def step(self, X: dict[int, Tensor], Y: dict[int, Tensor], idx: Tensor, mine: Tensor, dead: dict[int, Tensor],
+             opts: TrainOptions, world: World) -> dict[int, dict[str, Tensor]]:
+        """Backward this process's share ``mine`` of minibatch ``idx`` (rows of X, Y); per layer: "sq" (squared error
+        of the whole minibatch), "var" (its variance), "active" (active features, summed), "fired" [n] (bool)."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Decoder rows back to unit norm."""
+        raise NotImplementedError
+
+    def before_step(self) -> None:
+        """Remove the gradient parallel to each decoder row (the norm is fixed)."""
+        raise NotImplementedError
+
+
+class _PerLayer(Learner):
+    def __init__(self, tcs: dict[int, Transcoder]):
+        self.tcs = tcs
+        self.layers = sorted(tcs)
+        self.n_features = tcs[self.layers[0]].cfg.n_features
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {str(layer): tc for layer, tc in self.tcs.items()}
+
+    def first_buffer(self, X: dict[int, Tensor], Y: dict[int, Tensor], gen: torch.Generator, opts: TrainOptions) -> None:
+        with torch.no_grad():
+            for layer in self.layers:
+                self.tcs[layer].b_dec.copy_(Y[layer].mean(0))
+                if opts.init == "data":
+                    _init_from_data(self.tcs[layer], X[layer], Y[layer], gen)
+
+    def step(self, X: dict[int, Tensor], Y: dict[int, Tensor], idx: Tensor, mine: Tensor, dead: dict[int, Tensor],
+             opts: TrainOptions, world: World) -> dict[int, dict[str, Tensor]]:
+        out = {}
+        for layer in self.layers:
+            y_all = Y[layer][idx]
+            var = (y_all - y_all.mean(0)).pow(2).sum().clamp_min(1e-12)
+            loss, info = _loss(self.tcs[layer], X[layer][mine], Y[layer][mine], opts, dead[layer], var, len(idx))
+            loss.backward()
+            out[layer] = {"sq": info["sq"], "var": var, "active": info["active"], "fired": info["fired"]}
+        return out
+
+    def before_step(self) -> None:
+        for tc in self.tcs.values():
+            _remove_parallel_grads(tc)
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            for tc in self.tcs.values():
+                tc.W_dec.div_(tc.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
 def train_transcoders(
     model: Any,
     corpus: TokenStream | str | Path | Iterable[str],
@@ -297,12 +371,31 @@ def train_transcoders(
     corpus, the tokens seen and per-layer FVU / L0 / dead fraction over training.
     """
     tf = Transformer.of(model)
+    opts = training_options(options, overrides)
+    layers = trainable_layers(tf, layers)
+    cfg = opts.config(tf.arch.d_model)
+    gen = torch.Generator().manual_seed(opts.seed)
+    tcs = {layer: Transcoder(cfg, device=tf.device) for layer in layers}
+    for layer in layers:
+        _init(tcs[layer], gen, opts.init_scale)
+    info = run_training(tf, model, _PerLayer(tcs), corpus, opts, gen, context=context, checkpoint=checkpoint,
+                        progress=progress, desc=f"transcoders ({len(layers)} layers)")
+    return TranscoderSet(tcs, ModelInfo.of(tf, model_name), "trained by acdc", info)
+
+
+def training_options(options: TrainOptions | None, overrides: dict[str, Any]) -> TrainOptions:
+    """``options`` with keyword ``overrides`` (an unknown one refused in one line)."""
     opts = options or TrainOptions()
     if overrides:
         unknown = set(overrides) - set(TrainOptions.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown training options {', '.join(sorted(unknown))}; see acdc.TrainOptions")
         opts = TrainOptions(**{**asdict(opts), **overrides})
+    return opts
+
+
+def trainable_layers(tf: Transformer, layers: list[int] | None) -> list[int]:
+    """The layers asked for (default: all), checked against the model."""
     a = tf.arch
     if a.attn_only:
         raise ValueError("an attention-only model has no MLPs to train transcoders for")
@@ -310,6 +403,16 @@ def train_transcoders(
     bad = [layer for layer in layers if not 0 <= layer < a.n_layers]
     if bad:
         raise ValueError(f"layers {bad} do not exist; the model has layers 0..{a.n_layers - 1}")
+    return layers
+
+
+def run_training(tf: Transformer, model: Any, learner: Learner, corpus: TokenStream | str | Path | Iterable[str],
+                 opts: TrainOptions, gen: torch.Generator, *, context: int, checkpoint: str | Path | None, progress: bool,
+                 desc: str) -> dict[str, Any]:
+    """The training loop every learner shares (the module docstring): stream the model's MLP inputs and outputs,
+    pool and shuffle buffers, step the learner on minibatches, checkpoint and resume; returns the run's ``info``."""
+    a = tf.arch
+    layers = learner.layers
     corpus = as_token_stream(corpus, model, context=context, seed=opts.seed)
     n_seq = getattr(corpus, "n_sequences", None)  # a finite corpus (text); a generated one never ends
     if n_seq is not None:
@@ -317,28 +420,24 @@ def train_transcoders(
         if opts.tokens > per_pass:
             warnings.warn(CorpusWarning(
                 f"the corpus gives {per_pass:,} tokens a pass ({corpus.describe()}); training on {opts.tokens:,} reads it "
-                f"{opts.tokens / per_pass:.1f} times over: give more text or fewer tokens"), stacklevel=2)
-    cfg = opts.config(a.d_model)
+                f"{opts.tokens / per_pass:.1f} times over: give more text or fewer tokens"), stacklevel=3)
     device = tf.device
-    world = _World()
+    world = World()
     if opts.sequences % world.size:
         raise ValueError(f"sequences={opts.sequences} must be a multiple of the {world.size} data-parallel processes")
-    gen = torch.Generator().manual_seed(opts.seed)
-    tcs = {layer: Transcoder(cfg, device=device) for layer in layers}
-    for layer in layers:
-        _init(tcs[layer], gen, opts.init_scale)
-    params = [p for layer in layers for p in tcs[layer].parameters()]
+    modules = learner.modules()
+    params = [p for m in modules.values() for p in m.parameters()]
     optim = torch.optim.Adam(params, lr=opts.lr, betas=(0.9, 0.999))
-    since_fired = {layer: torch.zeros(cfg.n_features, dtype=torch.long, device=device) for layer in layers}
+    since_fired = {layer: torch.zeros(learner.n_features, dtype=torch.long, device=device) for layer in layers}
     stats = {layer: _LayerStats() for layer in layers}
     state = {"tokens": 0, "position": 0, "buffers": 0, "seconds": 0.0}
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and (ckpt / "state.json").exists():
-        _restore(ckpt, opts, layers, tcs, optim, since_fired, stats, state, gen)
+        _restore(ckpt, opts, layers, modules, optim, since_fired, stats, state, gen)
     per_seq = corpus.context - (1 if opts.skip_first else 0)
     last_ckpt = state["tokens"]
     t0 = time.perf_counter() - float(state["seconds"])
-    with bar(total=opts.tokens, desc=f"transcoders ({len(layers)} layers)", unit="tok", disable=not progress or world.rank > 0,
+    with bar(total=opts.tokens, desc=desc, unit="tok", disable=not progress or world.rank > 0,
              initial=int(state["tokens"])) as pb:
         while state["tokens"] < opts.tokens:
             xs: dict[int, list[Tensor]] = {layer: [] for layer in layers}
@@ -364,49 +463,37 @@ def train_transcoders(
                     state["massive"] = int(state.get("massive", 0)) + int(big.sum())
             n = len(X[layers[0]])
             if state["buffers"] == 0:  # first buffer: start b_dec at the targets' mean (and the features at tokens)
-                with torch.no_grad():
-                    for layer in layers:
-                        tcs[layer].b_dec.copy_(Y[layer].mean(0))
-                        if opts.init == "data":
-                            _init_from_data(tcs[layer], X[layer], Y[layer], gen)
+                learner.first_buffer(X, Y, gen, opts)
             perm = torch.randperm(n, generator=gen).to(device)
             buf = {layer: [0.0, 0.0, 0.0] for layer in layers}  # this buffer's squared error, variance, active count
             buf_tokens = 0
             for s in range(0, n, opts.batch_tokens):
                 idx = perm[s : s + min(opts.batch_tokens, opts.tokens - int(state["tokens"]))]  # the last one ends at `tokens`
                 optim.zero_grad(set_to_none=True)
-                shown = []
                 mine = idx[world.rank :: world.size]
+                dead = {layer: since_fired[layer] >= opts.dead_tokens for layer in layers}
+                shown = learner.step(X, Y, idx, mine, dead, opts, world)
                 for layer in layers:
-                    tc = tcs[layer]
-                    dead = since_fired[layer] >= opts.dead_tokens
-                    y_all = Y[layer][idx]
-                    var = (y_all - y_all.mean(0)).pow(2).sum().clamp_min(1e-12)
-                    loss, info = _loss(tc, X[layer][mine], Y[layer][mine], opts, dead, var, len(idx))
-                    loss.backward()
+                    info = shown[layer]
                     since_fired[layer] += len(idx)
                     since_fired[layer][world.any_(info["fired"])] = 0
-                    sq, active = world.sum_(info["sq"]), world.sum_(info["active"])
+                    sq, active, var = world.sum_(info["sq"]), world.sum_(info["active"]), info["var"]
                     info["fvu"], info["l0"] = sq / var, active / len(idx)
                     buf[layer][0] += float(sq)
                     buf[layer][1] += float(var)
                     buf[layer][2] += float(active)
-                    shown.append(info)
                 if world.size > 1:  # the shares' gradients sum to the whole minibatch's
                     for prm in params:
                         if prm.grad is not None:
                             world.sum_(prm.grad)
-                for layer in layers:
-                    _remove_parallel_grads(tcs[layer])
+                learner.before_step()
                 optim.step()
-                for layer in layers:
-                    with torch.no_grad():
-                        tcs[layer].W_dec.div_(tcs[layer].W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+                learner.after_step()
                 state["tokens"] += len(idx)
                 buf_tokens += len(idx)
-                for layer, info in zip(layers, shown, strict=True):
+                for layer in layers:
                     st = stats[layer]
-                    st.fvu, st.l0 = float(info["fvu"]), float(info["l0"])
+                    st.fvu, st.l0 = float(shown[layer]["fvu"]), float(shown[layer]["l0"])
                     st.dead = float((since_fired[layer] >= opts.dead_tokens).float().mean())
                 pb.update(len(idx))
                 pb.set_postfix(fvu=f"{_mean(s.fvu for s in stats.values()):.3f}", L0=f"{_mean(s.l0 for s in stats.values()):.1f}",
@@ -421,17 +508,16 @@ def train_transcoders(
             done = state["tokens"] >= opts.tokens
             if ckpt is not None and (done or state["tokens"] - last_ckpt >= opts.checkpoint_every):
                 if world.rank == 0:  # every process holds the same state; one writes it
-                    _save(ckpt, opts, layers, tcs, optim, since_fired, stats, state, gen)
+                    _save(ckpt, opts, layers, modules, optim, since_fired, stats, state, gen)
                 world.barrier()
                 last_ckpt = state["tokens"]
-    info = {
+    return {
         "options": asdict(opts), "corpus": corpus.describe(), "tokens": int(state["tokens"]),
         "tokens_per_second": round(state["tokens"] / max(state["seconds"], 1e-9), 1), "per_sequence": per_seq,
         "massive_positions_dropped": int(state.get("massive", 0)),
         "layers": {str(layer): {"fvu": stats[layer].fvu, "l0": stats[layer].l0, "dead": stats[layer].dead,
                                 "history": stats[layer].history} for layer in layers},
     }
-    return TranscoderSet(tcs, ModelInfo.of(tf, model_name), "trained by acdc", info)
 
 
 def _mean(xs: Any) -> float:
@@ -440,7 +526,7 @@ def _mean(xs: Any) -> float:
 
 
 # ---------------------------------------------------------------------- checkpoints (safetensors + JSON)
-def _save(path: Path, opts: TrainOptions, layers: list[int], tcs: dict[int, Transcoder], optim: torch.optim.Optimizer,
+def _save(path: Path, opts: TrainOptions, layers: list[int], modules: dict[str, nn.Module], optim: torch.optim.Optimizer,
           since_fired: dict[int, Tensor], stats: dict[int, _LayerStats], state: dict[str, Any], gen: torch.Generator) -> None:
     from safetensors.torch import save_file
 
@@ -448,9 +534,10 @@ def _save(path: Path, opts: TrainOptions, layers: list[int], tcs: dict[int, Tran
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tensors: dict[str, Tensor] = {}
+    for key, m in modules.items():
+        for name, p in m.named_parameters():
+            tensors[f"tc.{key}.{name}"] = p.detach().cpu().contiguous()
     for layer in layers:
-        for name, p in tcs[layer].named_parameters():
-            tensors[f"tc.{layer}.{name}"] = p.detach().cpu().contiguous()
         tensors[f"since_fired.{layer}"] = since_fired[layer].cpu()
     sd = optim.state_dict()
     for i, st in sd["state"].items():
@@ -470,7 +557,7 @@ def _save(path: Path, opts: TrainOptions, layers: list[int], tcs: dict[int, Tran
 _BEFORE: dict[str, Any] = {"init": "random", "massive": None}
 
 
-def _restore(path: Path, opts: TrainOptions, layers: list[int], tcs: dict[int, Transcoder], optim: torch.optim.Optimizer,
+def _restore(path: Path, opts: TrainOptions, layers: list[int], modules: dict[str, nn.Module], optim: torch.optim.Optimizer,
              since_fired: dict[int, Tensor], stats: dict[int, _LayerStats], state: dict[str, Any], gen: torch.Generator) -> None:
     from safetensors.torch import load_file
 
@@ -483,9 +570,10 @@ def _restore(path: Path, opts: TrainOptions, layers: list[int], tcs: dict[int, T
                          "use the same settings to resume, or another checkpoint path")
     tensors = load_file(str(path / "state.safetensors"))
     with torch.no_grad():
+        for key, m in modules.items():
+            for name, p in m.named_parameters():
+                p.copy_(tensors[f"tc.{key}.{name}"])
         for layer in layers:
-            for name, p in tcs[layer].named_parameters():
-                p.copy_(tensors[f"tc.{layer}.{name}"])
             since_fired[layer].copy_(tensors[f"since_fired.{layer}"])
     sd = optim.state_dict()
     new_state: dict[int, dict[str, Tensor]] = {}
