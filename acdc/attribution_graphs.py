@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .files import claim, claim_folder
 
-__all__ = ["AttributionGraph", "Pruned", "prune"]
+__all__ = ["AttributionGraph", "Pruned", "partial_influences", "prune"]
 
 
 @dataclass
@@ -395,6 +395,25 @@ def _influence(A: Tensor, weights: Tensor, max_iter: int = 1000) -> Tensor:
         step = step @ A
         total += step
     raise RuntimeError(f"influence did not converge in {max_iter} steps: the adjacency has a cycle")
+
+
+def partial_influences(rows: Tensor, logit_probs: Tensor, row_nodes: Tensor, max_iter: int = 1000) -> Tensor:
+    """[n] every node's influence on the logits through the rows computed so far (circuit-tracer's
+    ``compute_partial_influences``): ``rows`` [r, n] the direct effects on the nodes ``row_nodes`` [r] (the logits
+    first, then the features visited), each row's |effects| normalised to sum 1; the logits' probabilities
+    ``logit_probs`` [n_l] walked back along them until nothing is left. A node without a row passes nothing on, so an
+    unvisited feature's influence is what the visited nodes it feeds give it: the order to visit features in."""
+    a = rows.abs()
+    a /= a.sum(1, keepdim=True).clamp(min=1e-8)
+    influence = torch.zeros(rows.shape[1], dtype=a.dtype)
+    cur = torch.zeros(rows.shape[1], dtype=a.dtype)
+    cur[-len(logit_probs) :] = logit_probs.to(a.dtype)
+    for _ in range(max_iter):
+        cur = cur[row_nodes] @ a
+        if not bool(cur.any()):
+            return influence
+        influence += cur
+    raise RuntimeError(f"influence did not converge in {max_iter} steps: the rows have a cycle")
 
 
 def _cut(scores: Tensor, threshold: float, zeros_elsewhere: bool = False) -> Tensor:

@@ -175,6 +175,73 @@ def test_logits_follow_circuit_tracers_choice():
         assert torch.allclose(g.logit_probs, top[:want], atol=1e-6)
 
 
+@pytest.mark.parametrize("cap, interval", [(7, 1), (13, 2), (20, 4)])
+def test_max_feature_nodes_keeps_circuit_tracers_choice_of_features_with_their_exact_edges(cap, interval):
+    """With max_feature_nodes, the features visited are circuit-tracer's choice: after the logits, the unvisited
+    features most influential through the rows computed so far (`partial_influences`), re-ranked every
+    ``update_interval`` batches, simulated here on the whole graph's rows; the graph keeps them, and every edge among
+    what it keeps equals the whole graph's (the others' columns dropped)."""
+    from acdc.attribution_graphs import partial_influences
+
+    model = tiny_gpt2(n_layer=3, n_head=2, d=16)
+    tf = Transformer.from_bridge(model)
+    ts = random_set(model, (0, 1, 2), "topk", True)
+    tokens = torch.tensor([3, 7, 1, 9, 4, 4])
+    whole = build_attribution_graph(tf, tokens, ts, batch_size=3)
+    n_f, n = whole.n_features, whole.n_nodes
+    assert n_f > cap + 5
+    # circuit-tracer's loop on the whole graph's rows
+    rows = [whole.adjacency[whole.logit_start + i] for i in range(whole.n_logits)]
+    nodes = list(range(whole.logit_start, n))
+    visited: list[int] = []
+    while len(visited) < cap:
+        infl = partial_influences(torch.stack(rows), whole.logit_probs, torch.tensor(nodes))
+        rank = [i for i in infl[:n_f].argsort(descending=True).tolist() if i not in visited]
+        for i in rank[: min(interval * 3, cap - len(visited))]:
+            visited.append(i)
+            rows.append(whole.adjacency[i])
+            nodes.append(i)
+    g = build_attribution_graph(tf, tokens, ts, batch_size=3, max_feature_nodes=cap, update_interval=interval)
+    kept = sorted(visited)
+    assert g.n_features == cap and torch.equal(g.features, whole.features[kept])
+    assert torch.equal(g.activations, whole.activations[kept]) and g.info["active_features"] == n_f
+    cols = torch.tensor(kept + list(range(n_f, n)))
+    want = torch.zeros(len(cols), len(cols))
+    want[:cap] = whole.adjacency[kept][:, cols]
+    want[-whole.n_logits :] = whole.adjacency[whole.logit_start :][:, cols]
+    assert torch.allclose(g.adjacency, want, atol=1e-6), float((g.adjacency - want).abs().max())
+    assert g.node_name(g.error_start) == whole.node_name(whole.error_start)
+    every = build_attribution_graph(tf, tokens, ts, batch_size=3, max_feature_nodes=n_f + 10)  # more than there are: the whole graph
+    assert torch.equal(every.adjacency, whole.adjacency)
+
+
+def test_a_graph_that_will_not_fit_is_refused_naming_what_fits():
+    """The estimate is printed before the backward passes, and a graph over max_memory_gb is refused in one line that
+    names a max_feature_nodes within it; with that cap the graph is built and its estimate is within the budget."""
+    import re
+
+    from acdc.algorithms.attribution_graph import GraphMemory
+
+    model = tiny_gpt2(n_layer=3, n_head=2, d=16)
+    tf = Transformer.from_bridge(model)
+    ts = random_set(model, (0, 1, 2), "topk", True)
+    tokens = torch.tensor([3, 7, 1, 9, 4, 4])
+    whole = build_attribution_graph(tf, tokens, ts, max_memory_gb=float("inf"))
+    budget = whole.info["memory_estimate_gb"] - 0.4 * whole.info["memory_estimate_bytes"]["rows"] / 1e9  # 60% of the rows
+    with pytest.raises(MemoryError, match=r"max_feature_nodes=(\d+) fits") as err:
+        build_attribution_graph(tf, tokens, ts, max_memory_gb=budget)
+    fits = int(re.search(r"max_feature_nodes=(\d+)", str(err.value)).group(1))
+    assert 0 < fits < whole.n_features
+    g = build_attribution_graph(tf, tokens, ts, max_memory_gb=budget, max_feature_nodes=fits)
+    assert g.n_features == fits and g.info["memory_estimate_gb"] <= budget
+    with pytest.raises(MemoryError):  # one more feature is over
+        build_attribution_graph(tf, tokens, ts, max_memory_gb=budget, max_feature_nodes=fits + 1)
+    # the rows and the adjacency, by hand: 4 bytes per entry
+    m = GraphMemory.of(n_f=100, cap=10, S=5, L=2, d=8, n_l=3, batch=4, widest={0: 2, 1: 3})
+    n = 100 + 3 * 5 + 3
+    assert m.rows == 4 * 13 * n and m.adjacency == 4 * (10 + 15 + 3) ** 2 and m.writes == 4 * 5 * 8 * 5
+
+
 @pytest.fixture(scope="module")
 def chain():
     return acdc.zoo.load("feature-chain")

@@ -15,19 +15,21 @@ j's error is its MLP's output minus the CLT's reconstruction there from every la
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..attribution_graphs import AttributionGraph
+from ..attribution_graphs import AttributionGraph, partial_influences
 from ..linearised import FrozenRun, Readers
 from ..model import Transformer
 from ..progress import bar as progress_bar
 from ..transcoders import CrossLayerTranscoder, FeatureDictionary
 
-__all__ = ["build_attribution_graph"]
+__all__ = ["GraphMemory", "available_gb", "build_attribution_graph"]
 
 
 @torch.no_grad()
@@ -40,6 +42,9 @@ def build_attribution_graph(
     logit_prob: float = 0.95,
     batch_size: int = 64,
     skip_first: bool = True,
+    max_feature_nodes: int | None = None,
+    update_interval: int = 4,
+    max_memory_gb: float | None = None,
     decode: Callable[[int], str] | None = None,
     progress: bool = False,
 ) -> AttributionGraph:
@@ -51,11 +56,20 @@ def build_attribution_graph(
         2 threads 64 took 28-30 s, 128 32-34 s, 256 48 s for a 15-token prompt);
     skip_first: no features and a zero error at position 0 (circuit-tracer's convention: the first
         token's activations are outliers the transcoders do not model);
+    max_feature_nodes: at most this many feature nodes (None: every active feature), chosen as circuit-tracer chooses
+        them: after the logits' rows, the unvisited features with the most influence on the logits through the rows
+        computed so far (`partial_influences`), re-ranked every ``update_interval`` batches; the graph keeps those
+        features (the others' columns are dropped, as circuit-tracer drops them);
+    max_memory_gb: refuse, before the backward passes, when the estimate (`GraphMemory`) is over this (None: the
+        memory available on the model's device; ``float("inf")``: never), naming a ``max_feature_nodes`` that fits;
     decode: token id -> text, for the node labels.
     """
     t0 = time.perf_counter()
-    if not 1 <= max_logits or not 0.0 < logit_prob <= 1.0 or batch_size < 1:
-        raise ValueError(f"need max_logits >= 1, 0 < logit_prob <= 1 and batch_size >= 1; got {max_logits}, {logit_prob}, {batch_size}")
+    if not 1 <= max_logits or not 0.0 < logit_prob <= 1.0 or batch_size < 1 or update_interval < 1:
+        raise ValueError(f"need max_logits >= 1, 0 < logit_prob <= 1, batch_size >= 1 and update_interval >= 1; got {max_logits}, "
+                         f"{logit_prob}, {batch_size}, {update_interval}")
+    if max_feature_nodes is not None and max_feature_nodes < 1:
+        raise ValueError(f"max_feature_nodes must be >= 1 (or None: every active feature), got {max_feature_nodes}")
     transcoders.check_model(tf)
     a = tf.arch
     tokens = tokens.reshape(-1).to(tf.device)
@@ -126,7 +140,23 @@ def build_attribution_graph(
     n_l = len(logit_tokens)
 
     n = n_f + (L + 1) * S + n_l
-    A = torch.zeros(n, n, dtype=torch.float32)
+    cap = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
+    widest = {layer: int(torch.bincount(features[torch.cat([r for r, _ in parts])][:, 1], minlength=S).max())
+              for layer, parts in writes.items() if sum(len(r) for r, _ in parts)}
+    memory = GraphMemory.of(n_f=n_f, cap=cap, S=S, L=L, d=d, n_l=n_l, batch=batch_size, widest=widest, itemsize=torch.empty((), dtype=tf.dtype).element_size())
+    budget = available_gb(tf.device) if max_memory_gb is None else max_memory_gb
+    if progress:
+        print(f"attribution graph: {memory.describe()}", file=sys.stderr, flush=True)
+    if budget is not None and memory.total_gb > budget:
+        fits = memory.largest_cap(budget)
+        hint = (f"max_feature_nodes={fits} fits" if fits else "no max_feature_nodes fits: use a smaller batch_size or a shorter prompt")
+        raise MemoryError(f"this attribution graph needs about {memory.total_gb:.1f} GB ({memory.describe()}); "
+                          f"{budget:.1f} GB {'are available' if max_memory_gb is None else 'allowed (max_memory_gb)'}: {hint}")
+    full = cap == n_f
+    # rows by target: the whole n x n adjacency when every feature is kept (rows in node order), else the logits'
+    # rows and then each visited feature's, in the order visited (``row_node``), packed at the end
+    E = torch.zeros(n if full else cap + n_l, n, dtype=torch.float32)
+    row_node = torch.arange(n) if full else torch.empty(cap + n_l, dtype=torch.long)
     tok_vecs = fr.token_vectors()
     # per MLP output, the features writing into it grouped by position, padded: their vectors [S, k, d] and columns
     # [S, k] (-1: padding)
@@ -150,33 +180,40 @@ def build_attribution_graph(
     err_cols = n_f + torch.arange(L)[:, None] * S + torch.arange(S)  # [L, S]
     tok_cols = n_f + L * S + torch.arange(S)
 
-    def fill(rows: Tensor, out: Tensor, emb: Tensor, s_eff: int) -> None:
-        """Row block of A for targets ``rows`` from their gradients at the MLP outputs below them
-        (out [l, n, s_eff, d]) and at the embedding (emb [n, s_eff, d])."""
-        block = torch.zeros(len(rows), n, dtype=torch.float32)
+    def block(n_rows: int, out: Tensor, emb: Tensor, s_eff: int) -> Tensor:
+        """[n_rows, n] the direct effects on ``n_rows`` targets from their gradients at the MLP outputs below them
+        (out [l, n_rows, s_eff, d]) and at the embedding (emb [n_rows, s_eff, d])."""
+        got_rows = torch.zeros(n_rows, n, dtype=torch.float32)
         for layer in range(out.shape[0]):
             if layer in groups:
                 D, cols = groups[layer]
                 got = torch.bmm(out[layer].transpose(0, 1), D[:s_eff].transpose(1, 2))  # [s_eff, n, k]
                 c = cols[:s_eff]
                 ok = c >= 0
-                block[:, c[ok]] += got.permute(1, 0, 2)[:, ok].float().cpu()  # a cross-layer feature: summed over its layers
+                got_rows[:, c[ok]] += got.permute(1, 0, 2)[:, ok].float().cpu()  # a cross-layer feature: summed over its layers
         err = torch.einsum("lnsd,lsd->nls", out, errors[: out.shape[0], :s_eff])
-        block[:, err_cols[: out.shape[0], :s_eff].reshape(-1)] = err.reshape(len(rows), -1).float().cpu()
-        block[:, tok_cols[:s_eff]] = torch.einsum("nsd,sd->ns", emb, tok_vecs[:s_eff]).float().cpu()
-        A[rows] = block
+        got_rows[:, err_cols[: out.shape[0], :s_eff].reshape(-1)] = err.reshape(n_rows, -1).float().cpu()
+        got_rows[:, tok_cols[:s_eff]] = torch.einsum("nsd,sd->ns", emb, tok_vecs[:s_eff]).float().cpu()
+        return got_rows
 
     f_layer, f_pos = features[:, 0].to(tf.device), features[:, 1].to(tf.device)
 
-    # logits first (they read the final stream at the last position), then features layer by layer
+    # logits first (they read the final stream at the last position), then features
     r = torch.arange(n_l, device=tf.device)
     out, emb = fr.backward(Readers(n_l, {}, (r, torch.full_like(r, S - 1), logit_vecs)))
-    fill(torch.arange(n - n_l, n), out, emb, S)
-    order = sorted(range(n_f), key=lambda i: (int(features[i, 0]), int(features[i, 1])))
-    chunks = [order[i : i + batch_size] for i in range(0, n_f, batch_size)]
-    bar = progress_bar(total=n_f, desc="attribution graph", unit="feature", disable=not progress)
-    for chunk in chunks:
-        idx = torch.tensor(chunk, device=tf.device)
+    logit_rows = block(n_l, out, emb, S)
+    if full:
+        E[n - n_l :] = logit_rows
+    else:
+        E[:n_l] = logit_rows
+        row_node[:n_l] = torch.arange(n - n_l, n)
+    visited = torch.zeros(n_f, dtype=torch.bool)
+    st = n_l
+
+    def visit(chunk: Tensor) -> None:
+        """The rows of features ``chunk`` (any layers and positions) from one backward pass."""
+        nonlocal st
+        idx = chunk.to(tf.device)
         layers, pos = f_layer[idx], f_pos[idx]
         s_eff = int(pos.max()) + 1
         mid = {}
@@ -185,14 +222,116 @@ def build_attribution_graph(
             mid[layer] = (m, pos[m], enc_vecs[idx[m]])
         top = int(layers.max())
         out, emb = fr.backward(Readers(len(chunk), mid, raw=raw), upto=top, n_pos=s_eff)
-        fill(idx.cpu(), out[:top], emb, s_eff)  # MLP ``top``'s output is after every target here
+        rows = block(len(chunk), out[:top], emb, s_eff)  # MLP ``top``'s output is after every target here
+        if full:
+            E[chunk] = rows
+        else:
+            E[st : st + len(chunk)] = rows
+            row_node[st : st + len(chunk)] = chunk
+            st += len(chunk)
+        visited[chunk] = True
         bar.update(len(chunk))
+
+    bar = progress_bar(total=cap, desc="attribution graph", unit="feature", disable=not progress)
+    if full:  # every feature: batches of one layer and nearby positions (each backward stops at its layer)
+        order = torch.tensor(sorted(range(n_f), key=lambda i: (int(features[i, 0]), int(features[i, 1]))), dtype=torch.long)
+        for i in range(0, n_f, batch_size):
+            visit(order[i : i + batch_size])
+    else:  # circuit-tracer's order: the most influential unvisited features, re-ranked every update_interval batches
+        while st - n_l < cap:
+            influence = partial_influences(E[:st], logit_probs.float().cpu(), row_node[:st])
+            rank = influence[:n_f].argsort(descending=True)
+            pending = rank[~visited[rank]][: min(update_interval * batch_size, cap - (st - n_l))]
+            for i in range(0, len(pending), batch_size):
+                visit(pending[i : i + batch_size])
     bar.close()
+    if full:
+        A, kept = E, torch.arange(n_f)
+    else:
+        kept = visited.nonzero().squeeze(1)  # in feature order
+        cols = torch.cat([kept, torch.arange(n_f, n)])
+        A = torch.zeros(len(cols), len(cols), dtype=torch.float32)
+        by_node = row_node[n_l:].argsort()  # the visited features' rows in feature order
+        A[: len(kept)] = E[n_l:][by_node][:, cols]
+        A[len(cols) - n_l :] = E[:n_l][:, cols]
+        del E
     say = decode or str
     return AttributionGraph(
-        tokens=tokens.cpu(), token_strs=[say(int(t)) for t in tokens], features=features.cpu(), activations=acts_all.float().cpu(),
+        tokens=tokens.cpu(), token_strs=[say(int(t)) for t in tokens], features=features[kept].cpu(),
+        activations=acts_all[kept.to(acts_all.device)].float().cpu(),
         logit_tokens=logit_tokens.cpu(), logit_probs=logit_probs.float().cpu(), adjacency=A, n_layers=L,
         logit_strs=[say(int(t)) for t in logit_tokens],
         info={"transcoders": transcoders.source, "model": transcoders.model.name, "skip_first": skip_first,
-              "max_logits": max_logits, "logit_prob": logit_prob, "seconds": round(time.perf_counter() - t0, 3)},
+              "max_logits": max_logits, "logit_prob": logit_prob, "active_features": n_f,
+              "max_feature_nodes": max_feature_nodes, "memory_estimate_gb": memory.total_gb,
+              "memory_estimate_bytes": {"rows": memory.rows, "adjacency": memory.adjacency, "backward": memory.backward,
+                                        "writes": memory.writes},
+              "seconds": round(time.perf_counter() - t0, 3)},
     )
+
+
+@dataclass(frozen=True)
+class GraphMemory:
+    """What an attribution graph's construction holds at its peak, in bytes (the model's weights aside): the rows of
+    direct effects (the whole n x n adjacency, or with ``max_feature_nodes`` the rows of the features visited and
+    then the kept square), one backward pass's gradients (every layer's stream for a batch of targets) and the
+    features' write vectors grouped by position."""
+
+    rows: int
+    adjacency: int
+    backward: int
+    writes: int
+    n_f: int
+    cap: int
+    n_other: int  # error, token and logit nodes
+    n_l: int
+
+    @classmethod
+    def of(cls, *, n_f: int, cap: int, S: int, L: int, d: int, n_l: int, batch: int, widest: dict[int, int],
+           itemsize: int = 4) -> GraphMemory:
+        backward = 3 * itemsize * (L + 1) * max(batch, n_l) * S * d  # gradients at every stream and MLP output, one batch
+        writes = itemsize * S * d * sum(widest.values())
+        rows, adjacency = cls.square(n_f, cap, (L + 1) * S + n_l, n_l)
+        return cls(rows, adjacency, backward, writes, n_f, cap, (L + 1) * S + n_l, n_l)
+
+    @staticmethod
+    def square(n_f: int, cap: int, n_other: int, n_l: int) -> tuple[int, int]:
+        """(rows, adjacency) bytes: every feature kept, the n x n adjacency is the rows; else the visited features'
+        and logits' rows over every node, then the kept square."""
+        n = n_f + n_other
+        return (4 * n * n, 0) if cap >= n_f else (4 * (cap + n_l) * n, 4 * (cap + n_other) ** 2)
+
+    @property
+    def total_gb(self) -> float:
+        return (self.rows + self.adjacency + self.backward + self.writes) / 1e9
+
+    def describe(self) -> str:
+        kept = f"{self.n_f:,} active features" + (f", {self.cap:,} kept" if self.cap < self.n_f else "")
+        return (f"{kept}; about {self.total_gb:.2f} GB (rows {self.rows / 1e9:.2f}, adjacency {self.adjacency / 1e9:.2f}, "
+                f"backward {self.backward / 1e9:.2f}, feature vectors {self.writes / 1e9:.2f})")
+
+    def largest_cap(self, budget_gb: float) -> int | None:
+        """The largest ``max_feature_nodes`` whose estimate is within ``budget_gb`` (None: not even one feature)."""
+        fixed = self.backward + self.writes
+        lo, hi = 0, self.n_f - 1  # (keeping every feature needs no separate square: it is not a cap)
+        while lo < hi:  # the estimate grows with the cap
+            mid = (lo + hi + 1) // 2
+            need = fixed + sum(self.square(self.n_f, mid, self.n_other, self.n_l))
+            lo, hi = (mid, hi) if need <= budget_gb * 1e9 else (lo, mid - 1)
+        return lo or None
+
+
+def available_gb(device: torch.device) -> float | None:
+    """The memory available for a new allocation on ``device``, in GB: free GPU memory, or MemAvailable of
+    /proc/meminfo on a CPU (None where it cannot be read: no check)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 1e9
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        return None
+    return None

@@ -24,6 +24,9 @@ def attribution_graph(
     logit_prob: float = 0.95,
     batch_size: int = 64,
     skip_first: bool = True,
+    max_feature_nodes: int | None = None,
+    update_interval: int = 4,
+    max_memory_gb: float | None = None,
     progress: bool = True,
 ) -> AttributionGraph:
     """The attribution graph of one prompt (circuit-tracer's method, `acdc.attribution_graphs`):
@@ -35,7 +38,11 @@ def attribution_graph(
         `acdc.CrossLayerTranscoder` (each feature writing into its layer's MLP output and every later one's);
     max_logits, logit_prob: the logit nodes (the most probable tokens until ``logit_prob``, at most
         ``max_logits``); batch_size: targets per backward pass; skip_first: no features at
-        position 0 (circuit-tracer's convention).
+        position 0 (circuit-tracer's convention);
+    max_feature_nodes: keep at most this many features, the most influential first, as circuit-tracer does (None: all;
+        long prompts need it: the rows cost 4 x kept x nodes bytes); update_interval: batches between re-rankings;
+    max_memory_gb: the estimate printed before the run is checked against this (None: the memory available), and a
+        graph that would not fit is refused in one line naming the max_feature_nodes that fits.
     Returns an `AttributionGraph`: ``.prune()``, ``.replacement_score``, ``.completeness_score``,
     ``.to_json(path)`` (circuit-tracer's graph file), ``.save`` / ``AttributionGraph.load``.
     """
@@ -48,6 +55,7 @@ def attribution_graph(
     tok = getattr(model, "tokenizer", None)
     decode = (lambda t: tok.decode([t])) if tok is not None and hasattr(tok, "decode") else None
     return build_attribution_graph(tf, tokens.reshape(-1), transcoders, max_logits=max_logits, logit_prob=logit_prob,
-                                   batch_size=batch_size, skip_first=skip_first, decode=decode, progress=progress)
+                                   batch_size=batch_size, skip_first=skip_first, max_feature_nodes=max_feature_nodes,
+                                   update_interval=update_interval, max_memory_gb=max_memory_gb, decode=decode, progress=progress)
 
 

@@ -25,6 +25,10 @@ def add_attribution_graph(sub: Any) -> None:
     ag.add_argument("--edge-threshold", type=float, default=0.98, help="pruning: cumulative edge influence kept (default 0.98)")
     ag.add_argument("--max-logits", type=positive, default=10, help="at most this many logit nodes (default 10)")
     ag.add_argument("--batch-size", type=positive, default=64, help="targets per backward pass (default 64)")
+    ag.add_argument("--max-feature-nodes", type=positive, default=None, help="keep at most this many features, the most "
+                    "influential first (circuit-tracer's max_feature_nodes; default: every active feature)")
+    ag.add_argument("--max-memory-gb", type=float, default=None, help="refuse a graph whose memory estimate is over this "
+                    "(default: the memory available)")
     ag.add_argument("--device", default=None, help="torch device (default: the model's)")
     ag.add_argument("-o", "--out", type=Path, default=Path("attribution-graph"), help="output folder (default: attribution-graph/)")
     force_flag(ag)
@@ -80,14 +84,20 @@ def _attribution_graph(args: argparse.Namespace) -> int:
     else:
         raise CLIError("pass --prompt TEXT (or --task NAME to take one of its prompts)")
     t0 = time.perf_counter()
-    graph = attribution_graph(model, prompt, transcoders=ts, max_logits=args.max_logits, batch_size=args.batch_size,
-                              progress=not args.no_progress)
+    try:
+        graph = attribution_graph(model, prompt, transcoders=ts, max_logits=args.max_logits, batch_size=args.batch_size,
+                                  max_feature_nodes=args.max_feature_nodes, max_memory_gb=args.max_memory_gb,
+                                  progress=not args.no_progress)
+    except MemoryError as err:
+        raise CLIError(str(err).replace("max_feature_nodes=", "--max-feature-nodes ")) from None
     seconds = time.perf_counter() - t0
     kept = graph.prune(args.node_threshold, args.edge_threshold)
     out: Path = args.out
     saved = graph.save(out / "graph", overwrite=True)
     path = graph.to_json(out / "graph.json", node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, overwrite=True)
-    print(f"acdc attribution-graph: {''.join(graph.token_strs)!r}: {graph.n_features} active features, {graph.n_nodes} nodes "
+    active = graph.info["active_features"]
+    feats = f"{graph.n_features} active features" if graph.n_features == active else f"{graph.n_features} of {active} active features"
+    print(f"acdc attribution-graph: {''.join(graph.token_strs)!r}: {feats}, {graph.n_nodes} nodes "
           f"in {seconds:.1f} s; replacement {graph.replacement_score:.3f}, completeness {graph.completeness_score:.3f}; "
           f"pruned to {kept.n_nodes} nodes, {kept.n_edges} edges")
     print(f"wrote {saved}/ (acdc explore-graph {saved}) and {path} (circuit-tracer's format)")
