@@ -21,7 +21,8 @@ The first form writes ``OUT_DIR/model`` (the Hugging Face GPT-2, ``save_pretrain
 (circuit-tracer's own layout: ``layer_N.safetensors`` by `TranscoderSet.to_safetensors` and ``config.yaml``),
 runs `circuit_tracer.attribute` on the prompt's tokens and stores the dense adjacency, the active
 features and the logit targets in ``OUT_DIR/ct_graph.safetensors`` (and the seconds it took in
-``ct_time.txt``). The second form checks that FILE.json is read by circuit-tracer's own graph-file
+``ct_time.txt``), and the same with ``max_feature_nodes=40`` (batches of 8, re-ranked every 2) in
+``OUT_DIR/ct_graph_capped.safetensors``. The second form checks that FILE.json is read by circuit-tracer's own graph-file
 model (`circuit_tracer.frontend.graph_models.Model`, pydantic), and that circuit-tracer's own
 pruning (`prune_graph`, `create_used_nodes_and_edges`) of its own graph keeps the same nodes and links.
 """
@@ -55,6 +56,7 @@ CLT = "--clt" in sys.argv
 
 N_LAYERS, D, HEADS, VOCAB, N_FEATURES = (2 if GEMMA2 else 4), 32, 4, 60, 64
 TOKENS = torch.tensor([0, 5, 9, 3, 7, 2, 8, 11, 4, 6])
+CAP = 40  # max_feature_nodes of the capped graph
 HOOK_OUT = "hook_mlp_out" if GEMMA2 or CLT else "mlp.hook_out"
 if GEMMA2:
     from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
@@ -169,4 +171,9 @@ save_file({"adjacency": graph.adjacency_matrix.contiguous(), "active_features": 
            "logit_tokens": graph.logit_token_ids.contiguous(), "logit_probs": graph.logit_probabilities.contiguous(),
            "tokens": graph.input_tokens.contiguous()}, str(out / "ct_graph.safetensors"))
 (out / "ct_time.txt").write_text(f"{seconds:.3f}\n")
+# with max_feature_nodes: the features circuit-tracer visits first (by partial influence, re-ranked every 2 batches of 8)
+capped = attribute(TOKENS, model, max_n_logits=10, desired_logit_prob=0.95, batch_size=8, max_feature_nodes=CAP, update_interval=2)
+save_file({"adjacency": capped.adjacency_matrix.contiguous(), "active_features": capped.active_features.contiguous(),
+           "selected_features": capped.selected_features.contiguous(), "activations": capped.activation_values.contiguous()},
+          str(out / "ct_graph_capped.safetensors"))
 print(f"circuit-tracer: {graph.active_features.shape[0]} active features, {len(graph.logit_targets)} logits, {seconds:.2f} s")
