@@ -26,6 +26,7 @@ from . import neurons as neurons  # registers the node kind: Graph.from_model(mo
 from ._version import __version__ as __version__
 from .algorithms import ALGORITHMS
 from .api import (
+    Target,
     attribute,
     attribution_graph,
     completeness,
@@ -33,6 +34,7 @@ from .api import (
     faithfulness,
     faithfulness_curve,
     faithfulness_grid,
+    logit_diff_target,
     minimality,
     prune_edges,
     roc,
@@ -99,6 +101,8 @@ __all__ = [
     "AttributionGraph",
     "attribute",
     "attribution_graph",
+    "logit_diff_target",
+    "Target",
     "compare",
     "completeness",
     "discover",

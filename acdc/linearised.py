@@ -40,6 +40,7 @@ class Readers:
     mid: dict[int, tuple[Tensor, Tensor, Tensor]]
     final: tuple[Tensor, Tensor, Tensor] | None = None
     raw: bool = False  # ``mid``'s directions read the stream itself, not its norm (a cross-layer transcoder's "stream")
+    after: dict[int, tuple[Tensor, Tensor, Tensor]] | None = None  # rows reading the stream after a layer (its MLP's output in)
 
 
 @dataclass
@@ -197,9 +198,16 @@ class _Transpose:
         """The skip path's transpose and the readers' directions at the MLP's input; None where it has neither
         (a frozen MLP output is a constant: nothing flows back through it)."""
         fr, layer, S = self.fr, part.layer, self.S
+        injected = None
+        if self.readers.after is not None and layer in self.readers.after:  # readers of the stream after this layer
+            rows, pos, dirs = self.readers.after[layer]
+            injected = torch.zeros_like(g).index_put((rows, pos), dirs.to(g.dtype), accumulate=True)
+            g = g + injected  # what reaches the MLP's output (and, through `sent`, everything below)
         self.at_mlp[layer] = g
         w = fr.tf.norm_params("ln2", layer)[0]
         sent = fr.norm_vjp(g @ fr.skip[layer].T, w, fr.scale2[layer, :S]) if layer in fr.skip else None
+        if injected is not None:
+            sent = injected if sent is None else sent + injected
         if layer in self.readers.mid:
             rows, pos, dirs = self.readers.mid[layer]
             back = dirs if self.readers.raw else fr.norm_vjp(dirs, w, fr.scale2[layer, :S][pos])

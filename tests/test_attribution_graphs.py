@@ -17,14 +17,16 @@ from acdc.attribution_graphs import AttributionGraph, prune
 from acdc.model import Transformer
 
 
-def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_first: bool = True) -> torch.Tensor:
+def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_first: bool = True, targets=None) -> torch.Tensor:
     """The adjacency measured the slow way: the local replacement model of ``tokens`` run forward by
     hand from the Hugging Face GPT-2's modules (attention patterns and LayerNorm denominators fixed
     at their clean values, each MLP's output fixed except its transcoder's skip path), once with
     every node and once per source with that source's vector taken out of the stream; a target's
     value is its encoder pre-activation (a feature) or its demeaned logit (a logit node). ``ts``: per-layer
     transcoders, or a cross-layer transcoder (a feature's vectors are then its writes into its layer's MLP
-    output and every later one's; layer j's error is its MLP minus the CLT's reconstruction there)."""
+    output and every later one's; layer j's error is its MLP minus the CLT's reconstruction there). ``targets``:
+    the graph's target nodes when they are not its top logits (token ids or `acdc.Target`s: a Target's value is its
+    vector dotted with the stream after its layer, or with the final norm's output, at its position)."""
     from acdc.transcoders import CrossLayerTranscoder
 
     hf = model.original_model
@@ -128,10 +130,19 @@ def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_fi
                     if where == "mlp" and at_layer == layer:
                         mlp[at_pos] -= vec
                 x = x_mid + mlp
-            final = ln(x, hf.transformer.ln_f, sf)[-1]
+                for k, t in enumerate(targets or []):
+                    if isinstance(t, acdc.Target) and t.layer == layer:
+                        values[g.logit_start + k] = t.vector @ x[t.position]
+            final_all = ln(x, hf.transformer.ln_f, sf)
+            final = final_all[-1]
             W_U = hf.lm_head.weight.T
             for k, tok in enumerate(g.logit_tokens.tolist()):
-                values[g.logit_start + k] = (W_U[:, tok] - W_U.mean(1)) @ final
+                t = None if targets is None else targets[k]
+                if isinstance(t, acdc.Target):
+                    if t.layer is None:
+                        values[g.logit_start + k] = t.vector @ final_all[t.position]
+                else:
+                    values[g.logit_start + k] = (W_U[:, tok] - W_U.mean(1)) @ final
         return values
 
     base = run(None)
@@ -173,6 +184,38 @@ def test_logits_follow_circuit_tracers_choice():
         want = min(int((top.cumsum(0) < p).sum()) + 1, cap)
         assert g.n_logits == want, (p, cap)
         assert torch.allclose(g.logit_probs, top[:want], atol=1e-6)
+
+
+def test_custom_targets_are_explained_as_the_frozen_model_measures_them():
+    """Targets other than the top logits (circuit-tracer's attribution_targets, and any direction after any layer):
+    token ids, a logit difference through the final norm, a vector read from the stream after layer 1 at position 3,
+    each row the direct effects measured in the frozen model; the logit difference's row is the two tokens' rows'
+    difference (the demeaning cancels), and a target after layer 1 gets nothing from layer 2's features."""
+    model = tiny_gpt2(n_layer=3, n_head=2, d=16)
+    tf = Transformer.from_bridge(model)
+    ts = random_set(model, (0, 1, 2), "topk", True)
+    tokens = torch.tensor([3, 7, 1, 9, 4, 4])
+    gen = torch.Generator().manual_seed(3)
+    probe = acdc.Target("a probe", torch.randn(16, generator=gen), layer=1, position=3, weight=0.5)
+    diff = acdc.logit_diff_target(model, 5, 17)
+    targets = [5, 17, diff, probe]
+    g = build_attribution_graph(tf, tokens, ts, batch_size=4, targets=targets)
+    want = _frozen_oracle(model, ts, tokens, g, targets=targets)
+    assert g.n_logits == 4 and g.logit_strs[2] == "logit(5)-logit(17)" and g.logit_strs[3] == "a probe"
+    assert g.logit_tokens.tolist() == [5, 17, 50 + 2, 50 + 3]  # custom targets: ids past the vocabulary
+    probs = model(tokens[None])[0, -1].softmax(-1)
+    assert torch.allclose(g.logit_probs, torch.tensor([float(probs[5]), float(probs[17]), 1.0, 0.5]), atol=1e-6)
+    assert float(want[g.logit_start :].abs().max()) > 0.1
+    assert torch.allclose(g.adjacency, want, atol=2e-4, rtol=1e-4), float((g.adjacency - want).abs().max())
+    rows = g.adjacency[g.logit_start :]
+    assert torch.allclose(rows[2], rows[0] - rows[1], atol=1e-4)
+    layer2 = (g.features[:, 0] == 2).nonzero().squeeze(1)
+    assert len(layer2) and float(rows[3, layer2].abs().max()) == 0.0
+    assert float(rows[3, (g.features[:, 0] == 1).nonzero().squeeze(1)].abs().max()) > 0  # layer 1's features do reach it
+    with pytest.raises(ValueError, match="layer 3 does not exist"):
+        build_attribution_graph(tf, tokens, ts, targets=[acdc.Target("x", torch.zeros(16), layer=3)])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        build_attribution_graph(tf, tokens, ts, targets=[50])
 
 
 @pytest.mark.parametrize("cap, interval", [(7, 1), (13, 2), (20, 4)])

@@ -161,6 +161,21 @@ def test_the_attribution_graph_commands(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["attribution-graph", "--model", "zoo:ioi", "-o", str(tmp_path / "x"), "--no-progress"]) == 1
     assert "needs transcoders" in capsys.readouterr().err
+    # targets and the long-prompt controls: the same as the Python call with them
+    first = int(want.logit_tokens[0])
+    top = [first, 1 if first != 1 else 2]  # the answer and another token
+    assert main(["attribution-graph", "--model", "zoo:feature-chain", "-o", str(tmp_path / "t"), "--no-progress",
+                 "--targets", str(top[0]), "--logit-diff", str(top[0]), str(top[1]), "--max-feature-nodes", "2"]) == 0
+    assert "2 of 4 active features" in capsys.readouterr().out
+    got = AttributionGraph.load(tmp_path / "t" / "graph")
+    diff = acdc.logit_diff_target(entry.model, top[0], top[1])
+    again = acdc.attribution_graph(entry.model, entry.task.clean[0], transcoders=entry.transcoders, targets=[top[0], diff],
+                                   max_feature_nodes=2, progress=False)
+    assert torch.equal(got.adjacency, again.adjacency) and got.logit_strs[1] == diff.label and got.n_features == 2
+    assert main(["attribution-graph", "--model", "zoo:feature-chain", "-o", str(tmp_path / "m"), "--no-progress",
+                 "--max-memory-gb", "1e-9"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "attribution graph needs about" in err
 
 
 def test_a_feature_circuit_opens_in_the_circuit_explorer(tmp_path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,7 @@ from ..model import Transformer
 from ..progress import bar as progress_bar
 from ..transcoders import CrossLayerTranscoder, FeatureDictionary
 
-__all__ = ["GraphMemory", "available_gb", "build_attribution_graph"]
+__all__ = ["GraphMemory", "Target", "available_gb", "build_attribution_graph"]
 
 
 @torch.no_grad()
@@ -45,6 +45,7 @@ def build_attribution_graph(
     max_feature_nodes: int | None = None,
     update_interval: int = 4,
     max_memory_gb: float | None = None,
+    targets: Sequence[int | Target] | None = None,
     decode: Callable[[int], str] | None = None,
     progress: bool = False,
 ) -> AttributionGraph:
@@ -62,6 +63,10 @@ def build_attribution_graph(
         features (the others' columns are dropped, as circuit-tracer drops them);
     max_memory_gb: refuse, before the backward passes, when the estimate (`GraphMemory`) is over this (None: the
         memory available on the model's device; ``float("inf")``: never), naming a ``max_feature_nodes`` that fits;
+    targets: what the graph explains (its target nodes), instead of the most probable logits: token ids (their logits
+        at the last position, weighed by their probabilities, as circuit-tracer's token targets) or `Target`s (any
+        direction, e.g. a logit difference, read at the last position or any other, through the final norm or from
+        the stream after any layer); each is a logit node whose token id is ``d_vocab + k`` for the k-th custom one;
     decode: token id -> text, for the node labels.
     """
     t0 = time.perf_counter()
@@ -129,14 +134,20 @@ def build_attribution_graph(
     enc_vecs = torch.cat(enc) if enc else torch.zeros(0, d)
     n_f = len(features)
 
-    # logit nodes: the top tokens at the last position, read as demeaned unembedding columns
+    # logit nodes: the top tokens at the last position (or the targets asked for), read as demeaned unembedding columns
     logits = tf.unembed(fr.resid_pre[-1][-1:])[0]
     probs = logits.float().softmax(-1)
-    top = probs.topk(min(max_logits, probs.numel()))
-    cut = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(logit_prob, dtype=top.values.dtype))) + 1
-    logit_tokens, logit_probs = top.indices[:cut], top.values[:cut]
     W_U = tf.unembedding
-    logit_vecs = (W_U[:, logit_tokens] - W_U.mean(1, keepdim=True)).T  # [n_l, d]
+    labels: list[str | None] = []
+    if targets is None:
+        top = probs.topk(min(max_logits, probs.numel()))
+        cut = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(logit_prob, dtype=top.values.dtype))) + 1
+        logit_tokens, logit_probs = top.indices[:cut], top.values[:cut]
+        logit_vecs = (W_U[:, logit_tokens] - W_U.mean(1, keepdim=True)).T  # [n_l, d]
+        where = [(None, S - 1)] * len(logit_tokens)
+        labels = [None] * len(logit_tokens)
+    else:
+        logit_tokens, logit_probs, logit_vecs, where, labels = _targets(targets, probs, W_U, S, L)
     n_l = len(logit_tokens)
 
     n = n_f + (L + 1) * S + n_l
@@ -199,8 +210,16 @@ def build_attribution_graph(
     f_layer, f_pos = features[:, 0].to(tf.device), features[:, 1].to(tf.device)
 
     # logits first (they read the final stream at the last position), then features
-    r = torch.arange(n_l, device=tf.device)
-    out, emb = fr.backward(Readers(n_l, {}, (r, torch.full_like(r, S - 1), logit_vecs)))
+    final_rows = [k for k, (layer, _) in enumerate(where) if layer is None]
+    after: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    for layer in sorted({layer for layer, _ in where if layer is not None}):
+        ks = [k for k, (at, _) in enumerate(where) if at == layer]
+        after[layer] = (torch.tensor(ks, device=tf.device), torch.tensor([where[k][1] for k in ks], device=tf.device),
+                        logit_vecs[ks].to(device=tf.device, dtype=tf.dtype))
+    r = torch.tensor(final_rows, dtype=torch.long, device=tf.device)
+    final = (r, torch.tensor([where[k][1] for k in final_rows], dtype=torch.long, device=tf.device),
+             logit_vecs[final_rows].to(device=tf.device, dtype=tf.dtype)) if final_rows else None
+    out, emb = fr.backward(Readers(n_l, {}, final, after=after or None))
     logit_rows = block(n_l, out, emb, S)
     if full:
         E[n - n_l :] = logit_rows
@@ -260,14 +279,63 @@ def build_attribution_graph(
         tokens=tokens.cpu(), token_strs=[say(int(t)) for t in tokens], features=features[kept].cpu(),
         activations=acts_all[kept.to(acts_all.device)].float().cpu(),
         logit_tokens=logit_tokens.cpu(), logit_probs=logit_probs.float().cpu(), adjacency=A, n_layers=L,
-        logit_strs=[say(int(t)) for t in logit_tokens],
+        logit_strs=[lab if lab is not None else say(int(t)) for t, lab in zip(logit_tokens.tolist(), labels, strict=True)],
         info={"transcoders": transcoders.source, "model": transcoders.model.name, "skip_first": skip_first,
               "max_logits": max_logits, "logit_prob": logit_prob, "active_features": n_f,
-              "max_feature_nodes": max_feature_nodes, "memory_estimate_gb": memory.total_gb,
+              "max_feature_nodes": max_feature_nodes,
+              "targets": None if targets is None else [{"label": lab, "layer": at, "position": pos} for lab, (at, pos) in
+                                                       zip(labels, where, strict=True)], "memory_estimate_gb": memory.total_gb,
               "memory_estimate_bytes": {"rows": memory.rows, "adjacency": memory.adjacency, "backward": memory.backward,
                                         "writes": memory.writes},
               "seconds": round(time.perf_counter() - t0, 3)},
     )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A direction an attribution graph explains, instead of a logit (circuit-tracer's ``CustomTarget``, and more):
+    ``vector`` [d_model] read at ``position`` (default the last) of the final norm's output (``layer=None``, as a
+    logit's unembedding direction is; a logit difference is ``W_U[:, a] - W_U[:, b]``) or of the residual stream
+    after layer ``layer`` (its MLP's output in). ``weight``: its share of influence (a logit's is its probability).
+    ``acdc.logit_diff_target`` makes the logit-difference one."""
+
+    label: str
+    vector: Tensor
+    layer: int | None = None
+    position: int = -1
+    weight: float = 1.0
+
+
+def _targets(targets: Sequence[int | Target], probs: Tensor, W_U: Tensor, S: int, L: int
+             ) -> tuple[Tensor, Tensor, Tensor, list[tuple[int | None, int]], list[str | None]]:
+    """(token ids, weights, read directions [n, d], (layer or None, position) and labels of the target nodes)."""
+    if len(targets) == 0:
+        raise ValueError("targets is empty: give token ids or acdc.Target directions (or None: the top logits)")
+    ids, weights, vecs, where, labels = [], [], [], [], []
+    d_vocab = W_U.shape[1]
+    for k, t in enumerate(targets):
+        if isinstance(t, Target):
+            if tuple(t.vector.shape) != (W_U.shape[0],):
+                raise ValueError(f"target {t.label!r}: its vector is {tuple(t.vector.shape)}, the stream is [{W_U.shape[0]}]")
+            if t.layer is not None and not 0 <= t.layer < L:
+                raise ValueError(f"target {t.label!r}: layer {t.layer} does not exist (0..{L - 1}; None: the final norm's output)")
+            if not -S <= t.position < S:
+                raise ValueError(f"target {t.label!r}: position {t.position} is outside the prompt's {S} tokens")
+            ids.append(d_vocab + k)
+            weights.append(float(t.weight))
+            vecs.append(t.vector.to(W_U))
+            where.append((t.layer, t.position % S))
+            labels.append(t.label)
+        else:
+            tok = int(t)
+            if not 0 <= tok < d_vocab:
+                raise ValueError(f"target token {tok} is outside the vocabulary (0..{d_vocab - 1})")
+            ids.append(tok)
+            weights.append(float(probs[tok]))
+            vecs.append(W_U[:, tok] - W_U.mean(1))
+            where.append((None, S - 1))
+            labels.append(None)
+    return (torch.tensor(ids), torch.tensor(weights), torch.stack(vecs), where, labels)
 
 
 @dataclass(frozen=True)

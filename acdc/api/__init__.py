@@ -28,11 +28,11 @@ from .faithfulness import (
     faithfulness_grid,
     minimality,
 )
-from .graphs import attribution_graph
+from .graphs import Target, attribution_graph, logit_diff_target
 from .prepare import DiscoverOptions, Inputs, make_batch, prepare
 
 __all__ = [
-    "AVERAGES", "DEFAULT_GRID", "DIRECTIONS", "LEVELS", "POSITION_MODES", "DiscoverOptions", "FaithfulnessSetting", "Inputs",
+    "AVERAGES", "DEFAULT_GRID", "DIRECTIONS", "LEVELS", "POSITION_MODES", "DiscoverOptions", "FaithfulnessSetting", "Inputs", "Target",
     "attribute", "attribution_graph", "completeness", "discover", "faithfulness", "faithfulness_curve", "faithfulness_grid",
-    "make_batch", "minimality", "prepare", "prune_edges", "roc",
+    "logit_diff_target", "make_batch", "minimality", "prepare", "prune_edges", "roc",
 ]

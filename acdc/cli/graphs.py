@@ -27,6 +27,10 @@ def add_attribution_graph(sub: Any) -> None:
     ag.add_argument("--batch-size", type=positive, default=64, help="targets per backward pass (default 64)")
     ag.add_argument("--max-feature-nodes", type=positive, default=None, help="keep at most this many features, the most "
                     "influential first (circuit-tracer's max_feature_nodes; default: every active feature)")
+    ag.add_argument("--targets", nargs="+", default=None, metavar="TOKEN", help="explain these tokens' logits instead of the "
+                    "most probable ones (one-token text, e.g. ' Mary', or ids)")
+    ag.add_argument("--logit-diff", nargs=2, default=None, metavar=("GOOD", "BAD"), help="explain the logit difference "
+                    "logit(GOOD) - logit(BAD) (one target node; with --targets, after them)")
     ag.add_argument("--max-memory-gb", type=float, default=None, help="refuse a graph whose memory estimate is over this "
                     "(default: the memory available)")
     ag.add_argument("--device", default=None, help="torch device (default: the model's)")
@@ -84,10 +88,26 @@ def _attribution_graph(args: argparse.Namespace) -> int:
     else:
         raise CLIError("pass --prompt TEXT (or --task NAME to take one of its prompts)")
     t0 = time.perf_counter()
+    targets: list[Any] | None = None
+    if args.targets or args.logit_diff:
+        from .. import logit_diff_target
+
+        def tok(t: str) -> int | str:
+            return int(t) if t.isdigit() else t
+        try:
+            targets = [tok(t) for t in args.targets or []]
+            if args.logit_diff:
+                targets.append(logit_diff_target(model, *(tok(t) for t in args.logit_diff)))
+        except ValueError as err:
+            raise CLIError(str(err)) from None
     try:
         graph = attribution_graph(model, prompt, transcoders=ts, max_logits=args.max_logits, batch_size=args.batch_size,
                                   max_feature_nodes=args.max_feature_nodes, max_memory_gb=args.max_memory_gb,
-                                  progress=not args.no_progress)
+                                  targets=targets, progress=not args.no_progress)
+    except ValueError as err:
+        if "target" not in str(err):
+            raise
+        raise CLIError(str(err)) from None
     except MemoryError as err:
         raise CLIError(str(err).replace("max_feature_nodes=", "--max-feature-nodes ")) from None
     seconds = time.perf_counter() - t0
