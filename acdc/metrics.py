@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Batch", "Metric", "accuracy", "kl_divergence", "logit_diff", "per_prompt", "prob_diff", "resolve_metric",
+    "Batch", "Metric", "accuracy", "kl_divergence", "logit_diff", "per_prompt", "prob_diff", "resolve_metric", "year_prob_diff",
     "scored_rows", "METRICS",
 ]
 
@@ -135,6 +135,23 @@ def prob_diff(logits: Tensor, batch: Batch) -> Tensor:
     return (_answer_values(probs, batch.correct, "sum") - _answer_values(probs, batch.incorrect, "sum")).mean()
 
 
+def year_prob_diff(logits: Tensor, batch: Batch) -> Tensor:
+    """Greater-than's probability difference for a year written digit by digit (`acdc.tasks.greater_than` with
+    ``metric="year_prob_diff"``): two scored rows per prompt, the tens digit's distribution P0 and, at the tens digit t
+    the prompt goes on with, the units digit's P1. P(greater) = P0(correct_0) + P0(t) P1(correct_1), P(not greater) =
+    P0(incorrect_0) + P0(t) P1(incorrect_1); the mean over prompts of their difference."""
+    n, n_scored = batch.answer_pos.shape
+    if n_scored != 2:
+        raise ValueError(f"year_prob_diff scores two rows per prompt (the tens digit, then the units digit); got {n_scored}")
+    probs = logits.softmax(-1).view(n, 2, -1)
+    pos1 = batch.answer_pos[:, 1].to(logits.device)
+    t = batch.clean.to(logits.device)[torch.arange(n, device=logits.device), pos1]  # the tens digit the prompt goes on with
+    p_t = probs[:, 0].gather(-1, t[:, None])[:, 0]
+    corr = _answer_values(probs.reshape(2 * n, -1), batch.correct, "sum").view(n, 2)
+    inc = _answer_values(probs.reshape(2 * n, -1), batch.incorrect, "sum").view(n, 2)
+    return ((corr[:, 0] + p_t * corr[:, 1]) - (inc[:, 0] + p_t * inc[:, 1])).mean()
+
+
 def accuracy(logits: Tensor, batch: Batch) -> Tensor:
     """Share of scored rows whose (first) correct answer beats every incorrect answer."""
     correct = _answer_values(logits, None if batch.correct is None else _first(batch.correct), "sum")
@@ -171,6 +188,7 @@ METRICS: dict[str, Metric] = {
     "kl": Metric("kl", kl_divergence, higher_is_better=False),
     "logit_diff": Metric("logit_diff", logit_diff, higher_is_better=True, needs_answers=True, reads_answers_only=True),
     "prob_diff": Metric("prob_diff", prob_diff, higher_is_better=True, needs_answers=True),
+    "year_prob_diff": Metric("year_prob_diff", year_prob_diff, higher_is_better=True, needs_answers=True),
     "accuracy": Metric("accuracy", accuracy, higher_is_better=True, needs_answers=True, reads_answers_only=True),
 }
 

@@ -101,6 +101,20 @@ def test_tasks_on_its_tokenizer(smollm2):
     assert float(prob_diff(p.clean.logits, batch)) > 0.2  # the model knows the end year is later
 
 
+def test_greater_than_scores_the_whole_year_on_smollm2(smollm2):
+    """The two-digit year scored with t counted (year_prob_diff), corrupt years drawn per prompt: SmolLM2 does the
+    task (0.92 on 20 prompts) and the corrupt run does not (0.11); EAP runs on the two scored rows per prompt."""
+    from acdc.api import prepare
+
+    gt = acdc.tasks.greater_than(smollm2, 20, seed=0, digits=True, metric="year_prob_diff", corrupt="random")
+    p, m, batch = prepare(smollm2, gt)
+    clean = float(m(batch.clean_logits, batch))
+    ablated = float(m(p.logits(torch.ones(p.graph.n_edges, dtype=torch.bool)), batch))
+    assert clean > 0.85 and ablated < 0.2
+    s = acdc.attribute(smollm2, gt, method="eap", progress=False)
+    assert torch.isfinite(s.values).all() and float(s.values.abs().max()) > 0
+
+
 def test_eap_ig_and_prefiltered_acdc_run_on_ioi(smollm2):
     """The ~123k-edge graph: EAP-IG scores every edge; the approximate ACDC runs on a few prompts."""
     task = acdc.tasks.ioi(smollm2, 4, seed=0)

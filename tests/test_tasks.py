@@ -206,6 +206,57 @@ def test_greater_than_digits_scores_the_tens_digit():
         acdc.tasks.greater_than(tok, 4)
 
 
+def test_greater_than_digits_scores_the_whole_year_with_t_counted():
+    """metric="year_prob_diff": the prompt goes on with the tens digit t and is scored at the century and at t;
+    P(year > YY) = sum_{a > t} P(a) + P(t) sum_{b > u} P(b | t), by hand on uniform logits and on a model that is
+    sure of one year; corrupt="random" draws another tens digit per prompt; tens= keeps one t."""
+    import acdc
+    from acdc.metrics import Batch, year_prob_diff
+
+    tok = DigitTokenizer()
+    for d in range(10):
+        tok.encode(str(d))
+    digit = {tok.encode(str(d))[0]: d for d in range(10)}
+    task = acdc.tasks.greater_than(tok, 40, seed=2, digits=True, metric="year_prob_diff", corrupt="random")
+    assert task.metric == "year_prob_diff" and task.answer_pos.shape == (40, 2)
+    V = len(tok)
+    years = []
+    for i in range(40):
+        c, k = task.clean[i].tolist(), task.corrupt[i].tolist()
+        p0, p1 = task.answer_pos[i].tolist()
+        assert p1 == p0 + 1 and tok.decode(c[: p0 + 1]).endswith(" to the year 17")
+        text = tok.decode(c[: p1 + 1])
+        yy = int(text[text.index("year 17") + 7 : text.index("year 17") + 9])
+        assert digit[c[p1]] == yy // 10 and k[p1] == c[p1]  # the clean tens digit follows in both prompts
+        ktext = tok.decode(k[: p1 + 1])
+        other = int(ktext[ktext.index("year 17") + 7 : ktext.index("year 17") + 9])
+        assert other // 10 != yy // 10  # corrupt="random": another tens digit
+        names = task.positions.names
+        assert names[int(task.positions.index[i, p1])] == "TENS" and names[int(task.positions.index[i, p0])] == "END"
+        years.append(yy)
+    logits = torch.zeros(80, V)
+    b = Batch(task.clean, task.corrupt, task.answer_pos, acdc.metrics.scored_rows(task.correct, 2),
+              acdc.metrics.scored_rows(task.incorrect, 2), logits)
+    want = sum(((9 - y // 10) / V + (9 - y % 10) / V**2) - ((y // 10) / V + (y % 10 + 1) / V**2) for y in years) / 40
+    assert float(year_prob_diff(logits, b)) == pytest.approx(want, rel=1e-5)
+    sure = torch.full((80, V), -1e4)  # certain of the year YY + 1 (greater) where u < 9, else of YY itself (not greater)
+    ids = {d: tok.encode(str(d))[0] for d in range(10)}
+    for i, y in enumerate(years):
+        nxt = y + 1 if y % 10 < 9 else y
+        sure[2 * i, ids[nxt // 10]] = 0
+        sure[2 * i + 1, ids[nxt % 10]] = 0
+    want = sum(1.0 if y % 10 < 9 else -1.0 for y in years) / 40
+    assert float(year_prob_diff(sure, b)) == pytest.approx(want, abs=1e-6)
+    one = acdc.tasks.greater_than(tok, 10, seed=0, digits=True, tens=[3])
+    assert all(tok.decode(r.tolist()).count("year 173") == 1 for r in one.clean)
+    with pytest.raises(ValueError, match="digits=True"):
+        acdc.tasks.greater_than(tok, 4, metric="year_prob_diff")
+    with pytest.raises(ValueError, match="corrupt must be"):
+        acdc.tasks.greater_than(tok, 4, digits=True, corrupt="02")
+    with pytest.raises(ValueError, match="tens must be"):
+        acdc.tasks.greater_than(tok, 4, digits=True, tens=[9])
+
+
 # ---------------------------------------------------------------- docstring
 @pytest.mark.parametrize("corrupt", ["random_random", "random_def", "random_doc"])
 def test_docstring_prompts(gpt2_tokenizer, corrupt):

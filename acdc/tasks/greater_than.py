@@ -17,7 +17,15 @@ Tokenizers that write numbers digit by digit (SmolLM2, Llama 3) get the digit va
 century's last digit, and the answer is the next digit, the end year's tens digit. With start
 year YY = 10 t + u, correct = the digits above t, incorrect = the digits below it (t itself could
 go either way, so it counts for neither), t in 1..8 so both are non-empty; the corrupt start year
-"01" (t = 0) again makes no tens digit wrong.
+"01" (t = 0) again makes no tens digit wrong. ``metric="year_prob_diff"`` scores the two-digit year as the
+paper's probability difference does, t counted: the prompt continues with the tens digit t, is scored at the
+century (the tens digit a) and at t (the units digit b given t), and P(end year > YY) = sum_{a > t} P(a) +
+P(t) sum_{b > u} P(b | t), P(end year <= YY) = sum_{a < t} P(a) + P(t) sum_{b <= u} P(b | t).
+
+``corrupt``: "01" (the paper's: every corrupt prompt starts at 01, so a circuit that only pushes the answer
+up scores as well as one that compares) or "random" (each prompt's corrupt start year drawn from the usable
+years with another tens digit: the corrupt run favours other answers, prompt by prompt). ``tens``: only start
+years with these tens digits (results per t: one task per digit).
 """
 
 from __future__ import annotations
@@ -66,16 +74,24 @@ def greater_than(
     metric: str = "prob_diff",
     nouns: Sequence[str] = NOUNS,
     digits: bool = False,
+    corrupt: str = "01",
+    tens: Sequence[int] | None = None,
 ) -> Task:
     """``n_prompts`` seeded greater-than prompts with "01" corrupt twins.
 
     centuries: the first two digits of the years (the paper's examples use 17; it also ran
     11..17). metric: "prob_diff" (the paper's), "logit_diff" (mean logit of greater years minus
-    mean of the others) or "kl". digits: the digit variant for tokenizers that split numbers into
-    digits (the module docstring).
+    mean of the others), "kl", or with ``digits`` "year_prob_diff" (the two-digit year, t counted). digits: the
+    digit variant for tokenizers that split numbers into digits; corrupt: "01" or "random"; tens: the start years'
+    tens digits to draw from (the module docstring).
     """
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
+    if corrupt not in ("01", "random"):
+        raise ValueError(f"corrupt must be '01' (the paper's) or 'random', got {corrupt!r}")
+    if metric == "year_prob_diff" and not digits:
+        raise ValueError("metric='year_prob_diff' scores a year written digit by digit (digits=True); with two-digit "
+                         "year tokens 'prob_diff' already scores the whole year")
     if not centuries or any(not 10 <= int(c) <= 99 for c in centuries):
         raise ValueError(f"centuries must be two-digit numbers such as 17, got {list(centuries)!r}")
     tok = tokenizer_of(model_or_tokenizer)
@@ -98,6 +114,11 @@ def greater_than(
     if not usable:
         raise ValueError("no greater-than noun is a single token with a leading space in this tokenizer")
     span = range(10, 90) if digits else range(2, 99)  # digits: tens digit 1..8
+    if tens is not None:
+        bad = sorted({int(t) for t in tens} - {yy // 10 for yy in span})
+        if bad or not tens:
+            raise ValueError(f"tens must be start-year tens digits in {span[0] // 10}..{span[-1] // 10}, got {list(tens)!r}")
+        span = [yy for yy in span if yy // 10 in {int(t) for t in tens}]
     years = {c: [yy for yy in span if _splits_as_year(tok, int(c), yy, digits)] for c in centuries}
     if not any(years.values()) or any(not _splits_as_year(tok, int(c), 1, digits) for c in centuries):
         raise ValueError(
@@ -106,21 +127,41 @@ def greater_than(
         )
     rng = random.Random(seed)
     pool = [(c, yy) for c in centuries for yy in years[c]]
-    clean, corrupt, chosen, used, cents = [], [], [], [], []
+    every_year = {c: [yy for yy in (range(10, 100) if digits else range(2, 100)) if _splits_as_year(tok, int(c), yy, digits)]
+                  for c in centuries}
+    two = metric == "year_prob_diff"
+    clean, corrupted, chosen, used, cents = [], [], [], [], []
     for _ in range(n_prompts):
         century, yy = rng.choice(pool)
         noun = rng.choice(usable)
-        clean.append(TEMPLATE.format(noun=noun, century=century, yy=f"{yy:02d}"))
-        corrupt.append(TEMPLATE.format(noun=noun, century=century, yy="01"))
+        if corrupt == "random":  # another start year whose tens digit differs
+            other = rng.choice([y for y in every_year[century] if y // 10 != yy // 10])
+        else:
+            other = 1
+        end = str(yy // 10) if two else ""  # year_prob_diff: the prompt goes on with the tens digit t
+        clean.append(TEMPLATE.format(noun=noun, century=century, yy=f"{yy:02d}") + end)
+        corrupted.append(TEMPLATE.format(noun=noun, century=century, yy=f"{other:02d}") + end)
         chosen.append(yy)
         used.append(noun)
         cents.append(century)
-    clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupt, "greater-than")
+    clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupted, "greater-than")
     positions = named_positions(tok, clean, clean_t, last, {  # the last token of each mark
         "NOUN": [f"The {noun}" for noun in used], "YY": [f"the year {c}{yy:02d}" for c, yy in zip(cents, chosen, strict=True)],
-        "END": -1,
+        "END": -2 if two else -1, **({"TENS": -1} if two else {}),
     }, "greater-than")
     yy_t = torch.tensor(chosen)[:, None]
+    if two:  # scored at the century (the tens digit) and at t (the units digit given t): [n, 2, 10]
+        if any(clean_t[i, last[i]] != answer_ids[y // 10] for i, y in enumerate(chosen)):
+            raise ValueError("greater-than: the tens digit after the century is not its own token in this tokenizer")
+        t, u, every = yy_t // 10, yy_t % 10, torch.arange(10)[None, :]
+        correct = torch.stack([torch.where(every > t, answer_ids[None, :], -1), torch.where(every > u, answer_ids[None, :], -1)], 1)
+        incorrect = torch.stack([torch.where(every < t, answer_ids[None, :], -1), torch.where(every <= u, answer_ids[None, :], -1)], 1)
+        pos = torch.tensor(last)
+        task = Task.from_tokens(
+            clean_t, corrupt_t, correct=correct, incorrect=incorrect, answer_pos=torch.stack([pos - 1, pos], 1), metric=metric,
+            name="greater-than-digits", vocab_size=vocab_size_of(tok),
+        )
+        return replace(task, positions=positions)
     if digits:  # correct: tens digits > t; incorrect: < t; each row padded with -1 to all 10 digits
         t, every = yy_t // 10, torch.arange(10)[None, :]
         correct = torch.where(every > t, answer_ids[None, :], -1)
