@@ -170,3 +170,59 @@ def test_cache_is_keyed_on_content_so_another_copy_shares_it(smollm2, monkeypatc
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
     assert content_key(copy) != content_key(gguf)
+
+
+def test_attribution_edges_are_the_fully_frozen_interventions_on_smollm2(smollm2):
+    """On the real model (RMSNorm, GQA, rotary), an attribution-graph edge is exactly what its target loses when its
+    source's vector leaves the frozen forward (attention, norm scales and every other node fixed): the like-with-like
+    half of experiments/smollm2_edge_checks.py. Random TopK skip transcoders on every layer, an 8-token prompt."""
+    from acdc.linearised import FrozenRun
+    from acdc.model import Transformer
+    from acdc.transcoders import ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
+
+    tf = Transformer.of(smollm2)
+    gen = torch.Generator().manual_seed(0)
+    d = tf.arch.d_model
+    tcs = {}
+    for layer in range(tf.arch.n_layers):
+        tc = Transcoder(TranscoderConfig(d, 128, "topk", 4, True))
+        with torch.no_grad():
+            tc.W_enc.copy_(torch.randn(d, 128, generator=gen) / d**0.5)
+            tc.W_dec.copy_(torch.randn(128, d, generator=gen) * 3)  # features that write as much as the MLPs do
+            tc.W_skip.copy_(torch.randn(d, d, generator=gen) / d)
+        tcs[layer] = tc
+    ts = TranscoderSet(tcs, ModelInfo.of(tf, "random"))
+    tokens = smollm2.to_tokens("When Mary and John went to the")[0]
+    g = acdc.attribution_graph(smollm2, tokens, transcoders=ts, progress=False)
+    fr = FrozenRun.of(tf, tokens, {layer: tc.W_skip.detach() for layer, tc in tcs.items()})
+    embed = fr.token_vectors()
+
+    def values(mlp_out, emb):
+        mids, final = fr.forward(mlp_out, emb)
+        out = [fr.norm(mids[la][p], *tf.norm_params("ln2", la), fr.scale2[la][p]) @ tcs[la].W_enc[:, f]
+               for la, p, f in g.features.tolist()]
+        xf = fr.norm(final[-1], *tf.norm_params("lnf"), fr.scale_f[-1])
+        W_U = tf.unembedding
+        out += [xf @ (W_U[:, t] - W_U.mean(1)) for t in g.logit_tokens.tolist()]
+        return torch.stack(out)
+
+    with torch.no_grad():
+        base = values(fr.mlp_out, embed)
+        rows = torch.cat([torch.arange(g.n_features), torch.arange(g.logit_start, g.n_nodes)])
+        picks = [0, g.n_features // 2, g.n_features - 1]
+        for s in picks:  # features
+            la, p, f = g.features[s].tolist()
+            cut = fr.mlp_out.clone()
+            cut[la, p] -= g.activations[s] * tcs[la].W_dec[f]
+            want = base - values(cut, embed)
+            assert torch.allclose(g.adjacency[rows, s], want, atol=1e-4, rtol=1e-3), float((g.adjacency[rows, s] - want).abs().max())
+        err = g.error_start + 5 * g.n_pos + 3  # m5.err@3
+        errors = fr.mlp_out[5, 3] - tcs[5](tf.mlp_input(5, fr.resid_mid[5])[3])
+        cut = fr.mlp_out.clone()
+        cut[5, 3] -= errors
+        assert torch.allclose(g.adjacency[rows, err], base - values(cut, embed), atol=1e-4, rtol=1e-3)
+        emb = embed.clone()
+        emb[2] = 0  # the token at position 2
+        assert torch.allclose(g.adjacency[rows, g.token_start + 2], base - values(fr.mlp_out, emb), atol=1e-4, rtol=1e-3)
+        assert float(g.adjacency[rows][:, picks].abs().max()) > 0.1
+
