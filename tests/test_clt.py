@@ -541,3 +541,30 @@ def test_clt_fidelity_equals_hooked_hugging_face_runs(skip_first):
         assert abs(ce(every) - ce(run({2}, clean_acts)[0])) > 1e-3  # the replacement model differs from splicing the last alone
     with pytest.raises(ValueError, match="reads the residual stream"):
         acdc.transcoder_fidelity(model, CrossLayerTranscoder(CLTConfig(3, 32, 4, reads="stream")), stream, sequences=2)
+
+
+def test_feature_pages_of_a_cross_layer_transcoder():
+    """A CLT feature's page: how often it fires on the corpus (its layer's encoder on the normed MLP input, by hand)
+    and the tokens it promotes through everything it writes (its decoders into every later layer, summed)."""
+    from acdc.model import Transformer
+    from acdc.transcoders import GeneratedStream, feature_report
+
+    model = tiny_gpt2(n_layer=3, vocab=50, d=32)
+    tf = Transformer.from_bridge(model)
+    gen = torch.Generator().manual_seed(1)
+    clt = CrossLayerTranscoder(CLTConfig(3, 32, 10, "relu"))
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+    stream = GeneratedStream(lambda i, g: torch.randint(0, 50, (9,), generator=g), 9, seed=2)
+    (info,) = feature_report(model, clt, 1, [4], stream, sequences=6, batch=3)
+    x = tf.mlp_io(stream.batch(0, 6), [1])[1][0]
+    with torch.no_grad():
+        acts = clt.encode(1, x)[..., 4]
+        assert info.density == pytest.approx(float((acts > 0).float().mean()), rel=1e-6) and 0 < info.density < 1
+        assert info.max_activation == pytest.approx(float(acts.max()), rel=1e-5)
+        want = (clt.W_dec[1][4].sum(0) @ tf.unembedding).topk(10)
+    assert [v for _, v in info.promotes] == pytest.approx([round(v, 3) for v in want.values.tolist()], abs=1e-3)
+    with pytest.raises(ValueError, match="reads the residual stream"):
+        feature_report(model, CrossLayerTranscoder(CLTConfig(3, 32, 10, reads="stream")), 1, [0], stream, sequences=2)
+

@@ -51,7 +51,8 @@ def add_transcoders(sub: Any) -> None:
     tf.set_defaults(run=_transcoders_fidelity, out=None, writes=("fidelity.md", "fidelity.json", "fidelity.png"),
                     default_out=lambda a: Path(a.transcoders) if Path(a.transcoders).is_dir() else Path("fidelity"))
     tp = tsub.add_parser("pages", help="one HTML page of features: top contexts, density, tokens promoted and exciting")
-    tp.add_argument("transcoders", help="a transcoder set folder, a sparsify, SAELens or circuit-tracer folder, or a hub name")
+    tp.add_argument("transcoders", help="a transcoder set folder, a cross-layer transcoder folder, a sparsify, SAELens or "
+                    "circuit-tracer folder, or a hub name")
     transcoder_flags(tp)
     tp.add_argument("--layer", type=int, required=True)
     tp.add_argument("--features", type=int, nargs="+", default=None, help="feature indices (default: --random of them)")
@@ -106,11 +107,11 @@ def _transcoders_train(args: argparse.Namespace) -> int:
 def _transcoders_pages(args: argparse.Namespace) -> int:
     import torch
 
-    from ..transcoders import feature_pages, feature_report, load_transcoders
+    from ..transcoders import CrossLayerTranscoder, feature_pages, feature_report, load_dictionary
 
     model, corpus, tok = model_and_corpus(args, 0)
-    ts = load_transcoders(args.transcoders, model)
-    n = ts[args.layer].n_features
+    ts = load_dictionary(args.transcoders, model)
+    n = ts.cfg.n_features if isinstance(ts, CrossLayerTranscoder) else ts[args.layer].n_features
     feats = args.features or sorted(torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))[: args.random].tolist())
     report = feature_report(model, ts, args.layer, feats, corpus, sequences=args.sequences, tokenizer=tok, chunk=args.chunk,
                             executor=args.executor, results=args.results, workers=args.workers, progress=not args.no_progress)

@@ -122,6 +122,14 @@ class CrossLayerTranscoder(nn.Module):
         """[L, ..., d_model] the CLT's stand-in for every MLP's output from what every layer reads, xs [L, ..., d_model]."""
         return self.decode([self.encode(layer, xs[layer]) for layer in range(self.cfg.n_layers)], xs)
 
+    def layer_view(self, layer: int) -> LayerView:
+        """Layer ``layer``'s features seen as one transcoder's (what feature pages read): its encoder, and as the
+        decoder what each feature writes in all (its decoders into every layer from its own on, summed)."""
+        if self.cfg.reads != "normed":
+            raise ValueError("this cross-layer transcoder reads the residual stream before the MLP's norm; feature pages "
+                             "read the normed MLP input (reads='normed')")
+        return LayerView(self, layer)
+
     def check_model(self, tf: Transformer, what: str = "this cross-layer transcoder") -> None:
         """A one-line ValueError unless ``tf`` is the model this CLT was made for (every layer, its width)."""
         if tf.arch.n_layers != self.cfg.n_layers:
@@ -250,6 +258,20 @@ def load_clt(path: str | Path, model: Any = None, *, device: torch.device | str 
     if tf is not None:
         clt.check_model(tf, f"cross-layer transcoder {path}")
     return clt
+
+
+class LayerView:
+    """One layer of a `CrossLayerTranscoder` with a per-layer transcoder's face (`CrossLayerTranscoder.layer_view`):
+    ``W_enc`` [d, n], ``b_enc`` [n], ``W_dec`` [n, d] (each feature's total write), ``n_features``, ``encode``."""
+
+    def __init__(self, clt: CrossLayerTranscoder, layer: int):
+        self.clt, self.layer = clt, layer
+        self.W_enc, self.b_enc = clt.W_enc[layer], clt.b_enc[layer]
+        self.W_dec = clt.written(layer, clt.cfg.n_layers)
+        self.n_features = clt.cfg.n_features
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.clt.encode(self.layer, x)
 
 
 FeatureDictionary = TranscoderSet | CrossLayerTranscoder

@@ -34,9 +34,9 @@ from typing_extensions import Unpack
 from ..executors import Sweep, SweepOptions, resolve_executor, run_sweep
 from ..inputs import token_texts
 from ..model import Transformer
-from .clt import CrossLayerTranscoder, FeatureDictionary
+from .clt import CrossLayerTranscoder, FeatureDictionary, LayerView
 from .corpus import TokenStream
-from .transcoder import TranscoderSet
+from .transcoder import Transcoder
 
 __all__ = ["FeatureInfo", "active_features", "feature_pages", "feature_report"]
 
@@ -60,11 +60,12 @@ class FeatureInfo:
 
 
 @torch.no_grad()
-def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, features: Sequence[int] | Sequence[tuple[int, int]],
+def feature_report(model: Any, transcoders: FeatureDictionary, layer: int | None, features: Sequence[int] | Sequence[tuple[int, int]],
                    corpus: TokenStream, *, sequences: int = 64, start: int = 0, top: int = 10, window: int = 8, batch: int = 8,
                    tokenizer: Any = None, chunk: int = 256, progress: bool = False,
                    **sweep: Unpack[Sweep]) -> list[FeatureInfo]:
-    """`FeatureInfo` for each of ``features`` of ``layer``'s transcoder, from ``sequences`` corpus sequences.
+    """`FeatureInfo` for each of ``features`` of ``layer``'s transcoder, from ``sequences`` corpus sequences. A
+    cross-layer transcoder's features promote what they write in all (their decoders into every later layer, summed).
 
     With ``layer=None``, ``features`` are (layer, feature) pairs, from any layers, scanned in one
     pass over the corpus (one model forward per batch, up to the deepest layer asked for).
@@ -90,10 +91,10 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
     missing = sorted({lay for lay, _ in pairs if lay not in transcoders.layers})
     if missing:
         raise ValueError(f"no transcoder for layers {missing}; this set has layers {transcoders.layers}")
-    bad = [(lay, f) for lay, f in pairs if not 0 <= f < transcoders[lay].n_features]
+    bad = [(lay, f) for lay, f in pairs if not 0 <= f < _layer(transcoders, lay).n_features]
     if bad:
         lay = bad[0][0]
-        raise ValueError(f"features {[f for _, f in bad]} do not exist; layer {lay}'s transcoder has {transcoders[lay].n_features}")
+        raise ValueError(f"features {[f for _, f in bad]} do not exist; layer {lay}'s transcoder has {_layer(transcoders, lay).n_features}")
     where = SweepOptions(**sweep)  # executor, results, workers, threads (checked before the scan)
     step = max(1, -(-chunk // batch)) * batch  # whole batches per piece: the same forwards as one serial pass
     items = [(f"sequences={s}-{min(s + step, start + sequences) - 1}", {"start": s, "n": min(step, start + sequences - s),
@@ -103,7 +104,7 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
     setup = partial(_given_scan, scan) if serial else partial(_PagesScan, tf, transcoders, corpus, tuple(pairs))
     h = hashlib.sha256(json.dumps([tf.fingerprint(), pairs, corpus.describe(), corpus.batch(start, 1).tolist()]).encode())
     for lay in sorted({lay for lay, _ in pairs}):
-        h.update(transcoders[lay].W_enc[:, :8].detach().float().cpu().numpy().tobytes())
+        h.update(_layer(transcoders, lay).W_enc[:, :8].detach().float().cpu().numpy().tobytes())
     pieces = run_sweep(setup, _scan_piece, items, **where.run_sweep_options(),
                        fingerprint=h.hexdigest()[:16], progress=progress, desc="corpus pass")
     active = [sum(p["active"][j] for p in pieces) for j in range(len(pairs))]
@@ -113,7 +114,7 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
     w_e = tf.embedding.float()
     out = []
     for j, (lay, f) in enumerate(pairs):
-        tc = transcoders[lay]
+        tc = _layer(transcoders, lay)
         logit_dir = (tc.W_dec[f].float().to(w_u.device) @ w_u).cpu()
         up, down = logit_dir.topk(top), (-logit_dir).topk(top)
         pre = (tf.mlp_input(lay, w_e.to(tf.dtype)).float() @ tc.W_enc[:, f].float().to(w_e.device) + tc.b_enc[f].float()).cpu()
@@ -131,12 +132,17 @@ def feature_report(model: Any, transcoders: TranscoderSet, layer: int | None, fe
     return out
 
 
+def _layer(d: FeatureDictionary, layer: int) -> Transcoder | LayerView:
+    """Layer ``layer``'s features as one transcoder (a CLT's through `CrossLayerTranscoder.layer_view`)."""
+    return d.layer_view(layer) if isinstance(d, CrossLayerTranscoder) else d[layer]
+
+
 @dataclass(frozen=True)
 class _PagesScan:
     """A worker's state for the corpus pass: the model, the transcoders, the corpus, the features asked for."""
 
     tf: Transformer
-    transcoders: TranscoderSet
+    transcoders: FeatureDictionary
     corpus: TokenStream
     pairs: tuple[tuple[int, int], ...]
 
@@ -164,7 +170,7 @@ def _scan_piece(scan: _PagesScan, item: dict[str, int]) -> dict[str, Any]:
         n_tokens += toks.shape[0] * toks.shape[1]
         for lay in layers:
             feats = torch.tensor([pairs[j][1] for j in cols[lay]], device=io[lay][0].device)
-            acts = scan.transcoders[lay].encode(io[lay][0].float())[..., feats].cpu()  # [b, S, F]
+            acts = _layer(scan.transcoders, lay).encode(io[lay][0].float())[..., feats].cpu()  # [b, S, F]
             for c, j in enumerate(cols[lay]):
                 a = acts[..., c]
                 active[j] += int((a > 0).sum())
