@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = "smollm2-1152-k16-100000"
-CAPS = {16: None, 64: None, 256: 8192, 1024: 4096}
+CAPS = {16: (None, 64), 64: (None, 64), 256: (8192, 64), 1024: (2048, 32)}  # max_feature_nodes, batch size
 
 
 def one(length: int, kind: str, cap: int | None, batch: int) -> dict:
@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024])
     ap.add_argument("--kinds", nargs="+", default=["per-layer", "clt"], choices=["per-layer", "clt"])
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64, help="targets per backward pass where CAPS gives none")
     ap.add_argument("--one", nargs=3, metavar=("LENGTH", "KIND", "CAP"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = ap.parse_args()
@@ -65,25 +65,26 @@ def main() -> None:
     rows = []
     for kind in args.kinds:
         for length in args.lengths:
-            cap = CAPS.get(length)
+            cap, batch = CAPS.get(length, (None, args.batch_size))
             done = subprocess.run([sys.executable, __file__, "--one", str(length), kind, str(cap or "none"), "--batch-size",
-                                   str(args.batch_size)], capture_output=True, text=True, cwd=Path(__file__).parent)
+                                   str(batch)], capture_output=True, text=True, cwd=Path(__file__).parent)
             if done.returncode != 0:
                 rows.append({"length": length, "kind": kind, "cap": cap, "failed": done.stderr.strip().splitlines()[-1:]})
             else:
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]) | {"batch": batch})
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "attribution_graph_lengths.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["# Attribution graphs of SmolLM2-135M-Instruct at long prompts", "",
              f"`python experiments/attribution_graph_lengths.py --lengths {' '.join(map(str, args.lengths))} --kinds "
              f"{' '.join(args.kinds)}`: the transcoders of `smollm2_clt.py` (TopK, 1,152 features per layer, k = 16, 100k "
-             "tokens), the first tokens of the held-out speeches, each graph in its own process on 2 threads, batch size "
-             f"{args.batch_size}. Peak memory: the process's VmHWM (the model and transcoders included).", "",
-             "| transcoders | tokens | max_feature_nodes | active features | seconds | peak memory GB (estimate of the graph) | "
+             "tokens), the first tokens of the held-out speeches, each graph in its own process on 2 threads. Peak memory: "
+             "the process's VmHWM (the model and transcoders included: about 1.5 GB before the graph); in brackets acdc's "
+             "estimate of the graph alone, printed before it runs.", "",
+             "| transcoders | tokens | max_feature_nodes, batch | active features | seconds | peak memory GB (estimate of the graph) | "
              "replacement / completeness |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        cap = "all" if r["cap"] is None else f"{r['cap']:,}"
+        cap = ("all" if r["cap"] is None else f"{r['cap']:,}") + f", {r.get('batch', args.batch_size)}"
         if "seconds" in r:
             lines.append(f"| {r['kind']} | {r['length']:,} | {cap} | {r['active_features']:,} | {r['seconds']:.0f} | "
                          f"{r['peak_gb']:.2f} ({r['estimate_gb']:.2f}) | {r['replacement']:.3f} / {r['completeness']:.3f} |")

@@ -270,8 +270,9 @@ def build_attribution_graph(
         kept = visited.nonzero().squeeze(1)  # in feature order
         cols = torch.cat([kept, torch.arange(n_f, n)])
         A = torch.zeros(len(cols), len(cols), dtype=torch.float32)
-        by_node = row_node[n_l:].argsort()  # the visited features' rows in feature order
-        A[: len(kept)] = E[n_l:][by_node][:, cols]
+        by_node = row_node[n_l:].argsort() + n_l  # the visited features' rows in feature order
+        for i in range(0, len(kept), 1024):  # a block of rows at a time: no second copy of the rows
+            A[i : min(i + 1024, len(kept))] = E[by_node[i : i + 1024]][:, cols]
         A[len(cols) - n_l :] = E[:n_l][:, cols]
         del E
     say = decode or str
@@ -357,7 +358,7 @@ class GraphMemory:
     @classmethod
     def of(cls, *, n_f: int, cap: int, S: int, L: int, d: int, n_l: int, batch: int, widest: dict[int, int],
            itemsize: int = 4) -> GraphMemory:
-        backward = 3 * itemsize * (L + 1) * max(batch, n_l) * S * d  # gradients at every stream and MLP output, one batch
+        backward = itemsize * (L + 4) * max(batch, n_l) * S * d  # one batch's gradient at every MLP output, and a few in flight
         writes = itemsize * S * d * sum(widest.values())
         rows, adjacency = cls.square(n_f, cap, (L + 1) * S + n_l, n_l)
         return cls(rows, adjacency, backward, writes, n_f, cap, (L + 1) * S + n_l, n_l)
