@@ -453,7 +453,8 @@ def _scores(g: AttributionGraph) -> tuple[float, float]:
     tokens = influence[g.token_start : g.logit_start].sum()
     errors = influence[g.error_start : g.token_start].sum()
     replacement = tokens / (tokens + errors)
-    non_error = 1 - A[:, g.error_start : g.token_start].abs().sum(-1) / _row_sums(A).clamp(min=1e-10)
+    err = torch.cat([a[:, g.error_start : g.token_start].sum(-1) for _, a in _abs_blocks(A)])  # a block of rows at a time
+    non_error = 1 - err / _row_sums(A).clamp(min=1e-10)
     out = influence + weights
     completeness = (non_error * out).sum() / out.sum()
     return float(replacement), float(completeness)

@@ -154,7 +154,7 @@ def build_attribution_graph(
     cap = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
     widest = {layer: int(torch.bincount(features[torch.cat([r for r, _ in parts])][:, 1], minlength=S).max())
               for layer, parts in writes.items() if sum(len(r) for r, _ in parts)}
-    memory = GraphMemory.of(n_f=n_f, cap=cap, S=S, L=L, d=d, n_l=n_l, batch=batch_size, widest=widest, itemsize=torch.empty((), dtype=tf.dtype).element_size())
+    memory = GraphMemory.of(n_f=n_f, cap=cap, S=S, L=L, d=d, n_l=n_l, batch=batch_size, widest=widest, heads=a.n_heads, itemsize=torch.empty((), dtype=tf.dtype).element_size())
     budget = available_gb(tf.device) if max_memory_gb is None else max_memory_gb
     if progress:
         print(f"attribution graph: {memory.describe()}", file=sys.stderr, flush=True)
@@ -261,6 +261,8 @@ def build_attribution_graph(
             influence = partial_influences(E[:st], logit_probs.float().cpu(), row_node[:st])
             rank = influence[:n_f].argsort(descending=True)
             pending = rank[~visited[rank]][: min(update_interval * batch_size, cap - (st - n_l))]
+            # the round's features are chosen; visited by (layer, position), each backward stops at its highest layer
+            pending = pending[(features[pending, 0] * S + features[pending, 1]).argsort(stable=True)]
             for i in range(0, len(pending), batch_size):
                 visit(pending[i : i + batch_size])
     bar.close()
@@ -357,8 +359,9 @@ class GraphMemory:
 
     @classmethod
     def of(cls, *, n_f: int, cap: int, S: int, L: int, d: int, n_l: int, batch: int, widest: dict[int, int],
-           itemsize: int = 4) -> GraphMemory:
+           heads: int = 0, itemsize: int = 4) -> GraphMemory:
         backward = itemsize * (L + 4) * max(batch, n_l) * S * d  # one batch's gradient at every MLP output, and a few in flight
+        backward += itemsize * L * heads * S * S  # the frozen attention patterns
         writes = itemsize * S * d * sum(widest.values())
         rows, adjacency = cls.square(n_f, cap, (L + 1) * S + n_l, n_l)
         return cls(rows, adjacency, backward, writes, n_f, cap, (L + 1) * S + n_l, n_l)
@@ -377,7 +380,7 @@ class GraphMemory:
     def describe(self) -> str:
         kept = f"{self.n_f:,} active features" + (f", {self.cap:,} kept" if self.cap < self.n_f else "")
         return (f"{kept}; about {self.total_gb:.2f} GB (rows {self.rows / 1e9:.2f}, adjacency {self.adjacency / 1e9:.2f}, "
-                f"backward {self.backward / 1e9:.2f}, feature vectors {self.writes / 1e9:.2f})")
+                f"backward and patterns {self.backward / 1e9:.2f}, feature vectors {self.writes / 1e9:.2f})")
 
     def largest_cap(self, budget_gb: float) -> int | None:
         """The largest ``max_feature_nodes`` whose estimate is within ``budget_gb`` (None: not even one feature)."""
