@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["per-layer", "clt"], choices=["per-layer", "clt"])
     ap.add_argument("--batch-size", type=int, default=64, help="targets per backward pass where CAPS gives none")
     ap.add_argument("--one", nargs=3, metavar=("LENGTH", "KIND", "CAP"), help=argparse.SUPPRESS)
+    ap.add_argument("--collect", type=Path, nargs="+", default=None, metavar="LOG",
+                    help="write the table from the rows printed by earlier runs (one JSON row per line) instead of running")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = ap.parse_args()
     if args.one:
@@ -63,7 +65,9 @@ def main() -> None:
         print(json.dumps(one(length, kind, cap, args.batch_size)))
         return
     rows = []
-    for kind in args.kinds:
+    if args.collect:
+        rows = [json.loads(line) for log in args.collect for line in log.read_text().splitlines() if line.startswith("{")]
+    for kind in [] if args.collect else args.kinds:
         for length in args.lengths:
             cap, batch = CAPS.get(length, (None, args.batch_size))
             done = subprocess.run([sys.executable, __file__, "--one", str(length), kind, str(cap or "none"), "--batch-size",
@@ -71,26 +75,31 @@ def main() -> None:
             if done.returncode != 0:
                 rows.append({"length": length, "kind": kind, "cap": cap, "failed": done.stderr.strip().splitlines()[-1:]})
             else:
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]) | {"batch": batch})
+                commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                        cwd=Path(__file__).parent).stdout.strip()
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]) | {"batch": batch, "commit": commit})
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "attribution_graph_lengths.json").write_text(json.dumps(rows, indent=1) + "\n")
+    how = (f"`python experiments/attribution_graph_lengths.py --lengths {' '.join(map(str, args.lengths))} --kinds "
+           f"{' '.join(args.kinds)}`" if not args.collect else "rows of runs of `python experiments/attribution_graph_lengths.py` "
+           "(each row's commit in the JSON), collected with `--collect`")
     lines = ["# Attribution graphs of SmolLM2-135M-Instruct at long prompts", "",
-             f"`python experiments/attribution_graph_lengths.py --lengths {' '.join(map(str, args.lengths))} --kinds "
-             f"{' '.join(args.kinds)}`: the transcoders of `smollm2_clt.py` (TopK, 1,152 features per layer, k = 16, 100k "
+             f"{how}: the transcoders of `smollm2_clt.py` (TopK, 1,152 features per layer, k = 16, 100k "
              "tokens), the first tokens of the held-out speeches, each graph in its own process on 2 threads. Peak memory: "
              "the process's VmHWM (the model and transcoders included: about 1.5 GB before the graph); in brackets acdc's "
              "estimate of the graph alone, printed before it runs.", "",
              "| transcoders | tokens | max_feature_nodes, batch | active features | seconds | peak memory GB (estimate of the graph) | "
-             "replacement / completeness |", "|---|---|---|---|---|---|---|"]
+             "replacement / completeness | commit |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cap = ("all" if r["cap"] is None else f"{r['cap']:,}") + f", {r.get('batch', args.batch_size)}"
         if "seconds" in r:
             lines.append(f"| {r['kind']} | {r['length']:,} | {cap} | {r['active_features']:,} | {r['seconds']:.0f} | "
-                         f"{r['peak_gb']:.2f} ({r['estimate_gb']:.2f}) | {r['replacement']:.3f} / {r['completeness']:.3f} |")
+                         f"{r['peak_gb']:.2f} ({r['estimate_gb']:.2f}) | {r['replacement']:.3f} / {r['completeness']:.3f} | "
+                         f"{r.get('commit', '')} |")
         else:
             why = r.get("refused") or " ".join(r.get("failed", []))
-            lines.append(f"| {r['kind']} | {r['length']:,} | {cap} | | | not built: {why} | |")
+            lines.append(f"| {r['kind']} | {r['length']:,} | {cap} | | | not built: {why} | | {r.get('commit', '')} |")
     (args.out / "attribution_graph_lengths.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

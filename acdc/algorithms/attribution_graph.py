@@ -93,7 +93,8 @@ def build_attribution_graph(
     # nodes: features (layer, pos, feature) in order, their encoder vectors and what they write into each MLP output
     # (``writes[j]``: (feature rows, vectors)); error vectors
     errors = fr.mlp_out.clone()  # [L, S, d]: a layer without a transcoder is all error
-    found, values, enc = [], [], []
+    found, values = [], []
+    w_encs: dict[int, Tensor] = {}  # each layer's encoder [d, n]: a target's read direction is taken when it is visited
     writes: dict[int, list[tuple[Tensor, Tensor]]] = {}
     acts_of: dict[int, Tensor] = {}
     first = 0
@@ -113,7 +114,7 @@ def build_attribution_graph(
         found.append(torch.cat([torch.full((len(nz), 1), layer, device=nz.device), nz], 1))
         v = acts[nz[:, 0], nz[:, 1]]
         values.append(v)
-        enc.append(w_enc[:, nz[:, 1]].T.to(tf.dtype))
+        w_encs[layer] = w_enc
         rows = torch.arange(first, first + len(nz))
         first += len(nz)
         if cross:
@@ -131,7 +132,6 @@ def build_attribution_graph(
         errors[:, 0] = 0
     features = torch.cat(found) if found else torch.zeros(0, 3, dtype=torch.long)
     acts_all = torch.cat(values) if values else torch.zeros(0)
-    enc_vecs = torch.cat(enc) if enc else torch.zeros(0, d)
     n_f = len(features)
 
     # logit nodes: the top tokens at the last position (or the targets asked for), read as demeaned unembedding columns
@@ -172,7 +172,8 @@ def build_attribution_graph(
     # per MLP output, the features writing into it grouped by position, padded: their vectors [S, k, d] and columns
     # [S, k] (-1: padding)
     groups: dict[int, tuple[Tensor, Tensor]] = {}
-    for layer, parts in writes.items():
+    for layer in list(writes):
+        parts = writes.pop(layer)  # each layer's write vectors freed once grouped
         idx = torch.cat([r for r, _ in parts])
         vecs = torch.cat([x for _, x in parts])
         if len(idx) == 0:
@@ -202,7 +203,8 @@ def build_attribution_graph(
                 c = cols[:s_eff]
                 ok = c >= 0
                 got_rows[:, c[ok]] += got.permute(1, 0, 2)[:, ok].float().cpu()  # a cross-layer feature: summed over its layers
-        err = torch.einsum("lnsd,lsd->nls", out, errors[: out.shape[0], :s_eff])
+        err = torch.stack([(out[j] * errors[j, :s_eff]).sum(-1) for j in range(out.shape[0])], 1) if out.shape[0] else \
+            out.new_zeros(n_rows, 0, s_eff)  # [n, l, s], a layer at a time
         got_rows[:, err_cols[: out.shape[0], :s_eff].reshape(-1)] = err.reshape(n_rows, -1).float().cpu()
         got_rows[:, tok_cols[:s_eff]] = torch.einsum("nsd,sd->ns", emb, tok_vecs[:s_eff]).float().cpu()
         return got_rows
@@ -238,7 +240,7 @@ def build_attribution_graph(
         mid = {}
         for layer in layers.unique().tolist():
             m = (layers == layer).nonzero().squeeze(1)
-            mid[layer] = (m, pos[m], enc_vecs[idx[m]])
+            mid[layer] = (m, pos[m], w_encs[layer][:, features[idx[m].cpu(), 2].to(w_encs[layer].device)].T.to(tf.dtype))
         top = int(layers.max())
         out, emb = fr.backward(Readers(len(chunk), mid, raw=raw), upto=top, n_pos=s_eff)
         rows = block(len(chunk), out[:top], emb, s_eff)  # MLP ``top``'s output is after every target here
