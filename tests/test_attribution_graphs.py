@@ -218,6 +218,33 @@ def test_custom_targets_are_explained_as_the_frozen_model_measures_them():
         build_attribution_graph(tf, tokens, ts, targets=[50])
 
 
+def test_partial_influences_by_hand_and_by_the_definition():
+    """Nodes [f0, f1, err, tok, logit]; the logit's row reads f0 (3) and f1 (-1), f0's row reads tok (2) and err (-2):
+    influence f0 0.75, f1 0.25, err and tok 0.375 each (f1 has no row: it passes nothing on). And on random rows of a
+    DAG, the same as circuit-tracer's definition walked literally (the whole normalised rows at every step)."""
+    from acdc.attribution_graphs import partial_influences
+
+    rows = torch.tensor([[3.0, -1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -2.0, 2.0, 0.0]])
+    got = partial_influences(rows, torch.tensor([1.0]), torch.tensor([4, 0]))
+    assert torch.allclose(got, torch.tensor([0.75, 0.25, 0.375, 0.375, 0.0]))
+    gen = torch.Generator().manual_seed(0)
+    n, n_l = 40, 3
+    nodes = torch.cat([torch.arange(n - n_l, n), torch.randperm(30, generator=gen)[:12]])  # logits, then 12 visited
+    R = torch.randn(len(nodes), n, generator=gen) * (torch.rand(len(nodes), n, generator=gen) < 0.4)
+    for i, v in enumerate(nodes.tolist()):  # a DAG: a node reads only nodes below it
+        R[i, v:] = 0
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    norm = R.abs() / R.abs().sum(1, keepdim=True).clamp(min=1e-8)
+    prod, want = torch.zeros(n), torch.zeros(n)
+    prod[-n_l:] = probs
+    for _ in range(100):
+        prod = prod[nodes] @ norm
+        if not prod.any():
+            break
+        want += prod
+    assert torch.allclose(partial_influences(R, probs, nodes), want, atol=1e-6) and float(want.max()) > 0.1
+
+
 @pytest.mark.parametrize("cap, interval", [(7, 1), (13, 2), (20, 4)])
 def test_max_feature_nodes_keeps_circuit_tracers_choice_of_features_with_their_exact_edges(cap, interval):
     """With max_feature_nodes, the features visited are circuit-tracer's choice: after the logits, the unvisited
