@@ -90,7 +90,7 @@ def _attribution_graph(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     targets: list[Any] | None = None
     if args.targets or args.logit_diff:
-        from .. import logit_diff_target
+        from ..api.graphs import logit_diff_target
 
         def tok(t: str) -> int | str:
             return int(t) if t.isdigit() else t
