@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from gpt2_shape import RESULTS, random_model_and_task
@@ -53,6 +54,14 @@ def random_transcoders(tf: Transformer, activation: str, width: int, k: int, see
             tc.W_skip.copy_(torch.randn(d, d, generator=gen) / d)
         out[layer] = tc
     return TranscoderSet(out, ModelInfo.of(tf, "random (feature_edge_test_time.py)"), source="random weights")
+
+
+def model_and_task(name: str) -> tuple[Any, acdc.Task]:
+    """The model and prompts these scripts time: SmolLM2 on 20 IOI prompts, or the GPT-2-small-shaped random model."""
+    if name == "smollm2":
+        model = acdc.load_model("smollm2-135m-instruct")
+        return model, acdc.tasks.ioi(model, 20, seed=0)
+    return random_model_and_task(12)
 
 
 def median_test_ms(p, metric, batch, edges: list[tuple[int, ...]]) -> float:
@@ -84,11 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.model == "smollm2":
-        model = acdc.load_model("smollm2-135m-instruct")
-        task = acdc.tasks.ioi(model, 20, seed=0)
-    else:
-        model, task = random_model_and_task(12)
+    model, task = model_and_task(args.model)
     tf = Transformer.from_bridge(model)
     a = tf.arch
     plain = acdc.Graph.from_model(model)

@@ -22,8 +22,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from feature_edge_test_time import random_transcoders
-from gpt2_shape import random_model_and_task
+from feature_edge_test_time import model_and_task, random_transcoders
 
 import acdc
 from acdc.api import prepare
@@ -53,11 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top", type=int, default=64)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    if args.model == "smollm2":
-        model = acdc.load_model("smollm2-135m-instruct")
-        task = acdc.tasks.ioi(model, 20, seed=0)
-    else:
-        model, task = random_model_and_task(12)
+    model, task = model_and_task(args.model)
     tf = Transformer.from_bridge(model)
     ts = random_transcoders(tf, "topk", 8 * tf.arch.d_model, 32)
     chosen = acdc.active_features(model, ts, task, top=args.top)
