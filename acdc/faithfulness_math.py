@@ -221,16 +221,24 @@ class FaithfulnessGrid:
         rows = [(int(f.settings["mean_over"]), f.ratio) for f in self.rows if isinstance(f.settings.get("mean_over"), int)]
         return sorted(rows)
 
+    @staticmethod
+    def target(f: Faithfulness) -> float:
+        """What a faithful circuit's normalized value is under ``f``'s direction: 1 where the circuit alone is kept
+        (clean-complement: everything else ablated; corrupt-circuit: only the circuit restored), 0 where the circuit
+        alone is removed (clean-circuit, corrupt-complement: the behaviour should go with it)."""
+        return 0.0 if f.settings.get("direction") in ("clean-circuit", "corrupt-complement") else 1.0
+
     def verdict(self, within: float = 0.2) -> str:
-        """One line: whether the circuit's normalized faithfulness is within ``within`` of 1 (MIB's |1 - f|, where
-        overshooting counts as far as falling short) under every setting of the grid, or under which it is not."""
+        """One line: whether the circuit's normalized faithfulness is within ``within`` of its target under every
+        setting of the grid (1, or 0 for the directions that remove the circuit: `target`; MIB's |1 - f|, where
+        overshooting counts as far as falling short), or under which it is not."""
         if not 0 < within < 1:
             raise ValueError(f"within must lie in (0, 1), got {within!r}")
-        bad = [f for f in self.rows if not abs(1 - f.normalized) <= within]  # a NaN fails too
+        bad = [f for f in self.rows if not abs(self.target(f) - f.normalized) <= within]  # a NaN fails too
         if not bad:
-            return f"holds under all {len(self.rows)} settings (|1 - normalized| <= {within:g})"
-        fails = "; ".join(f"{self.label(f)} ({f.normalized:.3f})" for f in bad)
-        return f"fails under {len(bad)} of {len(self.rows)} settings (|1 - normalized| > {within:g}): {fails}"
+            return f"holds under all {len(self.rows)} settings (|target - normalized| <= {within:g}; target 1, 0 where the circuit is removed)"
+        fails = "; ".join(f"{self.label(f)} ({f.normalized:.3f}{', target 0' if self.target(f) == 0 else ''})" for f in bad)
+        return f"fails under {len(bad)} of {len(self.rows)} settings (|target - normalized| > {within:g}): {fails}"
 
     def miller_checks(self) -> dict[str, tuple[bool, str]]:
         """Miller et al.'s (2024) three qualitative findings, as they come out here: (holds, the values).

@@ -2,7 +2,7 @@
 
     python experiments/ray_roc_smollm2.py [--n-prompts 10] [--prefilter 0.002] [--n-thresholds 20]
 
-IOI (``split="discovery"``, seed 0), logit difference, resample ablation, the model given by name so
+IOI (``split="half-discovery"``, seed 0), logit difference, resample ablation, the model given by name so
 each Ray worker loads it once. The truth is the 175-edge IOI circuit of experiments/smollm2_curves.py
 (held-out faithfulness 0.98): a reference to draw the curve against, not a ground truth. The serial
 sweep runs in this process on ``--threads`` threads; the cluster is ``ray start --head`` plus a second
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     name = "smollm2-135m-instruct"
     model = acdc.load_model(name)
-    task = acdc.tasks.ioi(model, args.n_prompts, seed=0, split="discovery")
+    task = acdc.tasks.ioi(model, args.n_prompts, seed=0, split="half-discovery")
     truth = json.loads(TRUTH.read_text())
     kw = {"truth": truth, "n_thresholds": args.n_thresholds, "prefilter": args.prefilter, "progress": False}
 

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = ap.parse_args(argv)
     model, _ = load(args.threads)
-    task = acdc.tasks.ioi(model, 50, seed=0, split="discovery")
+    task = acdc.tasks.ioi(model, 50, seed=0, split="half-discovery")
     ckpt = json.loads(args.checkpoint.read_text())
     tested = torch.tensor(ckpt["tested"])
     delta = torch.tensor(ckpt["scores"], dtype=torch.float64)

@@ -3,7 +3,7 @@
     python experiments/smollm2_curves.py [--threads 2] [--tasks ioi induction greater-than-digits] [--n-prompts 50]
 
 For each task, circuits are found on discovery prompts and scored on those and on held-out prompts
-(IOI: ``split="discovery"`` / ``"held-out"``, disjoint templates and names; greater-than (digit
+(IOI: ``split="half-discovery"`` / ``"half-held-out"``, disjoint templates and names; greater-than (digit
 variant, SmolLM2 writes years digit by digit): half of the nouns each, different seeds; induction:
 random tokens, different seeds). Resample ablation. Metrics: logit difference (IOI; induction: the
 repeated token against the corrupt prompt's next token, at every repeated position), probability
@@ -54,7 +54,7 @@ def make_task(model: Any, name: str, n: int, held_out: bool, seed: int | None = 
     if seed is None:
         seed = 1 if held_out else 0
     if name == "ioi":
-        return acdc.tasks.ioi(model, n, seed=seed, split="held-out" if held_out else "discovery")
+        return acdc.tasks.ioi(model, n, seed=seed, split="half-held-out" if held_out else "half-discovery")
     if name == "induction":
         return acdc.tasks.induction(model, n, seed=seed, metric="logit_diff")
     if name == "greater-than-digits":

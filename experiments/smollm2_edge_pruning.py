@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = ap.parse_args(argv)
     model, _ = load(args.threads)
-    task = acdc.tasks.ioi(model, args.n_prompts, seed=0, split="discovery")
-    held_out = acdc.tasks.ioi(model, args.n_prompts, seed=1, split="held-out")
+    task = acdc.tasks.ioi(model, args.n_prompts, seed=0, split="half-discovery")
+    held_out = acdc.tasks.ioi(model, args.n_prompts, seed=1, split="half-held-out")
     base = peak_kib() / 1e6
     t0 = time.perf_counter()
     patcher, metric, batch = prepare(model, task, metric="logit_diff")

@@ -5,8 +5,8 @@ over every prompt's tokens of the same named position: IO, S1, S1+1, S2, END, ot
     python experiments/smollm2_mean_ablation_roles.py [--prompts 60] [--threads 2]
 
 Circuits: the exact ACDC circuit of experiments/results/smollm2_exact_acdc_t0.05.circuit.json (340 edges), and the
-top 175 edges of EAP-IG-inputs on discovery prompts (split "discovery", seed 0). Scored on held-out prompts (split
-"held-out", seed 1: other templates and names), normalized faithfulness (m(C) - m({})) / (m(M) - m({})) with the
+top 175 edges of EAP-IG-inputs on discovery prompts (split "half-discovery", seed 0). Scored on held-out prompts (split
+"half-held-out", seed 1: other templates and names), normalized faithfulness (m(C) - m({})) / (m(M) - m({})) with the
 logit difference. IOI prompts of different templates are right-padded, so the same absolute position holds
 different roles in different prompts: a batch mean mixes an IO name with a verb. Writes
 experiments/results/smollm2_mean_ablation_roles.{md,json}.
@@ -34,9 +34,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = acdc.load_model("smollm2-135m-instruct")
-    test = acdc.tasks.ioi(model, args.prompts, seed=1, split="held-out")
+    test = acdc.tasks.ioi(model, args.prompts, seed=1, split="half-held-out")
     circuits = {"exact ACDC (threshold 0.05)": acdc.Circuit.from_json(RESULTS / "smollm2_exact_acdc_t0.05.circuit.json")}
-    disc = acdc.tasks.ioi(model, 50, seed=0, split="discovery")
+    disc = acdc.tasks.ioi(model, 50, seed=0, split="half-discovery")
     scores = acdc.attribute(model, disc, method="eap-ig-inputs", progress=False)
     circuits["EAP-IG-inputs, top 175 edges"] = scores.top(175)
     settings = {"resample": {"ablation": "resample"}, "mean over the batch": {"ablation": "mean"},

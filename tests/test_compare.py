@@ -145,3 +145,83 @@ def test_cli_compare_writes_the_table(tmp_path):
 def test_a_bad_task_source_is_named(entry):
     with pytest.raises(ValueError, match="task 'x' must be a Task"):
         acdc.compare(entry.model, {"x": lambda s: "prompts"}, progress=False)  # type: ignore[dict-item]
+
+
+# ---------------------------------------------------------------- the protocol: choose on validation, report on test
+def three(seed: int) -> tuple[acdc.Task, acdc.Task, acdc.Task]:
+    """Discovery, validation and test prompts of the zoo IOI model (other draws of its prompts)."""
+    return tuple(zoo.load("ioi", seed=seed + k).task for k in (0, 100, 200))  # type: ignore[return-value]
+
+
+THRESHOLDS = [0.01, 0.05, 0.5]
+SIZES = [3, 9, 40]
+
+
+@pytest.fixture(scope="module")
+def protocol(entry):
+    methods = [Method("eap"), Method("acdc", choose={"threshold": THRESHOLDS}, label="acdc")]
+    return acdc.compare(entry.model, {"ioi": three}, methods=methods, seeds=[0, 1], edges=SIZES, grid=True,
+                        progress=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_protocol_chooses_on_validation_and_reports_test_once(entry, protocol, seed):
+    """Each row's circuit is the candidate nearest 1 on validation prompts (checked by running every candidate alone
+    and scoring it with acdc.faithfulness); its test value and interval are acdc.faithfulness's on the test prompts."""
+    disc, val, test = three(seed)
+    eap = acdc.attribute(entry.model, disc, method="eap", progress=False)
+    candidates = {
+        "eap": [({"edges": k}, eap.top(k)) for k in SIZES],
+        "acdc": [({"threshold": t}, acdc.discover(entry.model, disc, threshold=t, progress=False)) for t in THRESHOLDS],
+    }
+    for method, cands in candidates.items():
+        on_val = [acdc.faithfulness(entry.model, val, c, progress=False).normalized for _, c in cands]
+        far = [abs(1 - f) for f in on_val]
+        best = min(range(len(cands)), key=lambda i: (far[i], cands[i][1].n_edges))
+        row = next(r for r in protocol.rows if (r["method"], r["seed"]) == (method, seed))
+        chosen = cands[best][1]
+        assert torch.equal(protocol.circuit("ioi", method, seed).in_graph, chosen.in_graph), (method, far)
+        assert row["chosen"] == ", ".join(f"{k}={v}" for k, v in cands[best][0].items()) and row["candidates"] == 3
+        assert row["validation"] == pytest.approx(on_val[best], abs=1e-9)
+        slow = acdc.faithfulness(entry.model, test, chosen, progress=False)
+        assert row["test"] == pytest.approx(slow.normalized, abs=1e-9)
+        assert (row["test_low"], row["test_high"]) == pytest.approx(slow.interval("normalized"), abs=1e-9)
+        assert row["test_distance"] == pytest.approx(abs(1 - slow.normalized), abs=1e-12)
+        assert row["held_out"] is None  # validation is not reported as held-out faithfulness
+        assert row["verdict"] == acdc.faithfulness_grid(entry.model, test, chosen, progress=False).verdict(0.2)
+        assert len(row["grid"]) == 11  # the default grid's 10 settings and mean ablation aligned by role
+
+
+def test_the_protocol_summary_has_an_interval_over_seeds(protocol):
+    from acdc.comparison import bootstrap_mean
+
+    for s in protocol.summary():
+        tests = [r["test"] for r in protocol.rows if r["method"] == s["method"]]
+        assert (s["test_seeds_low"], s["test_seeds_high"]) == pytest.approx(bootstrap_mean(tests))
+        assert s["test_seeds_low"] <= s["test"] <= s["test_seeds_high"]
+    md = protocol.to_markdown()
+    assert "chosen on validation" in md and "95% interval over seeds" in md
+
+
+def test_bootstrap_mean_by_hand():
+    """Two values 0 and 2: a resampled mean is 0, 1 or 2 with chances 1/4, 1/2, 1/4, so the 95% interval is 0..2; one
+    value repeated has no spread."""
+    from acdc.comparison import bootstrap_mean
+
+    assert bootstrap_mean([0.0, 2.0], resamples=4000) == (0.0, 2.0)
+    assert bootstrap_mean([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7))
+    lo, hi = bootstrap_mean([0.0, 2.0], level=0.4, resamples=4000)  # the middle 40% is all mean 1
+    assert (lo, hi) == (1.0, 1.0)
+
+
+def test_choosing_needs_validation_prompts(entry):
+    with pytest.raises(ValueError, match="validation, test"):
+        acdc.compare(entry.model, {"ioi": pair}, methods=["eap"], edges=[3, 9], progress=False)
+    with pytest.raises(ValueError, match="validation, test"):
+        acdc.compare(entry.model, {"ioi": pair}, methods=[Method("acdc", choose={"threshold": [0.1, 0.2]})], progress=False)
+    with pytest.raises(ValueError, match="validation, test"):
+        acdc.compare(entry.model, {"ioi": pair}, methods=["eap"], grid=True, progress=False)
+    with pytest.raises(ValueError, match="both fixed and chosen"):
+        Method("acdc", {"threshold": 0.1}, choose={"threshold": [0.2]})
+    with pytest.raises(ValueError, match="non-empty list"):
+        Method("acdc", choose={"threshold": 0.2})  # type: ignore[dict-item]

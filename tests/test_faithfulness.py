@@ -306,11 +306,17 @@ def test_the_verdict_names_the_settings_a_circuit_fails_under(setup):
         one = torch.ones(2)
         return acdc.Faithfulness(1.0, normalized, 0.0, one, one * normalized, one * 0, {"level": "edge", **settings})
 
-    ok = FaithfulnessGrid((row(0.8), row(1.2, ablation="mean"), row(1.0, ablation="zero")))
-    assert ok.verdict(0.2) == "holds under all 3 settings (|1 - normalized| <= 0.2)"
-    bad = FaithfulnessGrid((row(1.0), row(0.79, ablation="mean"), row(1.21, ablation="zero"), row(float("nan"), level="node")))
-    assert bad.verdict(0.2) == ("fails under 3 of 4 settings (|1 - normalized| > 0.2): mean (0.790); zero (1.210); "
-                                "node (nan)")
+    ok = FaithfulnessGrid((row(0.8), row(1.2, ablation="mean"), row(1.0, ablation="zero"),
+                           row(0.2, direction="clean-circuit"), row(-0.2, direction="corrupt-complement"),
+                           row(0.8, direction="corrupt-circuit")))
+    assert ok.verdict(0.2) == ("holds under all 6 settings (|target - normalized| <= 0.2; target 1, 0 where the circuit "
+                               "is removed)")
+    bad = FaithfulnessGrid((row(1.0), row(0.79, ablation="mean"), row(1.21, ablation="zero"), row(float("nan"), level="node"),
+                            row(0.21, direction="clean-circuit"), row(1.0, direction="corrupt-complement"),
+                            row(0.79, direction="corrupt-circuit")))
+    assert bad.verdict(0.2) == ("fails under 6 of 7 settings (|target - normalized| > 0.2): mean (0.790); zero (1.210); "
+                                "node (nan); clean-circuit (0.210, target 0); corrupt-complement (1.000, target 0); "
+                                "corrupt-circuit (0.790)")
     with pytest.raises(ValueError, match="within must lie in"):
         ok.verdict(1.5)
     model, task, g, circuit = setup

@@ -15,8 +15,8 @@ from acdc.tasks import induction, ioi, remake
 
 
 def test_generators_record_a_recipe_that_remakes_the_same_prompts(gpt2_tokenizer):
-    t = ioi(gpt2_tokenizer, 12, seed=3, split="held-out")
-    assert t.recipe == {"task": "ioi", "n_prompts": 12, "seed": 3, "split": "held-out"}  # defaults left out
+    t = ioi(gpt2_tokenizer, 12, seed=3, split="half-held-out")
+    assert t.recipe == {"task": "ioi", "n_prompts": 12, "seed": 3, "split": "half-held-out"}  # defaults left out
     again = remake(t.recipe, gpt2_tokenizer)
     assert again.fingerprint() == t.fingerprint() and torch.equal(again.clean, t.clean)
     other = remake(t.recipe, gpt2_tokenizer, seed=4)

@@ -376,30 +376,100 @@ def test_from_pairs_gpt2(gpt2_tokenizer):
         Task.from_pairs([("The cat", "The dinosaurus", " sat", " ran")], tok)
 
 
-def test_ioi_discovery_and_held_out_prompts_share_no_template_and_no_name(gpt2_tokenizer):
-    """split="discovery" / "held-out" draw from disjoint halves of the templates and the names."""
+def _ioi_parts(task, tok) -> dict[str, set[str]]:
+    """The templates, names, places and objects a task's clean and corrupt prompts were built from (read back from
+    the text, not from the generator's lists)."""
     import re
 
+    from acdc.tasks.ioi import SPLIT_TEMPLATES, TEMPLATES
+
+    every = sorted({*TEMPLATES, *(t for ts in SPLIT_TEMPLATES.values() for t in ts)})
+
+    def pattern(t: str) -> str:
+        p = re.escape(t)
+        for slot, group in (("\\[A\\]", "(?P<a>\\w+)"), ("\\[PLACE\\]", "(?P<place>\\w+)"), ("\\[OBJECT\\]", "(?P<obj>\\w+)")):
+            p = p.replace(slot, group, 1).replace(slot, f"(?P={group[4:group.index('>')]})")
+        p = p.replace("\\[B\\]", "(?P<b>\\w+)", 1).replace("\\[B\\]", "(?P<s>\\w+)")
+        return p
+
+    compiled = [(t, re.compile(pattern(t))) for t in every]
+    out: dict[str, set[str]] = {"templates": set(), "names": set(), "places": set(), "objects": set()}
+    ends = task.answer_pos.reshape(len(task.clean), -1)[:, -1].tolist()
+    for rows in (task.clean, task.corrupt):
+        for row, end in zip(rows, ends, strict=True):
+            text = tok.decode(row[: end + 1]).replace("<|endoftext|>", "")
+            hits = [(t, m) for t, c in compiled if (m := c.fullmatch(text))]
+            assert len(hits) == 1, (text, [t for t, _ in hits])
+            t, m = hits[0]
+            out["templates"].add(t)
+            out["names"] |= {m["a"], m["b"], m["s"]}
+            out["places"] |= {m["place"]} if "place" in m.groupdict() else set()
+            out["objects"] |= {m["obj"]} if "obj" in m.groupdict() else set()
+    return out
+
+
+def test_ioi_discovery_validation_and_test_share_no_template_name_place_or_object(gpt2_tokenizer):
+    """The protocol's three IOI sets, read back from the prompts' text: no template, name, place or object is in
+    two of them, and each set's sentence structures are its own (SPLIT_TEMPLATES)."""
+    from acdc.tasks.ioi import SPLIT_TEMPLATES
+
+    parts = {split: _ioi_parts(acdc.tasks.ioi(gpt2_tokenizer, 120, split=split, seed=3, corrupt="ABC"), gpt2_tokenizer)
+             for split in ("discovery", "validation", "test")}
+    for split, got in parts.items():
+        assert got["templates"] <= set(SPLIT_TEMPLATES[split]) and len(got["templates"]) >= 3, split
+        assert len(got["names"]) >= 20 and len(got["places"]) >= 8 and len(got["objects"]) >= 8, (split, got)
+    for a, b in (("discovery", "validation"), ("discovery", "test"), ("validation", "test")):
+        for kind in ("templates", "names", "places", "objects"):
+            assert not parts[a][kind] & parts[b][kind], (a, b, kind, parts[a][kind] & parts[b][kind])
+    # a template's first words say its structure: a main clause (discovery), a subordinate clause (validation)
+    starts = {split: {t.split()[0] for t in SPLIT_TEMPLATES[split]} for split in SPLIT_TEMPLATES}
+    assert starts["discovery"] <= {"Then,", "Afterwards,", "After"} and starts["validation"] <= {"After", "When", "While"}
+    assert not starts["test"] & (starts["discovery"] | starts["validation"])
+    # the S2-IO corruption stays inside its split too, and the task says which split it is
+    flipped = acdc.tasks.ioi(gpt2_tokenizer, 30, split="test", corrupt="S2-IO", seed=1)
+    assert flipped.name == "ioi-S2-IO-test" and _ioi_parts(flipped, gpt2_tokenizer)["names"] <= parts["test"]["names"] | \
+        _ioi_parts(acdc.tasks.ioi(gpt2_tokenizer, 400, split="test", seed=2), gpt2_tokenizer)["names"]
+    with pytest.raises(ValueError, match="split must be one of"):
+        acdc.tasks.ioi(gpt2_tokenizer, 4, split="held-out")
+
+
+def test_ioi_three_way_split_of_lists_of_your_own_takes_every_third(gpt2_tokenizer):
+    names = ["John", "Mary", "Paul", "Anna", "Tom", "Kate", "Mark", "Lisa", "Peter", "Sarah", "James", "Emma",
+             "David", "Laura", "Adam"]
+    templates = [f"{w}, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to" for w in ("Then", "Later", "Today")]
+    for k, split in enumerate(("discovery", "validation", "test")):
+        task = acdc.tasks.ioi(gpt2_tokenizer, 20, split=split, names=names, templates=templates,
+                              places=["store", "park", "bank"], objects=["ring", "book", "cup"])
+        texts = {gpt2_tokenizer.decode(row).replace("<|endoftext|>", "") for row in task.clean}
+        assert all(x.startswith(("Then", "Later", "Today")[k]) for x in texts)
+        assert all(["store", "park", "bank"][k] in x and ["ring", "book", "cup"][k] in x for x in texts)
+        ids = set(torch.cat([task.correct, task.incorrect]).tolist())
+        assert ids <= {gpt2_tokenizer.encode(" " + n)[0] for n in names[k::3]}
+
+
+def test_ioi_half_splits_are_the_older_two_way_split(gpt2_tokenizer):
+    """"half-discovery" / "half-held-out": even and odd templates and names (how earlier results were made)."""
     from acdc.tasks.ioi import NAMES, TEMPLATES
 
-    def frame(t: str) -> str:
-        pattern = re.escape(t)
-        for slot in ("\\[A\\]", "\\[B\\]", "\\[PLACE\\]", "\\[OBJECT\\]"):
-            pattern = pattern.replace(slot, "\\w+")
-        return pattern
-
-    frames = [frame(t) for t in TEMPLATES]
-    seen = {}
-    for split in ("discovery", "held-out"):
+    for half, split in enumerate(("half-discovery", "half-held-out")):
         task = acdc.tasks.ioi(gpt2_tokenizer, 40, split=split, seed=3)
-        texts = [gpt2_tokenizer.decode(row[: int(end) + 1]) for row, end in zip(task.clean, task.answer_pos.reshape(len(task.clean), -1)[:, -1], strict=True)]
-        used = {i for text in texts for i, f in enumerate(frames) if re.fullmatch(f, text.replace("<|endoftext|>", ""))}
-        names = {gpt2_tokenizer.decode([int(t)]).strip() for t in torch.cat([task.correct.reshape(-1), task.incorrect.reshape(-1)])}
-        half = 0 if split == "discovery" else 1
-        assert used and all(i % 2 == half for i in used), (split, used)
-        assert names <= set(NAMES[half::2])
-        seen[split] = names
+        got = _ioi_parts(task, gpt2_tokenizer)
+        assert got["templates"] <= set(TEMPLATES[half::2]) and got["names"] <= set(NAMES[half::2]), split
         assert task.name == f"ioi-{split}"
-    assert not seen["discovery"] & seen["held-out"]
-    with pytest.raises(ValueError, match="split must be one of"):
-        acdc.tasks.ioi(gpt2_tokenizer, 4, split="test")
+
+
+def test_greater_than_and_induction_splits_share_no_template_noun_or_token(gpt2_tokenizer):
+    from acdc.tasks.greater_than import SPLIT_TEMPLATES
+
+    seen = {}
+    for split in ("discovery", "validation", "test"):
+        t = acdc.tasks.greater_than(gpt2_tokenizer, 60, split=split, seed=0)
+        texts = [gpt2_tokenizer.decode(row).replace("<|endoftext|>", "") for row in t.clean]
+        head = SPLIT_TEMPLATES[split].split("{noun}")[1].split("{century}")[0]  # the words between noun and year
+        assert all(head in x for x in texts) and t.name == f"greater-than-{split}"
+        seen[split] = {x.split()[1] for x in texts}
+        ind = acdc.tasks.induction(50, 10, half=5, split=split, seed=0)
+        seen[split + "-tokens"] = set(ind.clean.unique().tolist())
+    for a, b in (("discovery", "validation"), ("discovery", "test"), ("validation", "test")):
+        assert not seen[a] & seen[b] and not seen[a + "-tokens"] & seen[b + "-tokens"], (a, b)
+    assert len({SPLIT_TEMPLATES[s] for s in SPLIT_TEMPLATES}) == 3

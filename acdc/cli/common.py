@@ -220,12 +220,13 @@ def zoo_pair(name: str, n_prompts: int | None, seed: int) -> tuple[Any, Any]:
 
 
 def task_pair(name: str, model: Any, n_prompts: int | None, seed: int) -> tuple[Any, Any]:
-    """A named task's discovery and held-out prompts: IOI's two halves of templates and names, else another seed."""
+    """A named task's discovery and held-out prompts: IOI's discovery and test sets (no template, name, place or
+    object shared), else another seed."""
     if name == "ioi":
         from ..tasks import ioi
 
         n = 100 if n_prompts is None else n_prompts  # ioi's own default
-        return ioi(model, n, seed=seed, split="discovery"), ioi(model, n, seed=seed, split="held-out")
+        return ioi(model, n, seed=seed, split="discovery"), ioi(model, n, seed=seed, split="test")
     return make_task(name, model, n_prompts, seed), make_task(name, model, n_prompts, seed + HELD_OUT_SEED)
 
 

@@ -40,9 +40,15 @@ import torch
 from .base import Task, recorded
 from .text import encode, named_positions, single_tokens, tokenize_pairs, tokenizer_of, try_encode, vocab_size_of
 
-__all__ = ["greater_than", "NOUNS", "TEMPLATE"]
+__all__ = ["greater_than", "NOUNS", "SPLIT_TEMPLATES", "TEMPLATE"]
 
 TEMPLATE = "The {noun} lasted from the year {century}{yy} to the year {century}"
+# the protocol's three sets (issue 40): the paper's sentence for discovery, two others for validation and test
+SPLIT_TEMPLATES = {
+    "discovery": TEMPLATE,
+    "validation": "The {noun} started in the year {century}{yy} and ended in the year {century}",
+    "test": "The {noun} ran from the year {century}{yy} until the year {century}",
+}
 
 NOUNS = [
     "abduction", "accord", "affair", "agreement", "appraisal", "assault", "assessment", "attack",
@@ -76,6 +82,7 @@ def greater_than(
     digits: bool = False,
     corrupt: str = "01",
     tens: Sequence[int] | None = None,
+    split: str = "all",
 ) -> Task:
     """``n_prompts`` seeded greater-than prompts with "01" corrupt twins.
 
@@ -83,8 +90,15 @@ def greater_than(
     11..17). metric: "prob_diff" (the paper's), "logit_diff" (mean logit of greater years minus
     mean of the others), "kl", or with ``digits`` "year_prob_diff" (the two-digit year, t counted). digits: the
     digit variant for tokenizers that split numbers into digits; corrupt: "01" or "random"; tens: the start years'
-    tens digits to draw from (the module docstring).
+    tens digits to draw from (the module docstring). split: "discovery", "validation" or "test" (the protocol's three
+    sets: each its own sentence, `SPLIT_TEMPLATES`, and every third noun, so they share no template and no noun) or
+    "all" (the paper's sentence, every noun).
     """
+    if split not in ("all", "discovery", "validation", "test"):
+        raise ValueError(f"split must be 'all', 'discovery', 'validation' or 'test', got {split!r}")
+    template = TEMPLATE if split == "all" else SPLIT_TEMPLATES[split]
+    if split != "all":
+        nouns = list(nouns)[("discovery", "validation", "test").index(split)::3]
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
     if corrupt not in ("01", "random"):
@@ -139,12 +153,13 @@ def greater_than(
         else:
             other = 1
         end = str(yy // 10) if two else ""  # year_prob_diff: the prompt goes on with the tens digit t
-        clean.append(TEMPLATE.format(noun=noun, century=century, yy=f"{yy:02d}") + end)
-        corrupted.append(TEMPLATE.format(noun=noun, century=century, yy=f"{other:02d}") + end)
+        clean.append(template.format(noun=noun, century=century, yy=f"{yy:02d}") + end)
+        corrupted.append(template.format(noun=noun, century=century, yy=f"{other:02d}") + end)
         chosen.append(yy)
         used.append(noun)
         cents.append(century)
     clean_t, corrupt_t, last = tokenize_pairs(tok, clean, corrupted, "greater-than")
+    suffix = "" if split == "all" else f"-{split}"
     positions = named_positions(tok, clean, clean_t, last, {  # the last token of each mark
         "NOUN": [f"The {noun}" for noun in used], "YY": [f"the year {c}{yy:02d}" for c, yy in zip(cents, chosen, strict=True)],
         "END": -2 if two else -1, **({"TENS": -1} if two else {}),
@@ -159,7 +174,7 @@ def greater_than(
         pos = torch.tensor(last)
         task = Task.from_tokens(
             clean_t, corrupt_t, correct=correct, incorrect=incorrect, answer_pos=torch.stack([pos - 1, pos], 1), metric=metric,
-            name="greater-than-digits", vocab_size=vocab_size_of(tok),
+            name="greater-than-digits" + suffix, vocab_size=vocab_size_of(tok),
         )
         return replace(task, positions=positions)
     if digits:  # correct: tens digits > t; incorrect: < t; each row padded with -1 to all 10 digits
@@ -172,7 +187,7 @@ def greater_than(
         incorrect = torch.where(all_years <= yy_t, answer_ids[None, :], -1)
     task = Task.from_tokens(
         clean_t, corrupt_t, correct=correct, incorrect=incorrect, answer_pos=last, metric=metric,
-        name="greater-than-digits" if digits else "greater-than", vocab_size=vocab_size_of(tok),
+        name=("greater-than-digits" if digits else "greater-than") + suffix, vocab_size=vocab_size_of(tok),
     )
     return replace(task, positions=positions)
 

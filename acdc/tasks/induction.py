@@ -34,13 +34,18 @@ def induction(
     tokens: Sequence[int] | torch.Tensor | None = None,
     bos: int | None = None,
     metric: str = "kl",
+    split: str = "all",
 ) -> Task:
     """``n_prompts`` repeated random sequences of ``half`` tokens, with shuffled corrupt twins.
 
     model_or_vocab: a model (its ``cfg.d_vocab`` and tokenizer's BOS are used) or a vocabulary size.
     tokens: the token ids to draw from (default: every id except the BOS).
     bos: id put first in every prompt (default: the tokenizer's BOS, else none).
+    split: "discovery", "validation" or "test" draw from disjoint thirds of the token pool (ids = 0, 1, 2 mod 3),
+    so the three sets share no token; "all" from the whole pool.
     """
+    if split not in ("all", "discovery", "validation", "test"):
+        raise ValueError(f"split must be 'all', 'discovery', 'validation' or 'test', got {split!r}")
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
     if half < 2:
@@ -49,6 +54,8 @@ def induction(
     pool = torch.as_tensor(tokens, dtype=torch.long) if tokens is not None else torch.arange(vocab)
     if bos is not None and tokens is None:
         pool = pool[pool != bos]
+    if split != "all":
+        pool = pool[pool % 3 == ("discovery", "validation", "test").index(split)]
     if pool.numel() < half:
         raise ValueError(f"need at least half={half} distinct tokens to draw from, got {pool.numel()}")
     if bool((pool < 0).any() | (pool >= vocab).any()):
@@ -68,7 +75,7 @@ def induction(
     incorrect = corrupt[:, positions + 1]
     task = Task.from_tokens(
         clean, corrupt, correct=correct, incorrect=incorrect, answer_pos=answer_pos, metric=metric,
-        name="induction", vocab_size=vocab,
+        name="induction" + ("" if split == "all" else f"-{split}"), vocab_size=vocab,
     )
     # named positions: the first copy, the second copy, and the BOS ("other")
     index = torch.full(clean.shape, 2, dtype=torch.long)

@@ -27,10 +27,12 @@ from ..positions import REST, Positions
 from .base import Task, pair_batch, recorded
 from .text import example_labels, single_tokens, token_index, tokenizer_of
 
-__all__ = ["ioi", "CORRUPTIONS", "SPLITS", "TEMPLATES", "NAMES", "PLACES", "OBJECTS", "POSITIONS"]
+__all__ = ["ioi", "CORRUPTIONS", "SPLITS", "SPLIT_OBJECTS", "SPLIT_PLACES", "SPLIT_TEMPLATES", "TEMPLATES", "NAMES",
+           "PLACES", "OBJECTS", "POSITIONS"]
 
 CORRUPTIONS = ("ABC", "S2-IO")
-SPLITS = ("all", "discovery", "held-out")
+THREE_WAY = ("discovery", "validation", "test")
+SPLITS = ("all", *THREE_WAY, "half-discovery", "half-held-out")
 
 TEMPLATES = [
     "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to",
@@ -65,6 +67,32 @@ NAMES = [
 PLACES = ["store", "garden", "restaurant", "school", "hospital", "office", "house", "station"]
 OBJECTS = ["ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack"]
 
+# The three-way splits (issue 40): each split has its own sentence structures, names (every third of NAMES),
+# places and objects, so a circuit chosen on discovery + validation prompts is tested on prompts that share
+# nothing with them but the task. Discovery: a main clause, then the giving ("Then, B and A went ... B gave");
+# validation: a subordinate clause first ("When B and A got ..., B gave"); test: frames of neither kind.
+SPLIT_TEMPLATES = {
+    "discovery": [t for t in TEMPLATES if t.startswith(("Then,", "Afterwards,", "After the lunch,"))],
+    "validation": [t for t in TEMPLATES if t.startswith(("After [B]", "When [B]", "While [B]"))],
+    "test": [
+        "The [PLACE] [B] and [A] went to had a [OBJECT]. [B] gave it to",
+        "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to",
+        "It was at the [PLACE] that [B] and [A] met, and [B] handed a [OBJECT] to",
+        "Both [B] and [A] wanted the [OBJECT] from the [PLACE], but [B] gave it to",
+        "On the way to the [PLACE], [B] and [A] found a [OBJECT], and [B] gave it to",
+    ],
+}
+SPLIT_PLACES = {
+    "discovery": [*PLACES, "kitchen", "hall", "castle", "village"],
+    "validation": ["park", "library", "church", "market", "beach", "airport", "bank", "museum", "gym", "farm", "hotel", "zoo"],
+    "test": ["bakery", "pool", "lake", "theater", "mall", "river", "forest", "bar", "club", "stadium", "island", "city"],
+}
+SPLIT_OBJECTS = {
+    "discovery": [*OBJECTS, "guitar", "chair", "knife", "rope"],
+    "validation": ["book", "ball", "key", "letter", "cake", "gift", "hat", "pen", "phone", "flower", "watch", "bag"],
+    "test": ["cup", "bottle", "card", "box", "coin", "camera", "map", "ticket", "shirt", "toy", "lamp", "candle"],
+}
+
 
 @recorded("ioi")
 def ioi(
@@ -79,7 +107,7 @@ def ioi(
     names: Sequence[str] = NAMES,
     places: Sequence[str] = PLACES,
     objects: Sequence[str] = OBJECTS,
-    split: Literal["all", "discovery", "held-out"] = "all",
+    split: Literal["all", "discovery", "validation", "test", "half-discovery", "half-held-out"] = "all",
 ) -> Task:
     """``n_prompts`` seeded IOI prompts with corrupt twins; answers IO (correct) vs S.
 
@@ -87,16 +115,27 @@ def ioi(
     metric: "logit_diff" (IO - S), "prob_diff" or "kl". templates, names, places, objects
     default to the IOI paper's; a template reads "... [B] and [A] ... [B] ..." (BABA order) with
     optional [PLACE] and [OBJECT]. Only words that are one token with a leading space are used.
-    split: "discovery" or "held-out" draw from disjoint halves of the templates and of the names
-    (even and odd places in each list), so a circuit found on one half can be scored on prompts
-    it has never seen, sentence frames and names both; "all" uses every one.
+    split: "discovery", "validation" or "test" (the protocol's three sets) share no sentence structure,
+    template, name, place or object: with the default lists, `SPLIT_TEMPLATES`, every third name of NAMES,
+    `SPLIT_PLACES` and `SPLIT_OBJECTS`; with lists of your own, every third entry of each. Choose every
+    setting on validation prompts and score test prompts once. "half-discovery" / "half-held-out": the
+    older two-way split (even and odd templates and names; places and objects shared), kept so earlier
+    results reproduce. "all" uses every default template, name, place and object.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
-    if split != "all":
+    if split in THREE_WAY:
+        k = THREE_WAY.index(split)
+        templates = SPLIT_TEMPLATES[split] if templates is TEMPLATES else list(templates)[k::3]
+        places = SPLIT_PLACES[split] if places is PLACES else list(places)[k::3]
+        objects = SPLIT_OBJECTS[split] if objects is OBJECTS else list(objects)[k::3]
+        names = list(names)[k::3]
+        if not templates:
+            raise ValueError(f"split {split!r} needs at least three templates (one per split), got {len(templates)}")
+    elif split != "all":
         if len(templates) < 2:
             raise ValueError(f"split {split!r} needs at least two templates (one per half), got {len(templates)}")
-        half = 0 if split == "discovery" else 1
+        half = 0 if split == "half-discovery" else 1
         templates, names = list(templates)[half::2], list(names)[half::2]
     for t in templates:
         if "[B] and [A]" not in t or "[B]" not in t.split("[B] and [A]", 1)[1]:
