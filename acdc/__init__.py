@@ -51,6 +51,7 @@ from .inputs import ABLATIONS
 from .known import KnownCircuit
 from .loading import load_model
 from .metrics import METRICS, Batch, Metric
+from .mib import export_mib, mib_top, read_mib
 from .patching import Patcher
 from .render import DotNotFoundError, render, render_comparison
 from .scores import Scores
@@ -109,6 +110,9 @@ __all__ = [
     "explorer",
     "faithfulness",
     "faithfulness_curve",
+    "export_mib",
+    "mib_top",
+    "read_mib",
     "faithfulness_grid",
     "generate",
     "known",

@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("facts", ("acdc._version", "acdc.files", "acdc.inputs", "acdc.positions", "acdc.graph", "acdc.families", "acdc.model", "acdc.loading", "acdc.metrics", "acdc.progress", "acdc.plots", "acdc.executors")),
     ("transcoders", ("acdc.transcoders",)),
     ("task data", ("acdc.tasks",)),
-    ("result data", ("acdc.interventions", "acdc.circuit", "acdc.scores", "acdc.known", "acdc.attribution_graphs")),
+    ("result data", ("acdc.interventions", "acdc.circuit", "acdc.scores", "acdc.mib", "acdc.known", "acdc.attribution_graphs")),
     ("planted models", ("acdc.zoo",)),
     ("engine", ("acdc.sites", "acdc.edits", "acdc.blocks", "acdc.sources", "acdc.patching", "acdc.neurons", "acdc.feature_nodes", "acdc.linearised", "acdc.mixing", "acdc.firing")),
     ("algorithms", ("acdc.algorithms",)),

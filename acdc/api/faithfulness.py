@@ -28,6 +28,7 @@ from ..inputs import check_ablation
 from ..known import KnownCircuit
 from ..loading import ModelLike
 from ..metrics import Batch, Metric, MetricLike, per_prompt, resolve_metric
+from ..mib import mib_top
 from ..patching import Patcher
 from ..positions import token_names
 from ..progress import bar
@@ -370,29 +371,39 @@ def faithfulness_curve(
     *,
     fractions: Sequence[float] = MIB_FRACTIONS,
     selection: str = "top",
+    absolute: bool = True,
     progress: bool = True,
     **inputs: Unpack[Inputs],
 ) -> FaithfulnessCurve:
     """MIB's curve: normalized faithfulness of the circuits of the best-scored edges at each fraction.
 
     The circuit at fraction f is ``scores.top(ceil(f * n_edges))`` (``selection="greedy"``: grown
-    from the logits); everything outside it is ablated on the clean prompts. One patcher serves
-    every fraction. CPR and CMD are the curve's areas (`FaithfulnessCurve`). ``progress``: a bar
+    from the logits; ``selection="mib"``: MIB's own rule, `acdc.mib_top`: the floor of f * n_edges by
+    |score|, or by signed score without ``absolute``, pruned to the edges on input-to-logits paths, so the
+    values equal MIB's evaluation code's); everything outside it is ablated on the clean prompts. One patcher
+    serves every fraction. CPR and CMD are the curve's areas (`FaithfulnessCurve`). ``progress``: a bar
     over the fractions.
     """
-    if selection not in ("top", "greedy"):
-        raise ValueError(f"unknown selection {selection!r}; choose top or greedy")
+    if selection not in ("top", "greedy", "mib"):
+        raise ValueError(f"unknown selection {selection!r}; choose top, greedy or mib")
+    if not absolute and selection != "mib":
+        raise ValueError("absolute=False (ranking by signed score) is MIB's option; pass selection='mib'")
     patcher, m, batch = prepare(model, task, **take("faithfulness_curve", inputs, names_of(Inputs))[0])
     g = patcher.graph
     g.check_fits(scores.graph, "these scores")
     full, empty = full_and_empty(patcher, m, batch)
-    sizes = [max(1, min(g.n_edges, math.ceil(f * g.n_edges))) for f in fractions]
+    if selection == "mib":
+        circuits = [mib_top(scores, f, absolute=absolute) for f in fractions]
+        sizes = [c.n_edges for c in circuits]
+    else:
+        sizes = [max(1, min(g.n_edges, math.ceil(f * g.n_edges))) for f in fractions]
+        circuits = [scores.top(k) if selection == "top" else scores.greedy(k) for k in sizes]
     values = []
-    for k in bar(sizes, desc="faithfulness curve", unit="circuit", disable=not progress):
-        c = scores.top(k) if selection == "top" else scores.greedy(k)
+    for c in bar(circuits, desc="faithfulness curve", unit="circuit", disable=not progress):
         values.append((m(patcher.logits(c), batch) - empty) / (full - empty) if full != empty else math.nan)
     curve = FaithfulnessCurve.from_values(list(fractions), values)
-    return FaithfulnessCurve(curve.fractions, curve.values, tuple(sorted(sizes)))
+    order = sorted(range(len(fractions)), key=lambda i: fractions[i])  # the sizes in the curve's order
+    return FaithfulnessCurve(curve.fractions, curve.values, tuple(sizes[i] for i in order))
 
 
 def mean_weights_for(task: Any, mean_over: str | int, seed: int, ablation: str) -> Tensor | None:
