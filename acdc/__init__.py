@@ -40,6 +40,7 @@ from .api import (
     roc,
 )
 from .attribution_graphs import AttributionGraph
+from .blocks import GIM
 from .circuit import Circuit
 from .comparison import Comparison, Method, compare
 from .edits import Generated, generate
@@ -94,6 +95,7 @@ __all__ = [
     "Patcher",
     "Recovery",
     "Scores",
+    "GIM",
     "Task",
     "TrainOptions",
     "TranscoderSet",

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from .graph import Graph
 from .inputs import Ablation
-from .model import HeadsPart, MLPPart, Part, Transformer
+from .model import HeadsPart, MLPPart, Part, Transformer, scale_gradient
 from .transcoders import FeatureDictionary
 
-__all__ = ["MLP_ENGINES", "Block", "FullRun", "GradPass", "HeadsBlock", "Job", "MLPBlock", "MLPUnits", "UnitsBlock", "blocks_of",
+__all__ = ["GIM", "MLP_ENGINES", "Block", "FullRun", "GradPass", "HeadsBlock", "Job", "MLPBlock", "MLPUnits", "UnitsBlock", "blocks_of",
            "extras_of", "is_cross_layer", "rows_of", "units_of", "weighted_rows"]
 
 
@@ -326,7 +327,7 @@ class HeadsBlock(Block):
     def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
         tf, layer = gp.p.tf, self.layer
         heads = torch.arange(len(self.sources), device=tf.device)
-        ln = tf.ln(x, "ln1", layer)  # one LayerNorm for q, k and v (less to keep for backward)
+        ln = tf.ln(x, "ln1", layer, frozen=gp.frozen)  # one LayerNorm for q, k and v (less to keep for backward)
         proj = [tf.project_linear(layer, heads, ln, w) for w in "QKV"]  # `project_grad` is their backward
         for t in proj:
             t.retain_grad()
@@ -340,7 +341,11 @@ class HeadsBlock(Block):
             v = proj[2]
         else:
             q, k, v = (tf.qk_normed(layer, heads, t, w, ln) for t, w in zip(proj, "QKV", strict=True))
-        out = gp.replaced(self.sources, tf.attend(layer, heads, q, k, v))
+        r = gp.rules
+        if r is not None:
+            q, k, v = scale_gradient(q, r.q_scale), scale_gradient(k, r.k_scale), scale_gradient(v, r.v_scale)
+        out = gp.replaced(self.sources, tf.attend(layer, heads, q, k, v,
+                                                  backward_temperature=1.0 if r is None else r.softmax_temperature))
         gp.heads[self.layer] = (x, proj, full)
         y = out.sum(0) + tf.attn_bias(layer)
         if tf.arch.post_norms:  # where this pass linearises the layer's norm after attention (`SourceValues.dot`)
@@ -356,7 +361,7 @@ class HeadsBlock(Block):
             g = tf.project_grad(layer, w, _grad(t))
             if j < len(full):  # a QK norm over the whole projection: its RMS's share, through every head's weights
                 g = g + tf.project_grad_all(layer, w, _grad(full[j]))
-            dx = tf.ln_vjp(x.detach(), g, "ln1", layer)  # [H, B, S, d]
+            dx = tf.ln_vjp(x.detach(), g, "ln1", layer, frozen=gp.frozen)  # [H, B, S, d]
             if gp.p.graph.split_qkv:
                 yield rows[:, j], self.upto, dx
             else:
@@ -413,7 +418,7 @@ class MLPBlock(Block):
     def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
         probe = torch.zeros_like(x, requires_grad=True)  # its gradient is the one at the MLP's input
         gp.probes[self.layer] = probe
-        return gp.replaced(self.sources, gp.p.tf.mlp(self.layer, x + probe))
+        return gp.replaced(self.sources, gp.p.tf.mlp(self.layer, x + probe, frozen_norm=gp.frozen))
 
     def grad_inputs(self, gp: GradPass) -> Iterator[tuple[Tensor, int, Tensor]]:
         probe = gp.probes.pop(self.layer)
@@ -969,18 +974,72 @@ class Job:
 
 
 # ---------------------------------------------------------------------- gradient pass
+@dataclass(frozen=True)
+class GIM:
+    """GIM's backward rules (Edin et al. 2025, "GIM: Improved Interpretability for Large Language Models";
+    corticph/gim) for the gradient passes of EAP and EAP-IG. The forward is unchanged; the backward:
+
+    - ``freeze_norm``: each norm's statistic (LayerNorm's std, RMSNorm's RMS) is a constant;
+    - ``softmax_temperature`` T: attention's softmax backward is taken at scores / T (softer);
+    - ``q_scale``, ``k_scale``, ``v_scale``: the gradient through each head's queries, keys and values is
+      multiplied by these (GIM's defaults: 1/4, 1/4, 1/2).
+
+    GIM's newer releases also scale a gated MLP's gate and up branches; that rule is not applied here. Norms after
+    a sublayer or on queries and keys (Gemma 2/3, OLMo-2, Qwen3) are not frozen, so ``freeze_norm`` is refused
+    for those families (`check`)."""
+
+    freeze_norm: bool = True
+    softmax_temperature: float = 2.0
+    q_scale: float = 0.25
+    k_scale: float = 0.25
+    v_scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.softmax_temperature > 0:
+            raise ValueError(f"softmax_temperature must be > 0, got {self.softmax_temperature!r}")
+
+    @classmethod
+    def of(cls, given: bool | Mapping[str, Any] | GIM | None) -> GIM | None:
+        """The rules an option names: False/None: none; True: GIM's defaults; a dict: those fields changed."""
+        if given is None or given is False:
+            return None
+        if given is True:
+            return cls()
+        if isinstance(given, GIM):
+            return given
+        if isinstance(given, Mapping):
+            unknown = sorted(set(given) - set(asdict(cls())))
+            if unknown:
+                raise ValueError(f"unknown GIM rule(s) {unknown}; choose from {sorted(asdict(cls()))}")
+            return cls(**given)
+        raise ValueError(f"gim must be True, False, a GIM or a dict of its fields, got {given!r}")
+
+    def check(self, tf: Transformer) -> None:
+        """A one-line error where ``freeze_norm`` would leave some of the family's norms live."""
+        a = tf.arch
+        if self.freeze_norm and (a.post_norms or a.qk_norm):
+            which = "norms after its sublayers" if a.post_norms else "norms on queries and keys"
+            raise ValueError(f"GIM's freeze_norm covers the norms before each sublayer and the final one; this family "
+                             f"also has {which}, which it would leave live: pass gim={{'freeze_norm': False}} or use plain EAP")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class GradPass:
     """One forward with autograd and one backward (EAP, EAP-IG); the gradient at an MLP's input is
     the same whether the MLP is whole or factored units.
 
     ``replace=(sources, values)``: those sources output ``values`` [n, B, S, d] forward, while the
     gradient flows through their real computation (so their inputs keep theirs): EAP-IG's
-    interpolated node group. The input node is replaced outright.
+    interpolated node group. The input node is replaced outright. ``rules``: GIM's backward rules, or None.
     """
 
-    def __init__(self, p: Engine, replace: tuple[range, Tensor] | None):
+    def __init__(self, p: Engine, replace: tuple[range, Tensor] | None, rules: GIM | None = None):
         self.p = p
         self.replace = replace
+        self.rules = rules
+        self.frozen = rules is not None and rules.freeze_norm
         # layer -> its input stream, its [q, k, v] projections and (a QK norm over the whole projection) each head's copy of it
         self.heads: dict[int, tuple[Tensor, list[Tensor], list[Tensor]]] = {}
         self.probes: dict[int, Tensor] = {}  # layer -> a zero added to its MLP's input (its gradient is the input's)

@@ -154,6 +154,47 @@ class MLPPart(Part):
         return p.mlp(self, x)
 
 
+class _SoftmaxBackwardAt(torch.autograd.Function):
+    """softmax(x) forward; backward as softmax's Jacobian at x / T: s_T * (g - <g, s_T>), s_T = softmax(x / T)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, temperature: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.temperature = temperature
+        return x.softmax(-1)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        s = (x / ctx.temperature).softmax(-1)
+        g = grads[0]
+        return s * (g - (g * s).sum(-1, keepdim=True)), None
+
+
+def softmax_backward_at(x: Tensor, temperature: float) -> Tensor:
+    """softmax(x) over the last dim, with its backward taken at x / temperature (GIM's softmax rule: the chain
+    factor 1 / T is not applied, as GIM's own code does not)."""
+    return _SoftmaxBackwardAt.apply(x, float(temperature))  # pyright: ignore[reportReturnType]
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """x forward; the gradient times ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None]:
+        return grads[0] * ctx.scale, None
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """x itself, with the gradient that passes through it multiplied by ``scale`` (GIM's q/k/v rule); x when 1."""
+    return x if scale == 1.0 else _ScaleGradient.apply(x, float(scale))  # pyright: ignore[reportReturnType]
+
+
 def parts_of(arch: Architecture) -> list[Part]:
     """The layer loop of ``arch`` in forward order: per layer its heads, then its MLP (none when
     attention-only; reading the stream before the heads when attention and MLP run in parallel)."""
@@ -403,23 +444,30 @@ class Transformer:
             x = x + self.w["W_pos"][: tokens.shape[-1]]
         return x
 
-    def ln(self, x: Tensor, name: str, layer: int | None = None) -> Tensor:
+    def ln(self, x: Tensor, name: str, layer: int | None = None, *, frozen: bool = False) -> Tensor:
         """Norm ``name`` ("ln1", "ln2" per layer, or "lnf") of x [..., d_model]: LayerNorm or RMSNorm (x itself
-        for "ln1" and "ln2" in a family without norms before its sublayers, OLMo-2)."""
+        for "ln1" and "ln2" in a family without norms before its sublayers, OLMo-2). ``frozen``: the same values,
+        with the statistic it divides by (std, RMS) detached from the backward (GIM's norm rule)."""
         if not self.arch.pre_norms and name in ("ln1", "ln2"):
             return x
         w, b = self.w[f"{name}_w"], self.w[f"{name}_b"]
         if layer is not None:
             w, b = w[layer], b[layer]
         if self.arch.norm == "RMS":
-            return x * (x.pow(2).mean(-1, keepdim=True) + self.arch.eps).rsqrt() * w
+            r = (x.pow(2).mean(-1, keepdim=True) + self.arch.eps).rsqrt()
+            return x * (r.detach() if frozen else r) * w
+        if frozen:
+            centred = x - x.mean(-1, keepdim=True)
+            return centred * (centred.pow(2).mean(-1, keepdim=True) + self.arch.eps).rsqrt().detach() * w + b
         return F.layer_norm(x, (x.shape[-1],), w, b, self.arch.eps)
 
-    def ln_vjp(self, x: Tensor, grad: Tensor, name: str, layer: int | None = None) -> Tensor:
+    def ln_vjp(self, x: Tensor, grad: Tensor, name: str, layer: int | None = None, *, frozen: bool = False) -> Tensor:
         """Gradient w.r.t. a LayerNorm's input x [..., d] given the gradient of its output.
 
         grad may carry extra leading dims (e.g. one per head) that broadcast against x. This is
         LayerNorm's backward pass written out, so one forward can serve many output gradients.
+        ``frozen``: the backward of `ln`'s frozen form (the statistic a constant: grad * w, centred for
+        LayerNorm, times 1/std).
         """
         if not self.arch.pre_norms and name in ("ln1", "ln2"):
             return grad.expand(*torch.broadcast_shapes(grad.shape, x.shape)).clone()
@@ -428,8 +476,12 @@ class Transformer:
         mu = 0.0 if rms else x.mean(-1, keepdim=True)
         var = x.pow(2).mean(-1, keepdim=True) if rms else x.var(-1, unbiased=False, keepdim=True)
         rstd = (var + self.arch.eps).rsqrt()
-        xhat = (x - mu) * rstd
         gw = grad * w  # the one full-size temporary; the rest is in place
+        if frozen:
+            if not rms:
+                gw.sub_(gw.mean(-1, keepdim=True))
+            return gw.mul_(rstd)
+        xhat = (x - mu) * rstd
         proj = (gw * xhat).sum(-1, keepdim=True) if gw.dim() == xhat.dim() else torch.einsum(
             "...d,...d->...", gw, xhat.expand_as(gw))[..., None]
         if not rms:  # LayerNorm also removes the mean
@@ -481,10 +533,12 @@ class Transformer:
         return self.attend(layer, heads, qm, km, vm, q_pos)
 
     def attend(
-        self, layer: int, heads: Tensor, qm: Tensor, km: Tensor, vm: Tensor, q_pos: Tensor | None = None
+        self, layer: int, heads: Tensor, qm: Tensor, km: Tensor, vm: Tensor, q_pos: Tensor | None = None,
+        *, backward_temperature: float = 1.0,
     ) -> Tensor:
-        """Attention from projected queries, keys, values [h, n, p|pos, d_head] -> [h, n, p, d_model]."""
-        return self.mix(layer, heads, self.pattern(layer, qm, km, q_pos, heads), vm)
+        """Attention from projected queries, keys, values [h, n, p|pos, d_head] -> [h, n, p, d_model]
+        (``backward_temperature``: `pattern`'s)."""
+        return self.mix(layer, heads, self.pattern(layer, qm, km, q_pos, heads, backward_temperature=backward_temperature), vm)
 
     def mix(self, layer: int, heads: Tensor, pattern: Tensor, vm: Tensor) -> Tensor:
         """Heads' outputs from their pattern [h, n, p, pos] and projected values [h, n, pos, d_head] -> [h, n, p, d_model]."""
@@ -493,11 +547,14 @@ class Transformer:
         out = torch.bmm(z.reshape(h, n * p, dh), self.w["W_O"][layer][heads])
         return out.view(h, n, p, self.arch.d_model)
 
-    def pattern(self, layer: int, qm: Tensor, km: Tensor, q_pos: Tensor | None = None, heads: Tensor | None = None) -> Tensor:
+    def pattern(self, layer: int, qm: Tensor, km: Tensor, q_pos: Tensor | None = None, heads: Tensor | None = None,
+                *, backward_temperature: float = 1.0) -> Tensor:
         """Attention probabilities [h, n, p, pos] of ``layer``'s heads ``heads`` [h] (None: every head, in order) from
         projected queries and keys [h, n, p|pos, d_head]: rotary, scaled scores (soft-capped where the family caps
         them), causal (and, in a sliding-window layer, only the window's last keys); with attention sinks (GPT-OSS)
-        each head's sink logit joins the softmax and its share is dropped, so a row sums to less than 1."""
+        each head's sink logit joins the softmax and its share is dropped, so a row sums to less than 1.
+        ``backward_temperature`` T != 1: the same probabilities, with the softmax's backward taken at scores / T
+        (GIM's softmax rule, `softmax_backward_at`)."""
         a = self.arch
         n_pos = km.shape[-2]
         key_pos = torch.arange(n_pos, device=km.device)
@@ -514,11 +571,12 @@ class Transformer:
         if window:
             allowed = allowed & (key_pos > q_pos[..., None] - window)
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        if not a.attn_sinks:
-            return scores.softmax(-1)
-        sink = self.w["sinks"][layer] if heads is None else self.w["sinks"][layer][heads]  # [h]
-        sink = sink.to(scores.dtype).view(-1, 1, 1, 1).expand(*scores.shape[:-1], 1)
-        return torch.cat([scores, sink], -1).softmax(-1)[..., :-1]
+        if a.attn_sinks:
+            sink = self.w["sinks"][layer] if heads is None else self.w["sinks"][layer][heads]  # [h]
+            sink = sink.to(scores.dtype).view(-1, 1, 1, 1).expand(*scores.shape[:-1], 1)
+            scores = torch.cat([scores, sink], -1)
+        probs = scores.softmax(-1) if backward_temperature == 1.0 else softmax_backward_at(scores, backward_temperature)
+        return probs[..., :-1] if a.attn_sinks else probs
 
     @torch.no_grad()
     def attention_patterns(self, tokens: Tensor) -> Tensor:
@@ -632,9 +690,10 @@ class Transformer:
         ``which`` [h, n, p, H, d_head] (`qk_full`'s backward: a QK norm over the whole projection)."""
         return torch.einsum("hnpje,jde->hnpd", grad, self.w[f"W_{which}"][layer])
 
-    def mlp(self, layer: int, x: Tensor) -> Tensor:
-        """Output of MLP `layer` (b_out included) for input x [..., d_model]."""
-        return self.mlp_normed(layer, self.mlp_input(layer, x))
+    def mlp(self, layer: int, x: Tensor, *, frozen_norm: bool = False) -> Tensor:
+        """Output of MLP `layer` (b_out included) for input x [..., d_model] (``frozen_norm``: its norm's statistic
+        detached from the backward, `ln`)."""
+        return self.mlp_normed(layer, self.ln(x, "ln2", layer, frozen=True) if frozen_norm else self.mlp_input(layer, x))
 
     def mlp_normed(self, layer: int, ln: Tensor) -> Tensor:
         """Output of MLP `layer` (b_out included) from its normed input ln [..., d_model] (`mlp_input`'s output)."""
@@ -748,10 +807,11 @@ class Transformer:
         keys = ("W_in", "b_in", "W_out", "b_out") + (("W_gate",) if self.arch.gated_mlp else ())
         return {k: self.w[k][layer] for k in keys}
 
-    def unembed(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
+    def unembed(self, x: Tensor, vocab: Tensor | None = None, *, frozen_norm: bool = False) -> Tensor:
         """Final LayerNorm and unembedding: [..., d_model] -> [..., d_vocab], or only the columns
-        ``vocab`` [k] -> [..., k] (a metric that reads a few tokens' logits: the same numbers, k of them)."""
-        ln = self.ln(x, "lnf")
+        ``vocab`` [k] -> [..., k] (a metric that reads a few tokens' logits: the same numbers, k of them).
+        ``frozen_norm``: the final norm's statistic detached from the backward (`ln`)."""
+        ln = self.ln(x, "lnf", frozen=frozen_norm)
         W, b = (self.w["W_U"], self.w["b_U"]) if vocab is None else self._unembed_columns(vocab)
         logits = (ln.reshape(-1, ln.shape[-1]) @ W + b).view(*x.shape[:-1], -1)
         cap = self.arch.final_softcap

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .blocks import (
+    GIM,
     MLP_ENGINES,
     Block,
     FullRun,
@@ -730,7 +731,7 @@ class Patcher:
 
     def input_gradients(
         self, loss: Callable[[Tensor], Tensor], interpolate: tuple[range, float] | None = None,
-        head_sums: dict[int, Tensor] | None = None,
+        head_sums: dict[int, Tensor] | None = None, rules: GIM | None = None,
     ) -> Iterator[tuple[Tensor, int, Tensor]]:
         """The gradient of ``loss(logits [rows, d_vocab])`` at every destination's input on the clean run.
 
@@ -741,13 +742,15 @@ class Patcher:
         output A + alpha (O - A) instead, with gradients through their computation (EAP-IG's
         interpolated node group). ``head_sums``: a dict filled, before the first yield, with each layer's heads'
         summed output [B, S, d] before its norm in this pass (post-norm families: where `SourceValues.dot` takes
-        the norm's derivative).
+        the norm's derivative). ``rules``: GIM's backward rules (`acdc.blocks.GIM`) for this pass, or None.
         """
         g, a = self.graph, self.tf.arch
+        if rules is not None:
+            rules.check(self.tf)
         replace = None
         if interpolate is not None:
             replace = (interpolate[0], self.source_values.interpolated(*interpolate))
-        gp = GradPass(self, replace)
+        gp = GradPass(self, replace, rules)
         with torch.enable_grad():
             first = replace[1][0] if replace is not None and replace[0] == range(0, 1) else self.clean.sources[0]
             cur = first.detach().requires_grad_()  # so every later activation carries a gradient
@@ -756,7 +759,7 @@ class Patcher:
                 x = streams.setdefault(block.stream, cur)
                 cur = cur + block.grad_forward(gp, x)
             final_probe = torch.zeros_like(cur, requires_grad=True)
-            logits = self.tf.unembed(self.at_answers(cur + final_probe)).reshape(-1, a.d_vocab)
+            logits = self.tf.unembed(self.at_answers(cur + final_probe), frozen_norm=gp.frozen).reshape(-1, a.d_vocab)
             loss(logits).backward()
         if head_sums is not None:
             head_sums.update(gp.head_sums)

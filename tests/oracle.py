@@ -199,13 +199,79 @@ def per_position_masks(graph: Graph, mask: Tensor, positions) -> dict[str, Tenso
     return out
 
 
-def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn, qk_copies: list | None = None) -> dict[str, Tensor]:
+class _GIMSoftmax(torch.autograd.Function):
+    """GIM's softmax rule written from its paper's definition: softmax(x) forward; backward the softmax Jacobian at
+    x / T applied to the incoming gradient, s * (g - sum(g * s)) with s = softmax(x / T)."""
+
+    @staticmethod
+    def forward(ctx, x, T):
+        ctx.save_for_backward(x)
+        ctx.T = T
+        return torch.softmax(x, -1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        s = torch.softmax(x / ctx.T, -1)
+        return s * (g - (g * s).sum(-1, keepdim=True)), None
+
+
+class _Scale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, k):
+        ctx.k = k
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.k, None
+
+
+class _FrozenNorm(torch.nn.Module):
+    """A LayerNorm (or RMSNorm: no centring, no bias) with its statistic detached, as GIM's LayerNormDetach."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        n = self.norm
+        rms = not hasattr(n, "bias") or n.bias is None
+        c = x if rms else x - x.mean(-1, keepdim=True)
+        eps = getattr(n, "eps", None) or getattr(n, "variance_epsilon", 1e-5)
+        y = c / (c.pow(2).mean(-1, keepdim=True) + eps).sqrt().detach() * n.weight
+        return y if rms else y + n.bias
+
+
+def gim_hooks(gim) -> list:
+    """TransformerLens hooks applying GIM's rules (as GIM's own TransformerLens integration does): every norm's
+    ``hook_scale`` detached, queries / keys / values' gradients scaled at ``attn.hook_q/k/v``, and the pattern
+    recomputed from the saved scores by `_GIMSoftmax`."""
+    scores: dict[str, Tensor] = {}
+    hooks = []
+    if gim.freeze_norm:
+        hooks.append((lambda n: n.endswith("hook_scale"), lambda x, hook: x.detach()))
+    for letter, k in (("q", gim.q_scale), ("k", gim.k_scale), ("v", gim.v_scale)):
+        hooks.append((lambda n, letter=letter: n.endswith(f"attn.hook_{letter}"), lambda x, hook, k=k: _Scale.apply(x, k)))
+
+    def keep(x, hook):
+        scores[hook.name.rsplit(".", 1)[0]] = x
+        return x
+
+    hooks.append((lambda n: n.endswith("attn.hook_attn_scores"), keep))
+    hooks.append((lambda n: n.endswith("attn.hook_pattern"),
+                  lambda x, hook: _GIMSoftmax.apply(scores[hook.name.rsplit(".", 1)[0]], gim.softmax_temperature)))
+    return hooks
+
+
+def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn, qk_copies: list | None = None, gim=None) -> dict[str, Tensor]:
     """d loss / d (input of each destination), [batch, pos, d_model] each, by TransformerLens hooks.
 
     Each destination's input gets a zero tensor added at its own hook (a head's q/k/v input
     slice, an MLP input, the final residual); the gradient of the loss w.r.t. that zero tensor
     is the gradient w.r.t. that destination's input alone. ``loss_fn(logits [batch, pos, vocab])``.
-    ``qk_copies``: as `split_forward`'s (each head's query and key normed from its own input).
+    ``qk_copies``: as `split_forward`'s (each head's query and key normed from its own input). ``gim``: an
+    `acdc.GIM`, its rules applied by `gim_hooks`.
     """
     model.set_use_split_qkv_input(True)
     model.set_use_hook_mlp_in(True)
@@ -243,21 +309,37 @@ def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn, qk_copies: l
             hooks += [(f"blocks.{layer}.attn.hook_{letter}_normed", qk_copy(layer, letter)) for letter in "qk"]
         hooks.append((f"blocks.{layer}.hook_mlp_in", lambda x, hook, n=f"m{layer}": x + probes[n]))
     hooks.append(("ln_final.hook_in", lambda x, hook: x + probes["logits"]))
-    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    swapped = []
+    if gim is not None:
+        hooks += gim_hooks(gim)
+        if gim.freeze_norm:  # the bridge norms each head's split q/k/v input with ln1's raw module, past its hooks
+            for m in model.modules():
+                if getattr(m, "_ln1_module", None) is not None:
+                    def per_head(x, m=m):
+                        b, s, h, d = x.shape
+                        return _FrozenNorm(m._ln1_module)(x.reshape(b * s * h, d)).reshape(b, s, h, d)
+                    object.__setattr__(m, "_apply_ln1_per_head", per_head)  # the bridge re-wires _ln1_module each forward
+                    swapped.append(m)
+    try:
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    finally:
+        for m in swapped:
+            object.__delattr__(m, "_apply_ln1_per_head")
     loss_fn(logits).backward()
     return {name: p.grad for name, p in probes.items()}
 
 
 def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation: str, loss_fn,
-                  positions=None, **split) -> dict[str, float]:
+                  positions=None, gim=None, **split) -> dict[str, float]:
     """EAP by hand: (ablated - clean source output) . gradient at the destination input, summed.
 
     With ``positions`` (an `acdc.Positions` for a positional ``graph``), each edge sums over its
-    position's tokens only; ``split``: how MLPs are split into nodes (`split_forward`).
+    position's tokens only; ``split``: how MLPs are split into nodes (`split_forward`); ``gim``: the gradient
+    under GIM's rules (`destination_grads`).
     """
     clean_out = split_forward(model, graph, clean, **split)[1]
     corrupt_out = split_forward(model, graph, corrupt, **split)[1]
-    grads = destination_grads(model, graph, clean, loss_fn, split.get("qk_copies"))
+    grads = destination_grads(model, graph, clean, loss_fn, split.get("qk_copies"), gim)
     out = {}
     for e in graph.edges:
         src = e.src.name

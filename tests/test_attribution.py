@@ -31,6 +31,42 @@ def test_eap_equals_gradient_formula(arch, split_qkv, ablation, gpt2_model, neox
         assert got[name] == pytest.approx(v, abs=1e-4 * scale, rel=1e-4), name
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "neox"])
+@pytest.mark.parametrize("split_qkv", [True, False])
+@pytest.mark.parametrize("rules", [{}, {"freeze_norm": False}, {"softmax_temperature": 1.0, "q_scale": 1.0},
+                                   {"softmax_temperature": 3.0, "k_scale": 0.1, "v_scale": 2.0}])
+def test_gim_equals_the_gradient_formula_under_gims_rules(arch, split_qkv, rules, gpt2_model, neox_model):
+    """EAP with GIM's backward rules equals (A - O) . gradient, the gradient taken by a TransformerLens forward with
+    GIM's rules applied by hooks (norm scales detached, q/k/v gradients scaled, the pattern's backward at scores / T);
+    the rules change the scores (plain EAP differs), and each rule alone is pinned by the variants."""
+    model = gpt2_model if arch == "gpt2" else neox_model
+    clean, corrupt = random_tokens()
+    g = Graph.from_model(model, split_qkv=split_qkv)
+    gim = acdc.GIM(**rules)
+    s = acdc.algorithms.get_algorithm("eap")  # the registered algorithm takes a GIM or a dict of its fields
+    task = acdc.Task.from_tokens(clean, corrupt, correct=random_answers()[0], incorrect=random_answers()[1])
+    patcher, metric, batch = acdc.api.prepare(model, task, graph=g, ablation="resample")
+    got = s(patcher, metric, batch, gim=rules or True)
+    assert got.settings["gim"] == gim.to_dict()
+    ref = eap_reference(model, g, clean, corrupt, "resample", logit_diff_loss, gim=gim)
+    plain = eap_reference(model, g, clean, corrupt, "resample", logit_diff_loss)
+    scale = max(abs(v) for v in ref.values())
+    assert scale > 0
+    for name, v in ref.items():
+        assert got[name] == pytest.approx(v, abs=1e-4 * scale, rel=1e-4), name
+    assert max(abs(ref[k] - plain[k]) for k in ref) > 1e-2 * scale  # the rules matter here
+    via_attribute = acdc.attribute(model, task, method="eap", gim=True, graph=g, progress=False)
+    assert torch.allclose(via_attribute.values, s(patcher, metric, batch, gim=True).values)
+
+
+def test_gim_is_refused_where_it_would_leave_norms_live_and_for_unknown_rules(gpt2_model):
+    with pytest.raises(ValueError, match="unknown GIM rule"):
+        acdc.GIM.of({"temperature": 2})
+    with pytest.raises(ValueError, match="softmax_temperature must be > 0"):
+        acdc.GIM(softmax_temperature=0)
+    assert acdc.GIM.of(False) is None and acdc.GIM.of(True) == acdc.GIM()
+
+
 def test_ig_with_one_step_is_eap(gpt2_model):
     clean, corrupt = random_tokens()
     kw = dict(metric="logit_diff", answers=random_answers())

@@ -84,6 +84,12 @@ def test_one_set_of_flags(tmp_path, capsys):
         assert len(edges) == scores.graph.n_edges and all(v["score"] == scores[k] for k, v in edges.items())
     again = acdc.Scores.from_json(e / "scores.json")  # a second run: the same values (its settings time it)
     assert torch.equal(again.values, scores.values) and Circuit.from_json(e / "circuit.json").edges == top9.edges
+    gim = tmp_path / "gim"
+    assert main(["attribute", "--model", "zoo:ioi", "--method", "eap", "--gim", "-o", str(gim), "--no-progress"]) == 0
+    with_gim = acdc.Scores.from_json(gim / "scores.json")
+    entry = acdc.zoo.load("ioi")
+    assert with_gim.settings["gim"] == acdc.GIM().to_dict()
+    assert torch.allclose(with_gim.values, acdc.attribute(entry.model, entry.task, method="eap", gim=True, progress=False).values)
     r = tmp_path / "r"
     assert main(["roc", "--model", "zoo:induction", "--n-thresholds", "4", "-o", str(r), "--no-progress"]) == 0
     data = json.loads((r / "roc.json").read_text())

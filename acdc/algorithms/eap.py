@@ -40,12 +40,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..blocks import GIM
 from ..metrics import Batch, Metric
 from ..patching import Patcher
 from ..progress import bar
 from ..scores import Scores
 
-__all__ = ["METHODS", "AttributionOptions", "VanishingScoresWarning", "attribution_scores", "check_options", "check_vanishing", "eap", "eap_ig_activations", "eap_ig_inputs"]
+__all__ = ["GIM", "METHODS", "AttributionOptions", "VanishingScoresWarning", "attribution_scores", "check_options", "check_vanishing", "eap", "eap_ig_activations", "eap_ig_inputs"]
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
 METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations")
@@ -53,23 +54,29 @@ Grid = Literal["right", "left"]
 GRIDS: tuple[str, ...] = ("right", "left")
 
 
-def eap(patcher: Patcher, metric: Metric, batch: Batch, *, progress: bool = False) -> Scores:
-    """EAP: one forward and one backward at the clean run."""
-    return _scores(patcher, metric, batch, "eap", 1, progress)
+GIMOption = bool | dict[str, Any] | GIM
+
+
+def eap(patcher: Patcher, metric: Metric, batch: Batch, *, gim: GIMOption = False, progress: bool = False) -> Scores:
+    """EAP: one forward and one backward at the clean run (``gim``: GIM's backward rules, `acdc.GIM`)."""
+    return _scores(patcher, metric, batch, "eap", 1, progress, gim=gim)
 
 
 def eap_ig_inputs(
-    patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, grid: Grid = "right", progress: bool = False
+    patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, grid: Grid = "right", gim: GIMOption = False,
+    progress: bool = False,
 ) -> Scores:
-    """EAP-IG with the input embedding interpolated (``steps`` gradient passes on ``grid``)."""
-    return _scores(patcher, metric, batch, "eap-ig-inputs", steps, progress, grid)
+    """EAP-IG with the input embedding interpolated (``steps`` gradient passes on ``grid``; ``gim`` as `eap`'s)."""
+    return _scores(patcher, metric, batch, "eap-ig-inputs", steps, progress, grid, gim)
 
 
 def eap_ig_activations(
-    patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, grid: Grid = "right", progress: bool = False
+    patcher: Patcher, metric: Metric, batch: Batch, *, steps: int = 5, grid: Grid = "right", gim: GIMOption = False,
+    progress: bool = False,
 ) -> Scores:
-    """EAP-IG with each node group's output interpolated in turn (``steps`` passes per group on ``grid``)."""
-    return _scores(patcher, metric, batch, "eap-ig-activations", steps, progress, grid)
+    """EAP-IG with each node group's output interpolated in turn (``steps`` passes per group on ``grid``; ``gim`` as
+    `eap`'s)."""
+    return _scores(patcher, metric, batch, "eap-ig-activations", steps, progress, grid, gim)
 
 
 @dataclass(frozen=True)
@@ -81,13 +88,17 @@ class AttributionOptions:
     grid: str = field(default="right", metadata={
         "help": "where the points lie: right (k/steps, k = 1..steps) or left (k = 0..steps-1, EAP-IG's edge-level "
                 "EAP-IG-inputs)", "choices": GRIDS})
+    gim: bool = field(default=False, metadata={
+        "help": "GIM's backward rules in every gradient pass: norm statistics frozen, softmax backward at "
+                "temperature 2, q/k/v gradients x 1/4, 1/4, 1/2 (acdc.GIM)"})
 
     def __post_init__(self) -> None:
         check_options(self.method, self.steps, self.grid)
 
     def algorithm_options(self) -> dict[str, Any]:
         """The keywords its registered algorithm takes (EAP has no steps or grid)."""
-        return {} if self.method == "eap" else {"steps": self.steps, "grid": self.grid}
+        gim = {"gim": True} if self.gim else {}
+        return gim if self.method == "eap" else {"steps": self.steps, "grid": self.grid, **gim}
 
 
 def check_options(method: str, steps: int = 5, grid: str = "right") -> None:
@@ -131,15 +142,18 @@ def _warn_if_all_zero(values: Tensor, method: str, metric: Metric) -> None:
 
 
 def _scores(
-    patcher: Patcher, metric: Metric, batch: Batch, method: str, steps: int, progress: bool, grid: Grid = "right"
+    patcher: Patcher, metric: Metric, batch: Batch, method: str, steps: int, progress: bool, grid: Grid = "right",
+    gim: GIMOption = False,
 ) -> Scores:
+    rules = GIM.of(gim)
     warned = check_vanishing(method, metric, steps, grid)
     t0 = time.perf_counter()
-    values = attribution_scores(patcher, metric, batch, method=method, steps=steps, grid=grid, progress=progress)
+    values = attribution_scores(patcher, metric, batch, method=method, steps=steps, grid=grid, gim=rules, progress=progress)
     if not warned:
         _warn_if_all_zero(values, method, metric)
     settings = {
         "method": method, "steps": steps, **({"grid": grid} if method != "eap" else {}),
+        **({"gim": rules.to_dict()} if rules is not None else {}),
         "metric": metric.name, "ablation": patcher.ablation,
         "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -148,10 +162,13 @@ def _scores(
 
 def attribution_scores(
     patcher: Patcher, metric: Metric, batch: Batch, *, method: str = "eap", steps: int = 5, grid: Grid = "right",
-    progress: bool = False,
+    gim: GIM | None = None, progress: bool = False,
 ) -> Tensor:
-    """[n_edges] float64 attribution scores in the graph's edge order (see module docstring)."""
+    """[n_edges] float64 attribution scores in the graph's edge order (see module docstring; ``gim``: GIM's backward
+    rules in every gradient pass)."""
     check_options(method, steps, grid)
+    if gim is not None:
+        gim.check(patcher.tf)
     tf = patcher.tf
     g = patcher.graph
     positional = g.positions is not None and g.n_positions > 1
@@ -159,7 +176,7 @@ def attribution_scores(
     dense = torch.zeros(*shape, dtype=torch.float64, device=tf.device)
     points = list(_points(patcher, method, steps, grid))
     for override in bar(points, desc=f"{method} passes", disable=not progress or len(points) == 1):
-        dense += _pass(patcher, metric, batch, shape, override)
+        dense += _pass(patcher, metric, batch, shape, override, gim)
     dense /= len(points)
     if g.positions is not None and not positional:
         dense = dense[..., None]
@@ -181,11 +198,12 @@ def _points(patcher: Patcher, method: str, steps: int, grid: str) -> Iterator[tu
             yield (sources, a)
 
 
-def _pass(patcher: Patcher, metric: Metric, batch: Batch, shape: tuple[int, ...], at: tuple[range, float] | None) -> Tensor:
+def _pass(patcher: Patcher, metric: Metric, batch: Batch, shape: tuple[int, ...], at: tuple[range, float] | None,
+          gim: GIM | None = None) -> Tensor:
     """One forward and backward (the engine's gradient pass); returns the [n_dst, n_src] sums of delta . gradient."""
     dense = torch.zeros(*shape, dtype=torch.float64, device=patcher.tf.device)
     values = patcher.source_values
     head_sums: dict[int, Tensor] = {}  # post-norm families: where this pass linearises each layer's norm
-    for rows, upto, grads in patcher.input_gradients(lambda logits: metric.loss_tensor(logits, batch), at, head_sums):
+    for rows, upto, grads in patcher.input_gradients(lambda logits: metric.loss_tensor(logits, batch), at, head_sums, gim):
         dense[rows, :upto] = values.dot(grads, upto, head_sums)
     return dense

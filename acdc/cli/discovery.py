@@ -51,7 +51,7 @@ def add_attribute(sub: Any) -> None:
                        "--top edges (circuit.json, circuit.png).")
     run_flags(a, default_out="out")
     every_edge_flag(a)
-    option_flags(a, AttributionOptions, only=("method", "steps"), defaults={"method": "eap-ig-inputs"})
+    option_flags(a, AttributionOptions, only=("method", "steps", "gim"), defaults={"method": "eap-ig-inputs"})
     a.add_argument("--top", type=positive, default=50, help="edges in the circuit written (largest |score|; default 50)")
     a.add_argument("--positions", default=None, choices=("named", "tokens"),
                    help="edges at token positions: the task's named roles or token indices")
@@ -118,12 +118,12 @@ def _discover(args: argparse.Namespace) -> int:
 def _attribute(args: argparse.Namespace) -> int:
     from ..api import attribute
 
-    AttributionOptions(method=args.method, steps=args.steps)  # checked before the model loads
+    AttributionOptions(method=args.method, steps=args.steps, gim=args.gim)  # checked before the model loads
 
     s = setup_run(args)
     model, task, truth, classes, ablation, graph = s.model, s.task, s.truth, s.classes, s.ablation, s.graph
-    print(f"acdc attribute: {args.model}, {task}, {args.method}, {ablation} ablation")
-    scores = attribute(model, task, method=args.method, steps=args.steps, metric=args.metric, ablation=ablation,
+    print(f"acdc attribute: {args.model}, {task}, {args.method}{' with GIM' if args.gim else ''}, {ablation} ablation")
+    scores = attribute(model, task, method=args.method, steps=args.steps, gim=args.gim, metric=args.metric, ablation=ablation,
                        progress=not args.no_progress, positions=args.positions, graph=graph, transcoders=s.transcoders)
     circuit = scores.top(min(args.top, scores.graph.n_edges))
     args.out.mkdir(parents=True, exist_ok=True)
