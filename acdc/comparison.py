@@ -167,13 +167,16 @@ class Comparison:
 
     def _protocol_markdown(self, cell: Callable[[dict[str, Any], str, str], str]) -> str:
         """One line per row (the chosen setting, validation, test with its interval, the verdict), then the summary."""
+        curves = any(r.get("cpr") is not None for r in self.rows)
         lines = ["| task | method | seed | chosen on validation | edges | discovery | validation | test (95% interval) | "
-                 "\\|1 - test\\| | robustness on test |", "|---|---|---|---|---|---|---|---|---|---|"]
+                 "\\|1 - test\\| |" + (" CPR / CMD (test) |" if curves else "") + " robustness on test |",
+                 "|---|---|---|---|---|---|---|---|---|" + ("---|" if curves else "") + "---|"]
         for r in self.rows:
             test = "-" if r.get("test") is None else f"{r['test']:.3f} ({r['test_low']:.3f}..{r['test_high']:.3f})"
             dist = "-" if r.get("test_distance") is None else f"{r['test_distance']:.3f}"
+            areas = "" if not curves else " - |" if r.get("cpr") is None else f" {r['cpr']:.3f} / {r['cmd']:.3f} |"
             lines.append(f"| {r['task']} | {r['method']} | {r['seed']} | {r.get('chosen') or '-'} | {r['edges']} | "
-                         f"{r['faithfulness']:.3f} | {r['validation']:.3f} | {test} | {dist} | {r.get('verdict') or '-'} |")
+                         f"{r['faithfulness']:.3f} | {r['validation']:.3f} | {test} | {dist} |{areas} {r.get('verdict') or '-'} |")
         summary = self.summary()
         if any(s["seeds"] > 1 for s in summary):
             lines += ["", "| task | method | seeds | edges | test (mean ± sd) | 95% interval over seeds |", "|---|---|---|---|---|---|"]

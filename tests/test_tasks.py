@@ -473,3 +473,59 @@ def test_greater_than_and_induction_splits_share_no_template_noun_or_token(gpt2_
     for a, b in (("discovery", "validation"), ("discovery", "test"), ("validation", "test")):
         assert not seen[a] & seen[b] and not seen[a + "-tokens"] & seen[b + "-tokens"], (a, b)
     assert len({SPLIT_TEMPLATES[s] for s in SPLIT_TEMPLATES}) == 3
+
+
+def test_mcqa_letters_point_at_the_stated_color_and_the_splits_share_nothing(gpt2_tokenizer):
+    """Read back from the text: the correct letter is the clean prompt's option with the stated color (the first
+    sentence's last word), the incorrect letter the corrupt prompt's; clean and corrupt differ only in the options'
+    order; the three sets share no object, color or question wording."""
+    from acdc.tasks.mcqa import OBJECTS
+
+    seen = {}
+    for split in ("discovery", "validation", "test"):
+        t = acdc.tasks.mcqa(gpt2_tokenizer, 40, split=split, seed=2)
+        objects, colors, frames = set(), set(), set()
+        for i in range(40):
+            clean = gpt2_tokenizer.decode(t.clean[i]).replace("<|endoftext|>", "")
+            corrupt = gpt2_tokenizer.decode(t.corrupt[i]).replace("<|endoftext|>", "")
+            question, *opts_c = clean.removesuffix("\nAnswer:").split("\n")
+            q2, *opts_k = corrupt.removesuffix("\nAnswer:").split("\n")
+            assert question == q2
+            assert sorted(o[3:] for o in opts_c) == sorted(o[3:] for o in opts_k) and opts_c != opts_k
+            stated = question.split(".")[0].split()[-1]
+            letter_c = next(o[0] for o in opts_c if o[3:] == stated)
+            letter_k = next(o[0] for o in opts_k if o[3:] == stated)
+            assert letter_c != letter_k
+            assert gpt2_tokenizer.decode(t.correct[i : i + 1]) == " " + letter_c
+            assert gpt2_tokenizer.decode(t.incorrect[i : i + 1]) == " " + letter_k
+            words = question.replace("?", " ").replace(".", " ").split()
+            objects |= set(words) & set(OBJECTS)
+            colors |= {o[3:] for o in opts_c}
+            frames.add(" ".join(w for w in words if w not in set(OBJECTS) and w != stated))
+        seen[split] = (objects, colors, frames)
+        assert t.name == f"mcqa-{split}" and len(frames) == 1
+    for a, b in (("discovery", "validation"), ("discovery", "test"), ("validation", "test")):
+        for k in range(3):
+            assert not seen[a][k] & seen[b][k], (a, b, k)
+    with pytest.raises(ValueError, match="n_options must be in 2..8"):
+        acdc.tasks.mcqa(gpt2_tokenizer, 4, n_options=9)
+
+
+def test_arithmetic_answers_are_the_results_first_tokens(gpt2_tokenizer):
+    import re
+
+    firsts = {}
+    for split in ("discovery", "validation", "test"):
+        for op in ("+", "-"):
+            t = acdc.tasks.arithmetic(gpt2_tokenizer, 30, split=split, op=op, seed=1)
+            for i in range(30):
+                for row, ans in ((t.clean[i], t.correct[i]), (t.corrupt[i], t.incorrect[i])):
+                    text = gpt2_tokenizer.decode(row).replace("<|endoftext|>", "")
+                    a, b = map(int, re.search(r"(\d+) [+-] (\d+)", text).groups())
+                    r = a + b if op == "+" else a - b
+                    assert int(ans) == gpt2_tokenizer.encode(f" {r}")[0], (text, r)
+                    firsts.setdefault(split, set()).add(a)
+                assert t.correct[i] != t.incorrect[i] and t.clean.shape == t.corrupt.shape
+    assert all(a % 3 == k for k, s in enumerate(("discovery", "validation", "test")) for a in firsts[s])
+    with pytest.raises(ValueError, match="op must be"):
+        acdc.tasks.arithmetic(gpt2_tokenizer, 4, op="*")

@@ -1,21 +1,25 @@
 """Tasks: clean/corrupt token batches, answers and a default metric.
 
 Generators: `ioi` (Wang et al. 2022), `greater_than` (Hanna et al. 2023), `induction` (repeated
-random tokens), `docstring` (Heimersheim & Janiak 2023); your own with `Task.from_pairs` (text)
+random tokens), `docstring` (Heimersheim & Janiak 2023), and MIB's (Mueller et al. 2025) `arithmetic`
+(two operands) and `mcqa` (multiple choice), generated offline; your own with `Task.from_pairs` (text)
 or `Task.from_tokens` (ids).
 """
 
 from typing import Any
 
+from .arithmetic import arithmetic
 from .base import Task
 from .docstring import docstring
 from .greater_than import greater_than
 from .induction import induction
 from .ioi import ioi
+from .mcqa import mcqa
 
-__all__ = ["GENERATORS", "Task", "docstring", "greater_than", "induction", "ioi", "remake"]
+__all__ = ["GENERATORS", "Task", "arithmetic", "docstring", "greater_than", "induction", "ioi", "mcqa", "remake"]
 
-GENERATORS = {"ioi": ioi, "greater-than": greater_than, "induction": induction, "docstring": docstring}
+GENERATORS = {"ioi": ioi, "greater-than": greater_than, "induction": induction, "docstring": docstring,
+              "arithmetic": arithmetic, "mcqa": mcqa}
 
 
 def remake(recipe: dict[str, Any], model: Any, **changes: Any) -> Task:
