@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .base import Task, recorded
+from .base import Task, recorded, split_index
 from .text import encode, tokenize_pairs, tokenizer_of, try_encode, vocab_size_of
 
 __all__ = ["TEMPLATES", "arithmetic"]
@@ -44,8 +44,7 @@ def arithmetic(
     """``n_prompts`` seeded "a op b" prompts (a, b in [low, high]; op "+" or "-", a >= b for "-") with
     other-operand twins (module docstring). The answer is the first token of " {result}"; a tokenizer that writes
     the space as its own token gets prompts that end with it and the result's first digit as the answer."""
-    if split not in TEMPLATES:
-        raise ValueError(f"split must be 'all', 'discovery', 'validation' or 'test', got {split!r}")
+    k = split_index(split)
     if op not in ("+", "-"):
         raise ValueError(f"op must be '+' or '-', got {op!r}")
     if not 0 <= low <= high:
@@ -53,7 +52,6 @@ def arithmetic(
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
     tok = tokenizer_of(model_or_tokenizer)
-    k = None if split == "all" else ("discovery", "validation", "test").index(split)
     firsts = [a for a in range(low, high + 1) if k is None or a % 3 == k]
     if not firsts:
         raise ValueError(f"no first operand in [{low}, {high}] for split {split!r}")

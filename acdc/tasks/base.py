@@ -216,6 +216,19 @@ def _answer_tensor(x: Any, label: str, name: str) -> Tensor | None:
         raise ValueError(f"task {name!r}: {label} answers must be integer token ids ({err})") from None
 
 
+THREE_WAY = ("discovery", "validation", "test")
+
+
+def split_index(split: str) -> int | None:
+    """Which third of a generator's word lists a split draws from (0, 1, 2 for "discovery", "validation", "test"),
+    or None for "all"; a one-line error for any other name."""
+    if split == "all":
+        return None
+    if split not in THREE_WAY:
+        raise ValueError(f"split must be 'all', 'discovery', 'validation' or 'test', got {split!r}")
+    return THREE_WAY.index(split)
+
+
 def pair_batch(
     tok: Any,
     clean: Sequence[str],

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .base import Task, recorded
+from .base import Task, recorded, split_index
 from .text import encode, named_positions, single_tokens, tokenize_pairs, tokenizer_of, try_encode, vocab_size_of
 
 __all__ = ["greater_than", "NOUNS", "SPLIT_TEMPLATES", "TEMPLATE"]
@@ -94,11 +94,10 @@ def greater_than(
     sets: each its own sentence, `SPLIT_TEMPLATES`, and every third noun, so they share no template and no noun) or
     "all" (the paper's sentence, every noun).
     """
-    if split not in ("all", "discovery", "validation", "test"):
-        raise ValueError(f"split must be 'all', 'discovery', 'validation' or 'test', got {split!r}")
+    k = split_index(split)
     template = TEMPLATE if split == "all" else SPLIT_TEMPLATES[split]
-    if split != "all":
-        nouns = list(nouns)[("discovery", "validation", "test").index(split)::3]
+    if k is not None:
+        nouns = list(nouns)[k::3]
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
     if corrupt not in ("01", "random"):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..positions import REST, Positions
-from .base import Task, recorded
+from .base import Task, recorded, split_index
 
 __all__ = ["induction"]
 
@@ -44,8 +44,7 @@ def induction(
     split: "discovery", "validation" or "test" draw from disjoint thirds of the token pool (ids = 0, 1, 2 mod 3),
     so the three sets share no token; "all" from the whole pool.
     """
-    if split not in ("all", "discovery", "validation", "test"):
-        raise ValueError(f"split must be 'all', 'discovery', 'validation' or 'test', got {split!r}")
+    k = split_index(split)
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
     if half < 2:
@@ -54,8 +53,8 @@ def induction(
     pool = torch.as_tensor(tokens, dtype=torch.long) if tokens is not None else torch.arange(vocab)
     if bos is not None and tokens is None:
         pool = pool[pool != bos]
-    if split != "all":
-        pool = pool[pool % 3 == ("discovery", "validation", "test").index(split)]
+    if k is not None:
+        pool = pool[pool % 3 == k]
     if pool.numel() < half:
         raise ValueError(f"need at least half={half} distinct tokens to draw from, got {pool.numel()}")
     if bool((pool < 0).any() | (pool >= vocab).any()):

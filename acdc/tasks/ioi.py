@@ -24,14 +24,13 @@ from typing import Any, Literal
 import torch
 
 from ..positions import REST, Positions
-from .base import Task, pair_batch, recorded
+from .base import THREE_WAY, Task, pair_batch, recorded
 from .text import example_labels, single_tokens, token_index, tokenizer_of
 
 __all__ = ["ioi", "CORRUPTIONS", "SPLITS", "SPLIT_OBJECTS", "SPLIT_PLACES", "SPLIT_TEMPLATES", "TEMPLATES", "NAMES",
            "PLACES", "OBJECTS", "POSITIONS"]
 
 CORRUPTIONS = ("ABC", "S2-IO")
-THREE_WAY = ("discovery", "validation", "test")
 SPLITS = ("all", *THREE_WAY, "half-discovery", "half-held-out")
 
 TEMPLATES = [

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from .base import Task, pair_batch, recorded
+from .base import Task, pair_batch, recorded, split_index
 from .text import single_tokens, tokenizer_of
 
 __all__ = ["COLORS", "OBJECTS", "QUESTIONS", "mcqa"]
@@ -54,14 +54,12 @@ def mcqa(
     n_options: 2..8 options, lettered A, B, ...; colors, objects: the words to draw from (only those that are one
     token with a leading space are used; `task.notes` says how many); split: "all" or one of the three sets.
     """
-    if split not in QUESTIONS:
-        raise ValueError(f"split must be 'all', 'discovery', 'validation' or 'test', got {split!r}")
+    k = split_index(split)
     if not 2 <= n_options <= len(LETTERS):
         raise ValueError(f"n_options must be in 2..{len(LETTERS)}, got {n_options}")
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
-    if split != "all":
-        k = ("discovery", "validation", "test").index(split)
+    if k is not None:
         colors, objects = list(colors)[k::3], list(objects)[k::3]
     tok = tokenizer_of(model_or_tokenizer)
     given = (len(colors), len(objects))
