@@ -198,7 +198,7 @@ class Generated:
 
 
 @torch.no_grad()
-def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | None = None,
+def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | CrossLayerTranscoder | None = None,
              interventions: Sequence[Intervention | Mapping[str, Any]] = (), max_new_tokens: int = 20,
              temperature: float = 0.0, seed: int = 0, tokenizer: Any = None) -> Generated:
     """Continue ``prompt`` (text, or token ids [S]) with transcoder features edited at every step: what a
@@ -208,8 +208,10 @@ def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | None = Non
     activation to ``value``, "scale" multiplies it, "ablate" sets it to zero; at ``positions`` of the prompt
     (None: every position, the generated ones included). The model runs whole (attention, norms, MLPs live);
     an edited feature's MLP output moves by (new - old activation) times its decoder row, the feature's
-    activation read from the MLP's live input at every step. Greedy with ``temperature`` 0, else sampled
-    (``seed``). No interventions: the model's own greedy continuation.
+    activation read from the MLP's live input at every step. With a cross-layer transcoder (`CrossLayerTranscoder`,
+    reading the MLP's normed input), a feature of layer L moves the output of every MLP j >= L by (new - old
+    activation) times its decoder into j. Greedy with ``temperature`` 0, else sampled (``seed``). No interventions:
+    the model's own greedy continuation.
     """
     tf = Transformer.of(model)
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
@@ -225,17 +227,57 @@ def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | None = Non
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     items = [Intervention.from_dict(x) for x in interventions]
     by_layer: dict[int, list[tuple[int, Intervention]]] = {}
+    clt = transcoders if isinstance(transcoders, CrossLayerTranscoder) else None
+    layers = [] if transcoders is None else list(range(clt.cfg.n_layers)) if clt is not None else transcoders.layers
     for it in items:
         node = node_of(it.node)
-        if node.kind is not FEATURE or transcoders is None or node.layer not in transcoders.layers:
-            have = "no transcoders were given" if transcoders is None else f"the transcoders cover layers {transcoders.layers}"
+        if node.kind is not FEATURE or transcoders is None or node.layer not in layers:
+            have = "no transcoders were given" if transcoders is None else f"the transcoders cover layers {layers}"
             raise ValueError(f"{it.node}: generate edits transcoder features (m{{L}}.f{{i}}) of the given transcoders; {have}")
-        if not 0 <= node.head < transcoders[node.layer].n_features:
-            raise ValueError(f"{it.node}: layer {node.layer}'s transcoder has features 0-{transcoders[node.layer].n_features - 1}")
+        n = clt.cfg.n_features if clt is not None else transcoders[node.layer].n_features  # type: ignore[index]
+        if not 0 <= node.head < n:
+            raise ValueError(f"{it.node}: layer {node.layer}'s transcoder has features 0-{n - 1}")
         by_layer.setdefault(node.layer, []).append((node.head, it))
-    if transcoders is not None:
+    if clt is not None:
+        if clt.cfg.reads != "normed":
+            raise ValueError("generate edits cross-layer features that read the MLP's normed input; this CLT reads the "
+                             "residual stream before the norm")
+        if clt.cfg.n_layers != tf.arch.n_layers or clt.cfg.d_model != tf.arch.d_model:
+            raise ValueError(f"this CLT has {clt.cfg.n_layers} layers of width {clt.cfg.d_model}; the model has "
+                             f"{tf.arch.n_layers} of width {tf.arch.d_model}")
+    elif transcoders is not None:
         transcoders.check_model(tf)
     S = int(ids.numel())
+
+    def new_acts(acts: Tensor, edits: list[tuple[int, Intervention]], P: int) -> Tensor:
+        """[1, P, k] the edited features' activations after the edits (``acts``: before)."""
+        new = acts.clone()
+        for j, (_, it) in enumerate(edits):
+            at = slice(None) if it.positions is None else [p for p in it.positions if p < min(S, P)]
+            value = 0.0 if it.op == "ablate" else it.value
+            new[0, at, j] = value if it.op != "scale" else acts[0, at, j] * value
+        return new
+
+    def cross_layer_edits() -> dict[int, Callable[[Tensor], Tensor]]:
+        """One forward's MLP edits for a CLT: layer L's edited features' (new - old) activations, kept as its MLP
+        runs, move every later MLP's output through their decoders into that layer."""
+        assert clt is not None
+        moved: dict[int, Tensor] = {}  # source layer -> [1, P, k] new - old activations, this forward
+
+        def at(layer: int) -> Callable[[Tensor], Tensor]:
+            def fn(xn: Tensor) -> Tensor:
+                out = tf.mlp_normed(layer, xn)
+                if layer in by_layer:
+                    feats = torch.tensor([f for f, _ in by_layer[layer]], device=clt.W_enc.device)
+                    acts = clt.encode(layer, xn.to(clt.W_enc.dtype)).index_select(-1, feats).to(xn.dtype)
+                    moved[layer] = new_acts(acts, by_layer[layer], xn.shape[1]) - acts
+                for source, diff in moved.items():
+                    feats = torch.tensor([f for f, _ in by_layer[source]], device=clt.W_enc.device)
+                    rows = clt.decoder(source, layer).detach().index_select(0, feats).to(device=out.device, dtype=out.dtype)
+                    out = out + diff @ rows
+                return out
+            return fn
+        return {layer: at(layer) for layer in range(min(by_layer, default=tf.arch.n_layers), tf.arch.n_layers)}
 
     def edited(layer: int) -> Callable[[Tensor], Tensor]:
         t = transcoders[layer]  # type: ignore[index]
@@ -244,19 +286,15 @@ def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | None = Non
         def fn(xn: Tensor) -> Tensor:  # [1, P, d] the MLP's normed input -> its output with the edits
             out = tf.mlp_normed(layer, xn)
             acts = t.encode_features(xn.to(t.W_enc.dtype), feats.to(t.W_enc.device)).to(xn.dtype)  # [1, P, k]
-            new = acts.clone()
-            for j, (_, it) in enumerate(by_layer[layer]):
-                at = slice(None) if it.positions is None else [p for p in it.positions if p < min(S, xn.shape[1])]
-                value = 0.0 if it.op == "ablate" else it.value
-                new[0, at, j] = value if it.op != "scale" else acts[0, at, j] * value
             rows = t.W_dec.detach().index_select(0, feats.to(t.W_dec.device)).to(device=out.device, dtype=out.dtype)
-            return out + (new - acts) @ rows
+            return out + (new_acts(acts, by_layer[layer], xn.shape[1]) - acts) @ rows
         return fn
 
     gen = torch.Generator().manual_seed(seed)
     seq = ids.to(tf.device)
     for _ in range(max_new_tokens):
-        logits = tf.logits_with_edits(seq[None], mlps={layer: edited(layer) for layer in by_layer},
+        mlps = cross_layer_edits() if clt is not None else {layer: edited(layer) for layer in by_layer}
+        logits = tf.logits_with_edits(seq[None], mlps=mlps,
                                       rows=torch.tensor([[seq.numel() - 1]], device=tf.device))[0].float().cpu()
         if temperature > 0:
             nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=gen)[0]

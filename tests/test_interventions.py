@@ -282,3 +282,73 @@ def test_generation_with_features_edited_equals_hugging_face_with_hooks(gpt2_mod
         acdc.generate(gpt2_model, prompt, transcoders=ts, interventions=[{"node": "m1.f12", "op": "clamp", "value": 1.0}])
     with pytest.raises(ValueError, match="the prompt is empty"):
         acdc.generate(gpt2_model, torch.tensor([], dtype=torch.long))
+
+
+def _hf_greedy_clt(model, clt, prompt: torch.Tensor, n: int, edits: dict, own_layer_only: bool = False) -> torch.Tensor:
+    """Hugging Face's GPT-2 greedy continuation with cross-layer features edited by hand: a feature of layer L read
+    from ln_2's output there; every MLP j >= L moved by (new - old activation) times its decoder into j."""
+    hf = model.original_model
+    seen: dict[int, torch.Tensor] = {}
+    handles = []
+    for layer, block in enumerate(hf.transformer.h):
+        handles.append(block.ln_2.register_forward_hook(lambda m, i, o, la=layer: seen.__setitem__(la, o)))
+
+        def add(m, i, out, j=layer):
+            out = out.clone()
+            for (src, f), (op, value, positions) in edits.items():
+                if src > j or (own_layer_only and src != j):
+                    continue
+                a = clt.encode(src, seen[src])[0, :, f]
+                new = torch.zeros_like(a) if op == "ablate" else a * value if op == "scale" else torch.full_like(a, value)
+                keep = torch.zeros_like(a, dtype=torch.bool)
+                keep[list(range(len(a))) if positions is None else [p for p in positions if p < len(a)]] = True
+                out[0] += torch.where(keep, new - a, torch.zeros_like(a))[:, None] * clt.W_dec[src][f, j - src]
+            return out
+        handles.append(block.mlp.register_forward_hook(add))
+    seq = prompt.clone()
+    try:
+        with torch.no_grad():
+            for _ in range(n):
+                seq = torch.cat([seq, hf(seq[None]).logits[0, -1].argmax().reshape(1)])
+    finally:
+        for h in handles:
+            h.remove()
+    return seq
+
+
+def test_generation_with_cross_layer_features_edited_equals_hugging_face_with_hooks():
+    """With a cross-layer transcoder, an edited feature of layer L moves every later MLP's output through its decoder
+    into that layer: `acdc.generate` gives Hugging Face's greedy tokens with those moves made by hand."""
+    from conftest import tiny_gpt2
+
+    from acdc.transcoders import CLTConfig, CrossLayerTranscoder
+
+    model = tiny_gpt2(n_layer=3, vocab=50, d=32)
+    gen = torch.Generator().manual_seed(5)
+    clt = CrossLayerTranscoder(CLTConfig(3, 32, 10, "relu"))
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    prompt = torch.tensor([3, 17, 8, 41, 5])
+    plain = acdc.generate(model, prompt, transcoders=clt, max_new_tokens=8)
+    assert torch.equal(plain.tokens, _hf_greedy_clt(model, clt, prompt, 8, {}))
+    cases = [
+        ([{"node": "m0.f3", "op": "clamp", "value": 6.0}], {(0, 3): ("clamp", 6.0, None)}),
+        ([{"node": "m1.f5", "op": "scale", "value": -4.0}, {"node": "m0.f1", "op": "ablate"}],
+         {(1, 5): ("scale", -4.0, None), (0, 1): ("ablate", 0.0, None)}),
+        ([{"node": "m0.f2", "op": "clamp", "value": 8.0, "positions": [1, 3]}], {(0, 2): ("clamp", 8.0, (1, 3))}),
+    ]
+    moved = 0
+    for interventions, edits in cases:
+        got = acdc.generate(model, prompt, transcoders=clt, interventions=interventions, max_new_tokens=8)
+        assert torch.equal(got.tokens, _hf_greedy_clt(model, clt, prompt, 8, edits)), interventions
+        moved += not torch.equal(got.tokens, plain.tokens)
+    assert moved >= 2
+    # the writes into later layers count: moving only the feature's own layer continues differently
+    first = acdc.generate(model, prompt, transcoders=clt, interventions=cases[0][0], max_new_tokens=8)
+    assert not torch.equal(first.tokens, _hf_greedy_clt(model, clt, prompt, 8, cases[0][1], own_layer_only=True))
+    with pytest.raises(ValueError, match="features 0-9"):
+        acdc.generate(model, prompt, transcoders=clt, interventions=[{"node": "m1.f10", "op": "clamp", "value": 1.0}])
+    stream_clt = CrossLayerTranscoder(CLTConfig(3, 32, 10, "relu", reads="stream"))
+    with pytest.raises(ValueError, match="reads the residual stream"):
+        acdc.generate(model, prompt, transcoders=stream_clt, interventions=cases[0][0])
