@@ -197,6 +197,13 @@ class Generated:
     text: str | None
 
 
+def context_room(tf: Transformer, n_tokens: int) -> int | None:
+    """How many tokens may follow ``n_tokens`` in a model with learned positions (its W_pos rows), None without."""
+    if tf.arch.position_embedding != "standard":
+        return None
+    return max(0, int(tf.w["W_pos"].shape[0]) - n_tokens)
+
+
 @torch.no_grad()
 def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | CrossLayerTranscoder | None = None,
              interventions: Sequence[Intervention | Mapping[str, Any]] = (), max_new_tokens: int = 20,
@@ -225,6 +232,10 @@ def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | CrossLayer
         raise ValueError("the prompt is empty: give the text (or token ids) to continue")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    room = context_room(tf, int(ids.numel()))
+    if room is not None and max_new_tokens > room:
+        raise ValueError(f"the model's context holds {int(ids.numel()) + room} tokens (learned positions): at most {room} "
+                         f"new tokens after this {int(ids.numel())}-token prompt, not {max_new_tokens}")
     items = [Intervention.from_dict(x) for x in interventions]
     by_layer: dict[int, list[tuple[int, Intervention]]] = {}
     clt = transcoders if isinstance(transcoders, CrossLayerTranscoder) else None

@@ -534,3 +534,46 @@ def test_cli_explore_serves_until_stopped(ioi, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_generate_continues_the_prompt_with_features_edited_as_acdc_generate_does():
+    """The explorer's generate: the clean prompt up to its scored token, continued greedily by the model and with the
+    feature edits, token for token what `acdc.generate` gives; through the server route too; a circuit without
+    transcoders refuses edits with one line, and a model with learned positions stops at its context."""
+    from conftest import tiny_gpt2
+    from test_features import random_set
+
+    model = tiny_gpt2(n_layer=2, vocab=50, d=32)
+    ts = random_set(model, layers=(0, 1), activation="relu")
+    graph = acdc.Graph.from_model(model, transcoders=ts, features={0: [1, 3], 1: [2, 5]})
+    gen = torch.Generator().manual_seed(0)
+    task = acdc.Task.from_tokens(torch.randint(1, 50, (3, 5), generator=gen), torch.randint(1, 50, (3, 5), generator=gen),
+                                 correct=[1, 2, 3], incorrect=[4, 5, 6])
+    circuit = acdc.discover(model, task, threshold=0.05, graph=graph, transcoders=ts, progress=False)
+    ex = Explorer(model, task, circuit, transcoders=ts)
+    edits = [{"node": "m0.f3", "op": "clamp", "value": 6.0}, {"node": "m1.f5", "op": "scale", "value": -4.0}]
+    r = ex.generate(edits, prompt=1, max_new_tokens=8)
+    want = acdc.generate(model, task.clean[1], transcoders=ts, interventions=edits, max_new_tokens=8)
+    plain = acdc.generate(model, task.clean[1], transcoders=ts, max_new_tokens=8)
+    assert r["intervened"] == [ex.decode(int(t)) for t in want.new] and r["model"] == [ex.decode(int(t)) for t in plain.new]
+    assert r["intervened"] != r["model"] and r["new_tokens"] == 8
+    server = start(ex)
+    try:
+        status, got = _request(server, "POST", "/api/generate", {"interventions": edits, "prompt": 1, "max_new_tokens": 8})
+        assert status == 200 and got["intervened"] == r["intervened"]
+        status, bad = _request(server, "POST", "/api/generate", {"interventions": edits, "steps": 3})
+        assert status == 400 and "steps" in bad["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ExplorerError, match="max_new_tokens must be"):
+        ex.generate(edits, max_new_tokens=0)
+    assert ex.generate(edits, max_new_tokens=200)["new_tokens"] == 32 - 5  # GPT-2's 32 positions here
+    with pytest.raises(ValueError, match="at most 27 new tokens"):
+        acdc.generate(model, task.clean[1], max_new_tokens=28)
+    entry = acdc.zoo.load("ioi")
+    plain_ex = Explorer(entry.model, entry.task, acdc.discover(entry.model, entry.task, threshold=0.05, progress=False))
+    with pytest.raises(ExplorerError, match="this circuit has none"):
+        plain_ex.generate([{"node": "a1.h0", "op": "ablate"}])
+    with pytest.raises(ExplorerError, match="fills the model's context"):
+        plain_ex.generate([])

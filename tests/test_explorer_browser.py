@@ -508,3 +508,33 @@ def test_a_feature_circuit_page(driver):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_generate_on_the_page_shows_the_edited_continuation(driver):
+    """The intervene panel's generate button: the continuation it shows is the explorer's (`Explorer.generate`, checked
+    against `acdc.generate` in test_explorer)."""
+    import json
+
+    from conftest import tiny_gpt2
+    from test_features import random_set
+
+    model = tiny_gpt2(n_layer=2, vocab=50, d=32)
+    ts = random_set(model, layers=(0, 1), activation="relu")
+    graph = acdc.Graph.from_model(model, transcoders=ts, features={0: [1, 3], 1: [2, 5]})
+    gen = torch.Generator().manual_seed(0)
+    task = acdc.Task.from_tokens(torch.randint(1, 50, (3, 5), generator=gen), torch.randint(1, 50, (3, 5), generator=gen),
+                                 correct=[1, 2, 3], incorrect=[4, 5, 6])
+    circuit = acdc.discover(model, task, threshold=0.05, graph=graph, transcoders=ts, progress=False)
+    ex = Explorer(model, task, circuit, transcoders=ts)
+    server = start(ex)
+    try:
+        _fresh(driver, server)
+        run_intervention(driver, "m0.f3", "clamp", "6", "")
+        _wait(driver, "return document.getElementById('iv-result').dataset.metric !== undefined && document.body.dataset.busy === '0'")
+        driver.find_element("id", "iv-generate").click()
+        _wait(driver, "return document.getElementById('iv-generated-text') !== null && document.body.dataset.busy === '0'")
+        want = ex.generate([{"node": "m0.f3", "op": "clamp", "value": 6.0}], prompt=0, max_new_tokens=20)
+        assert driver.find_element("id", "iv-generated-text").text == "with the edits: " + json.dumps("".join(want["intervened"]))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -24,6 +24,8 @@ Routes (the README documents them):
                                 upstream nodes (through query and key) and each one's ablation's effect on the pattern
     POST /api/intervene         {"interventions": [{"node": "a1.h0", "op": "scale", "value": 2, "positions": [4]}],
                                 "prompt": 0}: the full model with them: metric, per prompt, next tokens
+    POST /api/generate          {"interventions": [feature edits], "prompt": 0, "max_new_tokens": 20}: the prompt continued
+                                greedily by the model and with the transcoder features edited at every step
     POST /api/interventions     {"interventions": [...]}: kept with the circuit, saved into its JSON
     POST /api/fire              {"node": "a2.h0", "top": 10}: what makes a head, MLP, neuron or feature fire over
                                 the corpus: statistics, histogram, top contexts, promoted and suppressed tokens
@@ -193,6 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return ex.attend(**body)
             if path == "/api/intervene":
                 return ex.intervene(**body)
+            if path == "/api/generate":
+                return ex.generate(**body)
             if path == "/api/interventions":
                 return ex.save_interventions(body.get("interventions"))
             if path == "/api/fire":
@@ -274,6 +278,7 @@ _POST_ROUTES = {
     "/api/why/trace": {"node", "prompt", "a", "b"},
     "/api/attend": {"head", "key", "prompt", "query"},
     "/api/intervene": {"interventions", "prompt", "k"},
+    "/api/generate": {"interventions", "prompt", "max_new_tokens"},
     "/api/interventions": {"interventions"},
     "/api/fire": {"node", "top"},
 }

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..api import prepare
 from ..circuit import Circuit, check_notes, write_json
-from ..edits import intervened_logits
+from ..edits import context_room, generate, intervened_logits
 from ..faithfulness_math import Faithfulness
 from ..firing import component_activity
 from ..graph import Graph
@@ -385,6 +385,38 @@ class Explorer:
                 "change": _num(value - self.model_metric), "metric_name": self.metric.name,
                 "interventions": [x.to_dict() for x in items], "prompt": i,
                 "next_tokens": {"model": self._next(self.full_logits, i, k), "intervened": self._next(logits, i, k)},
+                "seconds": time.perf_counter() - t0}
+
+    def generate(self, interventions: Any, prompt: Any = 0, max_new_tokens: Any = 20) -> dict[str, Any]:
+        """Continue clean prompt ``prompt`` (up to its last scored token) greedily, as the model does and with the
+        feature ``interventions`` (transcoder features, per-layer or cross-layer: clamp, scale, ablate at every step
+        or at prompt positions; `acdc.generate`): what the features do to what the model says. A model with learned
+        positions generates up to its context (``new_tokens`` says how many)."""
+        i = self._prompt_index(prompt)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 200:
+            raise ExplorerError(f"max_new_tokens must be an integer in [1, 200], got {max_new_tokens!r}")
+        try:
+            items = [Intervention.from_dict(x) for x in interventions] if isinstance(interventions, list) else None
+            if items is None:
+                raise ValueError('"interventions" must be a list of {"node", "op", "value", "positions"}')
+            if self.patcher.transcoders is None and items:
+                raise ValueError("generation edits transcoder features (m3.f17); this circuit has none: heads, MLPs and "
+                                 "neurons are edited on the prompts' own runs (run)")
+            t0 = time.perf_counter()
+            p = self.patcher
+            ids = p.clean_tokens[i, : int(p.answer_pos[i].max()) + 1].cpu()
+            room = context_room(p.tf, ids.numel())
+            n = max_new_tokens if room is None else min(max_new_tokens, room)
+            if n < 1:
+                raise ValueError(f"this prompt fills the model's context ({ids.numel()} tokens, learned positions): "
+                                 "nothing can follow it")
+            kw = {"transcoders": p.transcoders, "max_new_tokens": n, "tokenizer": self.tokenizer}
+            plain = generate(p.tf, ids, **kw)
+            edited = generate(p.tf, ids, interventions=items, **kw) if items else plain
+        except ValueError as err:
+            raise ExplorerError(str(err)) from None
+        return {"prompt": i, "interventions": [x.to_dict() for x in items], "new_tokens": n,
+                "model": [self.decode(int(t)) for t in plain.new], "intervened": [self.decode(int(t)) for t in edited.new],
                 "seconds": time.perf_counter() - t0}
 
     def save_interventions(self, interventions: Any) -> dict[str, Any]:
