@@ -272,19 +272,20 @@ def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | CrossLayer
     def cross_layer_edits() -> dict[int, Callable[[Tensor], Tensor]]:
         """One forward's MLP edits for a CLT: layer L's edited features' (new - old) activations, kept as its MLP
         runs, move every later MLP's output through their decoders into that layer."""
-        assert clt is not None
+        c = clt
+        assert c is not None
         moved: dict[int, Tensor] = {}  # source layer -> [1, P, k] new - old activations, this forward
 
         def at(layer: int) -> Callable[[Tensor], Tensor]:
             def fn(xn: Tensor) -> Tensor:
                 out = tf.mlp_normed(layer, xn)
                 if layer in by_layer:
-                    feats = torch.tensor([f for f, _ in by_layer[layer]], device=clt.W_enc.device)
-                    acts = clt.encode(layer, xn.to(clt.W_enc.dtype)).index_select(-1, feats).to(xn.dtype)
+                    feats = torch.tensor([f for f, _ in by_layer[layer]], device=c.W_enc.device)
+                    acts = c.encode(layer, xn.to(c.W_enc.dtype)).index_select(-1, feats).to(xn.dtype)
                     moved[layer] = new_acts(acts, by_layer[layer], xn.shape[1]) - acts
                 for source, diff in moved.items():
-                    feats = torch.tensor([f for f, _ in by_layer[source]], device=clt.W_enc.device)
-                    rows = clt.decoder(source, layer).detach().index_select(0, feats).to(device=out.device, dtype=out.dtype)
+                    feats = torch.tensor([f for f, _ in by_layer[source]], device=c.W_enc.device)
+                    rows = c.decoder(source, layer).detach().index_select(0, feats).to(device=out.device, dtype=out.dtype)
                     out = out + diff @ rows
                 return out
             return fn

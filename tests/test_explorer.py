@@ -540,17 +540,9 @@ def test_generate_continues_the_prompt_with_features_edited_as_acdc_generate_doe
     """The explorer's generate: the clean prompt up to its scored token, continued greedily by the model and with the
     feature edits, token for token what `acdc.generate` gives; through the server route too; a circuit without
     transcoders refuses edits with one line, and a model with learned positions stops at its context."""
-    from conftest import tiny_gpt2
-    from test_features import random_set
+    from test_features import feature_explorer
 
-    model = tiny_gpt2(n_layer=2, vocab=50, d=32)
-    ts = random_set(model, layers=(0, 1), activation="relu")
-    graph = acdc.Graph.from_model(model, transcoders=ts, features={0: [1, 3], 1: [2, 5]})
-    gen = torch.Generator().manual_seed(0)
-    task = acdc.Task.from_tokens(torch.randint(1, 50, (3, 5), generator=gen), torch.randint(1, 50, (3, 5), generator=gen),
-                                 correct=[1, 2, 3], incorrect=[4, 5, 6])
-    circuit = acdc.discover(model, task, threshold=0.05, graph=graph, transcoders=ts, progress=False)
-    ex = Explorer(model, task, circuit, transcoders=ts)
+    ex, model, task, ts = feature_explorer()
     edits = [{"node": "m0.f3", "op": "clamp", "value": 6.0}, {"node": "m1.f5", "op": "scale", "value": -4.0}]
     r = ex.generate(edits, prompt=1, max_new_tokens=8)
     want = acdc.generate(model, task.clean[1], transcoders=ts, interventions=edits, max_new_tokens=8)

@@ -515,17 +515,9 @@ def test_generate_on_the_page_shows_the_edited_continuation(driver):
     against `acdc.generate` in test_explorer)."""
     import json
 
-    from conftest import tiny_gpt2
-    from test_features import random_set
+    from test_features import feature_explorer
 
-    model = tiny_gpt2(n_layer=2, vocab=50, d=32)
-    ts = random_set(model, layers=(0, 1), activation="relu")
-    graph = acdc.Graph.from_model(model, transcoders=ts, features={0: [1, 3], 1: [2, 5]})
-    gen = torch.Generator().manual_seed(0)
-    task = acdc.Task.from_tokens(torch.randint(1, 50, (3, 5), generator=gen), torch.randint(1, 50, (3, 5), generator=gen),
-                                 correct=[1, 2, 3], incorrect=[4, 5, 6])
-    circuit = acdc.discover(model, task, threshold=0.05, graph=graph, transcoders=ts, progress=False)
-    ex = Explorer(model, task, circuit, transcoders=ts)
+    ex = feature_explorer()[0]
     server = start(ex)
     try:
         _fresh(driver, server)

@@ -22,6 +22,23 @@ from acdc.transcoders import ModelInfo, Transcoder, TranscoderConfig, Transcoder
 ABLATIONS = ["resample", "mean", "zero"]
 
 
+def feature_explorer():
+    """An explorer on a tiny random GPT-2 (32 positions) with random ReLU transcoders at both layers and a feature
+    circuit found on 3 random 5-token prompts: room to generate after each prompt."""
+    from conftest import tiny_gpt2
+
+    from acdc.explorer import Explorer
+
+    model = tiny_gpt2(n_layer=2, vocab=50, d=32)
+    ts = random_set(model, layers=(0, 1), activation="relu")
+    graph = acdc.Graph.from_model(model, transcoders=ts, features={0: [1, 3], 1: [2, 5]})
+    gen = torch.Generator().manual_seed(0)
+    task = acdc.Task.from_tokens(torch.randint(1, 50, (3, 5), generator=gen), torch.randint(1, 50, (3, 5), generator=gen),
+                                 correct=[1, 2, 3], incorrect=[4, 5, 6])
+    circuit = acdc.discover(model, task, threshold=0.05, graph=graph, transcoders=ts, progress=False)
+    return Explorer(model, task, circuit, transcoders=ts), model, task, ts
+
+
 def random_set(model, layers=(0, 1), activation: str = "topk", skip: bool = False, n: int = 12, seed: int = 0) -> TranscoderSet:
     """Random transcoders: far from the MLPs, so the error nodes carry a lot."""
     tf = Transformer.from_bridge(model)
