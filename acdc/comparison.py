@@ -160,7 +160,7 @@ class Comparison:
         lines = ["| task | method | seeds | edges | faithfulness (discovery) | faithfulness (held-out) | CPR | CMD | seconds |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for r in self.summary():
-            lines.append(f"| {r['task']} | {r['method']} | {r['seeds']} | {cell(r, 'edges', '.0f')} | "
+            lines.append(f"| {_md(r['task'])} | {_md(r['method'])} | {r['seeds']} | {cell(r, 'edges', '.0f')} | "
                          f"{cell(r, 'faithfulness', '.3f')} | {cell(r, 'held_out', '.3f')} | {cell(r, 'cpr', '.3f')} | "
                          f"{cell(r, 'cmd', '.3f')} | {cell(r, 'seconds', '.1f')} |")
         return "\n".join(lines)
@@ -175,14 +175,14 @@ class Comparison:
             test = "-" if r.get("test") is None else f"{r['test']:.3f} ({r['test_low']:.3f}..{r['test_high']:.3f})"
             dist = "-" if r.get("test_distance") is None else f"{r['test_distance']:.3f}"
             areas = "" if not curves else " - |" if r.get("cpr") is None else f" {r['cpr']:.3f} / {r['cmd']:.3f} |"
-            lines.append(f"| {r['task']} | {r['method']} | {r['seed']} | {r.get('chosen') or '-'} | {r['edges']} | "
-                         f"{r['faithfulness']:.3f} | {r['validation']:.3f} | {test} | {dist} |{areas} {r.get('verdict') or '-'} |")
+            lines.append(f"| {_md(r['task'])} | {_md(r['method'])} | {r['seed']} | {_md(r.get('chosen') or '-')} | {r['edges']} | "
+                         f"{r['faithfulness']:.3f} | {r['validation']:.3f} | {test} | {dist} |{areas} {_md(r.get('verdict') or '-')} |")
         summary = self.summary()
         if any(s["seeds"] > 1 for s in summary):
             lines += ["", "| task | method | seeds | edges | test (mean ± sd) | 95% interval over seeds |", "|---|---|---|---|---|---|"]
             for s in summary:
                 over = "-" if s["test_seeds_low"] is None else f"{s['test_seeds_low']:.3f}..{s['test_seeds_high']:.3f}"
-                lines.append(f"| {s['task']} | {s['method']} | {s['seeds']} | {cell(s, 'edges', '.0f')} | "
+                lines.append(f"| {_md(s['task'])} | {_md(s['method'])} | {s['seeds']} | {cell(s, 'edges', '.0f')} | "
                              f"{cell(s, 'test', '.3f')} | {over} |")
         return "\n".join(lines)
 
@@ -427,6 +427,11 @@ def _compare_item(state: _CompareState, item: dict[str, Any]) -> dict[str, Any]:
         curve = FaithfulnessCurve.from_values(list(MIB_FRACTIONS), [reported.normalized(scores.top(k)) for k in sizes])
         row["cpr"], row["cmd"] = curve.cpr, curve.cmd
     return {"row": row, "circuit": circuit_record(circuit, kept_only=True)}
+
+
+def _md(x: object) -> str:
+    """A Markdown table cell: its pipes escaped."""
+    return str(x).replace("|", "\\|")
 
 
 def _count(e: int | float, n_edges: int) -> int:

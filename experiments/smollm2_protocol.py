@@ -23,6 +23,9 @@ edge and node level; the four directions; mean of ratios; probability difference
 ACDC runs on IOI and greater-than (``--acdc-tasks``); on induction it removed every edge in earlier runs (each
 edge into the logits moves the metric by less than any useful threshold), and its runs cost the most here.
 
+Greater-than is also reported per tens digit t of the start year: each chosen circuit scored on test prompts
+whose start years all have tens digit t (``tens=[t]``), with its interval.
+
 Each (task, method) is cached as it finishes (experiments/results/runs/protocol/), so a killed run
 resumes. Writes experiments/results/smollm2_protocol.{md,json}.
 """
@@ -54,6 +57,25 @@ def sets(model: Any, name: str, n: int) -> tuple[acdc.Task, acdc.Task, acdc.Task
             return acdc.tasks.greater_than(model, n, split=split, digits=True, metric="year_prob_diff", corrupt="random")
         return acdc.tasks.induction(model, n, split=split, metric="logit_diff")
     return make("discovery"), make("validation"), make("test")
+
+
+TENS = range(1, 9)
+
+
+def by_tens(model: Any, table: acdc.Comparison, n: int) -> dict[str, list[dict[str, float]]]:
+    """Each row's circuit on greater-than test prompts of one tens digit t at a time (t = 1..8)."""
+    out: dict[str, list[dict[str, float]]] = {}
+    tasks = {t: acdc.tasks.greater_than(model, n, split="test", digits=True, metric="year_prob_diff", corrupt="random",
+                                        tens=[t]) for t in TENS}
+    for r in table.rows:
+        circuit = table.circuit(r["task"], r["method"], r["seed"])
+        vals = []
+        for t in TENS:
+            f = acdc.faithfulness(model, tasks[t], circuit, progress=False)
+            lo, hi = f.interval("normalized")
+            vals.append({"t": t, "normalized": f.normalized, "low": lo, "high": hi, "model_metric": f.model_metric})
+        out[r["method"]] = vals
+    return out
 
 
 def gap(model: Any, task: acdc.Task) -> float:
@@ -109,6 +131,15 @@ def main() -> None:
         md += ["| method | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
         md += [f"| {r['method']} | " + " | ".join(f"{r['grid'][k]:.3f}" for k in labels) + " |" for r in rows]
         md.append("")
+        if name == "greater-than":
+            per_t = by_tens(model, table, args.n_prompts)
+            doc["tasks"][name]["per_t"] = per_t
+            md += ["Per tens digit t of the start year (each circuit on test prompts whose years all have tens digit t; "
+                   "normalized faithfulness, 95% interval):", "",
+                   "| method | " + " | ".join(f"t={t}" for t in TENS) + " |", "|---|" + "---|" * len(TENS)]
+            md += [f"| {m} | " + " | ".join(f"{v['normalized']:.2f} ({v['low']:.2f}..{v['high']:.2f})" for v in per_t[m]) + " |"
+                   for m in per_t]
+            md.append("")
         (runs / f"{name}.json").write_text(json.dumps(doc["tasks"][name], indent=1, default=str))
     write(args.out, "smollm2_protocol" if args.tasks == list(TASKS) and args.n_prompts == 30 else
           f"smollm2_protocol_{'_'.join(args.tasks)}_n{args.n_prompts}", doc, "\n".join(md) + "\n")

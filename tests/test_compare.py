@@ -142,6 +142,28 @@ def test_cli_compare_writes_the_table(tmp_path):
     assert main(["compare", "--model", "zoo:ioi", "--tasks", "ioi", "-o", str(out)]) == 1
 
 
+def test_cli_compare_runs_the_protocol(entry, tmp_path):
+    """--protocol: three prompt sets (zoo: three seeds), KEY=A|B candidates and several --edges chosen on validation,
+    --grid on test; the rows are acdc.compare's on the same sets; the Markdown table keeps its columns."""
+    from acdc.cli import main
+    from acdc.cli.common import zoo_sets
+
+    out = tmp_path / "p"
+    assert main(["compare", "--model", "zoo:ioi", "--methods", "acdc:threshold=0.01|0.5", "--edges", "3", "40",
+                 "--protocol", "--grid", "-o", str(out), "--no-progress"]) == 0
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    want = acdc.compare(entry.model, {"ioi": lambda s: zoo_sets("ioi", None, s)}, edges=[3, 40], grid=True, progress=False,
+                        methods=[Method("acdc", label="acdc:threshold=0.01|0.5", choose={"threshold": [0.01, 0.5]})])
+    for got, r in zip(rows, want.rows, strict=True):
+        assert (got["chosen"], got["edges"], got["verdict"]) == (r["chosen"], r["edges"], r["verdict"])
+        assert got["test"] == pytest.approx(r["test"], abs=1e-12)
+    assert rows[0]["chosen"] == "threshold=0.01" and rows[0]["verdict"].startswith("holds under all 11")
+    md = (out / "comparison.md").read_text().splitlines()
+    assert len({line.replace("\\|", "").count("|") for line in md[:3]}) == 1  # every cell's pipes escaped
+    for bad in (["--edges", "3", "40"], ["--grid"], ["--methods", "acdc:threshold=0.01|0.5"]):
+        assert main(["compare", "--model", "zoo:ioi", *bad, "-o", str(out)]) == 1
+
+
 def test_a_bad_task_source_is_named(entry):
     with pytest.raises(ValueError, match="task 'x' must be a Task"):
         acdc.compare(entry.model, {"x": lambda s: "prompts"}, progress=False)  # type: ignore[dict-item]

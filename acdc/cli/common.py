@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-TASKS = ("ioi", "greater-than", "greater-than-digits", "induction", "docstring")  # -digits: tokenizers that split years into digits
+TASKS = ("ioi", "greater-than", "greater-than-digits", "induction", "docstring", "mcqa", "arithmetic")  # -digits: tokenizers that split years into digits
+SPLIT_TASKS = ("ioi", "greater-than", "greater-than-digits", "induction", "mcqa", "arithmetic")  # those with split=
 
 
 class Parser(argparse.ArgumentParser):
@@ -214,6 +215,19 @@ def hub_model(args: argparse.Namespace) -> Any:
                        "the first time, or try --model zoo:ioi offline") from None
 
 
+def zoo_sets(name: str, n_prompts: int | None, seed: int) -> tuple[Any, Any, Any]:
+    """A zoo entry's discovery, validation and test prompts: three draws (seed, + HELD_OUT_SEED, + 2 HELD_OUT_SEED)."""
+    return tuple(zoo_entry(f"zoo:{name}", n_prompts, seed + k * HELD_OUT_SEED).task for k in range(3))  # type: ignore[return-value]
+
+
+def task_sets(name: str, model: Any, n_prompts: int | None, seed: int) -> tuple[Any, Any, Any]:
+    """A named task's discovery, validation and test prompts: its three ``split=`` sets where it has them (no
+    template, name or word shared), else three seeds."""
+    if name in SPLIT_TASKS:
+        return tuple(make_task(name, model, n_prompts, seed, split) for split in ("discovery", "validation", "test"))  # type: ignore[return-value]
+    return tuple(make_task(name, model, n_prompts, seed + k * HELD_OUT_SEED) for k in range(3))  # type: ignore[return-value]
+
+
 def zoo_pair(name: str, n_prompts: int | None, seed: int) -> tuple[Any, Any]:
     """A zoo entry's prompts for ``seed`` and held-out ones (its weights do not depend on the prompts used here)."""
     return zoo_entry(f"zoo:{name}", n_prompts, seed).task, zoo_entry(f"zoo:{name}", n_prompts, seed + HELD_OUT_SEED).task
@@ -368,14 +382,17 @@ def zoo_entry(spec: str, n_prompts: int | None = None, seed: int = 0) -> Any:
     return zoo.load(name, n_prompts=n_prompts, seed=seed)
 
 
-def make_task(name: str, model: Any, n_prompts: int | None, seed: int) -> Any:
+def make_task(name: str, model: Any, n_prompts: int | None, seed: int, split: str | None = None) -> Any:
     from .. import tasks
 
     if getattr(model, "tokenizer", None) is None and name != "induction":
         raise CLIError(f"task {name!r} needs the model's tokenizer, and this model has none")
     make = {"ioi": tasks.ioi, "greater-than": tasks.greater_than, "induction": tasks.induction, "docstring": tasks.docstring,
-            "greater-than-digits": lambda m, **kw: tasks.greater_than(m, digits=True, **kw)}
+            "greater-than-digits": lambda m, **kw: tasks.greater_than(m, digits=True, **kw),
+            "mcqa": tasks.mcqa, "arithmetic": tasks.arithmetic}
     kwargs: dict[str, Any] = {"seed": seed}
+    if split is not None:
+        kwargs["split"] = split
     if n_prompts is not None:
         kwargs["n_prompts"] = n_prompts
     try:

@@ -24,8 +24,10 @@ from .common import (
     setup_run,
     sweep_flags,
     task_pair,
+    task_sets,
     zoo_entry,
     zoo_pair,
+    zoo_sets,
 )
 
 
@@ -83,11 +85,17 @@ def add_compare(sub: Any) -> None:
     c.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="tasks (default for zoo models: the entry's own)")
     c.add_argument("--methods", nargs="+", default=["eap", "eap-ig-inputs", "acdc:threshold=0.05"],
                    help="registered methods, each NAME or NAME:KEY=VALUE,KEY=VALUE (e.g. acdc:threshold=0.01, "
-                   "eap-ig-inputs:steps=10, edge-pruning:target=0.02,steps=100; default: eap eap-ig-inputs acdc:threshold=0.05)")
+                   "eap-ig-inputs:steps=10, edge-pruning:target=0.02,steps=100; default: eap eap-ig-inputs acdc:threshold=0.05); "
+                   "with --protocol, KEY=A|B|C lists candidates chosen on validation prompts (acdc:threshold=0.02|0.05|0.1)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the prompts (and of seeded methods; default 0)")
-    c.add_argument("--edges", type=float, default=0.01, help="circuit size of the scoring methods: a count (>= 1) or a "
-                   "fraction of the edges (< 1; default 0.01)")
-    c.add_argument("--curves", action="store_true", help="also MIB's CPR and CMD on the held-out prompts")
+    c.add_argument("--edges", type=float, nargs="+", default=[0.01], help="circuit size of the scoring methods: a count "
+                   "(>= 1) or a fraction of the edges (< 1; default 0.01); several with --protocol: candidates chosen on "
+                   "validation prompts")
+    c.add_argument("--protocol", action="store_true", help="discovery, validation and test prompts (the tasks' split= sets; "
+                   "zoo models: three seeds): every candidate setting chosen on validation, the circuit scored once on test "
+                   "with a 95%% bootstrap interval")
+    c.add_argument("--grid", action="store_true", help="with --protocol: also the robustness grid on test prompts and its verdict")
+    c.add_argument("--curves", action="store_true", help="also MIB's CPR and CMD on the held-out (with --protocol: test) prompts")
     c.add_argument("--n-prompts", type=positive, default=None, help="prompts per task (default: the task's)")
     c.add_argument("--metric", default=None, help="default: each task's")
     c.add_argument("--ablation", default=None, help="default: resample (zoo models: the entry's)")
@@ -153,23 +161,33 @@ def _roc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _method(spec: str) -> Any:
-    """``NAME`` or ``NAME:KEY=VALUE,...`` as a `Method` (values read as JSON where they parse: numbers, true)."""
+def _method(spec: str, choose: bool = False) -> Any:
+    """``NAME`` or ``NAME:KEY=VALUE,...`` as a `Method` (values read as JSON where they parse: numbers, true); with
+    ``choose``, ``KEY=A|B|C`` lists candidates (`Method.choose`)."""
     import json
 
     from ..comparison import Method
 
+    def parsed(value: str) -> Any:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+
     name, _, rest = spec.partition(":")
     options: dict[str, Any] = {}
+    chosen: dict[str, list[Any]] = {}
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         if not eq or not key:
             raise CLIError(f"--methods {spec!r}: options go as NAME:KEY=VALUE,KEY=VALUE")
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
-    return Method(name, options, label=spec)
+        if "|" in value:
+            if not choose:
+                raise CLIError(f"--methods {spec!r}: candidates (KEY=A|B) are chosen on validation prompts: add --protocol")
+            chosen[key.replace("-", "_")] = [parsed(v) for v in value.split("|")]
+        else:
+            options[key.replace("-", "_")] = parsed(value)
+    return Method(name, options, label=spec, choose=chosen)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -178,15 +196,19 @@ def _compare(args: argparse.Namespace) -> int:
 
     from ..comparison import compare
 
-    methods = [_method(m) for m in args.methods]  # checked before the model loads
-    edges: int | float = int(args.edges) if args.edges >= 1 and args.edges == int(args.edges) else args.edges
+    methods = [_method(m, choose=args.protocol) for m in args.methods]  # checked before the model loads
+    sizes = [int(e) if e >= 1 and e == int(e) else e for e in args.edges]
+    if (len(sizes) > 1 or args.grid or any(m.choose for m in methods)) and not args.protocol:
+        raise CLIError("several --edges, --grid and candidate lists (KEY=A|B) choose or report on validation and test "
+                       "prompts: add --protocol")
+    edges: Any = sizes if args.protocol else sizes[0]
     inputs: dict[str, Any] = {"metric": args.metric}
     if args.model.startswith("zoo:"):
         if args.tasks:
             raise CLIError(f"zoo models come with their own task; drop --tasks {' '.join(args.tasks)}")
         entry = zoo_entry(args.model, n_prompts=args.n_prompts)
         model, name = entry.model, args.model.split(":", 1)[1]
-        tasks: dict[str, Any] = {name: partial(zoo_pair, name, args.n_prompts)}
+        tasks: dict[str, Any] = {name: partial(zoo_sets if args.protocol else zoo_pair, name, args.n_prompts)}
         inputs["ablation"] = args.ablation or entry.ablation
         if entry.graph is not None:
             inputs["graph"], inputs["transcoders"] = entry.graph, entry.transcoders
@@ -194,9 +216,9 @@ def _compare(args: argparse.Namespace) -> int:
         if not args.tasks:
             raise CLIError(f"--tasks is needed for hub models (some of {', '.join(TASKS)})")
         model = hub_model(args)
-        tasks = {t: partial(task_pair, t, model, args.n_prompts) for t in args.tasks}
+        tasks = {t: partial(task_sets if args.protocol else task_pair, t, model, args.n_prompts) for t in args.tasks}
         inputs["ablation"] = args.ablation or "resample"
-    table = compare(model, tasks, methods=methods, seeds=args.seeds, edges=edges, curves=args.curves,
+    table = compare(model, tasks, methods=methods, seeds=args.seeds, edges=edges, curves=args.curves, grid=args.grid,
                     progress=not args.no_progress, executor=args.executor, results=args.results, workers=args.workers,
                     **inputs)
     out: Path = args.out
