@@ -100,6 +100,7 @@ class AttributeOptions(Inputs, total=False):
     method: str
     steps: int
     grid: str
+    gim: bool
 
 
 class PruneOptions(Inputs, total=False):
