@@ -27,6 +27,8 @@ ap.add_argument("out", type=Path)
 ap.add_argument("--smollm2", action="store_true", help="the SmolLM2 side-by-side (another description and results file)")
 ap.add_argument("--gemma2", action="store_true", help="the tiny Gemma 2 of circuit_tracer_graph.py --gemma2")
 ap.add_argument("--clt", action="store_true", help="the cross-layer transcoder of circuit_tracer_graph.py --clt")
+ap.add_argument("--results", default=None, help="the results file's name (default: the check's own)")
+ap.add_argument("--command", default=None, help="the command named in the results (default: the check's own)")
 args = ap.parse_args()
 out = args.out
 torch.set_num_threads(2)
@@ -65,12 +67,13 @@ ok = same_features and same_logits and diff <= 1e-4 * max(scale, 1.0) and capped
 if args.smollm2:
     about = (f"SmolLM2-135M-Instruct (the shipped GGUF, dequantized into a plain Hugging Face folder; circuit-tracer runs it as a "
              f"TransformerLens model converted by TransformerLens, logits within {float(ct_time[2]):.0e} of acdc's), acdc's "
-             f"TopK transcoders turned into JumpReLU ones (experiments/peers/smollm2_jumprelu.py) in circuit-tracer's layout, the IOI "
-             f"prompt of {len(tokens)} tokens; {version}. Each tool alone on the machine, 2 threads. "
-             "Command: `bash experiments/peers/check_attribution_graph_smollm2.sh`.")
+             f"TopK transcoders turned into JumpReLU ones (experiments/peers/smollm2_jumprelu.py) in circuit-tracer's layout, "
+             + (f"the first {len(tokens)} tokens of the held-out speeches" if args.results else f"the IOI prompt of {len(tokens)} tokens")
+             + f"; {version}. Each tool alone on the machine, 2 threads. "
+             f"Command: `{args.command or 'bash experiments/peers/check_attribution_graph_smollm2.sh'}`.")
     speed = [f"| seconds | {seconds:.1f} | {ct_seconds:.1f} |",
              f"| peak resident memory of the process, GB (acdc: {before:.2f} before the graph) | {peak:.2f} | {float(ct_time[1]):.2f} |"]
-    results = "circuit_tracer_graph_smollm2.md"
+    results = args.results or "circuit_tracer_graph_smollm2.md"
 elif args.gemma2:
     about = (f"Same tiny random Gemma 2 (2 layers, d_model 32, 4 heads and 2 key/value heads, norms after attention and after the "
              f"MLP, soft caps, a 4-token sliding window), same JumpReLU skip transcoders reading the MLP's normed input and "
