@@ -408,3 +408,33 @@ def test_faithful_within_keeps_the_circuit_near_one_at_every_step():
     assert swept.edges == c.edges and swept.settings["faithful_within"] == 0.05  # a ROC sweep passes it to every threshold
     with pytest.raises(ValueError, match="faithful_within must be a number >= 0"):
         acdc.discover(model, task, threshold=0.3, faithful_within=-0.1, progress=False)
+
+
+def test_faithful_within_from_a_start_outside_the_bound_never_moves_away_from_one():
+    """A prefilter's circuit can start outside the bound (its untested edges removed up front). Then a removal is
+    refused only if it takes F further from 1: every step's |1 - F| (from ACDC's metric trace, F normalized by the
+    full model's and the empty circuit's metric, measured independently) is at most max(bound, the step before's),
+    and edges still go."""
+    from conftest import random_answers, random_tokens, tiny_gpt2
+
+    model = tiny_gpt2(n_layer=3, n_head=4)
+    clean, corrupt = random_tokens()
+    correct, incorrect = random_answers()
+    task = acdc.Task.from_tokens(clean, corrupt, correct=correct, incorrect=incorrect, metric="logit_diff")
+    g = acdc.Graph.from_model(model)
+    empty = acdc.Circuit(g, torch.zeros(g.n_edges, dtype=torch.bool), torch.full((g.n_edges,), float("nan")))
+    base = acdc.faithfulness(model, task, empty, progress=False)
+    m_full, m_empty = base.model_metric, base.empty_metric
+
+    def far(m: float) -> float:
+        return abs(1 - (m - m_empty) / (m_full - m_empty))
+
+    within = 0.02
+    c = acdc.discover(model, task, threshold=0.3, prefilter=0.3, faithful_within=within, progress=False)
+    trace = c.metric_trace
+    assert far(trace[0]) > within  # the prefiltered start is outside the bound
+    steps = [far(b) <= max(within, far(a)) + 1e-9 for a, b in zip(trace, trace[1:], strict=False)]
+    assert all(steps) and far(trace[-1]) <= far(trace[0])
+    tested = int((~torch.isnan(c.scores)).sum())
+    assert c.n_edges < tested  # some tested edges went
+    assert far(acdc.faithfulness(model, task, c, progress=False).circuit_metric) == pytest.approx(far(trace[-1]), abs=1e-5)

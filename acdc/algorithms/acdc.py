@@ -61,7 +61,8 @@ class ACDCOptions:
     faithful_within: float | None = field(default=None, metadata={
         "help": "keep the circuit's normalized faithfulness F within this of 1 at every step: a removal that would take "
                 "|1 - F| past it is refused (F = (L_empty - L) / (L_empty - L_full), L the metric as a loss), so the "
-                "circuit does not overshoot"})
+                "circuit does not overshoot; from a start already outside it (a prefilter's circuit), a removal that would "
+                "take F further from 1 is"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", check_threshold(self.threshold))
@@ -265,8 +266,9 @@ def run_acdc(
             scores[edge] = delta
             n_tested += 1
             removed = (abs(delta) if abs_value else delta) < threshold
-            if removed and within is not None and abs(1 - (loss_empty - new) / span) > within:
-                removed = False  # the circuit would leave |1 - F| <= within: the edge stays
+            if removed and within is not None and \
+                    abs(1 - (loss_empty - new) / span) > max(within, abs(1 - (loss_empty - current) / span)):
+                removed = False  # |1 - F| would pass the bound (or, from a start outside it, grow): the edge stays
             if removed:
                 current = new
                 accepted = j + 1
