@@ -73,8 +73,26 @@ def by_tens(model: Any, table: acdc.Comparison, n: int) -> dict[str, list[dict[s
         for t in TENS:
             f = acdc.faithfulness(model, tasks[t], circuit, progress=False)
             lo, hi = f.interval("normalized")
-            vals.append({"t": t, "normalized": f.normalized, "low": lo, "high": hi, "model_metric": f.model_metric})
+            vals.append({"t": t, "normalized": f.normalized, "low": lo, "high": hi, "model_metric": f.model_metric,
+                         "empty_metric": f.empty_metric})
         out[r["method"]] = vals
+    return out
+
+
+SETTINGS = {"resample": {}, "mean (batch)": {"ablation": "mean"}, "mean aligned by role": {"ablation": "mean", "mean_over": "role"},
+            "probability difference": {"metric": "prob_diff"}}
+
+
+def metrics(model: Any, table: acdc.Comparison, test: acdc.Task) -> dict[str, dict[str, list[float]]]:
+    """Each row's circuit on the test prompts under a few settings: [m(M), m(C), m({})], the values its normalized
+    faithfulness divides (a small m(M) - m({}) makes it swing)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in table.rows:
+        circuit = table.circuit(r["task"], r["method"], r["seed"])
+        out[r["method"]] = {}
+        for label, kw in SETTINGS.items():
+            f = acdc.faithfulness(model, test, circuit, progress=False, **kw)
+            out[r["method"]][label] = [f.model_metric, f.circuit_metric, f.empty_metric]
     return out
 
 
@@ -131,6 +149,12 @@ def main() -> None:
         md += ["| method | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
         md += [f"| {r['method']} | " + " | ".join(f"{r['grid'][k]:.3f}" for k in labels) + " |" for r in rows]
         md.append("")
+        values = metrics(model, table, test)
+        doc["tasks"][name]["metrics"] = values
+        md += ["The metric itself on test prompts, m(M) / m(C) / m({}) (full model / circuit / every edge ablated):", "",
+               "| method | " + " | ".join(SETTINGS) + " |", "|---|" + "---|" * len(SETTINGS)]
+        md += [f"| {m} | " + " | ".join("{:.4f} / {:.4f} / {:.4f}".format(*v[k]) for k in SETTINGS) + " |" for m, v in values.items()]
+        md.append("")
         if name == "greater-than":
             per_t = by_tens(model, table, args.n_prompts)
             doc["tasks"][name]["per_t"] = per_t
@@ -139,7 +163,8 @@ def main() -> None:
                    "| method | " + " | ".join(f"t={t}" for t in TENS) + " |", "|---|" + "---|" * len(TENS)]
             md += [f"| {m} | " + " | ".join(f"{v['normalized']:.2f} ({v['low']:.2f}..{v['high']:.2f})" for v in per_t[m]) + " |"
                    for m in per_t]
-            md.append("")
+            first = next(iter(per_t.values()))
+            md += ["| m(M) / m({}) | " + " | ".join(f"{v['model_metric']:.3f} / {v['empty_metric']:.3f}" for v in first) + " |", ""]
         (runs / f"{name}.json").write_text(json.dumps(doc["tasks"][name], indent=1, default=str))
     write(args.out, "smollm2_protocol" if args.tasks == list(TASKS) and args.n_prompts == 30 else
           f"smollm2_protocol_{'_'.join(args.tasks)}_n{args.n_prompts}", doc, "\n".join(md) + "\n")
