@@ -219,6 +219,27 @@ def test_explorer_intervenes_saves_and_replays(ioi, tmp_path):
 
 
 # ---------------------------------------------------------------- generation with features edited
+def _moved(a: torch.Tensor, op: str, value: float, positions) -> torch.Tensor:
+    """[P] new - old activation of an edited feature (op ablate, scale or clamp; only at ``positions``, None: all)."""
+    new = torch.zeros_like(a) if op == "ablate" else a * value if op == "scale" else torch.full_like(a, value)
+    keep = torch.zeros_like(a, dtype=torch.bool)
+    keep[list(range(len(a))) if positions is None else [p for p in positions if p < len(a)]] = True
+    return torch.where(keep, new - a, torch.zeros_like(a))
+
+
+def _greedy(hf, handles: list, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """Hugging Face's greedy continuation of ``prompt`` by ``n`` tokens with ``handles``' hooks in place (removed after)."""
+    seq = prompt.clone()
+    try:
+        with torch.no_grad():
+            for _ in range(n):
+                seq = torch.cat([seq, hf(seq[None]).logits[0, -1].argmax().reshape(1)])
+    finally:
+        for h in handles:
+            h.remove()
+    return seq
+
+
 def _hf_greedy(model, ts, prompt: torch.Tensor, n: int, edits: dict) -> torch.Tensor:
     """Greedy continuation by Hugging Face's GPT-2 with hooks: MLP L's output gets (new - a_f) W_dec[f] for each
     edited feature f of layer L, a_f the transcoder's activation on ln_2's output, at every position or the
@@ -237,22 +258,10 @@ def _hf_greedy(model, ts, prompt: torch.Tensor, n: int, edits: dict) -> torch.Te
             for (lay, f), (op, value, positions) in edits.items():
                 if lay != la:
                     continue
-                a = acts[0, :, f]
-                new = torch.zeros_like(a) if op == "ablate" else a * value if op == "scale" else torch.full_like(a, value)
-                keep = torch.zeros_like(a, dtype=torch.bool)
-                keep[list(range(len(a))) if positions is None else [p for p in positions if p < len(a)]] = True
-                out[0] += torch.where(keep, new - a, torch.zeros_like(a))[:, None] * t.W_dec[f]
+                out[0] += _moved(acts[0, :, f], op, value, positions)[:, None] * t.W_dec[f]
             return out
         handles.append(block.mlp.register_forward_hook(add))
-    seq = prompt.clone()
-    try:
-        with torch.no_grad():
-            for _ in range(n):
-                seq = torch.cat([seq, hf(seq[None]).logits[0, -1].argmax().reshape(1)])
-    finally:
-        for h in handles:
-            h.remove()
-    return seq
+    return _greedy(hf, handles, prompt, n)
 
 
 def test_generation_with_features_edited_equals_hugging_face_with_hooks(gpt2_model):
@@ -298,22 +307,10 @@ def _hf_greedy_clt(model, clt, prompt: torch.Tensor, n: int, edits: dict, own_la
             for (src, f), (op, value, positions) in edits.items():
                 if src > j or (own_layer_only and src != j):
                     continue
-                a = clt.encode(src, seen[src])[0, :, f]
-                new = torch.zeros_like(a) if op == "ablate" else a * value if op == "scale" else torch.full_like(a, value)
-                keep = torch.zeros_like(a, dtype=torch.bool)
-                keep[list(range(len(a))) if positions is None else [p for p in positions if p < len(a)]] = True
-                out[0] += torch.where(keep, new - a, torch.zeros_like(a))[:, None] * clt.W_dec[src][f, j - src]
+                out[0] += _moved(clt.encode(src, seen[src])[0, :, f], op, value, positions)[:, None] * clt.W_dec[src][f, j - src]
             return out
         handles.append(block.mlp.register_forward_hook(add))
-    seq = prompt.clone()
-    try:
-        with torch.no_grad():
-            for _ in range(n):
-                seq = torch.cat([seq, hf(seq[None]).logits[0, -1].argmax().reshape(1)])
-    finally:
-        for h in handles:
-            h.remove()
-    return seq
+    return _greedy(hf, handles, prompt, n)
 
 
 def test_generation_with_cross_layer_features_edited_equals_hugging_face_with_hooks():
