@@ -309,7 +309,10 @@ def test_a_graph_that_will_not_fit_is_refused_naming_what_fits():
     # the rows and the adjacency, by hand: 4 bytes per entry
     m = GraphMemory.of(n_f=100, cap=10, S=5, L=2, d=8, n_l=3, batch=4, widest={0: 2, 1: 3})
     n = 100 + 3 * 5 + 3
-    assert m.rows == 4 * 13 * n and m.adjacency == 4 * (10 + 15 + 3) ** 2 and m.writes == 4 * 5 * 8 * 5
+    assert m.rows == 4 * 13 * n and m.adjacency == 4 * (10 + 15 + 3) ** 2
+    # the features' decoder rows: one gathered block (the widest layer, 3 a position) and one gradient by position, every
+    # source layer's sums and a product's two copies (4 rows a batch), and per feature slot two int64 indices and a value
+    assert m.writes == 4 * 5 * (3 * 8 + 4 * 8) + 4 * 5 * 4 * (5 + 2 * 3) + (16 + 4) * 5 * 5
 
 
 @pytest.fixture(scope="module")

@@ -308,6 +308,16 @@ def test_clt_attribution_graph_edges_are_the_measured_direct_effects(activation,
     layer0 = [i for i in range(g.n_features) if int(g.features[i, 0]) == 0]
     assert len(layer0) and float(want[g.logit_start :, layer0].abs().max()) > 1e-2  # layer 0's features reach the logits
     assert torch.allclose(g.adjacency, want, atol=2e-4, rtol=1e-4), float((g.adjacency - want).abs().max())
+    # what the features write is gathered from the decoders, never stored per target layer: the estimate counts each
+    # source layer's widest position once, as a per-layer set of the same activations would
+    from acdc.algorithms.attribution_graph import GraphMemory
+
+    widest = {layer: int(torch.bincount(g.features[g.features[:, 0] == layer][:, 1]).max())
+              for layer in range(clt.cfg.n_layers) if bool((g.features[:, 0] == layer).any())}
+    L, S, d = clt.cfg.n_layers, len(tokens), clt.cfg.d_model
+    m = GraphMemory.of(n_f=g.n_features, cap=g.n_features, S=S, L=L, d=d, n_l=g.n_logits, batch=5, widest=widest,
+                       heads=model.cfg.n_heads)
+    assert g.info["memory_estimate_bytes"]["writes"] == m.writes
 
 
 def test_active_features_and_the_cli_take_a_clt(tmp_path, capsys):

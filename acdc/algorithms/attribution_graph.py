@@ -90,12 +90,12 @@ def build_attribution_graph(
     S, L, d = fr.n_pos, a.n_layers, a.d_model
     raw = cross and transcoders.cfg.reads == "stream"  # features read the stream itself, not its norm
 
-    # nodes: features (layer, pos, feature) in order, their encoder vectors and what they write into each MLP output
-    # (``writes[j]``: (feature rows, vectors)); error vectors
+    # nodes: features (layer, pos, feature) in order, their encoder vectors, and per source layer the features active at
+    # each position (`_Sources`): what they write is gathered from the decoders a block at a time, never stored
     errors = fr.mlp_out.clone()  # [L, S, d]: a layer without a transcoder is all error
     found, values = [], []
     w_encs: dict[int, Tensor] = {}  # each layer's encoder [d, n]: a target's read direction is taken when it is visited
-    writes: dict[int, list[tuple[Tensor, Tensor]]] = {}
+    sources: dict[int, _Sources] = {}
     acts_of: dict[int, Tensor] = {}
     first = 0
     for layer in transcoders.layers:
@@ -115,14 +115,11 @@ def build_attribution_graph(
         v = acts[nz[:, 0], nz[:, 1]]
         values.append(v)
         w_encs[layer] = w_enc
-        rows = torch.arange(first, first + len(nz))
+        if len(nz):
+            sources[layer] = _Sources.of(nz, v.to(tf.dtype), first, S)
         first += len(nz)
-        if cross:
-            for j in range(layer, L):
-                writes.setdefault(j, []).append((rows, (v[:, None] * transcoders.decoder(layer, j).detach()[nz[:, 1]]).to(tf.dtype)))
-        else:
+        if not cross:
             t = transcoders[layer]
-            writes.setdefault(layer, []).append((rows, (v[:, None] * t.W_dec.detach()[nz[:, 1]]).to(tf.dtype)))
             errors[layer] = fr.mlp_out[layer] - t.decode(acts, xn.to(t.W_enc.dtype)).to(tf.dtype)
     if cross:  # layer j's error: its MLP minus the CLT's reconstruction there from every layer's features up to j
         xs = None if transcoders.W_skip is None else torch.stack(
@@ -152,8 +149,7 @@ def build_attribution_graph(
 
     n = n_f + (L + 1) * S + n_l
     cap = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
-    widest = {layer: int(torch.bincount(features[torch.cat([r for r, _ in parts])][:, 1], minlength=S).max())
-              for layer, parts in writes.items() if sum(len(r) for r, _ in parts)}
+    widest = {layer: src.width for layer, src in sources.items()}
     memory = GraphMemory.of(n_f=n_f, cap=cap, S=S, L=L, d=d, n_l=n_l, batch=batch_size, widest=widest, heads=a.n_heads, itemsize=torch.empty((), dtype=tf.dtype).element_size())
     budget = available_gb(tf.device) if max_memory_gb is None else max_memory_gb
     if progress:
@@ -169,26 +165,10 @@ def build_attribution_graph(
     E = torch.zeros(n if full else cap + n_l, n, dtype=torch.float32)
     row_node = torch.arange(n) if full else torch.empty(cap + n_l, dtype=torch.long)
     tok_vecs = fr.token_vectors()
-    # per MLP output, the features writing into it grouped by position, padded: their vectors [S, k, d] and columns
-    # [S, k] (-1: padding)
-    groups: dict[int, tuple[Tensor, Tensor]] = {}
-    for layer in list(writes):
-        parts = writes.pop(layer)  # each layer's write vectors freed once grouped
-        idx = torch.cat([r for r, _ in parts])
-        vecs = torch.cat([x for _, x in parts])
-        if len(idx) == 0:
-            continue
-        order = features[idx, 1].argsort(stable=True)  # by position (several layers' features write into a CLT's MLP)
-        idx, vecs = idx[order], vecs[order.to(vecs.device)]
-        pos = features[idx, 1]
-        counts = torch.bincount(pos, minlength=S)
-        k = int(counts.max())
-        slot = torch.arange(len(idx)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        D = torch.zeros(S, k, d, dtype=tf.dtype, device=tf.device)
-        cols = torch.full((S, k), -1, dtype=torch.long)
-        D[pos, slot] = vecs
-        cols[pos, slot] = idx
-        groups[layer] = (D, cols)
+    if isinstance(transcoders, CrossLayerTranscoder):
+        decoders = {(src, j): transcoders.decoder(src, j).detach() for src in sources for j in range(src, L)}
+    else:
+        decoders = {(src, src): transcoders[src].W_dec.detach() for src in sources}
     err_cols = n_f + torch.arange(L)[:, None] * S + torch.arange(S)  # [L, S]
     tok_cols = n_f + L * S + torch.arange(S)
 
@@ -196,13 +176,18 @@ def build_attribution_graph(
         """[n_rows, n] the direct effects on ``n_rows`` targets from their gradients at the MLP outputs below them
         (out [l, n_rows, s_eff, d]) and at the embedding (emb [n_rows, s_eff, d])."""
         got_rows = torch.zeros(n_rows, n, dtype=torch.float32)
-        for layer in range(out.shape[0]):
-            if layer in groups:
-                D, cols = groups[layer]
-                got = torch.bmm(out[layer].transpose(0, 1), D[:s_eff].transpose(1, 2))  # [s_eff, n, k]
-                c = cols[:s_eff]
-                ok = c >= 0
-                got_rows[:, c[ok]] += got.permute(1, 0, 2)[:, ok].float().cpu()  # a cross-layer feature: summed over its layers
+        got: dict[int, Tensor] = {}  # source layer -> [s_eff, n_rows, k]: summed over the MLP outputs it writes into
+        for j in range(out.shape[0]):
+            g_j = out[j].transpose(0, 1).contiguous()  # [s_eff, n_rows, d]
+            for src in (range(j + 1) if cross else (j,)):
+                if src in sources:  # its features' decoders into j, gathered by position: [s_eff, k, d]
+                    D = sources[src].decoders(decoders[src, j], s_eff).to(g_j.dtype)
+                    part = torch.bmm(g_j, D.transpose(1, 2))
+                    got[src] = part if src not in got else got[src].add_(part)
+        for src, part in got.items():
+            act, c = sources[src].acts, sources[src].cols[:s_eff]
+            ok = c >= 0
+            got_rows[:, c[ok]] = (part * act[:s_eff, None, :]).permute(1, 0, 2)[:, ok.to(part.device)].float().cpu()
         err = torch.stack([(out[j] * errors[j, :s_eff]).sum(-1) for j in range(out.shape[0])], 1) if out.shape[0] else \
             out.new_zeros(n_rows, 0, s_eff)  # [n, l, s], a layer at a time
         got_rows[:, err_cols[: out.shape[0], :s_eff].reshape(-1)] = err.reshape(n_rows, -1).float().cpu()
@@ -297,6 +282,43 @@ def build_attribution_graph(
 
 
 @dataclass(frozen=True)
+class _Sources:
+    """One source layer's active features, by position and padded to the most at any position: feature ids ``ids``
+    [S, k] and activations ``acts`` [S, k] (0 on padding) on the model's device, graph columns ``cols`` [S, k] (-1 on
+    padding). What they write into an MLP output is gathered from its decoder when a block of rows needs it
+    (`decoders`), so a cross-layer transcoder's features cost no memory per target layer."""
+
+    ids: Tensor
+    acts: Tensor
+    cols: Tensor
+
+    @classmethod
+    def of(cls, nz: Tensor, values: Tensor, first: int, S: int) -> _Sources:
+        """From the nonzero (position, feature) pairs ``nz`` [m, 2] in row-major order, their activations [m], and the
+        graph column of the first (the others follow)."""
+        pos = nz[:, 0].cpu()
+        counts = torch.bincount(pos, minlength=S)
+        slot = torch.arange(len(pos)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        k = int(counts.max())
+        ids = torch.zeros(S, k, dtype=torch.long, device=nz.device)
+        acts = torch.zeros(S, k, dtype=values.dtype, device=values.device)
+        cols = torch.full((S, k), -1, dtype=torch.long)
+        where = (pos.to(nz.device), slot.to(nz.device))
+        ids[where] = nz[:, 1]
+        acts[where] = values
+        cols[pos, slot] = torch.arange(first, first + len(pos))
+        return cls(ids, acts, cols)
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def decoders(self, W_dec: Tensor, s_eff: int) -> Tensor:
+        """[s_eff, k, d] the decoder rows (of ``W_dec`` [n, d]) of the features at the first ``s_eff`` positions."""
+        return W_dec.index_select(0, self.ids[:s_eff].reshape(-1)).view(s_eff, self.width, -1)
+
+
+@dataclass(frozen=True)
 class Target:
     """A direction an attribution graph explains, instead of a logit (circuit-tracer's ``CustomTarget``, and more):
     ``vector`` [d_model] read at ``position`` (default the last) of the final norm's output (``layer=None``, as a
@@ -347,8 +369,9 @@ def _targets(targets: Sequence[int | Target], probs: Tensor, W_U: Tensor, S: int
 class GraphMemory:
     """What an attribution graph's construction holds at its peak, in bytes (the model's weights aside): the rows of
     direct effects (the whole n x n adjacency, or with ``max_feature_nodes`` the rows of the features visited and
-    then the kept square), one backward pass's gradients (every layer's stream for a batch of targets) and the
-    features' write vectors grouped by position."""
+    then the kept square), one backward pass's gradients (every layer's stream for a batch of targets), and the
+    features' indices by position with the largest block of decoder rows gathered at once (a source layer's features
+    into one MLP output: what they write is never stored whole, so a cross-layer transcoder costs no more here)."""
 
     rows: int
     adjacency: int
@@ -362,9 +385,14 @@ class GraphMemory:
     @classmethod
     def of(cls, *, n_f: int, cap: int, S: int, L: int, d: int, n_l: int, batch: int, widest: dict[int, int],
            heads: int = 0, itemsize: int = 4) -> GraphMemory:
+        """``widest``: per source layer, the most features active at one position."""
         backward = itemsize * (L + 4) * max(batch, n_l) * S * d  # one batch's gradient at every MLP output, and a few in flight
         backward += itemsize * L * heads * S * S  # the frozen attention patterns
-        writes = itemsize * S * d * sum(widest.values())
+        k = max(widest.values(), default=0)
+        r = max(batch, n_l)
+        writes = itemsize * S * (k * d + r * d)  # one gathered block of decoder rows, one MLP output's gradient by position
+        writes += itemsize * S * r * (sum(widest.values()) + 2 * k)  # every source layer's sums, one product and its scaled copy
+        writes += (16 + itemsize) * S * sum(widest.values())  # ids, columns (int64) and activations
         rows, adjacency = cls.square(n_f, cap, (L + 1) * S + n_l, n_l)
         return cls(rows, adjacency, backward, writes, n_f, cap, (L + 1) * S + n_l, n_l)
 
@@ -382,7 +410,7 @@ class GraphMemory:
     def describe(self) -> str:
         kept = f"{self.n_f:,} active features" + (f", {self.cap:,} kept" if self.cap < self.n_f else "")
         return (f"{kept}; about {self.total_gb:.2f} GB (rows {self.rows / 1e9:.2f}, adjacency {self.adjacency / 1e9:.2f}, "
-                f"backward and patterns {self.backward / 1e9:.2f}, feature vectors {self.writes / 1e9:.2f})")
+                f"backward and patterns {self.backward / 1e9:.2f}, features' decoder rows {self.writes / 1e9:.2f})")
 
     def largest_cap(self, budget_gb: float) -> int | None:
         """The largest ``max_feature_nodes`` whose estimate is within ``budget_gb`` (None: not even one feature)."""

@@ -29,6 +29,9 @@ ap.add_argument("--gemma2", action="store_true", help="the tiny Gemma 2 of circu
 ap.add_argument("--clt", action="store_true", help="the cross-layer transcoder of circuit_tracer_graph.py --clt")
 ap.add_argument("--results", default=None, help="the results file's name (default: the check's own)")
 ap.add_argument("--command", default=None, help="the command named in the results (default: the check's own)")
+ap.add_argument("--max-feature-nodes", type=int, default=None,
+                help="the cap circuit-tracer's graph was built with (its batch size too: the features kept depend on both)")
+ap.add_argument("--batch-size", type=int, default=64, help="targets per backward pass, as circuit-tracer's run had them")
 args = ap.parse_args()
 out = args.out
 torch.set_num_threads(2)
@@ -38,7 +41,8 @@ ts = acdc.load_clt(out / "transcoders", model) if args.clt else acdc.load_transc
 tokens = ct["tokens"]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 t0 = time.perf_counter()
-g = acdc.attribution_graph(model, tokens, transcoders=ts, max_logits=10, logit_prob=0.95, progress=False)
+g = acdc.attribution_graph(model, tokens, transcoders=ts, max_logits=10, logit_prob=0.95, batch_size=args.batch_size,
+                          max_feature_nodes=args.max_feature_nodes, progress=False)
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 same_features = torch.equal(g.features, ct["active_features"][ct["selected_features"]])
@@ -101,7 +105,9 @@ lines = [
     "",
     "| | acdc | circuit-tracer |",
     "|---|---|---|",
-    f"| active features | {g.n_features} | {int(ct['selected_features'].numel())} |",
+    f"| active features | {g.info['active_features']} | {int(ct['active_features'].shape[0])} |",
+    *([f"| features kept (max_feature_nodes={args.max_feature_nodes:,}, batch {args.batch_size}) | {g.n_features} | "
+       f"{int(ct['selected_features'].numel())} |"] if args.max_feature_nodes else []),
     f"| logit nodes | {g.n_logits} | {int(ct['logit_tokens'].numel())} |",
     f"| nodes | {g.n_nodes} | {int(ct['adjacency'].shape[0])} |",
     *speed,

@@ -1,12 +1,12 @@
 """circuit-tracer's attribution graph of SmolLM2-135M-Instruct on the IOI prompt, with the JumpReLU set
 made by experiments/peers/smollm2_jumprelu.py (in OUT_DIR).
 
-    /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_smollm2.py OUT_DIR [--batch-size 64]
+    /tmp/ct-venv/bin/python experiments/peers/circuit_tracer_smollm2.py OUT_DIR [--batch-size 64] [--max-feature-nodes N]
 
 Loads OUT_DIR/model with transformers, copies its weights into a TransformerLens HookedTransformer
 (TransformerLens's own Llama conversion; the logits are checked against acdc's, OUT_DIR/logits.safetensors),
 loads OUT_DIR/transcoders with circuit-tracer's `load_transcoder_set`, runs `circuit_tracer.attribute`
-(10 logits / 0.95, every active feature) on OUT_DIR/prompt.txt on 2 threads, and writes
+(10 logits / 0.95, every active feature or ``--max-feature-nodes``) on OUT_DIR/prompt.txt on 2 threads, and writes
 OUT_DIR/ct_graph.safetensors and OUT_DIR/ct_time.txt (seconds; peak resident memory in GB).
 """
 
@@ -30,6 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 ap = argparse.ArgumentParser()
 ap.add_argument("out", type=Path)
 ap.add_argument("--batch-size", type=int, default=64)
+ap.add_argument("--max-feature-nodes", type=int, default=None, help="circuit-tracer's cap (default: every active feature)")
 args = ap.parse_args()
 torch.set_num_threads(2)
 # a config.json written by a newer transformers keeps rope_theta under rope_parameters, which this venv's reads as
@@ -63,7 +64,8 @@ with torch.no_grad():  # against acdc's own logits of the prompt (its forward is
     diff = float((model(tokens[None])[0] - load_file(str(args.out / "logits.safetensors"))["logits"]).abs().max())
 assert diff < 1e-3, f"the TransformerLens copy is not the model (max logit difference {diff})"
 t0 = time.perf_counter()
-graph = attribute(tokens, model, max_n_logits=10, desired_logit_prob=0.95, batch_size=args.batch_size)
+graph = attribute(tokens, model, max_n_logits=10, desired_logit_prob=0.95, batch_size=args.batch_size,
+                  max_feature_nodes=args.max_feature_nodes)
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 save_file({"adjacency": graph.adjacency_matrix.contiguous(), "active_features": graph.active_features.contiguous(),

@@ -11,7 +11,8 @@ JumpReLU transcoder set that both tools read (circuit-tracer's loader reads ReLU
   (the TopK set's k); written in circuit-tracer's layout (``layer_N.safetensors`` with ``W_enc [n, d]``,
   ``W_skip`` applied as ``x @ W_skip.T``, ``activation_function.threshold``; ``config.yaml``), which acdc
   reads too. A different function from the TopK set: the side-by-side needs one set, not the best one.
-- ``OUT_DIR/prompt.txt``: the token ids of the IOI prompt of experiments/smollm2_feature_circuits.py, and
+- ``OUT_DIR/prompt.txt``: the token ids of the IOI prompt of experiments/smollm2_feature_circuits.py (``--prompt-tokens
+  N``: the first N tokens of the held-out speeches, as experiments/attribution_graph_lengths.py takes them), and
   ``logits.safetensors`` acdc's logits of it (circuit-tracer's copy of the model is checked against them).
 """
 
@@ -35,6 +36,8 @@ from acdc.transcoders import text_stream
 ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
 ap.add_argument("out", type=Path)
 ap.add_argument("--transcoders", type=Path, default=cache_dir() / "transcoders" / "smollm2-sotu")
+ap.add_argument("--prompt-tokens", type=int, default=None, metavar="N",
+                help="the prompt: the first N tokens of the held-out speeches (attribution_graph_lengths.py's), not the IOI prompt")
 args = ap.parse_args()
 torch.set_num_threads(2)
 model = acdc.load_model("smollm2-135m-instruct")
@@ -65,7 +68,10 @@ for layer in ts.layers:
     "model_kind": "transcoder_set", "model_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "feature_input_hook": "mlp.hook_in",
     "feature_output_hook": "mlp.hook_out", "scan": "acdc-smollm2-sotu-jumprelu",
     "transcoders": [f"layer_{layer}.safetensors" for layer in ts.layers]}))
-tokens = model.to_tokens("When Mary and John went to the store, John gave a drink to")[0]
+if args.prompt_tokens:
+    tokens = text_stream("sotu-heldout", model.tokenizer, args.prompt_tokens, seed=0).batch(0, 1)[0]
+else:
+    tokens = model.to_tokens("When Mary and John went to the store, John gave a drink to")[0]
 (args.out / "prompt.txt").write_text(" ".join(str(int(t)) for t in tokens) + "\n")
 with torch.no_grad():
     save_file({"logits": model(tokens[None])[0].contiguous()}, str(args.out / "logits.safetensors"))
