@@ -260,8 +260,8 @@ def build_attribution_graph(
         cols = torch.cat([kept, torch.arange(n_f, n)])
         A = torch.zeros(len(cols), len(cols), dtype=torch.float32)
         by_node = row_node[n_l:].argsort() + n_l  # the visited features' rows in feature order
-        for i in range(0, len(kept), 1024):  # a block of rows at a time: no second copy of the rows
-            A[i : min(i + 1024, len(kept))] = E[by_node[i : i + 1024]][:, cols]
+        for i in range(0, len(kept), 1024):  # a block of rows at a time, gathered at the kept columns only
+            A[i : min(i + 1024, len(kept))] = E[by_node[i : i + 1024, None], cols]
         A[len(cols) - n_l :] = E[:n_l][:, cols]
         del E
     say = decode or str
