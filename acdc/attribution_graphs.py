@@ -348,11 +348,14 @@ def _normalised(A: Tensor, in_place: bool = False) -> Tensor:
     return a.div_(a.sum(1, keepdim=True).clamp(min=1e-10))
 
 
+_BLOCK_ENTRIES = 1 << 26  # what one block of |rows| holds at most (unless one row is longer)
+
+
 def _abs_blocks(A: Tensor, block: int | None = None) -> Iterator[tuple[int, Tensor]]:
     """(first row, |A| of a block of rows), the blocks written into one reused buffer (no n x n
     temporary, and no fresh allocation per block for the allocator to keep). ``block``: rows per block
     (default: 2^26 entries' worth, 256 MB of float32, however long the rows: a long prompt's rows are long)."""
-    block = block or max(1, (1 << 26) // max(1, A.shape[1]))
+    block = block or max(1, _BLOCK_ENTRIES // max(1, A.shape[1]))
     buf = torch.empty(min(block, A.shape[0]), A.shape[1], dtype=A.dtype)
     for i in range(0, A.shape[0], block):
         rows = A[i : i + block]

@@ -218,6 +218,23 @@ def test_custom_targets_are_explained_as_the_frozen_model_measures_them():
         build_attribution_graph(tf, tokens, ts, targets=[50])
 
 
+def test_rows_are_read_in_blocks_of_bounded_size_with_the_same_sums(monkeypatch):
+    """|rows| are summed a block at a time into one buffer: a block holds at most 2^26 entries however long the rows
+    (a 1,024-token prompt's rows have 525k columns), and at least one row; the sums are those of the whole matrix."""
+    from acdc import attribution_graphs as ag
+
+    A = torch.randn(10, 7)
+    got = [(i, a.clone()) for i, a in ag._abs_blocks(A, block=3)]
+    assert [i for i, _ in got] == [0, 3, 6, 9] and torch.equal(torch.cat([a for _, a in got]), A.abs())
+    monkeypatch.setattr(ag, "_BLOCK_ENTRIES", 12)  # the rule at its edges, on small rows
+    for cols, rows in ((4, 3), (3, 4), (5, 2), (12, 1), (13, 1)):
+        A = torch.randn(7, cols)
+        blocks = list((i, len(a)) for i, a in ag._abs_blocks(A))
+        assert max(n for _, n in blocks) == rows and [i for i, _ in blocks] == list(range(0, 7, rows)), (cols, blocks)
+    B = torch.randn(50, 40)
+    assert torch.allclose(ag._row_sums(B), B.abs().sum(1))
+
+
 def test_partial_influences_by_hand_and_by_the_definition():
     """Nodes [f0, f1, err, tok, logit]; the logit's row reads f0 (3) and f1 (-1), f0's row reads tok (2) and err (-2):
     influence f0 0.75, f1 0.25, err and tok 0.375 each (f1 has no row: it passes nothing on). And on random rows of a
