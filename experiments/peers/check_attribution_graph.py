@@ -69,10 +69,13 @@ ct_seconds = float(ct_time[0])
 version = (out / "version.txt").read_text().strip() if (out / "version.txt").exists() else "circuit-tracer"
 ok = same_features and same_logits and diff <= 1e-4 * max(scale, 1.0) and capped_ok
 if args.smollm2:
+    n_prompt = len((out / "prompt.txt").read_text().split())  # circuit-tracer's input: these, after a BOS it may prepend
     about = (f"SmolLM2-135M-Instruct (the shipped GGUF, dequantized into a plain Hugging Face folder; circuit-tracer runs it as a "
              f"TransformerLens model converted by TransformerLens, logits within {float(ct_time[2]):.0e} of acdc's), acdc's "
              f"TopK transcoders turned into JumpReLU ones (experiments/peers/smollm2_jumprelu.py) in circuit-tracer's layout, "
-             + (f"the first {len(tokens)} tokens of the held-out speeches" if args.results else f"the IOI prompt of {len(tokens)} tokens")
+             + (f"the first {n_prompt} tokens of the held-out speeches" + (" after the BOS token circuit-tracer prepends"
+                                                                          if len(tokens) > n_prompt else "")
+                if args.results else f"the IOI prompt of {len(tokens)} tokens")
              + f"; {version}. Each tool alone on the machine, 2 threads. "
              f"Command: `{args.command or 'bash experiments/peers/check_attribution_graph_smollm2.sh'}`.")
     speed = [f"| seconds | {seconds:.1f} | {ct_seconds:.1f} |",
