@@ -178,12 +178,14 @@ def build_attribution_graph(
         got_rows = torch.zeros(n_rows, n, dtype=torch.float32)
         got: dict[int, Tensor] = {}  # source layer -> [s_eff, n_rows, k]: summed over the MLP outputs it writes into
         for j in range(out.shape[0]):
+            writers = [src for src in (range(j + 1) if cross else (j,)) if src in sources]  # the layers writing into j
+            if not writers:
+                continue
             g_j = out[j].transpose(0, 1).contiguous()  # [s_eff, n_rows, d]
-            for src in (range(j + 1) if cross else (j,)):
-                if src in sources:  # its features' decoders into j, gathered by position: [s_eff, k, d]
-                    D = sources[src].decoders(decoders[src, j], s_eff).to(g_j.dtype)
-                    part = torch.bmm(g_j, D.transpose(1, 2))
-                    got[src] = part if src not in got else got[src].add_(part)
+            for src in writers:  # its features' decoders into j, gathered by position: [s_eff, k, d]
+                D = sources[src].decoders(decoders[src, j], s_eff).to(g_j.dtype)
+                part = torch.bmm(g_j, D.transpose(1, 2))
+                got[src] = part if src not in got else got[src].add_(part)
         for src, part in got.items():
             act, c = sources[src].acts, sources[src].cols[:s_eff]
             ok = c >= 0
