@@ -178,7 +178,7 @@ def build_attribution_graph(
         got_rows = torch.zeros(n_rows, n, dtype=torch.float32)
         got: dict[int, Tensor] = {}  # source layer -> [s_eff, n_rows, k]: summed over the MLP outputs it writes into
         for j in range(out.shape[0]):
-            writers = [src for src in (range(j + 1) if cross else (j,)) if src in sources]  # the layers writing into j
+            writers = [src for src in sources if (src, j) in decoders]  # the layers whose features write into j
             if not writers:
                 continue
             g_j = out[j].transpose(0, 1).contiguous()  # [s_eff, n_rows, d]
