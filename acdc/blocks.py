@@ -418,7 +418,7 @@ class MLPBlock(Block):
     def grad_forward(self, gp: GradPass, x: Tensor) -> Tensor:
         probe = torch.zeros_like(x, requires_grad=True)  # its gradient is the one at the MLP's input
         gp.probes[self.layer] = probe
-        return gp.replaced(self.sources, gp.p.tf.mlp(self.layer, x + probe, frozen_norm=gp.frozen))
+        return gp.shifted(self.layer, gp.replaced(self.sources, gp.p.tf.mlp(self.layer, x + probe, frozen_norm=gp.frozen)))
 
     def grad_inputs(self, gp: GradPass) -> Iterator[tuple[Tensor, int, Tensor]]:
         probe = gp.probes.pop(self.layer)
@@ -1033,11 +1033,15 @@ class GradPass:
     ``replace=(sources, values)``: those sources output ``values`` [n, B, S, d] forward, while the
     gradient flows through their real computation (so their inputs keep theirs): EAP-IG's
     interpolated node group. The input node is replaced outright. ``rules``: GIM's backward rules, or None.
+    ``shifts``: layer -> [B, S, d] added to that MLP's output forward, detached (the interpolated group when it is a
+    cross-layer transcoder's layer, whose features write into every later MLP: `SourceValues.shifts`).
     """
 
-    def __init__(self, p: Engine, replace: tuple[range, Tensor] | None, rules: GIM | None = None):
+    def __init__(self, p: Engine, replace: tuple[range, Tensor] | None, rules: GIM | None = None,
+                 shifts: dict[int, Tensor] | None = None):
         self.p = p
         self.replace = replace
+        self.shifts = shifts or {}
         self.rules = rules
         self.frozen = rules is not None and rules.freeze_norm
         # layer -> its input stream, its [q, k, v] projections and (a QK norm over the whole projection) each head's copy of it
@@ -1051,6 +1055,12 @@ class GradPass:
             return computed
         value = self.replace[1].reshape(computed.shape)
         return computed + (value - computed).detach()
+
+    def shifted(self, layer: int, computed: Tensor) -> Tensor:
+        """MLP ``layer``'s output ``computed`` [B, S, d] forward plus its shift (`SourceValues.shifts`, detached: the
+        gradient flows through the real computation), or ``computed`` when this pass moves it by nothing."""
+        shift = self.shifts.get(layer)
+        return computed if shift is None else computed + shift.to(computed.dtype)
 
 
 def _grad(t: Tensor) -> Tensor:

@@ -747,10 +747,12 @@ class Patcher:
         g, a = self.graph, self.tf.arch
         if rules is not None:
             rules.check(self.tf)
-        replace = None
+        replace, shifts = None, None
         if interpolate is not None:
-            replace = (interpolate[0], self.source_values.interpolated(*interpolate))
-        gp = GradPass(self, replace, rules)
+            shifts = self.source_values.shifts(*interpolate)  # a cross-layer transcoder's layer: it moves every later MLP
+            if shifts is None:
+                replace = (interpolate[0], self.source_values.interpolated(*interpolate))
+        gp = GradPass(self, replace, rules, shifts)
         with torch.enable_grad():
             first = replace[1][0] if replace is not None and replace[0] == range(0, 1) else self.clean.sources[0]
             cur = first.detach().requires_grad_()  # so every later activation carries a gradient

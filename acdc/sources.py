@@ -76,14 +76,43 @@ class SourceValues:
         abl = torch.zeros_like(clean) if abl is None else abl[rows].expand_as(clean)
         return (abl + alpha * (clean - abl)).detach()
 
+    def shifts(self, sources: range, alpha: float) -> dict[int, Tensor] | None:
+        """EAP-IG's interpolated node group when it is a cross-layer transcoder's layer l (None for any other group):
+        layer -> what the group's path point (A + alpha (O - A)) adds to that MLP's output over the clean run,
+        [B, S, d] for each MLP l..L-1 (its features write into every later MLP: (1 - alpha)(A_u - a_u) times
+        their decoder into that MLP; its error and skip nodes into MLP l only). Every other source keeps its clean
+        output, and later layers' error nodes follow their own inputs, so this is the whole change."""
+        units = self.units
+        if units is None or not is_cross_layer(units):
+            return None
+        for layer, f in self.factored.items():
+            if sources.start != f.sources.start:
+                continue
+            if sources != self.graph.mlp_sources(layer):
+                raise ValueError(f"EAP-IG interpolates a factored layer's sources as one group: {self.graph.mlp_sources(layer)}")
+            B, S, d = self.dense_clean.shape[1:]
+            diff = (1 - alpha) * self._unit_diff(f)  # [n, B * S]: interpolated minus clean activations
+            ones = torch.ones(1, len(diff), dtype=diff.dtype, device=diff.device)
+            out: dict[int, Tensor] = {}
+            before = rows_of(units, self.tf, layer, layer)  # what they have written before their own MLP: nothing
+            for j in range(layer, self.tf.arch.n_layers):
+                upto = rows_of(units, self.tf, layer, j + 1)
+                out[j] = weighted_rows(upto - before, ones, diff).view(B, S, d).detach()
+                before = upto
+            extras = range(f.sources.stop, sources.stop)
+            if len(extras):
+                rows = self._dense_rows(extras)
+                clean = self.dense_clean[rows]
+                abl = torch.zeros_like(clean) if self.dense_abl is None else self.dense_abl[rows].expand_as(clean)
+                out[layer] = out[layer] + ((1 - alpha) * (abl - clean)).sum(0).detach()
+            return out
+        return None
+
     def _interpolated_layer(self, layer: int, f: FactoredLayer, sources: range, alpha: float) -> Tensor:
         if sources != self.graph.mlp_sources(layer):
             raise ValueError(f"EAP-IG interpolates a factored layer's sources as one group, its MLP: {self.graph.mlp_sources(layer)}")
         units = self.units
-        assert units is not None
-        if is_cross_layer(units):
-            raise NotImplementedError("EAP-IG interpolates each MLP's output, and a cross-layer transcoder's features write into "
-                                      "every later MLP: use method='eap' on cross-layer transcoder graphs")
+        assert units is not None and not is_cross_layer(units), "a cross-layer layer's path point is `shifts`"
         B, S, d = self.dense_clean.shape[1:]
         abl = torch.zeros_like(f.clean) if f.abl is None else f.abl.expand_as(f.clean)
         acts = (abl + alpha * (f.clean - abl)).flatten(1)  # [n, B * S]

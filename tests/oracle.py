@@ -264,14 +264,16 @@ def gim_hooks(gim) -> list:
     return hooks
 
 
-def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn, qk_copies: list | None = None, gim=None) -> dict[str, Tensor]:
+def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn, qk_copies: list | None = None, gim=None,
+                      shifts: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """d loss / d (input of each destination), [batch, pos, d_model] each, by TransformerLens hooks.
 
     Each destination's input gets a zero tensor added at its own hook (a head's q/k/v input
     slice, an MLP input, the final residual); the gradient of the loss w.r.t. that zero tensor
     is the gradient w.r.t. that destination's input alone. ``loss_fn(logits [batch, pos, vocab])``.
     ``qk_copies``: as `split_forward`'s (each head's query and key normed from its own input). ``gim``: an
-    `acdc.GIM`, its rules applied by `gim_hooks`.
+    `acdc.GIM`, its rules applied by `gim_hooks`. ``shifts``: hook name -> a constant [B, S, d] added there
+    (no gradient of its own: EAP-IG's path points, `eap_ig_activations_reference`).
     """
     model.set_use_split_qkv_input(True)
     model.set_use_hook_mlp_in(True)
@@ -309,6 +311,7 @@ def destination_grads(model, graph: Graph, tokens: Tensor, loss_fn, qk_copies: l
             hooks += [(f"blocks.{layer}.attn.hook_{letter}_normed", qk_copy(layer, letter)) for letter in "qk"]
         hooks.append((f"blocks.{layer}.hook_mlp_in", lambda x, hook, n=f"m{layer}": x + probes[n]))
     hooks.append(("ln_final.hook_in", lambda x, hook: x + probes["logits"]))
+    hooks += [(name, lambda x, hook, s=shift: x + s) for name, shift in (shifts or {}).items()]
     swapped = []
     if gim is not None:
         hooks += gim_hooks(gim)
@@ -353,6 +356,55 @@ def eap_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation:
             a = torch.zeros_like(o)
         out[e.name] = float(((a - o) * grads[e.dst.name] * at[..., None]).sum())
     return out
+
+
+def eap_ig_activations_reference(model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation: str, loss_fn, steps: int,
+                                 **split) -> dict[str, float]:
+    """EAP-IG-activations by hand, on the right grid (alpha = k / steps, k = 1..steps), for each node group in turn:
+    the input node, each layer's heads, each layer's MLP (its one node, or all of its parts: features, error, skip).
+    In a group's pass its sources output A + alpha (O - A) wherever they write, as constants added to the model's
+    own forward (the input at ``blocks.0.hook_resid_pre``, the heads at ``hook_attn_out``, an MLP's parts at every
+    ``hook_mlp_out`` they write into: a cross-layer feature writes v[j + 1] - v[j] into MLP j, `at_reader`), and the
+    gradient is taken at every destination's input. Each edge scores (A - O) . that gradient as its destination
+    reads the source, averaged over every pass."""
+    clean_out = split_forward(model, graph, clean, **split)[1]
+    abl = ablation_values(model, graph, corrupt, ablation, clean.shape[0], **split)
+    L = model.cfg.n_layers
+    groups: dict[str, list[str]] = {}
+    for node in graph.sources:
+        name = node.name
+        key = "input" if name == "input" else (name.split(".")[0] if name.startswith("m") else f"attn{name[1:].split('.')[0]}")
+        groups.setdefault(key, []).append(name)
+
+    def written(value: Tensor, j: int, home: int) -> Tensor | None:
+        if value.dim() == 4:  # by reader: what it writes into MLP j
+            return value[j + 1] - value[j]
+        return value if j == home else None
+
+    total = {e.name: 0.0 for e in graph.edges}
+    n_passes = 0
+    for key, names in groups.items():
+        for k in range(1, steps + 1):
+            alpha = k / steps
+            diff = {n: (1 - alpha) * (abl[n].expand_as(clean_out[n]) - clean_out[n]) for n in names}
+            shifts: dict[str, Tensor] = {}
+            if key == "input":
+                shifts["blocks.0.hook_resid_pre"] = diff["input"]
+            elif key.startswith("attn"):
+                shifts[f"blocks.{key[4:]}.hook_attn_out"] = sum(diff.values())  # type: ignore[assignment]
+            else:
+                home = int(key[1:])
+                for j in range(home, L):
+                    parts = [w for w in (written(v, j, home) for v in diff.values()) if w is not None]
+                    if parts:
+                        shifts[f"blocks.{j}.hook_mlp_out"] = sum(parts)  # type: ignore[assignment]
+            grads = destination_grads(model, graph, clean, loss_fn, shifts=shifts)
+            for e in graph.edges:
+                src, layer = e.src.name, e.dst.node.layer
+                a_minus_o = at_reader(abl[src], layer) - at_reader(clean_out[src], layer)
+                total[e.name] += float((a_minus_o * grads[e.dst.name]).sum())
+            n_passes += 1
+    return {name: v / n_passes for name, v in total.items()}
 
 
 def removals_stay_exact(p, edges, *, commit: float = 0.8, seed: int = 0, each=None) -> int:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from conftest import logit_diff_loss, random_answers, random_tokens
-from oracle import eap_reference
+from oracle import eap_ig_activations_reference, eap_reference
 
 import acdc
 from acdc.graph import Graph
@@ -74,6 +74,21 @@ def test_ig_with_one_step_is_eap(gpt2_model):
     for method in ("eap-ig-inputs", "eap-ig-activations"):
         ig = acdc.attribute(gpt2_model, clean, corrupt, method=method, steps=1, **kw).values
         assert torch.allclose(ig, eap, rtol=1e-5, atol=1e-6 * float(eap.abs().max())), method
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean"])
+def test_ig_activations_equal_the_hooked_paths(gpt2_model, ablation):
+    """EAP-IG-activations: each node group (the input, a layer's heads, an MLP) moved in turn to A + alpha (O - A) in
+    the model's own hooked forward, the gradients averaged over every pass (`eap_ig_activations_reference`)."""
+    clean, corrupt = random_tokens()
+    g = Graph.from_model(gpt2_model)
+    s = acdc.attribute(gpt2_model, clean, corrupt, method="eap-ig-activations", steps=3, metric="logit_diff",
+                       answers=random_answers(), ablation=ablation, progress=False)
+    ref = eap_ig_activations_reference(gpt2_model, g, clean, corrupt, ablation, logit_diff_loss, 3)
+    scale = max(abs(v) for v in ref.values())
+    assert scale > 0
+    for name, v in ref.items():
+        assert s[name] == pytest.approx(v, abs=1e-5 * scale, rel=1e-4), name
 
 
 def test_ig_inputs_completeness(gpt2_model):

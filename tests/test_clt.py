@@ -234,12 +234,41 @@ def test_clt_feature_graph_eap_equals_the_gradient_formula():
         assert s[e.name] == pytest.approx(ref[e.name], abs=1e-4 * scale, rel=1e-3), e.name
 
 
+@pytest.mark.parametrize("activation, skip, reads, family, chosen", CLT_GRAPHS)
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_clt_feature_graph_eap_ig_activations_equals_the_hooked_paths(activation, skip, reads, family, chosen, ablation):
+    """EAP-IG-activations on a CLT graph: a layer's group (its features, error and skip) moves along its path into
+    every later MLP its features write into; each score equals the hooked forward's (`eap_ig_activations_reference`),
+    and differs from EAP's (the path points are not all the clean run)."""
+    from oracle import eap_ig_activations_reference
+
+    model, clt = _model_and_clt(activation, skip, reads, family)
+    g = acdc.Graph.from_model(model, transcoders=clt, features=chosen)
+    clean, corrupt = (torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    answers = (torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
+    kw = dict(metric="logit_diff", answers=answers, graph=g, transcoders=clt, ablation=ablation, progress=False)
+    s = acdc.attribute(model, clean, corrupt, method="eap-ig-activations", steps=2, **kw)
+
+    def loss(logits):
+        last = logits[:, -1]
+        return -(last[torch.arange(3), answers[0]] - last[torch.arange(3), answers[1]]).mean()
+
+    ref = eap_ig_activations_reference(model, g, clean, corrupt, ablation, loss, 2, **clt_split(model, g, clt))
+    scale = max(abs(v) for v in ref.values())
+    assert any(abs(ref[f"m0.f{i}->logits"]) > 1e-3 * scale for i in dict(g.features.features)[0])
+    for e in g.edges:
+        assert s[e.name] == pytest.approx(ref[e.name], abs=1e-5 * scale, rel=1e-4), e.name
+    eap = acdc.attribute(model, clean, corrupt, method="eap", **kw)
+    assert float((s.values - eap.values).abs().max()) > 1e-3 * scale
+
+
 def test_what_clt_graphs_do_not_run_yet_is_one_line():
     model, clt = _model_and_clt()
     g = acdc.Graph.from_model(model, transcoders=clt)
     clean, corrupt = (torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
-    with pytest.raises(NotImplementedError, match="method='eap' on cross-layer transcoder graphs"):
-        acdc.attribute(model, clean, corrupt, method="eap-ig-activations", graph=g, transcoders=clt, steps=2)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt)
+    with pytest.raises(NotImplementedError, match="interventions on cross-layer transcoder features are not supported yet"):
+        acdc.edits.intervened_logits(p, [{"node": "m0.f1", "value": 0.0}])
 
 
 
