@@ -216,8 +216,9 @@ def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | CrossLayer
     (None: every position, the generated ones included). The model runs whole (attention, norms, MLPs live);
     an edited feature's MLP output moves by (new - old activation) times its decoder row, the feature's
     activation read from the MLP's live input at every step. With a cross-layer transcoder (`CrossLayerTranscoder`,
-    reading the MLP's normed input), a feature of layer L moves the output of every MLP j >= L by (new - old
-    activation) times its decoder into j. Greedy with ``temperature`` 0, else sampled (``seed``). No interventions:
+    reading the MLP's normed input), a feature of layer L moves the output of every MLP j >= L by what it writes into
+    j at its new activation minus at its old (`CrossLayerTranscoder.writes`: (new - old) times its decoder into j,
+    and with offsets its offset's share when it starts or stops firing). Greedy with ``temperature`` 0, else sampled (``seed``). No interventions:
     the model's own greedy continuation.
     """
     tf = Transformer.of(model)
@@ -274,19 +275,20 @@ def generate(model: Any, prompt: Any, *, transcoders: TranscoderSet | CrossLayer
         runs, move every later MLP's output through their decoders into that layer."""
         c = clt
         assert c is not None
-        moved: dict[int, Tensor] = {}  # source layer -> [1, P, k] new - old activations, this forward
+        moved: dict[int, tuple[Tensor, Tensor]] = {}  # source layer -> [1, P, k] old and new activations, this forward
 
         def at(layer: int) -> Callable[[Tensor], Tensor]:
             def fn(xn: Tensor) -> Tensor:
                 out = tf.mlp_normed(layer, xn)
                 if layer in by_layer:
                     feats = torch.tensor([f for f, _ in by_layer[layer]], device=c.W_enc.device)
-                    acts = c.encode(layer, xn.to(c.W_enc.dtype)).index_select(-1, feats).to(xn.dtype)
-                    moved[layer] = new_acts(acts, by_layer[layer], xn.shape[1]) - acts
-                for source, diff in moved.items():
+                    acts = c.encode(layer, xn.to(c.W_enc.dtype)).index_select(-1, feats)
+                    moved[layer] = (acts, new_acts(acts, by_layer[layer], xn.shape[1]))
+                for source, (old, new) in moved.items():
                     feats = torch.tensor([f for f, _ in by_layer[source]], device=c.W_enc.device)
-                    rows = c.decoder(source, layer).detach().index_select(0, feats).to(device=out.device, dtype=out.dtype)
-                    out = out + diff @ rows
+                    with torch.no_grad():
+                        diff = c.writes(source, layer, new, feats) - c.writes(source, layer, old, feats)
+                    out = out + diff.to(device=out.device, dtype=out.dtype)
                 return out
             return fn
         return {layer: at(layer) for layer in range(min(by_layer, default=tf.arch.n_layers), tf.arch.n_layers)}

@@ -121,6 +121,7 @@ class CrossLayerUnits:
         assert graph.features is not None  # `units_of` builds units for feature graphs only
         check_layout(graph.features, clt)
         clt.check_model(tf)
+        clt.check_linear("a feature graph")
         self.tf, self.clt = tf, clt
         self._idx = {layer: torch.tensor(chosen, dtype=torch.long, device=tf.device) for layer, chosen in graph.features.features}
         self._rows: dict[tuple[int, int], Tensor] = {}

@@ -26,7 +26,8 @@ def _random_clt(activation: str = "relu", skip: bool = False, seed: int = 0, **k
 
 
 def _by_hand(clt: CrossLayerTranscoder, xs: torch.Tensor) -> torch.Tensor:
-    """out_j = sum_{l <= j} sum_i act_{l,i}(x_l) W_dec[l][i, j - l] + b_dec[j] (+ x_j W_skip[j]), one term at a time."""
+    """out_j = sum_{l <= j} sum_i act_{l,i}(x_l) W_dec[l][i, j - l] + b_dec[j] (+ x_j W_skip[j]), one term at a time;
+    with offsets a firing feature's activation gains offset[l][i, j - l], with cross-layer skips x_l W_skip_cross[l][j - l - 1]."""
     c = clt.cfg
     out = torch.zeros(L, *xs.shape[1:])
     for j in range(L):
@@ -42,16 +43,20 @@ def _by_hand(clt: CrossLayerTranscoder, xs: torch.Tensor) -> torch.Tensor:
                     top = sorted(range(N), key=lambda i: -pre[i])[: c.k]
                     act = [max(pre[i], 0.0) if i in top else 0.0 for i in range(N)]
                 for i in range(N):
-                    total = total + act[i] * clt.W_dec[src][i, j - src]
+                    offset = float(clt.offset[src][i, j - src]) if c.offsets and act[i] > 0 else 0.0
+                    total = total + (act[i] + offset) * clt.W_dec[src][i, j - src]
+                if c.cross_skip and src < j:
+                    total = total + xs[src, t] @ clt.W_skip_cross[src][j - src - 1]
             if c.skip:
                 total = total + xs[j, t] @ clt.W_skip[j]
             out[j, t] = total
     return out
 
 
-@pytest.mark.parametrize("activation, skip", [("relu", False), ("jumprelu", True), ("topk", False)])
-def test_a_clt_writes_each_feature_into_its_layer_and_every_later_one(activation, skip):
-    clt = _random_clt(activation, skip)
+@pytest.mark.parametrize("activation, skip, extended", [("relu", False, False), ("jumprelu", True, False), ("topk", False, False),
+                                                       ("topk", True, True), ("relu", False, True)])
+def test_a_clt_writes_each_feature_into_its_layer_and_every_later_one(activation, skip, extended):
+    clt = _random_clt(activation, skip, offsets=extended, cross_skip=extended)
     xs = torch.randn(L, 5, D, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got, want = clt(xs), _by_hand(clt, xs)
@@ -67,8 +72,9 @@ def test_a_clt_writes_each_feature_into_its_layer_and_every_later_one(activation
         clt.decoder(2, 1)
 
 
-def test_clt_files_load_back_equal_and_are_never_overwritten(tmp_path):
-    clt = _random_clt("jumprelu", True, seed=3)
+@pytest.mark.parametrize("extended", [False, True])
+def test_clt_files_load_back_equal_and_are_never_overwritten(tmp_path, extended):
+    clt = _random_clt("jumprelu", True, seed=3, offsets=extended, cross_skip=extended)
     clt.save(tmp_path / "clt")
     back = acdc.load_clt(tmp_path / "clt")
     assert back.cfg == clt.cfg and back.source == clt.source
@@ -104,6 +110,129 @@ def test_circuit_tracer_clt_folders_equal_the_definition(tmp_path, activation):
     assert read.cfg.reads == "stream" and read.cfg.activation == activation and read.source.startswith("circuit-tracer")
     _write_circuit_tracer_clt(tmp_path / "normed", clt, hook="mlp.hook_in")
     assert acdc.load_clt(tmp_path / "normed").cfg.reads == "normed"
+
+
+def _clt_training_folder(folder, L: int, window: int, gen, *, skip=False, norm_io=False, scale=False, divide=False,
+                         offsets=True, cross_skips=True, hook_in=None, **cfg_extra) -> dict:
+    """A clt-training folder (`acdc.transcoders.clt_formats`' layout) of random tensors, as its ``save_to_disk`` writes
+    it (``W_dec`` / ``b_dec`` / ``W_skip`` repeat target 0's); returns the per-layer tensors and cfg.json."""
+    import json
+
+    made = {}
+    for layer in range(L):
+        n_t = min(window, L - layer)
+        t = {"encoder.weight": torch.randn(N, D, generator=gen), "encoder.bias": torch.randn(N, generator=gen)}
+        for kk in range(n_t):
+            t[f"W_decs.{kk}"] = torch.randn(N, D, generator=gen)
+            t[f"b_decs.{kk}"] = torch.randn(D, generator=gen)
+            t[f"post_encs.{kk}"] = torch.randn(N, generator=gen) if offsets else torch.zeros(N)
+            if scale:
+                t[f"post_enc_scales.{kk}"] = torch.randn(N, generator=gen)
+            if skip:
+                t[f"W_skips.{kk}"] = torch.randn(D, D, generator=gen) if kk == 0 or cross_skips else torch.zeros(D, D)
+        t.update({"W_dec": t["W_decs.0"].clone(), "b_dec": t["b_decs.0"].clone(), **({"W_skip": t["W_skips.0"].clone()} if skip else {})})
+        if norm_io:
+            t.update({"in_norm": torch.rand(1, generator=gen) * 3 + 1, "out_norm": torch.rand(1, generator=gen) * 3 + 1})
+        cfg = {"d_in": D, "k": 2, "num_latents": N, "transcode": True, "n_targets": n_t, "activation": "topk", "skip_connection": skip,
+               "normalize_io": norm_io, "post_encoder_scale": scale, "divide_cross_layer": divide, "coalesce_topk": "none",
+               "per_source_tied": False, "secondary_target_tied": False, **cfg_extra}
+        sub = folder / f"layers.{layer}.mlp"
+        sub.mkdir(parents=True)
+        save_file(t, str(sub / "sae.safetensors"))
+        (sub / "cfg.json").write_text(json.dumps(cfg))
+        made[layer] = (t, cfg)
+    (folder / "config.json").write_text(json.dumps({"hookpoints": [f"layers.{i}.mlp" for i in range(L)], "hookpoints_in": hook_in or []}))
+    return made
+
+
+def _clt_training_runner(made: dict, xs: torch.Tensor) -> list[torch.Tensor]:
+    """clt-training's ``CrossLayerRunner`` written out, unfolded: target j is its own coder's target-0 output plus the
+    earlier coders' outputs into j (summed, divided by their count with divide_cross_layer), all de-normalised by j's
+    out_norm; a coder's output into its k-th target is (a + post_encs[k] [a > 0]) post_enc_scales[k] @ W_decs[k] +
+    b_decs[k] + x' W_skips[k].T, a the TopK of the ReLU of its encoder on x' (x normalised by its in_norm)."""
+    L, d = len(made), xs.shape[-1]
+    xn, acts = [], []
+    for layer in range(L):
+        t, cfg = made[layer]
+        x = xs[layer] * (math.sqrt(d) / t["in_norm"]) if cfg["normalize_io"] else xs[layer]
+        pre = (x @ t["encoder.weight"].T + t["encoder.bias"]).relu()
+        top = pre.topk(cfg["k"], dim=-1)
+        xn.append(x)
+        acts.append(torch.zeros_like(pre).scatter(-1, top.indices, top.values))
+
+    def into(src: int, j: int) -> torch.Tensor:
+        t, cfg = made[src]
+        kk = j - src
+        a = acts[src] + t[f"post_encs.{kk}"] * (acts[src] > 0)
+        if cfg["post_encoder_scale"]:
+            a = a * t[f"post_enc_scales.{kk}"]
+        y = a @ t[f"W_decs.{kk}"] + t[f"b_decs.{kk}"]
+        return y + xn[src] @ t[f"W_skips.{kk}"].T if cfg["skip_connection"] else y
+
+    outs = []
+    for j in range(L):
+        t, cfg = made[j]
+        srcs = [src for src in range(j) if j < src + made[src][1]["n_targets"]]
+        total = into(j, j)
+        if srcs:
+            total = total + sum(into(src, j) for src in srcs) / (max(1, len(srcs)) if cfg["divide_cross_layer"] else 1)
+        outs.append(total * t["out_norm"] / math.sqrt(d) if cfg["normalize_io"] else total)
+    return outs
+
+
+@pytest.mark.parametrize("window, skip, norm_io, scale, divide, offsets, cross_skips", [
+    (3, True, True, True, True, True, True),      # the README's usage: every factor
+    (2, False, False, False, False, False, False),  # a window of 2, nothing else: an ordinary CLT
+    (3, True, False, False, True, False, False),  # own-layer skips only, zero offsets: an ordinary CLT with skips
+])
+def test_clt_training_folders_equal_its_runner_written_out(tmp_path, window, skip, norm_io, scale, divide, offsets, cross_skips):
+    """A clt-training folder read by `load_clt` gives its runner's MLP stand-ins (written out, unfolded) and TopK
+    activations; offsets and cross-layer skips that are all zero are left out. The peers' own code agrees:
+    experiments/peers/check_clt_training_reader.sh."""
+    Lc = 3 if window == 3 else 4
+    made = _clt_training_folder(tmp_path / "clt", Lc, window, torch.Generator().manual_seed(9), skip=skip, norm_io=norm_io,
+                                scale=scale, divide=divide, offsets=offsets, cross_skips=cross_skips)
+    clt = acdc.load_clt(tmp_path / "clt")
+    assert isinstance(acdc.transcoders.load_dictionary(tmp_path / "clt"), CrossLayerTranscoder)
+    c = clt.cfg
+    assert (c.n_layers, c.n_features, c.activation, c.k, c.skip, c.offsets, c.cross_skip, c.reads) == (
+        Lc, N, "topk", 2, skip, offsets, skip and cross_skips, "normed")
+    xs = 2 * torch.randn(Lc, 7, D, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        want = _clt_training_runner(made, xs)
+        got = clt(xs)
+        for j in range(Lc):
+            assert torch.allclose(got[j], want[j], atol=1e-5 * float(want[j].abs().max())), j
+        assert all(torch.equal(clt.W_dec[src][:, kk], torch.zeros(N, D)) for src in range(Lc) for kk in range(window, Lc - src))
+    with pytest.raises(ValueError, match="is a cross-layer transcoder: load it with acdc.load_clt"):
+        acdc.load_transcoders(tmp_path / "clt")
+    with pytest.raises(ValueError, match="writes into .* layers .*load the folder with acdc.load_clt"):
+        acdc.transcoders.read_sparsify(tmp_path / "clt")
+
+
+def test_clt_training_folders_that_acdc_cannot_read_are_refused_in_one_line(tmp_path):
+    gen = torch.Generator().manual_seed(11)
+    _clt_training_folder(tmp_path / "stream", 3, 3, gen, hook_in=[f"layers.{i}.post_attention_layernorm" for i in range(3)])
+    assert acdc.load_clt(tmp_path / "stream").cfg.reads == "stream"
+    cases = {"coalesced": ({"coalesce_topk": "concat"}, "coalesce_topk='concat' .*is not read"),
+             "tied": ({"per_source_tied": True}, "per_source_tied=True"),
+             "groupmax": ({"activation": "groupmax"}, "activation 'groupmax'"),
+             "sae": ({"transcode": False}, "is a sparse autoencoder")}
+    for name, (extra, msg) in cases.items():
+        _clt_training_folder(tmp_path / name, 3, 3, gen, **extra)
+        with pytest.raises(ValueError, match=msg) as err:
+            acdc.load_clt(tmp_path / name)
+        assert "\n" not in str(err.value)
+    _clt_training_folder(tmp_path / "gap", 3, 3, gen)
+    import shutil
+
+    shutil.rmtree(tmp_path / "gap" / "layers.1.mlp")
+    _clt_training_folder(tmp_path / "hooks", 3, 3, gen, hook_in=["layers.0.input_layernorm"] * 3)
+    for name, msg in (("gap", r"coders for layers \[0, 2\]; acdc's cross-layer transcoders cover every layer 0..2"),
+                      ("hooks", "hookpoints_in .*acdc's CLTs read the MLP's normed input or the stream")):
+        with pytest.raises(ValueError, match=msg) as err:
+            acdc.load_clt(tmp_path / name)
+        assert "\n" not in str(err.value)
 
 
 def test_clt_refusals_are_one_line(tmp_path):
@@ -270,6 +399,36 @@ def test_what_clt_graphs_do_not_run_yet_is_one_line():
     with pytest.raises(NotImplementedError, match="interventions on cross-layer transcoder features are not supported yet"):
         acdc.edits.intervened_logits(p, [{"node": "m0.f1", "value": 0.0}])
 
+
+
+@pytest.mark.parametrize("part, why", [("offset", "per-target offsets"), ("W_skip_cross", "its skip paths cross layers")])
+def test_offsets_and_cross_layer_skips_are_refused_where_writes_must_be_linear(tmp_path, part, why):
+    """A CLT with per-target offsets or cross-layer skip paths (clt-training's) that are all zero is an ordinary CLT:
+    feature graphs, attribution graphs and circuit-tracer's layout take it; one non-zero entry and each refuses in one
+    line, naming why."""
+    model, _ = _model_and_clt()
+    clt = CrossLayerTranscoder(CLTConfig(3, 16, 10, "relu", offsets=part == "offset", cross_skip=part == "W_skip_cross"))
+    with torch.no_grad():
+        for name, p in clt.named_parameters():
+            if not name.startswith(part):
+                p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
+    clean, corrupt = (torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    g = acdc.Graph.from_model(model, transcoders=clt)
+
+    def uses():
+        yield lambda: acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt)
+        yield lambda: acdc.attribution_graph(model, clean[0], transcoders=clt)
+        if part == "offset":  # circuit-tracer's CLTs have no skip paths at all
+            yield lambda: clt.to_circuit_tracer(tmp_path / f"ct{len(list(tmp_path.iterdir()))}")
+
+    for use in uses():
+        use()
+    with torch.no_grad():
+        getattr(clt, part)[1].view(-1)[0] = 1e-3
+    for use in uses():
+        with pytest.raises(ValueError, match=why) as err:
+            use()
+        assert "\n" not in str(err.value)
 
 
 def test_acdc_on_a_clt_graph_keeps_what_its_trace_says():
@@ -522,11 +681,12 @@ def test_clt_training_resumes_where_an_uninterrupted_run_ends(tmp_path, monkeypa
         acdc.train_clt(model, _token_stream(), context=12, checkpoint=ckpt, **{**kw, "k": 4})
 
 
-@pytest.mark.parametrize("skip_first", [True, False])
-def test_clt_fidelity_equals_hooked_hugging_face_runs(skip_first):
+@pytest.mark.parametrize("skip_first, extended", [(True, False), (False, False), (True, True)])
+def test_clt_fidelity_equals_hooked_hugging_face_runs(skip_first, extended):
     """A CLT's fidelity against the Hugging Face model with its MLP modules swapped by forward hooks: FVU per target
     layer from the clean run's features, one layer spliced (the earlier layers' features from the clean run), every
-    layer spliced (each hook encodes what its MLP sees in that run and adds the earlier hooks' features)."""
+    layer spliced (each hook encodes what its MLP sees in that run and adds the earlier hooks' features). ``extended``:
+    with per-target offsets and cross-layer skip paths (clt-training's CLTs), written out here term by term."""
     import torch.nn.functional as F
 
     from acdc.transcoders import GeneratedStream
@@ -534,17 +694,29 @@ def test_clt_fidelity_equals_hooked_hugging_face_runs(skip_first):
     model = tiny_gpt2(n_layer=3, vocab=50, d=32)
     hf = model.original_model
     gen = torch.Generator().manual_seed(2)
-    clt = CrossLayerTranscoder(CLTConfig(3, 32, 10, "relu", skip=True))
+    clt = CrossLayerTranscoder(CLTConfig(3, 32, 10, "relu", skip=True, offsets=extended, cross_skip=extended))
     with torch.no_grad():
         for p in clt.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=gen))
     stream = GeneratedStream(lambda i, g: torch.randint(0, 50, (9,), generator=g), 9, seed=4)
+
+    def into(layer: int, have: dict[int, torch.Tensor], inputs: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Layer ``layer``'s reconstruction: each source's (a + offset [a > 0]) @ decoder, b_dec, the skip paths."""
+        out = clt.b_dec[layer] + inputs[layer] @ clt.W_skip[layer]
+        for s in range(layer + 1):
+            a = have[s]
+            if extended:
+                a = a + clt.offset[s][:, layer - s] * (a > 0)
+            out = out + a @ clt.decoder(s, layer)
+            if extended and s < layer:
+                out = out + inputs[s] @ clt.W_skip_cross[s][layer - s - 1]
+        return out
     fid = acdc.transcoder_fidelity(model, clt, stream, sequences=5, batch=5, skip_first=skip_first, massive=None)
     toks = stream.batch(0, 5)
     keep = torch.ones(5, 9, dtype=torch.bool)
     keep[:, 0] = not skip_first
 
-    def run(swap: set[int], clean_acts: dict[int, torch.Tensor] | None = None):
+    def run(swap: set[int], clean_acts: dict[int, torch.Tensor] | None = None, clean_in: dict[int, torch.Tensor] | None = None):
         seen, acts, handles = {}, {}, []
         for layer, block in enumerate(hf.transformer.h):
             def hook(module, args, output, layer=layer):
@@ -553,8 +725,8 @@ def test_clt_fidelity_equals_hooked_hugging_face_runs(skip_first):
                 if layer not in swap:
                     return output
                 have = {**(acts if clean_acts is None else clean_acts), layer: acts[layer]}
-                new = sum((have[s] @ clt.decoder(s, layer) for s in range(layer + 1)), clt.b_dec[layer]) + args[0] @ clt.W_skip[layer]
-                return torch.where(keep[..., None], new, output)
+                inputs = {j: x for j, (x, _) in seen.items()} if clean_in is None else {**clean_in, layer: args[0]}
+                return torch.where(keep[..., None], into(layer, have, inputs), output)
             handles.append(block.mlp.register_forward_hook(hook))
         with torch.no_grad():
             logits = hf(toks).logits
@@ -567,17 +739,17 @@ def test_clt_fidelity_equals_hooked_hugging_face_runs(skip_first):
 
     with torch.no_grad():
         clean, seen, clean_acts = run(set())
+        clean_in = {j: x for j, (x, _) in seen.items()}
         assert fid.ce_clean == pytest.approx(ce(clean), rel=1e-4)
-        recon = clt(torch.stack([seen[j][0] for j in range(3)]))
         for j in range(3):
-            y, y_hat = seen[j][1][keep], recon[j][keep]
+            y, y_hat = seen[j][1][keep], into(j, clean_acts, clean_in)[keep]
             assert fid.layers[j]["fvu"] == pytest.approx(float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()), rel=1e-4)
             assert fid.layers[j]["l0"] == pytest.approx(float((clean_acts[j][keep] > 0).sum(-1).float().mean()), rel=1e-5)
-            one, _, _ = run({j}, clean_acts)
+            one, _, _ = run({j}, clean_acts, clean_in)
             assert fid.layers[j]["ce"] == pytest.approx(ce(one), rel=1e-4)
         every, _, _ = run({0, 1, 2})
         assert fid.ce_all == pytest.approx(ce(every), rel=1e-4)
-        assert abs(ce(every) - ce(run({2}, clean_acts)[0])) > 1e-3  # the replacement model differs from splicing the last alone
+        assert abs(ce(every) - ce(run({2}, clean_acts, clean_in)[0])) > 1e-3  # the replacement differs from splicing the last alone
     with pytest.raises(ValueError, match="reads the residual stream"):
         acdc.transcoder_fidelity(model, CrossLayerTranscoder(CLTConfig(3, 32, 4, reads="stream")), stream, sequences=2)
 

@@ -295,7 +295,8 @@ def test_generation_with_features_edited_equals_hugging_face_with_hooks(gpt2_mod
 
 def _hf_greedy_clt(model, clt, prompt: torch.Tensor, n: int, edits: dict, own_layer_only: bool = False) -> torch.Tensor:
     """Hugging Face's GPT-2 greedy continuation with cross-layer features edited by hand: a feature of layer L read
-    from ln_2's output there; every MLP j >= L moved by (new - old activation) times its decoder into j."""
+    from ln_2's output there; every MLP j >= L moved by (new - old activation) times its decoder into j, and with
+    offsets by its offset into j times the change in whether it fires."""
     hf = model.original_model
     seen: dict[int, torch.Tensor] = {}
     handles = []
@@ -307,25 +308,34 @@ def _hf_greedy_clt(model, clt, prompt: torch.Tensor, n: int, edits: dict, own_la
             for (src, f), (op, value, positions) in edits.items():
                 if src > j or (own_layer_only and src != j):
                     continue
-                out[0] += _moved(clt.encode(src, seen[src])[0, :, f], op, value, positions)[:, None] * clt.W_dec[src][f, j - src]
+                old = clt.encode(src, seen[src])[0, :, f]
+                move = _moved(old, op, value, positions)
+                if clt.offset is not None:
+                    new = old + move
+                    move = move + clt.offset[src][f, j - src] * ((new > 0).float() - (old > 0).float())
+                out[0] += move[:, None] * clt.W_dec[src][f, j - src]
             return out
         handles.append(block.mlp.register_forward_hook(add))
     return _greedy(hf, handles, prompt, n)
 
 
-def test_generation_with_cross_layer_features_edited_equals_hugging_face_with_hooks():
+@pytest.mark.parametrize("offsets", [False, True])
+def test_generation_with_cross_layer_features_edited_equals_hugging_face_with_hooks(offsets):
     """With a cross-layer transcoder, an edited feature of layer L moves every later MLP's output through its decoder
-    into that layer: `acdc.generate` gives Hugging Face's greedy tokens with those moves made by hand."""
+    into that layer: `acdc.generate` gives Hugging Face's greedy tokens with those moves made by hand (with
+    per-target offsets too: an ablated feature stops writing its offset, a clamped one starts)."""
     from conftest import tiny_gpt2
 
     from acdc.transcoders import CLTConfig, CrossLayerTranscoder
 
     model = tiny_gpt2(n_layer=3, vocab=50, d=32)
     gen = torch.Generator().manual_seed(5)
-    clt = CrossLayerTranscoder(CLTConfig(3, 32, 10, "relu"))
+    clt = CrossLayerTranscoder(CLTConfig(3, 32, 10, "relu", offsets=offsets))
     with torch.no_grad():
         for p in clt.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+        for o in clt.offset or []:
+            o.mul_(20)  # offsets the size of an activation: starting or stopping to fire then moves the continuation
     prompt = torch.tensor([3, 17, 8, 41, 5])
     plain = acdc.generate(model, prompt, transcoders=clt, max_new_tokens=8)
     assert torch.equal(plain.tokens, _hf_greedy_clt(model, clt, prompt, 8, {}))

@@ -80,6 +80,7 @@ def build_attribution_graph(
     tokens = tokens.reshape(-1).to(tf.device)
     cross = isinstance(transcoders, CrossLayerTranscoder)
     if cross:
+        transcoders.check_linear("an attribution graph")
         if transcoders.W_skip is not None and transcoders.cfg.reads == "stream":
             raise NotImplementedError("attribution graphs keep a skip path live from the MLP's normed input; this CLT's "
                                       "skip paths read the stream")
@@ -122,7 +123,7 @@ def build_attribution_graph(
             t = transcoders[layer]
             errors[layer] = fr.mlp_out[layer] - t.decode(acts, xn.to(t.W_enc.dtype)).to(tf.dtype)
     if cross:  # layer j's error: its MLP minus the CLT's reconstruction there from every layer's features up to j
-        xs = None if transcoders.W_skip is None else torch.stack(
+        xs = None if transcoders.W_skip is None and transcoders.W_skip_cross is None else torch.stack(
             [tf.mlp_input(j, fr.resid_mid[j]) for j in range(L)]).to(transcoders.W_enc.dtype)  # skip paths read the normed input
         errors = fr.mlp_out - transcoders.decode([acts_of[j] for j in range(L)], xs).detach().to(tf.dtype)
     if skip_first:

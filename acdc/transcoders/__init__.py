@@ -5,10 +5,11 @@
     print(acdc.transcoder_fidelity(model, ts, corpus).table())
 
 See `transcoder` (the object and its file format), `training`, `corpus` (token streams),
-`formats` (published layouts), `clt` (cross-layer transcoders), `fidelity` and `pages` (pages of top contexts and logit effects).
+`formats` (published layouts), `clt` (cross-layer transcoders; `clt_formats` their published layouts), `fidelity` and `pages` (pages of top contexts and logit effects).
 """
 
-from .clt import CLTConfig, CrossLayerTranscoder, FeatureDictionary, load_clt, read_circuit_tracer_clt
+from .clt import CLTConfig, CrossLayerTranscoder, FeatureDictionary
+from .clt_formats import load_clt, read_circuit_tracer_clt, read_sparsify_clt
 from .clt_training import train_clt
 from .corpus import CorpusWarning, GeneratedStream, TextStream, TokenStream, as_token_stream, text_stream
 from .fidelity import Fidelity, transcoder_fidelity
@@ -21,6 +22,6 @@ __all__ = [
     "CorpusWarning", "as_token_stream",
     "active_features",
     "ACTIVATIONS", "CLTConfig", "CrossLayerTranscoder", "FeatureDictionary", "FeatureInfo", "Fidelity", "GeneratedStream", "ModelInfo", "TextStream", "TokenStream", "TrainOptions", "Transcoder",
-    "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_clt", "load_dictionary", "load_transcoders", "read_circuit_tracer", "read_circuit_tracer_clt", "read_saelens", "read_sparsify", "text_stream", "train_clt", "train_transcoders",
+    "TranscoderConfig", "TranscoderSet", "feature_pages", "feature_report", "load_clt", "load_dictionary", "load_transcoders", "read_circuit_tracer", "read_circuit_tracer_clt", "read_saelens", "read_sparsify", "read_sparsify_clt", "text_stream", "train_clt", "train_transcoders",
     "transcoder_fidelity",
 ]

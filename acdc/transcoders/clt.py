@@ -11,15 +11,23 @@ MLP output is stood in for by every feature of the layers up to j::
 So what a feature has written by the time the stream reaches layer k is its activation times the sum of
 its decoders for layers l..k-1 (`written`), which is what a feature graph's destination at layer k reads.
 
+Two optional parts hold what EleutherAI's clt-training (sparsify's cross-layer fork) trains, read exactly by
+`acdc.transcoders.clt_formats.read_sparsify_clt`: per-target **offsets** (``offsets``; its ``post_encs``), with
+which a feature that fires (a > 0) writes ``(a + offset[l][i, j - l]) W_dec[l][i, j - l]`` into layer j
+(`writes`), and **cross-layer skip paths** (``cross_skip``), ``x_l @ W_skip_cross[l][j - l - 1]`` into every later
+layer j. Both make a feature's or a skip's write depend on more than one activation times one fixed row, so
+feature graphs and attribution graphs refuse a CLT that uses them (`check_linear`), in one line; its
+reconstruction (`forward`), fidelity, feature pages and `acdc.generate` take it.
+
 ``reads``: "normed", the MLP's normed input (`Transformer.mlp_input`, where acdc's per-layer transcoders
 read), or "stream", the residual stream before that norm (TransformerLens ``hook_resid_mid``: circuit-tracer's
-CLTs read there). Saved as ``config.json`` (format ``acdc-clt/1``) + ``clt.safetensors``; never pickled.
-`read_circuit_tracer_clt` reads circuit-tracer's layout (``W_enc_{l}.safetensors`` with ``W_enc_{l}`` [n, d],
-``b_enc_{l}``, ``b_dec_{l}``, ``threshold_{l}``; ``W_dec_{l}.safetensors`` with ``W_dec_{l}`` [n, L - l, d]).
+CLTs read there). Saved as ``config.json`` (format ``acdc-clt/1``) + ``clt.safetensors``; never pickled. Foreign
+layouts (circuit-tracer's, clt-training's) are read by `acdc.transcoders.clt_formats`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +39,7 @@ from ..files import claim_folder
 from ..model import Transformer
 from .transcoder import ACTIVATIONS, ModelInfo, TranscoderSet, activate, check_model_info, read_config, write_folder
 
-__all__ = ["CLT_FORMAT", "CLTConfig", "CrossLayerTranscoder", "FeatureDictionary", "load_clt", "read_circuit_tracer_clt"]
+__all__ = ["CLT_FORMAT", "CLTConfig", "CrossLayerTranscoder", "FeatureDictionary"]
 
 CLT_FORMAT = "acdc-clt/1"
 READS = ("normed", "stream")
@@ -48,6 +56,8 @@ class CLTConfig:
     k: int | None = None  # TopK: features active per token, in each layer
     skip: bool = False  # a linear skip path per layer, x_j @ W_skip[j]
     reads: str = "normed"  # "normed": the MLP's normed input; "stream": the residual stream before that norm
+    offsets: bool = False  # per-target offsets: a firing feature writes (a + offset[l][i, j - l]) W_dec[l][i, j - l]
+    cross_skip: bool = False  # skip paths from each layer's input into every later MLP, x_l @ W_skip_cross[l][j - l - 1]
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -63,7 +73,8 @@ class CLTConfig:
 
 class CrossLayerTranscoder(nn.Module):
     """A CLT (module docstring). Parameters: W_enc [L, d, n], b_enc [L, n], W_dec (one [n, L - l, d] per source
-    layer l), b_dec [L, d], W_skip [L, d, d] (with ``skip``), log_threshold [L, n] (JumpReLU). ``model``,
+    layer l), b_dec [L, d], W_skip [L, d, d] (with ``skip``), log_threshold [L, n] (JumpReLU), offset (one [n, L - l]
+    per source layer, with ``offsets``), W_skip_cross (one [L - l - 1, d, d] per source layer, with ``cross_skip``). ``model``,
     ``source`` and ``info`` say which model it is for, where it comes from, and anything else worth keeping."""
 
     def __init__(self, cfg: CLTConfig, model: ModelInfo | None = None, source: str = "acdc", info: dict[str, Any] | None = None, *,
@@ -81,10 +92,14 @@ class CrossLayerTranscoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(L, d, **kw))
         self.W_skip = nn.Parameter(torch.zeros(L, d, d, **kw)) if cfg.skip else None
         self.log_threshold = nn.Parameter(torch.zeros(L, n, **kw)) if cfg.activation == "jumprelu" else None
+        self.offset = nn.ParameterList([nn.Parameter(torch.zeros(n, L - layer, **kw)) for layer in range(L)]) if cfg.offsets else None
+        self.W_skip_cross = (nn.ParameterList([nn.Parameter(torch.zeros(L - layer - 1, d, d, **kw)) for layer in range(L)])
+                             if cfg.cross_skip else None)
 
     def __repr__(self) -> str:
         c = self.cfg
-        act = f"{c.activation}{f', k={c.k}' if c.k else ''}{', skip' if c.skip else ''}"
+        act = (f"{c.activation}{f', k={c.k}' if c.k else ''}{', skip' if c.skip else ''}{', offsets' if c.offsets else ''}"
+               f"{', cross-layer skips' if c.cross_skip else ''}")
         return (f"CrossLayerTranscoder({c.n_layers} layers x {c.n_features} features ({act}), reads the {c.reads} MLP input; "
                 f"for {self.model.name}; {self.source})")
 
@@ -107,16 +122,56 @@ class CrossLayerTranscoder(nn.Module):
             return torch.zeros_like(self.W_dec[source][:, 0])
         return self.W_dec[source][:, : upto - source].sum(1)
 
+    def writes(self, source: int, target: int, acts: Tensor, features: Tensor | None = None) -> Tensor:
+        """[..., d_model] what layer ``source``'s features write into layer ``target``'s MLP output at activations
+        ``acts`` [..., n] (or [..., k]: the features ``features`` [k] only): acts @ their decoders into ``target``, plus,
+        with offsets, each firing feature's offset times its decoder."""
+        dec = self.decoder(source, target)
+        off = None if self.offset is None else self.offset[source][:, target - source]
+        if features is not None:
+            dec = dec.index_select(0, features)
+            off = None if off is None else off.index_select(0, features)
+        out = acts @ dec
+        if off is not None:
+            out = out + ((acts > 0).to(acts.dtype) * off) @ dec
+        return out
+
+    def skip_into(self, target: int, xs: Sequence[Tensor] | Mapping[int, Tensor]) -> Tensor | None:
+        """[..., d_model] what the skip paths write into layer ``target``'s MLP output from what each layer read
+        (``xs[l]`` [..., d_model] for every l <= target): its own layer's, then every earlier layer's with cross-layer
+        skips; None for a CLT without skip paths."""
+        if self.W_skip is None and self.W_skip_cross is None:
+            return None
+        out = torch.zeros_like(xs[target]) if self.W_skip is None else xs[target] @ self.W_skip[target]
+        if self.W_skip_cross is not None:
+            for src in range(target):
+                out = out + xs[src] @ self.W_skip_cross[src][target - src - 1]
+        return out
+
     def decode(self, acts: list[Tensor], xs: Tensor | None = None) -> Tensor:
         """[L, ..., d_model] every layer's MLP output from every layer's activations ``acts`` (L tensors [..., n]), plus
         the skip paths of what each layer read, xs [L, ..., d_model], where there are some."""
         L = self.cfg.n_layers
-        out = torch.stack([sum((acts[src] @ self.decoder(src, j) for src in range(j + 1)), self.b_dec[j]) for j in range(L)])
-        if self.W_skip is not None:
+        out = torch.stack([sum((self.writes(src, j, acts[src]) for src in range(j + 1)), self.b_dec[j]) for j in range(L)])
+        if self.W_skip is not None or self.W_skip_cross is not None:
             if xs is None:
                 raise ValueError("this CLT has skip paths: decode(acts, xs) needs what each layer read")
-            out = out + torch.stack([xs[j] @ self.W_skip[j] for j in range(L)])
+            out = out + torch.stack([self.skip_into(j, xs) for j in range(L)])  # type: ignore[misc]
         return out
+
+    def check_linear(self, what: str) -> None:
+        """A one-line ValueError when ``what`` (a feature graph, an attribution graph, circuit-tracer's layout) cannot
+        hold this CLT: non-zero offsets (a feature's write is then not its activation times a fixed row) or non-zero
+        cross-layer skip paths (a skip node of one layer would write into later ones)."""
+        why = []
+        if self.offset is not None and any(bool((o != 0).any()) for o in self.offset):
+            why.append("its features write (activation + offset) x decoder when they fire (per-target offsets)")
+        if self.W_skip_cross is not None and any(bool((w != 0).any()) for w in self.W_skip_cross):
+            why.append("its skip paths cross layers")
+        if why:
+            raise ValueError(f"{what} needs each feature to write its activation times fixed decoders and skip paths within "
+                             f"a layer; {' and '.join(why)}. Its reconstruction, fidelity, feature pages and acdc.generate "
+                             "take it")
 
     def forward(self, xs: Tensor) -> Tensor:
         """[L, ..., d_model] the CLT's stand-in for every MLP's output from what every layer reads, xs [L, ..., d_model]."""
@@ -162,9 +217,10 @@ class CrossLayerTranscoder(nn.Module):
         from safetensors.torch import save_file
 
         c = self.cfg
-        if c.activation == "topk" or c.skip:
+        if c.activation == "topk" or c.skip or c.cross_skip:
             raise ValueError("circuit-tracer's cross-layer transcoders are ReLU or JumpReLU without skip paths; this one is "
-                             f"{c.activation}{' with skip paths' if c.skip else ''}")
+                             f"{c.activation}{' with skip paths' if c.skip or c.cross_skip else ''}")
+        self.check_linear("circuit-tracer's layout")
         names = [f"W_{w}_{layer}.safetensors" for layer in self.layers for w in ("enc", "dec")]
         path = claim_folder(path, ("config.yaml", *names), overwrite)
         for layer in self.layers:
@@ -189,75 +245,6 @@ class CrossLayerTranscoder(nn.Module):
                   config.get("info", {}), device=device)
         clt.load_state_dict(load_file(str(path / "clt.safetensors"), device=str(device)))
         return clt
-
-
-def read_circuit_tracer_clt(path: str | Path, tf: Transformer | None = None, *, device: torch.device | str = "cpu",
-                            reads: str | None = None) -> CrossLayerTranscoder:
-    """circuit-tracer's CLT folder (`CrossLayerTranscoder.to_safetensors`, the module docstring's layout), with its
-    ``config.yaml`` where there is one (``feature_input_hook``: ``hook_resid_mid``, circuit-tracer's default, reads
-    the stream; ``mlp.hook_in`` the normed input). ``reads`` overrides the hook. Its files hold no skip path."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    n = len(list(path.glob("W_enc_*.safetensors")))
-    if n == 0:
-        raise ValueError(f"{path}: no W_enc_0.safetensors; not a circuit-tracer cross-layer transcoder folder")
-    encs: list[dict[str, Tensor]] = []
-    decs: list[Tensor] = []
-    for layer in range(n):
-        try:
-            encs.append(load_file(str(path / f"W_enc_{layer}.safetensors")))
-            decs.append(load_file(str(path / f"W_dec_{layer}.safetensors"))[f"W_dec_{layer}"])
-        except (OSError, KeyError) as err:
-            raise ValueError(f"{path}: layer {layer} of {n} is incomplete ({type(err).__name__}: {err})") from None
-    hook = None
-    if (path / "config.yaml").exists():
-        import yaml
-
-        hook = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("feature_input_hook")
-    if reads is None:
-        reads = {None: "stream", "hook_resid_mid": "stream", "mlp.hook_in": "normed"}.get(hook)
-        if reads is None:
-            raise ValueError(f"{path}: feature_input_hook {hook!r}; acdc's CLTs read hook_resid_mid (the stream) or mlp.hook_in "
-                             "(the normed MLP input)")
-    d_features, d_model = encs[0]["W_enc_0"].shape
-    jump = "threshold_0" in encs[0]
-    cfg = CLTConfig(n, int(d_model), int(d_features), "jumprelu" if jump else "relu", reads=reads)
-    model = ModelInfo(tf.arch.family if tf is not None else path.name, n, int(d_model))
-    clt = CrossLayerTranscoder(cfg, model, f"circuit-tracer: {path}", {"feature_input_hook": hook}, device=device)
-    with torch.no_grad():
-        for layer, (enc, dec) in enumerate(zip(encs, decs, strict=True)):
-            if dec.shape != (d_features, n - layer, d_model):
-                raise ValueError(f"{path}: W_dec_{layer} is {tuple(dec.shape)}, expected {(int(d_features), n - layer, int(d_model))}")
-            clt.W_enc[layer].copy_(enc[f"W_enc_{layer}"].T.float())
-            clt.b_enc[layer].copy_(enc[f"b_enc_{layer}"].float())
-            clt.b_dec[layer].copy_(enc[f"b_dec_{layer}"].float())
-            clt.W_dec[layer].copy_(dec.float())
-            if clt.log_threshold is not None:
-                t = enc[f"threshold_{layer}"].float()
-                if bool((t < 0).any()):
-                    raise ValueError(f"{path}: {int((t < 0).sum())} negative JumpReLU thresholds in layer {layer}; acdc reads thresholds >= 0")
-                clt.log_threshold[layer].copy_(t.log())
-    if tf is not None:
-        clt.check_model(tf, f"cross-layer transcoder {path}")
-    return clt
-
-
-def load_clt(path: str | Path, model: Any = None, *, device: torch.device | str | None = None) -> CrossLayerTranscoder:
-    """A cross-layer transcoder from a folder saved by `CrossLayerTranscoder.save` or circuit-tracer's CLT folder;
-    with ``model``, checked against it and moved to its device."""
-    tf = None if model is None else Transformer.of(model)
-    dev = device if device is not None else (tf.device if tf is not None else "cpu")
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"cross-layer transcoder {str(path)!r} not found: give a folder saved by CrossLayerTranscoder.save "
-                         "or a circuit-tracer CLT folder (W_enc_0.safetensors, ...)")
-    if not (path / "config.json").exists():
-        return read_circuit_tracer_clt(path, tf, device=dev)  # checked against tf there
-    clt = CrossLayerTranscoder.load(path, device=dev)
-    if tf is not None:
-        clt.check_model(tf, f"cross-layer transcoder {path}")
-    return clt
 
 
 class LayerView:

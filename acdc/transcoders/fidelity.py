@@ -185,7 +185,8 @@ def transcoder_fidelity(
         n_all += toks.numel()
         if isinstance(transcoders, CrossLayerTranscoder):
             splice = _clt_spliced(tf, transcoders, modeled)
-            one_layer = {layer: _clt_spliced(tf, transcoders, modeled, clean_acts, only=layer)[layer] for layer in layers}
+            clean_in = {layer: io[layer][0].float() for layer in layers}
+            one_layer = {layer: _clt_spliced(tf, transcoders, modeled, (clean_acts, clean_in), only=layer)[layer] for layer in layers}
         else:
             splice = {layer: _spliced(tf, layer, modeled[layer], transcoders[layer]) for layer in layers}
             one_layer = splice
@@ -213,22 +214,26 @@ def transcoder_fidelity(
                     {"skip_first": skip_first, "massive": massive, "massive_positions": n_massive})
 
 
-def _clt_spliced(tf: Transformer, clt: CrossLayerTranscoder, modeled: dict[int, Tensor], clean: dict[int, Tensor] | None = None,
+def _clt_spliced(tf: Transformer, clt: CrossLayerTranscoder, modeled: dict[int, Tensor],
+                 clean: tuple[dict[int, Tensor], dict[int, Tensor]] | None = None,
                  only: int | None = None) -> dict[int, Callable[[Tensor], Tensor]]:
     """Every layer's MLP stand-in for a run with a CLT spliced in (at the ``modeled`` positions; the MLP's own output
-    elsewhere): layer j writes the CLT's reconstruction from the features of layers <= j, each encoded on the input it
-    sees in this run as it goes (the callbacks run in layer order and share what they encoded). With ``only``, that
-    layer alone is spliced and the earlier layers' features are the ``clean`` run's activations."""
+    elsewhere): layer j writes the CLT's reconstruction from the features (and skip paths) of layers <= j, each encoded
+    on the input it sees in this run as it goes (the callbacks run in layer order and share what they encoded). With
+    ``only``, that layer alone is spliced and the earlier layers' features and inputs are the ``clean`` run's
+    (activations by layer, inputs by layer)."""
     acts: dict[int, Tensor] = {}
+    inputs: dict[int, Tensor] = {}
 
     def at(layer: int) -> Callable[[Tensor], Tensor]:
         def fn(ln: Tensor) -> Tensor:
             x = ln.float()
-            acts[layer] = clt.encode(layer, x)
-            got = {**(clean or {}), layer: acts[layer]} if only is not None else acts
-            new = sum((got[src] @ clt.decoder(src, layer) for src in range(layer + 1)), clt.b_dec[layer])
-            if clt.W_skip is not None:
-                new = new + x @ clt.W_skip[layer]
+            acts[layer], inputs[layer] = clt.encode(layer, x), x
+            got, seen = ({**clean[0], layer: acts[layer]}, {**clean[1], layer: x}) if clean is not None else (acts, inputs)
+            new = sum((clt.writes(src, layer, got[src]) for src in range(layer + 1)), clt.b_dec[layer])
+            skip = clt.skip_into(layer, seen)
+            if skip is not None:
+                new = new + skip
             new = new.to(ln.dtype)
             keep = modeled[layer]
             return new if bool(keep.all()) else torch.where(keep[..., None], new, tf.mlp_normed(layer, ln))

@@ -46,12 +46,12 @@ import torch
 from torch import Tensor
 
 from ..model import Transformer
-from .clt import CLT_FORMAT, CrossLayerTranscoder, load_clt
-from .transcoder import FORMAT, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
+from .clt import CLT_FORMAT, CrossLayerTranscoder
+from .clt_formats import is_sparsify_clt, load_clt
+from .transcoder import FORMAT, SPARSIFY_HOOK, ModelInfo, Transcoder, TranscoderConfig, TranscoderSet
 
 __all__ = ["load_dictionary", "load_transcoders", "read_circuit_tracer", "read_saelens", "read_sparsify"]
 
-_SPARSIFY_HOOK = re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp$")
 _NORMED_IN = re.compile(r"^(?:blocks\.(\d+)\.)?(?:ln2\.hook_normalized|mlp\.hook_in)$")
 _MLP_OUT = re.compile(r"^(?:blocks\.(\d+)\.)?(?:hook_mlp_out|mlp\.hook_out)$")
 _SAELENS_ARCH = {"transcoder": ("relu", False), "skip_transcoder": ("relu", True),
@@ -77,13 +77,13 @@ def load_transcoders(spec: str | Path, model: Any = None, *, device: torch.devic
             raise ValueError(f"transcoders {str(spec)!r} not found: give a folder saved by TranscoderSet.save, a sparsify, "
                              "SAELens or circuit-tracer folder, or a hub name like owner/name")
     fmt = json.loads((path / "config.json").read_text()).get("format") if (path / "config.json").exists() else None
-    if fmt == CLT_FORMAT or (path / "W_enc_0.safetensors").exists():
+    if fmt == CLT_FORMAT or (path / "W_enc_0.safetensors").exists() or is_sparsify_clt(path):
         raise ValueError(f"{path} is a cross-layer transcoder: load it with acdc.load_clt(path, model)")
     if fmt == FORMAT:
         ts = TranscoderSet.load(path, device=dev)
     elif (path / "config.yaml").exists():
         ts = read_circuit_tracer(path, tf, device=dev, source=f"circuit-tracer: {source}")
-    elif any(_SPARSIFY_HOOK.match(p.name) for p in path.iterdir() if p.is_dir()):
+    elif any(SPARSIFY_HOOK.match(p.name) for p in path.iterdir() if p.is_dir()):
         ts = read_sparsify(path, tf, device=dev, source=f"sparsify: {source}")
     elif _saelens_folders(path):
         ts = read_saelens(path, tf, device=dev, source=f"SAELens: {source}")
@@ -100,7 +100,7 @@ def load_dictionary(spec: str | Path, model: Any = None) -> TranscoderSet | Cros
     circuit-tracer's) or per-layer ones (`load_transcoders`: every other layout and hub names)."""
     path = Path(spec)
     config = path / "config.json"
-    clt = path.is_dir() and ((path / "W_enc_0.safetensors").exists() or
+    clt = path.is_dir() and ((path / "W_enc_0.safetensors").exists() or is_sparsify_clt(path) or
                              (config.exists() and json.loads(config.read_text()).get("format") == CLT_FORMAT))
     return load_clt(path, model) if clt else load_transcoders(spec, model)
 
@@ -184,10 +184,13 @@ def read_sparsify(path: str | Path, tf: Transformer | None = None, *, device: to
     path = Path(path)
     transcoders: dict[int, Transcoder] = {}
     for sub in sorted(path.iterdir()):
-        m = _SPARSIFY_HOOK.match(sub.name)
+        m = SPARSIFY_HOOK.match(sub.name)
         if not (sub.is_dir() and m):
             continue
         cfg = json.loads((sub / "cfg.json").read_text())
+        if int(cfg.get("n_targets", 0) or 0) > 0:
+            raise ValueError(f"{sub} writes into {cfg['n_targets']} layers (a clt-training cross-layer transcoder): load the "
+                             "folder with acdc.load_clt")
         if not cfg.get("transcode", False):
             raise ValueError(f"{sub} is a sparse autoencoder (transcode: false), not a transcoder")
         act = str(cfg.get("activation", "topk")).lower()

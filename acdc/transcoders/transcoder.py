@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +58,10 @@ class TranscoderConfig:
             raise ValueError(f"a TopK transcoder needs k in 1..{self.n_features}, got {self.k!r}")
         if self.n_features < 1 or self.d_model < 1:
             raise ValueError(f"d_model and n_features must be positive, got {self.d_model} and {self.n_features}")
+
+
+SPARSIFY_HOOK = re.compile(r"^(?:model\.|transformer\.)?(?:layers|h)\.(\d+)\.mlp$")
+"""A sparsify folder's MLP hookpoint (``layers.N.mlp``; ``h.N.mlp`` for GPT-2), per-layer or cross-layer."""
 
 
 def activate(pre: Tensor, activation: str, k: int | None = None, log_threshold: Tensor | None = None) -> Tensor:
