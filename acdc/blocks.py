@@ -34,7 +34,7 @@ from .model import HeadsPart, MLPPart, Part, Transformer, scale_gradient
 from .transcoders import FeatureDictionary
 
 __all__ = ["GIM", "MLP_ENGINES", "Block", "FullRun", "GradPass", "HeadsBlock", "Job", "MLPBlock", "MLPUnits", "UnitsBlock", "blocks_of",
-           "extras_of", "is_cross_layer", "rows_of", "units_of", "weighted_rows"]
+           "channels_of", "extras_of", "is_cross_layer", "per_channel", "rows_of", "units_of", "weighted_rows"]
 
 
 class MLPUnits(Protocol):
@@ -52,7 +52,15 @@ class MLPUnits(Protocol):
     their own layer's MLP output and every later one's; they say so with ``cross_layer = True`` (optional: a kind
     without it is per-layer). What a destination reads from one depends on the destination's layer, so their
     `rows` take ``at``, the reader's layer; and a layer's extras depend on the earlier layers' activations in the
-    same run, so their `extras` take ``earlier`` (`rows_of` and `extras_of` call either kind).
+    same run, so their `extras` take ``earlier`` and ``inputs``, those layers' MLP input streams (a cross-layer skip
+    path reads them) (`rows_of` and `extras_of` call either kind).
+
+    Units whose output is not one activation times one row say how many *channels* each has (optional
+    ``channels``, default 1; `channels_of`): their `activations` are then [..., channels * n] (channel c of unit i
+    at c * n + i) and their `rows` [channels * n, d], and unit i's output is the sum over its channels. A CLT with
+    per-target offsets has two: the activation and whether it fires (its offsets' rows). Each channel is ablated
+    and mixed as the unit's output is (resample: the corrupt run's; mean: the mean over prompts), so the engine
+    weighs every channel of a unit by its edge's weight (`per_channel`).
     """
 
     def layer_units(self, layer: int) -> int | None:
@@ -100,15 +108,27 @@ def is_cross_layer(units: MLPUnits | None) -> bool:
     return bool(getattr(units, "cross_layer", False))
 
 
+def channels_of(units: MLPUnits | None) -> int:
+    """How many activation channels each of ``units`` has (their optional ``channels``; see `MLPUnits`)."""
+    return int(getattr(units, "channels", 1))
+
+
+def per_channel(weights: Tensor, channels: int) -> Tensor:
+    """Edge weights [R, n, ...] of n units as weights of their channels [R, channels * n, ...] (`MLPUnits`)."""
+    return weights if channels == 1 else torch.cat([weights] * channels, 1)
+
+
 def rows_of(units: MLPUnits, tf: Transformer, layer: int, at: int) -> Tensor:
     """[n, d] what layer's units write, as a destination of layer ``at`` reads it (per-layer units: their rows)."""
     return units.rows(tf, layer, at) if is_cross_layer(units) else units.rows(tf, layer)  # type: ignore[call-arg]
 
 
-def extras_of(units: MLPUnits, tf: Transformer, layer: int, x: Tensor, acts: Tensor, earlier: Mapping[int, Tensor]) -> Tensor | None:
-    """The layer's extras (`MLPUnits.extras`), cross-layer units also given the earlier layers' activations."""
+def extras_of(units: MLPUnits, tf: Transformer, layer: int, x: Tensor, acts: Tensor, earlier: Mapping[int, Tensor],
+              inputs: Mapping[int, Tensor] | None = None) -> Tensor | None:
+    """The layer's extras (`MLPUnits.extras`), cross-layer units also given the earlier layers' activations and MLP
+    input streams in the same run (``inputs``: where a cross-layer skip path reads)."""
     if is_cross_layer(units):
-        return units.extras(tf, layer, x, acts, earlier)  # type: ignore[call-arg]
+        return units.extras(tf, layer, x, acts, earlier, inputs)  # type: ignore[call-arg]
     return units.extras(tf, layer, x, acts)
 
 
@@ -190,13 +210,19 @@ class Mixing(Protocol):
         """Outputs [n, B, S, d] of consecutive dense sources, carrying their autograd graphs."""
         ...
 
-    def push_units(self, layer: int, acts: Tensor) -> None:
-        """A factored layer's unit activations [B, S, n_units], carrying their autograd graphs."""
+    def push_units(self, layer: int, acts: Tensor, x: Tensor) -> None:
+        """A factored layer's unit activations [B, S, n_units] on its MLP input stream x [B, S, d], carrying their
+        autograd graphs."""
         ...
 
     @property
     def unit_acts(self) -> dict[int, Tensor]:
         """The factored layers' activations pushed so far, layer -> [B, S, n] (cross-layer units' extras read them)."""
+        ...
+
+    @property
+    def unit_inputs(self) -> dict[int, Tensor]:
+        """The factored layers' MLP input streams pushed so far, layer -> [B, S, d] (cross-layer skip paths read them)."""
         ...
 
 
@@ -447,9 +473,9 @@ class UnitsBlock(MLPBlock):
             a = acts.movedim(-1, 0)
             run.F[self.layer] = (a if abl is None else a - abl).flatten(1)  # [n, B * S] (n may be 0: a layer with no chosen feature)
             if cross:
-                run.acts[self.layer] = acts
+                run.acts[self.layer], run.inputs[self.layer] = acts, m_in
             if len(extra):
-                out = extras_of(self.units, tf, self.layer, m_in, acts, run.acts)
+                out = extras_of(self.units, tf, self.layer, m_in, acts, run.acts, run.inputs)
                 assert out is not None and len(out) == len(extra)
                 run.put(slice(extra.start, extra.stop), out)
         else:
@@ -466,9 +492,9 @@ class UnitsBlock(MLPBlock):
         m_in = mix.inputs([self.row], self.upto, self.stream)[0]
         tf = mix.p.tf
         acts = self.units.activations(tf, self.layer, m_in)  # [B, S, n], differentiable in m_in
-        mix.push_units(self.layer, acts)
+        mix.push_units(self.layer, acts, m_in)
         if len(self.extra):
-            out = extras_of(self.units, tf, self.layer, m_in, acts, mix.unit_acts)
+            out = extras_of(self.units, tf, self.layer, m_in, acts, mix.unit_acts, mix.unit_inputs)
             assert out is not None
             mix.push(self.extra, out)
 
@@ -541,6 +567,7 @@ class FullRun:
         self.X = torch.empty(n_dense, B, S, self.d, dtype=tf.dtype, device=tf.device)
         self.F: dict[int, Tensor] = {}
         self.acts: dict[int, Tensor] = {}  # cross-layer units: each factored layer's activations [B, S, n] in this run
+        self.inputs: dict[int, Tensor] = {}  # and its MLP input stream [B, S, d] (cross-layer skip paths read it)
         self.units, self.dense_cols, self.dslot, self.abl_units = units, dense_cols, dslot, abl_units or []
         self.groups: list[Tensor | None] = list(groups) if groups is not None else [None]  # plain: one group, every token
         any_pos = keep.any(-1) if positional else keep
@@ -673,9 +700,10 @@ class FullRun:
                 X = X.reshape(len(cols), self.B * self.S, d).index_select(1, idx)
             out = (Wd @ X.reshape(len(cols), -1)).view(base.shape) + base
         at = g.mlps_before(upto) if is_cross_layer(self.units) else -1  # cross-layer units: the readers' layer
+        c = channels_of(self.units)
         for layer_u, values in self.F.items():
             start = g.mlp_sources(layer_u).start
-            Ws = W[:, start : start + len(values)]  # empty when the layer is not upstream (W ends at upto)
+            Ws = per_channel(W[:, start : start + len(values) // c], c)  # empty when the layer is not upstream (W ends at upto)
             if bool(Ws.any()):
                 v = values if idx is None else values.index_select(1, idx)
                 out = out + weighted_rows(self.p.unit_rows(layer_u, at), Ws, v).view(base.shape)

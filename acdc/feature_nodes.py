@@ -121,10 +121,12 @@ class CrossLayerUnits:
         assert graph.features is not None  # `units_of` builds units for feature graphs only
         check_layout(graph.features, clt)
         clt.check_model(tf)
-        clt.check_linear("a feature graph")
         self.tf, self.clt = tf, clt
         self._idx = {layer: torch.tensor(chosen, dtype=torch.long, device=tf.device) for layer, chosen in graph.features.features}
         self._rows: dict[tuple[int, int], Tensor] = {}
+        # per-target offsets: each feature has two channels (`acdc.blocks.MLPUnits`), its activation a and whether it
+        # fires [a > 0], the second with its offsets' rows, so a destination reads a W + [a > 0] (offset W) from it
+        self.channels = 2 if clt.has_offsets() else 1
 
     def layer_units(self, layer: int) -> int | None:
         idx = self._idx.get(layer)
@@ -142,21 +144,38 @@ class CrossLayerUnits:
         pre = self._read(tf, layer, x) @ c.W_enc[layer].detach() + c.b_enc[layer].detach()
         thr = None if c.log_threshold is None else c.log_threshold[layer].detach()
         acts = activate(pre, c.cfg.activation, c.cfg.k, thr)
-        return acts.index_select(-1, self._idx[layer].to(acts.device)).to(tf.dtype)
+        acts = acts.index_select(-1, self._idx[layer].to(acts.device)).to(tf.dtype)
+        return acts if self.channels == 1 else torch.cat([acts, (acts > 0).to(acts.dtype)], -1)
 
     def _dec(self, source: int, target: int) -> Tensor:
-        """[n, d] the chosen features of ``source``: their decoders into ``target``'s MLP output."""
-        return self.clt.decoder(source, target).detach().index_select(0, self._idx[source]).to(self.tf.dtype)
+        """[channels * n, d] the chosen features of ``source``: their decoders into ``target``'s MLP output (then, with
+        offsets, each offset times its decoder)."""
+        dec = self.clt.decoder(source, target).detach().index_select(0, self._idx[source])
+        if self.channels == 2:
+            assert self.clt.offset is not None
+            off = self.clt.offset[source][:, target - source].detach().index_select(0, self._idx[source])
+            dec = torch.cat([dec, off[:, None] * dec])
+        return dec.to(self.tf.dtype)
 
-    def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor, earlier: Mapping[int, Tensor] | None = None) -> Tensor:
+    def extras(self, tf: Transformer, layer: int, x: Tensor, acts: Tensor, earlier: Mapping[int, Tensor] | None = None,
+               inputs: Mapping[int, Tensor] | None = None) -> Tensor:
         """[1 | 2, ..., d_model] layer's error node (then its skip node) on its input stream x, given its chosen
-        features' activations ``acts`` and every earlier featured layer's in the same run (``earlier``)."""
+        features' activations ``acts`` and every earlier featured layer's in the same run (``earlier``). The skip
+        node is every skip path into this layer's MLP output: its own, x's, and with cross-layer skips each earlier
+        layer's from that layer's MLP input stream in the same run (``inputs``)."""
         c = self.clt
         recon = acts @ self._dec(layer, layer) + c.b_dec[layer].detach().to(tf.dtype)
         for src, a in (earlier or {}).items():
             if src < layer:
                 recon = recon + a @ self._dec(src, layer)
         skip = None if c.W_skip is None else self._read(tf, layer, x) @ c.W_skip[layer].detach().to(tf.dtype)
+        if c.W_skip_cross is not None:
+            if inputs is None and layer > 0:
+                raise ValueError("a CLT with cross-layer skip paths: its skip node reads the earlier layers' inputs")
+            skip = torch.zeros_like(recon) if skip is None else skip
+            for src in range(layer):
+                w = c.W_skip_cross[src][layer - src - 1].detach().to(tf.dtype)
+                skip = skip + self._read(tf, src, inputs[src]) @ w  # type: ignore[index]
         if skip is not None:
             recon = recon + skip
         err = tf.mlp(layer, x) - recon
@@ -169,7 +188,12 @@ class CrossLayerUnits:
             raise ValueError("a cross-layer feature's output depends on who reads it: rows(tf, layer, at) needs the reader's layer")
         key = (layer, at)
         if key not in self._rows:
-            self._rows[key] = self.clt.written(layer, at).detach().index_select(0, self._idx[layer]).to(tf.dtype)
+            rows = self.clt.written(layer, at).detach()
+            if self.channels == 2:
+                rows = torch.cat([rows.index_select(0, self._idx[layer]), self.clt.offsets_written(layer, at).detach().index_select(0, self._idx[layer])])
+            else:
+                rows = rows.index_select(0, self._idx[layer])
+            self._rows[key] = rows.to(tf.dtype)
         return self._rows[key]
 
     def bias(self, tf: Transformer, layer: int) -> Tensor | None:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .blocks import is_cross_layer
+from .blocks import channels_of, is_cross_layer, per_channel
 from .patching import Patcher
 
 __all__ = ["MixedRun", "mixed_logits"]
@@ -95,6 +95,7 @@ class MixedRun:
         self.starts: list[int] = []  # each chunk's first slot
         self.units: dict[int, Tensor] = {}
         self.unit_acts: dict[int, Tensor] = {}  # each factored layer's activations [B, S, n] (cross-layer units' extras read them)
+        self.unit_inputs: dict[int, Tensor] = {}  # and its MLP input stream [B, S, d] (cross-layer skip paths read it)
         # graph columns of the dense sources (in slot order) and, per position, its flat token indices
         self.dense_cols = None if patcher.unit_mask is None else (~patcher.unit_mask).nonzero().squeeze(1)
         self.groups = patcher.position_groups if g.positions is not None and g.n_positions > 1 else None
@@ -115,9 +116,9 @@ class MixedRun:
         self.chunks.append(x)
         self.starts.append(first)
 
-    def push_units(self, layer: int, acts: Tensor) -> None:
-        """A factored layer's activations [B, S, n_units] in this run."""
-        self.unit_acts[layer] = acts
+    def push_units(self, layer: int, acts: Tensor, x: Tensor) -> None:
+        """A factored layer's activations [B, S, n_units] on its MLP input stream x [B, S, d] in this run."""
+        self.unit_acts[layer], self.unit_inputs[layer] = acts, x
         a = acts.movedim(-1, 0)
         abl = self.p.unit_ablation[layer]
         self.units[layer] = (a if abl is None else a - abl).flatten(1)
@@ -146,7 +147,7 @@ class MixedRun:
             r = p.factored_layers[layer]
             if r.start >= upto:
                 continue
-            Wu = Wr[:, r.start : r.stop]  # [R, n(, P)]
+            Wu = per_channel(Wr[:, r.start : r.stop], channels_of(p.units))  # [R, n(, P)] (each unit's channels: `MLPUnits`)
             if self.groups is not None:
                 Wu = Wu.index_select(-1, self.token_position)  # [R, n, B * S]: each token its position's weight
             else:

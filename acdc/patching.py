@@ -421,7 +421,7 @@ class Patcher:
             x = run.resid_mid[layer]
             acts[layer] = units.activations(tf, layer, x)
             if len(src) > n:
-                extra = extras_of(units, tf, layer, x, acts[layer], acts)
+                extra = extras_of(units, tf, layer, x, acts[layer], acts, dict(enumerate(run.resid_mid)))
                 assert extra is not None
                 out[self._dslot[src.start + n : src.stop]] = extra
         return out

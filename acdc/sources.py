@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .blocks import MLPUnits, is_cross_layer, rows_of, weighted_rows
+from .blocks import MLPUnits, channels_of, is_cross_layer, rows_of, weighted_rows
 from .graph import Graph
 from .model import Transformer
 
@@ -29,7 +29,8 @@ __all__ = ["FactoredLayer", "SourceValues"]
 
 @dataclass
 class FactoredLayer:
-    """One layer's factored units: clean activations [n, B, S] and ablation values [n, B|1, S] (None: zero)."""
+    """One layer's factored units: clean activations [n, B, S] and ablation values [n, B|1, S] (None: zero); units
+    of several channels (`acdc.blocks.MLPUnits`) have [channels * n, ...] of each, ``sources`` n."""
 
     sources: range
     clean: Tensor
@@ -183,7 +184,7 @@ class SourceValues:
             if f.sources.stop > upto:
                 continue
             read = flat @ self._rows(layer, upto).T.to(flat.dtype)  # [R, T, n]: G . w_u per token
-            out[:, f.sources.start : f.sources.stop] = torch.einsum("rtn,nt->rn", read, self._unit_diff(f)).double()
+            out[:, f.sources.start : f.sources.stop] = self._per_unit(torch.einsum("rtn,nt->rn", read, self._unit_diff(f))).double()
         return out
 
     def _dense_dot(self, grads: Tensor, upto: int) -> Tensor:
@@ -220,7 +221,7 @@ class SourceValues:
                 assert self.units is not None
                 diff = self._unit_diff(f).index_select(1, idx)  # [n, tokens]
                 read = at @ self._rows(layer, upto).T.to(at.dtype)  # [R, tokens, n]
-                out[:, f.sources.start : f.sources.stop, p] = torch.einsum("rtn,nt->rn", read, diff).double()
+                out[:, f.sources.start : f.sources.stop, p] = self._per_unit(torch.einsum("rtn,nt->rn", read, diff)).double()
         return out
 
     def _rows(self, layer: int, upto: int) -> Tensor:
@@ -228,6 +229,11 @@ class SourceValues:
         their layer, `acdc.blocks.MLPUnits.rows`)."""
         assert self.units is not None
         return rows_of(self.units, self.tf, layer, self.graph.mlps_before(upto))
+
+    def _per_unit(self, by_channel: Tensor) -> Tensor:
+        """[R, n] each unit's sum over its channels of [R, channels * n] (`acdc.blocks.MLPUnits`)."""
+        c = channels_of(self.units)
+        return by_channel if c == 1 else by_channel.view(by_channel.shape[0], c, -1).sum(1)
 
     @staticmethod
     def _unit_diff(f: FactoredLayer) -> Tensor:

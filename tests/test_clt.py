@@ -258,8 +258,9 @@ def test_clt_refusals_are_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------- CLT features as graph nodes
-def _model_and_clt(activation: str = "relu", skip: bool = False, reads: str = "normed", family: str = "gpt2"):
-    """A tiny random model (random biases: b_dec and b_O sit outside every node) and a random CLT over its layers."""
+def _model_and_clt(activation: str = "relu", skip: bool = False, reads: str = "normed", family: str = "gpt2", extended: bool = False):
+    """A tiny random model (random biases: b_dec and b_O sit outside every node) and a random CLT over its layers
+    (``extended``: with per-target offsets the size of an activation and cross-layer skip paths, clt-training's)."""
     from acdc.model import Transformer
     from acdc.transcoders import ModelInfo
 
@@ -270,11 +271,11 @@ def _model_and_clt(activation: str = "relu", skip: bool = False, reads: str = "n
             if name.endswith("bias"):
                 param.copy_(0.3 * torch.randn(param.shape, generator=gen))
     tf = Transformer.from_bridge(model)
-    clt = CrossLayerTranscoder(CLTConfig(3, 16, 10, activation, k=3 if activation == "topk" else None, skip=skip, reads=reads),
-                               ModelInfo.of(tf, "tiny"), "random (tests)")
+    clt = CrossLayerTranscoder(CLTConfig(3, 16, 10, activation, k=3 if activation == "topk" else None, skip=skip, reads=reads,
+                                         offsets=extended, cross_skip=extended), ModelInfo.of(tf, "tiny"), "random (tests)")
     with torch.no_grad():
-        for p in clt.parameters():
-            p.copy_(0.4 * torch.randn(p.shape, generator=gen))
+        for name, p in clt.named_parameters():
+            p.copy_((3.0 if name.startswith("offset") else 0.4) * torch.randn(p.shape, generator=gen))
         if clt.log_threshold is not None:
             clt.log_threshold.fill_(math.log(0.3))
     return model, clt
@@ -282,48 +283,61 @@ def _model_and_clt(activation: str = "relu", skip: bool = False, reads: str = "n
 
 def clt_split(model, graph, clt: CrossLayerTranscoder) -> dict:
     """`oracle.split_forward`'s split of a CLT feature graph, by hand: feature i of layer l outputs, to a reader after
-    k MLPs, a_i(x_l) times the sum of its decoders into layers l..k-1 ([L + 1, B, S, d], `oracle.MLPSplit`); layer
-    j's error is its MLP's output minus sum_{l <= j} a_l W_dec[l][:, j - l] over the graph's features, b_dec[j] and
-    the skip path, every a_l from its own layer's input in the same run."""
+    k MLPs, a_i(x_l) times the sum of its decoders into layers l..k-1 ([L + 1, B, S, d], `oracle.MLPSplit`), plus,
+    with offsets and while it fires, the sum of its offsets times those decoders; layer j's error is its MLP's output
+    minus sum_{l <= j} (a_l + offset [a_l > 0]) W_dec[l][:, j - l] over the graph's features, b_dec[j] and the skip
+    path, every a_l from its own layer's input in the same run."""
     from test_features import _ln2
 
     L = clt.cfg.n_layers
     featured = dict(graph.features.features)
     acts_of: dict[int, torch.Tensor] = {}  # this run's activations, layer by layer (the forward visits them in order)
+    read_of: dict[int, torch.Tensor] = {}  # and what each layer read (cross-layer skip paths read it)
 
     def split(layer, x, post, y):
         xin = _ln2(model, layer)(x) if clt.cfg.reads == "normed" else x
-        acts_of[layer] = clt.encode(layer, xin).detach()
+        acts_of[layer], read_of[layer] = clt.encode(layer, xin).detach(), xin
         parts, recon = {}, clt.b_dec[layer].detach().expand_as(y).clone()
+        def offset(src, i, j):  # feature i of layer src: its offset into layer j (zero without offsets)
+            return 0.0 if clt.offset is None else float(clt.offset[src][i, j - src])
+
         for src in range(layer + 1):
             for i in featured[src]:
-                recon = recon + acts_of[src][..., i, None] * clt.W_dec[src][i, layer - src].detach()
+                a = acts_of[src][..., i, None]
+                recon = recon + (a + offset(src, i, layer) * (a > 0)) * clt.W_dec[src][i, layer - src].detach()
         for i in featured[layer]:
-            by_reader = [sum((clt.W_dec[layer][i, j - layer].detach() for j in range(layer, k)), torch.zeros(y.shape[-1]))
-                         for k in range(L + 1)]
-            parts[f"m{layer}.f{i}"] = torch.stack([acts_of[layer][..., i, None] * w for w in by_reader])
-        if clt.W_skip is not None:
-            parts[f"m{layer}.skip"] = xin @ clt.W_skip[layer].detach()
-            recon = recon + parts[f"m{layer}.skip"]
+            a = acts_of[layer][..., i, None]
+            by_reader = [sum(((a + offset(layer, i, j) * (a > 0)) * clt.W_dec[layer][i, j - layer].detach() for j in range(layer, k)),
+                             torch.zeros(*a.shape[:-1], y.shape[-1])) for k in range(L + 1)]
+            parts[f"m{layer}.f{i}"] = torch.stack(by_reader)
+        if clt.W_skip is not None or clt.W_skip_cross is not None:  # every skip path into this layer's MLP
+            skip = xin @ clt.W_skip[layer].detach() if clt.W_skip is not None else torch.zeros_like(y)
+            for src in range(layer if clt.W_skip_cross is not None else 0):
+                skip = skip + read_of[src] @ clt.W_skip_cross[src][layer - src - 1].detach()
+            parts[f"m{layer}.skip"] = skip
+            recon = recon + skip
         parts[f"m{layer}.err"] = y - recon
         return parts
 
     return {"split": split, "mlp_bias": [clt.b_dec[layer].detach() for layer in range(L)]}
 
 
-CLT_GRAPHS = [("relu", False, "normed", "gpt2", None), ("jumprelu", True, "stream", "gpt2", {0: [1, 4, 7], 1: [0, 2], 2: [3, 5, 9]}),
-              ("topk", False, "normed", "neox", None)]
+CLT_GRAPHS = [("relu", False, "normed", "gpt2", None, False),
+              ("jumprelu", True, "stream", "gpt2", {0: [1, 4, 7], 1: [0, 2], 2: [3, 5, 9]}, False),
+              ("topk", False, "normed", "neox", None, False),
+              ("topk", True, "normed", "gpt2", {0: [1, 4, 7], 1: [0, 2], 2: [3, 5, 9]}, True),  # offsets, cross-layer skips
+              ("relu", False, "stream", "neox", None, True)]
 
 
-@pytest.mark.parametrize("activation, skip, reads, family, chosen", CLT_GRAPHS)
+@pytest.mark.parametrize("activation, skip, reads, family, chosen, extended", CLT_GRAPHS)
 @pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
-def test_clt_feature_graph_patched_logits_equal_the_hooked_forward(activation, skip, reads, family, chosen, ablation):
+def test_clt_feature_graph_patched_logits_equal_the_hooked_forward(activation, skip, reads, family, chosen, extended, ablation):
     """Every edge kept: the model. Random edge sets: the hooked forward with every MLP replaced by the CLT's
     reconstruction from the graph's features plus that layer's error, each destination reading what each feature
     has written by its layer. ACDC's propagation (from scratch here) agrees."""
     from oracle import patched_logits
 
-    model, clt = _model_and_clt(activation, skip, reads, family)
+    model, clt = _model_and_clt(activation, skip, reads, family, extended)
     g = acdc.Graph.from_model(model, transcoders=clt, features=chosen)
     assert g.features is not None and g.features.info["cross_layer"] and "m2.f3" in {s.name for s in g.sources}
     clean, corrupt = (torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
@@ -342,11 +356,14 @@ def test_clt_feature_graph_patched_logits_equal_the_hooked_forward(activation, s
         assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
 
 
-def test_clt_feature_graph_eap_equals_the_gradient_formula():
-    """EAP on a CLT graph: (ablated - clean output as the destination reads it) . the gradient at its input."""
+@pytest.mark.parametrize("extended", [False, True])
+def test_clt_feature_graph_eap_equals_the_gradient_formula(extended):
+    """EAP on a CLT graph: (ablated - clean output as the destination reads it) . the gradient at its input (with
+    offsets the output's change includes a feature's offsets when it starts or stops firing; with cross-layer skips
+    a layer's skip node is every skip path into its MLP)."""
     from oracle import eap_reference
 
-    model, clt = _model_and_clt("relu", True)
+    model, clt = _model_and_clt("relu", True, extended=extended)
     g = acdc.Graph.from_model(model, transcoders=clt)
     clean, corrupt = (torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
     answers = (torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
@@ -363,15 +380,15 @@ def test_clt_feature_graph_eap_equals_the_gradient_formula():
         assert s[e.name] == pytest.approx(ref[e.name], abs=1e-4 * scale, rel=1e-3), e.name
 
 
-@pytest.mark.parametrize("activation, skip, reads, family, chosen", CLT_GRAPHS)
+@pytest.mark.parametrize("activation, skip, reads, family, chosen, extended", CLT_GRAPHS)
 @pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
-def test_clt_feature_graph_eap_ig_activations_equals_the_hooked_paths(activation, skip, reads, family, chosen, ablation):
+def test_clt_feature_graph_eap_ig_activations_equals_the_hooked_paths(activation, skip, reads, family, chosen, extended, ablation):
     """EAP-IG-activations on a CLT graph: a layer's group (its features, error and skip) moves along its path into
     every later MLP its features write into; each score equals the hooked forward's (`eap_ig_activations_reference`),
     and differs from EAP's (the path points are not all the clean run)."""
     from oracle import eap_ig_activations_reference
 
-    model, clt = _model_and_clt(activation, skip, reads, family)
+    model, clt = _model_and_clt(activation, skip, reads, family, extended)
     g = acdc.Graph.from_model(model, transcoders=clt, features=chosen)
     clean, corrupt = (torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
     answers = (torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
@@ -404,8 +421,9 @@ def test_what_clt_graphs_do_not_run_yet_is_one_line():
 @pytest.mark.parametrize("part, why", [("offset", "per-target offsets"), ("W_skip_cross", "its skip paths cross layers")])
 def test_offsets_and_cross_layer_skips_are_refused_where_writes_must_be_linear(tmp_path, part, why):
     """A CLT with per-target offsets or cross-layer skip paths (clt-training's) that are all zero is an ordinary CLT:
-    feature graphs, attribution graphs and circuit-tracer's layout take it; one non-zero entry and each refuses in one
-    line, naming why."""
+    attribution graphs and circuit-tracer's layout take it; one non-zero entry and each refuses in one
+    line, naming why; feature graphs take both (offsets as a second channel per feature, cross-layer skips in each
+    layer's skip node)."""
     model, _ = _model_and_clt()
     clt = CrossLayerTranscoder(CLTConfig(3, 16, 10, "relu", offsets=part == "offset", cross_skip=part == "W_skip_cross"))
     with torch.no_grad():
@@ -416,7 +434,6 @@ def test_offsets_and_cross_layer_skips_are_refused_where_writes_must_be_linear(t
     g = acdc.Graph.from_model(model, transcoders=clt)
 
     def uses():
-        yield lambda: acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt)
         yield lambda: acdc.attribution_graph(model, clean[0], transcoders=clt)
         if part == "offset":  # circuit-tracer's CLTs have no skip paths at all
             yield lambda: clt.to_circuit_tracer(tmp_path / f"ct{len(list(tmp_path.iterdir()))}")
@@ -429,6 +446,8 @@ def test_offsets_and_cross_layer_skips_are_refused_where_writes_must_be_linear(t
         with pytest.raises(ValueError, match=why) as err:
             use()
         assert "\n" not in str(err.value)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt)  # feature graphs take both
+    assert p.units.channels == (2 if part == "offset" else 1)  # type: ignore[union-attr]
 
 
 def test_acdc_on_a_clt_graph_keeps_what_its_trace_says():
@@ -447,8 +466,8 @@ def test_acdc_on_a_clt_graph_keeps_what_its_trace_says():
     assert kl == pytest.approx(c.metric_trace[-1], abs=1e-5)
 
 
-@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
-def test_clt_graph_mixed_run_is_the_patched_run_at_zero_one_and_the_hooked_mix_between(ablation):
+@pytest.mark.parametrize("ablation, extended", [("resample", False), ("mean", False), ("zero", False), ("mean", True), ("resample", True)])
+def test_clt_graph_mixed_run_is_the_patched_run_at_zero_one_and_the_hooked_mix_between(ablation, extended):
     """Edge Pruning's mixed forward on a CLT graph: at 0/1 weights `Patcher.logits`; at fractional weights the hooked
     forward where each destination reads w O + (1 - w) A of what each feature has written by its layer; the gradient
     reaches edges out of layer 0's features, nothing reaches the CLT's parameters."""
@@ -456,7 +475,7 @@ def test_clt_graph_mixed_run_is_the_patched_run_at_zero_one_and_the_hooked_mix_b
 
     from acdc.mixing import mixed_logits
 
-    model, clt = _model_and_clt("jumprelu", True)
+    model, clt = _model_and_clt("jumprelu", True, extended=extended)
     g = acdc.Graph.from_model(model, transcoders=clt, features={0: [1, 4, 7], 1: [0, 2], 2: [3, 5, 9]})
     clean, corrupt = (torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
     p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt, ablation=ablation)

@@ -15,9 +15,10 @@ Two optional parts hold what EleutherAI's clt-training (sparsify's cross-layer f
 `acdc.transcoders.clt_formats.read_sparsify_clt`: per-target **offsets** (``offsets``; its ``post_encs``), with
 which a feature that fires (a > 0) writes ``(a + offset[l][i, j - l]) W_dec[l][i, j - l]`` into layer j
 (`writes`), and **cross-layer skip paths** (``cross_skip``), ``x_l @ W_skip_cross[l][j - l - 1]`` into every later
-layer j. Both make a feature's or a skip's write depend on more than one activation times one fixed row, so
-feature graphs and attribution graphs refuse a CLT that uses them (`check_linear`), in one line; its
-reconstruction (`forward`), fidelity, feature pages and `acdc.generate` take it.
+layer j. Feature graphs take both (`acdc.feature_nodes.CrossLayerUnits`: a feature then has two channels, its
+activation and whether it fires; layer j's skip node is every skip path into MLP j), as do its reconstruction
+(`forward`), fidelity, feature pages and `acdc.generate`; attribution graphs and circuit-tracer's layout, whose
+features write their activation times fixed rows, refuse them in one line (`check_linear`).
 
 ``reads``: "normed", the MLP's normed input (`Transformer.mlp_input`, where acdc's per-layer transcoders
 read), or "stream", the residual stream before that norm (TransformerLens ``hook_resid_mid``: circuit-tracer's
@@ -148,6 +149,19 @@ class CrossLayerTranscoder(nn.Module):
                 out = out + xs[src] @ self.W_skip_cross[src][target - src - 1]
         return out
 
+    def offsets_written(self, source: int, upto: int) -> Tensor:
+        """[n, d_model] what each feature of layer ``source`` has written through its offsets, while it fires, once
+        the MLPs of layers source..upto-1 have run: sum_j offset[source][:, j - source] W_dec[source][:, j - source]
+        (zeros without offsets, or when upto <= source)."""
+        if self.offset is None or upto <= source:
+            return torch.zeros_like(self.W_dec[source][:, 0])
+        k = upto - source
+        return (self.offset[source][:, :k, None] * self.W_dec[source][:, :k]).sum(1)
+
+    def has_offsets(self) -> bool:
+        """Whether some per-target offset is not zero (a firing feature's writes are then affine in its activation)."""
+        return self.offset is not None and any(bool((o != 0).any()) for o in self.offset)
+
     def decode(self, acts: list[Tensor], xs: Tensor | None = None) -> Tensor:
         """[L, ..., d_model] every layer's MLP output from every layer's activations ``acts`` (L tensors [..., n]), plus
         the skip paths of what each layer read, xs [L, ..., d_model], where there are some."""
@@ -160,18 +174,18 @@ class CrossLayerTranscoder(nn.Module):
         return out
 
     def check_linear(self, what: str) -> None:
-        """A one-line ValueError when ``what`` (a feature graph, an attribution graph, circuit-tracer's layout) cannot
-        hold this CLT: non-zero offsets (a feature's write is then not its activation times a fixed row) or non-zero
-        cross-layer skip paths (a skip node of one layer would write into later ones)."""
+        """A one-line ValueError when ``what`` (an attribution graph, circuit-tracer's layout) cannot hold this CLT:
+        non-zero offsets (a feature's write is then not its activation times a fixed row) or non-zero cross-layer
+        skip paths (the skip path of one layer then writes into later ones)."""
         why = []
-        if self.offset is not None and any(bool((o != 0).any()) for o in self.offset):
+        if self.has_offsets():
             why.append("its features write (activation + offset) x decoder when they fire (per-target offsets)")
         if self.W_skip_cross is not None and any(bool((w != 0).any()) for w in self.W_skip_cross):
             why.append("its skip paths cross layers")
         if why:
             raise ValueError(f"{what} needs each feature to write its activation times fixed decoders and skip paths within "
-                             f"a layer; {' and '.join(why)}. Its reconstruction, fidelity, feature pages and acdc.generate "
-                             "take it")
+                             f"a layer; {' and '.join(why)}. Feature graphs (ACDC, EAP, EAP-IG, Edge Pruning, faithfulness), "
+                             "fidelity, feature pages and acdc.generate take it")
 
     def forward(self, xs: Tensor) -> Tensor:
         """[L, ..., d_model] the CLT's stand-in for every MLP's output from what every layer reads, xs [L, ..., d_model]."""
@@ -200,7 +214,7 @@ class CrossLayerTranscoder(nn.Module):
         """What a feature graph would record of it (`acdc.graph.FeatureSet`); ``cross_layer`` marks it."""
         c = self.cfg
         return {"source": self.source, "model": self.model.name, "fingerprint": self.model.fingerprint, "cross_layer": True,
-                "layers": {str(layer): {"n_features": c.n_features, "activation": c.activation, "k": c.k, "skip": c.skip}
+                "layers": {str(layer): {"n_features": c.n_features, "activation": c.activation, "k": c.k, "skip": c.skip or c.cross_skip}
                            for layer in self.layers}}
 
     # ------------------------------------------------------------------ files
