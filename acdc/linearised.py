@@ -18,7 +18,7 @@ is the frozen forward itself, for checking it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -49,7 +49,8 @@ class FrozenRun:
 
     tokens: [S]; resid_pre [L + 1, S, d] (the last: the final stream), resid_mid [L, S, d];
     patterns [L, H, S, S]; scale1, scale2 [L, S, 1], scale_f [S, 1] the norms' denominators;
-    mlp_out [L, S, d]; skip: layer -> W_skip [d, d] of the layers whose MLP keeps a linear skip path;
+    mlp_out [L, S, d]; skip: layer -> W_skip [d, d] of the layers whose MLP keeps a linear skip path; cross:
+    (l, j) -> W [d, d] of a cross-layer transcoder's skip paths from layer l's normed MLP input into MLP j's output;
     scale_post [L, S, 1]: a post-norm family's (Gemma 2/3) denominators of the norm after attention (frozen as
     the others; None elsewhere). The MLP's own post-norm is inside its frozen output.
     """
@@ -65,11 +66,14 @@ class FrozenRun:
     mlp_out: Tensor
     skip: dict[int, Tensor]
     scale_post: Tensor | None = None
+    cross: dict[tuple[int, int], Tensor] = field(default_factory=dict)
 
     @classmethod
     @torch.no_grad()
-    def of(cls, tf: Transformer, tokens: Tensor, skip: dict[int, Tensor] | None = None) -> FrozenRun:
-        """Run the model on ``tokens`` [S] (one prompt) and keep what its local replacement model freezes."""
+    def of(cls, tf: Transformer, tokens: Tensor, skip: dict[int, Tensor] | None = None,
+           cross: dict[tuple[int, int], Tensor] | None = None) -> FrozenRun:
+        """Run the model on ``tokens`` [S] (one prompt) and keep what its local replacement model freezes (``skip``,
+        ``cross``: the linear skip paths that stay live, the class docstring's)."""
         a = tf.arch
         if a.parallel_attn_mlp:
             raise NotImplementedError("attribution graphs of models with parallel attention and MLP are not supported yet")
@@ -95,7 +99,8 @@ class FrozenRun:
         scale1, scale2 = (_scale(tf, pre[:-1]), _scale(tf, mid)) if a.pre_norms else \
             (torch.ones_like(pre[:-1, :, :1]), torch.ones_like(mid[..., :1]))
         return cls(tf, tokens, pre, mid, patterns, scale1, scale2, _scale(tf, pre[-1]), mlp_out,
-                   {k: v.to(device=tf.device, dtype=tf.dtype) for k, v in (skip or {}).items()}, post)
+                   {k: v.to(device=tf.device, dtype=tf.dtype) for k, v in (skip or {}).items()}, post,
+                   {k: v.to(device=tf.device, dtype=tf.dtype) for k, v in (cross or {}).items()})
 
     def __post_init__(self) -> None:
         tf, a = self.tf, self.tf.arch
@@ -183,6 +188,9 @@ class _Frozen:
         m = self.mlp_out[layer]
         if layer in fr.skip:
             m = m + fr.norm(x, *fr.tf.norm_params("ln2", layer), fr.scale2[layer]) @ fr.skip[layer]
+        for (src, j), w in fr.cross.items():  # an earlier layer's skip path into this MLP, from that layer's input
+            if j == layer:
+                m = m + fr.norm(self.mids[src], *fr.tf.norm_params("ln2", src), fr.scale2[src]) @ w
         return m
 
 
@@ -206,6 +214,10 @@ class _Transpose:
         self.at_mlp[layer] = g
         w = fr.tf.norm_params("ln2", layer)[0]
         sent = fr.norm_vjp(g @ fr.skip[layer].T, w, fr.scale2[layer, :S]) if layer in fr.skip else None
+        later = [self.at_mlp[j] @ c.T for (src, j), c in fr.cross.items() if src == layer and j < len(self.at_mlp)]
+        if later:  # this layer's skip paths into later MLPs (their cotangents are in: the walk goes back)
+            back = fr.norm_vjp(torch.stack(later).sum(0), w, fr.scale2[layer, :S])
+            sent = back if sent is None else sent + back
         if injected is not None:
             sent = injected if sent is None else sent + injected
         if layer in self.readers.mid:

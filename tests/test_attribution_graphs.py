@@ -24,7 +24,8 @@ def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_fi
     every node and once per source with that source's vector taken out of the stream; a target's
     value is its encoder pre-activation (a feature) or its demeaned logit (a logit node). ``ts``: per-layer
     transcoders, or a cross-layer transcoder (a feature's vectors are then its writes into its layer's MLP
-    output and every later one's; layer j's error is its MLP minus the CLT's reconstruction there). ``targets``:
+    output and every later one's, with per-target offsets (a + offset) times each decoder; layer j's error is its MLP
+    minus the CLT's reconstruction there; cross-layer skip paths stay live as the own layer's does). ``targets``:
     the graph's target nodes when they are not its top logits (token ids or `acdc.Target`s: a Target's value is its
     vector dotted with the stream after its layer, or with the final norm's output, at its position)."""
     from acdc.transcoders import CrossLayerTranscoder
@@ -47,6 +48,11 @@ def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_fi
 
     def encode(layer, x):
         return ts.encode(layer, x) if cross else ts[layer].encode(x)
+
+    def with_offsets(src, j, a):  # a CLT's activations [..., n] of layer src as they write into layer j
+        if not cross or ts.offset is None:
+            return a
+        return a + ts.offset[src][:, j - src] * (a > 0)
 
     def w_skip(layer):
         if cross:
@@ -88,16 +94,19 @@ def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_fi
             if skip_first and pos == 0:
                 return [("mlp", layer, pos, torch.zeros(d))]
             if cross:
-                recon = ts.b_dec[layer] + sum(clean_acts[src][pos] @ ts.decoder(src, layer) for src in range(layer + 1))
+                recon = ts.b_dec[layer] + sum(with_offsets(src, layer, clean_acts[src][pos]) @ ts.decoder(src, layer)
+                                              for src in range(layer + 1))
                 ws = w_skip(layer)
+                for src in range(layer if ts.W_skip_cross is not None else 0):  # earlier layers' skip paths into this MLP
+                    recon = recon + frozen[src][4][pos] @ ts.W_skip_cross[src][layer - src - 1]
                 return [("mlp", layer, pos, out[pos] - recon - (0 if ws is None else xn[pos] @ ws))]
             if layer not in ts.transcoders:
                 return [("mlp", layer, pos, out[pos])]
             return [("mlp", layer, pos, out[pos] - ts[layer](xn[pos]))]
         f = int(unit[1:])
         if cross:
-            a = clean_acts[layer][pos, f]
-            return [("mlp", j, pos, a * ts.decoder(layer, j)[f]) for j in range(layer, len(blocks))]
+            a = clean_acts[layer][pos]
+            return [("mlp", j, pos, with_offsets(layer, j, a)[f] * ts.decoder(layer, j)[f]) for j in range(layer, len(blocks))]
         a = ts[layer].encode(xn[pos])[f]
         return [("mlp", layer, pos, a * ts[layer].W_dec[f])]
 
@@ -111,6 +120,7 @@ def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_fi
                     x = x.clone()
                     x[at_pos] -= vec
             values = torch.zeros(g.n_nodes)
+            xns = []  # each layer's normed MLP input in this run (cross-layer skip paths read them)
             for layer, b in enumerate(blocks):
                 s1, att, s2, out, xn_clean, _ = frozen[layer]
                 _, _, v = (ln(x, b.ln_1, s1) @ b.attn.c_attn.weight + b.attn.c_attn.bias).split(d, -1)
@@ -126,6 +136,9 @@ def _frozen_oracle(model, ts, tokens: torch.Tensor, g: AttributionGraph, skip_fi
                 ws = w_skip(layer)
                 if ws is not None:  # the skip path stays live
                     mlp = mlp - xn_clean @ ws + xn @ ws
+                xns.append(xn)
+                for src in range(layer if cross and ts.W_skip_cross is not None else 0):  # and so do those into it
+                    mlp = mlp + (xns[src] - frozen[src][4]) @ ts.W_skip_cross[src][layer - src - 1]
                 for where, at_layer, at_pos, vec in taken:
                     if where == "mlp" and at_layer == layer:
                         mlp[at_pos] -= vec

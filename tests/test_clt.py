@@ -418,12 +418,12 @@ def test_what_clt_graphs_do_not_run_yet_is_one_line():
 
 
 
-@pytest.mark.parametrize("part, why", [("offset", "per-target offsets"), ("W_skip_cross", "its skip paths cross layers")])
-def test_offsets_and_cross_layer_skips_are_refused_where_writes_must_be_linear(tmp_path, part, why):
+@pytest.mark.parametrize("part", ["offset", "W_skip_cross"])
+def test_offsets_and_cross_layer_skips_run_in_graphs_and_circuit_tracers_layout_refuses_them(tmp_path, part):
     """A CLT with per-target offsets or cross-layer skip paths (clt-training's) that are all zero is an ordinary CLT:
-    attribution graphs and circuit-tracer's layout take it; one non-zero entry and each refuses in one
-    line, naming why; feature graphs take both (offsets as a second channel per feature, cross-layer skips in each
-    layer's skip node)."""
+    circuit-tracer's layout takes its offsets' folder; one non-zero offset and it refuses in one line, naming why
+    (its CLTs have no skip paths at all). Feature graphs (offsets as a second channel per feature, cross-layer skips
+    in each layer's skip node) and attribution graphs take both; the oracle tests above check them."""
     model, _ = _model_and_clt()
     clt = CrossLayerTranscoder(CLTConfig(3, 16, 10, "relu", offsets=part == "offset", cross_skip=part == "W_skip_cross"))
     with torch.no_grad():
@@ -432,22 +432,21 @@ def test_offsets_and_cross_layer_skips_are_refused_where_writes_must_be_linear(t
                 p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
     clean, corrupt = (torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
     g = acdc.Graph.from_model(model, transcoders=clt)
-
-    def uses():
-        yield lambda: acdc.attribution_graph(model, clean[0], transcoders=clt)
-        if part == "offset":  # circuit-tracer's CLTs have no skip paths at all
-            yield lambda: clt.to_circuit_tracer(tmp_path / f"ct{len(list(tmp_path.iterdir()))}")
-
-    for use in uses():
-        use()
+    assert acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt).units.channels == 1  # type: ignore[union-attr]
+    if part == "offset":
+        clt.to_circuit_tracer(tmp_path / "zero")
     with torch.no_grad():
         getattr(clt, part)[1].view(-1)[0] = 1e-3
-    for use in uses():
-        with pytest.raises(ValueError, match=why) as err:
-            use()
+    if part == "offset":
+        with pytest.raises(ValueError, match="circuit-tracer's layout needs .*per-target offsets") as err:
+            clt.to_circuit_tracer(tmp_path / "nonzero")
         assert "\n" not in str(err.value)
-    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt)  # feature graphs take both
+    else:
+        with pytest.raises(ValueError, match="without skip paths"):
+            clt.to_circuit_tracer(tmp_path / "nonzero")
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt)
     assert p.units.channels == (2 if part == "offset" else 1)  # type: ignore[union-attr]
+    assert acdc.attribution_graph(model, clean[0], transcoders=clt).n_features > 0
 
 
 def test_acdc_on_a_clt_graph_keeps_what_its_trace_says():
@@ -499,16 +498,20 @@ def test_clt_graph_mixed_run_is_the_patched_run_at_zero_one_and_the_hooked_mix_b
     assert all(prm.grad is None for prm in clt.parameters())
 
 
-@pytest.mark.parametrize("activation, skip, reads", [("relu", True, "normed"), ("jumprelu", False, "stream"), ("topk", False, "normed")])
-def test_clt_attribution_graph_edges_are_the_measured_direct_effects(activation, skip, reads):
+@pytest.mark.parametrize("activation, skip, reads, extended", [("relu", True, "normed", False), ("jumprelu", False, "stream", False),
+                                                               ("topk", False, "normed", False), ("topk", True, "normed", True),
+                                                               ("relu", False, "normed", True)])
+def test_clt_attribution_graph_edges_are_the_measured_direct_effects(activation, skip, reads, extended):
     """Every edge of a CLT's attribution graph equals the change of its target in the local replacement model run
-    forward by hand when the source's vectors (a feature's: its writes into every later MLP) leave the stream."""
+    forward by hand when the source's vectors (a feature's: its writes into every later MLP) leave the stream.
+    ``extended``: with per-target offsets (a feature writes (a + offset) times each decoder) and cross-layer skip
+    paths, which stay live as the own layer's does."""
     from test_attribution_graphs import _frozen_oracle
 
     from acdc.algorithms.attribution_graph import build_attribution_graph
     from acdc.model import Transformer
 
-    model, clt = _model_and_clt(activation, skip, reads)
+    model, clt = _model_and_clt(activation, skip, reads, extended=extended)
     tokens = torch.tensor([3, 7, 1, 9, 4, 4])
     g = build_attribution_graph(Transformer.from_bridge(model), tokens, clt, batch_size=5)
     want = _frozen_oracle(model, clt, tokens, g)
@@ -523,7 +526,7 @@ def test_clt_attribution_graph_edges_are_the_measured_direct_effects(activation,
               for layer in range(clt.cfg.n_layers) if bool((g.features[:, 0] == layer).any())}
     L, S, d = clt.cfg.n_layers, len(tokens), clt.cfg.d_model
     m = GraphMemory.of(n_f=g.n_features, cap=g.n_features, S=S, L=L, d=d, n_l=g.n_logits, batch=5, widest=widest,
-                       heads=model.cfg.n_heads)
+                       heads=model.cfg.n_heads, offsets=extended)
     assert g.info["memory_estimate_bytes"]["writes"] == m.writes
 
 

@@ -79,15 +79,18 @@ def build_attribution_graph(
     a = tf.arch
     tokens = tokens.reshape(-1).to(tf.device)
     cross = isinstance(transcoders, CrossLayerTranscoder)
+    cross_skip: dict[tuple[int, int], Tensor] = {}  # a CLT's skip paths from layer l's input into a later MLP j
     if cross:
-        transcoders.check_linear("an attribution graph")
-        if transcoders.W_skip is not None and transcoders.cfg.reads == "stream":
+        if (transcoders.W_skip is not None or transcoders.W_skip_cross is not None) and transcoders.cfg.reads == "stream":
             raise NotImplementedError("attribution graphs keep a skip path live from the MLP's normed input; this CLT's "
                                       "skip paths read the stream")
         skip = {} if transcoders.W_skip is None else {layer: transcoders.W_skip[layer].detach() for layer in transcoders.layers}
+        if transcoders.W_skip_cross is not None:
+            cross_skip = {(src, j): w.detach() for src in transcoders.layers for j in range(src + 1, a.n_layers)
+                          if bool(((w := transcoders.W_skip_cross[src][j - src - 1]) != 0).any())}
     else:
         skip = {layer: w.detach() for layer in transcoders.layers if (w := transcoders[layer].W_skip) is not None}
-    fr = FrozenRun.of(tf, tokens, skip)
+    fr = FrozenRun.of(tf, tokens, skip, cross_skip)
     S, L, d = fr.n_pos, a.n_layers, a.d_model
     raw = cross and transcoders.cfg.reads == "stream"  # features read the stream itself, not its norm
 
@@ -151,7 +154,9 @@ def build_attribution_graph(
     n = n_f + (L + 1) * S + n_l
     cap = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
     widest = {layer: src.width for layer, src in sources.items()}
-    memory = GraphMemory.of(n_f=n_f, cap=cap, S=S, L=L, d=d, n_l=n_l, batch=batch_size, widest=widest, heads=a.n_heads, itemsize=torch.empty((), dtype=tf.dtype).element_size())
+    with_offsets = isinstance(transcoders, CrossLayerTranscoder) and transcoders.has_offsets()
+    memory = GraphMemory.of(n_f=n_f, cap=cap, S=S, L=L, d=d, n_l=n_l, batch=batch_size, widest=widest, heads=a.n_heads,
+                            itemsize=torch.empty((), dtype=tf.dtype).element_size(), offsets=with_offsets)
     budget = available_gb(tf.device) if max_memory_gb is None else max_memory_gb
     if progress:
         print(f"attribution graph: {memory.describe()}", file=sys.stderr, flush=True)
@@ -166,8 +171,11 @@ def build_attribution_graph(
     E = torch.zeros(n if full else cap + n_l, n, dtype=torch.float32)
     row_node = torch.arange(n) if full else torch.empty(cap + n_l, dtype=torch.long)
     tok_vecs = fr.token_vectors()
+    offsets: dict[tuple[int, int], Tensor] = {}  # a CLT's per-target offsets [n] (a firing feature writes (a + o) W)
     if isinstance(transcoders, CrossLayerTranscoder):
         decoders = {(src, j): transcoders.decoder(src, j).detach() for src in sources for j in range(src, L)}
+        if transcoders.offset is not None and with_offsets:
+            offsets = {(src, j): transcoders.offset[src][:, j - src].detach() for src in sources for j in range(src, L)}
     else:
         decoders = {(src, src): transcoders[src].W_dec.detach() for src in sources}
     err_cols = n_f + torch.arange(L)[:, None] * S + torch.arange(S)  # [L, S]
@@ -178,6 +186,7 @@ def build_attribution_graph(
         (out [l, n_rows, s_eff, d]) and at the embedding (emb [n_rows, s_eff, d])."""
         got_rows = torch.zeros(n_rows, n, dtype=torch.float32)
         got: dict[int, Tensor] = {}  # source layer -> [s_eff, n_rows, k]: summed over the MLP outputs it writes into
+        fixed: dict[int, Tensor] = {}  # with offsets: what their offsets write, [s_eff, n_rows, k], already weighed
         for j in range(out.shape[0]):
             writers = [src for src in sources if (src, j) in decoders]  # the layers whose features write into j
             if not writers:
@@ -187,10 +196,14 @@ def build_attribution_graph(
                 D = sources[src].decoders(decoders[src, j], s_eff).to(g_j.dtype)
                 part = torch.bmm(g_j, D.transpose(1, 2))
                 got[src] = part if src not in got else got[src].add_(part)
+                if (src, j) in offsets:  # every feature here fires: its offset into j times that same product
+                    off = part * sources[src].gathered(offsets[src, j], s_eff).to(part.dtype)[:, None, :]
+                    fixed[src] = off if src not in fixed else fixed[src].add_(off)
         for src, part in got.items():
             act, c = sources[src].acts, sources[src].cols[:s_eff]
             ok = c >= 0
-            got_rows[:, c[ok]] = (part * act[:s_eff, None, :]).permute(1, 0, 2)[:, ok.to(part.device)].float().cpu()
+            total = part * act[:s_eff, None, :] + (fixed[src] if src in fixed else 0)
+            got_rows[:, c[ok]] = total.permute(1, 0, 2)[:, ok.to(part.device)].float().cpu()
         err = torch.stack([(out[j] * errors[j, :s_eff]).sum(-1) for j in range(out.shape[0])], 1) if out.shape[0] else \
             out.new_zeros(n_rows, 0, s_eff)  # [n, l, s], a layer at a time
         got_rows[:, err_cols[: out.shape[0], :s_eff].reshape(-1)] = err.reshape(n_rows, -1).float().cpu()
@@ -320,6 +333,10 @@ class _Sources:
         """[s_eff, k, d] the decoder rows (of ``W_dec`` [n, d]) of the features at the first ``s_eff`` positions."""
         return W_dec.index_select(0, self.ids[:s_eff].reshape(-1)).view(s_eff, self.width, -1)
 
+    def gathered(self, per_feature: Tensor, s_eff: int) -> Tensor:
+        """[s_eff, k] a value per feature (of ``per_feature`` [n], e.g. an offset) at the first ``s_eff`` positions."""
+        return per_feature.index_select(0, self.ids[:s_eff].reshape(-1)).view(s_eff, self.width)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -387,8 +404,9 @@ class GraphMemory:
 
     @classmethod
     def of(cls, *, n_f: int, cap: int, S: int, L: int, d: int, n_l: int, batch: int, widest: dict[int, int],
-           heads: int = 0, itemsize: int = 4) -> GraphMemory:
-        """``widest``: per source layer, the most features active at one position."""
+           heads: int = 0, itemsize: int = 4, offsets: bool = False) -> GraphMemory:
+        """``widest``: per source layer, the most features active at one position; ``offsets``: a CLT's per-target
+        offsets (what they write is summed apart, one more product and sums per source layer)."""
         backward = itemsize * (L + 4) * max(batch, n_l) * S * d  # one batch's gradient at every MLP output, and a few in flight
         backward += itemsize * L * heads * S * S  # the frozen attention patterns
         k = max(widest.values(), default=0)
@@ -396,6 +414,8 @@ class GraphMemory:
         writes = itemsize * S * (k * d + r * d)  # one gathered block of decoder rows, one MLP output's gradient by position
         writes += itemsize * S * r * (sum(widest.values()) + 2 * k)  # every source layer's sums, one product and its scaled copy
         writes += (16 + itemsize) * S * sum(widest.values())  # ids, columns (int64) and activations
+        if offsets:
+            writes += itemsize * S * r * (sum(widest.values()) + k)  # what the offsets write: sums and one product
         rows, adjacency = cls.square(n_f, cap, (L + 1) * S + n_l, n_l)
         return cls(rows, adjacency, backward, writes, n_f, cap, (L + 1) * S + n_l, n_l)
 

@@ -17,8 +17,10 @@ which a feature that fires (a > 0) writes ``(a + offset[l][i, j - l]) W_dec[l][i
 (`writes`), and **cross-layer skip paths** (``cross_skip``), ``x_l @ W_skip_cross[l][j - l - 1]`` into every later
 layer j. Feature graphs take both (`acdc.feature_nodes.CrossLayerUnits`: a feature then has two channels, its
 activation and whether it fires; layer j's skip node is every skip path into MLP j), as do its reconstruction
-(`forward`), fidelity, feature pages and `acdc.generate`; attribution graphs and circuit-tracer's layout, whose
-features write their activation times fixed rows, refuse them in one line (`check_linear`).
+(`forward`), fidelity, feature pages, attribution graphs (a feature's edge then sums (a + offset) times each
+decoder; cross-layer skips stay live in the frozen model as a layer's own does) and `acdc.generate`;
+circuit-tracer's layout, whose features write their activation times fixed rows, refuses them in one line
+(`check_linear`).
 
 ``reads``: "normed", the MLP's normed input (`Transformer.mlp_input`, where acdc's per-layer transcoders
 read), or "stream", the residual stream before that norm (TransformerLens ``hook_resid_mid``: circuit-tracer's
@@ -174,9 +176,9 @@ class CrossLayerTranscoder(nn.Module):
         return out
 
     def check_linear(self, what: str) -> None:
-        """A one-line ValueError when ``what`` (an attribution graph, circuit-tracer's layout) cannot hold this CLT:
-        non-zero offsets (a feature's write is then not its activation times a fixed row) or non-zero cross-layer
-        skip paths (the skip path of one layer then writes into later ones)."""
+        """A one-line ValueError when ``what`` (circuit-tracer's layout) cannot hold this CLT: non-zero offsets (a
+        feature's write is then not its activation times a fixed row) or non-zero cross-layer skip paths (the skip
+        path of one layer then writes into later ones)."""
         why = []
         if self.has_offsets():
             why.append("its features write (activation + offset) x decoder when they fire (per-target offsets)")
@@ -184,8 +186,7 @@ class CrossLayerTranscoder(nn.Module):
             why.append("its skip paths cross layers")
         if why:
             raise ValueError(f"{what} needs each feature to write its activation times fixed decoders and skip paths within "
-                             f"a layer; {' and '.join(why)}. Feature graphs (ACDC, EAP, EAP-IG, Edge Pruning, faithfulness), "
-                             "fidelity, feature pages and acdc.generate take it")
+                             f"a layer; {' and '.join(why)}. acdc's own files (CrossLayerTranscoder.save) hold it")
 
     def forward(self, xs: Tensor) -> Tensor:
         """[L, ..., d_model] the CLT's stand-in for every MLP's output from what every layer reads, xs [L, ..., d_model]."""

@@ -19,7 +19,8 @@ tells the layouts apart).
   acdc's weights exactly: scales, norms and the divisor into each decoder and skip, the biases summed into b_dec,
   ``post_encs`` into acdc's per-target offsets, ``W_skips`` into its own-layer and cross-layer skip paths. Offsets
   and skips that are all zero are left out (``offsets`` / ``cross_skip`` off), so such a file is an ordinary CLT;
-  with them it runs in feature graphs and everywhere else but attribution graphs (`CrossLayerTranscoder.check_linear`).
+  with them it runs in feature graphs, attribution graphs and everywhere else but circuit-tracer's layout
+  (`CrossLayerTranscoder.check_linear`).
   Refused in one line: coalesced or tied decoders (``coalesce_topk``, ``per_source_tied``,
   ``secondary_target_tied``), activations other than TopK, and folders that do not cover layers 0..L-1.
   Its top-level ``config.json`` (the trainer's) names ``hookpoints_in``: the MLP's norm (``ln_2``,

@@ -35,9 +35,9 @@ for case in ("documented", "windowed"):
     parts = [f"skip {'yes' if c.skip else 'no'}", f"offsets {'yes' if c.offsets else 'no'}",
              f"cross-layer skips {'yes' if c.cross_skip else 'no'}", f"reads {c.reads}"]
     rows.append(f"| {case} | {L} | {clt.info['n_targets']} | {', '.join(parts)} | {a:.1e} | {o:.1e} (of {scale:.1f}) |")
-    if case == "documented":  # per-target offsets and cross-layer skips: attribution graphs refuse it in one line
+    if case == "documented":  # per-target offsets and cross-layer skips: circuit-tracer's layout refuses it in one line
         try:
-            clt.check_linear("an attribution graph")
+            clt.check_linear("circuit-tracer's layout")
         except ValueError as err:
             refusal = str(err)
         else:
@@ -55,7 +55,8 @@ lines = [f"# acdc's reader of clt-training's cross-layer transcoders against {ve
          "| case | layers | targets per source layer | read as | max abs diff, activations | max abs diff, MLP stand-ins |",
          "|---|---|---|---|---|---|", *rows, "",
          "The documented file's CLT runs in feature graphs (a feature's offsets as a second channel, each layer's skip node",
-         "every skip path into its MLP; tests/test_clt.py checks them against the hooked forward); attribution graphs refuse it",
-         f"in one line: \"{refusal}\"", ""]
+         "every skip path into its MLP) and attribution graphs (a feature's edge sums (a + offset) times each decoder; the",
+         "cross-layer skips stay live in the frozen model); tests/test_clt.py checks both against hooked forwards.",
+         f"circuit-tracer's layout refuses it in one line: \"{refusal}\"", ""]
 (Path("experiments/results") / "clt_training_reader.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
