@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -75,23 +75,28 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
     """Logits [rows, d_vocab] at the patcher's answer rows (as `Patcher.logits`) with ``interventions`` applied.
 
     Each edited node's kind says where and how (`acdc.sites`). ``corrupt_run``: ``patcher.tf.run(patcher.corrupt_tokens)``
-    computed before (the ablation values' source), so many calls run it once."""
+    computed before (the ablation values' source), so many calls run it once. A cross-layer transcoder's feature of
+    layer L (the patcher's dictionary a `CrossLayerTranscoder`) moves every MLP j >= L by what it writes into j at its
+    edited activation minus at its live one (`CrossLayerTranscoder.writes`), as `generate` edits it."""
     tf = patcher.tf
     ts = patcher.transcoders
-    if isinstance(ts, CrossLayerTranscoder):
-        raise NotImplementedError("interventions on cross-layer transcoder features are not supported yet; per-layer "
-                                  "transcoders' features, heads, MLPs and neurons are")
-    transcoders = {} if ts is None else {layer: ts[layer] for layer in ts.layers}
+    clt = ts if isinstance(ts, CrossLayerTranscoder) else None
+    transcoders = {} if ts is None or clt is not None else {layer: ts[layer] for layer in ts.layers}  # type: ignore[union-attr]
     ctx = SiteContext(tf, transcoders, "the patcher has no transcoders (Patcher(..., graph=feature_graph, transcoders=ts))")
     S = int(patcher.clean_tokens.shape[1])
     items = [Intervention.from_dict(x) for x in interventions]
     placed: list[tuple[Node, Site, Intervention]] = []
+    crossing: dict[int, dict[int, list[Intervention]]] = {}  # a CLT's edited features: layer -> feature -> its edits, in order
     for it in items:
         node = node_of(it.node)
-        site = site_of(node)
-        site.check(node, ctx)
         if it.positions is not None and max(it.positions) >= S:
             raise ValueError(f"{it.node}: positions must be below the prompts' length {S}, got {max(it.positions)}")
+        if clt is not None and node.kind is FEATURE:
+            _check_clt_feature(node, clt)
+            crossing.setdefault(node.layer, {}).setdefault(node.head, []).append(it)
+            continue
+        site = site_of(node)
+        site.check(node, ctx)
         placed.append((node, site, it))
     run = _EditRun(patcher, transcoders, corrupt_run)
     by_stage: dict[tuple[str | None, int], dict[Site, list[tuple[Node, object]]]] = {}
@@ -105,11 +110,35 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
             return out
         return fn
 
+    moved: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # a CLT's source layer -> its edited features, old and new acts
+
+    def crossing_moves(layer: int, xn: Tensor) -> Tensor | None:
+        """What a CLT's edited features of layers <= ``layer`` move MLP ``layer``'s output by (their edits are made at
+        their own layer, on its live input, and kept for the later layers)."""
+        c = clt
+        assert c is not None
+        if layer in crossing:
+            feats = torch.tensor(sorted(crossing[layer]), device=c.W_enc.device)
+            old = c.encode(layer, xn.to(c.W_enc.dtype)).index_select(-1, feats)  # [B, S, k]
+            new = old.clone()
+            for j, f in enumerate(feats.tolist()):
+                for it in crossing[layer][f]:
+                    new[..., j] = run.apply(new[..., j], it, lambda run_c, f=f: c.encode(
+                        layer, tf.mlp_input(layer, run_c.resid_mid[layer]).to(c.W_enc.dtype))[..., f])
+            moved[layer] = (feats, old, new)
+        diffs = [c.writes(src, layer, new, feats) - c.writes(src, layer, old, feats)
+                 for src, (feats, old, new) in moved.items() if src <= layer]
+        return torch.stack(diffs).sum(0) if diffs else None
+
     def mlp_fn(layer: int) -> Callable[[Tensor], Tensor]:
         def fn(xn: Tensor) -> Tensor:  # the MLP's normed input -> its output
             out: Tensor | None = None  # the first site computes the MLP's output (a neuron edit: from its hidden units)
-            for site, its in sorted(by_stage[("mlp", layer)].items(), key=lambda kv: kv[0].mlp_order):
+            for site, its in sorted(by_stage.get(("mlp", layer), {}).items(), key=lambda kv: kv[0].mlp_order):
                 out = site.edit_mlp(run, layer, xn, out, its)
+            if crossing:
+                out = tf.mlp_normed(layer, xn) if out is None else out
+                move = crossing_moves(layer, xn)
+                out = out if move is None else out + move.to(device=out.device, dtype=out.dtype)
             assert out is not None
             return out
         return fn
@@ -120,9 +149,22 @@ def intervened_logits(patcher: Patcher, interventions: Sequence[Intervention], c
         return x
 
     layers = {stage: [layer for (s, layer) in by_stage if s == stage] for stage in ("heads", "mlp")}
+    if crossing:  # a CLT's feature of layer L moves every MLP from L on
+        layers["mlp"] = sorted(set(layers["mlp"]) | set(range(min(crossing), tf.arch.n_layers)))
     return tf.logits_with_edits(patcher.clean_tokens.to(tf.device), heads={layer: head_fn(layer) for layer in layers["heads"]},
                                 mlps={layer: mlp_fn(layer) for layer in layers["mlp"]},
                                 embedding=embed_fn if ("embedding", -1) in by_stage else None, rows=patcher.answer_pos)
+
+
+def _check_clt_feature(node: Node, clt: CrossLayerTranscoder) -> None:
+    """A one-line ValueError unless ``node`` is a feature of ``clt`` that an edit can reach (it reads the normed input)."""
+    if not 0 <= node.layer < clt.cfg.n_layers:
+        raise ValueError(f"{node.name}: the cross-layer transcoder covers layers 0-{clt.cfg.n_layers - 1}")
+    if not 0 <= node.head < clt.cfg.n_features:
+        raise ValueError(f"{node.name}: feature {node.head} does not exist; layer {node.layer}'s features are 0-{clt.cfg.n_features - 1}")
+    if clt.cfg.reads != "normed":
+        raise ValueError(f"{node.name}: interventions edit cross-layer features that read the MLP's normed input; this CLT "
+                         "reads the residual stream before the norm")
 
 
 @dataclass
@@ -141,8 +183,8 @@ class Intervened:
 
 
 @torch.no_grad()
-def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Mapping[tuple[int, int, int], float],
-              *, freeze_attention: bool = False) -> Intervened:
+def intervene(model: Any, transcoders: TranscoderSet | CrossLayerTranscoder, tokens: Tensor,
+              edits: Mapping[tuple[int, int, int], float], *, freeze_attention: bool = False) -> Intervened:
     """Run the *replacement model* of ``tokens`` [S] with features clamped: ``edits`` maps
     (layer, position, feature) to the activation it takes (0: ablated; ``2 * a``: doubled).
 
@@ -152,15 +194,25 @@ def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Map
     every head attends as on the unedited prompt (its values still move), the attribution graph's
     own assumption, so what is left between an edit and its target is the norms and the features
     in between. An attribution graph's edge is the first-order, direct part of what an edit does
-    here (`acdc.attribution_graph`).
+    here (`acdc.attribution_graph`). A cross-layer transcoder (reading the normed MLP input): MLP j computes
+    every layer's features' writes into j (`CrossLayerTranscoder.writes`), b_dec[j] and its skip paths, each layer's
+    features live on its own input, plus j's frozen error.
     """
     tf = Transformer.of(model)
     transcoders.check_model(tf)
     tokens = tokens.reshape(1, -1).to(tf.device)
     layers = transcoders.layers
     clean = tf.mlp_io(tokens, layers)
-    errors = {layer: clean[layer][1][0] - transcoders[layer](clean[layer][0][0].to(transcoders[layer].W_enc.dtype)).to(tf.dtype)
-              for layer in layers}
+    clt = transcoders if isinstance(transcoders, CrossLayerTranscoder) else None
+    if clt is not None:
+        if clt.cfg.reads != "normed":
+            raise ValueError("intervene edits cross-layer features that read the MLP's normed input; this CLT reads the "
+                             "residual stream before the norm")
+        recon = clt(torch.stack([clean[layer][0][0] for layer in layers]).to(clt.W_enc.dtype)).to(tf.dtype)
+        errors = {layer: clean[layer][1][0] - recon[layer] for layer in layers}
+    else:
+        ts = cast(TranscoderSet, transcoders)
+        errors = {layer: clean[layer][1][0] - ts[layer](clean[layer][0][0].to(ts[layer].W_enc.dtype)).to(tf.dtype) for layer in layers}
     by_layer: dict[int, list[tuple[int, int, float]]] = {}
     for (layer, pos, f), value in edits.items():
         if layer not in errors:
@@ -168,9 +220,29 @@ def intervene(model: Any, transcoders: TranscoderSet, tokens: Tensor, edits: Map
         by_layer.setdefault(int(layer), []).append((int(pos), int(f), float(value)))
     pre: dict[int, Tensor] = {}
     acts: dict[int, Tensor] = {}
+    read: dict[int, Tensor] = {}  # a CLT's: what each layer's features read in this run (its skip paths too)
+
+    def crossing(layer: int):
+        c = clt
+        assert c is not None
+
+        def fn(xn: Tensor) -> Tensor:
+            x = xn[0].to(c.W_enc.dtype)
+            pre[layer], read[layer] = x @ c.W_enc[layer], x
+            a = c.encode(layer, x)
+            for pos, f, value in by_layer.get(layer, ()):
+                a[pos, f] = value
+            acts[layer] = a
+            out = sum((c.writes(src, layer, acts[src]) for src in range(layer + 1)), c.b_dec[layer])
+            skip = c.skip_into(layer, read)
+            out = out if skip is None else out + skip
+            return (out.to(tf.dtype) + errors[layer])[None]
+        return fn
 
     def replaced(layer: int):
-        t = transcoders[layer]
+        if clt is not None:
+            return crossing(layer)
+        t = cast(TranscoderSet, transcoders)[layer]
 
         def fn(xn: Tensor) -> Tensor:
             x = xn[0].to(t.W_enc.dtype)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -36,7 +36,7 @@ from .graph import parse_node as graph_parse_node
 from .inputs import token_texts
 from .model import Transformer
 from .sites import Site, SiteContext, site_of
-from .transcoders import Transcoder, TranscoderSet
+from .transcoders import CrossLayerTranscoder, FeatureDictionary, Transcoder
 
 __all__ = ["ComponentActivity", "component_activity"]
 
@@ -66,7 +66,7 @@ class ComponentActivity:
         return asdict(self)
 
 
-def _parse(name: Any, tf: Transformer, transcoders: TranscoderSet | None) -> tuple[Node, Site]:
+def _parse(name: Any, tf: Transformer, transcoders: FeatureDictionary | None) -> tuple[Node, Site]:
     """The node to scan and its kind's site (`acdc.sites`), checked against the model; a one-line ValueError otherwise."""
     try:
         node = graph_parse_node(name)
@@ -81,20 +81,27 @@ def _parse(name: Any, tf: Transformer, transcoders: TranscoderSet | None) -> tup
     return node, site
 
 
-def _by_layer(transcoders: TranscoderSet | None) -> dict[int, Transcoder]:
-    return {} if transcoders is None else {layer: transcoders[layer] for layer in transcoders.layers}
+def _by_layer(transcoders: FeatureDictionary | None) -> dict[int, Transcoder]:
+    """Each layer's transcoder; a cross-layer transcoder's layer through its view with a transcoder's face (its
+    encoder, and as its decoder what each feature writes in all: `CrossLayerTranscoder.layer_view`)."""
+    if transcoders is None:
+        return {}
+    if isinstance(transcoders, CrossLayerTranscoder):
+        return {layer: cast(Transcoder, transcoders.layer_view(layer)) for layer in transcoders.layers}
+    return {layer: transcoders[layer] for layer in transcoders.layers}
 
 
 @torch.no_grad()
 def component_activity(model: Any, nodes: Sequence[str], tokens: Tensor, *, mask: Tensor | None = None,
-                       transcoders: TranscoderSet | None = None, top: int = 10, window: int = 8, bins: int = 20,
+                       transcoders: FeatureDictionary | None = None, top: int = 10, window: int = 8, bins: int = 20,
                        batch: int = 8, tokenizer: Any = None) -> list[ComponentActivity]:
     """A `ComponentActivity` for each of ``nodes`` (``a3.h1``, ``m3``, ``m3.n17``, ``m3.f17``) over ``tokens``.
 
     tokens: [n, pos] token ids, scanned ``batch`` sequences at a time.
     mask:   [n, pos] bool, the positions that count (default all): padding left out. A head's
             query-key pairs count where both positions do.
-    transcoders: for features (``m{L}.f{i}``), the set whose layer-L transcoder defines them.
+    transcoders: for features (``m{L}.f{i}``), the set whose layer-L transcoder defines them, or a cross-layer
+            transcoder (reading the normed MLP input; what a feature promotes: everything it writes, summed).
     top, window: how many contexts, and how many tokens before each one to show (two after).
     tokenizer: decodes tokens (default the model's; without one, ids are shown).
     """

@@ -572,3 +572,68 @@ def test_intervene_equals_a_hooked_replacement_model(freeze):
     if freeze:  # frozen attention differs from live attention once the edit moves a query or key
         live = intervene(model, ts, tokens, {edit: 0.0})
         assert float((live.logits - got.logits)[edit[1]:].abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_intervene_with_a_cross_layer_transcoder_equals_a_hooked_replacement_model(freeze):
+    """`intervene` with a CLT (per-target offsets, own and cross-layer skip paths) against TransformerLens hooks by
+    hand: MLP j's output swapped for every layer's features' writes into j ((a + offset [a > 0]) times each decoder,
+    each layer's features on its own input in this run, one feature clamped), b_dec[j], every skip path into j, plus
+    j's error on the unedited prompt; the edit reaches the later MLPs through the feature's own decoders."""
+    from test_clt import _model_and_clt
+    from test_features import _ln2
+
+    from acdc.edits import intervene
+
+    model, clt = _model_and_clt("relu", True, extended=True)
+    L = clt.cfg.n_layers
+    tokens = torch.tensor([3, 7, 1, 9, 4, 4])
+    model.set_use_hook_mlp_in(True)
+    _, cache = model.run_with_cache(tokens[None])
+
+    def into(j, acts, xns):
+        out = clt.b_dec[j] + xns[j] @ clt.W_skip[j]
+        for src in range(j + 1):
+            a = acts[src] + clt.offset[src][:, j - src] * (acts[src] > 0)
+            out = out + a @ clt.decoder(src, j)
+            if src < j:
+                out = out + xns[src] @ clt.W_skip_cross[src][j - src - 1]
+        return out
+
+    with torch.no_grad():
+        xns0 = {j: _ln2(model, j)(cache[f"blocks.{j}.hook_resid_mid"][0]) for j in range(L)}
+        acts0 = {j: clt.encode(j, xns0[j]) for j in range(L)}
+        errors = {j: cache[f"blocks.{j}.hook_mlp_out"][0] - into(j, acts0, xns0) for j in range(L)}
+    edit = (0, 2, int(acts0[0][2].argmax()))
+    mids, acts, xns = {}, {}, {}
+
+    def keep_mid(layer):
+        def fn(x, hook):
+            mids[layer] = x
+            return x
+        return fn
+
+    def mlp_out(layer):
+        def fn(y, hook):
+            xns[layer] = _ln2(model, layer)(mids[layer])[0]
+            a = clt.encode(layer, xns[layer])
+            if layer == edit[0]:
+                a[edit[1], edit[2]] = 0.0
+            acts[layer] = a
+            return (into(layer, acts, xns) + errors[layer])[None]
+        return fn
+
+    hooks = []
+    for layer in range(L):
+        hooks += [(f"blocks.{layer}.hook_resid_mid", keep_mid(layer)), (f"blocks.{layer}.hook_mlp_out", mlp_out(layer))]
+    if freeze:
+        hooks += [(f"blocks.{layer}.attn.hook_pattern", lambda p, hook, c=cache[f"blocks.{layer}.attn.hook_pattern"]: c)
+                  for layer in range(L)]
+    with torch.no_grad():
+        want = model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
+    got = intervene(model, clt, tokens, {edit: 0.0}, freeze_attention=freeze)
+    assert torch.allclose(got.logits, want, atol=1e-4), float((got.logits - want).abs().max())
+    plain = intervene(model, clt, tokens, {}, freeze_attention=freeze)
+    assert torch.allclose(plain.logits, model(tokens[None])[0], atol=1e-4)
+    assert float((got.logits - plain.logits).abs().max()) > 1e-3
+    assert float(got.acts[0][edit[1], edit[2]]) == 0.0 and torch.allclose(got.pre[0], plain.pre[0])

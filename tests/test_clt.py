@@ -356,6 +356,36 @@ def test_clt_feature_graph_patched_logits_equal_the_hooked_forward(activation, s
         assert torch.allclose(p.state().propagate(keep).logits[0], got, atol=1e-5)
 
 
+@pytest.mark.parametrize("extended, ablation", [(False, "resample"), (True, "mean"), (True, "resample")])
+def test_positional_clt_graph_patched_logits_and_eap_equal_the_hooked_forward(extended, ablation):
+    """A CLT graph at named positions (offsets' second channel and cross-layer skips too): each edge ablated over its
+    position's tokens only gives the hooked forward's logits, and each EAP score the gradient formula over those
+    tokens."""
+    from conftest import logit_diff_loss, random_answers, random_tokens
+    from oracle import eap_reference, patched_logits, per_position_masks
+    from test_features import _named_positions
+
+    model, clt = _model_and_clt("topk", True, extended=extended)
+    positions = _named_positions()
+    g0 = acdc.Graph.from_model(model, transcoders=clt, features={0: [1, 4, 7], 1: [0, 2, 6], 2: [3, 5, 9]})
+    g = g0.with_positions(positions.names)
+    clean, corrupt = random_tokens(vocab=50)
+    split = clt_split(model, g0, clt)
+    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt, ablation=ablation, positions=positions)
+    for frac, seed in [(0.1, 0), (0.5, 1)]:
+        mask = torch.rand(g.n_edges, generator=torch.Generator().manual_seed(seed)) < frac
+        want = patched_logits(model, g0, clean, corrupt, per_position_masks(g, mask, positions), ablation, **split)[:, -1]
+        got = p.logits(mask)
+        assert float((got - want).abs().max()) <= 1e-4 * max(float(want.abs().max()), 1.0), (frac, seed)
+        assert float((got - p.clean.logits).abs().max()) > 1e-3
+    s = acdc.attribute(model, clean, corrupt, method="eap", metric="logit_diff", answers=random_answers(), ablation=ablation,
+                       graph=g, transcoders=clt, positions=positions, progress=False)
+    ref = eap_reference(model, g, clean, corrupt, ablation, logit_diff_loss, positions, **clt_split(model, g0, clt))
+    values = torch.tensor([ref[e.name] for e in g.edges], dtype=torch.float64)
+    scale = float(values.abs().max())
+    assert scale > 0 and torch.allclose(s.values, values, atol=1e-4 * scale, rtol=1e-4)
+
+
 @pytest.mark.parametrize("extended", [False, True])
 def test_clt_feature_graph_eap_equals_the_gradient_formula(extended):
     """EAP on a CLT graph: (ablated - clean output as the destination reads it) . the gradient at its input (with
@@ -406,16 +436,6 @@ def test_clt_feature_graph_eap_ig_activations_equals_the_hooked_paths(activation
         assert s[e.name] == pytest.approx(ref[e.name], abs=1e-5 * scale, rel=1e-4), e.name
     eap = acdc.attribute(model, clean, corrupt, method="eap", **kw)
     assert float((s.values - eap.values).abs().max()) > 1e-3 * scale
-
-
-def test_what_clt_graphs_do_not_run_yet_is_one_line():
-    model, clt = _model_and_clt()
-    g = acdc.Graph.from_model(model, transcoders=clt)
-    clean, corrupt = (torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
-    p = acdc.Patcher(model, clean, corrupt, graph=g, transcoders=clt)
-    with pytest.raises(NotImplementedError, match="interventions on cross-layer transcoder features are not supported yet"):
-        acdc.edits.intervened_logits(p, [{"node": "m0.f1", "value": 0.0}])
-
 
 
 @pytest.mark.parametrize("part", ["offset", "W_skip_cross"])

@@ -158,6 +158,38 @@ def test_features_equal_the_transcoder_on_the_hugging_face_norm(family, gpt2_mod
     assert [t for t, _ in act.promotes] == [str(j) for j in logit.topk(4).indices.tolist()]
 
 
+def test_cross_layer_features_fire_as_their_encoder_on_the_hugging_face_norm(gpt2_model):
+    """A CLT feature's scan: its layer's encoder on ln_2's output (every context's value), and the tokens it promotes
+    through everything it writes (its decoders into its own and every later MLP, summed)."""
+    from acdc.transcoders import CLTConfig, CrossLayerTranscoder
+
+    L, d = gpt2_model.cfg.n_layers, gpt2_model.cfg.d_model
+    clt = CrossLayerTranscoder(CLTConfig(L, d, 12, "relu", offsets=True))
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(0.4 * torch.randn(p.shape, generator=gen))
+    tokens = torch.cat(random_tokens(batch=4, pos=6, seed=5))
+    got = {}
+    handle = _ln2(gpt2_model, 1).register_forward_hook(lambda _, __, out: got.__setitem__("xn", out))
+    try:
+        with torch.no_grad():
+            gpt2_model.original_model(tokens)
+    finally:
+        handle.remove()
+    acts = clt.encode(1, got["xn"]).detach()
+    live = int((acts > 0).sum((0, 1)).argmax())
+    (act,) = component_activity(gpt2_model, [f"m1.f{live}"], tokens, transcoders=clt, top=4, bins=5)
+    full = acts[..., live]
+    _check_stats(act, full, 5)
+    assert [c["value"] for c in act.contexts] == pytest.approx(_top(full, 4), rel=1e-4, abs=1e-5)
+    logit = sum(clt.decoder(1, j)[live] for j in range(1, L)).detach() @ _w_u(gpt2_model)
+    assert [t for t, _ in act.promotes] == [str(j) for j in logit.topk(4).indices.tolist()]
+    stream = CrossLayerTranscoder(CLTConfig(L, d, 12, "relu", reads="stream"))
+    with pytest.raises(ValueError, match="read the normed MLP input"):
+        component_activity(gpt2_model, ["m1.f0"], tokens, transcoders=stream)
+
+
 def test_planted_previous_token_head_and_feature_neurons():
     """The planted dictionary model: head a0.h0 attends to the previous token, and MLP 0's neuron i
     reads planted feature i, which the current token has or the head copies from the previous one."""

@@ -164,6 +164,82 @@ def test_feature_edits_equal_hugging_face_hooks(gpt2_model, ablation):
         intervened_logits(Patcher(gpt2_model, clean, corrupt), [Intervention("m1.f1")])
 
 
+@pytest.mark.parametrize("ablation, offsets", [("resample", False), ("mean", True), ("zero", True)])
+def test_cross_layer_feature_edits_equal_hugging_face_hooks(gpt2_model, ablation, offsets):
+    """On a CLT graph, editing feature i of layer L moves every MLP j >= L by what it writes into j at its edited
+    activation minus at its live one ((a' - a) W_dec[L][i, j - L], and with offsets its offset's share when it starts
+    or stops firing), a read from ln_2's output at L in this run: the same forward by hand with hooks on the Hugging
+    Face modules, ablation values from the corrupt prompts' features; an edit repeated on one feature composes."""
+    from acdc.transcoders import CLTConfig, CrossLayerTranscoder
+
+    L, d = gpt2_model.cfg.n_layers, gpt2_model.cfg.d_model
+    clt = CrossLayerTranscoder(CLTConfig(L, d, 12, "relu", offsets=offsets))
+    gen = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for name, p_ in clt.named_parameters():
+            p_.copy_((2.0 if name.startswith("offset") else 0.3) * torch.randn(p_.shape, generator=gen))
+    g = acdc.Graph.from_model(gpt2_model, transcoders=clt)
+    clean, corrupt = random_tokens(batch=4, pos=6)
+    p = Patcher(gpt2_model, clean, corrupt, ablation=ablation, graph=g, transcoders=clt)
+    edits = [Intervention("m0.f3", "ablate", positions=(2, 5)), Intervention("m1.f5", "clamp", 2.0, positions=(4,)),
+             Intervention("m0.f1", "scale", 3.0), Intervention("m0.f1", "scale", 0.5, positions=(1,)), Intervention("m1.f7", "ablate")]
+    got = intervened_logits(p, edits)
+    blocks = gpt2_model.original_model.transformer.h
+
+    def phi(src, j, a):  # what activations a [..., n] of layer src's features write into j, per unit of decoder
+        return a if clt.offset is None else a + clt.offset[src][:, j - src] * (a > 0)
+
+    def run(tokens, change=None):
+        """Logits at the last position and each layer's feature activations (before any change)."""
+        xs, acts, new, handles = {}, {}, {}, []
+        for layer in range(L):
+            handles.append(blocks[layer].ln_2.register_forward_hook(lambda m, i, o, layer=layer: xs.__setitem__(layer, o)))
+
+            def mlp_hook(m, i, out, layer=layer):
+                acts[layer] = clt.encode(layer, xs[layer])
+                if change is None:
+                    return out
+                new[layer] = change(layer, acts[layer].clone())
+                for src in range(layer + 1):
+                    out = out + (phi(src, layer, new[src]) - phi(src, layer, acts[src])) @ clt.decoder(src, layer)
+                return out
+
+            handles.append(blocks[layer].mlp.register_forward_hook(mlp_hook))
+        try:
+            with torch.no_grad():
+                logits = gpt2_model.original_model(tokens).logits[:, -1]
+        finally:
+            for h in handles:
+                h.remove()
+        return logits, acts
+
+    _, corrupt_acts = run(corrupt)
+
+    def change(layer, a):
+        for it in edits:
+            kind, lay, i = parse_node(it.node)
+            if lay != layer:
+                continue
+            at = torch.zeros(a.shape[1], dtype=torch.bool)
+            at[list(it.positions) if it.positions else slice(None)] = True
+            c = corrupt_acts[layer][..., i]
+            value = {"resample": c, "mean": c.mean(0, keepdim=True).expand_as(c), "zero": torch.zeros_like(c)}[ablation]
+            new = value if it.op == "ablate" else a[..., i] * it.value if it.op == "scale" else torch.full_like(a[..., i], it.value)
+            a[..., i] = torch.where(at[None, :], new, a[..., i])
+        return a
+
+    want, _ = run(clean, change)
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    plain, _ = run(clean)
+    assert (got - plain).abs().max() > 1e-2  # the edits move the answer
+    with pytest.raises(ValueError, match="features are 0-11"):
+        intervened_logits(p, [Intervention("m1.f12")])
+    stream = CrossLayerTranscoder(CLTConfig(L, d, 12, "relu", reads="stream"))
+    with pytest.raises(ValueError, match="reads the residual stream before the norm"):
+        intervened_logits(Patcher(gpt2_model, clean, corrupt, graph=acdc.Graph.from_model(gpt2_model, transcoders=stream),
+                                  transcoders=stream), [Intervention("m1.f1")])
+
+
 @pytest.mark.parametrize(("args", "match"), [
     (("a0.h1", "clamp", 1.0), "clamp sets a neuron's or a feature's"),
     (("m0.x", "ablate"), "not a node to intervene on"),

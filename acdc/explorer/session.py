@@ -32,7 +32,7 @@ from ..model import ForwardCache
 from ..render import circuit_title, layout
 from ..tasks import Task
 from ..tasks.base import scoring_note
-from ..transcoders import CrossLayerTranscoder, TranscoderSet
+from ..transcoders import FeatureDictionary
 from .qk import attention_why
 from .why import WhyAnswers
 
@@ -93,12 +93,13 @@ class Explorer:
         path: the circuit's JSON file, where `save_notes` writes labels and notes (None: not saved).
         corpus: [n, pos] token ids that `fire` scans for what makes a component fire (default: the
             task's clean and corrupt prompts, each up to its last scored token).
-        transcoders: for a circuit of transcoder features, the `acdc.TranscoderSet` that computes them.
+        transcoders: for a circuit of transcoder features, what computes them (an `acdc.TranscoderSet` or a
+            cross-layer transcoder).
     """
 
     def __init__(self, model: Any, task: Any, circuit: Circuit, *, ablation: str | None = None,
                  metric: str | None = None, tokenizer: Any = None, path: str | Path | None = None,
-                 corpus: Tensor | None = None, transcoders: TranscoderSet | None = None):
+                 corpus: Tensor | None = None, transcoders: FeatureDictionary | None = None):
         if corpus is not None and (not isinstance(corpus, Tensor) or corpus.dim() != 2 or corpus.is_floating_point()):
             raise ValueError("corpus must be a [n, pos] tensor of token ids")
         self.corpus = corpus
@@ -318,8 +319,6 @@ class Explorer:
                 names = [f"clean {i}" for i in range(self.n_prompts)] + [f"corrupt {i}" for i in range(self.n_prompts)]
             else:
                 tokens, mask, names = self.corpus, None, [f"corpus {i}" for i in range(self.corpus.shape[0])]
-            if isinstance(p.transcoders, CrossLayerTranscoder):
-                raise ExplorerError("firing scans of cross-layer transcoder features are not supported yet")
             try:
                 (act,) = component_activity(p.tf, [node], tokens, mask=mask, transcoders=p.transcoders,
                                             top=k, tokenizer=self.tokenizer)
