@@ -521,6 +521,29 @@ def test_intervening_on_a_feature_moves_its_targets_as_its_edges_say(chain):
         intervene(chain.model, chain.transcoders, tokens, {(5, 1, 0): 0.0})
 
 
+def _hooked_mlps(model, tokens: torch.Tensor, layers, mlp_out, cache=None) -> torch.Tensor:
+    """TransformerLens logits [S, vocab] of ``tokens`` with MLP ``layer``'s output swapped for ``mlp_out(layer, x)``
+    (x [1, S, d]: the stream the MLP reads, before its norm) at each of ``layers``; with ``cache`` (a run's), every
+    head's pattern frozen at its pattern there."""
+    mids = {}
+
+    def keep_mid(layer):
+        def fn(x, hook):
+            mids[layer] = x
+            return x
+        return fn
+
+    hooks = []
+    for layer in layers:
+        hooks += [(f"blocks.{layer}.hook_resid_mid", keep_mid(layer)),
+                  (f"blocks.{layer}.hook_mlp_out", lambda y, hook, layer=layer: mlp_out(layer, mids[layer]))]
+    if cache is not None:
+        hooks += [(f"blocks.{layer}.attn.hook_pattern", lambda p, hook, c=cache[f"blocks.{layer}.attn.hook_pattern"]: c)
+                  for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        return model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
+
+
 @pytest.mark.parametrize("freeze", [False, True])
 def test_intervene_equals_a_hooked_replacement_model(freeze):
     """`intervene` against TransformerLens hooks by hand: each featured MLP's output swapped for its
@@ -538,32 +561,16 @@ def test_intervene_equals_a_hooked_replacement_model(freeze):
     errors = {layer: cache[f"blocks.{layer}.hook_mlp_out"][0] - ts[layer](_ln2(model, layer)(cache[f"blocks.{layer}.hook_resid_mid"][0]))
               for layer in (0, 2)}
     edit = (0, 2, int(ts[0].encode(_ln2(model, 0)(cache["blocks.0.hook_resid_mid"][0]))[2].argmax()))
-    mids = {}
 
-    def keep_mid(layer):
-        def fn(x, hook):
-            mids[layer] = x
-            return x
-        return fn
+    def mlp_out(layer, x):
+        t = ts[layer]
+        xn = _ln2(model, layer)(x)
+        a = t.encode(xn)
+        if layer == edit[0]:
+            a[:, edit[1], edit[2]] = 0.0
+        return t.decode(a, xn) + errors[layer]
 
-    def mlp_out(layer):
-        def fn(y, hook):
-            t = ts[layer]
-            xn = _ln2(model, layer)(mids[layer])
-            a = t.encode(xn)
-            if layer == edit[0]:
-                a[:, edit[1], edit[2]] = 0.0
-            return t.decode(a, xn) + errors[layer]
-        return fn
-
-    hooks = []
-    for layer in (0, 2):
-        hooks += [(f"blocks.{layer}.hook_resid_mid", keep_mid(layer)), (f"blocks.{layer}.hook_mlp_out", mlp_out(layer))]
-    if freeze:
-        hooks += [(f"blocks.{layer}.attn.hook_pattern", lambda p, hook, c=cache[f"blocks.{layer}.attn.hook_pattern"]: c)
-                  for layer in range(3)]
-    with torch.no_grad():
-        want = model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
+    want = _hooked_mlps(model, tokens, (0, 2), mlp_out, cache if freeze else None)
     got = intervene(model, ts, tokens, {edit: 0.0}, freeze_attention=freeze)
     assert torch.allclose(got.logits, want, atol=1e-4), float((got.logits - want).abs().max())
     plain = intervene(model, ts, tokens, {}, freeze_attention=freeze)
@@ -605,32 +612,17 @@ def test_intervene_with_a_cross_layer_transcoder_equals_a_hooked_replacement_mod
         acts0 = {j: clt.encode(j, xns0[j]) for j in range(L)}
         errors = {j: cache[f"blocks.{j}.hook_mlp_out"][0] - into(j, acts0, xns0) for j in range(L)}
     edit = (0, 2, int(acts0[0][2].argmax()))
-    mids, acts, xns = {}, {}, {}
+    acts, xns = {}, {}
 
-    def keep_mid(layer):
-        def fn(x, hook):
-            mids[layer] = x
-            return x
-        return fn
+    def mlp_out(layer, x):
+        xns[layer] = _ln2(model, layer)(x)[0]
+        a = clt.encode(layer, xns[layer])
+        if layer == edit[0]:
+            a[edit[1], edit[2]] = 0.0
+        acts[layer] = a
+        return (into(layer, acts, xns) + errors[layer])[None]
 
-    def mlp_out(layer):
-        def fn(y, hook):
-            xns[layer] = _ln2(model, layer)(mids[layer])[0]
-            a = clt.encode(layer, xns[layer])
-            if layer == edit[0]:
-                a[edit[1], edit[2]] = 0.0
-            acts[layer] = a
-            return (into(layer, acts, xns) + errors[layer])[None]
-        return fn
-
-    hooks = []
-    for layer in range(L):
-        hooks += [(f"blocks.{layer}.hook_resid_mid", keep_mid(layer)), (f"blocks.{layer}.hook_mlp_out", mlp_out(layer))]
-    if freeze:
-        hooks += [(f"blocks.{layer}.attn.hook_pattern", lambda p, hook, c=cache[f"blocks.{layer}.attn.hook_pattern"]: c)
-                  for layer in range(L)]
-    with torch.no_grad():
-        want = model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
+    want = _hooked_mlps(model, tokens, range(L), mlp_out, cache if freeze else None)
     got = intervene(model, clt, tokens, {edit: 0.0}, freeze_attention=freeze)
     assert torch.allclose(got.logits, want, atol=1e-4), float((got.logits - want).abs().max())
     plain = intervene(model, clt, tokens, {}, freeze_attention=freeze)

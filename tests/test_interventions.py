@@ -94,6 +94,59 @@ def test_edits_compose_and_apply_in_order(gpt2_model):
     assert torch.allclose(two, want, atol=1e-4)
 
 
+def _hooked_edits(model, tokens: torch.Tensor, layers, encode, change=None, moved=None):
+    """Hugging Face GPT-2's logits at the last position with features edited by hand, and each layer's feature
+    activations before any change: ``encode(layer, ln_2's output)`` at each of ``layers``; ``change(layer, acts)``
+    the edited activations; ``moved(layer, acts, new)`` what MLP ``layer``'s output moves by, given every layer's
+    activations so far before (``acts``) and after (``new``) the edits."""
+    blocks = model.original_model.transformer.h
+    xs, acts, new, handles = {}, {}, {}, []
+    for layer in layers:
+        handles.append(blocks[layer].ln_2.register_forward_hook(lambda m, i, o, layer=layer: xs.__setitem__(layer, o)))
+
+        def mlp_hook(m, i, out, layer=layer):
+            acts[layer] = encode(layer, xs[layer])
+            if change is None:
+                return out
+            new[layer] = change(layer, acts[layer].clone())
+            return out + moved(layer, acts, new)
+
+        handles.append(blocks[layer].mlp.register_forward_hook(mlp_hook))
+    try:
+        with torch.no_grad():
+            logits = model.original_model(tokens).logits[:, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, acts
+
+
+def _edited_by_hand(a: torch.Tensor, layer: int, edits, corrupt_acts: dict, ablation: str) -> torch.Tensor:
+    """Activations a [B, S, n] of ``layer`` after ``edits`` (in order, each at its positions): ablate takes the
+    corrupt prompts' activation (resample), its mean over them (mean) or zero; scale and clamp as named."""
+    for it in edits:
+        kind, lay, i = parse_node(it.node)
+        if lay != layer:
+            continue
+        at = torch.zeros(a.shape[1], dtype=torch.bool)
+        at[list(it.positions) if it.positions else slice(None)] = True
+        c = corrupt_acts[layer][..., i]
+        value = {"resample": c, "mean": c.mean(0, keepdim=True).expand_as(c), "zero": torch.zeros_like(c)}[ablation]
+        new = value if it.op == "ablate" else a[..., i] * it.value if it.op == "scale" else torch.full_like(a[..., i], it.value)
+        a[..., i] = torch.where(at[None, :], new, a[..., i])
+    return a
+
+
+def _assert_edits_equal_hooks(model, got: torch.Tensor, clean, corrupt, layers, encode, moved, edits, ablation: str) -> None:
+    """``got`` (`intervened_logits` of ``edits``) equals `_hooked_edits` with the edits made by hand (ablation values
+    from the corrupt prompts' features), and the edits move the answer."""
+    _, corrupt_acts = _hooked_edits(model, corrupt, layers, encode)
+    want, _ = _hooked_edits(model, clean, layers, encode, lambda layer, a: _edited_by_hand(a, layer, edits, corrupt_acts, ablation), moved)
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    plain, _ = _hooked_edits(model, clean, layers, encode)
+    assert (got - plain).abs().max() > 1e-2
+
+
 @pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
 def test_feature_edits_equal_hugging_face_hooks(gpt2_model, ablation):
     """On a feature graph, editing feature i of layer L adds (a_i' - a_i) W_dec[i] to MLP L's output, with a
@@ -106,58 +159,11 @@ def test_feature_edits_equal_hugging_face_hooks(gpt2_model, ablation):
     edits = [Intervention("m0.f3", "ablate", positions=(2, 5)), Intervention("m1.f5", "clamp", 2.0, positions=(4,)),
              Intervention("m1.f1", "scale", 3.0), Intervention("m1.f7", "ablate")]
     got = intervened_logits(p, edits)
-    hf = gpt2_model.original_model
-    blocks = hf.transformer.h
 
-    def run(tokens, change=None):
-        """Logits at the last position and each layer's feature activations (before any change)."""
-        xs, acts, handles = {}, {}, []
-        for layer in (0, 1):
-            handles.append(blocks[layer].ln_2.register_forward_hook(lambda m, i, o, layer=layer: xs.__setitem__(layer, o)))
+    def moved(layer, acts, new):  # MLP layer's output moves by (a' - a) W_dec
+        return (new[layer] - acts[layer]) @ ts[layer].W_dec
 
-            def mlp_hook(m, i, out, layer=layer):
-                a = ts[layer].encode(xs[layer])
-                acts[layer] = a
-                if change is None:
-                    return out
-                new = change(layer, a.clone())
-                return out + (new - a) @ ts[layer].W_dec
-
-            handles.append(blocks[layer].mlp.register_forward_hook(mlp_hook))
-        try:
-            with torch.no_grad():
-                logits = hf(tokens).logits[:, -1]
-        finally:
-            for h in handles:
-                h.remove()
-        return logits, acts
-
-    _, corrupt_acts = run(corrupt)
-
-    def value(layer, i):
-        c = corrupt_acts[layer][..., i]
-        return {"resample": c, "mean": c.mean(0, keepdim=True).expand_as(c), "zero": torch.zeros_like(c)}[ablation]
-
-    def change(layer, a):
-        for it in edits:
-            kind, lay, i = parse_node(it.node)
-            if lay != layer:
-                continue
-            at = torch.zeros(a.shape[1], dtype=torch.bool)
-            at[list(it.positions) if it.positions else slice(None)] = True
-            if it.op == "ablate":
-                new = value(layer, i)
-            elif it.op == "scale":
-                new = a[..., i] * it.value
-            else:
-                new = torch.full_like(a[..., i], it.value)
-            a[..., i] = torch.where(at[None, :], new, a[..., i])
-        return a
-
-    want, _ = run(clean, change)
-    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
-    plain, _ = run(clean)
-    assert (got - plain).abs().max() > 1e-2  # the edits move the answer
+    _assert_edits_equal_hooks(gpt2_model, got, clean, corrupt, (0, 1), lambda layer, xn: ts[layer].encode(xn), moved, edits, ablation)
     with pytest.raises(ValueError, match="features 0-11"):
         intervened_logits(p, [Intervention("m1.f12")])
     with pytest.raises(ValueError, match="a feature needs a transcoder for layer 1; the patcher has no transcoders"):
@@ -184,54 +190,14 @@ def test_cross_layer_feature_edits_equal_hugging_face_hooks(gpt2_model, ablation
     edits = [Intervention("m0.f3", "ablate", positions=(2, 5)), Intervention("m1.f5", "clamp", 2.0, positions=(4,)),
              Intervention("m0.f1", "scale", 3.0), Intervention("m0.f1", "scale", 0.5, positions=(1,)), Intervention("m1.f7", "ablate")]
     got = intervened_logits(p, edits)
-    blocks = gpt2_model.original_model.transformer.h
 
     def phi(src, j, a):  # what activations a [..., n] of layer src's features write into j, per unit of decoder
         return a if clt.offset is None else a + clt.offset[src][:, j - src] * (a > 0)
 
-    def run(tokens, change=None):
-        """Logits at the last position and each layer's feature activations (before any change)."""
-        xs, acts, new, handles = {}, {}, {}, []
-        for layer in range(L):
-            handles.append(blocks[layer].ln_2.register_forward_hook(lambda m, i, o, layer=layer: xs.__setitem__(layer, o)))
+    def moved(layer, acts, new):  # every layer's edits so far, through its decoders into this MLP
+        return sum((phi(src, layer, new[src]) - phi(src, layer, acts[src])) @ clt.decoder(src, layer) for src in range(layer + 1))
 
-            def mlp_hook(m, i, out, layer=layer):
-                acts[layer] = clt.encode(layer, xs[layer])
-                if change is None:
-                    return out
-                new[layer] = change(layer, acts[layer].clone())
-                for src in range(layer + 1):
-                    out = out + (phi(src, layer, new[src]) - phi(src, layer, acts[src])) @ clt.decoder(src, layer)
-                return out
-
-            handles.append(blocks[layer].mlp.register_forward_hook(mlp_hook))
-        try:
-            with torch.no_grad():
-                logits = gpt2_model.original_model(tokens).logits[:, -1]
-        finally:
-            for h in handles:
-                h.remove()
-        return logits, acts
-
-    _, corrupt_acts = run(corrupt)
-
-    def change(layer, a):
-        for it in edits:
-            kind, lay, i = parse_node(it.node)
-            if lay != layer:
-                continue
-            at = torch.zeros(a.shape[1], dtype=torch.bool)
-            at[list(it.positions) if it.positions else slice(None)] = True
-            c = corrupt_acts[layer][..., i]
-            value = {"resample": c, "mean": c.mean(0, keepdim=True).expand_as(c), "zero": torch.zeros_like(c)}[ablation]
-            new = value if it.op == "ablate" else a[..., i] * it.value if it.op == "scale" else torch.full_like(a[..., i], it.value)
-            a[..., i] = torch.where(at[None, :], new, a[..., i])
-        return a
-
-    want, _ = run(clean, change)
-    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
-    plain, _ = run(clean)
-    assert (got - plain).abs().max() > 1e-2  # the edits move the answer
+    _assert_edits_equal_hooks(gpt2_model, got, clean, corrupt, range(L), clt.encode, moved, edits, ablation)
     with pytest.raises(ValueError, match="features are 0-11"):
         intervened_logits(p, [Intervention("m1.f12")])
     stream = CrossLayerTranscoder(CLTConfig(L, d, 12, "relu", reads="stream"))
