@@ -550,25 +550,6 @@ def test_clt_attribution_graph_edges_are_the_measured_direct_effects(activation,
     assert g.info["memory_estimate_bytes"]["writes"] == m.writes
 
 
-def test_gathered_decoder_rows_are_kept_when_small_and_the_graph_is_the_same(monkeypatch):
-    """The rule at its edges (at most 1 GB or a quarter of the estimate, and within the budget), and a CLT graph (with
-    offsets) built keeping every pair's gathered decoder rows equals the one gathering them again for each block."""
-    from acdc.algorithms import attribution_graph as ag
-    from acdc.model import Transformer
-
-    assert ag.keep_gathered(10**9, 10**9, None) and not ag.keep_gathered(10**9 + 1, 10**9, None)
-    assert ag.keep_gathered(2 * 10**9, 8 * 10**9, None) and not ag.keep_gathered(2 * 10**9 + 1, 8 * 10**9, None)
-    assert ag.keep_gathered(10**9, 10**9, 2.0) and not ag.keep_gathered(10**9, 10**9, 1.999)
-    model, clt = _model_and_clt("topk", True, extended=True)
-    tf, tokens = Transformer.from_bridge(model), torch.tensor([3, 7, 1, 9, 4, 4, 2, 8])
-    kept = ag.build_attribution_graph(tf, tokens, clt, batch_size=5)
-    assert kept.info["gathered_decoders_kept_bytes"] > 0
-    monkeypatch.setattr(ag, "keep_gathered", lambda *args: False)
-    again = ag.build_attribution_graph(tf, tokens, clt, batch_size=5)
-    assert again.info["gathered_decoders_kept_bytes"] == 0
-    assert torch.equal(kept.adjacency, again.adjacency) and float(kept.adjacency.abs().max()) > 0.1
-
-
 def test_active_features_and_the_cli_take_a_clt(tmp_path, capsys):
     """`active_features` reads each layer's activations from what its features read; the CLI's --transcoders takes
     a CLT's folder (acdc.load_dictionary) for feature graphs and attribution graphs."""

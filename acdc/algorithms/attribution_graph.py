@@ -178,14 +178,6 @@ def build_attribution_graph(
             offsets = {(src, j): transcoders.offset[src][:, j - src].detach() for src in sources for j in range(src, L)}
     else:
         decoders = {(src, src): transcoders[src].W_dec.detach() for src in sources}
-    # what each block gathers of the decoders, gathered once and kept when it is small (`keep_gathered`): at short
-    # prompts a cross-layer transcoder's many (source, target) pairs make gathering a third of a block's time
-    pair_bytes = {pair: torch.empty((), dtype=tf.dtype).element_size() * S * sources[pair[0]].width * d for pair in decoders}
-    keep_rows = keep_gathered(sum(pair_bytes.values()), memory.total_gb * 1e9, budget)
-    gathered = {pair: sources[pair[0]].decoders(dec, S).to(tf.dtype) for pair, dec in decoders.items()} if keep_rows else {}
-    if progress and keep_rows:
-        print(f"attribution graph: keeping the features' gathered decoder rows ({sum(pair_bytes.values()) / 1e9:.2f} GB)",
-              file=sys.stderr, flush=True)
     err_cols = n_f + torch.arange(L)[:, None] * S + torch.arange(S)  # [L, S]
     tok_cols = n_f + L * S + torch.arange(S)
 
@@ -201,7 +193,7 @@ def build_attribution_graph(
                 continue
             g_j = out[j].transpose(0, 1).contiguous()  # [s_eff, n_rows, d]
             for src in writers:  # its features' decoders into j, gathered by position: [s_eff, k, d]
-                D = gathered[src, j][:s_eff] if gathered else sources[src].decoders(decoders[src, j], s_eff).to(g_j.dtype)
+                D = sources[src].decoders(decoders[src, j], s_eff).to(g_j.dtype)
                 part = torch.bmm(g_j, D.transpose(1, 2))
                 got[src] = part if src not in got else got[src].add_(part)
                 if (src, j) in offsets:  # every feature here fires: its offset into j times that same product
@@ -301,7 +293,6 @@ def build_attribution_graph(
                                                        zip(labels, where, strict=True)], "memory_estimate_gb": memory.total_gb,
               "memory_estimate_bytes": {"rows": memory.rows, "adjacency": memory.adjacency, "backward": memory.backward,
                                         "writes": memory.writes},
-              "gathered_decoders_kept_bytes": sum(pair_bytes.values()) if keep_rows else 0,
               "seconds": round(time.perf_counter() - t0, 3)},
     )
 
@@ -453,19 +444,6 @@ class GraphMemory:
             need = fixed + sum(self.square(self.n_f, mid, self.n_other, self.n_l))
             lo, hi = (mid, hi) if need <= budget_gb * 1e9 else (lo, mid - 1)
         return lo or None
-
-
-KEEP_GATHERED_GB = 1.0
-"""Gathered decoder rows are kept for every block when they take at most this, or a quarter of the graph's estimate."""
-
-
-def keep_gathered(nbytes: int, estimate_bytes: float, budget_gb: float | None) -> bool:
-    """Whether to keep every (source layer, MLP output) pair's gathered decoder rows (``nbytes`` in all) for the whole
-    graph instead of gathering them again for each block of rows: when they are small (at most `KEEP_GATHERED_GB`, or a
-    quarter of the graph's estimate ``estimate_bytes``) and the estimate plus them fits ``budget_gb`` (None: no limit
-    known). Long prompts gather a block at a time, so their memory stays bounded."""
-    small = nbytes <= max(KEEP_GATHERED_GB * 1e9, estimate_bytes / 4)
-    return small and (budget_gb is None or (estimate_bytes + nbytes) / 1e9 <= budget_gb)
 
 
 def available_gb(device: torch.device) -> float | None:
