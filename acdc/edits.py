@@ -233,10 +233,7 @@ def intervene(model: Any, transcoders: TranscoderSet | CrossLayerTranscoder, tok
             for pos, f, value in by_layer.get(layer, ()):
                 a[pos, f] = value
             acts[layer] = a
-            out = sum((c.writes(src, layer, acts[src]) for src in range(layer + 1)), c.b_dec[layer])
-            skip = c.skip_into(layer, read)
-            out = out if skip is None else out + skip
-            return (out.to(tf.dtype) + errors[layer])[None]
+            return (c.decode_layer(layer, acts, read).to(tf.dtype) + errors[layer])[None]
         return fn
 
     def replaced(layer: int):

@@ -93,19 +93,15 @@ class SourceValues:
                 raise ValueError(f"EAP-IG interpolates a factored layer's sources as one group: {self.graph.mlp_sources(layer)}")
             B, S, d = self.dense_clean.shape[1:]
             diff = (1 - alpha) * self._unit_diff(f)  # [n, B * S]: interpolated minus clean activations
-            ones = torch.ones(1, len(diff), dtype=diff.dtype, device=diff.device)
             out: dict[int, Tensor] = {}
             before = rows_of(units, self.tf, layer, layer)  # what they have written before their own MLP: nothing
             for j in range(layer, self.tf.arch.n_layers):
                 upto = rows_of(units, self.tf, layer, j + 1)
-                out[j] = weighted_rows(upto - before, ones, diff).view(B, S, d).detach()
+                out[j] = (diff.T @ (upto - before).to(diff.dtype)).view(B, S, d).detach()  # their decoders into MLP j
                 before = upto
             extras = range(f.sources.stop, sources.stop)
-            if len(extras):
-                rows = self._dense_rows(extras)
-                clean = self.dense_clean[rows]
-                abl = torch.zeros_like(clean) if self.dense_abl is None else self.dense_abl[rows].expand_as(clean)
-                out[layer] = out[layer] + ((1 - alpha) * (abl - clean)).sum(0).detach()
+            if len(extras):  # the error and skip nodes: their path point minus their clean output
+                out[layer] = out[layer] + (self.interpolated(extras, alpha) - self.dense_clean[self._dense_rows(extras)]).sum(0)
             return out
         return None
 

@@ -139,7 +139,7 @@ class CrossLayerTranscoder(nn.Module):
             out = out + ((acts > 0).to(acts.dtype) * off) @ dec
         return out
 
-    def skip_into(self, target: int, xs: Sequence[Tensor] | Mapping[int, Tensor]) -> Tensor | None:
+    def skip_into(self, target: int, xs: Sequence[Tensor] | Mapping[int, Tensor] | Tensor) -> Tensor | None:
         """[..., d_model] what the skip paths write into layer ``target``'s MLP output from what each layer read
         (``xs[l]`` [..., d_model] for every l <= target): its own layer's, then every earlier layer's with cross-layer
         skips; None for a CLT without skip paths."""
@@ -164,16 +164,21 @@ class CrossLayerTranscoder(nn.Module):
         """Whether some per-target offset is not zero (a firing feature's writes are then affine in its activation)."""
         return self.offset is not None and any(bool((o != 0).any()) for o in self.offset)
 
-    def decode(self, acts: list[Tensor], xs: Tensor | None = None) -> Tensor:
-        """[L, ..., d_model] every layer's MLP output from every layer's activations ``acts`` (L tensors [..., n]), plus
-        the skip paths of what each layer read, xs [L, ..., d_model], where there are some."""
-        L = self.cfg.n_layers
-        out = torch.stack([sum((self.writes(src, j, acts[src]) for src in range(j + 1)), self.b_dec[j]) for j in range(L)])
+    def decode_layer(self, target: int, acts: Sequence[Tensor] | Mapping[int, Tensor],
+                     xs: Sequence[Tensor] | Mapping[int, Tensor] | Tensor | None = None) -> Tensor:
+        """[..., d_model] layer ``target``'s MLP output from the activations ``acts[l]`` [..., n] of every layer l <=
+        target: their writes into it, b_dec, and the skip paths of what each layer read (``xs[l]``), where there are some."""
+        out = sum((self.writes(src, target, acts[src]) for src in range(target + 1)), self.b_dec[target])
         if self.W_skip is not None or self.W_skip_cross is not None:
             if xs is None:
-                raise ValueError("this CLT has skip paths: decode(acts, xs) needs what each layer read")
-            out = out + torch.stack([self.skip_into(j, xs) for j in range(L)])  # type: ignore[misc]
-        return out
+                raise ValueError("this CLT has skip paths: decoding needs what each layer read (xs)")
+            out = out + self.skip_into(target, xs)  # type: ignore[operator]
+        return out  # type: ignore[return-value]
+
+    def decode(self, acts: list[Tensor], xs: Tensor | None = None) -> Tensor:
+        """[L, ..., d_model] every layer's MLP output from every layer's activations ``acts`` (L tensors [..., n]), plus
+        the skip paths of what each layer read, xs [L, ..., d_model], where there are some (`decode_layer`)."""
+        return torch.stack([self.decode_layer(j, acts, xs) for j in range(self.cfg.n_layers)])
 
     def check_linear(self, what: str) -> None:
         """A one-line ValueError when ``what`` (circuit-tracer's layout) cannot hold this CLT: non-zero offsets (a

@@ -230,11 +230,7 @@ def _clt_spliced(tf: Transformer, clt: CrossLayerTranscoder, modeled: dict[int, 
             x = ln.float()
             acts[layer], inputs[layer] = clt.encode(layer, x), x
             got, seen = ({**clean[0], layer: acts[layer]}, {**clean[1], layer: x}) if clean is not None else (acts, inputs)
-            new = sum((clt.writes(src, layer, got[src]) for src in range(layer + 1)), clt.b_dec[layer])
-            skip = clt.skip_into(layer, seen)
-            if skip is not None:
-                new = new + skip
-            new = new.to(ln.dtype)
+            new = clt.decode_layer(layer, got, seen).to(ln.dtype)
             keep = modeled[layer]
             return new if bool(keep.all()) else torch.where(keep[..., None], new, tf.mlp_normed(layer, ln))
         return fn
